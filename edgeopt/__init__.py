@@ -1,0 +1,77 @@
+"""edgeopt: make PyTorch vision models fit their deployment target.
+
+Python API (the CLI calls the same functions). Heavy libraries are imported on use, so that
+`import edgeopt` and `edgeopt --help` stay fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    import torch
+
+    from edgeopt.report import BenchmarkResult, Report
+
+__all__ = ["__version__", "optimize", "prune", "export", "benchmark", "load_model", "list_targets"]
+
+
+def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: str = "local",
+             goal: str = "latency", max_accuracy_drop: float = 1.0, retrain: bool = False,
+             eval_data=None, calib_data=None, out_dir: str | Path = "out", **kwargs) -> Report:
+    """Decide, compress, export and measure; returns the Report (also written to out_dir/report.json).
+
+    `model` is an nn.Module or a spec string ("demo", "torchvision:resnet18?num_classes=10",
+    "file.py:factory", "model.pt2"). `eval_data`/`calib_data`: iterables of tensors or (tensor, label).
+    """
+    from edgeopt.pipeline import optimize as _optimize
+
+    return _optimize(model, example_inputs, target=target, goal=goal, max_accuracy_drop=max_accuracy_drop,
+                     retrain=retrain, eval_data=eval_data, calib_data=calib_data, out_dir=out_dir, **kwargs)
+
+
+def prune(model, example_inputs: torch.Tensor, ratio: float = 0.3, importance: str = "l2",
+          scope: str = "local", round_to: int | None = None, iterative_steps: int = 1, data=None):
+    """A physically smaller copy of `model` (same output shape). What changed per layer is in
+    `result.edgeopt_record`."""
+    from edgeopt.techniques.prune import prune as _prune
+
+    small, record = _prune(model, example_inputs, ratio=ratio, importance=importance, scope=scope,
+                           round_to=round_to, iterative_steps=iterative_steps, data=data)
+    small.edgeopt_record = record
+    return small
+
+
+def export(model, example_inputs: torch.Tensor, format: str = "onnx", precision: str = "fp32",
+           out: str | Path = "model.onnx", calib_data=None, verify: bool = True) -> Path:
+    """Export and verify outputs against PyTorch (VerificationError on mismatch). Returns the artifact path."""
+    from edgeopt.backends import export_verified
+
+    result, _ = export_verified(model, example_inputs, format, Path(out), precision=precision,
+                                calib=calib_data, verify=verify)
+    return result.path
+
+
+def benchmark(path: str | Path, runtime: str | None = None, precision: str = "fp32",
+              threads: int | None = None, input_shape: tuple[int, ...] | None = None,
+              config=None) -> BenchmarkResult:
+    """Measure an artifact's latency on a runtime: warm-up, repetitions until the median is stable."""
+    from edgeopt.benchmarking import benchmark_artifact
+
+    return benchmark_artifact(Path(path), runtime=runtime, precision=precision, threads=threads,
+                              input_shape=input_shape, config=config)
+
+
+def load_model(spec="demo", weights=None, input_shape=None, trust_pickle: bool = False):
+    """Load a model spec; returns edgeopt.models.LoadedModel (model, source, input_shape, info)."""
+    from edgeopt.models import load_model as _load
+
+    return _load(spec, weights=weights, input_shape=input_shape, trust_pickle=trust_pickle)
+
+
+def list_targets():
+    from edgeopt.targets import list_targets as _list
+
+    return _list()

@@ -1,0 +1,101 @@
+"""The formats/runtimes table: one row per deployable backend (export fn, load fn, precisions, pip extra),
+and the one wrapper that exports, times, size-checks and verifies every artifact."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeopt.errors import ConfigError, missing_backend
+from edgeopt.exporters import ExportResult
+from edgeopt.registry import Registry
+from edgeopt.runtimes import Session
+
+
+def _resolve(ref: str):
+    module, _, fn = ref.partition(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+@dataclass(frozen=True)
+class Backend:
+    format: str  # artifact format name
+    runtime: str  # runtime that executes it
+    suffix: str
+    export_ref: str  # "module:function", imported on use so that --help stays fast
+    load_ref: str
+    precisions: tuple[str, ...]  # precisions this backend can produce/run
+    extra: str  # pip extra that installs it
+    module: str  # python module whose presence means "installed"
+    device: str = "CPU"
+
+    def installed(self) -> bool:
+        return importlib.util.find_spec(self.module) is not None
+
+    def require(self) -> None:
+        if not self.installed():
+            raise missing_backend(self.module, self.extra)
+
+    def export(self, model: nn.Module, example: torch.Tensor, out: Path, precision: str = "fp32",
+               calib=None, options: dict | None = None) -> ExportResult:
+        self.require()
+        return _resolve(self.export_ref)(model, example, out, precision=precision, calib=calib, options=options)
+
+    def load(self, path: Path, precision: str = "fp32", threads: int | None = None) -> Session:
+        self.require()
+        return _resolve(self.load_ref)(path, precision=precision, threads=threads, device=self.device)
+
+
+BACKENDS: Registry[Backend] = Registry("format")
+BACKENDS.register("onnx", Backend(
+    format="onnx", runtime="onnxruntime", suffix=".onnx",
+    export_ref="edgeopt.exporters.onnx:export_onnx", load_ref="edgeopt.runtimes.onnxruntime:load_onnxruntime",
+    precisions=("fp32",), extra="dev", module="onnxruntime"), aliases=("onnxruntime", "ort"))
+BACKENDS.register("openvino", Backend(
+    format="openvino", runtime="openvino", suffix=".xml",
+    export_ref="edgeopt.exporters.openvino:export_openvino",
+    load_ref="edgeopt.runtimes.openvino:load_openvino",
+    precisions=("fp32", "bf16"), extra="openvino", module="openvino"), aliases=("ov", "ir"))
+
+
+def backend_for(name: str) -> Backend:
+    """By format name or runtime name, with did-you-mean."""
+    return BACKENDS.get(name)
+
+
+def backend_for_artifact(path: Path) -> Backend:
+    suffix = Path(path).suffix.lower()
+    for _, b in BACKENDS.items():
+        if b.suffix == suffix:
+            return b
+    raise ConfigError(f"cannot tell the runtime of {path} from its suffix {suffix!r}; pass --runtime")
+
+
+def installed_runtimes() -> list[str]:
+    return [b.runtime for _, b in BACKENDS.items() if b.installed()]
+
+
+def export_verified(model: nn.Module, example: torch.Tensor, format: str, out: Path,
+                    precision: str = "fp32", calib=None, options: dict | None = None,
+                    threads: int | None = None, verify: bool = True) -> tuple[ExportResult, Session]:
+    """Export, load on the runtime, and compare its outputs with PyTorch's (VerificationError on mismatch)."""
+    from edgeopt.verify import verify_session
+
+    backend = backend_for(format)
+    if precision not in backend.precisions:
+        raise ConfigError(f"{backend.format} does not support precision {precision!r} "
+                          f"(supported: {', '.join(backend.precisions)})")
+    t0 = time.perf_counter()
+    result = backend.export(model, example, Path(out).with_suffix(backend.suffix), precision=precision,
+                            calib=calib, options=options)
+    result.info["export_seconds"] = round(time.perf_counter() - t0, 3)
+    session = backend.load(result.path, precision=precision, threads=threads)
+    if verify:
+        result.info["verification"] = verify_session(session, model, example, precision)
+    return result, session

@@ -1,0 +1,73 @@
+"""Shared CLI pieces: rich progress sink, candidate table, option parsing helpers."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+console = Console(stderr=True)
+# A pipe or CI log has no width: give tables room instead of folding every cell to 80 columns.
+out = Console() if Console().is_terminal else Console(width=200)
+
+
+class RichProgress:
+    """Adapter from the pipeline's progress events to a rich progress display (on stderr)."""
+
+    def __init__(self):
+        self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                  MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                                  # in a log (no terminal) the bars would only add noise around errors
+                                  transient=not console.is_terminal)
+        self._task = None
+
+    def __enter__(self):
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._task is not None:
+            self._finish()
+        self._progress.stop()
+
+    def _finish(self):
+        t = self._progress.tasks[-1]
+        self._progress.update(self._task, completed=t.total or 1, total=t.total or 1)
+
+    def stage(self, name: str, total: int | None = None) -> None:
+        if self._task is not None:
+            self._finish()
+        self._task = self._progress.add_task(name, total=total or 1)
+
+    def advance(self, n: int = 1) -> None:
+        if self._task is not None:
+            self._progress.advance(self._task, n)
+
+    def log(self, message: str) -> None:
+        if self._task is not None:
+            desc = self._progress.tasks[-1].description.split(" — ")[0]
+            self._progress.update(self._task, description=f"{desc} — {message}")
+
+
+def candidates_table(report) -> Table:
+    from edgeopt.report import TABLE_HEADER, candidate_row
+
+    table = Table(title=f"edgeopt — target {report.target.get('name')}, goal {report.context['goal']}")
+    for h in TABLE_HEADER:
+        table.add_column(h, overflow="fold", max_width=48 if h == "reason" else None)
+    hidden = 0
+    for c in [report.baseline, *report.candidates]:
+        if c is None:
+            continue
+        if c.status == "rejected" and c.reason.startswith("not tried"):
+            hidden += 1  # listed in report.md/json; the table shows what was built and measured
+            continue
+        style = "bold green" if c.id == report.chosen else ("dim" if c.status != "ok" else None)
+        table.add_row(*candidate_row(c, report.baseline), style=style)
+    if hidden:
+        table.caption = f"{hidden} more candidates not tried (search pruned them; see report.md)"
+    return table
+
+
+def parse_list(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None

@@ -1,0 +1,58 @@
+"""The deploy context: the lecture's four questions (where, what hurts, how much accuracy, can we retrain)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edgeopt.errors import ConfigError
+
+
+class DeployContext(BaseModel):
+    """What the user told us about the deployment. Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = "local"
+    goal: Literal["latency", "size"] = "latency"
+    max_accuracy_drop: float = Field(1.0, ge=0.0, le=100.0, description="percentage points")
+    retrain: bool = False
+    latency_budget_ms: float | None = Field(None, gt=0)
+    size_budget_mb: float | None = Field(None, gt=0)
+    time_budget_s: float | None = Field(None, gt=0)
+    seed: int = 0
+    techniques: list[str] | None = None  # restrict the planner to these techniques
+    runtimes: list[str] | None = None  # restrict measurement to these runtimes
+    threads: int | None = Field(None, ge=1)
+
+    @field_validator("max_accuracy_drop")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if v != v:  # NaN
+            raise ValueError("must be a number")
+        return v
+
+
+def make_context(**kwargs) -> DeployContext:
+    """Build a DeployContext, turning pydantic's multi-line errors into one typed line."""
+    try:
+        return DeployContext(**kwargs)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "context"
+        raise ConfigError(f"invalid {where}: {first['msg']}") from None
+
+
+class ModelSummary(BaseModel):
+    """What the planner may know about a model (filled by analyze)."""
+
+    params: int
+    macs: int
+    input_shape: list[int]
+    num_outputs: int | None = None
+    layers: dict[str, int] = Field(default_factory=dict)  # conv, depthwise_conv, linear, attention, norm ...
+    prunable_groups: int = 0
+    min_channels: int | None = None  # narrowest prunable layer (bounds useful channel rounding)
+    unprunable: list[str] = Field(default_factory=list)  # "layer: reason"
+    size_bytes: int = 0

@@ -1,0 +1,22 @@
+"""Exporters: one function per format. Each writes an artifact for a precision and returns what it did.
+Exporters never import techniques or each other; the formats table lives in edgeopt.backends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class ExportResult:
+    path: Path  # the main artifact file (.onnx, .xml, .engine)
+    format: str
+    precision: str
+    exporter: str  # which converter produced it (e.g. torch.onnx legacy / dynamo)
+    files: list[Path] = field(default_factory=list)  # every file that belongs to the artifact
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(f.stat().st_size for f in (self.files or [self.path]) if f.exists())

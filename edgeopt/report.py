@@ -1,0 +1,194 @@
+"""Report objects (report.json schema_version 1) and their writers. Data only: no backends here."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+class LatencyStats(BaseModel):
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    std: float
+    n: int
+    samples_ms: list[float] = Field(default_factory=list, description="raw per-run latencies, for gates")
+
+
+class Step(BaseModel):
+    technique: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Candidate(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    steps: list[Step] = Field(default_factory=list)
+    status: Literal["ok", "rejected", "failed", "pending"] = "pending"
+    reason: str = ""
+    params: int | None = None
+    macs: int | None = None
+    size_bytes: int | None = None
+    artifact: str | None = None
+    runtime: str | None = None
+    precision: str | None = None
+    precision_executed: str | None = None
+    latency_ms: LatencyStats | None = None
+    latency_source: Literal["measured", "estimated"] | None = None
+    accuracy: float | None = None
+    accuracy_drop: float | None = None
+    metric: Literal["top1", "fidelity"] | None = None
+    proposed_because: str = ""
+
+
+class Decision(BaseModel):
+    technique: str
+    decision: Literal["applied", "skipped", "rejected"]
+    reason: str
+
+
+class Report(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    edgeopt_version: str
+    context: dict[str, Any]
+    target: dict[str, Any]
+    environment: dict[str, Any]
+    model: dict[str, Any] = Field(default_factory=dict)
+    baseline: Candidate | None = None
+    candidates: list[Candidate] = Field(default_factory=list)
+    chosen: str | None = None
+    decisions: list[Decision] = Field(default_factory=list)
+    wall_time_s: float | None = None
+
+    def candidate(self, cid: str | None) -> Candidate | None:
+        for c in [self.baseline, *self.candidates]:
+            if c is not None and c.id == cid:
+                return c
+        return None
+
+    @property
+    def chosen_candidate(self) -> Candidate | None:
+        return self.candidate(self.chosen)
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write via a temp file in the same folder and rename, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fmt(v: float | None, spec: str = ".3f") -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def candidate_row(c: Candidate, baseline: Candidate | None) -> list[str]:
+    lat = c.latency_ms.p50 if c.latency_ms else None
+    base = baseline.latency_ms.p50 if baseline is not None and baseline.latency_ms else None
+    speed = f"{base / lat:.2f}×" if lat and base else "—"
+    est = " (est.)" if c.latency_source == "estimated" else ""
+    acc = "—" if c.accuracy is None else f"{c.accuracy:.2f}% {c.metric or ''}".strip()
+    drop = "—" if c.accuracy_drop is None else f"{c.accuracy_drop:+.2f}"
+    size = "—" if c.size_bytes is None else f"{c.size_bytes / 1e6:.2f}"
+    macs = "—" if c.macs is None else f"{c.macs / 1e6:.1f}M"
+    return [c.id, c.status, f"{c.runtime or '—'}/{c.precision_executed or c.precision or '—'}",
+            _fmt(lat) + est, speed, acc, drop, size, macs, c.reason]
+
+
+TABLE_HEADER = ["candidate", "status", "runtime/precision", "p50 ms", "speedup", "accuracy",
+                "drop pp", "size MB", "MACs", "reason"]
+
+
+def to_markdown(report: Report) -> str:
+    ctx = report.context
+    lines = [
+        "# edgeopt report",
+        "",
+        f"- target: **{report.target.get('name')}** ({report.target.get('kind')}), goal **{ctx['goal']}**, "
+        f"max accuracy drop **{ctx['max_accuracy_drop']} pp**, retrain **{ctx['retrain']}**",
+        f"- chosen: **{report.chosen or 'none — no candidate met the constraints'}**",
+        f"- edgeopt {report.edgeopt_version}, schema {report.schema_version}, "
+        f"wall time {_fmt(report.wall_time_s, '.1f')} s",
+        "",
+        "## Candidates",
+        "",
+        "| " + " | ".join(TABLE_HEADER) + " |",
+        "|" + "---|" * len(TABLE_HEADER),
+    ]
+    for c in [report.baseline, *report.candidates]:
+        if c is not None:
+            row = candidate_row(c, report.baseline)
+            lines.append("| " + " | ".join(x.replace("|", "/") for x in row) + " |")
+    lines += ["", "## Decisions", ""]
+    lines += [f"- **{d.technique}** — {d.decision}: {d.reason}" for d in report.decisions]
+    env = report.environment
+    lines += ["", "## Environment", ""]
+    lines += [f"- {k}: {v}" for k, v in env.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: Report, out_dir: Path) -> Path:
+    out_dir = Path(out_dir)
+    write_atomic(out_dir / "report.md", to_markdown(report))
+    path = out_dir / "report.json"
+    write_atomic(path, json.dumps(report.model_dump(mode="json"), indent=2))
+    return path
+
+
+def load_report(path: Path) -> Report:
+    return Report.model_validate_json(Path(path).read_text())
+
+
+class BenchmarkResult(BaseModel):
+    """What `edgeopt.benchmark` returns: latency plus what it was measured on."""
+
+    artifact: str
+    runtime: str
+    runtime_version: str
+    precision: str
+    precision_executed: str
+    device: str
+    threads: int | None
+    input_shape: list[int]
+    latency: LatencyStats
+    latency_source: Literal["measured", "estimated"] = "measured"
+
+    @property
+    def p50_ms(self) -> float:
+        return self.latency.p50
+
+    @property
+    def p90_ms(self) -> float:
+        return self.latency.p90
+
+    @property
+    def p99_ms(self) -> float:
+        return self.latency.p99
+
+    @property
+    def mean_ms(self) -> float:
+        return self.latency.mean
+
+    @property
+    def std_ms(self) -> float:
+        return self.latency.std
+
+    @property
+    def n(self) -> int:
+        return self.latency.n

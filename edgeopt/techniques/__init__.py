@@ -1,0 +1,75 @@
+"""Techniques registry: name -> (config class, apply function, stage, needs data?, needs retraining?).
+
+Model-stage techniques change the PyTorch model (prune, factorize, fine-tune); export-stage ones are
+realised by an exporter at a precision (quantize). Apply functions are imported on use."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgeopt.errors import ConfigError
+from edgeopt.registry import Registry
+
+
+class PruneConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ratio: float = Field(0.3, ge=0.0, lt=1.0)
+    importance: str = "l2"
+    scope: Literal["local", "global"] = "local"
+    round_to: int | None = Field(None, ge=1)
+    iterative_steps: int = Field(1, ge=1)
+    max_layer_ratio: float = Field(0.9, gt=0.0, le=1.0)
+
+
+class BNRecalibrateConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    batches: int = Field(20, ge=1)
+
+
+class QuantizeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    precision: Literal["fp16", "bf16", "int8"] = "int8"
+    method: str = "ptq"
+
+
+@dataclass(frozen=True)
+class Technique:
+    name: str
+    config: type[BaseModel]
+    apply_ref: str | None  # "module:function"; None for export-stage techniques
+    stage: Literal["model", "export"]
+    needs_data: bool
+    needs_retraining: bool
+    summary: str
+
+    def make_config(self, params: dict | None = None) -> BaseModel:
+        try:
+            return self.config(**(params or {}))
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or self.name
+            raise ConfigError(f"{self.name}: invalid {where}: {err['msg']}") from None
+
+    def apply_fn(self):
+        if self.apply_ref is None:
+            raise ConfigError(f"{self.name} is realised at export, not applied to the model")
+        module, _, fn = self.apply_ref.partition(":")
+        return getattr(importlib.import_module(module), fn)
+
+
+TECHNIQUES: Registry[Technique] = Registry("technique")
+TECHNIQUES.register("prune", Technique(
+    "prune", PruneConfig, "edgeopt.techniques.prune:apply_prune", "model", needs_data=False,
+    needs_retraining=False, summary="structured channel pruning (Torch-Pruning dependency graph)"),
+    aliases=("structured_pruning",))
+TECHNIQUES.register("bn_recalibrate", Technique(
+    "bn_recalibrate", BNRecalibrateConfig, "edgeopt.techniques.bn_recal:apply_bn_recalibrate", "model",
+    needs_data=True, needs_retraining=False,
+    summary="re-estimate BatchNorm statistics on unlabeled calibration data"), aliases=("bn_recal",))
+TECHNIQUES.register("quantize", Technique(
+    "quantize", QuantizeConfig, None, "export", needs_data=True, needs_retraining=False,
+    summary="reduced precision realised by the exporter/runtime"), aliases=("quantization",))

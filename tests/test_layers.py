@@ -1,0 +1,60 @@
+"""The import direction of DESIGN.md: lower layers never import higher ones; nothing imports the CLI;
+techniques and exporters never import each other; the planner imports no backend."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).parent.parent / "edgeopt"
+LAYER = {"errors": 0, "registry": 0, "timeout": 0, "config": 1, "targets": 1, "report": 1,
+         "planner": 3, "pipeline": 4, "candidates": 4, "selection": 3, "cli": 5, "__init__": 5, "__main__": 5}
+HEAVY = {"torch", "torch_pruning", "tensorly", "onnx", "onnxruntime", "openvino", "nncf", "tensorrt", "numpy"}
+
+
+def _module_key(path: Path) -> str:
+    rel = path.relative_to(PKG).with_suffix("")
+    return rel.parts[0]
+
+
+def _imports(path: Path, top_only: bool = False):
+    tree = ast.parse(path.read_text())
+    for node in (tree.body if top_only else ast.walk(tree)):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module, node
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name, node
+
+
+FILES = sorted(p for p in PKG.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(PKG)))
+def test_import_direction(path):
+    me = _module_key(path)
+    my_layer = LAYER.get(me, 2)
+    for mod, _ in _imports(path):
+        if not mod.startswith("edgeopt"):
+            continue
+        parts = mod.split(".")
+        if len(parts) == 1:
+            assert me in ("__init__", "pipeline", "cli", "__main__") or my_layer >= 4 or mod == "edgeopt", (
+                f"{path}: imports the top-level API")
+            continue
+        target = parts[1]
+        assert target != "cli" or me == "cli" or me == "__main__", f"{path} imports the CLI"
+        assert LAYER.get(target, 2) <= my_layer, f"{path} (layer {my_layer}) imports {mod}"
+        if me == "techniques":
+            assert target != "exporters", f"{path}: techniques must not import exporters"
+        if me == "exporters":
+            assert target != "techniques", f"{path}: exporters must not import techniques"
+
+
+def test_planner_imports_no_backend():
+    for mod, _ in _imports(PKG / "planner.py"):
+        assert mod.split(".")[0] not in HEAVY, f"planner imports {mod}"
+    for dep in ("config", "report", "targets/__init__", "techniques/__init__"):
+        # module-level imports only: a lazy import inside a function runs only when that function does
+        for mod, _node in _imports(PKG / f"{dep}.py", top_only=True):
+            assert mod.split(".")[0] not in HEAVY, f"{dep} (used by the planner) imports {mod}"
