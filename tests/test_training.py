@@ -1,0 +1,30 @@
+import pytest
+import torch
+
+from edgeopt.errors import DataError
+from edgeopt.training import fit
+from edgeopt.training.losses import hinton_loss
+
+
+def test_hinton_loss_is_zero_for_identical_logits_without_labels():
+    z = torch.randn(8, 10)
+    assert hinton_loss(z, z, None).item() == pytest.approx(0.0, abs=1e-6)
+    assert hinton_loss(z, -z, None).item() > 0.1
+
+
+def test_fit_with_teacher_lowers_the_loss(tiny_plain):
+    import tinynet
+
+    teacher = tinynet.make_plain()
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(16, 1, 16, 16, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(4)]
+    res = fit(tiny_plain, data, teacher=teacher, epochs=4, lr=0.05)
+    assert res.kind == "response" and len(res.losses) == 4 and res.losses[-1] < res.losses[0]
+    assert not tiny_plain.training
+
+
+def test_fit_needs_data_and_labels(tiny_plain):
+    with pytest.raises(DataError, match="empty"):
+        fit(tiny_plain, [], epochs=1)
+    with pytest.raises(DataError, match="labelled"):
+        fit(tiny_plain, [torch.randn(4, 1, 16, 16)], epochs=1)
