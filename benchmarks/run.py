@@ -88,7 +88,8 @@ def to_markdown(results: list[dict]) -> str:
                   "params | MMACs | roofline |", "|" + "---|" * 11]
         best_ed = min(ed, key=lambda r: r["p50_ms"]) if ed else None
         for r in rows:
-            sp = f"{r['p50_ms'] / best_ed['p50_ms']:.2f}×" if best_ed and not r["contender"].startswith("edgeopt") else "—"
+            mine = r["contender"].startswith("edgeopt")
+            sp = f"{r['p50_ms'] / best_ed['p50_ms']:.2f}×" if best_ed and not mine else "—"
             lines.append(
                 f"| {r['contender']}{' (' + r['chosen'] + ')' if r.get('chosen') else ''} | {r['precision']} | "
                 f"{r['p50_ms']:.3f} | {r['p90_ms']:.3f} | {sp} | {r['accuracy']:.2f}% {r['metric']} | "
