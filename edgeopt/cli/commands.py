@@ -71,7 +71,7 @@ def export(
 @app.command()
 def benchmark(
     artifact: Path = typer.Argument(..., help="an .onnx or OpenVINO .xml file"),
-    runtime: str = typer.Option(None, help="onnxruntime | openvino (default: from the file suffix)"),
+    runtime: str = typer.Option(None, help="onnxruntime | openvino; tensorrt with --device (default: by suffix)"),
     precision: str = typer.Option("fp32", help="precision to execute at (OpenVINO: fp32 | bf16)"),
     threads: int = typer.Option(None),
     input_shape: str = typer.Option(None),
