@@ -198,3 +198,23 @@ def test_optimize_measures_on_the_device(agent, tinynet_spec, tmp_path, fast_ben
     base = report.baseline
     assert base.latency_source == "measured" and base.latency_ms.n >= 10
     assert base.measured_on["agent"] == url and report.environment["device"]["agent"] == url
+
+
+def test_exposed_address_warns_and_loopback_does_not():
+    from edgeopt.agent.server import exposure_warning
+
+    assert exposure_warning("127.0.0.1") is None and exposure_warning("::1") is None
+    assert exposure_warning("localhost") is None
+    assert "reachable from the network" in exposure_warning("0.0.0.0")
+    assert "reachable from the network" in exposure_warning("jetson.local")
+
+
+def test_short_or_missing_token_file_is_a_clear_error(tmp_path):
+    from edgeopt.agent import read_token_file
+    from edgeopt.errors import ConfigError
+
+    (tmp_path / "t").write_text("short\n")
+    with pytest.raises(ConfigError, match="at least 16"):
+        read_token_file(tmp_path / "t")
+    with pytest.raises(ConfigError, match="cannot read token file"):
+        read_token_file(tmp_path / "missing")

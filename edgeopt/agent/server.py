@@ -215,12 +215,25 @@ def _check(m: Manifest, form, config: AgentConfig) -> str | None:
     return None
 
 
+def exposure_warning(host: str) -> str | None:
+    """A warning when the agent is reachable from other machines (anything but loopback)."""
+    import ipaddress
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        loopback = False
+    if loopback:
+        return None
+    return (f"warning: the agent listens on {host}, reachable from the network: anyone with the token can run "
+            "models here; prefer an SSH tunnel or a trusted network (traffic is plain HTTP)")
+
+
 def serve(config: AgentConfig, host: str = "127.0.0.1", port: int = 8765) -> None:
     import uvicorn
 
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: the agent listens on {host}, reachable from the network: anyone with the token can "
-              "run models here; prefer an SSH tunnel or a trusted network (traffic is plain HTTP)",
-              file=sys.stderr)
+    warning = exposure_warning(host)
+    if warning:
+        print(warning, file=sys.stderr)
     print(f"edgeopt agent (protocol {PROTOCOL_VERSION}) on http://{host}:{port}", file=sys.stderr, flush=True)
     uvicorn.run(create_app(config), host=host, port=port, log_level="warning", access_log=False)
