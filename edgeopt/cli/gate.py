@@ -22,7 +22,7 @@ def gate(
     junit: Path = typer.Option(None, help="also write the checks as JUnit XML (for CI test reports)"),
     allow_estimated: bool = typer.Option(False, help="let roofline-estimated latencies pass latency checks"),
 ) -> None:
-    """Check a report against limits; print which check failed and by how much.
+    """Check a report against limits; print which check failed and by how much. Exit 0 pass, 1 fail, 2 bad input.
 
     A regression fails only when the 95% bootstrap interval of median(new)/median(baseline) lies entirely
     above 1 + MAX_REGRESSION, so an unchanged model does not flap on a noisy machine. Estimated latencies
