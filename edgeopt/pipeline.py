@@ -76,7 +76,8 @@ def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: s
              eval_data=None, calib_data=None, train_data=None, out_dir: str | Path = "out",
              weights: str | Path | None = None, input_shape: tuple[int, ...] | None = None,
              trust_pickle: bool = False, data: str | None = None, progress: Progress | None = None,
-             bench_config: BenchConfig | None = None, **context_kwargs) -> Report:
+             bench_config: BenchConfig | None = None, device: str | None = None,
+             device_token: str | None = None, **context_kwargs) -> Report:
     t_start = time.perf_counter()
     progress = progress or Progress()
     context = make_context(target=target, goal=goal, max_accuracy_drop=max_accuracy_drop, retrain=retrain,
@@ -189,9 +190,17 @@ def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: s
             if lost > 3 * context.max_accuracy_drop + 1.0:
                 lost_at[crit] = min(lost_at.get(crit, (ratio, lost)), (ratio, lost))
 
-    progress.stage("measuring latency" if the_plan.measure_locally else "estimating latency")
+    progress.stage("measuring latency" if the_plan.measure_locally or device else "estimating latency")
     ok = [c for c in report.candidates if c.status == "ok"]
-    if the_plan.measure_locally and ok:
+    # --- remote device (issue 6): --device URL measures on an `edgeopt agent` instead of here ---
+    if device and ok:
+        from edgeopt.agent.client import measure_candidates
+
+        report.environment["device"] = measure_candidates(
+            ok, out_dir, profile.runtimes, device, device_token or "", tuple(example.shape), context.threads,
+            (bench_config or BenchConfig()).max_time_s)
+    # --- end remote device ---
+    elif the_plan.measure_locally and ok:
         x = example.numpy()
         stats = measure({c.id: sessions[c.id].lean_call(x) for c in ok}, bench_config)
         for c in ok:
@@ -206,6 +215,10 @@ def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: s
     report.baseline = base
     select(report, context)
     _publish_chosen(report, out_dir)
+    if not the_plan.measure_locally:  # issue 6: artifact + exact build/run command for the device
+        from edgeopt.bundle import write_bundle
+
+        write_bundle(report, out_dir, profile)
     report.wall_time_s = round(time.perf_counter() - t_start, 2)
     write_report(report, out_dir)
     return report

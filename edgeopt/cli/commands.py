@@ -71,26 +71,57 @@ def export(
 @app.command()
 def benchmark(
     artifact: Path = typer.Argument(..., help="an .onnx or OpenVINO .xml file"),
-    runtime: str = typer.Option(None, help="onnxruntime | openvino (default: from the file suffix)"),
+    runtime: str = typer.Option(None, help="onnxruntime | openvino; tensorrt with --device (default: by suffix)"),
     precision: str = typer.Option("fp32", help="precision to execute at (OpenVINO: fp32 | bf16)"),
     threads: int = typer.Option(None),
     input_shape: str = typer.Option(None),
     max_time: float = typer.Option(10.0, help="seconds at most for the timed runs"),
+    device: str = typer.Option(None, help="measure on a remote `edgeopt agent`, e.g. http://jetson:8765"),
+    token_file: Path = typer.Option(None, help="the agent's token file (with --device)"),
+    dataset: str = typer.Option(None, help="with --device: top-1 on NAME.npz from the agent's --data-dir"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Measure an artifact's latency: warm-up, repeated runs until the median is stable, percentiles."""
+    """Measure an artifact's latency: warm-up, repeated runs until the median is stable, percentiles.
+
+    With --device the artifact is uploaded to an `edgeopt agent` and measured there (the agent builds
+    what the device runs, e.g. a TensorRT engine from ONNX on a Jetson)."""
     from edgeopt import benchmark as do_bench
     from edgeopt.bench import BenchConfig
     from edgeopt.models import parse_input_shape
 
-    r = do_bench(artifact, runtime=runtime, precision=precision, threads=threads,
-                 input_shape=parse_input_shape(input_shape), config=BenchConfig(max_time_s=max_time))
+    if device:
+        r = _remote_benchmark(artifact, device, token_file, runtime, precision, threads,
+                              parse_input_shape(input_shape), max_time, dataset)
+    else:
+        if token_file or dataset:
+            from edgeopt.errors import ConfigError
+
+            raise ConfigError("--token-file and --dataset only apply with --device")
+        r = do_bench(artifact, runtime=runtime, precision=precision, threads=threads,
+                     input_shape=parse_input_shape(input_shape), config=BenchConfig(max_time_s=max_time))
     if as_json:
         out.print_json(json.dumps(r.model_dump(mode="json")))
         return
     s = r.latency
     out.print(f"{artifact}: {r.runtime} {r.runtime_version} ({r.precision_executed}, {r.threads} threads) "
               f"p50 {s.p50:.3f} ms  p90 {s.p90:.3f}  p99 {s.p99:.3f}  mean {s.mean:.3f} ± {s.std:.3f}  n={s.n}")
+    if device:
+        acc = f", top-1 {r.accuracy:.2f}%" if r.accuracy is not None else ""
+        out.print(f"measured on {r.device} via {device}{acc}", markup=False, highlight=False)
+
+
+def _remote_benchmark(artifact: Path, device: str, token_file: Path | None, runtime: str | None, precision: str,
+                      threads: int | None, input_shape, max_time: float, dataset: str | None):
+    from edgeopt.agent import read_token_file
+    from edgeopt.agent.client import measure_remote
+    from edgeopt.errors import ConfigError
+
+    if token_file is None:
+        raise ConfigError("--device needs --token-file (the file holding the agent's token)")
+    results = measure_remote({"artifact": artifact}, device, read_token_file(token_file), precision=precision,
+                             runtime=runtime, threads=threads, input_shape=input_shape, max_time_s=max_time,
+                             dataset=dataset)
+    return results["artifact"]
 
 
 @app.command()

@@ -35,6 +35,8 @@ def optimize(
     bench_time: float = typer.Option(10.0, help="seconds at most for the interleaved latency measurement"),
     out_dir: Path = typer.Option(Path("out"), "--out", help="output folder for report and artifacts"),
     as_json: bool = typer.Option(False, "--json", help="print report.json to stdout instead of the table"),
+    device: str = typer.Option(None, help="measure latency on a remote `edgeopt agent`, e.g. http://jetson:8765"),
+    token_file: Path = typer.Option(None, help="the agent's token file (with --device)"),
 ) -> None:
     """Decide, compress, export and measure; write OUT/report.json, report.md and the chosen model.
 
@@ -43,6 +45,17 @@ def optimize(
     from edgeopt.models import parse_input_shape
     from edgeopt.pipeline import optimize as run
 
+    token = None
+    if device or token_file:  # issue 6: remote measurement
+        from edgeopt.agent import read_token_file
+        from edgeopt.errors import ConfigError
+
+        if not (device and token_file):
+            raise ConfigError("--device and --token-file go together")
+        token = read_token_file(token_file)
+        from edgeopt.agent.client import AgentClient
+
+        AgentClient(device, token).info()  # fail now on a wrong URL/token/protocol, not after the search
     with RichProgress() as progress:
         report = run(model, target=target, goal=goal, max_accuracy_drop=max_accuracy_drop, retrain=retrain,
                      out_dir=out_dir, weights=weights, input_shape=parse_input_shape(input_shape),
@@ -50,7 +63,8 @@ def optimize(
                      bench_config=BenchConfig(max_time_s=bench_time),
                      latency_budget_ms=latency_budget_ms, size_budget_mb=size_budget_mb,
                      time_budget_s=time_budget, techniques=parse_list(techniques),
-                     runtimes=parse_list(runtimes), threads=threads, seed=seed)
+                     runtimes=parse_list(runtimes), threads=threads, seed=seed, device=device,
+                     device_token=token)
     if as_json:
         out.print_json(json.dumps(report.model_dump(mode="json")))
     else:

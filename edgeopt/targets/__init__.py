@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgeopt.errors import TargetError
 from edgeopt.registry import Registry
 
 PROFILE_DIR = Path(__file__).parent
+KNOWN_RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
+KNOWN_PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8", "int4", "fp8")
 
 
 class TargetProfile(BaseModel):
@@ -37,7 +39,39 @@ class TargetProfile(BaseModel):
     cores: int | None = Field(None, ge=1)
     peak_ops: dict[str, float] = Field(default_factory=dict)  # precision -> ops/s (1 MAC = 2 ops)
     memory_bandwidth_gbs: float | None = Field(None, gt=0)
+    call_overhead_ms: float = Field(0.0, ge=0)  # fixed cost of one inference call (launch, sync), roofline floor
     detected: bool = False  # true for `local`: built from this machine
+
+    @field_validator("runtimes")
+    @classmethod
+    def _runtimes_known(cls, v: list[str]) -> list[str]:
+        bad = [r for r in v if r not in KNOWN_RUNTIMES]
+        if bad or not v:
+            raise ValueError(f"unknown runtime {bad[0]!r} (known: {', '.join(KNOWN_RUNTIMES)})" if bad
+                             else "at least one runtime is needed")
+        return v
+
+    @field_validator("precisions")
+    @classmethod
+    def _precisions_known(cls, v: list[str]) -> list[str]:
+        bad = [p for p in v if p not in KNOWN_PRECISIONS]
+        if bad:
+            raise ValueError(f"unknown precision {bad[0]!r} (known: {', '.join(KNOWN_PRECISIONS)})")
+        if "fp32" not in v:
+            raise ValueError("fp32 must be listed: it is the reference every candidate is compared with")
+        return v
+
+    @field_validator("peak_ops")
+    @classmethod
+    def _peaks_positive(cls, v: dict[str, float]) -> dict[str, float]:
+        for k, x in v.items():
+            if k not in KNOWN_PRECISIONS:
+                raise ValueError(f"unknown precision {k!r} (known: {', '.join(KNOWN_PRECISIONS)})")
+            if not x > 0:
+                raise ValueError(f"peak ops/s for {k} must be positive, got {x}")
+        if v and "fp32" not in v:
+            raise ValueError("peak_ops needs an fp32 entry (the roofline falls back to it)")
+        return v
 
 
 def _parse(data: object, source: str) -> TargetProfile:
@@ -115,12 +149,35 @@ def detect_local() -> TargetProfile:
             precisions = ["fp32", "fp16", "int8"]
     except Exception:  # torch missing or broken CUDA: a CPU profile is still right
         pass
+    cores = os.cpu_count() or 1
+    peaks, bandwidth, overhead, desc = {}, None, 0.0, f"this machine: {cpu_model()}"
+    ref = _closest_cpu_profile(set(feats), arch) if kind == "cpu" else None
+    if ref is not None and ref.cores:
+        # roofline figures: the closest built-in CPU profile, scaled to this machine's core count
+        # (same clock assumed; an estimate, and labelled so wherever it is used)
+        scale = cores / ref.cores
+        peaks = {p: v * scale for p, v in ref.peak_ops.items() if p in precisions}
+        bandwidth = ref.memory_bandwidth_gbs * min(1.0, scale) if ref.memory_bandwidth_gbs else None
+        overhead = ref.call_overhead_ms
+        desc += f" (roofline figures scaled from {ref.name} to {cores} cores)"
     return TargetProfile(
-        name="local", description=f"this machine: {cpu_model()}", kind=kind, arch=arch,
+        name="local", description=desc, kind=kind, arch=arch,
         isa_features=feats, runtimes=runtimes, precisions=precisions,
         channel_multiple=16 if ("amx_tile" in flags or kind == "gpu") else 8,
-        cores=os.cpu_count(), detected=True,
+        cores=cores, peak_ops=peaks, memory_bandwidth_gbs=bandwidth, call_overhead_ms=overhead, detected=True,
     )
+
+
+def _closest_cpu_profile(features: set[str], arch: str) -> TargetProfile | None:
+    """The built-in CPU profile of this architecture whose ISA features are all present here, with the
+    most features (x86-amx on a Sapphire Rapids, x86-avx2 on a Haswell)."""
+    best = None
+    for name, p in builtin_targets().items():
+        if name == "local" or p.kind != "cpu" or p.arch != arch or not set(p.isa_features) <= features:
+            continue
+        if best is None or len(p.isa_features) > len(best.isa_features):
+            best = p
+    return best
 
 
 def load_target(spec: str) -> TargetProfile:

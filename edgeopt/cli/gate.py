@@ -1,0 +1,47 @@
+"""`edgeopt gate`: CI checks on a report. Exit 0 pass, 1 fail, 2 bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from edgeopt.cli.app import app
+from edgeopt.cli.common import out
+
+
+@app.command()
+def gate(
+    report: Path = typer.Argument(..., help="report.json from `optimize`, or `benchmark --json` output"),
+    max_latency_ms: float = typer.Option(None, help="fail when the p50 latency exceeds this"),
+    max_accuracy_drop: float = typer.Option(None, help="fail when the accuracy drop exceeds this (pp)"),
+    max_size_mb: float = typer.Option(None, help="fail when the artifact is larger than this on disk"),
+    baseline: Path = typer.Option(None, help="an older report/benchmark JSON to compare latency with"),
+    max_regression: str = typer.Option("10%", help="allowed p50 slowdown vs --baseline, in percent"),
+    candidate: str = typer.Option(None, help="gate this candidate id instead of the chosen one"),
+    junit: Path = typer.Option(None, help="also write the checks as JUnit XML (for CI test reports)"),
+    allow_estimated: bool = typer.Option(False, help="let roofline-estimated latencies pass latency checks"),
+) -> None:
+    """Check a report against limits; print which check failed and by how much. Exit 0 pass, 1 fail, 2 bad input.
+
+    A regression fails only when the 95% bootstrap interval of median(new)/median(baseline) lies entirely
+    above 1 + MAX_REGRESSION, so an unchanged model does not flap on a noisy machine. Estimated latencies
+    fail latency checks unless --allow-estimated."""
+    from edgeopt.gate import GateInputError, load_subject, parse_percent, run_gate, write_junit
+
+    if max_latency_ms is None and max_accuracy_drop is None and max_size_mb is None and baseline is None:
+        raise GateInputError("no check asked for: give --max-latency-ms, --max-accuracy-drop, --max-size-mb "
+                             "or --baseline")
+    subject = load_subject(report, candidate)
+    old = load_subject(baseline, candidate) if baseline is not None else None
+    checks = run_gate(subject, max_latency_ms, max_accuracy_drop, max_size_mb, old,
+                      parse_percent(max_regression), allow_estimated)
+    for c in checks:
+        out.print(f"{'PASS' if c.passed else 'FAIL'} {c.name}: {c.message}", markup=False, highlight=False)
+    if junit is not None:
+        write_junit(junit, checks, subject)
+    failed = [c for c in checks if not c.passed]
+    out.print(f"gate {'failed' if failed else 'passed'}: {len(checks) - len(failed)}/{len(checks)} checks "
+              f"passed ({subject.name})", markup=False, highlight=False)
+    if failed:
+        raise typer.Exit(1)
