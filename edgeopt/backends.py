@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgeopt.errors import ConfigError, missing_backend
+from edgeopt.errors import BackendMissingError, ConfigError, missing_backend
 from edgeopt.exporters import ExportResult
 from edgeopt.registry import Registry
 from edgeopt.runtimes import Session
@@ -36,11 +36,24 @@ class Backend:
     device: str = "CPU"
 
     def installed(self) -> bool:
-        return importlib.util.find_spec(self.module) is not None
+        if importlib.util.find_spec(self.module) is None:
+            return False
+        if self.device == "GPU":  # a GPU-only runtime is of no use without a CUDA device
+            import torch
+
+            return torch.cuda.is_available()
+        return True
+
+    def missing_reason(self) -> str:
+        if importlib.util.find_spec(self.module) is None:
+            return f"{self.module} not installed (pip install 'edgeopt[{self.extra}]')"
+        return f"{self.runtime} needs an NVIDIA GPU with CUDA; none is visible" if not self.installed() else ""
 
     def require(self) -> None:
-        if not self.installed():
+        if importlib.util.find_spec(self.module) is None:
             raise missing_backend(self.module, self.extra)
+        if not self.installed():
+            raise BackendMissingError(self.missing_reason())
 
     def export(self, model: nn.Module, example: torch.Tensor, out: Path, precision: str = "fp32",
                calib=None, options: dict | None = None) -> ExportResult:
@@ -56,12 +69,17 @@ BACKENDS: Registry[Backend] = Registry("format")
 BACKENDS.register("onnx", Backend(
     format="onnx", runtime="onnxruntime", suffix=".onnx",
     export_ref="edgeopt.exporters.onnx:export_onnx", load_ref="edgeopt.runtimes.onnxruntime:load_onnxruntime",
-    precisions=("fp32",), extra="dev", module="onnxruntime"), aliases=("onnxruntime", "ort"))
+    precisions=("fp32", "fp16", "int8"), extra="dev", module="onnxruntime"), aliases=("onnxruntime", "ort"))
 BACKENDS.register("openvino", Backend(
     format="openvino", runtime="openvino", suffix=".xml",
     export_ref="edgeopt.exporters.openvino:export_openvino",
     load_ref="edgeopt.runtimes.openvino:load_openvino",
-    precisions=("fp32", "bf16"), extra="openvino", module="openvino"), aliases=("ov", "ir"))
+    precisions=("fp32", "bf16", "fp16", "int8"), extra="openvino", module="openvino"), aliases=("ov", "ir"))
+# TensorRT engines are built on (and only run on) an NVIDIA GPU; `installed()` also asks for a CUDA device.
+BACKENDS.register("tensorrt", Backend(
+    format="tensorrt", runtime="tensorrt", suffix=".engine",
+    export_ref="edgeopt.exporters.tensorrt:export_tensorrt", load_ref="edgeopt.runtimes.tensorrt:load_tensorrt",
+    precisions=("fp32", "fp16", "int8"), extra="tensorrt", module="tensorrt", device="GPU"), aliases=("trt",))
 
 
 def backend_for(name: str) -> Backend:
@@ -97,5 +115,13 @@ def export_verified(model: nn.Module, example: torch.Tensor, format: str, out: P
     result.info["export_seconds"] = round(time.perf_counter() - t0, 3)
     session = backend.load(result.path, precision=precision, threads=threads)
     if verify:
-        result.info["verification"] = verify_session(session, model, example, precision)
+        inputs = labels = None
+        if precision == "int8" and calib is not None and not isinstance(calib, str):
+            from edgeopt.exporters.calibration import holdout
+
+            inputs, labels, overlap = holdout(calib, example)
+            result.info["verification_data"] = "calibration data" + (
+                " (overlaps the calibration samples: too few for a held-out split)" if overlap else ", held out")
+        result.info["verification"] = verify_session(session, model, example, precision, inputs=inputs or None,
+                                                     labels=labels)
     return result, session

@@ -51,77 +51,150 @@ def prune(
               f"{record['layers_changed']} layers changed; wrote {path}")
 
 
+def _calib_data(data: str | None, calib: str | None, model: str, sample_shape):
+    """--calib random | --data digits | --data inputs.npy; the demo defaults to its own digits data."""
+    from edgeopt.errors import ConfigError, DataError
+
+    if calib is not None and calib != "random":
+        raise ConfigError(f"--calib takes only 'random' (use --data for real calibration data), got {calib!r}")
+    if data is None:
+        if model == "demo":
+            data = "digits"
+        else:
+            return "random" if calib == "random" else None
+    if data == "digits":
+        from edgeopt.data import digits_data
+
+        return digits_data()[0]
+    import numpy as np
+    import torch
+
+    path = Path(data)
+    if path.suffix != ".npy" or not path.is_file():
+        raise ConfigError(f"--data {data!r}: give 'digits' or an existing .npy file of inputs shaped N,C,H,W")
+    try:
+        arr = np.load(path, allow_pickle=False)  # never unpickle user files
+    except Exception as e:
+        raise DataError(f"--data {path} is not a readable .npy array: {str(e).splitlines()[0][:120]}") from None
+    from edgeopt.data import as_batches
+
+    return as_batches([torch.from_numpy(np.asarray(arr, dtype=np.float32))], "calibration data", sample_shape)
+
+
 @app.command()
 def export(
     model: str = typer.Option("demo", help=MODEL_HELP),
     weights: Path = typer.Option(None), input_shape: str = typer.Option(None),
     trust_pickle: bool = typer.Option(False),
-    format: str = typer.Option("onnx", help="onnx | openvino"),
-    precision: str = typer.Option("fp32"),
+    format: str = typer.Option("onnx", help="onnx | openvino | tensorrt"),
+    precision: str = typer.Option("fp32", help="fp32 | fp16 | bf16 (openvino) | int8 (needs calibration data)"),
+    data: str = typer.Option(None, help="int8 calibration data: 'digits' (the demo's, default for it) or a .npy "
+                                        "file of inputs shaped N,C,H,W"),
+    calib: str = typer.Option(None, help="'random': calibrate int8 on random inputs (meaningless scales; "
+                                         "refused unless asked for, and marked in the output)"),
+    quant_mode: str = typer.Option("auto", help="ONNX int8: auto | qdq-s8 | qdq-u8 | qoperator-u8 | "
+                                                "qoperator-s8 | dynamic (Linear-heavy models, no calibration)"),
+    workspace_mb: int = typer.Option(1024, help="TensorRT builder workspace limit"),
+    dla_core: int = typer.Option(None, help="TensorRT: build for this DLA core (Jetson), GPU fallback on"),
+    timing_cache: Path = typer.Option(None, help="TensorRT timing cache file, reused and updated"),
     out_file: Path = typer.Option(Path("model.onnx"), "--out"),
 ) -> None:
-    """Export a model and verify the artifact's outputs against PyTorch."""
-    from edgeopt import export as do_export
+    """Export a model at a precision and verify the artifact's outputs against PyTorch on fresh inputs."""
+    from edgeopt.backends import export_verified
 
     loaded, example = _load(model, weights, input_shape, trust_pickle)
-    path = do_export(loaded.model, example, format=format, precision=precision, out=out_file)
-    out.print(f"wrote {path} (verified against PyTorch)")
+    calib_data = _calib_data(data, calib, model, tuple(example.shape[1:])) if precision == "int8" else None
+    options = {"quant_mode": quant_mode, "workspace_mb": workspace_mb, "dla_core": dla_core,
+               "timing_cache": str(timing_cache) if timing_cache else None}
+    result, session = export_verified(loaded.model, example, format, out_file, precision=precision,
+                                      calib=calib_data, options=options)
+    v = result.info.get("verification", {})
+    cal = result.info.get("calibration")
+    note = " [calibrated on RANDOM data: scales are meaningless]" if cal and cal["source"] == "random" else ""
+    out.print(f"wrote {result.path} ({result.exporter}, runs {session.precision_executed} on {session.runtime}"
+              f"{', ' + result.info['quant_mode'] if 'quant_mode' in result.info else ''}); verified against "
+              f"PyTorch: max rel error {v.get('max_rel_error', 0):.2e}, top-1 agreement "
+              f"{v.get('top1_agreement', 1):.0%} over {v.get('inputs', 0)} inputs{note}")
 
 
 @app.command()
 def benchmark(
-    artifact: Path = typer.Argument(..., help="an .onnx or OpenVINO .xml file"),
-    runtime: str = typer.Option(None, help="onnxruntime | openvino; tensorrt with --device (default: by suffix)"),
-    precision: str = typer.Option("fp32", help="precision to execute at (OpenVINO: fp32 | bf16)"),
-    threads: int = typer.Option(None),
-    input_shape: str = typer.Option(None),
+    artifacts: list[Path] = typer.Argument(..., help="one or more .onnx / OpenVINO .xml / TensorRT .engine files; "
+                                                     "several are measured interleaved, run by run (A/B)"),
+    runtime: str = typer.Option(None, help="onnxruntime | openvino | tensorrt (default: from the file suffix)"),
+    precision: str = typer.Option("fp32", help="OpenVINO inference-precision hint: fp32 | bf16 | fp16 | int8 "
+                                               "(= the runtime's default); ONNX/TensorRT run what the file holds"),
+    threads: int = typer.Option(None, help="runtime threads (default: all cores); recorded in the result"),
+    input_shape: str = typer.Option(None, help="input shape, e.g. 1,3,224,224 (default: the artifact's)"),
+    batch_size: int = typer.Option(None, help="batch size (replaces the first dimension of the input shape)"),
     max_time: float = typer.Option(10.0, help="seconds at most for the timed runs"),
+    per_layer: bool = typer.Option(False, "--per-layer", help="also profile per-layer times (ONNX Runtime "
+                                                              "profiler / OpenVINO performance counters)"),
+    top: int = typer.Option(10, help="layers to print with --per-layer"),
     device: str = typer.Option(None, help="measure on a remote `edgeopt agent`, e.g. http://jetson:8765"),
     token_file: Path = typer.Option(None, help="the agent's token file (with --device)"),
     dataset: str = typer.Option(None, help="with --device: top-1 on NAME.npz from the agent's --data-dir"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Measure an artifact's latency: warm-up, repeated runs until the median is stable, percentiles.
+    """Measure latency: warm-up, repeated runs until the median is stable (or --max-time), percentiles;
+    records runtime and version, the precision really executed, the device and the threads.
 
-    With --device the artifact is uploaded to an `edgeopt agent` and measured there (the agent builds
+    With --device the artifacts are uploaded to an `edgeopt agent` and measured there (the agent builds
     what the device runs, e.g. a TensorRT engine from ONNX on a Jetson)."""
-    from edgeopt import benchmark as do_bench
     from edgeopt.bench import BenchConfig
+    from edgeopt.benchmarking import benchmark_many
+    from edgeopt.benchmarking import per_layer as profile
+    from edgeopt.errors import ConfigError
     from edgeopt.models import parse_input_shape
 
+    shape = parse_input_shape(input_shape)
+    layers = {}
     if device:
-        r = _remote_benchmark(artifact, device, token_file, runtime, precision, threads,
-                              parse_input_shape(input_shape), max_time, dataset)
+        if per_layer or batch_size:
+            raise ConfigError("--per-layer and --batch-size are not available with --device")
+        results = _remote_benchmark(artifacts, device, token_file, runtime, precision, threads, shape, max_time,
+                                    dataset)
     else:
         if token_file or dataset:
-            from edgeopt.errors import ConfigError
-
             raise ConfigError("--token-file and --dataset only apply with --device")
-        r = do_bench(artifact, runtime=runtime, precision=precision, threads=threads,
-                     input_shape=parse_input_shape(input_shape), config=BenchConfig(max_time_s=max_time))
+        results = benchmark_many(artifacts, runtime=runtime, precision=precision, threads=threads,
+                                 input_shape=shape, batch_size=batch_size, config=BenchConfig(max_time_s=max_time))
+        layers = {str(a): [r.as_dict() for r in profile(a, runtime, precision, threads, shape, batch_size)]
+                  for a in artifacts} if per_layer else {}
     if as_json:
-        out.print_json(json.dumps(r.model_dump(mode="json")))
+        docs = [{**r.model_dump(mode="json"), **({"layers": layers[r.artifact]} if per_layer else {})}
+                for r in results]
+        out.print_json(json.dumps(docs[0] if len(docs) == 1 else docs))
         return
-    s = r.latency
-    out.print(f"{artifact}: {r.runtime} {r.runtime_version} ({r.precision_executed}, {r.threads} threads) "
-              f"p50 {s.p50:.3f} ms  p90 {s.p90:.3f}  p99 {s.p99:.3f}  mean {s.mean:.3f} ± {s.std:.3f}  n={s.n}")
+    for r in results:
+        s = r.latency
+        out.print(f"{r.artifact}: {r.runtime} {r.runtime_version} ({r.precision_executed}, {r.threads} threads, "
+                  f"input {'x'.join(map(str, r.input_shape))}) p50 {s.p50:.3f} ms  p90 {s.p90:.3f}  "
+                  f"p99 {s.p99:.3f}  mean {s.mean:.3f} ± {s.std:.3f}  n={s.n}")
     if device:
-        acc = f", top-1 {r.accuracy:.2f}%" if r.accuracy is not None else ""
-        out.print(f"measured on {r.device} via {device}{acc}", markup=False, highlight=False)
+        for r in results:
+            acc = f", top-1 {r.accuracy:.2f}%" if getattr(r, "accuracy", None) is not None else ""
+            out.print(f"{r.artifact} measured on {r.device} via {device}{acc}", markup=False, highlight=False)
+    elif len(results) > 1:
+        out.print(f"measured interleaved on {results[0].device}")
+    for name, rows in layers.items():
+        out.print(f"top layers of {name} (median per run; profiling overhead included):")
+        for row in rows[:top]:
+            out.print(f"  {row['ms']:8.3f} ms {row['share']:6.1%}  {row['op']:<16} {row['name']}  {row['exec_type']}")
 
 
-def _remote_benchmark(artifact: Path, device: str, token_file: Path | None, runtime: str | None, precision: str,
-                      threads: int | None, input_shape, max_time: float, dataset: str | None):
+def _remote_benchmark(artifacts: list[Path], device: str, token_file: Path | None, runtime: str | None,
+                      precision: str, threads: int | None, input_shape, max_time: float, dataset: str | None):
     from edgeopt.agent import read_token_file
     from edgeopt.agent.client import measure_remote
     from edgeopt.errors import ConfigError
 
     if token_file is None:
         raise ConfigError("--device needs --token-file (the file holding the agent's token)")
-    results = measure_remote({"artifact": artifact}, device, read_token_file(token_file), precision=precision,
-                             runtime=runtime, threads=threads, input_shape=input_shape, max_time_s=max_time,
-                             dataset=dataset)
-    return results["artifact"]
+    results = measure_remote({str(a): a for a in artifacts}, device, read_token_file(token_file),
+                             precision=precision, runtime=runtime, threads=threads, input_shape=input_shape,
+                             max_time_s=max_time, dataset=dataset)
+    return [results[str(a)] for a in artifacts]
 
 
 @app.command()

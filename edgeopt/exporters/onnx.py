@@ -1,5 +1,6 @@
 """ONNX export through torch.onnx.export: the legacy TorchScript exporter first (fast), the dynamo
-exporter if that fails; the one used is recorded. The graph is checked with onnx.checker."""
+exporter if that fails; the one used is recorded. The graph is checked with onnx.checker, simplified with
+onnxslim when installed, then converted to the requested precision (fp16, int8: see onnx_quant)."""
 
 from __future__ import annotations
 
@@ -29,19 +30,44 @@ def _try_export(model: nn.Module, example: torch.Tensor, path: Path, dynamo: boo
             torch.onnx.export(model, (example,), str(path), dynamo=False, do_constant_folding=True, **kwargs)
 
 
+def _unsupported_op(errors: list[str]) -> str | None:
+    """Name the op (and the layer, when the exporter says) that no exporter could convert."""
+    import re
+
+    for err in errors:
+        m = re.search(r"(aten::\w+|aten\.\w+(?:\.\w+)?)", err)
+        if m and ("unsupported" in err.lower() or "not supported" in err.lower() or "no symbolic" in err.lower()):
+            where = re.search(r"(?:node|layer|module)[ :]+'?([\w./]+)", err)
+            return f"operator {m.group(1)}" + (f" at {where.group(1)}" if where else "")
+    return None
+
+
 def export_onnx(model: nn.Module, example: torch.Tensor, out: Path, precision: str = "fp32",
                 calib=None, options: dict | None = None) -> ExportResult:
+    """options: quant_mode (int8: auto | qdq-s8 | qdq-u8 | qoperator-u8 | qoperator-s8 | dynamic),
+    simplify (default True), allow_random_calib (default False)."""
     import onnx
 
-    if precision != "fp32":
-        raise ExportError(f"ONNX export at {precision} is not supported; use fp32")
+    from edgeopt.exporters import onnx_quant
+    from edgeopt.exporters.calibration import resolve_calibration
+
+    options = dict(options or {})
+    if precision not in ("fp32", "fp16", "int8"):
+        raise ExportError(f"ONNX export at {precision} is not supported; use fp32, fp16 or int8")
     out = Path(out)
+    cal = None
+    if precision == "int8" and options.get("quant_mode", "auto") != "dynamic" and calib is not None:
+        cal = resolve_calibration(calib, example, "int8", options.get("allow_random_calib", False))
+    elif precision == "int8" and calib is None and options.get("quant_mode", "auto") not in ("auto", "dynamic"):
+        resolve_calibration(calib, example, "int8", options.get("allow_random_calib", False))  # refuse early
     out.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     errors = []
     fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".onnx.tmp")
     os.close(fd)
     tmp = Path(tmp_name)
+    conv = tmp.with_name(tmp.name + ".conv")
+    info: dict = {}
     try:
         for exporter, dynamo in (("torch.onnx (TorchScript)", False), ("torch.onnx (dynamo)", True)):
             try:
@@ -51,13 +77,29 @@ def export_onnx(model: nn.Module, example: torch.Tensor, out: Path, precision: s
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 errors.append(f"{exporter}: {first[:300]}")
         else:
-            raise ExportError("ONNX export failed: " + " | ".join(errors))
+            op = _unsupported_op(errors)
+            raise ExportError(("ONNX export failed: unsupported " + op) if op else
+                              "ONNX export failed: " + " | ".join(errors))
         try:
             onnx.checker.check_model(str(tmp))
         except onnx.checker.ValidationError as e:
             raise ExportError(f"exported ONNX graph is invalid: {str(e).splitlines()[0]}") from None
+        info["simplified"] = options.get("simplify", True) and onnx_quant.simplify(tmp)
+        if precision == "fp16":
+            info.update(onnx_quant.convert_fp16(tmp, conv))
+            os.replace(conv, tmp)
+        elif precision == "int8":
+            mode = onnx_quant.pick_mode(tmp, options.get("quant_mode", "auto"))
+            arrays = None
+            if mode != "dynamic":  # dynamic quantization computes activation scales at run time
+                cal = cal or resolve_calibration(calib, example, "int8", options.get("allow_random_calib", False))
+                arrays = [x.numpy().astype("float32") for x in cal.inputs]
+                info["calibration"] = cal.info()
+            info.update(onnx_quant.quantize_int8(tmp, conv, mode, arrays))
+            os.replace(conv, tmp)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    return ExportResult(path=out, format="onnx", precision="fp32", exporter=exporter, files=[out],
-                        info={"opset": OPSET if not dynamo else max(OPSET, 18), "fallback_errors": errors})
+        conv.unlink(missing_ok=True)
+    return ExportResult(path=out, format="onnx", precision=precision, exporter=exporter, files=[out],
+                        info={"opset": OPSET if not dynamo else max(OPSET, 18), "fallback_errors": errors, **info})

@@ -1,7 +1,9 @@
 """OpenVINO IR (.xml + .bin) from the torch model (ov.convert_model), falling back to an ONNX route.
 
-Weights stay fp32 in the IR: the precision actually executed is chosen at compile time by the
-runtime's inference-precision hint, and reported from there."""
+Weights stay fp32 in the IR for fp32/bf16/fp16: the precision actually executed is chosen at compile time by
+the runtime's inference-precision hint, and reported from there. INT8 is real post-training quantization
+through NNCF (`nncf.quantize` on calibration data; `nncf.quantize_with_accuracy_control` when labelled
+evaluation data and a maximum accuracy drop are given in options)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,11 @@ def export_openvino(model: nn.Module, example: torch.Tensor, out: Path, precisio
     except ImportError:
         raise missing_backend("openvino", "openvino") from None
     out = Path(out).with_suffix(".xml")
+    cal = None
+    if precision == "int8":  # refuse missing/bad calibration data before the slow conversion
+        from edgeopt.exporters.calibration import resolve_calibration
+
+        cal = resolve_calibration(calib, example, "int8", dict(options or {}).get("allow_random_calib", False))
     out.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     ov_model, exporter = None, None
@@ -48,6 +55,9 @@ def export_openvino(model: nn.Module, example: torch.Tensor, out: Path, precisio
     if ov_model is None:
         raise ExportError("OpenVINO conversion failed: " + " | ".join(errors))
     ov_model.reshape({ov_model.input(0): ov.PartialShape(list(example.shape))})
+    info: dict = {}
+    if precision == "int8":
+        ov_model, info = _quantize(ov_model, cal, example, dict(options or {}))
     tmpdir = Path(tempfile.mkdtemp(dir=out.parent, prefix=".ovtmp."))
     try:  # save beside the destination, then move both files in: never half an IR
         ov.save_model(ov_model, str(tmpdir / out.name), compress_to_fp16=False)
@@ -57,4 +67,54 @@ def export_openvino(model: nn.Module, example: torch.Tensor, out: Path, precisio
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return ExportResult(path=out, format="openvino", precision=precision, exporter=exporter,
-                        files=[out, out.with_suffix(".bin")], info={"fallback_errors": errors})
+                        files=[out, out.with_suffix(".bin")], info={"fallback_errors": errors, **info})
+
+
+def _accuracy_fn(example: torch.Tensor):
+    """NNCF's validation_fn: top-1 accuracy (0..1) of a compiled model over (x, y) pairs."""
+    import numpy as np
+
+    def validate(compiled, data) -> float:
+        request = compiled.create_infer_request()
+        right = total = 0
+        for x, y in data:
+            out = request.infer({0: x})[compiled.output(0)]
+            right += int((np.asarray(out).reshape(len(y), -1).argmax(1) == y).sum())
+            total += len(y)
+        return right / max(total, 1)
+
+    return validate
+
+
+def _eval_pairs(eval_data, example: torch.Tensor) -> list:
+    """Labelled evaluation batches regrouped to the IR's static batch size, as numpy (x, y) pairs."""
+    b = int(example.shape[0])
+    pairs = []
+    for x, y in eval_data.items:
+        for i in range(0, len(x) - b + 1, b):
+            pairs.append((x[i:i + b].numpy(), y[i:i + b].numpy()))
+    return pairs
+
+
+def _quantize(ov_model, cal, example: torch.Tensor, options: dict):
+    import nncf
+
+    dataset = nncf.Dataset([x.numpy() for x in cal.inputs])
+    info = {"calibration": cal.info(), "quantizer": f"nncf {nncf.__version__}"}
+    eval_data = options.get("eval_data")
+    max_drop = options.get("max_accuracy_drop")  # percentage points
+    try:
+        if eval_data is not None and getattr(eval_data, "labelled", False) and max_drop is not None:
+            pairs = _eval_pairs(eval_data, example)
+            quantized = nncf.quantize_with_accuracy_control(
+                ov_model, calibration_dataset=dataset, validation_dataset=nncf.Dataset(pairs),
+                validation_fn=_accuracy_fn(example), max_drop=float(max_drop) / 100.0,
+                drop_type=nncf.DropType.ABSOLUTE, subset_size=len(cal.inputs))
+            info["accuracy_control"] = {"max_drop_pp": float(max_drop), "eval_samples": len(pairs)}
+        else:
+            quantized = nncf.quantize(ov_model, dataset, subset_size=len(cal.inputs),
+                                      preset=nncf.QuantizationPreset.PERFORMANCE)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ExportError(f"NNCF INT8 quantization failed: {first}") from None
+    return quantized, info

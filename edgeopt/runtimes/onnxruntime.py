@@ -9,6 +9,25 @@ import numpy as np
 from edgeopt.errors import ArtifactError, InputShapeError, missing_backend
 from edgeopt.runtimes import Session
 
+_INT8_OPS = {"QuantizeLinear", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLinear", "MatMulInteger",
+             "ConvInteger", "DynamicQuantizeMatMul"}
+
+
+def graph_precision(path: Path) -> str | None:
+    """What the graph itself computes in: int8 when it holds quantized ops, fp16 when its weights are fp16.
+    The file, not the caller's flag, says what runs (`edgeopt benchmark q.onnx` must not report fp32)."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:
+        return None  # ONNX Runtime's own load reports the problem
+    if any(n.op_type in _INT8_OPS for n in graph.node):
+        return "int8"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer):
+        return "fp16"
+    return "fp32"
+
 
 def load_onnxruntime(path: Path, precision: str = "fp32", threads: int | None = None,
                      device: str = "CPU") -> Session:
@@ -46,7 +65,7 @@ def load_onnxruntime(path: Path, precision: str = "fp32", threads: int | None = 
         feed = {name: np.ascontiguousarray(x, dtype=np.float32)}
         return lambda: sess.run(None, feed)
 
-    executed = precision if precision != "fp32" else "fp32"
+    executed = graph_precision(path) or precision
     return Session(runtime="onnxruntime", runtime_version=ort.__version__, precision_executed=executed,
                    input_shape=shape, run=run, lean_call=lean_call, device=sess.get_providers()[0],
                    threads=threads, info={"providers": sess.get_providers()})

@@ -40,11 +40,13 @@ def load_openvino(path: Path, precision: str = "fp32", threads: int | None = Non
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     try:
-        compiled = core.compile_model(core.read_model(str(path)), device.upper(), config)
+        ov_model = core.read_model(str(path))
+        quantized = any(op.get_type_name() == "FakeQuantize" for op in ov_model.get_ops())
+        compiled = core.compile_model(ov_model, device.upper(), config)
     except Exception as e:
         raise ArtifactError(f"OpenVINO cannot load {path}: {str(e).strip().splitlines()[0][:200]}") from None
     executed = _precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
-    if precision == "int8":
+    if quantized:  # an NNCF IR: read from the graph, whatever precision the caller named
         executed = f"int8+{executed}"  # quantized layers run int8, the rest at the hint's precision
     request = compiled.create_infer_request()
     shape = tuple(compiled.input(0).get_partial_shape().get_min_shape())

@@ -1,0 +1,142 @@
+"""TensorRT engines built from ONNX through TensorRT's Python API (TensorRT 10).
+
+fp32 / fp16 build from the fp32 ONNX graph; int8 builds either from an explicitly quantized ONNX graph
+(symmetric signed Q/DQ pairs from ONNX Runtime's quantizer: what TensorRT's explicit quantization reads,
+the default) or from the fp32 graph with TensorRT's entropy calibrator (options["int8_calibration"] =
+"entropy"). Options: workspace_mb, dla_core (Jetson), timing_cache (path, reused across builds).
+
+An engine only runs on the GPU model and TensorRT version that built it: both are written to a
+`<engine>.json` sidecar that the runtime checks before deserializing."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeopt.errors import BackendMissingError, ConfigError, ExportError, missing_backend
+from edgeopt.exporters import ExportResult
+
+
+def require_gpu() -> str:
+    """The CUDA device name, or BackendMissingError saying why TensorRT cannot run here."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        raise missing_backend("tensorrt", "tensorrt") from None
+    if not torch.cuda.is_available():
+        raise BackendMissingError("TensorRT needs an NVIDIA GPU with CUDA; none is visible on this machine")
+    return torch.cuda.get_device_name(0)
+
+
+def engine_meta(precision: str) -> dict:
+    import tensorrt as trt
+
+    major, minor = torch.cuda.get_device_capability(0)
+    return {"gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}",
+            "tensorrt": trt.__version__, "precision": precision}
+
+
+class _EntropyCalibrator:
+    """Factory for a trt.IInt8EntropyCalibrator2 fed from calibration batches kept on the GPU."""
+
+    @staticmethod
+    def make(trt, batches: list[torch.Tensor], cache: Path):
+        class Calibrator(trt.IInt8EntropyCalibrator2):
+            def __init__(self):
+                super().__init__()
+                self._batches = [b.contiguous().cuda() for b in batches]
+                self._i = 0
+
+            def get_batch_size(self):
+                return int(self._batches[0].shape[0])
+
+            def get_batch(self, names):
+                if self._i >= len(self._batches):
+                    return None
+                self._i += 1
+                return [int(self._batches[self._i - 1].data_ptr())]
+
+            def read_calibration_cache(self):
+                return cache.read_bytes() if cache.exists() else None
+
+            def write_calibration_cache(self, data):
+                cache.write_bytes(bytes(data))
+
+        return Calibrator()
+
+
+def _onnx_graph(model, example, tmpdir: Path, precision: str, calib, options: dict) -> tuple[Path, dict]:
+    from edgeopt.exporters.onnx import export_onnx
+
+    explicit = precision == "int8" and options.get("int8_calibration", "qdq") == "qdq"
+    onnx_opts = {"quant_mode": "qdq-s8", "allow_random_calib": options.get("allow_random_calib", False)}
+    r = export_onnx(model, example, tmpdir / "m.onnx", precision="int8" if explicit else "fp32", calib=calib,
+                    options=onnx_opts)
+    return r.path, {"onnx_exporter": r.exporter, **({"calibration": r.info["calibration"]} if explicit else {})}
+
+
+def export_tensorrt(model: nn.Module, example: torch.Tensor, out: Path, precision: str = "fp32",
+                    calib=None, options: dict | None = None) -> ExportResult:
+    require_gpu()
+    import tensorrt as trt
+
+    options = dict(options or {})
+    if precision not in ("fp32", "fp16", "int8"):
+        raise ConfigError(f"TensorRT precision {precision!r} unknown; use fp32, fp16 or int8")
+    out = Path(out).with_suffix(".engine")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    logger = trt.Logger(trt.Logger.WARNING)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".trt.") as tmp:
+        tmpdir = Path(tmp)
+        onnx_path, info = _onnx_graph(model, example, tmpdir, precision, calib, options)
+        builder = trt.Builder(logger)
+        network = builder.create_network(0)  # TensorRT 10: networks are always explicit-batch
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse(onnx_path.read_bytes()):
+            errs = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+            raise ExportError("TensorRT cannot parse the ONNX graph: " + " | ".join(errs)[:400])
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.get("workspace_mb", 1024)) << 20)
+        if precision == "fp16":
+            config.set_flag(trt.BuilderFlag.FP16)
+        elif precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)
+            config.set_flag(trt.BuilderFlag.FP16)  # layers left unquantized may still run in fp16
+            if options.get("int8_calibration", "qdq") == "entropy":
+                from edgeopt.exporters.calibration import resolve_calibration
+
+                cal = resolve_calibration(calib, example, "int8", options.get("allow_random_calib", False))
+                config.int8_calibrator = _EntropyCalibrator.make(trt, cal.inputs, tmpdir / "calib.cache")
+                info["calibration"] = {**cal.info(), "method": "entropy calibrator"}
+            else:
+                info["int8"] = "explicit Q/DQ (ONNX Runtime qdq-s8, per-channel weights)"
+        dla = options.get("dla_core")
+        if dla is not None:
+            if builder.num_DLA_cores == 0:
+                raise ConfigError("--dla-core given but this GPU has no DLA cores (Jetson AGX/NX only)")
+            config.default_device_type = trt.DeviceType.DLA
+            config.DLA_core = int(dla)
+            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)  # layers DLA cannot run fall back to the GPU
+            info["dla_core"] = int(dla)
+        cache_path = Path(options["timing_cache"]) if options.get("timing_cache") else None
+        cache = config.create_timing_cache(cache_path.read_bytes() if cache_path and cache_path.exists() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise ExportError("TensorRT engine build failed (see the TensorRT log above)")
+        if cache_path:
+            cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+            info["timing_cache"] = str(cache_path)
+        meta = {**engine_meta(precision), **info}
+        tmp_engine, tmp_meta = tmpdir / "e.engine", tmpdir / "e.json"
+        tmp_engine.write_bytes(bytes(serialized))
+        tmp_meta.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp_meta, out.with_suffix(".engine.json"))  # sidecar first: an engine is never unlabelled
+        os.replace(tmp_engine, out)
+    return ExportResult(path=out, format="tensorrt", precision=precision, exporter=f"tensorrt {trt.__version__}",
+                        files=[out, out.with_suffix(".engine.json")], info=meta)

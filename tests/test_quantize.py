@@ -1,0 +1,148 @@
+"""INT8 / FP16 export: calibration rules, ONNX Runtime quantization flavours, NNCF, and the planner getting
+quantized candidates that selection keeps or rejects by measurement."""
+
+import onnx
+import pytest
+import torch
+
+import edgeopt
+from edgeopt.backends import BACKENDS, export_verified
+from edgeopt.data import Batches
+from edgeopt.errors import DataError
+from edgeopt.exporters.calibration import holdout, resolve_calibration
+from edgeopt.runtimes.onnxruntime import graph_precision
+
+OV = pytest.mark.skipif(not BACKENDS.get("openvino").installed(), reason=BACKENDS.get("openvino").missing_reason())
+
+
+def _calib(example, n=48, seed=3):
+    return [torch.randn(n, *example.shape[1:], generator=torch.Generator().manual_seed(seed))]
+
+
+def _ops(path):
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def test_random_calibration_refused_unless_asked(example):
+    with pytest.raises(DataError, match="--calib random"):
+        resolve_calibration(None, example)
+    cal = resolve_calibration("random", example)
+    assert cal.source == "random" and cal.info()["meaningful_scales"] is False
+    assert all(x.shape == example.shape for x in cal.inputs)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", pytest.param("openvino", marks=OV)])
+def test_int8_export_refuses_missing_calibration(tmp_path, tiny_plain, example, fmt):
+    with pytest.raises(DataError, match="calibration data"):
+        edgeopt.export(tiny_plain, example, format=fmt, precision="int8", out=tmp_path / "m")
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()], "no artifact or temp file after a refusal"
+
+
+def test_random_calibration_is_marked(tmp_path, tiny_plain, example):
+    result, _ = export_verified(tiny_plain, example, "onnx", tmp_path / "r", precision="int8", calib="random",
+                                verify=False)
+    assert result.info["calibration"]["source"] == "random"
+
+
+def test_nan_and_wrong_shape_calibration_are_data_errors(example):
+    bad = torch.randn(8, *example.shape[1:])
+    bad[3, 0, 0, 0] = float("nan")
+    with pytest.raises(DataError, match="NaN"):
+        resolve_calibration([bad], example)
+    with pytest.raises(DataError, match="sample shape"):
+        resolve_calibration([torch.randn(8, 3, 16, 16)], example)
+    with pytest.raises(DataError, match="NaN"):
+        resolve_calibration(Batches([(torch.full((2, *example.shape[1:]), float("inf")), None)]), example)
+
+
+def test_holdout_is_fresh_when_there_is_enough_data(example):
+    data = Batches([(torch.arange(200.0).reshape(200, 1, 1, 1).expand(200, *example.shape[1:]).clone(),
+                     torch.arange(200) % 10)])
+    xs, ys, overlap = holdout(data, example, n=24)
+    assert not overlap and len(xs) == 24 and len(ys) == 24
+    assert float(xs[0].flatten()[0]) >= 128  # after the samples calibration uses
+    assert torch.equal(ys[0], torch.tensor([int(xs[0].flatten()[0]) % 10]))
+
+
+@pytest.mark.parametrize("mode,expect", [("qdq-s8", "QuantizeLinear"), ("qdq-u8", "QuantizeLinear"),
+                                         ("qoperator-u8", "QLinearConv"), ("qoperator-s8", "QLinearConv")])
+def test_ort_static_flavours_quantize_and_verify(tmp_path, tiny_plain, example, mode, expect):
+    result, session = export_verified(tiny_plain, example, "onnx", tmp_path / mode, precision="int8",
+                                      calib=_calib(example), options={"quant_mode": mode}, threads=1)
+    assert result.info["quant_mode"] == mode and expect in _ops(result.path)
+    assert graph_precision(result.path) == "int8" == session.precision_executed
+    assert result.info["activations"] == mode[-2:]
+    assert result.info["verification"]["top1_agreement"] >= 0.7
+
+
+def test_dynamic_int8_for_linear_models_needs_no_calibration(tmp_path):
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)).eval()
+    x = torch.randn(1, 64)
+    result, session = export_verified(mlp, x, "onnx", tmp_path / "mlp", precision="int8", threads=1)
+    assert result.info["quant_mode"] == "dynamic"  # auto: no conv in the graph
+    assert "calibration" not in result.info
+    assert _ops(result.path) & {"DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul"}
+    assert result.path.stat().st_size < 0.5 * (64 * 256 + 256 * 10) * 4  # weights really stored as int8
+
+
+def test_onnx_fp16_keeps_fp32_io(tmp_path, tiny, example):
+    result, session = export_verified(tiny, example, "onnx", tmp_path / "h", precision="fp16", threads=1)
+    g = onnx.load(str(result.path)).graph
+    assert g.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in g.initializer)
+    assert session.precision_executed == "fp16"
+    assert result.info["verification"]["max_rel_error"] < 3e-2
+
+
+@OV
+def test_openvino_int8_is_nncf_quantized(tmp_path, tiny_plain, example):
+    import openvino as ov
+
+    result, session = export_verified(tiny_plain, example, "openvino", tmp_path / "q", precision="int8",
+                                      calib=_calib(example), threads=1)
+    ops = {op.get_type_name() for op in ov.Core().read_model(str(result.path)).get_ops()}
+    assert "FakeQuantize" in ops and session.precision_executed.startswith("int8+")
+    assert result.info["quantizer"].startswith("nncf")
+
+
+@OV
+def test_openvino_accuracy_control_with_labelled_data(tmp_path, tiny_plain, example):
+    x = _calib(example, n=64)[0]
+    with torch.no_grad():
+        y = tiny_plain(x).argmax(1)  # labels the fp32 model gets right: accuracy 100% before quantization
+    data = Batches([(x[:32], y[:32]), (x[32:], y[32:])])
+    result, _ = export_verified(tiny_plain, example, "openvino", tmp_path / "ac", precision="int8", calib=data,
+                                options={"eval_data": data, "max_accuracy_drop": 5.0}, threads=1)
+    assert result.info["accuracy_control"]["max_drop_pp"] == 5.0
+    v = result.info["verification"]
+    assert "accuracy" in v and v["accuracy_pytorch"] == 1.0
+
+
+def test_planner_proposes_quantized_candidates_and_selection_rejects_slower(tmp_path):
+    from edgeopt.config import DeployContext, ModelSummary
+    from edgeopt.planner import plan
+    from edgeopt.report import Candidate, LatencyStats, Report
+    from edgeopt.selection import select
+    from edgeopt.targets import load_target
+
+    amx = load_target("x86-amx")
+    summary = ModelSummary(params=1000, macs=10000, input_shape=[1, 1, 16, 16], prunable_groups=0, num_outputs=10)
+    p = plan(DeployContext(target="x86-amx"), amx, summary, amx, ["onnxruntime", "openvino"],
+             precisions_of_format={n: b.precisions for n, b in BACKENDS.items()})
+    ids = {c.id for c in p.candidates}
+    assert {"original@onnx-int8", "original@openvino-int8", "original@openvino-bf16"} <= ids
+    assert "original@onnx-fp16" not in ids  # this target has no fp16 hardware
+
+    def cand(cid, p50):
+        return Candidate(id=cid, runtime="onnxruntime", precision=cid.rsplit("-", 1)[1], status="ok",
+                         accuracy=1.0, latency_ms=LatencyStats(p50=p50, p90=p50, p99=p50, mean=p50, std=0, n=30))
+
+    report = Report(edgeopt_version="t", context={}, target={}, environment={},
+                    baseline=cand("original@onnx-fp32", 2.0),
+                    candidates=[cand("original@onnx-int8", 3.0), cand("original@openvino-fp32", 1.5),
+                                cand("original@openvino-int8", 0.5)])
+    select(report, DeployContext(target="x86-amx"))
+    slow = report.candidate("original@onnx-int8")
+    assert slow.status == "rejected" and "measured slower than fp32" in slow.reason
+    assert report.chosen == "original@openvino-int8"
