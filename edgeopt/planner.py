@@ -198,6 +198,14 @@ def _precision_pairs(context, target, runtimes, precisions_of_format, decisions)
                         f"{target.name} accelerates {_needed_support(prec)}")
                 pairs.append((fmt, prec, f"{rt} {prec}: {gain}; kept only if measured faster than fp32 "
                                          "within the accuracy budget"))
+    produced = {_needed_support(p) for _, p, _ in pairs}
+    for prec in target.precisions:
+        if prec != "fp32" and prec not in produced and not any(d.technique.startswith(f"quantize:{prec}")
+                                                               for d in decisions):
+            decisions.append(Decision(
+                technique=f"quantize:{prec}", decision="skipped",
+                reason=f"{target.name} accelerates {prec}, but no registered backend for "
+                       f"{', '.join(runtimes)} produces it here"))
     return pairs
 
 
