@@ -24,7 +24,12 @@ def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: s
     """Decide, compress, export and measure; returns the Report (also written to out_dir/report.json).
 
     `model` is an nn.Module or a spec string ("demo", "torchvision:resnet18?num_classes=10",
-    "file.py:factory", "model.pt2"). `eval_data`/`calib_data`: iterables of tensors or (tensor, label).
+    "file.py:factory", "model.pt2"). `eval_data`/`calib_data`/`train_data`: iterables of tensors or
+    (tensor, label); or `data="digits"`, an image folder, or "module:function" (with `data_options=
+    {"image_size", "mean", "std", "val_split"}` for folders). `retrain=True` fine-tunes each compressed
+    candidate with Hinton distillation from `model` (`epochs=`; needs training data). Budgets:
+    `latency_budget_ms`, `size_budget_mb`, `time_budget_s`. Finished candidates are cached in out_dir and
+    reused by a rerun unless `resume=False`.
     """
     from edgeopt.pipeline import optimize as _optimize
 

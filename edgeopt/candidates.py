@@ -32,14 +32,17 @@ class Built:
     macs: int
 
 
-def build_structure(model: nn.Module, example: torch.Tensor, spec: CandidateSpec,
-                    calib: Batches | None) -> Built:
+def build_structure(model: nn.Module, example: torch.Tensor, spec: CandidateSpec, calib: Batches | None,
+                    train: Batches | None = None, progress=None) -> Built:
+    """Apply the spec's model-stage steps to a copy. Retraining steps get the original model as teacher and
+    the training data (never the evaluation data)."""
     current = model
     records = []
     for step in spec.steps:
         tech = TECHNIQUES.get(step.technique)
-        config = tech.make_config({k: v for k, v in step.params.items() if v is not None})
-        current, record = tech.apply_fn()(current, example, config, data=calib)
+        config = tech.make_config({k: v for k, v in step.params.items() if v is not None and k != "record"})
+        extra = {"teacher": model, "train_data": train, "progress": progress} if tech.needs_retraining else {}
+        current, record = tech.apply_fn()(current, example, config, data=calib, **extra)
         records.append({"technique": step.technique, **record})
     return Built(current, records, count_params(current), count_macs(current, example))
 
@@ -68,5 +71,33 @@ def evaluate_candidate(session_run, eval_batches: Batches, batch_size: int,
 
 
 def new_candidate(spec: CandidateSpec) -> Candidate:
-    return Candidate(id=spec.id, steps=spec.steps, runtime=backend_for(spec.format).runtime,
+    return Candidate(id=spec.id, steps=[st.model_copy(deep=True) for st in spec.steps],
+                     runtime=backend_for(spec.format).runtime,
                      precision=spec.precision, proposed_because=spec.reason)
+
+
+# Candidate fields a cache entry restores (latency is always re-measured, never cached).
+CACHED_FIELDS = ("status", "reason", "params", "macs", "size_bytes", "artifact", "precision_executed",
+                 "accuracy", "metric", "exporter", "verification", "steps")
+
+
+def to_cache(cand: Candidate) -> dict:
+    return cand.model_dump(mode="json", include=set(CACHED_FIELDS))
+
+
+def from_cache(cand: Candidate, entry: dict, out_dir: Path, threads: int | None
+               ) -> tuple[bool, Session | None]:
+    """Restore a finished candidate; an ok one gets its artifact reloaded for latency measurement.
+    (False, None) when the artifact is gone: the candidate is then rebuilt."""
+    session = None
+    if entry.get("status") == "ok":
+        path = out_dir / str(entry.get("artifact"))
+        if not path.is_file():
+            return False, None
+        session = backend_for(cand.runtime).load(path, precision=cand.precision, threads=threads)
+    restored = Candidate.model_validate({"id": cand.id, **entry})
+    for k in CACHED_FIELDS:
+        if k in entry:
+            setattr(cand, k, getattr(restored, k))
+    cand.from_cache = True
+    return True, session

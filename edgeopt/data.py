@@ -89,3 +89,103 @@ def as_batches(data: Iterable | None, name: str, sample_shape: tuple[int, ...],
             if num_classes is not None and len(y) and (y.min() < 0 or y.max() >= num_classes):
                 raise DataError(f"{name} batch {i} has labels outside 0..{num_classes - 1}")
     return Batches(items)
+
+
+@dataclass
+class DataSplits:
+    """Calibration (PTQ, BN re-estimation), training (fine-tuning) and held-out evaluation data. Evaluation
+    data is never used for calibration or fine-tuning."""
+
+    calib: Batches | None
+    train: Batches | None
+    eval: Batches | None
+    source: str | None
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def image_folder(path, image_size: int | tuple[int, int], channels: int, mean: tuple[float, ...],
+                 std: tuple[float, ...], val_split: float = 0.2, seed: int = 0, batch_size: int = 32
+                 ) -> DataSplits:
+    """A folder with one sub-folder per class (sorted names = class indices), split per class into training
+    (also used for calibration) and held-out evaluation images."""
+    from pathlib import Path
+
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"--data {root} is not a folder (expected one sub-folder per class)")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"--data {root} has no class sub-folders")
+    if not 0.0 < val_split < 1.0:
+        raise DataError(f"--val-split must be between 0 and 1, got {val_split}")
+    if len(mean) not in (1, channels) or len(std) not in (1, channels) or any(s <= 0 for s in std):
+        raise DataError(f"--mean/--std need 1 or {channels} values (std > 0)")
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    mode = "L" if channels == 1 else "RGB"
+    m = torch.tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
+    gen = torch.Generator().manual_seed(seed)
+    tr, va = [], []
+    for label, cls in enumerate(classes):
+        files = sorted(f for f in (root / cls).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        xs = []
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    a = np.asarray(im.convert(mode).resize((size[1], size[0])), dtype=np.float32) / 255.0
+            except (UnidentifiedImageError, OSError) as e:
+                raise DataError(f"cannot read image {f}: {e}") from None
+            xs.append(torch.from_numpy(a.reshape(size[0], size[1], -1)).permute(2, 0, 1))
+        if not xs:
+            raise DataError(f"class folder {root / cls} has no images ({', '.join(IMAGE_SUFFIXES)})")
+        perm = torch.randperm(len(xs), generator=gen).tolist()
+        n_val = max(1, int(round(len(xs) * val_split))) if len(xs) > 1 else 0
+        for j, i in enumerate(perm):
+            (va if j < n_val else tr).append(((xs[i] - m) / s, label))
+    if not va or not tr:
+        raise DataError(f"--data {root}: too few images to hold out {val_split:.0%} for evaluation")
+
+    def stack(pairs):
+        return batchify(torch.stack([x for x, _ in pairs]), torch.tensor([y for _, y in pairs]), batch_size)
+
+    train = stack(tr)
+    return DataSplits(calib=train, train=train, eval=stack(va), source=f"folder:{root}")
+
+
+def from_function(spec: str) -> dict:
+    """`module:function` or `path/file.py:function` returning a dict with calib/train/eval iterables (any
+    may be missing), or a (calib, train, eval) tuple."""
+    import importlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    target, _, fn = spec.rpartition(":")
+    try:
+        if target.endswith(".py"):
+            path = Path(target)
+            if not path.is_file():
+                raise DataError(f"data file {path} does not exist")
+            mspec = importlib.util.spec_from_file_location(f"edgeopt_user_data_{path.stem}", path)
+            module = importlib.util.module_from_spec(mspec)
+            sys.modules[mspec.name] = module
+            mspec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+        result = getattr(module, fn)()
+    except DataError:
+        raise
+    except (ImportError, AttributeError) as e:
+        raise DataError(f"cannot load data function {spec}: {e}") from None
+    if isinstance(result, (tuple, list)) and len(result) == 3:
+        return dict(zip(("calib", "train", "eval"), result, strict=True))
+    if isinstance(result, dict):
+        unknown = set(result) - {"calib", "train", "eval", "calib_data", "train_data", "eval_data"}
+        if unknown:
+            raise DataError(f"{spec} returned unknown keys {sorted(unknown)}: use calib, train, eval")
+        return {k.removesuffix("_data"): v for k, v in result.items()}
+    raise DataError(f"{spec} must return a dict with calib/train/eval or a (calib, train, eval) tuple")

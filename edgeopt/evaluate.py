@@ -42,3 +42,15 @@ def score(preds: np.ndarray, batches: Batches, reference: np.ndarray | None) -> 
         return float((preds == labels).mean() * 100), "top1"
     assert reference is not None, "fidelity needs the original model's predictions"
     return float((preds == reference).mean() * 100), "fidelity"
+
+
+def torch_predictions(model: torch.nn.Module, batches: Batches, batch_size: int, wide: int = 64) -> np.ndarray:
+    """Top-1 in PyTorch, in wide chunks when the model takes them (much faster than batch 1; per-sample
+    results are the same in eval mode), else at the model's own batch size (e.g. a static-shape export)."""
+    run = torch_runner(model)
+    if wide > batch_size:
+        try:
+            return predictions(run, batches, wide)
+        except Exception:  # a model traced for a fixed batch
+            pass
+    return predictions(run, batches, batch_size)

@@ -1,5 +1,6 @@
-"""The single optimize(): context -> analyze -> plan -> build/export/verify/evaluate each candidate
--> measure latency (interleaved) -> select -> report. The CLI and the Python API both call this."""
+"""The single optimize(): context -> analyze -> plan -> search (screen structures by bisection against
+held-out accuracy, export the survivors at every precision, verify, evaluate on the runtime) -> measure
+latency (interleaved) -> select -> report. The CLI and the Python API both call this."""
 
 from __future__ import annotations
 
@@ -14,16 +15,18 @@ from edgeopt import __version__
 from edgeopt.analyze import analyze
 from edgeopt.backends import BACKENDS, backend_for, installed_runtimes
 from edgeopt.bench import BenchConfig, measure
-from edgeopt.candidates import Built, build_structure, evaluate_candidate, export_candidate, new_candidate
+from edgeopt.cache import CandidateCache, data_hash, model_hash
 from edgeopt.config import make_context
-from edgeopt.data import Batches, as_batches, digits_data
+from edgeopt.data import Batches, DataSplits, as_batches, digits_data, from_function, image_folder
 from edgeopt.environment import environment
-from edgeopt.errors import ConfigError, EdgeOptError
-from edgeopt.evaluate import predictions, torch_runner
+from edgeopt.errors import ConfigError, DataError
+from edgeopt.evaluate import score, torch_predictions
 from edgeopt.models import load_model
 from edgeopt.planner import plan as make_plan
 from edgeopt.report import Candidate, Report, write_report
+from edgeopt.report_html import write_html_report
 from edgeopt.roofline import estimate_stats
+from edgeopt.search import Search
 from edgeopt.selection import select
 from edgeopt.targets import detect_local, load_target
 
@@ -36,34 +39,32 @@ class Progress:
     def log(self, message: str) -> None: ...
 
 
-def _resolve_data(spec: str, data, calib_data, eval_data, sample_shape, num_classes):
+def resolve_data(spec: str, data, calib_data, train_data, eval_data, sample_shape, num_classes,
+                 data_options: dict | None = None) -> DataSplits:
+    """--data digits | image folder | module:function, or the API's iterables; validated one batch at a time."""
+    opts = data_options or {}
     if data == "digits" or (data is None and spec == "demo" and calib_data is None and eval_data is None):
         calib, ev = digits_data()
-        return calib, ev, "digits"
-    if data is not None and data != "digits":
-        raise ConfigError(f"unknown dataset {data!r}: built-in datasets: digits (or pass calib/eval data)")
-    calib = as_batches(calib_data, "calibration data", sample_shape, num_classes)
-    ev = as_batches(eval_data, "evaluation data", sample_shape, num_classes)
-    return calib, ev, "user" if (calib or ev) else None
-
-
-def _prune_params(cspec) -> tuple[str | None, float]:
-    for step in cspec.steps:
-        if step.technique == "prune":
-            return str(step.params.get("importance", "l2")), float(step.params.get("ratio", 0))
-    return None, 0.0
-
-
-def _layout(model) -> tuple:
-    from edgeopt.techniques.prune import channel_table
-
-    return tuple(sorted(channel_table(model).items()))
-
-
-def _why(e: Exception) -> str:
-    if isinstance(e, EdgeOptError):
-        return str(e)
-    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+        return DataSplits(calib, calib, ev, "digits")  # fine-tuning and calibration use the training split
+    if data is not None:
+        data = str(data)
+        if os.path.isdir(data):
+            splits = image_folder(data, opts.get("image_size") or tuple(sample_shape[1:]), sample_shape[0],
+                                  tuple(opts.get("mean") or (0.5,)), tuple(opts.get("std") or (0.5,)),
+                                  val_split=opts.get("val_split", 0.2), seed=opts.get("seed", 0))
+            calib_data, train_data, eval_data = splits.calib, splits.train, splits.eval
+            source = splits.source
+        elif ":" in data:
+            got = from_function(data)
+            calib_data, train_data, eval_data = got.get("calib"), got.get("train"), got.get("eval")
+            source = f"function:{data}"
+        else:
+            raise ConfigError(f"--data {data!r} is neither 'digits', an image folder, nor module:function")
+    else:
+        source = "user" if (calib_data is not None or eval_data is not None or train_data is not None) else None
+    return DataSplits(as_batches(calib_data, "calibration data", sample_shape, num_classes),
+                      as_batches(train_data, "training data", sample_shape, num_classes),
+                      as_batches(eval_data, "evaluation data", sample_shape, num_classes), source)
 
 
 def _fidelity_inputs(shape: tuple[int, ...], n: int, seed: int) -> Batches:
@@ -76,8 +77,8 @@ def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: s
              eval_data=None, calib_data=None, train_data=None, out_dir: str | Path = "out",
              weights: str | Path | None = None, input_shape: tuple[int, ...] | None = None,
              trust_pickle: bool = False, data: str | None = None, progress: Progress | None = None,
-             bench_config: BenchConfig | None = None, device: str | None = None,
-             device_token: str | None = None, **context_kwargs) -> Report:
+             bench_config: BenchConfig | None = None, data_options: dict | None = None, resume: bool = True,
+             device: str | None = None, device_token: str | None = None, **context_kwargs) -> Report:
     t_start = time.perf_counter()
     progress = progress or Progress()
     context = make_context(target=target, goal=goal, max_accuracy_drop=max_accuracy_drop, retrain=retrain,
@@ -100,128 +101,82 @@ def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: s
     progress.stage("analyzing")
     summary = analyze(net, loaded.input_shape)
     spec = model if isinstance(model, str) else "module"
-    calib, eval_b, data_source = _resolve_data(spec, data, calib_data, eval_data, tuple(example.shape[1:]),
-                                               summary.num_outputs)
-    fidelity = eval_b is None or not eval_b.labelled
-    if eval_b is None:
-        eval_b = _fidelity_inputs(loaded.input_shape, 256, context.seed)
+    splits = resolve_data(spec, data, calib_data, train_data, eval_data, tuple(example.shape[1:]),
+                          summary.num_outputs, {**(data_options or {}), "seed": context.seed})
+    if context.retrain and splits.train is None:
+        raise DataError("--retrain needs training data: pass --data (image folder, module:function returning "
+                        "'train', or digits) or train_data=..., or use --no-retrain")
+    fidelity = splits.eval is None or not splits.eval.labelled
+    eval_b = splits.eval if splits.eval is not None else _fidelity_inputs(loaded.input_shape, 256, context.seed)
     batch = loaded.input_shape[0]
-    reference = predictions(torch_runner(net), eval_b, batch)
-    verify_inputs = calib.inputs()[:1] if calib is not None else None
-    if verify_inputs and verify_inputs[0].shape[0] != batch:
-        verify_inputs = [verify_inputs[0][:batch]] if verify_inputs[0].shape[0] >= batch else None
+    reference = torch_predictions(net, eval_b, batch)
 
-    the_plan = make_plan(context, profile, summary, local, installed_runtimes(), has_calib_data=calib is not None,
+    the_plan = make_plan(context, profile, summary, local, installed_runtimes(),
+                         has_calib_data=splits.calib is not None, has_train_data=splits.train is not None,
                          precisions_of_format={n: b.precisions for n, b in BACKENDS.items()})
     report = Report(
         edgeopt_version=__version__, context=context.model_dump(), target=profile.model_dump(),
-        environment={**environment(threads), "data": data_source},
+        environment={**environment(threads), "data": splits.source},
         model={"source": loaded.source, "input_shape": list(loaded.input_shape), **summary.model_dump(),
                **{f"info_{k}": v for k, v in loaded.info.items()}},
         decisions=the_plan.decisions)
     report.model["plan_notes"] = the_plan.notes
-    artifacts = out_dir / "artifacts"
-    artifacts.mkdir(parents=True, exist_ok=True)
-
-    built: dict[str, Built | Exception] = {}
-    lost_at: dict[str, tuple[float, float]] = {}  # criterion -> (ratio, pp lost) once a ratio broke the budget
-    shapes: dict[tuple, str] = {}  # channel layout -> first structure with it (ratios can round alike)
-    base_acc: float | None = None
-    sessions = {}
-    results = {}
-    progress.stage("building and checking candidates", total=len(the_plan.candidates))
-    for cspec in the_plan.candidates:
-        cand = new_candidate(cspec)
-        report.candidates.append(cand)
-        progress.advance()
-        if context.time_budget_s and time.perf_counter() - t_start > context.time_budget_s:
-            cand.status, cand.reason = "rejected", "not tried: --time-budget exhausted"
-            continue
-        crit, ratio = _prune_params(cspec)
-        if crit in lost_at and ratio > lost_at[crit][0]:
-            # accuracy falls with the ratio: larger ratios than one already over budget are not worth building
-            cand.status = "rejected"
-            cand.reason = f"not tried: {crit} at ratio {lost_at[crit][0]:.2f} already lost {lost_at[crit][1]:.2f} pp"
-            continue
-        if cspec.structure not in built:
-            progress.log(f"building {cspec.structure}")
-            try:
-                built[cspec.structure] = build_structure(net, example, cspec, calib)
-            except Exception as e:  # one candidate's failure is data in the report, not a crash
-                built[cspec.structure] = e
-            b = built[cspec.structure]
-            if not isinstance(b, Exception):
-                shapes.setdefault((crit, _layout(b.model)), cspec.structure)
-        b = built[cspec.structure]
-        if isinstance(b, Exception):
-            cand.status, cand.reason = "failed", _why(b)
-            continue
-        twin = shapes.get((crit, _layout(b.model)))
-        if twin != cspec.structure:
-            cand.status, cand.reason = "rejected", f"not tried: same channel layout as {twin}"
-            continue
-        cand.params, cand.macs = b.params, b.macs
-        for rec in b.records:
-            for step in cand.steps:
-                if step.technique == rec["technique"]:
-                    step.params["record"] = {k: v for k, v in rec.items() if k != "technique"}
-        try:
-            result, session = export_candidate(b, example, cspec, artifacts, threads, calib, verify_inputs)
-        except Exception as e:
-            cand.status, cand.reason = "failed", _why(e)
-            continue
-        cand.artifact = str(result.path.relative_to(out_dir))
-        cand.size_bytes = result.size_bytes
-        cand.precision_executed = session.precision_executed
-        cand.exporter = result.exporter
-        cand.verification = result.info.get("verification")
-        try:
-            cand.accuracy, cand.metric = evaluate_candidate(session.run, eval_b, batch,
-                                                            reference if fidelity else None)
-        except Exception as e:
-            cand.status, cand.reason = "failed", f"evaluation failed: {_why(e)}"
-            continue
-        cand.status = "ok"
-        sessions[cand.id], results[cand.id] = session, result
-        if cand.id == the_plan.baseline_id:
-            base_acc = cand.accuracy
-        elif crit is not None and base_acc is not None and cspec.precision == "fp32":
-            lost = base_acc - cand.accuracy
-            if lost > 3 * context.max_accuracy_drop + 1.0:
-                lost_at[crit] = min(lost_at.get(crit, (ratio, lost)), (ratio, lost))
+    report.model["plan"] = [{"id": c.id, "reason": c.reason} for c in the_plan.candidates]
+    cache = CandidateCache(out_dir, enabled=resume)
+    search = Search(
+        plan=the_plan, context=context, net=net, example=example, splits=splits, eval_b=eval_b, batch=batch,
+        reference=reference if fidelity else None,
+        base_torch_acc=score(reference, eval_b, reference)[0], out_dir=out_dir, threads=threads,
+        cache=cache, cache_parts=(__version__, model_hash(net), data_hash(eval_b), data_hash(splits.calib),
+                                  data_hash(splits.train) if context.retrain else None, context.seed),
+        progress=progress, t_start=t_start, quick_latency=lambda cands: _latency(
+            cands, search.sessions, the_plan.measure_locally, profile, example,
+            BenchConfig(warmup_runs=3, warmup_s=0.0, min_runs=10, max_time_s=0.3)))
+    report.candidates = search.run()
+    report.model["search"] = search.summary()
 
     progress.stage("measuring latency" if the_plan.measure_locally or device else "estimating latency")
     ok = [c for c in report.candidates if c.status == "ok"]
-    # --- remote device (issue 6): --device URL measures on an `edgeopt agent` instead of here ---
-    if device and ok:
+    if device and ok:  # --device URL (issue 6): measured on an `edgeopt agent`, not here
         from edgeopt.agent.client import measure_candidates
 
         report.environment["device"] = measure_candidates(
             ok, out_dir, profile.runtimes, device, device_token or "", tuple(example.shape), context.threads,
             (bench_config or BenchConfig()).max_time_s)
-    # --- end remote device ---
-    elif the_plan.measure_locally and ok:
-        x = example.numpy()
-        stats = measure({c.id: sessions[c.id].lean_call(x) for c in ok}, bench_config)
-        for c in ok:
-            c.latency_ms, c.latency_source = stats[c.id], "measured"
     else:
-        for c in ok:
-            c.latency_ms = estimate_stats(profile, c.macs or 0, c.size_bytes or 0, c.precision or "fp32")
-            c.latency_source = "estimated"
+        _latency(ok, search.sessions, the_plan.measure_locally, profile, example, bench_config)
 
     base = next((c for c in report.candidates if c.id == the_plan.baseline_id), None)
     report.candidates = [c for c in report.candidates if c.id != the_plan.baseline_id]
     report.baseline = base
     select(report, context)
     _publish_chosen(report, out_dir)
-    if not the_plan.measure_locally:  # issue 6: artifact + exact build/run command for the device
+    if not the_plan.measure_locally:  # the artifact + the exact build/run command for the device
         from edgeopt.bundle import write_bundle
 
         write_bundle(report, out_dir, profile)
+    report.model["cache_hits"] = sum(1 for c in [base, *report.candidates] if c is not None and c.from_cache)
     report.wall_time_s = round(time.perf_counter() - t_start, 2)
     write_report(report, out_dir)
+    write_html_report(report, out_dir)  # report.png, report.md with the plot, self-contained report.html
     return report
+
+
+def _latency(cands: list[Candidate], sessions: dict, measure_locally: bool, profile, example: torch.Tensor,
+             bench_config: BenchConfig | None) -> None:
+    """The measuring block: interleaved runs on this machine, or a roofline estimate for a remote target.
+    (A remote-agent measurement would branch here.)"""
+    if not cands:
+        return
+    if measure_locally:
+        x = example.numpy()
+        stats = measure({c.id: sessions[c.id].lean_call(x) for c in cands}, bench_config)
+        for c in cands:
+            c.latency_ms, c.latency_source = stats[c.id], "measured"
+    else:
+        for c in cands:
+            c.latency_ms = estimate_stats(profile, c.macs or 0, c.size_bytes or 0, c.precision or "fp32")
+            c.latency_source = "estimated"
 
 
 def _publish_chosen(report: Report, out_dir: Path) -> None:

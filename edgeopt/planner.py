@@ -13,13 +13,28 @@ from edgeopt.report import Decision, Step
 from edgeopt.targets import TargetProfile
 from edgeopt.techniques import TECHNIQUES
 
-# Prune ratios tried without retraining: mild, since accuracy cannot be recovered (FIELD_NOTES: "no
-# retraining: mild pruning, ratio chosen by measured accuracy").
-RATIOS_NO_RETRAIN = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
-RATIOS_RETRAIN = (0.3, 0.5, 0.7)
+# Prune ratio ladders, searched by bisection against measured accuracy (FIELD_NOTES: "no retraining: mild
+# pruning, ratio chosen by measured accuracy"; "retraining allowed: aggressive structured pruning + KD").
+# A tight accuracy budget (<= 0.5 pp) starts lower and climbs in smaller steps; a loose one (>= 2 pp) reaches
+# further.
+RATIOS = {
+    (False, "tight"): (0.05, 0.1, 0.15, 0.2, 0.25, 0.3),
+    (False, "normal"): (0.1, 0.15, 0.2, 0.3, 0.4, 0.5),
+    (False, "loose"): (0.1, 0.2, 0.3, 0.4, 0.5, 0.6),
+    (True, "tight"): (0.2, 0.3, 0.4, 0.5, 0.6),
+    (True, "normal"): (0.3, 0.4, 0.5, 0.6, 0.7),
+    (True, "loose"): (0.3, 0.5, 0.6, 0.7, 0.8),
+}
+# Energy kept by the low-rank factorization (higher = milder): energy-preserving without retraining.
+ENERGIES = {False: (0.98, 0.95, 0.9, 0.8), True: (0.95, 0.9, 0.8, 0.6)}
 # Magnitude (L2) and geometric-median (FPGM) criteria: cheap, need no labels, and rank differently enough
 # that the better one for a given model is found by measurement rather than assumed.
 CRITERIA_NO_LABELS = ("l2", "fpgm")
+TIGHT_PP, LOOSE_PP = 0.5, 2.0
+
+
+def budget_kind(max_drop: float) -> str:
+    return "tight" if max_drop <= TIGHT_PP else "loose" if max_drop >= LOOSE_PP else "normal"
 
 
 class CandidateSpec(BaseModel):
@@ -29,6 +44,10 @@ class CandidateSpec(BaseModel):
     format: str  # backend (format) name: onnx, openvino, tensorrt
     precision: str = "fp32"
     reason: str = ""
+    # structures of one family are ordered by `level` (more aggressive = higher); accuracy is expected to fall
+    # with the level, which is what lets the search bisect instead of trying every level
+    family: str | None = None
+    level: float = 0.0
 
 
 class Plan(BaseModel):
@@ -90,7 +109,7 @@ def _allowed(context: DeployContext, technique: str) -> bool:
 
 def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, local: TargetProfile,
          installed_runtimes: list[str], has_calib_data: bool = False,
-         precisions_of_format: dict[str, tuple[str, ...]] | None = None) -> Plan:
+         precisions_of_format: dict[str, tuple[str, ...]] | None = None, has_train_data: bool = False) -> Plan:
     precisions_of_format = precisions_of_format or PRECISIONS_OF_FORMAT
     decisions: list[Decision] = []
     notes: list[str] = []
@@ -125,70 +144,173 @@ def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, l
     if not runtimes:
         runtimes = ["onnxruntime"]
 
-    # 2. precisions per runtime: what the backend can produce AND the target's hardware accelerates
-    pairs: list[tuple[str, str, str]] = []  # (format, precision, why)
+    pairs = _precision_pairs(context, target, runtimes, precisions_of_format, decisions)
+    structures = [("original", [], "unchanged model", None, 0.0)]
+    finetune = _finetune_step(context, has_train_data, decisions)
+    structures += _prune_structures(context, target, summary, has_calib_data, finetune, decisions)
+    structures += _factorize_structures(context, target, summary, finetune, decisions)
+    _rejected_techniques(context, target, decisions)
+
+    candidates: list[CandidateSpec] = []
+    for name, steps, why, family, level in structures:
+        for fmt, prec, pwhy in pairs:
+            candidates.append(CandidateSpec(id=f"{name}@{fmt}-{prec}", structure=name, steps=steps,
+                                            format=fmt, precision=prec, reason=f"{why}; {pwhy}",
+                                            family=family, level=level))
+    kind = budget_kind(context.max_accuracy_drop)
+    decisions.append(Decision(
+        technique="search", decision="applied",
+        reason=f"{kind} accuracy budget ({context.max_accuracy_drop} pp): each family's ratio/energy is "
+               "bisected against accuracy measured on held-out data; survivors are exported at every "
+               "precision and measured on the runtime" + (
+                   f"; stop early once p50 <= {MARGIN:.0%} of {context.latency_budget_ms} ms"
+                   if context.latency_budget_ms else "") + (
+                   f"; stop early once size <= {MARGIN:.0%} of {context.size_budget_mb} MB"
+                   if context.size_budget_mb else "")))
+    return Plan(candidates=candidates, baseline_id=candidates[0].id, decisions=decisions, measure_locally=here,
+                notes=notes)
+
+
+MARGIN = 0.8  # a budget counts as "met with margin" at 80% of it: measurement noise stays inside the budget
+
+
+def _needed_support(prec: str) -> str:
+    return "int8" if prec.startswith("int8") else prec  # int8, int8_weights, int8_dynamic: all need int8 units
+
+
+def _precision_pairs(context, target, runtimes, precisions_of_format, decisions) -> list[tuple[str, str, str]]:
+    """(format, precision, why) per runtime: what the backend can produce AND the target's hardware runs well."""
+    pairs: list[tuple[str, str, str]] = []
     for rt in runtimes:
         fmt = FORMAT_OF_RUNTIME[rt]
         for prec in precisions_of_format.get(fmt, ("fp32",)):
             if prec == "fp32":
                 pairs.append((fmt, prec, f"{rt} fp32: the reference precision"))
-            elif prec not in target.precisions:
+            elif _needed_support(prec) not in target.precisions:
                 decisions.append(Decision(technique=f"quantize:{prec}@{rt}", decision="skipped",
-                                          reason=f"{target.name} has no {prec} hardware support"))
+                                          reason=f"{target.name} has no {_needed_support(prec)} hardware "
+                                                 "support: a slower or emulated path would not pay off"))
             elif not _allowed(context, "quantize"):
                 decisions.append(Decision(technique=f"quantize:{prec}@{rt}", decision="skipped",
                                           reason="excluded by --techniques"))
             else:
-                pairs.append((fmt, prec, f"{rt} {prec}: {target.name} accelerates {prec}; kept only if "
-                                         "measured faster than fp32 within the accuracy budget"))
+                gain = ("smaller weights on disk" if context.goal == "size" else
+                        f"{target.name} accelerates {_needed_support(prec)}")
+                pairs.append((fmt, prec, f"{rt} {prec}: {gain}; kept only if measured faster than fp32 "
+                                         "within the accuracy budget"))
+    produced = {_needed_support(p) for _, p, _ in pairs}
+    for prec in target.precisions:
+        if prec != "fp32" and prec not in produced and not any(d.technique.startswith(f"quantize:{prec}")
+                                                               for d in decisions):
+            decisions.append(Decision(
+                technique=f"quantize:{prec}", decision="skipped",
+                reason=f"{target.name} accelerates {prec}, but no registered backend for "
+                       f"{', '.join(runtimes)} produces it here"))
+    return pairs
 
-    # 3. structures: the original model, then structured pruning at several ratios
-    structures: list[tuple[str, list[Step], str]] = [("original", [], "unchanged model")]
+
+def _finetune_step(context, has_train_data: bool, decisions) -> Step | None:
+    if not context.retrain:
+        decisions.append(Decision(technique="fine_tune", decision="skipped",
+                                  reason="no retraining allowed: pruning capped at the ratio that measured "
+                                         "accuracy allows; BN re-estimation and PTQ only"))
+        return None
+    if "fine_tune" not in TECHNIQUES or not _allowed(context, "fine_tune"):
+        decisions.append(Decision(technique="fine_tune", decision="skipped",
+                                  reason="fine-tuning not registered or excluded by --techniques"))
+        return None
+    if not has_train_data:
+        decisions.append(Decision(technique="fine_tune", decision="skipped",
+                                  reason="retraining allowed, but no training data was given"))
+        return None
+    decisions.append(Decision(technique="fine_tune", decision="applied",
+                              reason="retraining allowed: every pruned/factorized model is fine-tuned with "
+                                     "Hinton distillation from the original, so the search may go further"))
+    return Step(technique="fine_tune", params={"epochs": context.epochs})
+
+
+def _prune_structures(context, target, summary, has_calib_data, finetune, decisions) -> list[tuple]:
     round_to = channel_rounding(target, summary, decisions)
     if not _allowed(context, "prune"):
         decisions.append(Decision(technique="prune", decision="skipped", reason="excluded by --techniques"))
-    elif summary.prunable_groups == 0:
+        return []
+    if summary.prunable_groups == 0:
         why = "; ".join(summary.unprunable) or "no prunable channel groups found"
         decisions.append(Decision(technique="prune", decision="skipped", reason=why))
-    else:
-        ratios = RATIOS_RETRAIN if context.retrain else RATIOS_NO_RETRAIN
-        recal = has_calib_data and _allowed(context, "bn_recalibrate")
-        for crit in CRITERIA_NO_LABELS:
-            for r in ratios:
-                steps = [Step(technique="prune", params={"ratio": r, "importance": crit, "round_to": round_to})]
-                if recal:
-                    steps.append(Step(technique="bn_recalibrate", params={}))
-                structures.append((f"prune-{crit}{int(round(r * 100))}", steps,
-                                   f"structured {crit.upper()} pruning at {r:.0%}"))
-        decisions.append(Decision(
-            technique="prune", decision="applied",
-            reason=f"structured channel pruning physically shrinks layers, so dense {target.kind.upper()} "
-                   f"kernels run faster; "
-                   + ("ratios up to 70% since retraining is allowed" if context.retrain else
-                      "no retraining: ratios capped at 50% and kept only where measured accuracy allows")))
-        if recal:
-            decisions.append(Decision(technique="bn_recalibrate", decision="applied",
-                                      reason="pruning shifts activation statistics; BN re-estimated on "
-                                             "unlabeled calibration data"))
-        else:
-            decisions.append(Decision(technique="bn_recalibrate", decision="skipped",
-                                      reason="no calibration data given (random data would corrupt BN)"))
-    if context.retrain:
-        decisions.append(Decision(technique="fine_tune", decision="skipped",
-                                  reason="retraining was requested, but this version has no fine-tuning "
-                                         "loop yet: candidates are searched without retraining"))
-    sparse = bool(target.sparse_support)
+        return []
+    ratios = RATIOS[(bool(finetune), budget_kind(context.max_accuracy_drop))]
+    recal = has_calib_data and _allowed(context, "bn_recalibrate")
+    out = []
+    for crit in CRITERIA_NO_LABELS:
+        for r in ratios:
+            steps = [Step(technique="prune", params={"ratio": r, "importance": crit, "round_to": round_to})]
+            if recal:
+                steps.append(Step(technique="bn_recalibrate", params={}))
+            if finetune:
+                steps.append(finetune.model_copy(deep=True))
+            name = f"prune-{crit}{int(round(r * 100))}" + ("-ft" if finetune else "")
+            out.append((name, steps, f"structured {crit.upper()} pruning at {r:.0%}" +
+                        (" + distillation fine-tuning" if finetune else ""), f"prune-{crit}", r))
+    goal = ("smaller weights and fewer MACs" if context.goal == "size" else
+            f"dense {target.kind.upper()} kernels run faster")
     decisions.append(Decision(
-        technique="unstructured_pruning", decision="rejected",
-        reason=(f"{target.name} supports {', '.join(target.sparse_support)} sparsity only with retraining; "
-                "not proposed here" if sparse else
-                "dense kernels gain nothing from zeroed weights: no latency benefit on this target")))
+        technique="prune", decision="applied",
+        reason=f"structured channel pruning physically shrinks layers, so {goal}; ratios "
+               f"{ratios[0]:.0%}..{ratios[-1]:.0%} " +
+               ("(retraining recovers accuracy)" if finetune else
+                "(no retraining: capped where measured accuracy allows)")))
+    if recal:
+        decisions.append(Decision(technique="bn_recalibrate", decision="applied",
+                                  reason="pruning shifts activation statistics; BN re-estimated on unlabeled "
+                                         "calibration data"))
+    else:
+        decisions.append(Decision(technique="bn_recalibrate", decision="skipped",
+                                  reason="no calibration data given (random data would corrupt BN)"))
+    return out
 
-    candidates: list[CandidateSpec] = []
-    for name, steps, why in structures:
-        for fmt, prec, pwhy in pairs:
-            candidates.append(CandidateSpec(id=f"{name}@{fmt}-{prec}", structure=name, steps=steps,
-                                            format=fmt, precision=prec, reason=f"{why}; {pwhy}"))
-    baseline = candidates[0]
-    return Plan(candidates=candidates, baseline_id=baseline.id, decisions=decisions, measure_locally=here,
-                notes=notes)
+
+def _factorize_structures(context, target, summary, finetune, decisions) -> list[tuple]:
+    if "factorize" not in TECHNIQUES:
+        decisions.append(Decision(technique="factorize", decision="skipped",
+                                  reason="no factorization technique registered in this version"))
+        return []
+    if not _allowed(context, "factorize"):
+        decisions.append(Decision(technique="factorize", decision="skipped", reason="excluded by --techniques"))
+        return []
+    if target.kind == "gpu" and context.goal == "latency":
+        decisions.append(Decision(technique="factorize", decision="skipped",
+                                  reason="on GPUs a conv split into three smaller ones costs more launches "
+                                         "than the MACs it saves; pruning and fp16/int8 pay off first"))
+        return []
+    if not (summary.layers.get("conv", 0) or summary.layers.get("linear", 0)):
+        decisions.append(Decision(technique="factorize", decision="skipped", reason="no conv/linear layers"))
+        return []
+    out = []
+    for e in ENERGIES[bool(finetune)]:
+        steps = [Step(technique="factorize", params={"method": "tucker", "energy": e})]
+        if finetune:
+            steps.append(finetune.model_copy(deep=True))
+        out.append((f"factorize-tucker{int(round(e * 100))}" + ("-ft" if finetune else ""), steps,
+                    f"Tucker-2 factorization keeping {e:.0%} of each conv's energy", "factorize-tucker", 1 - e))
+    decisions.append(Decision(
+        technique="factorize", decision="applied",
+        reason=f"{'size goal' if context.goal == 'size' else 'CPU latency goal'}: low-rank Tucker/SVD "
+               "factorization of large layers cuts MACs and weights; energy kept chosen by measured accuracy"))
+    return out
+
+
+def _rejected_techniques(context, target, decisions) -> None:
+    sparse = bool(target.sparse_support)
+    if context.goal == "size":
+        why = ("zeroed weights are still stored densely by every exported format here: no size benefit "
+               "without a compressed sparse storage format")
+    elif sparse:
+        why = (f"{target.name} accelerates only {', '.join(target.sparse_support)} semi-structured sparsity, "
+               "which needs retraining and a sparse engine build: not proposed")
+    else:
+        why = "unstructured sparsity: dense kernels gain nothing from zeroed weights on this target"
+    decisions.append(Decision(technique="unstructured_pruning", decision="rejected", reason=why))
+    if not context.retrain:
+        decisions.append(Decision(technique="qat", decision="rejected",
+                                  reason="quantization-aware training needs retraining: post-training "
+                                         "quantization with calibration data only"))

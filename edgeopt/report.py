@@ -48,6 +48,9 @@ class Candidate(BaseModel):
     accuracy_drop: float | None = None
     metric: Literal["top1", "fidelity"] | None = None
     proposed_because: str = ""
+    exporter: str | None = None
+    verification: dict[str, Any] | None = None
+    from_cache: bool = False  # restored from OUT/cache (accuracy/size); latency is always re-measured
 
 
 class Decision(BaseModel):
@@ -115,17 +118,36 @@ TABLE_HEADER = ["candidate", "status", "runtime/precision", "p50 ms", "speedup",
                 "drop pp", "size MB", "MACs", "reason"]
 
 
+FIDELITY_NOTE = ": top-1 agreement with the original model, no labels given"
+
+
 def to_markdown(report: Report) -> str:
     ctx = report.context
+    budgets = ", ".join(f"{k} {ctx[k]}" for k in ("latency_budget_ms", "size_budget_mb", "time_budget_s")
+                        if ctx.get(k))
+    chosen, base = report.chosen_candidate, report.baseline
     lines = [
         "# edgeopt report",
         "",
         f"- target: **{report.target.get('name')}** ({report.target.get('kind')}), goal **{ctx['goal']}**, "
-        f"max accuracy drop **{ctx['max_accuracy_drop']} pp**, retrain **{ctx['retrain']}**",
+        f"max accuracy drop **{ctx['max_accuracy_drop']} pp**, retrain **{ctx['retrain']}**"
+        + (f", budgets: {budgets}" if budgets else ""),
         f"- chosen: **{report.chosen or 'none — no candidate met the constraints'}**",
+    ]
+    if chosen is not None and base is not None and chosen.latency_ms and base.latency_ms:
+        lines.append(f"- p50 {chosen.latency_ms.p50:.3f} ms vs baseline {base.latency_ms.p50:.3f} ms "
+                     f"({base.latency_ms.p50 / chosen.latency_ms.p50:.2f}× faster, {chosen.latency_source}); "
+                     f"accuracy {_fmt(chosen.accuracy, '.2f')}% vs {_fmt(base.accuracy, '.2f')}% "
+                     f"({chosen.metric}{FIDELITY_NOTE if chosen.metric == 'fidelity' else ''})")
+    lines += [
         f"- edgeopt {report.edgeopt_version}, schema {report.schema_version}, "
-        f"wall time {_fmt(report.wall_time_s, '.1f')} s",
+        f"wall time {_fmt(report.wall_time_s, '.1f')} s" + (
+            f", {report.model['cache_hits']} candidates from the cache" if report.model.get("cache_hits") else ""),
         "",
+    ]
+    if report.model.get("plot"):
+        lines += [f"![latency vs accuracy]({report.model['plot']})", ""]
+    lines += [
         "## Candidates",
         "",
         "| " + " | ".join(TABLE_HEADER) + " |",
@@ -135,8 +157,12 @@ def to_markdown(report: Report) -> str:
         if c is not None:
             row = candidate_row(c, report.baseline)
             lines.append("| " + " | ".join(x.replace("|", "/") for x in row) + " |")
-    lines += ["", "## Decisions", ""]
+    lines += ["", "## Plan: decisions and reasons", ""]
     lines += [f"- **{d.technique}** — {d.decision}: {d.reason}" for d in report.decisions]
+    lines += [f"- note: {n}" for n in report.model.get("plan_notes", [])]
+    trace = (report.model.get("search") or {}).get("trace") or []
+    if trace:
+        lines += ["", "## Search", ""] + [f"- {t}" for t in trace]
     env = report.environment
     lines += ["", "## Environment", ""]
     lines += [f"- {k}: {v}" for k, v in env.items()]

@@ -120,6 +120,20 @@ def test_impossible_budget_exits_1_with_report(tinynet_spec, tmp_path):
     assert p.returncode == 1, p.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["chosen"] is None and report["baseline"]["latency_source"] == "measured"
+    assert "no candidate met the constraints" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "report.html").is_file()
+
+
+def test_plan_text_explains_without_heavy_work(tinynet_spec, tmp_path):
+    p = run("plan", "--model", tinynet_spec, "--input-shape", "1,1,16,16", "--target", "jetson", "--goal", "latency")
+    assert p.returncode == 0, p.stderr
+    assert "unstructured_pruning: rejected" in p.stdout and "2:4" in p.stdout and "estimate" in p.stdout
+    p = run("plan", "--model", tinynet_spec, "--input-shape", "1,1,16,16", "--goal", "size", "--no-retrain",
+            "--json")
+    plan = json.loads(p.stdout)
+    reasons = {d["technique"]: d["reason"] for d in plan["decisions"]}
+    assert "stored densely" in reasons["unstructured_pruning"] and "no retraining" in reasons["fine_tune"]
+    assert not list(tmp_path.iterdir())  # nothing exported or written
 
 
 def test_demo_end_to_end_prunes_and_is_faster(tmp_path):
@@ -138,3 +152,5 @@ def test_demo_end_to_end_prunes_and_is_faster(tmp_path):
                  and c["macs"] < base["macs"]]
     assert pruned_ok, "the demo run must physically prune some candidates"
     assert (tmp_path / "report.md").exists() and any(tmp_path.glob("model.*"))
+    assert "data:image/png;base64," in (tmp_path / "report.html").read_text()
+    assert list((tmp_path / "cache").glob("cand-*.json"))  # a rerun would resume from here

@@ -64,3 +64,41 @@ def test_bad_data(tmp_path, tiny_plain, example, bad, msg):
 def test_remote_target_estimates_latency(tmp_path, tiny_plain, example):
     report = edgeopt.optimize(tiny_plain, example, target="jetson", out_dir=tmp_path, techniques=["quantize"])
     assert report.baseline.latency_source == "estimated" and report.baseline.latency_ms.n == 0
+
+
+def test_retrain_without_training_data_is_a_data_error(tmp_path, tiny_plain, example):
+    with pytest.raises(DataError, match="--retrain needs training data"):
+        edgeopt.optimize(tiny_plain, example, retrain=True, eval_data=_data(), out_dir=tmp_path)
+
+
+def test_retrain_fine_tunes_pruned_candidates_from_the_teacher(tmp_path, tiny_plain, example, fast_bench):
+    report = edgeopt.optimize(tiny_plain, example, retrain=True, max_accuracy_drop=100.0, eval_data=_data(),
+                              train_data=_data(seed=2), calib_data=_data(seed=1), out_dir=tmp_path,
+                              runtimes=["onnxruntime"], techniques=["prune", "fine_tune"], epochs=1,
+                              bench_config=fast_bench)
+    tuned = [c for c in report.candidates if c.status == "ok" and any(s.technique == "fine_tune" for s in c.steps)]
+    assert tuned, [(c.id, c.status, c.reason) for c in report.candidates]
+    rec = next(s.params["record"] for s in tuned[0].steps if s.technique == "fine_tune")
+    assert rec["distillation"] == "response" and rec["epochs"] == 1 and len(rec["losses"]) == 1
+    assert any(d.technique == "fine_tune" and d.decision == "applied" for d in report.decisions)
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory):
+    # one out dir for the demo budgets: structures screened for one budget are reused from the cache
+    return tmp_path_factory.mktemp("demo")
+
+
+@pytest.mark.parametrize("budget", [0.0, 0.5, 2.0])
+def test_demo_chosen_candidate_is_within_budget(demo_out, budget):
+    from edgeopt.bench import BenchConfig
+
+    report = edgeopt.optimize("demo", max_accuracy_drop=budget, out_dir=demo_out,
+                              bench_config=BenchConfig(warmup_runs=3, min_runs=10, max_time_s=1.0))
+    chosen = report.chosen_candidate
+    assert chosen is not None and chosen.metric == "top1" and chosen.latency_source == "measured"
+    assert chosen.accuracy_drop <= budget + 1e-9
+    if budget == 0.0:  # the baseline, or a candidate whose held-out predictions lose nothing
+        assert chosen.id == report.baseline.id or chosen.accuracy >= report.baseline.accuracy
+    html = (demo_out / "report.html").read_text()
+    assert "data:image/png;base64," in html and chosen.id in html

@@ -6,7 +6,7 @@ from edgeopt.planner import plan
 from edgeopt.targets import detect_local, load_target
 
 SUMMARY = ModelSummary(params=1_000_000, macs=100_000_000, input_shape=[1, 3, 64, 64], num_outputs=10,
-                       prunable_groups=12, min_channels=64)
+                       prunable_groups=12, min_channels=64, layers={"conv": 10, "linear": 1})
 
 
 def _plan(target="x86-amx", installed=("onnxruntime", "openvino"), **ctx):
@@ -72,3 +72,96 @@ def test_unprunable_model_skips_pruning_with_reason():
 def test_bad_context(kwargs, msg):
     with pytest.raises(ConfigError, match=msg):
         make_context(**kwargs)
+
+
+# ---- the decision grid: CPU/GPU x latency/size x retrain/no-retrain x tight/loose budget ----------------
+def _grid_plan(kind, goal, retrain, budget):
+    target = "x86-amx" if kind == "cpu" else "nvidia-gpu"
+    local = load_target("x86-amx").model_copy(update={"detected": False})
+    ctx = make_context(target=target, goal=goal, retrain=retrain, max_accuracy_drop=budget)
+    return plan(ctx, load_target(target), SUMMARY, local, ["onnxruntime", "openvino"], has_calib_data=True,
+                has_train_data=True)
+
+
+def _ratios(p):
+    return sorted({s.params["ratio"] for c in p.candidates for s in c.steps if s.technique == "prune"})
+
+
+@pytest.mark.parametrize("kind", ["cpu", "gpu"])
+@pytest.mark.parametrize("goal", ["latency", "size"])
+@pytest.mark.parametrize("retrain", [False, True])
+@pytest.mark.parametrize("budget", [0.3, 3.0])
+def test_decision_grid(kind, goal, retrain, budget):
+    p = _grid_plan(kind, goal, retrain, budget)
+    by = {d.technique: d for d in p.decisions}
+    # every candidate and every decision carries a reason
+    assert all(c.reason for c in p.candidates) and all(d.reason for d in p.decisions)
+    # structured pruning is always proposed for a prunable model, in families the search can bisect
+    pruned = [c for c in p.candidates if any(s.technique == "prune" for s in c.steps)]
+    assert pruned and all(c.family and c.family.startswith("prune-") for c in pruned)
+    assert by["prune"].decision == "applied"
+    # unstructured sparsity is never proposed, and the reason fits the context
+    assert by["unstructured_pruning"].decision == "rejected"
+    if goal == "size":
+        assert "stored densely" in by["unstructured_pruning"].reason
+    elif kind == "gpu":
+        assert "2:4" in by["unstructured_pruning"].reason
+    else:
+        assert "dense kernels" in by["unstructured_pruning"].reason
+    # retraining: fine-tuning follows every pruning step, and the ratios go further
+    ft = [c for c in pruned if any(s.technique == "fine_tune" for s in c.steps)]
+    if retrain:
+        assert by["fine_tune"].decision == "applied" and len(ft) == len(pruned)
+        assert max(_ratios(p)) >= 0.6
+    else:
+        assert by["fine_tune"].decision == "skipped" and "no retraining" in by["fine_tune"].reason
+        assert not ft and max(_ratios(p)) <= 0.6
+        assert by["qat"].decision == "rejected"
+    # tight vs loose: a tight budget starts and ends milder than a loose one
+    other = _grid_plan(kind, goal, retrain, 3.0 if budget < 1 else 0.3)
+    tight, loose = (p, other) if budget < 1 else (other, p)
+    assert min(_ratios(tight)) < min(_ratios(loose)) or max(_ratios(tight)) < max(_ratios(loose))
+    assert ("tight" if budget < 1 else "loose") in by["search"].reason
+    # GPU target is not this machine: estimated, one runtime; CPU target measured here with bf16 (AMX)
+    if kind == "gpu":
+        assert not p.measure_locally
+    else:
+        assert p.measure_locally and any(c.precision == "bf16" for c in p.candidates)
+
+
+def test_factorize_proposed_only_when_registered_and_fitting(monkeypatch):
+    from edgeopt.techniques import TECHNIQUES, Technique
+
+    if "factorize" not in TECHNIQUES:
+        fake = Technique("factorize", type(make_context()), None, "model", False, False, "test row")
+        monkeypatch.setitem(TECHNIQUES._items, "factorize", fake)
+    cpu = _grid_plan("cpu", "latency", False, 1.0)
+    fac = [c for c in cpu.candidates if any(s.technique == "factorize" for s in c.steps)]
+    assert fac and all(c.family == "factorize-tucker" for c in fac)
+    assert {s.params["method"] for c in fac for s in c.steps if s.technique == "factorize"} == {"tucker"}
+    gpu = _grid_plan("gpu", "latency", False, 1.0)
+    assert not any(s.technique == "factorize" for c in gpu.candidates for s in c.steps)
+    assert any(d.technique == "factorize" and d.decision == "skipped" and "GPU" in d.reason
+               for d in gpu.decisions)
+    assert any(s.technique == "factorize" for c in _grid_plan("gpu", "size", False, 1.0).candidates
+               for s in c.steps)
+
+
+def test_int8_precisions_need_int8_hardware():
+    local = load_target("x86-amx").model_copy(update={"detected": False})
+    fmts = {"onnx": ("fp32", "int8"), "openvino": ("fp32", "bf16", "int8", "int8_weights")}
+    amx = plan(make_context(target="x86-amx"), load_target("x86-amx"), SUMMARY, local,
+               ["onnxruntime", "openvino"], precisions_of_format=fmts)
+    assert {"int8", "int8_weights"} <= {c.precision for c in amx.candidates}
+    avx2 = plan(make_context(target="x86-avx2"), load_target("x86-avx2"), SUMMARY, local,
+                ["onnxruntime", "openvino"], precisions_of_format=fmts)
+    assert not any(c.precision.startswith("int8") for c in avx2.candidates)
+    assert any(d.technique == "quantize:int8_weights@openvino" and "no int8" in d.reason for d in avx2.decisions)
+
+
+def test_retrain_without_training_data_is_explained():
+    local = load_target("x86-amx").model_copy(update={"detected": False})
+    p = plan(make_context(retrain=True, target="x86-amx"), load_target("x86-amx"), SUMMARY, local,
+             ["onnxruntime"], has_calib_data=True, has_train_data=False)
+    by = {d.technique: d for d in p.decisions}
+    assert by["fine_tune"].decision == "skipped" and "no training data" in by["fine_tune"].reason

@@ -29,7 +29,15 @@ def optimize(
     time_budget: float = typer.Option(None, help="wall-time budget for the search, seconds"),
     techniques: str = typer.Option(None, help="restrict to these techniques, comma separated"),
     runtimes: str = typer.Option(None, help="restrict to these runtimes, e.g. onnxruntime,openvino"),
-    data: str = typer.Option(None, help="dataset: 'digits' (built-in; default for the demo)"),
+    data: str = typer.Option(None, help="'digits' (built-in; default for the demo), an image folder (one "
+                             "sub-folder per class), or module:function / file.py:function returning "
+                             "{'calib','train','eval'} iterables"),
+    image_size: str = typer.Option(None, help="image folder: resize to H,W or S (default: the model's input)"),
+    mean: str = typer.Option(None, help="image folder: per-channel mean, e.g. 0.485,0.456,0.406 (default 0.5)"),
+    std: str = typer.Option(None, help="image folder: per-channel std (default 0.5)"),
+    val_split: float = typer.Option(0.2, help="image folder: fraction held out for accuracy (never trained on)"),
+    epochs: int = typer.Option(2, help="fine-tuning epochs per candidate with --retrain"),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="resume from OUT/cache (finished candidates)"),
     threads: int = typer.Option(None, help="runtime threads (default: all cores)"),
     seed: int = typer.Option(0),
     bench_time: float = typer.Option(10.0, help="seconds at most for the interleaved latency measurement"),
@@ -38,7 +46,12 @@ def optimize(
     device: str = typer.Option(None, help="measure latency on a remote `edgeopt agent`, e.g. http://jetson:8765"),
     token_file: Path = typer.Option(None, help="the agent's token file (with --device)"),
 ) -> None:
-    """Decide, compress, export and measure; write OUT/report.json, report.md and the chosen model.
+    """Decide, compress, export and measure; write OUT/report.json, report.md, report.html and the chosen model.
+
+    The search bisects each pruning/factorization family against accuracy on held-out data, exports the
+    survivors at every precision the target accelerates, measures them interleaved, and keeps the fastest
+    (--goal latency) or smallest (--goal size) within --max-accuracy-drop. Finished candidates are cached in
+    OUT/cache: rerunning after an interruption resumes. Example: edgeopt optimize --max-accuracy-drop 1 --retrain
 
     Exit 0 when a candidate meets the constraints, 1 when none does (the report is still written)."""
     from edgeopt.bench import BenchConfig
@@ -59,7 +72,8 @@ def optimize(
     with RichProgress() as progress:
         report = run(model, target=target, goal=goal, max_accuracy_drop=max_accuracy_drop, retrain=retrain,
                      out_dir=out_dir, weights=weights, input_shape=parse_input_shape(input_shape),
-                     trust_pickle=trust_pickle, data=data, progress=progress,
+                     trust_pickle=trust_pickle, data=data, progress=progress, resume=cache,
+                     data_options=_data_options(image_size, mean, std, val_split), epochs=epochs,
                      bench_config=BenchConfig(max_time_s=bench_time),
                      latency_budget_ms=latency_budget_ms, size_budget_mb=size_budget_mb,
                      time_budget_s=time_budget, techniques=parse_list(techniques),
@@ -75,39 +89,68 @@ def optimize(
                       f"{base.latency_ms.p50:.3f} ms ({base.latency_ms.p50 / chosen.latency_ms.p50:.2f}× faster, "
                       f"{chosen.latency_source}), accuracy drop {chosen.accuracy_drop or 0:+.2f} pp "
                       f"({chosen.metric})")
-        out.print(f"report: {out_dir / 'report.json'}  (wall time {report.wall_time_s:.1f} s)")
+        hits = report.model.get("cache_hits") or 0
+        out.print(f"report: {out_dir / 'report.md'}, report.html, report.json  (wall time "
+                  f"{report.wall_time_s:.1f} s{f', {hits} candidates from the cache' if hits else ''})")
     if report.chosen is None:
         console.print("no candidate met the constraints (report written)", style="red")
         raise typer.Exit(1)
+
+
+def _floats(text: str | None, name: str) -> tuple[float, ...] | None:
+    from edgeopt.errors import ConfigError
+
+    if not text:
+        return None
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise ConfigError(f"--{name} must be comma-separated numbers, got {text!r}") from None
+
+
+def _data_options(image_size, mean, std, val_split) -> dict:
+    size = _floats(image_size, "image-size")
+    if size is not None:
+        size = int(size[0]) if len(size) == 1 else tuple(int(v) for v in size)
+    return {"image_size": size, "mean": _floats(mean, "mean"), "std": _floats(std, "std"), "val_split": val_split}
 
 
 @app.command()
 def plan(
     model: str = typer.Option("demo", help=MODEL_HELP),
     input_shape: str = typer.Option(None, help="example input shape, e.g. 1,3,224,224"),
-    target: str = typer.Option("local"),
-    goal: str = typer.Option("latency"),
-    max_accuracy_drop: float = typer.Option(1.0),
-    retrain: bool = typer.Option(False, "--retrain/--no-retrain"),
-    techniques: str = typer.Option(None),
-    as_json: bool = typer.Option(False, "--json"),
+    target: str = typer.Option("local", help="target profile name/alias, a YAML file, or 'local'"),
+    goal: str = typer.Option("latency", help="latency | size"),
+    max_accuracy_drop: float = typer.Option(1.0, help="accuracy budget in percentage points"),
+    retrain: bool = typer.Option(False, "--retrain/--no-retrain", help="may the model be fine-tuned?"),
+    latency_budget_ms: float = typer.Option(None, help="p50 budget; the search stops early once met with margin"),
+    size_budget_mb: float = typer.Option(None, help="size budget; the search stops early once met with margin"),
+    techniques: str = typer.Option(None, help="restrict to these techniques, comma separated"),
+    runtimes: str = typer.Option(None, help="restrict to these runtimes"),
+    data: str = typer.Option(None, help="the data optimize would get (only its presence matters here)"),
+    as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
 ) -> None:
-    """Print the candidates the planner would try, and why, without running anything heavy."""
+    """Print the candidates the planner would try, and why (and what it leaves out, and why), without
+    exporting or measuring anything. Example: edgeopt plan --target jetson --goal latency"""
     from edgeopt.analyze import analyze
-    from edgeopt.backends import installed_runtimes
+    from edgeopt.backends import BACKENDS, installed_runtimes
     from edgeopt.config import make_context
     from edgeopt.models import load_model, parse_input_shape
     from edgeopt.planner import plan as make_plan
     from edgeopt.targets import detect_local, load_target
 
     ctx = make_context(target=target, goal=goal, max_accuracy_drop=max_accuracy_drop, retrain=retrain,
-                       techniques=parse_list(techniques))
+                       latency_budget_ms=latency_budget_ms, size_budget_mb=size_budget_mb,
+                       techniques=parse_list(techniques), runtimes=parse_list(runtimes))
     profile = load_target(ctx.target)
     loaded = load_model(model, input_shape=parse_input_shape(input_shape))
     summary = analyze(loaded.model, loaded.input_shape)
-    p = make_plan(ctx, profile, summary, detect_local(), installed_runtimes(),
-                  has_calib_data=(model == "demo"))
+    has_data = model == "demo" or data is not None
+    p = make_plan(ctx, profile, summary, detect_local(), installed_runtimes(), has_calib_data=has_data,
+                  has_train_data=has_data, precisions_of_format={n: b.precisions for n, b in BACKENDS.items()})
     if as_json:
         out.print_json(p.model_dump_json())
     else:
+        out.print(f"plan for target {profile.name} ({profile.kind}), goal {ctx.goal}, max drop "
+                  f"{ctx.max_accuracy_drop} pp, retrain {ctx.retrain}", markup=False, highlight=False)
         out.print(p.to_text(), markup=False, highlight=False)

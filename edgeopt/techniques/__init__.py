@@ -30,6 +30,15 @@ class BNRecalibrateConfig(BaseModel):
     batches: int = Field(20, ge=1)
 
 
+class FineTuneConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(2, ge=1)
+    lr: float = Field(0.01, gt=0)
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.7, ge=0.0, le=1.0)  # weight of the soft-target (KD) loss vs the hard-label loss
+    seed: int = 0
+
+
 class QuantizeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     precision: Literal["fp16", "bf16", "int8"] = "int8"
@@ -73,3 +82,7 @@ TECHNIQUES.register("bn_recalibrate", Technique(
 TECHNIQUES.register("quantize", Technique(
     "quantize", QuantizeConfig, None, "export", needs_data=True, needs_retraining=False,
     summary="reduced precision realised by the exporter/runtime"), aliases=("quantization",))
+TECHNIQUES.register("fine_tune", Technique(
+    "fine_tune", FineTuneConfig, "edgeopt.techniques.finetune:apply_finetune", "model", needs_data=True,
+    needs_retraining=True, summary="fine-tune with response-based (Hinton) distillation from the original model"),
+    aliases=("finetune", "distill", "kd"))

@@ -1,0 +1,27 @@
+"""Fine-tuning as a model-stage technique: response-based distillation from the original model (teacher)
+into the compressed one (student). The loop itself is `edgeopt.training.fit` (one loop for the project)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from edgeopt.errors import DataError
+
+
+def apply_finetune(model: nn.Module, example: torch.Tensor, config, data=None, teacher: nn.Module | None = None,
+                   train_data=None, progress=None) -> tuple[nn.Module, dict]:
+    """Return (fine-tuned copy, record). `train_data` must be labelled or come with a teacher; it must never
+    be the held-out evaluation data (the pipeline guarantees that)."""
+    from edgeopt.training import fit
+
+    if train_data is None:
+        raise DataError("fine-tuning needs training data: pass --data (an image folder, module:function or "
+                        "digits) with a training split, or use --no-retrain")
+    student = copy.deepcopy(model)
+    res = fit(student, train_data, teacher=teacher, epochs=config.epochs, lr=config.lr,
+              temperature=config.temperature, alpha=config.alpha, seed=config.seed, progress=progress)
+    return student, {"epochs": res.epochs, "seconds": res.seconds, "losses": [round(v, 4) for v in res.losses],
+                     "distillation": res.kind, "device": res.device}

@@ -1,0 +1,97 @@
+"""Data sources: image folders (class per sub-folder), module:function, validation with one-line errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from edgeopt.data import from_function, image_folder
+from edgeopt.errors import ConfigError, DataError
+from edgeopt.pipeline import resolve_data
+
+
+def _folder(root, classes=("cat", "dog"), n=5, size=(12, 10), mode="RGB"):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k, cls in enumerate(classes):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+            a = (rng.random(shape) * 80 + 120 * k).astype(np.uint8)
+            Image.fromarray(a, mode=mode).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_image_folder_splits_resizes_and_normalises(tmp_path):
+    root = _folder(tmp_path / "imgs")
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in root.rglob("*.png"))
+    s = image_folder(root, 8, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), val_split=0.4, seed=1)
+    assert s.calib is s.train and s.eval is not None and s.eval.labelled
+    xs = torch.cat(s.eval.inputs() + s.train.inputs())
+    assert xs.shape == (10, 3, 8, 8) and len(s.eval) == 4 and len(s.train) == 6  # 2 of 5 per class held out
+    labels = torch.cat([y for _, y in s.eval.items])
+    assert set(labels.tolist()) == {0, 1}  # sorted class folders -> 0, 1; every class held out
+    # class 1 images are brighter: normalised means differ in the right direction
+    ev = torch.cat(s.eval.inputs())
+    assert ev[labels == 1].mean() > ev[labels == 0].mean()
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in root.rglob("*.png")) == before  # input untouched
+
+
+def test_image_folder_through_optimize_data_resolution(tmp_path):
+    root = _folder(tmp_path / "gray", mode="L", size=(16, 16))
+    s = resolve_data("module", str(root), None, None, None, (1, 16, 16), 2, {"val_split": 0.2})
+    assert s.source.startswith("folder:") and s.eval.inputs()[0].shape[1:] == (1, 16, 16)
+
+
+@pytest.mark.parametrize("make,msg", [
+    (lambda r: r, "no class sub-folders"),
+    (lambda r: (r / "a").mkdir() or r, "has no images"),
+    (lambda r: r / "missing", "is not a folder"),
+])
+def test_image_folder_errors(tmp_path, make, msg):
+    root = tmp_path / "d"
+    root.mkdir()
+    with pytest.raises(DataError, match=msg):
+        image_folder(make(root), 8, 3, (0.5,), (0.5,))
+
+
+def test_bad_split_and_stats(tmp_path):
+    root = _folder(tmp_path / "imgs")
+    with pytest.raises(DataError, match="val-split"):
+        image_folder(root, 8, 3, (0.5,), (0.5,), val_split=1.5)
+    with pytest.raises(DataError, match="mean/--std"):
+        image_folder(root, 8, 3, (0.5, 0.5), (0.5,))
+
+
+def test_module_function_data(tmp_path):
+    f = tmp_path / "mydata.py"
+    f.write_text("import torch\n"
+                 "def good():\n"
+                 "    g = torch.Generator().manual_seed(0)\n"
+                 "    x = torch.randn(8, 1, 16, 16, generator=g)\n"
+                 "    y = torch.arange(8) % 3\n"
+                 "    return {'calib': [x], 'train': [(x, y)], 'eval_data': [(x, y)]}\n"
+                 "def triple():\n"
+                 "    return [torch.randn(2, 1, 16, 16)], None, None\n"
+                 "def bad_labels():\n"
+                 "    return {'eval': [(torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 2, 7]))]}\n"
+                 "def wrong():\n"
+                 "    return 3\n")
+    s = resolve_data("module", f"{f}:good", None, None, None, (1, 16, 16), 3)
+    assert s.eval.labelled and s.train.labelled and not s.calib.labelled and s.source.startswith("function:")
+    assert from_function(f"{f}:triple")["train"] is None
+    with pytest.raises(DataError, match="labels outside 0..2"):
+        resolve_data("module", f"{f}:bad_labels", None, None, None, (1, 16, 16), 3)
+    with pytest.raises(DataError, match="must return"):
+        from_function(f"{f}:wrong")
+    with pytest.raises(DataError, match="cannot load"):
+        from_function(f"{f}:nope")
+    with pytest.raises(DataError, match="does not exist"):
+        from_function(f"{tmp_path / 'none.py'}:f")
+    with pytest.raises(ConfigError, match="neither"):
+        resolve_data("module", "imagenet", None, None, None, (1, 16, 16), 3)
+
+
+def test_nan_in_training_data():
+    with pytest.raises(DataError, match="training data batch 0 contains NaN"):
+        resolve_data("module", None, None, [torch.full((2, 1, 16, 16), float("inf"))], None, (1, 16, 16), 3)

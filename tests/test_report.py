@@ -1,0 +1,60 @@
+"""report.md / report.html / report.png from a hand-built report (no export, no measurement)."""
+
+from edgeopt.report import Candidate, Decision, LatencyStats, Report, load_report, write_report
+from edgeopt.report_html import pareto_front, scatter_png, write_html_report
+
+
+def _lat(ms):
+    return LatencyStats(p50=ms, p90=ms, p99=ms, mean=ms, std=0.0, n=10)
+
+
+def _report(metric="top1"):
+    base = Candidate(id="original@onnx-fp32", status="ok", latency_ms=_lat(1.0), accuracy=99.0, metric=metric,
+                     size_bytes=4_000_000, latency_source="measured")
+    cands = [
+        Candidate(id="a@onnx-fp32", status="ok", latency_ms=_lat(0.5), accuracy=98.5, accuracy_drop=0.5,
+                  metric=metric, latency_source="measured", size_bytes=2_000_000),
+        Candidate(id="b@onnx-fp32", status="rejected", latency_ms=_lat(0.6), accuracy=97.0, accuracy_drop=2.0,
+                  metric=metric, latency_source="measured", reason="accuracy drop 2.00 pp > budget 1.0 pp"),
+        Candidate(id="c@onnx-fp32", status="ok", latency_ms=_lat(0.3), accuracy=90.0, metric=metric,
+                  latency_source="measured"),
+        Candidate(id="d@onnx-fp32", status="rejected", reason="not tried: bisection settled"),
+    ]
+    return Report(edgeopt_version="0", context={"goal": "latency", "max_accuracy_drop": 1.0, "retrain": False,
+                                                 "latency_budget_ms": 0.8},
+                  target={"name": "local", "kind": "cpu"}, environment={"cpu": "x"}, baseline=base,
+                  candidates=cands, chosen="a@onnx-fp32",
+                  decisions=[Decision(technique="unstructured_pruning", decision="rejected", reason="dense <kernels>")],
+                  model={"search": {"trace": ["prune-l2: bisection kept prune-l230"]}, "plan_notes": ["note one"]})
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    r = _report()
+    front = [c.id for c in pareto_front([r.baseline, *r.candidates[:3]])]
+    assert front == ["c@onnx-fp32", "a@onnx-fp32", "original@onnx-fp32"]  # b is dominated by a
+
+
+def test_scatter_png_and_html_and_markdown(tmp_path):
+    r = _report()
+    png = scatter_png(r)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    write_report(r, tmp_path)
+    write_html_report(r, tmp_path)
+    html = (tmp_path / "report.html").read_text()
+    assert "data:image/png;base64," in html and 'class="chosen"' in html and "a@onnx-fp32" in html
+    assert "dense &lt;kernels&gt;" in html  # reasons are escaped, not injected
+    md = (tmp_path / "report.md").read_text()
+    assert "![latency vs accuracy](report.png)" in md and (tmp_path / "report.png").is_file()
+    assert "## Plan: decisions and reasons" in md and "bisection kept prune-l230" in md
+    assert "2.00× faster" in md and "| d@onnx-fp32 | rejected |" in md
+    assert load_report(tmp_path / "report.json").chosen == "a@onnx-fp32"
+
+
+def test_fidelity_is_labelled_and_nothing_measured_still_writes(tmp_path):
+    r = _report(metric="fidelity")
+    write_html_report(r, tmp_path)
+    assert "fidelity: top-1 agreement" in (tmp_path / "report.md").read_text()
+    empty = r.model_copy(update={"baseline": None, "candidates": [], "chosen": None})
+    assert scatter_png(empty) is None
+    write_html_report(empty, tmp_path / "e")
+    assert "no measured candidate" in (tmp_path / "e" / "report.html").read_text()
