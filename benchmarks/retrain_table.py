@@ -13,6 +13,7 @@ import argparse
 import copy
 import io
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -20,18 +21,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import edgeopt
-from edgeopt.data import batchify, digits_splits
-from edgeopt.demo import cache_dir
-from edgeopt.report import write_atomic
-from edgeopt.techniques import qat as Q
-from edgeopt.training import fit, top1
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's edgeopt, not an installed one
+import edgeopt  # noqa: E402
+from edgeopt.data import batchify, digits_splits  # noqa: E402
+from edgeopt.demo import cache_dir  # noqa: E402
+from edgeopt.report import write_atomic  # noqa: E402
+from edgeopt.techniques import qat as Q  # noqa: E402
+from edgeopt.training import fit, top1  # noqa: E402
 
 SIZE = 64
 
 
-def data(batch: int = 64):
+def data(batch: int = 64, limit: int | None = None):
     xt, yt, xv, yv = digits_splits()
+    if limit:  # smoke runs: a few batches only
+        xt, yt, xv, yv = xt[:limit * batch], yt[:limit * batch], xv[:limit * batch], yv[:limit * batch]
     up = [F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
           for x in (xt, xv)]
     return batchify(up[0], yt, batch), batchify(up[1], yv, 128)
@@ -45,7 +49,7 @@ def fresh(seed: int = 0):
 
 
 def base_model(train, epochs: int, log):
-    path = cache_dir() / f"retrain-table-resnet18-digits{SIZE}-e{epochs}.pt"
+    path = cache_dir() / f"retrain-table-resnet18-digits{SIZE}-e{epochs}-n{len(train)}.pt"
     model = fresh()
     if path.is_file():
         model.load_state_dict(torch.load(path, weights_only=True))
@@ -75,19 +79,23 @@ def ort_top1(model, example, val, tmp: Path) -> float:
 
 
 def main() -> None:
+    global SIZE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base-epochs", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs per run")
     ap.add_argument("--imp-rounds", type=int, default=2)
     ap.add_argument("--imp-sparsity", type=float, default=0.8)
     ap.add_argument("--out", default="retrain_table.json")
+    ap.add_argument("--size", type=int, default=SIZE, help="input resolution (T1: 64)")
+    ap.add_argument("--limit-batches", type=int, default=None, help="smoke test: use only this many batches")
     args = ap.parse_args()
+    SIZE = args.size
     t_start = time.perf_counter()
 
     def log(msg):
         print(f"[{time.perf_counter() - t_start:6.0f} s] {msg}", flush=True)
 
-    train, val = data()
+    train, val = data(limit=args.limit_batches)
     example = train.items[0][0][:1]
     base = base_model(train, args.base_epochs, log)
     base_acc = top1(base, val)
@@ -114,7 +122,7 @@ def main() -> None:
     for rewind in ("init", "epoch", "lr"):
         start = fresh() if rewind != "lr" else base
         _, res = edgeopt.imp(start, train, sparsity=args.imp_sparsity, rounds=args.imp_rounds,
-                             epochs=args.epochs, rewind=rewind, rewind_epoch=1, eval_data=val, lr=0.05)
+                             epochs=max(2, args.epochs), rewind=rewind, rewind_epoch=1, eval_data=val, lr=0.05)
         for r in res.rounds:
             imp_rows.append({"rewind": rewind, **r})
         log(f"IMP rewind={rewind}: {res.rounds}")

@@ -43,7 +43,9 @@ def match_layers(student: nn.Module, teacher: nn.Module, example: torch.Tensor,
     common = [n for n in _top_level(teacher) if n in _top_level(student)]
     out = _outputs(teacher, common, example)
     # a module called once, producing a 4-D map; modules reused (e.g. a shared ReLU) are ambiguous
-    maps = [(n, o[0]) for n, o in out.items() if len(o) == 1 and torch.is_tensor(o[0]) and o[0].dim() == 4]
+    # (a 1x1 map after global pooling carries no spatial structure to transfer)
+    maps = [(n, o[0]) for n, o in out.items() if len(o) == 1 and torch.is_tensor(o[0]) and o[0].dim() == 4
+            and o[0].shape[-1] * o[0].shape[-2] > 1]
     stage_end: dict[tuple[int, int], str] = {}
     for n, o in maps:
         stage_end[tuple(o.shape[-2:])] = n  # later modules at the same resolution overwrite earlier ones
