@@ -50,7 +50,8 @@ def test_imp_with_rewinding_reaches_sparsity_with_bounded_accuracy_loss(rewind):
     sub = train.items[:8]  # 512 samples keep the test short
     dense_acc = top1(trained, val)
     start = smallnet.make() if rewind != "lr" else trained  # tickets train from init; LR rewinding prunes trained
-    pruned, res = edgeopt.imp(start, sub, sparsity=0.75, rounds=2, epochs=2, rewind=rewind, rewind_epoch=1,
+    epochs = 3 if rewind == "epoch" else 2  # weight rewinding to epoch 1 retrains epochs - 1 per round
+    pruned, res = edgeopt.imp(start, sub, sparsity=0.75, rounds=2, epochs=epochs, rewind=rewind, rewind_epoch=1,
                               eval_data=val, lr=0.05)
     assert res.final_sparsity == pytest.approx(0.75, abs=0.01)
     assert len(res.rounds) == (3 if rewind != "lr" else 2)
