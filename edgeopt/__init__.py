@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
     from edgeopt.report import BenchmarkResult, Report
 
-__all__ = ["__version__", "optimize", "prune", "export", "benchmark", "load_model", "list_targets"]
+__all__ = ["__version__", "optimize", "prune", "export", "benchmark", "load_model", "list_targets",
+           "distill", "prune_at_init", "sparsify", "imp", "qat"]
 
 
 def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: str = "local",
@@ -80,3 +81,52 @@ def list_targets():
     from edgeopt.targets import list_targets as _list
 
     return _list()
+
+
+def distill(student, teacher, train_data, kind: str = "response", epochs: int = 3, eval_data=None, **fit_kwargs):
+    """Fine-tune `student` (in place) from `teacher`: kind "response" | "feature" | "relation" or a
+    combination like "response+feature". Returns edgeopt.training.DistillResult (kind used, teacher and
+    student top-1 before/after on labelled `eval_data`, share of the gap recovered)."""
+    from edgeopt.training import distill as _distill
+
+    return _distill(student, teacher, train_data, kind=kind, epochs=epochs, eval_data=eval_data, **fit_kwargs)[1]
+
+
+def prune_at_init(model, data, method: str = "snip", sparsity: float = 0.8):
+    """Attach SNIP / GraSP / SynFlow masks of `sparsity` to a freshly initialised `model` (in place), to be
+    trained from scratch (edgeopt.training.fit keeps masked weights at zero). Returns the record."""
+    from edgeopt.techniques.prune_at_init import prune_at_init as _pai
+
+    return _pai(model, data, method=method, sparsity=sparsity)[1]
+
+
+def sparsify(model, sparsity: float = 0.5, pattern: str = "global"):
+    """Unstructured pruning of a copy: global magnitude (`pattern="global"`) or 2:4 semi-structured.
+    Returns (sparse model, record with the compressed size on disk). No speedup on dense CPU kernels."""
+    from edgeopt.techniques import TECHNIQUES
+
+    tech = TECHNIQUES.get("unstructured")
+    return tech.apply_fn()(model, None, tech.make_config({"sparsity": sparsity, "pattern": pattern}))
+
+
+def imp(model, train_data, sparsity: float = 0.8, rounds: int = 3, epochs: int = 3, rewind: str = "lr",
+        rewind_epoch: int = 1, eval_data=None, **fit_kwargs):
+    """Iterative magnitude pruning with rewinding ("init" = lottery ticket, "epoch" = weights of epoch
+    `rewind_epoch`, "lr" = learning-rate rewinding). Returns (pruned copy with masks, IMPResult)."""
+    from edgeopt.techniques.lottery import imp as _imp
+    from edgeopt.training import fit, top1
+
+    eval_fn = (lambda m: top1(m, eval_data)) if eval_data is not None else None
+    return _imp(model, train_data, fit, target_sparsity=sparsity, rounds=rounds, epochs=epochs, rewind=rewind,
+                rewind_epoch=rewind_epoch, eval_fn=eval_fn, **fit_kwargs)
+
+
+def qat(model, train_data, epochs: int = 2, lr: float = 0.005, distill: bool = True, **kwargs):
+    """Quantization-aware training of a copy; export the result with `export(..., format="onnx")` to get
+    an INT8 Q/DQ model. With `distill`, the float model teaches the quantized one."""
+    from edgeopt.techniques.qat import qat as _qat
+    from edgeopt.training import fit
+
+    if distill:
+        kwargs.setdefault("teacher", model)
+    return _qat(model, train_data, fit, epochs=epochs, lr=lr, **kwargs)

@@ -45,6 +45,38 @@ class QuantizeConfig(BaseModel):
     method: str = "ptq"
 
 
+class UnstructuredConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sparsity: float = Field(0.5, ge=0.0, lt=1.0)
+    pattern: Literal["global", "2:4"] = "global"
+
+
+class IMPConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sparsity: float = Field(0.8, ge=0.0, lt=1.0)
+    rounds: int = Field(3, ge=1)
+    epochs: int = Field(3, ge=1)
+    rewind: Literal["init", "epoch", "lr"] = "lr"
+    rewind_epoch: int = Field(1, ge=1)
+
+
+class PruneAtInitConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["snip", "grasp", "synflow"] = "snip"
+    sparsity: float = Field(0.8, ge=0.0, lt=1.0)
+    epochs: int = Field(5, ge=1)
+    lr: float = Field(0.05, gt=0.0)
+    seed: int = 0
+
+
+class QATConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(2, ge=1)
+    lr: float = Field(0.005, gt=0.0)
+    per_channel: bool = True
+    distill: bool = True
+
+
 @dataclass(frozen=True)
 class Technique:
     name: str
@@ -86,3 +118,21 @@ TECHNIQUES.register("fine_tune", Technique(
     "fine_tune", FineTuneConfig, "edgeopt.techniques.finetune:apply_finetune", "model", needs_data=True,
     needs_retraining=True, summary="fine-tune with response-based (Hinton) distillation from the original model"),
     aliases=("finetune", "distill", "kd"))
+TECHNIQUES.register("unstructured", Technique(
+    "unstructured", UnstructuredConfig, "edgeopt.techniques.unstructured:apply_unstructured", "model",
+    needs_data=False, needs_retraining=False,
+    summary="global magnitude / 2:4 weight sparsity: smaller compressed size, no dense-CPU speedup"),
+    aliases=("unstructured_pruning", "sparsity"))
+TECHNIQUES.register("imp", Technique(
+    "imp", IMPConfig, "edgeopt.techniques.lottery:apply_imp", "model", needs_data=True, needs_retraining=True,
+    summary="iterative magnitude pruning with rewinding (lottery tickets / LR rewinding)"),
+    aliases=("lottery_ticket", "lth"))
+TECHNIQUES.register("prune_at_init", Technique(
+    "prune_at_init", PruneAtInitConfig, "edgeopt.techniques.prune_at_init:apply_prune_at_init", "model",
+    needs_data=True, needs_retraining=True,
+    summary="SNIP / GraSP / SynFlow masks on a fresh init, then training from scratch"),
+    aliases=("snip", "grasp", "synflow"))
+TECHNIQUES.register("qat", Technique(
+    "qat", QATConfig, "edgeopt.techniques.qat:apply_qat", "model", needs_data=True, needs_retraining=True,
+    summary="quantization-aware training (torch.ao fake-quant), exported as INT8 Q/DQ"),
+    aliases=("quantization_aware_training",))

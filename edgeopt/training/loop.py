@@ -1,9 +1,11 @@
-"""The fine-tuning loop: SGD with momentum, cosine learning-rate decay, optional teacher (distillation).
-Runs on the GPU when one is present, else on the CPU."""
+"""The fine-tuning loop: SGD with momentum, cosine learning-rate decay, optional teacher (distillation:
+response-, feature- and relation-based, alone or combined). Runs on the GPU when one is present, else on
+the CPU; under `torchrun` it runs with DistributedDataParallel (see ddp.py)."""
 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,8 +13,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from edgeopt.errors import DataError
-from edgeopt.training.losses import hinton_loss
+from edgeopt.errors import ConfigError, DataError
+from edgeopt.training import ddp
+from edgeopt.training.features import Capture, DistillStudent, make_adapters, match_layers
+from edgeopt.training.losses import attention_transfer_loss, feature_mse_loss, hinton_loss, rkd_loss
+
+KINDS = ("response", "feature", "relation")
 
 
 @dataclass
@@ -22,55 +28,128 @@ class FitResult:
     losses: list[float] = field(default_factory=list)  # mean loss per epoch
     kind: str = "response"
     device: str = "cpu"
+    world_size: int = 1
+    feature_layers: list[str] = field(default_factory=list)
+
+
+def parse_kind(kind, has_teacher: bool) -> tuple[str, ...]:
+    """"response", "feature+relation", ["response", "feature"], "none" -> normalised tuple of kinds."""
+    if kind is None:
+        return ("response",) if has_teacher else ()
+    parts = kind if isinstance(kind, (list, tuple)) else str(kind).replace(",", "+").split("+")
+    parts = [p.strip().lower() for p in parts if p.strip()]
+    if parts in ([], ["none"]):
+        return ()
+    bad = [p for p in parts if p not in KINDS]
+    if bad:
+        raise ConfigError(f"unknown distillation kind {bad[0]!r}: use {', '.join(KINDS)} or a '+' combination")
+    if not has_teacher:
+        raise ConfigError(f"{'+'.join(parts)} distillation needs a teacher model")
+    return tuple(k for k in KINDS if k in parts)
 
 
 def _device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def _items(train_data) -> list:
+    return [(b[0], b[1]) if isinstance(b, (tuple, list)) else (b, None) for b in
+            (train_data.items if hasattr(train_data, "items") else train_data)]
+
+
 def fit(student: nn.Module, train_data, teacher: nn.Module | None = None, epochs: int = 3, lr: float = 0.01,
         temperature: float = 4.0, alpha: float = 0.7, weight_decay: float = 5e-4, seed: int = 0,
-        progress: Callable[[int, int, float], None] | None = None) -> FitResult:
-    """Train `student` in place on batches of (x, y) or x. With a teacher, the loss is Hinton's KD mixed
-    with cross-entropy; without one, plain cross-entropy (labels required)."""
-    items = [(b[0], b[1]) if isinstance(b, (tuple, list)) else (b, None) for b in
-             (train_data.items if hasattr(train_data, "items") else train_data)]
+        progress: Callable[[int, int, float], None] | None = None, *, kind=None,
+        feature_layers: list[str] | None = None, feature_distance: str = "at", beta: float | None = None,
+        gamma: float = 1.0, start_epoch: int = 0) -> FitResult:
+    """Train `student` in place on batches of (x, y) or x.
+
+    Without a teacher: cross-entropy (labels required). With one, `kind` picks the distillation:
+    "response" (Hinton KD mixed with cross-entropy, the default), "feature" (intermediate maps,
+    `feature_distance` "at" = attention transfer or "mse" through 1x1 adapters, weight `beta`),
+    "relation" (RKD distance+angle on the penultimate embeddings, weight `gamma`), or a combination
+    "response+feature". Kinds without
+    "response" keep the hard-label cross-entropy as the task loss (soft targets if unlabelled).
+    `start_epoch` starts the cosine schedule part-way (weight rewinding to epoch k trains epochs - k)."""
+    items = _items(train_data)
     if not items:
         raise DataError("training data is empty: give at least one batch")
     if teacher is None and any(y is None for _, y in items):
         raise DataError("fine-tuning without a teacher needs labelled training data (x, y)")
+    if feature_distance not in ("mse", "at"):
+        raise ConfigError(f"feature_distance must be 'mse' or 'at', got {feature_distance!r}")
+    if not 0 <= start_epoch < max(epochs, 1):
+        raise ConfigError(f"start_epoch must be in [0, epochs), got {start_epoch}")
+    kinds = parse_kind(kind, teacher is not None)
+    if beta is None:
+        beta = 1.0 if feature_distance == "mse" else 20.0  # measured on digits: stronger weights hurt
     torch.manual_seed(seed)
-    dev = _device()
-    student.to(dev).train()
+    rank, world_size = ddp.world()
+    dev = ddp.device_for(rank) if world_size > 1 else _device()
+    example = items[0][0]  # one batch: layer matching and adapter initialisation
+    names: list[str] = []
+    if "feature" in kinds:
+        names = match_layers(student, teacher, example, feature_layers)
+    adapters = (make_adapters(student, teacher, names, example)
+                if "feature" in kinds and feature_distance == "mse" else None)
+    unit = DistillStudent(student, names, adapters, embedding="relation" in kinds).to(dev).train()
+    t_capture = None
     if teacher is not None:
         teacher = copy.deepcopy(teacher).to(dev).eval()
-    opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * len(items)))
+        t_capture = Capture(teacher, names, embedding="relation" in kinds)
+    model = ddp.wrap(unit, dev, world_size)
+    local = ddp.shard(items, rank, world_size)
+    if not local:
+        raise DataError(f"{len(items)} batches cannot be shared among {world_size} processes")
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
+    total_steps = max(1, epochs * len(local))
+    # cosine decay written out so that a run can start part-way through it (weight rewinding)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s + start_epoch * len(local), total_steps) / total_steps)))
     gen = torch.Generator().manual_seed(seed)
-    result = FitResult(epochs=epochs, seconds=0.0, device=str(dev),
-                       kind="response" if teacher is not None else "none")
+    result = FitResult(epochs=epochs, seconds=0.0, device=str(dev), world_size=world_size,
+                       kind="+".join(kinds) if kinds else "none", feature_layers=names)
     t0 = time.perf_counter()
-    for epoch in range(epochs):
-        total = 0.0
-        for i in torch.randperm(len(items), generator=gen).tolist():
-            x, y = items[i]
-            x = x.to(dev)
-            y = y.to(dev) if y is not None else None
-            out = student(x)
-            if teacher is not None:
-                with torch.no_grad():
-                    t_out = teacher(x)
-                loss = hinton_loss(out, t_out, y, temperature, alpha)
-            else:
-                loss = nn.functional.cross_entropy(out, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach())
-        result.losses.append(total / len(items))
-        if progress:
-            progress(epoch + 1, epochs, result.losses[-1])
+    try:
+        for epoch in range(start_epoch, epochs):
+            total = 0.0
+            for i in torch.randperm(len(local), generator=gen).tolist():
+                x, y = local[i]
+                x = x.to(dev)
+                y = y.to(dev) if y is not None else None
+                out, feats, emb = model(x)
+                loss = _loss(out, feats, emb, y, teacher, t_capture, x, kinds, names, feature_distance,
+                             temperature, alpha, beta, gamma)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += float(loss.detach())
+            result.losses.append(ddp.mean_across(total / len(local), world_size))
+            if progress:
+                progress(epoch + 1, epochs, result.losses[-1])
+    finally:
+        unit.capture.remove()
+        if t_capture is not None:
+            t_capture.remove()
     student.to("cpu").eval()
     result.seconds = round(time.perf_counter() - t0, 2)
     return result
+
+
+def _loss(out, feats, emb, y, teacher, t_capture, x, kinds, names, feature_distance, temperature, alpha,
+          beta, gamma) -> torch.Tensor:
+    if teacher is None:
+        return nn.functional.cross_entropy(out, y)
+    with torch.no_grad():
+        t_out = teacher(x)
+    if "response" in kinds or y is None:
+        loss = hinton_loss(out, t_out, y, temperature, alpha)
+    else:
+        loss = nn.functional.cross_entropy(out, y)
+    if "feature" in kinds:
+        dist = feature_mse_loss if feature_distance == "mse" else attention_transfer_loss
+        loss = loss + beta * sum(dist(feats[n], t_capture.feats[n]) for n in names) / len(names)
+    if "relation" in kinds:
+        loss = loss + gamma * rkd_loss(emb, t_capture.embedding)
+    return loss

@@ -16,3 +16,57 @@ def hinton_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labe
     if labels is None:
         return soft  # no labels: pure distillation
     return alpha * soft + (1.0 - alpha) * F.cross_entropy(student_logits, labels)
+
+
+# Feature-based (FitNets, Romero et al. 2015; attention transfer, Zagoruyko & Komodakis 2017). The student's
+# map goes through a learned 1x1 adapter before MSE, because pruning changed its channel count; attention
+# transfer compares channel-pooled spatial maps, so it needs no adapter.
+def _match_spatial(fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
+    if fs.dim() == 4 and fs.shape[-2:] != ft.shape[-2:]:
+        fs = F.interpolate(fs, size=ft.shape[-2:], mode="bilinear", align_corners=False)
+    return fs
+
+
+def attention_map(f: torch.Tensor) -> torch.Tensor:
+    """Spatial attention: mean of squared activations over channels, flattened and L2-normalised."""
+    a = f.pow(2).mean(1) if f.dim() == 4 else f.pow(2)
+    return F.normalize(a.flatten(1), dim=1)
+
+
+def attention_transfer_loss(fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
+    return (attention_map(_match_spatial(fs, ft)) - attention_map(ft)).pow(2).mean()
+
+
+def feature_mse_loss(fs_adapted: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(_match_spatial(fs_adapted, ft), ft)
+
+
+# Relation-based (RKD, Park et al. 2019): transfer the geometry of the batch's penultimate embeddings, not
+# the embeddings themselves, so student and teacher widths may differ.
+def _pairwise_distances(e: torch.Tensor) -> torch.Tensor:
+    d = torch.cdist(e, e).clamp_min(1e-12)
+    return d / d[d > 1e-6].mean().clamp_min(1e-6)  # scale-free: normalise by the mean distance
+
+
+def rkd_distance_loss(es: torch.Tensor, et: torch.Tensor) -> torch.Tensor:
+    es, et = es.flatten(1), et.flatten(1)
+    with torch.no_grad():
+        dt = _pairwise_distances(et)
+    return F.smooth_l1_loss(_pairwise_distances(es), dt)
+
+
+def _angles(e: torch.Tensor) -> torch.Tensor:
+    diff = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), p=2, dim=2)  # (n, n, d): unit vectors i->j
+    return torch.bmm(diff, diff.transpose(1, 2)).flatten()  # cosines of the angle at each anchor
+
+
+def rkd_angle_loss(es: torch.Tensor, et: torch.Tensor) -> torch.Tensor:
+    es, et = es.flatten(1), et.flatten(1)
+    with torch.no_grad():
+        at = _angles(et)
+    return F.smooth_l1_loss(_angles(es), at)
+
+
+def rkd_loss(es: torch.Tensor, et: torch.Tensor, w_dist: float = 1.0, w_angle: float = 2.0) -> torch.Tensor:
+    """The paper's weighting: distance 1, angle 2."""
+    return w_dist * rkd_distance_loss(es, et) + w_angle * rkd_angle_loss(es, et)
