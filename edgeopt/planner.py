@@ -135,8 +135,11 @@ def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, l
     if not here:
         # the artifacts are built here and deployed there; latency is estimated from the target profile
         first = runtimes[0] if runtimes else "onnxruntime"
-        if FORMAT_OF_RUNTIME.get(first) not in precisions_of_format:
-            notes.append(f"{first} artifacts cannot be built on this machine: exporting ONNX, from which "
+        # TensorRT engines are specific to the GPU (and TensorRT version) they are built on: they are always
+        # built on the device, from the ONNX exported here
+        if (FORMAT_OF_RUNTIME.get(first) not in precisions_of_format or first not in installed_runtimes
+                or first == "tensorrt"):
+            notes.append(f"{first} artifacts are not built on this machine: exporting ONNX, from which "
                          f"{first} builds its engine on the device")
             first = "onnxruntime"
         runtimes = [first]
