@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-from edgeopt.cli import commands, optimize  # noqa: F401  (registers the commands)
+from edgeopt.cli import commands, optimize, structure  # noqa: F401  (registers the commands)
 from edgeopt.cli.app import app
 
 
