@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 
     from edgeopt.report import BenchmarkResult, Report
 
-__all__ = ["__version__", "optimize", "prune", "export", "benchmark", "load_model", "list_targets",
-           "distill", "prune_at_init", "sparsify", "imp", "qat"]
+__all__ = ["__version__", "optimize", "prune", "factorize", "prune_sensitivity", "export", "benchmark",
+           "load_model", "list_targets", "distill", "prune_at_init", "sparsify", "imp", "qat"]
 
 
 def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: str = "local",
@@ -39,15 +39,42 @@ def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: s
 
 
 def prune(model, example_inputs: torch.Tensor, ratio: float = 0.3, importance: str = "l2",
-          scope: str = "local", round_to: int | None = None, iterative_steps: int = 1, data=None):
-    """A physically smaller copy of `model` (same output shape). What changed per layer is in
-    `result.edgeopt_record`."""
+          scope: str = "local", round_to: int | None = None, iterative_steps: int = 1, data=None,
+          max_layer_ratio: float = 0.9, layer_ratios: dict[str, float] | None = None, timeout_s: float = 120):
+    """A physically smaller copy of `model` (same output shape). `importance`: l2 | l1 | bn_scale | taylor
+    (needs labelled `data=[(x, y), ...]`) | hrank (needs `data` inputs) | fpgm | random. What changed per
+    layer, and what was skipped and why, is in `result.edgeopt_record`."""
     from edgeopt.techniques.prune import prune as _prune
 
     small, record = _prune(model, example_inputs, ratio=ratio, importance=importance, scope=scope,
-                           round_to=round_to, iterative_steps=iterative_steps, data=data)
+                           round_to=round_to, iterative_steps=iterative_steps, data=data,
+                           max_layer_ratio=max_layer_ratio, layer_ratios=layer_ratios, timeout_s=timeout_s)
     small.edgeopt_record = record
     return small
+
+
+def factorize(model, example_inputs: torch.Tensor, method: str = "tucker", energy: float | None = 0.9,
+              macs_reduction: float | None = None, layers: list[str] | None = None, rank_method: str = "energy"):
+    """A low-rank factorized copy of `model`: method tucker | cp (k x k convs) | svd (Linears); ranks by
+    `energy` kept, by `rank_method="vbmf"`, or by a target `macs_reduction` per layer. The record per
+    layer (ranks, MACs before/after, skipped with reason) is in `result.edgeopt_record`."""
+    from edgeopt.techniques.factorize import factorize as _factorize
+
+    small, record = _factorize(model, example_inputs, method=method, energy=energy,
+                               macs_reduction=macs_reduction, layers=layers, rank_method=rank_method)
+    small.edgeopt_record = record
+    return small
+
+
+def prune_sensitivity(model, example_inputs: torch.Tensor, evaluate, ratio: float = 0.5,
+                      importance: str = "l2", max_groups: int | None = None, data=None) -> dict:
+    """Per-layer sensitivity: accuracy drop when each prunable layer's group is pruned alone at `ratio`.
+    `evaluate(model) -> accuracy`. Returns {"baseline", "layers": {name: drop}, "layer_ratios": {...}};
+    pass `layer_ratios` on to `prune(...)` so that sensitive layers are pruned less."""
+    from edgeopt.techniques.sensitivity import sensitivity
+
+    return sensitivity(model, example_inputs, evaluate, ratio=ratio, importance=importance,
+                       max_groups=max_groups, data=data)
 
 
 def export(model, example_inputs: torch.Tensor, format: str = "onnx", precision: str = "fp32",

@@ -1,5 +1,9 @@
+import time
+
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import edgeopt
 from edgeopt.analyze import analyze, count_macs, count_params
@@ -7,50 +11,144 @@ from edgeopt.errors import PruningError, UnknownNameError
 from edgeopt.techniques.prune import IMPORTANCE_NAMES
 
 
-@pytest.mark.parametrize("importance", [i for i in IMPORTANCE_NAMES if i != "taylor"])
-def test_prune_physically_shrinks(tiny, example, importance):
+def _data(n=3, labelled=True):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(8, 1, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g) if labelled else None)
+            for _ in range(n)]
+
+
+def _ort(path, x):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})[0]
+
+
+@pytest.mark.parametrize("importance", IMPORTANCE_NAMES)
+def test_each_criterion_shrinks_exports_and_matches(tmp_path, tiny, example, importance):
     before = {k: v.clone() for k, v in tiny.state_dict().items()}
-    small = edgeopt.prune(tiny, example, ratio=0.4, importance=importance)
+    small = edgeopt.prune(tiny, example, ratio=0.4, importance=importance, data=_data())
     assert count_params(small) < count_params(tiny)
     assert count_macs(small, example) < count_macs(tiny, example)
     assert small(example).shape == tiny(example).shape
-    assert small.edgeopt_record["layers_changed"] > 0
-    # the caller's model is never modified
-    for k, v in tiny.state_dict().items():
+    assert small.edgeopt_record["layers_changed"] > 0 and small.edgeopt_record["importance"] == importance
+    for k, v in tiny.state_dict().items():  # the caller's model is never modified
         assert torch.equal(v, before[k])
+    path = edgeopt.export(small, example, format="onnx", out=tmp_path / "s.onnx")
+    np.testing.assert_allclose(_ort(path, example), small(example).detach().numpy(), atol=1e-4, rtol=1e-3)
 
 
 def test_taylor_needs_labels(tiny, example):
     with pytest.raises(PruningError, match="labelled batches"):
         edgeopt.prune(tiny, example, ratio=0.3, importance="taylor")
-    data = [(torch.randn(8, 1, 16, 16), torch.randint(0, 10, (8,)))]
-    small = edgeopt.prune(tiny, example, ratio=0.3, importance="taylor", data=data)
-    assert count_params(small) < count_params(tiny)
+    with pytest.raises(PruningError, match="labelled batches"):
+        edgeopt.prune(tiny, example, ratio=0.3, importance="taylor", data=_data(labelled=False))
+
+
+def test_hrank_needs_inputs_and_reports_stability(tiny, example):
+    with pytest.raises(PruningError, match="real inputs"):
+        edgeopt.prune(tiny, example, ratio=0.3, importance="hrank")
+    rec = edgeopt.prune(tiny, example, ratio=0.3, importance="hrank", data=_data(4)).edgeopt_record
+    stab = rec["hrank_stability"]
+    assert stab["batches"] == 4 and stab["layers_measured"] > 0
+    assert stab["mean_spearman"] is None or -1.0 <= stab["mean_spearman"] <= 1.0
+
+
+def test_global_scope_respects_layer_cap(tiny_plain, example):
+    small = edgeopt.prune(tiny_plain, example, ratio=0.5, scope="global", max_layer_ratio=0.6)
+    rec = small.edgeopt_record
+    assert rec["scope"] == "global" and rec["layers_changed"] > 0
+    for row in rec["layers"]:
+        assert row["after"] >= row["before"] * 0.4 - 1, row  # no layer wiped out beyond the cap
+
+
+def test_iterative_steps_reach_the_same_ratio(tiny_plain, example):
+    one = edgeopt.prune(tiny_plain, example, ratio=0.5)
+    three = edgeopt.prune(tiny_plain, example, ratio=0.5, iterative_steps=3)
+    assert three.edgeopt_record["iterative_steps"] == 3
+    assert abs(count_params(one) - count_params(three)) <= 0.1 * count_params(one)
 
 
 def test_round_to_gives_multiples(tiny_plain, example):
     small = edgeopt.prune(tiny_plain, example, ratio=0.5, round_to=8)
-    convs = [m for m in small.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == 1]
+    convs = [m for m in small.modules() if isinstance(m, nn.Conv2d) and m.groups == 1]
     assert all(m.out_channels % 8 == 0 for m in convs)
 
 
-def test_unknown_importance(tiny, example):
+def test_unknown_importance_and_bad_args(tiny, example):
     with pytest.raises(UnknownNameError, match="did you mean 'fpgm'"):
         edgeopt.prune(tiny, example, ratio=0.3, importance="fpg")
-
-
-def test_bad_ratio(tiny, example):
     with pytest.raises(PruningError):
         edgeopt.prune(tiny, example, ratio=1.2)
+    with pytest.raises(PruningError, match="scope"):
+        edgeopt.prune(tiny, example, ratio=0.3, scope="everywhere")
 
 
-def test_pruned_model_exports_and_matches(tmp_path, tiny, example):
-    small = edgeopt.prune(tiny, example, ratio=0.3)
-    path = edgeopt.export(small, example, format="onnx", out=tmp_path / "s.onnx")
-    import onnxruntime as ort
+class Shuffle(nn.Module):
+    """A ShuffleNet-style unit: split, a conv branch, concat, channel shuffle (view/transpose)."""
 
-    out = ort.InferenceSession(str(path)).run(None, {"input": example.numpy()})[0]
-    torch.testing.assert_close(torch.from_numpy(out), small(example).detach(), atol=1e-4, rtol=1e-3)
+    def __init__(self, c=16):
+        super().__init__()
+        self.branch = nn.Sequential(nn.Conv2d(c // 2, c, 1), nn.BatchNorm2d(c), nn.ReLU(),
+                                    nn.Conv2d(c, c, 3, padding=1, groups=c), nn.Conv2d(c, c // 2, 1), nn.ReLU())
+
+    def forward(self, x):
+        a, b = x.chunk(2, dim=1)
+        x = torch.cat([a, self.branch(b)], 1)
+        n, c, h, w = x.shape
+        return x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+def test_untraceable_model_is_pruned_by_blocks(example):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), Shuffle(), Shuffle(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(16, 10)).eval()
+    small = edgeopt.prune(model, example, ratio=0.5)
+    rec = small.edgeopt_record
+    assert small(example).shape == (1, 10)
+    assert count_params(small) < count_params(model)
+    if rec["mode"] == "blockwise":  # the whole graph failed: the record says where and why
+        assert rec["skipped"] and all(": " in s for s in rec["skipped"])
+    for s in (1, 2):  # each shuffle unit keeps its interface
+        assert small[s].branch[4].out_channels == 8
+
+
+def test_time_budget_is_never_exceeded_much(tiny, example):
+    t = time.monotonic()
+    small = edgeopt.prune(tiny, example, ratio=0.3, timeout_s=0.01)
+    assert time.monotonic() - t < 30
+    assert small(example).shape == (1, 10)
+    rec = small.edgeopt_record
+    assert rec["layers_changed"] == 0 or rec["seconds"] >= 0
+    assert any("time" in s for s in rec["skipped"]) or rec["layers_changed"] > 0
+
+
+def test_sensitivity_gives_lower_ratios_to_sensitive_layers(tiny_plain, example):
+    x = torch.randn(32, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = tiny_plain(x).argmax(1)
+
+    def fidelity(m):
+        with torch.no_grad():
+            return float((m(x).argmax(1) == ref).float().mean() * 100)
+
+    res = edgeopt.prune_sensitivity(tiny_plain, example, fidelity, ratio=0.5)
+    assert res["baseline"] == 100.0 and res["layers"]
+    ratios = res["layer_ratios"]
+    most = max(res["layers"], key=res["layers"].get)
+    least = min(res["layers"], key=res["layers"].get)
+    if res["layers"][most] > res["layers"][least]:
+        assert ratios[most] < ratios[least]
+    small = edgeopt.prune(tiny_plain, example, ratio=0.5, layer_ratios=ratios)
+    assert small.edgeopt_record["layer_ratios"] == ratios and small(example).shape == (1, 10)
+
+
+def test_slimming_penalty_shrinks_bn_gammas(tiny_plain):
+    from edgeopt.techniques.importance import slimming_penalty, train_slimming
+
+    data = [(torch.randn(8, 1, 16, 16), torch.randint(0, 10, (8,))) for _ in range(4)]
+    before = float(slimming_penalty(tiny_plain, 1.0))
+    train_slimming(tiny_plain, data, epochs=3, strength=1e-2, lr=0.05)
+    assert float(slimming_penalty(tiny_plain, 1.0)) < before
 
 
 def test_analyze_counts(tiny, example):

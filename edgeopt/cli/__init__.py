@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-from edgeopt.cli import agent, commands, gate, optimize  # noqa: F401  (registers the commands)
+from edgeopt.cli import agent, commands, gate, optimize, structure  # noqa: F401  (registers the commands)
 from edgeopt.cli.app import app
 
 

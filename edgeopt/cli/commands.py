@@ -28,27 +28,43 @@ def prune(
     weights: Path = typer.Option(None), input_shape: str = typer.Option(None),
     trust_pickle: bool = typer.Option(False),
     ratio: float = typer.Option(0.3, help="fraction of channels to remove"),
-    importance: str = typer.Option("l2", help="l2 | l1 | bn_scale | taylor | fpgm | random"),
-    scope: str = typer.Option("local", help="local (same ratio per layer) | global"),
-    round_to: int = typer.Option(None, help="round kept channels to this multiple"),
+    importance: str = typer.Option(
+        "l2", help="l2 | l1 | bn_scale | fpgm | random | hrank (feature-map rank on random inputs here; "
+        "use the Python API with real data) | taylor (needs labels: Python API)"),
+    scope: str = typer.Option("local", help="local (same ratio per layer) | global (rank all groups together)"),
+    max_layer_ratio: float = typer.Option(0.9, help="global scope: no layer loses more than this fraction"),
+    round_to: int = typer.Option(None, help="round kept channels to this multiple (e.g. 8 or 16 for the target)"),
+    steps: int = typer.Option(1, help="iterative pruning in this many steps"),
+    timeout: float = typer.Option(120.0, help="seconds for tracing + pruning; past it the rest is skipped"),
     format: str = typer.Option("onnx", help="export the pruned model to this format"),
     out_file: Path = typer.Option(Path("pruned.onnx"), "--out"),
+    record_file: Path = typer.Option(None, "--record", help="write the per-layer record (JSON) here"),
 ) -> None:
-    """Prune channels physically, export, verify against PyTorch, and print params/MACs before and after."""
+    """Prune channels physically, export, verify against PyTorch, and print params/MACs before and after.
+    Layers that cannot be pruned safely are kept, with a reason per layer (see --record)."""
+    import torch
+
     from edgeopt import export
     from edgeopt.analyze import count_macs, count_params
     from edgeopt.errors import ConfigError
+    from edgeopt.report import write_atomic
     from edgeopt.techniques.prune import prune as do_prune
 
     if scope not in ("local", "global"):
         raise ConfigError(f"--scope must be local or global, got {scope!r}")
+    if importance == "taylor":
+        raise ConfigError("--importance taylor needs labelled batches: use edgeopt.prune(..., data=[(x, y)])")
     loaded, example = _load(model, weights, input_shape, trust_pickle)
+    data = [torch.randn(8, *example.shape[1:]) for _ in range(2)] if importance in ("hrank", "rank") else None
     small, record = do_prune(loaded.model, example, ratio=ratio, importance=importance, scope=scope,
-                             round_to=round_to)
+                             round_to=round_to, iterative_steps=steps, max_layer_ratio=max_layer_ratio,
+                             timeout_s=timeout, data=data)
     path = export(small, example, format=format, out=out_file)
+    if record_file:
+        write_atomic(record_file, json.dumps(record, indent=2))
     out.print(f"params {count_params(loaded.model):,} -> {count_params(small):,}; "
               f"MACs {count_macs(loaded.model, example):,} -> {count_macs(small, example):,}; "
-              f"{record['layers_changed']} layers changed; wrote {path}")
+              f"{record['layers_changed']} layers changed, {len(record['skipped'])} skipped; wrote {path}")
 
 
 def _calib_data(data: str | None, calib: str | None, model: str, sample_shape):

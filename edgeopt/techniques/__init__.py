@@ -23,6 +23,18 @@ class PruneConfig(BaseModel):
     round_to: int | None = Field(None, ge=1)
     iterative_steps: int = Field(1, ge=1)
     max_layer_ratio: float = Field(0.9, gt=0.0, le=1.0)
+    timeout_s: float = Field(120.0, gt=0.0)  # tracing + pruning; past it the rest is skipped with a reason
+    layer_ratios: dict[str, float] | None = None  # per-layer ratios, e.g. from sensitivity analysis
+
+
+class FactorizeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["tucker", "cp", "svd"] = "tucker"
+    energy: float | None = Field(0.9, gt=0.0, le=1.0)
+    macs_reduction: float | None = Field(None, gt=0.0, lt=1.0)
+    rank_method: Literal["energy", "vbmf"] = "energy"
+    layers: list[str] | None = None
+    min_params: int = Field(4096, ge=0)
 
 
 class BNRecalibrateConfig(BaseModel):
@@ -107,6 +119,10 @@ TECHNIQUES.register("prune", Technique(
     "prune", PruneConfig, "edgeopt.techniques.prune:apply_prune", "model", needs_data=False,
     needs_retraining=False, summary="structured channel pruning (Torch-Pruning dependency graph)"),
     aliases=("structured_pruning",))
+TECHNIQUES.register("factorize", Technique(
+    "factorize", FactorizeConfig, "edgeopt.techniques.factorize:apply_factorize", "model", needs_data=False,
+    needs_retraining=False, summary="low-rank factorization: Tucker-2 / CP convs, SVD linears (tensorly)"),
+    aliases=("low_rank", "tucker"))
 TECHNIQUES.register("bn_recalibrate", Technique(
     "bn_recalibrate", BNRecalibrateConfig, "edgeopt.techniques.bn_recal:apply_bn_recalibrate", "model",
     needs_data=True, needs_retraining=False,

@@ -1,0 +1,145 @@
+"""Pruning criteria: which channels to remove. Torch-Pruning's own criteria where it has them (L1/L2 group
+magnitude, BN scale, Taylor, FPGM, random); HRank (Lin et al. 2020) here, as a Torch-Pruning Importance
+fed with feature-map ranks measured over a few batches of real inputs.
+
+Also the Network Slimming penalty (L1 on BatchNorm gamma) for sparsity-regularised training, used when
+retraining is allowed (the training loop itself belongs to the decision layer)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from edgeopt.errors import PruningError
+from edgeopt.registry import Registry
+
+IMPORTANCE_NAMES = ("l2", "l1", "bn_scale", "taylor", "hrank", "fpgm", "random")
+NEEDS_LABELS = ("taylor",)
+NEEDS_INPUTS = ("hrank",)
+
+
+def _hrank_importance():
+    import torch_pruning as tp
+
+    class HRankImportance(tp.importance.GroupMagnitudeImportance):
+        """Score of a channel = average rank of its output feature maps (stored on each conv as `_hrank`
+        by `measure_hrank`); a group's score is the mean over its convs, as for the magnitude criteria."""
+
+        @torch.no_grad()
+        def __call__(self, group):
+            imps, root_idxs = [], []
+            for i, (dep, idxs) in enumerate(group):
+                layer = dep.layer
+                if (isinstance(layer, nn.Conv2d) and hasattr(layer, "_hrank")
+                        and dep.pruning_fn == tp.prune_conv_out_channels):
+                    imps.append(layer._hrank.to(layer.weight.device)[list(idxs)])
+                    root_idxs.append(group[i].root_idxs)
+            if not imps:  # a group without measured convs (e.g. only Linear layers): fall back to L2
+                return super().__call__(group)
+            return self._normalize(self._reduce(imps, root_idxs), self.normalizer)
+
+    return HRankImportance()
+
+
+def importances() -> Registry[Callable[[], object]]:
+    import torch_pruning as tp
+
+    reg: Registry[Callable[[], object]] = Registry("importance criterion")
+    reg.register("l2", lambda: tp.importance.GroupMagnitudeImportance(p=2), aliases=("magnitude",))
+    reg.register("l1", lambda: tp.importance.GroupMagnitudeImportance(p=1))
+    reg.register("bn_scale", lambda: tp.importance.BNScaleImportance(), aliases=("slimming", "bn"))
+    reg.register("taylor", lambda: tp.importance.GroupTaylorImportance())
+    reg.register("hrank", _hrank_importance, aliases=("rank",))
+    reg.register("fpgm", lambda: tp.importance.FPGMImportance())
+    reg.register("random", lambda: tp.importance.RandomImportance())
+    return reg
+
+
+def inputs_of(data) -> list[torch.Tensor]:
+    """Batches given as tensors or (tensor, label) pairs -> the input tensors."""
+    if not data:
+        return []
+    return [b[0] if isinstance(b, (tuple, list)) else b for b in data]
+
+
+def taylor_grads(model: nn.Module, data, max_batches: int = 4) -> None:
+    """First-order Taylor needs gradients of the loss: accumulate them over a few labelled batches."""
+    if not data or not all(isinstance(b, (tuple, list)) and len(b) > 1 and b[1] is not None for b in data):
+        raise PruningError("taylor importance needs a few labelled batches: pass data=[(x, y), ...]")
+    model.zero_grad()
+    for x, y in list(data)[:max_batches]:
+        nn.functional.cross_entropy(model(x), y).backward()
+
+
+def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    ra, rb = a.argsort().argsort().double(), b.argsort().argsort().double()
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = (ra.norm() * rb.norm()).item()
+    return 1.0 if den == 0 else float((ra * rb).sum().item() / den)
+
+
+@torch.no_grad()
+def measure_hrank(model: nn.Module, data, max_batches: int = 4) -> dict:
+    """Store on every conv `_hrank`: the average matrix rank of each output channel's feature map over
+    the batches. Returns how stable the per-channel ranking is across batches (HRank's claim): the
+    Spearman correlation of each batch's ranks with the mean ranks, averaged and worst over layers."""
+    batches = inputs_of(data)[:max_batches]
+    if not batches:
+        raise PruningError("hrank importance needs a few batches of real inputs: pass data=[x, ...]")
+    per_layer: dict[nn.Module, list[torch.Tensor]] = {}
+
+    def hook(mod, inp, out):
+        if out.dim() == 4 and min(out.shape[-2:]) > 1:
+            per_layer.setdefault(mod, []).append(torch.linalg.matrix_rank(out.float()).float().mean(0))
+
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    handles = [m.register_forward_hook(hook) for m in convs]
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    corr = []
+    for m, ranks in per_layer.items():
+        mean = torch.stack(ranks).mean(0)
+        m._hrank = mean + 1e-3 * m.weight.detach().flatten(1).norm(dim=1)  # ties (1x1 maps) broken by L2
+        if len(ranks) > 1 and mean.std() > 0:
+            corr.append(min(_spearman(r, mean) for r in ranks))
+    return {"batches": len(batches), "layers_measured": len(per_layer),
+            "mean_spearman": round(sum(corr) / len(corr), 4) if corr else None,
+            "min_spearman": round(min(corr), 4) if corr else None,
+            "stable": (min(corr) > 0.8) if corr else None}
+
+
+def clear_hrank(model: nn.Module) -> None:
+    for m in model.modules():
+        if hasattr(m, "_hrank"):
+            del m._hrank
+
+
+def slimming_penalty(model: nn.Module, strength: float = 1e-4) -> torch.Tensor:
+    """Network Slimming: L1 penalty on BatchNorm scale factors, added to the task loss while training so
+    that unimportant channels' gamma go to zero and `bn_scale` pruning removes them cheaply."""
+    terms = [m.weight.abs().sum() for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
+    return strength * torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+def train_slimming(model: nn.Module, data, epochs: int = 1, strength: float = 1e-4, lr: float = 1e-3) -> dict:
+    """Sparsity-regularised training (task loss + L1 on BN gamma) on labelled batches, in place."""
+    if not data or not all(isinstance(b, (tuple, list)) and b[1] is not None for b in data):
+        raise PruningError("slimming training needs labelled batches: pass data=[(x, y), ...]")
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    model.train()
+    loss = torch.zeros(())
+    for _ in range(epochs):
+        for x, y in data:
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y) + slimming_penalty(model, strength)
+            loss.backward()
+            opt.step()
+    model.eval()
+    return {"epochs": epochs, "strength": strength, "last_loss": float(loss.detach())}

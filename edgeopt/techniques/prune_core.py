@@ -1,0 +1,130 @@
+"""Prune one module (the whole model, or one block of it) with Torch-Pruning's MetaPruner.
+
+The dependency graph of the traced module says which channels are coupled. A group is cut only when it
+stays inside the module: groups that change the module's output width (the classifier, a block's output
+that feeds a channel shuffle) or its input width are ignored. Attention keeps whole heads: Torch-Pruning
+gets `num_heads` for every nn.MultiheadAttention and timm-style `qkv` Linear; attention it cannot prune
+per head is kept intact with a reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from edgeopt.techniques.importance import measure_hrank, taylor_grads
+
+
+@dataclass
+class PruneSpec:
+    ratio: float
+    importance: str
+    make_importance: object  # () -> tp Importance
+    scope: str = "local"
+    round_to: int | None = None
+    iterative_steps: int = 1
+    max_layer_ratio: float = 0.9
+    data: list | None = None
+    layer_ratios: dict[str, float] = field(default_factory=dict)  # module name -> ratio (sensitivity)
+    names: dict[nn.Module, str] = field(default_factory=dict)  # module -> name in the full model
+
+
+def is_attention(m: nn.Module) -> bool:
+    return isinstance(m, nn.MultiheadAttention) or type(m).__name__.lower().endswith("attention")
+
+
+def attention_heads(module: nn.Module, names: dict) -> tuple[dict, list[nn.Module], list[str]]:
+    """(num_heads for Torch-Pruning, attention modules to keep intact, reasons/notes)."""
+    heads: dict[nn.Module, int] = {}
+    keep: list[nn.Module] = []
+    notes: list[str] = []
+    for m in module.modules():
+        if isinstance(m, nn.MultiheadAttention):
+            heads[m] = m.num_heads
+        elif isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(getattr(m, "num_heads", None), int) \
+                and not hasattr(m, "relative_position_bias_table"):
+            heads[m.qkv] = m.num_heads
+    covered = set(heads) | {q for m in heads for q in m.modules()}
+    for m in module.modules():
+        if is_attention(m) and not isinstance(m, nn.MultiheadAttention):
+            inner = [q for q in m.modules() if q in covered]
+            if not inner:
+                keep.append(m)
+                notes.append(f"{names.get(m, type(m).__name__)}: attention kept intact "
+                             f"({type(m).__name__}: heads cannot be pruned consistently by Torch-Pruning)")
+    return heads, keep, notes
+
+
+def _boundary_layers(dg, ignored: list[nn.Module], roots) -> list[nn.Module]:
+    """Layers whose out-channel group reaches the module's output or input: cutting them would change
+    the shape the rest of the network sees."""
+    from torch_pruning import ops
+
+    bound: list[nn.Module] = []
+    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=roots):
+        touches = False
+        for dep, _ in group:
+            node, fn = dep.target, dep.handler
+            if node.type == ops.OPTYPE.PARAMETER:
+                continue
+            mod = node.module
+            layer = isinstance(mod, (nn.Conv2d, nn.Linear))
+            # the module's output: a layer's out-channels, or any op (norm, activation, add) at the end
+            if not node.outputs and (dg.is_out_channel_pruning_fn(fn) if layer else bool(node.inputs)):
+                touches = True
+            # the module's input: a layer fed by it, whose in-channels (or depthwise channels) would shrink
+            depthwise = isinstance(mod, nn.Conv2d) and mod.groups > 1 and mod.groups == mod.in_channels
+            if layer and not node.inputs and (dg.is_in_channel_pruning_fn(fn) or depthwise):
+                touches = True
+        if touches:
+            bound += [dep.target.module for dep, _ in group if dg.is_out_channel_pruning_fn(dep.handler)]
+    return bound
+
+
+def _outputs(module: nn.Module, args: tuple) -> list[torch.Size]:
+    with torch.no_grad():
+        out = module(*args)
+    outs = out if isinstance(out, (tuple, list)) else [out]
+    return [o.shape for o in outs if isinstance(o, torch.Tensor)]
+
+
+def prune_module(module: nn.Module, args: tuple, spec: PruneSpec, full_model: nn.Module,
+                 extra_ignored: list[nn.Module] = ()) -> dict:
+    """Prune `module` in place (traced with `args`). Returns notes; raises on any failure (the caller
+    restores the module). The module's output shapes are checked to be unchanged."""
+    import torch_pruning as tp
+
+    roots = (nn.Conv2d, nn.Linear)
+    shapes = _outputs(module, args)
+    heads, keep, notes = attention_heads(module, spec.names)
+    ignored = list(extra_ignored) + keep
+    ratio_dict = {m: spec.layer_ratios[spec.names[m]] for m in module.modules()
+                  if isinstance(m, roots) and spec.names.get(m) in spec.layer_ratios}
+    example = args[0] if len(args) == 1 else list(args)
+    pruner = tp.pruner.MetaPruner(
+        module, example, importance=spec.make_importance(), pruning_ratio=spec.ratio,
+        pruning_ratio_dict=ratio_dict or None, global_pruning=(spec.scope == "global"),
+        max_pruning_ratio=spec.max_layer_ratio, iterative_steps=spec.iterative_steps, round_to=spec.round_to,
+        ignored_layers=ignored, num_heads=heads)
+    bound = _boundary_layers(pruner.DG, pruner.ignored_layers, roots)
+    pruner.ignored_layers.extend(bound)
+    if spec.scope == "global":  # recount the channels the global ranking shares out, boundaries excluded
+        pruner.initial_total_channels = sum(
+            pruner.DG.get_out_channels(g[0][0].target.module) // pruner._get_channel_groups(g)
+            for g in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=roots))
+    for step in range(spec.iterative_steps):
+        if spec.importance == "taylor":
+            taylor_grads(full_model, spec.data)
+        elif spec.importance == "hrank" and step > 0:
+            measure_hrank(full_model, spec.data)  # ranks of the channels that are left
+        pruner.step()
+    full_model.zero_grad(set_to_none=True)
+    new_shapes = _outputs(module, args)
+    if new_shapes != shapes:
+        raise RuntimeError(f"output shape changed {shapes} -> {new_shapes}")
+    for m in heads:
+        if isinstance(m, nn.MultiheadAttention):
+            notes.append(f"{spec.names.get(m, 'attention')}: {m.num_heads} heads kept, embed dim {m.embed_dim} "
+                         "(head dims pruned consistently where the residual stream allowed)")
+    return {"notes": notes, "boundary": [spec.names.get(m, "?") for m in bound if isinstance(m, roots)]}

@@ -1,0 +1,136 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import edgeopt
+from edgeopt.analyze import count_macs
+from edgeopt.errors import ConfigError
+from edgeopt.techniques.ranks import energy_rank, vbmf_rank
+
+
+class ConvNet(nn.Module):
+    """Large-enough 3x3 convs (factorizable), a 1x1 and a depthwise conv (skipped), a Linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 32, 3, padding=1)
+        self.c2 = nn.Conv2d(32, 48, 3, padding=1, stride=2)
+        self.pw = nn.Conv2d(48, 48, 1)
+        self.dw = nn.Conv2d(48, 48, 3, padding=1, groups=48)
+        self.fc1 = nn.Linear(48, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.c2(torch.relu(self.c1(x))))
+        x = self.dw(self.pw(x)).mean((2, 3))
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+@pytest.fixture
+def net():
+    torch.manual_seed(0)
+    return ConvNet().eval()
+
+
+@pytest.fixture
+def x():
+    return torch.randn(1, 3, 16, 16)
+
+
+def _ort(path, x):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})[0]
+
+
+@pytest.mark.parametrize("method", ["tucker", "cp", "svd"])
+def test_factorize_drops_macs_exports_and_matches(tmp_path, net, x, method):
+    small = edgeopt.factorize(net, x, method=method, macs_reduction=0.5)
+    rec = small.edgeopt_record
+    assert rec["layers_changed"] > 0
+    assert count_macs(small, x) < count_macs(net, x)
+    assert small(x).shape == net(x).shape
+    for row in rec["layers"]:
+        assert row["macs_after"] <= 0.5 * row["macs_before"] + 1
+    path = edgeopt.export(small, x, format="onnx", out=tmp_path / f"{method}.onnx")
+    np.testing.assert_allclose(_ort(path, x), small(x).detach().numpy(), atol=1e-4, rtol=1e-3)
+    assert isinstance(net.c2, nn.Conv2d)  # the input model is untouched
+
+
+def test_skips_1x1_depthwise_with_reasons(net, x):
+    rec = edgeopt.factorize(net, x, method="tucker", energy=0.9, layers=["c2", "pw", "dw"]).edgeopt_record
+    skipped = " | ".join(rec["skipped"])
+    assert "pw: 1x1 conv" in skipped and "dw: grouped/depthwise" in skipped
+    assert {r["layer"] for r in rec["layers"]} <= {"c2"}
+
+
+@pytest.mark.parametrize("method,layer", [("tucker", "c2"), ("svd", "fc1")])
+def test_error_decreases_as_rank_grows(net, x, method, layer):
+    errs, ranks = [], []
+    for e in (0.5, 0.8, 0.95, 0.999):
+        rec = edgeopt.factorize(net, x, method=method, energy=e, layers=[layer]).edgeopt_record
+        if not rec["layers"]:  # a rank this high would not reduce MACs: skipped, with the reason
+            assert "not reduce MACs" in rec["skipped"][0]
+            continue
+        errs.append(rec["layers"][0]["weight_rel_error"])
+        ranks.append(sum(rec["layers"][0]["ranks"]))
+    assert len(errs) >= 2
+    assert ranks == sorted(ranks) and errs == sorted(errs, reverse=True) and errs[-1] < errs[0]
+
+
+def test_vbmf_and_energy_ranks():
+    rng = np.random.default_rng(0)
+    low = rng.standard_normal((64, 5)) @ rng.standard_normal((5, 80))
+    noisy = low + 0.05 * rng.standard_normal((64, 80))
+    assert 3 <= vbmf_rank(noisy) <= 8  # finds the planted rank, not the noise
+    s = np.linalg.svd(noisy, compute_uv=False)
+    assert energy_rank(s, 0.5) <= energy_rank(s, 0.99) <= 64
+
+
+def test_vbmf_factorizes(net, x):
+    small = edgeopt.factorize(net, x, method="tucker", rank_method="vbmf", layers=["c2"])
+    assert small.edgeopt_record["rank_method"] == "vbmf" and small(x).shape == (1, 10)
+
+
+def test_bad_arguments(net, x):
+    with pytest.raises(ConfigError, match="method"):
+        edgeopt.factorize(net, x, method="qr")
+    with pytest.raises(ConfigError, match="macs_reduction"):
+        edgeopt.factorize(net, x, macs_reduction=1.5)
+    with pytest.raises(ConfigError, match="unknown layer"):
+        edgeopt.factorize(net, x, layers=["nope"])
+
+
+def test_registered_as_technique(net, x):
+    from edgeopt.techniques import TECHNIQUES
+
+    tech = TECHNIQUES.get("factorize")
+    cfg = tech.make_config({"method": "svd", "energy": 0.8})
+    small, rec = tech.apply_fn()(net, x, cfg)
+    assert rec["method"] == "svd" and small(x).shape == (1, 10)
+    with pytest.raises(ConfigError):
+        tech.make_config({"method": "tucker", "bogus": 1})
+
+
+def test_cli_factorize_and_prune_record(tinynet_spec, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "edgeopt", *args], capture_output=True, text=True, timeout=600)
+
+    rec = tmp_path / "f.json"
+    p = run("factorize", "--model", tinynet_spec, "--input-shape", "1,1,16,16", "--method", "svd", "--energy", "0.5",
+            "--out", str(tmp_path / "f.onnx"), "--record", str(rec))
+    assert p.returncode == 0, p.stderr
+    assert "MACs" in p.stdout and (tmp_path / "f.onnx").exists()
+    assert json.loads(rec.read_text())["method"] == "svd"
+    p = run("factorize", "--model", tinynet_spec, "--input-shape", "1,1,16,16", "--method", "qr")
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "method" in p.stderr
+    prec = tmp_path / "p.json"
+    p = run("prune", "--model", tinynet_spec, "--input-shape", "1,1,16,16", "--importance", "hrank",
+            "--scope", "global", "--round-to", "4", "--out", str(tmp_path / "p.onnx"), "--record", str(prec))
+    assert p.returncode == 0, p.stderr
+    assert json.loads(prec.read_text())["importance"] == "hrank"
