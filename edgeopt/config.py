@@ -22,6 +22,7 @@ class DeployContext(BaseModel):
     size_budget_mb: float | None = Field(None, gt=0)
     time_budget_s: float | None = Field(None, gt=0)
     seed: int = 0
+    calib_random: bool = False  # --calib random: INT8 scales from random inputs (meaningless; marked in the report)
     epochs: int = Field(2, ge=1, description="fine-tuning epochs per candidate when retraining is allowed")
     techniques: list[str] | None = None  # restrict the planner to these techniques
     runtimes: list[str] | None = None  # restrict measurement to these runtimes

@@ -23,7 +23,7 @@ from edgeopt.errors import ConfigError, DataError
 from edgeopt.evaluate import score, torch_predictions
 from edgeopt.models import load_model
 from edgeopt.planner import plan as make_plan
-from edgeopt.report import Candidate, Report, write_report
+from edgeopt.report import Candidate, Decision, Report, write_report
 from edgeopt.report_html import write_html_report
 from edgeopt.roofline import estimate_stats
 from edgeopt.search import Search
@@ -121,6 +121,11 @@ def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: s
                **{f"info_{k}": v for k, v in loaded.info.items()}},
         decisions=the_plan.decisions)
     report.model["plan_notes"] = the_plan.notes
+    if context.calib_random and splits.calib is None:
+        report.environment["calibration"] = "random"
+        report.decisions.append(Decision(technique="calibration", decision="applied", reason=(
+            "--calib random: INT8 scales come from random inputs and are meaningless; the measured accuracy "
+            "of each int8 candidate shows what that costs")))
     report.model["plan"] = [{"id": c.id, "reason": c.reason} for c in the_plan.candidates]
     cache = CandidateCache(out_dir, enabled=resume)
     search = Search(

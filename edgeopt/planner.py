@@ -147,7 +147,8 @@ def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, l
     if not runtimes:
         runtimes = ["onnxruntime"]
 
-    pairs = _precision_pairs(context, target, runtimes, precisions_of_format, decisions)
+    pairs = _precision_pairs(context, target, runtimes, precisions_of_format, decisions,
+                             calibrated=has_calib_data or context.calib_random)
     structures = [("original", [], "unchanged model", None, 0.0)]
     finetune = _finetune_step(context, has_train_data, decisions)
     structures += _prune_structures(context, target, summary, has_calib_data, finetune, decisions)
@@ -181,7 +182,8 @@ def _needed_support(prec: str) -> str:
     return "int8" if prec.startswith("int8") else prec  # int8, int8_weights, int8_dynamic: all need int8 units
 
 
-def _precision_pairs(context, target, runtimes, precisions_of_format, decisions) -> list[tuple[str, str, str]]:
+def _precision_pairs(context, target, runtimes, precisions_of_format, decisions,
+                     calibrated: bool = True) -> list[tuple[str, str, str]]:
     """(format, precision, why) per runtime: what the backend can produce AND the target's hardware runs well."""
     pairs: list[tuple[str, str, str]] = []
     for rt in runtimes:
@@ -196,6 +198,11 @@ def _precision_pairs(context, target, runtimes, precisions_of_format, decisions)
             elif not _allowed(context, "quantize"):
                 decisions.append(Decision(technique=f"quantize:{prec}@{rt}", decision="skipped",
                                           reason="excluded by --techniques"))
+            elif prec.startswith("int8") and not calibrated:
+                decisions.append(Decision(technique=f"quantize:{prec}@{rt}", decision="skipped",
+                                          reason="INT8 scales need representative calibration inputs: pass "
+                                                 "--data / calib_data (or --calib random to accept meaningless "
+                                                 "scales)"))
             else:
                 gain = ("smaller weights on disk" if context.goal == "size" else
                         f"{target.name} accelerates {_needed_support(prec)}")

@@ -227,8 +227,11 @@ class Search:
         if verify_inputs and verify_inputs[0].shape[0] != self.batch:
             verify_inputs = [verify_inputs[0][:self.batch]] if verify_inputs[0].shape[0] >= self.batch else None
         try:
+            calib = self.splits.calib
+            if calib is None and self.context.calib_random:
+                calib = "random"  # asked for explicitly; the report says so (see pipeline)
             result, session = export_candidate(b, self.example, spec, self.out_dir / "artifacts", self.threads,
-                                               self.splits.calib, verify_inputs)
+                                               calib, verify_inputs)
         except Exception as e:
             cand.status, cand.reason = "failed", _why(e)
             return

@@ -102,3 +102,16 @@ def test_demo_chosen_candidate_is_within_budget(demo_out, budget):
         assert chosen.id == report.baseline.id or chosen.accuracy >= report.baseline.accuracy
     html = (demo_out / "report.html").read_text()
     assert "data:image/png;base64," in html and chosen.id in html
+
+
+def test_int8_without_calibration_is_skipped_or_random_on_request(tmp_path, tiny_plain, example, fast_bench):
+    report = edgeopt.optimize(tiny_plain, example, out_dir=tmp_path / "a", runtimes=["onnxruntime"],
+                              techniques=["quantize"], bench_config=fast_bench)
+    assert not any(c.precision == "int8" for c in report.candidates)
+    assert any(d.technique.startswith("quantize:int8") and "calibration" in d.reason for d in report.decisions)
+    report = edgeopt.optimize(tiny_plain, example, out_dir=tmp_path / "b", runtimes=["onnxruntime"],
+                              techniques=["quantize"], calib_random=True, bench_config=fast_bench)
+    int8 = [c for c in report.candidates if c.precision == "int8"]
+    assert int8 and int8[0].status in ("ok", "rejected")
+    assert report.environment["calibration"] == "random"
+    assert any(d.technique == "calibration" and "meaningless" in d.reason for d in report.decisions)

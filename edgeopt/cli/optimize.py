@@ -37,6 +37,8 @@ def optimize(
     std: str = typer.Option(None, help="image folder: per-channel std (default 0.5)"),
     val_split: float = typer.Option(0.2, help="image folder: fraction held out for accuracy (never trained on)"),
     epochs: int = typer.Option(2, help="fine-tuning epochs per candidate with --retrain"),
+    calib: str = typer.Option("data", help="INT8 calibration: 'data' (needs --data or the demo's) or 'random' "
+                              "(meaningless scales, marked in the report)"),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="resume from OUT/cache (finished candidates)"),
     threads: int = typer.Option(None, help="runtime threads (default: all cores)"),
     seed: int = typer.Option(0),
@@ -78,6 +80,7 @@ def optimize(
                      latency_budget_ms=latency_budget_ms, size_budget_mb=size_budget_mb,
                      time_budget_s=time_budget, techniques=parse_list(techniques),
                      runtimes=parse_list(runtimes), threads=threads, seed=seed, device=device,
+                     calib_random=_calib_random(calib),
                      device_token=token)
     if as_json:
         out.print_json(json.dumps(report.model_dump(mode="json")))
@@ -113,6 +116,14 @@ def _data_options(image_size, mean, std, val_split) -> dict:
     if size is not None:
         size = int(size[0]) if len(size) == 1 else tuple(int(v) for v in size)
     return {"image_size": size, "mean": _floats(mean, "mean"), "std": _floats(std, "std"), "val_split": val_split}
+
+
+def _calib_random(calib: str) -> bool:
+    from edgeopt.errors import ConfigError
+
+    if calib not in ("data", "random"):
+        raise ConfigError(f"--calib must be 'data' or 'random', got {calib!r}")
+    return calib == "random"
 
 
 @app.command()
