@@ -198,7 +198,7 @@ def _precision_pairs(context, target, runtimes, precisions_of_format, decisions,
             elif not _allowed(context, "quantize"):
                 decisions.append(Decision(technique=f"quantize:{prec}@{rt}", decision="skipped",
                                           reason="excluded by --techniques"))
-            elif prec.startswith("int8") and not calibrated:
+            elif prec.startswith("int8") and prec not in ("int8_weights", "int8_dynamic") and not calibrated:
                 decisions.append(Decision(technique=f"quantize:{prec}@{rt}", decision="skipped",
                                           reason="INT8 scales need representative calibration inputs: pass "
                                                  "--data / calib_data (or --calib random to accept meaningless "

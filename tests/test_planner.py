@@ -63,7 +63,7 @@ def test_narrow_model_reduces_rounding():
 def test_unprunable_model_skips_pruning_with_reason():
     s = SUMMARY.model_copy(update={"prunable_groups": 0, "unprunable": ["model: graph failed"]})
     p = plan(make_context(), load_target("x86-amx"), s, detect_local(), ["onnxruntime"])
-    assert all(not c.steps for c in p.candidates)
+    assert all(s.technique != "prune" for c in p.candidates for s in c.steps)
     assert any(d.technique == "prune" and "graph failed" in d.reason for d in p.decisions)
 
 
@@ -151,10 +151,10 @@ def test_int8_precisions_need_int8_hardware():
     local = load_target("x86-amx").model_copy(update={"detected": False})
     fmts = {"onnx": ("fp32", "int8"), "openvino": ("fp32", "bf16", "int8", "int8_weights")}
     amx = plan(make_context(target="x86-amx"), load_target("x86-amx"), SUMMARY, local,
-               ["onnxruntime", "openvino"], precisions_of_format=fmts)
+               ["onnxruntime", "openvino"], precisions_of_format=fmts, has_calib_data=True)
     assert {"int8", "int8_weights"} <= {c.precision for c in amx.candidates}
     avx2 = plan(make_context(target="x86-avx2"), load_target("x86-avx2"), SUMMARY, local,
-                ["onnxruntime", "openvino"], precisions_of_format=fmts)
+                ["onnxruntime", "openvino"], precisions_of_format=fmts, has_calib_data=True)
     assert not any(c.precision.startswith("int8") for c in avx2.candidates)
     assert any(d.technique == "quantize:int8_weights@openvino" and "no int8" in d.reason for d in avx2.decisions)
 
@@ -165,3 +165,15 @@ def test_retrain_without_training_data_is_explained():
              ["onnxruntime"], has_calib_data=True, has_train_data=False)
     by = {d.technique: d for d in p.decisions}
     assert by["fine_tune"].decision == "skipped" and "no training data" in by["fine_tune"].reason
+
+
+def test_int8_needs_calibration_data_unless_random_is_asked():
+    local = load_target("x86-amx").model_copy(update={"detected": False})
+    fmts = {"onnx": ("fp32", "int8")}
+    p = plan(make_context(target="x86-amx"), load_target("x86-amx"), SUMMARY, local, ["onnxruntime"],
+             precisions_of_format=fmts, has_calib_data=False)
+    assert not any(c.precision == "int8" for c in p.candidates)
+    assert any(d.technique == "quantize:int8@onnxruntime" and "calibration" in d.reason for d in p.decisions)
+    p = plan(make_context(target="x86-amx", calib_random=True), load_target("x86-amx"), SUMMARY, local,
+             ["onnxruntime"], precisions_of_format=fmts, has_calib_data=False)
+    assert any(c.precision == "int8" for c in p.candidates)
