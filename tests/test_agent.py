@@ -179,7 +179,9 @@ def test_client_names_never_become_paths(agent, model_and_data):
 
 
 def test_per_job_timeout(tmp_path, model_and_data):
-    proc, url = _start_agent(tmp_path, "--job-timeout", "1")
+    # 50 ms is less than the isolated worker process needs just to start, so the job always times out,
+    # however fast this machine measures
+    proc, url = _start_agent(tmp_path, "--job-timeout", "0.05")
     try:
         with pytest.raises(AgentError, match="timeout"):
             measure_remote({"a": model_and_data[2]}, url, TOKEN, max_time_s=30)

@@ -120,7 +120,7 @@ async def _run_worker(job_dir: Path, timeout_s: float) -> tuple[int, dict]:
     except asyncio.TimeoutError:
         proc.kill()
         await proc.wait()
-        return 504, {"status": "timeout", "error": f"job exceeded the agent's per-job timeout of {timeout_s:.0f} s"}
+        return 504, {"status": "timeout", "error": f"job exceeded the agent's per-job timeout of {timeout_s:g} s"}
     result = job_dir / "result.json"
     if result.is_file():
         body = json.loads(result.read_text())
