@@ -129,7 +129,7 @@ def test_planner_proposes_quantized_candidates_and_selection_rejects_slower(tmp_
     amx = load_target("x86-amx")
     summary = ModelSummary(params=1000, macs=10000, input_shape=[1, 1, 16, 16], prunable_groups=0, num_outputs=10)
     p = plan(DeployContext(target="x86-amx"), amx, summary, amx, ["onnxruntime", "openvino"],
-             precisions_of_format={n: b.precisions for n, b in BACKENDS.items()})
+             precisions_of_format={n: b.precisions for n, b in BACKENDS.items()}, has_calib_data=True)
     ids = {c.id for c in p.candidates}
     assert {"original@onnx-int8", "original@openvino-int8", "original@openvino-bf16"} <= ids
     assert "original@onnx-fp16" not in ids  # this target has no fp16 hardware
