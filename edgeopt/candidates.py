@@ -33,15 +33,16 @@ class Built:
 
 
 def build_structure(model: nn.Module, example: torch.Tensor, spec: CandidateSpec, calib: Batches | None,
-                    train: Batches | None = None, progress=None) -> Built:
-    """Apply the spec's model-stage steps to a copy. Retraining steps get the original model as teacher and
-    the training data (never the evaluation data)."""
+                    train: Batches | None = None, progress=None, teacher: nn.Module | None = None) -> Built:
+    """Apply the spec's model-stage steps to a copy. Retraining steps get the original model as teacher
+    (`teacher`, default `model`) and the training data (never the evaluation data)."""
+    teacher = model if teacher is None else teacher
     current = model
     records = []
     for step in spec.steps:
         tech = TECHNIQUES.get(step.technique)
         config = tech.make_config({k: v for k, v in step.params.items() if v is not None and k != "record"})
-        extra = {"teacher": model, "train_data": train, "progress": progress} if tech.needs_retraining else {}
+        extra = {"teacher": teacher, "train_data": train, "progress": progress} if tech.needs_retraining else {}
         current, record = tech.apply_fn()(current, example, config, data=calib, **extra)
         records.append({"technique": step.technique, **record})
     return Built(current, records, count_params(current), count_macs(current, example))

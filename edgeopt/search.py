@@ -71,6 +71,9 @@ class Search:
     quick_latency: Callable[[list[Candidate]], None]
     sessions: dict = field(default_factory=dict)
     stopped: str | None = None
+    # called before every structure build with (structure, steps applied, base structure or None): under
+    # torchrun, rank 0 tells the other ranks what to build so that they join its DDP fine-tuning
+    announce: Callable[[str, list, str | None], None] | None = None
     trace: list[str] = field(default_factory=list)
 
     def __post_init__(self):
@@ -82,6 +85,7 @@ class Search:
         self.screened: dict[str, float | None] = {}
         self.layout_of: dict[str, str] = {}
         self.finished_layouts: dict[str, str] = {}
+        self.base_of: dict[str, str] = {}  # structure -> the structure it is built on (QAT)
 
     # ---- driver -------------------------------------------------------------------------------------
     def run(self) -> list[Candidate]:
@@ -170,8 +174,20 @@ class Search:
             def tick(epoch: int, epochs: int, loss: float) -> None:
                 self.progress.log(f"fine-tuning {structure}: epoch {epoch}/{epochs}, loss {loss:.3f}")
 
+            base, steps = self.base_of.get(structure), spec.steps
             try:
-                b = build_structure(self.net, self.example, spec, self.splits.calib, self.splits.train, tick)
+                start = self.net
+                if base is not None:  # built on top of another structure (QAT of a pruned model)
+                    built = self._build(base)
+                    if isinstance(built, Exception):
+                        raise built
+                    start, steps = built.model, spec.steps[len(self.specs[base][0].steps):]
+                if self.announce is not None:
+                    self.announce(structure, steps, base)
+                b = build_structure(start, self.example, spec.model_copy(update={"steps": steps}),
+                                    self.splits.calib, self.splits.train, tick, teacher=self.net)
+                if base is not None:
+                    b.records = self.built[base].records + b.records
                 self.layout_of[structure] = _layout(b.model)
             except Exception as e:  # one candidate's failure is data in the report, not a crash
                 b = e
