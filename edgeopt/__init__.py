@@ -29,8 +29,11 @@ def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: s
     (tensor, label); or `data="digits"`, an image folder, or "module:function" (with `data_options=
     {"image_size", "mean", "std", "val_split"}` for folders). `retrain=True` fine-tunes each compressed
     candidate with Hinton distillation from `model` (`epochs=`; needs training data). Budgets:
-    `latency_budget_ms`, `size_budget_mb`, `time_budget_s`. Finished candidates are cached in out_dir and
-    reused by a rerun unless `resume=False`.
+    `latency_budget_ms`, `size_budget_mb` (compressed size), `time_budget_s`. `from_scratch=True` (implies
+    retrain) allows pruning at initialisation; `sensitivity=True` measures per-layer pruning sensitivity
+    first (saved in report.model["sensitivity"]) and prunes sensitive layers less. With retraining, INT8
+    post-training quantization that breaks the budget is retried with quantization-aware training.
+    Finished candidates are cached in out_dir and reused by a rerun unless `resume=False`.
     """
     from edgeopt.pipeline import optimize as _optimize
 

@@ -99,6 +99,12 @@ def installed_runtimes() -> list[str]:
     return [b.runtime for _, b in BACKENDS.items() if b.installed()]
 
 
+def has_fake_quant(model: nn.Module) -> bool:
+    from torch.ao.quantization import FakeQuantizeBase
+
+    return any(isinstance(m, FakeQuantizeBase) for m in model.modules())
+
+
 def export_verified(model: nn.Module, example: torch.Tensor, format: str, out: Path,
                     precision: str = "fp32", calib=None, options: dict | None = None,
                     threads: int | None = None, verify: bool = True) -> tuple[ExportResult, Session]:
@@ -109,9 +115,18 @@ def export_verified(model: nn.Module, example: torch.Tensor, format: str, out: P
     if precision not in backend.precisions:
         raise ConfigError(f"{backend.format} does not support precision {precision!r} "
                           f"(supported: {', '.join(backend.precisions)})")
+    # a quantization-aware-trained model carries its own fake-quantizers: exported as is, they become the
+    # INT8 Q/DQ (ONNX) or FakeQuantize (OpenVINO) graph; calibrating again would discard what QAT learned
+    prequantized = precision == "int8" and has_fake_quant(model)
     t0 = time.perf_counter()
-    result = backend.export(model, example, Path(out).with_suffix(backend.suffix), precision=precision,
-                            calib=calib, options=options)
+    if prequantized and backend.format == "tensorrt":  # TensorRT needs its INT8 flag for Q/DQ networks
+        options = {**(options or {}), "prequantized": True}
+    result = backend.export(model, example, Path(out).with_suffix(backend.suffix),
+                            precision="fp32" if prequantized and backend.format != "tensorrt" else precision,
+                            calib=None if prequantized else calib, options=options)
+    if prequantized:
+        result.info["quantization"] = "quantization-aware training (fake-quant exported as INT8)"
+        calib = None
     result.info["export_seconds"] = round(time.perf_counter() - t0, 3)
     session = backend.load(result.path, precision=precision, threads=threads)
     if verify:

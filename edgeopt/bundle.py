@@ -41,7 +41,8 @@ def _onnx_input(path: Path) -> tuple[str, list[int]] | None:
 
 
 def device_commands(target: TargetProfile, model_file: str, precision: str, runtime: str,
-                    onnx_input: tuple[str, list[int]] | None = None) -> dict[str, list[str]]:
+                    onnx_input: tuple[str, list[int]] | None = None, sparse_2_4: bool = False
+                    ) -> dict[str, list[str]]:
     """{"build": [...], "run": [...]} shell lines for the device, from the target's preferred runtime."""
     q = shlex.quote
     if model_file.endswith(".onnx") and target.runtimes[:1] == ["tensorrt"]:
@@ -50,6 +51,8 @@ def device_commands(target: TargetProfile, model_file: str, precision: str, runt
             name, dims = onnx_input
             shapes = [f"--shapes={q(name)}:{'x'.join(map(str, dims))}"]
         flags = TRT_FLAGS.get(precision, [])
+        if sparse_2_4 and "2:4" in target.sparse_support:  # weights carry the 2:4 pattern: sparse tensor cores
+            flags = [*flags, "--sparsity=enable"]
         build = ["trtexec", f"--onnx={q(model_file)}", "--saveEngine=model.engine", *flags, *shapes]
         run = ["trtexec", "--loadEngine=model.engine", "--warmUp=500", "--duration=10", "--useSpinWait",
                "--percentile=50,90,99"]
@@ -85,8 +88,9 @@ def write_bundle(report: Report, out_dir: Path, target: TargetProfile) -> Path |
         os.replace(tmp, bundle / f"model{f.suffix}")
     model_file = f"model{src.suffix}"
     precision = chosen.precision or "fp32"
+    sparse = any(s.technique == "unstructured" and s.params.get("pattern") == "2:4" for s in chosen.steps)
     cmds = device_commands(target, model_file, precision, chosen.runtime or "onnxruntime",
-                           _onnx_input(bundle / model_file) if model_file.endswith(".onnx") else None)
+                           _onnx_input(bundle / model_file) if model_file.endswith(".onnx") else None, sparse)
     est = chosen.latency_ms.p50 if chosen.latency_ms else None
     agent = [f"edgeopt benchmark {model_file} --json > measured.json   # needs `pip install edgeopt` on the device",
              "# or, from the host: run `edgeopt agent --token-file TOKEN` on the device, then",

@@ -78,8 +78,8 @@ def new_candidate(spec: CandidateSpec) -> Candidate:
 
 
 # Candidate fields a cache entry restores (latency is always re-measured, never cached).
-CACHED_FIELDS = ("status", "reason", "params", "macs", "size_bytes", "artifact", "precision_executed",
-                 "accuracy", "metric", "exporter", "verification", "steps")
+CACHED_FIELDS = ("status", "reason", "params", "macs", "size_bytes", "size_compressed_bytes", "artifact",
+                 "precision_executed", "accuracy", "metric", "exporter", "verification", "steps")
 
 
 def to_cache(cand: Candidate) -> dict:

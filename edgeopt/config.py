@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgeopt.errors import ConfigError
 
@@ -18,6 +18,10 @@ class DeployContext(BaseModel):
     goal: Literal["latency", "size"] = "latency"
     max_accuracy_drop: float = Field(1.0, ge=0.0, le=100.0, description="percentage points")
     retrain: bool = False
+    # the model may be trained from scratch (implies retrain): pruning at initialisation becomes possible
+    from_scratch: bool = False
+    # per-layer pruning sensitivity measured first; sensitive layers are then pruned less
+    sensitivity: bool = False
     latency_budget_ms: float | None = Field(None, gt=0)
     size_budget_mb: float | None = Field(None, gt=0)
     time_budget_s: float | None = Field(None, gt=0)
@@ -27,6 +31,12 @@ class DeployContext(BaseModel):
     techniques: list[str] | None = None  # restrict the planner to these techniques
     runtimes: list[str] | None = None  # restrict measurement to these runtimes
     threads: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _scratch_implies_retrain(self) -> DeployContext:
+        if self.from_scratch:
+            self.retrain = True
+        return self
 
     @field_validator("max_accuracy_drop")
     @classmethod

@@ -111,9 +111,12 @@ def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: s
     batch = loaded.input_shape[0]
     reference = torch_predictions(net, eval_b, batch)
 
+    sens = (_sensitivity(net, example, eval_b, batch, reference if fidelity else None, progress)
+            if context.sensitivity else None)
     the_plan = make_plan(context, profile, summary, local, installed_runtimes(),
                          has_calib_data=splits.calib is not None, has_train_data=splits.train is not None,
-                         precisions_of_format={n: b.precisions for n, b in BACKENDS.items()})
+                         precisions_of_format={n: b.precisions for n, b in BACKENDS.items()},
+                         sensitivity=sens["layers"] if sens else None)
     report = Report(
         edgeopt_version=__version__, context=context.model_dump(), target=profile.model_dump(),
         environment={**environment(threads), "data": splits.source},
@@ -121,6 +124,8 @@ def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: s
                **{f"info_{k}": v for k, v in loaded.info.items()}},
         decisions=the_plan.decisions)
     report.model["plan_notes"] = the_plan.notes
+    if sens is not None:
+        report.model["sensitivity"] = sens
     if context.calib_random and splits.calib is None:
         report.environment["calibration"] = "random"
         report.decisions.append(Decision(technique="calibration", decision="applied", reason=(
@@ -139,6 +144,7 @@ def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: s
             BenchConfig(warmup_runs=3, warmup_s=0.0, min_runs=10, max_time_s=0.3)))
     report.candidates = search.run()
     report.model["search"] = search.summary()
+    report.decisions += search.decisions  # taken on measurements (e.g. QAT only where PTQ broke the budget)
 
     progress.stage("measuring latency" if the_plan.measure_locally or device else "estimating latency")
     ok = [c for c in report.candidates if c.status == "ok"]
@@ -165,6 +171,22 @@ def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: s
     write_report(report, out_dir)
     write_html_report(report, out_dir)  # report.png, report.md with the plot, self-contained report.html
     return report
+
+
+def _sensitivity(net, example, eval_b, batch, reference, progress) -> dict:
+    """--sensitivity: each prunable layer pruned alone at 50%, accuracy drop measured on the held-out data."""
+    from edgeopt.techniques.sensitivity import sensitivity
+
+    progress.stage("sensitivity analysis")
+    t0 = time.perf_counter()
+
+    def evaluate(m) -> float:
+        return score(torch_predictions(m, eval_b, batch), eval_b, reference)[0]
+
+    result = sensitivity(net, example, evaluate, ratio=0.5, importance="l2")
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    progress.log(f"sensitivity: {len(result['layers'])} layers probed in {result['seconds']:.0f} s")
+    return result
 
 
 def _latency(cands: list[Candidate], sessions: dict, measure_locally: bool, profile, example: torch.Tensor,

@@ -9,6 +9,9 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from edgeopt.config import DeployContext, ModelSummary
+from edgeopt.plan_retrain import from_scratch_structures, qat_formats, sparse_structures
+from edgeopt.plan_rules import allowed as _allowed
+from edgeopt.plan_rules import budget_kind
 from edgeopt.report import Decision, Step
 from edgeopt.targets import TargetProfile
 from edgeopt.techniques import TECHNIQUES
@@ -30,11 +33,6 @@ ENERGIES = {False: (0.98, 0.95, 0.9, 0.8), True: (0.95, 0.9, 0.8, 0.6)}
 # Magnitude (L2) and geometric-median (FPGM) criteria: cheap, need no labels, and rank differently enough
 # that the better one for a given model is found by measurement rather than assumed.
 CRITERIA_NO_LABELS = ("l2", "fpgm")
-TIGHT_PP, LOOSE_PP = 0.5, 2.0
-
-
-def budget_kind(max_drop: float) -> str:
-    return "tight" if max_drop <= TIGHT_PP else "loose" if max_drop >= LOOSE_PP else "normal"
 
 
 class CandidateSpec(BaseModel):
@@ -56,6 +54,8 @@ class Plan(BaseModel):
     decisions: list[Decision] = Field(default_factory=list)
     measure_locally: bool = True
     notes: list[str] = Field(default_factory=list)
+    qat_formats: list[str] = Field(default_factory=list)  # formats whose INT8 may be retried with QAT
+    qat_epochs: int = 2
 
     def to_text(self) -> str:
         lines = [f"{len(self.candidates)} candidates (baseline: {self.baseline_id}); latency "
@@ -101,15 +101,11 @@ def channel_rounding(target: TargetProfile, summary: ModelSummary, decisions: li
     return multiple
 
 
-def _allowed(context: DeployContext, technique: str) -> bool:
-    if context.techniques is None:
-        return True
-    return TECHNIQUES.canonical(technique) in {TECHNIQUES.canonical(t) for t in context.techniques}
-
-
 def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, local: TargetProfile,
          installed_runtimes: list[str], has_calib_data: bool = False,
-         precisions_of_format: dict[str, tuple[str, ...]] | None = None, has_train_data: bool = False) -> Plan:
+         precisions_of_format: dict[str, tuple[str, ...]] | None = None, has_train_data: bool = False,
+         sensitivity: dict[str, float] | None = None) -> Plan:
+    """`sensitivity`: per-layer accuracy drops measured by `--sensitivity` (sensitive layers pruned less)."""
     precisions_of_format = precisions_of_format or PRECISIONS_OF_FORMAT
     decisions: list[Decision] = []
     notes: list[str] = []
@@ -151,9 +147,11 @@ def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, l
                              calibrated=has_calib_data or context.calib_random)
     structures = [("original", [], "unchanged model", None, 0.0)]
     finetune = _finetune_step(context, has_train_data, decisions)
-    structures += _prune_structures(context, target, summary, has_calib_data, finetune, decisions)
+    structures += _prune_structures(context, target, summary, has_calib_data, finetune, decisions, sensitivity)
     structures += _factorize_structures(context, target, summary, finetune, decisions)
-    _rejected_techniques(context, target, decisions)
+    structures += sparse_structures(context, target, finetune, decisions)
+    structures += from_scratch_structures(context, target, has_train_data, decisions)
+    qat = qat_formats(context, pairs, has_train_data, decisions)
 
     candidates: list[CandidateSpec] = []
     for name, steps, why, family, level in structures:
@@ -172,7 +170,7 @@ def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, l
                    f"; stop early once size <= {MARGIN:.0%} of {context.size_budget_mb} MB"
                    if context.size_budget_mb else "")))
     return Plan(candidates=candidates, baseline_id=candidates[0].id, decisions=decisions, measure_locally=here,
-                notes=notes)
+                notes=notes, qat_formats=qat, qat_epochs=context.epochs)
 
 
 MARGIN = 0.8  # a budget counts as "met with margin" at 80% of it: measurement noise stays inside the budget
@@ -239,7 +237,8 @@ def _finetune_step(context, has_train_data: bool, decisions) -> Step | None:
     return Step(technique="fine_tune", params={"epochs": context.epochs})
 
 
-def _prune_structures(context, target, summary, has_calib_data, finetune, decisions) -> list[tuple]:
+def _prune_structures(context, target, summary, has_calib_data, finetune, decisions, sensitivity=None
+                      ) -> list[tuple]:
     round_to = channel_rounding(target, summary, decisions)
     if not _allowed(context, "prune"):
         decisions.append(Decision(technique="prune", decision="skipped", reason="excluded by --techniques"))
@@ -253,7 +252,10 @@ def _prune_structures(context, target, summary, has_calib_data, finetune, decisi
     out = []
     for crit in CRITERIA_NO_LABELS:
         for r in ratios:
-            steps = [Step(technique="prune", params={"ratio": r, "importance": crit, "round_to": round_to})]
+            params = {"ratio": r, "importance": crit, "round_to": round_to}
+            if sensitivity:
+                params["sensitivity"] = sensitivity
+            steps = [Step(technique="prune", params=params)]
             if recal:
                 steps.append(Step(technique="bn_recalibrate", params={}))
             if finetune:
@@ -268,7 +270,9 @@ def _prune_structures(context, target, summary, has_calib_data, finetune, decisi
         reason=f"structured channel pruning physically shrinks layers, so {goal}; ratios "
                f"{ratios[0]:.0%}..{ratios[-1]:.0%} " +
                ("(retraining recovers accuracy)" if finetune else
-                "(no retraining: capped where measured accuracy allows)")))
+                "(no retraining: capped where measured accuracy allows)") +
+               ("; per-layer ratios from the measured sensitivity (sensitive layers pruned less)"
+                if sensitivity else "")))
     if recal:
         decisions.append(Decision(technique="bn_recalibrate", decision="applied",
                                   reason="pruning shifts activation statistics; BN re-estimated on unlabeled "
@@ -307,20 +311,3 @@ def _factorize_structures(context, target, summary, finetune, decisions) -> list
         reason=f"{'size goal' if context.goal == 'size' else 'CPU latency goal'}: low-rank Tucker/SVD "
                "factorization of large layers cuts MACs and weights; energy kept chosen by measured accuracy"))
     return out
-
-
-def _rejected_techniques(context, target, decisions) -> None:
-    sparse = bool(target.sparse_support)
-    if context.goal == "size":
-        why = ("zeroed weights are still stored densely by every exported format here: no size benefit "
-               "without a compressed sparse storage format")
-    elif sparse:
-        why = (f"{target.name} accelerates only {', '.join(target.sparse_support)} semi-structured sparsity, "
-               "which needs retraining and a sparse engine build: not proposed")
-    else:
-        why = "unstructured sparsity: dense kernels gain nothing from zeroed weights on this target"
-    decisions.append(Decision(technique="unstructured_pruning", decision="rejected", reason=why))
-    if not context.retrain:
-        decisions.append(Decision(technique="qat", decision="rejected",
-                                  reason="quantization-aware training needs retraining: post-training "
-                                         "quantization with calibration data only"))

@@ -38,6 +38,7 @@ class Candidate(BaseModel):
     params: int | None = None
     macs: int | None = None
     size_bytes: int | None = None
+    size_compressed_bytes: int | None = None  # deflate-compressed artifact (sparse weights compress)
     artifact: str | None = None
     runtime: str | None = None
     precision: str | None = None
@@ -51,6 +52,11 @@ class Candidate(BaseModel):
     exporter: str | None = None
     verification: dict[str, Any] | None = None
     from_cache: bool = False  # restored from OUT/cache (accuracy/size); latency is always re-measured
+
+    @property
+    def shipped_bytes(self) -> int | None:
+        """The size budgets and the size goal count: compressed when known (what is shipped), else raw."""
+        return self.size_compressed_bytes if self.size_compressed_bytes is not None else self.size_bytes
 
 
 class Decision(BaseModel):
@@ -109,6 +115,8 @@ def candidate_row(c: Candidate, baseline: Candidate | None) -> list[str]:
     acc = "—" if c.accuracy is None else f"{c.accuracy:.2f}% {c.metric or ''}".strip()
     drop = "—" if c.accuracy_drop is None else f"{c.accuracy_drop:+.2f}"
     size = "—" if c.size_bytes is None else f"{c.size_bytes / 1e6:.2f}"
+    if c.size_compressed_bytes is not None:
+        size += f" ({c.size_compressed_bytes / 1e6:.2f} zip)"
     macs = "—" if c.macs is None else f"{c.macs / 1e6:.1f}M"
     return [c.id, c.status, f"{c.runtime or '—'}/{c.precision_executed or c.precision or '—'}",
             _fmt(lat) + est, speed, acc, drop, size, macs, c.reason]

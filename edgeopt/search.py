@@ -37,7 +37,8 @@ from edgeopt.data import Batches, DataSplits
 from edgeopt.errors import EdgeOptError
 from edgeopt.evaluate import score, torch_predictions
 from edgeopt.planner import MARGIN, CandidateSpec, Plan
-from edgeopt.report import Candidate
+from edgeopt.report import Candidate, Decision
+from edgeopt.search_qat import qat_phase
 
 
 def _why(e: Exception) -> str:
@@ -86,6 +87,7 @@ class Search:
         self.layout_of: dict[str, str] = {}
         self.finished_layouts: dict[str, str] = {}
         self.base_of: dict[str, str] = {}  # structure -> the structure it is built on (QAT)
+        self.decisions: list[Decision] = []  # decisions taken on measurements (QAT), added to the report
 
     # ---- driver -------------------------------------------------------------------------------------
     def run(self) -> list[Candidate]:
@@ -102,6 +104,7 @@ class Search:
             for s in self._bisect(fam, structures):
                 self._finish(s)
             self._early_stop()
+        qat_phase(self)
         for c in self.cands.values():
             if c.status == "pending":
                 c.status = "rejected"
@@ -253,6 +256,7 @@ class Search:
             return
         cand.artifact = str(result.path.relative_to(self.out_dir))
         cand.size_bytes = result.size_bytes
+        cand.size_compressed_bytes = result.compressed_size_bytes()
         cand.precision_executed = session.precision_executed
         cand.exporter = result.exporter
         cand.verification = result.info.get("verification")
@@ -291,8 +295,8 @@ class Search:
         for c in ok:
             lat_ok = not ctx.latency_budget_ms or (c.latency_ms is not None
                                                    and c.latency_ms.p50 <= MARGIN * ctx.latency_budget_ms)
-            size_ok = not ctx.size_budget_mb or (c.size_bytes is not None
-                                                 and c.size_bytes / 1e6 <= MARGIN * ctx.size_budget_mb)
+            size_ok = not ctx.size_budget_mb or (c.shipped_bytes is not None
+                                                 and c.shipped_bytes / 1e6 <= MARGIN * ctx.size_budget_mb)
             if lat_ok and size_ok:
                 self.stopped = f"not tried: budget already met with margin by {c.id}"
                 self.trace.append(self.stopped)

@@ -37,17 +37,17 @@ def select(report: Report, context: DeployContext) -> None:
             c.status = "rejected"
             c.reason = f"p50 {c.latency_ms.p50:.3f} ms > latency budget {context.latency_budget_ms} ms"
             continue
-        if context.size_budget_mb and c.size_bytes and c.size_bytes / 1e6 > context.size_budget_mb:
+        if context.size_budget_mb and c.shipped_bytes and c.shipped_bytes / 1e6 > context.size_budget_mb:
             c.status = "rejected"
-            c.reason = f"size {c.size_bytes / 1e6:.2f} MB > size budget {context.size_budget_mb} MB"
+            c.reason = f"size {c.shipped_bytes / 1e6:.2f} MB (compressed) > size budget {context.size_budget_mb} MB"
     eligible = [c for c in pool if c.status == "ok" and c.latency_ms is not None]
     if not eligible:
         report.chosen = None
         return
     if context.goal == "size":
-        best = min(eligible, key=lambda c: (c.size_bytes or 0, c.latency_ms.p50))
+        best = min(eligible, key=lambda c: (c.shipped_bytes or 0, c.latency_ms.p50))
     else:
-        best = min(eligible, key=lambda c: (c.latency_ms.p50, c.size_bytes or 0))
+        best = min(eligible, key=lambda c: (c.latency_ms.p50, c.shipped_bytes or 0))
     report.chosen = best.id
     if not best.reason:
         best.reason = "chosen: " + ("smallest" if context.goal == "size" else "fastest") + " within budget"

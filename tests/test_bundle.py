@@ -25,6 +25,12 @@ def test_device_commands_follow_the_target():
     agx = device_commands(load_target("jetson-agx-orin"), "model.onnx", "fp16", "onnxruntime", ("x", [1, 3, 8, 8]))
     assert "--fp16" in agx["build"][0] and "--shapes=x:1x3x8x8" in agx["build"][0]
     assert "--useDLACore=0" in agx["build_dla"][0]  # the AGX Orin has two DLA cores
+    assert "--sparsity=enable" not in agx["build"][0]
+    sparse = device_commands(load_target("jetson-agx-orin"), "model.onnx", "fp16", "onnxruntime", None, True)
+    assert "--sparsity=enable" in sparse["build"][0]
+    # Xavier (Volta) has no sparse tensor cores: the flag would do nothing, so it is not written
+    volta = device_commands(load_target("jetson-xavier-nx"), "model.onnx", "fp16", "onnxruntime", None, True)
+    assert "--sparsity=enable" not in volta["build"][0]
     nano = device_commands(load_target("jetson"), "model.onnx", "int8", "onnxruntime")
     assert "--int8" in nano["build"][0] and "build_dla" not in nano  # no DLA on the Orin Nano
     ov = device_commands(load_target("x86-amx"), "model.xml", "bf16", "openvino")

@@ -100,14 +100,20 @@ def test_decision_grid(kind, goal, retrain, budget):
     pruned = [c for c in p.candidates if any(s.technique == "prune" for s in c.steps)]
     assert pruned and all(c.family and c.family.startswith("prune-") for c in pruned)
     assert by["prune"].decision == "applied"
-    # unstructured sparsity is never proposed, and the reason fits the context
-    assert by["unstructured_pruning"].decision == "rejected"
+    # weight sparsity only where it pays off: a size goal (zeros compress) or 2:4 sparse tensor cores
+    sparse = [c for c in p.candidates if any(s.technique in ("unstructured", "imp") for s in c.steps)]
     if goal == "size":
-        assert "stored densely" in by["unstructured_pruning"].reason
-    elif kind == "gpu":
-        assert "2:4" in by["unstructured_pruning"].reason
+        d = by["imp" if retrain else "unstructured_pruning"]
+        assert d.decision == "applied" and "compress" in d.reason
+        assert sparse and all(c.family in ("sparse", "imp") for c in sparse)
+    elif kind == "gpu" and retrain:
+        assert by["unstructured_pruning"].decision == "applied" and "2:4" in by["unstructured_pruning"].reason
+        assert sparse and all(c.structure == "sparse24-ft" for c in sparse)
     else:
-        assert "dense kernels" in by["unstructured_pruning"].reason
+        assert not sparse and by["unstructured_pruning"].decision == "rejected"
+        assert ("--retrain" if kind == "gpu" else "dense kernels") in by["unstructured_pruning"].reason
+    # pruning at initialisation needs --from-scratch
+    assert by["prune_at_init"].decision == "skipped" and "--from-scratch" in by["prune_at_init"].reason
     # retraining: fine-tuning follows every pruning step, and the ratios go further
     ft = [c for c in pruned if any(s.technique == "fine_tune" for s in c.steps)]
     if retrain:
@@ -177,3 +183,53 @@ def test_int8_needs_calibration_data_unless_random_is_asked():
     p = plan(make_context(target="x86-amx", calib_random=True), load_target("x86-amx"), SUMMARY, local,
              ["onnxruntime"], precisions_of_format=fmts, has_calib_data=False)
     assert any(c.precision == "int8" for c in p.candidates)
+
+
+# ---- issue 8: the retraining toolbox in the plan -------------------------------------------------------
+def _plan8(goal="latency", target="x86-amx", int8=True, **ctx):
+    local = load_target("x86-amx").model_copy(update={"detected": False})
+    precs = {"onnx": ("fp32", "int8") if int8 else ("fp32",), "openvino": ("fp32",)}
+    return plan(make_context(target=target, goal=goal, **ctx), load_target(target), SUMMARY, local,
+                ["onnxruntime", "openvino"], has_calib_data=True, has_train_data=True, precisions_of_format=precs)
+
+
+def test_from_scratch_implies_retrain_and_proposes_snip_only_for_size():
+    assert make_context(from_scratch=True).retrain is True
+    size = _plan8(goal="size", from_scratch=True)
+    snip = [c for c in size.candidates if any(s.technique == "prune_at_init" for s in c.steps)]
+    assert snip and {c.family for c in snip} == {"snip"}
+    levels = sorted({c.level for c in snip})
+    assert levels == sorted(levels) and levels[0] >= 0.5
+    assert all(s.params["epochs"] >= 5 for c in snip for s in c.steps)
+    lat = _plan8(goal="latency", from_scratch=True)
+    d = next(d for d in lat.decisions if d.technique == "prune_at_init")
+    assert d.decision == "rejected" and "unstructured" in d.reason
+    assert not any(s.technique == "prune_at_init" for c in lat.candidates for s in c.steps)
+
+
+def test_qat_is_armed_only_with_retraining_and_int8():
+    armed = _plan8(retrain=True)
+    assert armed.qat_formats == ["onnx"]
+    assert next(d for d in armed.decisions if d.technique == "qat").decision == "applied"
+    assert _plan8(retrain=False).qat_formats == []
+    no_int8 = _plan8(retrain=True, int8=False)
+    assert no_int8.qat_formats == [] and "no INT8" in next(d for d in no_int8.decisions if d.technique == "qat").reason
+    excluded = _plan8(retrain=True, techniques=["prune", "fine_tune", "quantize"])
+    assert excluded.qat_formats == []
+
+
+def test_size_goal_with_retraining_uses_imp_and_2_4_keeps_zeros_through_fine_tuning():
+    imp = [c for c in _plan8(goal="size", retrain=True).candidates if c.family == "imp"]
+    assert imp and all(c.steps[0].params["rewind"] == "lr" for c in imp)
+    gpu = _plan8(target="jetson-agx-orin", retrain=True)
+    s24 = [c for c in gpu.candidates if c.structure == "sparse24-ft"]
+    assert s24 and s24[0].steps[0].params == {"pattern": "2:4"} and s24[0].steps[1].params["keep_sparsity"]
+
+
+def test_sensitivity_reaches_every_prune_step():
+    local = load_target("x86-amx").model_copy(update={"detected": False})
+    drops = {"conv1": 5.0, "layer1.0.conv1": 0.1}
+    p = plan(make_context(), load_target("x86-amx"), SUMMARY, local, ["onnxruntime"], sensitivity=drops)
+    prune_steps = [s for c in p.candidates for s in c.steps if s.technique == "prune"]
+    assert prune_steps and all(s.params["sensitivity"] == drops for s in prune_steps)
+    assert "sensitivity" in next(d for d in p.decisions if d.technique == "prune").reason

@@ -24,8 +24,12 @@ def optimize(
     goal: str = typer.Option("latency", help="latency | size"),
     max_accuracy_drop: float = typer.Option(1.0, help="accuracy budget in percentage points"),
     retrain: bool = typer.Option(False, "--retrain/--no-retrain", help="may the model be fine-tuned?"),
+    from_scratch: bool = typer.Option(False, "--from-scratch", help="the model may be trained from scratch "
+                                      "(implies --retrain): pruning at initialisation (SNIP) for size goals"),
+    sensitivity: bool = typer.Option(False, "--sensitivity", help="measure each layer's pruning sensitivity "
+                                     "first; sensitive layers are pruned less (saved in the report)"),
     latency_budget_ms: float = typer.Option(None, help="reject candidates slower than this p50"),
-    size_budget_mb: float = typer.Option(None, help="reject candidates larger than this on disk"),
+    size_budget_mb: float = typer.Option(None, help="reject candidates larger than this on disk (compressed)"),
     time_budget: float = typer.Option(None, help="wall-time budget for the search, seconds"),
     techniques: str = typer.Option(None, help="restrict to these techniques, comma separated"),
     runtimes: str = typer.Option(None, help="restrict to these runtimes, e.g. onnxruntime,openvino"),
@@ -80,7 +84,7 @@ def optimize(
                      latency_budget_ms=latency_budget_ms, size_budget_mb=size_budget_mb,
                      time_budget_s=time_budget, techniques=parse_list(techniques),
                      runtimes=parse_list(runtimes), threads=threads, seed=seed, device=device,
-                     calib_random=_calib_random(calib),
+                     calib_random=_calib_random(calib), from_scratch=from_scratch, sensitivity=sensitivity,
                      device_token=token)
     if as_json:
         out.print_json(json.dumps(report.model_dump(mode="json")))
@@ -134,6 +138,7 @@ def plan(
     goal: str = typer.Option("latency", help="latency | size"),
     max_accuracy_drop: float = typer.Option(1.0, help="accuracy budget in percentage points"),
     retrain: bool = typer.Option(False, "--retrain/--no-retrain", help="may the model be fine-tuned?"),
+    from_scratch: bool = typer.Option(False, "--from-scratch", help="the model may be trained from scratch"),
     latency_budget_ms: float = typer.Option(None, help="p50 budget; the search stops early once met with margin"),
     size_budget_mb: float = typer.Option(None, help="size budget; the search stops early once met with margin"),
     techniques: str = typer.Option(None, help="restrict to these techniques, comma separated"),
@@ -151,7 +156,7 @@ def plan(
     from edgeopt.targets import detect_local, load_target
 
     ctx = make_context(target=target, goal=goal, max_accuracy_drop=max_accuracy_drop, retrain=retrain,
-                       latency_budget_ms=latency_budget_ms, size_budget_mb=size_budget_mb,
+                       from_scratch=from_scratch, latency_budget_ms=latency_budget_ms, size_budget_mb=size_budget_mb,
                        techniques=parse_list(techniques), runtimes=parse_list(runtimes))
     profile = load_target(ctx.target)
     loaded = load_model(model, input_shape=parse_input_shape(input_shape))

@@ -20,3 +20,18 @@ class ExportResult:
     @property
     def size_bytes(self) -> int:
         return sum(f.stat().st_size for f in (self.files or [self.path]) if f.exists())
+
+    def compressed_size_bytes(self) -> int:
+        """Deflate-compressed size of the artifact's files: what a download, an OTA update or a container
+        layer carries. Zeroed (sparse) weights show here, not in the raw size."""
+        import zlib
+
+        total = 0
+        for f in self.files or [self.path]:
+            if f.exists():
+                z = zlib.compressobj(6)
+                with open(f, "rb") as fh:
+                    while chunk := fh.read(1 << 22):
+                        total += len(z.compress(chunk))
+                total += len(z.flush())
+        return total

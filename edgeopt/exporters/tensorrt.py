@@ -73,6 +73,9 @@ class _EntropyCalibrator:
 def _onnx_graph(model, example, tmpdir: Path, precision: str, calib, options: dict) -> tuple[Path, dict]:
     from edgeopt.exporters.onnx import export_onnx
 
+    if options.get("prequantized"):  # QAT fake-quantizers export as Q/DQ: explicit INT8 as trained
+        r = export_onnx(model, example, tmpdir / "m.onnx", precision="fp32")
+        return r.path, {"onnx_exporter": r.exporter, "int8": "explicit Q/DQ from quantization-aware training"}
     explicit = precision == "int8" and options.get("int8_calibration", "qdq") == "qdq"
     onnx_opts = {"quant_mode": "qdq-s8", "allow_random_calib": options.get("allow_random_calib", False)}
     r = export_onnx(model, example, tmpdir / "m.onnx", precision="int8" if explicit else "fp32", calib=calib,
@@ -102,18 +105,22 @@ def export_tensorrt(model: nn.Module, example: torch.Tensor, out: Path, precisio
             raise ExportError("TensorRT cannot parse the ONNX graph: " + " | ".join(errs)[:400])
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.get("workspace_mb", 1024)) << 20)
+        if options.get("sparse_weights") or getattr(model, "edgeopt_sparsity", None) == "2:4":
+            # 2:4-pruned weights (edgeopt.techniques.unstructured): let TensorRT pick sparse tensor-core tactics
+            config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
+            info["sparse_weights"] = True
         if precision == "fp16":
             config.set_flag(trt.BuilderFlag.FP16)
         elif precision == "int8":
             config.set_flag(trt.BuilderFlag.INT8)
             config.set_flag(trt.BuilderFlag.FP16)  # layers left unquantized may still run in fp16
-            if options.get("int8_calibration", "qdq") == "entropy":
+            if options.get("int8_calibration", "qdq") == "entropy" and not options.get("prequantized"):
                 from edgeopt.exporters.calibration import resolve_calibration
 
                 cal = resolve_calibration(calib, example, "int8", options.get("allow_random_calib", False))
                 config.int8_calibrator = _EntropyCalibrator.make(trt, cal.inputs, tmpdir / "calib.cache")
                 info["calibration"] = {**cal.info(), "method": "entropy calibrator"}
-            else:
+            elif not options.get("prequantized"):
                 info["int8"] = "explicit Q/DQ (ONNX Runtime qdq-s8, per-channel weights)"
         dla = options.get("dla_core")
         if dla is not None:

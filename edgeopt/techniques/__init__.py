@@ -25,6 +25,8 @@ class PruneConfig(BaseModel):
     max_layer_ratio: float = Field(0.9, gt=0.0, le=1.0)
     timeout_s: float = Field(120.0, gt=0.0)  # tracing + pruning; past it the rest is skipped with a reason
     layer_ratios: dict[str, float] | None = None  # per-layer ratios, e.g. from sensitivity analysis
+    # per-layer accuracy drops from sensitivity analysis: turned into layer ratios around `ratio`
+    sensitivity: dict[str, float] | None = None
 
 
 class FactorizeConfig(BaseModel):
@@ -49,6 +51,7 @@ class FineTuneConfig(BaseModel):
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.7, ge=0.0, le=1.0)  # weight of the soft-target (KD) loss vs the hard-label loss
     seed: int = 0
+    keep_sparsity: bool = False  # zero weights stay zero (after unstructured / 2:4 sparsity)
 
 
 class QuantizeConfig(BaseModel):

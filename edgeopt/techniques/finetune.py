@@ -21,7 +21,24 @@ def apply_finetune(model: nn.Module, example: torch.Tensor, config, data=None, t
         raise DataError("fine-tuning needs training data: pass --data (an image folder, module:function or "
                         "digits) with a training split, or use --no-retrain")
     student = copy.deepcopy(model)
+    masks = _zero_masks(student) if config.keep_sparsity else None
     res = fit(student, train_data, teacher=teacher, epochs=config.epochs, lr=config.lr,
               temperature=config.temperature, alpha=config.alpha, seed=config.seed, progress=progress)
+    if masks:
+        from edgeopt.techniques.unstructured import make_permanent
+
+        make_permanent(student)
     return student, {"epochs": res.epochs, "seconds": res.seconds, "losses": [round(v, 4) for v in res.losses],
-                     "distillation": res.kind, "device": res.device}
+                     "distillation": res.kind, "device": res.device,
+                     **({"kept_sparsity": True} if masks else {})}
+
+
+def _zero_masks(model: nn.Module) -> dict | None:
+    """Attach masks that hold today's zero weights at zero during training (sparse structures)."""
+    from edgeopt.techniques.unstructured import apply_masks, prunable
+
+    masks = {n: (m.weight.detach() != 0).float() for n, m in prunable(model)}
+    if not any(bool((k == 0).any()) for k in masks.values()):
+        return None
+    apply_masks(model, masks)
+    return masks

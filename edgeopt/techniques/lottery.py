@@ -107,12 +107,15 @@ def linear_mode_connectivity(model: nn.Module, train_data, train_fn: Callable, e
 
 
 
-def apply_imp(model: nn.Module, example: torch.Tensor, config, data=None) -> tuple[nn.Module, dict]:
-    """Registry entry: IMP with rewinding, fine-tuned with edgeopt.training.fit on labelled data."""
+def apply_imp(model: nn.Module, example: torch.Tensor, config, data=None, teacher=None, train_data=None,
+              progress=None) -> tuple[nn.Module, dict]:
+    """Registry entry: IMP with rewinding, fine-tuned with edgeopt.training.fit on labelled data
+    (`train_data` from the pipeline; `data` when called on its own)."""
     from edgeopt.errors import DataError
     from edgeopt.techniques.unstructured import compressed_size, make_permanent
     from edgeopt.training import fit
 
+    data = train_data if train_data is not None else data
     if data is None or not getattr(data, "labelled", False):
         raise DataError("iterative magnitude pruning retrains: it needs labelled training data")
     pruned, res = imp(model, data, fit, target_sparsity=config.sparsity, rounds=config.rounds,

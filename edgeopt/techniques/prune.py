@@ -220,7 +220,12 @@ def prune(model: nn.Module, example: torch.Tensor, ratio: float = 0.3, importanc
 
 def apply_prune(model: nn.Module, example: torch.Tensor, config, data=None) -> tuple[nn.Module, dict]:
     """Technique entry point (registry): `data` is an edgeopt.data.Batches of calibration batches."""
+    layer_ratios = config.layer_ratios
+    if config.sensitivity and not layer_ratios:
+        from edgeopt.techniques.sensitivity import ratios_from_drops
+
+        layer_ratios = ratios_from_drops(config.sensitivity, config.ratio, config.max_layer_ratio)
     return prune(model, example, ratio=config.ratio, importance=config.importance, scope=config.scope,
                  round_to=config.round_to, iterative_steps=config.iterative_steps,
                  data=data.items if data is not None else None, max_layer_ratio=config.max_layer_ratio,
-                 timeout_s=config.timeout_s, layer_ratios=config.layer_ratios or None)
+                 timeout_s=config.timeout_s, layer_ratios=layer_ratios or None)

@@ -104,12 +104,14 @@ def prune_at_init(model: nn.Module, data, method: str = "snip", sparsity: float 
     return model, {"method": method, "sparsity": round(1 - kept / total, 4), "layers": len(masks)}
 
 
-def apply_prune_at_init(model: nn.Module, example: torch.Tensor, config, data=None) -> tuple[nn.Module, dict]:
+def apply_prune_at_init(model: nn.Module, example: torch.Tensor, config, data=None, teacher=None,
+                        train_data=None, progress=None) -> tuple[nn.Module, dict]:
     """Registry entry (training from scratch): re-initialise a copy, mask it, train it once with
     edgeopt.training.fit, bake the masks in."""
     from edgeopt.techniques.unstructured import make_permanent
     from edgeopt.training import fit
 
+    data = train_data if train_data is not None else data  # the pipeline's training split
     if data is None or not getattr(data, "labelled", False):
         raise DataError("pruning at initialisation trains from scratch: it needs labelled training data")
     model = copy.deepcopy(model)
@@ -118,6 +120,6 @@ def apply_prune_at_init(model: nn.Module, example: torch.Tensor, config, data=No
         if hasattr(m, "reset_parameters") and m is not model:
             m.reset_parameters()
     model, record = prune_at_init(model, data, config.method, config.sparsity)
-    res = fit(model, data, epochs=config.epochs, lr=config.lr, seed=config.seed)
+    res = fit(model, data, epochs=config.epochs, lr=config.lr, seed=config.seed, progress=progress)
     make_permanent(model)
     return model.eval(), {**record, "epochs": res.epochs, "train_seconds": res.seconds}

@@ -87,15 +87,17 @@ def qat(model: nn.Module, train_data, train_fn: Callable, epochs: int = 2, lr: f
     return freeze(qmodel)
 
 
-def apply_qat(model: nn.Module, example: torch.Tensor, config, data=None) -> tuple[nn.Module, dict]:
-    """Registry entry: QAT fine-tuning (distilled from the float model when `distill`), ready for an
-    INT8 Q/DQ ONNX export."""
+def apply_qat(model: nn.Module, example: torch.Tensor, config, data=None, teacher=None, train_data=None,
+              progress=None) -> tuple[nn.Module, dict]:
+    """Registry entry: QAT fine-tuning (distilled from `teacher`, default the float model itself, when
+    `distill`), ready for an INT8 Q/DQ ONNX export. The pipeline passes its training split as `train_data`."""
     from edgeopt.errors import DataError
     from edgeopt.training import fit
 
+    data = train_data if train_data is not None else data
     if data is None or not getattr(data, "labelled", False):
         raise DataError("quantization-aware training needs labelled training data")
-    kwargs = {"teacher": model} if config.distill else {}
+    kwargs = {"teacher": teacher if teacher is not None else model} if config.distill else {}
     qmodel = qat(model, data, fit, epochs=config.epochs, lr=config.lr, weight_bits=8,
                  per_channel=config.per_channel, **kwargs)
     return qmodel, {"epochs": config.epochs, "per_channel": config.per_channel, "distill": config.distill,

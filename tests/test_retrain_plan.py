@@ -1,0 +1,104 @@
+"""Issue 8 in the one optimize() path: weight sparsity for a size goal (ranked by compressed size), QAT only
+where INT8 post-training quantization measurably breaks the budget, --sensitivity and --from-scratch."""
+
+import smallnet
+import torch
+
+import edgeopt
+from edgeopt.training import fit
+
+
+def _trained():
+    train, val = smallnet.digits16(size=16)
+    model = smallnet.make()
+    fit(model, train, epochs=2, lr=0.05)
+    return model.eval(), train, val
+
+
+def test_size_goal_proposes_sparsity_and_picks_by_compressed_size(tmp_path, fast_bench):
+    model, train, val = _trained()
+    x = val.items[0][0][:1]
+    report = edgeopt.optimize(model, x, goal="size", max_accuracy_drop=3.0, eval_data=val.items,
+                              calib_data=train.items, out_dir=tmp_path, runtimes=["onnxruntime"],
+                              techniques=["unstructured"], bench_config=fast_bench)
+    base = report.baseline
+    sparse = [c for c in report.candidates if c.steps and c.steps[0].technique == "unstructured"]
+    ok = [c for c in sparse if c.status == "ok"]
+    assert ok, [(c.id, c.reason) for c in sparse]
+    for c in ok:  # zeros do not shrink the dense file, they shrink what is shipped
+        assert c.size_compressed_bytes < 0.9 * base.size_compressed_bytes
+        assert abs(c.size_bytes - base.size_bytes) < 0.05 * base.size_bytes
+        assert c.steps[0].params["record"]["deflate_bytes"] < c.steps[0].params["record"]["state_dict_bytes"]
+    chosen = report.chosen_candidate
+    assert chosen is not None and chosen.accuracy_drop <= 3.0
+    within = [c for c in [base, *report.candidates] if c.status == "ok"]
+    assert chosen.shipped_bytes == min(c.shipped_bytes for c in within)
+    assert any(d.technique == "unstructured_pruning" and d.decision == "applied" for d in report.decisions)
+    assert "zip" in (tmp_path / "report.md").read_text()
+
+
+def test_qat_runs_only_when_ptq_breaks_the_budget(tmp_path, fast_bench):
+    model, train, val = _trained()
+    x = val.items[0][0][:1]
+    # unrepresentative calibration (inputs 100x too small): PTQ scales clip real inputs, QAT trains on real ones
+    bad_calib = [(b[0] * 0.01, b[1]) for b in train.items[:4]]
+    report = edgeopt.optimize(model, x, retrain=True, max_accuracy_drop=2.0, eval_data=val.items,
+                              calib_data=bad_calib, train_data=train.items, out_dir=tmp_path,
+                              runtimes=["onnxruntime"], techniques=["quantize", "qat"], epochs=2,
+                              bench_config=fast_bench)
+    ptq = next(c for c in report.candidates if c.id == "original@onnx-int8")
+    qat = next(c for c in report.candidates if c.id == "original-qat@onnx-int8")
+    assert ptq.accuracy is not None and report.baseline.accuracy - ptq.accuracy > 2.0
+    assert qat.accuracy is not None and qat.accuracy > ptq.accuracy + 2.0, (ptq.accuracy, qat.accuracy)
+    assert qat.verification["precision"] == "int8" and qat.steps[-1].technique == "qat"
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(tmp_path / qat.artifact).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert any(d.technique == "qat@onnx" and d.decision == "applied" for d in report.decisions)
+
+
+def test_qat_is_skipped_with_the_measured_reason_when_ptq_holds(tmp_path, fast_bench):
+    model, train, val = _trained()
+    report = edgeopt.optimize(model, val.items[0][0][:1], retrain=True, max_accuracy_drop=5.0,
+                              eval_data=val.items, calib_data=train.items[:4], train_data=train.items,
+                              out_dir=tmp_path, runtimes=["onnxruntime"], techniques=["quantize", "qat"],
+                              bench_config=fast_bench)
+    assert not any("qat" in c.id for c in report.candidates)
+    d = next(d for d in report.decisions if d.technique == "qat@onnx")
+    assert d.decision == "skipped" and "within the accuracy budget" in d.reason
+
+
+def test_sensitivity_is_measured_saved_and_used(tmp_path, fast_bench):
+    model, train, val = _trained()
+    # this 16-channel net is fragile: the budget is open, the test is about the ratios, not the accuracy
+    report = edgeopt.optimize(model, val.items[0][0][:1], max_accuracy_drop=100.0, eval_data=val.items,
+                              calib_data=train.items[:4], out_dir=tmp_path, runtimes=["onnxruntime"],
+                              techniques=["prune"], sensitivity=True, bench_config=fast_bench)
+    sens = report.model["sensitivity"]
+    assert sens["layers"] and all(isinstance(v, float) for v in sens["layers"].values())
+    pruned = [c for c in report.candidates if c.status == "ok" and c.steps]
+    assert pruned
+    rec = pruned[0].steps[0].params["record"]
+    ratios = rec["layer_ratios"]
+    assert set(ratios) == set(sens["layer_ratios"]) or set(ratios) <= set(sens["layers"])
+    # the most sensitive probed layer is pruned least
+    most = max(sens["layers"], key=sens["layers"].get)
+    least = min(sens["layers"], key=sens["layers"].get)
+    if sens["layers"][most] > sens["layers"][least]:
+        assert ratios[most] < ratios[least]
+
+
+def test_from_scratch_size_goal_trains_a_snip_mask(tmp_path, fast_bench):
+    model, train, val = _trained()
+    report = edgeopt.optimize(model, val.items[0][0][:1], goal="size", from_scratch=True, max_accuracy_drop=50.0,
+                              eval_data=val.items, train_data=train.items, out_dir=tmp_path,
+                              runtimes=["onnxruntime"], techniques=["prune_at_init"], epochs=1,
+                              bench_config=fast_bench, time_budget_s=240)
+    snip = [c for c in report.candidates if c.steps and c.steps[0].technique == "prune_at_init"]
+    built = [c for c in snip if c.status in ("ok", "rejected") and c.accuracy is not None]
+    assert built, [(c.id, c.status, c.reason) for c in snip]
+    rec = built[0].steps[0].params["record"]
+    assert rec["method"] == "snip" and abs(rec["sparsity"] - built[0].steps[0].params["sparsity"]) < 0.01
+    assert built[0].size_compressed_bytes < report.baseline.size_compressed_bytes
+    assert torch.is_tensor(val.items[0][0])  # the held-out data was never trained on (it is the caller's)
