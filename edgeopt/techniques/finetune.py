@@ -24,4 +24,4 @@ def apply_finetune(model: nn.Module, example: torch.Tensor, config, data=None, t
     res = fit(student, train_data, teacher=teacher, epochs=config.epochs, lr=config.lr,
               temperature=config.temperature, alpha=config.alpha, seed=config.seed, progress=progress)
     return student, {"epochs": res.epochs, "seconds": res.seconds, "losses": [round(v, 4) for v in res.losses],
-                     "distillation": res.kind, "device": res.device}
+                     "distillation": res.kind, "device": res.device, "world_size": res.world_size}
