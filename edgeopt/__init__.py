@@ -21,8 +21,9 @@ __all__ = ["__version__", "optimize", "prune", "factorize", "prune_sensitivity",
 
 def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: str = "local",
              goal: str = "latency", max_accuracy_drop: float = 1.0, retrain: bool = False,
-             eval_data=None, calib_data=None, out_dir: str | Path = "out", **kwargs) -> Report:
-    """Decide, compress, export and measure; returns the Report (also written to out_dir/report.json).
+             eval_data=None, calib_data=None, out_dir: str | Path = "out", **kwargs) -> Report | None:
+    """Decide, compress, export and measure; returns the Report (also written to out_dir/report.json), or
+    None on the ranks > 0 of a torchrun launch (they only join rank 0's fine-tuning).
 
     `model` is an nn.Module or a spec string ("demo", "torchvision:resnet18?num_classes=10",
     "file.py:factory", "model.pt2"). `eval_data`/`calib_data`/`train_data`: iterables of tensors or

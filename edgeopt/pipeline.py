@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from edgeopt import __version__
+from edgeopt import __version__, distributed
 from edgeopt.analyze import analyze
 from edgeopt.backends import BACKENDS, backend_for, installed_runtimes
 from edgeopt.bench import BenchConfig, measure
@@ -29,6 +29,7 @@ from edgeopt.roofline import estimate_stats
 from edgeopt.search import Search
 from edgeopt.selection import select
 from edgeopt.targets import detect_local, load_target
+from edgeopt.training import ddp
 
 
 class Progress:
@@ -78,7 +79,10 @@ def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: s
              weights: str | Path | None = None, input_shape: tuple[int, ...] | None = None,
              trust_pickle: bool = False, data: str | None = None, progress: Progress | None = None,
              bench_config: BenchConfig | None = None, data_options: dict | None = None, resume: bool = True,
-             device: str | None = None, device_token: str | None = None, **context_kwargs) -> Report:
+             device: str | None = None, device_token: str | None = None, **context_kwargs) -> Report | None:
+    """The one optimize (see the module docstring); the CLI and edgeopt.optimize call it. Under torchrun
+    (WORLD_SIZE > 1) only rank 0 searches, exports, measures and writes the report, and only it returns the
+    Report; the other ranks join the DDP fine-tuning of each structure it builds and return None."""
     t_start = time.perf_counter()
     progress = progress or Progress()
     context = make_context(target=target, goal=goal, max_accuracy_drop=max_accuracy_drop, retrain=retrain,
@@ -106,43 +110,55 @@ def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: s
     if context.retrain and splits.train is None:
         raise DataError("--retrain needs training data: pass --data (image folder, module:function returning "
                         "'train', or digits) or train_data=..., or use --no-retrain")
-    fidelity = splits.eval is None or not splits.eval.labelled
-    eval_b = splits.eval if splits.eval is not None else _fidelity_inputs(loaded.input_shape, 256, context.seed)
-    batch = loaded.input_shape[0]
-    reference = torch_predictions(net, eval_b, batch)
+    rank, world_size = ddp.world()  # (0, 1) unless torchrun started this with WORLD_SIZE > 1
+    if world_size > 1:
+        distributed.share_cores(context.threads)
+    if rank > 0:  # a follower: only joins rank 0's DDP fine-tuning; exports, measures and writes nothing
+        distributed.follow(net, example, splits)
+        return None
+    leader = distributed.Leader() if world_size > 1 else None
+    try:
+        fidelity = splits.eval is None or not splits.eval.labelled
+        eval_b = splits.eval if splits.eval is not None else _fidelity_inputs(loaded.input_shape, 256, context.seed)
+        batch = loaded.input_shape[0]
+        reference = torch_predictions(net, eval_b, batch)
 
-    sens = (_sensitivity(net, example, eval_b, batch, reference if fidelity else None, progress)
-            if context.sensitivity else None)
-    the_plan = make_plan(context, profile, summary, local, installed_runtimes(),
-                         has_calib_data=splits.calib is not None, has_train_data=splits.train is not None,
-                         precisions_of_format={n: b.precisions for n, b in BACKENDS.items()},
-                         sensitivity=sens["layers"] if sens else None)
-    report = Report(
-        edgeopt_version=__version__, context=context.model_dump(), target=profile.model_dump(),
-        environment={**environment(threads), "data": splits.source},
-        model={"source": loaded.source, "input_shape": list(loaded.input_shape), **summary.model_dump(),
-               **{f"info_{k}": v for k, v in loaded.info.items()}},
-        decisions=the_plan.decisions)
-    report.model["plan_notes"] = the_plan.notes
-    if sens is not None:
-        report.model["sensitivity"] = sens
-    if context.calib_random and splits.calib is None:
-        report.environment["calibration"] = "random"
-        report.decisions.append(Decision(technique="calibration", decision="applied", reason=(
-            "--calib random: INT8 scales come from random inputs and are meaningless; the measured accuracy "
-            "of each int8 candidate shows what that costs")))
-    report.model["plan"] = [{"id": c.id, "reason": c.reason} for c in the_plan.candidates]
-    cache = CandidateCache(out_dir, enabled=resume)
-    search = Search(
-        plan=the_plan, context=context, net=net, example=example, splits=splits, eval_b=eval_b, batch=batch,
-        reference=reference if fidelity else None,
-        base_torch_acc=score(reference, eval_b, reference)[0], out_dir=out_dir, threads=threads,
-        cache=cache, cache_parts=(__version__, model_hash(net), data_hash(eval_b), data_hash(splits.calib),
-                                  data_hash(splits.train) if context.retrain else None, context.seed),
-        progress=progress, t_start=t_start, quick_latency=lambda cands: _latency(
-            cands, search.sessions, the_plan.measure_locally, profile, example,
-            BenchConfig(warmup_runs=3, warmup_s=0.0, min_runs=10, max_time_s=0.3)))
-    report.candidates = search.run()
+        sens = (_sensitivity(net, example, eval_b, batch, reference if fidelity else None, progress)
+                if context.sensitivity else None)
+        the_plan = make_plan(context, profile, summary, local, installed_runtimes(),
+                             has_calib_data=splits.calib is not None, has_train_data=splits.train is not None,
+                             precisions_of_format={n: b.precisions for n, b in BACKENDS.items()},
+                             sensitivity=sens["layers"] if sens else None)
+        report = Report(
+            edgeopt_version=__version__, context=context.model_dump(), target=profile.model_dump(),
+            environment={**environment(threads), "data": splits.source},
+            model={"source": loaded.source, "input_shape": list(loaded.input_shape), **summary.model_dump(),
+                   **{f"info_{k}": v for k, v in loaded.info.items()}},
+            decisions=the_plan.decisions)
+        report.model["plan_notes"] = the_plan.notes
+        if sens is not None:
+            report.model["sensitivity"] = sens
+        if context.calib_random and splits.calib is None:
+            report.environment["calibration"] = "random"
+            report.decisions.append(Decision(technique="calibration", decision="applied", reason=(
+                "--calib random: INT8 scales come from random inputs and are meaningless; the measured accuracy "
+                "of each int8 candidate shows what that costs")))
+        report.model["plan"] = [{"id": c.id, "reason": c.reason} for c in the_plan.candidates]
+        cache = CandidateCache(out_dir, enabled=resume)
+        search = Search(
+            plan=the_plan, context=context, net=net, example=example, splits=splits, eval_b=eval_b, batch=batch,
+            reference=reference if fidelity else None,
+            base_torch_acc=score(reference, eval_b, reference)[0], out_dir=out_dir, threads=threads,
+            cache=cache, cache_parts=(__version__, model_hash(net), data_hash(eval_b), data_hash(splits.calib),
+                                      data_hash(splits.train) if context.retrain else None, context.seed),
+            progress=progress, t_start=t_start, announce=leader,
+            quick_latency=lambda cands: _latency(
+                cands, search.sessions, the_plan.measure_locally, profile, example,
+                BenchConfig(warmup_runs=3, warmup_s=0.0, min_runs=10, max_time_s=0.3)))
+        report.candidates = search.run()
+    finally:
+        if leader is not None:  # however the search ended, the followers must not wait for it forever
+            leader.close()
     report.model["search"] = search.summary()
     report.decisions += search.decisions  # taken on measurements (e.g. QAT only where PTQ broke the budget)
 

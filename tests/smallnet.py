@@ -52,3 +52,11 @@ def trained(size: int = 8, epochs: int = 4) -> tuple[SmallNet, object, object]:
         _TEACHERS[key] = (model, train, val)
     model, train, val = _TEACHERS[key]
     return copy.deepcopy(model), train, val
+
+
+def splits8() -> dict:
+    """Digits at 8x8 as {"calib", "train", "eval"}: the `--data file.py:function` of CLI tests that train."""
+    from edgeopt.data import Batches
+
+    train, val = digits16(size=8)
+    return {"calib": Batches(train.items[:2]), "train": train, "eval": val}

@@ -9,8 +9,7 @@ import pytest
 PKG = Path(__file__).parent.parent / "edgeopt"
 LAYER = {"errors": 0, "registry": 0, "timeout": 0, "config": 1, "targets": 1, "report": 1,
          "planner": 3, "plan_rules": 3, "plan_retrain": 3, "pipeline": 4, "candidates": 4, "search": 4,
-         "search_qat": 4, "selection": 3, "cli": 5, "__init__": 5,
-         "__main__": 5}
+         "search_qat": 4, "distributed": 4, "selection": 3, "cli": 5, "__init__": 5, "__main__": 5}
 HEAVY = {"torch", "torch_pruning", "tensorly", "onnx", "onnxruntime", "openvino", "nncf", "tensorrt", "numpy"}
 
 

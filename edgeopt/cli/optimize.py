@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -58,6 +60,7 @@ def optimize(
     survivors at every precision the target accelerates, measures them interleaved, and keeps the fastest
     (--goal latency) or smallest (--goal size) within --max-accuracy-drop. Finished candidates are cached in
     OUT/cache: rerunning after an interruption resumes. Example: edgeopt optimize --max-accuracy-drop 1 --retrain
+    Fine-tuning on N GPUs/processes: torchrun --nproc-per-node N -m edgeopt optimize ... --retrain (rank 0 reports).
 
     Exit 0 when a candidate meets the constraints, 1 when none does (the report is still written)."""
     from edgeopt.bench import BenchConfig
@@ -75,7 +78,9 @@ def optimize(
         from edgeopt.agent.client import AgentClient
 
         AgentClient(device, token).info()  # fail now on a wrong URL/token/protocol, not after the search
-    with RichProgress() as progress:
+    # under torchrun only rank 0 shows progress and reports; the other ranks just join the fine-tuning
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    with RichProgress() if rank0 else contextlib.nullcontext() as progress:
         report = run(model, target=target, goal=goal, max_accuracy_drop=max_accuracy_drop, retrain=retrain,
                      out_dir=out_dir, weights=weights, input_shape=parse_input_shape(input_shape),
                      trust_pickle=trust_pickle, data=data, progress=progress, resume=cache,
@@ -86,6 +91,8 @@ def optimize(
                      runtimes=parse_list(runtimes), threads=threads, seed=seed, device=device,
                      calib_random=_calib_random(calib), from_scratch=from_scratch, sensitivity=sensitivity,
                      device_token=token)
+    if report is None:  # a torchrun follower: rank 0 prints and writes everything
+        return
     if as_json:
         out.print_json(json.dumps(report.model_dump(mode="json")))
     else:

@@ -29,7 +29,7 @@ def apply_finetune(model: nn.Module, example: torch.Tensor, config, data=None, t
 
         make_permanent(student)
     return student, {"epochs": res.epochs, "seconds": res.seconds, "losses": [round(v, 4) for v in res.losses],
-                     "distillation": res.kind, "device": res.device,
+                     "distillation": res.kind, "device": res.device, "world_size": res.world_size,
                      **({"kept_sparsity": True} if masks else {})}
 
 

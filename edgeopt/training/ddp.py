@@ -53,3 +53,13 @@ def mean_across(value: float, world_size: int) -> float:
     t = torch.tensor([value], dtype=torch.float64)
     torch.distributed.all_reduce(t)
     return float(t.item()) / world_size
+
+
+def broadcast(obj=None):
+    """Rank 0's `obj` on every rank (pickled; meant for small messages such as build instructions).
+    Other ranks pass nothing and get rank 0's object back."""
+    rank, _ = world()
+    dev = device_for(rank)  # NCCL sends the pickled bytes from this rank's own GPU
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0, device=dev if dev.type == "cuda" else None)
+    return box[0]
