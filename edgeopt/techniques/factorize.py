@@ -46,9 +46,27 @@ def _shapes(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, tuple[in
     return hw
 
 
+def _svd_parts(mat: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(u, s, vh) of a 2-D weight through the eigendecomposition of its smaller Gram matrix, in float64.
+    A LAPACK SVD of VGG's 4096x25088 classifier takes minutes on 2 cores; the Gram route ~10 s, and the
+    squared condition number is harmless for the leading singular vectors a truncation keeps. (numpy, not
+    torch: torch's threaded kernels stall badly on a loaded 2-core machine.)"""
+    w = mat.detach().double().numpy()
+    wide = w.shape[0] <= w.shape[1]
+    evals, evecs = np.linalg.eigh(w @ w.T if wide else w.T @ w)
+    order = np.argsort(evals)[::-1]
+    s = np.sqrt(np.clip(evals[order], 0.0, None))
+    evecs = evecs[:, order]
+    inv = np.where(s > s[0] * 1e-12, 1.0 / np.maximum(s, 1e-300), 0.0)
+    if wide:
+        return evecs, s, (evecs.T @ w) * inv[:, None]
+    return (w @ evecs) * inv[None, :], s, evecs.T
+
+
 def _svals(mat: torch.Tensor) -> np.ndarray:
-    # numpy's LAPACK: torch's threaded svdvals stalls badly on a loaded 2-core machine
-    return np.linalg.svd(mat.detach().double().numpy(), compute_uv=False)
+    w = mat.detach().double().numpy()
+    g = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+    return np.sqrt(np.clip(np.linalg.eigvalsh(g)[::-1], 0.0, None))
 
 
 def _choose(mat: torch.Tensor, energy: float | None, rank_method: str, svals: np.ndarray | None = None) -> int:
@@ -98,9 +116,8 @@ def _cp(conv: nn.Conv2d, rank: int) -> nn.Sequential:
     return nn.Sequential(first, vert, horz, last)
 
 
-def _svd(lin: nn.Linear, rank: int) -> nn.Sequential:
-    u, s, vh = (torch.from_numpy(a) for a in np.linalg.svd(lin.weight.detach().double().numpy(),
-                                                             full_matrices=False))
+def _svd(lin: nn.Linear, rank: int, parts=None) -> nn.Sequential:
+    u, s, vh = (torch.from_numpy(np.ascontiguousarray(a)) for a in (parts or _svd_parts(lin.weight)))
     sq = s[:rank].sqrt()
     a = nn.Linear(lin.in_features, rank, bias=False)
     b = nn.Linear(rank, lin.out_features, bias=lin.bias is not None)
@@ -196,7 +213,8 @@ def factorize(model: nn.Module, example: torch.Tensor, method: str = "tucker", e
         else:
             tokens = hw[m][0]
             before = tokens * m.in_features * m.out_features
-            svals = _svals(m.weight)
+            parts = _svd_parts(m.weight)
+            svals = parts[1]
             if macs_reduction is not None:
                 rank = rank_for_macs(lambda r, t=tokens, w=m.in_features + m.out_features: t * r * w,
                                      min(m.in_features, m.out_features), (1 - macs_reduction) * before)
@@ -206,7 +224,7 @@ def factorize(model: nn.Module, example: torch.Tensor, method: str = "tucker", e
             if after >= before:
                 skipped.append(f"{name}: rank {rank} would not reduce MACs ({after:,} >= {before:,})")
                 continue
-            kept, ranks, new, kind = kept_energy(svals, rank), [rank], _svd(m, rank), "svd"
+            kept, ranks, new, kind = kept_energy(svals, rank), [rank], _svd(m, rank, parts), "svd"
         err = _rel_error(m, new, example, hw[m])
         parent, _, attr = name.rpartition(".")
         setattr(work.get_submodule(parent) if parent else work, attr, new)
