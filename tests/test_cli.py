@@ -132,7 +132,7 @@ def test_plan_text_explains_without_heavy_work(tinynet_spec, tmp_path):
             "--json")
     plan = json.loads(p.stdout)
     reasons = {d["technique"]: d["reason"] for d in plan["decisions"]}
-    assert "stored densely" in reasons["unstructured_pruning"] and "no retraining" in reasons["fine_tune"]
+    assert "compress" in reasons["unstructured_pruning"] and "no retraining" in reasons["fine_tune"]
     assert not list(tmp_path.iterdir())  # nothing exported or written
 
 
