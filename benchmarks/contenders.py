@@ -67,7 +67,9 @@ def _ov_contender(name, ov_model, x: np.ndarray, model=None) -> Contender:
 
     core = ov.Core()
     compiled = core.compile_model(ov_model, "CPU", {"INFERENCE_NUM_THREADS": _threads()})
-    executed = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    from edgeopt.runtimes.openvino import precision_name
+
+    executed = precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
     req = compiled.create_infer_request()
     lean = compiled.create_infer_request()
     lean.set_input_tensor(ov.Tensor(x))

@@ -93,11 +93,35 @@ def to_markdown(results: list[dict]) -> str:
             lines.append(
                 f"| {r['contender']}{' (' + r['chosen'] + ')' if r.get('chosen') else ''} | {r['precision']} | "
                 f"{r['p50_ms']:.3f} | {r['p90_ms']:.3f} | {sp} | {r['accuracy']:.2f}% {r['metric']} | "
-                f"{r['accuracy_drop']:+.2f} | {(r['size_bytes'] or 0) / 1e6:.2f} | "
+                f"{r['accuracy_drop']:+.2f} | {'—' if not r['size_bytes'] else format(r['size_bytes'] / 1e6, '.2f')} | "
                 f"{(r['params'] or 0) / 1e6:.2f}M | {(r['macs'] or 0) / 1e6:.0f} | "
                 f"{'—' if r['roofline_fraction'] is None else format(r['roofline_fraction'], '.1%')} |")
-        lines.append("")
+        lines += ["", _verdict(res), ""]
     return "\n".join(lines)
+
+
+def _verdict(res: dict) -> str:
+    """The issue's goals: T1 (labelled, retraining) edgeopt >= 1.5x the best contender and >= 10x eager at
+    <= 1 pp drop; T2 (fidelity) at least as fast as the best contender with fidelity >= 99%."""
+    rows = res["rows"]
+    t1 = rows and rows[0]["metric"] == "top1"
+    ok = [r for r in rows if (r["accuracy_drop"] <= 1.0 + 1e-9 if t1 else r["accuracy"] >= 99.0)]
+    bound = "<= 1 pp drop" if t1 else "fidelity >= 99%"
+    theirs = [r for r in ok if not r["contender"].startswith("edgeopt")]
+    mine = [r for r in ok if r["contender"].startswith("edgeopt")]
+    if not theirs or not mine:
+        return f"Within {bound}: {'no contender' if not theirs else 'no edgeopt choice'} to compare."
+    best, me = min(theirs, key=lambda r: r["p50_ms"]), min(mine, key=lambda r: r["p50_ms"])
+    eager = next((r for r in rows if r["contender"] == "pytorch-eager-fp32"), None)
+    sp = best["p50_ms"] / me["p50_ms"]
+    text = (f"Within {bound}: best contender **{best['contender']}** {best['p50_ms']:.3f} ms; "
+            f"**{me['contender']}** {me['p50_ms']:.3f} ms = **{sp:.2f}x** faster")
+    if t1:
+        sp_eager = eager["p50_ms"] / me["p50_ms"] if eager else float("nan")
+        met = sp >= 1.5 and sp_eager >= 10
+        return text + f", {sp_eager:.1f}x eager (goal >= 1.5x and >= 10x: {'met' if met else 'missed'})."
+    return text + f" (goal >= 1x: {'met' if sp >= 1.0 else 'missed'})."
+
 
 
 def main(argv=None) -> None:

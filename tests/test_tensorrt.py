@@ -55,3 +55,20 @@ def test_int8_entropy_calibrator_and_engine_mismatch(tmp_path, tiny_plain, examp
     side.write_text(json.dumps({**json.loads(side.read_text()), "gpu": "Some Other GPU"}))
     with pytest.raises(ArtifactError, match="rebuild the engine"):
         edgeopt.benchmark(result.path)
+
+
+@needs_trt
+@pytest.mark.gpu
+def test_2_4_sparse_and_qat_models_build_as_marked(tmp_path, tiny_plain, example):
+    """A 2:4-pruned model asks TensorRT for sparse-weight tactics; a QAT model builds as explicit INT8 from
+    its own Q/DQ nodes (no second calibration)."""
+    sparse, _ = edgeopt.sparsify(tiny_plain, pattern="2:4")
+    result, _ = export_verified(sparse, example, "tensorrt", tmp_path / "s", precision="fp16")
+    assert result.info["sparse_weights"] is True
+    from edgeopt.techniques import qat as Q
+
+    calib = [torch.randn(16, *example.shape[1:], generator=torch.Generator().manual_seed(5))]
+    q = Q.ptq(tiny_plain, calib)
+    result, _ = export_verified(q, example, "tensorrt", tmp_path / "q", precision="int8")
+    assert "quantization-aware" in result.info["int8"] and "calibration" not in result.info
+    assert result.info["verification"]["top1_agreement"] >= 0.7

@@ -13,7 +13,7 @@ from edgeopt.runtimes import Session
 _HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": None}
 
 
-def _precision_name(ov_type) -> str:
+def precision_name(ov_type) -> str:
     text = str(ov_type).lower()  # an ov.Type, printed like "<type: 'bfloat16'>" or "bf16"
     for key, name in (("bf", "bf16"), ("16", "fp16"), ("32", "fp32")):
         if key in text:
@@ -45,7 +45,7 @@ def load_openvino(path: Path, precision: str = "fp32", threads: int | None = Non
         compiled = core.compile_model(ov_model, device.upper(), config)
     except Exception as e:
         raise ArtifactError(f"OpenVINO cannot load {path}: {str(e).strip().splitlines()[0][:200]}") from None
-    executed = _precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    executed = precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
     if quantized:  # an NNCF IR: read from the graph, whatever precision the caller named
         executed = f"int8+{executed}"  # quantized layers run int8, the rest at the hint's precision
     request = compiled.create_infer_request()

@@ -37,6 +37,7 @@ class TargetProfile(BaseModel):
     dla_cores: int = Field(0, ge=0)
     memory_gb: float | None = Field(None, gt=0)
     cores: int | None = Field(None, ge=1)
+    clock_ghz: float | None = Field(None, gt=0)  # the clock the peak figures assume (CPU profiles)
     peak_ops: dict[str, float] = Field(default_factory=dict)  # precision -> ops/s (1 MAC = 2 ops)
     memory_bandwidth_gbs: float | None = Field(None, gt=0)
     call_overhead_ms: float = Field(0.0, ge=0)  # fixed cost of one inference call (launch, sync), roofline floor
@@ -130,6 +131,16 @@ INTERESTING_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "av
                      "amx_tile", "amx_bf16", "amx_int8", "asimd", "asimddp", "sve", "bf16", "i8mm")
 
 
+def _clock_ghz() -> float | None:
+    """This CPU's clock as the kernel reports it (Linux), None elsewhere."""
+    try:
+        mhz = [float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines()
+               if line.lower().startswith("cpu mhz")]
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(mhz) / 1000 if mhz else None
+
+
 def detect_local() -> TargetProfile:
     """Describe the running machine. CUDA is checked through torch only if torch is already importable."""
     flags = cpu_flags()
@@ -153,13 +164,17 @@ def detect_local() -> TargetProfile:
     peaks, bandwidth, overhead, desc = {}, None, 0.0, f"this machine: {cpu_model()}"
     ref = _closest_cpu_profile(set(feats), arch) if kind == "cpu" else None
     if ref is not None and ref.cores:
-        # roofline figures: the closest built-in CPU profile, scaled to this machine's core count
-        # (same clock assumed; an estimate, and labelled so wherever it is used)
+        # roofline figures: the closest built-in CPU profile, scaled to this machine's core count and clock
+        # (an estimate, and labelled so wherever it is used)
         scale = cores / ref.cores
+        ghz = _clock_ghz()
+        if ghz and ref.clock_ghz:
+            scale *= ghz / ref.clock_ghz
         peaks = {p: v * scale for p, v in ref.peak_ops.items() if p in precisions}
         bandwidth = ref.memory_bandwidth_gbs * min(1.0, scale) if ref.memory_bandwidth_gbs else None
         overhead = ref.call_overhead_ms
-        desc += f" (roofline figures scaled from {ref.name} to {cores} cores)"
+        desc += (f" (roofline figures scaled from {ref.name} to {cores} cores"
+                 + (f" at {ghz:.1f} GHz)" if ghz and ref.clock_ghz else ")"))
     return TargetProfile(
         name="local", description=desc, kind=kind, arch=arch,
         isa_features=feats, runtimes=runtimes, precisions=precisions,
