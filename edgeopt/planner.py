@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from edgeopt.config import DeployContext, ModelSummary
 from edgeopt.plan_retrain import from_scratch_structures, qat_formats, sparse_structures
 from edgeopt.plan_rules import allowed as _allowed
-from edgeopt.plan_rules import budget_kind
+from edgeopt.plan_rules import budget_kind, precision_pairs
 from edgeopt.report import Decision, Step
 from edgeopt.targets import TargetProfile
 from edgeopt.techniques import TECHNIQUES
@@ -143,8 +143,8 @@ def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, l
     if not runtimes:
         runtimes = ["onnxruntime"]
 
-    pairs = _precision_pairs(context, target, runtimes, precisions_of_format, decisions,
-                             calibrated=has_calib_data or context.calib_random)
+    pairs = precision_pairs(context, target, runtimes, precisions_of_format, decisions, FORMAT_OF_RUNTIME,
+                            calibrated=has_calib_data or context.calib_random)
     structures = [("original", [], "unchanged model", None, 0.0)]
     finetune = _finetune_step(context, has_train_data, decisions)
     structures += _prune_structures(context, target, summary, has_calib_data, finetune, decisions, sensitivity)
@@ -174,47 +174,6 @@ def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, l
 
 
 MARGIN = 0.8  # a budget counts as "met with margin" at 80% of it: measurement noise stays inside the budget
-
-
-def _needed_support(prec: str) -> str:
-    return "int8" if prec.startswith("int8") else prec  # int8, int8_weights, int8_dynamic: all need int8 units
-
-
-def _precision_pairs(context, target, runtimes, precisions_of_format, decisions,
-                     calibrated: bool = True) -> list[tuple[str, str, str]]:
-    """(format, precision, why) per runtime: what the backend can produce AND the target's hardware runs well."""
-    pairs: list[tuple[str, str, str]] = []
-    for rt in runtimes:
-        fmt = FORMAT_OF_RUNTIME[rt]
-        for prec in precisions_of_format.get(fmt, ("fp32",)):
-            if prec == "fp32":
-                pairs.append((fmt, prec, f"{rt} fp32: the reference precision"))
-            elif _needed_support(prec) not in target.precisions:
-                decisions.append(Decision(technique=f"quantize:{prec}@{rt}", decision="skipped",
-                                          reason=f"{target.name} has no {_needed_support(prec)} hardware "
-                                                 "support: a slower or emulated path would not pay off"))
-            elif not _allowed(context, "quantize"):
-                decisions.append(Decision(technique=f"quantize:{prec}@{rt}", decision="skipped",
-                                          reason="excluded by --techniques"))
-            elif prec.startswith("int8") and prec not in ("int8_weights", "int8_dynamic") and not calibrated:
-                decisions.append(Decision(technique=f"quantize:{prec}@{rt}", decision="skipped",
-                                          reason="INT8 scales need representative calibration inputs: pass "
-                                                 "--data / calib_data (or --calib random to accept meaningless "
-                                                 "scales)"))
-            else:
-                gain = ("smaller weights on disk" if context.goal == "size" else
-                        f"{target.name} accelerates {_needed_support(prec)}")
-                pairs.append((fmt, prec, f"{rt} {prec}: {gain}; kept only if measured faster than fp32 "
-                                         "within the accuracy budget"))
-    produced = {_needed_support(p) for _, p, _ in pairs}
-    for prec in target.precisions:
-        if prec != "fp32" and prec not in produced and not any(d.technique.startswith(f"quantize:{prec}")
-                                                               for d in decisions):
-            decisions.append(Decision(
-                technique=f"quantize:{prec}", decision="skipped",
-                reason=f"{target.name} accelerates {prec}, but no registered backend for "
-                       f"{', '.join(runtimes)} produces it here"))
-    return pairs
 
 
 def _finetune_step(context, has_train_data: bool, decisions) -> Step | None:
