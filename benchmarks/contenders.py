@@ -138,15 +138,18 @@ def build_contenders(task: Task, workdir: Path, skip: set[str] = frozenset()) ->
     return out
 
 
-def edgeopt_contender(name: str, task: Task, workdir: Path, retrain: bool, bench_time: float) -> Contender:
+def edgeopt_contender(name: str, task: Task, workdir: Path, retrain: bool, bench_time: float,
+                      time_budget_s: float | None = None) -> Contender:
     """Run edgeopt's optimize and load the artifact it chose, on the runtime and precision it chose."""
     import edgeopt
     from edgeopt.backends import backend_for
     from edgeopt.bench import BenchConfig
 
-    kwargs = {}
+    kwargs = {"time_budget_s": time_budget_s} if time_budget_s else {}
     if retrain:
         kwargs["train_data"] = task.train
+        if time_budget_s:
+            kwargs["epochs"] = 1  # a short search fine-tunes for one epoch
     out_dir = workdir / name
     report = edgeopt.optimize(task.model, task.example, target="local", goal="latency", max_accuracy_drop=1.0,
                               retrain=retrain, eval_data=task.eval, calib_data=task.calib, out_dir=out_dir,
@@ -159,5 +162,5 @@ def edgeopt_contender(name: str, task: Task, workdir: Path, retrain: bool, bench
     x = task.example.numpy()
     return Contender(name, session.run, session.lean_call(x), session.precision_executed,
                      size_bytes=chosen.size_bytes, params=chosen.params, macs=chosen.macs,
-                     info={"chosen": chosen.id, "search_s": report.wall_time_s,
+                     info={"chosen": chosen.id, "search_s": report.wall_time_s, "search_budget_s": time_budget_s,
                            "steps": [s.technique for s in chosen.steps]})

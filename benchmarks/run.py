@@ -54,7 +54,8 @@ def run_task(task, args, workdir: Path) -> dict:
     for retrain in ([False, True] if task.train is not None and not args.no_retrain else [False]):
         name = "edgeopt" + (" --retrain" if retrain else "")
         try:
-            contenders.append(edgeopt_contender(name, task, workdir, retrain, bench_time=args.bench_time))
+            contenders.append(edgeopt_contender(name, task, workdir, retrain, bench_time=args.bench_time,
+                                                time_budget_s=args.search_budget))
         except Exception as e:  # edgeopt failing is a result too: recorded, the suite goes on
             print(f"  {name} failed: {type(e).__name__}: {e}", flush=True)
     reference = None
@@ -132,10 +133,14 @@ def main(argv=None) -> None:
     p.add_argument("--no-retrain", action="store_true")
     p.add_argument("--measure-time", type=float, default=None)
     p.add_argument("--bench-time", type=float, default=3.0, help="edgeopt's own measurement budget")
+    p.add_argument("--search-budget", type=float, default=None,
+                   help="edgeopt's --time-budget per optimize run, seconds (--quick: 30; full: none)")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "edgeopt-bench-cache")
     args = p.parse_args(argv)
     args.measure_time = args.measure_time or (5.0 if args.quick else 20.0)
+    if args.quick and args.search_budget is None:
+        args.search_budget = 30.0  # a shorter search (said in the results); the full suite searches to the end
     models = args.models.split(",") if args.models else (
         ["resnet18"] if args.quick else ["resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0"])
     t0 = time.perf_counter()
@@ -149,12 +154,15 @@ def main(argv=None) -> None:
     stamp = f"{datetime.date.today()}-{platform.node() or 'host'}"
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {"date": str(datetime.date.today()), "host": platform.node(), "quick": args.quick,
+               "search_budget_s": args.search_budget,
                "wall_s": round(time.perf_counter() - t0, 1), "results": results}
     from edgeopt.environment import environment
 
     payload["environment"] = environment()
     (args.out / f"{stamp}.json").write_text(json.dumps(payload, indent=2))
     md = to_markdown(results)
+    if args.search_budget:
+        md = f"*edgeopt's searches were limited to {args.search_budget:g} s each (--time-budget)*\n\n" + md
     (args.out / f"{stamp}.md").write_text(md)
     print(md)
     print(f"wall time {payload['wall_s']} s; wrote {args.out / (stamp + '.json')}")
