@@ -55,7 +55,7 @@ def run_task(task, args, workdir: Path) -> dict:
         name = "edgeopt" + (" --retrain" if retrain else "")
         try:
             contenders.append(edgeopt_contender(name, task, workdir, retrain, bench_time=args.bench_time,
-                                                time_budget_s=args.search_budget))
+                                                time_budget_s=getattr(args, "search_budget", None)))
         except Exception as e:  # edgeopt failing is a result too: recorded, the suite goes on
             print(f"  {name} failed: {type(e).__name__}: {e}", flush=True)
     reference = None
