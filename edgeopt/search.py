@@ -256,7 +256,8 @@ class Search:
             return
         cand.artifact = str(result.path.relative_to(self.out_dir))
         cand.size_bytes = result.size_bytes
-        cand.size_compressed_bytes = result.compressed_size_bytes()
+        if self.context.goal == "size" or self.context.size_budget_mb:  # deflating big artifacts costs seconds
+            cand.size_compressed_bytes = result.compressed_size_bytes()
         cand.precision_executed = session.precision_executed
         cand.exporter = result.exporter
         cand.verification = result.info.get("verification")
