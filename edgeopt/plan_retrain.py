@@ -34,10 +34,10 @@ def sparse_structures(context: DeployContext, target: TargetProfile, finetune: S
                       decisions: list[Decision]) -> list[tuple]:
     tech = "unstructured_pruning"
     if context.goal == "size":
-        if not allowed(context, "unstructured") and not allowed(context, "imp"):
+        use_imp = bool(finetune) and allowed(context, "imp")
+        if not use_imp and not allowed(context, "unstructured"):
             decisions.append(Decision(technique=tech, decision="skipped", reason="excluded by --techniques"))
             return []
-        use_imp = bool(finetune) and allowed(context, "imp")
         out = []
         for s in SPARSITIES[bool(finetune)]:
             if use_imp:  # lottery-ticket style: prune gradually, retrain between rounds (LR rewinding)

@@ -233,3 +233,10 @@ def test_sensitivity_reaches_every_prune_step():
     prune_steps = [s for c in p.candidates for s in c.steps if s.technique == "prune"]
     assert prune_steps and all(s.params["sensitivity"] == drops for s in prune_steps)
     assert "sensitivity" in next(d for d in p.decisions if d.technique == "prune").reason
+
+
+def test_techniques_filter_holds_for_sparsity():
+    only_imp = _plan8(goal="size", techniques=["prune", "imp"])  # no retraining: IMP impossible, magnitude excluded
+    assert not any(s.technique in ("unstructured", "imp") for c in only_imp.candidates for s in c.steps)
+    with_retrain = _plan8(goal="size", retrain=True, techniques=["prune", "imp", "fine_tune"])
+    assert {c.family for c in with_retrain.candidates if c.family in ("imp", "sparse")} == {"imp"}
