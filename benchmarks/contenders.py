@@ -57,7 +57,7 @@ def _ort_contender(name, path: Path, x: np.ndarray, precision: str, model=None) 
 def _counts(model, x) -> dict:
     if model is None:
         return {}
-    from edgeopt.analyze import count_macs, count_params
+    from edgeopt.inputs.analyze import count_macs, count_params
 
     return {"params": count_params(model), "macs": count_macs(model, torch.from_numpy(x))}
 
@@ -67,7 +67,7 @@ def _ov_contender(name, ov_model, x: np.ndarray, model=None) -> Contender:
 
     core = ov.Core()
     compiled = core.compile_model(ov_model, "CPU", {"INFERENCE_NUM_THREADS": _threads()})
-    from edgeopt.runtimes.openvino import precision_name
+    from edgeopt.formats.openvino import precision_name
 
     executed = precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
     req = compiled.create_infer_request()
@@ -142,8 +142,8 @@ def edgeopt_contender(name: str, task: Task, workdir: Path, retrain: bool, bench
                       time_budget_s: float | None = None) -> Contender:
     """Run edgeopt's optimize and load the artifact it chose, on the runtime and precision it chose."""
     import edgeopt
-    from edgeopt.backends import backend_for
-    from edgeopt.bench import BenchConfig
+    from edgeopt.formats import backend_for
+    from edgeopt.measure.timing import BenchConfig
 
     kwargs = {"time_budget_s": time_budget_s} if time_budget_s else {}
     if retrain:

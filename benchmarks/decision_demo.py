@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import edgeopt  # noqa: E402
-from edgeopt.bench import BenchConfig  # noqa: E402
+from edgeopt.measure.timing import BenchConfig  # noqa: E402
 
 
 def steps_text(c) -> str:

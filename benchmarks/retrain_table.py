@@ -24,8 +24,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's edgeopt, not an installed one
 import edgeopt  # noqa: E402
-from edgeopt.data import batchify, digits_splits  # noqa: E402
-from edgeopt.demo import cache_dir  # noqa: E402
+from edgeopt.inputs.data import batchify, digits_splits  # noqa: E402
+from edgeopt.inputs.demo import cache_dir  # noqa: E402
 from edgeopt.report import write_atomic  # noqa: E402
 from edgeopt.techniques import qat as Q  # noqa: E402
 from edgeopt.training import fit, top1  # noqa: E402

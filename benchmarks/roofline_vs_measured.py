@@ -1,6 +1,6 @@
 """Closing-note numbers for issue 6, on this machine:
 
-1. the roofline estimate (edgeopt/roofline.py, this machine's `local` profile) vs the measured p50, for the
+1. the roofline estimate (edgeopt/measure/roofline.py, this machine's `local` profile) vs the measured p50, for the
    built-in demo and torchvision resnet18 (random weights, 1x3x224x224), on ONNX Runtime fp32 and OpenVINO
    fp32/bf16 — measured interleaved, as optimize does;
 2. the remote-agent round-trip overhead: a real `edgeopt agent` on loopback measures the demo's ONNX;
@@ -29,11 +29,11 @@ sys.path.insert(0, str(ROOT))
 def roofline_rows(bench_time: float, threads: int | None) -> list[dict]:
     import torch
 
-    from edgeopt.analyze import count_macs, count_params
-    from edgeopt.backends import BACKENDS, backend_for, export_verified
-    from edgeopt.bench import BenchConfig, measure
-    from edgeopt.models import load_model
-    from edgeopt.roofline import roofline
+    from edgeopt.formats import BACKENDS, backend_for, export_verified
+    from edgeopt.inputs.analyze import count_macs, count_params
+    from edgeopt.inputs.models import load_model
+    from edgeopt.measure.roofline import roofline
+    from edgeopt.measure.timing import BenchConfig, measure
     from edgeopt.targets import detect_local
 
     local = detect_local()
@@ -71,8 +71,8 @@ def agent_overhead(repeats: int = 3) -> dict:
     import torch
 
     from edgeopt import export
-    from edgeopt.agent.client import AgentClient, AgentError, measure_remote
-    from edgeopt.models import load_model
+    from edgeopt.inputs.models import load_model
+    from edgeopt.remote.client import AgentClient, AgentError, measure_remote
 
     tmp = Path(tempfile.mkdtemp(prefix="agent-overhead-"))
     loaded = load_model("demo")

@@ -20,8 +20,8 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def _accuracy(c: Contender, task, reference: np.ndarray | None) -> float:
-    from edgeopt.data import Batches
-    from edgeopt.evaluate import predictions
+    from edgeopt.inputs.data import Batches
+    from edgeopt.measure.accuracy import predictions
 
     batches = Batches([(b[0], b[1]) if isinstance(b, tuple) else (b, None) for b in task.eval])
     preds = predictions(c.run, batches, task.example.shape[0])
@@ -46,7 +46,7 @@ def _roofline_fraction(macs: int | None, p50_ms: float, precision: str) -> float
 
 
 def run_task(task, args, workdir: Path) -> dict:
-    from edgeopt.bench import BenchConfig, measure
+    from edgeopt.measure.timing import BenchConfig, measure
 
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"[{task.name}] {task.model_name}: building contenders", flush=True)
@@ -60,8 +60,8 @@ def run_task(task, args, workdir: Path) -> dict:
             print(f"  {name} failed: {type(e).__name__}: {e}", flush=True)
     reference = None
     if not task.labelled:
-        from edgeopt.data import Batches
-        from edgeopt.evaluate import predictions
+        from edgeopt.inputs.data import Batches
+        from edgeopt.measure.accuracy import predictions
 
         reference = predictions(contenders[0].run, Batches([(b, None) for b in task.eval]), task.example.shape[0])
     print(f"[{task.name}] {task.model_name}: measuring {len(contenders)} contenders interleaved", flush=True)
@@ -156,7 +156,7 @@ def main(argv=None) -> None:
     payload = {"date": str(datetime.date.today()), "host": platform.node(), "quick": args.quick,
                "search_budget_s": args.search_budget,
                "wall_s": round(time.perf_counter() - t0, 1), "results": results}
-    from edgeopt.environment import environment
+    from edgeopt.targets.host import environment
 
     payload["environment"] = environment()
     (args.out / f"{stamp}.json").write_text(json.dumps(payload, indent=2))

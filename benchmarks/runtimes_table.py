@@ -1,6 +1,6 @@
 """The closing-note table of issue 3: p50 latency of torchvision resnet18, resnet50 and mobilenet_v2
 (224x224, batch 1) in PyTorch eager fp32 and every installed runtime x precision this CPU supports, all
-measured in ONE interleaved run (edgeopt.bench.measure), plus top-1 agreement of each reduced precision
+measured in ONE interleaved run (edgeopt.measure.timing.measure), plus top-1 agreement of each reduced precision
 with PyTorch fp32.
 
 No network and no datasets here: the models have seeded random weights, and INT8 is calibrated on random
@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from edgeopt.backends import BACKENDS  # noqa: E402
-from edgeopt.bench import BenchConfig, measure  # noqa: E402
-from edgeopt.environment import environment  # noqa: E402
+from edgeopt.formats import BACKENDS  # noqa: E402
+from edgeopt.measure.timing import BenchConfig, measure  # noqa: E402
 from edgeopt.targets import detect_local  # noqa: E402
+from edgeopt.targets.host import environment  # noqa: E402
 
 
 def _pairs(all_int8_modes: bool) -> list[tuple[str, str, dict]]:

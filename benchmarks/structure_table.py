@@ -1,7 +1,7 @@
 """Closing-note tables for structured pruning and factorization (issue 4).
 
 Per architecture: params and MACs before/after 30% L2 pruning, ONNX Runtime p50 before/after at 224x224
-(the two models measured interleaved, see edgeopt.bench.measure). Factorization on resnet18/vgg11:
+(the two models measured interleaved, see edgeopt.measure.timing.measure). Factorization on resnet18/vgg11:
 MACs and ONNX Runtime p50 vs energy kept (Tucker-2). Random weights: latency and MACs do not depend on
 them, accuracy is not reported here.
 
@@ -23,9 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import edgeopt  # noqa: E402
-from edgeopt.analyze import count_macs, count_params  # noqa: E402
-from edgeopt.bench import BenchConfig, measure  # noqa: E402
-from edgeopt.runtimes.onnxruntime import load_onnxruntime  # noqa: E402
+from edgeopt.formats.onnx import load_onnxruntime  # noqa: E402
+from edgeopt.inputs.analyze import count_macs, count_params  # noqa: E402
+from edgeopt.measure.timing import BenchConfig, measure  # noqa: E402
 
 ARCHS = ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "densenet121", "convnext_tiny", "regnet_y_400mf",
          "shufflenet_v2_x1_0", "googlenet", "vit_b_16", "swin_t"]

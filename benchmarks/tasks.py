@@ -32,7 +32,7 @@ class Task:
 
 
 def _digits64(seed: int = 0):
-    from edgeopt.data import digits_splits
+    from edgeopt.inputs.data import digits_splits
 
     xt, yt, xv, yv = digits_splits(seed)
     up = lambda x: nn.functional.interpolate(x, size=(T1_SIZE, T1_SIZE), mode="bilinear",  # noqa: E731

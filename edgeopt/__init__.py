@@ -36,7 +36,7 @@ def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: s
     post-training quantization that breaks the budget is retried with quantization-aware training.
     Finished candidates are cached in out_dir and reused by a rerun unless `resume=False`.
     """
-    from edgeopt.pipeline import optimize as _optimize
+    from edgeopt.engine.pipeline import optimize as _optimize
 
     return _optimize(model, example_inputs, target=target, goal=goal, max_accuracy_drop=max_accuracy_drop,
                      retrain=retrain, eval_data=eval_data, calib_data=calib_data, out_dir=out_dir, **kwargs)
@@ -84,7 +84,7 @@ def prune_sensitivity(model, example_inputs: torch.Tensor, evaluate, ratio: floa
 def export(model, example_inputs: torch.Tensor, format: str = "onnx", precision: str = "fp32",
            out: str | Path = "model.onnx", calib_data=None, verify: bool = True) -> Path:
     """Export and verify outputs against PyTorch (VerificationError on mismatch). Returns the artifact path."""
-    from edgeopt.backends import export_verified
+    from edgeopt.formats import export_verified
 
     result, _ = export_verified(model, example_inputs, format, Path(out), precision=precision,
                                 calib=calib_data, verify=verify)
@@ -95,15 +95,15 @@ def benchmark(path: str | Path, runtime: str | None = None, precision: str = "fp
               threads: int | None = None, input_shape: tuple[int, ...] | None = None,
               config=None) -> BenchmarkResult:
     """Measure an artifact's latency on a runtime: warm-up, repetitions until the median is stable."""
-    from edgeopt.benchmarking import benchmark_artifact
+    from edgeopt.measure.artifacts import benchmark_artifact
 
     return benchmark_artifact(Path(path), runtime=runtime, precision=precision, threads=threads,
                               input_shape=input_shape, config=config)
 
 
 def load_model(spec="demo", weights=None, input_shape=None, trust_pickle: bool = False):
-    """Load a model spec; returns edgeopt.models.LoadedModel (model, source, input_shape, info)."""
-    from edgeopt.models import load_model as _load
+    """Load a model spec; returns edgeopt.inputs.models.LoadedModel (model, source, input_shape, info)."""
+    from edgeopt.inputs.models import load_model as _load
 
     return _load(spec, weights=weights, input_shape=input_shape, trust_pickle=trust_pickle)
 

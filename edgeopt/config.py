@@ -46,6 +46,18 @@ class DeployContext(BaseModel):
         return v
 
 
+class DataOptions(BaseModel):
+    """How a data spec (image folder, module:function) is read and split. Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_size: int | tuple[int, int] | None = None  # default: the model's input size
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    val_split: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = 0
+
+
 def make_context(**kwargs) -> DeployContext:
     """Build a DeployContext, turning pydantic's multi-line errors into one typed line."""
     try:

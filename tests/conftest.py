@@ -43,6 +43,6 @@ def tinynet_spec():
 
 @pytest.fixture(scope="session")
 def fast_bench():
-    from edgeopt.bench import BenchConfig
+    from edgeopt.measure.timing import BenchConfig
 
     return BenchConfig(warmup_runs=2, warmup_s=0.0, min_runs=10, max_time_s=0.5)

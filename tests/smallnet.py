@@ -28,7 +28,7 @@ def make(width: int = 16, seed: int = 0) -> SmallNet:
 
 def digits16(batch: int = 64, size: int = 16):
     """(train batches, validation batches) of digits at size x size."""
-    from edgeopt.data import batchify, digits_splits
+    from edgeopt.inputs.data import batchify, digits_splits
 
     xt, yt, xv, yv = digits_splits()
     xt, xv = (F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False) for x in (xt, xv))
@@ -56,7 +56,7 @@ def trained(size: int = 8, epochs: int = 4) -> tuple[SmallNet, object, object]:
 
 def splits8() -> dict:
     """Digits at 8x8 as {"calib", "train", "eval"}: the `--data file.py:function` of CLI tests that train."""
-    from edgeopt.data import Batches
+    from edgeopt.inputs.data import Batches
 
     train, val = digits16(size=8)
     return {"calib": Batches(train.items[:2]), "train": train, "eval": val}

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from edgeopt.agent import PROTOCOL_HEADER, PROTOCOL_VERSION
-from edgeopt.agent.client import AgentClient, AgentError, measure_remote
+from edgeopt.remote import PROTOCOL_HEADER, PROTOCOL_VERSION
+from edgeopt.remote.client import AgentClient, AgentError, measure_remote
 
 ROOT = Path(__file__).parent.parent
 TOKEN = "test-token-0123456789abcdef"
@@ -144,7 +144,7 @@ def test_protocol_mismatch_refuses_cleanly(agent, monkeypatch):
     url = agent[1]
     r = httpx.get(url + "/v1/info", headers=_headers(proto=PROTOCOL_VERSION + 1))
     assert r.status_code == 409 and "protocol" in r.json()["error"]
-    import edgeopt.agent.client as client
+    import edgeopt.remote.client as client
 
     monkeypatch.setattr(client, "PROTOCOL_VERSION", PROTOCOL_VERSION + 1)
     with pytest.raises(AgentError, match="protocol mismatch"):
@@ -191,7 +191,7 @@ def test_per_job_timeout(tmp_path, model_and_data):
 
 
 def test_optimize_measures_on_the_device(agent, tinynet_spec, tmp_path, fast_bench):
-    from edgeopt.pipeline import optimize
+    from edgeopt.engine.pipeline import optimize
 
     url = agent[1]
     report = optimize(tinynet_spec, input_shape=(1, 1, 16, 16), target="local", out_dir=tmp_path,
@@ -203,7 +203,7 @@ def test_optimize_measures_on_the_device(agent, tinynet_spec, tmp_path, fast_ben
 
 
 def test_exposed_address_warns_and_loopback_does_not():
-    from edgeopt.agent.server import exposure_warning
+    from edgeopt.remote.server import exposure_warning
 
     assert exposure_warning("127.0.0.1") is None and exposure_warning("::1") is None
     assert exposure_warning("localhost") is None
@@ -212,8 +212,8 @@ def test_exposed_address_warns_and_loopback_does_not():
 
 
 def test_short_or_missing_token_file_is_a_clear_error(tmp_path):
-    from edgeopt.agent import read_token_file
     from edgeopt.errors import ConfigError
+    from edgeopt.remote import read_token_file
 
     (tmp_path / "t").write_text("short\n")
     with pytest.raises(ConfigError, match="at least 16"):

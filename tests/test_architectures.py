@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import edgeopt
-from edgeopt.analyze import count_params
+from edgeopt.inputs.analyze import count_params
 
 FAST = ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "regnet_y_400mf", "shufflenet_v2_x1_0", "googlenet"]
 SLOW = ["densenet121", "convnext_tiny", "vit_b_16", "swin_t"]

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import edgeopt
-from edgeopt.cache import CandidateCache, data_hash, key, model_hash
-from edgeopt.data import Batches
-from edgeopt.pipeline import Progress
+from edgeopt.engine.cache import CandidateCache, data_hash, key, model_hash
+from edgeopt.engine.pipeline import Progress
+from edgeopt.inputs.data import Batches
 
 
 def test_keys_follow_model_weights_steps_and_data(tiny_plain):

@@ -1,5 +1,5 @@
 """A whole `optimize --retrain` under torchrun: rank 0 searches, exports, measures and reports; the other rank
-only joins the DDP fine-tuning of each structure rank 0 builds (edgeopt/distributed.py)."""
+only joins the DDP fine-tuning of each structure rank 0 builds (edgeopt/engine/distributed.py)."""
 
 import json
 import os
@@ -11,8 +11,8 @@ import pytest
 import smallnet
 import torch
 
-from edgeopt import distributed, pipeline
-from edgeopt.data import DataSplits
+from edgeopt.engine import distributed, pipeline
+from edgeopt.inputs.data import DataSplits
 from edgeopt.report import Step
 from edgeopt.training import ddp
 

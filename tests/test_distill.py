@@ -5,8 +5,8 @@ import smallnet
 import torch
 
 import edgeopt
-from edgeopt.data import batchify
 from edgeopt.errors import ConfigError
+from edgeopt.inputs.data import batchify
 from edgeopt.training import distill, fit, top1
 from edgeopt.training.features import _outputs, match_layers
 from edgeopt.training.losses import attention_transfer_loss, rkd_angle_loss, rkd_distance_loss, rkd_loss

@@ -4,8 +4,8 @@ import torch
 from torch import nn
 
 import edgeopt
-from edgeopt.analyze import count_macs
 from edgeopt.errors import ConfigError
+from edgeopt.inputs.analyze import count_macs
 from edgeopt.techniques.ranks import energy_rank, vbmf_rank
 
 

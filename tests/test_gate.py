@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edgeopt.bench import stats_from_samples
 from edgeopt.cli import app
-from edgeopt.gate import GateInputError, load_subject, median_ratio_ci, parse_percent, run_gate
+from edgeopt.measure.timing import stats_from_samples
 from edgeopt.report import Candidate, Report
+from edgeopt.report.gate import GateInputError, load_subject, median_ratio_ci, parse_percent, run_gate
 
 runner = CliRunner()
 
@@ -76,7 +76,7 @@ def test_noisy_small_sample_is_not_called_a_regression():
 
 
 def load_like(samples):
-    from edgeopt.gate import Subject
+    from edgeopt.report.gate import Subject
 
     return Subject("mem", "m", stats_from_samples(samples), "measured")
 
@@ -123,7 +123,7 @@ def test_bad_input(tmp_path):
 
 def test_same_artifact_benchmarked_twice_passes_a_15_percent_gate_repeatedly(tmp_path, tiny, example):
     from edgeopt import benchmark, export
-    from edgeopt.bench import BenchConfig
+    from edgeopt.measure.timing import BenchConfig
 
     path = export(tiny, example, format="onnx", out=tmp_path / "m.onnx")
     cfg = BenchConfig(warmup_runs=5, warmup_s=0.05, min_runs=50, max_time_s=0.6)

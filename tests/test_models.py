@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from edgeopt.errors import ConfigError, InputShapeError, ModelLoadError, UnsafePickleError
-from edgeopt.models import load_model, parse_input_shape, split_spec
+from edgeopt.inputs.models import load_model, parse_input_shape, split_spec
 
 
 def _sha(path):

@@ -91,7 +91,7 @@ def demo_out(tmp_path_factory):
 
 @pytest.mark.parametrize("budget", [0.0, 0.5, 2.0])
 def test_demo_chosen_candidate_is_within_budget(demo_out, budget):
-    from edgeopt.bench import BenchConfig
+    from edgeopt.measure.timing import BenchConfig
 
     report = edgeopt.optimize("demo", max_accuracy_drop=budget, out_dir=demo_out,
                               bench_config=BenchConfig(warmup_runs=3, min_runs=10, max_time_s=1.0))

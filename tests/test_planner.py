@@ -1,8 +1,8 @@
 import pytest
 
 from edgeopt.config import ModelSummary, make_context
+from edgeopt.decide.plan import plan
 from edgeopt.errors import ConfigError, UnknownNameError
-from edgeopt.planner import plan
 from edgeopt.targets import detect_local, load_target
 
 SUMMARY = ModelSummary(params=1_000_000, macs=100_000_000, input_shape=[1, 3, 64, 64], num_outputs=10,

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 import edgeopt
-from edgeopt.analyze import analyze, count_macs, count_params
 from edgeopt.errors import PruningError, UnknownNameError
+from edgeopt.inputs.analyze import analyze, count_macs, count_params
 from edgeopt.techniques.prune import IMPORTANCE_NAMES
 
 

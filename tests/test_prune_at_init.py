@@ -3,8 +3,8 @@ import smallnet
 import torch
 
 import edgeopt
-from edgeopt.data import Batches
 from edgeopt.errors import ConfigError, DataError
+from edgeopt.inputs.data import Batches
 from edgeopt.techniques import TECHNIQUES
 from edgeopt.techniques import unstructured as U
 from edgeopt.techniques.prune_at_init import prune_at_init

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 import edgeopt
-from edgeopt.backends import BACKENDS, export_verified
-from edgeopt.data import Batches
 from edgeopt.errors import DataError
-from edgeopt.exporters.calibration import holdout, resolve_calibration
-from edgeopt.runtimes.onnxruntime import graph_precision
+from edgeopt.formats import BACKENDS, export_verified
+from edgeopt.formats.calibration import holdout, resolve_calibration
+from edgeopt.formats.onnx import graph_precision
+from edgeopt.inputs.data import Batches
 
 OV = pytest.mark.skipif(not BACKENDS.get("openvino").installed(), reason=BACKENDS.get("openvino").missing_reason())
 
@@ -121,9 +121,9 @@ def test_openvino_accuracy_control_with_labelled_data(tmp_path, tiny_plain, exam
 
 def test_planner_proposes_quantized_candidates_and_selection_rejects_slower(tmp_path):
     from edgeopt.config import DeployContext, ModelSummary
-    from edgeopt.planner import plan
+    from edgeopt.decide.plan import plan
+    from edgeopt.decide.select import select
     from edgeopt.report import Candidate, LatencyStats, Report
-    from edgeopt.selection import select
     from edgeopt.targets import load_target
 
     amx = load_target("x86-amx")

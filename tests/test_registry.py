@@ -22,7 +22,7 @@ def test_unknown_name_suggests_the_close_one():
 
 
 def test_techniques_and_formats_are_registered():
-    from edgeopt.backends import BACKENDS
+    from edgeopt.formats import BACKENDS
     from edgeopt.techniques import TECHNIQUES
 
     assert {"prune", "bn_recalibrate", "quantize"} <= set(TECHNIQUES.names())

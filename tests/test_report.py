@@ -1,7 +1,7 @@
 """report.md / report.html / report.png from a hand-built report (no export, no measurement)."""
 
 from edgeopt.report import Candidate, Decision, LatencyStats, Report, load_report, write_report
-from edgeopt.report_html import pareto_front, scatter_png, write_html_report
+from edgeopt.report.html import pareto_front, scatter_png, write_html_report
 
 
 def _lat(ms):

@@ -1,6 +1,6 @@
 import pytest
 
-from edgeopt.roofline import estimate_ms, estimate_stats, roofline
+from edgeopt.measure.roofline import estimate_ms, estimate_stats, roofline
 from edgeopt.targets import TargetProfile, detect_local, list_targets, load_target
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import edgeopt
-from edgeopt.backends import BACKENDS, export_verified
 from edgeopt.errors import ArtifactError, BackendMissingError
+from edgeopt.formats import BACKENDS, export_verified
 
 TRT = BACKENDS.get("tensorrt")
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None

@@ -24,9 +24,9 @@ def agent(
 
     Each upload is stored under the agent's own folder with generated names, measured in its own process
     (one job at a time, per-job timeout) and deleted; a bad artifact fails its job, not the agent."""
-    from edgeopt.agent import read_token_file
-    from edgeopt.agent.server import AgentConfig, serve
     from edgeopt.errors import ConfigError
+    from edgeopt.remote import read_token_file
+    from edgeopt.remote.server import AgentConfig, serve
 
     if not 0 < port < 65536:
         raise ConfigError(f"--port must be 1..65535, got {port}")

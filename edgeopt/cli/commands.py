@@ -15,7 +15,7 @@ from edgeopt.cli.optimize import MODEL_HELP
 def _load(model: str, weights: Path | None, input_shape: str | None, trust_pickle: bool):
     import torch
 
-    from edgeopt.models import load_model, parse_input_shape
+    from edgeopt.inputs.models import load_model, parse_input_shape
 
     loaded = load_model(model, weights=weights, input_shape=parse_input_shape(input_shape),
                         trust_pickle=trust_pickle)
@@ -45,8 +45,8 @@ def prune(
     import torch
 
     from edgeopt import export
-    from edgeopt.analyze import count_macs, count_params
     from edgeopt.errors import ConfigError
+    from edgeopt.inputs.analyze import count_macs, count_params
     from edgeopt.report import write_atomic
     from edgeopt.techniques.prune import prune as do_prune
 
@@ -79,7 +79,7 @@ def _calib_data(data: str | None, calib: str | None, model: str, sample_shape):
         else:
             return "random" if calib == "random" else None
     if data == "digits":
-        from edgeopt.data import digits_data
+        from edgeopt.inputs.data import digits_data
 
         return digits_data()[0]
     import numpy as np
@@ -92,7 +92,7 @@ def _calib_data(data: str | None, calib: str | None, model: str, sample_shape):
         arr = np.load(path, allow_pickle=False)  # never unpickle user files
     except Exception as e:
         raise DataError(f"--data {path} is not a readable .npy array: {str(e).splitlines()[0][:120]}") from None
-    from edgeopt.data import as_batches
+    from edgeopt.inputs.data import as_batches
 
     return as_batches([torch.from_numpy(np.asarray(arr, dtype=np.float32))], "calibration data", sample_shape)
 
@@ -116,7 +116,7 @@ def export(
     out_file: Path = typer.Option(Path("model.onnx"), "--out"),
 ) -> None:
     """Export a model at a precision and verify the artifact's outputs against PyTorch on fresh inputs."""
-    from edgeopt.backends import export_verified
+    from edgeopt.formats import export_verified
 
     loaded, example = _load(model, weights, input_shape, trust_pickle)
     calib_data = _calib_data(data, calib, model, tuple(example.shape[1:])) if precision == "int8" else None
@@ -157,11 +157,11 @@ def benchmark(
 
     With --device the artifacts are uploaded to an `edgeopt agent` and measured there (the agent builds
     what the device runs, e.g. a TensorRT engine from ONNX on a Jetson)."""
-    from edgeopt.bench import BenchConfig
-    from edgeopt.benchmarking import benchmark_many
-    from edgeopt.benchmarking import per_layer as profile
     from edgeopt.errors import ConfigError
-    from edgeopt.models import parse_input_shape
+    from edgeopt.inputs.models import parse_input_shape
+    from edgeopt.measure.artifacts import benchmark_many
+    from edgeopt.measure.artifacts import per_layer as profile
+    from edgeopt.measure.timing import BenchConfig
 
     shape = parse_input_shape(input_shape)
     layers = {}
@@ -201,9 +201,9 @@ def benchmark(
 
 def _remote_benchmark(artifacts: list[Path], device: str, token_file: Path | None, runtime: str | None,
                       precision: str, threads: int | None, input_shape, max_time: float, dataset: str | None):
-    from edgeopt.agent import read_token_file
-    from edgeopt.agent.client import measure_remote
     from edgeopt.errors import ConfigError
+    from edgeopt.remote import read_token_file
+    from edgeopt.remote.client import measure_remote
 
     if token_file is None:
         raise ConfigError("--device needs --token-file (the file holding the agent's token)")

@@ -27,7 +27,7 @@ def gate(
     A regression fails only when the 95% bootstrap interval of median(new)/median(baseline) lies entirely
     above 1 + MAX_REGRESSION, so an unchanged model does not flap on a noisy machine. Estimated latencies
     fail latency checks unless --allow-estimated."""
-    from edgeopt.gate import GateInputError, load_subject, parse_percent, run_gate, write_junit
+    from edgeopt.report.gate import GateInputError, load_subject, parse_percent, run_gate, write_junit
 
     if max_latency_ms is None and max_accuracy_drop is None and max_size_mb is None and baseline is None:
         raise GateInputError("no check asked for: give --max-latency-ms, --max-accuracy-drop, --max-size-mb "

@@ -63,19 +63,19 @@ def optimize(
     Fine-tuning on N GPUs/processes: torchrun --nproc-per-node N -m edgeopt optimize ... --retrain (rank 0 reports).
 
     Exit 0 when a candidate meets the constraints, 1 when none does (the report is still written)."""
-    from edgeopt.bench import BenchConfig
-    from edgeopt.models import parse_input_shape
-    from edgeopt.pipeline import optimize as run
+    from edgeopt.engine.pipeline import optimize as run
+    from edgeopt.inputs.models import parse_input_shape
+    from edgeopt.measure.timing import BenchConfig
 
     token = None
     if device or token_file:  # issue 6: remote measurement
-        from edgeopt.agent import read_token_file
         from edgeopt.errors import ConfigError
+        from edgeopt.remote import read_token_file
 
         if not (device and token_file):
             raise ConfigError("--device and --token-file go together")
         token = read_token_file(token_file)
-        from edgeopt.agent.client import AgentClient
+        from edgeopt.remote.client import AgentClient
 
         AgentClient(device, token).info()  # fail now on a wrong URL/token/protocol, not after the search
     # under torchrun only rank 0 shows progress and reports; the other ranks just join the fine-tuning
@@ -155,11 +155,11 @@ def plan(
 ) -> None:
     """Print the candidates the planner would try, and why (and what it leaves out, and why), without
     exporting or measuring anything. Example: edgeopt plan --target jetson --goal latency"""
-    from edgeopt.analyze import analyze
-    from edgeopt.backends import BACKENDS, installed_runtimes
     from edgeopt.config import make_context
-    from edgeopt.models import load_model, parse_input_shape
-    from edgeopt.planner import plan as make_plan
+    from edgeopt.decide.plan import plan as make_plan
+    from edgeopt.formats import BACKENDS, installed_runtimes
+    from edgeopt.inputs.analyze import analyze
+    from edgeopt.inputs.models import load_model, parse_input_shape
     from edgeopt.targets import detect_local, load_target
 
     ctx = make_context(target=target, goal=goal, max_accuracy_drop=max_accuracy_drop, retrain=retrain,

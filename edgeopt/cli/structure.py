@@ -29,9 +29,9 @@ def factorize(
     """Factorize layers into low-rank ones physically, export, verify against PyTorch, print MACs before/after.
     Layers where factorization does not reduce MACs (1x1, depthwise, small) are skipped with the reason."""
     from edgeopt import export
-    from edgeopt.analyze import count_macs, count_params
     from edgeopt.cli.commands import _load
     from edgeopt.cli.common import parse_list
+    from edgeopt.inputs.analyze import count_macs, count_params
     from edgeopt.report import write_atomic
     from edgeopt.techniques.factorize import factorize as do_factorize
 

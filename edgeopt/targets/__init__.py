@@ -1,4 +1,5 @@
-"""Target profiles: YAML files in this folder (package data), a custom YAML path, or `local` (detected).
+"""Target profiles: YAML files in the top-level `targets/` folder (installed as package data of
+`edgeopt.target_profiles`), a custom YAML path, or `local` (detected).
 
 Adding a device is adding a file. Data only: nothing heavy is imported here."""
 
@@ -16,7 +17,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edgeopt.errors import TargetError
 from edgeopt.registry import Registry
 
-PROFILE_DIR = Path(__file__).parent
+
+def _profile_dir() -> Path:
+    # a source checkout (editable install, worktree, CI clone) reads its own folder; an installed wheel the
+    # package data that setuptools maps from it
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "targets").is_dir():
+        return checkout / "targets"
+    from importlib.resources import files
+
+    return Path(str(files("edgeopt.target_profiles")))
+
+
+PROFILE_DIR = _profile_dir()
 KNOWN_RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
 KNOWN_PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8", "int4", "fp8")
 

@@ -30,6 +30,6 @@ def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor], max_batches: i
 
 
 def apply_bn_recalibrate(model: nn.Module, example: torch.Tensor, config, data=None) -> tuple[nn.Module, dict]:
-    batches = data.inputs() if data is not None else []  # data: edgeopt.data.Batches
+    batches = data.inputs() if data is not None else []  # data: edgeopt.inputs.data.Batches
     n = recalibrate_bn(model, batches, max_batches=config.batches)
     return model, {"batchnorm_layers": n, "batches": min(len(batches), config.batches)}

@@ -219,7 +219,7 @@ def prune(model: nn.Module, example: torch.Tensor, ratio: float = 0.3, importanc
 
 
 def apply_prune(model: nn.Module, example: torch.Tensor, config, data=None) -> tuple[nn.Module, dict]:
-    """Technique entry point (registry): `data` is an edgeopt.data.Batches of calibration batches."""
+    """Technique entry point (registry): `data` is an edgeopt.inputs.data.Batches of calibration batches."""
     layer_ratios = config.layer_ratios
     if config.sensitivity and not layer_ratios:
         from edgeopt.techniques.sensitivity import ratios_from_drops

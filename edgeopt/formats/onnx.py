@@ -1,0 +1,170 @@
+"""ONNX export through torch.onnx.export: the legacy TorchScript exporter first (fast), the dynamo
+exporter if that fails; the one used is recorded. The graph is checked with onnx.checker, simplified with
+onnxslim when installed, then converted to the requested precision (fp16, int8: see onnx_quant).
+
+ONNX Runtime sessions (CPU provider here; CUDA / TensorRT providers when present and asked for)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeopt.errors import ArtifactError, ExportError, InputShapeError, missing_backend
+from edgeopt.formats.base import ExportResult, Session
+
+OPSET = 17
+
+
+def _try_export(model: nn.Module, example: torch.Tensor, path: Path, dynamo: bool) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        kwargs = dict(input_names=["input"], output_names=["output"], opset_version=OPSET)
+        if dynamo:
+            kwargs["opset_version"] = max(OPSET, 18)  # the dynamo exporter's lowest supported opset
+            torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False,
+                              optimize=True, verbose=False, **kwargs)
+        else:
+            torch.onnx.export(model, (example,), str(path), dynamo=False, do_constant_folding=True, **kwargs)
+
+
+def _unsupported_op(errors: list[str]) -> str | None:
+    """Name the op (and the layer, when the exporter says) that no exporter could convert."""
+    import re
+
+    for err in errors:
+        m = re.search(r"(aten::\w+|aten\.\w+(?:\.\w+)?)", err)
+        if m and ("unsupported" in err.lower() or "not supported" in err.lower() or "no symbolic" in err.lower()):
+            where = re.search(r"(?:node|layer|module)[ :]+'?([\w./]+)", err)
+            return f"operator {m.group(1)}" + (f" at {where.group(1)}" if where else "")
+    return None
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, out: Path, precision: str = "fp32",
+                calib=None, options: dict | None = None) -> ExportResult:
+    """options: quant_mode (int8: auto | qdq-s8 | qdq-u8 | qoperator-u8 | qoperator-s8 | dynamic),
+    simplify (default True), allow_random_calib (default False)."""
+    import onnx
+
+    from edgeopt.formats import onnx_quant
+    from edgeopt.formats.calibration import resolve_calibration
+
+    options = dict(options or {})
+    if precision not in ("fp32", "fp16", "int8"):
+        raise ExportError(f"ONNX export at {precision} is not supported; use fp32, fp16 or int8")
+    out = Path(out)
+    cal = None
+    if precision == "int8" and options.get("quant_mode", "auto") != "dynamic" and calib is not None:
+        cal = resolve_calibration(calib, example, "int8", options.get("allow_random_calib", False))
+    elif precision == "int8" and calib is None and options.get("quant_mode", "auto") not in ("auto", "dynamic"):
+        resolve_calibration(calib, example, "int8", options.get("allow_random_calib", False))  # refuse early
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    errors = []
+    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".onnx.tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    conv = tmp.with_name(tmp.name + ".conv")
+    info: dict = {}
+    try:
+        for exporter, dynamo in (("torch.onnx (TorchScript)", False), ("torch.onnx (dynamo)", True)):
+            try:
+                _try_export(model, example, tmp, dynamo)
+                break
+            except Exception as e:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                errors.append(f"{exporter}: {first[:300]}")
+        else:
+            op = _unsupported_op(errors)
+            raise ExportError(("ONNX export failed: unsupported " + op) if op else
+                              "ONNX export failed: " + " | ".join(errors))
+        try:
+            onnx.checker.check_model(str(tmp))
+        except onnx.checker.ValidationError as e:
+            raise ExportError(f"exported ONNX graph is invalid: {str(e).splitlines()[0]}") from None
+        info["simplified"] = options.get("simplify", True) and onnx_quant.simplify(tmp)
+        if precision == "fp16":
+            info.update(onnx_quant.convert_fp16(tmp, conv))
+            os.replace(conv, tmp)
+        elif precision == "int8":
+            mode = onnx_quant.pick_mode(tmp, options.get("quant_mode", "auto"))
+            arrays = None
+            if mode != "dynamic":  # dynamic quantization computes activation scales at run time
+                cal = cal or resolve_calibration(calib, example, "int8", options.get("allow_random_calib", False))
+                arrays = [x.numpy().astype("float32") for x in cal.inputs]
+                info["calibration"] = cal.info()
+            info.update(onnx_quant.quantize_int8(tmp, conv, mode, arrays))
+            os.replace(conv, tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+        conv.unlink(missing_ok=True)
+    return ExportResult(path=out, format="onnx", precision=precision, exporter=exporter, files=[out],
+                        info={"opset": OPSET if not dynamo else max(OPSET, 18), "fallback_errors": errors, **info})
+
+
+_INT8_OPS = {"QuantizeLinear", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLinear", "MatMulInteger",
+             "ConvInteger", "DynamicQuantizeMatMul"}
+
+
+def graph_precision(path: Path) -> str | None:
+    """What the graph itself computes in: int8 when it holds quantized ops, fp16 when its weights are fp16.
+    The file, not the caller's flag, says what runs (`edgeopt benchmark q.onnx` must not report fp32)."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:
+        return None  # ONNX Runtime's own load reports the problem
+    if any(n.op_type in _INT8_OPS for n in graph.node):
+        return "int8"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
+def load_onnxruntime(path: Path, precision: str = "fp32", threads: int | None = None,
+                     device: str = "CPU") -> Session:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise missing_backend("onnxruntime", "dev") from None
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"artifact {path} does not exist")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    providers = ["CPUExecutionProvider"]
+    if device.upper() == "GPU":
+        avail = ort.get_available_providers()
+        providers = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in avail] + providers
+    try:
+        sess = ort.InferenceSession(str(path), so, providers=providers)
+    except Exception as e:
+        raise ArtifactError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0][:200]}") from None
+    inp = sess.get_inputs()[0]
+    shape = tuple(d if isinstance(d, int) else -1 for d in inp.shape)
+    name = inp.name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        if len(x.shape) != len(shape) or any(s not in (-1, d) for s, d in zip(shape, x.shape, strict=True)):
+            raise InputShapeError(f"input shape {tuple(x.shape)} does not match the artifact's {shape}")
+        return sess.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+    def lean_call(x: np.ndarray):
+        feed = {name: np.ascontiguousarray(x, dtype=np.float32)}
+        return lambda: sess.run(None, feed)
+
+    executed = graph_precision(path) or precision
+    return Session(runtime="onnxruntime", runtime_version=ort.__version__, precision_executed=executed,
+                   input_shape=shape, run=run, lean_call=lean_call, device=sess.get_providers()[0],
+                   threads=threads, info={"providers": sess.get_providers()})

@@ -1,0 +1,182 @@
+"""OpenVINO IR (.xml + .bin) from the torch model (ov.convert_model), falling back to an ONNX route.
+
+Weights stay fp32 in the IR for fp32/bf16/fp16: the precision actually executed is chosen at compile time by
+the runtime's inference-precision hint, and reported from there. INT8 is real post-training quantization
+through NNCF (`nncf.quantize` on calibration data; `nncf.quantize_with_accuracy_control` when labelled
+evaluation data and a maximum accuracy drop are given in options).
+
+OpenVINO sessions. The inference-precision hint is set explicitly and read back, because OpenVINO
+runs bf16 by default on AMX CPUs (FIELD_NOTES): the report states what was really executed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeopt.errors import ArtifactError, ConfigError, ExportError, InputShapeError, missing_backend
+from edgeopt.formats.base import ExportResult, Session
+
+
+def export_openvino(model: nn.Module, example: torch.Tensor, out: Path, precision: str = "fp32",
+                    calib=None, options: dict | None = None) -> ExportResult:
+    try:
+        import openvino as ov
+    except ImportError:
+        raise missing_backend("openvino", "openvino") from None
+    out = Path(out).with_suffix(".xml")
+    cal = None
+    if precision == "int8":  # refuse missing/bad calibration data before the slow conversion
+        from edgeopt.formats.calibration import resolve_calibration
+
+        cal = resolve_calibration(calib, example, "int8", dict(options or {}).get("allow_random_calib", False))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    errors = []
+    ov_model, exporter = None, None
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit deprecation chatter from the tracer
+            ov_model = ov.convert_model(model.eval(), example_input=example)
+        exporter = "openvino.convert_model (torch)"
+    except Exception as e:
+        errors.append(f"convert_model(torch): {str(e).splitlines()[0][:300] if str(e) else type(e).__name__}")
+    if ov_model is None:  # ONNX route: some graphs trace better through torch.onnx
+        from edgeopt.formats.onnx import export_onnx
+
+        with tempfile.TemporaryDirectory() as tmpdir:
+            try:
+                onnx_path = export_onnx(model, example, Path(tmpdir) / "m.onnx").path
+                ov_model = ov.convert_model(str(onnx_path))
+                exporter = "openvino.convert_model (onnx)"
+            except Exception as e:
+                errors.append(f"via onnx: {str(e).splitlines()[0][:300] if str(e) else type(e).__name__}")
+    if ov_model is None:
+        raise ExportError("OpenVINO conversion failed: " + " | ".join(errors))
+    ov_model.reshape({ov_model.input(0): ov.PartialShape(list(example.shape))})
+    info: dict = {}
+    if precision == "int8":
+        ov_model, info = _quantize(ov_model, cal, example, dict(options or {}))
+    tmpdir = Path(tempfile.mkdtemp(dir=out.parent, prefix=".ovtmp."))
+    try:  # save beside the destination, then move both files in: never half an IR
+        ov.save_model(ov_model, str(tmpdir / out.name), compress_to_fp16=False)
+        bin_path = out.with_suffix(".bin")
+        os.replace(tmpdir / out.with_suffix(".bin").name, bin_path)
+        os.replace(tmpdir / out.name, out)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return ExportResult(path=out, format="openvino", precision=precision, exporter=exporter,
+                        files=[out, out.with_suffix(".bin")], info={"fallback_errors": errors, **info})
+
+
+def _accuracy_fn(example: torch.Tensor):
+    """NNCF's validation_fn: top-1 accuracy (0..1) of a compiled model over (x, y) pairs."""
+    import numpy as np
+
+    def validate(compiled, data) -> float:
+        request = compiled.create_infer_request()
+        right = total = 0
+        for x, y in data:
+            out = request.infer({0: x})[compiled.output(0)]
+            right += int((np.asarray(out).reshape(len(y), -1).argmax(1) == y).sum())
+            total += len(y)
+        return right / max(total, 1)
+
+    return validate
+
+
+def _eval_pairs(eval_data, example: torch.Tensor) -> list:
+    """Labelled evaluation batches regrouped to the IR's static batch size, as numpy (x, y) pairs."""
+    b = int(example.shape[0])
+    pairs = []
+    for x, y in eval_data.items:
+        for i in range(0, len(x) - b + 1, b):
+            pairs.append((x[i:i + b].numpy(), y[i:i + b].numpy()))
+    return pairs
+
+
+def _quantize(ov_model, cal, example: torch.Tensor, options: dict):
+    import nncf
+
+    dataset = nncf.Dataset([x.numpy() for x in cal.inputs])
+    info = {"calibration": cal.info(), "quantizer": f"nncf {nncf.__version__}"}
+    eval_data = options.get("eval_data")
+    max_drop = options.get("max_accuracy_drop")  # percentage points
+    try:
+        if eval_data is not None and getattr(eval_data, "labelled", False) and max_drop is not None:
+            pairs = _eval_pairs(eval_data, example)
+            quantized = nncf.quantize_with_accuracy_control(
+                ov_model, calibration_dataset=dataset, validation_dataset=nncf.Dataset(pairs),
+                validation_fn=_accuracy_fn(example), max_drop=float(max_drop) / 100.0,
+                drop_type=nncf.DropType.ABSOLUTE, subset_size=len(cal.inputs))
+            info["accuracy_control"] = {"max_drop_pp": float(max_drop), "eval_samples": len(pairs)}
+        else:
+            quantized = nncf.quantize(ov_model, dataset, subset_size=len(cal.inputs),
+                                      preset=nncf.QuantizationPreset.PERFORMANCE)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ExportError(f"NNCF INT8 quantization failed: {first}") from None
+    return quantized, info
+
+
+_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": None}
+
+
+def precision_name(ov_type) -> str:
+    text = str(ov_type).lower()  # an ov.Type, printed like "<type: 'bfloat16'>" or "bf16"
+    for key, name in (("bf", "bf16"), ("16", "fp16"), ("32", "fp32")):
+        if key in text:
+            return name
+    return text
+
+
+def load_openvino(path: Path, precision: str = "fp32", threads: int | None = None,
+                  device: str = "CPU") -> Session:
+    try:
+        import openvino as ov
+    except ImportError:
+        raise missing_backend("openvino", "openvino") from None
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"artifact {path} does not exist")
+    if precision not in _HINTS:
+        raise ConfigError(f"OpenVINO precision {precision!r} unknown; use one of {', '.join(_HINTS)}")
+    core = ov.Core()
+    config = {"PERFORMANCE_HINT": "LATENCY"}
+    hint = _HINTS[precision]
+    if hint:
+        config["INFERENCE_PRECISION_HINT"] = hint
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    try:
+        ov_model = core.read_model(str(path))
+        quantized = any(op.get_type_name() == "FakeQuantize" for op in ov_model.get_ops())
+        compiled = core.compile_model(ov_model, device.upper(), config)
+    except Exception as e:
+        raise ArtifactError(f"OpenVINO cannot load {path}: {str(e).strip().splitlines()[0][:200]}") from None
+    executed = precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    if quantized:  # an NNCF IR: read from the graph, whatever precision the caller named
+        executed = f"int8+{executed}"  # quantized layers run int8, the rest at the hint's precision
+    request = compiled.create_infer_request()
+    shape = tuple(compiled.input(0).get_partial_shape().get_min_shape())
+
+    def run(x: np.ndarray) -> np.ndarray:
+        if tuple(x.shape) != shape:
+            raise InputShapeError(f"input shape {tuple(x.shape)} does not match the artifact's {shape}")
+        request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
+        return request.get_output_tensor(0).data.copy()
+
+    def lean_call(x: np.ndarray):
+        # the lean call (FIELD_NOTES): a preset input tensor, then infer() with no arguments
+        req = compiled.create_infer_request()
+        req.set_input_tensor(ov.Tensor(np.ascontiguousarray(x, dtype=np.float32)))
+        return req.infer
+
+    return Session(runtime="openvino", runtime_version=ov.get_version(), precision_executed=executed,
+                   input_shape=shape, run=run, lean_call=lean_call, device=device.upper(), threads=threads,
+                   info={"requested_precision": precision})

@@ -1,0 +1,226 @@
+"""TensorRT engines built from ONNX through TensorRT's Python API (TensorRT 10).
+
+fp32 / fp16 build from the fp32 ONNX graph; int8 builds either from an explicitly quantized ONNX graph
+(symmetric signed Q/DQ pairs from ONNX Runtime's quantizer: what TensorRT's explicit quantization reads,
+the default) or from the fp32 graph with TensorRT's entropy calibrator (options["int8_calibration"] =
+"entropy"). Options: workspace_mb, dla_core (Jetson), timing_cache (path, reused across builds).
+
+An engine only runs on the GPU model and TensorRT version that built it: both are written to a
+`<engine>.json` sidecar that the runtime checks before deserializing.
+
+TensorRT sessions: deserialize an engine, bind CUDA buffers owned by torch, time with a synchronize.
+
+The engine's sidecar (`<engine>.json`, written by the exporter) names the GPU and TensorRT version it was
+built for; a mismatch is an ArtifactError up front instead of a crash inside deserialization."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeopt.errors import (
+    ArtifactError,
+    BackendMissingError,
+    ConfigError,
+    ExportError,
+    InputShapeError,
+    missing_backend,
+)
+from edgeopt.formats.base import ExportResult, Session
+
+
+def require_gpu() -> str:
+    """The CUDA device name, or BackendMissingError saying why TensorRT cannot run here."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        raise missing_backend("tensorrt", "tensorrt") from None
+    if not torch.cuda.is_available():
+        raise BackendMissingError("TensorRT needs an NVIDIA GPU with CUDA; none is visible on this machine")
+    return torch.cuda.get_device_name(0)
+
+
+def engine_meta(precision: str) -> dict:
+    import tensorrt as trt
+
+    major, minor = torch.cuda.get_device_capability(0)
+    return {"gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}",
+            "tensorrt": trt.__version__, "precision": precision}
+
+
+class _EntropyCalibrator:
+    """Factory for a trt.IInt8EntropyCalibrator2 fed from calibration batches kept on the GPU."""
+
+    @staticmethod
+    def make(trt, batches: list[torch.Tensor], cache: Path):
+        class Calibrator(trt.IInt8EntropyCalibrator2):
+            def __init__(self):
+                super().__init__()
+                self._batches = [b.contiguous().cuda() for b in batches]
+                self._i = 0
+
+            def get_batch_size(self):
+                return int(self._batches[0].shape[0])
+
+            def get_batch(self, names):
+                if self._i >= len(self._batches):
+                    return None
+                self._i += 1
+                return [int(self._batches[self._i - 1].data_ptr())]
+
+            def read_calibration_cache(self):
+                return cache.read_bytes() if cache.exists() else None
+
+            def write_calibration_cache(self, data):
+                cache.write_bytes(bytes(data))
+
+        return Calibrator()
+
+
+def _onnx_graph(model, example, tmpdir: Path, precision: str, calib, options: dict) -> tuple[Path, dict]:
+    from edgeopt.formats.onnx import export_onnx
+
+    if options.get("prequantized"):  # QAT fake-quantizers export as Q/DQ: explicit INT8 as trained
+        r = export_onnx(model, example, tmpdir / "m.onnx", precision="fp32")
+        return r.path, {"onnx_exporter": r.exporter, "int8": "explicit Q/DQ from quantization-aware training"}
+    explicit = precision == "int8" and options.get("int8_calibration", "qdq") == "qdq"
+    onnx_opts = {"quant_mode": "qdq-s8", "allow_random_calib": options.get("allow_random_calib", False)}
+    r = export_onnx(model, example, tmpdir / "m.onnx", precision="int8" if explicit else "fp32", calib=calib,
+                    options=onnx_opts)
+    return r.path, {"onnx_exporter": r.exporter, **({"calibration": r.info["calibration"]} if explicit else {})}
+
+
+def export_tensorrt(model: nn.Module, example: torch.Tensor, out: Path, precision: str = "fp32",
+                    calib=None, options: dict | None = None) -> ExportResult:
+    require_gpu()
+    import tensorrt as trt
+
+    options = dict(options or {})
+    if precision not in ("fp32", "fp16", "int8"):
+        raise ConfigError(f"TensorRT precision {precision!r} unknown; use fp32, fp16 or int8")
+    out = Path(out).with_suffix(".engine")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    logger = trt.Logger(trt.Logger.WARNING)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".trt.") as tmp:
+        tmpdir = Path(tmp)
+        onnx_path, info = _onnx_graph(model, example, tmpdir, precision, calib, options)
+        builder = trt.Builder(logger)
+        network = builder.create_network(0)  # TensorRT 10: networks are always explicit-batch
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse(onnx_path.read_bytes()):
+            errs = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+            raise ExportError("TensorRT cannot parse the ONNX graph: " + " | ".join(errs)[:400])
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.get("workspace_mb", 1024)) << 20)
+        if options.get("sparse_weights") or getattr(model, "edgeopt_sparsity", None) == "2:4":
+            # 2:4-pruned weights (edgeopt.techniques.unstructured): let TensorRT pick sparse tensor-core tactics
+            config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
+            info["sparse_weights"] = True
+        if precision == "fp16":
+            config.set_flag(trt.BuilderFlag.FP16)
+        elif precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)
+            config.set_flag(trt.BuilderFlag.FP16)  # layers left unquantized may still run in fp16
+            if options.get("int8_calibration", "qdq") == "entropy" and not options.get("prequantized"):
+                from edgeopt.formats.calibration import resolve_calibration
+
+                cal = resolve_calibration(calib, example, "int8", options.get("allow_random_calib", False))
+                config.int8_calibrator = _EntropyCalibrator.make(trt, cal.inputs, tmpdir / "calib.cache")
+                info["calibration"] = {**cal.info(), "method": "entropy calibrator"}
+            elif not options.get("prequantized"):
+                info["int8"] = "explicit Q/DQ (ONNX Runtime qdq-s8, per-channel weights)"
+        dla = options.get("dla_core")
+        if dla is not None:
+            if builder.num_DLA_cores == 0:
+                raise ConfigError("--dla-core given but this GPU has no DLA cores (Jetson AGX/NX only)")
+            config.default_device_type = trt.DeviceType.DLA
+            config.DLA_core = int(dla)
+            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)  # layers DLA cannot run fall back to the GPU
+            info["dla_core"] = int(dla)
+        cache_path = Path(options["timing_cache"]) if options.get("timing_cache") else None
+        cache = config.create_timing_cache(cache_path.read_bytes() if cache_path and cache_path.exists() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise ExportError("TensorRT engine build failed (see the TensorRT log above)")
+        if cache_path:
+            cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+            info["timing_cache"] = str(cache_path)
+        meta = {**engine_meta(precision), **info}
+        tmp_engine, tmp_meta = tmpdir / "e.engine", tmpdir / "e.json"
+        tmp_engine.write_bytes(bytes(serialized))
+        tmp_meta.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp_meta, out.with_suffix(".engine.json"))  # sidecar first: an engine is never unlabelled
+        os.replace(tmp_engine, out)
+    return ExportResult(path=out, format="tensorrt", precision=precision, exporter=f"tensorrt {trt.__version__}",
+                        files=[out, out.with_suffix(".engine.json")], info=meta)
+
+
+def load_tensorrt(path: Path, precision: str = "fp32", threads: int | None = None, device: str = "GPU") -> Session:
+    from edgeopt.formats.tensorrt import engine_meta, require_gpu
+
+    gpu = require_gpu()
+    import tensorrt as trt
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"artifact {path} does not exist")
+    sidecar = path.with_suffix(".engine.json")
+    meta = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+    here = engine_meta(precision)
+    for key in ("gpu", "tensorrt"):
+        if meta.get(key) and meta[key] != here[key]:
+            raise ArtifactError(f"{path} was built for {key} {meta[key]!r}, this machine has {here[key]!r}: "
+                                "rebuild the engine here")
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    engine = runtime.deserialize_cuda_engine(path.read_bytes())
+    if engine is None:
+        raise ArtifactError(f"{path} is not a TensorRT engine for TensorRT {trt.__version__} on {gpu}")
+    context = engine.create_execution_context()
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+    shape = tuple(engine.get_tensor_shape(inputs[0]))
+    if any(d < 0 for d in shape):
+        raise ArtifactError(f"{path} has a dynamic input shape {shape}: edgeopt builds static-shape engines")
+    dtype = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int8: torch.int8, trt.int32: torch.int32}
+    x_dev = torch.empty(shape, dtype=dtype[engine.get_tensor_dtype(inputs[0])], device="cuda")
+    y_dev = torch.empty(tuple(engine.get_tensor_shape(outputs[0])),
+                        dtype=dtype[engine.get_tensor_dtype(outputs[0])], device="cuda")
+    context.set_tensor_address(inputs[0], x_dev.data_ptr())
+    context.set_tensor_address(outputs[0], y_dev.data_ptr())
+    extra = {n: torch.empty(tuple(engine.get_tensor_shape(n)), dtype=dtype[engine.get_tensor_dtype(n)],
+                            device="cuda") for n in outputs[1:]}
+    for n, t in extra.items():
+        context.set_tensor_address(n, t.data_ptr())
+    stream = torch.cuda.Stream()
+
+    def execute() -> None:
+        if not context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError("TensorRT execution failed")
+        stream.synchronize()  # the timed call ends when the GPU is done, not when the launch returns
+
+    def run(x: np.ndarray) -> np.ndarray:
+        if tuple(x.shape) != shape:
+            raise InputShapeError(f"input shape {tuple(x.shape)} does not match the engine's {shape}")
+        x_dev.copy_(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        torch.cuda.synchronize()
+        execute()
+        return y_dev.float().cpu().numpy()
+
+    def lean_call(x: np.ndarray):
+        x_dev.copy_(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        torch.cuda.synchronize()
+        return execute
+
+    executed = meta.get("precision", precision)
+    return Session(runtime="tensorrt", runtime_version=trt.__version__, precision_executed=executed,
+                   input_shape=shape, run=run, lean_call=lean_call, device=gpu, threads=threads,
+                   info={"engine": meta})

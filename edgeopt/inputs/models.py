@@ -1,0 +1,242 @@
+"""Model inputs: `demo`, `torchvision:NAME?k=v`, `timm:NAME?k=v`, `file.py:factory`, `pkg.module:factory`,
+`.pt2` (torch.export) archives, and full pickles (only with trust_pickle). Weights load with
+weights_only=True. Input files are only read, never written."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import torch
+from torch import nn
+
+from edgeopt.errors import ConfigError, InputShapeError, ModelLoadError, UnsafePickleError, missing_backend
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    source: str
+    input_shape: tuple[int, ...]
+    info: dict[str, Any] = field(default_factory=dict)  # e.g. demo accuracy, training time
+
+
+class ExportedModule(nn.Module):
+    """Wraps a torch.export graph module, which was captured in eval mode and refuses .train()/.eval()."""
+
+    def __init__(self, graph_module: nn.Module):
+        super().__init__()
+        self.graph = graph_module
+
+    def train(self, mode: bool = True):
+        self.training = mode  # deliberately not recursing: the exported graph's mode is fixed
+        return self
+
+    def forward(self, x):
+        return self.graph(x)
+
+
+def _literal(v: str) -> Any:
+    low = v.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def split_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """'torchvision:resnet18?num_classes=10' -> ('torchvision:resnet18', {'num_classes': 10})."""
+    base, _, query = spec.partition("?")
+    return base, {k: _literal(v) for k, v in parse_qsl(query, keep_blank_values=True)}
+
+
+def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        dims = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        raise InputShapeError(f"input shape {text!r} is not a list of integers like 1,3,224,224") from None
+    if len(dims) < 2 or any(d <= 0 for d in dims):
+        raise InputShapeError(f"input shape {text!r} needs at least 2 positive dims (batch first), "
+                              "e.g. 1,3,224,224")
+    return dims
+
+
+def _from_factory(module_name: str, obj: Any, name: str, kwargs: dict) -> nn.Module:
+    factory = getattr(obj, name, None)
+    if factory is None:
+        raise ModelLoadError(f"{module_name} has no attribute {name!r}")
+    model = factory(**kwargs) if callable(factory) and not isinstance(factory, nn.Module) else factory
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"{module_name}:{name} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _load_python_file(path: Path, factory: str, kwargs: dict) -> nn.Module:
+    if not path.is_file():
+        raise ModelLoadError(f"model file {path} does not exist")
+    mod_name = f"_edgeopt_user_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.dont_write_bytecode, old = True, sys.dont_write_bytecode  # never write __pycache__ beside user files
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        raise ModelLoadError(f"importing {path} failed: {type(e).__name__}: {e}") from None
+    finally:
+        sys.dont_write_bytecode = old
+    return _from_factory(str(path), module, factory, kwargs)
+
+
+def _load_zoo(zoo: str, name: str, kwargs: dict) -> nn.Module:
+    # Random init: nothing is downloaded (weights=None / pretrained=False).
+    if zoo == "torchvision":
+        import torchvision
+
+        try:
+            return torchvision.models.get_model(name, weights=None, **kwargs)
+        except ValueError:
+            known = torchvision.models.list_models()
+            import difflib
+
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ModelLoadError(f"unknown torchvision model {name!r}{hint}") from None
+        except TypeError as e:
+            raise ModelLoadError(f"torchvision:{name}: bad keyword argument: {e}") from None
+    try:
+        import timm
+    except ImportError:
+        raise missing_backend("timm", "timm") from None
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except (RuntimeError, TypeError) as e:
+        raise ModelLoadError(f"timm:{name}: {e}") from None
+
+
+def _load_checkpoint_file(path: Path, trust_pickle: bool) -> Any:
+    if not path.is_file():
+        raise ModelLoadError(f"file {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        msg = str(e)
+        # only an unpickler refusing a class means "full pickle"; anything else is a broken file
+        if "Unsupported global" in msg or "GLOBAL " in msg:
+            if not trust_pickle:
+                raise UnsafePickleError(
+                    f"{path} is a full pickled object: loading it runs arbitrary code. Save a state dict "
+                    "(torch.save(model.state_dict())) or torch.export archive instead, or pass --trust-pickle "
+                    "if you trust this file") from None
+            try:
+                return torch.load(path, map_location="cpu", weights_only=False)
+            except Exception as e2:
+                raise ModelLoadError(f"cannot load {path}: {type(e2).__name__}: {e2}") from None
+        first = msg.splitlines()[0] if msg else type(e).__name__
+        raise ModelLoadError(f"{path} is not a readable PyTorch checkpoint ({first})") from None
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a state dict with weights_only=True; list the first mismatches on failure."""
+    state = _load_checkpoint_file(Path(path), trust_pickle=False)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelLoadError(f"{path} is not a state dict of tensors")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:3]}{' ...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}")
+        if shapes:
+            parts.append(f"shape mismatches {shapes[:3]}{' ...' if len(shapes) > 3 else ''}")
+        raise ModelLoadError(f"weights {path} do not match the model: " + "; ".join(parts))
+    model.load_state_dict(state)
+
+
+def load_model(spec: str | nn.Module = "demo", weights: str | Path | None = None,
+               input_shape: tuple[int, ...] | None = None, trust_pickle: bool = False,
+               progress=None) -> LoadedModel:
+    if isinstance(spec, nn.Module):
+        model, source, info, default_shape = spec, type(spec).__name__, {}, (1, 3, 224, 224)
+    else:
+        spec = spec.strip()
+        base, kwargs = split_spec(spec)
+        info: dict[str, Any] = {}
+        default_shape = (1, 3, 224, 224)
+        source = spec
+        if base == "demo":
+            from edgeopt.inputs.demo import DEMO_INPUT_SHAPE, load_demo
+
+            model, info = load_demo(progress=progress)
+            default_shape = DEMO_INPUT_SHAPE
+        elif base.startswith(("torchvision:", "timm:")):
+            zoo, name = base.split(":", 1)
+            model = _load_zoo(zoo, name, kwargs)
+        elif base.endswith(".pt2"):
+            path = Path(base)
+            if not path.is_file():
+                raise ModelLoadError(f"model file {path} does not exist")
+            try:
+                model = ExportedModule(torch.export.load(str(path)).module())
+            except (zipfile.BadZipFile, RuntimeError, ValueError, KeyError) as e:
+                raise ModelLoadError(f"{path} is not a readable torch.export archive ({e})") from None
+            info["exported_program"] = True
+        elif base.endswith((".pt", ".pth", ".pkl", ".bin", ".ckpt")):
+            obj = _load_checkpoint_file(Path(base), trust_pickle)
+            if not isinstance(obj, nn.Module):
+                raise ModelLoadError(f"{base} holds {type(obj).__name__}, not a model: pass a model "
+                                     "(torchvision:NAME, file.py:factory) and this file as --weights")
+            model = obj
+        elif ":" in base:
+            mod, _, name = base.rpartition(":")
+            if mod.endswith(".py"):
+                model = _load_python_file(Path(mod), name, kwargs)
+            else:
+                try:
+                    module = importlib.import_module(mod)
+                except ImportError as e:
+                    raise ModelLoadError(f"cannot import {mod!r}: {e}") from None
+                model = _from_factory(mod, module, name, kwargs)
+        else:
+            raise ConfigError(f"model {spec!r} not understood: use demo, torchvision:NAME, timm:NAME, "
+                              "file.py:factory, package.module:factory or a .pt2 file")
+    if weights is not None:
+        load_weights(model, weights)
+    shape = tuple(input_shape or default_shape)
+    model.eval()
+    check_forward(model, shape)
+    return LoadedModel(model, source, shape, info)
+
+
+def check_forward(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
+    """Run one forward pass; a failure means the input shape is wrong for this model."""
+    try:
+        with torch.no_grad():
+            out = model(torch.randn(*shape))
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputShapeError(f"the model fails on input shape {','.join(map(str, shape))}: {first[:200]}"
+                              ) from None
+    if not isinstance(out, torch.Tensor):
+        raise InputShapeError(f"the model returns {type(out).__name__}; edgeopt needs a single output tensor")
+    return out

@@ -1,0 +1,116 @@
+"""Per-layer latency (`edgeopt benchmark --per-layer`): ONNX Runtime's node profiler or OpenVINO's
+performance counters, aggregated per layer over several runs and sorted by time. Latency-aware pruning
+uses the same table to know which layers are worth shrinking.
+
+Profiling adds overhead per node, so these times are for ranking layers, not for the model's latency
+(which `edgeopt.measure.timing.measure` reports without profiling)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeopt.errors import ArtifactError, ConfigError, missing_backend
+
+
+@dataclass
+class LayerTime:
+    name: str
+    op: str
+    ms: float  # median time per run (robust to the preemption spikes of a shared machine)
+    share: float  # fraction of the summed layer time
+    exec_type: str = ""  # the kernel/precision the runtime picked, when it says (OpenVINO: e.g. jit_avx512_amx_I8)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _table(acc: dict[str, list]) -> list[LayerTime]:
+    med = {k: float(np.median(v[1])) for k, v in acc.items() if v[1]}
+    total = sum(med.values()) or 1.0
+    rows = [LayerTime(name=k, op=acc[k][0], ms=m, share=m / total, exec_type=acc[k][2]) for k, m in med.items()]
+    return sorted(rows, key=lambda r: -r.ms)
+
+
+def _openvino(path: Path, x: np.ndarray, runs: int, threads: int | None, precision: str) -> list[LayerTime]:
+    try:
+        import openvino as ov
+    except ImportError:
+        raise missing_backend("openvino", "openvino") from None
+    from edgeopt.formats.openvino import _HINTS
+
+    config = {"PERF_COUNT": True, "PERFORMANCE_HINT": "LATENCY"}
+    if _HINTS.get(precision):
+        config["INFERENCE_PRECISION_HINT"] = _HINTS[precision]
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    try:
+        compiled = ov.Core().compile_model(str(path), "CPU", config)
+    except Exception as e:
+        raise ArtifactError(f"OpenVINO cannot load {path}: {str(e).strip().splitlines()[0][:200]}") from None
+    request = compiled.create_infer_request()
+    request.infer({0: x})  # warm-up run, not counted
+    acc: dict[str, list] = defaultdict(lambda: ["", [], ""])
+    for _ in range(runs):
+        request.infer({0: x})
+        for p in request.get_profiling_info():
+            if str(p.status).endswith("NOT_RUN"):
+                continue  # fused into a neighbour: its time is already in that layer
+            row = acc[p.node_name]
+            row[0], row[2] = p.node_type, p.exec_type
+            row[1].append(p.real_time.total_seconds() * 1000.0)
+    return _table(acc)
+
+
+def profile_layers(path: Path, runtime: str, x: np.ndarray, runs: int = 20, threads: int | None = None,
+                   precision: str = "fp32") -> list[LayerTime]:
+    """Per-layer mean times of one artifact on `runtime` ("onnxruntime" | "openvino"), slowest first."""
+    if runtime == "onnxruntime":
+        return _profile_ort_many(path, x, runs, threads)
+    if runtime == "openvino":
+        return _openvino(Path(path), x, runs, threads, precision)
+    raise ConfigError(f"--per-layer is available for onnxruntime and openvino, not {runtime}")
+
+
+def _profile_ort_many(path: Path, x: np.ndarray, runs: int, threads: int | None) -> list[LayerTime]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise missing_backend("onnxruntime", "dev") from None
+    with tempfile.TemporaryDirectory(prefix="edgeopt-prof.") as tmp:
+        so = ort.SessionOptions()
+        so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(tmp, "p")
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = threads
+        try:
+            sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise ArtifactError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0][:200]}") from None
+        feed = {sess.get_inputs()[0].name: x}
+        sess.run(None, feed)  # first run allocates: its events are skipped below
+        for _ in range(runs):
+            sess.run(None, feed)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    start_us = None
+    runs_seen = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    if len(runs_seen) >= 2:
+        start_us = runs_seen[1]["ts"]  # from the second run on
+    acc: dict[str, list] = defaultdict(lambda: ["", [], ""])
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        if start_us is not None and e["ts"] < start_us:
+            continue
+        args = e.get("args", {})
+        row = acc[e["name"][: -len("_kernel_time")]]
+        row[0], row[2] = args.get("op_name", row[0]), args.get("provider", "")
+        row[1].append(e["dur"] / 1000.0)
+    return _table(acc)

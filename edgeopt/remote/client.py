@@ -1,0 +1,163 @@
+"""Host side of the agent protocol (httpx): upload artifacts, get back what the device measured.
+
+`measure_remote` is what `edgeopt benchmark --device` and `edgeopt optimize --device` call."""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from edgeopt.errors import ArtifactError, ConfigError, EdgeOptError
+from edgeopt.remote import FORMATS, PROTOCOL_HEADER, PROTOCOL_VERSION
+from edgeopt.report import BenchmarkResult, LatencyStats
+
+
+class AgentError(EdgeOptError):
+    """The agent cannot be reached, refused the request, or the job failed on the device."""
+
+
+class RemoteBenchmarkResult(BenchmarkResult):
+    """A BenchmarkResult measured on the device, with the device's environment and round-trip cost."""
+
+    agent_url: str
+    environment: dict[str, Any]
+    accuracy: float | None = None
+    metric: str | None = None
+    job_s: float | None = None  # time the agent spent on the whole job (load, warm up, measure)
+    round_trip_s: float | None = None  # host-side wall time of the whole request
+
+
+def format_of(path: Path) -> str:
+    suffix = Path(path).suffix.lower()
+    for fmt, suffixes in FORMATS.items():
+        if suffix == suffixes[0]:
+            return fmt
+    raise ConfigError(f"cannot send {path} to an agent: only {', '.join(s[0] for s in FORMATS.values())} "
+                      "artifacts are measured remotely")
+
+
+def default_runtime(fmt: str, preferred: list[str] | None = None) -> str:
+    """The runtime the device should use for a format: the first of `preferred` (a target's runtimes)
+    that can consume it (TensorRT and ONNX Runtime build from ONNX; OpenVINO reads both)."""
+    consumes = {"onnx": ("tensorrt", "onnxruntime", "openvino"), "openvino": ("openvino",)}[fmt]
+    for rt in preferred or []:
+        if rt in consumes:
+            return rt
+    return consumes[1] if fmt == "onnx" else "openvino"
+
+
+class AgentClient:
+    def __init__(self, url: str, token: str, timeout_s: float = 900.0):
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"--device must be a URL like http://HOST:8765, got {url!r}")
+        self.url, self.token = url.rstrip("/"), token
+        self.timeout_s = timeout_s
+
+    def _request(self, method: str, path: str, **kw):
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.token}", PROTOCOL_HEADER: str(PROTOCOL_VERSION)}
+        try:
+            with httpx.Client(timeout=httpx.Timeout(30.0, read=self.timeout_s)) as c:
+                r = c.request(method, self.url + path, headers=headers, **kw)
+        except httpx.HTTPError as e:
+            raise AgentError(f"cannot reach the agent at {self.url}: {type(e).__name__}: {e}") from None
+        try:
+            body = r.json()
+        except ValueError:
+            body = {"error": r.text[:200]}
+        if r.status_code == 401:
+            raise AgentError(f"the agent at {self.url} refused the token (401): check --token-file")
+        if r.status_code in (409, 413, 503, 400):
+            raise AgentError(f"agent {self.url} ({r.status_code}): {body.get('error')}")
+        if r.status_code in (422, 504) or body.get("status") not in (None, "ok"):
+            raise AgentError(f"the measurement job failed on the device ({body.get('status')}): {body.get('error')}")
+        if r.status_code != 200:
+            raise AgentError(f"agent {self.url} answered HTTP {r.status_code}: {body.get('error', body)}")
+        return body
+
+    def info(self) -> dict:
+        return self._request("GET", "/v1/info")
+
+    def measure(self, artifacts: dict[str, Path], runtimes: dict[str, str], precisions: dict[str, str],
+                threads: int | None = None, input_shape: tuple[int, ...] | None = None,
+                max_time_s: float = 10.0, dataset: str | None = None) -> dict:
+        manifest: dict[str, Any] = {"protocol": PROTOCOL_VERSION, "artifacts": [], "threads": threads,
+                                    "input_shape": list(input_shape) if input_shape else None,
+                                    "max_time_s": max_time_s, "dataset": dataset}
+        with ExitStack() as stack:
+            files = {}
+            for i, (aid, path) in enumerate(artifacts.items()):
+                path = Path(path)
+                if not path.is_file():
+                    raise ArtifactError(f"artifact {path} does not exist")
+                fmt = format_of(path)
+                parts = [path] + ([path.with_suffix(".bin")] if fmt == "openvino" else [])
+                names = []
+                for j, p in enumerate(parts):
+                    if not p.is_file():
+                        raise ArtifactError(f"{path} needs its weights file {p}, which does not exist")
+                    names.append(f"f{i}_{j}")
+                    files[names[-1]] = (p.name, stack.enter_context(open(p, "rb")), "application/octet-stream")
+                manifest["artifacts"].append({"id": aid, "format": fmt, "runtime": runtimes[aid],
+                                              "precision": precisions[aid], "files": names})
+            return self._request("POST", "/v1/measure", data={"manifest": json.dumps(manifest)}, files=files)
+
+
+def measure_remote(artifacts: dict[str, Path], url: str, token: str, precision: str | dict[str, str] = "fp32",
+                   runtime: str | dict[str, str] | None = None, preferred_runtimes: list[str] | None = None,
+                   threads: int | None = None, input_shape: tuple[int, ...] | None = None,
+                   max_time_s: float = 10.0, dataset: str | None = None) -> dict[str, RemoteBenchmarkResult]:
+    """Measure several artifacts on the device in one interleaved job; {id: result}. `runtime` defaults to
+    the first of `preferred_runtimes` (the target's) that can run the artifact's format."""
+    precisions = precision if isinstance(precision, dict) else {k: precision for k in artifacts}
+    if isinstance(runtime, dict):
+        runtimes = runtime
+    else:
+        runtimes = {k: runtime or default_runtime(format_of(p), preferred_runtimes) for k, p in artifacts.items()}
+    client = AgentClient(url, token)
+    t0 = time.perf_counter()
+    body = client.measure(artifacts, runtimes, precisions, threads, input_shape, max_time_s, dataset)
+    round_trip = time.perf_counter() - t0
+    env = body.get("environment", {})
+    device = env.get("device_model") or env.get("cpu") or "remote"
+    out = {}
+    for aid, r in body["results"].items():
+        out[aid] = RemoteBenchmarkResult(
+            artifact=str(artifacts[aid]), runtime=r["runtime"], runtime_version=r["runtime_version"],
+            precision=r["precision"], precision_executed=r["precision_executed"],
+            device=f"{device} ({r['device']})", threads=r.get("threads"), input_shape=r["input_shape"],
+            latency=LatencyStats(**r["latency"]), agent_url=url, environment=env, accuracy=r.get("accuracy"),
+            metric=r.get("metric"), job_s=body.get("job_s"), round_trip_s=round(round_trip, 4))
+    return out
+
+
+def device_runtime(candidate_runtime: str | None, target_runtimes: list[str]) -> str:
+    """The runtime the device runs a candidate on. A TensorRT target gets ONNX from the planner (engines
+    are built on the device), so its ONNX Runtime candidates run on TensorRT there."""
+    if candidate_runtime in (None, "onnxruntime") and target_runtimes[:1] == ["tensorrt"]:
+        return "tensorrt"
+    return candidate_runtime or "onnxruntime"
+
+
+def measure_candidates(candidates, out_dir: Path, target_runtimes: list[str], url: str, token: str,
+                       input_shape: tuple[int, ...], threads: int | None, max_time_s: float) -> dict:
+    """Measure a run's candidates on the agent in one interleaved job and fill in their latency
+    (`measured`), the precision the device executed, and where. Returns the device's environment."""
+    cands = [c for c in candidates if c.artifact]
+    results = measure_remote({c.id: Path(out_dir) / c.artifact for c in cands}, url, token,
+                             precision={c.id: c.precision or "fp32" for c in cands},
+                             runtime={c.id: device_runtime(c.runtime, target_runtimes) for c in cands},
+                             threads=threads, input_shape=input_shape, max_time_s=max_time_s)
+    env: dict = {}
+    for c in cands:
+        r = results[c.id]
+        c.latency_ms, c.latency_source = r.latency, "measured"
+        c.precision_executed = r.precision_executed
+        c.measured_on = {"agent": url, "device": r.device, "runtime": r.runtime,
+                         "runtime_version": r.runtime_version}
+        env = {"agent": url, **r.environment, "round_trip_s": r.round_trip_s, "job_s": r.job_s}
+    return env

@@ -1,0 +1,137 @@
+"""One measurement job, run in its own process by the agent (`python -m edgeopt.remote.worker JOBDIR`).
+
+A separate process per job is what keeps the agent serving: a malicious or corrupt artifact that crashes
+the runtime (even a segfault), hangs it (killed at the per-job timeout) or leaks memory takes only this
+process down. It imports the runtimes directly, not torch: devices often have no PyTorch."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def device_environment() -> dict:
+    from edgeopt import __version__
+    from edgeopt.targets import INTERESTING_FLAGS, cpu_flags, cpu_model
+
+    model = None
+    for p in ("/proc/device-tree/model", "/sys/firmware/devicetree/base/model"):  # Jetson / Raspberry Pi
+        try:
+            model = Path(p).read_text().strip("\x00\n ")
+            break
+        except OSError:
+            continue
+    versions = {d: _version(d) for d in ("onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "numpy")}
+    return {"edgeopt_version": __version__, "python": platform.python_version(), "platform": platform.platform(),
+            "machine": platform.machine(), "device_model": model, "cpu": cpu_model(),
+            "cpu_flags": [f for f in INTERESTING_FLAGS if f in cpu_flags()], "cpu_count": os.cpu_count(),
+            **{k: v for k, v in versions.items() if v}}
+
+
+def load_session(runtime: str, path: Path, precision: str, threads: int | None):
+    """The device's runtime for an artifact. TensorRT: edgeopt's TensorRT runtime when this install has
+    one, else ONNX Runtime's TensorRT execution provider, which builds the engine on the device."""
+    from edgeopt.errors import BackendMissingError
+
+    if runtime == "onnxruntime":
+        from edgeopt.formats.onnx import load_onnxruntime
+
+        return load_onnxruntime(path, precision=precision, threads=threads)
+    if runtime == "openvino":
+        from edgeopt.formats.openvino import load_openvino
+
+        return load_openvino(path, precision=precision, threads=threads)
+    if runtime == "tensorrt":
+        try:
+            mod = importlib.import_module("edgeopt.formats.tensorrt")
+            return mod.load_tensorrt(path, precision=precision, threads=threads, device="GPU")
+        except ImportError:
+            pass
+        import onnxruntime as ort
+
+        if "TensorrtExecutionProvider" not in ort.get_available_providers():
+            raise BackendMissingError("this agent has neither the tensorrt package nor ONNX Runtime's "
+                                      "TensorRT execution provider (install onnxruntime-gpu / JetPack's TensorRT)")
+        from edgeopt.formats.onnx import load_onnxruntime
+
+        return load_onnxruntime(path, precision=precision, threads=threads, device="GPU")
+    raise BackendMissingError(f"unknown runtime {runtime!r}")
+
+
+def top1(session, data_file: Path, batch: int) -> float:
+    """Top-1 accuracy (%) on an .npz the user placed on the device (arrays `x` float32, `y` int labels)."""
+    with np.load(data_file, allow_pickle=False) as d:
+        xs, ys = d["x"].astype(np.float32), d["y"].astype(np.int64)
+    hits = 0
+    for i in range(0, len(xs), batch):
+        chunk = xs[i:i + batch]
+        n = len(chunk)
+        if n < batch:
+            chunk = np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), np.float32)])
+        pred = np.asarray(session.run(chunk)).reshape(batch, -1)[:n].argmax(1)
+        hits += int((pred == ys[i:i + n]).sum())
+    return 100.0 * hits / max(1, len(xs))
+
+
+def run_job(job: dict) -> dict:
+    from edgeopt.measure.timing import BenchConfig, measure
+
+    t0 = time.perf_counter()
+    sessions, inputs = {}, {}
+    for a in job["artifacts"]:
+        s = load_session(a["runtime"], Path(a["path"]), a["precision"], job.get("threads") or os.cpu_count())
+        shape = tuple(job["input_shape"]) if job.get("input_shape") else tuple(
+            d if d > 0 else 1 for d in s.input_shape)
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        s.run(x)  # shape check and first-run cost, outside the timed loop
+        sessions[a["id"]], inputs[a["id"]] = s, x
+    stats = measure({k: s.lean_call(inputs[k]) for k, s in sessions.items()},
+                    BenchConfig(max_time_s=float(job.get("max_time_s", 10.0))))
+    results = {}
+    for a in job["artifacts"]:
+        s = sessions[a["id"]]
+        r = {"runtime": s.runtime, "runtime_version": s.runtime_version, "precision": a["precision"],
+             "precision_executed": s.precision_executed, "device": s.device, "threads": s.threads,
+             "input_shape": list(inputs[a["id"]].shape), "latency": stats[a["id"]].model_dump()}
+        if job.get("data_file"):
+            r["accuracy"] = top1(s, Path(job["data_file"]), inputs[a["id"]].shape[0])
+            r["metric"] = "top1"
+        results[a["id"]] = r
+    return {"status": "ok", "results": results, "environment": device_environment(),
+            "job_s": round(time.perf_counter() - t0, 4)}
+
+
+def main(job_dir: str) -> int:
+    job_dir = Path(job_dir)
+    try:
+        out = run_job(json.loads((job_dir / "job.json").read_text()))
+        code = 0
+    except Exception as e:  # reported to the client as this job's failure; the agent keeps serving
+        msg = (str(e).strip().splitlines() or [""])[0][:300]
+        out = {"status": "failed", "error": f"{type(e).__name__}: {msg}",
+               "detail": traceback.format_exc(limit=3)[-2000:] if os.environ.get("EDGEOPT_DEBUG") else None}
+        code = 1
+    tmp = job_dir / "result.json.tmp"
+    tmp.write_text(json.dumps(out))
+    os.replace(tmp, job_dir / "result.json")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,190 @@
+"""CI gates on a report.json (from `optimize`) or a benchmark JSON (from `benchmark --json`).
+
+Regressions are judged on medians with a bootstrap confidence interval over the raw samples the reports
+keep, and fail only when the whole 95% interval of the slowdown lies above the allowed margin: an
+unchanged model measured twice on a shared machine must not flap. Estimated (roofline) latencies fail a
+latency gate unless explicitly allowed, since they were never measured."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeopt.errors import EdgeOptError
+from edgeopt.report import LatencyStats, write_atomic
+
+
+class GateInputError(EdgeOptError):
+    """The gate cannot judge its input (missing file, not a report, a check the report has no data for)."""
+
+
+@dataclass
+class Subject:
+    """What a gate judges: one candidate of a report, or one benchmark result."""
+
+    source: str
+    name: str
+    latency: LatencyStats | None
+    latency_source: str | None
+    accuracy_drop: float | None = None
+    size_bytes: int | None = None
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    message: str
+
+
+def load_subject(path: Path, candidate: str | None = None) -> Subject:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise GateInputError(f"cannot read {path}: {e.strerror}") from None
+    except (ValueError, UnicodeDecodeError):
+        raise GateInputError(f"{path} is not JSON (expected report.json or `edgeopt benchmark --json` output)"
+                             ) from None
+    if isinstance(data, dict) and "candidates" in data and "schema_version" in data:
+        from edgeopt.report import Report
+
+        try:
+            report = Report.model_validate(data)
+        except Exception as e:
+            raise GateInputError(f"{path} is not a valid edgeopt report: {str(e).splitlines()[0]}") from None
+        cid = candidate or report.chosen
+        c = report.candidate(cid) if cid else None
+        if cid is None:
+            raise GateInputError(f"{path}: the run chose no candidate; name one with --candidate "
+                                 f"(e.g. {report.baseline.id if report.baseline else 'an id from the report'})")
+        if c is None:
+            raise GateInputError(f"{path}: no candidate {cid!r} in the report")
+        return Subject(str(path), c.id, c.latency_ms, c.latency_source, c.accuracy_drop, c.size_bytes)
+    if isinstance(data, dict) and "latency" in data and "artifact" in data:
+        from edgeopt.report import BenchmarkResult
+
+        try:
+            r = BenchmarkResult.model_validate(data)
+        except Exception as e:
+            raise GateInputError(f"{path} is not a valid benchmark result: {str(e).splitlines()[0]}") from None
+        art = Path(r.artifact)
+        return Subject(str(path), r.artifact, r.latency, r.latency_source,
+                       size_bytes=art.stat().st_size if art.is_file() else None)
+    raise GateInputError(f"{path} is neither an edgeopt report.json nor `edgeopt benchmark --json` output")
+
+
+def parse_percent(text: str | float) -> float:
+    """'10%' or '10' -> 0.10 (always percent, so 0.1 means 0.1%)."""
+    s = str(text).strip().rstrip("%").strip()
+    try:
+        v = float(s) / 100
+    except ValueError:
+        raise GateInputError(f"--max-regression must be a percentage like 10% (got {text!r})") from None
+    if v < 0:
+        raise GateInputError(f"--max-regression must not be negative (got {text!r})")
+    return v
+
+
+def median_ratio_ci(new: list[float], old: list[float], n_boot: int = 2000, seed: int = 0,
+                    level: float = 0.95) -> tuple[float, float, float]:
+    """median(new)/median(old) and its bootstrap percentile interval (both sides resampled)."""
+    a, b = np.asarray(new, np.float64), np.asarray(old, np.float64)
+    rng = np.random.default_rng(seed)
+    ma = np.median(a[rng.integers(0, len(a), (n_boot, len(a)))], axis=1)
+    mb = np.median(b[rng.integers(0, len(b), (n_boot, len(b)))], axis=1)
+    ratios = ma / mb
+    q = (1 - level) / 2
+    return float(np.median(a) / np.median(b)), float(np.quantile(ratios, q)), float(np.quantile(ratios, 1 - q))
+
+
+def _latency_usable(s: Subject, allow_estimated: bool, what: str) -> tuple[bool, str | None]:
+    if s.latency is None:
+        raise GateInputError(f"{s.source}: {s.name} has no latency to gate on")
+    if s.latency_source == "estimated" and not allow_estimated:
+        return False, (f"{what} latency of {s.name} is a roofline estimate ({s.latency.p50:.3f} ms), "
+                       "not a measurement; measure on the device (--device) or pass --allow-estimated")
+    return True, None
+
+
+def run_gate(subject: Subject, max_latency_ms: float | None = None, max_accuracy_drop: float | None = None,
+             max_size_mb: float | None = None, baseline: Subject | None = None,
+             max_regression: float | None = None, allow_estimated: bool = False) -> list[Check]:
+    checks: list[Check] = []
+    if max_latency_ms is not None:
+        ok, why = _latency_usable(subject, allow_estimated, "the")
+        if not ok:
+            checks.append(Check("max_latency_ms", False, why))
+        else:
+            p50 = subject.latency.p50
+            est = " (estimated)" if subject.latency_source == "estimated" else ""
+            over = (p50 - max_latency_ms) / max_latency_ms * 100
+            checks.append(Check("max_latency_ms", p50 <= max_latency_ms,
+                                f"p50 {p50:.3f} ms{est} " + (f"<= {max_latency_ms} ms" if p50 <= max_latency_ms
+                                                            else f"exceeds {max_latency_ms} ms by {over:.1f}%")))
+    if max_accuracy_drop is not None:
+        d = subject.accuracy_drop
+        if d is None:
+            raise GateInputError(f"{subject.source}: {subject.name} has no accuracy drop (benchmark results "
+                                 "carry none; gate a report.json)")
+        checks.append(Check("max_accuracy_drop", d <= max_accuracy_drop,
+                            f"accuracy drop {d:.2f} pp " + (f"<= {max_accuracy_drop} pp" if d <= max_accuracy_drop
+                                                            else f"exceeds {max_accuracy_drop} pp by "
+                                                                 f"{d - max_accuracy_drop:.2f} pp")))
+    if max_size_mb is not None:
+        if subject.size_bytes is None:
+            raise GateInputError(f"{subject.source}: {subject.name} has no size on disk")
+        mb = subject.size_bytes / 1e6
+        checks.append(Check("max_size_mb", mb <= max_size_mb,
+                            f"size {mb:.3f} MB " + (f"<= {max_size_mb} MB" if mb <= max_size_mb else
+                                                    f"exceeds {max_size_mb} MB by {mb - max_size_mb:.3f} MB")))
+    if baseline is not None:
+        checks.append(_regression(subject, baseline, 0.10 if max_regression is None else max_regression,
+                                  allow_estimated))
+    return checks
+
+
+def _regression(new: Subject, old: Subject, margin: float, allow_estimated: bool) -> Check:
+    for s, what in ((new, "the"), (old, "the baseline's")):
+        ok, why = _latency_usable(s, allow_estimated, what)
+        if not ok:
+            return Check("max_regression", False, why)
+    a, b = new.latency.samples_ms, old.latency.samples_ms
+    limit = 1 + margin
+    if len(a) >= 10 and len(b) >= 10:
+        ratio, lo, hi = median_ratio_ci(a, b)
+        passed = lo <= limit  # fail only when the whole interval is beyond the margin
+        how = f"(95% CI {100 * (lo - 1):+.1f}%..{100 * (hi - 1):+.1f}%, {len(a)} vs {len(b)} samples)"
+    else:
+        ratio = new.latency.p50 / old.latency.p50
+        passed = ratio <= limit
+        how = "(too few raw samples for a confidence interval: point estimate)"
+    change = 100 * (ratio - 1)
+    verdict = (f"within the allowed +{100 * margin:.1f}%" if passed else
+               f"regression beyond the allowed +{100 * margin:.1f}% by {100 * (ratio - limit):.1f} points")
+    return Check("max_regression", passed, f"p50 {new.latency.p50:.3f} ms vs baseline {old.latency.p50:.3f} ms: "
+                                           f"{change:+.1f}% {how}, {verdict}")
+
+
+def junit_xml(checks: list[Check], subject: Subject) -> str:
+    from xml.etree import ElementTree as ET
+
+    failures = sum(not c.passed for c in checks)
+    suite = ET.Element("testsuite", name="edgeopt.report.gate", tests=str(len(checks)), failures=str(failures),
+                       errors="0", skipped="0")
+    for c in checks:
+        case = ET.SubElement(suite, "testcase", classname=f"edgeopt.report.gate.{subject.name}", name=c.name)
+        if c.passed:
+            ET.SubElement(case, "system-out").text = c.message
+        else:
+            ET.SubElement(case, "failure", message=c.message, type="GateFailure").text = c.message
+    root = ET.Element("testsuites", name="edgeopt", tests=str(len(checks)), failures=str(failures))
+    root.append(suite)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def write_junit(path: Path, checks: list[Check], subject: Subject) -> None:
+    write_atomic(Path(path), junit_xml(checks, subject))
