@@ -51,6 +51,11 @@ def installed_runtimes() -> list[str]:
 
 
 def _first_line(e: BaseException) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(e, ValidationError):  # the field and what is wrong with it, not pydantic's headline
+        err = e.errors()[0]
+        return f"manifest field '{'.'.join(map(str, err['loc']))}': {err['msg']}"[:300]
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
