@@ -2,7 +2,7 @@ import hashlib
 import json
 
 import edgeopt
-from edgeopt.report.bundle import device_commands
+from edgeopt.formats import device_commands
 from edgeopt.targets import load_target
 
 

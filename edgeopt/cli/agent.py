@@ -18,12 +18,17 @@ def agent(
     job_timeout: float = typer.Option(300.0, help="seconds a measurement job may take before it is killed"),
     queue: int = typer.Option(8, help="jobs allowed to wait while one is measured (503 above)"),
     data_dir: Path = typer.Option(None, help="folder of NAME.npz files (arrays x, y) for accuracy on the device"),
-    workdir: Path = typer.Option(None, help="where uploads are stored (default: a private temp dir)"),
+    workdir: Path = typer.Option(None, help="folder in which the agent creates its private job folder "
+                                           "(default: the temp dir); a relative path is resolved at start"),
+    trust_engines: bool = typer.Option(False, "--trust-engines", help=(
+        "accept uploaded engines (e.g. TensorRT .engine files), which the runtime deserializes as native code; "
+        "without it the agent only takes ONNX for TensorRT and builds the engine itself")),
 ) -> None:
     """Serve latency measurements on this device for `optimize/benchmark --device http://HOST:PORT`.
 
     Each upload is stored under the agent's own folder with generated names, measured in its own process
-    (one job at a time, per-job timeout) and deleted; a bad artifact fails its job, not the agent."""
+    (one job at a time, per-job timeout, cancelled when its client disconnects) and deleted; a bad artifact
+    fails its job, not the agent. TensorRT jobs upload ONNX: the engine is built here, for this GPU."""
     from edgeopt.errors import ConfigError
     from edgeopt.remote import read_token_file
     from edgeopt.remote.server import AgentConfig, serve
@@ -35,5 +40,6 @@ def agent(
     if data_dir is not None and not data_dir.is_dir():
         raise ConfigError(f"--data-dir {data_dir} is not a folder")
     config = AgentConfig(token=read_token_file(token_file), max_upload_bytes=int(max_upload_mb * 2**20),
-                         job_timeout_s=job_timeout, max_queue=queue, data_dir=data_dir, workdir=workdir)
+                         job_timeout_s=job_timeout, max_queue=queue, data_dir=data_dir,
+                         workdir=workdir.resolve() if workdir else None, trust_engines=trust_engines)
     serve(config, host=host, port=port)

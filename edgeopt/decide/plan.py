@@ -12,6 +12,7 @@ from edgeopt.config import DeployContext, ModelSummary
 from edgeopt.decide.precisions import allowed as _allowed
 from edgeopt.decide.precisions import budget_kind, precision_pairs
 from edgeopt.decide.retrain import from_scratch_structures, qat_formats, sparse_structures
+from edgeopt.formats import format_of_runtime, precisions_of_format
 from edgeopt.report import Decision, Step
 from edgeopt.targets import TargetProfile
 from edgeopt.techniques import TECHNIQUES
@@ -66,9 +67,10 @@ class Plan(BaseModel):
         return "\n".join(lines)
 
 
-# format name -> runtime name, kept here so the planner stays free of backend imports
-FORMAT_OF_RUNTIME = {"onnxruntime": "onnx", "openvino": "openvino", "tensorrt": "tensorrt"}
-PRECISIONS_OF_FORMAT = {"onnx": ("fp32",), "openvino": ("fp32", "bf16"), "tensorrt": ("fp32", "fp16", "int8")}
+# runtime -> format and format -> precisions, read live from the formats table (a light import: the rows name
+# their modules, nothing heavy is imported until a row is used)
+FORMAT_OF_RUNTIME = format_of_runtime()
+PRECISIONS_OF_FORMAT = precisions_of_format()
 
 
 def runs_here(target: TargetProfile, local: TargetProfile) -> bool:

@@ -19,7 +19,7 @@ from edgeopt.engine import distributed
 from edgeopt.engine.cache import CandidateCache, data_hash, model_hash
 from edgeopt.engine.search import Search
 from edgeopt.errors import ConfigError, DataError
-from edgeopt.formats import BACKENDS, backend_for, installed_runtimes
+from edgeopt.formats import BACKENDS, artifact_files, backend_for, device_commands, installed_runtimes
 from edgeopt.inputs.analyze import analyze
 from edgeopt.inputs.data import Batches, DataSplits, as_batches, digits_data, from_function, image_folder
 from edgeopt.inputs.models import load_model
@@ -182,7 +182,7 @@ def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: s
     if not the_plan.measure_locally:  # the artifact + the exact build/run command for the device
         from edgeopt.report.bundle import write_bundle
 
-        write_bundle(report, out_dir, profile)
+        write_bundle(report, out_dir, profile, artifact_files, device_commands)
     report.model["cache_hits"] = sum(1 for c in [base, *report.candidates] if c is not None and c.from_cache)
     report.wall_time_s = round(time.perf_counter() - t_start, 2)
     write_report(report, out_dir)
@@ -229,14 +229,12 @@ def _publish_chosen(report: Report, out_dir: Path) -> None:
     if chosen is None or chosen.artifact is None:
         return
     src = out_dir / chosen.artifact
-    backend = backend_for(chosen.runtime)
-    companions = [src.with_suffix(".bin")] if backend.format == "openvino" else []
+    # every file of the artifact, as its format row lists them: companions first, so model.xml never points at
+    # a missing .bin
+    for f in backend_for(chosen.runtime).artifact_files(src):
+        name = "model" + f.name[len(src.stem):]
+        tmp = out_dir / f".{name}.tmp"
+        shutil.copyfile(f, tmp)
+        os.replace(tmp, out_dir / name)
     dst = out_dir / f"model{src.suffix}"
-    for s in companions:  # weights file first, so model.xml never points at a missing .bin
-        tmp = out_dir / f".model{s.suffix}.tmp"
-        shutil.copyfile(s, tmp)
-        os.replace(tmp, out_dir / f"model{s.suffix}")
-    tmp = out_dir / f".model{src.suffix}.tmp"
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
     report.model["chosen_artifact"] = dst.name

@@ -1,23 +1,33 @@
-"""The formats/runtimes table: one row per deployable backend (export fn, load fn, precisions, pip extra),
-and the one wrapper that exports, times, size-checks and verifies every artifact."""
+"""The formats table: one row per deployable format, and everything else derived from the rows.
+
+A row says how to export the format, how to load it on its runtime, which precisions it produces, which
+files an artifact consists of, how its executed precision is read, its per-layer profiler, what a device
+bundle runs, and what the remote agent accepts for it. The planner, target validation, benchmarking,
+per-layer profiling, the agent and bundles read these rows: adding a format is adding a row (and the
+module its references point at). Nothing heavy is imported here, so the decision layer may read the rows."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from edgeopt.errors import BackendMissingError, ConfigError, missing_backend
-from edgeopt.formats.base import ExportResult, Session
+from edgeopt.errors import ArtifactError, BackendMissingError, ConfigError, missing_backend
 from edgeopt.registry import Registry
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
-def _resolve(ref: str):
+    from edgeopt.formats.base import ExportResult, Session
+
+
+def resolve(ref: str) -> Callable:
+    """A "module:function" reference, imported on use so that `edgeopt --help` stays fast."""
     module, _, fn = ref.partition(":")
     return getattr(importlib.import_module(module), fn)
 
@@ -26,13 +36,36 @@ def _resolve(ref: str):
 class Backend:
     format: str  # artifact format name
     runtime: str  # runtime that executes it
-    suffix: str
-    export_ref: str  # "module:function", imported on use so that --help stays fast
-    load_ref: str
+    suffix: str  # the main file's suffix; it also tells an artifact's format
+    export_ref: str  # "module:function" (model, example, out, precision, calib, options) -> ExportResult
+    load_ref: str  # "module:function" (path, precision, threads, device) -> Session
     precisions: tuple[str, ...]  # precisions this backend can produce/run
     extra: str  # pip extra that installs it
     module: str  # python module whose presence means "installed"
     device: str = "CPU"
+    companions: tuple[str, ...] = ()  # suffixes of the other files of an artifact, written before the main one
+    dists: tuple[str, ...] = ()  # distributions whose versions a device environment reports
+    # fn(session, path) -> str, applied after loading; None: the loader reads it from the runtime itself
+    executed_ref: str | None = None
+    profile_ref: str | None = None  # per-layer profiler fn(path, x, runs, threads, precision) -> [LayerTime]
+    commands_ref: str = "edgeopt.formats.commands:generic"  # bundle fn(target, file, precision, ...) -> dict
+    device_inputs: tuple[str, ...] = ()  # formats the agent accepts for this runtime (default: its own)
+    # fn(path, precision, threads) -> Session for a device input of another format (TensorRT builds its
+    # engine from the uploaded ONNX on the device)
+    device_load_ref: str | None = None
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Suffixes of every file of an artifact, companions first."""
+        return (*self.companions, self.suffix)
+
+    def artifact_files(self, path: Path) -> list[Path]:
+        path = Path(path)
+        return [path.with_suffix(s) for s in self.companions] + [path]
+
+    @property
+    def accepts(self) -> tuple[str, ...]:
+        return self.device_inputs or (self.format,)
 
     def installed(self) -> bool:
         if importlib.util.find_spec(self.module) is None:
@@ -57,28 +90,71 @@ class Backend:
     def export(self, model: nn.Module, example: torch.Tensor, out: Path, precision: str = "fp32",
                calib=None, options: dict | None = None) -> ExportResult:
         self.require()
-        return _resolve(self.export_ref)(model, example, out, precision=precision, calib=calib, options=options)
+        return resolve(self.export_ref)(model, example, out, precision=precision, calib=calib, options=options)
 
     def load(self, path: Path, precision: str = "fp32", threads: int | None = None) -> Session:
+        """The load preamble every runtime shares (installed, file present, precision known), then its loader."""
         self.require()
-        return _resolve(self.load_ref)(path, precision=precision, threads=threads, device=self.device)
+        path = _existing(path)
+        if precision not in self.precisions:
+            raise ConfigError(f"{self.runtime} does not run precision {precision!r} "
+                              f"(supported: {', '.join(self.precisions)})")
+        session = resolve(self.load_ref)(path, precision=precision, threads=threads, device=self.device)
+        if self.executed_ref:
+            session.precision_executed = resolve(self.executed_ref)(session, path)
+        return session
+
+    def load_on_device(self, path: Path, fmt: str, precision: str = "fp32", threads: int | None = None) -> Session:
+        """What the agent runs: its own format through `load`, another accepted format through
+        `device_load_ref` (which decides itself what it needs, e.g. a GPU or a fallback runtime)."""
+        if fmt not in self.accepts and fmt != self.format:
+            raise ConfigError(f"{self.runtime} does not run {fmt} artifacts on the device")
+        if fmt == self.format or self.device_load_ref is None:
+            return self.load(path, precision=precision, threads=threads)
+        return resolve(self.device_load_ref)(_existing(path), precision=precision, threads=threads)
+
+    def profile(self, path: Path, x, runs: int, threads: int | None, precision: str) -> list:
+        if self.profile_ref is None:
+            have = [b.runtime for _, b in BACKENDS.items() if b.profile_ref]
+            raise ConfigError(f"--per-layer is available for {', '.join(have)}, not {self.runtime}")
+        self.require()
+        return resolve(self.profile_ref)(Path(path), x, runs, threads, precision)
+
+    def commands(self, target, model_file: str, precision: str, onnx_input=None, sparse_2_4: bool = False) -> dict:
+        """{"build": [...], "run": [...]} shell lines that build and measure the artifact on the device."""
+        return resolve(self.commands_ref)(target, model_file, precision, onnx_input=onnx_input,
+                                          sparse_2_4=sparse_2_4)
+
+
+def _existing(path: Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"artifact {path} does not exist")
+    return path
 
 
 BACKENDS: Registry[Backend] = Registry("format")
 BACKENDS.register("onnx", Backend(
     format="onnx", runtime="onnxruntime", suffix=".onnx",
     export_ref="edgeopt.formats.onnx:export_onnx", load_ref="edgeopt.formats.onnx:load_onnxruntime",
-    precisions=("fp32", "fp16", "int8"), extra="dev", module="onnxruntime"), aliases=("onnxruntime", "ort"))
+    precisions=("fp32", "fp16", "int8"), extra="dev", module="onnxruntime", dists=("onnxruntime", "onnxruntime-gpu"),
+    profile_ref="edgeopt.measure.layers:profile_onnxruntime", commands_ref="edgeopt.formats.commands:onnxruntime"),
+    aliases=("onnxruntime", "ort"))
 BACKENDS.register("openvino", Backend(
-    format="openvino", runtime="openvino", suffix=".xml",
-    export_ref="edgeopt.formats.openvino:export_openvino",
-    load_ref="edgeopt.formats.openvino:load_openvino",
-    precisions=("fp32", "bf16", "fp16", "int8"), extra="openvino", module="openvino"), aliases=("ov", "ir"))
+    format="openvino", runtime="openvino", suffix=".xml", companions=(".bin",),
+    export_ref="edgeopt.formats.openvino:export_openvino", load_ref="edgeopt.formats.openvino:load_openvino",
+    precisions=("fp32", "bf16", "fp16", "int8"), extra="openvino", module="openvino", dists=("openvino",),
+    profile_ref="edgeopt.measure.layers:profile_openvino", commands_ref="edgeopt.formats.commands:openvino",
+    device_inputs=("openvino", "onnx")),  # OpenVINO reads ONNX directly
+    aliases=("ov", "ir"))
 # TensorRT engines are built on (and only run on) an NVIDIA GPU; `installed()` also asks for a CUDA device.
+# The agent builds the engine on the device from an uploaded ONNX; an uploaded engine is opt-in (see remote).
 BACKENDS.register("tensorrt", Backend(
-    format="tensorrt", runtime="tensorrt", suffix=".engine",
+    format="tensorrt", runtime="tensorrt", suffix=".engine", companions=(".engine.json",),
     export_ref="edgeopt.formats.tensorrt:export_tensorrt", load_ref="edgeopt.formats.tensorrt:load_tensorrt",
-    precisions=("fp32", "fp16", "int8"), extra="tensorrt", module="tensorrt", device="GPU"), aliases=("trt",))
+    precisions=("fp32", "fp16", "int8"), extra="tensorrt", module="tensorrt", device="GPU", dists=("tensorrt",),
+    commands_ref="edgeopt.formats.commands:tensorrt", device_inputs=("onnx",),
+    device_load_ref="edgeopt.formats.tensorrt:load_from_onnx"), aliases=("trt",))
 
 
 def backend_for(name: str) -> Backend:
@@ -87,15 +163,71 @@ def backend_for(name: str) -> Backend:
 
 
 def backend_for_artifact(path: Path) -> Backend:
-    suffix = Path(path).suffix.lower()
+    name = Path(path).name.lower()
     for _, b in BACKENDS.items():
-        if b.suffix == suffix:
+        if name.endswith(b.suffix):
             return b
-    raise ConfigError(f"cannot tell the runtime of {path} from its suffix {suffix!r}; pass --runtime")
+    raise ConfigError(f"cannot tell the runtime of {path} from its suffix {Path(path).suffix.lower()!r}; "
+                      "pass --runtime")
+
+
+def rows() -> list[Backend]:
+    return [b for _, b in BACKENDS.items()]
+
+
+def runtime_names() -> list[str]:
+    return [b.runtime for b in rows()]
 
 
 def installed_runtimes() -> list[str]:
-    return [b.runtime for _, b in BACKENDS.items() if b.installed()]
+    return [b.runtime for b in rows() if b.installed()]
+
+
+class _LiveView(Mapping):
+    """A read-only dict computed from the rows on every access, so a row registered later is seen."""
+
+    def __init__(self, build: Callable[[], dict]):
+        self._build = build
+
+    def __getitem__(self, key):
+        return self._build()[key]
+
+    def __iter__(self) -> Iterator:
+        return iter(self._build())
+
+    def __len__(self) -> int:
+        return len(self._build())
+
+
+def format_of_runtime() -> Mapping[str, str]:
+    """runtime name -> format name, live."""
+    return _LiveView(lambda: {b.runtime: b.format for b in rows()})
+
+
+def precisions_of_format() -> Mapping[str, tuple[str, ...]]:
+    """format name -> precisions, live."""
+    return _LiveView(lambda: {b.format: b.precisions for b in rows()})
+
+
+def device_backend(fmt: str, candidate_runtime: str | None = None,
+                   target_runtimes: list[str] | None = None) -> Backend:
+    """The row that runs an artifact of format `fmt` on a device. A target whose preferred runtime builds
+    its own artifact there from this format (TensorRT from ONNX) gets it; else the candidate's runtime;
+    else the first of the target's runtimes that accepts the format; else the format's own runtime."""
+    prefs = [backend_for(r) for r in target_runtimes or [] if r in BACKENDS]
+    if prefs and prefs[0].format != fmt and fmt in prefs[0].accepts and prefs[0].device_load_ref:
+        return prefs[0]
+    if candidate_runtime:
+        return backend_for(candidate_runtime)
+    return next((b for b in prefs if fmt in b.accepts), backend_for(fmt))
+
+
+def device_commands(target, model_file: str, precision: str, runtime: str | None = None,
+                    onnx_input=None, sparse_2_4: bool = False) -> dict[str, list[str]]:
+    """Shell lines that build and measure `model_file` on `target` (the bundle's commands.sh)."""
+    fmt = backend_for_artifact(Path(model_file)).format
+    row = device_backend(fmt, runtime, list(target.runtimes))
+    return row.commands(target, model_file, precision, onnx_input=onnx_input, sparse_2_4=sparse_2_4)
 
 
 def has_fake_quant(model: nn.Module) -> bool:
@@ -139,3 +271,8 @@ def export_verified(model: nn.Module, example: torch.Tensor, format: str, out: P
         result.info["verification"] = verify_session(session, model, example, precision, inputs=inputs or None,
                                                      labels=labels)
     return result, session
+
+
+def artifact_files(path: Path) -> list[Path]:
+    """Every file of the artifact at `path` (companions first: an .xml never points at a missing .bin)."""
+    return backend_for_artifact(path).artifact_files(path)

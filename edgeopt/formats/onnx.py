@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeopt.errors import ArtifactError, ExportError, InputShapeError, missing_backend
+from edgeopt.errors import ArtifactError, ExportError, InputShapeError
 from edgeopt.formats.base import ExportResult, Session
 
 OPSET = 17
@@ -130,13 +130,8 @@ def graph_precision(path: Path) -> str | None:
 
 def load_onnxruntime(path: Path, precision: str = "fp32", threads: int | None = None,
                      device: str = "CPU") -> Session:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise missing_backend("onnxruntime", "dev") from None
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"artifact {path} does not exist")
+    import onnxruntime as ort  # installed, file present: checked once by the formats table's load preamble
+
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3

@@ -124,7 +124,7 @@ def _quantize(ov_model, cal, example: torch.Tensor, options: dict):
     return quantized, info
 
 
-_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": None}
+PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": None}
 
 
 def precision_name(ov_type) -> str:
@@ -137,18 +137,13 @@ def precision_name(ov_type) -> str:
 
 def load_openvino(path: Path, precision: str = "fp32", threads: int | None = None,
                   device: str = "CPU") -> Session:
-    try:
-        import openvino as ov
-    except ImportError:
-        raise missing_backend("openvino", "openvino") from None
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"artifact {path} does not exist")
-    if precision not in _HINTS:
-        raise ConfigError(f"OpenVINO precision {precision!r} unknown; use one of {', '.join(_HINTS)}")
+    import openvino as ov  # installed, file present: checked once by the formats table's load preamble
+
+    if precision not in PRECISION_HINTS:
+        raise ConfigError(f"OpenVINO precision {precision!r} unknown; use one of {', '.join(PRECISION_HINTS)}")
     core = ov.Core()
     config = {"PERFORMANCE_HINT": "LATENCY"}
-    hint = _HINTS[precision]
+    hint = PRECISION_HINTS[precision]
     if hint:
         config["INFERENCE_PRECISION_HINT"] = hint
     if threads:

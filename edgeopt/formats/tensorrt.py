@@ -106,72 +106,121 @@ def export_tensorrt(model: nn.Module, example: torch.Tensor, out: Path, precisio
         raise ConfigError(f"TensorRT precision {precision!r} unknown; use fp32, fp16 or int8")
     out = Path(out).with_suffix(".engine")
     out.parent.mkdir(parents=True, exist_ok=True)
-    logger = trt.Logger(trt.Logger.WARNING)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".trt.") as tmp:
         tmpdir = Path(tmp)
         onnx_path, info = _onnx_graph(model, example, tmpdir, precision, calib, options)
-        builder = trt.Builder(logger)
-        network = builder.create_network(0)  # TensorRT 10: networks are always explicit-batch
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse(onnx_path.read_bytes()):
-            errs = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-            raise ExportError("TensorRT cannot parse the ONNX graph: " + " | ".join(errs)[:400])
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.get("workspace_mb", 1024)) << 20)
-        if options.get("sparse_weights") or getattr(model, "edgeopt_sparsity", None) == "2:4":
-            # 2:4-pruned weights (edgeopt.techniques.unstructured): let TensorRT pick sparse tensor-core tactics
-            config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
-            info["sparse_weights"] = True
-        if precision == "fp16":
-            config.set_flag(trt.BuilderFlag.FP16)
-        elif precision == "int8":
-            config.set_flag(trt.BuilderFlag.INT8)
-            config.set_flag(trt.BuilderFlag.FP16)  # layers left unquantized may still run in fp16
-            if options.get("int8_calibration", "qdq") == "entropy" and not options.get("prequantized"):
+        calibrator = None
+        if precision == "int8" and not options.get("prequantized"):
+            if options.get("int8_calibration", "qdq") == "entropy":
                 from edgeopt.formats.calibration import resolve_calibration
 
                 cal = resolve_calibration(calib, example, "int8", options.get("allow_random_calib", False))
-                config.int8_calibrator = _EntropyCalibrator.make(trt, cal.inputs, tmpdir / "calib.cache")
+                calibrator = _EntropyCalibrator.make(trt, cal.inputs, tmpdir / "calib.cache")
                 info["calibration"] = {**cal.info(), "method": "entropy calibrator"}
-            elif not options.get("prequantized"):
+            else:
                 info["int8"] = "explicit Q/DQ (ONNX Runtime qdq-s8, per-channel weights)"
-        dla = options.get("dla_core")
-        if dla is not None:
-            if builder.num_DLA_cores == 0:
-                raise ConfigError("--dla-core given but this GPU has no DLA cores (Jetson AGX/NX only)")
-            config.default_device_type = trt.DeviceType.DLA
-            config.DLA_core = int(dla)
-            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)  # layers DLA cannot run fall back to the GPU
-            info["dla_core"] = int(dla)
-        cache_path = Path(options["timing_cache"]) if options.get("timing_cache") else None
-        cache = config.create_timing_cache(cache_path.read_bytes() if cache_path and cache_path.exists() else b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise ExportError("TensorRT engine build failed (see the TensorRT log above)")
-        if cache_path:
-            cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
-            info["timing_cache"] = str(cache_path)
-        meta = {**engine_meta(precision), **info}
-        tmp_engine, tmp_meta = tmpdir / "e.engine", tmpdir / "e.json"
-        tmp_engine.write_bytes(bytes(serialized))
-        tmp_meta.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp_meta, out.with_suffix(".engine.json"))  # sidecar first: an engine is never unlabelled
-        os.replace(tmp_engine, out)
+        if options.get("sparse_weights") or getattr(model, "edgeopt_sparsity", None) == "2:4":
+            options["sparse_weights"] = True  # 2:4-pruned weights: let TensorRT pick sparse tensor-core tactics
+        meta = build_engine(onnx_path, out, precision, options, info, calibrator)
     return ExportResult(path=out, format="tensorrt", precision=precision, exporter=f"tensorrt {trt.__version__}",
                         files=[out, out.with_suffix(".engine.json")], info=meta)
 
 
-def load_tensorrt(path: Path, precision: str = "fp32", threads: int | None = None, device: str = "GPU") -> Session:
-    from edgeopt.formats.tensorrt import engine_meta, require_gpu
-
-    gpu = require_gpu()
+def build_engine(onnx_path: Path, out: Path, precision: str, options: dict | None = None, info: dict | None = None,
+                 calibrator=None) -> dict:
+    """Build `out` (.engine) and its `.engine.json` sidecar from an ONNX file, on this machine's GPU.
+    Used by the exporter and by the agent, which builds on the device from the uploaded ONNX."""
     import tensorrt as trt
-    import torch
+
+    options, info = dict(options or {}), dict(info or {})
+    out = Path(out)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # TensorRT 10: networks are always explicit-batch
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(Path(onnx_path).read_bytes()):
+        errs = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise ExportError("TensorRT cannot parse the ONNX graph: " + " | ".join(errs)[:400])
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.get("workspace_mb", 1024)) << 20)
+    if options.get("sparse_weights"):
+        config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
+        info["sparse_weights"] = True
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)
+        config.set_flag(trt.BuilderFlag.FP16)  # layers left unquantized may still run in fp16
+        if calibrator is not None:
+            config.int8_calibrator = calibrator
+    dla = options.get("dla_core")
+    if dla is not None:
+        if builder.num_DLA_cores == 0:
+            raise ConfigError("--dla-core given but this GPU has no DLA cores (Jetson AGX/NX only)")
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = int(dla)
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)  # layers DLA cannot run fall back to the GPU
+        info["dla_core"] = int(dla)
+    cache_path = Path(options["timing_cache"]) if options.get("timing_cache") else None
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path and cache_path.exists() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ExportError("TensorRT engine build failed (see the TensorRT log above)")
+    if cache_path:
+        cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+        info["timing_cache"] = str(cache_path)
+    meta = {**engine_meta(precision), **info}
+    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=".engine.")
+    os.close(fd)
+    tmp_engine, tmp_meta = Path(tmp_name), Path(tmp_name + ".json")
+    try:
+        tmp_engine.write_bytes(bytes(serialized))
+        tmp_meta.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp_meta, out.with_suffix(".engine.json"))  # sidecar first: an engine is never unlabelled
+        os.replace(tmp_engine, out)
+    finally:
+        tmp_engine.unlink(missing_ok=True)
+        tmp_meta.unlink(missing_ok=True)
+    return meta
+
+
+def load_from_onnx(path: Path, precision: str = "fp32", threads: int | None = None) -> Session:
+    """TensorRT on a device, from an uploaded ONNX: build the engine here (it must match this GPU and
+    TensorRT), then load that engine, which this process wrote itself. Without the tensorrt package or a
+    CUDA device, ONNX Runtime's TensorRT execution provider (onnxruntime-gpu, JetPack) builds it instead."""
+    path = Path(path)
+    try:
+        require_gpu()
+    except BackendMissingError as e:
+        return _onnxruntime_tensorrt_provider(path, precision, threads, str(e))
+    engine = path.with_name(path.stem + ".built.engine")
+    meta = build_engine(path, engine, precision)
+    session = load_tensorrt(engine, precision=precision, threads=threads)
+    session.info["route"] = f"engine built on the device from the uploaded ONNX ({meta.get('gpu')})"
+    return session
+
+
+def _onnxruntime_tensorrt_provider(path: Path, precision: str, threads: int | None, why: str) -> Session:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        ort = None
+    if ort is None or "TensorrtExecutionProvider" not in ort.get_available_providers():
+        raise BackendMissingError(f"TensorRT cannot run here ({why}) and ONNX Runtime has no TensorRT "
+                                  "execution provider (install onnxruntime-gpu / JetPack's TensorRT)")
+    from edgeopt.formats.onnx import load_onnxruntime
+
+    session = load_onnxruntime(path, precision=precision, threads=threads, device="GPU")
+    session.info["route"] = f"ONNX Runtime's TensorRT execution provider ({why})"
+    return session
+
+
+def load_tensorrt(path: Path, precision: str = "fp32", threads: int | None = None, device: str = "GPU") -> Session:
+    gpu = require_gpu()  # the GPU's name; installed and file present: the formats table's load preamble
+    import tensorrt as trt
 
     path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"artifact {path} does not exist")
     sidecar = path.with_suffix(".engine.json")
     meta = json.loads(sidecar.read_text()) if sidecar.exists() else {}
     here = engine_meta(precision)

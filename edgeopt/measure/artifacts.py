@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeopt.errors import ArtifactError, ConfigError, InputShapeError
-from edgeopt.formats import backend_for, backend_for_artifact
+from edgeopt.formats import BACKENDS, backend_for, backend_for_artifact
 from edgeopt.formats.base import Session
 from edgeopt.measure.timing import BenchConfig, measure
 from edgeopt.report import BenchmarkResult
@@ -19,7 +19,9 @@ from edgeopt.report import BenchmarkResult
 
 def device_description(session: Session) -> str:
     """The GPU name, or the CPU model with the ISA flags that decide which kernels run."""
-    if session.runtime == "tensorrt" or "cuda" in session.device.lower() or "tensorrt" in session.device.lower():
+    gpu_row = session.runtime in BACKENDS and backend_for(session.runtime).device == "GPU"
+    gpu_provider = session.device.endswith("ExecutionProvider") and session.device != "CPUExecutionProvider"
+    if gpu_row or gpu_provider:  # ONNX Runtime on its CUDA or TensorRT execution provider
         return session.device
     from edgeopt.targets import INTERESTING_FLAGS, cpu_flags, cpu_model
 

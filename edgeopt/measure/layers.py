@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeopt.errors import ArtifactError, ConfigError, missing_backend
+from edgeopt.errors import ArtifactError
 
 
 @dataclass
@@ -38,16 +38,14 @@ def _table(acc: dict[str, list]) -> list[LayerTime]:
     return sorted(rows, key=lambda r: -r.ms)
 
 
-def _openvino(path: Path, x: np.ndarray, runs: int, threads: int | None, precision: str) -> list[LayerTime]:
-    try:
-        import openvino as ov
-    except ImportError:
-        raise missing_backend("openvino", "openvino") from None
-    from edgeopt.formats.openvino import _HINTS
+def profile_openvino(path: Path, x: np.ndarray, runs: int, threads: int | None, precision: str) -> list[LayerTime]:
+    import openvino as ov  # installed: checked by the formats table before it calls a profiler
+
+    from edgeopt.formats.openvino import PRECISION_HINTS
 
     config = {"PERF_COUNT": True, "PERFORMANCE_HINT": "LATENCY"}
-    if _HINTS.get(precision):
-        config["INFERENCE_PRECISION_HINT"] = _HINTS[precision]
+    if PRECISION_HINTS.get(precision):
+        config["INFERENCE_PRECISION_HINT"] = PRECISION_HINTS[precision]
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     try:
@@ -70,19 +68,15 @@ def _openvino(path: Path, x: np.ndarray, runs: int, threads: int | None, precisi
 
 def profile_layers(path: Path, runtime: str, x: np.ndarray, runs: int = 20, threads: int | None = None,
                    precision: str = "fp32") -> list[LayerTime]:
-    """Per-layer mean times of one artifact on `runtime` ("onnxruntime" | "openvino"), slowest first."""
-    if runtime == "onnxruntime":
-        return _profile_ort_many(path, x, runs, threads)
-    if runtime == "openvino":
-        return _openvino(Path(path), x, runs, threads, precision)
-    raise ConfigError(f"--per-layer is available for onnxruntime and openvino, not {runtime}")
+    """Per-layer times of one artifact on `runtime`, slowest first, by the profiler its format row names."""
+    from edgeopt.formats import backend_for
+
+    return backend_for(runtime).profile(Path(path), x, runs, threads, precision)
 
 
-def _profile_ort_many(path: Path, x: np.ndarray, runs: int, threads: int | None) -> list[LayerTime]:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise missing_backend("onnxruntime", "dev") from None
+def profile_onnxruntime(path: Path, x: np.ndarray, runs: int, threads: int | None,
+                        precision: str = "fp32") -> list[LayerTime]:
+    import onnxruntime as ort  # installed: checked by the formats table before it calls a profiler
     with tempfile.TemporaryDirectory(prefix="edgeopt-prof.") as tmp:
         so = ort.SessionOptions()
         so.enable_profiling = True

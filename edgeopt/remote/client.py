@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeopt.errors import ArtifactError, ConfigError, EdgeOptError
-from edgeopt.remote import FORMATS, PROTOCOL_HEADER, PROTOCOL_VERSION
+from edgeopt.formats import artifact_files
+from edgeopt.remote import PROTOCOL_HEADER, PROTOCOL_VERSION
 from edgeopt.report import BenchmarkResult, LatencyStats
 
 
@@ -31,22 +32,18 @@ class RemoteBenchmarkResult(BenchmarkResult):
 
 
 def format_of(path: Path) -> str:
-    suffix = Path(path).suffix.lower()
-    for fmt, suffixes in FORMATS.items():
-        if suffix == suffixes[0]:
-            return fmt
-    raise ConfigError(f"cannot send {path} to an agent: only {', '.join(s[0] for s in FORMATS.values())} "
-                      "artifacts are measured remotely")
+    """The artifact's format, from its suffix (the formats table)."""
+    from edgeopt.formats import backend_for_artifact
+
+    return backend_for_artifact(path).format
 
 
 def default_runtime(fmt: str, preferred: list[str] | None = None) -> str:
     """The runtime the device should use for a format: the first of `preferred` (a target's runtimes)
-    that can consume it (TensorRT and ONNX Runtime build from ONNX; OpenVINO reads both)."""
-    consumes = {"onnx": ("tensorrt", "onnxruntime", "openvino"), "openvino": ("openvino",)}[fmt]
-    for rt in preferred or []:
-        if rt in consumes:
-            return rt
-    return consumes[1] if fmt == "onnx" else "openvino"
+    that accepts it (TensorRT builds its engine from ONNX there), else the format's own runtime."""
+    from edgeopt.formats import device_backend
+
+    return device_backend(fmt, None, preferred).runtime
 
 
 class AgentClient:
@@ -95,11 +92,12 @@ class AgentClient:
                 if not path.is_file():
                     raise ArtifactError(f"artifact {path} does not exist")
                 fmt = format_of(path)
-                parts = [path] + ([path.with_suffix(".bin")] if fmt == "openvino" else [])
+                files_of = artifact_files(path)
+                parts = files_of[-1:] + files_of[:-1]  # on the wire: the main file first, then its companions
                 names = []
                 for j, p in enumerate(parts):
                     if not p.is_file():
-                        raise ArtifactError(f"{path} needs its weights file {p}, which does not exist")
+                        raise ArtifactError(f"{path} needs its file {p}, which does not exist")
                     names.append(f"f{i}_{j}")
                     files[names[-1]] = (p.name, stack.enter_context(open(p, "rb")), "application/octet-stream")
                 manifest["artifacts"].append({"id": aid, "format": fmt, "runtime": runtimes[aid],
@@ -135,12 +133,12 @@ def measure_remote(artifacts: dict[str, Path], url: str, token: str, precision: 
     return out
 
 
-def device_runtime(candidate_runtime: str | None, target_runtimes: list[str]) -> str:
-    """The runtime the device runs a candidate on. A TensorRT target gets ONNX from the planner (engines
-    are built on the device), so its ONNX Runtime candidates run on TensorRT there."""
-    if candidate_runtime in (None, "onnxruntime") and target_runtimes[:1] == ["tensorrt"]:
-        return "tensorrt"
-    return candidate_runtime or "onnxruntime"
+def device_runtime(candidate_runtime: str | None, target_runtimes: list[str], fmt: str = "onnx") -> str:
+    """The runtime the device runs a candidate on. A target whose preferred runtime builds its artifact on the
+    device (TensorRT from ONNX) gets the ONNX the planner exported for it."""
+    from edgeopt.formats import device_backend
+
+    return device_backend(fmt, candidate_runtime, target_runtimes).runtime
 
 
 def measure_candidates(candidates, out_dir: Path, target_runtimes: list[str], url: str, token: str,
@@ -150,7 +148,8 @@ def measure_candidates(candidates, out_dir: Path, target_runtimes: list[str], ur
     cands = [c for c in candidates if c.artifact]
     results = measure_remote({c.id: Path(out_dir) / c.artifact for c in cands}, url, token,
                              precision={c.id: c.precision or "fp32" for c in cands},
-                             runtime={c.id: device_runtime(c.runtime, target_runtimes) for c in cands},
+                             runtime={c.id: device_runtime(c.runtime, target_runtimes, format_of(Path(c.artifact)))
+                                      for c in cands},
                              threads=threads, input_shape=input_shape, max_time_s=max_time_s)
     env: dict = {}
     for c in cands:

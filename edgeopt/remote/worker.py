@@ -37,41 +37,31 @@ def device_environment() -> dict:
             break
         except OSError:
             continue
-    versions = {d: _version(d) for d in ("onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "numpy")}
+    from edgeopt.formats import rows
+
+    versions = {d: _version(d) for d in [*(d for b in rows() for d in b.dists), "numpy"]}
     return {"edgeopt_version": __version__, "python": platform.python_version(), "platform": platform.platform(),
             "machine": platform.machine(), "device_model": model, "cpu": cpu_model(),
             "cpu_flags": [f for f in INTERESTING_FLAGS if f in cpu_flags()], "cpu_count": os.cpu_count(),
             **{k: v for k, v in versions.items() if v}}
 
 
-def load_session(runtime: str, path: Path, precision: str, threads: int | None):
-    """The device's runtime for an artifact. TensorRT: edgeopt's TensorRT runtime when this install has
-    one, else ONNX Runtime's TensorRT execution provider, which builds the engine on the device."""
-    from edgeopt.errors import BackendMissingError
+def row_of(artifact: dict):
+    """The format row the agent validated this artifact against, as it wrote it into the job (so the worker
+    runs exactly that row, including rows registered in the agent's process)."""
+    from edgeopt.formats import Backend, backend_for
 
-    if runtime == "onnxruntime":
-        from edgeopt.formats.onnx import load_onnxruntime
+    row = artifact.get("row")
+    if not row:
+        return backend_for(artifact["runtime"])
+    return Backend(**{k: tuple(v) if isinstance(v, list) else v for k, v in row.items()})
 
-        return load_onnxruntime(path, precision=precision, threads=threads)
-    if runtime == "openvino":
-        from edgeopt.formats.openvino import load_openvino
 
-        return load_openvino(path, precision=precision, threads=threads)
-    if runtime == "tensorrt":
-        try:
-            mod = importlib.import_module("edgeopt.formats.tensorrt")
-            return mod.load_tensorrt(path, precision=precision, threads=threads, device="GPU")
-        except ImportError:
-            pass
-        import onnxruntime as ort
-
-        if "TensorrtExecutionProvider" not in ort.get_available_providers():
-            raise BackendMissingError("this agent has neither the tensorrt package nor ONNX Runtime's "
-                                      "TensorRT execution provider (install onnxruntime-gpu / JetPack's TensorRT)")
-        from edgeopt.formats.onnx import load_onnxruntime
-
-        return load_onnxruntime(path, precision=precision, threads=threads, device="GPU")
-    raise BackendMissingError(f"unknown runtime {runtime!r}")
+def load_session(artifact: dict, threads: int | None):
+    """The device's runtime for an artifact, from its format row: the row's own format through its loader,
+    another format it accepts through its device loader (TensorRT builds the engine here from the ONNX)."""
+    return row_of(artifact).load_on_device(Path(artifact["path"]), artifact.get("format") or "onnx",
+                                           precision=artifact["precision"], threads=threads)
 
 
 def top1(session, data_file: Path, batch: int) -> float:
@@ -95,7 +85,7 @@ def run_job(job: dict) -> dict:
     t0 = time.perf_counter()
     sessions, inputs = {}, {}
     for a in job["artifacts"]:
-        s = load_session(a["runtime"], Path(a["path"]), a["precision"], job.get("threads") or os.cpu_count())
+        s = load_session(a, job.get("threads") or os.cpu_count())
         shape = tuple(job["input_shape"]) if job.get("input_shape") else tuple(
             d if d > 0 else 1 for d in s.input_shape)
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
@@ -107,6 +97,7 @@ def run_job(job: dict) -> dict:
     for a in job["artifacts"]:
         s = sessions[a["id"]]
         r = {"runtime": s.runtime, "runtime_version": s.runtime_version, "precision": a["precision"],
+             "route": s.info.get("route"),
              "precision_executed": s.precision_executed, "device": s.device, "threads": s.threads,
              "input_shape": list(inputs[a["id"]].shape), "latency": stats[a["id"]].model_dump()}
         if job.get("data_file"):
@@ -124,6 +115,7 @@ def main(job_dir: str) -> int:
         code = 0
     except Exception as e:  # reported to the client as this job's failure; the agent keeps serving
         msg = (str(e).strip().splitlines() or [""])[0][:300]
+        msg = msg.replace(str(job_dir.resolve()) + os.sep, "")  # the agent's own paths stay on the agent
         out = {"status": "failed", "error": f"{type(e).__name__}: {msg}",
                "detail": traceback.format_exc(limit=3)[-2000:] if os.environ.get("EDGEOPT_DEBUG") else None}
         code = 1

@@ -30,7 +30,16 @@ def _profile_dir() -> Path:
 
 
 PROFILE_DIR = _profile_dir()
-KNOWN_RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
+
+
+def known_runtimes() -> list[str]:
+    """The runtimes of the formats table. Targets sit below formats in the layers, yet a profile naming a
+    runtime no row provides must fail where the profile is read (with the field's name), not later in the
+    planner. The table is light to import (its rows name their modules), so it is looked up at validation
+    time, by name, instead of keeping a second list of runtimes here that would go stale."""
+    import importlib
+
+    return importlib.import_module("edgeopt.formats").runtime_names()
 KNOWN_PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8", "int4", "fp8")
 
 
@@ -59,9 +68,10 @@ class TargetProfile(BaseModel):
     @field_validator("runtimes")
     @classmethod
     def _runtimes_known(cls, v: list[str]) -> list[str]:
-        bad = [r for r in v if r not in KNOWN_RUNTIMES]
+        known = known_runtimes()
+        bad = [r for r in v if r not in known]
         if bad or not v:
-            raise ValueError(f"unknown runtime {bad[0]!r} (known: {', '.join(KNOWN_RUNTIMES)})" if bad
+            raise ValueError(f"unknown runtime {bad[0]!r} (known: {', '.join(known)})" if bad
                              else "at least one runtime is needed")
         return v
 

@@ -1,0 +1,49 @@
+"""Device commands per format: the shell lines a deployment bundle runs on the device to build and measure
+the artifact there (the formats table points each row at one of these)."""
+
+from __future__ import annotations
+
+import shlex
+
+TRT_FLAGS = {"fp16": ["--fp16"], "int8": ["--int8"], "bf16": ["--bf16"], "fp32": []}
+OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
+def tensorrt(target, model_file: str, precision: str, onnx_input=None, sparse_2_4: bool = False) -> dict:
+    """trtexec builds the engine on the device (engines only run on the GPU and TensorRT that built them)."""
+    q = shlex.quote
+    shapes = []
+    if onnx_input:
+        name, dims = onnx_input
+        shapes = [f"--shapes={q(name)}:{'x'.join(map(str, dims))}"]
+    flags = TRT_FLAGS.get(precision, [])
+    if sparse_2_4 and "2:4" in target.sparse_support:  # weights carry the 2:4 pattern: sparse tensor cores
+        flags = [*flags, "--sparsity=enable"]
+    source = "--onnx" if model_file.endswith(".onnx") else "--loadEngine"
+    build = ["trtexec", f"{source}={q(model_file)}", "--saveEngine=model.engine", *flags, *shapes]
+    run = ["trtexec", "--loadEngine=model.engine", "--warmUp=500", "--duration=10", "--useSpinWait",
+           "--percentile=50,90,99"]
+    lines = {"build": [" ".join(build)] if source == "--onnx" else [], "run": [" ".join(run)]}
+    if target.dla_cores and source == "--onnx":
+        # DLA runs fp16/int8 only; layers it cannot run fall back to the GPU
+        dla = [*build[:2], "--saveEngine=model.dla.engine", *(flags or ["--fp16"]), *shapes,
+               "--useDLACore=0", "--allowGPUFallback"]
+        lines["build_dla"] = [" ".join(dla)]
+    return lines
+
+
+def openvino(target, model_file: str, precision: str, onnx_input=None, sparse_2_4: bool = False) -> dict:
+    hint = OV_PRECISION.get(precision)
+    run = ["benchmark_app", "-m", shlex.quote(model_file), "-d", "CPU", "-hint", "latency", "-t", "10"]
+    if hint:
+        run += ["-infer_precision", hint]
+    return {"build": [], "run": [" ".join(run)]}
+
+
+def onnxruntime(target, model_file: str, precision: str, onnx_input=None, sparse_2_4: bool = False) -> dict:
+    return {"build": [], "run": [f"onnxruntime_perf_test -I -t 10 -e cpu {shlex.quote(model_file)}"]}
+
+
+def generic(target, model_file: str, precision: str, onnx_input=None, sparse_2_4: bool = False) -> dict:
+    """A format without a native benchmark tool: edgeopt's own benchmark, on the device."""
+    return {"build": [], "run": [f"edgeopt benchmark {shlex.quote(model_file)} --precision {precision}"]}
