@@ -152,6 +152,7 @@ def plan(
     runtimes: str = typer.Option(None, help="restrict to these runtimes"),
     data: str = typer.Option(None, help="the data optimize would get (only its presence matters here)"),
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
+    trust_pickle: bool = typer.Option(False, help="allow loading a full pickled model (runs its code)"),
 ) -> None:
     """Print the candidates the planner would try, and why (and what it leaves out, and why), without
     exporting or measuring anything. Example: edgeopt plan --target jetson --goal latency"""
@@ -166,7 +167,7 @@ def plan(
                        from_scratch=from_scratch, latency_budget_ms=latency_budget_ms, size_budget_mb=size_budget_mb,
                        techniques=parse_list(techniques), runtimes=parse_list(runtimes))
     profile = load_target(ctx.target)
-    loaded = load_model(model, input_shape=parse_input_shape(input_shape))
+    loaded = load_model(model, input_shape=parse_input_shape(input_shape), trust_pickle=trust_pickle)
     summary = analyze(loaded.model, loaded.input_shape)
     has_data = model == "demo" or data is not None
     p = make_plan(ctx, profile, summary, detect_local(), installed_runtimes(), has_calib_data=has_data,
