@@ -17,6 +17,7 @@ from torch import nn
 
 from edgeopt.errors import ArtifactError, ExportError, InputShapeError, missing_backend
 from edgeopt.formats.base import ExportResult, Session
+from edgeopt.report import honour_umask
 
 OPSET = 17
 
@@ -68,6 +69,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, out: Path, precision: s
     errors = []
     fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".onnx.tmp")
     os.close(fd)
+    honour_umask(tmp_name)
     tmp = Path(tmp_name)
     conv = tmp.with_name(tmp.name + ".conv")
     info: dict = {}
