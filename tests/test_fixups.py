@@ -138,3 +138,25 @@ def test_everything_written_honours_the_umask(tmp_path, umask_002):
     onnx_path = export_onnx(nn.Sequential(nn.Linear(4, 3)).eval(), torch.randn(1, 4), tmp_path / "m.onnx").path
     for path in (tmp_path / "report.json", tmp_path / "cache" / "measure-k.json", tmp_path / "junit.xml", onnx_path):
         assert (path.stat().st_mode & 0o777) == umask_002, f"{path.name}: {oct(path.stat().st_mode & 0o777)}"
+
+
+def test_data_function_file_leaves_no_pycache(tmp_path, monkeypatch):
+    from edgeopt.inputs.data import from_function
+
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # as for a user without PYTHONDONTWRITEBYTECODE
+    user = tmp_path / "mydata.py"
+    user.write_text("import torch\n\ndef make():\n    return {'calib': [torch.zeros(2, 4)]}\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert "calib" in from_function(f"{user}:make")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_help_and_readme_say_user_code_is_run():
+    import re
+    from pathlib import Path
+
+    helps = run_cli("optimize", "--help").stdout
+    flat = re.sub(r"[\s│]+", " ", helps)
+    assert "IMPORT AND RUN that code" in flat and "IMPORTS AND RUNS that code" in flat
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert "**import and run that Python code**" in readme

@@ -13,7 +13,8 @@ from edgeopt.cli.app import app
 from edgeopt.cli.common import RichProgress, candidates_table, console, out, parse_list
 
 MODEL_HELP = ("demo (built-in, default), torchvision:NAME?num_classes=10, timm:NAME, path/file.py:factory, "
-              "package.module:factory, or a torch.export .pt2 file")
+              "package.module:factory, or a torch.export .pt2 file. file.py:factory and module:factory "
+              "IMPORT AND RUN that code: use only code you trust")
 
 
 @app.command()
@@ -37,7 +38,8 @@ def optimize(
     runtimes: str = typer.Option(None, help="restrict to these runtimes, e.g. onnxruntime,openvino"),
     data: str = typer.Option(None, help="'digits' (built-in; default for the demo), an image folder (one "
                              "sub-folder per class), or module:function / file.py:function returning "
-                             "{'calib','train','eval'} iterables"),
+                             "{'calib','train','eval'} iterables (IMPORTS AND RUNS that code: only code you "
+                             "trust)"),
     image_size: str = typer.Option(None, help="image folder: resize to H,W or S (default: the model's input)"),
     mean: str = typer.Option(None, help="image folder: per-channel mean, e.g. 0.485,0.456,0.406 (default 0.5)"),
     std: str = typer.Option(None, help="image folder: per-channel std (default 0.5)"),
