@@ -139,3 +139,43 @@ def test_same_artifact_benchmarked_twice_passes_a_15_percent_gate_repeatedly(tmp
     slow = load_subject(files[-1])
     slow.latency = stats_from_samples([s * 1.4 for s in slow.latency.samples_ms])
     assert not run_gate(slow, baseline=load_subject(files[0]), max_regression=0.15)[0].passed
+
+
+def _cli_exit(r):
+    """The exit code and message `edgeopt` (cli.main) gives for what the Typer app raised."""
+    from edgeopt.errors import EdgeOptError
+
+    if isinstance(r.exception, EdgeOptError):
+        return r.exception.exit_code, str(r.exception)
+    return r.exit_code, r.output
+
+
+def _rewrite(path, **latency):
+    data = json.loads(path.read_text())
+    data["candidates"][0]["latency_ms"].update(latency)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_unknown_schema_version_is_bad_input(tmp_path):
+    rep = _report(tmp_path / "r.json")
+    data = json.loads(rep.read_text())
+    data["schema_version"] = 99
+    rep.write_text(json.dumps(data))
+    p = subprocess.run([sys.executable, "-m", "edgeopt", "gate", str(rep), "--max-latency-ms", "12"],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "schema_version 99" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("latency, expect", [
+    ({"p50": 0.0}, "p50 latency 0.0"),
+    ({"samples_ms": [], "n": 0}, "without any runs"),
+    ({"samples_ms": [float("nan")] * 20}, "not positive finite"),
+])
+def test_zero_empty_or_nan_latency_is_bad_input(tmp_path, latency, expect):
+    old = _report(tmp_path / "old.json")
+    new = _rewrite(_report(tmp_path / "new.json"), **latency)
+    for args in ([str(new), "--baseline", str(old)], [str(old), "--baseline", str(new)],
+                 [str(new), "--max-latency-ms", "12"]):
+        code, msg = _cli_exit(runner.invoke(app, ["gate", *args]))
+        assert code == 2 and expect in msg and "nan%" not in msg, msg

@@ -50,3 +50,34 @@ def test_registry_row():
     assert tech.needs_retraining and tech.stage == "model"
     with pytest.raises(Exception, match="labelled"):
         tech.apply_fn()(smallnet.make(), None, tech.make_config({}), data=None)
+
+
+def test_qat_model_really_runs_int8_convolutions(tmp_path):
+    """The executed precision comes from the runtime's optimized/execution graph, counted per MAC: a QAT model
+    whose BatchNorm stayed unfolded ran its convolutions in fp32 between Q/DQ pairs."""
+    import torch
+
+    from edgeopt.formats.onnx import load_onnxruntime
+
+    model = smallnet.make().eval()
+    calib = [torch.randn(8, 1, 16, 16) for _ in range(4)]
+    unfolded = Q.freeze(Q.calibrate(Q.prepare(model, calib[0][:1]), calib))
+    qmodel = Q.ptq(model, calib)
+    x = torch.randn(16, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(qmodel(x), unfolded(x), atol=1e-5)  # folding changes nothing in PyTorch
+    example = x[:1]
+    fp32 = load_onnxruntime(edgeopt.export(model, example, format="onnx", out=tmp_path / "f.onnx"))
+    assert fp32.precision_executed == "fp32" and fp32.info["int8_mac_fraction"] == 0.0
+    path = edgeopt.export(qmodel, example, format="onnx", out=tmp_path / "q.onnx", verify=False)
+    ort_q = load_onnxruntime(path)
+    assert ort_q.info["int8_mac_fraction"] >= 0.99 and ort_q.precision_executed == "int8", ort_q.info
+    macs = ort_q.info["executed_precision"]["macs_by_precision"]
+    # every conv and the classifier counted once: 16x16x16x(1x3x3) + 32x8x8x(16x3x3) + 32x4x4x(32x3x3) + 32x10
+    assert sum(macs.values()) == 36864 + 294912 + 147456 + 320
+    pytest.importorskip("openvino")
+    from edgeopt.formats.openvino import load_openvino
+
+    ov_q = load_openvino(path)
+    assert ov_q.info["int8_mac_fraction"] >= 0.99 and ov_q.precision_executed == "int8", ov_q.info
+

@@ -29,8 +29,10 @@ def prune(
     trust_pickle: bool = typer.Option(False),
     ratio: float = typer.Option(0.3, help="fraction of channels to remove"),
     importance: str = typer.Option(
-        "l2", help="l2 | l1 | bn_scale | fpgm | random | hrank (feature-map rank on random inputs here; "
-        "use the Python API with real data) | taylor (needs labels: Python API)"),
+        "l2", help="l2 | l1 | bn_scale | fpgm | random | hrank (rank of the activated feature maps on --data, "
+        "else on random inputs) | taylor (needs labels: Python API)"),
+    data: str = typer.Option(None, help="hrank inputs: 'digits' (the demo's, default for it) or a .npy file of "
+                                        "inputs shaped N,C,H,W; without it hrank ranks random inputs"),
     scope: str = typer.Option("local", help="local (same ratio per layer) | global (rank all groups together)"),
     max_layer_ratio: float = typer.Option(0.9, help="global scope: no layer loses more than this fraction"),
     round_to: int = typer.Option(None, help="round kept channels to this multiple (e.g. 8 or 16 for the target)"),
@@ -55,10 +57,22 @@ def prune(
     if importance == "taylor":
         raise ConfigError("--importance taylor needs labelled batches: use edgeopt.prune(..., data=[(x, y)])")
     loaded, example = _load(model, weights, input_shape, trust_pickle)
-    data = [torch.randn(8, *example.shape[1:]) for _ in range(2)] if importance in ("hrank", "rank") else None
+    batches, source = None, None
+    if importance in ("hrank", "rank"):
+        batches = _calib_data(data, None, model, tuple(example.shape[1:]))
+        source = "random" if batches is None else "data"
+        if hasattr(batches, "inputs"):
+            batches = batches.inputs()
+        if batches is None:
+            batches = [torch.randn(8, *example.shape[1:]) for _ in range(2)]
+        out.print("hrank: ranking feature maps of " + (
+            "RANDOM inputs (no --data given: pass real inputs for a meaningful ranking)" if source == "random"
+            else f"{len(batches)} batches from --data"), markup=False, highlight=False)
     small, record = do_prune(loaded.model, example, ratio=ratio, importance=importance, scope=scope,
                              round_to=round_to, iterative_steps=steps, max_layer_ratio=max_layer_ratio,
-                             timeout_s=timeout, data=data)
+                             timeout_s=timeout, data=batches)
+    if source:
+        record["hrank_inputs"] = source
     path = export(small, example, format=format, out=out_file)
     if record_file:
         write_atomic(record_file, json.dumps(record, indent=2))

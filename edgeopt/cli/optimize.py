@@ -13,7 +13,8 @@ from edgeopt.cli.app import app
 from edgeopt.cli.common import RichProgress, candidates_table, console, out, parse_list
 
 MODEL_HELP = ("demo (built-in, default), torchvision:NAME?num_classes=10, timm:NAME, path/file.py:factory, "
-              "package.module:factory, or a torch.export .pt2 file")
+              "package.module:factory, or a torch.export .pt2 file. file.py:factory and module:factory "
+              "IMPORT AND RUN that code: use only code you trust")
 
 
 @app.command()
@@ -37,7 +38,8 @@ def optimize(
     runtimes: str = typer.Option(None, help="restrict to these runtimes, e.g. onnxruntime,openvino"),
     data: str = typer.Option(None, help="'digits' (built-in; default for the demo), an image folder (one "
                              "sub-folder per class), or module:function / file.py:function returning "
-                             "{'calib','train','eval'} iterables"),
+                             "{'calib','train','eval'} iterables (IMPORTS AND RUNS that code: only code you "
+                             "trust)"),
     image_size: str = typer.Option(None, help="image folder: resize to H,W or S (default: the model's input)"),
     mean: str = typer.Option(None, help="image folder: per-channel mean, e.g. 0.485,0.456,0.406 (default 0.5)"),
     std: str = typer.Option(None, help="image folder: per-channel std (default 0.5)"),
@@ -152,6 +154,7 @@ def plan(
     runtimes: str = typer.Option(None, help="restrict to these runtimes"),
     data: str = typer.Option(None, help="the data optimize would get (only its presence matters here)"),
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
+    trust_pickle: bool = typer.Option(False, help="allow loading a full pickled model (runs its code)"),
 ) -> None:
     """Print the candidates the planner would try, and why (and what it leaves out, and why), without
     exporting or measuring anything. Example: edgeopt plan --target jetson --goal latency"""
@@ -166,7 +169,7 @@ def plan(
                        from_scratch=from_scratch, latency_budget_ms=latency_budget_ms, size_budget_mb=size_budget_mb,
                        techniques=parse_list(techniques), runtimes=parse_list(runtimes))
     profile = load_target(ctx.target)
-    loaded = load_model(model, input_shape=parse_input_shape(input_shape))
+    loaded = load_model(model, input_shape=parse_input_shape(input_shape), trust_pickle=trust_pickle)
     summary = analyze(loaded.model, loaded.input_shape)
     has_data = model == "demo" or data is not None
     p = make_plan(ctx, profile, summary, detect_local(), installed_runtimes(), has_calib_data=has_data,

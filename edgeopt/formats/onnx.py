@@ -17,6 +17,7 @@ from torch import nn
 
 from edgeopt.errors import ArtifactError, ExportError, InputShapeError
 from edgeopt.formats.base import ExportResult, Session
+from edgeopt.report import honour_umask
 
 OPSET = 17
 
@@ -68,6 +69,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, out: Path, precision: s
     errors = []
     fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".onnx.tmp")
     os.close(fd)
+    honour_umask(tmp_name)
     tmp = Path(tmp_name)
     conv = tmp.with_name(tmp.name + ".conv")
     info: dict = {}
@@ -123,9 +125,93 @@ def graph_precision(path: Path) -> str | None:
         return None  # ONNX Runtime's own load reports the problem
     if any(n.op_type in _INT8_OPS for n in graph.node):
         return "int8"
+    int8_inits = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.INT8}
+    if any(n.op_type == "DequantizeLinear" and n.input[0] in int8_inits for n in graph.node):
+        return "int8w"  # weight-only: int8 weights dequantized to float, no quantized activations
     if any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer):
         return "fp16"
     return "fp32"
+
+
+_INT8_COMPUTE = {"QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul", "QGemm", "DynamicQuantizeMatMul",
+                 "MatMulIntegerToFloat"}
+_FLOAT_COMPUTE = {"Conv", "FusedConv", "ConvTranspose", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
+_GEMM_LIKE = {"Gemm", "FusedGemm", "MatMul", "FusedMatMul", "MatMulInteger", "QLinearMatMul", "QGemm",
+              "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
+_WEIGHT_INPUT = {"QLinearConv": 3}  # the other conv kernels take their weight as input 1
+
+
+def _conv_weight_shapes(model) -> dict[str, tuple[int, ...]]:
+    """node name -> shape of its conv weight, following a DequantizeLinear back to its initializer."""
+    inits = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    shapes = {}
+    for n in model.graph.node:
+        if n.op_type in _GEMM_LIKE or n.op_type not in _INT8_COMPUTE | _FLOAT_COMPUTE:
+            continue
+        name = n.input[_WEIGHT_INPUT.get(n.op_type, 1)] if len(n.input) > 1 else ""
+        src = producer.get(name)
+        if src is not None and src.op_type == "DequantizeLinear":
+            name = src.input[0]
+        if name in inits:
+            shapes[n.name] = inits[name]
+    return shapes
+
+
+def executed_precision(path: Path, providers: list[str]) -> dict:
+    """What ONNX Runtime really runs: one profiled inference of the graph as the runtime optimized it (the
+    same options and providers as the session), each compute kernel counted by its MACs as int8 or float.
+    A QuantizeLinear node in the file proves nothing: unfused Q/DQ pairs around a float Conv run in fp32."""
+    import json
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "profile")
+        sess = ort.InferenceSession(str(path), so, providers=providers)
+        inp = sess.get_inputs()[0]
+        dtype = np.float16 if "float16" in inp.type else np.float32
+        shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+        sess.run(None, {inp.name: np.zeros(shape, dtype=dtype)})
+        events = json.loads(Path(sess.end_profiling()).read_text())
+        weights = _conv_weight_shapes(onnx.load(so.optimized_model_filepath, load_external_data=False))
+    macs = {"int8": 0, "fp32": 0, "fp16": 0}
+    for e in events:
+        args = e.get("args", {})
+        op = args.get("op_name")
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time") or op not in (
+                _INT8_COMPUTE | _FLOAT_COMPUTE):
+            continue
+        ins = [(next(iter(d)), next(iter(d.values()))) for d in args.get("input_type_shape", [])]
+        outs = [next(iter(d.values())) for d in args.get("output_type_shape", [])]
+        out_elems = int(np.prod(outs[0])) if outs else 0
+        if op in _GEMM_LIKE:
+            k = ins[0][1][-1] if ins and ins[0][1] else 1
+        else:
+            w = weights.get(e["name"][:-len("_kernel_time")])
+            k = int(np.prod(w[1:])) if w else 1
+        kind = "int8" if op in _INT8_COMPUTE else "fp16" if ins and ins[0][0] == "float16" else "fp32"
+        macs[kind] += out_elems * k
+    total = sum(macs.values())
+    return {"int8_mac_fraction": round(macs["int8"] / total, 4) if total else None, "macs_by_precision": macs,
+            "source": "onnxruntime optimized graph, profiled"}
+
+
+def precision_label(reading: dict, fallback: str) -> str:
+    """int8 when (nearly) every MAC runs int8, 'int8+fp32' when some do, else the float precision."""
+    frac = reading.get("int8_mac_fraction")
+    if frac is None:
+        return fallback
+    macs = reading["macs_by_precision"]
+    flt = "fp16" if macs.get("fp16", 0) > macs.get("fp32", 0) else "fp32"
+    return "int8" if frac >= 0.99 else f"int8+{flt}" if frac > 0 else flt
 
 
 def load_onnxruntime(path: Path, precision: str = "fp32", threads: int | None = None,
@@ -159,7 +245,16 @@ def load_onnxruntime(path: Path, precision: str = "fp32", threads: int | None = 
         feed = {name: np.ascontiguousarray(x, dtype=np.float32)}
         return lambda: sess.run(None, feed)
 
-    executed = graph_precision(path) or precision
+    declared = graph_precision(path) or precision
+    try:
+        reading = executed_precision(path, sess.get_providers())
+    except Exception as e:  # the reading is a report detail: never fail a load over it
+        reading = {"int8_mac_fraction": None, "error": str(e).splitlines()[0][:200] if str(e) else type(e).__name__}
+    executed = precision_label(reading, declared)
+    if declared == "int8w" and executed in ("fp32", "fp16"):
+        executed = "int8w"  # int8 weights dequantized to float: compute is float, storage is int8
     return Session(runtime="onnxruntime", runtime_version=ort.__version__, precision_executed=executed,
                    input_shape=shape, run=run, lean_call=lean_call, device=sess.get_providers()[0],
-                   threads=threads, info={"providers": sess.get_providers()})
+                   threads=threads, info={"providers": sess.get_providers(), "graph_precision": declared,
+                                          "executed_precision": reading,
+                                          "int8_mac_fraction": reading.get("int8_mac_fraction")})

@@ -124,7 +124,7 @@ def _quantize(ov_model, cal, example: torch.Tensor, options: dict):
     return quantized, info
 
 
-PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": None}
+PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": None, "int8w": None}
 
 
 def precision_name(ov_type) -> str:
@@ -133,6 +133,32 @@ def precision_name(ov_type) -> str:
         if key in text:
             return name
     return text
+
+
+_CONV_LAYERS = {"Convolution", "GroupConvolution", "Deconvolution", "BinaryConvolution"}
+_GEMM_LAYERS = {"FullyConnected", "MatMul", "Gemm", "FullyConnectedCompressed"}
+
+
+def executed_precision(compiled) -> dict:
+    """What the CPU/GPU plugin really runs: its execution graph (`get_runtime_model()`), each convolution /
+    matrix product counted by its MACs under the runtimePrecision the plugin chose (i8/u8 = INT8)."""
+    macs: dict[str, int] = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        layer = rt["layerType"].astype(str) if "layerType" in rt else ""
+        if layer not in _CONV_LAYERS | _GEMM_LAYERS or op.get_input_size() < 2:
+            continue
+        out = op.get_output_partial_shape(0)
+        x, w = op.input(0).get_partial_shape(), op.input(1).get_partial_shape()
+        if out.is_dynamic or x.is_dynamic or w.is_dynamic:
+            continue
+        k = int(np.prod(w.to_shape()[1:])) if layer in _CONV_LAYERS else int(x.to_shape()[-1])
+        prec = rt["runtimePrecision"].astype(str).lower() if "runtimePrecision" in rt else "f32"
+        kind = "int8" if prec in ("i8", "u8") else precision_name(prec)
+        macs[kind] = macs.get(kind, 0) + int(np.prod(out.to_shape())) * k
+    total = sum(macs.values())
+    return {"int8_mac_fraction": round(macs.get("int8", 0) / total, 4) if total else None,
+            "macs_by_precision": macs, "source": "openvino execution graph (runtimePrecision)"}
 
 
 def load_openvino(path: Path, precision: str = "fp32", threads: int | None = None,
@@ -151,12 +177,24 @@ def load_openvino(path: Path, precision: str = "fp32", threads: int | None = Non
     try:
         ov_model = core.read_model(str(path))
         quantized = any(op.get_type_name() == "FakeQuantize" for op in ov_model.get_ops())
+        compressed = not quantized and any(  # weight-only compression: int8/uint8 weight constants
+            op.get_type_name() == "Constant" and op.get_element_type() in (ov.Type.i8, ov.Type.u8)
+            for op in ov_model.get_ops())
         compiled = core.compile_model(ov_model, device.upper(), config)
     except Exception as e:
         raise ArtifactError(f"OpenVINO cannot load {path}: {str(e).strip().splitlines()[0][:200]}") from None
     executed = precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
-    if quantized:  # an NNCF IR: read from the graph, whatever precision the caller named
-        executed = f"int8+{executed}"  # quantized layers run int8, the rest at the hint's precision
+    try:
+        reading = executed_precision(compiled)
+    except Exception as e:  # a report detail: never fail a load over it
+        reading = {"int8_mac_fraction": None, "error": str(e).splitlines()[0][:200] if str(e) else type(e).__name__}
+    frac = reading.get("int8_mac_fraction")
+    if frac is not None:  # the execution graph, not the IR's FakeQuantize nodes, says what runs
+        executed = "int8" if frac >= 0.99 else f"int8+{executed}" if frac > 0 else executed
+    elif quantized:
+        executed = f"int8+{executed}"
+    if compressed and executed in ("fp32", "fp16", "bf16"):
+        executed = "int8w"  # int8 weights decompressed on the fly: float compute, int8 storage
     request = compiled.create_infer_request()
     shape = tuple(compiled.input(0).get_partial_shape().get_min_shape())
 
@@ -174,4 +212,5 @@ def load_openvino(path: Path, precision: str = "fp32", threads: int | None = Non
 
     return Session(runtime="openvino", runtime_version=ov.get_version(), precision_executed=executed,
                    input_shape=shape, run=run, lean_call=lean_call, device=device.upper(), threads=threads,
-                   info={"requested_precision": precision})
+                   info={"requested_precision": precision, "executed_precision": reading,
+                         "int8_mac_fraction": reading.get("int8_mac_fraction")})

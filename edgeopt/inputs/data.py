@@ -173,7 +173,11 @@ def from_function(spec: str) -> dict:
             mspec = importlib.util.spec_from_file_location(f"edgeopt_user_data_{path.stem}", path)
             module = importlib.util.module_from_spec(mspec)
             sys.modules[mspec.name] = module
-            mspec.loader.exec_module(module)
+            sys.dont_write_bytecode, old = True, sys.dont_write_bytecode  # no __pycache__ beside user files
+            try:
+                mspec.loader.exec_module(module)
+            finally:
+                sys.dont_write_bytecode = old
         else:
             module = importlib.import_module(target)
         result = getattr(module, fn)()

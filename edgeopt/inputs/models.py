@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from edgeopt.errors import ConfigError, InputShapeError, ModelLoadError, UnsafePickleError, missing_backend
+from edgeopt.inputs.safety import checkpoint_format, holds_objects, pt2_pickle_reasons
 
 
 @dataclass
@@ -127,26 +128,57 @@ def _load_zoo(zoo: str, name: str, kwargs: dict) -> nn.Module:
         raise ModelLoadError(f"timm:{name}: {e}") from None
 
 
+def _full_pickle_refusal(path: Path, what: str) -> UnsafePickleError:
+    return UnsafePickleError(
+        f"{path} is {what}: loading it runs arbitrary code. Save a state dict (torch.save(model.state_dict())) "
+        "and pass it as --weights with a model spec, or pass --trust-pickle if you trust this file")
+
+
 def _load_checkpoint_file(path: Path, trust_pickle: bool) -> Any:
     if not path.is_file():
         raise ModelLoadError(f"file {path} does not exist")
+    fmt = checkpoint_format(path)
+    if fmt == "unknown":
+        raise ModelLoadError(f"{path} is not a readable PyTorch checkpoint (neither a zip archive nor a pickle)")
+    if fmt == "pickle":  # a plain pickle.dump: torch.load cannot read it, and only full unpickling can
+        if not trust_pickle:
+            raise _full_pickle_refusal(path, "a raw pickle file")
+        import pickle
+
+        try:
+            with open(path, "rb") as f:
+                return pickle.load(f)
+        except Exception as e:
+            raise ModelLoadError(f"cannot unpickle {path}: {type(e).__name__}: {e}") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        msg = str(e)
-        # only an unpickler refusing a class means "full pickle"; anything else is a broken file
-        if "Unsupported global" in msg or "GLOBAL " in msg:
-            if not trust_pickle:
-                raise UnsafePickleError(
-                    f"{path} is a full pickled object: loading it runs arbitrary code. Save a state dict "
-                    "(torch.save(model.state_dict())) or torch.export archive instead, or pass --trust-pickle "
-                    "if you trust this file") from None
-            try:
-                return torch.load(path, map_location="cpu", weights_only=False)
-            except Exception as e2:
-                raise ModelLoadError(f"cannot load {path}: {type(e2).__name__}: {e2}") from None
-        first = msg.splitlines()[0] if msg else type(e).__name__
+        safe_error = e
+    if not trust_pickle:
+        if holds_objects(path, fmt):
+            raise _full_pickle_refusal(path, "a full pickled object") from None
+        msg = str(safe_error)
+        first = msg.splitlines()[0] if msg else type(safe_error).__name__
         raise ModelLoadError(f"{path} is not a readable PyTorch checkpoint ({first})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e2:
+        raise ModelLoadError(f"cannot load {path}: {type(e2).__name__}: {e2}") from None
+
+
+def _load_pt2(path: Path, trust_pickle: bool) -> nn.Module:
+    try:
+        reasons = [] if trust_pickle else pt2_pickle_reasons(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ModelLoadError(f"{path} is not a readable torch.export archive ({e})") from None
+    if reasons:
+        raise UnsafePickleError(f"{path}: loading this torch.export archive runs arbitrary code ({reasons[0]}); "
+                                "pass --trust-pickle if you trust this file")
+    try:
+        return ExportedModule(torch.export.load(str(path)).module())
+    except (zipfile.BadZipFile, RuntimeError, ValueError, KeyError, AssertionError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelLoadError(f"{path} is not a readable torch.export archive ({first})") from None
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
@@ -196,10 +228,7 @@ def load_model(spec: str | nn.Module = "demo", weights: str | Path | None = None
             path = Path(base)
             if not path.is_file():
                 raise ModelLoadError(f"model file {path} does not exist")
-            try:
-                model = ExportedModule(torch.export.load(str(path)).module())
-            except (zipfile.BadZipFile, RuntimeError, ValueError, KeyError) as e:
-                raise ModelLoadError(f"{path} is not a readable torch.export archive ({e})") from None
+            model = _load_pt2(path, trust_pickle)
             info["exported_program"] = True
         elif base.endswith((".pt", ".pth", ".pkl", ".bin", ".ckpt")):
             obj = _load_checkpoint_file(Path(base), trust_pickle)

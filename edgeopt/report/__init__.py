@@ -89,12 +89,30 @@ class Report(BaseModel):
         return self.candidate(self.chosen)
 
 
+def _umask() -> int:
+    try:  # Linux exposes it read-only; os.umask can only read it by setting it (racy with threads)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: Path | str) -> None:
+    """mkstemp creates files 0600 whatever the umask; give a temp file the mode open() would have given it."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Write via a temp file in the same folder and rename, so a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        honour_umask(tmp)
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)

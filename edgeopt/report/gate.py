@@ -8,6 +8,7 @@ latency gate unless explicitly allowed, since they were never measured."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +51,11 @@ def load_subject(path: Path, candidate: str | None = None) -> Subject:
         raise GateInputError(f"{path} is not JSON (expected report.json or `edgeopt benchmark --json` output)"
                              ) from None
     if isinstance(data, dict) and "candidates" in data and "schema_version" in data:
-        from edgeopt.report import Report
+        from edgeopt.report import SCHEMA_VERSION, Report
+
+        if data["schema_version"] != SCHEMA_VERSION:
+            raise GateInputError(f"{path} has report schema_version {data['schema_version']!r}; this edgeopt "
+                                 f"reads schema_version {SCHEMA_VERSION} only")
 
         try:
             report = Report.model_validate(data)
@@ -101,9 +106,24 @@ def median_ratio_ci(new: list[float], old: list[float], n_boot: int = 2000, seed
     return float(np.median(a) / np.median(b)), float(np.quantile(ratios, q)), float(np.quantile(ratios, 1 - q))
 
 
+def _check_latency(s: Subject) -> None:
+    """Zero, negative or NaN latencies and a measurement without runs cannot be judged: bad input, not a verdict."""
+    lat = s.latency
+    if not (math.isfinite(lat.p50) and lat.p50 > 0):
+        raise GateInputError(f"{s.source}: {s.name} has p50 latency {lat.p50!r}; a latency must be a positive "
+                             "finite number of ms")
+    bad = [v for v in lat.samples_ms if not (math.isfinite(v) and v > 0)]
+    if bad:
+        raise GateInputError(f"{s.source}: {s.name} has {len(bad)} latency samples that are not positive finite "
+                             f"numbers (e.g. {bad[0]!r})")
+    if s.latency_source != "estimated" and lat.n <= 0:
+        raise GateInputError(f"{s.source}: {s.name} has a measured latency without any runs (n={lat.n})")
+
+
 def _latency_usable(s: Subject, allow_estimated: bool, what: str) -> tuple[bool, str | None]:
     if s.latency is None:
         raise GateInputError(f"{s.source}: {s.name} has no latency to gate on")
+    _check_latency(s)
     if s.latency_source == "estimated" and not allow_estimated:
         return False, (f"{what} latency of {s.name} is a roofline estimate ({s.latency.p50:.3f} ms), "
                        "not a measurement; measure on the device (--device) or pass --allow-estimated")
@@ -114,6 +134,11 @@ def run_gate(subject: Subject, max_latency_ms: float | None = None, max_accuracy
              max_size_mb: float | None = None, baseline: Subject | None = None,
              max_regression: float | None = None, allow_estimated: bool = False) -> list[Check]:
     checks: list[Check] = []
+    for flag, v in (("--max-latency-ms", max_latency_ms), ("--max-size-mb", max_size_mb)):
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise GateInputError(f"{flag} must be a positive number (got {v})")
+    if max_accuracy_drop is not None and not math.isfinite(max_accuracy_drop):
+        raise GateInputError(f"--max-accuracy-drop must be a finite number (got {max_accuracy_drop})")
     if max_latency_ms is not None:
         ok, why = _latency_usable(subject, allow_estimated, "the")
         if not ok:
@@ -130,6 +155,8 @@ def run_gate(subject: Subject, max_latency_ms: float | None = None, max_accuracy
         if d is None:
             raise GateInputError(f"{subject.source}: {subject.name} has no accuracy drop (benchmark results "
                                  "carry none; gate a report.json)")
+        if not math.isfinite(d):
+            raise GateInputError(f"{subject.source}: {subject.name} has accuracy drop {d!r}, not a number")
         checks.append(Check("max_accuracy_drop", d <= max_accuracy_drop,
                             f"accuracy drop {d:.2f} pp " + (f"<= {max_accuracy_drop} pp" if d <= max_accuracy_drop
                                                             else f"exceeds {max_accuracy_drop} pp by "

@@ -80,35 +80,94 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return 1.0 if den == 0 else float((ra * rb).sum().item() / den)
 
 
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SiLU, nn.Hardswish, nn.GELU, nn.Mish,
+               nn.Hardsigmoid, nn.Sigmoid, nn.Tanh)
+
+
+class _ActivatedMaps:
+    """Follows each conv's output through the BatchNorm and activation *modules* that consume it directly
+    (same tensor, not modified in place in between) and hands the activated map to `record`. HRank ranks the
+    maps the next layer sees: a raw conv output is almost always full rank, so it cannot tell channels apart,
+    while BN+ReLU zeroes channels that never fire. A chain ends, un-activated, at anything else."""
+
+    def __init__(self, record):
+        self.record = record
+        self.conv = self.tensor = self.value = None
+        self.version = 0
+        self.stage = ""
+
+    def flush(self, activation: nn.Module | None = None) -> None:
+        if self.conv is not None:
+            # .forward, not __call__: calling the module would re-enter these hooks
+            self.record(self.conv, activation.forward(self.value) if activation is not None else self.value)
+        self.conv = self.tensor = self.value = None
+
+    def _track(self, conv, out, stage):
+        # a copy: later in-place ops (`out += identity`, inplace ReLU) must not change what is ranked
+        self.conv, self.tensor, self.value = conv, out, out.detach().clone()
+        self.version, self.stage = out._version, stage
+
+    def pre_hook(self, mod, inp):
+        x = inp[0] if inp else None
+        direct = self.conv is not None and x is self.tensor and x._version == self.version
+        if direct and isinstance(mod, nn.modules.batchnorm._BatchNorm) and self.stage == "conv":
+            self.stage = "bn-pending"  # the BN's forward hook takes over
+        elif direct and isinstance(mod, ACTIVATIONS):
+            self.flush(mod)
+        elif not isinstance(mod, nn.Conv2d):
+            self.flush()
+
+    def post_hook(self, mod, inp, out):
+        if isinstance(mod, nn.Conv2d):
+            self.flush()
+            if out.dim() == 4:
+                self._track(mod, out, "conv")
+        elif isinstance(mod, nn.modules.batchnorm._BatchNorm) and self.stage == "bn-pending":
+            self._track(self.conv, out, "bn")
+
+
+def _rank_maps(out: torch.Tensor) -> torch.Tensor | None:
+    """Average (over the batch) matrix rank of each channel's H x W map; None for 1x1 maps."""
+    if out.dim() != 4 or min(out.shape[-2:]) <= 1:
+        return None
+    return torch.linalg.matrix_rank(out.float()).float().mean(0)
+
+
 @torch.no_grad()
 def measure_hrank(model: nn.Module, data, max_batches: int = 4) -> dict:
-    """Store on every conv `_hrank`: the average matrix rank of each output channel's feature map over
-    the batches. Returns how stable the per-channel ranking is across batches (HRank's claim): the
-    Spearman correlation of each batch's ranks with the mean ranks, averaged and worst over layers."""
+    """Store on every conv `_hrank`: the average matrix rank of each output channel's *activated* feature map
+    (after its BatchNorm and activation, as in the HRank paper) over the batches. Returns how stable the
+    per-channel ranking is across batches (HRank's claim): the Spearman correlation of each batch's ranks with
+    the mean ranks, averaged and worst over layers."""
     batches = inputs_of(data)[:max_batches]
     if not batches:
         raise PruningError("hrank importance needs a few batches of real inputs: pass data=[x, ...]")
     per_layer: dict[nn.Module, list[torch.Tensor]] = {}
 
-    def hook(mod, inp, out):
-        if out.dim() == 4 and min(out.shape[-2:]) > 1:
-            per_layer.setdefault(mod, []).append(torch.linalg.matrix_rank(out.float()).float().mean(0))
+    def record(conv, act):
+        ranks = _rank_maps(act)
+        if ranks is not None:
+            per_layer.setdefault(conv, []).append(ranks)
 
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    handles = [m.register_forward_hook(hook) for m in convs]
+    tracker = _ActivatedMaps(record)
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [h for m in leaves for h in (m.register_forward_pre_hook(tracker.pre_hook),
+                                           m.register_forward_hook(tracker.post_hook))]
     try:
         for x in batches:
             model(x)
+            tracker.flush()
     finally:
         for h in handles:
             h.remove()
     corr = []
     for m, ranks in per_layer.items():
         mean = torch.stack(ranks).mean(0)
-        m._hrank = mean + 1e-3 * m.weight.detach().flatten(1).norm(dim=1)  # ties (1x1 maps) broken by L2
+        norms = m.weight.detach().flatten(1).norm(dim=1)
+        m._hrank = mean + 1e-3 * norms / norms.max().clamp_min(1e-12)  # ties only, below any rank difference
         if len(ranks) > 1 and mean.std() > 0:
             corr.append(min(_spearman(r, mean) for r in ranks))
-    return {"batches": len(batches), "layers_measured": len(per_layer),
+    return {"batches": len(batches), "layers_measured": len(per_layer), "maps": "after BatchNorm and activation",
             "mean_spearman": round(sum(corr) / len(corr), 4) if corr else None,
             "min_spearman": round(min(corr), 4) if corr else None,
             "stable": (min(corr) > 0.8) if corr else None}

@@ -67,8 +67,49 @@ def freeze(qmodel: nn.Module) -> nn.Module:
     return qmodel.eval()
 
 
+class FoldedQConv(nn.Module):
+    """A frozen QAT Conv+BatchNorm(+ReLU) with the BatchNorm folded into the weights and bias: the same numbers
+    in eval mode, but exported as DQ(weight) -> Conv (+Relu), the pattern ONNX Runtime fuses into QLinearConv
+    and OpenVINO runs as an INT8 convolution. Unfolded, the export is Conv -> Div -> Add -> BatchNormalization,
+    which no runtime fuses: the convolutions would run in fp32 between the Q/DQ pairs."""
+
+    def __init__(self, qconv: nn.Module):
+        super().__init__()
+        bn = qconv.bn
+        std = torch.sqrt(bn.running_var + bn.eps)
+        gamma = bn.weight if bn.weight is not None else torch.ones_like(std)
+        beta = bn.bias if bn.bias is not None else torch.zeros_like(std)
+        scale = (gamma / std).detach()
+        bias = qconv.bias if qconv.bias is not None else torch.zeros_like(std)
+        shape = [-1] + [1] * (qconv.weight.dim() - 1)
+        # what the QAT module fake-quantizes in eval mode is weight * gamma/std: exactly the folded weight
+        self.weight = nn.Parameter((qconv.weight * scale.reshape(shape)).detach().clone())
+        self.bias = nn.Parameter((beta + (bias - bn.running_mean) * scale).detach().clone())
+        self.weight_fake_quant = qconv.weight_fake_quant
+        self.stride, self.padding, self.dilation, self.groups = (qconv.stride, qconv.padding, qconv.dilation,
+                                                                 qconv.groups)
+        self.relu = type(qconv).__name__.endswith("ReLU2d")
+
+    def forward(self, x):
+        y = nn.functional.conv2d(x, self.weight_fake_quant(self.weight), self.bias, self.stride, self.padding,
+                                 self.dilation, self.groups)
+        return nn.functional.relu(y) if self.relu else y
+
+
+def fold_batchnorm(qmodel: nn.Module) -> nn.Module:
+    """Replace every frozen QAT ConvBn2d/ConvBnReLU2d by its BatchNorm-folded equivalent (in place)."""
+    from torch.ao.nn.intrinsic.qat import ConvBn2d, ConvBnReLU2d
+
+    for name, mod in list(qmodel.named_modules()):
+        if isinstance(mod, (ConvBn2d, ConvBnReLU2d)):
+            parent_name, _, leaf = name.rpartition(".")
+            parent = qmodel.get_submodule(parent_name) if parent_name else qmodel
+            setattr(parent, leaf, FoldedQConv(mod))
+    return qmodel.eval()
+
+
 def ptq(model: nn.Module, calib: list[torch.Tensor], weight_bits: int = 8, per_channel: bool = True) -> nn.Module:
-    return freeze(calibrate(prepare(model, calib[0][:1], weight_bits, per_channel), calib))
+    return fold_batchnorm(freeze(calibrate(prepare(model, calib[0][:1], weight_bits, per_channel), calib)))
 
 
 def qat(model: nn.Module, train_data, train_fn: Callable, epochs: int = 2, lr: float = 0.005,
@@ -84,7 +125,7 @@ def qat(model: nn.Module, train_data, train_fn: Callable, epochs: int = 2, lr: f
     if epochs > first:
         freeze(qmodel)
         train_fn(qmodel, train_data, epochs=epochs - first, lr=lr / 10, **train_kwargs)
-    return freeze(qmodel)
+    return fold_batchnorm(freeze(qmodel))
 
 
 def apply_qat(model: nn.Module, example: torch.Tensor, config, data=None, teacher=None, train_data=None,
