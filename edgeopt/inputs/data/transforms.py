@@ -4,8 +4,12 @@ for fine-tuning only (random resized crop, horizontal flip) — never for calibr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
+import torch
 
 from edgeopt.errors import DataError
 
@@ -64,28 +68,55 @@ def _pair(v) -> tuple[int, int] | None:
     return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
 
 
-def eval_transform(p: Preprocess) -> Callable:
-    """PIL image -> normalised float tensor (C, H, W), deterministic."""
-    from torchvision.transforms import v2
+class _Transform:
+    """PIL image -> normalised float tensor (C, H, W). Written on PIL and numpy directly: importing
+    torchvision's transforms costs seconds per run, for the same four operations."""
 
-    geometry = ([v2.Resize(p.resize, antialias=True), v2.CenterCrop(p.size)] if p.resize is not None
-                else [v2.Resize(p.size, antialias=True)])
-    return v2.Compose([*geometry, *_to_tensor(p)])
+    def __init__(self, p: Preprocess, augment: bool):
+        self.p, self.augment = p, augment
+
+    def __call__(self, im):
+        from PIL import Image
+
+        h, w = self.p.size
+        if self.augment:
+            im = im.resize((w, h), Image.BILINEAR, box=self._random_box(im.width, im.height))
+            if float(torch.rand(())) < 0.5:
+                im = im.transpose(Image.FLIP_LEFT_RIGHT)
+        elif self.p.resize is not None:  # shorter side to `resize`, then the central h x w
+            scale = self.p.resize / min(im.width, im.height)
+            rw, rh = max(w, round(im.width * scale)), max(h, round(im.height * scale))
+            im = im.resize((rw, rh), Image.BILINEAR)
+            left, top = (rw - w) // 2, (rh - h) // 2
+            im = im.crop((left, top, left + w, top + h))
+        else:
+            im = im.resize((w, h), Image.BILINEAR)
+        a = np.asarray(im, dtype=np.float32).reshape(h, w, -1) / 255.0
+        x = torch.from_numpy(a).permute(2, 0, 1)
+        mean = torch.tensor(self.p.mean, dtype=torch.float32).reshape(-1, 1, 1)
+        std = torch.tensor(self.p.std, dtype=torch.float32).reshape(-1, 1, 1)
+        return ((x - mean) / std).contiguous()
+
+    def _random_box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """A random region of AUGMENT_SCALE of the area and aspect ratio 3/4..4/3 (torch's RNG, which
+        DataLoader seeds per worker from the run's seed)."""
+        area = width * height
+        for _ in range(10):
+            target = area * float(torch.empty(()).uniform_(*AUGMENT_SCALE))
+            ratio = math.exp(float(torch.empty(()).uniform_(math.log(3 / 4), math.log(4 / 3))))
+            cw, ch = math.sqrt(target * ratio), math.sqrt(target / ratio)
+            if cw <= width and ch <= height:
+                left = float(torch.rand(())) * (width - cw)
+                top = float(torch.rand(())) * (height - ch)
+                return left, top, left + cw, top + ch
+        return 0.0, 0.0, float(width), float(height)
+
+
+def eval_transform(p: Preprocess) -> Callable:
+    """Deterministic: plain resize, or resize-then-center-crop."""
+    return _Transform(p, augment=False)
 
 
 def train_transform(p: Preprocess) -> Callable:
-    """The evaluation transform, or with `augment` a random resized crop and a horizontal flip (torch's RNG,
-    which DataLoader seeds per worker from the run's seed)."""
-    if not p.augment:
-        return eval_transform(p)
-    from torchvision.transforms import v2
-
-    return v2.Compose([v2.RandomResizedCrop(p.size, scale=AUGMENT_SCALE, antialias=True),
-                       v2.RandomHorizontalFlip(), *_to_tensor(p)])
-
-
-def _to_tensor(p: Preprocess) -> list:
-    import torch
-    from torchvision.transforms import v2
-
-    return [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(p.mean), list(p.std))]
+    """The evaluation transform, or with `augment` a random resized crop and a horizontal flip."""
+    return _Transform(p, augment=p.augment)
