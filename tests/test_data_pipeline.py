@@ -132,7 +132,7 @@ def test_datasets_and_dataloaders_from_the_api_stream(tmp_path):
     x, y = torch.randn(64, 1, 8, 8, generator=g), torch.arange(64) % 4
     ds = TensorDataset(x, y)
     s = resolve_data("module", None, DataLoader(ds, batch_size=16), ds, DataLoader(ds, batch_size=16), (1, 8, 8),
-                     4, {"calib_size": 20, "batch_size": 8})
+                     4, {"calib_size": 20, "batch_size": 8, "workers": 0})
     assert isinstance(s.train, StreamBatches) and isinstance(s.eval, StreamBatches)
     assert isinstance(s.calib, Batches) and len(s.calib) == 20  # a calibration sample, kept in memory
     assert s.eval.labels().tolist() == y.tolist() and s.train.labelled
@@ -151,3 +151,26 @@ def test_data_file_leaves_no_pycache(tmp_path):
                  "    return {'eval': [(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]))]}\n")
     s = resolve_data("module", f"{f}:fn", None, None, None, (1, 8, 8), 2)
     assert s.eval.labelled and not (tmp_path / "__pycache__").exists()
+
+
+@pytest.mark.slow  # a whole optimize in a subprocess
+def test_cli_optimize_on_an_image_folder_records_the_heldout_split(tmp_path, tinynet_spec):
+    import json
+    import subprocess
+    import sys
+
+    root = _folder(tmp_path / "imgs", classes=[f"c{i}" for i in range(10)], n=4, size=(16, 16), mode="L")
+
+    def run(out, *extra):
+        return subprocess.run([sys.executable, "-m", "edgeopt", "optimize", "--model", tinynet_spec,
+                               "--input-shape", "1,1,16,16", "--data", str(root), "--techniques", "quantize",
+                               "--runtimes", "onnxruntime", "--bench-time", "0.3", "--max-accuracy-drop", "100",
+                               "--calib-size", "10", "--workers", "0", "--no-augment", "--out", str(out), *extra],
+                              capture_output=True, text=True, timeout=600)
+
+    p = run(tmp_path / "out")
+    assert p.returncode == 0, p.stderr[-2000:]
+    env = json.loads((tmp_path / "out" / "report.json").read_text())["environment"]
+    assert env["data"].startswith("folder:") and len(env["heldout_sha256"]) == 64
+    p = run(tmp_path / "bad", "--crop", "12")
+    assert p.returncode == 2 and "--crop gives 12x12 images" in p.stderr and "Traceback" not in p.stderr
