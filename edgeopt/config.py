@@ -52,10 +52,17 @@ class DataOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     image_size: int | tuple[int, int] | None = None  # default: the model's input size
+    # resize the shorter side to `resize`, then center-crop `crop` (default: plain resize to image_size)
+    resize: int | None = Field(None, gt=0)
+    crop: int | tuple[int, int] | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     val_split: float = Field(0.2, gt=0.0, lt=1.0)
     seed: int = 0
+    augment: bool = True  # random resized crop + horizontal flip, fine-tuning only
+    calib_size: int = Field(300, ge=1, description="stratified calibration sample of the training split")
+    batch_size: int = Field(32, ge=1)
+    workers: int | None = Field(None, ge=0, description="DataLoader worker processes (default: cores - 1)")
 
 
 def make_context(**kwargs) -> DeployContext:

@@ -25,14 +25,14 @@ def _folder(root, classes=("cat", "dog"), n=5, size=(12, 10), mode="RGB"):
 def test_image_folder_splits_resizes_and_normalises(tmp_path):
     root = _folder(tmp_path / "imgs")
     before = sorted((p.name, p.stat().st_mtime_ns) for p in root.rglob("*.png"))
-    s = image_folder(root, 8, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), val_split=0.4, seed=1)
-    assert s.calib is s.train and s.eval is not None and s.eval.labelled
-    xs = torch.cat(s.eval.inputs() + s.train.inputs())
+    s = image_folder(root, 8, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), val_split=0.4, seed=1, augment=False)
+    assert s.eval is not None and s.eval.labelled and s.train.labelled and len(s.calib) == 6  # all 6 training
+    xs = torch.cat(list(s.eval.inputs()) + list(s.train.inputs()))
     assert xs.shape == (10, 3, 8, 8) and len(s.eval) == 4 and len(s.train) == 6  # 2 of 5 per class held out
     labels = torch.cat([y for _, y in s.eval.items])
     assert set(labels.tolist()) == {0, 1}  # sorted class folders -> 0, 1; every class held out
     # class 1 images are brighter: normalised means differ in the right direction
-    ev = torch.cat(s.eval.inputs())
+    ev = torch.cat(list(s.eval.inputs()))
     assert ev[labels == 1].mean() > ev[labels == 0].mean()
     assert sorted((p.name, p.stat().st_mtime_ns) for p in root.rglob("*.png")) == before  # input untouched
 
@@ -41,6 +41,7 @@ def test_image_folder_through_optimize_data_resolution(tmp_path):
     root = _folder(tmp_path / "gray", mode="L", size=(16, 16))
     s = resolve_data("module", str(root), None, None, None, (1, 16, 16), 2, {"val_split": 0.2})
     assert s.source.startswith("folder:") and s.eval.inputs()[0].shape[1:] == (1, 16, 16)
+    assert s.heldout_hash and len(s.heldout_hash) == 64
 
 
 @pytest.mark.parametrize("make,msg", [

@@ -40,10 +40,21 @@ def optimize(
                              "sub-folder per class), or module:function / file.py:function returning "
                              "{'calib','train','eval'} iterables (IMPORTS AND RUNS that code: only code you "
                              "trust)"),
+    # --- data options (image folders; --batch-size/--workers/--calib-size also for Datasets) -> DataOptions
     image_size: str = typer.Option(None, help="image folder: resize to H,W or S (default: the model's input)"),
+    resize: int = typer.Option(None, help="image folder: resize the shorter side to this, then center-crop "
+                               "(default with --crop: crop / 0.875; without either: plain resize)"),
+    crop: str = typer.Option(None, help="image folder: center-crop size H,W or S after --resize"),
     mean: str = typer.Option(None, help="image folder: per-channel mean, e.g. 0.485,0.456,0.406 (default 0.5)"),
     std: str = typer.Option(None, help="image folder: per-channel std (default 0.5)"),
-    val_split: float = typer.Option(0.2, help="image folder: fraction held out for accuracy (never trained on)"),
+    val_split: float = typer.Option(0.2, help="image folder: fraction held out per class for accuracy (never "
+                                    "trained on; its file-list hash goes into report.json)"),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="random resized crop + horizontal flip "
+                                 "when fine-tuning (never for calibration or evaluation)"),
+    calib_size: int = typer.Option(300, help="calibration: a stratified sample of this many training images"),
+    batch_size: int = typer.Option(32, help="data batch size for fine-tuning and evaluation"),
+    workers: int = typer.Option(None, help="data loading worker processes (default: cores - 1)"),
+    # --- end of data options
     epochs: int = typer.Option(2, help="fine-tuning epochs per candidate with --retrain"),
     calib: str = typer.Option("data", help="INT8 calibration: 'data' (needs --data or the demo's) or 'random' "
                               "(meaningless scales, marked in the report)"),
@@ -86,7 +97,9 @@ def optimize(
         report = run(model, target=target, goal=goal, max_accuracy_drop=max_accuracy_drop, retrain=retrain,
                      out_dir=out_dir, weights=weights, input_shape=parse_input_shape(input_shape),
                      trust_pickle=trust_pickle, data=data, progress=progress, resume=cache,
-                     data_options=_data_options(image_size, mean, std, val_split), epochs=epochs,
+                     data_options=_data_options(image_size, mean, std, val_split, resize=resize,
+                                                 crop=crop, augment=augment, calib_size=calib_size,
+                                                 batch_size=batch_size, workers=workers), epochs=epochs,
                      bench_config=BenchConfig(max_time_s=bench_time),
                      latency_budget_ms=latency_budget_ms, size_budget_mb=size_budget_mb,
                      time_budget_s=time_budget, techniques=parse_list(techniques),
@@ -124,11 +137,17 @@ def _floats(text: str | None, name: str) -> tuple[float, ...] | None:
         raise ConfigError(f"--{name} must be comma-separated numbers, got {text!r}") from None
 
 
-def _data_options(image_size, mean, std, val_split) -> dict:
-    size = _floats(image_size, "image-size")
+def _size(text: str | None, name: str):
+    size = _floats(text, name)
     if size is not None:
         size = int(size[0]) if len(size) == 1 else tuple(int(v) for v in size)
-    return {"image_size": size, "mean": _floats(mean, "mean"), "std": _floats(std, "std"), "val_split": val_split}
+    return size
+
+
+def _data_options(image_size, mean, std, val_split, crop=None, **rest) -> dict:
+    """The data options block -> DataOptions fields (None = DataOptions' default)."""
+    return {"image_size": _size(image_size, "image-size"), "crop": _size(crop, "crop"), "mean": _floats(mean, "mean"),
+            "std": _floats(std, "std"), "val_split": val_split, **rest}
 
 
 def _calib_random(calib: str) -> bool:

@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
 from edgeopt import __version__
-from edgeopt.config import make_context
+from edgeopt.config import DataOptions, make_context
 from edgeopt.decide.plan import plan as make_plan
 from edgeopt.decide.select import select
 from edgeopt.engine import distributed
@@ -21,7 +22,16 @@ from edgeopt.engine.search import Search
 from edgeopt.errors import ConfigError, DataError
 from edgeopt.formats import BACKENDS, artifact_files, backend_for, device_commands, installed_runtimes
 from edgeopt.inputs.analyze import analyze
-from edgeopt.inputs.data import Batches, DataSplits, as_batches, digits_data, from_function, image_folder
+from edgeopt.inputs.data import (
+    Batches,
+    DataSplits,
+    as_batches,
+    calibration_sample,
+    digits_data,
+    folder_splits,
+    from_function,
+    make_preprocess,
+)
 from edgeopt.inputs.models import load_model
 from edgeopt.measure.accuracy import score, torch_predictions
 from edgeopt.measure.roofline import estimate_stats
@@ -42,20 +52,23 @@ class Progress:
 
 
 def resolve_data(spec: str, data, calib_data, train_data, eval_data, sample_shape, num_classes,
-                 data_options: dict | None = None) -> DataSplits:
-    """--data digits | image folder | module:function, or the API's iterables; validated one batch at a time."""
-    opts = data_options or {}
+                 data_options: dict | DataOptions | None = None, progress: Progress | None = None) -> DataSplits:
+    """--data digits | image folder | module:function, or the API's batches / Datasets / DataLoaders; validated
+    one batch at a time. Calibration read from a stream becomes a stratified in-memory sample (`calib_size`)."""
+    opts = _data_options(data_options)
     if data == "digits" or (data is None and spec == "demo" and calib_data is None and eval_data is None):
         calib, ev = digits_data()
         return DataSplits(calib, calib, ev, "digits")  # fine-tuning and calibration use the training split
+    heldout_hash = None
     if data is not None:
         data = str(data)
         if os.path.isdir(data):
-            splits = image_folder(data, opts.get("image_size") or tuple(sample_shape[1:]), sample_shape[0],
-                                  tuple(opts.get("mean") or (0.5,)), tuple(opts.get("std") or (0.5,)),
-                                  val_split=opts.get("val_split", 0.2), seed=opts.get("seed", 0))
+            pre = make_preprocess(sample_shape, opts.image_size, opts.resize, opts.crop, opts.mean, opts.std,
+                                  opts.augment)
+            splits = folder_splits(Path(data), pre, opts.val_split, opts.seed, opts.batch_size, opts.calib_size,
+                                   opts.workers, progress)
             calib_data, train_data, eval_data = splits.calib, splits.train, splits.eval
-            source = splits.source
+            source, heldout_hash = splits.source, splits.heldout_hash
         elif ":" in data:
             got = from_function(data)
             calib_data, train_data, eval_data = got.get("calib"), got.get("train"), got.get("eval")
@@ -64,9 +77,22 @@ def resolve_data(spec: str, data, calib_data, train_data, eval_data, sample_shap
             raise ConfigError(f"--data {data!r} is neither 'digits', an image folder, nor module:function")
     else:
         source = "user" if (calib_data is not None or eval_data is not None or train_data is not None) else None
-    return DataSplits(as_batches(calib_data, "calibration data", sample_shape, num_classes),
-                      as_batches(train_data, "training data", sample_shape, num_classes),
-                      as_batches(eval_data, "evaluation data", sample_shape, num_classes), source)
+    kw = {"batch_size": opts.batch_size, "workers": opts.workers}
+    calib = as_batches(calib_data, "calibration data", sample_shape, num_classes, **kw)
+    return DataSplits(calibration_sample(calib, opts.calib_size, opts.seed),
+                      as_batches(train_data, "training data", sample_shape, num_classes, **kw),
+                      as_batches(eval_data, "evaluation data", sample_shape, num_classes, **kw), source,
+                      heldout_hash)
+
+
+def _data_options(options) -> DataOptions:
+    if isinstance(options, DataOptions):
+        return options
+    try:
+        return DataOptions(**{k: v for k, v in (options or {}).items() if v is not None})
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise ConfigError(f"invalid data option {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
 
 
 def _fidelity_inputs(shape: tuple[int, ...], n: int, seed: int) -> Batches:
@@ -107,7 +133,7 @@ def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: s
     summary = analyze(net, loaded.input_shape)
     spec = model if isinstance(model, str) else "module"
     splits = resolve_data(spec, data, calib_data, train_data, eval_data, tuple(example.shape[1:]),
-                          summary.num_outputs, {**(data_options or {}), "seed": context.seed})
+                          summary.num_outputs, {**(data_options or {}), "seed": context.seed}, progress)
     if context.retrain and splits.train is None:
         raise DataError("--retrain needs training data: pass --data (image folder, module:function returning "
                         "'train', or digits) or train_data=..., or use --no-retrain")
@@ -132,7 +158,7 @@ def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: s
                              sensitivity=sens["layers"] if sens else None)
         report = Report(
             edgeopt_version=__version__, context=context.model_dump(), target=profile.model_dump(),
-            environment={**environment(threads), "data": splits.source},
+            environment={**environment(threads), "data": splits.source, "heldout_sha256": splits.heldout_hash},
             model={"source": loaded.source, "input_shape": list(loaded.input_shape), **summary.model_dump(),
                    **{f"info_{k}": v for k, v in loaded.info.items()}},
             decisions=the_plan.decisions)

@@ -12,17 +12,24 @@ from edgeopt.inputs.data import Batches
 
 
 def predictions(run: Callable[[np.ndarray], np.ndarray], batches: Batches, batch_size: int) -> np.ndarray:
-    """Top-1 class for every evaluation sample, running `run` on fixed-size chunks (last one padded)."""
-    xs = torch.cat(batches.inputs()).numpy().astype(np.float32)
-    preds = []
-    for i in range(0, len(xs), batch_size):
-        chunk = xs[i:i + batch_size]
-        n = len(chunk)
-        if n < batch_size:
-            chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]), np.float32)])
-        out = np.asarray(run(chunk))
-        preds.append(out.reshape(batch_size, -1)[:n].argmax(1))
-    return np.concatenate(preds)
+    """Top-1 class for every evaluation sample, running `run` on fixed-size chunks (last one padded). The
+    batches are read one at a time (a streamed held-out set is never held in memory whole)."""
+    preds, pending = [], None
+    for x in batches.inputs():
+        x = x.detach().cpu().numpy().astype(np.float32, copy=False)
+        pending = x if pending is None else np.concatenate([pending, x])
+        while len(pending) >= batch_size:
+            preds.append(_top1(run, pending[:batch_size], batch_size))
+            pending = pending[batch_size:]
+    if pending is not None and len(pending):
+        n = len(pending)
+        chunk = np.concatenate([pending, np.zeros((batch_size - n, *pending.shape[1:]), np.float32)])
+        preds.append(_top1(run, chunk, batch_size)[:n])
+    return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+
+
+def _top1(run, chunk: np.ndarray, batch_size: int) -> np.ndarray:
+    return np.asarray(run(chunk)).reshape(batch_size, -1).argmax(1)
 
 
 def torch_runner(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
@@ -38,7 +45,7 @@ def torch_runner(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
 def score(preds: np.ndarray, batches: Batches, reference: np.ndarray | None) -> tuple[float, str]:
     """(accuracy in %, metric name)."""
     if batches.labelled:
-        labels = torch.cat([y for _, y in batches.items]).numpy()
+        labels = batches.labels().numpy()  # a streamed set knows its labels without decoding the images
         return float((preds == labels).mean() * 100), "top1"
     assert reference is not None, "fidelity needs the original model's predictions"
     return float((preds == reference).mean() * 100), "fidelity"

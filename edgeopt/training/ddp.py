@@ -1,6 +1,7 @@
 """Scale-out: when launched by `torchrun` (WORLD_SIZE > 1 in the environment) training runs under
 DistributedDataParallel, NCCL on GPUs and gloo on CPUs; otherwise it is single-process. Each rank trains on
-its own shard of the batches; gradients are averaged by DDP, so all ranks end with identical weights."""
+its own shard of the samples (a DistributedSampler in edgeopt.inputs.data.feed); gradients are averaged by
+DDP, so all ranks end with identical weights."""
 
 from __future__ import annotations
 
@@ -37,14 +38,6 @@ def wrap(module: nn.Module, dev: torch.device, world_size: int) -> nn.Module:
     # broadcast_buffers: BN running statistics follow rank 0, so every rank ends with the same model
     return DistributedDataParallel(module, device_ids=[dev.index] if dev.type == "cuda" else None,
                                    broadcast_buffers=True)
-
-
-def shard(items: list, rank: int, world_size: int) -> list:
-    """Every rank gets the same number of batches (DDP steps in lockstep); the remainder is dropped."""
-    if world_size <= 1:
-        return items
-    n = len(items) // world_size
-    return items[rank * n:(rank + 1) * n]
 
 
 def mean_across(value: float, world_size: int) -> float:

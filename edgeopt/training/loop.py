@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from edgeopt.errors import ConfigError, DataError
+from edgeopt.inputs.data.feed import TrainFeed
 from edgeopt.training import ddp
 from edgeopt.training.features import Capture, DistillStudent, make_adapters, match_layers
 from edgeopt.training.losses import attention_transfer_loss, feature_mse_loss, hinton_loss, rkd_loss
@@ -30,6 +31,9 @@ class FitResult:
     device: str = "cpu"
     world_size: int = 1
     feature_layers: list[str] = field(default_factory=list)
+    # per epoch: seconds spent waiting for the next batch (decoding and feeding), and the epoch's seconds
+    data_seconds: list[float] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)
 
 
 def parse_kind(kind, has_teacher: bool) -> tuple[str, ...]:
@@ -52,17 +56,13 @@ def _device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def _items(train_data) -> list:
-    return [(b[0], b[1]) if isinstance(b, (tuple, list)) else (b, None) for b in
-            (train_data.items if hasattr(train_data, "items") else train_data)]
-
-
 def fit(student: nn.Module, train_data, teacher: nn.Module | None = None, epochs: int = 3, lr: float = 0.01,
         temperature: float = 4.0, alpha: float = 0.7, weight_decay: float = 5e-4, seed: int = 0,
         progress: Callable[[int, int, float], None] | None = None, *, kind=None,
         feature_layers: list[str] | None = None, feature_distance: str = "at", beta: float | None = None,
         gamma: float = 1.0, start_epoch: int = 0) -> FitResult:
-    """Train `student` in place on batches of (x, y) or x.
+    """Train `student` in place on batches of (x, y) or x (a list, Batches, or a streamed Dataset), reshuffled
+    sample by sample every epoch from `seed`; under torchrun each rank reads its own shard.
 
     Without a teacher: cross-entropy (labels required). With one, `kind` picks the distillation:
     "response" (Hinton KD mixed with cross-entropy, the default), "feature" (intermediate maps,
@@ -71,10 +71,8 @@ def fit(student: nn.Module, train_data, teacher: nn.Module | None = None, epochs
     "response+feature". Kinds without
     "response" keep the hard-label cross-entropy as the task loss (soft targets if unlabelled).
     `start_epoch` starts the cosine schedule part-way (weight rewinding to epoch k trains epochs - k)."""
-    items = _items(train_data)
-    if not items:
-        raise DataError("training data is empty: give at least one batch")
-    if teacher is None and any(y is None for _, y in items):
+    feed = TrainFeed(train_data, seed)
+    if teacher is None and not feed.labelled:
         raise DataError("fine-tuning without a teacher needs labelled training data (x, y)")
     if feature_distance not in ("mse", "at"):
         raise ConfigError(f"feature_distance must be 'mse' or 'at', got {feature_distance!r}")
@@ -86,7 +84,7 @@ def fit(student: nn.Module, train_data, teacher: nn.Module | None = None, epochs
     torch.manual_seed(seed)
     rank, world_size = ddp.world()
     dev = ddp.device_for(rank) if world_size > 1 else _device()
-    example = items[0][0]  # one batch: layer matching and adapter initialisation
+    example = feed.example()  # one batch: layer matching and adapter initialisation
     names: list[str] = []
     if "feature" in kinds:
         names = match_layers(student, teacher, example, feature_layers)
@@ -98,24 +96,22 @@ def fit(student: nn.Module, train_data, teacher: nn.Module | None = None, epochs
         teacher = copy.deepcopy(teacher).to(dev).eval()
         t_capture = Capture(teacher, names, embedding="relation" in kinds)
     model = ddp.wrap(unit, dev, world_size)
-    local = ddp.shard(items, rank, world_size)
-    if not local:
-        raise DataError(f"{len(items)} batches cannot be shared among {world_size} processes")
+    steps = feed.steps(world_size)
+    if not steps:
+        raise DataError(f"{feed.n} samples cannot be shared among {world_size} processes")
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
-    total_steps = max(1, epochs * len(local))
+    total_steps = max(1, epochs * steps)
     # cosine decay written out so that a run can start part-way through it (weight rewinding)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s + start_epoch * len(local), total_steps) / total_steps)))
-    gen = torch.Generator().manual_seed(seed)
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s + start_epoch * steps, total_steps) / total_steps)))
     result = FitResult(epochs=epochs, seconds=0.0, device=str(dev), world_size=world_size,
                        kind="+".join(kinds) if kinds else "none", feature_layers=names)
     t0 = time.perf_counter()
     try:
         for epoch in range(start_epoch, epochs):
-            total = 0.0
-            for i in torch.randperm(len(local), generator=gen).tolist():
-                x, y = local[i]
-                x = x.to(dev)
+            total, n, waited, t_epoch = 0.0, 0, [0.0], time.perf_counter()
+            for x, y in _timed(feed.epoch(epoch, rank, world_size), waited):
+                x = x.to(dev, non_blocking=True)
                 y = y.to(dev) if y is not None else None
                 out, feats, emb = model(x)
                 loss = _loss(out, feats, emb, y, teacher, t_capture, x, kinds, names, feature_distance,
@@ -125,7 +121,10 @@ def fit(student: nn.Module, train_data, teacher: nn.Module | None = None, epochs
                 opt.step()
                 sched.step()
                 total += float(loss.detach())
-            result.losses.append(ddp.mean_across(total / len(local), world_size))
+                n += 1
+            result.losses.append(ddp.mean_across(total / max(n, 1), world_size))
+            result.data_seconds.append(round(waited[0], 3))
+            result.epoch_seconds.append(round(time.perf_counter() - t_epoch, 3))
             if progress:
                 progress(epoch + 1, epochs, result.losses[-1])
     finally:
@@ -135,6 +134,19 @@ def fit(student: nn.Module, train_data, teacher: nn.Module | None = None, epochs
     student.to("cpu").eval()
     result.seconds = round(time.perf_counter() - t0, 2)
     return result
+
+
+def _timed(batches, waited: list[float]):
+    """Yield from `batches`, adding the time spent waiting for each one to waited[0]."""
+    it = iter(batches)
+    while True:
+        t = time.perf_counter()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        waited[0] += time.perf_counter() - t
+        yield item
 
 
 def _loss(out, feats, emb, y, teacher, t_capture, x, kinds, names, feature_distance, temperature, alpha,

@@ -1,0 +1,174 @@
+"""An image folder (one sub-folder per class, sorted names = class indices) as torch Datasets: images decoded
+lazily, one at a time, by DataLoader workers. The held-out split is stratified per class and seeded (the same
+files on every rerun, identified by a hash of the file list); calibration is a stratified sample of the
+training split, interleaved class by class so that any prefix of it covers every class."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from edgeopt.errors import DataError
+from edgeopt.inputs.data.batches import Batches, DataSplits, StreamBatches
+from edgeopt.inputs.data.transforms import Preprocess, eval_transform, make_preprocess, train_transform
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# a held-out split whose decoded tensors fit under this is decoded once and kept (evaluated many times);
+# a larger one streams from disk on every pass
+MEMORY_CAP_BYTES = 256 * 2**20
+
+
+class ImageFiles(Dataset):
+    """(image, target) per file. Targets are class indices here; other target kinds (masks, boxes) plug in by
+    overriding `load_target` and `apply` (which must then transform image and target together)."""
+
+    def __init__(self, files: list[Path], targets: list[int], transform: Callable, mode: str):
+        self.files, self.targets, self.transform, self.mode = files, targets, transform, mode
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load_image(self, i: int):
+        from PIL import Image, UnidentifiedImageError
+
+        f = self.files[i]
+        try:
+            with Image.open(f) as im:
+                return im.convert(self.mode)
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise DataError(f"cannot read image {f}: {str(e).splitlines()[0]}") from None
+
+    def load_target(self, i: int):
+        return self.targets[i]
+
+    def apply(self, image, target):
+        return self.transform(image), target
+
+    def __getitem__(self, i: int):
+        return self.apply(self.load_image(i), self.load_target(i))
+
+
+def list_folder(root: Path) -> tuple[list[str], list[list[Path]]]:
+    """(class names, sorted files per class); one-line DataError for a missing folder or an empty class."""
+    if not root.is_dir():
+        raise DataError(f"--data {root} is not a folder (expected one sub-folder per class)")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"--data {root} has no class sub-folders")
+    files = []
+    for cls in classes:
+        found = sorted(f for f in (root / cls).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        if not found:
+            raise DataError(f"class folder {root / cls} has no images ({', '.join(IMAGE_SUFFIXES)})")
+        files.append(found)
+    return classes, files
+
+
+def stratified_split(files: list[list[Path]], val_split: float, seed: int):
+    """Per class, a seeded shuffle; the first round(n * val_split) files (at least one when the class has two)
+    are held out. Returns (train [(file, label)], held-out [(file, label)]), each in a fixed sorted order."""
+    if not 0.0 < val_split < 1.0:
+        raise DataError(f"--val-split must be between 0 and 1, got {val_split}")
+    rng = random.Random(seed)
+    train, held = [], []
+    for label, fs in enumerate(files):
+        order = list(fs)
+        rng.shuffle(order)
+        n_val = max(1, int(round(len(order) * val_split))) if len(order) > 1 else 0
+        held += [(f, label) for f in sorted(order[:n_val])]
+        train += [(f, label) for f in sorted(order[n_val:])]
+    return train, held
+
+
+def stratified_sample(pairs: list[tuple[Path, int]], n: int, seed: int) -> list[tuple[Path, int]]:
+    """About n samples, each class in proportion (at least one each), interleaved class by class."""
+    by_class: dict[int, list] = {}
+    for p in pairs:
+        by_class.setdefault(p[1], []).append(p)
+    rng = random.Random(seed + 1)
+    total = len(pairs)
+    picked = []
+    for label in sorted(by_class):
+        members = by_class[label]
+        k = min(len(members), max(1, int(round(n * len(members) / total))))
+        picked.append(rng.sample(members, k))
+    out = []
+    for i in range(max(len(p) for p in picked)):  # round robin: any prefix covers every class
+        out += [p[i] for p in picked if i < len(p)]
+    return out
+
+
+def file_list_hash(pairs: list[tuple[Path, int]], root: Path, extra: str = "") -> str:
+    h = hashlib.sha256(extra.encode())
+    for f, label in pairs:
+        h.update(f"{f.relative_to(root).as_posix()}\t{label}\n".encode())
+    return h.hexdigest()
+
+
+def decode(dataset: ImageFiles, batch_size: int, progress=None, workers: int | None = 0) -> Batches:
+    """Decode a (small) dataset into memory, batch by batch, with progress."""
+    stream = StreamBatches(dataset, batch_size, workers, targets=dataset.targets)
+    items = []
+    for x, y in stream:
+        items.append((x, y))
+        if progress is not None:
+            progress.advance(len(x))
+    return Batches(items)
+
+
+def image_folder(path, image_size, channels: int, mean=None, std=None, val_split: float = 0.2, seed: int = 0,
+                 batch_size: int = 32, *, resize: int | None = None, crop=None, augment: bool = True,
+                 calib_size: int = 300, workers: int | None = None, progress=None) -> DataSplits:
+    """Training (streamed, reshuffled per epoch by the training loop, augmented unless `augment=False`),
+    calibration (a stratified sample of the training split, in memory) and held-out evaluation (fixed
+    order; in memory when small, else streamed) of an image folder."""
+    root = Path(path)
+    pre = make_preprocess((channels, *_hw(image_size)), None, resize, crop, mean, std, augment)
+    return folder_splits(root, pre, val_split, seed, batch_size, calib_size, workers, progress)
+
+
+def folder_splits(root: Path, pre: Preprocess, val_split: float = 0.2, seed: int = 0, batch_size: int = 32,
+                  calib_size: int = 300, workers: int | None = None, progress=None) -> DataSplits:
+    """image_folder with the preprocessing already validated against the model's input."""
+    classes, files = list_folder(root)
+    train, held = stratified_split(files, val_split, seed)
+    if not held or not train:
+        raise DataError(f"--data {root}: too few images to hold out {val_split:.0%} for evaluation")
+    calib_pairs = stratified_sample(train, calib_size, seed)
+
+    def dataset(pairs, transform):
+        return ImageFiles([f for f, _ in pairs], [y for _, y in pairs], transform, pre.mode)
+
+    clean = eval_transform(pre)
+    if progress is not None:
+        progress.stage(f"decoding {len(calib_pairs)} calibration images", total=len(calib_pairs))
+    calib = decode(dataset(calib_pairs, clean), batch_size, progress, workers)
+    calib.key = file_list_hash(calib_pairs, root, pre.describe())
+    heldout_hash = file_list_hash(held, root)
+    ev_ds = dataset(held, clean)
+    ev_key = file_list_hash(held, root, pre.describe())
+    if len(held) * pre.channels * pre.size[0] * pre.size[1] * 4 <= MEMORY_CAP_BYTES:
+        if progress is not None:
+            progress.stage(f"decoding {len(held)} held-out images", total=len(held))
+        ev = decode(ev_ds, batch_size, progress, workers)
+        ev.key = ev_key
+    else:
+        ev = StreamBatches(ev_ds, batch_size, workers, key=ev_key, targets=ev_ds.targets)
+    tr_ds = dataset(train, train_transform(pre))
+    tr = StreamBatches(tr_ds, batch_size, workers, key=file_list_hash(train, root, pre.describe() + str(pre.augment)),
+                       targets=tr_ds.targets)
+    if progress is not None:
+        progress.log(f"data: {len(train) + len(held)} images in {len(classes)} classes; {len(held)} held out "
+                     f"({'in memory' if isinstance(ev, Batches) else 'streamed'}), {len(calib)} for calibration")
+    return DataSplits(calib=calib, train=tr, eval=ev, source=f"folder:{root}", heldout_hash=heldout_hash)
+
+
+def _hw(v) -> tuple[int, int]:
+    if isinstance(v, (int, float)):
+        return int(v), int(v)
+    v = tuple(v)
+    return (int(v[0]), int(v[-1]))

@@ -1,0 +1,159 @@
+"""The user's own data: lists of batches, torch Datasets and DataLoaders, from the API or `--data
+module:function`. Validated with one-line DataErrors (empty, shapes, NaN/Inf, labels); streamed data is
+checked batch by batch as it is read."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+
+import torch
+
+from edgeopt.errors import DataError
+from edgeopt.inputs.data.batches import Batches, StreamBatches, split_item
+
+
+def checker(name: str, sample_shape: tuple[int, ...], num_classes: int | None = None):
+    """check(batch, index) -> (float inputs, long labels or None), or a one-line DataError."""
+
+    def check(batch, i: int):
+        x, y = batch
+        x = torch.as_tensor(x, dtype=torch.float32)
+        if x.dim() == len(sample_shape):
+            x = x.unsqueeze(0)
+        y = None if y is None else torch.as_tensor(y, dtype=torch.long).reshape(-1)
+        if tuple(x.shape[1:]) != tuple(sample_shape):
+            raise DataError(f"{name} batch {i} has sample shape {tuple(x.shape[1:])}, "
+                            f"the model takes {tuple(sample_shape)}")
+        if not torch.isfinite(x).all():
+            raise DataError(f"{name} batch {i} contains NaN or Inf values")
+        if y is not None:
+            if len(y) != len(x):
+                raise DataError(f"{name} batch {i} has {len(x)} inputs but {len(y)} labels")
+            if num_classes is not None and len(y) and (y.min() < 0 or y.max() >= num_classes):
+                raise DataError(f"{name} batch {i} has labels outside 0..{num_classes - 1}")
+        return x, y
+
+    return check
+
+
+def _is_map_dataset(obj) -> bool:
+    from torch.utils.data import Dataset, IterableDataset
+
+    return isinstance(obj, Dataset) and not isinstance(obj, IterableDataset) and hasattr(obj, "__len__")
+
+
+def as_batches(data: Iterable | None, name: str, sample_shape: tuple[int, ...], num_classes: int | None = None,
+               batch_size: int = 32, workers: int | None = None) -> Batches | StreamBatches | None:
+    """Batches (in memory), a StreamBatches, a map-style Dataset or a DataLoader over one (both streamed), or
+    any iterable of tensors / (tensor, label) pairs (kept in memory)."""
+    if data is None:
+        return None
+    check = checker(name, sample_shape, num_classes)
+    stream = _as_stream(data, check, batch_size, workers)
+    if stream is not None:
+        stream.items[0]  # the first batch now: a wrong shape fails before any work, not mid-search
+        return stream
+    pairs = data.items if isinstance(data, Batches) else [split_item(item) for item in data]
+    if not pairs:
+        raise DataError(f"{name} is empty: give at least one batch")
+    return Batches([check(p, i) for i, p in enumerate(pairs)], key=getattr(data, "key", None))
+
+
+def _as_stream(data, check, batch_size: int, workers: int | None) -> StreamBatches | None:
+    from torch.utils.data import DataLoader
+
+    if isinstance(data, StreamBatches):
+        inner = data._check
+
+        def both(batch, i):
+            return check(inner(batch, i) if inner is not None else batch, i)
+
+        data._check = both
+        return data
+    if isinstance(data, DataLoader) and _is_map_dataset(data.dataset):
+        ds = data.dataset
+        return StreamBatches(ds, data.batch_size or 1, data.num_workers, labelled=_first_labelled(ds),
+                             collate=data.collate_fn, check=check)
+    if _is_map_dataset(data):
+        return StreamBatches(data, batch_size, workers, labelled=_first_labelled(data), check=check,
+                             targets=_targets(data))
+    return None
+
+
+def _first_labelled(ds) -> bool:
+    if len(ds) == 0:
+        raise DataError("the dataset is empty: give at least one sample")
+    first = ds[0]
+    return isinstance(first, (tuple, list)) and len(first) > 1 and first[1] is not None
+
+
+def _targets(ds) -> list[int] | None:
+    """Labels a dataset knows without decoding (torchvision's ImageFolder and ours keep `targets`)."""
+    t = getattr(ds, "targets", None)
+    return list(t) if t is not None and len(t) == len(ds) else None
+
+
+def calibration_sample(data, size: int, seed: int = 0) -> Batches | None:
+    """Streamed calibration data -> an in-memory sample of `size` samples (calibration is read many times):
+    stratified when the dataset knows its labels, else a seeded random sample."""
+    if not isinstance(data, StreamBatches) or len(data) <= size:
+        return _decode_all(data) if isinstance(data, StreamBatches) else data
+    from torch.utils.data import Subset
+
+    targets = _targets(data.dataset)
+    rng = random.Random(seed + 1)
+    if targets is not None:
+        by_class: dict[int, list[int]] = {}
+        for i, t in enumerate(targets):
+            by_class.setdefault(int(t), []).append(i)
+        picks = [rng.sample(v, max(1, round(size * len(v) / len(targets)))) for _, v in sorted(by_class.items())]
+        idx = [p[i] for i in range(max(map(len, picks))) for p in picks if i < len(p)]
+    else:
+        idx = rng.sample(range(len(data)), size)
+    sub = StreamBatches(Subset(data.dataset, idx), data.batch_size, data.workers, data.labelled,
+                        collate=data.collate, check=data._check)
+    return _decode_all(sub)
+
+
+def _decode_all(stream: StreamBatches) -> Batches:
+    return Batches(list(stream), key=stream.key)
+
+
+def from_function(spec: str) -> dict:
+    """`module:function` or `path/file.py:function` returning a dict with calib/train/eval (lists of batches,
+    Datasets or DataLoaders; any may be missing), or a (calib, train, eval) tuple."""
+    import importlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    target, _, fn = spec.rpartition(":")
+    old = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True  # never write __pycache__ beside the user's files
+    try:
+        if target.endswith(".py"):
+            path = Path(target)
+            if not path.is_file():
+                raise DataError(f"data file {path} does not exist")
+            mspec = importlib.util.spec_from_file_location(f"edgeopt_user_data_{path.stem}", path)
+            module = importlib.util.module_from_spec(mspec)
+            sys.modules[mspec.name] = module
+            mspec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+        result = getattr(module, fn)()
+    except DataError:
+        raise
+    except (ImportError, AttributeError) as e:
+        raise DataError(f"cannot load data function {spec}: {e}") from None
+    finally:
+        sys.dont_write_bytecode = old
+    if isinstance(result, (tuple, list)) and len(result) == 3:
+        return dict(zip(("calib", "train", "eval"), result, strict=True))
+    if isinstance(result, dict):
+        unknown = set(result) - {"calib", "train", "eval", "calib_data", "train_data", "eval_data"}
+        if unknown:
+            raise DataError(f"{spec} returned unknown keys {sorted(unknown)}: use calib, train, eval")
+        return {k.removesuffix("_data"): v for k, v in result.items()}
+    raise DataError(f"{spec} must return a dict with calib/train/eval or a (calib, train, eval) tuple")

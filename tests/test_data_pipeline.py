@@ -1,0 +1,176 @@
+"""The streaming data pipeline: training order reshuffled per epoch and mixing classes, a stratified and
+reproducible held-out split, stratified calibration, lazy decoding under a memory cap, preprocessing,
+Datasets/DataLoaders from the API, and bad inputs named in one line."""
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from edgeopt.engine.pipeline import resolve_data
+from edgeopt.errors import DataError
+from edgeopt.inputs.data import Batches, StreamBatches, TrainFeed, folder, image_folder
+from edgeopt.training import fit
+
+
+def _folder(root, classes=("a", "b", "c"), n=10, size=(12, 10), mode="RGB"):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k, cls in enumerate(classes):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+            a = (rng.random(shape) * 60 + 90 * k).astype(np.uint8)
+            Image.fromarray(a, mode=mode).save(root / cls / f"{i:03d}.png")
+    return root
+
+
+def _labels(batches):
+    return [int(v) for _, y in batches for v in y]
+
+
+def test_training_order_differs_between_epochs_and_mixes_classes(tmp_path):
+    s = image_folder(_folder(tmp_path / "imgs"), 8, 3, augment=False, batch_size=6, workers=0)
+    feed = TrainFeed(s.train, seed=3)
+    e0, e1 = _labels(feed.epoch(0)), _labels(feed.epoch(1))
+    assert sorted(e0) == sorted(e1) == sorted(s.train.labels().tolist())  # every sample once per epoch
+    assert e0 != e1  # reshuffled
+    assert len(set(e0[:6])) > 1  # the files are class-sorted on disk, the first batch is not
+    assert _labels(TrainFeed(s.train, seed=3).epoch(0)) == e0  # seeded: a rerun sees the same order
+    # batches already in memory, class-sorted: shuffled sample by sample, not batch by batch
+    x = torch.randn(40, 1, 4, 4)
+    y = torch.arange(4).repeat_interleave(10)
+    mem = TrainFeed([(x[i:i + 10], y[i:i + 10]) for i in range(0, 40, 10)], seed=0)
+    first = next(iter(mem.epoch(0)))[1]
+    assert len(first) == 10 and len(set(first.tolist())) > 1
+
+
+def test_ranks_read_disjoint_equal_shards(tmp_path):
+    x, y = torch.randn(21, 1, 4, 4), torch.arange(21) % 3
+    feed = TrainFeed([(x, y)], seed=0)
+    xs = [torch.cat([b for b, _ in feed.epoch(0, rank=r, world_size=2)]) for r in (0, 1)]
+    assert len(xs[0]) == len(xs[1]) == 10 and feed.steps(2) == 1  # lockstep: the remainder is dropped
+    rows = {tuple(v.flatten().tolist()) for v in torch.cat(xs)}
+    assert len(rows) == 20  # no sample on both ranks
+
+
+def test_heldout_split_is_stratified_and_identical_across_reruns(tmp_path):
+    root = _folder(tmp_path / "imgs", n=10)
+    a = image_folder(root, 8, 3, val_split=0.2, seed=5, workers=0)
+    b = image_folder(root, 8, 3, val_split=0.2, seed=5, workers=0)
+    c = image_folder(root, 8, 3, val_split=0.2, seed=6, workers=0)
+    assert a.heldout_hash == b.heldout_hash != c.heldout_hash
+    assert a.eval.labels().tolist() == [0, 0, 1, 1, 2, 2]  # 20 % of each class, in a fixed order
+    assert torch.equal(torch.cat(list(a.eval.inputs())), torch.cat(list(b.eval.inputs())))
+    assert len(a.train) == 24
+
+
+def test_calibration_is_a_stratified_sample_covering_every_class(tmp_path):
+    root = _folder(tmp_path / "imgs", n=10)
+    s = image_folder(root, 8, 3, calib_size=6, batch_size=2, workers=0)
+    labels = _labels(s.calib)
+    assert len(labels) == 6 and labels[:3] == [0, 1, 2]  # interleaved: any prefix covers the classes
+    assert isinstance(s.calib, Batches) and s.calib.key
+
+
+def test_large_heldout_set_streams_instead_of_being_decoded_whole(tmp_path, monkeypatch):
+    root = _folder(tmp_path / "imgs", n=10)
+    decoded = []
+    real = folder.ImageFiles.load_image
+    monkeypatch.setattr(folder.ImageFiles, "load_image", lambda self, i: decoded.append(i) or real(self, i))
+    small = image_folder(root, 8, 3, calib_size=3, workers=0)
+    assert isinstance(small.eval, Batches)  # under the cap: decoded once, kept
+    monkeypatch.setattr(folder, "MEMORY_CAP_BYTES", 1000)  # a tiny cap: 6 images of 3x8x8 floats exceed it
+    decoded.clear()
+    s = image_folder(root, 8, 3, calib_size=3, batch_size=2, workers=0)
+    assert isinstance(s.eval, StreamBatches) and isinstance(s.train, StreamBatches)
+    assert len(decoded) == 3  # only the calibration sample was decoded up front
+    decoded.clear()
+    assert s.eval.labels().tolist() == [0, 0, 1, 1, 2, 2] and decoded == []  # labels without decoding
+    for i, (x, _) in enumerate(s.eval):
+        assert len(x) == 2 and len(decoded) == 2 * (i + 1)  # one batch decoded at a time
+    assert len(decoded) == 6
+
+
+def test_preprocessing_resize_crop_grayscale_and_augmentation(tmp_path):
+    root = _folder(tmp_path / "wide", classes=("a", "b"), n=4, size=(20, 10))
+    s = image_folder(root, 8, 1, resize=10, crop=8, mean=(0.5,), std=(0.5,), augment=True, workers=0)
+    x = s.calib.items[0][0]
+    assert x.shape[1:] == (1, 8, 8) and x.min() >= -1.0 and x.max() <= 1.0  # RGB files read as grayscale
+    ds = s.train.dataset
+    reads = [ds[0][0] for _ in range(5)]
+    assert any(not torch.equal(reads[0], r) for r in reads[1:])  # random crops and flips for training
+    ev = s.eval.items[0][0]
+    again = image_folder(root, 8, 1, resize=10, crop=8, augment=True, workers=0).eval.items[0][0]
+    assert torch.equal(ev, again)  # evaluation never augmented
+    plain = image_folder(root, 8, 1, augment=False, workers=0).train.dataset
+    assert torch.equal(plain[0][0], plain[0][0])
+    with pytest.raises(DataError, match="--crop gives 6x6 images, the model takes 8x8"):
+        resolve_data("m", str(root), None, None, None, (1, 8, 8), 2, {"crop": 6})
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path):
+    root = _folder(tmp_path / "imgs", classes=("a", "b"), n=6)
+    (root / "b" / "broken.png").write_bytes(b"not an image")
+    s = image_folder(root, 8, 3, calib_size=2, batch_size=2, workers=1)  # decoded by a worker process
+    with pytest.raises(DataError, match=r"cannot read image .*broken\.png") as e:
+        for _ in TrainFeed(s.train).epoch(0):
+            pass
+    assert "\n" not in str(e.value) and "Traceback" not in str(e.value)
+    with pytest.raises(DataError, match=r"1 \(grayscale\) or 3 \(RGB\) channels"):
+        resolve_data("m", str(root), None, None, None, (4, 8, 8), 2)
+    with pytest.raises(DataError, match="mean/--std need 1 or 1 values"):
+        resolve_data("m", str(root), None, None, None, (1, 8, 8), 2, {"mean": (0.5, 0.5, 0.5)})
+    (root / "c").mkdir()
+    with pytest.raises(DataError, match="class folder .*c has no images"):
+        image_folder(root, 8, 3)
+
+
+def test_datasets_and_dataloaders_from_the_api_stream(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 1, 8, 8, generator=g), torch.arange(64) % 4
+    ds = TensorDataset(x, y)
+    s = resolve_data("module", None, DataLoader(ds, batch_size=16), ds, DataLoader(ds, batch_size=16), (1, 8, 8),
+                     4, {"calib_size": 20, "batch_size": 8, "workers": 0})
+    assert isinstance(s.train, StreamBatches) and isinstance(s.eval, StreamBatches)
+    assert isinstance(s.calib, Batches) and len(s.calib) == 20  # a calibration sample, kept in memory
+    assert s.eval.labels().tolist() == y.tolist() and s.train.labelled
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4))
+    res = fit(net, s.train, epochs=2, lr=0.05)
+    assert len(res.losses) == 2 and len(res.data_seconds) == 2 and res.data_seconds[0] <= res.epoch_seconds[0]
+    bad = TensorDataset(torch.randn(4, 3, 8, 8), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(DataError, match="evaluation data batch 0 has sample shape"):
+        resolve_data("module", None, None, None, bad, (1, 8, 8), 4)
+
+
+def test_data_file_leaves_no_pycache(tmp_path):
+    f = tmp_path / "mydata.py"
+    f.write_text("import torch\n"
+                 "def fn():\n"
+                 "    return {'eval': [(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]))]}\n")
+    s = resolve_data("module", f"{f}:fn", None, None, None, (1, 8, 8), 2)
+    assert s.eval.labelled and not (tmp_path / "__pycache__").exists()
+
+
+@pytest.mark.slow  # a whole optimize in a subprocess
+def test_cli_optimize_on_an_image_folder_records_the_heldout_split(tmp_path, tinynet_spec):
+    import json
+    import subprocess
+    import sys
+
+    root = _folder(tmp_path / "imgs", classes=[f"c{i}" for i in range(10)], n=4, size=(16, 16), mode="L")
+
+    def run(out, *extra):
+        return subprocess.run([sys.executable, "-m", "edgeopt", "optimize", "--model", tinynet_spec,
+                               "--input-shape", "1,1,16,16", "--data", str(root), "--techniques", "quantize",
+                               "--runtimes", "onnxruntime", "--bench-time", "0.3", "--max-accuracy-drop", "100",
+                               "--calib-size", "10", "--workers", "0", "--no-augment", "--out", str(out), *extra],
+                              capture_output=True, text=True, timeout=600)
+
+    p = run(tmp_path / "out")
+    assert p.returncode == 0, p.stderr[-2000:]
+    env = json.loads((tmp_path / "out" / "report.json").read_text())["environment"]
+    assert env["data"].startswith("folder:") and len(env["heldout_sha256"]) == 64
+    p = run(tmp_path / "bad", "--crop", "12")
+    assert p.returncode == 2 and "--crop gives 12x12 images" in p.stderr and "Traceback" not in p.stderr
