@@ -27,6 +27,8 @@ class PruneConfig(BaseModel):
     layer_ratios: dict[str, float] | None = None  # per-layer ratios, e.g. from sensitivity analysis
     # per-layer accuracy drops from sensitivity analysis: turned into layer ratios around `ratio`
     sensitivity: dict[str, float] | None = None
+    # re-solve the layers fed by pruned channels by least squares on calibration inputs (no retraining)
+    reconstruct: bool = False
 
 
 class FactorizeConfig(BaseModel):
