@@ -63,6 +63,7 @@ def _accuracy(model, val):
 
 def test_reconstruction_beats_naive_pruning_on_a_small_cnn():
     import smallnet
+
     from edgeopt.techniques.bn_recal import recalibrate_bn
 
     model, train, val = smallnet.trained()
@@ -107,3 +108,25 @@ def test_registry_config_and_iterative_steps(tiny, example):
     assert record["importance"] == "recon" and record["reconstruction"]["ran"]
     assert small(example).shape == tiny(example).shape
     json.dumps(record)  # goes into the report as is
+
+
+def test_planner_proposes_a_reconstruction_ladder_only_with_calibration_data():
+    from edgeopt.config import ModelSummary, make_context
+    from edgeopt.decide.plan import plan
+    from edgeopt.targets import load_target
+
+    summary = ModelSummary(params=10**6, macs=10**8, input_shape=[1, 3, 64, 64], num_outputs=10,
+                           prunable_groups=12, min_channels=64, layers={"conv": 10, "linear": 1})
+    local = load_target("x86-avx2").model_copy(update={"detected": False})
+
+    def make(calib, **ctx):
+        return plan(make_context(target="x86-avx2", **ctx), load_target("x86-avx2"), summary, local,
+                    ["onnxruntime"], has_calib_data=calib)
+
+    recon = [c for c in make(True).candidates if c.family == "prune-recon"]
+    assert recon and all(c.steps[0].params["reconstruct"] for c in recon)
+    assert all(len(c.steps) == 1 for c in recon)  # no BN re-estimation after reconstruction
+    no_data = make(False)
+    assert not any(c.family == "prune-recon" for c in no_data.candidates)
+    why = next(d for d in no_data.decisions if d.technique == "prune_reconstruct")
+    assert why.decision == "skipped" and "calibration data" in why.reason
