@@ -66,8 +66,12 @@ def _make(sig: dict, cin: int, cout: int) -> tuple[nn.Module, torch.Tensor]:
 
 
 def _runner(model: nn.Module, x: torch.Tensor, runtime: str, threads: int, tmp: Path):
+    import warnings
+
     path = tmp / "layer.onnx"
-    torch.onnx.export(model.eval(), (x,), str(path), dynamo=False, input_names=["input"])
+    with warnings.catch_warnings():  # the legacy exporter: a one-layer graph needs none of dynamo's cost
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model.eval(), (x,), str(path), dynamo=False, input_names=["input"])
     arr = x.numpy()
     if runtime == "onnxruntime":
         import onnxruntime as ort
@@ -159,7 +163,7 @@ class LatencyTable:
                     if sig["kind"] == "dwconv" and co != ci:
                         continue
                     grid[(ci, co)] = self.entry(sig, ci, co)
-            self.layers[name] = {"sig": sig, "cin": cin, "cout": cout, "grid": grid}
+            self.layers[name] = {"sig": sig, "cin": cin, "cout": cout, "grid": _monotone(grid)}
         full = self._whole(model, example)
         self.overhead_ms = max(0.0, full - self.predict_layers({}))
         return self
@@ -195,6 +199,12 @@ class LatencyTable:
                 widths[name] = ((m.in_features, m.out_features) if isinstance(m, nn.Linear)
                                 else (m.in_channels, m.out_channels))
         return self.predict(widths)
+
+
+def _monotone(grid: dict[tuple[int, int], float]) -> dict[tuple[int, int], float]:
+    """A narrower layer is never predicted slower than a wider one: each entry is capped by the entries at
+    larger widths (timing noise otherwise makes pruning look like a slowdown)."""
+    return {(ci, co): min(v for (a, b), v in grid.items() if a >= ci and b >= co) for ci, co in grid}
 
 
 def _grid(width: int, fractions) -> list[int]:

@@ -88,18 +88,16 @@ def allocate(table, groups: list[Group], budget_ms: float, max_layer_ratio: floa
     while current > budget_ms:
         best = None
         for g in groups:
-            k = max(round_to or 1, int(round(g.width * step)))
-            new = kept[g.root] - k
-            if new < max(1, g.width * (1 - max_layer_ratio)):
+            cand = _next_step(table, groups, kept, g, current, max(round_to or 1, int(round(g.width * step))),
+                              max(1, g.width * (1 - max_layer_ratio)))
+            if cand is None:
                 continue
-            trial = dict(kept, **{g.root: new})
-            ms = table.predict(widths_of(table, groups, trial))
-            saved = current - ms
+            new, ms = cand
             cost = g.loss[g.width - new] - g.loss[g.width - kept[g.root]]
-            score = cost / saved if saved > 1e-9 else float("inf")
+            score = cost / (current - ms)
             if best is None or score < best[0]:
                 best = (score, g.root, new, ms)
-        if best is None or best[0] == float("inf"):
+        if best is None:
             break  # nothing left to remove that the table says is faster
         _, root, kept[root], current = best
     ratios = {g.root: round(1 - kept[g.root] / g.width, 4) for g in groups if kept[g.root] < g.width}
@@ -108,6 +106,18 @@ def allocate(table, groups: list[Group], budget_ms: float, max_layer_ratio: floa
               "widths": {g.root: [g.width, kept[g.root]] for g in groups}, "runtime": table.runtime,
               "precision": table.precision}
     return ratios, record
+
+
+def _next_step(table, groups, kept, g: Group, current: float, k: int, floor: float) -> tuple[int, float] | None:
+    """The group's next width that the table says is faster (runtimes run some widths no faster than wider
+    ones: those are stepped over), with its predicted latency; None when none is left above the floor."""
+    new = kept[g.root] - k
+    while new >= floor:
+        ms = table.predict(widths_of(table, groups, dict(kept, **{g.root: new})))
+        if current - ms > 1e-9:
+            return new, ms
+        new -= k
+    return None
 
 
 def prune_to_latency(model: nn.Module, example: torch.Tensor, latency_target: float, runtime: str = "onnxruntime",
