@@ -79,3 +79,30 @@ def test_prune_to_latency_end_to_end(tmp_path):
     widths = {n: m.out_channels for n, m in small.named_modules() if isinstance(m, nn.Conv2d)}
     for root, (_, kept) in alloc["widths"].items():  # the pruned model has the widths allocated
         assert widths[root] == kept
+
+
+def test_registry_latency_target_and_planner_ladder():
+    from edgeopt.config import ModelSummary, make_context
+    from edgeopt.decide.plan import plan
+    from edgeopt.inputs.data import Batches
+    from edgeopt.targets import load_target
+    from edgeopt.techniques import TECHNIQUES
+
+    summary = ModelSummary(params=10**6, macs=10**8, input_shape=[1, 3, 64, 64], num_outputs=10,
+                           prunable_groups=12, min_channels=64, layers={"conv": 10, "linear": 1})
+    local = load_target("x86-avx2").model_copy(update={"detected": False})
+    p = plan(make_context(target="x86-avx2"), load_target("x86-avx2"), summary, local, ["onnxruntime"],
+             has_calib_data=True)
+    lat = [c for c in p.candidates if c.family == "prune-lat"]
+    assert sorted({c.steps[0].params["latency_target"] for c in lat}) == [0.45, 0.6, 0.75, 0.9]
+    assert all(c.steps[0].params["lut_runtime"] == "onnxruntime" for c in lat)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+    x = torch.randn(1, 1, 8, 8)
+    tech = TECHNIQUES.get("prune")
+    cfg = tech.make_config(lat[0].steps[0].params)
+    small, rec = tech.apply_fn()(model, x, cfg, data=Batches([(torch.randn(8, 1, 8, 8), None)]))
+    assert rec["allocation"]["latency_target"] == cfg.latency_target and rec["allocation"]["table_measured"] > 0
+    assert small(x).shape == (1, 3)

@@ -149,6 +149,7 @@ def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, l
     finetune = _finetune_step(context, has_train_data, decisions)
     structures += _prune_structures(context, target, summary, has_calib_data, finetune, decisions, sensitivity)
     structures += recon_structures(context, target, summary, has_calib_data, finetune, decisions)
+    structures += latency_structures(context, summary, has_calib_data, finetune, decisions, runtimes, here)
     structures += _factorize_structures(context, target, summary, finetune, decisions)
     structures += sparse_structures(context, target, finetune, decisions)
     structures += from_scratch_structures(context, target, has_train_data, decisions)
@@ -299,4 +300,32 @@ def recon_structures(context, target, summary, has_calib_data, finetune, decisio
         technique="prune_reconstruct", decision="applied",
         reason="no retraining: channels ranked by the output error their removal leaves, and the layers they "
                "fed re-solved by least squares on unlabeled calibration inputs, so pruning goes further"))
+    return out
+
+
+# Latency targets (fractions of the baseline's latency, predicted by a table measured on the runtime), each
+# pruned with channels allocated where they cost the most time, then reconstructed.
+LATENCY_TARGETS = (0.9, 0.75, 0.6, 0.45)
+
+
+def latency_structures(context, summary, has_calib_data, finetune, decisions, runtimes, here) -> list[tuple]:
+    if finetune or not has_calib_data or not _allowed(context, "prune") or summary.prunable_groups == 0:
+        return []
+    rt = next((r for r in runtimes if r in ("onnxruntime", "openvino")), None)
+    if not here or rt is None:
+        decisions.append(Decision(technique="prune_latency_allocation", decision="skipped",
+                                  reason="the latency table is measured on this machine's ONNX Runtime/OpenVINO: "
+                                         "not available for this target"))
+        return []
+    out = []
+    for t in LATENCY_TARGETS:
+        params = {"ratio": 0.0, "latency_target": t, "lut_runtime": rt, "importance": "recon",
+                  "reconstruct": True}  # the uniform ratio is unused: widths come from the allocation
+        out.append((f"prune-lat{int(round(t * 100))}", [Step(technique="prune", params=params)],
+                    f"channels allocated for {t:.0%} of the latency ({rt} table) + reconstruction",
+                    "prune-lat", 1 - t))
+    decisions.append(Decision(
+        technique="prune_latency_allocation", decision="applied",
+        reason=f"per-layer widths chosen greedily over a latency table measured on {rt} (fp32 layers), "
+               "keeping the most importance per millisecond, for 90/75/60/45 % of the baseline's latency"))
     return out

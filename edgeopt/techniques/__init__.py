@@ -29,6 +29,10 @@ class PruneConfig(BaseModel):
     sensitivity: dict[str, float] | None = None
     # re-solve the layers fed by pruned channels by least squares on calibration inputs (no retraining)
     reconstruct: bool = False
+    # widths allocated under this fraction of the model's latency, predicted by a latency table measured on
+    # `lut_runtime` (replaces the uniform `ratio`)
+    latency_target: float | None = Field(None, gt=0.0, lt=1.0)
+    lut_runtime: Literal["onnxruntime", "openvino"] = "onnxruntime"
 
 
 class FactorizeConfig(BaseModel):

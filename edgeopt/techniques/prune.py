@@ -258,6 +258,13 @@ def apply_prune(model: nn.Module, example: torch.Tensor, config, data=None) -> t
         from edgeopt.techniques.sensitivity import ratios_from_drops
 
         layer_ratios = ratios_from_drops(config.sensitivity, config.ratio, config.max_layer_ratio)
+    if config.latency_target:
+        from edgeopt.techniques.allocate import prune_to_latency
+
+        return prune_to_latency(model, example, config.latency_target, runtime=config.lut_runtime,
+                                importance=config.importance, data=data.items if data is not None else None,
+                                reconstruct=config.reconstruct, max_layer_ratio=config.max_layer_ratio,
+                                round_to=config.round_to)
     return prune(model, example, ratio=config.ratio, importance=config.importance, scope=config.scope,
                  round_to=config.round_to, iterative_steps=config.iterative_steps,
                  data=data.items if data is not None else None, max_layer_ratio=config.max_layer_ratio,
