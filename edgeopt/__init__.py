@@ -44,15 +44,18 @@ def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: s
 
 def prune(model, example_inputs: torch.Tensor, ratio: float = 0.3, importance: str = "l2",
           scope: str = "local", round_to: int | None = None, iterative_steps: int = 1, data=None,
-          max_layer_ratio: float = 0.9, layer_ratios: dict[str, float] | None = None, timeout_s: float = 120):
+          max_layer_ratio: float = 0.9, layer_ratios: dict[str, float] | None = None, timeout_s: float = 120,
+          reconstruct: bool = False):
     """A physically smaller copy of `model` (same output shape). `importance`: l2 | l1 | bn_scale | taylor
-    (needs labelled `data=[(x, y), ...]`) | hrank (needs `data` inputs) | fpgm | random. What changed per
-    layer, and what was skipped and why, is in `result.edgeopt_record`."""
+    (needs labelled `data=[(x, y), ...]`) | hrank (needs `data` inputs) | fpgm | random | recon (needs `data`
+    inputs). `reconstruct=True` re-solves the layers fed by pruned channels on `data` (no retraining). What
+    changed per layer, and what was skipped and why, is in `result.edgeopt_record`."""
     from edgeopt.techniques.prune import prune as _prune
 
     small, record = _prune(model, example_inputs, ratio=ratio, importance=importance, scope=scope,
                            round_to=round_to, iterative_steps=iterative_steps, data=data,
-                           max_layer_ratio=max_layer_ratio, layer_ratios=layer_ratios, timeout_s=timeout_s)
+                           max_layer_ratio=max_layer_ratio, layer_ratios=layer_ratios, timeout_s=timeout_s,
+                           reconstruct=reconstruct)
     small.edgeopt_record = record
     return small
 

@@ -41,9 +41,15 @@ def prune(
     format: str = typer.Option("onnx", help="export the pruned model to this format"),
     out_file: Path = typer.Option(Path("pruned.onnx"), "--out"),
     record_file: Path = typer.Option(None, "--record", help="write the per-layer record (JSON) here"),
+    reconstruct: bool = typer.Option(False, help="re-solve the layers fed by pruned channels by least squares on "
+                                                 "unlabeled calibration inputs (--data), so accuracy holds "
+                                                 "without retraining; per-layer errors in --record"),
+    data: str = typer.Option(None, help="calibration inputs for --reconstruct / --importance recon: 'digits' "
+                                        "(the demo's, default for it) or a .npy file shaped N,C,H,W"),
 ) -> None:
     """Prune channels physically, export, verify against PyTorch, and print params/MACs before and after.
-    Layers that cannot be pruned safely are kept, with a reason per layer (see --record)."""
+    Layers that cannot be pruned safely are kept, with a reason per layer (see --record).
+    Retraining-free: `--importance recon --reconstruct --data inputs.npy`."""
     import torch
 
     from edgeopt import export
@@ -58,11 +64,12 @@ def prune(
         raise ConfigError("--importance taylor needs labelled batches: use edgeopt.prune(..., data=[(x, y)])")
     loaded, example = _load(model, weights, input_shape, trust_pickle)
     batches, source = None, None
-    if importance in ("hrank", "rank"):
+    if reconstruct or importance in ("recon", "hrank", "rank"):
         batches = _calib_data(data, None, model, tuple(example.shape[1:]))
-        source = "random" if batches is None else "data"
         if hasattr(batches, "inputs"):
             batches = batches.inputs()
+    if importance in ("hrank", "rank"):
+        source = "random" if batches is None else "data"
         if batches is None:
             batches = [torch.randn(8, *example.shape[1:]) for _ in range(2)]
         out.print("hrank: ranking feature maps of " + (
@@ -70,7 +77,7 @@ def prune(
             else f"{len(batches)} batches from --data"), markup=False, highlight=False)
     small, record = do_prune(loaded.model, example, ratio=ratio, importance=importance, scope=scope,
                              round_to=round_to, iterative_steps=steps, max_layer_ratio=max_layer_ratio,
-                             timeout_s=timeout, data=batches)
+                             timeout_s=timeout, data=batches, reconstruct=reconstruct)
     if source:
         record["hrank_inputs"] = source
     path = export(small, example, format=format, out=out_file)
@@ -79,6 +86,10 @@ def prune(
     out.print(f"params {count_params(loaded.model):,} -> {count_params(small):,}; "
               f"MACs {count_macs(loaded.model, example):,} -> {count_macs(small, example):,}; "
               f"{record['layers_changed']} layers changed, {len(record['skipped'])} skipped; wrote {path}")
+    rec = record.get("reconstruction")
+    if rec:
+        out.print(f"reconstruction: {len(rec['layers'])} layers re-solved in {rec['seconds']} s" if rec["ran"]
+                  else f"reconstruction skipped: {rec['reason']}")
 
 
 def _calib_data(data: str | None, calib: str | None, model: str, sample_shape):

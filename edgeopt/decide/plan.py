@@ -150,6 +150,8 @@ def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, l
     structures = [("original", [], "unchanged model", None, 0.0)]
     finetune = _finetune_step(context, has_train_data, decisions)
     structures += _prune_structures(context, target, summary, has_calib_data, finetune, decisions, sensitivity)
+    structures += recon_structures(context, target, summary, has_calib_data, finetune, decisions)
+    structures += latency_structures(context, summary, has_calib_data, finetune, decisions, runtimes, here)
     structures += _factorize_structures(context, target, summary, finetune, decisions)
     structures += sparse_structures(context, target, finetune, decisions)
     structures += from_scratch_structures(context, target, has_train_data, decisions)
@@ -271,4 +273,61 @@ def _factorize_structures(context, target, summary, finetune, decisions) -> list
         technique="factorize", decision="applied",
         reason=f"{'size goal' if context.goal == 'size' else 'CPU latency goal'}: low-rank Tucker/SVD "
                "factorization of large layers cuts MACs and weights; energy kept chosen by measured accuracy"))
+    return out
+
+
+# Retraining-free pruning with layer-wise reconstruction reaches further than naive pruning (measured on a
+# small CNN: 30 % of channels cost 0 pp with reconstruction, 26 pp with BN re-estimation alone).
+RECON_RATIOS = {"tight": (0.1, 0.2, 0.3, 0.4, 0.5), "normal": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6),
+                "loose": (0.2, 0.3, 0.4, 0.5, 0.6)}
+
+
+def recon_structures(context, target, summary, has_calib_data, finetune, decisions) -> list[tuple]:
+    """Without retraining: channels chosen by reconstruction error, then the layers they fed re-solved by
+    least squares on the calibration inputs. BN is not re-estimated after it: the re-solved layers already
+    match the original pre-BN outputs, which the original statistics describe better than a few batches."""
+    if finetune or not _allowed(context, "prune") or summary.prunable_groups == 0:
+        return []
+    if not has_calib_data:
+        decisions.append(Decision(technique="prune_reconstruct", decision="skipped",
+                                  reason="no calibration data: reconstruction needs unlabeled real inputs"))
+        return []
+    round_to = channel_rounding(target, summary, [])
+    out = []
+    for r in RECON_RATIOS[budget_kind(context.max_accuracy_drop)]:
+        params = {"ratio": r, "importance": "recon", "round_to": round_to, "reconstruct": True}
+        out.append((f"prune-recon{int(round(r * 100))}", [Step(technique="prune", params=params)],
+                    f"structured pruning at {r:.0%} with least-squares reconstruction", "prune-recon", r))
+    decisions.append(Decision(
+        technique="prune_reconstruct", decision="applied",
+        reason="no retraining: channels ranked by the output error their removal leaves, and the layers they "
+               "fed re-solved by least squares on unlabeled calibration inputs, so pruning goes further"))
+    return out
+
+
+# Latency targets (fractions of the baseline's latency, predicted by a table measured on the runtime), each
+# pruned with channels allocated where they cost the most time, then reconstructed.
+LATENCY_TARGETS = (0.9, 0.75, 0.6, 0.45)
+
+
+def latency_structures(context, summary, has_calib_data, finetune, decisions, runtimes, here) -> list[tuple]:
+    if finetune or not has_calib_data or not _allowed(context, "prune") or summary.prunable_groups == 0:
+        return []
+    rt = next((r for r in runtimes if r in ("onnxruntime", "openvino")), None)
+    if not here or rt is None:
+        decisions.append(Decision(technique="prune_latency_allocation", decision="skipped",
+                                  reason="the latency table is measured on this machine's ONNX Runtime/OpenVINO: "
+                                         "not available for this target"))
+        return []
+    out = []
+    for t in LATENCY_TARGETS:
+        params = {"ratio": 0.0, "latency_target": t, "lut_runtime": rt, "importance": "recon",
+                  "reconstruct": True}  # the uniform ratio is unused: widths come from the allocation
+        out.append((f"prune-lat{int(round(t * 100))}", [Step(technique="prune", params=params)],
+                    f"channels allocated for {t:.0%} of the latency ({rt} table) + reconstruction",
+                    "prune-lat", 1 - t))
+    decisions.append(Decision(
+        technique="prune_latency_allocation", decision="applied",
+        reason=f"per-layer widths chosen greedily over a latency table measured on {rt} (fp32 layers), "
+               "keeping the most importance per millisecond, for 90/75/60/45 % of the baseline's latency"))
     return out

@@ -27,6 +27,12 @@ class PruneConfig(BaseModel):
     layer_ratios: dict[str, float] | None = None  # per-layer ratios, e.g. from sensitivity analysis
     # per-layer accuracy drops from sensitivity analysis: turned into layer ratios around `ratio`
     sensitivity: dict[str, float] | None = None
+    # re-solve the layers fed by pruned channels by least squares on calibration inputs (no retraining)
+    reconstruct: bool = False
+    # widths allocated under this fraction of the model's latency, predicted by a latency table measured on
+    # `lut_runtime` (replaces the uniform `ratio`)
+    latency_target: float | None = Field(None, gt=0.0, lt=1.0)
+    lut_runtime: Literal["onnxruntime", "openvino"] = "onnxruntime"
 
 
 class FactorizeConfig(BaseModel):

@@ -21,10 +21,12 @@ from edgeopt.techniques.importance import (
     NEEDS_INPUTS,
     clear_hrank,
     importances,
+    inputs_of,
     measure_hrank,
     taylor_grads,
 )
 from edgeopt.techniques.prune_core import PruneSpec, is_attention, prune_module
+from edgeopt.techniques.reconstruct import clear_scores
 from edgeopt.timeout import time_limit
 
 __all__ = ["IMPORTANCE_NAMES", "prune", "apply_prune", "channel_table", "unsafe_layers"]
@@ -160,20 +162,21 @@ class _RootFailed(Exception):
 def prune(model: nn.Module, example: torch.Tensor, ratio: float = 0.3, importance: str = "l2",
           scope: str = "local", round_to: int | None = None, iterative_steps: int = 1, data=None,
           max_layer_ratio: float = 0.9, timeout_s: float = 120, layer_ratios: dict[str, float] | None = None,
-          block_timeout_s: float = 20) -> tuple[nn.Module, dict]:
-    """Return (physically pruned copy, record of what changed per layer and what was skipped, why)."""
+          block_timeout_s: float = 20, reconstruct: bool = False) -> tuple[nn.Module, dict]:
+    """Return (physically pruned copy, record of what changed per layer and what was skipped, why).
+    `importance="recon"` ranks channels by the output error their removal leaves after re-weighting (needs
+    unlabeled `data`); `reconstruct=True` re-solves the layers fed by pruned channels on `data`."""
     if not 0.0 <= ratio < 1.0:
         raise PruningError(f"prune ratio must be in [0, 1), got {ratio}")
     if scope not in ("local", "global"):
         raise PruningError(f"prune scope must be local or global, got {scope!r}")
-    factory = importances().get(importance)
-    importance = importances().canonical(importance)
     t0 = time.monotonic()
     work = copy.deepcopy(model).eval()
     with torch.no_grad():
         out = work(example)
     before = channel_table(work)
     extra: dict = {}
+    importance, factory = _criterion(importance, work, data, extra)
     if importance == "taylor":
         taylor_grads(work, data)  # raises PruningError early when the labels are missing
         work.zero_grad(set_to_none=True)
@@ -190,12 +193,17 @@ def prune(model: nn.Module, example: torch.Tensor, ratio: float = 0.3, importanc
         work = copy.deepcopy(model).eval()
         if importance in NEEDS_INPUTS:
             measure_hrank(work, data)
+        if importance == "recon":
+            _criterion("recon", work, data, extra)
         spec.names = {m: n for n, m in work.named_modules()}
         walker = _Walker(work, example, spec, t0 + timeout_s, block_timeout_s)
         walker.failures = failures
         for cname, child in work.named_children():
             walker.visit(cname, child)
     clear_hrank(work)
+    clear_scores(work)
+    if reconstruct:
+        extra["reconstruction"] = _reconstruct(model, work, data, spec.kept)
     work.zero_grad(set_to_none=True)
     work.eval()
     with torch.no_grad():
@@ -207,7 +215,8 @@ def prune(model: nn.Module, example: torch.Tensor, ratio: float = 0.3, importanc
     if not layers and ratio > 0 and not walker.skipped:
         walker.skipped.append("model: no group could be pruned safely (see failures)")
     mode = "whole" if walker.pruned_blocks == ["model"] else "blockwise"
-    record = {"ratio": ratio, "importance": importance, "scope": scope, "round_to": round_to,
+    record = {"ratio": ratio, "importance": importance, "reconstruct": reconstruct, "scope": scope,
+              "round_to": round_to,
               "iterative_steps": iterative_steps, "mode": mode, "layers_changed": len(layers), "layers": layers,
               "skipped": walker.skipped + [f"{f} (not pruned as a whole; its blocks were tried)"
                                            for f in walker.failures],
@@ -218,6 +227,30 @@ def prune(model: nn.Module, example: torch.Tensor, ratio: float = 0.3, importanc
     return work, record
 
 
+def _criterion(importance: str, work: nn.Module, data, extra: dict):
+    """(canonical name, Torch-Pruning importance factory); `recon` measures its scores on `data` first."""
+    if importance != "recon":
+        return importances().canonical(importance), importances().get(importance)
+    from edgeopt.techniques.reconstruct import measure_scores, recon_importance
+
+    batches = inputs_of(data)
+    if not batches:
+        extra["importance_fallback"] = "recon importance needs unlabeled calibration inputs: l2 used instead"
+        return "l2", importances().get("l2")
+    extra["recon_layers_measured"] = measure_scores(work, batches)
+    return "recon", recon_importance
+
+
+def _reconstruct(model: nn.Module, work: nn.Module, data, kept: dict) -> dict:
+    from edgeopt.techniques.reconstruct import reconstruct
+
+    batches = inputs_of(data)
+    if not batches:
+        return {"ran": False, "reason": "no calibration data: reconstruction needs a few unlabeled input batches",
+                "layers": [], "skipped": []}
+    return {"ran": True, **reconstruct(copy.deepcopy(model).eval(), work, batches, kept)}
+
+
 def apply_prune(model: nn.Module, example: torch.Tensor, config, data=None) -> tuple[nn.Module, dict]:
     """Technique entry point (registry): `data` is an edgeopt.inputs.data.Batches of calibration batches."""
     layer_ratios = config.layer_ratios
@@ -225,7 +258,14 @@ def apply_prune(model: nn.Module, example: torch.Tensor, config, data=None) -> t
         from edgeopt.techniques.sensitivity import ratios_from_drops
 
         layer_ratios = ratios_from_drops(config.sensitivity, config.ratio, config.max_layer_ratio)
+    if config.latency_target:
+        from edgeopt.techniques.allocate import prune_to_latency
+
+        return prune_to_latency(model, example, config.latency_target, runtime=config.lut_runtime,
+                                importance=config.importance, data=data.items if data is not None else None,
+                                reconstruct=config.reconstruct, max_layer_ratio=config.max_layer_ratio,
+                                round_to=config.round_to)
     return prune(model, example, ratio=config.ratio, importance=config.importance, scope=config.scope,
                  round_to=config.round_to, iterative_steps=config.iterative_steps,
                  data=data.items if data is not None else None, max_layer_ratio=config.max_layer_ratio,
-                 timeout_s=config.timeout_s, layer_ratios=layer_ratios or None)
+                 timeout_s=config.timeout_s, layer_ratios=layer_ratios or None, reconstruct=config.reconstruct)

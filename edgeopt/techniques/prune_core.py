@@ -28,6 +28,8 @@ class PruneSpec:
     data: list | None = None
     layer_ratios: dict[str, float] = field(default_factory=dict)  # module name -> ratio (sensitivity)
     names: dict[nn.Module, str] = field(default_factory=dict)  # module -> name in the full model
+    # layer name -> original indices of the output channels it keeps (reconstruction matches those)
+    kept: dict[str, list[int]] = field(default_factory=dict)
 
 
 def is_attention(m: nn.Module) -> bool:
@@ -113,18 +115,44 @@ def prune_module(module: nn.Module, args: tuple, spec: PruneSpec, full_model: nn
         pruner.initial_total_channels = sum(
             pruner.DG.get_out_channels(g[0][0].target.module) // pruner._get_channel_groups(g)
             for g in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=roots))
+    kept: dict[str, list[int]] = {}  # merged into spec.kept only once this module was pruned successfully
     for step in range(spec.iterative_steps):
         if spec.importance == "taylor":
             taylor_grads(full_model, spec.data)
         elif spec.importance == "hrank" and step > 0:
             measure_hrank(full_model, spec.data)  # ranks of the channels that are left
-        pruner.step()
+        elif spec.importance == "recon" and step > 0:
+            from edgeopt.techniques.importance import inputs_of
+            from edgeopt.techniques.reconstruct import measure_scores
+
+            measure_scores(full_model, inputs_of(spec.data))  # scores of the channels that are left
+        for group in pruner.step(interactive=True):
+            _track_kept(group, pruner.DG, spec, kept)
+            group.prune()
     full_model.zero_grad(set_to_none=True)
     new_shapes = _outputs(module, args)
     if new_shapes != shapes:
         raise RuntimeError(f"output shape changed {shapes} -> {new_shapes}")
+    spec.kept.update(kept)
     for m in heads:
         if isinstance(m, nn.MultiheadAttention):
             notes.append(f"{spec.names.get(m, 'attention')}: {m.num_heads} heads kept, embed dim {m.embed_dim} "
                          "(head dims pruned consistently where the residual stream allowed)")
     return {"notes": notes, "boundary": [spec.names.get(m, "?") for m in bound if isinstance(m, roots)]}
+
+
+def _track_kept(group, dg, spec: PruneSpec, kept: dict[str, list[int]]) -> None:
+    """Before the group is cut: drop its indices from each layer's list of kept original channels."""
+    seen = set()
+    for dep, idxs in group:
+        mod = dep.target.module
+        if not isinstance(mod, (nn.Conv2d, nn.Linear)) or mod in seen or not dg.is_out_channel_pruning_fn(dep.handler):
+            continue
+        seen.add(mod)
+        name = spec.names.get(mod)
+        if name is None:
+            continue
+        width = mod.out_channels if isinstance(mod, nn.Conv2d) else mod.out_features
+        cur = kept.get(name) or spec.kept.get(name) or list(range(width))
+        drop = set(int(i) for i in idxs)
+        kept[name] = [c for i, c in enumerate(cur) if i not in drop]

@@ -1,0 +1,250 @@
+"""Latency lookup table: each conv/linear layer's latency at candidate input/output widths, measured on
+the runtime (ONNX Runtime or OpenVINO, one layer per session), so channel allocation can predict what a
+pruned model costs on this target instead of assuming MACs or a fixed rounding multiple.
+
+A layer is timed alone (conv + ReLU; BN folds into the conv at export) at a grid of widths; widths in between
+are interpolated bilinearly. Entries are cached on disk under the cache dir by (target fingerprint, runtime,
+precision, layer signature), so building the table again for the same or a similar model measures nothing.
+The model's prediction = overhead + sum of its layers' entries, the overhead (pooling, adds, the call itself)
+being the measured whole-model latency minus the layers' sum at full width."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+FRACTIONS = (1.0, 0.75, 0.5, 0.25)  # width grid, as fractions of the original width
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def cache_root() -> Path:
+    base = os.environ.get("EDGEOPT_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edgeopt")
+    return Path(base) / "lut"
+
+
+def fingerprint(runtime: str, threads: int) -> str:
+    """What a latency depends on besides the layer: CPU model, threads, runtime version."""
+    from edgeopt.targets import cpu_model
+
+    try:
+        import importlib.metadata as md
+
+        version = md.version("onnxruntime" if runtime == "onnxruntime" else "openvino")
+    except Exception:  # a runtime without metadata still gets a (less specific) key
+        version = "?"
+    text = json.dumps([cpu_model(), platform.machine(), threads, runtime, version])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def signature(layer: nn.Module, in_shape: tuple[int, ...]) -> dict:
+    """The layer's shape-defining attributes without its widths (the table's axes)."""
+    if isinstance(layer, nn.Linear):
+        return {"kind": "linear", "rows": int(torch.Size(in_shape[:-1]).numel())}
+    return {"kind": "dwconv" if layer.groups > 1 and layer.groups == layer.in_channels else "conv",
+            "k": list(layer.kernel_size), "s": list(layer.stride), "p": list(layer.padding),
+            "d": list(layer.dilation), "hw": list(in_shape[-2:]), "n": in_shape[0]}
+
+
+def _make(sig: dict, cin: int, cout: int) -> tuple[nn.Module, torch.Tensor]:
+    if sig["kind"] == "linear":
+        return nn.Sequential(nn.Linear(cin, cout), nn.ReLU()), torch.randn(sig["rows"], cin)
+    groups = cin if sig["kind"] == "dwconv" else 1
+    cout = cin if sig["kind"] == "dwconv" else cout
+    conv = nn.Conv2d(cin, cout, tuple(sig["k"]), tuple(sig["s"]), tuple(sig["p"]), tuple(sig["d"]), groups=groups)
+    return nn.Sequential(conv, nn.ReLU()), torch.randn(sig["n"], cin, *sig["hw"])
+
+
+def _runner(model: nn.Module, x: torch.Tensor, runtime: str, threads: int, tmp: Path):
+    import warnings
+
+    path = tmp / "layer.onnx"
+    with warnings.catch_warnings():  # the legacy exporter: a one-layer graph needs none of dynamo's cost
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model.eval(), (x,), str(path), dynamo=False, input_names=["input"])
+    arr = x.numpy()
+    if runtime == "onnxruntime":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return lambda: sess.run(None, {"input": arr})
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(path)), "CPU",
+                                  {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+    req = compiled.create_infer_request()
+    return lambda: req.infer({0: arr})
+
+
+def time_ms(fn, runs: int = 20, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter_ns()
+        fn()
+        samples.append((time.perf_counter_ns() - t0) / 1e6)
+    return statistics.median(samples)
+
+
+@dataclass
+class LatencyTable:
+    runtime: str = "onnxruntime"
+    precision: str = "fp32"
+    threads: int = 1
+    runs: int = 20
+    cache_dir: Path | None = None
+    measured: int = 0  # layer configurations timed by this table (cache misses)
+    hits: int = 0
+    layers: dict[str, dict] = field(default_factory=dict)  # name -> {"sig", "cin", "cout", "grid"}
+    overhead_ms: float = 0.0
+
+    def __post_init__(self):
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"latency table runtime must be one of {RUNTIMES}, got {self.runtime!r}")
+        if self.precision != "fp32":
+            raise ValueError("latency table: only fp32 layers are measured in this version")
+        self.cache_dir = Path(self.cache_dir) if self.cache_dir else cache_root()
+        self._fp = fingerprint(self.runtime, self.threads)
+
+    # ------------------------------------------------------------------ measurement and cache
+    def _path(self, sig: dict) -> Path:
+        key = hashlib.sha256(json.dumps([self._fp, self.runtime, self.precision, sig], sort_keys=True)
+                             .encode()).hexdigest()[:24]
+        return self.cache_dir / f"{key}.json"
+
+    def entry(self, sig: dict, cin: int, cout: int) -> float:
+        """Latency (ms) of the layer at exactly (cin, cout): from the cache, else measured and stored."""
+        path = self._path(sig)
+        try:
+            store = json.loads(path.read_text())
+        except (OSError, ValueError):
+            store = {}
+        k = f"{cin}x{cout}"
+        if k in store:
+            self.hits += 1
+            return float(store[k])
+        model, x = _make(sig, cin, cout)
+        with tempfile.TemporaryDirectory() as tmp:
+            ms = time_ms(_runner(model, x, self.runtime, self.threads, Path(tmp)), runs=self.runs)
+        self.measured += 1
+        store[k] = ms
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(store, f)
+        os.replace(tmp_name, path)  # atomic: a concurrent build sees the old or the new table
+        return ms
+
+    def build(self, model: nn.Module, example: torch.Tensor, fractions=FRACTIONS) -> LatencyTable:
+        """Measure every conv/linear of `model` on the width grid, and the model's overhead."""
+        for name, (layer, shape) in _layer_inputs(model, example).items():
+            sig = signature(layer, shape)
+            cin = layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
+            cout = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+            ins = _grid(cin, fractions)
+            outs = ins if sig["kind"] == "dwconv" else _grid(cout, fractions)
+            grid = {}
+            for ci in ins:
+                for co in outs:
+                    if sig["kind"] == "dwconv" and co != ci:
+                        continue
+                    grid[(ci, co)] = self.entry(sig, ci, co)
+            self.layers[name] = {"sig": sig, "cin": cin, "cout": cout, "grid": _monotone(grid)}
+        full = self._whole(model, example)
+        self.overhead_ms = max(0.0, full - self.predict_layers({}))
+        return self
+
+    def _whole(self, model: nn.Module, example: torch.Tensor) -> float:
+        with tempfile.TemporaryDirectory() as tmp:
+            return time_ms(_runner(model, example, self.runtime, self.threads, Path(tmp)), runs=self.runs)
+
+    # ------------------------------------------------------------------ prediction
+    def layer_ms(self, name: str, cin: int, cout: int) -> float:
+        row = self.layers[name]
+        if row["sig"]["kind"] == "dwconv":
+            xs = sorted({c for c, _ in row["grid"]})
+            return _interp1(xs, [row["grid"][(c, c)] for c in xs], cin)
+        return _bilinear(row["grid"], cin, cout)
+
+    def predict_layers(self, widths: dict[str, tuple[int, int]]) -> float:
+        """Sum of the layers' latencies at {name: (cin, cout)} (missing names: original widths)."""
+        total = 0.0
+        for name, row in self.layers.items():
+            cin, cout = widths.get(name, (row["cin"], row["cout"]))
+            total += self.layer_ms(name, cin, cout)
+        return total
+
+    def predict(self, widths: dict[str, tuple[int, int]]) -> float:
+        return self.overhead_ms + self.predict_layers(widths)
+
+    def predict_model(self, pruned: nn.Module) -> float:
+        """Predicted latency of a pruned copy of the model the table was built for (same layer names)."""
+        widths = {}
+        for name, m in pruned.named_modules():
+            if name in self.layers:
+                widths[name] = ((m.in_features, m.out_features) if isinstance(m, nn.Linear)
+                                else (m.in_channels, m.out_channels))
+        return self.predict(widths)
+
+
+def _monotone(grid: dict[tuple[int, int], float]) -> dict[tuple[int, int], float]:
+    """A narrower layer is never predicted slower than a wider one: each entry is capped by the entries at
+    larger widths (timing noise otherwise makes pruning look like a slowdown)."""
+    return {(ci, co): min(v for (a, b), v in grid.items() if a >= ci and b >= co) for ci, co in grid}
+
+
+def _grid(width: int, fractions) -> list[int]:
+    return sorted({max(1, int(round(width * f))) for f in fractions})
+
+
+def _interp1(xs: list[int], ys: list[float], x: float) -> float:
+    if len(xs) == 1:
+        return ys[0]
+    x = min(max(x, xs[0]), xs[-1])
+    for i in range(len(xs) - 1):
+        if xs[i] <= x <= xs[i + 1]:
+            t = (x - xs[i]) / max(1e-9, xs[i + 1] - xs[i])
+            return ys[i] + t * (ys[i + 1] - ys[i])
+    return ys[-1]
+
+
+def _bilinear(grid: dict[tuple[int, int], float], cin: int, cout: int) -> float:
+    ins = sorted({c for c, _ in grid})
+    outs = sorted({o for _, o in grid})
+    per_in = [_interp1(outs, [grid[(ci, co)] for co in outs], cout) for ci in ins]
+    return _interp1(ins, per_in, cin)
+
+
+def _layer_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
+    """Each conv/linear (first call) with the shape of its input on `example`."""
+    names = {m: n for n, m in model.named_modules()}
+    found: dict[str, tuple[nn.Module, tuple[int, ...]]] = {}
+
+    def hook(mod, args):
+        if names[mod] not in found and args and isinstance(args[0], torch.Tensor):
+            found[names[mod]] = (mod, tuple(args[0].shape))
+
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules()
+               if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and isinstance(m.padding, tuple)
+                                               and (m.groups == 1 or m.groups == m.in_channels))]
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return found

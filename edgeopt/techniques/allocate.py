@@ -1,0 +1,153 @@
+"""Channel allocation under a latency budget: per-group widths that keep the most importance for the latency
+the lookup table predicts, instead of one ratio for every layer.
+
+Greedy, as NetAdapt (Yang et al. 2018) but over the measured table rather than one measurement per step:
+from the full widths, repeatedly take from the group whose next step removes the least importance per
+millisecond saved, until the predicted latency meets the budget. Importance is normalised per group (the
+fraction of the group's total removed) so that groups of different scales compare. The result is a
+`layer_ratios` dict for `prune` (keyed by each group's root layer) and a record of the prediction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from edgeopt.errors import PruningError
+
+
+@dataclass
+class Group:
+    root: str  # name of the root layer (the key of `layer_ratios`)
+    width: int
+    outs: list[str]  # layers whose output channels the group cuts
+    ins: list[str]  # layers whose input channels it cuts
+    loss: list[float]  # loss[k] = normalised importance removed when the k least important channels go
+
+
+def find_groups(model: nn.Module, example: torch.Tensor, importance) -> list[Group]:
+    """Torch-Pruning's groups of the whole model (boundaries excluded), each with its importance curve."""
+    import torch_pruning as tp
+
+    from edgeopt.techniques.prune_core import _boundary_layers, attention_heads
+
+    roots = (nn.Conv2d, nn.Linear)
+    names = {m: n for n, m in model.named_modules()}
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    _, keep, _ = attention_heads(model, names)
+    ignored = list(keep)
+    ignored += _boundary_layers(dg, ignored, roots)
+    groups = []
+    for g in dg.get_all_groups(ignored_layers=ignored, root_module_types=roots):
+        root = g[0][0].target.module
+        outs, ins = [], []
+        for dep, _ in g:
+            mod = dep.target.module
+            if not isinstance(mod, roots) or mod not in names:
+                continue
+            (outs if dg.is_out_channel_pruning_fn(dep.handler) else ins).append(names[mod])
+        scores = importance(g)
+        if scores is None or root not in names:
+            continue
+        s = torch.sort(scores.detach().float().clamp_min(0)).values
+        total = float(s.sum()) or 1.0
+        loss = [0.0] + torch.cumsum(s, 0).div(total).tolist()
+        groups.append(Group(names[root], len(s), sorted(set(outs)), sorted(set(ins)), loss))
+    return groups
+
+
+def widths_of(table, groups: list[Group], kept: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """(cin, cout) per table layer when each group keeps kept[root] channels (scaled: a flattening Linear's
+    inputs shrink with the channels that feed it)."""
+    out: dict[str, tuple[int, int]] = {}
+    for name, row in table.layers.items():
+        cin, cout = row["cin"], row["cout"]
+        for g in groups:
+            frac = kept[g.root] / g.width
+            if name in g.outs:
+                cout = max(1, round(row["cout"] * frac))
+            if name in g.ins:
+                cin = max(1, round(row["cin"] * frac))
+        if row["sig"]["kind"] == "dwconv":
+            cin = cout = min(cin, cout)
+        out[name] = (cin, cout)
+    return out
+
+
+def allocate(table, groups: list[Group], budget_ms: float, max_layer_ratio: float = 0.9,
+             step: float = 1 / 16, round_to: int | None = None) -> tuple[dict[str, float], dict]:
+    """Greedy widths under `budget_ms` (predicted). Returns (layer_ratios for prune, record)."""
+    if budget_ms <= 0:
+        raise PruningError(f"latency budget must be positive, got {budget_ms}")
+    if not groups:
+        raise PruningError("no prunable channel group to allocate")
+    kept = {g.root: g.width for g in groups}
+    baseline = table.predict(widths_of(table, groups, kept))
+    current = baseline
+    while current > budget_ms:
+        best = None
+        for g in groups:
+            cand = _next_step(table, groups, kept, g, current, max(round_to or 1, int(round(g.width * step))),
+                              max(1, g.width * (1 - max_layer_ratio)))
+            if cand is None:
+                continue
+            new, ms = cand
+            cost = g.loss[g.width - new] - g.loss[g.width - kept[g.root]]
+            score = cost / (current - ms)
+            if best is None or score < best[0]:
+                best = (score, g.root, new, ms)
+        if best is None:
+            break  # nothing left to remove that the table says is faster
+        _, root, kept[root], current = best
+    ratios = {g.root: round(1 - kept[g.root] / g.width, 4) for g in groups if kept[g.root] < g.width}
+    record = {"budget_ms": round(budget_ms, 4), "baseline_predicted_ms": round(baseline, 4),
+              "predicted_ms": round(current, 4), "met": current <= budget_ms,
+              "widths": {g.root: [g.width, kept[g.root]] for g in groups}, "runtime": table.runtime,
+              "precision": table.precision}
+    return ratios, record
+
+
+def _next_step(table, groups, kept, g: Group, current: float, k: int, floor: float) -> tuple[int, float] | None:
+    """The group's next width that the table says is faster (runtimes run some widths no faster than wider
+    ones: those are stepped over), with its predicted latency; None when none is left above the floor."""
+    new = kept[g.root] - k
+    while new >= floor:
+        ms = table.predict(widths_of(table, groups, dict(kept, **{g.root: new})))
+        if current - ms > 1e-9:
+            return new, ms
+        new -= k
+    return None
+
+
+def prune_to_latency(model: nn.Module, example: torch.Tensor, latency_target: float, runtime: str = "onnxruntime",
+                     importance: str = "l2", data=None, reconstruct: bool = False, table=None,
+                     max_layer_ratio: float = 0.9, round_to: int | None = None, threads: int = 1
+                     ) -> tuple[nn.Module, dict]:
+    """Prune to `latency_target` x the model's latency predicted by the table measured on `runtime`."""
+    from edgeopt.measure.lut import LatencyTable
+    from edgeopt.techniques.importance import importances, inputs_of
+    from edgeopt.techniques.prune import prune
+    from edgeopt.techniques.reconstruct import clear_scores, measure_scores, recon_importance
+
+    if not 0.0 < latency_target < 1.0:
+        raise PruningError(f"latency target must be a fraction of the baseline in (0, 1), got {latency_target}")
+    table = table or LatencyTable(runtime=runtime, threads=threads).build(model, example)
+    work = model.eval()
+    if importance == "recon" and inputs_of(data):
+        import copy
+
+        work = copy.deepcopy(model).eval()
+        measure_scores(work, inputs_of(data))
+        imp = recon_importance()
+    else:
+        imp = importances().get("l2" if importance == "recon" else importance)()
+    groups = find_groups(work, example, imp)
+    clear_scores(work)
+    budget = latency_target * table.predict(widths_of(table, groups, {g.root: g.width for g in groups}))
+    ratios, rec = allocate(table, groups, budget, max_layer_ratio=max_layer_ratio, round_to=round_to)
+    small, record = prune(model, example, ratio=0.0, importance=importance, data=data, layer_ratios=ratios,
+                          max_layer_ratio=max_layer_ratio, round_to=round_to, reconstruct=reconstruct)
+    record["allocation"] = {**rec, "latency_target": latency_target, "table_measured": table.measured,
+                            "table_cache_hits": table.hits, "predicted_pruned_ms": round(table.predict_model(small), 4)}
+    return small, record

@@ -1,0 +1,271 @@
+"""Retraining-free pruning: choose channels by the reconstruction error their removal causes, then re-solve
+the layers that consumed them so that their outputs match the original model's.
+
+Only unlabeled calibration inputs are needed. For every dense conv/linear (a "consumer"), the normal
+equations of its input patches, A = X^T X, are accumulated over the calibration batches:
+- importance (`recon`): the error a consumer's output gains when one input channel is removed and the rest
+  are optimally re-weighted is, by the Optimal Brain Surgeon argument, tr(W_c [A^-1]_cc^-1 W_c^T) (block c =
+  that channel's k x k taps). Summed over the consumers a channel feeds (through BN and residual adds, as
+  the Torch-Pruning group couples them) it ranks channels by what reconstruction cannot recover, so
+  redundant (correlated) channels go first rather than merely small ones.
+- reconstruction: after the channels are cut, each consumer whose inputs shrank is re-solved, in forward
+  order, by ridge least squares from the pruned network's own activations (upstream errors included) to the
+  original layer's output (its kept output channels). A bias is added where the layer had none, so the mean
+  shift of the removed channels is absorbed too."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MAX_ROWS = 4096  # sampled output positions per batch and layer: bounds the cost on large feature maps
+MAX_FULL_INVERSE = 6144  # above this many inputs a consumer's importance uses the diagonal of A only
+
+
+class _Stop(Exception):
+    """Raised from a hook to cut a forward pass short once the wanted layer has been seen."""
+
+
+def dense_layer(m: nn.Module) -> bool:
+    if isinstance(m, nn.Linear):
+        return True
+    return isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros" and isinstance(m.padding,
+                                                                                                   tuple)
+
+
+def _rows(m: nn.Module, x: torch.Tensor, gen_seed: int, rows: int = MAX_ROWS) -> torch.Tensor:
+    """The layer's input as (rows, features) with a trailing 1 (bias); convs: sampled k x k patches."""
+    if isinstance(m, nn.Linear):
+        xs = x.reshape(-1, x.shape[-1])
+    else:
+        cols = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
+        xs = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    idx = _sample(xs.shape[0], gen_seed, rows)
+    xs = xs[idx] if idx is not None else xs
+    return torch.cat([xs.double(), torch.ones(xs.shape[0], 1, dtype=torch.float64)], 1)
+
+
+def _targets(m: nn.Module, y: torch.Tensor, gen_seed: int, rows: int = MAX_ROWS) -> torch.Tensor:
+    ys = y.reshape(-1, y.shape[-1]) if isinstance(m, nn.Linear) else y.flatten(2).transpose(1, 2).reshape(
+        -1, y.shape[1])
+    idx = _sample(ys.shape[0], gen_seed, rows)
+    return (ys[idx] if idx is not None else ys).double()
+
+
+def _sample(n: int, seed: int, rows: int) -> torch.Tensor | None:
+    # the same seed on the original and the pruned side picks the same positions
+    if n <= rows:
+        return None
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:rows]
+
+
+def _forward_until(model: nn.Module, layer: nn.Module, x: torch.Tensor, output: bool) -> torch.Tensor:
+    """The layer's input (or output) on x; the forward pass stops right after it."""
+    got: list[torch.Tensor] = []
+
+    def pre(mod, args):
+        if not output:
+            got.append(args[0].detach())
+            raise _Stop
+
+    def post(mod, args, out):
+        got.append(out.detach())
+        raise _Stop
+
+    h = layer.register_forward_hook(post) if output else layer.register_forward_pre_hook(pre)
+    try:
+        with torch.no_grad():
+            model(x)
+    except _Stop:
+        pass
+    finally:
+        h.remove()
+    if not got:
+        raise RuntimeError("layer not reached in the forward pass")
+    return got[0]
+
+
+def forward_order(model: nn.Module, x: torch.Tensor) -> list[str]:
+    names = {m: n for n, m in model.named_modules()}
+    order: list[str] = []
+
+    def hook(mod, args):
+        if names[mod] not in order:
+            order.append(names[mod])
+
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if dense_layer(m)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+# ---------------------------------------------------------------------------------------------- importance
+
+@torch.no_grad()
+def measure_scores(model: nn.Module, batches: list[torch.Tensor], max_batches: int = 8) -> int:
+    """Store on every dense consumer `_recon_score`: per input feature (conv: per input channel), the
+    output error its removal costs after optimal re-weighting of the others. Returns how many layers."""
+    layers = {n: m for n, m in model.named_modules() if dense_layer(m)}
+    grams: dict[nn.Module, torch.Tensor] = {}
+
+    def hook(mod, args):
+        xs = _rows(mod, args[0].detach(), 0)[:, :-1]
+        grams[mod] = grams.get(mod, 0) + xs.T @ xs
+
+    handles = [m.register_forward_pre_hook(hook) for m in layers.values()]
+    try:
+        for x in batches[:max_batches]:
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    for m, a in grams.items():
+        m._recon_score = _obs_scores(m, a).float()
+    return len(grams)
+
+
+def _obs_scores(m: nn.Module, a: torch.Tensor) -> torch.Tensor:
+    w = m.weight.detach().double().flatten(1)  # (out, in * k * k)
+    taps = 1 if isinstance(m, nn.Linear) else m.kernel_size[0] * m.kernel_size[1]
+    d = a.shape[0]
+    lam = 1e-6 * a.diagonal().mean().clamp_min(1e-12)
+    if d > MAX_FULL_INVERSE:  # no correlations: removing feature j costs ||W_j||^2 * E[x_j^2]
+        per = (w ** 2).sum(0) * a.diagonal()
+        return per.view(-1, taps).sum(1)
+    inv = torch.linalg.inv(a + lam * torch.eye(d, dtype=a.dtype))
+    c = d // taps
+    blocks = torch.stack([inv[i * taps:(i + 1) * taps, i * taps:(i + 1) * taps] for i in range(c)])
+    wc = w.view(w.shape[0], c, taps).transpose(0, 1)  # (c, out, taps)
+    sol = torch.linalg.solve(blocks, wc.transpose(1, 2))  # (c, taps, out) = S_c^-1 W_c^T
+    return (wc * sol.transpose(1, 2)).sum((1, 2)).clamp_min(0)
+
+
+def clear_scores(model: nn.Module) -> None:
+    for m in model.modules():
+        if hasattr(m, "_recon_score"):
+            del m._recon_score
+
+
+def recon_importance():
+    """Torch-Pruning importance: a group's channel scores are the summed `_recon_score` of the consumers
+    whose input channels the group cuts; groups with no measured consumer fall back to L2 magnitude."""
+    import torch_pruning as tp
+
+    class ReconImportance(tp.importance.GroupMagnitudeImportance):
+        @torch.no_grad()
+        def __call__(self, group):
+            n = len(group[0][1])
+            total = torch.zeros(n)
+            found = False
+            for i, (dep, idxs) in enumerate(group):
+                layer = dep.layer
+                score = getattr(layer, "_recon_score", None)
+                if score is None or dep.pruning_fn not in (tp.prune_conv_in_channels, tp.prune_linear_in_channels):
+                    continue
+                roots = group[i].root_idxs
+                if any(r is None for r in roots) or max(idxs) >= score.numel():
+                    continue
+                total.scatter_add_(0, torch.tensor(roots), score[list(idxs)])
+                found = True
+            return total if found else super().__call__(group)
+
+    return ReconImportance()
+
+
+# ------------------------------------------------------------------------------------------ reconstruction
+
+def _solve_layer(orig: nn.Module, pruned: nn.Module, o_layer: nn.Module, p_layer: nn.Module,
+                 batches: list[torch.Tensor], kept_out: list[int] | None, alpha: float) -> dict:
+    a = b = None
+    yy = 0.0
+    for i, x in enumerate(batches):
+        xin = _forward_until(pruned, p_layer, x, output=False)
+        y = _forward_until(orig, o_layer, x, output=True)
+        if kept_out is not None:
+            y = y[..., kept_out] if isinstance(o_layer, nn.Linear) else y[:, kept_out]
+        xs, ys = _rows(p_layer, xin, 1000 + i), _targets(o_layer, y, 1000 + i)
+        a = xs.T @ xs if a is None else a + xs.T @ xs
+        b = xs.T @ ys if b is None else b + xs.T @ ys
+        yy += float((ys ** 2).sum())
+    w0 = p_layer.weight.detach().double().flatten(1)
+    b0 = p_layer.bias.detach().double() if p_layer.bias is not None else torch.zeros(w0.shape[0],
+                                                                                       dtype=torch.float64)
+    before = _err(torch.cat([w0, b0[:, None]], 1).T, a, b, yy)
+    lam = alpha * a.diagonal()[:-1].mean().clamp_min(1e-12)
+    reg = lam * torch.eye(a.shape[0], dtype=a.dtype)
+    reg[-1, -1] = 0  # the bias is not shrunk
+    sol = torch.linalg.solve(a + reg, b)
+    after = _err(sol, a, b, yy)
+    if after > before:  # ill-posed (too few samples): keep the plain pruned weights
+        return {"error_before": before, "error_after": before, "kept": "pruned weights (solve did not help)"}
+    with torch.no_grad():
+        p_layer.weight.copy_(sol[:-1].T.reshape(p_layer.weight.shape).to(p_layer.weight.dtype))
+        if p_layer.bias is None:
+            p_layer.bias = nn.Parameter(sol[-1].to(p_layer.weight.dtype).clone())
+        else:
+            p_layer.bias.copy_(sol[-1].to(p_layer.bias.dtype))
+    return {"error_before": before, "error_after": after}
+
+
+def _err(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, yy: float) -> float:
+    """Relative squared error ||XW - Y||^2 / ||Y||^2 from the normal equations."""
+    val = float((w * (a @ w)).sum() - 2 * (w * b).sum() + yy)
+    return round(max(val, 0.0) / max(yy, 1e-12), 6)
+
+
+def _fan_in(m: nn.Module) -> int:
+    return m.in_features if isinstance(m, nn.Linear) else m.in_channels
+
+
+def consumers(orig: nn.Module, pruned: nn.Module) -> list[str]:
+    """Dense layers whose input width shrank."""
+    o = dict(orig.named_modules())
+    out = []
+    for n, m in pruned.named_modules():
+        om = o.get(n)
+        if dense_layer(m) and type(om) is type(m):
+            if _fan_in(m) < _fan_in(om):
+                out.append(n)
+    return out
+
+
+def reconstruct(orig: nn.Module, pruned: nn.Module, batches: list[torch.Tensor],
+                kept: dict[str, list[int]], alpha: float = 1e-4, max_batches: int = 8) -> dict:
+    """Re-solve, in place, each consumer of pruned channels (see module doc). Returns the record."""
+    t0 = time.monotonic()
+    batches = batches[:max_batches]
+    orig, pruned = orig.eval(), pruned.eval()
+    todo = set(consumers(orig, pruned))
+    order = [n for n in forward_order(pruned, batches[0]) if n in todo]
+    o_mods, p_mods = dict(orig.named_modules()), dict(pruned.named_modules())
+    layers, skipped = [], []
+    for name in order:
+        o_layer, p_layer = o_mods[name], p_mods[name]
+        width = o_layer.out_features if isinstance(o_layer, nn.Linear) else o_layer.out_channels
+        new_width = p_layer.out_features if isinstance(p_layer, nn.Linear) else p_layer.out_channels
+        kept_out = None
+        if new_width != width:
+            kept_out = kept.get(name)
+            if kept_out is None or len(kept_out) != new_width:
+                skipped.append(f"{name}: output channels changed without a known mapping")
+                continue
+        try:
+            row = _solve_layer(orig, pruned, o_layer, p_layer, batches, kept_out, alpha)
+        except (RuntimeError, ValueError) as e:  # e.g. a layer called twice with other shapes
+            skipped.append(f"{name}: {type(e).__name__}: {str(e)[:120]}")
+            continue
+        layers.append({"layer": name, **row})
+    return {"layers": layers, "skipped": skipped, "batches": len(batches), "alpha": alpha,
+            "seconds": round(time.monotonic() - t0, 2)}
+
+
+def snapshot(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model).eval()

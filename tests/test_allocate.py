@@ -1,0 +1,108 @@
+"""Allocation of channels under a latency budget over a latency table."""
+
+import pytest
+import torch
+from torch import nn
+
+from edgeopt.errors import PruningError
+from edgeopt.techniques.allocate import Group, allocate, find_groups, widths_of
+
+
+class _Table:
+    """A latency table with known costs: layer "a" costs 1 ms per output channel, "b" 0.1 ms."""
+
+    runtime, precision = "onnxruntime", "fp32"
+    layers = {"a": {"sig": {"kind": "conv"}, "cin": 3, "cout": 16},
+              "b": {"sig": {"kind": "conv"}, "cin": 16, "cout": 16}}
+
+    def predict(self, widths):
+        return widths["a"][1] * 1.0 + widths["b"][1] * 0.1
+
+
+def _groups():
+    flat = [i / 16 for i in range(17)]  # every channel equally important
+    return [Group("a", 16, ["a"], ["b"], flat), Group("b", 16, ["b"], [], flat)]
+
+
+def test_allocation_respects_the_budget_and_takes_from_the_expensive_layer():
+    table, groups = _Table(), _groups()
+    base = table.predict(widths_of(table, groups, {"a": 16, "b": 16}))
+    ratios, rec = allocate(table, groups, 0.6 * base)
+    assert rec["met"] and rec["predicted_ms"] <= 0.6 * base
+    assert ratios["a"] > ratios.get("b", 0.0)  # equal importance: the expensive channels go first
+    assert rec["widths"]["a"][1] < 16
+
+
+def test_important_channels_are_kept_even_if_expensive():
+    table, groups = _Table(), _groups()
+    groups[0].loss = [0.0] + [1.0] * 16  # removing any channel of "a" loses everything
+    ratios, rec = allocate(table, groups, table.predict({"a": (3, 16), "b": (16, 16)}) - 1.0)
+    assert rec["met"] and "a" not in ratios and ratios["b"] > 0
+
+
+def test_unreachable_budget_is_reported_and_bad_budget_refused():
+    table, groups = _Table(), _groups()
+    ratios, rec = allocate(table, groups, 0.5, max_layer_ratio=0.5)
+    assert not rec["met"] and rec["widths"]["a"][1] >= 8
+    with pytest.raises(PruningError):
+        allocate(table, groups, 0.0)
+
+
+def test_groups_of_a_real_model_follow_the_dependency_graph():
+    import torch_pruning as tp
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+    groups = find_groups(model, torch.randn(1, 1, 8, 8), tp.importance.GroupMagnitudeImportance(p=2))
+    by = {g.root: g for g in groups}
+    assert set(by) == {"0", "3"}  # the classifier's outputs are the model's: not a group
+    assert by["0"].ins == ["3"] and by["3"].ins == ["7"]
+    assert by["0"].loss[0] == 0.0 and by["0"].loss[-1] == pytest.approx(1.0)
+
+
+def test_prune_to_latency_end_to_end(tmp_path):
+    from edgeopt.measure.lut import LatencyTable
+    from edgeopt.techniques.allocate import prune_to_latency
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(16, 3)).eval()
+    x = torch.randn(1, 1, 16, 16)
+    table = LatencyTable(cache_dir=tmp_path, runs=3).build(model, x, fractions=(1.0, 0.5, 0.25))
+    small, rec = prune_to_latency(model, x, 0.7, table=table, data=[torch.randn(8, 1, 16, 16)],
+                                  importance="recon", reconstruct=True)
+    alloc = rec["allocation"]
+    assert alloc["predicted_pruned_ms"] == pytest.approx(alloc["predicted_ms"], rel=0.05)
+    assert rec["reconstruction"]["ran"] and small(x).shape == model(x).shape
+    widths = {n: m.out_channels for n, m in small.named_modules() if isinstance(m, nn.Conv2d)}
+    for root, (_, kept) in alloc["widths"].items():  # the pruned model has the widths allocated
+        assert widths[root] == kept
+
+
+def test_registry_latency_target_and_planner_ladder():
+    from edgeopt.config import ModelSummary, make_context
+    from edgeopt.decide.plan import plan
+    from edgeopt.inputs.data import Batches
+    from edgeopt.targets import load_target
+    from edgeopt.techniques import TECHNIQUES
+
+    summary = ModelSummary(params=10**6, macs=10**8, input_shape=[1, 3, 64, 64], num_outputs=10,
+                           prunable_groups=12, min_channels=64, layers={"conv": 10, "linear": 1})
+    local = load_target("x86-avx2").model_copy(update={"detected": False})
+    p = plan(make_context(target="x86-avx2"), load_target("x86-avx2"), summary, local, ["onnxruntime"],
+             has_calib_data=True)
+    lat = [c for c in p.candidates if c.family == "prune-lat"]
+    assert sorted({c.steps[0].params["latency_target"] for c in lat}) == [0.45, 0.6, 0.75, 0.9]
+    assert all(c.steps[0].params["lut_runtime"] == "onnxruntime" for c in lat)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+    x = torch.randn(1, 1, 8, 8)
+    tech = TECHNIQUES.get("prune")
+    cfg = tech.make_config(lat[0].steps[0].params)
+    small, rec = tech.apply_fn()(model, x, cfg, data=Batches([(torch.randn(8, 1, 8, 8), None)]))
+    assert rec["allocation"]["latency_target"] == cfg.latency_target and rec["allocation"]["table_measured"] > 0
+    assert small(x).shape == (1, 3)

@@ -1,0 +1,132 @@
+"""Retraining-free pruning: reconstruction of the layers fed by pruned channels, and the `recon` criterion."""
+
+import json
+
+import torch
+from torch import nn
+
+import edgeopt
+from edgeopt.techniques import TECHNIQUES
+
+
+def _mlp_with_duplicate():
+    """Linear(6->8) -> ReLU -> Linear(8->3) where hidden unit 7 repeats unit 2: one channel is redundant."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    with torch.no_grad():
+        model[0].weight[7] = model[0].weight[2]
+        model[0].bias[7] = model[0].bias[2]
+    return model
+
+
+def _gauss(n=4, shape=(64, 6), seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(*shape, generator=g) for _ in range(n)]
+
+
+def test_removing_a_redundant_channel_and_reconstructing_is_exact():
+    model = _mlp_with_duplicate()
+    calib, x = _gauss(), _gauss(1, seed=9)[0]
+    small = edgeopt.prune(model, x[:1], ratio=0.125, importance="recon", data=calib, reconstruct=True)
+    assert small[0].out_features == 7
+    rec = small.edgeopt_record["reconstruction"]
+    assert rec["ran"] and [r["layer"] for r in rec["layers"]] == ["2"]
+    with torch.no_grad():
+        ref, got = model(x), small(x)
+    # the recon criterion found one of the two copies; re-solving the consumer restores the output
+    assert torch.allclose(got, ref, atol=1e-3 * ref.abs().max().item()), (got - ref).abs().max()
+    assert rec["layers"][0]["error_after"] < 1e-5 < rec["layers"][0]["error_before"]
+    naive = edgeopt.prune(model, x[:1], ratio=0.125, importance="recon", data=calib)
+    with torch.no_grad():
+        assert not torch.allclose(naive(x), ref, atol=1e-2)  # without reconstruction the copy's share is lost
+
+
+def test_recon_criterion_picks_the_redundant_channel_l2_does_not():
+    model = _mlp_with_duplicate()
+    with torch.no_grad():  # make the duplicated pair the largest units, so L2 never removes them
+        model[0].weight[2] *= 5
+        model[0].weight[7] *= 5
+    calib = _gauss()
+    small = edgeopt.prune(model, calib[0][:1], ratio=0.125, importance="recon", data=calib)
+    w = small[0].weight
+    assert sum(1 for row in w if torch.allclose(row, model[0].weight[2])) == 1  # exactly one copy left
+    l2 = edgeopt.prune(model, calib[0][:1], ratio=0.125, importance="l2")
+    assert sum(1 for row in l2[0].weight if torch.allclose(row, model[0].weight[2])) == 2
+
+
+def _accuracy(model, val):
+    model.eval()
+    with torch.no_grad():
+        hits = sum((model(x).argmax(1) == y).sum().item() for x, y in val.items)
+    return 100.0 * hits / len(val)
+
+
+def test_reconstruction_beats_naive_pruning_on_a_small_cnn():
+    import smallnet
+
+    from edgeopt.techniques.bn_recal import recalibrate_bn
+
+    model, train, val = smallnet.trained()
+    calib = train.inputs()[:4]
+    base = _accuracy(model, val)
+    naive = edgeopt.prune(model, calib[0][:1], ratio=0.4, data=calib)
+    recalibrate_bn(naive, calib)  # the best the naive path can do without retraining
+    recon = edgeopt.prune(model, calib[0][:1], ratio=0.4, data=calib, reconstruct=True)
+    a_naive, a_recon = _accuracy(naive, val), _accuracy(recon, val)
+    assert a_recon > a_naive + 5, (base, a_naive, a_recon)
+    rows = recon.edgeopt_record["reconstruction"]["layers"]
+    assert rows and all(r["error_after"] < r["error_before"] for r in rows)
+
+
+def test_residual_concat_and_attention_model_outputs_move_closer(tiny):
+    calib = _gauss(3, (16, 1, 16, 16))
+    x = _gauss(1, (16, 1, 16, 16), seed=5)[0]
+    naive = edgeopt.prune(tiny, x[:1], ratio=0.4, data=calib)
+    recon = edgeopt.prune(tiny, x[:1], ratio=0.4, data=calib, reconstruct=True)
+    with torch.no_grad():
+        ref = tiny(x)
+        e_naive, e_recon = (naive(x) - ref).norm() / ref.norm(), (recon(x) - ref).norm() / ref.norm()
+    assert e_recon < e_naive
+    assert recon.edgeopt_record["reconstruction"]["layers"]
+
+
+def test_no_calibration_data_skips_reconstruction_with_the_reason(tiny, example):
+    small = edgeopt.prune(tiny, example, ratio=0.3, reconstruct=True)
+    rec = small.edgeopt_record["reconstruction"]
+    assert rec["ran"] is False and "no calibration data" in rec["reason"]
+    fallback = edgeopt.prune(tiny, example, ratio=0.3, importance="recon").edgeopt_record
+    assert fallback["importance"] == "l2" and "l2 used instead" in fallback["importance_fallback"]
+
+
+def test_registry_config_and_iterative_steps(tiny, example):
+    from edgeopt.inputs.data import Batches
+
+    cfg = TECHNIQUES.get("prune").make_config({"ratio": 0.3, "importance": "recon", "reconstruct": True,
+                                              "iterative_steps": 2})
+    data = Batches([(x, None) for x in _gauss(2, (8, 1, 16, 16))])
+    small, record = TECHNIQUES.get("prune").apply_fn()(tiny, example, cfg, data=data)
+    assert record["importance"] == "recon" and record["reconstruction"]["ran"]
+    assert small(example).shape == tiny(example).shape
+    json.dumps(record)  # goes into the report as is
+
+
+def test_planner_proposes_a_reconstruction_ladder_only_with_calibration_data():
+    from edgeopt.config import ModelSummary, make_context
+    from edgeopt.decide.plan import plan
+    from edgeopt.targets import load_target
+
+    summary = ModelSummary(params=10**6, macs=10**8, input_shape=[1, 3, 64, 64], num_outputs=10,
+                           prunable_groups=12, min_channels=64, layers={"conv": 10, "linear": 1})
+    local = load_target("x86-avx2").model_copy(update={"detected": False})
+
+    def make(calib, **ctx):
+        return plan(make_context(target="x86-avx2", **ctx), load_target("x86-avx2"), summary, local,
+                    ["onnxruntime"], has_calib_data=calib)
+
+    recon = [c for c in make(True).candidates if c.family == "prune-recon"]
+    assert recon and all(c.steps[0].params["reconstruct"] for c in recon)
+    assert all(len(c.steps) == 1 for c in recon)  # no BN re-estimation after reconstruction
+    no_data = make(False)
+    assert not any(c.family == "prune-recon" for c in no_data.candidates)
+    why = next(d for d in no_data.decisions if d.technique == "prune_reconstruct")
+    assert why.decision == "skipped" and "calibration data" in why.reason
