@@ -31,8 +31,6 @@ def prune(
     importance: str = typer.Option(
         "l2", help="l2 | l1 | bn_scale | fpgm | random | hrank (rank of the activated feature maps on --data, "
         "else on random inputs) | taylor (needs labels: Python API)"),
-    data: str = typer.Option(None, help="hrank inputs: 'digits' (the demo's, default for it) or a .npy file of "
-                                        "inputs shaped N,C,H,W; without it hrank ranks random inputs"),
     scope: str = typer.Option("local", help="local (same ratio per layer) | global (rank all groups together)"),
     max_layer_ratio: float = typer.Option(0.9, help="global scope: no layer loses more than this fraction"),
     round_to: int = typer.Option(None, help="round kept channels to this multiple (e.g. 8 or 16 for the target)"),
@@ -44,8 +42,9 @@ def prune(
     reconstruct: bool = typer.Option(False, help="re-solve the layers fed by pruned channels by least squares on "
                                                  "unlabeled calibration inputs (--data), so accuracy holds "
                                                  "without retraining; per-layer errors in --record"),
-    data: str = typer.Option(None, help="calibration inputs for --reconstruct / --importance recon: 'digits' "
-                                        "(the demo's, default for it) or a .npy file shaped N,C,H,W"),
+    data: str = typer.Option(None, help="inputs for --reconstruct, --importance recon and hrank: 'digits' (the "
+                                        "demo's, default for it) or a .npy file shaped N,C,H,W; without it hrank "
+                                        "ranks random inputs"),
 ) -> None:
     """Prune channels physically, export, verify against PyTorch, and print params/MACs before and after.
     Layers that cannot be pruned safely are kept, with a reason per layer (see --record).
