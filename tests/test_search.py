@@ -55,6 +55,7 @@ class FakeBuilder:
         self.drops, self.errors = drops, errors or {}
         self.export_errors, self.int8_drops = export_errors or {}, int8_drops or {}
         self.clock, self.builds = clock, []
+        self.labelled, self.accuracy_control = True, []
 
     def build(self, start, spec):
         self.builds.append(spec.structure)
@@ -71,14 +72,18 @@ class FakeBuilder:
     def torch_accuracy(self, model):
         return BASE_ACC - self.drops.get(model.structure, 0.0)
 
-    def export(self, built, spec):
+    def export(self, built, spec, max_drop_pp=None):
         if spec.id in self.export_errors:
             raise self.export_errors[spec.id]
         structure = getattr(built.model, "structure", "original")
         acc = BASE_ACC - self.drops.get(structure, 0.0)
-        if spec.precision == "int8":
+        result = FakeResult(self.out_dir / f"{spec.id}.onnx")
+        if max_drop_pp is not None:  # accuracy control: one layer back to float recovers the INT8 loss
+            self.accuracy_control.append((spec.id, max_drop_pp))
+            result.info["accuracy_control"] = {"max_drop_pp": max_drop_pp, "float_layers": ["conv1"]}
+        elif spec.precision == "int8":
             acc -= self.int8_drops.get(structure, 0.0)
-        return FakeResult(self.out_dir / f"{spec.id}.onnx"), FakeSession(spec.precision, acc)
+        return result, FakeSession(spec.precision, acc)
 
     def evaluate(self, session):
         return session.accuracy, "top1"
@@ -87,14 +92,14 @@ class FakeBuilder:
         return False, None
 
 
-def _plan(families=("prune",), precisions=("fp32",), qat_formats=()):
-    specs = [CandidateSpec(id=f"original@onnx-{p}", structure="original", format="onnx", precision=p)
+def _plan(families=("prune",), precisions=("fp32",), qat_formats=(), fmt="onnx"):
+    specs = [CandidateSpec(id=f"original@{fmt}-{p}", structure="original", format=fmt, precision=p)
              for p in precisions]
     for fam in families:
         for r in RATIOS:
             name = f"{fam}{int(r * 100)}"
             step = PruneConfig(ratio=r) if fam == "prune" else FactorizeConfig(energy=1 - r)
-            specs += [CandidateSpec(id=f"{name}@onnx-{p}", structure=name, format="onnx", precision=p, steps=[step],
+            specs += [CandidateSpec(id=f"{name}@{fmt}-{p}", structure=name, format=fmt, precision=p, steps=[step],
                                     family=fam, level=r) for p in precisions]
     return Plan(candidates=specs, baseline_id=specs[0].id, qat_formats=list(qat_formats))
 
@@ -184,6 +189,24 @@ def test_qat_phase_retrains_where_ptq_breaks_the_budget(tmp_path):
     assert qat.status == "ok" and qat.steps[-1].technique == "qat"
     assert search.base_of["prune60-qat"] == "prune60"
     assert any(d.technique == "qat@onnx" and d.decision == "applied" for d in search.decisions)
+
+
+def test_openvino_int8_over_budget_is_retried_with_accuracy_control(tmp_path):
+    drops = {f"prune{int(r * 100)}": 0.4 for r in RATIOS}
+    builder = FakeBuilder(tmp_path, drops, int8_drops={"prune60": 2.0})
+    search = _search(tmp_path, builder, plan=_plan(precisions=("fp32", "int8"), fmt="openvino"))
+    c = _by_id(search.run())
+    # only the INT8 twin that broke the budget, with what the structure left of it (1.0 - 0.4 pp)
+    assert builder.accuracy_control == [("prune60@openvino-int8", 0.6)]
+    cand = c["prune60@openvino-int8"]
+    assert cand.status == "ok" and cand.accuracy == BASE_ACC - 0.4
+    assert cand.accuracy_control["float_layers"] == ["conv1"] and "lost 2.40 pp" in cand.accuracy_control["ptq"]
+    why = next(d for d in search.decisions if d.technique == "accuracy_control@prune60@openvino-int8")
+    assert why.decision == "applied" and "1 layer(s) in float: conv1" in why.reason
+    unlabelled = FakeBuilder(tmp_path, drops, int8_drops={"prune60": 2.0})
+    unlabelled.labelled = False  # without labels there is nothing to control accuracy against
+    c = _by_id(_search(tmp_path, unlabelled, plan=_plan(precisions=("fp32", "int8"), fmt="openvino")).run())
+    assert unlabelled.accuracy_control == [] and c["prune60@openvino-int8"].accuracy == BASE_ACC - 2.4
 
 
 def test_a_bad_planned_step_is_an_error_at_planning_time():

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeopt.decide import policy
 from edgeopt.decide.plan import CandidateSpec
 from edgeopt.formats import backend_for, export_verified
 from edgeopt.formats.base import ExportResult, Session
@@ -53,11 +54,11 @@ def artifact_stem(cid: str) -> str:
 
 
 def export_candidate(built: Built, example: torch.Tensor, spec: CandidateSpec, artifacts_dir: Path,
-                     threads: int | None, calib: Batches | None, verify_inputs: list[torch.Tensor] | None
-                     ) -> tuple[ExportResult, Session]:
+                     threads: int | None, calib: Batches | None, verify_inputs: list[torch.Tensor] | None,
+                     options: dict | None = None) -> tuple[ExportResult, Session]:
     out = artifacts_dir / artifact_stem(spec.id)
     result, session = export_verified(built.model, example, spec.format, out, precision=spec.precision,
-                                      calib=calib, threads=threads, verify=False)
+                                      calib=calib, threads=threads, verify=False, options=options)
     from edgeopt.formats.verify import verify_session
 
     result.info["verification"] = verify_session(session, built.model, example, spec.precision,
@@ -84,7 +85,7 @@ def new_candidate(spec: CandidateSpec) -> Candidate:
 
 # Candidate fields a cache entry restores (latency is always re-measured, never cached).
 CACHED_FIELDS = ("status", "reason", "params", "macs", "size_bytes", "size_compressed_bytes", "artifact",
-                 "precision_executed", "accuracy", "metric", "exporter", "verification", "steps")
+                 "precision_executed", "accuracy", "metric", "exporter", "verification", "steps", "accuracy_control")
 
 
 def to_cache(cand: Candidate) -> dict:
@@ -135,7 +136,23 @@ class Builder:
     def torch_accuracy(self, model: nn.Module) -> float:
         return score(torch_predictions(model, self.eval_b, self.batch), self.eval_b, self.reference)[0]
 
-    def export(self, built: Built, spec: CandidateSpec) -> tuple[ExportResult, Session]:
+    @property
+    def labelled(self) -> bool:
+        return self.eval_b.labelled
+
+    def export(self, built: Built, spec: CandidateSpec, max_drop_pp: float | None = None
+               ) -> tuple[ExportResult, Session]:
+        """`max_drop_pp`: INT8 with accuracy control (NNCF, OpenVINO), layers kept in float until the drop
+        measured on the labelled evaluation data (at most policy.ACCURACY_CONTROL_MAX_SAMPLES) fits it."""
+        options = None
+        if max_drop_pp is not None:
+            items, n = [], 0
+            for x, y in self.eval_b.items:
+                if n >= policy.ACCURACY_CONTROL_MAX_SAMPLES:
+                    break
+                items.append((x, y))
+                n += len(x)
+            options = {"eval_data": Batches(items), "max_accuracy_drop": max_drop_pp}
         verify_inputs = self.splits.calib.inputs()[:1] if self.splits.calib is not None else None
         if verify_inputs and verify_inputs[0].shape[0] != self.batch:
             verify_inputs = [verify_inputs[0][:self.batch]] if verify_inputs[0].shape[0] >= self.batch else None
@@ -143,7 +160,7 @@ class Builder:
         if calib is None and self.calib_random:
             calib = "random"  # asked for explicitly; the report says so (see pipeline)
         return export_candidate(built, self.example, spec, self.out_dir / "artifacts", self.threads, calib,
-                                verify_inputs)
+                                verify_inputs, options)
 
     def evaluate(self, session: Session) -> tuple[float, str]:
         return evaluate_candidate(session.run, self.eval_b, self.batch, self.reference)

@@ -27,20 +27,11 @@ from edgeopt.decide import policy
 from edgeopt.decide.plan import CandidateSpec, Plan
 from edgeopt.decide.precisions import qat_choice
 from edgeopt.engine.bisect import bisect
-from edgeopt.engine.build import Built, new_candidate, to_cache
+from edgeopt.engine.build import Built, new_candidate
 from edgeopt.engine.cache import CandidateCache, key
-from edgeopt.errors import BackendMissingError, ConfigError, EdgeOptError
+from edgeopt.engine.finish import FATAL, Finishing, why_failed
 from edgeopt.report import Candidate, Decision
 from edgeopt.techniques import QATConfig
-
-# errors that no other candidate would escape: the run stops and says why
-FATAL = (ConfigError, BackendMissingError)
-
-
-def _why(e: Exception) -> str:
-    if isinstance(e, EdgeOptError):
-        return str(e)
-    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
 
 
 def _layout(model: nn.Module) -> str:
@@ -49,7 +40,7 @@ def _layout(model: nn.Module) -> str:
 
 
 @dataclass
-class Search:
+class Search(Finishing):
     plan: Plan
     context: DeployContext
     builder: object  # engine.build.Builder, or a fake with the same verbs in tests
@@ -109,7 +100,7 @@ class Search:
     def _bisect(self, fam: str, structures: list[str]) -> list[str]:
         def failure(s: str) -> str | None:
             b = self.built.get(s)
-            return _why(b) if isinstance(b, Exception) else None
+            return why_failed(b) if isinstance(b, Exception) else None
 
         out = bisect(fam, structures, self._screen, self.context.max_accuracy_drop,
                      lambda: self.stopped if self._check_stop() else None, failure)
@@ -133,7 +124,7 @@ class Search:
         b = self._build(structure)
         if isinstance(b, Exception):
             self.screened[structure] = None
-            self.trace.append(f"screen {structure}: failed ({_why(b)})")
+            self.trace.append(f"screen {structure}: failed ({why_failed(b)})")
             return None
         drop = round(self.base_torch_acc - self.builder.torch_accuracy(b.model), 4)
         self.screened[structure] = drop
@@ -165,77 +156,6 @@ class Search:
                 b = e
             self.built[structure] = b
         return self.built[structure]
-
-    # ---- export + verify + evaluate every precision of one structure ----------------------------------
-    def _finish(self, structure: str) -> None:
-        for spec in self.specs[structure]:
-            if self._check_stop():
-                self._mark(spec.id, "rejected", self.stopped)
-                continue
-            self._finish_one(spec)
-            self.progress.advance()
-        if structure in self.layout_of:
-            self.finished_layouts.setdefault(self.layout_of[structure], structure)
-
-    def _twin(self, spec: CandidateSpec) -> str | None:
-        twin = self.finished_layouts.get(self.layout_of.get(spec.structure, ""))
-        return twin if twin is not None and twin != spec.structure else None
-
-    def _finish_one(self, spec: CandidateSpec) -> None:
-        cand = self.cands[spec.id]
-        if self._twin(spec):
-            cand.status, cand.reason = "rejected", f"not tried: same channel layout as {self._twin(spec)}"
-            return
-        k = key(*self.cache_parts, [s.model_dump() for s in spec.steps], cand.runtime, spec.precision)
-        entry = self.cache.get("cand", k)
-        if entry is not None:
-            try:
-                restored, session = self.builder.restore(cand, entry)
-            except Exception:  # an unreadable cached artifact is rebuilt
-                restored, session = False, None
-            if restored:
-                if session is not None:
-                    self.sessions[cand.id] = session
-                return
-        b = self._build(spec.structure)
-        if isinstance(b, Exception):
-            cand.status, cand.reason = "failed", _why(b)
-        elif self._twin(spec):
-            cand.status, cand.reason = "rejected", f"not tried: same channel layout as {self._twin(spec)}"
-            return
-        else:
-            self._export_and_evaluate(cand, spec, b)
-        self.cache.put("cand", k, to_cache(cand))
-
-    def _export_and_evaluate(self, cand: Candidate, spec: CandidateSpec, b: Built) -> None:
-        cand.params, cand.macs = b.params, b.macs
-        for rec in b.records:
-            for step in cand.steps:
-                if step.technique == rec["technique"]:
-                    step.params["record"] = {k: v for k, v in rec.items() if k != "technique"}
-        try:
-            result, session = self.builder.export(b, spec)
-        except FATAL:
-            raise
-        except Exception as e:
-            cand.status, cand.reason = "failed", _why(e)
-            return
-        cand.artifact = str(result.path.relative_to(self.builder.out_dir))
-        cand.size_bytes = result.size_bytes
-        if self.context.goal == "size" or self.context.size_budget_mb:  # deflating big artifacts costs seconds
-            cand.size_compressed_bytes = result.compressed_size_bytes()
-        cand.precision_executed = session.precision_executed
-        cand.exporter = result.exporter
-        cand.verification = result.info.get("verification")
-        try:
-            cand.accuracy, cand.metric = self.builder.evaluate(session)
-        except FATAL:
-            raise
-        except Exception as e:
-            cand.status, cand.reason = "failed", f"evaluation failed: {_why(e)}"
-            return
-        cand.status = "ok"
-        self.sessions[cand.id] = session
 
     # ---- QAT phase: only where post-training INT8 measurably broke the budget ---------------------------
     def _qat_phase(self) -> None:
