@@ -214,3 +214,36 @@ def test_a_bad_planned_step_is_an_error_at_planning_time():
         CandidateSpec(id="x", structure="x", format="onnx", steps=[{"technique": "prune", "ratio": 1.5}])
     spec = CandidateSpec(id="x", structure="x", format="onnx", steps=[{"technique": "kd", "epochs": 3}])
     assert type(spec.steps[0]).__name__ == "FineTuneConfig" and spec.steps[0].epochs == 3
+
+
+@pytest.mark.slow  # ~20 s of CPU: one OpenVINO export, NNCF PTQ, then NNCF accuracy control
+def test_accuracy_control_keeps_layers_in_float_on_a_real_openvino_model(tmp_path):
+    """The real builder: INT8 with deliberately bad calibration (inputs 100x too small, so activations
+    saturate) breaks a 0 pp budget; NNCF accuracy control reverts layers to float and says which."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    import torch
+
+    from edgeopt.engine.build import Builder
+    from edgeopt.inputs.data import Batches, DataSplits
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(8 * 16 * 16, 10)).eval()
+    xs = [torch.randn(4, 1, 16, 16) for _ in range(8)]
+    with torch.no_grad():  # labels = the model's own answers: the original scores 100%
+        eval_b = Batches([(x, net(x).argmax(1)) for x in xs])
+    calib = Batches([(x * 0.01, None) for x in xs[:4]])
+    builder = Builder(net=net, example=xs[0], splits=DataSplits(calib, None, eval_b, "test"), eval_b=eval_b,
+                      batch=4, reference=None, out_dir=tmp_path, threads=2)
+    specs = [CandidateSpec(id=f"original@openvino-{p}", structure="original", format="openvino", precision=p)
+             for p in ("fp32", "int8")]
+    search = _search(tmp_path, builder, plan=Plan(candidates=specs, baseline_id=specs[0].id),
+                     max_accuracy_drop=0.0)
+    search.base_torch_acc = builder.torch_accuracy(net)
+    c = _by_id(search.run())
+    decision = next(d for d in search.decisions if d.technique.startswith("accuracy_control@"))
+    assert decision.decision == "applied" and "PTQ INT8 lost" in decision.reason, decision.reason
+    control = c["original@openvino-int8"].accuracy_control
+    assert control["float_layers"] and control["max_drop_pp"] == 0.0
+    assert c["original@openvino-int8"].accuracy >= c["original@openvino-fp32"].accuracy - 1e-9
