@@ -197,7 +197,7 @@ def test_openvino_int8_over_budget_is_retried_with_accuracy_control(tmp_path):
     search = _search(tmp_path, builder, plan=_plan(precisions=("fp32", "int8"), fmt="openvino"))
     c = _by_id(search.run())
     # only the INT8 twin that broke the budget, with what the structure left of it (1.0 - 0.4 pp)
-    assert builder.accuracy_control == [("prune60@openvino-int8", 0.6)]
+    assert builder.accuracy_control == [("prune60@openvino-int8-ac", 0.6)]  # its own artifact
     cand = c["prune60@openvino-int8"]
     assert cand.status == "ok" and cand.accuracy == BASE_ACC - 0.4
     assert cand.accuracy_control["float_layers"] == ["conv1"] and "lost 2.40 pp" in cand.accuracy_control["ptq"]

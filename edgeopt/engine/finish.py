@@ -24,6 +24,8 @@ def why_failed(e: Exception) -> str:
 
 
 class Finishing:
+    """Per-structure half of Search: reads its plan, cands, specs, cache, builder and stop state."""
+
     def _finish(self, structure: str) -> None:
         for spec in self.specs[structure]:
             if self._check_stop():
@@ -87,7 +89,9 @@ class Finishing:
             self.decisions.append(Decision(technique=tech, decision="skipped", reason=f"{ptq}; {why}"))
             return
         before = cand.model_copy(deep=True)
-        info = self._export_and_evaluate(cand, spec, b, max_drop_pp=round(left, 4))
+        # its own artifact name: the PTQ artifact stays intact if the retry fails
+        retry = spec.model_copy(update={"id": f"{spec.id}-ac"})
+        info = self._export_and_evaluate(cand, retry, b, max_drop_pp=round(left, 4))
         if cand.status != "ok" or info is None:
             why = cand.reason
             for name in Candidate.model_fields:
