@@ -94,15 +94,15 @@ def test_registry_latency_target_and_planner_ladder():
     p = plan(make_context(target="x86-avx2"), load_target("x86-avx2"), summary, local, ["onnxruntime"],
              has_calib_data=True)
     lat = [c for c in p.candidates if c.family == "prune-lat"]
-    assert sorted({c.steps[0].params["latency_target"] for c in lat}) == [0.45, 0.6, 0.75, 0.9]
-    assert all(c.steps[0].params["lut_runtime"] == "onnxruntime" for c in lat)
+    assert sorted({c.steps[0].latency_target for c in lat}) == [0.45, 0.6, 0.75, 0.9]
+    assert all(c.steps[0].lut_runtime == "onnxruntime" for c in lat)
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
     x = torch.randn(1, 1, 8, 8)
     tech = TECHNIQUES.get("prune")
-    cfg = tech.make_config(lat[0].steps[0].params)
+    cfg = lat[0].steps[0]
     small, rec = tech.apply_fn()(model, x, cfg, data=Batches([(torch.randn(8, 1, 8, 8), None)]))
     assert rec["allocation"]["latency_target"] == cfg.latency_target and rec["allocation"]["table_measured"] > 0
     assert small(x).shape == (1, 3)

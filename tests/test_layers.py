@@ -45,6 +45,8 @@ def test_import_direction(path):
                 f"{path}: imports the top-level API")
             continue
         target = parts[1]
+        if mod == "edgeopt.decide.policy":
+            continue  # the policy is data that imports nothing: every layer may read it
         assert target != "cli" or me == "cli" or me == "__main__", f"{path} imports the CLI"
         assert LAYER.get(target, 2) <= my_layer, f"{path} (layer {my_layer}) imports {mod}"
         if me == "techniques":
@@ -64,3 +66,9 @@ def test_what_the_decision_layer_uses_imports_no_backend_at_module_level():
         # module-level imports only: a lazy import inside a function runs only when that function does
         for mod, _node in _imports(PKG / f"{dep}.py", top_only=True):
             assert mod.split(".")[0] not in HEAVY, f"{dep} (used by the planner) imports {mod}"
+
+
+def test_policy_imports_nothing():
+    """decide/policy.py is read by every layer (formats' verification too), so it must stay a leaf."""
+    mods = [m for m, _ in _imports(PKG / "decide" / "policy.py") if m != "__future__"]
+    assert mods == []

@@ -84,7 +84,7 @@ def _grid_plan(kind, goal, retrain, budget):
 
 
 def _ratios(p):
-    return sorted({s.params["ratio"] for c in p.candidates for s in c.steps if s.technique == "prune"})
+    return sorted({s.ratio for c in p.candidates for s in c.steps if s.technique == "prune"})
 
 
 @pytest.mark.parametrize("kind", ["cpu", "gpu"])
@@ -144,7 +144,7 @@ def test_factorize_proposed_only_when_registered_and_fitting(monkeypatch):
     cpu = _grid_plan("cpu", "latency", False, 1.0)
     fac = [c for c in cpu.candidates if any(s.technique == "factorize" for s in c.steps)]
     assert fac and all(c.family == "factorize-tucker" for c in fac)
-    assert {s.params["method"] for c in fac for s in c.steps if s.technique == "factorize"} == {"tucker"}
+    assert {s.method for c in fac for s in c.steps if s.technique == "factorize"} == {"tucker"}
     gpu = _grid_plan("gpu", "latency", False, 1.0)
     assert not any(s.technique == "factorize" for c in gpu.candidates for s in c.steps)
     assert any(d.technique == "factorize" and d.decision == "skipped" and "GPU" in d.reason
@@ -200,7 +200,7 @@ def test_from_scratch_implies_retrain_and_proposes_snip_only_for_size():
     assert snip and {c.family for c in snip} == {"snip"}
     levels = sorted({c.level for c in snip})
     assert levels == sorted(levels) and levels[0] >= 0.5
-    assert all(s.params["epochs"] >= 5 for c in snip for s in c.steps)
+    assert all(s.epochs >= 5 for c in snip for s in c.steps)
     lat = _plan8(goal="latency", from_scratch=True)
     d = next(d for d in lat.decisions if d.technique == "prune_at_init")
     assert d.decision == "rejected" and "unstructured" in d.reason
@@ -220,10 +220,10 @@ def test_qat_is_armed_only_with_retraining_and_int8():
 
 def test_size_goal_with_retraining_uses_imp_and_2_4_keeps_zeros_through_fine_tuning():
     imp = [c for c in _plan8(goal="size", retrain=True).candidates if c.family == "imp"]
-    assert imp and all(c.steps[0].params["rewind"] == "lr" for c in imp)
+    assert imp and all(c.steps[0].rewind == "lr" for c in imp)
     gpu = _plan8(target="jetson-agx-orin", retrain=True)
     s24 = [c for c in gpu.candidates if c.structure == "sparse24-ft"]
-    assert s24 and s24[0].steps[0].params == {"pattern": "2:4"} and s24[0].steps[1].params["keep_sparsity"]
+    assert s24 and s24[0].steps[0].pattern == "2:4" and s24[0].steps[1].keep_sparsity
 
 
 def test_sensitivity_reaches_every_prune_step():
@@ -231,7 +231,7 @@ def test_sensitivity_reaches_every_prune_step():
     drops = {"conv1": 5.0, "layer1.0.conv1": 0.1}
     p = plan(make_context(), load_target("x86-amx"), SUMMARY, local, ["onnxruntime"], sensitivity=drops)
     prune_steps = [s for c in p.candidates for s in c.steps if s.technique == "prune"]
-    assert prune_steps and all(s.params["sensitivity"] == drops for s in prune_steps)
+    assert prune_steps and all(s.sensitivity == drops for s in prune_steps)
     assert "sensitivity" in next(d for d in p.decisions if d.technique == "prune").reason
 
 

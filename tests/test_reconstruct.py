@@ -124,7 +124,7 @@ def test_planner_proposes_a_reconstruction_ladder_only_with_calibration_data():
                     ["onnxruntime"], has_calib_data=calib)
 
     recon = [c for c in make(True).candidates if c.family == "prune-recon"]
-    assert recon and all(c.steps[0].params["reconstruct"] for c in recon)
+    assert recon and all(c.steps[0].reconstruct for c in recon)
     assert all(len(c.steps) == 1 for c in recon)  # no BN re-estimation after reconstruction
     no_data = make(False)
     assert not any(c.family == "prune-recon" for c in no_data.candidates)

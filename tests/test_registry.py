@@ -2,6 +2,7 @@ import pytest
 
 from edgeopt.errors import UnknownNameError
 from edgeopt.registry import Registry
+from edgeopt.techniques import TECHNIQUES
 
 
 def test_duplicate_names_are_loud():
@@ -29,3 +30,35 @@ def test_techniques_and_formats_are_registered():
     assert {"onnx", "openvino"} <= set(BACKENDS.names())
     with pytest.raises(UnknownNameError, match="did you mean 'prune'"):
         TECHNIQUES.get("prnue")
+
+
+@pytest.mark.parametrize("name", [name for name, _ in TECHNIQUES.items()])
+def test_every_technique_row_resolves_to_its_config_and_handler(name):
+    """Each row's "module:function" reference imports and takes (model, example, config, data=...); its
+    config names the technique (the discriminator of planned steps) and validates its defaults."""
+    import inspect
+
+    from edgeopt.techniques import parse_step
+
+    tech = TECHNIQUES.get(name)
+    config = tech.make_config()
+    assert config.technique == name and parse_step({"technique": name}) == config
+    if tech.apply_ref is None:
+        assert tech.stage == "export"
+        return
+    params = list(inspect.signature(tech.apply_fn()).parameters)
+    assert params[:3] == ["model", "example", "config"] and "data" in params, params
+
+
+def test_planned_steps_are_a_discriminated_union_on_the_technique_name():
+    from edgeopt.errors import ConfigError
+    from edgeopt.techniques import PruneConfig, parse_step
+
+    step = parse_step({"technique": "structured_pruning", "ratio": 0.25})  # aliases resolve
+    assert isinstance(step, PruneConfig) and step.ratio == 0.25
+    with pytest.raises(ConfigError, match="prune: invalid ratio"):
+        parse_step({"technique": "prune", "ratio": 2})
+    with pytest.raises(ConfigError, match="ratoi"):
+        parse_step({"technique": "prune", "ratoi": 0.2})
+    with pytest.raises(UnknownNameError, match="did you mean 'prune'"):
+        parse_step({"technique": "prnue"})

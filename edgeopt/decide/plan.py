@@ -1,45 +1,32 @@
 """The decision layer: deploy context + target profile + model summary -> Plan.
 
-Pure: no backend imports, no measurement. It encodes FIELD_NOTES' decision table; every candidate says
-why it was proposed and every technique left out says why. The pipeline then proves or rejects each
-candidate by measurement — the planner proposes, it does not promise."""
+Pure: no backend imports, no measurement. Every candidate says why it was proposed and every technique left
+out says why; ladders and thresholds come from decide/policy.py, dense structures from decide/structures.py,
+sparse ones from decide/sparsity.py, precisions from decide/precisions.py. Each planned step is a typed
+technique config (validated here, at planning time). The search then proves or rejects each candidate by
+measurement — the planner proposes, it does not promise."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializeAsAny, field_validator
 
 from edgeopt.config import DeployContext, ModelSummary
-from edgeopt.decide.precisions import allowed as _allowed
-from edgeopt.decide.precisions import budget_kind, precision_pairs
-from edgeopt.decide.retrain import from_scratch_structures, qat_formats, sparse_structures
+from edgeopt.decide import policy
+from edgeopt.decide.precisions import precision_pairs, qat_formats
+from edgeopt.decide.reconstruction import latency_structures, recon_structures
+from edgeopt.decide.sparsity import from_scratch_structures, sparse_structures
+from edgeopt.decide.structures import factorize_structures, finetune_step, prune_structures
 from edgeopt.formats import format_of_runtime, precisions_of_format
-from edgeopt.report import Decision, Step
+from edgeopt.report import Decision
 from edgeopt.targets import TargetProfile
-from edgeopt.techniques import TECHNIQUES
-
-# Prune ratio ladders, searched by bisection against measured accuracy (FIELD_NOTES: "no retraining: mild
-# pruning, ratio chosen by measured accuracy"; "retraining allowed: aggressive structured pruning + KD").
-# A tight accuracy budget (<= 0.5 pp) starts lower and climbs in smaller steps; a loose one (>= 2 pp) reaches
-# further.
-RATIOS = {
-    (False, "tight"): (0.05, 0.1, 0.15, 0.2, 0.25, 0.3),
-    (False, "normal"): (0.1, 0.15, 0.2, 0.3, 0.4, 0.5),
-    (False, "loose"): (0.1, 0.2, 0.3, 0.4, 0.5, 0.6),
-    (True, "tight"): (0.2, 0.3, 0.4, 0.5, 0.6),
-    (True, "normal"): (0.3, 0.4, 0.5, 0.6, 0.7),
-    (True, "loose"): (0.3, 0.5, 0.6, 0.7, 0.8),
-}
-# Energy kept by the low-rank factorization (higher = milder): energy-preserving without retraining.
-ENERGIES = {False: (0.98, 0.95, 0.9, 0.8), True: (0.95, 0.9, 0.8, 0.6)}
-# Magnitude (L2) and geometric-median (FPGM) criteria: cheap, need no labels, and rank differently enough
-# that the better one for a given model is found by measurement rather than assumed.
-CRITERIA_NO_LABELS = ("l2", "fpgm")
+from edgeopt.techniques import TECHNIQUES, TechniqueConfig, parse_step
 
 
 class CandidateSpec(BaseModel):
     id: str
     structure: str  # key of the model-stage steps: candidates sharing it share one pruned model
-    steps: list[Step] = Field(default_factory=list)
+    # typed technique configs (discriminated on `technique`); dicts are validated on the way in
+    steps: list[SerializeAsAny[TechniqueConfig]] = Field(default_factory=list)
     format: str  # backend (format) name: onnx, openvino, tensorrt
     precision: str = "fp32"
     reason: str = ""
@@ -47,6 +34,11 @@ class CandidateSpec(BaseModel):
     # with the level, which is what lets the search bisect instead of trying every level
     family: str | None = None
     level: float = 0.0
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _typed_steps(cls, steps):
+        return [parse_step(s) for s in steps or []]
 
 
 class Plan(BaseModel):
@@ -148,11 +140,11 @@ def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, l
     pairs = precision_pairs(context, target, runtimes, precisions_of_format, decisions, FORMAT_OF_RUNTIME,
                             calibrated=has_calib_data or context.calib_random)
     structures = [("original", [], "unchanged model", None, 0.0)]
-    finetune = _finetune_step(context, has_train_data, decisions)
-    structures += _prune_structures(context, target, summary, has_calib_data, finetune, decisions, sensitivity)
+    finetune = finetune_step(context, has_train_data, decisions)
+    structures += prune_structures(context, target, summary, has_calib_data, finetune, decisions, sensitivity)
     structures += recon_structures(context, target, summary, has_calib_data, finetune, decisions)
     structures += latency_structures(context, summary, has_calib_data, finetune, decisions, runtimes, here)
-    structures += _factorize_structures(context, target, summary, finetune, decisions)
+    structures += factorize_structures(context, target, summary, finetune, decisions)
     structures += sparse_structures(context, target, finetune, decisions)
     structures += from_scratch_structures(context, target, has_train_data, decisions)
     qat = qat_formats(context, pairs, has_train_data, decisions)
@@ -163,171 +155,16 @@ def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, l
             candidates.append(CandidateSpec(id=f"{name}@{fmt}-{prec}", structure=name, steps=steps,
                                             format=fmt, precision=prec, reason=f"{why}; {pwhy}",
                                             family=family, level=level))
-    kind = budget_kind(context.max_accuracy_drop)
+    kind = policy.budget_kind(context.max_accuracy_drop)
     decisions.append(Decision(
         technique="search", decision="applied",
         reason=f"{kind} accuracy budget ({context.max_accuracy_drop} pp): each family's ratio/energy is "
                "bisected against accuracy measured on held-out data; survivors are exported at every "
                "precision and measured on the runtime" + (
-                   f"; stop early once p50 <= {MARGIN:.0%} of {context.latency_budget_ms} ms"
+                   f"; stop early once p50 <= {policy.MARGIN:.0%} of {context.latency_budget_ms} ms"
                    if context.latency_budget_ms else "") + (
-                   f"; stop early once size <= {MARGIN:.0%} of {context.size_budget_mb} MB"
+                   f"; stop early once size <= {policy.MARGIN:.0%} of {context.size_budget_mb} MB"
                    if context.size_budget_mb else "")))
     return Plan(candidates=candidates, baseline_id=candidates[0].id, decisions=decisions, measure_locally=here,
                 notes=notes, qat_formats=qat, qat_epochs=context.epochs)
 
-
-MARGIN = 0.8  # a budget counts as "met with margin" at 80% of it: measurement noise stays inside the budget
-
-
-def _finetune_step(context, has_train_data: bool, decisions) -> Step | None:
-    if not context.retrain:
-        decisions.append(Decision(technique="fine_tune", decision="skipped",
-                                  reason="no retraining allowed: pruning capped at the ratio that measured "
-                                         "accuracy allows; BN re-estimation and PTQ only"))
-        return None
-    if "fine_tune" not in TECHNIQUES or not _allowed(context, "fine_tune"):
-        decisions.append(Decision(technique="fine_tune", decision="skipped",
-                                  reason="fine-tuning not registered or excluded by --techniques"))
-        return None
-    if not has_train_data:
-        decisions.append(Decision(technique="fine_tune", decision="skipped",
-                                  reason="retraining allowed, but no training data was given"))
-        return None
-    decisions.append(Decision(technique="fine_tune", decision="applied",
-                              reason="retraining allowed: every pruned/factorized model is fine-tuned with "
-                                     "Hinton distillation from the original, so the search may go further"))
-    return Step(technique="fine_tune", params={"epochs": context.epochs})
-
-
-def _prune_structures(context, target, summary, has_calib_data, finetune, decisions, sensitivity=None
-                      ) -> list[tuple]:
-    round_to = channel_rounding(target, summary, decisions)
-    if not _allowed(context, "prune"):
-        decisions.append(Decision(technique="prune", decision="skipped", reason="excluded by --techniques"))
-        return []
-    if summary.prunable_groups == 0:
-        why = "; ".join(summary.unprunable) or "no prunable channel groups found"
-        decisions.append(Decision(technique="prune", decision="skipped", reason=why))
-        return []
-    ratios = RATIOS[(bool(finetune), budget_kind(context.max_accuracy_drop))]
-    recal = has_calib_data and _allowed(context, "bn_recalibrate")
-    out = []
-    for crit in CRITERIA_NO_LABELS:
-        for r in ratios:
-            params = {"ratio": r, "importance": crit, "round_to": round_to}
-            if sensitivity:
-                params["sensitivity"] = sensitivity
-            steps = [Step(technique="prune", params=params)]
-            if recal:
-                steps.append(Step(technique="bn_recalibrate", params={}))
-            if finetune:
-                steps.append(finetune.model_copy(deep=True))
-            name = f"prune-{crit}{int(round(r * 100))}" + ("-ft" if finetune else "")
-            out.append((name, steps, f"structured {crit.upper()} pruning at {r:.0%}" +
-                        (" + distillation fine-tuning" if finetune else ""), f"prune-{crit}", r))
-    goal = ("smaller weights and fewer MACs" if context.goal == "size" else
-            f"dense {target.kind.upper()} kernels run faster")
-    decisions.append(Decision(
-        technique="prune", decision="applied",
-        reason=f"structured channel pruning physically shrinks layers, so {goal}; ratios "
-               f"{ratios[0]:.0%}..{ratios[-1]:.0%} " +
-               ("(retraining recovers accuracy)" if finetune else
-                "(no retraining: capped where measured accuracy allows)") +
-               ("; per-layer ratios from the measured sensitivity (sensitive layers pruned less)"
-                if sensitivity else "")))
-    if recal:
-        decisions.append(Decision(technique="bn_recalibrate", decision="applied",
-                                  reason="pruning shifts activation statistics; BN re-estimated on unlabeled "
-                                         "calibration data"))
-    else:
-        decisions.append(Decision(technique="bn_recalibrate", decision="skipped",
-                                  reason="no calibration data given (random data would corrupt BN)"))
-    return out
-
-
-def _factorize_structures(context, target, summary, finetune, decisions) -> list[tuple]:
-    if "factorize" not in TECHNIQUES:
-        decisions.append(Decision(technique="factorize", decision="skipped",
-                                  reason="no factorization technique registered in this version"))
-        return []
-    if not _allowed(context, "factorize"):
-        decisions.append(Decision(technique="factorize", decision="skipped", reason="excluded by --techniques"))
-        return []
-    if target.kind == "gpu" and context.goal == "latency":
-        decisions.append(Decision(technique="factorize", decision="skipped",
-                                  reason="on GPUs a conv split into three smaller ones costs more launches "
-                                         "than the MACs it saves; pruning and fp16/int8 pay off first"))
-        return []
-    if not (summary.layers.get("conv", 0) or summary.layers.get("linear", 0)):
-        decisions.append(Decision(technique="factorize", decision="skipped", reason="no conv/linear layers"))
-        return []
-    out = []
-    for e in ENERGIES[bool(finetune)]:
-        steps = [Step(technique="factorize", params={"method": "tucker", "energy": e})]
-        if finetune:
-            steps.append(finetune.model_copy(deep=True))
-        out.append((f"factorize-tucker{int(round(e * 100))}" + ("-ft" if finetune else ""), steps,
-                    f"Tucker-2 factorization keeping {e:.0%} of each conv's energy", "factorize-tucker", 1 - e))
-    decisions.append(Decision(
-        technique="factorize", decision="applied",
-        reason=f"{'size goal' if context.goal == 'size' else 'CPU latency goal'}: low-rank Tucker/SVD "
-               "factorization of large layers cuts MACs and weights; energy kept chosen by measured accuracy"))
-    return out
-
-
-# Retraining-free pruning with layer-wise reconstruction reaches further than naive pruning (measured on a
-# small CNN: 30 % of channels cost 0 pp with reconstruction, 26 pp with BN re-estimation alone).
-RECON_RATIOS = {"tight": (0.1, 0.2, 0.3, 0.4, 0.5), "normal": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6),
-                "loose": (0.2, 0.3, 0.4, 0.5, 0.6)}
-
-
-def recon_structures(context, target, summary, has_calib_data, finetune, decisions) -> list[tuple]:
-    """Without retraining: channels chosen by reconstruction error, then the layers they fed re-solved by
-    least squares on the calibration inputs. BN is not re-estimated after it: the re-solved layers already
-    match the original pre-BN outputs, which the original statistics describe better than a few batches."""
-    if finetune or not _allowed(context, "prune") or summary.prunable_groups == 0:
-        return []
-    if not has_calib_data:
-        decisions.append(Decision(technique="prune_reconstruct", decision="skipped",
-                                  reason="no calibration data: reconstruction needs unlabeled real inputs"))
-        return []
-    round_to = channel_rounding(target, summary, [])
-    out = []
-    for r in RECON_RATIOS[budget_kind(context.max_accuracy_drop)]:
-        params = {"ratio": r, "importance": "recon", "round_to": round_to, "reconstruct": True}
-        out.append((f"prune-recon{int(round(r * 100))}", [Step(technique="prune", params=params)],
-                    f"structured pruning at {r:.0%} with least-squares reconstruction", "prune-recon", r))
-    decisions.append(Decision(
-        technique="prune_reconstruct", decision="applied",
-        reason="no retraining: channels ranked by the output error their removal leaves, and the layers they "
-               "fed re-solved by least squares on unlabeled calibration inputs, so pruning goes further"))
-    return out
-
-
-# Latency targets (fractions of the baseline's latency, predicted by a table measured on the runtime), each
-# pruned with channels allocated where they cost the most time, then reconstructed.
-LATENCY_TARGETS = (0.9, 0.75, 0.6, 0.45)
-
-
-def latency_structures(context, summary, has_calib_data, finetune, decisions, runtimes, here) -> list[tuple]:
-    if finetune or not has_calib_data or not _allowed(context, "prune") or summary.prunable_groups == 0:
-        return []
-    rt = next((r for r in runtimes if r in ("onnxruntime", "openvino")), None)
-    if not here or rt is None:
-        decisions.append(Decision(technique="prune_latency_allocation", decision="skipped",
-                                  reason="the latency table is measured on this machine's ONNX Runtime/OpenVINO: "
-                                         "not available for this target"))
-        return []
-    out = []
-    for t in LATENCY_TARGETS:
-        params = {"ratio": 0.0, "latency_target": t, "lut_runtime": rt, "importance": "recon",
-                  "reconstruct": True}  # the uniform ratio is unused: widths come from the allocation
-        out.append((f"prune-lat{int(round(t * 100))}", [Step(technique="prune", params=params)],
-                    f"channels allocated for {t:.0%} of the latency ({rt} table) + reconstruction",
-                    "prune-lat", 1 - t))
-    decisions.append(Decision(
-        technique="prune_latency_allocation", decision="applied",
-        reason=f"per-layer widths chosen greedily over a latency table measured on {rt} (fp32 layers), "
-               "keeping the most importance per millisecond, for 90/75/60/45 % of the baseline's latency"))
-    return out

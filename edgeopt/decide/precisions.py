@@ -1,24 +1,12 @@
-"""Small rules shared by the planner's proposers (L3, pure: no backend imports): the accuracy-budget kind,
---techniques filtering, and which (format, precision) pairs a target's hardware makes worth measuring."""
+"""Which precisions the planner proposes (L3, pure: no backend imports): the (format, precision) pairs a
+target's hardware makes worth measuring, and the formats whose INT8 may be retried with QAT."""
 
 from __future__ import annotations
 
 from edgeopt.config import DeployContext
+from edgeopt.decide import policy
 from edgeopt.report import Decision
-from edgeopt.techniques import TECHNIQUES
-
-TIGHT_PP, LOOSE_PP = 0.5, 2.0
-
-
-def budget_kind(max_drop: float) -> str:
-    return "tight" if max_drop <= TIGHT_PP else "loose" if max_drop >= LOOSE_PP else "normal"
-
-
-def allowed(context: DeployContext, technique: str) -> bool:
-    """Whether --techniques (when given) lets the planner use `technique` (aliases count)."""
-    if context.techniques is None:
-        return True
-    return TECHNIQUES.canonical(technique) in {TECHNIQUES.canonical(t) for t in context.techniques}
+from edgeopt.techniques import TECHNIQUES, allowed
 
 
 def _needed_support(prec: str) -> str:
@@ -38,7 +26,7 @@ def precision_pairs(context, target, runtimes, precisions_of_format, decisions, 
                 decisions.append(Decision(technique=f"quantize:{prec}@{rt}", decision="skipped",
                                           reason=f"{target.name} has no {_needed_support(prec)} hardware "
                                                  "support: a slower or emulated path would not pay off"))
-            elif not allowed(context, "quantize"):
+            elif not allowed(context.techniques, "quantize"):
                 decisions.append(Decision(technique=f"quantize:{prec}@{rt}", decision="skipped",
                                           reason="excluded by --techniques"))
             elif prec.startswith("int8") and prec not in ("int8_weights", "int8_dynamic") and not calibrated:
@@ -60,3 +48,55 @@ def precision_pairs(context, target, runtimes, precisions_of_format, decisions, 
                 reason=f"{target.name} accelerates {prec}, but no registered backend for "
                        f"{', '.join(runtimes)} produces it here"))
     return pairs
+
+
+def qat_formats(context: DeployContext, pairs: list[tuple[str, str, str]], has_train_data: bool,
+                decisions: list[Decision]) -> list[str]:
+    """Formats that get a QAT candidate when their INT8 post-training quantization breaks the budget
+    (decided by measurement in the search: the planner only arms it)."""
+    int8 = [fmt for fmt, prec, _ in pairs if prec == "int8"]
+    if not context.retrain:
+        why, verdict = ("quantization-aware training needs retraining: post-training quantization with "
+                        "calibration data only"), "rejected"
+    elif "qat" not in TECHNIQUES or not allowed(context.techniques, "qat"):
+        why, verdict = "excluded by --techniques", "skipped"
+    elif not int8:
+        why, verdict = "no INT8 precision is proposed for this target and runtimes", "skipped"
+    elif not has_train_data:
+        why, verdict = "no training data was given", "skipped"
+    else:
+        decisions.append(Decision(
+            technique="qat", decision="applied",
+            reason="armed: if INT8 post-training quantization of the most compressed structure loses more than "
+                   "the budget, it is fine-tuned with fake quantization (distilled from the original) and "
+                   f"exported as INT8 Q/DQ ({', '.join(int8)})"))
+        return int8
+    decisions.append(Decision(technique="qat", decision=verdict, reason=why))
+    return []
+
+
+def qat_choice(measured: list[tuple[str, int, float | None, str, float | None, str]], base_accuracy: float,
+               budget: float) -> tuple[str | None, str]:
+    """Which structure gets quantization-aware training, decided on measurements. `measured` holds one row
+    per structure: (structure, MACs, fp32 accuracy, INT8 status, INT8 accuracy, INT8 reason).
+
+    The most compressed structure whose fp32 candidate holds the budget but whose PTQ INT8 twin breaks it
+    (accuracy, or outputs too far off to pass verification), unless a structure at least as small holds the
+    budget with PTQ. Returns (structure, what PTQ lost) or (None, why QAT is skipped)."""
+    ptq_ok, ptq_bad = [], []
+    for structure, macs, fp32_acc, q_status, q_acc, q_reason in measured:
+        if fp32_acc is None or base_accuracy - fp32_acc > budget + policy.EPS_PP:
+            continue
+        if q_status == "ok" and q_acc is not None:
+            drop = base_accuracy - q_acc
+            (ptq_ok if drop <= budget + policy.EPS_PP else ptq_bad).append((macs, structure, f"{drop:.2f} pp"))
+        elif q_status == "failed" and "differ from PyTorch" in q_reason:  # INT8 outputs too far off
+            ptq_bad.append((macs, structure, "its verification"))
+    if not ptq_bad:
+        return None, ("INT8 post-training quantization stays within the accuracy budget" if ptq_ok else
+                      "no structure within the budget has a measured INT8 twin")
+    macs, structure, drop = min(ptq_bad)
+    if ptq_ok and min(ptq_ok)[0] <= macs:
+        return None, (f"PTQ INT8 of {structure} breaks the budget ({drop}), but {min(ptq_ok)[1]} is as small and "
+                      "holds the budget with PTQ")
+    return structure, drop

@@ -1,9 +1,11 @@
 """Select: reject what breaks the budgets (accuracy, latency, size) or what a reduced precision does not
-earn (slower than its fp32 twin), then pick the fastest (goal latency) or smallest (goal size)."""
+earn (slower than its fp32 twin), then pick the fastest (goal latency) or smallest (goal size). The rules
+are decide/policy.py's (EPS_PP, REDUCED_PRECISION_MUST_BE_FASTER, RANK_BY)."""
 
 from __future__ import annotations
 
 from edgeopt.config import DeployContext
+from edgeopt.decide import policy
 from edgeopt.report import Candidate, Report
 
 
@@ -22,13 +24,13 @@ def select(report: Report, context: DeployContext) -> None:
     for c in pool:
         if c.status != "ok":
             continue
-        if c.accuracy_drop is not None and c.accuracy_drop > context.max_accuracy_drop + 1e-9:
+        if c.accuracy_drop is not None and c.accuracy_drop > context.max_accuracy_drop + policy.EPS_PP:
             c.status = "rejected"
             c.reason = f"accuracy drop {c.accuracy_drop:.2f} pp > budget {context.max_accuracy_drop} pp"
             continue
         twin = fp32.get(_twin_key(c))
-        if (c.precision != "fp32" and twin is not None and c.latency_ms and twin.latency_ms
-                and c.latency_ms.p50 >= twin.latency_ms.p50):
+        if (policy.REDUCED_PRECISION_MUST_BE_FASTER and c.precision != "fp32" and twin is not None
+                and c.latency_ms and twin.latency_ms and c.latency_ms.p50 >= twin.latency_ms.p50):
             c.status = "rejected"
             c.reason = (f"measured slower than fp32 ({c.latency_ms.p50:.3f} vs "
                         f"{twin.latency_ms.p50:.3f} ms p50)")
@@ -44,10 +46,11 @@ def select(report: Report, context: DeployContext) -> None:
     if not eligible:
         report.chosen = None
         return
-    if context.goal == "size":
-        best = min(eligible, key=lambda c: (c.shipped_bytes or 0, c.latency_ms.p50))
-    else:
-        best = min(eligible, key=lambda c: (c.latency_ms.p50, c.shipped_bytes or 0))
+    def measure(c: Candidate, what: str) -> float:
+        return c.latency_ms.p50 if what == "p50" else (c.shipped_bytes or 0)
+
+    order = policy.RANK_BY[context.goal]
+    best = min(eligible, key=lambda c: tuple(measure(c, what) for what in order))
     report.chosen = best.id
     if not best.reason:
         best.reason = "chosen: " + ("smallest" if context.goal == "size" else "fastest") + " within budget"

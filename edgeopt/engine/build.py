@@ -1,9 +1,11 @@
 """Building and checking one candidate: apply its model-stage steps, export at its precision, verify,
-and evaluate accuracy on the runtime. Part of the pipeline (L4); failures become data, not crashes."""
+and evaluate accuracy on the runtime. Part of the engine (L4). `Builder` bundles these verbs with the run's
+data for the search (which a unit test replaces with a fake)."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,13 +13,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeopt.decide import policy
 from edgeopt.decide.plan import CandidateSpec
 from edgeopt.formats import backend_for, export_verified
 from edgeopt.formats.base import ExportResult, Session
 from edgeopt.inputs.analyze import count_macs, count_params
-from edgeopt.inputs.data import Batches
-from edgeopt.measure.accuracy import predictions, score
-from edgeopt.report import Candidate
+from edgeopt.inputs.data import Batches, DataSplits
+from edgeopt.measure.accuracy import predictions, score, torch_predictions
+from edgeopt.report import Candidate, Step
 from edgeopt.techniques import TECHNIQUES
 
 
@@ -38,12 +41,11 @@ def build_structure(model: nn.Module, example: torch.Tensor, spec: CandidateSpec
     teacher = model if teacher is None else teacher
     current = model
     records = []
-    for step in spec.steps:
-        tech = TECHNIQUES.get(step.technique)
-        config = tech.make_config({k: v for k, v in step.params.items() if v is not None and k != "record"})
+    for config in spec.steps:  # typed configs, validated when planned
+        tech = TECHNIQUES.get(config.technique)
         extra = {"teacher": teacher, "train_data": train, "progress": progress} if tech.needs_retraining else {}
         current, record = tech.apply_fn()(current, example, config, data=calib, **extra)
-        records.append({"technique": step.technique, **record})
+        records.append({"technique": config.technique, **record})
     return Built(current, records, count_params(current), count_macs(current, example))
 
 
@@ -52,11 +54,11 @@ def artifact_stem(cid: str) -> str:
 
 
 def export_candidate(built: Built, example: torch.Tensor, spec: CandidateSpec, artifacts_dir: Path,
-                     threads: int | None, calib: Batches | None, verify_inputs: list[torch.Tensor] | None
-                     ) -> tuple[ExportResult, Session]:
+                     threads: int | None, calib: Batches | None, verify_inputs: list[torch.Tensor] | None,
+                     options: dict | None = None) -> tuple[ExportResult, Session]:
     out = artifacts_dir / artifact_stem(spec.id)
     result, session = export_verified(built.model, example, spec.format, out, precision=spec.precision,
-                                      calib=calib, threads=threads, verify=False)
+                                      calib=calib, threads=threads, verify=False, options=options)
     from edgeopt.formats.verify import verify_session
 
     result.info["verification"] = verify_session(session, built.model, example, spec.precision,
@@ -70,15 +72,20 @@ def evaluate_candidate(session_run, eval_batches: Batches, batch_size: int,
     return score(preds, eval_batches, reference)
 
 
+def report_step(config) -> Step:
+    """A planned step as the report shows it: the technique and the parameters it ran with."""
+    return Step(technique=config.technique, params=config.model_dump(exclude={"technique"}, exclude_none=True))
+
+
 def new_candidate(spec: CandidateSpec) -> Candidate:
-    return Candidate(id=spec.id, steps=[st.model_copy(deep=True) for st in spec.steps],
+    return Candidate(id=spec.id, steps=[report_step(st) for st in spec.steps],
                      runtime=backend_for(spec.format).runtime,
                      precision=spec.precision, proposed_because=spec.reason)
 
 
 # Candidate fields a cache entry restores (latency is always re-measured, never cached).
 CACHED_FIELDS = ("status", "reason", "params", "macs", "size_bytes", "size_compressed_bytes", "artifact",
-                 "precision_executed", "accuracy", "metric", "exporter", "verification", "steps")
+                 "precision_executed", "accuracy", "metric", "exporter", "verification", "steps", "accuracy_control")
 
 
 def to_cache(cand: Candidate) -> dict:
@@ -101,3 +108,62 @@ def from_cache(cand: Candidate, entry: dict, out_dir: Path, threads: int | None
             setattr(cand, k, getattr(restored, k))
     cand.from_cache = True
     return True, session
+
+
+@dataclass
+class Builder:
+    """The verbs the search needs, bound to one run's model, data and output folder."""
+
+    net: nn.Module
+    example: torch.Tensor
+    splits: DataSplits
+    eval_b: Batches
+    batch: int
+    reference: np.ndarray | None  # the original model's predictions, for fidelity when there are no labels
+    out_dir: Path
+    threads: int | None
+    calib_random: bool = False
+    progress: Callable[[str], None] | None = None
+
+    def build(self, start: nn.Module, spec: CandidateSpec) -> Built:
+        def tick(epoch: int, epochs: int, loss: float) -> None:
+            if self.progress is not None:
+                self.progress(f"fine-tuning {spec.structure}: epoch {epoch}/{epochs}, loss {loss:.3f}")
+
+        return build_structure(start, self.example, spec, self.splits.calib, self.splits.train, tick,
+                               teacher=self.net)
+
+    def torch_accuracy(self, model: nn.Module) -> float:
+        return score(torch_predictions(model, self.eval_b, self.batch), self.eval_b, self.reference)[0]
+
+    @property
+    def labelled(self) -> bool:
+        return self.eval_b.labelled
+
+    def export(self, built: Built, spec: CandidateSpec, max_drop_pp: float | None = None
+               ) -> tuple[ExportResult, Session]:
+        """`max_drop_pp`: INT8 with accuracy control (NNCF, OpenVINO), layers kept in float until the drop
+        measured on the labelled evaluation data (at most policy.ACCURACY_CONTROL_MAX_SAMPLES) fits it."""
+        options = None
+        if max_drop_pp is not None:
+            items, n = [], 0
+            for x, y in self.eval_b.items:
+                if n >= policy.ACCURACY_CONTROL_MAX_SAMPLES:
+                    break
+                items.append((x, y))
+                n += len(x)
+            options = {"eval_data": Batches(items), "max_accuracy_drop": max_drop_pp}
+        verify_inputs = self.splits.calib.inputs()[:1] if self.splits.calib is not None else None
+        if verify_inputs and verify_inputs[0].shape[0] != self.batch:
+            verify_inputs = [verify_inputs[0][:self.batch]] if verify_inputs[0].shape[0] >= self.batch else None
+        calib = self.splits.calib
+        if calib is None and self.calib_random:
+            calib = "random"  # asked for explicitly; the report says so (see pipeline)
+        return export_candidate(built, self.example, spec, self.out_dir / "artifacts", self.threads, calib,
+                                verify_inputs, options)
+
+    def evaluate(self, session: Session) -> tuple[float, str]:
+        return evaluate_candidate(session.run, self.eval_b, self.batch, self.reference)
+
+    def restore(self, cand: Candidate, entry: dict) -> tuple[bool, Session | None]:
+        return from_cache(cand, entry, self.out_dir, self.threads)

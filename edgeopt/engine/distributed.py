@@ -15,7 +15,6 @@ from torch import nn
 from edgeopt.decide.plan import CandidateSpec
 from edgeopt.engine.build import build_structure
 from edgeopt.inputs.data import DataSplits
-from edgeopt.report import Step
 from edgeopt.training import ddp
 
 
@@ -25,7 +24,7 @@ class Leader:
     def __init__(self) -> None:
         self.closed = False
 
-    def __call__(self, structure: str, steps: list[Step], base: str | None) -> None:
+    def __call__(self, structure: str, steps: list, base: str | None) -> None:
         ddp.broadcast((structure, [s.model_dump() for s in steps], base))
 
     def close(self) -> None:
@@ -45,8 +44,7 @@ def follow(net: nn.Module, example: torch.Tensor, splits: DataSplits) -> int:
             if start is None:
                 raise RuntimeError(f"base structure {base!r} was not built on this rank")
             # build_structure reads only the steps; the rest of the spec (format, precision) is rank 0's
-            spec = CandidateSpec(id=structure, structure=structure, format="",
-                                 steps=[Step.model_validate(s) for s in steps])
+            spec = CandidateSpec(id=structure, structure=structure, format="", steps=steps)
             built[structure] = build_structure(start, example, spec, splits.calib, splits.train,
                                                teacher=net).model
         except Exception as e:  # rank 0 meets the same failure and records it; say why in case it did not

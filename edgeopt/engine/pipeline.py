@@ -15,8 +15,10 @@ from pydantic import ValidationError
 from edgeopt import __version__
 from edgeopt.config import DataOptions, make_context
 from edgeopt.decide.plan import plan as make_plan
+from edgeopt.decide.policy import QUICK_BENCH
 from edgeopt.decide.select import select
 from edgeopt.engine import distributed
+from edgeopt.engine.build import Builder
 from edgeopt.engine.cache import CandidateCache, data_hash, model_hash
 from edgeopt.engine.search import Search
 from edgeopt.errors import ConfigError, DataError
@@ -172,16 +174,16 @@ def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: s
                 "of each int8 candidate shows what that costs")))
         report.model["plan"] = [{"id": c.id, "reason": c.reason} for c in the_plan.candidates]
         cache = CandidateCache(out_dir, enabled=resume)
+        builder = Builder(net=net, example=example, splits=splits, eval_b=eval_b, batch=batch,
+                          reference=reference if fidelity else None, out_dir=out_dir, threads=threads,
+                          calib_random=context.calib_random, progress=progress.log)
         search = Search(
-            plan=the_plan, context=context, net=net, example=example, splits=splits, eval_b=eval_b, batch=batch,
-            reference=reference if fidelity else None,
-            base_torch_acc=score(reference, eval_b, reference)[0], out_dir=out_dir, threads=threads,
+            plan=the_plan, context=context, builder=builder, base_torch_acc=score(reference, eval_b, reference)[0],
             cache=cache, cache_parts=(__version__, model_hash(net), data_hash(eval_b), data_hash(splits.calib),
                                       data_hash(splits.train) if context.retrain else None, context.seed),
             progress=progress, t_start=t_start, announce=leader,
             quick_latency=lambda cands: _latency(
-                cands, search.sessions, the_plan.measure_locally, profile, example,
-                BenchConfig(warmup_runs=3, warmup_s=0.0, min_runs=10, max_time_s=0.3)))
+                cands, search.sessions, the_plan.measure_locally, profile, example, BenchConfig(**QUICK_BENCH)))
         report.candidates = search.run()
     finally:
         if leader is not None:  # however the search ended, the followers must not wait for it forever

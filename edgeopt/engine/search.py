@@ -1,14 +1,17 @@
 """The bounded, measured, resumable search over a Plan.
 
 1. The original model is exported at every (runtime, precision): the baseline and its reduced-precision twins.
-2. Each family of structures (prune-l2 at rising ratios, factorize-tucker at falling energies ...) is
-   bisected: a structure is built (pruned / factorized / fine-tuned) and its accuracy measured in PyTorch on
-   the held-out data; within budget -> try a more aggressive level, over -> a milder one. Accuracy falls
-   with the level, so log2(levels) builds find the most aggressive level within budget.
-3. The survivors (that level, and the next milder one as margin for reduced precisions) are exported at every
-   precision, verified, and their accuracy measured again on the runtime itself.
-Stops early once a latency/size budget is met with margin, or when --time-budget runs out. Every finished
-candidate is cached under OUT/cache, so a rerun resumes."""
+2. Each family of structures is bisected (engine/bisect.py): a structure is built (pruned / factorized /
+   fine-tuned) and its accuracy measured in PyTorch on the held-out data.
+3. The survivors (the settled level and the margin level) are exported at every precision, verified, and
+   their accuracy measured again on the runtime itself.
+4. QAT phase: per armed format, quantization-aware training of the structure whose INT8 post-training
+   quantization measurably broke the budget (decide/precisions.py: qat_choice).
+Stops early once a latency/size budget is met with margin (policy.MARGIN), or when --time-budget runs out.
+Every finished candidate is cached under OUT/cache, so a rerun resumes.
+
+A candidate that fails to build, export or verify is data in the report; a configuration error or a missing
+backend is the user's to fix and is raised, not recorded."""
 
 from __future__ import annotations
 
@@ -16,35 +19,19 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
-import torch
 from torch import nn
 
 from edgeopt.config import DeployContext
-from edgeopt.decide.plan import MARGIN, CandidateSpec, Plan
-from edgeopt.engine.build import (
-    Built,
-    build_structure,
-    evaluate_candidate,
-    export_candidate,
-    from_cache,
-    new_candidate,
-    to_cache,
-)
+from edgeopt.decide import policy
+from edgeopt.decide.plan import CandidateSpec, Plan
+from edgeopt.decide.precisions import qat_choice
+from edgeopt.engine.bisect import bisect
+from edgeopt.engine.build import Built, new_candidate
 from edgeopt.engine.cache import CandidateCache, key
-from edgeopt.engine.search_qat import qat_phase
-from edgeopt.errors import EdgeOptError
-from edgeopt.inputs.data import Batches, DataSplits
-from edgeopt.measure.accuracy import score, torch_predictions
+from edgeopt.engine.finish import FATAL, Finishing, why_failed
 from edgeopt.report import Candidate, Decision
-
-
-def _why(e: Exception) -> str:
-    if isinstance(e, EdgeOptError):
-        return str(e)
-    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+from edgeopt.techniques import QATConfig
 
 
 def _layout(model: nn.Module) -> str:
@@ -53,18 +40,11 @@ def _layout(model: nn.Module) -> str:
 
 
 @dataclass
-class Search:
+class Search(Finishing):
     plan: Plan
     context: DeployContext
-    net: nn.Module
-    example: torch.Tensor
-    splits: DataSplits
-    eval_b: Batches
-    batch: int
-    reference: np.ndarray | None  # the original model's predictions, for fidelity when there are no labels
+    builder: object  # engine.build.Builder, or a fake with the same verbs in tests
     base_torch_acc: float
-    out_dir: Path
-    threads: int | None
     cache: CandidateCache
     cache_parts: tuple
     progress: object
@@ -104,7 +84,7 @@ class Search:
             for s in self._bisect(fam, structures):
                 self._finish(s)
             self._early_stop()
-        qat_phase(self)
+        self._qat_phase()
         for c in self.cands.values():
             if c.status == "pending":
                 c.status = "rejected"
@@ -116,35 +96,19 @@ class Search:
                 "screened_drop_pp": {k: v for k, v in self.screened.items()},
                 "structures_built": sum(1 for b in self.built.values() if not isinstance(b, Exception))}
 
-    # ---- bisection on one family ----------------------------------------------------------------------
+    # ---- structures: bisection, screening, building ---------------------------------------------------
     def _bisect(self, fam: str, structures: list[str]) -> list[str]:
-        budget = self.context.max_accuracy_drop
-        lo, hi = -1, len(structures)  # invariant: lo within budget (-1 = the original), hi over budget
-        while hi - lo > 1 and not self._check_stop():
-            mid = (lo + hi) // 2
-            drop = self._screen(structures[mid])
-            if drop is not None and drop <= budget + 1e-9:
-                lo = mid
-            else:
-                hi = mid
-        keep = [structures[i] for i in (lo, lo - 1) if i >= 0]
-        settled = structures[lo] if lo >= 0 else "none (even the mildest level breaks the budget)"
-        self.trace.append(f"{fam}: bisection kept {settled}" + (f", margin {keep[1]}" if len(keep) > 1 else ""))
-        for s in structures:
-            if s in keep:
-                continue
-            drop = self.screened.get(s, "unscreened")
-            if s in self.built and isinstance(self.built[s], Exception):
-                why = f"build failed: {_why(self.built[s])}"
-                status = "failed"
-            elif drop is None or drop == "unscreened":
-                why, status = (self.stopped or f"not tried: bisection on {fam} settled on {settled}"), "rejected"
-            else:
-                why, status = (f"not tried: PyTorch accuracy drop {drop:.2f} pp > budget {budget} pp "
-                               "(screening)"), "rejected"
+        def failure(s: str) -> str | None:
+            b = self.built.get(s)
+            return why_failed(b) if isinstance(b, Exception) else None
+
+        out = bisect(fam, structures, self._screen, self.context.max_accuracy_drop,
+                     lambda: self.stopped if self._check_stop() else None, failure)
+        self.trace.append(out.trace)
+        for s, (status, why) in out.dropped.items():
             for spec in self.specs[s]:
                 self._mark(spec.id, status, why)
-        return keep
+        return out.kept
 
     def _screen(self, structure: str) -> float | None:
         """Accuracy drop (pp) of a structure in PyTorch on the held-out data; None when it cannot be built."""
@@ -160,10 +124,9 @@ class Search:
         b = self._build(structure)
         if isinstance(b, Exception):
             self.screened[structure] = None
-            self.trace.append(f"screen {structure}: failed ({_why(b)})")
+            self.trace.append(f"screen {structure}: failed ({why_failed(b)})")
             return None
-        acc, _ = score(torch_predictions(b.model, self.eval_b, self.batch), self.eval_b, self.reference)
-        drop = round(self.base_torch_acc - acc, 4)
+        drop = round(self.base_torch_acc - self.builder.torch_accuracy(b.model), 4)
         self.screened[structure] = drop
         self.cache.put("screen", k, {"drop": drop, "layout": self.layout_of[structure]})
         self.trace.append(f"screen {structure}: drop {drop:.2f} pp")
@@ -173,13 +136,9 @@ class Search:
         if structure not in self.built:
             self.progress.log(f"building {structure}")
             spec = self.specs[structure][0]
-
-            def tick(epoch: int, epochs: int, loss: float) -> None:
-                self.progress.log(f"fine-tuning {structure}: epoch {epoch}/{epochs}, loss {loss:.3f}")
-
             base, steps = self.base_of.get(structure), spec.steps
             try:
-                start = self.net
+                start = self.builder.net
                 if base is not None:  # built on top of another structure (QAT of a pruned model)
                     built = self._build(base)
                     if isinstance(built, Exception):
@@ -187,87 +146,47 @@ class Search:
                     start, steps = built.model, spec.steps[len(self.specs[base][0].steps):]
                 if self.announce is not None:
                     self.announce(structure, steps, base)
-                b = build_structure(start, self.example, spec.model_copy(update={"steps": steps}),
-                                    self.splits.calib, self.splits.train, tick, teacher=self.net)
+                b = self.builder.build(start, spec.model_copy(update={"steps": steps}))
                 if base is not None:
                     b.records = self.built[base].records + b.records
                 self.layout_of[structure] = _layout(b.model)
+            except FATAL:
+                raise
             except Exception as e:  # one candidate's failure is data in the report, not a crash
                 b = e
             self.built[structure] = b
         return self.built[structure]
 
-    # ---- export + verify + evaluate every precision of one structure ----------------------------------
-    def _finish(self, structure: str) -> None:
-        for spec in self.specs[structure]:
-            if self._check_stop():
-                self._mark(spec.id, "rejected", self.stopped)
-                continue
-            self._finish_one(spec)
-            self.progress.advance()
-        if structure in self.layout_of:
-            self.finished_layouts.setdefault(self.layout_of[structure], structure)
-
-    def _finish_one(self, spec: CandidateSpec) -> None:
-        cand = self.cands[spec.id]
-        twin = self.finished_layouts.get(self.layout_of.get(spec.structure, ""))
-        if twin is not None and twin != spec.structure:
-            cand.status, cand.reason = "rejected", f"not tried: same channel layout as {twin}"
-            return
-        k = key(*self.cache_parts, [s.model_dump() for s in spec.steps], cand.runtime, spec.precision)
-        entry = self.cache.get("cand", k)
-        if entry is not None:
-            try:
-                restored, session = from_cache(cand, entry, self.out_dir, self.threads)
-            except Exception:  # an unreadable cached artifact is rebuilt
-                restored, session = False, None
-            if restored:
-                if session is not None:
-                    self.sessions[cand.id] = session
+    # ---- QAT phase: only where post-training INT8 measurably broke the budget ---------------------------
+    def _qat_phase(self) -> None:
+        base = self.cands[self.plan.baseline_id]
+        budget = self.context.max_accuracy_drop
+        for fmt in self.plan.qat_formats:
+            if self._check_stop() or base.accuracy is None:
                 return
-        b = self._build(spec.structure)
-        twin = self.finished_layouts.get(self.layout_of.get(spec.structure, ""))
-        if isinstance(b, Exception):
-            cand.status, cand.reason = "failed", _why(b)
-        elif twin is not None and twin != spec.structure:
-            cand.status, cand.reason = "rejected", f"not tried: same channel layout as {twin}"
-            return
-        else:
-            self._export_and_evaluate(cand, spec, b)
-        self.cache.put("cand", k, to_cache(cand))
-
-    def _export_and_evaluate(self, cand: Candidate, spec: CandidateSpec, b: Built) -> None:
-        cand.params, cand.macs = b.params, b.macs
-        for rec in b.records:
-            for step in cand.steps:
-                if step.technique == rec["technique"]:
-                    step.params["record"] = {k: v for k, v in rec.items() if k != "technique"}
-        verify_inputs = self.splits.calib.inputs()[:1] if self.splits.calib is not None else None
-        if verify_inputs and verify_inputs[0].shape[0] != self.batch:
-            verify_inputs = [verify_inputs[0][:self.batch]] if verify_inputs[0].shape[0] >= self.batch else None
-        try:
-            calib = self.splits.calib
-            if calib is None and self.context.calib_random:
-                calib = "random"  # asked for explicitly; the report says so (see pipeline)
-            result, session = export_candidate(b, self.example, spec, self.out_dir / "artifacts", self.threads,
-                                               calib, verify_inputs)
-        except Exception as e:
-            cand.status, cand.reason = "failed", _why(e)
-            return
-        cand.artifact = str(result.path.relative_to(self.out_dir))
-        cand.size_bytes = result.size_bytes
-        if self.context.goal == "size" or self.context.size_budget_mb:  # deflating big artifacts costs seconds
-            cand.size_compressed_bytes = result.compressed_size_bytes()
-        cand.precision_executed = session.precision_executed
-        cand.exporter = result.exporter
-        cand.verification = result.info.get("verification")
-        try:
-            cand.accuracy, cand.metric = evaluate_candidate(session.run, self.eval_b, self.batch, self.reference)
-        except Exception as e:
-            cand.status, cand.reason = "failed", f"evaluation failed: {_why(e)}"
-            return
-        cand.status = "ok"
-        self.sessions[cand.id] = session
+            rows = []
+            for structure, specs in list(self.specs.items()):
+                got = {s.precision: self.cands[s.id] for s in specs if s.format == fmt}
+                f, q = got.get("fp32"), got.get("int8")
+                if f and q and f.status == "ok":
+                    rows.append((structure, f.macs or 0, f.accuracy, q.status, q.accuracy, q.reason))
+            structure, drop = qat_choice(rows, base.accuracy, budget)
+            if structure is None:
+                self.decisions.append(Decision(technique=f"qat@{fmt}", decision="skipped", reason=drop))
+                continue
+            spec = self.specs[structure][0]
+            name = f"{structure}-qat"
+            qspec = CandidateSpec(
+                id=f"{name}@{fmt}-int8", structure=name, format=fmt, precision="int8",
+                steps=[*spec.steps, QATConfig(epochs=self.plan.qat_epochs)],
+                reason=f"INT8 PTQ of {structure} failed the {budget} pp budget ({drop}): quantization-aware "
+                       "training (fake quantization, distilled from the original), exported as INT8 Q/DQ")
+            self.base_of[name] = structure
+            self.specs[name] = [qspec]
+            self.cands[qspec.id] = new_candidate(qspec)
+            self.decisions.append(Decision(technique=f"qat@{fmt}", decision="applied", reason=qspec.reason))
+            self.trace.append(f"qat: {qspec.id} (PTQ: {drop})")
+            self._finish(name)
 
     # ---- stopping -------------------------------------------------------------------------------------
     def _mark(self, cid: str, status: str, reason: str) -> None:
@@ -290,14 +209,14 @@ class Search:
             return
         base = self.cands[self.plan.baseline_id]
         ok = [c for c in self.cands.values() if c.status == "ok" and c.accuracy is not None
-              and base.accuracy is not None and base.accuracy - c.accuracy <= ctx.max_accuracy_drop + 1e-9]
+              and base.accuracy is not None and base.accuracy - c.accuracy <= ctx.max_accuracy_drop + policy.EPS_PP]
         if ctx.latency_budget_ms:
             self.quick_latency([c for c in ok if c.latency_ms is None])
         for c in ok:
             lat_ok = not ctx.latency_budget_ms or (c.latency_ms is not None
-                                                   and c.latency_ms.p50 <= MARGIN * ctx.latency_budget_ms)
+                                                   and c.latency_ms.p50 <= policy.MARGIN * ctx.latency_budget_ms)
             size_ok = not ctx.size_budget_mb or (c.shipped_bytes is not None
-                                                 and c.shipped_bytes / 1e6 <= MARGIN * ctx.size_budget_mb)
+                                                 and c.shipped_bytes / 1e6 <= policy.MARGIN * ctx.size_budget_mb)
             if lat_ok and size_ok:
                 self.stopped = f"not tried: budget already met with margin by {c.id}"
                 self.trace.append(self.stopped)

@@ -114,7 +114,8 @@ def _quantize(ov_model, cal, example: torch.Tensor, options: dict):
                 ov_model, calibration_dataset=dataset, validation_dataset=nncf.Dataset(pairs),
                 validation_fn=_accuracy_fn(example), max_drop=float(max_drop) / 100.0,
                 drop_type=nncf.DropType.ABSOLUTE, subset_size=len(cal.inputs))
-            info["accuracy_control"] = {"max_drop_pp": float(max_drop), "eval_samples": len(pairs)}
+            info["accuracy_control"] = {"max_drop_pp": float(max_drop), "eval_samples": len(pairs),
+                                        "float_layers": float_layers(quantized)}
         else:
             quantized = nncf.quantize(ov_model, dataset, subset_size=len(cal.inputs),
                                       preset=nncf.QuantizationPreset.PERFORMANCE)
@@ -122,6 +123,26 @@ def _quantize(ov_model, cal, example: torch.Tensor, options: dict):
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise ExportError(f"NNCF INT8 quantization failed: {first}") from None
     return quantized, info
+
+
+_COMPUTE = {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul"}
+
+
+def _int8_weights(node, hops: int = 4) -> bool:
+    """Whether a weight input is int8: a FakeQuantize, or an int8/uint8 constant behind Convert/Multiply."""
+    if node.get_type_name() == "FakeQuantize":
+        return True
+    if node.get_type_name() == "Constant":
+        return node.get_output_element_type(0).get_type_name() in ("i8", "u8", "i4", "u4")
+    return hops > 0 and any(_int8_weights(node.input_value(i).get_node(), hops - 1)
+                            for i in range(node.get_input_size()))
+
+
+def float_layers(ov_model) -> list[str]:
+    """Compute layers (convolutions, matmuls) whose weights stayed in float after NNCF quantization: what
+    accuracy control reverted (or what was never quantized)."""
+    return [op.get_friendly_name() for op in ov_model.get_ordered_ops() if op.get_type_name() in _COMPUTE
+            and op.get_input_size() > 1 and not _int8_weights(op.input_value(1).get_node())]
 
 
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": None, "int8w": None}

@@ -9,18 +9,11 @@ import numpy as np
 import torch
 from torch import nn
 
+# The tolerances are policy: they live with the other thresholds in decide/policy.py, a leaf module that
+# imports nothing and so may be read from this layer without importing the decision layer.
+import edgeopt.decide.policy as policy
 from edgeopt.errors import VerificationError
 from edgeopt.formats.base import Session
-
-# precision executed -> (max relative error of the outputs, min top-1 agreement)
-TOLERANCES = {"fp32": (1e-3, 1.0), "fp16": (3e-2, 0.9), "bf16": (6e-2, 0.8), "int8": (0.25, 0.7)}
-
-
-def _tolerance(precision: str) -> tuple[float, float]:
-    for key in ("int8", "bf16", "fp16"):
-        if key in precision:
-            return TOLERANCES[key]
-    return TOLERANCES["fp32"]
 
 
 def verify_session(session: Session, model: nn.Module, example: torch.Tensor, precision: str,
@@ -33,7 +26,8 @@ def verify_session(session: Session, model: nn.Module, example: torch.Tensor, pr
     the runtime and PyTorch is reported too."""
     gen = torch.Generator().manual_seed(seed)
     if n_inputs is None:
-        n_inputs = 4 if _tolerance(session.precision_executed) == TOLERANCES["fp32"] else 24
+        fp32 = policy.tolerance(session.precision_executed) == policy.TOLERANCES["fp32"]
+        n_inputs = policy.VERIFY_INPUTS_FP32 if fp32 else policy.VERIFY_INPUTS_REDUCED
     xs = inputs or [torch.randn(example.shape, generator=gen) for _ in range(n_inputs)]
     if labels is not None and len(labels) != len(xs):
         raise VerificationError(f"{len(labels)} label batches for {len(xs)} input batches")
@@ -59,13 +53,13 @@ def verify_session(session: Session, model: nn.Module, example: torch.Tensor, pr
                 right_rt += int((got.reshape(len(got), -1).argmax(1) == y).sum())
                 right_pt += int((ref.reshape(len(ref), -1).argmax(1) == y).sum())
     agreement = agree / total if total else 1.0
-    max_rel, min_agree = _tolerance(session.precision_executed)
+    max_rel, min_agree = policy.tolerance(session.precision_executed)
     result = {"max_abs_error": max_abs, "max_rel_error": rel, "top1_agreement": agreement,
               "precision": session.precision_executed, "inputs": len(xs)}
     if labels is not None and total:
         result["accuracy"], result["accuracy_pytorch"] = right_rt / total, right_pt / total
     # top-1 agreement is only meaningful over enough samples; a single flip among 4 random inputs is noise
-    if rel > max_rel or (total >= 20 and agreement < min_agree):
+    if rel > max_rel or (total >= policy.AGREEMENT_MIN_SAMPLES and agreement < min_agree):
         raise VerificationError(
             f"{session.runtime} ({session.precision_executed}) outputs differ from PyTorch: max relative "
             f"error {rel:.2e} (limit {max_rel:.0e}), top-1 agreement {agreement:.0%} (min {min_agree:.0%})")

@@ -1,22 +1,38 @@
 """Techniques registry: name -> (config class, apply function, stage, needs data?, needs retraining?).
 
+Each technique is "a config + one verb" (as torchao's `quantize_(model, Config())`): a pydantic config whose
+`technique` field names it, and an apply function `apply(model, example, config, data=...) -> (model,
+record)`. A planned step IS its config: `parse_step({"technique": "prune", "ratio": 0.3})` validates it
+through a discriminated union of every registered config, so a bad step fails at planning time.
+
 Model-stage techniques change the PyTorch model (prune, factorize, fine-tune); export-stage ones are
-realised by an exporter at a precision (quantize). Apply functions are imported on use."""
+realised by an exporter at a precision (quantize). The configs live here and the apply functions in the
+technique modules, referenced as "module:function" strings and imported on use: the handler modules import
+torch at module level, and the decision layer reads these configs without paying for (or needing) torch.
+tests/test_registry.py resolves every reference and checks the handler's signature."""
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from edgeopt.errors import ConfigError
 from edgeopt.registry import Registry
 
 
-class PruneConfig(BaseModel):
+class TechniqueConfig(BaseModel):
+    """Base of every technique config: `technique` is the discriminator (each subclass narrows it to its
+    registered name); unknown fields are errors."""
+
     model_config = ConfigDict(extra="forbid")
+    technique: str
+
+
+class PruneConfig(TechniqueConfig):
+    technique: Literal["prune"] = "prune"
     ratio: float = Field(0.3, ge=0.0, lt=1.0)
     importance: str = "l2"
     scope: Literal["local", "global"] = "local"
@@ -35,8 +51,8 @@ class PruneConfig(BaseModel):
     lut_runtime: Literal["onnxruntime", "openvino"] = "onnxruntime"
 
 
-class FactorizeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class FactorizeConfig(TechniqueConfig):
+    technique: Literal["factorize"] = "factorize"
     method: Literal["tucker", "cp", "svd"] = "tucker"
     energy: float | None = Field(0.9, gt=0.0, le=1.0)
     macs_reduction: float | None = Field(None, gt=0.0, lt=1.0)
@@ -45,13 +61,13 @@ class FactorizeConfig(BaseModel):
     min_params: int = Field(4096, ge=0)
 
 
-class BNRecalibrateConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class BNRecalibrateConfig(TechniqueConfig):
+    technique: Literal["bn_recalibrate"] = "bn_recalibrate"
     batches: int = Field(20, ge=1)
 
 
-class FineTuneConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class FineTuneConfig(TechniqueConfig):
+    technique: Literal["fine_tune"] = "fine_tune"
     epochs: int = Field(2, ge=1)
     lr: float = Field(0.01, gt=0)
     temperature: float = Field(4.0, gt=0)
@@ -60,20 +76,20 @@ class FineTuneConfig(BaseModel):
     keep_sparsity: bool = False  # zero weights stay zero (after unstructured / 2:4 sparsity)
 
 
-class QuantizeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class QuantizeConfig(TechniqueConfig):
+    technique: Literal["quantize"] = "quantize"
     precision: Literal["fp16", "bf16", "int8"] = "int8"
     method: str = "ptq"
 
 
-class UnstructuredConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class UnstructuredConfig(TechniqueConfig):
+    technique: Literal["unstructured"] = "unstructured"
     sparsity: float = Field(0.5, ge=0.0, lt=1.0)
     pattern: Literal["global", "2:4"] = "global"
 
 
-class IMPConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class IMPConfig(TechniqueConfig):
+    technique: Literal["imp"] = "imp"
     sparsity: float = Field(0.8, ge=0.0, lt=1.0)
     rounds: int = Field(3, ge=1)
     epochs: int = Field(3, ge=1)
@@ -81,8 +97,8 @@ class IMPConfig(BaseModel):
     rewind_epoch: int = Field(1, ge=1)
 
 
-class PruneAtInitConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PruneAtInitConfig(TechniqueConfig):
+    technique: Literal["prune_at_init"] = "prune_at_init"
     method: Literal["snip", "grasp", "synflow"] = "snip"
     sparsity: float = Field(0.8, ge=0.0, lt=1.0)
     epochs: int = Field(5, ge=1)
@@ -90,8 +106,8 @@ class PruneAtInitConfig(BaseModel):
     seed: int = 0
 
 
-class QATConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class QATConfig(TechniqueConfig):
+    technique: Literal["qat"] = "qat"
     epochs: int = Field(2, ge=1)
     lr: float = Field(0.005, gt=0.0)
     per_channel: bool = True
@@ -101,20 +117,18 @@ class QATConfig(BaseModel):
 @dataclass(frozen=True)
 class Technique:
     name: str
-    config: type[BaseModel]
+    config: type[TechniqueConfig]
     apply_ref: str | None  # "module:function"; None for export-stage techniques
     stage: Literal["model", "export"]
     needs_data: bool
     needs_retraining: bool
     summary: str
 
-    def make_config(self, params: dict | None = None) -> BaseModel:
+    def make_config(self, params: dict | None = None) -> TechniqueConfig:
         try:
             return self.config(**(params or {}))
         except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or self.name
-            raise ConfigError(f"{self.name}: invalid {where}: {err['msg']}") from None
+            raise _config_error(self.name, e) from None
 
     def apply_fn(self):
         if self.apply_ref is None:
@@ -161,3 +175,45 @@ TECHNIQUES.register("qat", Technique(
     "qat", QATConfig, "edgeopt.techniques.qat:apply_qat", "model", needs_data=True, needs_retraining=True,
     summary="quantization-aware training (torch.ao fake-quant), exported as INT8 Q/DQ"),
     aliases=("quantization_aware_training",))
+
+
+def _config_error(name: str, e: ValidationError) -> ConfigError:
+    err = e.errors()[0]
+    loc = list(err["loc"])[1:] if err["loc"] and err["loc"][0] == name else err["loc"]  # union tag first
+    where = ".".join(str(p) for p in loc) or name
+    return ConfigError(f"{name}: invalid {where}: {err['msg']}")
+
+
+def step_union() -> Any:
+    """The discriminated union (on `technique`) of every registered config: built from the registry, so a
+    technique registered later is part of it without editing this function."""
+    configs = tuple(t.config for _, t in TECHNIQUES.items())
+    return Annotated[Union[configs], Field(discriminator="technique")]  # noqa: UP007 (a runtime tuple)
+
+
+_ADAPTER: dict[int, TypeAdapter] = {}
+
+
+def parse_step(step: TechniqueConfig | dict) -> TechniqueConfig:
+    """A planned step as its typed config; a dict is validated (unknown technique names get did-you-mean,
+    bad values a one-line ConfigError)."""
+    if isinstance(step, TechniqueConfig):
+        return step
+    data = dict(step)
+    name = TECHNIQUES.canonical(str(data.get("technique", "")))  # aliases resolve; unknown names fail here
+    data["technique"] = name
+    n = len(TECHNIQUES.names())
+    if n not in _ADAPTER:
+        _ADAPTER.clear()
+        _ADAPTER[n] = TypeAdapter(step_union())
+    try:
+        return _ADAPTER[n].validate_python(data)
+    except ValidationError as e:
+        raise _config_error(name, e) from None
+
+
+def allowed(techniques: list[str] | None, technique: str) -> bool:
+    """Whether a --techniques selection (None = all) lets the planner use `technique` (aliases count)."""
+    if techniques is None:
+        return True
+    return TECHNIQUES.canonical(technique) in {TECHNIQUES.canonical(t) for t in techniques}

@@ -1,51 +1,44 @@
-"""The planner's proposals from the lecture's retraining toolbox (issue 8): weight sparsity (global
-magnitude, lottery-ticket IMP, 2:4), pruning at initialisation, and quantization-aware training.
+"""Sparse model structures the planner proposes: weight sparsity (global magnitude, lottery-ticket IMP, 2:4)
+and pruning at initialisation (trained from scratch).
 
-Where they pay off (FIELD_NOTES): zeroed weights make no dense kernel faster, so sparsity is proposed only
+Where they pay off: zeroed weights make no dense kernel faster, so sparsity is proposed only
 for a size goal (zeros compress: candidates are ranked by compressed size) or for a target with sparse
 tensor cores (2:4 on NVIDIA Ampere+, through TensorRT); never for latency on a dense CPU, and the decision
-says why. Structures are (name, steps, why, family, level), as in planner.py."""
+says why. Structures are (name, steps, why, family, level), as in decide/structures.py; ladders from
+decide/policy.py."""
 
 from __future__ import annotations
 
 from edgeopt.config import DeployContext
-from edgeopt.decide.precisions import allowed
-from edgeopt.report import Decision, Step
+from edgeopt.decide import policy
+from edgeopt.report import Decision
 from edgeopt.targets import TargetProfile
-from edgeopt.techniques import TECHNIQUES
-
-# sparsity ladders, bisected against measured accuracy like the prune ratios
-SPARSITIES = {False: (0.3, 0.5, 0.7, 0.8, 0.9), True: (0.5, 0.7, 0.8, 0.9, 0.95)}
-SCRATCH_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
-IMP_ROUNDS = 2  # each round prunes, then retrains with the learning rate rewound (Renda et al.)
+from edgeopt.techniques import FineTuneConfig, IMPConfig, PruneAtInitConfig, UnstructuredConfig, allowed
 
 
 def _has_2_4(target: TargetProfile) -> bool:
     return "2:4" in (target.sparse_support or [])
 
 
-def _finetune_keeping_zeros(finetune: Step) -> Step:
-    step = finetune.model_copy(deep=True)
-    step.params["keep_sparsity"] = True
-    return step
+def _finetune_keeping_zeros(finetune: FineTuneConfig) -> FineTuneConfig:
+    return finetune.model_copy(update={"keep_sparsity": True}, deep=True)
 
 
-def sparse_structures(context: DeployContext, target: TargetProfile, finetune: Step | None,
+def sparse_structures(context: DeployContext, target: TargetProfile, finetune: FineTuneConfig | None,
                       decisions: list[Decision]) -> list[tuple]:
     tech = "unstructured_pruning"
     if context.goal == "size":
-        use_imp = bool(finetune) and allowed(context, "imp")
-        if not use_imp and not allowed(context, "unstructured"):
+        use_imp = bool(finetune) and allowed(context.techniques, "imp")
+        if not use_imp and not allowed(context.techniques, "unstructured"):
             decisions.append(Decision(technique=tech, decision="skipped", reason="excluded by --techniques"))
             return []
         out = []
-        for s in SPARSITIES[bool(finetune)]:
+        for s in policy.SPARSITIES[bool(finetune)]:
             if use_imp:  # lottery-ticket style: prune gradually, retrain between rounds (LR rewinding)
-                steps = [Step(technique="imp", params={"sparsity": s, "rounds": IMP_ROUNDS,
-                                                       "epochs": context.epochs, "rewind": "lr"})]
+                steps = [IMPConfig(sparsity=s, rounds=policy.IMP_ROUNDS, epochs=context.epochs, rewind="lr")]
                 name = f"imp{int(round(s * 100))}"
             else:
-                steps = [Step(technique="unstructured", params={"sparsity": s})]
+                steps = [UnstructuredConfig(sparsity=s)]
                 name = f"sparse{int(round(s * 100))}"
             out.append((name, steps, f"{'IMP (LR rewinding)' if use_imp else 'global magnitude'} weight "
                         f"sparsity at {s:.0%}", "imp" if use_imp else "sparse", s))
@@ -58,7 +51,7 @@ def sparse_structures(context: DeployContext, target: TargetProfile, finetune: S
                     if use_imp else "; no retraining: one-shot magnitude masks")))
         return out
     if _has_2_4(target):
-        if not allowed(context, "unstructured"):
+        if not allowed(context.techniques, "unstructured"):
             decisions.append(Decision(technique=tech, decision="skipped", reason="excluded by --techniques"))
             return []
         if not finetune:
@@ -67,7 +60,7 @@ def sparse_structures(context: DeployContext, target: TargetProfile, finetune: S
                 reason=f"{target.name} runs 2:4 sparse weights on sparse tensor cores, but removing half of "
                        "every group of 4 weights needs retraining to keep accuracy: pass --retrain"))
             return []
-        steps = [Step(technique="unstructured", params={"pattern": "2:4"}), _finetune_keeping_zeros(finetune)]
+        steps = [UnstructuredConfig(pattern="2:4"), _finetune_keeping_zeros(finetune)]
         decisions.append(Decision(
             technique=tech, decision="applied",
             reason=f"{target.name} accelerates 2:4 semi-structured sparsity (TensorRT sparse weights); the "
@@ -87,7 +80,7 @@ def from_scratch_structures(context: DeployContext, target: TargetProfile, has_t
         decisions.append(Decision(technique=tech, decision="skipped",
                                   reason="pruning at initialisation trains from scratch: only with --from-scratch"))
         return []
-    if not allowed(context, tech):
+    if not allowed(context.techniques, tech):
         decisions.append(Decision(technique=tech, decision="skipped", reason="excluded by --techniques"))
         return []
     if not has_train_data:
@@ -99,38 +92,13 @@ def from_scratch_structures(context: DeployContext, target: TargetProfile, has_t
             reason=f"SNIP/GraSP/SynFlow masks are unstructured: dense kernels on {target.name} gain no latency; "
                    "structured pruning with retraining is proposed instead"))
         return []
-    epochs = max(5, 2 * context.epochs)  # from scratch needs more epochs than a fine-tune
-    out = [(f"snip{int(round(s * 100))}", [Step(technique=tech, params={
-        "method": "snip", "sparsity": s, "epochs": epochs, "seed": context.seed})],
-        f"SNIP mask at initialisation ({s:.0%} sparse), trained from scratch for {epochs} epochs", "snip", s)
-        for s in SCRATCH_SPARSITIES]
+    epochs = policy.scratch_epochs(context.epochs)
+    out = [(f"snip{int(round(s * 100))}", [PruneAtInitConfig(method="snip", sparsity=s, epochs=epochs,
+                                                              seed=context.seed)],
+            f"SNIP mask at initialisation ({s:.0%} sparse), trained from scratch for {epochs} epochs", "snip", s)
+           for s in policy.SCRATCH_SPARSITIES]
     decisions.append(Decision(
         technique=tech, decision="applied",
         reason="training from scratch allowed: SNIP (one labelled batch, connection sensitivity) picks the mask "
                "before training; GraSP and SynFlow are available from the API (edgeopt.prune_at_init)"))
     return out
-
-
-def qat_formats(context: DeployContext, pairs: list[tuple[str, str, str]], has_train_data: bool,
-                decisions: list[Decision]) -> list[str]:
-    """Formats that get a QAT candidate when their INT8 post-training quantization breaks the budget
-    (decided by measurement in the search: the planner only arms it)."""
-    int8 = [fmt for fmt, prec, _ in pairs if prec == "int8"]
-    if not context.retrain:
-        why, verdict = ("quantization-aware training needs retraining: post-training quantization with "
-                        "calibration data only"), "rejected"
-    elif "qat" not in TECHNIQUES or not allowed(context, "qat"):
-        why, verdict = "excluded by --techniques", "skipped"
-    elif not int8:
-        why, verdict = "no INT8 precision is proposed for this target and runtimes", "skipped"
-    elif not has_train_data:
-        why, verdict = "no training data was given", "skipped"
-    else:
-        decisions.append(Decision(
-            technique="qat", decision="applied",
-            reason="armed: if INT8 post-training quantization of the most compressed structure loses more than "
-                   "the budget, it is fine-tuned with fake quantization (distilled from the original) and "
-                   f"exported as INT8 Q/DQ ({', '.join(int8)})"))
-        return int8
-    decisions.append(Decision(technique="qat", decision=verdict, reason=why))
-    return []

@@ -1,0 +1,119 @@
+"""The decision policy: every ladder, threshold, margin and tolerance edgeopt decides with, in one place.
+
+Each value says why it is what it is and where it comes from. The planner (decide/plan.py and its
+proposers), the search (engine/search.py), the selection (decide/select.py) and the verification
+(formats/verify.py) read these names; none of them keeps a literal of its own.
+
+This module imports nothing, on purpose: it is data, not code. That makes it a leaf every layer may read
+(tests/test_layers.py treats it as base layer), so the verification in formats/ (layer 2) reads its
+tolerances here without importing the decision layer (layer 3) above it."""
+
+# ---- accuracy budget classes -----------------------------------------------------------------------------
+# A budget of <= 0.5 pp is "tight" (a few misclassified samples on a typical held-out set), >= 2 pp "loose".
+# The class picks the ladders below. Source: the usual deployment targets of 0.5-1 pp (MLPerf's "99%"
+# quality targets are about 1 pp on ImageNet-class tasks).
+TIGHT_PP = 0.5
+LOOSE_PP = 2.0
+# float comparisons of accuracy drops against the budget: a drop equal to the budget is within it
+EPS_PP = 1e-9
+
+
+def budget_kind(max_drop: float) -> str:
+    return "tight" if max_drop <= TIGHT_PP else "loose" if max_drop >= LOOSE_PP else "normal"
+
+
+# ---- structured pruning ------------------------------------------------------------------------------------
+# Prune ratio ladders (retraining allowed?, budget class) -> ratios, bisected against measured accuracy.
+# Without retraining only mild pruning holds accuracy (Li et al. 2017, "Pruning filters for efficient
+# ConvNets": 10-30% of filters removable with little loss); with distillation fine-tuning far more
+# (Hinton et al. 2015; Torch-Pruning's benchmarks reach 50-70% with retraining). A tight budget starts lower
+# and climbs in smaller steps; a loose one reaches further.
+RATIOS = {
+    (False, "tight"): (0.05, 0.1, 0.15, 0.2, 0.25, 0.3),
+    (False, "normal"): (0.1, 0.15, 0.2, 0.3, 0.4, 0.5),
+    (False, "loose"): (0.1, 0.2, 0.3, 0.4, 0.5, 0.6),
+    (True, "tight"): (0.2, 0.3, 0.4, 0.5, 0.6),
+    (True, "normal"): (0.3, 0.4, 0.5, 0.6, 0.7),
+    (True, "loose"): (0.3, 0.5, 0.6, 0.7, 0.8),
+}
+# Magnitude (L2, Li et al.) and geometric-median (FPGM, He et al. 2019) criteria: cheap, need no labels, and
+# rank differently enough that the better one for a given model is found by measurement rather than assumed.
+CRITERIA_NO_LABELS = ("l2", "fpgm")
+# Channel rounding: kept channels are rounded to the target's preferred multiple (vector width / tensor-core
+# tile), but a step may remove at most 1/ROUNDING_MIN_STEPS of the narrowest layer: the multiple is halved
+# until narrowest >= ROUNDING_MIN_STEPS * multiple (a 32-channel layer rounded to 16 could keep only 16 or 32).
+ROUNDING_MIN_STEPS = 4
+
+# ---- low-rank factorization ----------------------------------------------------------------------------------
+# Energy (sum of squared singular values) kept per layer by Tucker-2/SVD, mildest first. Energy-preserving
+# truncation loses little accuracy above ~0.9 without retraining (Kim et al. 2016, "Compression of deep
+# CNNs for fast and low power mobile applications"); with fine-tuning it may go lower.
+ENERGIES = {False: (0.98, 0.95, 0.9, 0.8), True: (0.95, 0.9, 0.8, 0.6)}
+
+# ---- weight sparsity ------------------------------------------------------------------------------------------
+# Sparsity ladders (retraining allowed?) bisected like the prune ratios. One-shot magnitude masks hold to
+# ~50-80% on over-parameterised nets; with retraining 90%+ (Han et al. 2015; Frankle & Carbin 2019).
+SPARSITIES = {False: (0.3, 0.5, 0.7, 0.8, 0.9), True: (0.5, 0.7, 0.8, 0.9, 0.95)}
+SCRATCH_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)  # SNIP (Lee et al. 2019) reports 90-95% at small cost
+IMP_ROUNDS = 2  # each round prunes, then retrains with the learning rate rewound (Renda et al. 2020)
+
+
+def scratch_epochs(epochs: int) -> int:
+    """Training from scratch needs more epochs than a fine-tune: twice as many, at least 5."""
+    return max(5, 2 * epochs)
+
+
+# ---- search ------------------------------------------------------------------------------------------------------
+# A latency/size budget counts as "met with margin" at 80% of it: run-to-run noise on a shared CPU is a few
+# percent, device-to-device variation ~10%, so a candidate at 80% stays inside the budget when measured again.
+MARGIN = 0.8
+# The bisection keeps the most aggressive level within the accuracy budget AND the next milder one: reduced
+# precisions lose some accuracy on top of the structure's, and the milder level leaves room for it.
+MARGIN_LEVELS = 1
+# Quick latency probe used for the early stop (the final numbers come from the full benchmark).
+QUICK_BENCH = {"warmup_runs": 3, "warmup_s": 0.0, "min_runs": 10, "max_time_s": 0.3}
+
+# ---- QAT trigger ------------------------------------------------------------------------------------------------
+# Quantization-aware training is tried per format only when measurement says PTQ is not enough: the most
+# compressed structure whose fp32 candidate holds the budget has an INT8 twin that breaks it (accuracy or
+# verification), and no structure at least as small holds the budget with PTQ. Retraining costs minutes;
+# PTQ costs seconds, so PTQ always goes first (Krishnamoorthi 2018, "Quantizing deep convolutional networks").
+# NNCF accuracy-controlled INT8 (OpenVINO): retried on a broken INT8 candidate when labelled data exists;
+# layers are reverted to float until the drop is within the budget. Its own validation set is capped so the
+# retry stays within seconds on small data.
+ACCURACY_CONTROL_MAX_SAMPLES = 300
+
+# ---- selection -----------------------------------------------------------------------------------------------
+# A reduced precision must earn its place: it is rejected when measured no faster (p50) than its fp32 twin of
+# the same structure and runtime, whatever its size.
+REDUCED_PRECISION_MUST_BE_FASTER = True
+# Ranking among the survivors: goal -> sort key order (first smallest wins).
+RANK_BY = {"latency": ("p50", "size"), "size": ("size", "p50")}
+
+# ---- verification -------------------------------------------------------------------------------------------
+# Executed precision -> (max relative output error, min top-1 agreement with PyTorch). fp32 differs from
+# PyTorch only by kernel summation order (~1e-6 relative; 1e-3 leaves room for fused ops). fp16 has an
+# 11-bit mantissa (~5e-4 per op, compounding over depth), bf16 an 8-bit one (~4e-3); INT8 PTQ errors of
+# 10-25% of the output range are normal, so it is judged mainly by top-1 agreement.
+TOLERANCES = {"fp32": (1e-3, 1.0), "fp16": (3e-2, 0.9), "bf16": (6e-2, 0.8), "int8": (0.25, 0.7)}
+VERIFY_INPUTS_FP32 = 4  # exactness: a few inputs show a wrong graph
+VERIFY_INPUTS_REDUCED = 24  # agreement is a rate: enough inputs for one flip not to decide
+AGREEMENT_MIN_SAMPLES = 20  # below this, top-1 agreement is noise and only the relative error is judged
+
+
+def tolerance(precision: str) -> tuple[float, float]:
+    """The tolerance of an executed precision ("int8_weights" counts as int8, "fp32+bf16" as bf16...)."""
+    for key in ("int8", "bf16", "fp16"):
+        if key in precision:
+            return TOLERANCES[key]
+    return TOLERANCES["fp32"]
+
+
+# Retraining-free pruning with layer-wise reconstruction reaches further than naive pruning (measured on a small
+# CNN: 30 % of channels cost 0 pp with reconstruction, 26 pp with BN re-estimation alone), so its ladder goes
+# further than the no-retraining RATIOS.
+RECON_RATIOS = {"tight": (0.1, 0.2, 0.3, 0.4, 0.5), "normal": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6),
+                "loose": (0.2, 0.3, 0.4, 0.5, 0.6)}
+# Latency targets (fractions of the baseline's latency, predicted by a table measured on the runtime), each
+# pruned with channels allocated where they cost the most time, then reconstructed.
+LATENCY_TARGETS = (0.9, 0.75, 0.6, 0.45)

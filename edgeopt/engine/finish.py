@@ -1,0 +1,140 @@
+"""The part of the search that turns one structure into measured candidates: for each of its precisions,
+restore from the cache or export, verify and evaluate on the runtime; an OpenVINO INT8 candidate that breaks
+the accuracy budget is retried with NNCF accuracy control. A mixin of engine.search.Search (whose state it
+reads): split out by concept, one class at run time."""
+
+from __future__ import annotations
+
+from edgeopt.decide import policy
+from edgeopt.decide.plan import CandidateSpec
+from edgeopt.engine.build import Built, to_cache
+from edgeopt.engine.cache import key
+from edgeopt.errors import BackendMissingError, ConfigError, EdgeOptError
+from edgeopt.report import Candidate, Decision
+
+# errors that no other candidate would escape (a bad configuration, a missing backend): the run stops and
+# says why instead of recording every candidate as failed
+FATAL = (ConfigError, BackendMissingError)
+
+
+def why_failed(e: Exception) -> str:
+    if isinstance(e, EdgeOptError):
+        return str(e)
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+
+
+class Finishing:
+    """Per-structure half of Search: reads its plan, cands, specs, cache, builder and stop state."""
+
+    def _finish(self, structure: str) -> None:
+        for spec in self.specs[structure]:
+            if self._check_stop():
+                self._mark(spec.id, "rejected", self.stopped)
+                continue
+            self._finish_one(spec)
+            self.progress.advance()
+        if structure in self.layout_of:
+            self.finished_layouts.setdefault(self.layout_of[structure], structure)
+
+    def _twin(self, spec: CandidateSpec) -> str | None:
+        twin = self.finished_layouts.get(self.layout_of.get(spec.structure, ""))
+        return twin if twin is not None and twin != spec.structure else None
+
+    def _finish_one(self, spec: CandidateSpec) -> None:
+        cand = self.cands[spec.id]
+        if self._twin(spec):
+            cand.status, cand.reason = "rejected", f"not tried: same channel layout as {self._twin(spec)}"
+            return
+        k = key(*self.cache_parts, [s.model_dump() for s in spec.steps], cand.runtime, spec.precision)
+        entry = self.cache.get("cand", k)
+        if entry is not None:
+            try:
+                restored, session = self.builder.restore(cand, entry)
+            except Exception:  # an unreadable cached artifact is rebuilt
+                restored, session = False, None
+            if restored:
+                if session is not None:
+                    self.sessions[cand.id] = session
+                return
+        b = self._build(spec.structure)
+        if isinstance(b, Exception):
+            cand.status, cand.reason = "failed", why_failed(b)
+        elif self._twin(spec):
+            cand.status, cand.reason = "rejected", f"not tried: same channel layout as {self._twin(spec)}"
+            return
+        else:
+            self._export_and_evaluate(cand, spec, b)
+            self._accuracy_control(cand, spec, b)
+        self.cache.put("cand", k, to_cache(cand))
+
+    def _accuracy_control(self, cand: Candidate, spec: CandidateSpec, b: Built) -> None:
+        """An OpenVINO INT8 candidate that breaks the accuracy budget is quantized again with NNCF's accuracy
+        control, which keeps the most sensitive layers in float until the drop fits what the structure left
+        of the budget. Needs labelled evaluation data; skipped once the time budget is spent."""
+        base, budget = self.cands[self.plan.baseline_id], self.context.max_accuracy_drop
+        if (spec.format != "openvino" or spec.precision != "int8" or base.accuracy is None
+                or not getattr(self.builder, "labelled", False)):
+            return
+        if cand.status == "ok" and cand.accuracy is not None and base.accuracy - cand.accuracy > budget + policy.EPS_PP:
+            ptq = f"PTQ INT8 lost {base.accuracy - cand.accuracy:.2f} pp"
+        elif cand.status == "failed" and "differ from PyTorch" in cand.reason:
+            ptq = "PTQ INT8 failed verification"
+        else:
+            return
+        fp32 = self.cands.get(spec.id.rsplit("-", 1)[0] + "-fp32")
+        left = budget - (base.accuracy - fp32.accuracy if fp32 and fp32.accuracy is not None else 0.0)
+        tech = f"accuracy_control@{spec.id}"
+        if left < 0 or self._check_stop():
+            why = self.stopped or f"the fp32 structure alone exceeds the {budget} pp budget"
+            self.decisions.append(Decision(technique=tech, decision="skipped", reason=f"{ptq}; {why}"))
+            return
+        before = cand.model_copy(deep=True)
+        # its own artifact name: the PTQ artifact stays intact if the retry fails
+        retry = spec.model_copy(update={"id": f"{spec.id}-ac"})
+        info = self._export_and_evaluate(cand, retry, b, max_drop_pp=round(left, 4))
+        if cand.status != "ok" or info is None:
+            why = cand.reason
+            for name in Candidate.model_fields:
+                setattr(cand, name, getattr(before, name))
+            self.decisions.append(Decision(technique=tech, decision="failed", reason=f"{ptq}; retry: {why}"))
+            return
+        layers = info.get("float_layers", [])
+        cand.accuracy_control = {**info, "ptq": ptq}
+        self.decisions.append(Decision(technique=tech, decision="applied", reason=(
+            f"{ptq}; NNCF accuracy control (max drop {left:.2f} pp) kept {len(layers)} layer(s) in float"
+            + (f": {', '.join(layers[:5])}" + (" ..." if len(layers) > 5 else "") if layers else "")
+            + f"; now {base.accuracy - cand.accuracy:.2f} pp")))
+
+    def _export_and_evaluate(self, cand: Candidate, spec: CandidateSpec, b: Built,
+                             max_drop_pp: float | None = None) -> dict | None:
+        """Export, verify and evaluate; returns the accuracy-control record when `max_drop_pp` asked for it."""
+        cand.params, cand.macs = b.params, b.macs
+        for rec in b.records:
+            for step in cand.steps:
+                if step.technique == rec["technique"]:
+                    step.params["record"] = {k: v for k, v in rec.items() if k != "technique"}
+        try:
+            ac = {} if max_drop_pp is None else {"max_drop_pp": max_drop_pp}
+            result, session = self.builder.export(b, spec, **ac)
+        except FATAL:
+            raise
+        except Exception as e:
+            cand.status, cand.reason = "failed", why_failed(e)
+            return None
+        cand.artifact = str(result.path.relative_to(self.builder.out_dir))
+        cand.size_bytes = result.size_bytes
+        if self.context.goal == "size" or self.context.size_budget_mb:  # deflating big artifacts costs seconds
+            cand.size_compressed_bytes = result.compressed_size_bytes()
+        cand.precision_executed = session.precision_executed
+        cand.exporter = result.exporter
+        cand.verification = result.info.get("verification")
+        try:
+            cand.accuracy, cand.metric = self.builder.evaluate(session)
+        except FATAL:
+            raise
+        except Exception as e:
+            cand.status, cand.reason = "failed", f"evaluation failed: {why_failed(e)}"
+            return None
+        cand.status = "ok"
+        self.sessions[cand.id] = session
+        return result.info.get("accuracy_control")

@@ -1,0 +1,126 @@
+"""decide/policy.py is the one place the decision rules live: its ladders are well-formed, and the planner,
+the search, the selection and the verification really read them (changing a value there changes what they
+do, with no other literal to update)."""
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from edgeopt.config import DeployContext, ModelSummary, make_context
+from edgeopt.decide import policy
+from edgeopt.decide.plan import plan
+from edgeopt.decide.select import select
+from edgeopt.errors import VerificationError
+from edgeopt.formats.base import Session
+from edgeopt.formats.verify import verify_session
+from edgeopt.report import Candidate, LatencyStats, Report
+from edgeopt.targets import load_target
+
+SUMMARY = ModelSummary(params=1_000_000, macs=100_000_000, input_shape=[1, 3, 64, 64], num_outputs=10,
+                       prunable_groups=12, min_channels=64, layers={"conv": 10, "linear": 1})
+DECIDE = Path(__file__).parent.parent / "edgeopt" / "decide"
+
+
+def test_ladders_are_ordered_and_in_range():
+    for ratios in policy.RATIOS.values():
+        assert list(ratios) == sorted(set(ratios)) and 0 < ratios[0] and ratios[-1] < 1
+    for retrain in (False, True):  # retraining allows at least as aggressive a ladder
+        for kind in ("tight", "normal", "loose"):
+            assert policy.RATIOS[(True, kind)][-1] >= policy.RATIOS[(False, kind)][-1]
+        energies = policy.ENERGIES[retrain]
+        assert list(energies) == sorted(energies, reverse=True) and 0 < energies[-1] <= energies[0] <= 1
+        assert list(policy.SPARSITIES[retrain]) == sorted(policy.SPARSITIES[retrain])
+    assert policy.budget_kind(0.5) == "tight" and policy.budget_kind(1.0) == "normal"
+    assert policy.budget_kind(2.0) == "loose"
+    assert 0 < policy.MARGIN < 1 and policy.MARGIN_LEVELS >= 0
+
+
+def test_tolerances_get_looser_as_precision_drops():
+    order = ["fp32", "fp16", "bf16", "int8"]
+    errors = [policy.TOLERANCES[p][0] for p in order]
+    agreements = [policy.TOLERANCES[p][1] for p in order]
+    assert errors == sorted(errors) and agreements == sorted(agreements, reverse=True)
+    assert policy.tolerance("int8+fp32") == policy.TOLERANCES["int8"]
+    assert policy.tolerance("fp32") == policy.TOLERANCES["fp32"]
+
+
+def test_no_ladder_literal_is_left_in_the_decision_modules():
+    """The policy's tuples of numbers appear nowhere else in decide/ (they would drift apart)."""
+    for path in DECIDE.glob("*.py"):
+        if path.name == "policy.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Tuple) and len(node.elts) >= 3:
+                assert not all(isinstance(e, ast.Constant) and isinstance(e.value, float) for e in node.elts), (
+                    f"{path.name}:{node.lineno}: a ladder of numbers belongs in policy.py")
+
+
+def _plan():
+    local = load_target("x86-amx").model_copy(update={"detected": False})
+    return plan(make_context(target="x86-amx"), load_target("x86-amx"), SUMMARY, local, ["onnxruntime"],
+                has_calib_data=True)
+
+
+def test_the_planner_reads_the_ladders_and_margin(monkeypatch):
+    monkeypatch.setitem(policy.RATIOS, (False, "normal"), (0.11, 0.22))
+    monkeypatch.setattr(policy, "CRITERIA_NO_LABELS", ("l2",))
+    monkeypatch.setattr(policy, "ENERGIES", {False: (0.77,), True: (0.66,)})
+    p = _plan()
+    assert sorted({s.ratio for c in p.candidates for s in c.steps if s.technique == "prune"}) == [0.11, 0.22]
+    assert {s.importance for c in p.candidates for s in c.steps if s.technique == "prune"} == {"l2"}
+    assert {s.energy for c in p.candidates for s in c.steps if s.technique == "factorize"} == {0.77}
+
+
+def test_channel_rounding_reads_the_min_steps_rule(monkeypatch):
+    def rounding():
+        return next(d.reason for d in _plan().decisions if d.technique == "channel_rounding")
+
+    multiple = load_target("x86-amx").channel_multiple
+    monkeypatch.setattr(policy, "ROUNDING_MIN_STEPS", 64 // multiple)  # 64 channels: just enough steps
+    assert f"multiples of {multiple} for" in rounding()
+    monkeypatch.setattr(policy, "ROUNDING_MIN_STEPS", 128 // multiple)  # now the multiple must halve
+    assert f"multiples of {multiple // 2} for" in rounding()
+
+
+def _cand(cid, p50, size):
+    return Candidate(id=cid, runtime="onnxruntime", precision=cid.rsplit("-", 1)[1], status="ok", accuracy=1.0,
+                     size_bytes=size, latency_ms=LatencyStats(p50=p50, p90=p50, p99=p50, mean=p50, std=0, n=30))
+
+
+def test_selection_reads_the_ranking_rule(monkeypatch):
+    def chosen():
+        report = Report(edgeopt_version="t", context={}, target={}, environment={},
+                        baseline=_cand("original@onnx-fp32", 2.0, 4000),
+                        candidates=[_cand("a@onnx-fp32", 1.0, 3000), _cand("b@onnx-fp32", 1.5, 1000)])
+        select(report, DeployContext())
+        return report.chosen
+
+    assert chosen() == "a@onnx-fp32"  # latency goal: fastest first
+    monkeypatch.setitem(policy.RANK_BY, "latency", ("size", "p50"))
+    assert chosen() == "b@onnx-fp32"
+
+
+def _session_and_model(offset: float) -> tuple[Session, nn.Module]:
+    """A "runtime" that returns the PyTorch outputs shifted by `offset`."""
+    net = nn.Linear(4, 3).eval()
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+        net.bias.fill_(0.0)  # outputs = 4 on ones: relative error = offset / 4
+
+    def run(x):
+        with torch.no_grad():
+            return net(torch.from_numpy(x)).numpy() + offset
+
+    return Session("fake", "0", "fp32", (1, 4), run, lambda x: (lambda: None)), net
+
+
+def test_verification_reads_the_tolerances(monkeypatch):
+    session, net = _session_and_model(offset=4e-4)
+    ones = [torch.ones(2, 4)]
+    assert verify_session(session, net, ones[0], "fp32", inputs=ones)["max_rel_error"] == pytest.approx(1e-4, rel=1e-2)
+    monkeypatch.setitem(policy.TOLERANCES, "fp32", (1e-5, 1.0))
+    with pytest.raises(VerificationError, match="limit 1e-05"):
+        verify_session(session, net, ones[0], "fp32", inputs=ones)

@@ -1,0 +1,249 @@
+"""The search's logic with a fake builder: no model is pruned or exported, each level's accuracy drop is set
+by the test, so bisection, margin, early stop, time budget, failures and raised errors are checked exactly."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+from edgeopt.config import make_context
+from edgeopt.decide.plan import CandidateSpec, Plan
+from edgeopt.engine import search as search_mod
+from edgeopt.engine.build import Built
+from edgeopt.engine.cache import CandidateCache
+from edgeopt.engine.search import Search
+from edgeopt.errors import BackendMissingError, ConfigError, ExportError
+from edgeopt.techniques import FactorizeConfig, PruneConfig
+
+BASE_ACC = 90.0
+RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+
+
+class Progress:
+    def stage(self, *a, **k): ...
+    def log(self, *a, **k): ...
+    def advance(self, *a, **k): ...
+
+
+@dataclass
+class FakeResult:
+    path: Path
+    size_bytes: int = 1000
+    exporter: str = "fake"
+    info: dict = field(default_factory=dict)
+
+    def compressed_size_bytes(self) -> int:
+        return 900
+
+
+@dataclass
+class FakeSession:
+    precision_executed: str
+    accuracy: float
+
+    def run(self, x):  # pragma: no cover - the fake builder evaluates without running
+        raise AssertionError
+
+
+class FakeBuilder:
+    """`drops`: structure -> PyTorch accuracy drop (pp); `errors`: structure -> exception its build raises;
+    `export_errors`: candidate id -> exception its export raises; `int8_drops`: extra drop of INT8 twins."""
+
+    def __init__(self, out_dir, drops, errors=None, export_errors=None, int8_drops=None, clock=None):
+        self.net, self.out_dir = nn.Linear(4, 2), Path(out_dir)
+        self.drops, self.errors = drops, errors or {}
+        self.export_errors, self.int8_drops = export_errors or {}, int8_drops or {}
+        self.clock, self.builds = clock, []
+        self.labelled, self.accuracy_control = True, []
+
+    def build(self, start, spec):
+        self.builds.append(spec.structure)
+        if self.clock is not None:
+            self.clock[0] += 10.0  # every build "takes" 10 s of the fake clock
+        if spec.structure in self.errors:
+            raise self.errors[spec.structure]
+        width = 2 + len(self.builds)  # a distinct channel layout per structure
+        model = nn.Linear(4, width)
+        model.structure = spec.structure
+        level = "".join(ch for ch in spec.structure if ch.isdigit())
+        return Built(model, [], 10, 1000 - int(level or 0))  # more aggressive levels: fewer MACs
+
+    def torch_accuracy(self, model):
+        return BASE_ACC - self.drops.get(model.structure, 0.0)
+
+    def export(self, built, spec, max_drop_pp=None):
+        if spec.id in self.export_errors:
+            raise self.export_errors[spec.id]
+        structure = getattr(built.model, "structure", "original")
+        acc = BASE_ACC - self.drops.get(structure, 0.0)
+        result = FakeResult(self.out_dir / f"{spec.id}.onnx")
+        if max_drop_pp is not None:  # accuracy control: one layer back to float recovers the INT8 loss
+            self.accuracy_control.append((spec.id, max_drop_pp))
+            result.info["accuracy_control"] = {"max_drop_pp": max_drop_pp, "float_layers": ["conv1"]}
+        elif spec.precision == "int8":
+            acc -= self.int8_drops.get(structure, 0.0)
+        return result, FakeSession(spec.precision, acc)
+
+    def evaluate(self, session):
+        return session.accuracy, "top1"
+
+    def restore(self, cand, entry):
+        return False, None
+
+
+def _plan(families=("prune",), precisions=("fp32",), qat_formats=(), fmt="onnx"):
+    specs = [CandidateSpec(id=f"original@{fmt}-{p}", structure="original", format=fmt, precision=p)
+             for p in precisions]
+    for fam in families:
+        for r in RATIOS:
+            name = f"{fam}{int(r * 100)}"
+            step = PruneConfig(ratio=r) if fam == "prune" else FactorizeConfig(energy=1 - r)
+            specs += [CandidateSpec(id=f"{name}@{fmt}-{p}", structure=name, format=fmt, precision=p, steps=[step],
+                                    family=fam, level=r) for p in precisions]
+    return Plan(candidates=specs, baseline_id=specs[0].id, qat_formats=list(qat_formats))
+
+
+def _search(tmp_path, builder, plan=None, t_start=0.0, **ctx):
+    return Search(plan=plan or _plan(), context=make_context(**{"max_accuracy_drop": 1.0, **ctx}), builder=builder,
+                  base_torch_acc=BASE_ACC, cache=CandidateCache(tmp_path, enabled=False), cache_parts=("t",),
+                  progress=Progress(), t_start=t_start, quick_latency=lambda cands: None)
+
+
+def _by_id(cands):
+    return {c.id: c for c in cands}
+
+
+def test_bisection_settles_on_the_most_aggressive_level_within_budget_plus_margin(tmp_path):
+    drops = dict(zip([f"prune{int(r * 100)}" for r in RATIOS], (0.1, 0.3, 0.6, 0.9, 1.5, 3.0), strict=True))
+    builder = FakeBuilder(tmp_path, drops)
+    search = _search(tmp_path, builder)
+    c = _by_id(search.run())
+    # the original, then log2(7) screenings rather than 6 builds
+    assert sorted(builder.builds) == ["original", "prune30", "prune40", "prune50"]
+    assert c["prune40@onnx-fp32"].status == "ok"  # settled: drop 0.9 <= 1.0
+    assert c["prune30@onnx-fp32"].status == "ok"  # the margin level
+    assert "PyTorch accuracy drop 1.50 pp > budget 1.0 pp" in c["prune50@onnx-fp32"].reason
+    assert "more aggressive than prune50" in c["prune60@onnx-fp32"].reason
+    assert "milder than prune40" in c["prune10@onnx-fp32"].reason
+    assert any("bisection kept prune40, margin prune30" in t for t in search.trace)
+
+
+def test_levels_within_budget_dropped_by_the_bisection_say_why(tmp_path):
+    drops = {f"prune{int(r * 100)}": r for r in RATIOS}  # every level holds the 1 pp budget
+    search = _search(tmp_path, FakeBuilder(tmp_path, drops))
+    c = _by_id(search.run())
+    assert c["prune60@onnx-fp32"].status == c["prune50@onnx-fp32"].status == "ok"
+    why = c["prune30@onnx-fp32"].reason  # screened (drop 0.30 pp, within budget) but not kept
+    assert "> budget" not in why
+    assert "within budget in screening (PyTorch drop 0.30 pp)" in why and "prune60" in why
+
+
+def test_early_stop_once_a_budget_is_met_with_margin(tmp_path):
+    builder = FakeBuilder(tmp_path, {})
+    search = _search(tmp_path, builder, plan=_plan(families=("prune", "factorize")), size_budget_mb=1.0)
+    c = _by_id(search.run())
+    assert not any(s.startswith("factorize") for s in builder.builds)  # the second family never started
+    assert "budget already met with margin" in c["factorize10@onnx-fp32"].reason
+    assert search.stopped and "met with margin" in search.stopped
+
+
+def test_time_budget_stops_the_search(tmp_path, monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(search_mod.time, "perf_counter", lambda: clock[0])
+    builder = FakeBuilder(tmp_path, {}, clock=clock)
+    search = _search(tmp_path, builder, plan=_plan(families=("prune", "factorize")), time_budget_s=15)
+    c = _by_id(search.run())
+    assert len(builder.builds) == 2  # 0 s, 10 s: both under 15 s; then the budget is spent
+    assert "--time-budget of 15 s exhausted" in c["factorize10@onnx-fp32"].reason
+    assert all(x.status != "pending" for x in c.values())
+
+
+def test_failures_are_recorded_not_raised(tmp_path):
+    builder = FakeBuilder(tmp_path, {}, errors={"prune30": RuntimeError("boom")},  # the first level screened
+                          export_errors={"prune20@onnx-int8": ExportError("int8 export broke")})
+    search = _search(tmp_path, builder, plan=_plan(precisions=("fp32", "int8")))
+    c = _by_id(search.run())
+    assert c["prune30@onnx-fp32"].status == "failed" and "RuntimeError: boom" in c["prune30@onnx-fp32"].reason
+    assert c["prune20@onnx-fp32"].status == "ok"  # the bisection settled below the failing level
+    assert "could not be built" in c["prune40@onnx-fp32"].reason
+    assert c["prune20@onnx-int8"].status == "failed" and "int8 export broke" in c["prune20@onnx-int8"].reason
+
+
+@pytest.mark.parametrize("error", [ConfigError("prune: invalid ratio"), BackendMissingError("no openvino")])
+def test_configuration_and_missing_backend_errors_are_raised(tmp_path, error):
+    with pytest.raises(type(error), match=str(error)):
+        _search(tmp_path, FakeBuilder(tmp_path, {}, errors={"prune30": error})).run()
+    with pytest.raises(type(error)):
+        _search(tmp_path, FakeBuilder(tmp_path, {}, export_errors={"original@onnx-fp32": error})).run()
+
+
+def test_qat_phase_retrains_where_ptq_breaks_the_budget(tmp_path):
+    drops = {f"prune{int(r * 100)}": 0.1 for r in RATIOS}
+    int8 = {"prune60": 2.0}  # PTQ of the most compressed structure loses 2 pp on top
+    search = _search(tmp_path, FakeBuilder(tmp_path, drops, int8_drops=int8),
+                     plan=_plan(precisions=("fp32", "int8"), qat_formats=("onnx",)))
+    c = _by_id(search.run())
+    assert c["prune60@onnx-int8"].status == "ok" and c["prune60@onnx-int8"].accuracy == BASE_ACC - 2.1
+    qat = c["prune60-qat@onnx-int8"]
+    assert qat.status == "ok" and qat.steps[-1].technique == "qat"
+    assert search.base_of["prune60-qat"] == "prune60"
+    assert any(d.technique == "qat@onnx" and d.decision == "applied" for d in search.decisions)
+
+
+def test_openvino_int8_over_budget_is_retried_with_accuracy_control(tmp_path):
+    drops = {f"prune{int(r * 100)}": 0.4 for r in RATIOS}
+    builder = FakeBuilder(tmp_path, drops, int8_drops={"prune60": 2.0})
+    search = _search(tmp_path, builder, plan=_plan(precisions=("fp32", "int8"), fmt="openvino"))
+    c = _by_id(search.run())
+    # only the INT8 twin that broke the budget, with what the structure left of it (1.0 - 0.4 pp)
+    assert builder.accuracy_control == [("prune60@openvino-int8-ac", 0.6)]  # its own artifact
+    cand = c["prune60@openvino-int8"]
+    assert cand.status == "ok" and cand.accuracy == BASE_ACC - 0.4
+    assert cand.accuracy_control["float_layers"] == ["conv1"] and "lost 2.40 pp" in cand.accuracy_control["ptq"]
+    why = next(d for d in search.decisions if d.technique == "accuracy_control@prune60@openvino-int8")
+    assert why.decision == "applied" and "1 layer(s) in float: conv1" in why.reason
+    unlabelled = FakeBuilder(tmp_path, drops, int8_drops={"prune60": 2.0})
+    unlabelled.labelled = False  # without labels there is nothing to control accuracy against
+    c = _by_id(_search(tmp_path, unlabelled, plan=_plan(precisions=("fp32", "int8"), fmt="openvino")).run())
+    assert unlabelled.accuracy_control == [] and c["prune60@openvino-int8"].accuracy == BASE_ACC - 2.4
+
+
+def test_a_bad_planned_step_is_an_error_at_planning_time():
+    with pytest.raises(ConfigError, match="ratio"):
+        CandidateSpec(id="x", structure="x", format="onnx", steps=[{"technique": "prune", "ratio": 1.5}])
+    spec = CandidateSpec(id="x", structure="x", format="onnx", steps=[{"technique": "kd", "epochs": 3}])
+    assert type(spec.steps[0]).__name__ == "FineTuneConfig" and spec.steps[0].epochs == 3
+
+
+@pytest.mark.slow  # ~20 s of CPU: one OpenVINO export, NNCF PTQ, then NNCF accuracy control
+def test_accuracy_control_keeps_layers_in_float_on_a_real_openvino_model(tmp_path):
+    """The real builder: INT8 with deliberately bad calibration (inputs 100x too small, so activations
+    saturate) breaks a 0 pp budget; NNCF accuracy control reverts layers to float and says which."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    import torch
+
+    from edgeopt.engine.build import Builder
+    from edgeopt.inputs.data import Batches, DataSplits
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(8 * 16 * 16, 10)).eval()
+    xs = [torch.randn(4, 1, 16, 16) for _ in range(8)]
+    with torch.no_grad():  # labels = the model's own answers: the original scores 100%
+        eval_b = Batches([(x, net(x).argmax(1)) for x in xs])
+    calib = Batches([(x * 0.01, None) for x in xs[:4]])
+    builder = Builder(net=net, example=xs[0], splits=DataSplits(calib, None, eval_b, "test"), eval_b=eval_b,
+                      batch=4, reference=None, out_dir=tmp_path, threads=2)
+    specs = [CandidateSpec(id=f"original@openvino-{p}", structure="original", format="openvino", precision=p)
+             for p in ("fp32", "int8")]
+    search = _search(tmp_path, builder, plan=Plan(candidates=specs, baseline_id=specs[0].id),
+                     max_accuracy_drop=0.0)
+    search.base_torch_acc = builder.torch_accuracy(net)
+    c = _by_id(search.run())
+    decision = next(d for d in search.decisions if d.technique.startswith("accuracy_control@"))
+    assert decision.decision == "applied" and "PTQ INT8 lost" in decision.reason, decision.reason
+    control = c["original@openvino-int8"].accuracy_control
+    assert control["float_layers"] and control["max_drop_pp"] == 0.0
+    assert c["original@openvino-int8"].accuracy >= c["original@openvino-fp32"].accuracy - 1e-9
