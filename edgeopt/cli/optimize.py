@@ -20,7 +20,9 @@ MODEL_HELP = ("demo (built-in, default), torchvision:NAME?num_classes=10, timm:N
 def optimize(
     model: str = typer.Option("demo", help=MODEL_HELP),
     weights: Path = typer.Option(None, help="state dict (.pth) loaded with weights_only=True"),
-    input_shape: str = typer.Option(None, help="example input shape, batch first, e.g. 1,3,224,224"),
+    input_shape: list[str] = typer.Option(None, help="example input shape, batch first, e.g. 1,3,224,224; for "
+                                          "several inputs repeat it with names: --input-shape image:1,3,224,224 "
+                                          "--input-shape mask:1,1,224,224"),
     trust_pickle: bool = typer.Option(False, help="allow loading a full pickled model (runs its code)"),
     target: str = typer.Option("local", help="target profile name/alias, a YAML file, or 'local'"),
     goal: str = typer.Option("latency", help="latency | size"),
@@ -38,6 +40,11 @@ def optimize(
     data: str = typer.Option(None, help="'digits' (built-in; default for the demo), an image folder (one "
                              "sub-folder per class), or module:function / file.py:function returning "
                              "{'calib','train','eval'} iterables"),
+    masks: Path = typer.Option(None, help="segmentation: a folder of masks (class index per pixel) with the same "
+                               "file stems as the images in --data; accuracy is then mIoU"),
+    metric: str = typer.Option(None, help="your metric, file.py:fn or module:fn: fn(outputs, targets) -> score "
+                               "in %, higher is better (e.g. mAP with your own box decoding); needs --data "
+                               "with held-out targets. --max-accuracy-drop is in points of it"),
     image_size: str = typer.Option(None, help="image folder: resize to H,W or S (default: the model's input)"),
     mean: str = typer.Option(None, help="image folder: per-channel mean, e.g. 0.485,0.456,0.406 (default 0.5)"),
     std: str = typer.Option(None, help="image folder: per-channel std (default 0.5)"),
@@ -84,7 +91,8 @@ def optimize(
         report = run(model, target=target, goal=goal, max_accuracy_drop=max_accuracy_drop, retrain=retrain,
                      out_dir=out_dir, weights=weights, input_shape=parse_input_shape(input_shape),
                      trust_pickle=trust_pickle, data=data, progress=progress, resume=cache,
-                     data_options=_data_options(image_size, mean, std, val_split), epochs=epochs,
+                     data_options={**_data_options(image_size, mean, std, val_split),
+                                   **({"masks": str(masks)} if masks else {})}, epochs=epochs, metric=metric,
                      bench_config=BenchConfig(max_time_s=bench_time),
                      latency_budget_ms=latency_budget_ms, size_budget_mb=size_budget_mb,
                      time_budget_s=time_budget, techniques=parse_list(techniques),
@@ -140,7 +148,7 @@ def _calib_random(calib: str) -> bool:
 @app.command()
 def plan(
     model: str = typer.Option("demo", help=MODEL_HELP),
-    input_shape: str = typer.Option(None, help="example input shape, e.g. 1,3,224,224"),
+    input_shape: list[str] = typer.Option(None, help="example input shape, e.g. 1,3,224,224 (several: NAME:SHAPE)"),
     target: str = typer.Option("local", help="target profile name/alias, a YAML file, or 'local'"),
     goal: str = typer.Option("latency", help="latency | size"),
     max_accuracy_drop: float = typer.Option(1.0, help="accuracy budget in percentage points"),
@@ -167,7 +175,7 @@ def plan(
                        techniques=parse_list(techniques), runtimes=parse_list(runtimes))
     profile = load_target(ctx.target)
     loaded = load_model(model, input_shape=parse_input_shape(input_shape))
-    summary = analyze(loaded.model, loaded.input_shape)
+    summary = analyze(loaded.model, loaded.input_shapes or loaded.input_shape)
     has_data = model == "demo" or data is not None
     p = make_plan(ctx, profile, summary, detect_local(), installed_runtimes(), has_calib_data=has_data,
                   has_train_data=has_data, precisions_of_format={n: b.precisions for n, b in BACKENDS.items()})

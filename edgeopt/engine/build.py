@@ -64,9 +64,11 @@ def export_candidate(built: Built, example: torch.Tensor, spec: CandidateSpec, a
     return result, session
 
 
-def evaluate_candidate(session_run, eval_batches: Batches, batch_size: int,
-                       reference: np.ndarray | None) -> tuple[float, str]:
-    preds = predictions(session_run, eval_batches, batch_size)
+def evaluate_candidate(session, eval_batches: Batches, batch_size: int,
+                       reference: dict | np.ndarray | None) -> tuple[float, str]:
+    """The held-out metric on the runtime: `session` is a Session (every named output is scored) or a
+    callable array -> first output."""
+    preds = predictions(session, eval_batches, batch_size)
     return score(preds, eval_batches, reference)
 
 

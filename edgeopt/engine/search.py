@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -61,7 +60,7 @@ class Search:
     splits: DataSplits
     eval_b: Batches
     batch: int
-    reference: np.ndarray | None  # the original model's predictions, for fidelity when there are no labels
+    reference: dict | None  # the original model's outputs by name, for fidelity when there are no labels
     base_torch_acc: float
     out_dir: Path
     threads: int | None
@@ -262,7 +261,7 @@ class Search:
         cand.exporter = result.exporter
         cand.verification = result.info.get("verification")
         try:
-            cand.accuracy, cand.metric = evaluate_candidate(session.run, self.eval_b, self.batch, self.reference)
+            cand.accuracy, cand.metric = evaluate_candidate(session, self.eval_b, self.batch, self.reference)
         except Exception as e:
             cand.status, cand.reason = "failed", f"evaluation failed: {_why(e)}"
             return

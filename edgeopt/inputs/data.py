@@ -72,9 +72,10 @@ def as_batches(data: Iterable | None, name: str, sample_shape: tuple[int, ...],
         for item in data:
             x, y = (item[0], item[1]) if isinstance(item, (tuple, list)) else (item, None)
             x = torch.as_tensor(x, dtype=torch.float32)
-            if x.dim() == len(sample_shape):
+            single = x.dim() == len(sample_shape)
+            if single:
                 x = x.unsqueeze(0)
-            items.append((x, None if y is None else torch.as_tensor(y, dtype=torch.long).reshape(-1)))
+            items.append((x, None if y is None else _target(y, single)))
     if not items:
         raise DataError(f"{name} is empty: give at least one batch")
     for i, (x, y) in enumerate(items):
@@ -86,9 +87,26 @@ def as_batches(data: Iterable | None, name: str, sample_shape: tuple[int, ...],
         if y is not None:
             if len(y) != len(x):
                 raise DataError(f"{name} batch {i} has {len(x)} inputs but {len(y)} labels")
-            if num_classes is not None and len(y) and (y.min() < 0 or y.max() >= num_classes):
+            labels = isinstance(y, torch.Tensor) and y.dim() == 1
+            if labels and num_classes is not None and len(y) and (y.min() < 0 or y.max() >= num_classes):
                 raise DataError(f"{name} batch {i} has labels outside 0..{num_classes - 1}")
     return Batches(items)
+
+
+def _target(y, single: bool):
+    """Class labels -> (N,) long; dense targets (masks) -> (N, H, W) long; anything else (e.g. a detector's
+    list of box dicts, read only by the user's metric) is kept as it is."""
+    if isinstance(y, (list, tuple)) and y and not isinstance(y[0], (int, float)) and not torch.is_tensor(y[0]):
+        return list(y) if not single else [y]
+    t = torch.as_tensor(y)
+    if t.is_floating_point() and not torch.equal(t, t.round()):
+        raise DataError("targets must be class indices (integers), not fractional values")
+    t = t.long()
+    if single:
+        return t.unsqueeze(0) if t.dim() >= 2 else t.reshape(-1)
+    if t.dim() >= 3 or (t.dim() == 2 and t.shape[1] > 1):
+        return t
+    return t.reshape(-1)
 
 
 @dataclass
