@@ -19,7 +19,7 @@ __all__ = ["__version__", "optimize", "prune", "factorize", "prune_sensitivity",
            "load_model", "list_targets", "distill", "prune_at_init", "sparsify", "imp", "qat"]
 
 
-def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: str = "local",
+def optimize(model="demo", example_inputs=None, target: str = "local",
              goal: str = "latency", max_accuracy_drop: float = 1.0, retrain: bool = False,
              eval_data=None, calib_data=None, out_dir: str | Path = "out", **kwargs) -> Report | None:
     """Decide, compress, export and measure; returns the Report (also written to out_dir/report.json), or
@@ -35,6 +35,9 @@ def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: s
     first (saved in report.model["sensitivity"]) and prunes sensitive layers less. With retraining, INT8
     post-training quantization that breaks the budget is retried with quantization-aware training.
     Finished candidates are cached in out_dir and reused by a rerun unless `resume=False`.
+    `example_inputs`: a tensor, a tuple or a dict of tensors (named inputs); outputs may be tuples or nested
+    dicts of tensors. Targets may be class labels (top1), masks (miou) or anything your
+    `metric=fn(outputs, targets) -> percent` reads (e.g. box lists for mAP); without targets, fidelity.
     """
     from edgeopt.engine.pipeline import optimize as _optimize
 

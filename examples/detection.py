@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's edgeopt, not an installed one
 from torch import nn
 
 CLASSES = 2  # square, disc (class 0 of the head is background)

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's edgeopt, not an installed one
 from torch import nn
 
 CLASSES = 3  # background, rectangle, disc

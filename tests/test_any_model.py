@@ -166,3 +166,103 @@ def test_non_tensor_output_named():
 
     with pytest.raises(InputShapeError, match="'extra.1'"):
         prune(Bad(), X, ratio=0.3)
+
+
+def _fast(tmp_path, **kw):
+    from edgeopt.measure.timing import BenchConfig
+
+    return dict(target="local", goal="latency", max_accuracy_drop=5.0, out_dir=tmp_path, resume=False,
+                runtimes=["onnxruntime"], techniques=["prune"], time_budget_s=60,
+                bench_config=BenchConfig(warmup_runs=2, warmup_s=0, min_runs=5, max_time_s=0.5), **kw)
+
+
+def test_optimize_multi_output_fidelity(tmp_path):
+    """A tuple-output detector through the whole pipeline: fidelity over both outputs, outputs in the report."""
+    import edgeopt
+
+    report = edgeopt.optimize(Detector().eval(), example_inputs=X, **_fast(tmp_path))
+    assert report.model["metric"] == "fidelity" and "cosine" in report.model["metric_meaning"]
+    assert report.model["outputs"] == {"0": [1, 8, 8, 8], "1": [1, 6, 8, 8]}
+    assert report.baseline.accuracy == pytest.approx(100.0, abs=0.01)  # the original agrees with itself
+    assert any(c.status == "ok" and c.steps for c in report.candidates), [c.reason for c in report.candidates]
+
+
+def test_optimize_named_inputs(tmp_path):
+    """Two named inputs (keyword call): random fidelity inputs feed both, latency feeds both."""
+    import edgeopt
+
+    report = edgeopt.optimize(TwoInputs().eval(), example_inputs={"image": PAIR[0], "mask": PAIR[1]},
+                              **_fast(tmp_path))
+    assert report.model["inputs"] == {"image": [1, 3, 16, 16], "mask": [1, 1, 16, 16]}
+    assert report.baseline.latency_ms is not None and report.baseline.latency_ms.n >= 5
+
+
+def test_optimize_segmentation_miou_with_masks(tmp_path):
+    import edgeopt
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(24, 3, 32, 32, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 1).long()  # a per-pixel rule the model partly follows
+    report = edgeopt.optimize(Segmenter(3).eval(), example_inputs=x[:1], eval_data=[(x[:12], y[:12])],
+                              calib_data=[(x[12:], y[12:])], **_fast(tmp_path / "o"))
+    assert report.model["metric"] == "miou" and report.baseline.metric == "miou"
+    assert 0 <= report.baseline.accuracy <= 100
+
+
+def test_user_metric_error_names_function(tmp_path):
+    import edgeopt
+    from edgeopt.errors import ConfigError
+
+    def bad_map(outputs, targets):
+        return None
+
+    x = torch.randn(8, 3, 32, 32)
+    with pytest.raises(ConfigError, match="metric bad_map returned None"):
+        edgeopt.optimize(Detector().eval(), example_inputs=x[:1], eval_data=[(x, [{}] * 8)], metric=bad_map,
+                         **_fast(tmp_path))
+
+
+def test_cli_named_input_shapes(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def cli(*args):
+        env = {k: v for k, v in os.environ.items() if k != "EDGEOPT_DEBUG"}
+        return subprocess.run([sys.executable, "-m", "edgeopt", *args], capture_output=True, text=True,
+                              timeout=600, env=env, cwd=Path(__file__).resolve().parents[1])
+
+    here = str(Path(__file__).parent)
+    f = tmp_path / "m.py"
+    f.write_text(f"import sys\nsys.path.insert(0, {here!r})\nfrom test_any_model import TwoInputs\n"
+                 "def make():\n    return TwoInputs()\n")
+    r = cli("export", "--model", f"{f}:make", "--input-shape", "image:1,3,16,16", "--input-shape",
+            "mask:1,1,16,16", "--out", str(tmp_path / "m.onnx"))
+    assert r.returncode == 0, r.stderr
+    import onnx
+
+    g = onnx.load(str(tmp_path / "m.onnx")).graph
+    assert [i.name for i in g.input] == ["image", "mask"] and [o.name for o in g.output] == ["0", "1"]
+    bad = tmp_path / "bad.py"
+    bad.write_text("import torch\nclass B(torch.nn.Module):\n    def forward(self, x):\n"
+                   "        return {'out': x, 'extra': None}\ndef make():\n    return B()\n")
+    r = cli("export", "--model", f"{bad}:make", "--input-shape", "1,3,8,8", "--out", str(tmp_path / "b.onnx"))
+    assert r.returncode == 2 and "'extra'" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["segmentation", "detection"])
+def test_worked_examples_small(tmp_path, name):
+    """The worked examples, small: trained on generated data, optimized end to end with their metric."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    report, _ = mod.run(tmp_path, small=True, runtimes=["onnxruntime"], time_budget_s=90)
+    want = "miou" if name == "segmentation" else "user:map50"
+    assert report.baseline.metric == want and report.baseline.accuracy > 30  # the trained model works
+    assert report.chosen_candidate is not None
