@@ -172,7 +172,7 @@ def _fast(tmp_path, **kw):
     from edgeopt.measure.timing import BenchConfig
 
     return dict(target="local", goal="latency", max_accuracy_drop=5.0, out_dir=tmp_path, resume=False,
-                runtimes=["onnxruntime"], techniques=["prune"], time_budget_s=60,
+                runtimes=["onnxruntime"], techniques=["prune"],
                 bench_config=BenchConfig(warmup_runs=2, warmup_s=0, min_runs=5, max_time_s=0.5), **kw)
 
 
@@ -264,5 +264,6 @@ def test_worked_examples_small(tmp_path, name):
     spec.loader.exec_module(mod)
     report, _ = mod.run(tmp_path, small=True, runtimes=["onnxruntime"], time_budget_s=90)
     want = "miou" if name == "segmentation" else "user:map50"
-    assert report.baseline.metric == want and report.baseline.accuracy > 30  # the trained model works
+    # the trained model works: far above chance (mIoU of a constant map ~ 25%; mAP of noise ~ 0)
+    assert report.baseline.metric == want and report.baseline.accuracy > (40 if name == "segmentation" else 10)
     assert report.chosen_candidate is not None

@@ -189,7 +189,9 @@ def optimize(model="demo", example_inputs=None, target: str = "local",
         from edgeopt.remote.client import measure_candidates
 
         report.environment["device"] = measure_candidates(
-            ok, out_dir, profile.runtimes, device, device_token or "", tuple(ex.first.shape), context.threads,
+            ok, out_dir, profile.runtimes, device, device_token or "",
+            tuple(ex.first.shape) if ex.single else ex.shapes,
+            context.threads,
             (bench_config or BenchConfig()).max_time_s)
     else:
         _latency(ok, search.sessions, the_plan.measure_locally, profile, ex, bench_config)

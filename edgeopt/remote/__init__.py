@@ -46,6 +46,7 @@ class Manifest(BaseModel):
     artifacts: list[ArtifactSpec] = Field(min_length=1, max_length=32)
     threads: int | None = Field(None, ge=1, le=1024)
     input_shape: list[int] | None = None
+    input_shapes: dict[str, list[int]] | None = None  # several named inputs (each one fed)
     max_time_s: float = Field(10.0, gt=0, le=600)
     dataset: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$")  # <data-dir>/<dataset>.npz on the agent
 

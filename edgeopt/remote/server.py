@@ -168,6 +168,7 @@ def create_app(config: AgentConfig):
         config.pending += 1
         try:
             job = {"threads": manifest.threads, "input_shape": manifest.input_shape,
+                   "input_shapes": manifest.input_shapes,
                    "max_time_s": manifest.max_time_s, "artifacts": []}
             if manifest.dataset:
                 job["data_file"] = str(config.data_dir / f"{manifest.dataset}.npz")
