@@ -19,7 +19,7 @@ __all__ = ["__version__", "optimize", "prune", "factorize", "prune_sensitivity",
            "load_model", "list_targets", "distill", "prune_at_init", "sparsify", "imp", "qat"]
 
 
-def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: str = "local",
+def optimize(model="demo", example_inputs=None, target: str = "local",
              goal: str = "latency", max_accuracy_drop: float = 1.0, retrain: bool = False,
              eval_data=None, calib_data=None, out_dir: str | Path = "out", **kwargs) -> Report | None:
     """Decide, compress, export and measure; returns the Report (also written to out_dir/report.json), or
@@ -35,6 +35,9 @@ def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: s
     first (saved in report.model["sensitivity"]) and prunes sensitive layers less. With retraining, INT8
     post-training quantization that breaks the budget is retried with quantization-aware training.
     Finished candidates are cached in out_dir and reused by a rerun unless `resume=False`.
+    `example_inputs`: a tensor, a tuple or a dict of tensors (named inputs); outputs may be tuples or nested
+    dicts of tensors. Targets may be class labels (top1), masks (miou) or anything your
+    `metric=fn(outputs, targets) -> percent` reads (e.g. box lists for mAP); without targets, fidelity.
     """
     from edgeopt.engine.pipeline import optimize as _optimize
 
@@ -42,14 +45,15 @@ def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: s
                      retrain=retrain, eval_data=eval_data, calib_data=calib_data, out_dir=out_dir, **kwargs)
 
 
-def prune(model, example_inputs: torch.Tensor, ratio: float = 0.3, importance: str = "l2",
+def prune(model, example_inputs, ratio: float = 0.3, importance: str = "l2",
           scope: str = "local", round_to: int | None = None, iterative_steps: int = 1, data=None,
           max_layer_ratio: float = 0.9, layer_ratios: dict[str, float] | None = None, timeout_s: float = 120,
           reconstruct: bool = False):
-    """A physically smaller copy of `model` (same output shape). `importance`: l2 | l1 | bn_scale | taylor
-    (needs labelled `data=[(x, y), ...]`) | hrank (needs `data` inputs) | fpgm | random | recon (needs `data`
-    inputs). `reconstruct=True` re-solves the layers fed by pruned channels on `data` (no retraining). What
-    changed per layer, and what was skipped and why, is in `result.edgeopt_record`."""
+    """A physically smaller copy of `model` (every output keeps its shape; `example_inputs` is a tensor, a
+    tuple or a dict of tensors). `importance`: l2 | l1 | bn_scale | taylor (needs labelled
+    `data=[(x, y), ...]`) | hrank (needs `data` inputs) | fpgm | random | recon (needs `data` inputs).
+    `reconstruct=True` re-solves the layers fed by pruned channels on `data` (no retraining). What changed
+    per layer, and what was skipped and why, is in `result.edgeopt_record`."""
     from edgeopt.techniques.prune import prune as _prune
 
     small, record = _prune(model, example_inputs, ratio=ratio, importance=importance, scope=scope,
@@ -60,7 +64,7 @@ def prune(model, example_inputs: torch.Tensor, ratio: float = 0.3, importance: s
     return small
 
 
-def factorize(model, example_inputs: torch.Tensor, method: str = "tucker", energy: float | None = 0.9,
+def factorize(model, example_inputs, method: str = "tucker", energy: float | None = 0.9,
               macs_reduction: float | None = None, layers: list[str] | None = None, rank_method: str = "energy"):
     """A low-rank factorized copy of `model`: method tucker | cp (k x k convs) | svd (Linears); ranks by
     `energy` kept, by `rank_method="vbmf"`, or by a target `macs_reduction` per layer. The record per
@@ -84,13 +88,17 @@ def prune_sensitivity(model, example_inputs: torch.Tensor, evaluate, ratio: floa
                        max_groups=max_groups, data=data)
 
 
-def export(model, example_inputs: torch.Tensor, format: str = "onnx", precision: str = "fp32",
-           out: str | Path = "model.onnx", calib_data=None, verify: bool = True) -> Path:
-    """Export and verify outputs against PyTorch (VerificationError on mismatch). Returns the artifact path."""
+def export(model, example_inputs, format: str = "onnx", precision: str = "fp32",
+           out: str | Path = "model.onnx", calib_data=None, verify: bool = True, dynamic_batch: bool = False) -> Path:
+    """Export and verify every output against PyTorch (VerificationError on mismatch). Returns the artifact
+    path. `example_inputs`: a tensor, a tuple of tensors or a dict name -> tensor (the input names); the
+    outputs (tensors, tuples, nested dicts) keep their names ("output", "0", "boxes", "scores.logits").
+    `dynamic_batch`: the first axis of every input and output may vary (ONNX, OpenVINO)."""
     from edgeopt.formats import export_verified
 
     result, _ = export_verified(model, example_inputs, format, Path(out), precision=precision,
-                                calib=calib_data, verify=verify)
+                                calib=calib_data, verify=verify,
+                                options={"dynamic_batch": True} if dynamic_batch else None)
     return result.path
 
 

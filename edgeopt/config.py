@@ -63,6 +63,7 @@ class DataOptions(BaseModel):
     calib_size: int = Field(300, ge=1, description="stratified calibration sample of the training split")
     batch_size: int = Field(32, ge=1)
     workers: int | None = Field(None, ge=0, description="DataLoader worker processes (default: cores - 1)")
+    masks: str | None = None  # segmentation: a folder of masks with the same file stems as the images
 
 
 def make_context(**kwargs) -> DeployContext:

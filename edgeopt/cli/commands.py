@@ -11,21 +11,23 @@ from edgeopt.cli.app import app
 from edgeopt.cli.common import out
 from edgeopt.cli.optimize import MODEL_HELP
 
+INPUT_SHAPE_HELP = ("example input shape, batch first, e.g. 1,3,224,224; for several inputs repeat it with names: "
+                    "--input-shape image:1,3,224,224 --input-shape mask:1,1,224,224")
 
-def _load(model: str, weights: Path | None, input_shape: str | None, trust_pickle: bool):
-    import torch
 
+def _load(model: str, weights: Path | None, input_shape: list[str] | str | None, trust_pickle: bool):
     from edgeopt.inputs.models import load_model, parse_input_shape
+    from edgeopt.inputs.structure import Inputs
 
     loaded = load_model(model, weights=weights, input_shape=parse_input_shape(input_shape),
                         trust_pickle=trust_pickle)
-    return loaded, torch.randn(*loaded.input_shape)
+    return loaded, Inputs.random(loaded.input_shapes or loaded.input_shape, keyword=True).example()
 
 
 @app.command()
 def prune(
     model: str = typer.Option("demo", help=MODEL_HELP),
-    weights: Path = typer.Option(None), input_shape: str = typer.Option(None),
+    weights: Path = typer.Option(None), input_shape: list[str] = typer.Option(None, help=INPUT_SHAPE_HELP),
     trust_pickle: bool = typer.Option(False),
     ratio: float = typer.Option(0.3, help="fraction of channels to remove"),
     importance: str = typer.Option(
@@ -61,16 +63,19 @@ def prune(
         raise ConfigError(f"--scope must be local or global, got {scope!r}")
     if importance == "taylor":
         raise ConfigError("--importance taylor needs labelled batches: use edgeopt.prune(..., data=[(x, y)])")
+    from edgeopt.inputs.structure import Inputs
+
     loaded, example = _load(model, weights, input_shape, trust_pickle)
+    shape = Inputs.of(example).first.shape  # sample inputs for hrank / reconstruction: single-input models
     batches, source = None, None
     if reconstruct or importance in ("recon", "hrank", "rank"):
-        batches = _calib_data(data, None, model, tuple(example.shape[1:]))
+        batches = _calib_data(data, None, model, tuple(shape[1:]))
         if hasattr(batches, "inputs"):
             batches = batches.inputs()
     if importance in ("hrank", "rank"):
         source = "random" if batches is None else "data"
         if batches is None:
-            batches = [torch.randn(8, *example.shape[1:]) for _ in range(2)]
+            batches = [torch.randn(8, *shape[1:]) for _ in range(2)]
         out.print("hrank: ranking feature maps of " + (
             "RANDOM inputs (no --data given: pass real inputs for a meaningful ranking)" if source == "random"
             else f"{len(batches)} batches from --data"), markup=False, highlight=False)
@@ -124,7 +129,7 @@ def _calib_data(data: str | None, calib: str | None, model: str, sample_shape):
 @app.command()
 def export(
     model: str = typer.Option("demo", help=MODEL_HELP),
-    weights: Path = typer.Option(None), input_shape: str = typer.Option(None),
+    weights: Path = typer.Option(None), input_shape: list[str] = typer.Option(None, help=INPUT_SHAPE_HELP),
     trust_pickle: bool = typer.Option(False),
     format: str = typer.Option("onnx", help="onnx | openvino | tensorrt"),
     precision: str = typer.Option("fp32", help="fp32 | fp16 | bf16 (openvino) | int8 (needs calibration data)"),
@@ -138,14 +143,20 @@ def export(
     dla_core: int = typer.Option(None, help="TensorRT: build for this DLA core (Jetson), GPU fallback on"),
     timing_cache: Path = typer.Option(None, help="TensorRT timing cache file, reused and updated"),
     out_file: Path = typer.Option(Path("model.onnx"), "--out"),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="ONNX/OpenVINO: the first axis of every "
+                                       "input and output may vary at run time (verified at the given batch)"),
 ) -> None:
-    """Export a model at a precision and verify the artifact's outputs against PyTorch on fresh inputs."""
+    """Export a model at a precision and verify every output of the artifact against PyTorch on fresh inputs.
+    Input and output names come from the model: `input` (or the named inputs), `output` for one tensor, dict
+    keys and positions for structures (e.g. `out`, `aux`, `0`, `boxes`)."""
     from edgeopt.formats import export_verified
+    from edgeopt.inputs.structure import Inputs
 
     loaded, example = _load(model, weights, input_shape, trust_pickle)
-    calib_data = _calib_data(data, calib, model, tuple(example.shape[1:])) if precision == "int8" else None
+    first = Inputs.of(example).first
+    calib_data = _calib_data(data, calib, model, tuple(first.shape[1:])) if precision == "int8" else None
     options = {"quant_mode": quant_mode, "workspace_mb": workspace_mb, "dla_core": dla_core,
-               "timing_cache": str(timing_cache) if timing_cache else None}
+               "timing_cache": str(timing_cache) if timing_cache else None, "dynamic_batch": dynamic_batch}
     result, session = export_verified(loaded.model, example, format, out_file, precision=precision,
                                       calib=calib_data, options=options)
     v = result.info.get("verification", {})
@@ -165,7 +176,8 @@ def benchmark(
     precision: str = typer.Option("fp32", help="OpenVINO inference-precision hint: fp32 | bf16 | fp16 | int8 "
                                                "(= the runtime's default); ONNX/TensorRT run what the file holds"),
     threads: int = typer.Option(None, help="runtime threads (default: all cores); recorded in the result"),
-    input_shape: str = typer.Option(None, help="input shape, e.g. 1,3,224,224 (default: the artifact's)"),
+    input_shape: list[str] = typer.Option(None, help="input shape, e.g. 1,3,224,224 (default: the artifact's); "
+                                          "several inputs: repeat with names, e.g. image:1,3,224,224"),
     batch_size: int = typer.Option(None, help="batch size (replaces the first dimension of the input shape)"),
     max_time: float = typer.Option(10.0, help="seconds at most for the timed runs"),
     per_layer: bool = typer.Option(False, "--per-layer", help="also profile per-layer times (ONNX Runtime "

@@ -21,7 +21,9 @@ MODEL_HELP = ("demo (built-in, default), torchvision:NAME?num_classes=10, timm:N
 def optimize(
     model: str = typer.Option("demo", help=MODEL_HELP),
     weights: Path = typer.Option(None, help="state dict (.pth) loaded with weights_only=True"),
-    input_shape: str = typer.Option(None, help="example input shape, batch first, e.g. 1,3,224,224"),
+    input_shape: list[str] = typer.Option(None, help="example input shape, batch first, e.g. 1,3,224,224; for "
+                                          "several inputs repeat it with names: --input-shape image:1,3,224,224 "
+                                          "--input-shape mask:1,1,224,224"),
     trust_pickle: bool = typer.Option(False, help="allow loading a full pickled model (runs its code)"),
     target: str = typer.Option("local", help="target profile name/alias, a YAML file, or 'local'"),
     goal: str = typer.Option("latency", help="latency | size"),
@@ -40,6 +42,12 @@ def optimize(
                              "sub-folder per class), or module:function / file.py:function returning "
                              "{'calib','train','eval'} iterables (IMPORTS AND RUNS that code: only code you "
                              "trust)"),
+    masks: Path = typer.Option(None, help="segmentation: a folder of masks (class index per pixel) with the same "
+                               "file stems as the images in --data; accuracy is then mIoU"),
+    metric: str = typer.Option(None, help="your metric, file.py:fn or module:fn (IMPORTS AND RUNS that code): "
+                               "fn(outputs, targets) -> score in %, higher is better (e.g. mAP with your own box "
+                               "decoding); needs --data with held-out targets. --max-accuracy-drop is in points "
+                               "of it"),
     # --- data options (image folders; --batch-size/--workers/--calib-size also for Datasets) -> DataOptions
     image_size: str = typer.Option(None, help="image folder: resize to H,W or S (default: the model's input)"),
     resize: int = typer.Option(None, help="image folder: resize the shorter side to this, then center-crop "
@@ -98,8 +106,9 @@ def optimize(
                      out_dir=out_dir, weights=weights, input_shape=parse_input_shape(input_shape),
                      trust_pickle=trust_pickle, data=data, progress=progress, resume=cache,
                      data_options=_data_options(image_size, mean, std, val_split, resize=resize,
-                                                 crop=crop, augment=augment, calib_size=calib_size,
-                                                 batch_size=batch_size, workers=workers), epochs=epochs,
+                                                crop=crop, augment=augment, calib_size=calib_size,
+                                                batch_size=batch_size, workers=workers,
+                                                masks=str(masks) if masks else None), epochs=epochs, metric=metric,
                      bench_config=BenchConfig(max_time_s=bench_time),
                      latency_budget_ms=latency_budget_ms, size_budget_mb=size_budget_mb,
                      time_budget_s=time_budget, techniques=parse_list(techniques),
@@ -161,7 +170,7 @@ def _calib_random(calib: str) -> bool:
 @app.command()
 def plan(
     model: str = typer.Option("demo", help=MODEL_HELP),
-    input_shape: str = typer.Option(None, help="example input shape, e.g. 1,3,224,224"),
+    input_shape: list[str] = typer.Option(None, help="example input shape, e.g. 1,3,224,224 (several: NAME:SHAPE)"),
     target: str = typer.Option("local", help="target profile name/alias, a YAML file, or 'local'"),
     goal: str = typer.Option("latency", help="latency | size"),
     max_accuracy_drop: float = typer.Option(1.0, help="accuracy budget in percentage points"),
@@ -189,7 +198,7 @@ def plan(
                        techniques=parse_list(techniques), runtimes=parse_list(runtimes))
     profile = load_target(ctx.target)
     loaded = load_model(model, input_shape=parse_input_shape(input_shape), trust_pickle=trust_pickle)
-    summary = analyze(loaded.model, loaded.input_shape)
+    summary = analyze(loaded.model, loaded.input_shapes or loaded.input_shape)
     has_data = model == "demo" or data is not None
     p = make_plan(ctx, profile, summary, detect_local(), installed_runtimes(), has_calib_data=has_data,
                   has_train_data=has_data, precisions_of_format={n: b.precisions for n, b in BACKENDS.items()})

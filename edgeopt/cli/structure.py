@@ -15,7 +15,7 @@ from edgeopt.cli.optimize import MODEL_HELP
 @app.command()
 def factorize(
     model: str = typer.Option("demo", help=MODEL_HELP),
-    weights: Path = typer.Option(None), input_shape: str = typer.Option(None),
+    weights: Path = typer.Option(None), input_shape: list[str] = typer.Option(None),
     trust_pickle: bool = typer.Option(False),
     method: str = typer.Option("tucker", help="tucker (k x k convs) | cp (k x k convs) | svd (Linear layers)"),
     energy: float = typer.Option(0.9, help="singular-value energy kept per layer (rank selection)"),

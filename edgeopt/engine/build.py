@@ -66,9 +66,11 @@ def export_candidate(built: Built, example: torch.Tensor, spec: CandidateSpec, a
     return result, session
 
 
-def evaluate_candidate(session_run, eval_batches: Batches, batch_size: int,
-                       reference: np.ndarray | None) -> tuple[float, str]:
-    preds = predictions(session_run, eval_batches, batch_size)
+def evaluate_candidate(session, eval_batches: Batches, batch_size: int,
+                       reference: dict | np.ndarray | None) -> tuple[float, str]:
+    """The held-out metric on the runtime: `session` is a Session (every named output is scored) or a
+    callable array -> first output."""
+    preds = predictions(session, eval_batches, batch_size)
     return score(preds, eval_batches, reference)
 
 
@@ -119,7 +121,7 @@ class Builder:
     splits: DataSplits
     eval_b: Batches
     batch: int
-    reference: np.ndarray | None  # the original model's predictions, for fidelity when there are no labels
+    reference: dict | None  # the original model's outputs by name, for fidelity when there are no labels
     out_dir: Path
     threads: int | None
     calib_random: bool = False
@@ -163,7 +165,7 @@ class Builder:
                                 verify_inputs, options)
 
     def evaluate(self, session: Session) -> tuple[float, str]:
-        return evaluate_candidate(session.run, self.eval_b, self.batch, self.reference)
+        return evaluate_candidate(session, self.eval_b, self.batch, self.reference)
 
     def restore(self, cand: Candidate, entry: dict) -> tuple[bool, Session | None]:
         return from_cache(cand, entry, self.out_dir, self.threads)

@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from edgeopt.report import write_atomic
 
 
@@ -33,9 +35,12 @@ def data_hash(batches) -> str:
     if getattr(batches, "key", None):  # e.g. an image folder: its file list and preprocessing, not its pixels
         return batches.key[:20]
     for x, y in batches.items:
-        h.update(x.detach().cpu().contiguous().numpy().tobytes())
-        if y is not None:
+        for t in getattr(x, "tensors", [x]):  # one tensor, or every named input
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        if isinstance(y, torch.Tensor):
             h.update(y.detach().cpu().numpy().tobytes())
+        elif y is not None:  # e.g. a detector's box targets, read only by the user's metric
+            h.update(repr(y).encode())
     return h.hexdigest()[:20]
 
 

@@ -35,7 +35,8 @@ from edgeopt.inputs.data import (
     make_preprocess,
 )
 from edgeopt.inputs.models import load_model
-from edgeopt.measure.accuracy import score, torch_predictions
+from edgeopt.inputs.structure import Inputs, model_outputs, output_layout
+from edgeopt.measure.accuracy import Metric, default_metric, load_metric, score, torch_predictions
 from edgeopt.measure.roofline import estimate_stats
 from edgeopt.measure.timing import BenchConfig, measure
 from edgeopt.report import Candidate, Decision, Report, write_report
@@ -55,9 +56,19 @@ class Progress:
 
 def resolve_data(spec: str, data, calib_data, train_data, eval_data, sample_shape, num_classes,
                  data_options: dict | DataOptions | None = None, progress: Progress | None = None) -> DataSplits:
-    """--data digits | image folder | module:function, or the API's batches / Datasets / DataLoaders; validated
-    one batch at a time. Calibration read from a stream becomes a stratified in-memory sample (`calib_size`)."""
+    """--data digits | image folder (+ --masks folder) | module:function, or the API's batches / Datasets /
+    DataLoaders; validated one batch at a time. Calibration read from a stream becomes a stratified in-memory
+    sample (`calib_size`)."""
     opts = _data_options(data_options)
+    if opts.masks is not None:
+        from edgeopt.inputs.masks import mask_folder
+
+        if data is None or not os.path.isdir(str(data)):
+            raise ConfigError("--masks needs --data with the image folder (same file stems as the masks)")
+        size = opts.image_size or tuple(sample_shape[1:])
+        return mask_folder(str(data), opts.masks, (size, size) if isinstance(size, int) else size,
+                           sample_shape[0], tuple(opts.mean or (0.5,)), tuple(opts.std or (0.5,)),
+                           val_split=opts.val_split, seed=opts.seed)
     if data == "digits" or (data is None and spec == "demo" and calib_data is None and eval_data is None):
         calib, ev = digits_data()
         return DataSplits(calib, calib, ev, "digits")  # fine-tuning and calibration use the training split
@@ -97,21 +108,25 @@ def _data_options(options) -> DataOptions:
         raise ConfigError(f"invalid data option {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
 
 
-def _fidelity_inputs(shape: tuple[int, ...], n: int, seed: int) -> Batches:
-    gen = torch.Generator().manual_seed(seed + 1)
-    return Batches([(torch.randn((n, *shape[1:]), generator=gen), None)])
+def _fidelity_inputs(ex: Inputs, n: int, seed: int) -> Batches:
+    """Random held-out inputs (every named input) when there is no evaluation data."""
+    x = ex.fresh(torch.Generator().manual_seed(seed + 1), batch=n)
+    return Batches([(x.first if x.single else x, None)])
 
 
-def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: str = "local",
+def optimize(model="demo", example_inputs=None, target: str = "local",
              goal: str = "latency", max_accuracy_drop: float = 1.0, retrain: bool = False,
              eval_data=None, calib_data=None, train_data=None, out_dir: str | Path = "out",
              weights: str | Path | None = None, input_shape: tuple[int, ...] | None = None,
              trust_pickle: bool = False, data: str | None = None, progress: Progress | None = None,
              bench_config: BenchConfig | None = None, data_options: dict | None = None, resume: bool = True,
-             device: str | None = None, device_token: str | None = None, **context_kwargs) -> Report | None:
+             device: str | None = None, device_token: str | None = None, metric=None,
+             **context_kwargs) -> Report | None:
     """The one optimize (see the module docstring); the CLI and edgeopt.optimize call it. Under torchrun
     (WORLD_SIZE > 1) only rank 0 searches, exports, measures and writes the report, and only it returns the
-    Report; the other ranks join the DDP fine-tuning of each structure it builds and return None."""
+    Report; the other ranks join the DDP fine-tuning of each structure it builds and return None.
+    `example_inputs`: a tensor, a tuple or a dict of tensors; `input_shape`: a tuple, or name -> shape for
+    several named inputs. `metric`: a callable (outputs, targets) -> score in %, or "file.py:fn"."""
     t_start = time.perf_counter()
     progress = progress or Progress()
     context = make_context(target=target, goal=goal, max_accuracy_drop=max_accuracy_drop, retrain=retrain,
@@ -127,14 +142,17 @@ def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: s
 
     progress.stage("loading model")
     if example_inputs is not None:
-        input_shape = tuple(example_inputs.shape)
+        given = Inputs.of(example_inputs)
+        input_shape = given.first.shape if given.single else given.shapes
     loaded = load_model(model, weights=weights, input_shape=input_shape, trust_pickle=trust_pickle)
-    example = example_inputs if example_inputs is not None else torch.randn(*loaded.input_shape)
     net = loaded.model
+    ex = (Inputs.of(example_inputs, net) if example_inputs is not None else
+          Inputs.random(loaded.input_shapes or loaded.input_shape, keyword=True))
+    example = ex.example()
     progress.stage("analyzing")
-    summary = analyze(net, loaded.input_shape)
+    summary = analyze(net, ex)
     spec = model if isinstance(model, str) else "module"
-    splits = resolve_data(spec, data, calib_data, train_data, eval_data, tuple(example.shape[1:]),
+    splits = resolve_data(spec, data, calib_data, train_data, eval_data, tuple(ex.first.shape[1:]),
                           summary.num_outputs, {**(data_options or {}), "seed": context.seed}, progress)
     if context.retrain and splits.train is None:
         raise DataError("--retrain needs training data: pass --data (image folder, module:function returning "
@@ -147,9 +165,10 @@ def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: s
         return None
     leader = distributed.Leader() if world_size > 1 else None
     try:
-        fidelity = splits.eval is None or not splits.eval.labelled
-        eval_b = splits.eval if splits.eval is not None else _fidelity_inputs(loaded.input_shape, 256, context.seed)
-        batch = loaded.input_shape[0]
+        eval_b = splits.eval if splits.eval is not None else _fidelity_inputs(ex, 256, context.seed)
+        eval_b.metric = _metric(metric, eval_b, net, ex)  # how every candidate is scored
+        fidelity = eval_b.metric.name == "fidelity"
+        batch = ex.batch
         reference = torch_predictions(net, eval_b, batch)
 
         sens = (_sensitivity(net, example, eval_b, batch, reference if fidelity else None, progress)
@@ -161,7 +180,9 @@ def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: s
         report = Report(
             edgeopt_version=__version__, context=context.model_dump(), target=profile.model_dump(),
             environment={**environment(threads), "data": splits.source, "heldout_sha256": splits.heldout_hash},
-            model={"source": loaded.source, "input_shape": list(loaded.input_shape), **summary.model_dump(),
+            model={"source": loaded.source, "input_shape": list(ex.first.shape),
+                   "inputs": {n: list(v) for n, v in ex.shapes.items()}, "outputs": _output_shapes(net, ex),
+                   "metric": eval_b.metric.name, "metric_meaning": eval_b.metric.meaning, **summary.model_dump(),
                    **{f"info_{k}": v for k, v in loaded.info.items()}},
             decisions=the_plan.decisions)
         report.model["plan_notes"] = the_plan.notes
@@ -183,7 +204,7 @@ def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: s
                                       data_hash(splits.train) if context.retrain else None, context.seed),
             progress=progress, t_start=t_start, announce=leader,
             quick_latency=lambda cands: _latency(
-                cands, search.sessions, the_plan.measure_locally, profile, example, BenchConfig(**QUICK_BENCH)))
+                cands, search.sessions, the_plan.measure_locally, profile, ex, BenchConfig(**QUICK_BENCH)))
         report.candidates = search.run()
     finally:
         if leader is not None:  # however the search ended, the followers must not wait for it forever
@@ -197,10 +218,12 @@ def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: s
         from edgeopt.remote.client import measure_candidates
 
         report.environment["device"] = measure_candidates(
-            ok, out_dir, profile.runtimes, device, device_token or "", tuple(example.shape), context.threads,
+            ok, out_dir, profile.runtimes, device, device_token or "",
+            tuple(ex.first.shape) if ex.single else ex.shapes,
+            context.threads,
             (bench_config or BenchConfig()).max_time_s)
     else:
-        _latency(ok, search.sessions, the_plan.measure_locally, profile, example, bench_config)
+        _latency(ok, search.sessions, the_plan.measure_locally, profile, ex, bench_config)
 
     base = next((c for c in report.candidates if c.id == the_plan.baseline_id), None)
     report.candidates = [c for c in report.candidates if c.id != the_plan.baseline_id]
@@ -234,21 +257,37 @@ def _sensitivity(net, example, eval_b, batch, reference, progress) -> dict:
     return result
 
 
-def _latency(cands: list[Candidate], sessions: dict, measure_locally: bool, profile, example: torch.Tensor,
+def _latency(cands: list[Candidate], sessions: dict, measure_locally: bool, profile, ex: Inputs,
              bench_config: BenchConfig | None) -> None:
-    """The measuring block: interleaved runs on this machine, or a roofline estimate for a remote target.
-    (A remote-agent measurement would branch here.)"""
+    """The measuring block: interleaved runs on this machine (every input fed), or a roofline estimate for a
+    remote target."""
     if not cands:
         return
     if measure_locally:
-        x = example.numpy()
-        stats = measure({c.id: sessions[c.id].lean_call(x) for c in cands}, bench_config)
+        feed = ex.numpy()
+        stats = measure({c.id: sessions[c.id].lean_call(feed) for c in cands}, bench_config)
         for c in cands:
             c.latency_ms, c.latency_source = stats[c.id], "measured"
     else:
         for c in cands:
             c.latency_ms = estimate_stats(profile, c.macs or 0, c.size_bytes or 0, c.precision or "fp32")
             c.latency_source = "estimated"
+
+
+def _metric(spec, eval_b: Batches, net, ex: Inputs) -> Metric:
+    """The user's metric (--metric / metric=) on labelled held-out data, else what the labels allow."""
+    if spec is None:
+        return default_metric(eval_b)
+    if not eval_b.labelled:
+        raise DataError("--metric needs held-out data with targets: pass --data (module:function returning "
+                        "'eval' as (inputs, targets) batches) or eval_data=...")
+    with torch.no_grad():
+        layout = output_layout(ex.call(net))
+    return load_metric(spec, layout)
+
+
+def _output_shapes(net, ex: Inputs) -> dict[str, list[int]]:
+    return {k: list(v.shape) for k, v in model_outputs(net, ex).items()}
 
 
 def _publish_chosen(report: Report, out_dir: Path) -> None:

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
+from edgeopt.errors import InputShapeError
+
 
 @dataclass
 class Session:
@@ -21,11 +23,41 @@ class Session:
     runtime_version: str
     precision_executed: str  # what the runtime really runs, e.g. bf16 on AMX even when fp32 was exported
     input_shape: tuple[int, ...]
-    run: Callable[[np.ndarray], np.ndarray]  # one batch in, the first output out
-    lean_call: Callable[[np.ndarray], Callable[[], object]]  # preset inputs -> zero-arg timed call
+    run: Callable[[np.ndarray], np.ndarray]  # convenience for one input: one batch in, the first output out
+    lean_call: Callable[[np.ndarray | dict[str, np.ndarray]], Callable[[], object]]  # preset inputs -> timed call
     device: str = "CPU"
     threads: int | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    # every input by name (-1 = dynamic axis) and every output name, in the model's flattened order
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    output_names: list[str] = field(default_factory=list)
+    run_all: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None  # named in, named out
+
+    def run_named(self, feed: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """All named outputs for named inputs (an array alone feeds the only input)."""
+        if self.run_all is None:
+            return {"output": self.run(feed if isinstance(feed, np.ndarray) else next(iter(feed.values())))}
+        return self.run_all(self.feed(feed))
+
+    def feed(self, x: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Named float32 inputs; a bare array is the single input's."""
+        if isinstance(x, dict):
+            return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in x.items()}
+        names = list(self.input_shapes) or ["input"]
+        if len(names) != 1:
+            raise InputShapeError(f"the artifact takes {len(names)} inputs ({', '.join(names)}): pass them by name")
+        return {names[0]: np.ascontiguousarray(x, dtype=np.float32)}
+
+
+def check_feed(feed: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> None:
+    """InputShapeError when a named input is missing, unknown, or of the wrong shape (-1 matches any size)."""
+    if set(feed) != set(shapes):
+        raise InputShapeError(f"inputs {sorted(feed)} do not match the artifact's {sorted(shapes)}")
+    for name, want in shapes.items():
+        got = tuple(feed[name].shape)
+        if len(got) != len(want) or any(w not in (-1, g) for w, g in zip(want, got, strict=True)):
+            one = "input shape" if len(shapes) == 1 else f"input {name!r} shape"
+            raise InputShapeError(f"{one} {got} does not match the artifact's {want}")
 
 
 @dataclass

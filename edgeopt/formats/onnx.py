@@ -15,23 +15,38 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeopt.errors import ArtifactError, ExportError, InputShapeError
-from edgeopt.formats.base import ExportResult, Session
+from edgeopt.errors import ArtifactError, ExportError
+from edgeopt.formats.base import ExportResult, Session, check_feed
 from edgeopt.report import honour_umask
 
 OPSET = 17
 
 
-def _try_export(model: nn.Module, example: torch.Tensor, path: Path, dynamo: bool) -> None:
+def _try_export(model: nn.Module, inputs, path: Path, dynamo: bool, output_names: list[str],
+                dynamic_batch: bool = False) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        kwargs = dict(input_names=["input"], output_names=["output"], opset_version=OPSET)
+        kwargs = dict(input_names=list(inputs.names), output_names=output_names, opset_version=OPSET)
+        if dynamic_batch:  # the first axis of every input and output may vary at run time
+            kwargs["dynamic_axes"] = {n: {0: "batch"} for n in [*inputs.names, *output_names]}
         if dynamo:
             kwargs["opset_version"] = max(OPSET, 18)  # the dynamo exporter's lowest supported opset
-            torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False,
+            torch.onnx.export(model, inputs.export_args(), str(path), dynamo=True, external_data=False,
                               optimize=True, verbose=False, **kwargs)
         else:
-            torch.onnx.export(model, (example,), str(path), dynamo=False, do_constant_folding=True, **kwargs)
+            torch.onnx.export(model, inputs.export_args(), str(path), dynamo=False, do_constant_folding=True,
+                              **kwargs)
+
+
+def _check_io(path: Path, inputs, output_names: list[str]) -> None:
+    """The graph must keep every input and output under its name (a constant output can be folded away)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    got_in, got_out = [i.name for i in graph.input], [o.name for o in graph.output]
+    missing = [n for n in inputs.names if n not in got_in] + [n for n in output_names if n not in got_out]
+    if missing:
+        raise ExportError(f"the exported ONNX graph lost {', '.join(missing)} (inputs {got_in}, outputs {got_out})")
 
 
 def _unsupported_op(errors: list[str]) -> str | None:
@@ -48,14 +63,22 @@ def _unsupported_op(errors: list[str]) -> str | None:
 
 def export_onnx(model: nn.Module, example: torch.Tensor, out: Path, precision: str = "fp32",
                 calib=None, options: dict | None = None) -> ExportResult:
-    """options: quant_mode (int8: auto | qdq-s8 | qdq-u8 | qoperator-u8 | qoperator-s8 | dynamic),
-    simplify (default True), allow_random_calib (default False)."""
+    """`example`: a tensor, a tuple or a dict of tensors (input names from the structure).
+    options: quant_mode (int8: auto | qdq-s8 | qdq-u8 | qoperator-u8 | qoperator-s8 | dynamic),
+    simplify (default True), allow_random_calib (default False), dynamic_batch (default False)."""
     import onnx
 
     from edgeopt.formats import onnx_quant
     from edgeopt.formats.calibration import resolve_calibration
+    from edgeopt.inputs.structure import Inputs, model_outputs
 
     options = dict(options or {})
+    inputs = Inputs.of(example, model)
+    output_names = list(model_outputs(model.eval(), inputs))
+    if precision == "int8" and not inputs.single:
+        raise ExportError(f"INT8 calibration of a model with {len(inputs.names)} inputs is not supported yet; "
+                          "use fp32 or fp16")
+    example = inputs.first
     if precision not in ("fp32", "fp16", "int8"):
         raise ExportError(f"ONNX export at {precision} is not supported; use fp32, fp16 or int8")
     out = Path(out)
@@ -76,7 +99,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, out: Path, precision: s
     try:
         for exporter, dynamo in (("torch.onnx (TorchScript)", False), ("torch.onnx (dynamo)", True)):
             try:
-                _try_export(model, example, tmp, dynamo)
+                _try_export(model, inputs, tmp, dynamo, output_names, bool(options.get("dynamic_batch")))
                 break
             except Exception as e:
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -89,6 +112,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, out: Path, precision: s
             onnx.checker.check_model(str(tmp))
         except onnx.checker.ValidationError as e:
             raise ExportError(f"exported ONNX graph is invalid: {str(e).splitlines()[0]}") from None
+        _check_io(tmp, inputs, output_names)
         info["simplified"] = options.get("simplify", True) and onnx_quant.simplify(tmp)
         if precision == "fp16":
             info.update(onnx_quant.convert_fp16(tmp, conv))
@@ -107,7 +131,9 @@ def export_onnx(model: nn.Module, example: torch.Tensor, out: Path, precision: s
         tmp.unlink(missing_ok=True)
         conv.unlink(missing_ok=True)
     return ExportResult(path=out, format="onnx", precision=precision, exporter=exporter, files=[out],
-                        info={"opset": OPSET if not dynamo else max(OPSET, 18), "fallback_errors": errors, **info})
+                        info={"opset": OPSET if not dynamo else max(OPSET, 18), "fallback_errors": errors,
+                              "inputs": inputs.describe(), "outputs": output_names,
+                              "dynamic_batch": bool(options.get("dynamic_batch")), **info})
 
 
 _INT8_OPS = {"QuantizeLinear", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLinear", "MatMulInteger",
@@ -232,17 +258,20 @@ def load_onnxruntime(path: Path, precision: str = "fp32", threads: int | None = 
         sess = ort.InferenceSession(str(path), so, providers=providers)
     except Exception as e:
         raise ArtifactError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0][:200]}") from None
-    inp = sess.get_inputs()[0]
-    shape = tuple(d if isinstance(d, int) else -1 for d in inp.shape)
-    name = inp.name
+    shapes = {i.name: tuple(d if isinstance(d, int) else -1 for d in i.shape) for i in sess.get_inputs()}
+    outputs = [o.name for o in sess.get_outputs()]
+    name, shape = next(iter(shapes.items()))
+
+    def run_all(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_feed(feed, shapes)
+        return dict(zip(outputs, sess.run(None, feed), strict=True))
 
     def run(x: np.ndarray) -> np.ndarray:
-        if len(x.shape) != len(shape) or any(s not in (-1, d) for s, d in zip(shape, x.shape, strict=True)):
-            raise InputShapeError(f"input shape {tuple(x.shape)} does not match the artifact's {shape}")
-        return sess.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        return run_all({name: np.ascontiguousarray(x, dtype=np.float32)})[outputs[0]]
 
-    def lean_call(x: np.ndarray):
-        feed = {name: np.ascontiguousarray(x, dtype=np.float32)}
+    def lean_call(x):
+        feed = x if isinstance(x, dict) else {name: x}
+        feed = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feed.items()}
         return lambda: sess.run(None, feed)
 
     declared = graph_precision(path) or precision
@@ -257,4 +286,5 @@ def load_onnxruntime(path: Path, precision: str = "fp32", threads: int | None = 
                    input_shape=shape, run=run, lean_call=lean_call, device=sess.get_providers()[0],
                    threads=threads, info={"providers": sess.get_providers(), "graph_precision": declared,
                                           "executed_precision": reading,
-                                          "int8_mac_fraction": reading.get("int8_mac_fraction")})
+                                          "int8_mac_fraction": reading.get("int8_mac_fraction")},
+                   input_shapes=shapes, output_names=outputs, run_all=run_all)

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeopt.errors import ArtifactError, ConfigError, ExportError, InputShapeError, missing_backend
-from edgeopt.formats.base import ExportResult, Session
+from edgeopt.errors import ArtifactError, ConfigError, ExportError, missing_backend
+from edgeopt.formats.base import ExportResult, Session, check_feed
 
 
 def export_openvino(model: nn.Module, example: torch.Tensor, out: Path, precision: str = "fp32",
@@ -30,7 +30,15 @@ def export_openvino(model: nn.Module, example: torch.Tensor, out: Path, precisio
         import openvino as ov
     except ImportError:
         raise missing_backend("openvino", "openvino") from None
+    from edgeopt.inputs.structure import Inputs, model_outputs
+
     out = Path(out).with_suffix(".xml")
+    inputs = Inputs.of(example, model)
+    output_names = list(model_outputs(model.eval(), inputs))
+    if precision == "int8" and not inputs.single:
+        raise ExportError(f"INT8 calibration of a model with {len(inputs.names)} inputs is not supported yet; "
+                          "use fp32, bf16 or fp16")
+    example = inputs.first
     cal = None
     if precision == "int8":  # refuse missing/bad calibration data before the slow conversion
         from edgeopt.formats.calibration import resolve_calibration
@@ -42,7 +50,7 @@ def export_openvino(model: nn.Module, example: torch.Tensor, out: Path, precisio
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit deprecation chatter from the tracer
-            ov_model = ov.convert_model(model.eval(), example_input=example)
+            ov_model = ov.convert_model(model.eval(), example_input=inputs.example())
         exporter = "openvino.convert_model (torch)"
     except Exception as e:
         errors.append(f"convert_model(torch): {str(e).splitlines()[0][:300] if str(e) else type(e).__name__}")
@@ -51,14 +59,14 @@ def export_openvino(model: nn.Module, example: torch.Tensor, out: Path, precisio
 
         with tempfile.TemporaryDirectory() as tmpdir:
             try:
-                onnx_path = export_onnx(model, example, Path(tmpdir) / "m.onnx").path
+                onnx_path = export_onnx(model, inputs, Path(tmpdir) / "m.onnx").path
                 ov_model = ov.convert_model(str(onnx_path))
                 exporter = "openvino.convert_model (onnx)"
             except Exception as e:
                 errors.append(f"via onnx: {str(e).splitlines()[0][:300] if str(e) else type(e).__name__}")
     if ov_model is None:
         raise ExportError("OpenVINO conversion failed: " + " | ".join(errors))
-    ov_model.reshape({ov_model.input(0): ov.PartialShape(list(example.shape))})
+    _name_io(ov, ov_model, inputs, output_names, bool(dict(options or {}).get("dynamic_batch")))
     info: dict = {}
     if precision == "int8":
         ov_model, info = _quantize(ov_model, cal, example, dict(options or {}))
@@ -71,7 +79,23 @@ def export_openvino(model: nn.Module, example: torch.Tensor, out: Path, precisio
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return ExportResult(path=out, format="openvino", precision=precision, exporter=exporter,
-                        files=[out, out.with_suffix(".bin")], info={"fallback_errors": errors, **info})
+                        files=[out, out.with_suffix(".bin")],
+                        info={"fallback_errors": errors, "inputs": inputs.describe(), "outputs": output_names, **info})
+
+
+def _name_io(ov, ov_model, inputs, output_names: list[str], dynamic_batch: bool) -> None:
+    """Static (or batch-dynamic) input shapes, and the structure's names on every input and output, so that
+    the IR is fed and read by name like the ONNX artifact."""
+    if len(ov_model.inputs) != len(inputs.names) or len(ov_model.outputs) != len(output_names):
+        raise ExportError(f"OpenVINO conversion gave {len(ov_model.inputs)} inputs / {len(ov_model.outputs)} "
+                          f"outputs for the model's {len(inputs.names)} / {len(output_names)}")
+    shapes = {}
+    for port, (name, shape) in zip(ov_model.inputs, inputs.shapes.items(), strict=True):
+        port.get_tensor().set_names({name})
+        shapes[port] = ov.PartialShape([-1 if dynamic_batch and i == 0 else d for i, d in enumerate(shape)])
+    ov_model.reshape(shapes)
+    for port, name in zip(ov_model.outputs, output_names, strict=True):
+        port.get_tensor().set_names({name})
 
 
 def _accuracy_fn(example: torch.Tensor):
@@ -217,21 +241,29 @@ def load_openvino(path: Path, precision: str = "fp32", threads: int | None = Non
     if compressed and executed in ("fp32", "fp16", "bf16"):
         executed = "int8w"  # int8 weights decompressed on the fly: float compute, int8 storage
     request = compiled.create_infer_request()
-    shape = tuple(compiled.input(0).get_partial_shape().get_min_shape())
+    shapes = {p.get_any_name(): tuple(d.get_length() if d.is_static else -1 for d in p.get_partial_shape())
+              for p in compiled.inputs}
+    outputs = [p.get_any_name() for p in compiled.outputs]
+    name, shape = next(iter(shapes.items()))
+
+    def run_all(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_feed(feed, shapes)
+        request.infer(feed)
+        return {n: request.get_output_tensor(i).data.copy() for i, n in enumerate(outputs)}
 
     def run(x: np.ndarray) -> np.ndarray:
-        if tuple(x.shape) != shape:
-            raise InputShapeError(f"input shape {tuple(x.shape)} does not match the artifact's {shape}")
-        request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
-        return request.get_output_tensor(0).data.copy()
+        return run_all({name: np.ascontiguousarray(x, dtype=np.float32)})[outputs[0]]
 
-    def lean_call(x: np.ndarray):
-        # the lean call (FIELD_NOTES): a preset input tensor, then infer() with no arguments
+    def lean_call(x):
+        # the lean call: preset input tensors, then infer() with no arguments
+        feed = x if isinstance(x, dict) else {name: x}
         req = compiled.create_infer_request()
-        req.set_input_tensor(ov.Tensor(np.ascontiguousarray(x, dtype=np.float32)))
+        for n, v in feed.items():
+            req.set_tensor(n, ov.Tensor(np.ascontiguousarray(v, dtype=np.float32)))
         return req.infer
 
     return Session(runtime="openvino", runtime_version=ov.get_version(), precision_executed=executed,
                    input_shape=shape, run=run, lean_call=lean_call, device=device.upper(), threads=threads,
                    info={"requested_precision": precision, "executed_precision": reading,
-                         "int8_mac_fraction": reading.get("int8_mac_fraction")})
+                         "int8_mac_fraction": reading.get("int8_mac_fraction")},
+                   input_shapes=shapes, output_names=outputs, run_all=run_all)

@@ -32,7 +32,7 @@ from edgeopt.errors import (
     InputShapeError,
     missing_backend,
 )
-from edgeopt.formats.base import ExportResult, Session
+from edgeopt.formats.base import ExportResult, Session, check_feed
 
 
 def require_gpu() -> str:
@@ -113,7 +113,9 @@ def export_tensorrt(model: nn.Module, example: torch.Tensor, out: Path, precisio
         if precision == "int8" and not options.get("prequantized"):
             if options.get("int8_calibration", "qdq") == "entropy":
                 from edgeopt.formats.calibration import resolve_calibration
+                from edgeopt.inputs.structure import Inputs
 
+                example = Inputs.of(example, model).first  # the calibrator feeds one input
                 cal = resolve_calibration(calib, example, "int8", options.get("allow_random_calib", False))
                 calibrator = _EntropyCalibrator.make(trt, cal.inputs, tmpdir / "calib.cache")
                 info["calibration"] = {**cal.info(), "method": "entropy calibrator"}
@@ -236,18 +238,14 @@ def load_tensorrt(path: Path, precision: str = "fp32", threads: int | None = Non
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
     outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-    shape = tuple(engine.get_tensor_shape(inputs[0]))
-    if any(d < 0 for d in shape):
-        raise ArtifactError(f"{path} has a dynamic input shape {shape}: edgeopt builds static-shape engines")
+    shapes = {n: tuple(engine.get_tensor_shape(n)) for n in inputs}
+    shape = shapes[inputs[0]]
+    if any(d < 0 for s in shapes.values() for d in s):
+        raise ArtifactError(f"{path} has a dynamic input shape {shapes}: edgeopt builds static-shape engines")
     dtype = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int8: torch.int8, trt.int32: torch.int32}
-    x_dev = torch.empty(shape, dtype=dtype[engine.get_tensor_dtype(inputs[0])], device="cuda")
-    y_dev = torch.empty(tuple(engine.get_tensor_shape(outputs[0])),
-                        dtype=dtype[engine.get_tensor_dtype(outputs[0])], device="cuda")
-    context.set_tensor_address(inputs[0], x_dev.data_ptr())
-    context.set_tensor_address(outputs[0], y_dev.data_ptr())
-    extra = {n: torch.empty(tuple(engine.get_tensor_shape(n)), dtype=dtype[engine.get_tensor_dtype(n)],
-                            device="cuda") for n in outputs[1:]}
-    for n, t in extra.items():
+    bufs = {n: torch.empty(tuple(engine.get_tensor_shape(n)), dtype=dtype[engine.get_tensor_dtype(n)],
+                           device="cuda") for n in names}  # every input and output lives on the GPU
+    for n, t in bufs.items():
         context.set_tensor_address(n, t.data_ptr())
     stream = torch.cuda.Stream()
 
@@ -256,20 +254,27 @@ def load_tensorrt(path: Path, precision: str = "fp32", threads: int | None = Non
             raise RuntimeError("TensorRT execution failed")
         stream.synchronize()  # the timed call ends when the GPU is done, not when the launch returns
 
+    def upload(feed: dict[str, np.ndarray]) -> None:
+        for n, v in feed.items():
+            bufs[n].copy_(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)))
+        torch.cuda.synchronize()
+
+    def run_all(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_feed(feed, shapes)
+        upload(feed)
+        execute()
+        return {n: bufs[n].float().cpu().numpy() for n in outputs}
+
     def run(x: np.ndarray) -> np.ndarray:
         if tuple(x.shape) != shape:
             raise InputShapeError(f"input shape {tuple(x.shape)} does not match the engine's {shape}")
-        x_dev.copy_(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-        torch.cuda.synchronize()
-        execute()
-        return y_dev.float().cpu().numpy()
+        return run_all({inputs[0]: x})[outputs[0]]
 
-    def lean_call(x: np.ndarray):
-        x_dev.copy_(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-        torch.cuda.synchronize()
+    def lean_call(x):
+        upload(x if isinstance(x, dict) else {inputs[0]: x})
         return execute
 
     executed = meta.get("precision", precision)
     return Session(runtime="tensorrt", runtime_version=trt.__version__, precision_executed=executed,
                    input_shape=shape, run=run, lean_call=lean_call, device=gpu, threads=threads,
-                   info={"engine": meta})
+                   info={"engine": meta}, input_shapes=shapes, output_names=outputs, run_all=run_all)

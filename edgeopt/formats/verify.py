@@ -1,7 +1,10 @@
-"""Compare an exported model's outputs with the PyTorch model's on fresh inputs.
+"""Compare an exported model's outputs with the PyTorch model's on fresh inputs, output by output.
 
 Tolerances depend on the precision: fp32 must match closely; reduced precisions are judged by relative
-error and top-1 agreement, since their point is to trade exactness for speed."""
+error and top-1 agreement, since their point is to trade exactness for speed. Each output is judged on its
+own scale (its error relative to its own largest value), so a small auxiliary output is not drowned by a
+large one; agreement is counted on outputs that look like class logits (batch, classes) or dense logits
+(batch, classes, H, W: per-pixel argmax)."""
 
 from __future__ import annotations
 
@@ -14,53 +17,97 @@ from torch import nn
 import edgeopt.decide.policy as policy
 from edgeopt.errors import VerificationError
 from edgeopt.formats.base import Session
+from edgeopt.inputs.structure import Inputs, flatten_outputs
 
 
-def verify_session(session: Session, model: nn.Module, example: torch.Tensor, precision: str,
-                   n_inputs: int | None = None, inputs: list[torch.Tensor] | None = None, seed: int = 1234,
+def _argmax(a: np.ndarray, single: bool) -> np.ndarray | None:
+    """Predicted class per sample (or per pixel); None for outputs that are not logits."""
+    if single and a.ndim >= 2:  # one output: as always, argmax over everything but the batch
+        return a.reshape(len(a), -1).argmax(1)
+    if a.ndim == 2 and a.shape[1] > 1:
+        return a.argmax(1)
+    if a.ndim == 4 and a.shape[1] > 1:
+        return a.argmax(1).reshape(-1)
+    return None
+
+
+def match_outputs(got: dict[str, np.ndarray], ref: dict[str, torch.Tensor], runtime: str) -> dict[str, np.ndarray]:
+    """The runtime's outputs under the PyTorch names (by name, else by position when only the names differ)."""
+    if set(got) == set(ref):
+        return got
+    if len(got) == len(ref):
+        return dict(zip(ref, got.values(), strict=True))
+    raise VerificationError(f"{runtime} returns {len(got)} outputs ({', '.join(got)}), PyTorch {len(ref)} "
+                            f"({', '.join(ref)})")
+
+
+def verify_session(session: Session, model: nn.Module, example, precision: str,
+                   n_inputs: int | None = None, inputs: list | None = None, seed: int = 1234,
                    labels: list[torch.Tensor] | None = None) -> dict:
     """Raise VerificationError when the runtime's outputs do not match; return the error figures.
 
+    `example` is a tensor, tuple or dict of tensors; `inputs` (optional) are batches of the same form.
     fp32 is judged on a few inputs by max error; reduced precisions on enough inputs (24 by default) for
-    top-1 agreement to mean something. With `labels` (one tensor per input batch), the accuracy of both
-    the runtime and PyTorch is reported too."""
+    top-1 agreement to mean something. With `labels` (one tensor per input batch) and one output, the
+    accuracy of both the runtime and PyTorch is reported too."""
+    base = Inputs.of(example, model)
     gen = torch.Generator().manual_seed(seed)
     if n_inputs is None:
         fp32 = policy.tolerance(session.precision_executed) == policy.TOLERANCES["fp32"]
         n_inputs = policy.VERIFY_INPUTS_FP32 if fp32 else policy.VERIFY_INPUTS_REDUCED
-    xs = inputs or [torch.randn(example.shape, generator=gen) for _ in range(n_inputs)]
+    xs = [Inputs.of(x, model) if not isinstance(x, torch.Tensor) or base.single else base.like([x])
+          for x in inputs] if inputs else [base.fresh(gen) for _ in range(n_inputs)]
     if labels is not None and len(labels) != len(xs):
         raise VerificationError(f"{len(labels)} label batches for {len(xs)} input batches")
-    max_abs = rel = 0.0
-    agree = total = right_rt = right_pt = 0
+    per: dict[str, dict] = {}
+    agree = total = right_rt = right_pt = samples = 0
     model.eval()
     for i, x in enumerate(xs):
         with torch.no_grad():
-            ref = model(x).float().numpy()
-        got = session.run(x.numpy())
-        if got.shape != ref.shape:
-            raise VerificationError(f"{session.runtime} output shape {got.shape} != PyTorch {ref.shape}")
-        if not np.isfinite(got).all():
-            raise VerificationError(f"{session.runtime} produced NaN/Inf outputs")
-        diff = float(np.abs(got - ref).max())
-        max_abs = max(max_abs, diff)
-        rel = max(rel, diff / max(float(np.abs(ref).max()), 1e-6))
-        if ref.ndim >= 2:
-            agree += int((got.reshape(len(got), -1).argmax(1) == ref.reshape(len(ref), -1).argmax(1)).sum())
-            total += len(ref)
-            if labels is not None:
-                y = labels[i].numpy().reshape(-1)
-                right_rt += int((got.reshape(len(got), -1).argmax(1) == y).sum())
-                right_pt += int((ref.reshape(len(ref), -1).argmax(1) == y).sum())
+            ref = flatten_outputs(x.call(model))
+        got = match_outputs(session.run_named(x.numpy()), ref, session.runtime)
+        single = len(ref) == 1
+        samples += x.batch
+        for name, r in ref.items():
+            r, g = r.float().numpy(), np.asarray(got[name])
+            if g.shape != r.shape:
+                what = "output" if single else f"output {name!r}"
+                raise VerificationError(f"{session.runtime} {what} shape {g.shape} != PyTorch {r.shape}")
+            if not np.isfinite(g).all():
+                raise VerificationError(f"{session.runtime} produced NaN/Inf in output {name!r}")
+            diff = float(np.abs(g - r).max()) if g.size else 0.0
+            st = per.setdefault(name, {"max_abs_error": 0.0, "max_rel_error": 0.0})
+            st["max_abs_error"] = max(st["max_abs_error"], diff)
+            st["max_rel_error"] = max(st["max_rel_error"], diff / max(float(np.abs(r).max()) if r.size else 0, 1e-6))
+            pg, pr = _argmax(g, single), _argmax(r, single)
+            if pr is not None:
+                agree += int((pg == pr).sum())
+                total += pr.size
+                if labels is not None and single:
+                    y = labels[i].numpy().reshape(-1)
+                    right_rt += int((pg == y).sum())
+                    right_pt += int((pr == y).sum())
+    return _judge(session, per, (agree, total, samples), right_rt, right_pt, labels, len(xs))
+
+
+def _judge(session: Session, per: dict, counts: tuple[int, int, int], right_rt: int, right_pt: int,
+           labels, n: int) -> dict:
+    agree, total, samples = counts
     agreement = agree / total if total else 1.0
     max_rel, min_agree = policy.tolerance(session.precision_executed)
-    result = {"max_abs_error": max_abs, "max_rel_error": rel, "top1_agreement": agreement,
-              "precision": session.precision_executed, "inputs": len(xs)}
-    if labels is not None and total:
+    rel = max(s["max_rel_error"] for s in per.values())
+    result = {"max_abs_error": max(s["max_abs_error"] for s in per.values()), "max_rel_error": rel,
+              "top1_agreement": agreement, "precision": session.precision_executed, "inputs": n}
+    if len(per) > 1:
+        result["outputs"] = per
+    if labels is not None and total and len(per) == 1:
         result["accuracy"], result["accuracy_pytorch"] = right_rt / total, right_pt / total
-    # top-1 agreement is only meaningful over enough samples; a single flip among 4 random inputs is noise
-    if rel > max_rel or (total >= policy.AGREEMENT_MIN_SAMPLES and agreement < min_agree):
+    worst = max(per, key=lambda k: per[k]["max_rel_error"])
+    where = f" (output {worst!r})" if len(per) > 1 else ""
+    # top-1 agreement is only meaningful over enough samples (not pixels: neighbours flip together);
+    # a single flip among 4 random inputs is noise
+    if rel > max_rel or (total and samples >= policy.AGREEMENT_MIN_SAMPLES and agreement < min_agree):
         raise VerificationError(
             f"{session.runtime} ({session.precision_executed}) outputs differ from PyTorch: max relative "
-            f"error {rel:.2e} (limit {max_rel:.0e}), top-1 agreement {agreement:.0%} (min {min_agree:.0%})")
+            f"error {rel:.2e}{where} (limit {max_rel:.0e}), top-1 agreement {agreement:.0%} (min {min_agree:.0%})")
     return result

@@ -13,7 +13,8 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module, example: torch.Tensor) -> int:
+def count_macs(model: nn.Module, example) -> int:
+    """MACs of one forward pass on `example` (a tensor, a tuple or a dict of tensors)."""
     import torch_pruning as tp
 
     with torch.no_grad():
@@ -42,22 +43,35 @@ def layer_mix(model: nn.Module) -> dict[str, int]:
     return mix
 
 
-def count_prunable_groups(model: nn.Module, example: torch.Tensor, timeout_s: float = 60) -> int:
-    """Groups of coupled channels that Torch-Pruning can cut (the output layer excluded)."""
+def count_prunable_groups(model: nn.Module, example, timeout_s: float = 60) -> int:
+    """Groups of coupled channels that Torch-Pruning can cut (the layers producing outputs excluded)."""
     import torch_pruning as tp
 
+    from edgeopt.inputs.structure import Inputs
+    from edgeopt.techniques.prune import output_layers
+
     out_layers = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
+    out_layers += output_layers(model, Inputs.of(example, model))
     with time_limit(timeout_s, "dependency-graph tracing"):
         dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
         return sum(1 for _ in dg.get_all_groups(ignored_layers=out_layers,
                                                 root_module_types=(nn.Conv2d, nn.Linear)))
 
 
-def analyze(model: nn.Module, input_shape: tuple[int, ...], size_bytes: int = 0) -> ModelSummary:
-    example = torch.randn(*input_shape)
+def analyze(model: nn.Module, input_shape, size_bytes: int = 0) -> ModelSummary:
+    """`input_shape`: one input's shape, name -> shape for several, or example inputs (Inputs, tuple, dict)."""
+    from edgeopt.inputs.structure import Inputs, flatten_outputs
+
+    if isinstance(input_shape, Inputs) or isinstance(input_shape, (tuple, list)) and input_shape \
+            and isinstance(input_shape[0], torch.Tensor) or isinstance(input_shape, torch.Tensor):
+        inputs = Inputs.of(input_shape, model)
+    else:
+        inputs = Inputs.random(input_shape, keyword=True)
+    example = inputs.example()
     model.eval()
     with torch.no_grad():
-        out = model(example)
+        outs = flatten_outputs(inputs.call(model))
+    out = outs.get("out", next(iter(outs.values())))  # the primary output: 'out' or the first
     from edgeopt.techniques.prune import trouble_modules, unsafe_layers
 
     unprunable: list[str] = list(unsafe_layers(model)[1])
@@ -76,8 +90,9 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...], size_bytes: int = 0)
             unprunable.append(f"model: dependency graph failed ({type(e).__name__}: {str(e)[:120]})")
     widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups == 1]
     return ModelSummary(
-        params=count_params(model), macs=count_macs(model, example), input_shape=list(input_shape),
-        num_outputs=int(out.shape[-1]) if out.dim() >= 2 else None, layers=layer_mix(model),
+        params=count_params(model), macs=count_macs(model, example), input_shape=list(inputs.first.shape),
+        num_outputs=(int(out.shape[-1]) if out.dim() == 2 else int(out.shape[1]) if out.dim() == 4 else None),
+        layers=layer_mix(model),
         prunable_groups=groups, unprunable=unprunable, min_channels=min(widths) if widths else None,
         size_bytes=size_bytes or sum(p.numel() * p.element_size() for p in model.parameters()),
     )

@@ -24,8 +24,9 @@ from edgeopt.inputs.safety import checkpoint_format, holds_objects, pt2_pickle_r
 class LoadedModel:
     model: nn.Module
     source: str
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...]  # the first (or only) input's
     info: dict[str, Any] = field(default_factory=dict)  # e.g. demo accuracy, training time
+    input_shapes: dict[str, tuple[int, ...]] | None = None  # several named inputs (keyword arguments)
 
 
 class ExportedModule(nn.Module):
@@ -63,9 +64,22 @@ def split_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return base, {k: _literal(v) for k, v in parse_qsl(query, keep_blank_values=True)}
 
 
-def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
+def parse_input_shape(text: str | list[str] | None) -> tuple[int, ...] | dict[str, tuple[int, ...]] | None:
+    """`1,3,224,224`, or (repeated --input-shape) `image:1,3,224,224 mask:1,1,224,224` for named inputs."""
+    if isinstance(text, (list, tuple)):
+        if not text:
+            return None
+        if len(text) > 1 or ":" in text[0]:
+            from edgeopt.inputs.structure import parse_input_shapes
+
+            return parse_input_shapes(list(text))
+        text = text[0]
     if text is None:
         return None
+    if ":" in text:
+        from edgeopt.inputs.structure import parse_input_shapes
+
+        return parse_input_shapes([text])
     try:
         dims = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
     except ValueError:
@@ -251,21 +265,29 @@ def load_model(spec: str | nn.Module = "demo", weights: str | Path | None = None
                               "file.py:factory, package.module:factory or a .pt2 file")
     if weights is not None:
         load_weights(model, weights)
+    if isinstance(input_shape, dict):  # several named inputs: forward(**{name: tensor})
+        shapes = {str(k): tuple(v) for k, v in input_shape.items()}
+        model.eval()
+        check_forward(model, shapes)
+        return LoadedModel(model, source, next(iter(shapes.values())), info, shapes)
     shape = tuple(input_shape or default_shape)
     model.eval()
     check_forward(model, shape)
     return LoadedModel(model, source, shape, info)
 
 
-def check_forward(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
-    """Run one forward pass; a failure means the input shape is wrong for this model."""
+def check_forward(model: nn.Module, shape: tuple[int, ...] | dict[str, tuple[int, ...]]):
+    """Run one forward pass; a failure means the input shape is wrong for this model. The outputs may be a
+    tensor, a tuple/list or a (nested) dict of tensors; any other leaf is refused, naming its path."""
+    from edgeopt.inputs.structure import Inputs, flatten_outputs
+
+    inputs = Inputs.random(shape, keyword=True)
     try:
         with torch.no_grad():
-            out = model(torch.randn(*shape))
+            out = inputs.call(model)
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise InputShapeError(f"the model fails on input shape {','.join(map(str, shape))}: {first[:200]}"
-                              ) from None
-    if not isinstance(out, torch.Tensor):
-        raise InputShapeError(f"the model returns {type(out).__name__}; edgeopt needs a single output tensor")
+        where = inputs.describe() if isinstance(shape, dict) else ",".join(map(str, shape))
+        raise InputShapeError(f"the model fails on input shape {where}: {first[:200]}") from None
+    flatten_outputs(out)
     return out

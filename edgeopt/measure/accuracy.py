@@ -1,63 +1,255 @@
-"""Accuracy of a runnable model on evaluation batches: top-1 with labels, or fidelity (top-1 agreement
-with the original model) without. Artifacts have a static batch size, so batches are re-chunked."""
+"""Accuracy of a runnable model on held-out batches, for any task, always labelled with what it is:
+
+- top1: classification with class labels;
+- miou: segmentation with masks (mean intersection over union of the per-pixel argmax, torchmetrics);
+- fidelity: no labels; agreement with the original model, output by output (see FIDELITY_MEANING);
+- user:<fn>: the user's metric, given all held-out outputs (in the model's own structure) and targets.
+
+Artifacts have a static batch size, so batches are re-chunked (the last chunk padded). Evaluation batches
+carry their metric as `batches.metric` (set once by the pipeline); without it the metric follows the labels."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from edgeopt.errors import ConfigError, DataError
 from edgeopt.inputs.data import Batches
+from edgeopt.inputs.structure import Inputs, flatten_outputs, nest
+
+FIDELITY_MEANING = ("fidelity: agreement with the original model on held-out inputs, the worst output counts: "
+                    "% equal top-1 classes for class logits, % equal per-pixel classes for dense logits, "
+                    "100 x mean per-sample cosine similarity for other outputs (boxes, embeddings, depth)")
 
 
-def predictions(run: Callable[[np.ndarray], np.ndarray], batches: Batches, batch_size: int) -> np.ndarray:
-    """Top-1 class for every evaluation sample, running `run` on fixed-size chunks (last one padded). The
-    batches are read one at a time (a streamed held-out set is never held in memory whole)."""
-    preds, pending = [], None
+@dataclass
+class Metric:
+    name: str  # top1 | miou | fidelity | user:<function>
+    fn: Callable | None = None  # the user's metric
+    num_classes: int | None = None  # miou
+    layout: object = None  # the model's output structure, to hand the user's metric its own nesting
+    meaning: str = ""
+
+
+def is_logits(a: np.ndarray | torch.Tensor) -> bool:
+    """(batch, classes) or (batch, classes, H, W) with several classes: argmax is the prediction."""
+    return a.ndim in (2, 4) and a.shape[1] > 1
+
+
+def _summary(name: str, a: np.ndarray, single: bool, full: bool) -> np.ndarray:
+    """What is kept of an output to score it: its argmax for logits (small), else the values."""
+    if full:
+        return a
+    if single and a.ndim >= 2 and not (a.ndim == 4 and a.shape[1] > 1):
+        return a.reshape(len(a), -1).argmax(1)  # a classifier, as always
+    return a.argmax(1) if is_logits(a) else a.astype(np.float32)
+
+
+def _chunks(batches: Batches, batch_size: int):
+    """Fixed-size chunks of the evaluation inputs, as Inputs, with the count of real samples in each (the last
+    one padded). Batches are read one at a time: a streamed held-out set is never held in memory whole."""
+    pending, tmpl = None, None
     for x in batches.inputs():
-        x = x.detach().cpu().numpy().astype(np.float32, copy=False)
-        pending = x if pending is None else np.concatenate([pending, x])
-        while len(pending) >= batch_size:
-            preds.append(_top1(run, pending[:batch_size], batch_size))
-            pending = pending[batch_size:]
-    if pending is not None and len(pending):
-        n = len(pending)
-        chunk = np.concatenate([pending, np.zeros((batch_size - n, *pending.shape[1:]), np.float32)])
-        preds.append(_top1(run, chunk, batch_size)[:n])
-    return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+        tmpl = x if isinstance(x, Inputs) else Inputs.of(x)
+        ts = [t.float() for t in tmpl.tensors]
+        pending = ts if pending is None else [torch.cat([p, t]) for p, t in zip(pending, ts, strict=True)]
+        while len(pending[0]) >= batch_size:
+            yield tmpl.like([p[:batch_size] for p in pending]), batch_size
+            pending = [p[batch_size:] for p in pending]
+    if pending is not None and len(pending[0]):
+        n = len(pending[0])
+        yield tmpl.like([torch.cat([t, t.new_zeros((batch_size - n, *t.shape[1:]))]) for t in pending]), n
 
 
-def _top1(run, chunk: np.ndarray, batch_size: int) -> np.ndarray:
-    return np.asarray(run(chunk)).reshape(batch_size, -1).argmax(1)
+def predictions(run, batches: Batches, batch_size: int, full: bool | None = None) -> dict[str, np.ndarray]:
+    """Every evaluation sample's outputs by name (argmax summaries unless `full` or a user metric needs
+    the values). `run`: a Session (all named outputs) or a callable array -> array (one output)."""
+    full = isinstance(getattr(batches, "metric", None), Metric) and batches.metric.fn is not None \
+        if full is None else full
+    named = getattr(run, "run_named", None)
+    parts: dict[str, list[np.ndarray]] = {}
+    for x, n in _chunks(batches, batch_size):
+        outs = named(x.numpy()) if named else (run(x) if getattr(run, "takes_inputs", False)
+                                               else {"output": np.asarray(run(x.first.numpy()))})
+        for k, v in outs.items():
+            parts.setdefault(k, []).append(_summary(k, np.asarray(v)[:n], len(outs) == 1, full))
+    return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def torch_runner(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+def torch_runner(model: torch.nn.Module) -> Callable:
     model.eval()
 
-    def run(x: np.ndarray) -> np.ndarray:
+    def run(x: Inputs) -> dict[str, np.ndarray]:
         with torch.no_grad():
-            return model(torch.from_numpy(x)).numpy()
+            return {k: v.float().numpy() for k, v in flatten_outputs(x.call(model)).items()}
 
+    run.takes_inputs = True
     return run
 
 
-def score(preds: np.ndarray, batches: Batches, reference: np.ndarray | None) -> tuple[float, str]:
-    """(accuracy in %, metric name)."""
-    if batches.labelled:
-        labels = batches.labels().numpy()  # a streamed set knows its labels without decoding the images
-        return float((preds == labels).mean() * 100), "top1"
-    assert reference is not None, "fidelity needs the original model's predictions"
-    return float((preds == reference).mean() * 100), "fidelity"
-
-
-def torch_predictions(model: torch.nn.Module, batches: Batches, batch_size: int, wide: int = 64) -> np.ndarray:
-    """Top-1 in PyTorch, in wide chunks when the model takes them (much faster than batch 1; per-sample
+def torch_predictions(model: torch.nn.Module, batches: Batches, batch_size: int, wide: int = 64,
+                      full: bool | None = None) -> dict[str, np.ndarray]:
+    """Outputs in PyTorch, in wide chunks when the model takes them (much faster than batch 1; per-sample
     results are the same in eval mode), else at the model's own batch size (e.g. a static-shape export)."""
     run = torch_runner(model)
     if wide > batch_size:
         try:
-            return predictions(run, batches, wide)
+            return predictions(run, batches, wide, full)
         except Exception:  # a model traced for a fixed batch
             pass
-    return predictions(run, batches, batch_size)
+    return predictions(run, batches, batch_size, full)
+
+
+def _targets(batches: Batches):
+    if not isinstance(batches, Batches) and hasattr(batches, "labels"):
+        return batches.labels()  # a streamed set knows its labels without decoding the images
+    ys = [y for _, y in batches.items]
+    if all(isinstance(y, torch.Tensor) for y in ys):
+        return torch.cat([y.reshape(len(y), *y.shape[1:]) for y in ys])
+    out: list = []
+    for y in ys:
+        out.extend(list(y))
+    return out
+
+
+def primary(preds: dict[str, np.ndarray], dense: bool = False) -> np.ndarray:
+    """The output that top-1 / mIoU are read from: 'out' (torchvision segmenters), else the first logits."""
+    if "out" in preds:
+        return preds["out"]
+    for v in preds.values():
+        if (v.ndim == 3) == dense:
+            return v
+    return next(iter(preds.values()))
+
+
+def score(preds, batches: Batches, reference=None) -> tuple[float, str]:
+    """(score in %, metric name): higher is better; --max-accuracy-drop is in points of this metric."""
+    if isinstance(preds, np.ndarray):
+        preds = {"output": preds}
+    if isinstance(reference, np.ndarray):
+        reference = {"output": reference}
+    metric = getattr(batches, "metric", None) or default_metric(batches)
+    if metric.fn is not None:
+        return user_score(metric, preds, _targets(batches)), metric.name
+    if metric.name == "top1":
+        labels = _targets(batches).numpy().reshape(-1)
+        return float((primary(preds) == labels).mean() * 100), "top1"
+    if metric.name == "miou":
+        return miou(primary(preds, dense=True), _targets(batches), metric.num_classes), "miou"
+    if reference is None:
+        raise ConfigError("fidelity needs the original model's outputs")
+    return fidelity(preds, reference), "fidelity"
+
+
+def default_metric(batches: Batches | None) -> Metric:
+    if batches is None or not batches.labelled:
+        return Metric("fidelity", meaning=FIDELITY_MEANING)
+    y = batches.items[0][1]
+    if isinstance(y, torch.Tensor) and y.dim() >= 2:
+        n = int(max(int(t.max()) for _, t in batches.items)) + 1
+        return Metric("miou", num_classes=n, meaning="miou: mean intersection over union of the per-pixel "
+                                                     "classes with the masks, in %, over classes present")
+    return Metric("top1", meaning="top1: % of held-out samples whose top class is the label")
+
+
+def fidelity(preds: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> float:
+    """The worst output's agreement with the original model's (see FIDELITY_MEANING)."""
+    if list(preds) != list(reference) and len(preds) == len(reference):
+        preds = dict(zip(reference, preds.values(), strict=True))  # same structure, other names
+    scores = []
+    for k, ref in reference.items():
+        got = preds.get(k)
+        if got is None or got.shape != ref.shape:
+            return 0.0  # a structure that differs from the original's agrees with nothing
+        if np.issubdtype(ref.dtype, np.integer):
+            scores.append(float((got == ref).mean() * 100))
+        else:
+            a, b = got.reshape(len(got), -1).astype(np.float64), ref.reshape(len(ref), -1).astype(np.float64)
+            cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+            scores.append(float(np.clip(cos, 0, 1).mean() * 100))
+    return min(scores)
+
+
+def miou(pred: np.ndarray, masks: torch.Tensor, num_classes: int | None) -> float:
+    """Mean IoU (%) of per-pixel classes against the masks (torchmetrics' multiclass Jaccard index)."""
+    from torchmetrics.functional.classification import multiclass_jaccard_index
+
+    p = torch.as_tensor(pred).long()
+    t = torch.as_tensor(masks).long().reshape(p.shape) if masks.numel() == p.numel() else None
+    if t is None:
+        raise DataError(f"masks of shape {tuple(masks.shape)} do not match the predictions' {tuple(p.shape)}")
+    n = num_classes or int(max(int(p.max()), int(t.max()))) + 1
+    p = p.clamp(0, n - 1)
+    return float(multiclass_jaccard_index(p, t, num_classes=n, average="macro") * 100)
+
+
+def user_score(metric: Metric, preds: dict[str, np.ndarray], targets) -> float:
+    """Call the user's metric with the outputs re-nested in the model's structure (torch tensors over all
+    held-out samples) and the targets; one-line ConfigError naming the function on any failure."""
+    outs = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in preds.items()}
+    layout = metric.layout
+    nested = nest(layout, outs) if layout is not None and set(flatten_names(layout)) == set(outs) else (
+        outs["output"] if list(outs) == ["output"] else outs)
+    try:
+        value = metric.fn(nested, targets)
+    except Exception as e:
+        raise ConfigError(f"metric {metric.name[5:]} raised {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+                          if str(e) else f"metric {metric.name[5:]} raised {type(e).__name__}") from None
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
+            or not np.isfinite(value):
+        raise ConfigError(f"metric {metric.name[5:]} returned {value!r}: it must return a number "
+                          "(higher is better, in percent)")
+    return float(value)
+
+
+def flatten_names(layout) -> list[str]:
+    if isinstance(layout, str):
+        return [layout]
+    vals = layout.values() if isinstance(layout, dict) else layout
+    return [n for v in vals for n in flatten_names(v)]
+
+
+def load_metric(spec, layout=None) -> Metric:
+    """--metric file.py:fn | module:fn, or a callable (outputs, targets) -> score in %."""
+    if callable(spec):
+        return Metric(f"user:{getattr(spec, '__name__', 'metric')}", fn=spec, layout=layout,
+                      meaning="the user's metric (higher is better, %)")
+    fn = _load_function(str(spec))
+    return Metric(f"user:{str(spec).rpartition(':')[2]}", fn=fn, layout=layout,
+                  meaning=f"the user's metric {spec} (higher is better, %)")
+
+
+def _load_function(spec: str) -> Callable:
+    """`path/file.py:fn` or `module:fn`; one-line ConfigError when it cannot be found."""
+    import importlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    target, _, name = spec.rpartition(":")
+    if not target or not name:
+        raise ConfigError(f"--metric {spec!r}: use file.py:function or module:function")
+    try:
+        if target.endswith(".py"):
+            path = Path(target)
+            if not path.is_file():
+                raise ConfigError(f"--metric: file {path} does not exist")
+            mspec = importlib.util.spec_from_file_location(f"edgeopt_user_metric_{path.stem}", path)
+            module = importlib.util.module_from_spec(mspec)
+            sys.modules[mspec.name] = module
+            mspec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+        fn = getattr(module, name)
+    except ConfigError:
+        raise
+    except (ImportError, AttributeError, SyntaxError) as e:
+        raise ConfigError(f"cannot load metric function {spec}: {str(e).splitlines()[0]}") from None
+    if not callable(fn):
+        raise ConfigError(f"--metric {spec}: {name} is not a function")
+    return fn

@@ -29,13 +29,26 @@ def device_description(session: Session) -> str:
     return f"CPU {cpu_model()} [{' '.join(f for f in INTERESTING_FLAGS if f in flags)}] via {session.device}"
 
 
-def _shape(session: Session, input_shape: tuple[int, ...] | None, batch_size: int | None) -> tuple[int, ...]:
-    shape = tuple(input_shape) if input_shape else tuple(d if d > 0 else 1 for d in session.input_shape)
+def _shapes(session: Session, input_shape, batch_size: int | None) -> dict[str, tuple[int, ...]]:
+    """Every input's shape: the artifact's (dynamic axes at 1), or the ones asked for (a tuple for the
+    only input, name -> shape for several), with the batch axis set to --batch-size when given."""
+    own = session.input_shapes or {"input": tuple(session.input_shape)}
+    shapes = {n: tuple(d if d > 0 else 1 for d in s) for n, s in own.items()}
+    if isinstance(input_shape, dict):
+        unknown = [n for n in input_shape if n not in shapes]
+        if unknown:
+            raise InputShapeError(f"the artifact has no input {unknown[0]!r} (inputs: {', '.join(shapes)})")
+        shapes.update({n: tuple(s) for n, s in input_shape.items()})
+    elif input_shape:
+        if len(shapes) > 1:
+            raise InputShapeError(f"the artifact takes {len(shapes)} inputs ({', '.join(shapes)}): give each shape "
+                                  "by name, e.g. --input-shape NAME:1,3,224,224")
+        shapes = {next(iter(shapes)): tuple(input_shape)}
     if batch_size is not None:
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-        shape = (batch_size, *shape[1:])
-    return shape
+        shapes = {n: (batch_size, *s[1:]) for n, s in shapes.items()}
+    return shapes
 
 
 def _prepare(path: Path, runtime: str | None, precision: str, threads: int, input_shape, batch_size):
@@ -44,31 +57,34 @@ def _prepare(path: Path, runtime: str | None, precision: str, threads: int, inpu
         raise ArtifactError(f"artifact {path} does not exist")
     backend = backend_for(runtime) if runtime else backend_for_artifact(path)
     session = backend.load(path, precision=precision, threads=threads)
-    shape = _shape(session, input_shape, batch_size)
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    shapes = _shapes(session, input_shape, batch_size)
+    rng = np.random.default_rng(0)
+    feed = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
     try:
-        session.run(x)  # shape check and first-run cost, outside the timed loop
+        session.run_named(feed)  # shape check and first-run cost, outside the timed loop
     except InputShapeError:
         raise
     except Exception as e:
-        raise InputShapeError(f"{path} does not run on input shape {shape}: {str(e).splitlines()[0][:200]}"
+        desc = ", ".join(f"{n}:{','.join(map(str, s))}" for n, s in shapes.items())
+        raise InputShapeError(f"{path} does not run on input shape {desc}: {str(e).splitlines()[0][:200]}"
                               ) from None
-    return session, x, shape
+    return session, feed, shapes
 
 
 def benchmark_many(paths: list[Path], runtime: str | None = None, precision: str = "fp32",
-                   threads: int | None = None, input_shape: tuple[int, ...] | None = None,
+                   threads: int | None = None, input_shape: tuple[int, ...] | dict | None = None,
                    batch_size: int | None = None, config: BenchConfig | None = None) -> list[BenchmarkResult]:
     """Measure several artifacts interleaved, run by run; one result per artifact, in order."""
     threads = threads or os.cpu_count()
     prepared = [_prepare(p, runtime, precision, threads, input_shape, batch_size) for p in paths]
     keys = [f"{i}:{p}" for i, p in enumerate(paths)]
-    stats = measure({k: s.lean_call(x) for k, (s, x, _) in zip(keys, prepared, strict=True)}, config)
+    stats = measure({k: s.lean_call(feed) for k, (s, feed, _) in zip(keys, prepared, strict=True)}, config)
     return [BenchmarkResult(artifact=str(p), runtime=s.runtime, runtime_version=s.runtime_version,
                             precision=precision, precision_executed=s.precision_executed,
-                            device=device_description(s), threads=threads, input_shape=list(shape),
-                            latency=stats[k])
-            for k, p, (s, _, shape) in zip(keys, paths, prepared, strict=True)]
+                            device=device_description(s), threads=threads,
+                            input_shape=list(next(iter(shapes.values()))), latency=stats[k],
+                            inputs={n: list(v) for n, v in shapes.items()}, outputs=list(s.output_names))
+            for k, p, (s, _, shapes) in zip(keys, paths, prepared, strict=True)]
 
 
 def benchmark_artifact(path: Path, runtime: str | None = None, precision: str = "fp32",
@@ -83,5 +99,8 @@ def per_layer(path: Path, runtime: str | None = None, precision: str = "fp32", t
     from edgeopt.measure.layers import profile_layers
 
     threads = threads or os.cpu_count()
-    session, x, _ = _prepare(Path(path), runtime, precision, threads, input_shape, batch_size)
+    session, feed, _ = _prepare(Path(path), runtime, precision, threads, input_shape, batch_size)
+    if len(feed) > 1:
+        raise ConfigError("per-layer profiling takes a single-input artifact")
+    x = next(iter(feed.values()))
     return profile_layers(Path(path), session.runtime, x, runs=runs, threads=threads, precision=precision)

@@ -52,6 +52,8 @@ class Manifest(BaseModel):
     artifacts: list[ArtifactSpec] = Field(min_length=1, max_length=32)
     threads: int | None = Field(None, ge=1, le=1024)
     input_shape: list[int] | None = Field(None, min_length=1, max_length=8)
+    # several named inputs (each one fed)
+    input_shapes: dict[str, list[int]] | None = Field(None, max_length=16)
     max_time_s: float = Field(10.0, gt=0, le=600)
     dataset: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$")  # <data-dir>/<dataset>.npz on the agent
 
@@ -64,6 +66,15 @@ class Manifest(BaseModel):
             if math.prod(v) > MAX_INPUT_ELEMENTS:
                 raise ValueError(f"input_shape {v} has {math.prod(v)} elements; this agent allows at most "
                                  f"{MAX_INPUT_ELEMENTS}")
+        return v
+
+    @field_validator("input_shapes")
+    @classmethod
+    def _each_bounded(cls, v: dict[str, list[int]] | None) -> dict[str, list[int]] | None:
+        for shape in (v or {}).values():
+            cls._bounded(shape)
+        if v and sum(math.prod(s) for s in v.values()) > MAX_INPUT_ELEMENTS:
+            raise ValueError(f"input_shapes hold more than {MAX_INPUT_ELEMENTS} elements in all")
         return v
 
 

@@ -80,10 +80,13 @@ class AgentClient:
         return self._request("GET", "/v1/info")
 
     def measure(self, artifacts: dict[str, Path], runtimes: dict[str, str], precisions: dict[str, str],
-                threads: int | None = None, input_shape: tuple[int, ...] | None = None,
+                threads: int | None = None, input_shape: tuple[int, ...] | dict | None = None,
                 max_time_s: float = 10.0, dataset: str | None = None) -> dict:
+        named = isinstance(input_shape, dict)  # several named inputs: each shape by name
         manifest: dict[str, Any] = {"protocol": PROTOCOL_VERSION, "artifacts": [], "threads": threads,
-                                    "input_shape": list(input_shape) if input_shape else None,
+                                    "input_shape": list(input_shape) if input_shape and not named else None,
+                                    **({"input_shapes": {k: list(v) for k, v in input_shape.items()}}
+                                       if named else {}),
                                     "max_time_s": max_time_s, "dataset": dataset}
         with ExitStack() as stack:
             files = {}

@@ -113,7 +113,7 @@ def _scrub(body: dict, *folders: Path) -> dict:
 def _write_job(job_dir: Path, manifest: Manifest, form, config: AgentConfig) -> None:
     from edgeopt.formats import backend_for
 
-    job = {"threads": manifest.threads, "input_shape": manifest.input_shape,
+    job = {"threads": manifest.threads, "input_shape": manifest.input_shape, "input_shapes": manifest.input_shapes,
            "max_time_s": manifest.max_time_s, "artifacts": []}
     if manifest.dataset:
         job["data_file"] = str(config.data_dir / f"{manifest.dataset}.npz")

@@ -86,11 +86,16 @@ def run_job(job: dict) -> dict:
     sessions, inputs = {}, {}
     for a in job["artifacts"]:
         s = load_session(a, job.get("threads") or os.cpu_count())
-        shape = tuple(job["input_shape"]) if job.get("input_shape") else tuple(
-            d if d > 0 else 1 for d in s.input_shape)
-        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-        s.run(x)  # shape check and first-run cost, outside the timed loop
-        sessions[a["id"]], inputs[a["id"]] = s, x
+        own = s.input_shapes or {"input": tuple(s.input_shape)}
+        shapes = {n: tuple(d if d > 0 else 1 for d in v) for n, v in own.items()}
+        if job.get("input_shapes"):  # every named input is fed
+            shapes.update({n: tuple(v) for n, v in job["input_shapes"].items()})
+        elif job.get("input_shape"):
+            shapes[next(iter(shapes))] = tuple(job["input_shape"])
+        rng = np.random.default_rng(0)
+        feed = {n: rng.standard_normal(v).astype(np.float32) for n, v in shapes.items()}
+        s.run_named(feed)  # shape check and first-run cost, outside the timed loop
+        sessions[a["id"]], inputs[a["id"]] = s, feed
     stats = measure({k: s.lean_call(inputs[k]) for k, s in sessions.items()},
                     BenchConfig(max_time_s=float(job.get("max_time_s", 10.0))))
     results = {}
@@ -99,9 +104,10 @@ def run_job(job: dict) -> dict:
         r = {"runtime": s.runtime, "runtime_version": s.runtime_version, "precision": a["precision"],
              "route": s.info.get("route"),
              "precision_executed": s.precision_executed, "device": s.device, "threads": s.threads,
-             "input_shape": list(inputs[a["id"]].shape), "latency": stats[a["id"]].model_dump()}
+             "input_shape": list(next(iter(inputs[a["id"]].values())).shape),
+             "inputs": {n: list(v.shape) for n, v in inputs[a["id"]].items()}, "latency": stats[a["id"]].model_dump()}
         if job.get("data_file"):
-            r["accuracy"] = top1(s, Path(job["data_file"]), inputs[a["id"]].shape[0])
+            r["accuracy"] = top1(s, Path(job["data_file"]), r["input_shape"][0])
             r["metric"] = "top1"
         results[a["id"]] = r
     return {"status": "ok", "results": results, "environment": device_environment(),

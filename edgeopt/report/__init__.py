@@ -220,6 +220,8 @@ class BenchmarkResult(BaseModel):
     input_shape: list[int]
     latency: LatencyStats
     latency_source: Literal["measured", "estimated"] = "measured"
+    inputs: dict[str, list[int]] = {}  # every input fed, by name (input_shape is the first one's)
+    outputs: list[str] = []
 
     @property
     def p50_ms(self) -> float:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from edgeopt.errors import ConfigError
+from edgeopt.inputs.structure import Inputs, model_outputs
 from edgeopt.techniques.ranks import (
     cp_macs,
     energy_rank,
@@ -26,7 +27,7 @@ from edgeopt.techniques.ranks import (
 METHODS = ("tucker", "cp", "svd")
 
 
-def _shapes(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, tuple[int, int]]:
+def _shapes(model: nn.Module, example: Inputs) -> dict[nn.Module, tuple[int, int]]:
     """(input H*W, output H*W) of every conv; 1 for Linears (per token counts are the same ratio)."""
     hw: dict[nn.Module, tuple[int, int]] = {}
 
@@ -39,7 +40,7 @@ def _shapes(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, tuple[in
     hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
         with torch.no_grad():
-            model(example)
+            example.call(model)
     finally:
         for h in hs:
             h.remove()
@@ -169,10 +170,12 @@ def _plan_conv(conv, hw, method, energy, macs_reduction, rank_method):
     return ranks, before, after, kept
 
 
-def factorize(model: nn.Module, example: torch.Tensor, method: str = "tucker", energy: float | None = 0.9,
+def factorize(model: nn.Module, example, method: str = "tucker", energy: float | None = 0.9,
               macs_reduction: float | None = None, layers: list[str] | None = None, rank_method: str = "energy",
               min_params: int = 4096) -> tuple[nn.Module, dict]:
-    """Return (factorized copy, record per layer: ranks, MACs before/after, energy kept, error; skipped)."""
+    """Return (factorized copy, record per layer: ranks, MACs before/after, energy kept, error; skipped).
+    `example`: a tensor, a tuple of tensors or a dict name -> tensor. Every output keeps its shape
+    (each layer keeps its channel counts)."""
     if method not in METHODS:
         raise ConfigError(f"factorize method must be one of {', '.join(METHODS)}, got {method!r}")
     if rank_method not in ("energy", "vbmf"):
@@ -187,6 +190,7 @@ def factorize(model: nn.Module, example: torch.Tensor, method: str = "tucker", e
         unknown = [n for n in layers if n not in named]
         if unknown:
             raise ConfigError(f"unknown layer(s) {', '.join(unknown)}; see the model's named_modules()")
+    example = Inputs.of(example, model)
     hw = _shapes(work, example)
     done, skipped = [], []
     for name, m in list(named.items()):
@@ -231,6 +235,10 @@ def factorize(model: nn.Module, example: torch.Tensor, method: str = "tucker", e
         done.append({"layer": name, "kind": kind, "ranks": ranks, "macs_before": before, "macs_after": after,
                      "energy_kept": None if kept is None else round(kept, 4), "weight_rel_error": err})
     work.eval()
+    shapes = {k: tuple(v.shape) for k, v in model_outputs(model.eval(), example).items()}
+    new_shapes = {k: tuple(v.shape) for k, v in model_outputs(work, example).items()}
+    if new_shapes != shapes:  # a factorized layer keeps its channels: this would be a bug, never shipped
+        raise ConfigError(f"factorization changed the output shapes {shapes} -> {new_shapes}")
     return work, {"method": method, "energy": energy if macs_reduction is None and rank_method == "energy" else None,
                   "macs_reduction": macs_reduction, "rank_method": rank_method, "layers_changed": len(done),
                   "layers": done, "skipped": skipped}

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from edgeopt.errors import PruningError
+from edgeopt.inputs.structure import Inputs, flatten_outputs, model_outputs
 from edgeopt.techniques.importance import (
     IMPORTANCE_NAMES,
     NEEDS_INPUTS,
@@ -71,8 +72,9 @@ def _prunable(m: nn.Module) -> int:
     return sum(1 for q in m.modules() if isinstance(q, (nn.Conv2d, nn.Linear)))
 
 
-def _capture_inputs(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, tuple]:
-    """Each submodule's positional inputs on the example (first call only; kwargs make it untraceable)."""
+def _capture_inputs(model: nn.Module, example: Inputs) -> dict[nn.Module, tuple]:
+    """Each submodule's positional inputs on the example (first call only; kwargs make it untraceable).
+    The model itself is traced with the example inputs as given (a dict feeds keyword arguments)."""
     seen: dict[nn.Module, tuple] = {}
 
     def hook(mod, args, kwargs):
@@ -83,11 +85,31 @@ def _capture_inputs(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, 
     handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in model.modules()]
     try:
         with torch.no_grad():
-            model(example)
+            example.call(model)
     finally:
         for h in handles:
             h.remove()
+    seen[model] = example.example() if example.keyword else tuple(example.tensors)
     return seen
+
+
+def output_layers(model: nn.Module, example: Inputs) -> list[nn.Module]:
+    """Conv/Linear layers whose output tensor is one of the model's outputs: their output channels are
+    what the user reads (boxes, classes, masks), so they are never pruned on their output side."""
+    produced: dict[int, nn.Module] = {}
+
+    def hook(mod, args, out):
+        if isinstance(out, torch.Tensor):
+            produced[id(out)] = mod
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            outs = flatten_outputs(example.call(model))
+    finally:
+        for h in handles:
+            h.remove()
+    return [produced[id(t)] for t in outs.values() if id(t) in produced]
 
 
 class _Walker:
@@ -95,6 +117,7 @@ class _Walker:
         self.model, self.spec, self.deadline, self.block_timeout_s = model, spec, deadline, block_timeout_s
         self.example = example
         self.inputs = _capture_inputs(model, example)
+        self.heads = output_layers(model, example)
         self.skipped: list[str] = []
         self.notes: list[str] = []
         self.pruned_blocks: list[str] = []
@@ -112,7 +135,8 @@ class _Walker:
         backup = copy.deepcopy(module)
         try:
             with time_limit(max(1.0, limit), f"pruning {name or 'the model'}"):
-                res = prune_module(module, args, self.spec, self.model)
+                res = prune_module(module, args, self.spec, self.model,
+                                   extra_ignored=self.heads if module is self.model else ())
         except Exception as e:  # any failure: put the block back as it was, then try its children
             self.failures.append(f"{name or 'model'}: {type(e).__name__}: {str(e)[:160]}")
             self._restore(name, module, backup)
@@ -129,6 +153,7 @@ class _Walker:
         # the copy has new module objects: their names and inputs are needed to try its children
         self.spec.names = {m: n for n, m in self.model.named_modules()}
         self.inputs = _capture_inputs(self.model, self.example)
+        self.heads = output_layers(self.model, self.example)
 
     def visit(self, name: str, module: nn.Module) -> None:
         if _prunable(module) < 2:  # one layer alone: its output width is the block's interface
@@ -159,11 +184,12 @@ class _RootFailed(Exception):
     pass
 
 
-def prune(model: nn.Module, example: torch.Tensor, ratio: float = 0.3, importance: str = "l2",
+def prune(model: nn.Module, example, ratio: float = 0.3, importance: str = "l2",
           scope: str = "local", round_to: int | None = None, iterative_steps: int = 1, data=None,
           max_layer_ratio: float = 0.9, timeout_s: float = 120, layer_ratios: dict[str, float] | None = None,
           block_timeout_s: float = 20, reconstruct: bool = False) -> tuple[nn.Module, dict]:
     """Return (physically pruned copy, record of what changed per layer and what was skipped, why).
+    `example`: a tensor, a tuple of tensors or a dict name -> tensor (PyTorch's convention).
     `importance="recon"` ranks channels by the output error their removal leaves after re-weighting (needs
     unlabeled `data`); `reconstruct=True` re-solves the layers fed by pruned channels on `data`."""
     if not 0.0 <= ratio < 1.0:
@@ -172,8 +198,8 @@ def prune(model: nn.Module, example: torch.Tensor, ratio: float = 0.3, importanc
         raise PruningError(f"prune scope must be local or global, got {scope!r}")
     t0 = time.monotonic()
     work = copy.deepcopy(model).eval()
-    with torch.no_grad():
-        out = work(example)
+    example = Inputs.of(example, model)
+    out = model_outputs(work, example)
     before = channel_table(work)
     extra: dict = {}
     importance, factory = _criterion(importance, work, data, extra)
@@ -206,10 +232,14 @@ def prune(model: nn.Module, example: torch.Tensor, ratio: float = 0.3, importanc
         extra["reconstruction"] = _reconstruct(model, work, data, spec.kept)
     work.zero_grad(set_to_none=True)
     work.eval()
-    with torch.no_grad():
-        new_out = work(example)
-    if new_out.shape != out.shape:
-        raise PruningError(f"pruning changed the output shape {tuple(out.shape)} -> {tuple(new_out.shape)}")
+    new_out = model_outputs(work, example)
+    old_shapes = {k: tuple(v.shape) for k, v in out.items()}
+    new_shapes = {k: tuple(v.shape) for k, v in new_out.items()}
+    if new_shapes != old_shapes:
+        one = len(old_shapes) == 1
+        raise PruningError(f"pruning changed the output shape{'' if one else 's'} "
+                           f"{next(iter(old_shapes.values())) if one else old_shapes} -> "
+                           f"{next(iter(new_shapes.values())) if one else new_shapes}")
     after = channel_table(work)
     layers = [{"layer": k, "before": before[k], "after": after.get(k)} for k in before if after.get(k) != before[k]]
     if not layers and ratio > 0 and not walker.skipped:

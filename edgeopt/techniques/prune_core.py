@@ -84,17 +84,32 @@ def _boundary_layers(dg, ignored: list[nn.Module], roots) -> list[nn.Module]:
     return bound
 
 
-def _outputs(module: nn.Module, args: tuple) -> list[torch.Size]:
+def _call(module: nn.Module, args: tuple | dict):
+    return module(**args) if isinstance(args, dict) else module(*args)
+
+
+def _outputs(module: nn.Module, args: tuple | dict) -> list[torch.Size]:
+    """Shapes of every tensor the module returns (tuples, lists and dicts walked)."""
     with torch.no_grad():
-        out = module(*args)
-    outs = out if isinstance(out, (tuple, list)) else [out]
-    return [o.shape for o in outs if isinstance(o, torch.Tensor)]
+        out = _call(module, args)
+    shapes: list[torch.Size] = []
+    stack = [out]
+    while stack:
+        o = stack.pop(0)
+        if isinstance(o, torch.Tensor):
+            shapes.append(o.shape)
+        elif isinstance(o, dict):
+            stack[:0] = list(o.values())
+        elif isinstance(o, (tuple, list)):
+            stack[:0] = list(o)
+    return shapes
 
 
-def prune_module(module: nn.Module, args: tuple, spec: PruneSpec, full_model: nn.Module,
+def prune_module(module: nn.Module, args: tuple | dict, spec: PruneSpec, full_model: nn.Module,
                  extra_ignored: list[nn.Module] = ()) -> dict:
     """Prune `module` in place (traced with `args`). Returns notes; raises on any failure (the caller
-    restores the module). The module's output shapes are checked to be unchanged."""
+    restores the module). The module's output shapes are checked to be unchanged. `args`: positional
+    tensors, or a dict of keyword tensors (Torch-Pruning calls module(**args))."""
     import torch_pruning as tp
 
     roots = (nn.Conv2d, nn.Linear)
@@ -103,7 +118,7 @@ def prune_module(module: nn.Module, args: tuple, spec: PruneSpec, full_model: nn
     ignored = list(extra_ignored) + keep
     ratio_dict = {m: spec.layer_ratios[spec.names[m]] for m in module.modules()
                   if isinstance(m, roots) and spec.names.get(m) in spec.layer_ratios}
-    example = args[0] if len(args) == 1 else list(args)
+    example = args if isinstance(args, dict) else args[0] if len(args) == 1 else list(args)
     pruner = tp.pruner.MetaPruner(
         module, example, importance=spec.make_importance(), pruning_ratio=spec.ratio,
         pruning_ratio_dict=ratio_dict or None, global_pruning=(spec.scope == "global"),

@@ -19,9 +19,10 @@ def checker(name: str, sample_shape: tuple[int, ...], num_classes: int | None = 
     def check(batch, i: int):
         x, y = batch
         x = torch.as_tensor(x, dtype=torch.float32)
-        if x.dim() == len(sample_shape):
+        single = x.dim() == len(sample_shape)
+        if single:
             x = x.unsqueeze(0)
-        y = None if y is None else torch.as_tensor(y, dtype=torch.long).reshape(-1)
+        y = None if y is None else _target(y, single)
         if tuple(x.shape[1:]) != tuple(sample_shape):
             raise DataError(f"{name} batch {i} has sample shape {tuple(x.shape[1:])}, "
                             f"the model takes {tuple(sample_shape)}")
@@ -30,11 +31,28 @@ def checker(name: str, sample_shape: tuple[int, ...], num_classes: int | None = 
         if y is not None:
             if len(y) != len(x):
                 raise DataError(f"{name} batch {i} has {len(x)} inputs but {len(y)} labels")
-            if num_classes is not None and len(y) and (y.min() < 0 or y.max() >= num_classes):
+            labels = isinstance(y, torch.Tensor) and y.dim() == 1
+            if labels and num_classes is not None and len(y) and (y.min() < 0 or y.max() >= num_classes):
                 raise DataError(f"{name} batch {i} has labels outside 0..{num_classes - 1}")
         return x, y
 
     return check
+
+
+def _target(y, single: bool):
+    """Class labels -> (N,) long; dense targets (masks) -> (N, H, W) long; anything else (e.g. a detector's
+    list of box dicts, read only by the user's metric) is kept as it is."""
+    if isinstance(y, (list, tuple)) and y and not isinstance(y[0], (int, float)) and not torch.is_tensor(y[0]):
+        return list(y) if not single else [y]
+    t = torch.as_tensor(y)
+    if t.is_floating_point() and not torch.equal(t, t.round()):
+        raise DataError("targets must be class indices (integers), not fractional values")
+    t = t.long()
+    if single:
+        return t.unsqueeze(0) if t.dim() >= 2 else t.reshape(-1)
+    if t.dim() >= 3 or (t.dim() == 2 and t.shape[1] > 1):
+        return t
+    return t.reshape(-1)
 
 
 def _is_map_dataset(obj) -> bool:
