@@ -29,8 +29,11 @@ def prune(
     trust_pickle: bool = typer.Option(False),
     ratio: float = typer.Option(0.3, help="fraction of channels to remove"),
     importance: str = typer.Option(
-        "l2", help="l2 | l1 | bn_scale | fpgm | random | hrank (feature-map rank on random inputs here; "
-        "use the Python API with real data) | taylor (needs labels: Python API)"),
+        "l2", help="l2 | l1 | bn_scale | fpgm | random | hrank (feature-map rank) | energy (mean squared "
+        "activation of each channel's output maps); hrank/energy measure on --data | taylor (needs labels: "
+        "Python API)"),
+    data: str = typer.Option(None, help="hrank/energy inputs: digits | inputs.npy (N,C,H,W); the demo uses "
+                             "digits; other models get random inputs when omitted"),
     scope: str = typer.Option("local", help="local (same ratio per layer) | global (rank all groups together)"),
     max_layer_ratio: float = typer.Option(0.9, help="global scope: no layer loses more than this fraction"),
     round_to: int = typer.Option(None, help="round kept channels to this multiple (e.g. 8 or 16 for the target)"),
@@ -48,6 +51,7 @@ def prune(
     from edgeopt.errors import ConfigError
     from edgeopt.inputs.analyze import count_macs, count_params
     from edgeopt.report import write_atomic
+    from edgeopt.techniques.importance import NEEDS_INPUTS, importances
     from edgeopt.techniques.prune import prune as do_prune
 
     if scope not in ("local", "global"):
@@ -55,10 +59,13 @@ def prune(
     if importance == "taylor":
         raise ConfigError("--importance taylor needs labelled batches: use edgeopt.prune(..., data=[(x, y)])")
     loaded, example = _load(model, weights, input_shape, trust_pickle)
-    data = [torch.randn(8, *example.shape[1:]) for _ in range(2)] if importance in ("hrank", "rank") else None
+    batches = None
+    if importances().canonical(importance) in NEEDS_INPUTS:
+        real = _calib_data(data, None, model, tuple(example.shape[1:]))
+        batches = real.items[:4] if hasattr(real, "items") else [torch.randn(8, *example.shape[1:]) for _ in range(2)]
     small, record = do_prune(loaded.model, example, ratio=ratio, importance=importance, scope=scope,
                              round_to=round_to, iterative_steps=steps, max_layer_ratio=max_layer_ratio,
-                             timeout_s=timeout, data=data)
+                             timeout_s=timeout, data=batches)
     path = export(small, example, format=format, out=out_file)
     if record_file:
         write_atomic(record_file, json.dumps(record, indent=2))

@@ -19,9 +19,10 @@ from edgeopt.errors import PruningError
 from edgeopt.techniques.importance import (
     IMPORTANCE_NAMES,
     NEEDS_INPUTS,
+    clear_energy,
     clear_hrank,
     importances,
-    measure_hrank,
+    measure_for,
     taylor_grads,
 )
 from edgeopt.techniques.prune_core import PruneSpec, is_attention, prune_module
@@ -178,7 +179,7 @@ def prune(model: nn.Module, example: torch.Tensor, ratio: float = 0.3, importanc
         taylor_grads(work, data)  # raises PruningError early when the labels are missing
         work.zero_grad(set_to_none=True)
     if importance in NEEDS_INPUTS:
-        extra["hrank_stability"] = measure_hrank(work, data)
+        extra.update(measure_for(importance, work, data))
     spec = PruneSpec(ratio=ratio, importance=importance, make_importance=factory, scope=scope, round_to=round_to,
                      iterative_steps=iterative_steps, max_layer_ratio=max_layer_ratio, data=data,
                      layer_ratios=dict(layer_ratios or {}), names={m: n for n, m in work.named_modules()})
@@ -189,13 +190,14 @@ def prune(model: nn.Module, example: torch.Tensor, ratio: float = 0.3, importanc
         failures = walker.failures
         work = copy.deepcopy(model).eval()
         if importance in NEEDS_INPUTS:
-            measure_hrank(work, data)
+            measure_for(importance, work, data)
         spec.names = {m: n for n, m in work.named_modules()}
         walker = _Walker(work, example, spec, t0 + timeout_s, block_timeout_s)
         walker.failures = failures
         for cname, child in work.named_children():
             walker.visit(cname, child)
     clear_hrank(work)
+    clear_energy(work)
     work.zero_grad(set_to_none=True)
     work.eval()
     with torch.no_grad():
