@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = ["__version__", "optimize", "prune", "factorize", "prune_sensitivity", "export", "benchmark",
            "load_model", "list_targets", "distill", "prune_at_init", "sparsify", "imp", "qat",
-           "depth_prune", "supermask"]
+           "depth_prune", "supermask", "efficient_architectures"]
 
 
 def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: str = "local",
@@ -189,3 +189,18 @@ def supermask(model, data, sparsity: float = 0.5, epochs: int = 3, method: str =
                                 eval_data=eval_data, seed=seed)
     masked.edgeopt_record = record
     return (masked, record) if return_record else masked
+
+
+def efficient_architectures(model, example_inputs: torch.Tensor, families: list[str] | None = None,
+                            train_data=None, eval_data=None, epochs: int = 3, top: int = 2,
+                            max_time_s: float = 6.0) -> dict:
+    """Measure efficient families (MobileNetV3, EfficientNet, RegNet, GhostNet, MobileOne, RepVGG,
+    ConvNeXt-atto; random init, deploy form) next to `model` at its input size and number of outputs.
+    With `train_data`, the `top` most promising are trained by distillation from `model` (from scratch).
+    Returns {"table": rows with p50_ms, "decision": {...}, "trained": {family: {top1, p50_ms, model}}}."""
+    from edgeopt.techniques.architecture import decision, latency_table, train_candidates
+
+    rows = latency_table(model, example_inputs, families=families, max_time_s=max_time_s)
+    trained = (train_candidates(model, example_inputs, rows, train_data, eval_data, epochs=epochs, top=top)
+               if train_data is not None else {})
+    return {"table": rows, "trained": trained, "decision": decision(rows, train_data is not None, trained)}

@@ -131,3 +131,50 @@ def supermask(
     path = export(masked, example, format=format, out=out_file)
     out.print(f"{method}: sparsity {record['measured_sparsity']:.2f}; top-1 {record['init_top1']:.1f}% "
               f"(weights alone) -> {record['top1']:.1f}% (masked); wrote {path}")
+
+
+@app.command()
+def architecture(
+    model: str = typer.Option("demo", help=MODEL_HELP),
+    weights: Path = typer.Option(None), input_shape: str = typer.Option(None),
+    trust_pickle: bool = typer.Option(False),
+    families: str = typer.Option(None, help="comma-separated families (default: mobilenet_v3_small, "
+                                 "mobilenet_v3_large, efficientnet_b0, regnet_x_400mf, ghostnet_100, mobileone_s0, "
+                                 "repvgg_a0, convnext_atto)"),
+    from_scratch: bool = typer.Option(False, "--from-scratch", help="train the most promising families by "
+                                      "distillation from your model on the digits data (demo-shaped models)"),
+    epochs: int = typer.Option(3, help="--from-scratch: training epochs per family"),
+    top: int = typer.Option(2, help="--from-scratch: how many families to train"),
+    seconds: float = typer.Option(6.0, help="time for the interleaved latency measurement"),
+    record_file: Path = typer.Option(None, "--record", help="write the table and decision (JSON) here"),
+) -> None:
+    """Efficient architecture: measure the latency of efficient families (random init, deploy form with
+    structural re-parameterization) at your model's input size and outputs, next to your model. Switching
+    needs training from scratch: without --from-scratch the decision says so, with the measured table."""
+    from edgeopt.cli.commands import _load
+    from edgeopt.cli.common import parse_list
+    from edgeopt.errors import ConfigError
+    from edgeopt.report import write_atomic
+    from edgeopt.techniques.architecture import decision, latency_table, train_candidates
+
+    loaded, example = _load(model, weights, input_shape, trust_pickle)
+    rows = latency_table(loaded.model, example, families=parse_list(families), max_time_s=seconds)
+    trained = {}
+    if from_scratch:
+        from edgeopt.inputs.data import digits_data
+
+        train, val = digits_data()
+        if tuple(train.items[0][0].shape[1:]) != tuple(example.shape[1:]):
+            raise ConfigError("--from-scratch here trains on the digits data (1x32x32); for other inputs use "
+                              "edgeopt.efficient_architectures(model, x, train_data=...)")
+        trained = train_candidates(loaded.model, example, rows, train, val, epochs=epochs, top=top)
+    dec = decision(rows, from_scratch, trained)
+    for r in rows:
+        out.print(f"{r['name']:>20}  {r['p50_ms']:9.3f} ms  x{r['speedup']:<6}  params {r['params']:>10,}  "
+                  f"MACs {r['macs']:>12,}{'  (re-parameterized)' if r['reparameterized'] else ''}")
+    for name, t in trained.items():
+        out.print(f"trained {name}: top-1 {t['top1']}% (your model {t['teacher_top1']}%)")
+    out.print(f"architecture: {dec['decision']} — {dec['reason']}")
+    if record_file:
+        slim = {n: {k: v for k, v in t.items() if k != "model"} for n, t in trained.items()}
+        write_atomic(record_file, json.dumps({"table": rows, "trained": slim, "decision": dec}, indent=2))
