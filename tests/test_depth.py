@@ -140,3 +140,30 @@ def test_cli_depth(tmp_path):
     p = subprocess.run([sys.executable, "-m", "edgeopt", "depth", "--model", spec, "--input-shape", "1,1,8,8",
                         "--blocks", "0"], capture_output=True, text=True, timeout=600)
     assert p.returncode == 2 and "Traceback" not in p.stderr and "at least one block" in p.stderr
+
+
+def test_planner_proposes_depth_on_cpu_batch1_and_says_why_elsewhere():
+    from edgeopt.config import ModelSummary, make_context
+    from edgeopt.decide.plan import plan
+    from edgeopt.targets import load_target
+
+    local = load_target("x86-avx2").model_copy(update={"detected": False})
+
+    def run(target, shape=(1, 3, 64, 64), calib=True, **ctx):
+        summary = ModelSummary(params=10**6, macs=10**8, input_shape=list(shape), num_outputs=10,
+                               prunable_groups=4, min_channels=64, layers={"conv": 8, "linear": 1})
+        p = plan(make_context(target=target, **ctx), load_target(target), summary, local, ["onnxruntime"],
+                 has_calib_data=calib)
+        return p, {d.technique: d for d in p.decisions}
+
+    p, by = run("x86-avx2")
+    depth = [c for c in p.candidates if c.family == "depth_prune"]
+    assert depth and {c.level for c in depth} == {1.0, 2.0}
+    assert depth[0].steps[0].technique == "depth_prune" and by["depth_prune"].decision == "applied"
+    assert by["architecture"].decision == "skipped" and "needs training from scratch" in by["architecture"].reason
+    _, by = run("x86-avx2", shape=(8, 3, 64, 64))
+    assert by["depth_prune"].decision == "skipped" and "batch 8" in by["depth_prune"].reason
+    _, by = run("x86-avx2", calib=False)
+    assert by["depth_prune"].decision == "skipped" and "held-out data" in by["depth_prune"].reason
+    p, by = run("x86-avx2", techniques=["prune"])
+    assert not any(c.family == "depth_prune" for c in p.candidates) and by["depth_prune"].decision == "skipped"

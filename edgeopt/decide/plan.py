@@ -12,6 +12,7 @@ from edgeopt.config import DeployContext, ModelSummary
 from edgeopt.decide.precisions import allowed as _allowed
 from edgeopt.decide.precisions import budget_kind, precision_pairs
 from edgeopt.decide.retrain import from_scratch_structures, qat_formats, sparse_structures
+from edgeopt.decide.toolbox import architecture_decision, depth_structures
 from edgeopt.report import Decision, Step
 from edgeopt.targets import TargetProfile
 from edgeopt.techniques import TECHNIQUES
@@ -151,6 +152,8 @@ def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, l
     structures += _factorize_structures(context, target, summary, finetune, decisions)
     structures += sparse_structures(context, target, finetune, decisions)
     structures += from_scratch_structures(context, target, has_train_data, decisions)
+    structures += depth_structures(context, target, summary, has_calib_data, finetune, decisions)
+    architecture_decision(context, decisions)
     qat = qat_formats(context, pairs, has_train_data, decisions)
 
     candidates: list[CandidateSpec] = []

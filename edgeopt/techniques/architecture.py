@@ -119,7 +119,7 @@ def decision(rows: list[dict], from_scratch: bool, trained: dict | None = None) 
         done = "; ".join(f"{n}: top-1 {t.get('top1')}% at {t['p50_ms']:.2f} ms" for n, t in trained.items())
         return {"technique": "architecture", "decision": "applied",
                 "reason": f"trained by distillation from your model: {done} ({table})"}
-    return {"technique": "architecture", "decision": "proposed",
+    return {"technique": "architecture", "decision": "skipped",
             "reason": f"{', '.join(best)} faster than your model; training data needed to train them ({table})"}
 
 
