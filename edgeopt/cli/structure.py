@@ -1,4 +1,5 @@
-"""`edgeopt factorize`: low-rank factorization on its own (Tucker-2 / CP convs, SVD linears)."""
+"""Model-structure commands: `edgeopt factorize` (low-rank), `depth` (residual blocks removed), `supermask`
+(masks on random weights) and `architecture` (efficient families measured beside the model)."""
 
 from __future__ import annotations
 
