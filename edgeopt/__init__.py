@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from edgeopt.report import BenchmarkResult, Report
 
 __all__ = ["__version__", "optimize", "prune", "factorize", "prune_sensitivity", "export", "benchmark",
-           "load_model", "list_targets", "distill", "prune_at_init", "sparsify", "imp", "qat"]
+           "load_model", "list_targets", "distill", "prune_at_init", "sparsify", "imp", "qat",
+           "depth_prune", "supermask", "efficient_architectures"]
 
 
 def optimize(model="demo", example_inputs=None, target: str = "local",
@@ -172,3 +173,45 @@ def qat(model, train_data, epochs: int = 2, lr: float = 0.005, distill: bool = T
     if distill:
         kwargs.setdefault("teacher", model)
     return _qat(model, train_data, fit, epochs=epochs, lr=lr, **kwargs)
+
+
+def depth_prune(model, example_inputs: torch.Tensor, data, blocks: int = 1, train_data=None, epochs: int = 0,
+                lr: float = 0.01):
+    """Layer-level pruning: a copy without the `blocks` residual blocks whose removal costs least, measured
+    on held-out `data` (accuracy drop when labelled, output KL otherwise), BatchNorm re-estimated, fine-tuned
+    from `model` for `epochs` on `train_data` when given. A model without residual blocks comes back
+    unchanged with the reason in `result.edgeopt_record["skipped"]`."""
+    from edgeopt.techniques.depth import depth_prune as _depth
+
+    small, record = _depth(model, example_inputs, data, blocks=blocks, train_data=train_data, epochs=epochs, lr=lr)
+    small.edgeopt_record = record
+    return small
+
+
+def supermask(model, data, sparsity: float = 0.5, epochs: int = 3, method: str = "edge_popup",
+              eval_data=None, lr: float | None = None, seed: int = 0, return_record: bool = False):
+    """A supermask for `model`'s (random) weights, searched on labelled `data`: method "edge_popup" (weights
+    frozen, scores trained), "large_final" or "magnitude_increase" (weights trained, mask applied to the
+    initial ones). Returns the masked copy (its own initial weights, zeros where masked; the record with
+    measured sparsity and top-1 on `eval_data` is in `result.edgeopt_record`), or (copy, record)."""
+    from edgeopt.techniques.supermask import supermask as _supermask
+
+    masked, record = _supermask(model, data, sparsity=sparsity, epochs=epochs, method=method, lr=lr,
+                                eval_data=eval_data, seed=seed)
+    masked.edgeopt_record = record
+    return (masked, record) if return_record else masked
+
+
+def efficient_architectures(model, example_inputs: torch.Tensor, families: list[str] | None = None,
+                            train_data=None, eval_data=None, epochs: int = 3, top: int = 2,
+                            max_time_s: float = 6.0) -> dict:
+    """Measure efficient families (MobileNetV3, EfficientNet, RegNet, GhostNet, MobileOne, RepVGG,
+    ConvNeXt-atto; random init, deploy form) next to `model` at its input size and number of outputs.
+    With `train_data`, the `top` most promising are trained by distillation from `model` (from scratch).
+    Returns {"table": rows with p50_ms, "decision": {...}, "trained": {family: {top1, p50_ms, model}}}."""
+    from edgeopt.techniques.architecture import decision, latency_table, train_candidates
+
+    rows = latency_table(model, example_inputs, families=families, max_time_s=max_time_s)
+    trained = (train_candidates(model, example_inputs, rows, train_data, eval_data, epochs=epochs, top=top)
+               if train_data is not None else {})
+    return {"table": rows, "trained": trained, "decision": decision(rows, train_data is not None, trained)}

@@ -31,8 +31,10 @@ def prune(
     trust_pickle: bool = typer.Option(False),
     ratio: float = typer.Option(0.3, help="fraction of channels to remove"),
     importance: str = typer.Option(
-        "l2", help="l2 | l1 | bn_scale | fpgm | random | hrank (rank of the activated feature maps on --data, "
-        "else on random inputs) | taylor (needs labels: Python API)"),
+        "l2", help="l2 | l1 | bn_scale | fpgm | random | hrank (rank of the activated feature maps) | energy "
+        "(mean squared activation of each channel's output maps) | recon (reconstruction error; with "
+        "--reconstruct); hrank/energy/recon measure on --data, else on random inputs | taylor (needs labels: "
+        "Python API)"),
     scope: str = typer.Option("local", help="local (same ratio per layer) | global (rank all groups together)"),
     max_layer_ratio: float = typer.Option(0.9, help="global scope: no layer loses more than this fraction"),
     round_to: int = typer.Option(None, help="round kept channels to this multiple (e.g. 8 or 16 for the target)"),
@@ -44,7 +46,7 @@ def prune(
     reconstruct: bool = typer.Option(False, help="re-solve the layers fed by pruned channels by least squares on "
                                                  "unlabeled calibration inputs (--data), so accuracy holds "
                                                  "without retraining; per-layer errors in --record"),
-    data: str = typer.Option(None, help="inputs for --reconstruct, --importance recon and hrank: 'digits' (the "
+    data: str = typer.Option(None, help="inputs for --reconstruct, --importance recon, hrank and energy: 'digits' (the "
                                         "demo's, default for it) or a .npy file shaped N,C,H,W; without it hrank "
                                         "ranks random inputs"),
 ) -> None:
@@ -57,6 +59,7 @@ def prune(
     from edgeopt.errors import ConfigError
     from edgeopt.inputs.analyze import count_macs, count_params
     from edgeopt.report import write_atomic
+    from edgeopt.techniques.importance import NEEDS_INPUTS, importances
     from edgeopt.techniques.prune import prune as do_prune
 
     if scope not in ("local", "global"):
@@ -66,24 +69,25 @@ def prune(
     from edgeopt.inputs.structure import Inputs
 
     loaded, example = _load(model, weights, input_shape, trust_pickle)
-    shape = Inputs.of(example).first.shape  # sample inputs for hrank / reconstruction: single-input models
+    shape = Inputs.of(example).first.shape  # sample inputs for hrank / energy / reconstruction: single input
     batches, source = None, None
-    if reconstruct or importance in ("recon", "hrank", "rank"):
+    measured = importance == "recon" or importances().canonical(importance) in NEEDS_INPUTS
+    if reconstruct or measured:
         batches = _calib_data(data, None, model, tuple(shape[1:]))
         if hasattr(batches, "inputs"):
-            batches = batches.inputs()
-    if importance in ("hrank", "rank"):
+            batches = list(batches.inputs())[:4]
+    if measured and importance != "recon":
         source = "random" if batches is None else "data"
         if batches is None:
             batches = [torch.randn(8, *shape[1:]) for _ in range(2)]
-        out.print("hrank: ranking feature maps of " + (
+        out.print(f"{importance}: measuring feature maps of " + (
             "RANDOM inputs (no --data given: pass real inputs for a meaningful ranking)" if source == "random"
             else f"{len(batches)} batches from --data"), markup=False, highlight=False)
     small, record = do_prune(loaded.model, example, ratio=ratio, importance=importance, scope=scope,
                              round_to=round_to, iterative_steps=steps, max_layer_ratio=max_layer_ratio,
                              timeout_s=timeout, data=batches, reconstruct=reconstruct)
     if source:
-        record["hrank_inputs"] = source
+        record["hrank_inputs" if importance in ("hrank", "rank") else "importance_inputs"] = source
     path = export(small, example, format=format, out=out_file)
     if record_file:
         write_atomic(record_file, json.dumps(record, indent=2))

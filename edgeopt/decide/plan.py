@@ -16,6 +16,7 @@ from edgeopt.decide.precisions import precision_pairs, qat_formats
 from edgeopt.decide.reconstruction import latency_structures, recon_structures
 from edgeopt.decide.sparsity import from_scratch_structures, sparse_structures
 from edgeopt.decide.structures import factorize_structures, finetune_step, prune_structures
+from edgeopt.decide.toolbox import architecture_decision, depth_structures
 from edgeopt.formats import format_of_runtime, precisions_of_format
 from edgeopt.report import Decision
 from edgeopt.targets import TargetProfile
@@ -147,6 +148,8 @@ def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, l
     structures += factorize_structures(context, target, summary, finetune, decisions)
     structures += sparse_structures(context, target, finetune, decisions)
     structures += from_scratch_structures(context, target, has_train_data, decisions)
+    structures += depth_structures(context, target, summary, has_calib_data, finetune, decisions)
+    architecture_decision(context, decisions)
     qat = qat_formats(context, pairs, has_train_data, decisions)
 
     candidates: list[CandidateSpec] = []

@@ -117,3 +117,6 @@ RECON_RATIOS = {"tight": (0.1, 0.2, 0.3, 0.4, 0.5), "normal": (0.1, 0.2, 0.3, 0.
 # Latency targets (fractions of the baseline's latency, predicted by a table measured on the runtime), each
 # pruned with channels allocated where they cost the most time, then reconstructed.
 LATENCY_TARGETS = (0.9, 0.75, 0.6, 0.45)
+# Layer-level pruning: residual blocks removed, bisected like the other families. Removing more than two
+# blocks of a small model without retraining rarely holds a 1 pp budget.
+DEPTH_LEVELS = (1, 2)

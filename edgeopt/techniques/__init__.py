@@ -114,6 +114,23 @@ class QATConfig(TechniqueConfig):
     distill: bool = True
 
 
+class DepthConfig(TechniqueConfig):
+    technique: Literal["depth_prune"] = "depth_prune"
+    blocks: int = Field(1, ge=1)  # residual blocks removed (the cheapest by measured cost)
+    epochs: int = Field(0, ge=0)  # fine-tuning from the original when training data is given
+    lr: float = Field(0.01, gt=0.0)
+    bn_batches: int = Field(20, ge=1)
+
+
+class SupermaskConfig(TechniqueConfig):
+    technique: Literal["supermask"] = "supermask"
+    method: Literal["edge_popup", "large_final", "magnitude_increase"] = "edge_popup"
+    sparsity: float = Field(0.5, gt=0.0, lt=1.0)
+    epochs: int = Field(3, ge=1)
+    lr: float | None = Field(None, gt=0.0)
+    seed: int = 0
+
+
 @dataclass(frozen=True)
 class Technique:
     name: str
@@ -175,6 +192,16 @@ TECHNIQUES.register("qat", Technique(
     "qat", QATConfig, "edgeopt.techniques.qat:apply_qat", "model", needs_data=True, needs_retraining=True,
     summary="quantization-aware training (torch.ao fake-quant), exported as INT8 Q/DQ"),
     aliases=("quantization_aware_training",))
+TECHNIQUES.register("depth_prune", Technique(
+    "depth_prune", DepthConfig, "edgeopt.techniques.depth:apply_depth", "model", needs_data=True,
+    needs_retraining=False,
+    summary="layer-level pruning: remove the residual blocks whose measured removal costs least"),
+    aliases=("depth", "layer_pruning", "block_pruning"))
+TECHNIQUES.register("supermask", Technique(
+    "supermask", SupermaskConfig, "edgeopt.techniques.supermask:apply_supermask", "model", needs_data=True,
+    needs_retraining=True,
+    summary="supermask: a mask on the random initial weights (edge-popup scores, large-final, magnitude-increase)"),
+    aliases=("edge_popup",))
 
 
 def _config_error(name: str, e: ValidationError) -> ConfigError:

@@ -15,9 +15,9 @@ from torch import nn
 from edgeopt.errors import PruningError
 from edgeopt.registry import Registry
 
-IMPORTANCE_NAMES = ("l2", "l1", "bn_scale", "taylor", "hrank", "fpgm", "random")
+IMPORTANCE_NAMES = ("l2", "l1", "bn_scale", "taylor", "hrank", "fpgm", "random", "energy")
 NEEDS_LABELS = ("taylor",)
-NEEDS_INPUTS = ("hrank",)
+NEEDS_INPUTS = ("hrank", "energy")
 
 
 def _hrank_importance():
@@ -54,6 +54,7 @@ def importances() -> Registry[Callable[[], object]]:
     reg.register("hrank", _hrank_importance, aliases=("rank",))
     reg.register("fpgm", lambda: tp.importance.FPGMImportance())
     reg.register("random", lambda: tp.importance.RandomImportance())
+    reg.register("energy", _energy_importance, aliases=("activation_energy",))
     return reg
 
 
@@ -177,6 +178,83 @@ def clear_hrank(model: nn.Module) -> None:
     for m in model.modules():
         if hasattr(m, "_hrank"):
             del m._hrank
+
+
+# --- energy-based criterion ---------------------------------------------------------------------------
+# A channel whose output feature maps carry little energy (mean squared activation) on real inputs
+# contributes little to what the next layer sees, whatever its weights look like.
+
+
+def _energy_importance():
+    import torch_pruning as tp
+
+    prunes_out = (tp.prune_conv_out_channels, tp.prune_batchnorm_out_channels, tp.prune_linear_out_channels)
+
+    class EnergyImportance(tp.importance.GroupMagnitudeImportance):
+        """Score of a channel = energy of its output maps, stored as `_energy` by `measure_energy` on the
+        convs and the BatchNorms after them (after BN the scale is the one the next layer sees); a group's
+        score is the mean over its measured layers."""
+
+        @torch.no_grad()
+        def __call__(self, group):
+            imps, root_idxs = [], []
+            for i, (dep, idxs) in enumerate(group):
+                layer = dep.layer
+                if hasattr(layer, "_energy") and dep.pruning_fn in prunes_out:
+                    imps.append(layer._energy.to(layer.weight.device)[list(idxs)])
+                    root_idxs.append(group[i].root_idxs)
+            if not imps:  # nothing measured in this group: fall back to L2 magnitude
+                return super().__call__(group)
+            return self._normalize(self._reduce(imps, root_idxs), self.normalizer)
+
+    return EnergyImportance()
+
+
+@torch.no_grad()
+def measure_energy(model: nn.Module, data, max_batches: int = 4) -> dict:
+    """Store on every conv, BatchNorm and Linear `_energy`: the mean squared activation of each output
+    channel over the batches. Returns how stable the per-channel ranking is across batches (Spearman
+    correlation of each batch's energies with the mean, averaged and worst over layers)."""
+    batches = inputs_of(data)[:max_batches]
+    if not batches:
+        raise PruningError("energy importance needs a few batches of real inputs: pass data=[x, ...]")
+    per_layer: dict[nn.Module, list[torch.Tensor]] = {}
+
+    def hook(mod, inp, out):
+        if isinstance(out, torch.Tensor) and out.dim() >= 2:
+            dims = [d for d in range(out.dim()) if d != 1]  # every axis but channels (NCHW / NC)
+            per_layer.setdefault(mod, []).append(out.float().pow(2).mean(dim=dims))
+
+    kinds = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    corr = []
+    for m, energies in per_layer.items():
+        mean = torch.stack(energies).mean(0)
+        m._energy = mean
+        if len(energies) > 1 and mean.std() > 0:
+            corr.append(min(_spearman(e, mean) for e in energies))
+    return {"batches": len(batches), "layers_measured": len(per_layer),
+            "mean_spearman": round(sum(corr) / len(corr), 4) if corr else None,
+            "min_spearman": round(min(corr), 4) if corr else None}
+
+
+def clear_energy(model: nn.Module) -> None:
+    for m in model.modules():
+        if hasattr(m, "_energy"):
+            del m._energy
+
+
+def measure_for(importance: str, model: nn.Module, data) -> dict:
+    """Measure what an input-driven criterion needs on `model`; returns the record entry."""
+    if importance == "energy":
+        return {"energy_stability": measure_energy(model, data)}
+    return {"hrank_stability": measure_hrank(model, data)}
 
 
 def slimming_penalty(model: nn.Module, strength: float = 1e-4) -> torch.Tensor:

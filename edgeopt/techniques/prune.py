@@ -20,10 +20,11 @@ from edgeopt.inputs.structure import Inputs, flatten_outputs, model_outputs
 from edgeopt.techniques.importance import (
     IMPORTANCE_NAMES,
     NEEDS_INPUTS,
+    clear_energy,
     clear_hrank,
     importances,
     inputs_of,
-    measure_hrank,
+    measure_for,
     taylor_grads,
 )
 from edgeopt.techniques.prune_core import PruneSpec, is_attention, prune_module
@@ -207,7 +208,7 @@ def prune(model: nn.Module, example, ratio: float = 0.3, importance: str = "l2",
         taylor_grads(work, data)  # raises PruningError early when the labels are missing
         work.zero_grad(set_to_none=True)
     if importance in NEEDS_INPUTS:
-        extra["hrank_stability"] = measure_hrank(work, data)
+        extra.update(measure_for(importance, work, data))
     spec = PruneSpec(ratio=ratio, importance=importance, make_importance=factory, scope=scope, round_to=round_to,
                      iterative_steps=iterative_steps, max_layer_ratio=max_layer_ratio, data=data,
                      layer_ratios=dict(layer_ratios or {}), names={m: n for n, m in work.named_modules()})
@@ -218,7 +219,7 @@ def prune(model: nn.Module, example, ratio: float = 0.3, importance: str = "l2",
         failures = walker.failures
         work = copy.deepcopy(model).eval()
         if importance in NEEDS_INPUTS:
-            measure_hrank(work, data)
+            measure_for(importance, work, data)
         if importance == "recon":
             _criterion("recon", work, data, extra)
         spec.names = {m: n for n, m in work.named_modules()}
@@ -228,6 +229,7 @@ def prune(model: nn.Module, example, ratio: float = 0.3, importance: str = "l2",
             walker.visit(cname, child)
     clear_hrank(work)
     clear_scores(work)
+    clear_energy(work)
     if reconstruct:
         extra["reconstruction"] = _reconstruct(model, work, data, spec.kept)
     work.zero_grad(set_to_none=True)

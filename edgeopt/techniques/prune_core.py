@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from edgeopt.techniques.importance import measure_hrank, taylor_grads
+from edgeopt.techniques.importance import NEEDS_INPUTS, measure_for, taylor_grads
 
 
 @dataclass
@@ -134,8 +134,8 @@ def prune_module(module: nn.Module, args: tuple | dict, spec: PruneSpec, full_mo
     for step in range(spec.iterative_steps):
         if spec.importance == "taylor":
             taylor_grads(full_model, spec.data)
-        elif spec.importance == "hrank" and step > 0:
-            measure_hrank(full_model, spec.data)  # ranks of the channels that are left
+        elif spec.importance in NEEDS_INPUTS and step > 0:
+            measure_for(spec.importance, full_model, spec.data)  # measures of the channels that are left
         elif spec.importance == "recon" and step > 0:
             from edgeopt.techniques.importance import inputs_of
             from edgeopt.techniques.reconstruct import measure_scores

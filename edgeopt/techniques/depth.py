@@ -1,0 +1,161 @@
+"""Layer-level (depth) pruning: remove whole residual blocks, replacing each by the identity its skip
+connection already provides.
+
+On CPUs at batch 1 small models are dominated by per-layer dispatch rather than MACs, so dropping a few
+blocks can beat thinning every layer. Which blocks go is measured, not assumed: each block is removed on
+its own and scored by the accuracy drop on held-out labelled data, or, without labels, by a cheap proxy
+(the KL divergence of the truncated model's outputs from the original's); the cheapest go. BatchNorm
+statistics are then re-estimated, and the model is fine-tuned from the original when training data is given.
+A model without residual blocks is returned unchanged with the reason."""
+
+from __future__ import annotations
+
+import copy
+import operator
+
+import torch
+from torch import fx, nn
+
+from edgeopt.errors import PruningError
+
+_ADDS = {operator.add, operator.iadd, torch.add}
+# element-wise modules and functions that may follow the residual add (the block's output activation)
+_AFTER_ADD = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Identity, nn.Dropout)
+_AFTER_ADD_FNS = {torch.relu, nn.functional.relu, nn.functional.silu, nn.functional.gelu}
+
+
+class _OneLevel(fx.Tracer):
+    """Trace a block's own forward only: its children stay opaque calls."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return True
+
+
+def _is_residual(block: nn.Module) -> bool:
+    """Whether the block's output is (an activation of) `f(x) + x` with x its own input."""
+    try:
+        graph = _OneLevel().trace(block)
+    except Exception:  # data-dependent control flow: not recognised, so not removed
+        return False
+    mods = dict(block.named_modules())
+    out = next(n for n in graph.nodes if n.op == "output")
+    node = out.args[0]
+    while isinstance(node, fx.Node):
+        if node.op == "call_function" and node.target in _ADDS:
+            return any(isinstance(a, fx.Node) and a.op == "placeholder" for a in node.args)
+        elementwise = (node.op == "call_module" and isinstance(mods.get(node.target), _AFTER_ADD)) or \
+            (node.op == "call_function" and node.target in _AFTER_ADD_FNS)
+        if not elementwise or not node.args:
+            return False
+        node = node.args[0]
+    return False
+
+
+def _shapes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple]:
+    """(input shape, output shape) of every submodule called with one tensor on the example."""
+    names = {m: n for n, m in model.named_modules()}
+    seen: dict[str, tuple] = {}
+
+    def hook(mod, args, out):
+        if len(args) == 1 and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
+            seen.setdefault(names[mod], (tuple(args[0].shape), tuple(out.shape)))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def residual_blocks(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Names of the blocks that can be replaced by the identity: residual, same input and output shape,
+    called once. Nested residual blocks inside a removable one are not listed separately."""
+    shapes = _shapes(model, example)
+    found: list[str] = []
+    for name, m in model.named_modules():
+        if not name or any(name.startswith(f + ".") for f in found):
+            continue
+        io = shapes.get(name)
+        if io and io[0] == io[1] and _is_residual(m):
+            found.append(name)
+    return found
+
+
+def _without(model: nn.Module, names: list[str]) -> nn.Module:
+    out = copy.deepcopy(model)
+    for name in names:
+        parent, _, attr = name.rpartition(".")
+        setattr(out.get_submodule(parent) if parent else out, attr, nn.Identity())
+    return out.eval()
+
+
+def _items(data) -> list:
+    items = data.items if hasattr(data, "items") else list(data or [])
+    return [(b[0], b[1]) if isinstance(b, (tuple, list)) else (b, None) for b in items]
+
+
+@torch.no_grad()
+def _cost(model: nn.Module, reference: list[torch.Tensor], items: list, labelled: bool) -> float:
+    """Accuracy drop in points (labelled data) or mean KL(original || model) over the batches."""
+    model.eval()
+    if labelled:
+        correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in items)
+        return -100.0 * correct / sum(len(y) for _, y in items)  # negated accuracy: lower is better
+    kl = [nn.functional.kl_div(model(x).log_softmax(1), ref.log_softmax(1), log_target=True,
+                               reduction="batchmean") for (x, _), ref in zip(items, reference, strict=True)]
+    return float(torch.stack(kl).mean())
+
+
+def depth_prune(model: nn.Module, example: torch.Tensor, data, blocks: int = 1, train_data=None,
+                epochs: int = 0, lr: float = 0.01, bn_batches: int = 20) -> tuple[nn.Module, dict]:
+    """Return (copy with the `blocks` cheapest residual blocks replaced by the identity, record).
+    `data`: held-out batches, labelled (cost = measured accuracy drop) or not (cost = output KL proxy)."""
+    if blocks < 1:
+        raise PruningError(f"depth pruning removes at least one block, got blocks={blocks}")
+    items = _items(data)
+    if not items:
+        raise PruningError("depth pruning needs a few batches of held-out inputs to measure each block's cost")
+    labelled = all(y is not None for _, y in items)
+    found = residual_blocks(model, example)
+    record: dict = {"blocks_found": found, "criterion": "accuracy_drop" if labelled else "output_kl",
+                    "removed": [], "costs": {}, "skipped": []}
+    if not found:
+        record["skipped"].append("model: no residual blocks (a block whose output is f(x) + x with the same "
+                                 "shape): removing a plain layer would break the network, so nothing removed")
+        return copy.deepcopy(model).eval(), record
+    base = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        reference = [base(x) for x, _ in items]
+    base_cost = _cost(base, reference, items, labelled)
+    costs = {n: _cost(_without(model, [n]), reference, items, labelled) - base_cost for n in found}
+    record["costs"] = {n: round(c, 4) for n, c in costs.items()}
+    if blocks > len(found):
+        record["skipped"].append(f"asked for {blocks} blocks, the model has only {len(found)} removable")
+        blocks = len(found)
+    removed = sorted(found, key=lambda n: costs[n])[:blocks]
+    small = _without(model, removed)
+    from edgeopt.techniques.bn_recal import recalibrate_bn
+
+    record["bn_recalibrated"] = recalibrate_bn(small, [x for x, _ in items], max_batches=bn_batches)
+    if epochs and train_data is not None:
+        from edgeopt.training import fit
+
+        res = fit(small, train_data, teacher=base, epochs=epochs, lr=lr)
+        record["fine_tuned"] = {"epochs": res.epochs, "distillation": res.kind}
+        small.eval()
+    if labelled:
+        record["accuracy_before"] = round(-base_cost, 2)
+        record["accuracy_after"] = round(-_cost(small, reference, items, labelled), 2)
+    record["removed"] = removed
+    return small, record
+
+
+def apply_depth(model: nn.Module, example: torch.Tensor, config, data=None, teacher=None, train_data=None,
+                progress=None) -> tuple[nn.Module, dict]:
+    """Registry entry: scored on the calibration batches (labelled ones give the measured drop)."""
+    return depth_prune(model, example, data, blocks=config.blocks, train_data=train_data,
+                       epochs=config.epochs if train_data is not None else 0, lr=config.lr,
+                       bn_batches=config.bn_batches)

@@ -1,0 +1,89 @@
+"""Efficient architecture: families built at the user's input/outputs, re-parameterized, timed beside the
+user's model; the decision says why; the promising ones are trained by distillation."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import edgeopt
+from edgeopt.errors import ConfigError
+from edgeopt.techniques.architecture import build, decision, promising, reparameterize, train_candidates
+
+
+@pytest.mark.parametrize("family", ["mobilenet_v3_small", "repvgg_a0", "mobileone_s0"])
+def test_build_at_the_users_input_and_outputs(family):
+    net = build(family, num_classes=7, in_chans=1)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert net(x).shape == (2, 7)
+
+
+def test_reparameterization_fuses_branches_and_keeps_outputs():
+    net = build("repvgg_a0", num_classes=10, in_chans=3)
+    x = torch.randn(2, 3, 32, 32)
+    deploy, fused = reparameterize(net)
+    assert fused
+    convs = lambda m: sum(isinstance(q, torch.nn.Conv2d) for q in m.modules())  # noqa: E731
+    assert convs(deploy) < convs(net)  # 3x3 + 1x1 (+ identity) branches became one conv per block
+    with torch.no_grad():
+        torch.testing.assert_close(deploy(x), net(x), atol=1e-3, rtol=1e-3)
+    same, fused = reparameterize(build("mobilenet_v3_small", 10, 3))
+    assert not fused
+
+
+def test_table_measures_families_next_to_the_users_model(tiny_plain, example):
+    rows = edgeopt.efficient_architectures(tiny_plain, example, families=["mobilenet_v3_small", "repvgg_a0"],
+                                           max_time_s=1.0)["table"]
+    assert [r["name"] for r in rows] == ["yours", "mobilenet_v3_small", "repvgg_a0"]
+    assert all(r["p50_ms"] > 0 and r["params"] > 0 and r["macs"] > 0 for r in rows)
+    assert rows[0]["speedup"] == 1.0 and rows[2]["reparameterized"]
+    with pytest.raises(ConfigError, match="unknown architecture family"):
+        edgeopt.efficient_architectures(tiny_plain, example, families=["resnet9000"])
+
+
+def _rows(yours=10.0, **fams):
+    rows = [{"name": "yours", "p50_ms": yours, "params": 1000}]
+    return rows + [{"name": n, "p50_ms": ms, "params": p} for n, (ms, p) in fams.items()]
+
+
+def test_decision_needs_from_scratch_and_reports_the_numbers():
+    rows = _rows(a=(5.0, 2000), b=(9.5, 2000), c=(2.0, 50))  # b: not 10% faster, c: too small to compare
+    assert promising(rows) == ["a"]
+    d = decision(rows, from_scratch=False)
+    assert d["technique"] == "architecture" and d["decision"] == "skipped"
+    assert "needs training from scratch" in d["reason"] and "a 5.00 ms" in d["reason"]
+    assert "training data needed" in decision(rows, from_scratch=True)["reason"]
+    assert decision(_rows(a=(20.0, 2000)), from_scratch=True)["decision"] == "skipped"
+    d = decision(rows, True, {"a": {"top1": 91.0, "p50_ms": 5.0}})
+    assert d["decision"] == "applied" and "top-1 91.0%" in d["reason"]
+
+
+def test_train_the_promising_family_by_distillation():
+    from smallnet import trained
+
+    teacher, train, val = trained(size=8)
+    few = type(train)(train.items[:4])
+    rows = _rows(yours=10.0, mobilenet_v3_small=(5.0, 5000), repvgg_a0=(20.0, 5000))
+    rows[0]["params"] = 1000
+    out = train_candidates(teacher, torch.randn(1, 1, 8, 8), rows, few, val, epochs=1)
+    assert list(out) == ["mobilenet_v3_small"]  # only the faster one is trained
+    res = out["mobilenet_v3_small"]
+    assert res["teacher_top1"] > 80.0 and 0.0 <= res["top1"] <= 100.0 and res["p50_ms"] == 5.0
+    assert res["model"](torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_cli_architecture(tmp_path, tinynet_spec):
+    rec = tmp_path / "a.json"
+    p = subprocess.run([sys.executable, "-m", "edgeopt", "architecture", "--model", tinynet_spec, "--input-shape",
+                        "1,1,16,16", "--families", "mobilenet_v3_small", "--seconds", "1", "--record", str(rec)],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    record = json.loads(rec.read_text())
+    assert record["decision"]["technique"] == "architecture" and len(record["table"]) == 2
+    assert "mobilenet_v3_small" in p.stdout and "ms" in p.stdout
+    p = subprocess.run([sys.executable, "-m", "edgeopt", "architecture", "--model", tinynet_spec, "--input-shape",
+                        "1,1,16,16", "--families", "resnet9000"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "unknown architecture family" in p.stderr

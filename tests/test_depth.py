@@ -1,0 +1,169 @@
+"""Layer-level (depth) pruning: residual blocks found by tracing, removed by measured cost."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import edgeopt
+from edgeopt.errors import PruningError
+from edgeopt.techniques import TECHNIQUES
+from edgeopt.techniques.depth import residual_blocks
+
+
+class Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return torch.relu(out + x)
+
+
+class Plain(nn.Module):
+    """Same shape in and out, but no skip: removing it is not a depth-pruning move."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x))
+
+
+class ResNetish(nn.Module):
+    def __init__(self, width=16, blocks=3):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.blocks = nn.Sequential(*[Block(width) for _ in range(blocks)])
+        self.plain = Plain(width)
+        self.fc = nn.Linear(width, 10)
+
+    def forward(self, x):
+        return self.fc(self.plain(self.blocks(self.stem(x))).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    from smallnet import digits16
+
+    from edgeopt.training import fit
+
+    train, val = digits16(size=8)
+    torch.manual_seed(0)
+    model = ResNetish()
+    fit(model, train, epochs=3, lr=0.05)
+    return model.eval(), train, val
+
+
+def test_finds_residual_blocks_only():
+    import torchvision
+
+    model = ResNetish().eval()
+    assert residual_blocks(model, torch.randn(1, 1, 8, 8)) == ["blocks.0", "blocks.1", "blocks.2"]
+    r18 = torchvision.models.resnet18(num_classes=10).eval()
+    found = residual_blocks(r18, torch.randn(1, 3, 32, 32))
+    # the first block of each later stage changes the shape (downsample): not removable
+    assert found == ["layer1.0", "layer1.1", "layer2.1", "layer3.1", "layer4.1"]
+
+
+def test_removes_the_cheapest_block_by_measured_drop(trained):
+    model, train, val = trained
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    small = edgeopt.depth_prune(model, torch.randn(1, 1, 8, 8), val, blocks=1)
+    rec = small.edgeopt_record
+    assert rec["criterion"] == "accuracy_drop" and set(rec["costs"]) == {"blocks.0", "blocks.1", "blocks.2"}
+    assert rec["removed"] == [min(rec["costs"], key=rec["costs"].get)]
+    removed = rec["removed"][0]
+    assert isinstance(small.get_submodule(removed), nn.Identity)
+    assert sum(isinstance(b, Block) for b in small.blocks) == 2
+    assert rec["bn_recalibrated"] > 0 and rec["accuracy_after"] <= 100.0
+    for k, v in model.state_dict().items():  # the input model is untouched
+        assert torch.equal(v, before[k])
+
+
+def test_proxy_without_labels_and_fine_tuning(trained):
+    model, train, val = trained
+    inputs = [x for x, _ in val.items]
+    small = edgeopt.depth_prune(model, torch.randn(1, 1, 8, 8), inputs, blocks=2, train_data=train, epochs=1)
+    rec = small.edgeopt_record
+    assert rec["criterion"] == "output_kl" and len(rec["removed"]) == 2
+    assert all(c >= 0 for c in rec["costs"].values())  # KL from the original is never negative
+    assert rec["fine_tuned"]["epochs"] == 1
+    from edgeopt.training import top1
+
+    assert top1(small, val) > 50.0  # two of three blocks gone, still far above chance (10%) after 1 epoch
+
+
+def test_no_residual_blocks_is_skipped_with_reason():
+    from smallnet import make
+
+    model = make().eval()
+    small = edgeopt.depth_prune(model, torch.randn(1, 1, 8, 8), [torch.randn(4, 1, 8, 8)])
+    rec = small.edgeopt_record
+    assert rec["removed"] == [] and rec["blocks_found"] == []
+    assert "no residual blocks" in rec["skipped"][0]
+    x = torch.randn(2, 1, 8, 8)
+    np.testing.assert_allclose(small(x).detach().numpy(), model(x).detach().numpy(), atol=1e-6)
+
+
+def test_bad_input():
+    model = ResNetish().eval()
+    with pytest.raises(PruningError, match="held-out inputs"):
+        edgeopt.depth_prune(model, torch.randn(1, 1, 8, 8), [])
+    with pytest.raises(PruningError, match="at least one block"):
+        edgeopt.depth_prune(model, torch.randn(1, 1, 8, 8), [torch.randn(2, 1, 8, 8)], blocks=0)
+    small = edgeopt.depth_prune(model, torch.randn(1, 1, 8, 8), [torch.randn(2, 1, 8, 8)], blocks=9)
+    assert len(small.edgeopt_record["removed"]) == 3 and "only 3 removable" in small.edgeopt_record["skipped"][0]
+    from edgeopt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="blocks"):
+        TECHNIQUES.get("depth").make_config({"blocks": 0})
+
+
+def test_cli_depth(tmp_path):
+    rec = tmp_path / "d.json"
+    spec = f"{__file__}:ResNetish"
+    p = subprocess.run([sys.executable, "-m", "edgeopt", "depth", "--model", spec, "--input-shape", "1,1,8,8",
+                        "--blocks", "2", "--out", str(tmp_path / "d.onnx"), "--record", str(rec)],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    record = json.loads(rec.read_text())
+    assert len(record["removed"]) == 2 and record["criterion"] == "output_kl"  # random inputs: no labels
+    assert (tmp_path / "d.onnx").exists() and "removed 2 of 3" in p.stdout
+    p = subprocess.run([sys.executable, "-m", "edgeopt", "depth", "--model", spec, "--input-shape", "1,1,8,8",
+                        "--blocks", "0"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "at least one block" in p.stderr
+
+
+def test_planner_proposes_depth_on_cpu_batch1_and_says_why_elsewhere():
+    from edgeopt.config import ModelSummary, make_context
+    from edgeopt.decide.plan import plan
+    from edgeopt.targets import load_target
+
+    local = load_target("x86-avx2").model_copy(update={"detected": False})
+
+    def run(target, shape=(1, 3, 64, 64), calib=True, **ctx):
+        summary = ModelSummary(params=10**6, macs=10**8, input_shape=list(shape), num_outputs=10,
+                               prunable_groups=4, min_channels=64, layers={"conv": 8, "linear": 1})
+        p = plan(make_context(target=target, **ctx), load_target(target), summary, local, ["onnxruntime"],
+                 has_calib_data=calib)
+        return p, {d.technique: d for d in p.decisions}
+
+    p, by = run("x86-avx2")
+    depth = [c for c in p.candidates if c.family == "depth_prune"]
+    assert depth and {c.level for c in depth} == {1.0, 2.0}
+    assert depth[0].steps[0].technique == "depth_prune" and by["depth_prune"].decision == "applied"
+    assert by["architecture"].decision == "skipped" and "needs training from scratch" in by["architecture"].reason
+    _, by = run("x86-avx2", shape=(8, 3, 64, 64))
+    assert by["depth_prune"].decision == "skipped" and "batch 8" in by["depth_prune"].reason
+    _, by = run("x86-avx2", calib=False)
+    assert by["depth_prune"].decision == "skipped" and "held-out data" in by["depth_prune"].reason
+    p, by = run("x86-avx2", techniques=["prune"])
+    assert not any(c.family == "depth_prune" for c in p.candidates) and by["depth_prune"].decision == "skipped"
