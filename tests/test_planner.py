@@ -185,7 +185,7 @@ def test_int8_needs_calibration_data_unless_random_is_asked():
     assert any(c.precision == "int8" for c in p.candidates)
 
 
-# ---- issue 8: the retraining toolbox in the plan -------------------------------------------------------
+# ---- the retraining toolbox in the plan --------------------------------------------------------------
 def _plan8(goal="latency", target="x86-amx", int8=True, **ctx):
     local = load_target("x86-amx").model_copy(update={"detected": False})
     precs = {"onnx": ("fp32", "int8") if int8 else ("fp32",), "openvino": ("fp32",)}

@@ -1,4 +1,4 @@
-"""Issue 8 in the one optimize() path: weight sparsity for a size goal (ranked by compressed size), QAT only
+"""The retraining toolbox in the one optimize() path: weight sparsity for a size goal (ranked by compressed size), QAT only
 where INT8 post-training quantization measurably breaks the budget, --sensitivity and --from-scratch."""
 
 import smallnet

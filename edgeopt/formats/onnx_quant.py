@@ -1,7 +1,7 @@
 """ONNX precision conversions on an fp32 .onnx file: fp16, static INT8 (QDQ or QOperator, signed or unsigned
 activations, per-channel weights) and dynamic INT8, all through ONNX Runtime's own tools.
 
-Which static INT8 flavour is fastest depends on the CPU's kernels (FIELD_NOTES: QDQ ran 3x slower than fp32
+Which static INT8 flavour is fastest depends on the CPU's kernels (measured on one Xeon: QDQ ran 3x slower than fp32
 on the AMX machine), so the variants stay selectable and `benchmarks/runtimes_table.py` measures them;
 DEFAULT_STATIC is the one measured fastest on this project's machines (see README, "Export and quantize")."""
 

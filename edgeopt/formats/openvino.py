@@ -6,7 +6,7 @@ through NNCF (`nncf.quantize` on calibration data; `nncf.quantize_with_accuracy_
 evaluation data and a maximum accuracy drop are given in options).
 
 OpenVINO sessions. The inference-precision hint is set explicitly and read back, because OpenVINO
-runs bf16 by default on AMX CPUs (FIELD_NOTES): the report states what was really executed."""
+runs bf16 by default on AMX CPUs: the report states what was really executed."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ from edgeopt.timeout import time_limit
 
 __all__ = ["IMPORTANCE_NAMES", "prune", "apply_prune", "channel_table", "unsafe_layers"]
 
-# Graphs Torch-Pruning 1.6 cannot handle as a whole (FIELD_NOTES): tracing them fails or does not finish,
+# Graphs Torch-Pruning 1.6 cannot handle as a whole: tracing them fails or does not finish,
 # so edgeopt goes straight to their blocks instead of spending the time budget on the attempt.
 TROUBLE = {
     "InvertedResidual@torchvision.models.shufflenetv2": "channel shuffle (view/transpose of channels)",
