@@ -1,4 +1,4 @@
-"""The retraining toolbox in the one optimize() path: weight sparsity for a size goal (ranked by compressed size), QAT only
+"""Retraining toolbox in optimize(): weight sparsity for a size goal (ranked by compressed size), QAT only
 where INT8 post-training quantization measurably breaks the budget, --sensitivity and --from-scratch."""
 
 import smallnet
