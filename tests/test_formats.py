@@ -145,3 +145,23 @@ def test_fake_format_is_published_with_its_companion(npz, tmp_path):
     assert json.loads(path.with_suffix(".shape.json").read_text()) == [2, 1, 4, 4]
     s = backend_for("npzrt").load(path)
     assert np.allclose(s.run(x.numpy()), model(x).detach().numpy(), atol=1e-5)
+
+
+def test_fake_format_is_published_and_bundled_with_every_file(npz, tmp_path):
+    from edgeopt.engine.pipeline import _publish_chosen
+    from edgeopt.formats import artifact_files
+    from edgeopt.report import Candidate, Report
+    from edgeopt.report.bundle import write_bundle
+
+    model, x = npz
+    edgeopt.export(model, x, format="npz", out=tmp_path / "cand.npz")
+    cand = Candidate(id="c", status="ok", artifact="cand.npz", runtime="npzrt", precision="fp32")
+    report = Report(edgeopt_version="t", context={}, target={}, environment={}, candidates=[cand], chosen="c")
+    _publish_chosen(report, tmp_path)
+    assert (tmp_path / "model.npz").is_file() and (tmp_path / "model.shape.json").is_file()
+    assert report.model["chosen_artifact"] == "model.npz"
+    target = load_target(str(_npz_target(tmp_path)))
+    bundle = write_bundle(report, tmp_path, target, artifact_files, device_commands)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert set(meta["files"]) == {"model.npz", "model.shape.json"}
+    assert "edgeopt benchmark model.npz" in (bundle / "commands.sh").read_text()

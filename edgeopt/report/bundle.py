@@ -75,7 +75,7 @@ def write_bundle(report: Report, out_dir: Path, target: TargetProfile, files_of:
     write_atomic(bundle / "bundle.json", json.dumps(meta, indent=2))
     est_text = f"{est:.3f} ms, **estimated** from the target's roofline, never measured" if est else "not known"
     md = [f"# Deploying {chosen.id} to {target.name}", "",
-          f"Latency on {target.name}: {est_text}." if chosen.latency_source == "estimated" else
+          f"Latency on {target.name}: {est_text}." if chosen.latency_source == "estimated" or est is None else
           f"Latency on {target.name}: {est:.3f} ms, measured on the device.", "",
           "## Build on the device", "", "```sh", *(cmds["build"] or ["# nothing to build"]), "```", ""]
     if "build_dla" in cmds:
