@@ -13,7 +13,7 @@ import torch
 
 from edgeopt.engine import distributed, pipeline
 from edgeopt.inputs.data import DataSplits
-from edgeopt.report import Step
+from edgeopt.techniques import PruneConfig
 from edgeopt.training import ddp
 
 HERE = Path(__file__).parent
@@ -23,14 +23,14 @@ def test_followers_build_what_rank_0_announces(monkeypatch, tiny, example):
     sent = []
     monkeypatch.setattr(ddp, "broadcast", lambda obj=None: sent.append(obj))
     leader = distributed.Leader()
-    prune = [Step(technique="prune", params={"ratio": 0.5})]
+    prune = [PruneConfig(ratio=0.5)]  # planned steps are typed technique configs
     leader("a", prune, None)
     leader("b", prune, "a")  # b = a pruned again: followers must keep a's model
     leader("c", prune, "missing")
     leader.close()
     leader.close()  # a second close (finally after an early one) sends nothing
     assert sent[-1] is None and len(sent) == 4
-    assert sent[0] == ("a", [{"technique": "prune", "params": {"ratio": 0.5}}], None)
+    assert sent[0] == ("a", [PruneConfig(ratio=0.5).model_dump()], None) and sent[0][1][0]["technique"] == "prune"
 
     inbox = iter(sent)
     monkeypatch.setattr(ddp, "broadcast", lambda obj=None: next(inbox))

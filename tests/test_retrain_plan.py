@@ -7,6 +7,8 @@ import torch
 import edgeopt
 from edgeopt.training import fit
 
+INT8_TARGET = "x86-avx512-vnni"  # INT8 is proposed whatever CPU runs the tests
+
 
 def _trained():
     train, val = smallnet.digits16(size=16)
@@ -42,7 +44,8 @@ def test_qat_runs_only_when_ptq_breaks_the_budget(tmp_path, fast_bench):
     x = val.items[0][0][:1]
     # unrepresentative calibration (inputs 100x too small): PTQ scales clip real inputs, QAT trains on real ones
     bad_calib = [(b[0] * 0.01, b[1]) for b in train.items[:4]]
-    report = edgeopt.optimize(model, x, retrain=True, max_accuracy_drop=2.0, eval_data=val.items,
+    # a target with INT8 hardware (measured here only when this CPU has its ISA; accuracy is measured anyway)
+    report = edgeopt.optimize(model, x, target=INT8_TARGET, retrain=True, max_accuracy_drop=2.0, eval_data=val.items,
                               calib_data=bad_calib, train_data=train.items, out_dir=tmp_path,
                               runtimes=["onnxruntime"], techniques=["quantize", "qat"], epochs=2,
                               bench_config=fast_bench)
@@ -60,7 +63,7 @@ def test_qat_runs_only_when_ptq_breaks_the_budget(tmp_path, fast_bench):
 
 def test_qat_is_skipped_with_the_measured_reason_when_ptq_holds(tmp_path, fast_bench):
     model, train, val = _trained()
-    report = edgeopt.optimize(model, val.items[0][0][:1], retrain=True, max_accuracy_drop=5.0,
+    report = edgeopt.optimize(model, val.items[0][0][:1], target=INT8_TARGET, retrain=True, max_accuracy_drop=5.0,
                               eval_data=val.items, calib_data=train.items[:4], train_data=train.items,
                               out_dir=tmp_path, runtimes=["onnxruntime"], techniques=["quantize", "qat"],
                               bench_config=fast_bench)
