@@ -45,7 +45,7 @@ def cnn5(num_classes: int = 10) -> nn.Module:
                          *block(128, 128, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, num_classes))
 
 
-def load(name: str, train) -> nn.Module:
+def load(name: str, train, epochs: int = 6) -> nn.Module:
     if name == "demo":
         from edgeopt.inputs.demo import load_demo
 
@@ -54,7 +54,7 @@ def load(name: str, train) -> nn.Module:
 
     torch.manual_seed(0)
     model = cnn5()
-    fit(model, train, epochs=6, lr=0.05)
+    fit(model, train, epochs=epochs, lr=0.05)
     return model.eval()
 
 
@@ -65,14 +65,14 @@ def accuracy(model: nn.Module, val) -> float:
     return round(100.0 * hits / len(val), 2)
 
 
-def run_model(name: str, bench_s: float) -> dict:
+def run_model(name: str, bench_s: float, ratios=RATIOS, targets=TARGETS, epochs: int = 6) -> dict:
     train, val = digits_data()
-    model = load(name, train)
+    model = load(name, train, epochs)
     calib = train.inputs()[:10]  # 320 unlabeled images
     x = calib[0][:1]
     base = accuracy(model, val)
     out: dict = {"model": name, "base_top1": base, "uniform": [], "allocated": []}
-    for r in RATIOS:
+    for r in ratios:
         naive = edgeopt.prune(model, x, ratio=r, data=calib)
         recalibrate_bn(naive, calib)
         recon = edgeopt.prune(model, x, ratio=r, importance="recon", data=calib, reconstruct=True)
@@ -82,7 +82,7 @@ def run_model(name: str, bench_s: float) -> dict:
     t0 = time.monotonic()
     table = LatencyTable(runtime="onnxruntime", threads=1).build(model, x)
     out["lut"] = {"build_s": round(time.monotonic() - t0, 1), "measured": table.measured, "hits": table.hits}
-    for t in TARGETS:
+    for t in targets:
         small, rec = prune_to_latency(model, x, t, table=table, importance="recon", data=calib, reconstruct=True)
         out["allocated"].append({"target": t, "recon": accuracy(small, val), "model": small,
                                  "predicted_ms": rec["allocation"]["predicted_pruned_ms"]})
@@ -140,11 +140,15 @@ def main(argv=None) -> None:
     ap.add_argument("--models", default="demo,cnn5")
     ap.add_argument("--bench-s", type=float, default=3.0, help="seconds of interleaved timing per group")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--ratios", default=",".join(map(str, RATIOS)))
+    ap.add_argument("--targets", default=",".join(map(str, TARGETS)))
+    ap.add_argument("--epochs", type=int, default=6, help="training epochs of the user-style CNN")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     results = []
     for name in args.models.split(","):
-        results.append(run_model(name, args.bench_s))
+        results.append(run_model(name, args.bench_s, [float(r) for r in args.ratios.split(",")],
+                                 [float(t) for t in args.targets.split(",")], args.epochs))
         print(markdown(results[-1]) + "\n", flush=True)
     if args.json:
         args.json.write_text(json.dumps(copy.deepcopy(results), indent=2))
