@@ -177,6 +177,7 @@ def _fast(tmp_path, **kw):
     return {**args, **kw}
 
 
+@pytest.mark.slow
 def test_optimize_multi_output_fidelity(tmp_path):
     """A tuple-output detector through the whole pipeline: fidelity over both outputs, outputs in the report."""
     import edgeopt
@@ -189,6 +190,7 @@ def test_optimize_multi_output_fidelity(tmp_path):
     assert any(c.status == "ok" and c.steps for c in report.candidates), [c.reason for c in report.candidates]
 
 
+@pytest.mark.slow
 def test_optimize_named_inputs(tmp_path):
     """Two named inputs (keyword call): random fidelity inputs feed both, latency feeds both."""
     import edgeopt
@@ -199,6 +201,7 @@ def test_optimize_named_inputs(tmp_path):
     assert report.baseline.latency_ms is not None and report.baseline.latency_ms.n >= 5
 
 
+@pytest.mark.slow
 def test_optimize_segmentation_miou_with_masks(tmp_path):
     import edgeopt
 
