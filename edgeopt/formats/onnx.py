@@ -258,6 +258,8 @@ def load_onnxruntime(path: Path, precision: str = "fp32", threads: int | None = 
     executed = precision_label(reading, declared)
     if declared == "int8w" and executed in ("fp32", "fp16"):
         executed = "int8w"  # int8 weights dequantized to float: compute is float, storage is int8
+    elif declared == "fp16" and executed == "fp32":
+        executed = "fp32 (fp16 weights)"  # no fp16 kernels here: the runtime casts to fp32 and computes in fp32
     return Session(runtime="onnxruntime", runtime_version=ort.__version__, precision_executed=executed,
                    input_shape=shape, run=run, lean_call=lean_call, device=sess.get_providers()[0],
                    threads=threads, info={"providers": sess.get_providers(), "graph_precision": declared,
