@@ -152,3 +152,18 @@ def test_planner_proposes_quantized_candidates_and_selection_rejects_slower(tmp_
     slow = report.candidate("original@onnx-int8")
     assert slow.status == "rejected" and "measured slower than fp32" in slow.reason
     assert report.chosen == "original@openvino-int8"
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_weight_only_int8_shrinks_weights_without_calibration(tmp_path, tiny_plain, example, fmt):
+    if fmt == "openvino":
+        pytest.importorskip("openvino")
+    ref, _ = export_verified(tiny_plain, example, fmt, tmp_path / "f", precision="fp32", threads=1)
+    result, session = export_verified(tiny_plain, example, fmt, tmp_path / "w", precision="int8w", threads=1)
+    weights = (lambda r: r.path.stat().st_size) if fmt == "onnx" else (lambda r: r.path.with_suffix(".bin").stat(
+        ).st_size)
+    assert weights(result) < 0.45 * weights(ref), (weights(result), weights(ref))
+    assert "calibration" not in result.info and "weight-only" in result.info["quantization"]
+    assert session.precision_executed in ("int8w", "int8+fp32")  # read from the runtime: float compute
+    assert session.info["int8_mac_fraction"] < 0.5
+    assert result.info["verification"]["max_rel_error"] < 3e-2

@@ -68,12 +68,13 @@ BACKENDS: Registry[Backend] = Registry("format")
 BACKENDS.register("onnx", Backend(
     format="onnx", runtime="onnxruntime", suffix=".onnx",
     export_ref="edgeopt.formats.onnx:export_onnx", load_ref="edgeopt.formats.onnx:load_onnxruntime",
-    precisions=("fp32", "fp16", "int8"), extra="dev", module="onnxruntime"), aliases=("onnxruntime", "ort"))
+    precisions=("fp32", "fp16", "int8", "int8w"), extra="dev", module="onnxruntime"), aliases=("onnxruntime", "ort"))
 BACKENDS.register("openvino", Backend(
     format="openvino", runtime="openvino", suffix=".xml",
     export_ref="edgeopt.formats.openvino:export_openvino",
     load_ref="edgeopt.formats.openvino:load_openvino",
-    precisions=("fp32", "bf16", "fp16", "int8"), extra="openvino", module="openvino"), aliases=("ov", "ir"))
+    precisions=("fp32", "bf16", "fp16", "int8", "int8w"), extra="openvino", module="openvino"),
+    aliases=("ov", "ir"))
 # TensorRT engines are built on (and only run on) an NVIDIA GPU; `installed()` also asks for a CUDA device.
 BACKENDS.register("tensorrt", Backend(
     format="tensorrt", runtime="tensorrt", suffix=".engine",

@@ -56,8 +56,9 @@ def export_onnx(model: nn.Module, example: torch.Tensor, out: Path, precision: s
     from edgeopt.formats.calibration import resolve_calibration
 
     options = dict(options or {})
-    if precision not in ("fp32", "fp16", "int8"):
-        raise ExportError(f"ONNX export at {precision} is not supported; use fp32, fp16 or int8")
+    if precision not in ("fp32", "fp16", "int8", "int8w"):
+        raise ExportError(f"ONNX export at {precision} is not supported; use fp32, fp16, int8 or int8w "
+                          "(weight-only int8)")
     out = Path(out)
     cal = None
     if precision == "int8" and options.get("quant_mode", "auto") != "dynamic" and calib is not None:
@@ -92,6 +93,9 @@ def export_onnx(model: nn.Module, example: torch.Tensor, out: Path, precision: s
         info["simplified"] = options.get("simplify", True) and onnx_quant.simplify(tmp)
         if precision == "fp16":
             info.update(onnx_quant.convert_fp16(tmp, conv))
+            os.replace(conv, tmp)
+        elif precision == "int8w":  # weight-only: no calibration, float compute, ~4x smaller file
+            info.update(onnx_quant.weight_only_int8(tmp, conv))
             os.replace(conv, tmp)
         elif precision == "int8":
             mode = onnx_quant.pick_mode(tmp, options.get("quant_mode", "auto"))

@@ -62,6 +62,8 @@ def export_openvino(model: nn.Module, example: torch.Tensor, out: Path, precisio
     info: dict = {}
     if precision == "int8":
         ov_model, info = _quantize(ov_model, cal, example, dict(options or {}))
+    elif precision == "int8w":
+        ov_model, info = _compress_weights(ov_model)
     tmpdir = Path(tempfile.mkdtemp(dir=out.parent, prefix=".ovtmp."))
     try:  # save beside the destination, then move both files in: never half an IR
         ov.save_model(ov_model, str(tmpdir / out.name), compress_to_fp16=False)
@@ -122,6 +124,20 @@ def _quantize(ov_model, cal, example: torch.Tensor, options: dict):
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise ExportError(f"NNCF INT8 quantization failed: {first}") from None
     return quantized, info
+
+
+def _compress_weights(ov_model):
+    """Weight-only INT8 (NNCF weight compression, per output channel): Conv/MatMul weights stored as int8 and
+    decompressed by the plugin; no calibration data, no int8 compute units needed."""
+    import nncf
+
+    try:
+        compressed = nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ExportError(f"NNCF weight compression failed: {first}") from None
+    return compressed, {"quantization": "weight-only int8 (nncf.compress_weights INT8_ASYM)",
+                        "quantizer": f"nncf {nncf.__version__}"}
 
 
 _HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": None, "int8w": None}
