@@ -240,3 +240,21 @@ def test_techniques_filter_holds_for_sparsity():
     assert not any(s.technique in ("unstructured", "imp") for c in only_imp.candidates for s in c.steps)
     with_retrain = _plan8(goal="size", retrain=True, techniques=["prune", "imp", "fine_tune"])
     assert {c.family for c in with_retrain.candidates if c.family in ("imp", "sparse")} == {"imp"}
+
+
+def test_size_goal_on_cpu_without_int8_units_gets_weight_only_int8():
+    from edgeopt.formats import BACKENDS
+
+    def _plan(target, **ctx):  # what the CLI and the pipeline pass: the precisions the backends produce
+        local = load_target("x86-amx").model_copy(update={"detected": False})
+        return plan(make_context(target=target, **ctx), load_target(target), SUMMARY, local,
+                    ["onnxruntime", "openvino"], precisions_of_format={n: b.precisions for n, b in BACKENDS.items()})
+
+    size = _plan(target="x86-avx2", goal="size")
+    assert {c.precision for c in size.candidates} >= {"fp32", "int8w"}
+    assert not any(c.precision == "int8" for c in size.candidates)  # no int8 compute units: still skipped
+    assert {c.format for c in size.candidates if c.precision == "int8w"} == {"onnx", "openvino"}
+    latency = _plan(target="x86-avx2", goal="latency")
+    assert not any(c.precision == "int8w" for c in latency.candidates)
+    assert any(d.technique.startswith("quantize:int8w") and d.decision == "skipped" and "size goal" in d.reason
+               for d in latency.decisions)

@@ -136,7 +136,8 @@ def export(
     weights: Path = typer.Option(None), input_shape: list[str] = typer.Option(None, help=INPUT_SHAPE_HELP),
     trust_pickle: bool = typer.Option(False),
     format: str = typer.Option("onnx", help="onnx | openvino | tensorrt"),
-    precision: str = typer.Option("fp32", help="fp32 | fp16 | bf16 (openvino) | int8 (needs calibration data)"),
+    precision: str = typer.Option("fp32", help="fp32 | fp16 | bf16 (openvino) | int8 (needs calibration data) | "
+                                               "int8w (weight-only int8: ~4x smaller, float compute)"),
     data: str = typer.Option(None, help="int8 calibration data: 'digits' (the demo's, default for it) or a .npy "
                                         "file of inputs shaped N,C,H,W"),
     calib: str = typer.Option(None, help="'random': calibrate int8 on random inputs (meaningless scales; "

@@ -137,13 +137,14 @@ BACKENDS: Registry[Backend] = Registry("format")
 BACKENDS.register("onnx", Backend(
     format="onnx", runtime="onnxruntime", suffix=".onnx",
     export_ref="edgeopt.formats.onnx:export_onnx", load_ref="edgeopt.formats.onnx:load_onnxruntime",
-    precisions=("fp32", "fp16", "int8"), extra="dev", module="onnxruntime", dists=("onnxruntime", "onnxruntime-gpu"),
+    precisions=("fp32", "fp16", "int8", "int8w"), extra="dev", module="onnxruntime",
+    dists=("onnxruntime", "onnxruntime-gpu"),
     profile_ref="edgeopt.measure.layers:profile_onnxruntime", commands_ref="edgeopt.formats.commands:onnxruntime"),
     aliases=("onnxruntime", "ort"))
 BACKENDS.register("openvino", Backend(
     format="openvino", runtime="openvino", suffix=".xml", companions=(".bin",),
     export_ref="edgeopt.formats.openvino:export_openvino", load_ref="edgeopt.formats.openvino:load_openvino",
-    precisions=("fp32", "bf16", "fp16", "int8"), extra="openvino", module="openvino", dists=("openvino",),
+    precisions=("fp32", "bf16", "fp16", "int8", "int8w"), extra="openvino", module="openvino", dists=("openvino",),
     profile_ref="edgeopt.measure.layers:profile_openvino", commands_ref="edgeopt.formats.commands:openvino",
     device_inputs=("openvino", "onnx")),  # OpenVINO reads ONNX directly
     aliases=("ov", "ir"))

@@ -75,12 +75,13 @@ def export_onnx(model: nn.Module, example: torch.Tensor, out: Path, precision: s
     options = dict(options or {})
     inputs = Inputs.of(example, model)
     output_names = list(model_outputs(model.eval(), inputs))
-    if precision == "int8" and not inputs.single:
+    if precision in ("int8", "int8w") and not inputs.single:
         raise ExportError(f"INT8 calibration of a model with {len(inputs.names)} inputs is not supported yet; "
                           "use fp32 or fp16")
     example = inputs.first
-    if precision not in ("fp32", "fp16", "int8"):
-        raise ExportError(f"ONNX export at {precision} is not supported; use fp32, fp16 or int8")
+    if precision not in ("fp32", "fp16", "int8", "int8w"):
+        raise ExportError(f"ONNX export at {precision} is not supported; use fp32, fp16, int8 or int8w "
+                          "(weight-only int8)")
     out = Path(out)
     cal = None
     if precision == "int8" and options.get("quant_mode", "auto") != "dynamic" and calib is not None:
@@ -116,6 +117,9 @@ def export_onnx(model: nn.Module, example: torch.Tensor, out: Path, precision: s
         info["simplified"] = options.get("simplify", True) and onnx_quant.simplify(tmp)
         if precision == "fp16":
             info.update(onnx_quant.convert_fp16(tmp, conv))
+            os.replace(conv, tmp)
+        elif precision == "int8w":  # weight-only: no calibration, float compute, ~4x smaller file
+            info.update(onnx_quant.weight_only_int8(tmp, conv))
             os.replace(conv, tmp)
         elif precision == "int8":
             mode = onnx_quant.pick_mode(tmp, options.get("quant_mode", "auto"))
@@ -282,6 +286,8 @@ def load_onnxruntime(path: Path, precision: str = "fp32", threads: int | None = 
     executed = precision_label(reading, declared)
     if declared == "int8w" and executed in ("fp32", "fp16"):
         executed = "int8w"  # int8 weights dequantized to float: compute is float, storage is int8
+    elif declared == "fp16" and executed == "fp32":
+        executed = "fp32 (fp16 weights)"  # no fp16 kernels here: the runtime casts to fp32 and computes in fp32
     return Session(runtime="onnxruntime", runtime_version=ort.__version__, precision_executed=executed,
                    input_shape=shape, run=run, lean_call=lean_call, device=sess.get_providers()[0],
                    threads=threads, info={"providers": sess.get_providers(), "graph_precision": declared,

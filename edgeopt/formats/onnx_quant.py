@@ -120,3 +120,56 @@ def simplify(path: Path) -> bool:
         return True
     except Exception:
         return False
+
+
+_WEIGHT_ONLY_AXIS = {"Conv": 0, "ConvTranspose": 1, "MatMul": 1}  # output-channel axis of the weight
+
+
+def weight_only_int8(src: Path, dst: Path, min_elements: int = 64) -> dict:
+    """Weight-only INT8: each Conv/Gemm/MatMul float weight initializer becomes int8 (symmetric, per output
+    channel) followed by a DequantizeLinear; activations stay float, so no calibration data and no int8
+    compute units are needed. The file shrinks ~4x; the runtime dequantizes the weights and computes in float."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    users: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            users[i] = users.get(i, 0) + 1
+    new_nodes, done, saved = [], 0, 0
+    for n in graph.node:
+        if n.op_type not in (*_WEIGHT_ONLY_AXIS, "Gemm") or len(n.input) < 2:
+            continue
+        name = n.input[1]
+        t = inits.get(name)
+        if t is None or t.data_type != TensorProto.FLOAT or users.get(name, 0) != 1:
+            continue
+        w = numpy_helper.to_array(t)
+        if w.size < min_elements or w.ndim < 2:
+            continue
+        trans_b = any(a.name == "transB" and a.i for a in n.attribute)
+        axis = (0 if trans_b else 1) if n.op_type == "Gemm" else _WEIGHT_ONLY_AXIS[n.op_type]
+        reduce = tuple(d for d in range(w.ndim) if d != axis)
+        scale = np.maximum(np.abs(w).max(axis=reduce), 1e-12) / 127.0
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+        graph.initializer.remove(t)
+        graph.initializer.extend([numpy_helper.from_array(q, name + "_int8w"),
+                                  numpy_helper.from_array(scale.astype(np.float32), name + "_int8w_scale")])
+        new_nodes.append(helper.make_node("DequantizeLinear", [name + "_int8w", name + "_int8w_scale"], [name],
+                                          name=name + "_int8w_dq", axis=axis))
+        done += 1
+        saved += w.size * 3
+    if not done:
+        raise ExportError("weight-only INT8: no Conv/Gemm/MatMul float weights large enough to compress")
+    for node in reversed(new_nodes):  # before their consumers: ONNX wants nodes in topological order
+        graph.node.insert(0, node)
+    if max(op.version for op in model.opset_import if op.domain in ("", "ai.onnx")) < 13:
+        raise ExportError("weight-only INT8 needs ONNX opset >= 13 (per-channel DequantizeLinear)")
+    onnx.save(model, str(dst))
+    return {"quantization": "weight-only int8 (per output channel, symmetric)", "weights_quantized": done,
+            "bytes_saved": int(saved)}

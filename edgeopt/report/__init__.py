@@ -43,6 +43,7 @@ class Candidate(BaseModel):
     runtime: str | None = None
     precision: str | None = None
     precision_executed: str | None = None
+    int8_mac_fraction: float | None = None  # share of MACs the runtime's executed graph runs in int8
     latency_ms: LatencyStats | None = None
     latency_source: Literal["measured", "estimated"] | None = None
     accuracy: float | None = None
