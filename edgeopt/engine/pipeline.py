@@ -1,35 +1,48 @@
-"""The single optimize(): context -> analyze -> plan -> search (screen structures by bisection against
-held-out accuracy, export the survivors at every precision, verify, evaluate on the runtime) -> measure
-latency (interleaved) -> select -> report. The CLI and the Python API both call this."""
+"""The one pipeline: prepare (context -> target -> model -> analyze -> data; shared with `edgeopt plan`) ->
+plan -> search (screen structures by bisection against held-out accuracy, export the survivors at every
+precision, verify, evaluate on the runtime) -> measure latency (interleaved) -> select -> report.
+The CLI and the Python API both build a RunConfig and call `run`."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from edgeopt import __version__
-from edgeopt.config import make_context
+from edgeopt.config import RunConfig, RunContext
 from edgeopt.decide.plan import plan as make_plan
 from edgeopt.decide.select import select
 from edgeopt.engine import distributed
 from edgeopt.engine.cache import CandidateCache, data_hash, model_hash
+from edgeopt.engine.measuring import latency, measure_all
 from edgeopt.engine.search import Search
 from edgeopt.errors import ConfigError, DataError
 from edgeopt.formats import BACKENDS, backend_for, installed_runtimes
 from edgeopt.inputs.analyze import analyze
 from edgeopt.inputs.data import Batches, DataSplits, as_batches, digits_data, from_function, image_folder
-from edgeopt.inputs.models import load_model
+from edgeopt.inputs.models import LoadedModel, load_model
 from edgeopt.measure.accuracy import score, torch_predictions
-from edgeopt.measure.roofline import estimate_stats
-from edgeopt.measure.timing import BenchConfig, measure
-from edgeopt.report import Candidate, Decision, Report, write_report
+from edgeopt.measure.timing import BenchConfig
+from edgeopt.registry import Registry
+from edgeopt.report import (
+    Candidate,
+    Decision,
+    Report,
+    ReportContext,
+    ReportModel,
+    ReportTarget,
+    write_atomic,
+    write_report,
+)
 from edgeopt.report.html import write_html_report
-from edgeopt.targets import detect_local, load_target
+from edgeopt.targets import TargetProfile, detect_local, load_target
 from edgeopt.targets.host import environment
+from edgeopt.techniques import TECHNIQUES
 from edgeopt.training import ddp
 
 
@@ -74,77 +87,144 @@ def _fidelity_inputs(shape: tuple[int, ...], n: int, seed: int) -> Batches:
     return Batches([(torch.randn((n, *shape[1:]), generator=gen), None)])
 
 
-def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: str = "local",
-             goal: str = "latency", max_accuracy_drop: float = 1.0, retrain: bool = False,
-             eval_data=None, calib_data=None, train_data=None, out_dir: str | Path = "out",
-             weights: str | Path | None = None, input_shape: tuple[int, ...] | None = None,
-             trust_pickle: bool = False, data: str | None = None, progress: Progress | None = None,
-             bench_config: BenchConfig | None = None, data_options: dict | None = None, resume: bool = True,
-             device: str | None = None, device_token: str | None = None, **context_kwargs) -> Report | None:
-    """The one optimize (see the module docstring); the CLI and edgeopt.optimize call it. Under torchrun
-    (WORLD_SIZE > 1) only rank 0 searches, exports, measures and writes the report, and only it returns the
-    Report; the other ranks join the DDP fine-tuning of each structure it builds and return None."""
-    t_start = time.perf_counter()
+@dataclass
+class Prepared:
+    """What `plan` and `optimize` both start from: the validated context, the target, the loaded and analysed
+    model, and the resolved data (whose presence, not a guess, tells the planner what calibration and
+    fine-tuning can use)."""
+
+    config: RunConfig
+    context: RunContext
+    profile: TargetProfile
+    local: TargetProfile
+    loaded: LoadedModel
+    example: torch.Tensor
+    summary: object  # ModelSummary
+    splits: DataSplits
+
+
+def check_names(context: RunContext) -> RunContext:
+    """Unknown technique or runtime names are errors with did-you-mean, before anything is loaded."""
+    for t in context.techniques or ():
+        TECHNIQUES.canonical(t)
+    if not context.runtimes:
+        return context
+    runtimes: Registry = Registry("runtime")
+    for _, b in BACKENDS.items():
+        if b.runtime not in runtimes:
+            runtimes.register(b.runtime, b)
+    return context.model_copy(update={"runtimes": [runtimes.canonical(r) for r in context.runtimes]})
+
+
+def prepare(config: RunConfig, model=None, example: torch.Tensor | None = None, eval_data=None, calib_data=None,
+            train_data=None, progress: Progress | None = None) -> Prepared:
+    """context -> target -> model -> analyze -> data. `model`/`example`/`*_data`: objects the Python API
+    passes in memory (they take the place of inputs.model / inputs.data)."""
     progress = progress or Progress()
-    context = make_context(target=target, goal=goal, max_accuracy_drop=max_accuracy_drop, retrain=retrain,
-                           **context_kwargs)
+    context = check_names(config.context())
     profile = load_target(context.target)
     local = detect_local()
-    out_dir = Path(out_dir)
+    inputs = config.inputs
+    spec = model if model is not None else inputs.model
+    if spec is None:
+        raise ConfigError("no model: give --model (inputs.model in a config file) or pass the model object")
+    progress.stage("loading model")
+    shape = tuple(example.shape) if example is not None else (tuple(inputs.input_shape) if inputs.input_shape
+                                                              else None)
+    loaded = load_model(spec, weights=inputs.weights, input_shape=shape, trust_pickle=inputs.trust_pickle)
+    example = example if example is not None else torch.randn(*loaded.input_shape)
+    progress.stage("analyzing")
+    summary = analyze(loaded.model, loaded.input_shape)
+    options = {**inputs.data_options.model_dump(), "seed": context.seed}
+    splits = resolve_data(spec if isinstance(spec, str) else "module", inputs.data, calib_data, train_data,
+                          eval_data, tuple(example.shape[1:]), summary.num_outputs, options)
+    return Prepared(config, context, profile, local, loaded, example, summary, splits)
+
+
+def plan_for(prep: Prepared, sensitivity: dict | None = None):
+    """The planner on a prepared run (what `edgeopt plan` prints and `optimize` searches)."""
+    return make_plan(prep.context, prep.profile, prep.summary, prep.local, installed_runtimes(),
+                     has_calib_data=prep.splits.calib is not None, has_train_data=prep.splits.train is not None,
+                     precisions_of_format={n: b.precisions for n, b in BACKENDS.items()}, sensitivity=sensitivity)
+
+
+def optimize(model=None, example_inputs: torch.Tensor | None = None, *, config: RunConfig | None = None,
+             eval_data=None, calib_data=None, train_data=None, progress: Progress | None = None,
+             bench_config: BenchConfig | None = None, device_token: str | None = None, **flat) -> Report | None:
+    """The Python API's form: flat options (`target=`, `max_accuracy_drop=`, `epochs=`, ...) set on `config`
+    (default: RunConfig()), validated (unknown ones are errors with did-you-mean), then `run`."""
+    if model is not None:
+        flat["model"] = model if isinstance(model, str) else None
+    flat = {k: str(v) if k in ("out_dir", "weights", "token_file") and v is not None else v for k, v in flat.items()}
+    config = (config or RunConfig()).with_flat(**flat)
+    return run(config, model=None if model is None or isinstance(model, str) else model, example=example_inputs,
+               eval_data=eval_data, calib_data=calib_data, train_data=train_data, progress=progress,
+               bench_config=bench_config, device_token=device_token)
+
+
+def run(config: RunConfig, model=None, example: torch.Tensor | None = None, eval_data=None, calib_data=None,
+        train_data=None, progress: Progress | None = None, bench_config: BenchConfig | None = None,
+        device_token: str | None = None) -> Report | None:
+    """The one optimize (see the module docstring). Under torchrun (WORLD_SIZE > 1) only rank 0 searches,
+    exports, measures and writes the report, and only it returns the Report; the other ranks join the DDP
+    fine-tuning of each structure it builds and return None."""
+    t_start = time.perf_counter()
+    progress = progress or Progress()
+    out_dir = Path(config.output.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} exists and is not a directory")
-    threads = context.threads or os.cpu_count()
+    threads = config.measure.threads or os.cpu_count()
     torch.set_num_threads(threads)
-    torch.manual_seed(context.seed)
-
-    progress.stage("loading model")
-    if example_inputs is not None:
-        input_shape = tuple(example_inputs.shape)
-    loaded = load_model(model, weights=weights, input_shape=input_shape, trust_pickle=trust_pickle)
-    example = example_inputs if example_inputs is not None else torch.randn(*loaded.input_shape)
-    net = loaded.model
-    progress.stage("analyzing")
-    summary = analyze(net, loaded.input_shape)
-    spec = model if isinstance(model, str) else "module"
-    splits = resolve_data(spec, data, calib_data, train_data, eval_data, tuple(example.shape[1:]),
-                          summary.num_outputs, {**(data_options or {}), "seed": context.seed})
-    if context.retrain and splits.train is None:
+    torch.manual_seed(config.measure.seed)
+    prep = prepare(config, model, example, eval_data, calib_data, train_data, progress)
+    if prep.context.retrain and prep.splits.train is None:
         raise DataError("--retrain needs training data: pass --data (image folder, module:function returning "
                         "'train', or digits) or train_data=..., or use --no-retrain")
     rank, world_size = ddp.world()  # (0, 1) unless torchrun started this with WORLD_SIZE > 1
     if world_size > 1:
-        distributed.share_cores(context.threads)
+        distributed.share_cores(prep.context.threads)
     if rank > 0:  # a follower: only joins rank 0's DDP fine-tuning; exports, measures and writes nothing
-        distributed.follow(net, example, splits)
+        distributed.follow(prep.loaded.model, prep.example, prep.splits)
         return None
+    # saved before the search, so an interrupted run can be resumed with --config OUT/run.yaml
+    used = config if model is None else config.model_copy(update={"inputs": config.inputs.model_copy(
+        update={"model": None})})
+    write_atomic(out_dir / "run.yaml", used.to_yaml())
+    report, search, the_plan = _search(prep, out_dir, threads, config.output.cache, progress, t_start)
+    bench_config = bench_config or BenchConfig(max_time_s=config.measure.bench_time_s)
+    measure_all(report, search.sessions, the_plan.measure_locally, prep, out_dir, config, bench_config, device_token,
+                progress)
+    base = next((c for c in report.candidates if c.id == the_plan.baseline_id), None)
+    report.candidates = [c for c in report.candidates if c.id != the_plan.baseline_id]
+    report.baseline = base
+    select(report, prep.context)
+    _publish_chosen(report, out_dir)
+    if not the_plan.measure_locally:  # the artifact + the exact build/run command for the device
+        from edgeopt.report.bundle import write_bundle
+
+        write_bundle(report, out_dir, prep.profile)
+    report.model.cache_hits = sum(1 for c in [base, *report.candidates] if c is not None and c.from_cache)
+    report.wall_time_s = round(time.perf_counter() - t_start, 2)
+    write_report(report, out_dir)
+    write_html_report(report, out_dir)  # report.png, report.md with the plot, self-contained report.html
+    return report
+
+
+def _search(prep: Prepared, out_dir: Path, threads: int, resume: bool, progress: Progress, t_start: float):
+    """Plan, then search (rank 0; with followers under torchrun, released however the search ends)."""
+    context, splits, net, example = prep.context, prep.splits, prep.loaded.model, prep.example
+    _, world_size = ddp.world()
     leader = distributed.Leader() if world_size > 1 else None
     try:
         fidelity = splits.eval is None or not splits.eval.labelled
-        eval_b = splits.eval if splits.eval is not None else _fidelity_inputs(loaded.input_shape, 256, context.seed)
-        batch = loaded.input_shape[0]
+        eval_b = splits.eval if splits.eval is not None else _fidelity_inputs(prep.loaded.input_shape, 256,
+                                                                              context.seed)
+        batch = prep.loaded.input_shape[0]
         reference = torch_predictions(net, eval_b, batch)
-
         sens = (_sensitivity(net, example, eval_b, batch, reference if fidelity else None, progress)
                 if context.sensitivity else None)
-        the_plan = make_plan(context, profile, summary, local, installed_runtimes(),
-                             has_calib_data=splits.calib is not None, has_train_data=splits.train is not None,
-                             precisions_of_format={n: b.precisions for n, b in BACKENDS.items()},
-                             sensitivity=sens["layers"] if sens else None)
-        report = Report(
-            edgeopt_version=__version__, context=context.model_dump(), target=profile.model_dump(),
-            environment={**environment(threads), "data": splits.source},
-            model={"source": loaded.source, "input_shape": list(loaded.input_shape), **summary.model_dump(),
-                   **{f"info_{k}": v for k, v in loaded.info.items()}},
-            decisions=the_plan.decisions)
-        report.model["plan_notes"] = the_plan.notes
-        if sens is not None:
-            report.model["sensitivity"] = sens
-        if context.calib_random and splits.calib is None:
-            report.environment["calibration"] = "random"
-            report.decisions.append(Decision(technique="calibration", decision="applied", reason=(
-                "--calib random: INT8 scales come from random inputs and are meaningless; the measured accuracy "
-                "of each int8 candidate shows what that costs")))
-        report.model["plan"] = [{"id": c.id, "reason": c.reason} for c in the_plan.candidates]
+        the_plan = plan_for(prep, sensitivity=sens["layers"] if sens else None)
+        report = _new_report(prep, the_plan, threads, sens)
         cache = CandidateCache(out_dir, enabled=resume)
         search = Search(
             plan=the_plan, context=context, net=net, example=example, splits=splits, eval_b=eval_b, batch=batch,
@@ -153,40 +233,34 @@ def optimize(model="demo", example_inputs: torch.Tensor | None = None, target: s
             cache=cache, cache_parts=(__version__, model_hash(net), data_hash(eval_b), data_hash(splits.calib),
                                       data_hash(splits.train) if context.retrain else None, context.seed),
             progress=progress, t_start=t_start, announce=leader,
-            quick_latency=lambda cands: _latency(
-                cands, search.sessions, the_plan.measure_locally, profile, example,
+            quick_latency=lambda cands: latency(
+                cands, search.sessions, the_plan.measure_locally, prep.profile, example,
                 BenchConfig(warmup_runs=3, warmup_s=0.0, min_runs=10, max_time_s=0.3)))
         report.candidates = search.run()
     finally:
         if leader is not None:  # however the search ended, the followers must not wait for it forever
             leader.close()
-    report.model["search"] = search.summary()
+    report.model.search = search.summary()
     report.decisions += search.decisions  # taken on measurements (e.g. QAT only where PTQ broke the budget)
+    return report, search, the_plan
 
-    progress.stage("measuring latency" if the_plan.measure_locally or device else "estimating latency")
-    ok = [c for c in report.candidates if c.status == "ok"]
-    if device and ok:  # --device URL (issue 6): measured on an `edgeopt agent`, not here
-        from edgeopt.remote.client import measure_candidates
 
-        report.environment["device"] = measure_candidates(
-            ok, out_dir, profile.runtimes, device, device_token or "", tuple(example.shape), context.threads,
-            (bench_config or BenchConfig()).max_time_s)
-    else:
-        _latency(ok, search.sessions, the_plan.measure_locally, profile, example, bench_config)
-
-    base = next((c for c in report.candidates if c.id == the_plan.baseline_id), None)
-    report.candidates = [c for c in report.candidates if c.id != the_plan.baseline_id]
-    report.baseline = base
-    select(report, context)
-    _publish_chosen(report, out_dir)
-    if not the_plan.measure_locally:  # the artifact + the exact build/run command for the device
-        from edgeopt.report.bundle import write_bundle
-
-        write_bundle(report, out_dir, profile)
-    report.model["cache_hits"] = sum(1 for c in [base, *report.candidates] if c is not None and c.from_cache)
-    report.wall_time_s = round(time.perf_counter() - t_start, 2)
-    write_report(report, out_dir)
-    write_html_report(report, out_dir)  # report.png, report.md with the plot, self-contained report.html
+def _new_report(prep: Prepared, the_plan, threads: int, sens: dict | None) -> Report:
+    loaded, splits = prep.loaded, prep.splits
+    model = ReportModel(**{"source": loaded.source, "input_shape": list(loaded.input_shape),
+                           **prep.summary.model_dump(), **{f"info_{k}": v for k, v in loaded.info.items()}})
+    model.plan_notes = the_plan.notes
+    model.sensitivity = sens
+    report = Report(edgeopt_version=__version__, context=ReportContext(**prep.context.model_dump()),
+                    target=ReportTarget(**prep.profile.model_dump()),
+                    environment={**environment(threads), "data": splits.source}, model=model,
+                    decisions=the_plan.decisions)
+    if prep.context.calib_random and splits.calib is None:
+        report.environment["calibration"] = "random"
+        report.decisions.append(Decision(technique="calibration", decision="applied", reason=(
+            "--calib random: INT8 scales come from random inputs and are meaningless; the measured accuracy "
+            "of each int8 candidate shows what that costs")))
+    model.plan = [{"id": c.id, "reason": c.reason} for c in the_plan.candidates]
     return report
 
 
@@ -206,23 +280,6 @@ def _sensitivity(net, example, eval_b, batch, reference, progress) -> dict:
     return result
 
 
-def _latency(cands: list[Candidate], sessions: dict, measure_locally: bool, profile, example: torch.Tensor,
-             bench_config: BenchConfig | None) -> None:
-    """The measuring block: interleaved runs on this machine, or a roofline estimate for a remote target.
-    (A remote-agent measurement would branch here.)"""
-    if not cands:
-        return
-    if measure_locally:
-        x = example.numpy()
-        stats = measure({c.id: sessions[c.id].lean_call(x) for c in cands}, bench_config)
-        for c in cands:
-            c.latency_ms, c.latency_source = stats[c.id], "measured"
-    else:
-        for c in cands:
-            c.latency_ms = estimate_stats(profile, c.macs or 0, c.size_bytes or 0, c.precision or "fp32")
-            c.latency_source = "estimated"
-
-
 def _publish_chosen(report: Report, out_dir: Path) -> None:
     """Copy the chosen artifact to out/model.<ext> (atomically: temp name, then rename)."""
     chosen: Candidate | None = report.chosen_candidate
@@ -239,4 +296,4 @@ def _publish_chosen(report: Report, out_dir: Path) -> None:
     tmp = out_dir / f".model{src.suffix}.tmp"
     shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
-    report.model["chosen_artifact"] = dst.name
+    report.model.chosen_artifact = dst.name
