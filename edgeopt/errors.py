@@ -64,7 +64,7 @@ def missing_backend(package: str, extra: str) -> BackendMissingError:
 
 def one_line(error, source: str = "", model: type | None = None, cls: type[EdgeOptError] = ConfigError,
              where: str | None = None) -> EdgeOptError:
-    """A pydantic ValidationError as one typed line: `source: field.path: message`. With `model` (the class
+    """A pydantic ValidationError as one typed line: `source: field 'path.to.key': message`. With `model` (the class
     validated), an unknown key gets a did-you-mean among the keys allowed at that place. The only place
     where pydantic's multi-line errors are turned into ours."""
     import difflib
@@ -78,7 +78,7 @@ def one_line(error, source: str = "", model: type | None = None, cls: type[EdgeO
         close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         msg = f"unknown key{hint} (known: {', '.join(known)})"
-    return cls(f"{source + ': ' if source else ''}{field}: {msg}")
+    return cls(f"{source + ': ' if source else ''}field '{field}': {msg}")
 
 
 def _keys_at(model: type, path: list[str]) -> list[str]:

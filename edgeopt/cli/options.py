@@ -111,8 +111,9 @@ def config_from_flags(params: dict[str, Any], explicit: set[str], config_file: P
 
 def run_config(ctx: typer.Context, config_file: Path | None, skip: tuple[str, ...] = ()):
     """RunConfig of the current command: flags count as given when they come from the command line."""
-    from click.core import ParameterSource
+    def given(name: str) -> bool:  # by the enum's name: typer may carry its own copy of click's enum
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
 
-    explicit = {name for name in ctx.params if name not in skip and ctx.get_parameter_source(name) in (
-        ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+    explicit = {name for name in ctx.params if name not in skip and given(name)}
     return config_from_flags(ctx.params, explicit, config_file)

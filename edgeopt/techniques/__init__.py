@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgeopt.errors import ConfigError
+from edgeopt.errors import ConfigError, one_line
 from edgeopt.registry import Registry
 
 
@@ -106,9 +106,7 @@ class Technique:
         try:
             return self.config(**(params or {}))
         except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or self.name
-            raise ConfigError(f"{self.name}: invalid {where}: {err['msg']}") from None
+            raise one_line(e, self.name, self.config) from None
 
     def apply_fn(self):
         if self.apply_ref is None:
