@@ -53,9 +53,9 @@ def optimize(
     Fine-tuning on N GPUs/processes: torchrun --nproc-per-node N -m edgeopt optimize ... --retrain (rank 0 reports).
 
     Exit 0 when a candidate meets the constraints, 1 when none does (the report is still written)."""
+    cfg = o.run_config(ctx, config)  # first: a bad flag or config file fails before torch is imported
     from edgeopt.engine.pipeline import run
 
-    cfg = o.run_config(ctx, config)
     token = _check_device(cfg.measure.device, cfg.measure.token_file)
     out_path = Path(cfg.output.out_dir)
     # under torchrun only rank 0 shows progress and reports; the other ranks just join the fine-tuning
@@ -131,9 +131,9 @@ def plan(
     exporting or measuring anything. The model and data are loaded as `optimize` loads them (the same
     prepare step), so what calibration and fine-tuning could use is known, not guessed.
     Example: edgeopt plan --target jetson --goal latency"""
+    cfg = o.run_config(ctx, config, skip=("as_json",))
     from edgeopt.engine.pipeline import plan_for, prepare
 
-    cfg = o.run_config(ctx, config, skip=("as_json",))
     prep = prepare(cfg)
     p = plan_for(prep)
     if as_json:
