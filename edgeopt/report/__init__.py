@@ -73,7 +73,7 @@ class ReportModel(_Section):
 
     @model_serializer(mode="wrap")
     def _without_unset(self, handler):
-        return {k: v for k, v in handler(self).items() if v is not None or k in self.model_fields_set}
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class LatencyStats(BaseModel):
