@@ -13,37 +13,48 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     import torch
 
+    from edgeopt.config import RunConfig
     from edgeopt.report import BenchmarkResult, Report
 
-__all__ = ["__version__", "optimize", "prune", "factorize", "prune_sensitivity", "export", "benchmark",
+__all__ = ["__version__", "optimize", "load_config", "prune", "factorize", "prune_sensitivity", "export", "benchmark",
            "load_model", "list_targets", "distill", "prune_at_init", "sparsify", "imp", "qat",
            "depth_prune", "supermask", "efficient_architectures"]
 
 
-def optimize(model="demo", example_inputs=None, target: str = "local",
-             goal: str = "latency", max_accuracy_drop: float = 1.0, retrain: bool = False,
-             eval_data=None, calib_data=None, out_dir: str | Path = "out", **kwargs) -> Report | None:
-    """Decide, compress, export and measure; returns the Report (also written to out_dir/report.json), or
-    None on the ranks > 0 of a torchrun launch (they only join rank 0's fine-tuning).
+def optimize(model=None, example_inputs=None, *, config: RunConfig | None = None,
+             eval_data=None, calib_data=None, train_data=None, **options) -> Report | None:
+    """Decide, compress, export and measure; returns the Report (also written to out_dir/report.json, with the
+    run's config in out_dir/run.yaml), or None on the ranks > 0 of a torchrun launch (they only join rank 0's
+    fine-tuning).
 
-    `model` is an nn.Module or a spec string ("demo", "torchvision:resnet18?num_classes=10",
+    `model` is an nn.Module or a spec string ("demo" (default), "torchvision:resnet18?num_classes=10",
     "file.py:factory", "model.pt2"). `eval_data`/`calib_data`/`train_data`: iterables of tensors or
     (tensor, label); or `data="digits"`, an image folder, or "module:function" (with `data_options=
-    {"image_size", "mean", "std", "val_split"}` for folders). `retrain=True` fine-tunes each compressed
-    candidate with Hinton distillation from `model` (`epochs=`; needs training data). Budgets:
-    `latency_budget_ms`, `size_budget_mb` (compressed size), `time_budget_s`. `from_scratch=True` (implies
-    retrain) allows pruning at initialisation; `sensitivity=True` measures per-layer pruning sensitivity
-    first (saved in report.model["sensitivity"]) and prunes sensitive layers less. With retraining, INT8
-    post-training quantization that breaks the budget is retried with quantization-aware training.
-    Finished candidates are cached in out_dir and reused by a rerun unless `resume=False`.
-    `example_inputs`: a tensor, a tuple or a dict of tensors (named inputs); outputs may be tuples or nested
-    dicts of tensors. Targets may be class labels (top1), masks (miou) or anything your
+    {"image_size", "mean", "std", "val_split", ...}` for folders). `config`: a RunConfig (e.g.
+    `edgeopt.load_config("out/run.yaml")`); `options` override its fields by name: target, goal,
+    max_accuracy_drop, retrain, from_scratch, latency_budget_ms, size_budget_mb, time_budget_s, techniques,
+    runtimes, weights, trust_pickle, input_shape, data, data_options, metric, epochs, sensitivity, threads,
+    bench_time_s, seed, calib_random, device, token_file, out_dir, cache (or resume); an unknown name is a
+    ConfigError with did-you-mean. In-memory objects: `bench_config` (a BenchConfig), `progress`,
+    `device_token`, `metric=fn` (a callable). `retrain=True` fine-tunes each compressed candidate with Hinton
+    distillation from `model` (needs training data); `from_scratch=True` (implies retrain) allows pruning at
+    initialisation; `sensitivity=True` measures per-layer pruning sensitivity first
+    (report.model.sensitivity). Finished candidates are cached in out_dir and reused by a rerun unless
+    `cache=False`. `example_inputs`: a tensor, a tuple or a dict of tensors (named inputs); outputs may be
+    tuples or nested dicts of tensors. Targets may be class labels (top1), masks (miou) or anything your
     `metric=fn(outputs, targets) -> percent` reads (e.g. box lists for mAP); without targets, fidelity.
     """
     from edgeopt.engine.pipeline import optimize as _optimize
 
-    return _optimize(model, example_inputs, target=target, goal=goal, max_accuracy_drop=max_accuracy_drop,
-                     retrain=retrain, eval_data=eval_data, calib_data=calib_data, out_dir=out_dir, **kwargs)
+    return _optimize(model, example_inputs, config=config, eval_data=eval_data, calib_data=calib_data,
+                     train_data=train_data, **options)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """A RunConfig from a YAML file (`out/run.yaml` of an earlier run, or one written by hand)."""
+    from edgeopt.config import load_config as _load
+
+    return _load(path)
 
 
 def prune(model, example_inputs, ratio: float = 0.3, importance: str = "l2",

@@ -1,18 +1,25 @@
-"""The deploy context: the lecture's four questions (where, what hurts, how much accuracy, can we retrain)."""
+"""What a run is asked to do, typed: the deploy intent (`DeployContext`: where, what hurts, how much accuracy
+may go, may we retrain), and the whole run (`RunConfig`: intent + inputs + search + measurement + output),
+which is what `--config run.yaml` loads and what every run saves as `out/run.yaml`."""
 
 from __future__ import annotations
 
-from typing import Literal
+import difflib
+from pathlib import Path
+from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edgeopt.errors import ConfigError
+from edgeopt.errors import ConfigError, one_line
 
 
-class DeployContext(BaseModel):
-    """What the user told us about the deployment. Unknown keys are errors."""
-
+class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class DeployContext(_Strict):
+    """What the user wants of the deployment (the intent). Unknown keys are errors."""
 
     target: str = "local"
     goal: Literal["latency", "size"] = "latency"
@@ -20,17 +27,11 @@ class DeployContext(BaseModel):
     retrain: bool = False
     # the model may be trained from scratch (implies retrain): pruning at initialisation becomes possible
     from_scratch: bool = False
-    # per-layer pruning sensitivity measured first; sensitive layers are then pruned less
-    sensitivity: bool = False
     latency_budget_ms: float | None = Field(None, gt=0)
     size_budget_mb: float | None = Field(None, gt=0)
     time_budget_s: float | None = Field(None, gt=0)
-    seed: int = 0
-    calib_random: bool = False  # --calib random: INT8 scales from random inputs (meaningless; marked in the report)
-    epochs: int = Field(2, ge=1, description="fine-tuning epochs per candidate when retraining is allowed")
     techniques: list[str] | None = None  # restrict the planner to these techniques
     runtimes: list[str] | None = None  # restrict measurement to these runtimes
-    threads: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _scratch_implies_retrain(self) -> DeployContext:
@@ -46,10 +47,20 @@ class DeployContext(BaseModel):
         return v
 
 
-class DataOptions(BaseModel):
-    """How a data spec (image folder, module:function) is read and split. Unknown keys are errors."""
+class RunContext(DeployContext):
+    """The intent plus the run settings the decisions read (epochs, seed, calibration source, threads,
+    sensitivity): what the planner, the search and the selection receive, and what report.json records
+    under "context". Built from a RunConfig (`RunConfig.context()`), never written by hand."""
 
-    model_config = ConfigDict(extra="forbid")
+    seed: int = 0
+    calib_random: bool = False  # INT8 scales from random inputs (meaningless; marked in the report)
+    epochs: int = Field(2, ge=1, description="fine-tuning epochs per candidate when retraining is allowed")
+    threads: int | None = Field(None, ge=1)
+    sensitivity: bool = False
+
+
+class DataOptions(_Strict):
+    """How a data spec (image folder, module:function) is read and split. Unknown keys are errors."""
 
     image_size: int | tuple[int, int] | None = None  # default: the model's input size
     # resize the shorter side to `resize`, then center-crop `crop` (default: plain resize to image_size)
@@ -66,14 +77,118 @@ class DataOptions(BaseModel):
     masks: str | None = None  # segmentation: a folder of masks with the same file stems as the images
 
 
-def make_context(**kwargs) -> DeployContext:
-    """Build a DeployContext, turning pydantic's multi-line errors into one typed line."""
+class InputsConfig(_Strict):
+    """The model and the data. `model` None: the model object is passed in memory (Python API)."""
+
+    model: str | None = "demo"
+    weights: str | None = None
+    trust_pickle: bool = False
+    # one input (batch first), or name -> shape for several named inputs
+    input_shape: list[int] | dict[str, list[int]] | None = None
+    data: str | None = None  # digits | image folder | module:function (None: the demo's digits, or none)
+    data_options: DataOptions = Field(default_factory=DataOptions)
+    metric: str | None = None  # file.py:fn | module:fn, higher is better in % (None: top1 / miou / fidelity)
+
+
+class SearchConfig(_Strict):
+    epochs: int = Field(2, ge=1, description="fine-tuning epochs per candidate when retraining is allowed")
+    sensitivity: bool = False  # per-layer pruning sensitivity measured first; sensitive layers pruned less
+
+
+class MeasureConfig(_Strict):
+    threads: int | None = Field(None, ge=1)
+    bench_time_s: float = Field(10.0, gt=0, description="seconds at most for the interleaved measurement")
+    seed: int = 0
+    calib_random: bool = False
+    device: str | None = None  # URL of an `edgeopt agent`; its token is never saved in the config
+    token_file: str | None = None
+
+
+class OutputConfig(_Strict):
+    out_dir: str = "out"
+    cache: bool = True  # reuse finished candidates from OUT/cache
+    as_json: bool = False  # CLI: print report.json instead of the table
+
+
+SECTIONS: dict[str, type[BaseModel]] = {"deploy": DeployContext, "inputs": InputsConfig, "search": SearchConfig,
+                                        "measure": MeasureConfig, "output": OutputConfig}
+# the flat keyword names of edgeopt.optimize(...) that are not a field name of their section
+ALIASES = {"resume": ("output", "cache"), "bench_time": ("measure", "bench_time_s"),
+           "time_budget": ("deploy", "time_budget_s"), "json": ("output", "as_json")}
+
+
+class RunConfig(_Strict):
+    """One run, typed. `edgeopt optimize --config run.yaml` loads it; every run saves the one it used."""
+
+    deploy: DeployContext = Field(default_factory=DeployContext)
+    inputs: InputsConfig = Field(default_factory=InputsConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    measure: MeasureConfig = Field(default_factory=MeasureConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    def context(self) -> RunContext:
+        m, s = self.measure, self.search
+        return RunContext(**self.deploy.model_dump(), seed=m.seed, calib_random=m.calib_random, epochs=s.epochs,
+                          threads=m.threads, sensitivity=s.sensitivity)
+
+    def with_flat(self, **flat: Any) -> RunConfig:
+        """A copy with flat keys (`target=`, `epochs=`, `data_options={...}`) set in their sections.
+        Unknown keys are errors with did-you-mean; values are validated."""
+        doc = self.model_dump()
+        for key, value in flat.items():
+            section, field = _locate(key)
+            if field == "data_options" and isinstance(value, dict):
+                value = {**doc["inputs"]["data_options"], **value}
+            doc[section][field] = value
+        return parse_config(doc)
+
+    def to_yaml(self) -> str:
+        note = ("# the model was passed in memory (Python API): set inputs.model to replay this from the CLI\n"
+                if self.inputs.model is None else "")
+        return ("# edgeopt run config; replay: edgeopt optimize --config run.yaml\n" + note
+                + yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+
+
+def _locate(key: str) -> tuple[str, str]:
+    if key in ALIASES:
+        return ALIASES[key]
+    for name, section in SECTIONS.items():
+        if key in section.model_fields:
+            return name, key
+    known = sorted([*ALIASES, *(f for s in SECTIONS.values() for f in s.model_fields)])
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"unknown option {key!r}{hint}")
+
+
+def parse_config(doc: Any, source: str = "") -> RunConfig:
+    """Validate a config document (a dict, e.g. read from YAML) into a RunConfig; one-line errors."""
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{source or 'config'}: expected a mapping of sections "
+                          f"({', '.join(SECTIONS)}), got {type(doc).__name__}")
     try:
-        return DeployContext(**kwargs)
+        return RunConfig(**doc)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "context"
-        raise ConfigError(f"invalid {where}: {first['msg']}") from None
+        raise one_line(e, source or "invalid config", RunConfig) from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config {path} does not exist")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    return parse_config(doc or {}, str(path))
+
+
+def make_context(**kwargs) -> RunContext:
+    """A RunContext from flat keyword arguments (the decision layer's tests build theirs this way)."""
+    try:
+        return RunContext(**kwargs)
+    except ValidationError as e:
+        raise one_line(e, "invalid context", RunContext) from None
 
 
 class ModelSummary(BaseModel):

@@ -60,3 +60,32 @@ def missing_backend(package: str, extra: str) -> BackendMissingError:
     return BackendMissingError(
         f"{package} is not installed: install it with `pip install 'edgeopt[{extra}]'`"
     )
+
+
+def one_line(error, source: str = "", model: type | None = None, cls: type[EdgeOptError] = ConfigError,
+             where: str | None = None) -> EdgeOptError:
+    """A pydantic ValidationError as one typed line: `source: field 'path.to.key': message`. With `model` (the class
+    validated), an unknown key gets a did-you-mean among the keys allowed at that place. The only place
+    where pydantic's multi-line errors are turned into ours."""
+    import difflib
+
+    err = error.errors()[0]
+    loc = [str(p) for p in err.get("loc", ())]
+    field = where or ".".join(loc) or "value"
+    msg = str(err.get("msg", error)).removeprefix("Value error, ")
+    if err.get("type") == "extra_forbidden" and model is not None and loc:
+        known = _keys_at(model, loc[:-1])
+        close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        msg = f"unknown key{hint} (known: {', '.join(known)})"
+    return cls(f"{source + ': ' if source else ''}field '{field}': {msg}")
+
+
+def _keys_at(model: type, path: list[str]) -> list[str]:
+    """The field names of the (nested) pydantic model reached by following `path` from `model`."""
+    for part in path:
+        fields = getattr(model, "model_fields", {})
+        if part not in fields or not isinstance(fields[part].annotation, type):
+            return []
+        model = fields[part].annotation
+    return list(getattr(model, "model_fields", {}))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import edgeopt
-from edgeopt.errors import DataError
+from edgeopt.errors import ConfigError, DataError
 from edgeopt.report import load_report
 
 SCHEMA_KEYS = {"schema_version", "edgeopt_version", "context", "target", "environment", "baseline",
@@ -33,6 +33,19 @@ def test_optimize_api_on_a_built_model(tmp_path, tiny_plain, example, fast_bench
     assert pruned and all(c.macs < report.baseline.macs for c in pruned)
     assert (tmp_path / "report.md").read_text().startswith("# edgeopt report")
     assert load_report(tmp_path / "report.json").chosen == report.chosen
+    # the typed sections, and the config the run used (the model was passed in memory: not replayable as is)
+    assert report.context.max_accuracy_drop == 100.0 and report.target.name and report.model.macs > 0
+    used = edgeopt.load_config(tmp_path / "run.yaml")
+    assert used.inputs.model is None and used.deploy.runtimes == ["onnxruntime"]
+    assert data["context"] == used.context().model_dump(mode="json")
+
+
+def test_optimize_api_rejects_an_unknown_option_with_did_you_mean(tmp_path, tiny_plain, example):
+    with pytest.raises(ConfigError, match="did you mean 'max_accuracy_drop'"):
+        edgeopt.optimize(tiny_plain, example, max_acuracy_drop=1.0, out_dir=tmp_path)
+    with pytest.raises(ConfigError, match="bench_time_s"):
+        edgeopt.optimize(tiny_plain, example, bench_time_s=-1, out_dir=tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing written before the options are valid
 
 
 def test_zero_budget_keeps_an_equivalent_model(tmp_path, tiny_plain, example, fast_bench):

@@ -58,3 +58,20 @@ def test_fidelity_is_labelled_and_nothing_measured_still_writes(tmp_path):
     assert scatter_png(empty) is None
     write_html_report(empty, tmp_path / "e")
     assert "no measured candidate" in (tmp_path / "e" / "report.html").read_text()
+
+
+def test_report_sections_are_typed_and_json_keys_unchanged(tmp_path):
+    from edgeopt.report import ReportContext, ReportModel, ReportTarget
+
+    r = _report()
+    assert isinstance(r.context, ReportContext) and isinstance(r.target, ReportTarget)
+    assert isinstance(r.model, ReportModel) and r.model.plan_notes == ["note one"]
+    assert r.context.latency_budget_ms == 0.8 and r.target.kind == "cpu"
+    assert r.model["search"]["trace"] and r.model.get("plot") is None and "plot" not in r.model  # dict form
+    r.model["info_extra"] = 3  # unknown model facts are kept, as in the dict form
+    write_report(r, tmp_path)
+    data = __import__("json").loads((tmp_path / "report.json").read_text())
+    assert set(data["model"]) == {"search", "plan_notes", "info_extra"}  # unset fields stay out of the JSON
+    assert data["target"] == {"name": "local", "kind": "cpu", "runtimes": [], "precisions": [], "detected": False}
+    back = load_report(tmp_path / "report.json")
+    assert back.model.info_extra == 3 and back.context == r.context

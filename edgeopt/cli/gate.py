@@ -32,6 +32,10 @@ def gate(
     if max_latency_ms is None and max_accuracy_drop is None and max_size_mb is None and baseline is None:
         raise GateInputError("no check asked for: give --max-latency-ms, --max-accuracy-drop, --max-size-mb "
                              "or --baseline")
+    for flag, value in (("--max-latency-ms", max_latency_ms), ("--max-accuracy-drop", max_accuracy_drop),
+                        ("--max-size-mb", max_size_mb)):
+        if value is not None and not value >= 0:  # also refuses NaN
+            raise GateInputError(f"{flag} must be a non-negative number, got {value}")
     subject = load_subject(report, candidate)
     old = load_subject(baseline, candidate) if baseline is not None else None
     checks = run_gate(subject, max_latency_ms, max_accuracy_drop, max_size_mb, old,

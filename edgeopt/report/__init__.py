@@ -8,9 +8,72 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
+
+from edgeopt.config import RunContext
 
 SCHEMA_VERSION = 1
+
+
+class _Section(BaseModel):
+    """A typed report section that still answers `section["key"]` / `.get("key")`, so code and notebooks
+    written against report.json's dict form keep working on the objects."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        setattr(self, key, value)
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):
+            return False
+        return key in (self.model_extra or {}) or (key in type(self).model_fields and getattr(self, key) is not None)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in self else default
+
+
+class ReportContext(_Section, RunContext):
+    """report.json "context": the deploy intent and the run settings the decisions read."""
+
+
+class ReportTarget(_Section):
+    """report.json "target": the target profile the run planned for (every profile field is kept)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = "?"
+    kind: str = "?"
+    runtimes: list[str] = Field(default_factory=list)
+    precisions: list[str] = Field(default_factory=list)
+    detected: bool = False
+
+
+class ReportModel(_Section):
+    """report.json "model": the model's summary (analyze's fields, `info_*` from the loader) and what the run
+    learnt about it. Unset fields are left out of the JSON, as before."""
+
+    model_config = ConfigDict(extra="allow")
+
+    source: str | None = None
+    input_shape: list[int] | None = None
+    params: int | None = None
+    macs: int | None = None
+    plan: list[dict[str, Any]] | None = None
+    plan_notes: list[str] | None = None
+    sensitivity: dict[str, Any] | None = None
+    search: dict[str, Any] | None = None
+    cache_hits: int | None = None
+    chosen_artifact: str | None = None
+    plot: str | None = None
+    bundle: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler):
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class LatencyStats(BaseModel):
@@ -69,10 +132,10 @@ class Decision(BaseModel):
 class Report(BaseModel):
     schema_version: int = SCHEMA_VERSION
     edgeopt_version: str
-    context: dict[str, Any]
-    target: dict[str, Any]
+    context: ReportContext
+    target: ReportTarget
     environment: dict[str, Any]
-    model: dict[str, Any] = Field(default_factory=dict)
+    model: ReportModel = Field(default_factory=ReportModel)
     baseline: Candidate | None = None
     candidates: list[Candidate] = Field(default_factory=list)
     chosen: str | None = None
@@ -150,14 +213,14 @@ FIDELITY_NOTE = ": top-1 agreement with the original model, no labels given"
 
 def to_markdown(report: Report) -> str:
     ctx = report.context
-    budgets = ", ".join(f"{k} {ctx[k]}" for k in ("latency_budget_ms", "size_budget_mb", "time_budget_s")
-                        if ctx.get(k))
+    budgets = ", ".join(f"{k} {getattr(ctx, k)}" for k in ("latency_budget_ms", "size_budget_mb", "time_budget_s")
+                        if getattr(ctx, k))
     chosen, base = report.chosen_candidate, report.baseline
     lines = [
         "# edgeopt report",
         "",
-        f"- target: **{report.target.get('name')}** ({report.target.get('kind')}), goal **{ctx['goal']}**, "
-        f"max accuracy drop **{ctx['max_accuracy_drop']} pp**, retrain **{ctx['retrain']}**"
+        f"- target: **{report.target.name}** ({report.target.kind}), goal **{ctx.goal}**, "
+        f"max accuracy drop **{ctx.max_accuracy_drop} pp**, retrain **{ctx.retrain}**"
         + (f", budgets: {budgets}" if budgets else ""),
         f"- chosen: **{report.chosen or 'none — no candidate met the constraints'}**",
     ]
@@ -169,11 +232,11 @@ def to_markdown(report: Report) -> str:
     lines += [
         f"- edgeopt {report.edgeopt_version}, schema {report.schema_version}, "
         f"wall time {_fmt(report.wall_time_s, '.1f')} s" + (
-            f", {report.model['cache_hits']} candidates from the cache" if report.model.get("cache_hits") else ""),
+            f", {report.model.cache_hits} candidates from the cache" if report.model.cache_hits else ""),
         "",
     ]
-    if report.model.get("plot"):
-        lines += [f"![latency vs accuracy]({report.model['plot']})", ""]
+    if report.model.plot:
+        lines += [f"![latency vs accuracy]({report.model.plot})", ""]
     lines += [
         "## Candidates",
         "",
@@ -186,8 +249,8 @@ def to_markdown(report: Report) -> str:
             lines.append("| " + " | ".join(x.replace("|", "/") for x in row) + " |")
     lines += ["", "## Plan: decisions and reasons", ""]
     lines += [f"- **{d.technique}** — {d.decision}: {d.reason}" for d in report.decisions]
-    lines += [f"- note: {n}" for n in report.model.get("plan_notes", [])]
-    trace = (report.model.get("search") or {}).get("trace") or []
+    lines += [f"- note: {n}" for n in report.model.plan_notes or []]
+    trace = (report.model.search or {}).get("trace") or []
     if trace:
         lines += ["", "## Search", ""] + [f"- {t}" for t in trace]
     env = report.environment

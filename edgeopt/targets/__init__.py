@@ -14,7 +14,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edgeopt.errors import TargetError
+from edgeopt.errors import TargetError, one_line
 from edgeopt.registry import Registry
 
 
@@ -104,9 +104,7 @@ def _parse(data: object, source: str) -> TargetProfile:
     try:
         return TargetProfile(**data)
     except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "?"
-        raise TargetError(f"target profile {source}: field '{field}': {err['msg']}") from None
+        raise one_line(e, f"target profile {source}", TargetProfile, TargetError) from None
 
 
 def load_profile_file(path: Path) -> TargetProfile:

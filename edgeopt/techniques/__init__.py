@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from edgeopt.errors import ConfigError
+from edgeopt.errors import ConfigError, one_line
 from edgeopt.registry import Registry
 
 
@@ -145,7 +145,7 @@ class Technique:
         try:
             return self.config(**(params or {}))
         except ValidationError as e:
-            raise _config_error(self.name, e) from None
+            raise one_line(e, self.name, self.config) from None
 
     def apply_fn(self):
         if self.apply_ref is None:

@@ -1,0 +1,143 @@
+"""The options `optimize` and `plan` share, and how they become one RunConfig: a `--config` file (or the
+defaults), then every flag given explicitly on the command line on top. A new run option is a
+`typer.Option` here plus one row in FLAGS."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from edgeopt.cli.common import parse_list
+
+MODEL_HELP = ("demo (built-in, default), torchvision:NAME?num_classes=10, timm:NAME, path/file.py:factory, "
+              "package.module:factory, or a torch.export .pt2 file. file.py:factory and module:factory "
+              "IMPORT AND RUN that code: use only code you trust")
+
+CONFIG = typer.Option(None, "--config", help="a run config (YAML), e.g. OUT/run.yaml saved by an earlier run; "
+                      "flags given explicitly override its values")
+MODEL = typer.Option("demo", help=MODEL_HELP)
+WEIGHTS = typer.Option(None, help="state dict (.pth) loaded with weights_only=True")
+INPUT_SHAPE = typer.Option(None, help="example input shape, batch first, e.g. 1,3,224,224; for several inputs "
+                           "repeat it with names: --input-shape image:1,3,224,224 --input-shape mask:1,1,224,224")
+TRUST_PICKLE = typer.Option(False, help="allow loading a full pickled model (runs its code)")
+TARGET = typer.Option("local", help="target profile name/alias, a YAML file, or 'local'")
+GOAL = typer.Option("latency", help="latency | size")
+MAX_DROP = typer.Option(1.0, help="accuracy budget in percentage points")
+RETRAIN = typer.Option(False, "--retrain/--no-retrain", help="may the model be fine-tuned?")
+FROM_SCRATCH = typer.Option(False, "--from-scratch", help="the model may be trained from scratch (implies "
+                            "--retrain): pruning at initialisation (SNIP) for size goals")
+LATENCY_BUDGET = typer.Option(None, help="reject candidates slower than this p50 (the search stops early once "
+                              "met with margin)")
+SIZE_BUDGET = typer.Option(None, help="reject candidates larger than this on disk (compressed)")
+TECHNIQUES = typer.Option(None, help="restrict to these techniques, comma separated")
+RUNTIMES = typer.Option(None, help="restrict to these runtimes, e.g. onnxruntime,openvino")
+DATA = typer.Option(None, help="'digits' (built-in; default for the demo), an image folder (one sub-folder per "
+                    "class), or module:function / file.py:function returning {'calib','train','eval'} iterables "
+                    "(IMPORTS AND RUNS that code: only code you trust)")
+MASKS = typer.Option(None, help="segmentation: a folder of masks (class index per pixel) with the same file stems "
+                     "as the images in --data; accuracy is then mIoU")
+METRIC = typer.Option(None, help="your metric, file.py:fn or module:fn (IMPORTS AND RUNS that code): "
+                      "fn(outputs, targets) -> score in %, higher is better (e.g. mAP with your own box decoding); "
+                      "needs --data with held-out targets. --max-accuracy-drop is in points of it")
+RESIZE = typer.Option(None, help="image folder: resize the shorter side to this, then center-crop (default with "
+                      "--crop: crop / 0.875; without either: plain resize)")
+CROP = typer.Option(None, help="image folder: center-crop size H,W or S after --resize")
+AUGMENT = typer.Option(True, "--augment/--no-augment", help="random resized crop + horizontal flip when "
+                       "fine-tuning (never for calibration or evaluation)")
+CALIB_SIZE = typer.Option(300, help="calibration: a stratified sample of this many training images")
+BATCH_SIZE = typer.Option(32, help="data batch size for fine-tuning and evaluation")
+WORKERS = typer.Option(None, help="data loading worker processes (default: cores - 1)")
+IMAGE_SIZE = typer.Option(None, help="image folder: resize to H,W or S (default: the model's input)")
+MEAN = typer.Option(None, help="image folder: per-channel mean, e.g. 0.485,0.456,0.406 (default 0.5)")
+STD = typer.Option(None, help="image folder: per-channel std (default 0.5)")
+VAL_SPLIT = typer.Option(0.2, help="image folder: fraction held out per class for accuracy (never trained on; "
+                         "its file-list hash goes into report.json)")
+
+
+def _floats(text: str | None, name: str) -> tuple[float, ...] | None:
+    from edgeopt.errors import ConfigError
+
+    if not text:
+        return None
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise ConfigError(f"--{name} must be comma-separated numbers, got {text!r}") from None
+
+
+def _size(text: str | None, name: str):
+    size = _floats(text, name)
+    if size is not None:
+        size = int(size[0]) if len(size) == 1 else tuple(int(v) for v in size)
+    return size
+
+
+def _calib_random(calib: str) -> bool:
+    from edgeopt.errors import ConfigError
+
+    if calib not in ("data", "random"):
+        raise ConfigError(f"--calib must be 'data' or 'random', got {calib!r}")
+    return calib == "random"
+
+
+def _shape(text: str | None):
+    from edgeopt.inputs.models import parse_input_shape
+
+    shape = parse_input_shape(text)
+    if isinstance(shape, dict):  # several named inputs
+        return {k: list(v) for k, v in shape.items()}
+    return list(shape) if shape is not None else None
+
+
+def _path(p: Path | None) -> str | None:
+    return str(p) if p is not None else None
+
+
+# CLI parameter -> (RunConfig key for RunConfig.with_flat, converter of the flag's value)
+FLAGS: dict[str, tuple[str, Callable[[Any], Any] | None]] = {
+    "model": ("model", None), "weights": ("weights", _path), "input_shape": ("input_shape", _shape),
+    "trust_pickle": ("trust_pickle", None), "target": ("target", None), "goal": ("goal", None),
+    "max_accuracy_drop": ("max_accuracy_drop", None), "retrain": ("retrain", None),
+    "from_scratch": ("from_scratch", None), "sensitivity": ("sensitivity", None),
+    "latency_budget_ms": ("latency_budget_ms", None), "size_budget_mb": ("size_budget_mb", None),
+    "time_budget": ("time_budget_s", None), "techniques": ("techniques", parse_list),
+    "runtimes": ("runtimes", parse_list), "data": ("data", None),
+    "masks": ("data_options", lambda v: {"masks": _path(v)}), "metric": ("metric", None),
+    "image_size": ("data_options", lambda v: {"image_size": _size(v, "image-size")}),
+    "crop": ("data_options", lambda v: {"crop": _size(v, "crop")}),
+    "resize": ("data_options", lambda v: {"resize": v}), "augment": ("data_options", lambda v: {"augment": v}),
+    "calib_size": ("data_options", lambda v: {"calib_size": v}),
+    "batch_size": ("data_options", lambda v: {"batch_size": v}), "workers": ("data_options", lambda v: {"workers": v}),
+    "mean": ("data_options", lambda v: {"mean": _floats(v, "mean")}),
+    "std": ("data_options", lambda v: {"std": _floats(v, "std")}),
+    "val_split": ("data_options", lambda v: {"val_split": v}), "epochs": ("epochs", None),
+    "calib": ("calib_random", _calib_random), "cache": ("cache", None), "threads": ("threads", None),
+    "seed": ("seed", None), "bench_time": ("bench_time_s", None), "out_dir": ("out_dir", _path),
+    "as_json": ("as_json", None), "device": ("device", None), "token_file": ("token_file", _path),
+}
+
+
+def config_from_flags(params: dict[str, Any], explicit: set[str], config_file: Path | None = None):
+    """The RunConfig of a command line: the file's (or the defaults), then the explicit flags on top."""
+    from edgeopt.config import RunConfig, load_config
+
+    flat: dict[str, Any] = {}
+    for name in sorted(explicit & set(FLAGS)):
+        key, convert = FLAGS[name]
+        value = convert(params[name]) if convert is not None else params[name]
+        flat[key] = {**flat.get(key, {}), **value} if key == "data_options" else value
+    base = load_config(config_file) if config_file is not None else RunConfig()
+    return base.with_flat(**flat)
+
+
+def run_config(ctx: typer.Context, config_file: Path | None, skip: tuple[str, ...] = ()):
+    """RunConfig of the current command: flags count as given when they come from the command line."""
+    def given(name: str) -> bool:  # by the enum's name: typer may carry its own copy of click's enum
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+    explicit = {name for name in ctx.params if name not in skip and given(name)}
+    return config_from_flags(ctx.params, explicit, config_file)

@@ -1,0 +1,48 @@
+"""The measuring stage of a run: every finished candidate's latency, measured interleaved on this machine,
+on a remote `edgeopt agent`, or estimated by the roofline for a target that is not this machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeopt.config import RunConfig
+from edgeopt.inputs.structure import Inputs
+from edgeopt.measure.roofline import estimate_stats
+from edgeopt.measure.timing import BenchConfig, measure
+from edgeopt.report import Candidate, Report
+
+
+def latency(cands: list[Candidate], sessions: dict, measure_locally: bool, profile, ex: Inputs,
+            bench_config: BenchConfig | None) -> None:
+    """Interleaved runs on this machine (every input fed), or a roofline estimate for a remote target."""
+    if not cands:
+        return
+    if measure_locally:
+        feed = ex.numpy()
+        stats = measure({c.id: sessions[c.id].lean_call(feed) for c in cands}, bench_config)
+        for c in cands:
+            c.latency_ms, c.latency_source = stats[c.id], "measured"
+    else:
+        for c in cands:
+            c.latency_ms = estimate_stats(profile, c.macs or 0, c.size_bytes or 0, c.precision or "fp32")
+            c.latency_source = "estimated"
+
+
+def measure_all(report: Report, sessions: dict, measure_locally: bool, prep, out_dir: Path, config: RunConfig,
+             bench_config: BenchConfig, device_token: str | None, progress) -> None:
+    """Latency of every ok candidate: on a remote `edgeopt agent` (--device), interleaved here, or estimated."""
+    device = config.measure.device
+    progress.stage("measuring latency" if measure_locally or device else "estimating latency")
+    ok = [c for c in report.candidates if c.status == "ok"]
+    if device and ok:  # measured on an `edgeopt agent`, not here
+        from edgeopt.remote import read_token_file
+        from edgeopt.remote.client import measure_candidates
+
+        if device_token is None and config.measure.token_file:
+            device_token = read_token_file(config.measure.token_file)
+        report.environment["device"] = measure_candidates(
+            ok, out_dir, prep.profile.runtimes, device, device_token or "",
+            tuple(prep.ex.first.shape) if prep.ex.single else prep.ex.shapes,
+            prep.context.threads, bench_config.max_time_s)
+    else:
+        latency(ok, sessions, measure_locally, prep.profile, prep.ex, bench_config)
