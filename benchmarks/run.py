@@ -21,10 +21,10 @@ RESULTS = Path(__file__).parent / "results"
 
 def _accuracy(c: Contender, task, reference: np.ndarray | None) -> float:
     from edgeopt.inputs.data import Batches
-    from edgeopt.measure.accuracy import predictions
+    from edgeopt.measure.accuracy import predictions, primary
 
     batches = Batches([(b[0], b[1]) if isinstance(b, tuple) else (b, None) for b in task.eval])
-    preds = predictions(c.run, batches, task.example.shape[0])
+    preds = primary(predictions(c.run, batches, task.example.shape[0]))
     if task.labelled:
         labels = np.concatenate([b[1].numpy() for b in task.eval])
         return float((preds == labels).mean() * 100)
@@ -61,9 +61,10 @@ def run_task(task, args, workdir: Path) -> dict:
     reference = None
     if not task.labelled:
         from edgeopt.inputs.data import Batches
-        from edgeopt.measure.accuracy import predictions
+        from edgeopt.measure.accuracy import predictions, primary
 
-        reference = predictions(contenders[0].run, Batches([(b, None) for b in task.eval]), task.example.shape[0])
+        reference = primary(predictions(contenders[0].run, Batches([(b, None) for b in task.eval]),
+                                        task.example.shape[0]))
     print(f"[{task.name}] {task.model_name}: measuring {len(contenders)} contenders interleaved", flush=True)
     stats = measure({c.name: c.lean_call for c in contenders}, BenchConfig(max_time_s=args.measure_time))
     rows = []
