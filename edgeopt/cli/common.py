@@ -50,7 +50,7 @@ class RichProgress:
 
 
 def candidates_table(report) -> Table:
-    from edgeopt.report import TABLE_HEADER, candidate_row
+    from edgeopt.report.markdown import TABLE_HEADER, candidate_row
 
     table = Table(title=f"edgeopt — target {report.target.get('name')}, goal {report.context['goal']}")
     for h in TABLE_HEADER:

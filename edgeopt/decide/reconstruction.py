@@ -6,11 +6,9 @@ from __future__ import annotations
 
 from edgeopt.decide import policy
 from edgeopt.decide.structures import channel_rounding
+from edgeopt.formats import layer_timing_runtimes
 from edgeopt.report import Decision
 from edgeopt.techniques import PruneConfig, allowed
-
-# runtimes the latency table can be measured on, on this machine
-LUT_RUNTIMES = ("onnxruntime", "openvino")
 
 
 def recon_structures(context, target, summary, has_calib_data, finetune, decisions) -> list[tuple]:
@@ -39,7 +37,7 @@ def recon_structures(context, target, summary, has_calib_data, finetune, decisio
 def latency_structures(context, summary, has_calib_data, finetune, decisions, runtimes, here) -> list[tuple]:
     if finetune or not has_calib_data or not allowed(context.techniques, "prune") or summary.prunable_groups == 0:
         return []
-    rt = next((r for r in runtimes if r in LUT_RUNTIMES), None)
+    rt = next((r for r in runtimes if r in layer_timing_runtimes()), None)
     if not here or rt is None:
         decisions.append(Decision(technique="prune_latency_allocation", decision="skipped",
                                   reason="the latency table is measured on this machine's runtimes: "

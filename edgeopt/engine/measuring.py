@@ -19,7 +19,7 @@ def latency(cands: list[Candidate], sessions: dict, measure_locally: bool, profi
         return
     if measure_locally:
         feed = ex.numpy()
-        stats = measure({c.id: sessions[c.id].lean_call(feed) for c in cands}, bench_config)
+        stats = measure({c.id: sessions[c.id].timed_call(feed) for c in cands}, bench_config)
         for c in cands:
             c.latency_ms, c.latency_source = stats[c.id], "measured"
     else:

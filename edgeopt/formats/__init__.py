@@ -43,6 +43,8 @@ class Backend:
     extra: str  # pip extra that installs it
     module: str  # python module whose presence means "installed"
     device: str = "CPU"
+    # the per-layer latency table (channel allocation under a latency budget) can be measured on this runtime
+    layer_timing: bool = False
     companions: tuple[str, ...] = ()  # suffixes of the other files of an artifact, written before the main one
     dists: tuple[str, ...] = ()  # distributions whose versions a device environment reports
     # fn(session, path) -> str, applied after loading; None: the loader reads it from the runtime itself
@@ -138,13 +140,14 @@ BACKENDS.register("onnx", Backend(
     format="onnx", runtime="onnxruntime", suffix=".onnx",
     export_ref="edgeopt.formats.onnx:export_onnx", load_ref="edgeopt.formats.onnx:load_onnxruntime",
     precisions=("fp32", "fp16", "int8", "int8w"), extra="dev", module="onnxruntime",
-    dists=("onnxruntime", "onnxruntime-gpu"),
+    dists=("onnxruntime", "onnxruntime-gpu"), layer_timing=True,
     profile_ref="edgeopt.measure.layers:profile_onnxruntime", commands_ref="edgeopt.formats.commands:onnxruntime"),
     aliases=("onnxruntime", "ort"))
 BACKENDS.register("openvino", Backend(
     format="openvino", runtime="openvino", suffix=".xml", companions=(".bin",),
     export_ref="edgeopt.formats.openvino:export_openvino", load_ref="edgeopt.formats.openvino:load_openvino",
     precisions=("fp32", "bf16", "fp16", "int8", "int8w"), extra="openvino", module="openvino", dists=("openvino",),
+    layer_timing=True,
     profile_ref="edgeopt.measure.layers:profile_openvino", commands_ref="edgeopt.formats.commands:openvino",
     device_inputs=("openvino", "onnx")),  # OpenVINO reads ONNX directly
     aliases=("ov", "ir"))
@@ -178,6 +181,11 @@ def rows() -> list[Backend]:
 
 def runtime_names() -> list[str]:
     return [b.runtime for b in rows()]
+
+
+def layer_timing_runtimes() -> tuple[str, ...]:
+    """Runtimes the per-layer latency table can be measured on, in the table's order."""
+    return tuple(b.runtime for b in rows() if b.layer_timing)
 
 
 def installed_runtimes() -> list[str]:

@@ -78,7 +78,7 @@ def benchmark_many(paths: list[Path], runtime: str | None = None, precision: str
     threads = threads or os.cpu_count()
     prepared = [_prepare(p, runtime, precision, threads, input_shape, batch_size) for p in paths]
     keys = [f"{i}:{p}" for i, p in enumerate(paths)]
-    stats = measure({k: s.lean_call(feed) for k, (s, feed, _) in zip(keys, prepared, strict=True)}, config)
+    stats = measure({k: s.timed_call(feed) for k, (s, feed, _) in zip(keys, prepared, strict=True)}, config)
     return [BenchmarkResult(artifact=str(p), runtime=s.runtime, runtime_version=s.runtime_version,
                             precision=precision, precision_executed=s.precision_executed,
                             device=device_description(s), threads=threads,

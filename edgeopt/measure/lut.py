@@ -23,8 +23,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgeopt.formats import layer_timing_runtimes
+
 FRACTIONS = (1.0, 0.75, 0.5, 0.25)  # width grid, as fractions of the original width
-RUNTIMES = ("onnxruntime", "openvino")
+RUNTIMES = layer_timing_runtimes()
 
 
 def cache_root() -> Path:

@@ -10,7 +10,8 @@ import html
 import io
 from pathlib import Path
 
-from edgeopt.report import TABLE_HEADER, Candidate, Report, candidate_row, to_markdown, write_atomic
+from edgeopt.report import Candidate, Report, write_atomic
+from edgeopt.report.markdown import TABLE_HEADER, candidate_row, to_markdown
 
 
 def _points(report: Report) -> list[Candidate]:

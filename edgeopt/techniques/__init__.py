@@ -48,7 +48,7 @@ class PruneConfig(TechniqueConfig):
     # widths allocated under this fraction of the model's latency, predicted by a latency table measured on
     # `lut_runtime` (replaces the uniform `ratio`)
     latency_target: float | None = Field(None, gt=0.0, lt=1.0)
-    lut_runtime: Literal["onnxruntime", "openvino"] = "onnxruntime"
+    lut_runtime: str | None = None  # None: the first runtime the latency table is measured on
 
 
 class FactorizeConfig(TechniqueConfig):

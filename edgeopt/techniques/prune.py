@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from edgeopt.errors import PruningError
-from edgeopt.inputs.structure import Inputs, flatten_outputs, model_outputs
+from edgeopt.inputs.structure import Inputs, model_outputs
 from edgeopt.techniques.importance import (
     IMPORTANCE_NAMES,
     NEEDS_INPUTS,
@@ -27,7 +27,7 @@ from edgeopt.techniques.importance import (
     measure_for,
     taylor_grads,
 )
-from edgeopt.techniques.prune_core import PruneSpec, is_attention, prune_module
+from edgeopt.techniques.prune_core import PruneSpec, is_attention, output_layers, prune_module
 from edgeopt.techniques.reconstruct import clear_scores
 from edgeopt.timeout import time_limit
 
@@ -92,25 +92,6 @@ def _capture_inputs(model: nn.Module, example: Inputs) -> dict[nn.Module, tuple]
             h.remove()
     seen[model] = example.example() if example.keyword else tuple(example.tensors)
     return seen
-
-
-def output_layers(model: nn.Module, example: Inputs) -> list[nn.Module]:
-    """Conv/Linear layers whose output tensor is one of the model's outputs: their output channels are
-    what the user reads (boxes, classes, masks), so they are never pruned on their output side."""
-    produced: dict[int, nn.Module] = {}
-
-    def hook(mod, args, out):
-        if isinstance(out, torch.Tensor):
-            produced[id(out)] = mod
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            outs = flatten_outputs(example.call(model))
-    finally:
-        for h in handles:
-            h.remove()
-    return [produced[id(t)] for t in outs.values() if id(t) in produced]
 
 
 class _Walker:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from edgeopt.inputs.structure import Inputs, flatten_outputs
 from edgeopt.techniques.importance import NEEDS_INPUTS, measure_for, taylor_grads
 
 
@@ -171,3 +172,22 @@ def _track_kept(group, dg, spec: PruneSpec, kept: dict[str, list[int]]) -> None:
         cur = kept.get(name) or spec.kept.get(name) or list(range(width))
         drop = set(int(i) for i in idxs)
         kept[name] = [c for i, c in enumerate(cur) if i not in drop]
+
+
+def output_layers(model: nn.Module, example: Inputs) -> list[nn.Module]:
+    """Conv/Linear layers whose output tensor is one of the model's outputs: their output channels are
+    what the user reads (boxes, classes, masks), so they are never pruned on their output side."""
+    produced: dict[int, nn.Module] = {}
+
+    def hook(mod, args, out):
+        if isinstance(out, torch.Tensor):
+            produced[id(out)] = mod
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            outs = flatten_outputs(example.call(model))
+    finally:
+        for h in handles:
+            h.remove()
+    return [produced[id(t)] for t in outs.values() if id(t) in produced]

@@ -1,0 +1,79 @@
+"""report.md and the tables every front end shows (CLI, markdown, html): one row per candidate."""
+
+from __future__ import annotations
+
+from edgeopt.report import Candidate, Report
+
+
+def _fmt(v: float | None, spec: str = ".3f") -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def candidate_row(c: Candidate, baseline: Candidate | None) -> list[str]:
+    lat = c.latency_ms.p50 if c.latency_ms else None
+    base = baseline.latency_ms.p50 if baseline is not None and baseline.latency_ms else None
+    speed = f"{base / lat:.2f}×" if lat and base else "—"
+    est = " (est.)" if c.latency_source == "estimated" else ""
+    acc = "—" if c.accuracy is None else f"{c.accuracy:.2f}% {c.metric or ''}".strip()
+    drop = "—" if c.accuracy_drop is None else f"{c.accuracy_drop:+.2f}"
+    size = "—" if c.size_bytes is None else f"{c.size_bytes / 1e6:.2f}"
+    if c.size_compressed_bytes is not None:
+        size += f" ({c.size_compressed_bytes / 1e6:.2f} zip)"
+    macs = "—" if c.macs is None else f"{c.macs / 1e6:.1f}M"
+    return [c.id, c.status, f"{c.runtime or '—'}/{c.precision_executed or c.precision or '—'}",
+            _fmt(lat) + est, speed, acc, drop, size, macs, c.reason]
+
+
+TABLE_HEADER = ["candidate", "status", "runtime/precision", "p50 ms", "speedup", "accuracy",
+                "drop pp", "size MB", "MACs", "reason"]
+
+
+FIDELITY_NOTE = ": top-1 agreement with the original model, no labels given"
+
+
+def to_markdown(report: Report) -> str:
+    ctx = report.context
+    budgets = ", ".join(f"{k} {getattr(ctx, k)}" for k in ("latency_budget_ms", "size_budget_mb", "time_budget_s")
+                        if getattr(ctx, k))
+    chosen, base = report.chosen_candidate, report.baseline
+    lines = [
+        "# edgeopt report",
+        "",
+        f"- target: **{report.target.name}** ({report.target.kind}), goal **{ctx.goal}**, "
+        f"max accuracy drop **{ctx.max_accuracy_drop} pp**, retrain **{ctx.retrain}**"
+        + (f", budgets: {budgets}" if budgets else ""),
+        f"- chosen: **{report.chosen or 'none — no candidate met the constraints'}**",
+    ]
+    if chosen is not None and base is not None and chosen.latency_ms and base.latency_ms:
+        lines.append(f"- p50 {chosen.latency_ms.p50:.3f} ms vs baseline {base.latency_ms.p50:.3f} ms "
+                     f"({base.latency_ms.p50 / chosen.latency_ms.p50:.2f}× faster, {chosen.latency_source}); "
+                     f"accuracy {_fmt(chosen.accuracy, '.2f')}% vs {_fmt(base.accuracy, '.2f')}% "
+                     f"({chosen.metric}{FIDELITY_NOTE if chosen.metric == 'fidelity' else ''})")
+    lines += [
+        f"- edgeopt {report.edgeopt_version}, schema {report.schema_version}, "
+        f"wall time {_fmt(report.wall_time_s, '.1f')} s" + (
+            f", {report.model.cache_hits} candidates from the cache" if report.model.cache_hits else ""),
+        "",
+    ]
+    if report.model.plot:
+        lines += [f"![latency vs accuracy]({report.model.plot})", ""]
+    lines += [
+        "## Candidates",
+        "",
+        "| " + " | ".join(TABLE_HEADER) + " |",
+        "|" + "---|" * len(TABLE_HEADER),
+    ]
+    for c in [report.baseline, *report.candidates]:
+        if c is not None:
+            row = candidate_row(c, report.baseline)
+            lines.append("| " + " | ".join(x.replace("|", "/") for x in row) + " |")
+    lines += ["", "## Plan: decisions and reasons", ""]
+    lines += [f"- **{d.technique}** — {d.decision}: {d.reason}" for d in report.decisions]
+    lines += [f"- note: {n}" for n in report.model.plan_notes or []]
+    trace = (report.model.search or {}).get("trace") or []
+    if trace:
+        lines += ["", "## Search", ""] + [f"- {t}" for t in trace]
+    env = report.environment
+    lines += ["", "## Environment", ""]
+    lines += [f"- {k}: {v}" for k, v in env.items()]
+    return "\n".join(lines) + "\n"
