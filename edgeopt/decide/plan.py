@@ -74,28 +74,6 @@ def runs_here(target: TargetProfile, local: TargetProfile) -> bool:
             and set(target.isa_features) <= set(local.isa_features))
 
 
-def channel_rounding(target: TargetProfile, summary: ModelSummary, decisions: list[Decision]) -> int | None:
-    """The target's channel multiple, unless the model is so narrow that rounding would force huge steps
-    (a 32-channel layer rounded to 16 can only keep 16 or 32): then no rounding, and say so."""
-    wanted = multiple = target.channel_multiple
-    if multiple <= 1:
-        return None
-    narrow = summary.min_channels
-    while narrow is not None and multiple > 1 and narrow < 4 * multiple:
-        multiple //= 2  # keep steps of at most 25% of the narrowest layer
-    if multiple <= 1:
-        decisions.append(Decision(
-            technique="channel_rounding", decision="skipped",
-            reason=f"{target.name} prefers multiples of {wanted}, but the narrowest layer has {narrow} "
-                   "channels: any rounding would force huge pruning steps"))
-        return None
-    why = f"kept channels rounded to multiples of {multiple} for {target.name}"
-    if multiple != wanted:
-        why += f" (the target prefers {wanted}; the narrowest layer has only {narrow} channels)"
-    decisions.append(Decision(technique="channel_rounding", decision="applied", reason=why))
-    return multiple
-
-
 def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, local: TargetProfile,
          installed_runtimes: list[str], has_calib_data: bool = False,
          precisions_of_format: dict[str, tuple[str, ...]] | None = None, has_train_data: bool = False,

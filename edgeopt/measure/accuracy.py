@@ -242,7 +242,11 @@ def _load_function(spec: str) -> Callable:
             mspec = importlib.util.spec_from_file_location(f"edgeopt_user_metric_{path.stem}", path)
             module = importlib.util.module_from_spec(mspec)
             sys.modules[mspec.name] = module
-            mspec.loader.exec_module(module)
+            old, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # no __pycache__ beside user files
+            try:
+                mspec.loader.exec_module(module)
+            finally:
+                sys.dont_write_bytecode = old
         else:
             module = importlib.import_module(target)
         fn = getattr(module, name)
