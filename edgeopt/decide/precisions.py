@@ -27,12 +27,11 @@ def weight_only_pair(context, rt: str, fmt: str, decisions) -> tuple[str, str, s
                                   reason="weight-only INT8 shrinks the artifact but computes in float: "
                                          "proposed for a size goal or size budget only"))
         return None
-    if not allowed(context, "quantize"):
+    if not allowed(context.techniques, "quantize"):
         decisions.append(Decision(technique=tech, decision="skipped", reason="excluded by --techniques"))
         return None
     return (fmt, WEIGHT_ONLY, f"{rt} {WEIGHT_ONLY}: weight-only INT8, ~4x smaller weights whatever the compute "
                               "units (no calibration needed); latency measured as always")
-# ------------------------------------------------------------------------------------------------------------
 
 
 def precision_pairs(context, target, runtimes, precisions_of_format, decisions, format_of_runtime: dict,
