@@ -49,7 +49,7 @@ AUGMENT = typer.Option(True, "--augment/--no-augment", help="random resized crop
                        "fine-tuning (never for calibration or evaluation)")
 CALIB_SIZE = typer.Option(300, help="calibration: a stratified sample of this many training images")
 BATCH_SIZE = typer.Option(32, help="data batch size for fine-tuning and evaluation")
-WORKERS = typer.Option(None, help="data loading worker processes (default: cores - 1)")
+WORKERS = typer.Option(None, help="data loading worker processes (default 0: decode in the main process)")
 IMAGE_SIZE = typer.Option(None, help="image folder: resize to H,W or S (default: the model's input)")
 MEAN = typer.Option(None, help="image folder: per-channel mean, e.g. 0.485,0.456,0.406 (default 0.5)")
 STD = typer.Option(None, help="image folder: per-channel std (default 0.5)")
