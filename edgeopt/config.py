@@ -73,7 +73,7 @@ class DataOptions(_Strict):
     augment: bool = True  # random resized crop + horizontal flip, fine-tuning only
     calib_size: int = Field(300, ge=1, description="stratified calibration sample of the training split")
     batch_size: int = Field(32, ge=1)
-    workers: int | None = Field(None, ge=0, description="DataLoader worker processes (default 0: decode in the main process)")
+    workers: int | None = Field(None, ge=0, description="DataLoader worker processes (default 0: main process)")
     masks: str | None = None  # segmentation: a folder of masks with the same file stems as the images
 
 
