@@ -69,8 +69,10 @@ def test_the_planner_reads_the_ladders_and_margin(monkeypatch):
     monkeypatch.setattr(policy, "CRITERIA_NO_LABELS", ("l2",))
     monkeypatch.setattr(policy, "ENERGIES", {False: (0.77,), True: (0.66,)})
     p = _plan()
-    assert sorted({s.ratio for c in p.candidates for s in c.steps if s.technique == "prune"}) == [0.11, 0.22]
-    assert {s.importance for c in p.candidates for s in c.steps if s.technique == "prune"} == {"l2"}
+    naive = [c for c in p.candidates if c.family == "prune-l2"]  # the uniform-ratio family (not recon/latency)
+    assert sorted({s.ratio for c in naive for s in c.steps if s.technique == "prune"}) == [0.11, 0.22]
+    assert {c.family for c in p.candidates if c.family and c.family.startswith("prune-")} <= {
+        "prune-l2", "prune-recon", "prune-lat"}
     assert {s.energy for c in p.candidates for s in c.steps if s.technique == "factorize"} == {0.77}
 
 
