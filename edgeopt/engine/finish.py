@@ -126,7 +126,7 @@ class Finishing:
         if self.context.goal == "size" or self.context.size_budget_mb:  # deflating big artifacts costs seconds
             cand.size_compressed_bytes = result.compressed_size_bytes()
         cand.precision_executed = session.precision_executed
-        cand.int8_mac_fraction = session.info.get("int8_mac_fraction")
+        cand.int8_mac_fraction = getattr(session, "info", {}).get("int8_mac_fraction")
         cand.exporter = result.exporter
         cand.verification = result.info.get("verification")
         try:
