@@ -5,9 +5,10 @@
     fixed class-sorted batches (what a class-sorted file list gives without per-epoch shuffling);
 (b) peak memory (PSS summed over the process tree: edgeopt and its DataLoader workers) of a no-retrain
     `edgeopt optimize` on folders of N generated 224x224 images, e.g. 12,000 vs 1,200;
-(c) the share of each fine-tuning epoch spent waiting for data (decoding and feeding), demo model at 64x64.
+(c) the share of each fine-tuning epoch spent waiting for data (decoding and feeding), demo model at 64x64;
+(d) `optimize --retrain` on the folder of (a): whether the chosen candidate is physically pruned.
 
-  python benchmarks/data_pipeline.py [--parts a,b,c] [--images 12000,1200] [--out data_pipeline.json]
+  python benchmarks/data_pipeline.py [--parts a,b,c,d] [--images 12000,1200] [--out data_pipeline.json]
 
 The PNGs are generated in a temporary folder and deleted afterwards."""
 
@@ -183,6 +184,34 @@ def part_b(tmp: Path, counts: list[int], log) -> dict:
     return out
 
 
+def part_d(tmp: Path, base_epochs: int, log) -> dict:
+    """`optimize --retrain` on the image folder (API; the CLI builds the same run): does the search now keep a
+    physically pruned model? The original is the part (a) model, trained on the folder's training split."""
+    root = tmp / "digits32"
+    if not root.exists():
+        digits_folder(root, 32)
+    s = image_folder(root, 32, 1, (0.3,), (0.4,), augment=False, batch_size=32)
+    torch.manual_seed(0)
+    model = DemoNet(width=16)
+    fit(model, s.train, epochs=base_epochs, lr=0.05)
+    t0 = time.perf_counter()
+    # digits are not mirror-symmetric (a flipped 2 is no 2): augmentation off, as in part (a)
+    report = edgeopt.optimize(model, torch.randn(1, 1, 32, 32), data=str(root), retrain=True, epochs=3,
+                              data_options={"image_size": [32, 32], "mean": [0.3], "std": [0.4], "augment": False},
+                              techniques=["prune", "fine_tune", "bn_recalibrate", "quantize"],
+                              runtimes=["onnxruntime"], max_accuracy_drop=1.0, out_dir=tmp / "optimize-retrain")
+    chosen = report.chosen_candidate
+    base = report.baseline
+    out = {"seconds": round(time.perf_counter() - t0, 1), "chosen": chosen.id if chosen else None,
+           "chosen_steps": [st.technique for st in chosen.steps] if chosen else [],
+           "baseline_accuracy": base.accuracy if base else None,
+           "chosen_accuracy": chosen.accuracy if chosen else None,
+           "chosen_params": chosen.params if chosen else None, "baseline_params": base.params if base else None,
+           "physically_pruned": bool(chosen and base and chosen.params and chosen.params < base.params)}
+    log(f"(d) {out}")
+    return out
+
+
 def part_c(tmp: Path, epochs: int, log) -> dict:
     root = digits_folder(tmp / "digits64", 64)
     out = {}
@@ -216,6 +245,8 @@ def main() -> None:
         parts = set(args.parts.split(","))
         if "a" in parts:
             result["retrain"] = part_a(tmp, args.base_epochs, log)
+        if "d" in parts:
+            result["optimize_retrain"] = part_d(tmp, args.base_epochs, log)
         if "c" in parts:
             result["loading"] = part_c(tmp, args.epochs, log)
         if "b" in parts:

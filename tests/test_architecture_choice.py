@@ -87,3 +87,75 @@ def test_cli_architecture(tmp_path, tinynet_spec):
     p = subprocess.run([sys.executable, "-m", "edgeopt", "architecture", "--model", tinynet_spec, "--input-shape",
                         "1,1,16,16", "--families", "resnet9000"], capture_output=True, text=True, timeout=600)
     assert p.returncode == 2 and "Traceback" not in p.stderr and "unknown architecture family" in p.stderr
+
+
+def _plan(context_kwargs, table, has_train_data=True):
+    from edgeopt.config import ModelSummary, RunContext
+    from edgeopt.decide.plan import plan
+    from edgeopt.targets import detect_local
+
+    local = detect_local()
+    ctx = RunContext(target="local", goal="latency", techniques=["architecture", "quantize"], **context_kwargs)
+    summary = ModelSummary(params=1000, macs=10**6, layers={"conv": 2}, prunable_groups=1, input_shape=[1, 1, 8, 8])
+    return plan(ctx, local, summary, local, ["onnxruntime"], has_calib_data=True, has_train_data=has_train_data,
+                architectures=table)
+
+
+def test_planner_trains_faster_families_only_from_scratch_with_data():
+    rows = _rows(yours=10.0, mobilenet_v3_small=(5.0, 5000), repvgg_a0=(20.0, 5000))
+    p = _plan({"retrain": True, "from_scratch": True}, rows)
+    arch = [c for c in p.candidates if c.structure.startswith("arch-")]
+    assert {c.structure for c in arch} == {"arch-mobilenet_v3_small"}
+    assert arch[0].steps[0].technique == "architecture" and arch[0].steps[0].family == "mobilenet_v3_small"
+    d = next(d for d in p.decisions if d.technique == "architecture")
+    assert d.decision == "applied" and "mobilenet_v3_small 5.000 ms" in d.reason and "yours 10.000 ms" in d.reason
+    # without --from-scratch: no candidate, but the decision still shows what switching would buy
+    p = _plan({}, rows)
+    assert not any(c.structure.startswith("arch-") for c in p.candidates)
+    d = next(d for d in p.decisions if d.technique == "architecture")
+    assert "needs training from scratch" in d.reason and "mobilenet_v3_small 5.000 ms" in d.reason
+    # from scratch without training data, and with nothing faster
+    assert "no training data" in next(d.reason for d in _plan({"retrain": True, "from_scratch": True}, rows,
+                                                                   False).decisions if d.technique == "architecture")
+    slow = _rows(yours=1.0, mobilenet_v3_small=(5.0, 5000))
+    assert "no efficient family is faster" in next(
+        d.reason for d in _plan({"retrain": True, "from_scratch": True}, slow).decisions
+        if d.technique == "architecture")
+
+
+def test_architecture_step_needs_training_data_and_a_classifier():
+    from edgeopt.techniques import ArchitectureConfig
+    from edgeopt.techniques.architecture import apply_architecture
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(3))
+    x = torch.randn(1, 1, 8, 8)
+    net(x)
+    with pytest.raises(ConfigError, match="needs training data"):
+        apply_architecture(net, x, ArchitectureConfig(family="mobilenet_v3_small"))
+    seg = torch.nn.Conv2d(1, 3, 1)  # dense output: not a classifier
+    with pytest.raises(ConfigError, match="replace classifiers"):
+        apply_architecture(seg, x, ArchitectureConfig(family="mobilenet_v3_small"), train_data=[(x, torch.zeros(1))])
+
+
+def test_optimize_from_scratch_measures_a_trained_efficient_family(tmp_path, monkeypatch):
+    """optimize --from-scratch: the table is measured, the faster family is trained by distillation from the
+    model and measured on the runtime beside the original (the table is pinned so the family is 'faster')."""
+    from smallnet import trained
+
+    import edgeopt.techniques.architecture as arch
+
+    teacher, train, val = trained(size=8)
+
+    def pinned(model, example, families=None, max_time_s=4.0):
+        return _rows(yours=10.0, mobilenet_v3_small=(5.0, 10**6))
+
+    monkeypatch.setattr(arch, "latency_table", pinned)
+    report = edgeopt.optimize(teacher, torch.randn(1, 1, 8, 8), train_data=type(train)(train.items[:4]),
+                              eval_data=val, calib_data=[b[0] for b in train.items[:2]], from_scratch=True,
+                              techniques=["architecture"], runtimes=["onnxruntime"], epochs=1,
+                              max_accuracy_drop=100.0, bench_time_s=0.2, out_dir=tmp_path / "out")
+    cand = next(c for c in report.candidates if c.id.startswith("arch-mobilenet_v3_small"))
+    assert cand.status == "ok" and cand.accuracy is not None and cand.latency_ms is not None
+    assert any(s.params.get("family") == "mobilenet_v3_small" for s in cand.steps)
+    d = next(d for d in report.decisions if d.technique == "architecture")
+    assert d.decision == "applied" and "yours 10.000 ms" in d.reason

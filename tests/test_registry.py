@@ -56,7 +56,7 @@ def test_planned_steps_are_a_discriminated_union_on_the_technique_name():
 
     step = parse_step({"technique": "structured_pruning", "ratio": 0.25})  # aliases resolve
     assert isinstance(step, PruneConfig) and step.ratio == 0.25
-    with pytest.raises(ConfigError, match="prune: invalid ratio"):
+    with pytest.raises(ConfigError, match="prune: field .ratio."):
         parse_step({"technique": "prune", "ratio": 2})
     with pytest.raises(ConfigError, match="ratoi"):
         parse_step({"technique": "prune", "ratoi": 0.2})

@@ -132,14 +132,18 @@ def plan(
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
 ) -> None:
     """Print the candidates the planner would try, and why (and what it leaves out, and why), without
-    exporting or measuring anything. The model and data are loaded as `optimize` loads them (the same
-    prepare step), so what calibration and fine-tuning could use is known, not guessed.
+    exporting candidates. Its one measurement: efficient architectures' latency next to the model's on this
+    machine, so the architecture decision shows what switching would buy. The model and data are loaded as
+    `optimize` loads them (the same prepare step), so what calibration and fine-tuning could use is known.
     Example: edgeopt plan --target jetson --goal latency"""
     cfg = o.run_config(ctx, config, skip=("as_json",))
+    from edgeopt.engine.measuring import architecture_table
     from edgeopt.engine.pipeline import plan_for, prepare
+    from edgeopt.engine.prepare import Progress
 
     prep = prepare(cfg)
-    p = plan_for(prep)
+    # the one measurement plan makes: what switching to an efficient family would buy, on this machine
+    p = plan_for(prep, architectures=architecture_table(prep, Progress()))
     if as_json:
         out.print_json(p.model_dump_json())
     else:

@@ -13,6 +13,18 @@ from edgeopt.cli.common import out
 from edgeopt.cli.optimize import MODEL_HELP
 
 
+def _export(net, example, format: str, out_file: Path, record_file: Path | None = None, record=None) -> Path:
+    """Every structure command ends the same way: the changed model exported (and verified by the exporter),
+    its record written next to it when asked."""
+    from edgeopt import export
+    from edgeopt.report import write_atomic
+
+    path = export(net, example, format=format, out=out_file)
+    if record_file:
+        write_atomic(record_file, json.dumps(record, indent=2))
+    return path
+
+
 @app.command()
 def factorize(
     model: str = typer.Option("demo", help=MODEL_HELP),
@@ -29,19 +41,15 @@ def factorize(
 ) -> None:
     """Factorize layers into low-rank ones physically, export, verify against PyTorch, print MACs before/after.
     Layers where factorization does not reduce MACs (1x1, depthwise, small) are skipped with the reason."""
-    from edgeopt import export
     from edgeopt.cli.commands import _load
     from edgeopt.cli.common import parse_list
     from edgeopt.inputs.analyze import count_macs, count_params
-    from edgeopt.report import write_atomic
     from edgeopt.techniques.factorize import factorize as do_factorize
 
     loaded, example = _load(model, weights, input_shape, trust_pickle)
     small, record = do_factorize(loaded.model, example, method=method, energy=energy, macs_reduction=macs_reduction,
                                  layers=parse_list(layers), rank_method="vbmf" if vbmf else "energy")
-    path = export(small, example, format=format, out=out_file)
-    if record_file:
-        write_atomic(record_file, json.dumps(record, indent=2))
+    path = _export(small, example, format, out_file, record_file, record)
     out.print(f"params {count_params(loaded.model):,} -> {count_params(small):,}; "
               f"MACs {count_macs(loaded.model, example):,} -> {count_macs(small, example):,}; "
               f"{record['layers_changed']} layers factorized, {len(record['skipped'])} skipped; wrote {path}")
@@ -64,10 +72,8 @@ def depth(
     blocks is exported unchanged, with the reason."""
     import torch
 
-    from edgeopt import export
     from edgeopt.cli.commands import _calib_data, _load
     from edgeopt.inputs.analyze import count_macs
-    from edgeopt.report import write_atomic
     from edgeopt.techniques.depth import depth_prune
 
     loaded, example = _load(model, weights, input_shape, trust_pickle)
@@ -78,9 +84,7 @@ def depth(
         real = digits_data()[1]  # the demo's labelled held-out split: costs are measured accuracy drops
     batches = real.items[:8] if hasattr(real, "items") else [torch.randn(8, *example.shape[1:]) for _ in range(2)]
     small, record = depth_prune(loaded.model, example, batches, blocks=blocks)
-    path = export(small, example, format=format, out=out_file)
-    if record_file:
-        write_atomic(record_file, json.dumps(record, indent=2))
+    path = _export(small, example, format, out_file, record_file, record)
     for why in record["skipped"]:
         out.print(f"skipped: {why}")
     out.print(f"removed {len(record['removed'])} of {len(record['blocks_found'])} residual blocks "
@@ -107,7 +111,6 @@ def supermask(
     (zeros where masked) and print top-1 with and without the mask on the held-out split."""
     import torch
 
-    from edgeopt import export
     from edgeopt.cli.commands import _load
     from edgeopt.errors import ConfigError
     from edgeopt.techniques.supermask import supermask as do_supermask
@@ -129,7 +132,7 @@ def supermask(
             if hasattr(m, "reset_parameters"):
                 m.reset_parameters()
     masked, record = do_supermask(net, train, sparsity=sparsity, epochs=epochs, method=method, eval_data=val)
-    path = export(masked, example, format=format, out=out_file)
+    path = _export(masked, example, format, out_file)
     out.print(f"{method}: sparsity {record['measured_sparsity']:.2f}; top-1 {record['init_top1']:.1f}% "
               f"(weights alone) -> {record['top1']:.1f}% (masked); wrote {path}")
 

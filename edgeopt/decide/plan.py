@@ -16,7 +16,7 @@ from edgeopt.decide.precisions import precision_pairs, qat_formats
 from edgeopt.decide.reconstruction import latency_structures, recon_structures
 from edgeopt.decide.sparsity import from_scratch_structures, sparse_structures
 from edgeopt.decide.structures import factorize_structures, finetune_step, prune_structures
-from edgeopt.decide.toolbox import architecture_decision, depth_structures
+from edgeopt.decide.toolbox import architecture_structures, depth_structures
 from edgeopt.formats import format_of_runtime, precisions_of_format
 from edgeopt.report import Decision
 from edgeopt.targets import TargetProfile
@@ -77,8 +77,9 @@ def runs_here(target: TargetProfile, local: TargetProfile) -> bool:
 def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, local: TargetProfile,
          installed_runtimes: list[str], has_calib_data: bool = False,
          precisions_of_format: dict[str, tuple[str, ...]] | None = None, has_train_data: bool = False,
-         sensitivity: dict[str, float] | None = None) -> Plan:
-    """`sensitivity`: per-layer accuracy drops measured by `--sensitivity` (sensitive layers pruned less)."""
+         sensitivity: dict[str, float] | None = None, architectures: list[dict] | None = None) -> Plan:
+    """`sensitivity`: per-layer accuracy drops measured by `--sensitivity` (sensitive layers pruned less);
+    `architectures`: efficient families' latency measured beside the model (None: not measured)."""
     precisions_of_format = precisions_of_format or PRECISIONS_OF_FORMAT
     decisions: list[Decision] = []
     notes: list[str] = []
@@ -127,7 +128,7 @@ def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, l
     structures += sparse_structures(context, target, finetune, decisions)
     structures += from_scratch_structures(context, target, has_train_data, decisions)
     structures += depth_structures(context, target, summary, has_calib_data, finetune, decisions)
-    architecture_decision(context, decisions)
+    structures += architecture_structures(context, architectures, has_train_data, decisions)
     qat = qat_formats(context, pairs, has_train_data, decisions)
 
     candidates: list[CandidateSpec] = []

@@ -120,3 +120,21 @@ LATENCY_TARGETS = (0.9, 0.75, 0.6, 0.45)
 # Layer-level pruning: residual blocks removed, bisected like the other families. Removing more than two
 # blocks of a small model without retraining rarely holds a 1 pp budget.
 DEPTH_LEVELS = (1, 2)
+
+# ---- efficient architecture ---------------------------------------------------------------------------------
+# A family is worth training from scratch when its measured latency is under ARCH_FASTER of the user's model's
+# and it keeps at least ARCH_MIN_CAPACITY of its parameters (a far smaller net would be fast but unable to learn
+# the task as well); the ARCH_TOP fastest such families are trained by distillation and measured like any
+# candidate.
+ARCH_FASTER = 0.9
+ARCH_MIN_CAPACITY = 0.1
+ARCH_TOP = 2
+
+
+def faster_families(rows: list[dict], top: int = ARCH_TOP) -> list[str]:
+    """Rows of a measured latency table (the user's model first: name, params, p50_ms): the faster families
+    at comparable capacity, the fastest first."""
+    mine = rows[0]
+    fast = [r for r in rows[1:] if r["p50_ms"] < ARCH_FASTER * mine["p50_ms"]
+            and r["params"] >= ARCH_MIN_CAPACITY * mine["params"]]
+    return [r["name"] for r in sorted(fast, key=lambda r: r["p50_ms"])][:top]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from edgeopt.decide import policy
 from edgeopt.report import Decision
-from edgeopt.techniques import TECHNIQUES, DepthConfig, FineTuneConfig, allowed
+from edgeopt.techniques import TECHNIQUES, ArchitectureConfig, DepthConfig, FineTuneConfig, allowed
 
 
 def depth_structures(context, target, summary, has_calib_data: bool, finetune: FineTuneConfig | None,
@@ -43,15 +43,47 @@ def depth_structures(context, target, summary, has_calib_data: bool, finetune: F
     return out
 
 
-def architecture_decision(context, decisions: list[Decision]) -> None:
-    """Switching to an efficient family needs training from scratch; its latency table is measured by
-    `edgeopt architecture` (the planner itself measures nothing)."""
-    how = "`edgeopt architecture` measures MobileNetV3/EfficientNet/RegNet/GhostNet/MobileOne/RepVGG/ConvNeXt-atto"
+def architecture_structures(context, table: list[dict] | None, has_train_data: bool,
+                            decisions: list[Decision]) -> list[tuple]:
+    """`table`: the efficient families' latency measured beside the model (rows, the user's model first), or
+    None when it was not measured. With --from-scratch and training data, the faster families at comparable
+    capacity become candidates (trained by distillation from the model, then measured like any other);
+    otherwise the decision says what switching would buy, with the numbers."""
+    tech = "architecture"
+    how = ("`edgeopt architecture` measures MobileNetV3/EfficientNet/RegNet/GhostNet/MobileOne/RepVGG/"
+           "ConvNeXt-atto at this input size next to your model")
+    if not allowed(context.techniques, tech):
+        decisions.append(Decision(technique=tech, decision="skipped", reason="excluded by --techniques"))
+        return []
+    if table is None:
+        why = ("needs training from scratch (--from-scratch)" if not context.from_scratch else
+               "the efficient families' latency was not measured for this model (one (N, classes) output "
+               "measured on this machine is needed)")
+        decisions.append(Decision(technique=tech, decision="skipped", reason=f"{why}; {how}"))
+        return []
+    measured = "; ".join(f"{r['name']} {r['p50_ms']:.3f} ms" for r in table)
+    faster = policy.faster_families(table)
+    if not faster:
+        decisions.append(Decision(technique=tech, decision="skipped",
+                                  reason=f"no efficient family is faster than your model at comparable capacity "
+                                         f"here (measured, PyTorch batch 1: {measured})"))
+        return []
     if not context.from_scratch:
-        decisions.append(Decision(technique="architecture", decision="skipped",
-                                  reason=f"needs training from scratch (--from-scratch); {how} at this input "
-                                         "size next to your model, so you see what switching would buy"))
-    else:
-        decisions.append(Decision(technique="architecture", decision="skipped",
-                                  reason=f"not trained inside optimize: {how} and `edgeopt architecture "
-                                         "--from-scratch` trains the most promising by distillation from your model"))
+        decisions.append(Decision(technique=tech, decision="skipped",
+                                  reason=f"needs training from scratch (--from-scratch): {', '.join(faster)} "
+                                         f"would be faster (measured, PyTorch batch 1: {measured})"))
+        return []
+    if not has_train_data:
+        decisions.append(Decision(technique=tech, decision="skipped",
+                                  reason=f"{', '.join(faster)} faster than your model, but no training data was "
+                                         f"given to train them (measured: {measured})"))
+        return []
+    epochs = policy.scratch_epochs(context.epochs)
+    out = [(f"arch-{name}", [ArchitectureConfig(family=name, epochs=epochs, seed=context.seed)],
+            f"efficient architecture {name} trained from scratch ({epochs} epochs) by distillation from your "
+            "model", f"arch-{name}", 0.0) for name in faster]
+    decisions.append(Decision(technique=tech, decision="applied",
+                              reason=f"{', '.join(faster)} measured faster than your model at comparable capacity "
+                                     f"(PyTorch batch 1: {measured}): trained by distillation from your model, "
+                                     "then measured on the runtime beside the compressed candidates"))
+    return out

@@ -46,3 +46,26 @@ def measure_all(report: Report, sessions: dict, measure_locally: bool, prep, out
             prep.context.threads, bench_config.max_time_s)
     else:
         latency(ok, sessions, measure_locally, prep.profile, prep.ex, bench_config)
+
+
+def architecture_table(prep, progress, seconds: float = 4.0) -> list[dict] | None:
+    """The efficient families' latency beside the model (PyTorch eager, batch 1, interleaved on this machine),
+    for the planner's efficient-architecture decision; None where it cannot stand for the target (another
+    machine), or the model is not a one-input classifier (the families are classifiers)."""
+    import torch
+
+    from edgeopt.decide.plan import runs_here
+    from edgeopt.techniques.architecture import latency_table
+
+    ex = prep.ex
+    if not runs_here(prep.profile, prep.local) or len(ex.shapes) != 1:
+        return None
+    x = ex.first[:1]
+    with torch.no_grad():
+        out = prep.loaded.model.eval()(x)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        return None
+    progress.stage("efficient architectures")
+    rows = latency_table(prep.loaded.model, x, max_time_s=seconds)
+    progress.log("efficient architectures: " + ", ".join(f"{r['name']} {r['p50_ms']:.2f} ms" for r in rows))
+    return rows

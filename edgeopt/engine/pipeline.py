@@ -19,7 +19,7 @@ from edgeopt.decide.select import select
 from edgeopt.engine import distributed
 from edgeopt.engine.build import Builder
 from edgeopt.engine.cache import CandidateCache, data_hash, model_hash
-from edgeopt.engine.measuring import latency, measure_all
+from edgeopt.engine.measuring import architecture_table, latency, measure_all
 from edgeopt.engine.prepare import (
     Prepared,
     Progress,
@@ -132,7 +132,9 @@ def _search(prep: Prepared, out_dir: Path, threads: int, resume: bool, progress:
         reference = torch_predictions(net, eval_b, batch)
         sens = (_sensitivity(net, prep.example, eval_b, batch, reference if fidelity else None, progress)
                 if context.sensitivity else None)
-        the_plan = plan_for(prep, sensitivity=sens["layers"] if sens else None)
+        # switching architecture needs training from scratch: measured only when that is allowed
+        archs = architecture_table(prep, progress) if context.from_scratch else None
+        the_plan = plan_for(prep, sensitivity=sens["layers"] if sens else None, architectures=archs)
         report = _new_report(prep, the_plan, threads, sens, eval_b.metric)
         cache = CandidateCache(out_dir, enabled=resume)
         builder = Builder(net=net, example=prep.example, splits=splits, eval_b=eval_b, batch=batch,

@@ -106,11 +106,12 @@ def prepare(config: RunConfig, model=None, example=None, eval_data=None, calib_d
     return Prepared(config, context, profile, local, loaded, ex, summary, splits)
 
 
-def plan_for(prep: Prepared, sensitivity: dict | None = None):
+def plan_for(prep: Prepared, sensitivity: dict | None = None, architectures: list[dict] | None = None):
     """The planner on a prepared run (what `edgeopt plan` prints and `optimize` searches)."""
     return make_plan(prep.context, prep.profile, prep.summary, prep.local, installed_runtimes(),
                      has_calib_data=prep.splits.calib is not None, has_train_data=prep.splits.train is not None,
-                     precisions_of_format={n: b.precisions for n, b in BACKENDS.items()}, sensitivity=sensitivity)
+                     precisions_of_format={n: b.precisions for n, b in BACKENDS.items()}, sensitivity=sensitivity,
+                     architectures=architectures)
 
 
 def resolve_data(spec: str, data, calib_data, train_data, eval_data, sample_shape, num_classes,

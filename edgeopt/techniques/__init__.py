@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Union
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgeopt.errors import ConfigError, one_line
 from edgeopt.registry import Registry
@@ -131,6 +131,19 @@ class SupermaskConfig(TechniqueConfig):
     seed: int = 0
 
 
+# efficient families (torchvision's, then timm's), built with random weights by techniques/architecture.py
+ARCH_TORCHVISION = ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "regnet_x_400mf")
+ARCH_TIMM = ("ghostnet_100", "mobileone_s0", "repvgg_a0", "convnext_atto")
+
+
+class ArchitectureConfig(TechniqueConfig):
+    technique: Literal["architecture"] = "architecture"
+    family: Literal[ARCH_TORCHVISION + ARCH_TIMM] = "mobilenet_v3_small"  # trained from scratch
+    epochs: int = Field(3, ge=1)
+    lr: float = Field(0.05, gt=0.0)
+    seed: int = 0
+
+
 @dataclass(frozen=True)
 class Technique:
     name: str
@@ -202,41 +215,22 @@ TECHNIQUES.register("supermask", Technique(
     needs_retraining=True,
     summary="supermask: a mask on the random initial weights (edge-popup scores, large-final, magnitude-increase)"),
     aliases=("edge_popup",))
-
-
-def _config_error(name: str, e: ValidationError) -> ConfigError:
-    err = e.errors()[0]
-    loc = list(err["loc"])[1:] if err["loc"] and err["loc"][0] == name else err["loc"]  # union tag first
-    where = ".".join(str(p) for p in loc) or name
-    return ConfigError(f"{name}: invalid {where}: {err['msg']}")
-
-
-def step_union() -> Any:
-    """The discriminated union (on `technique`) of every registered config: built from the registry, so a
-    technique registered later is part of it without editing this function."""
-    configs = tuple(t.config for _, t in TECHNIQUES.items())
-    return Annotated[Union[configs], Field(discriminator="technique")]  # noqa: UP007 (a runtime tuple)
-
-
-_ADAPTER: dict[int, TypeAdapter] = {}
+TECHNIQUES.register("architecture", Technique(
+    "architecture", ArchitectureConfig, "edgeopt.techniques.architecture:apply_architecture", "model",
+    needs_data=True, needs_retraining=True,
+    summary="efficient architecture: an efficient family trained from scratch by distillation from the model"),
+    aliases=("efficient_architecture",))
 
 
 def parse_step(step: TechniqueConfig | dict) -> TechniqueConfig:
-    """A planned step as its typed config; a dict is validated (unknown technique names get did-you-mean,
-    bad values a one-line ConfigError)."""
+    """A planned step as its typed config; a dict is validated by its technique's config class (unknown
+    technique names get did-you-mean, bad values and unknown keys a one-line ConfigError)."""
     if isinstance(step, TechniqueConfig):
         return step
     data = dict(step)
     name = TECHNIQUES.canonical(str(data.get("technique", "")))  # aliases resolve; unknown names fail here
     data["technique"] = name
-    n = len(TECHNIQUES.names())
-    if n not in _ADAPTER:
-        _ADAPTER.clear()
-        _ADAPTER[n] = TypeAdapter(step_union())
-    try:
-        return _ADAPTER[n].validate_python(data)
-    except ValidationError as e:
-        raise _config_error(name, e) from None
+    return TECHNIQUES.get(name).make_config(data)
 
 
 def allowed(techniques: list[str] | None, technique: str) -> bool:

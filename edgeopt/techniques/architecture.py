@@ -14,12 +14,12 @@ import copy
 import torch
 from torch import nn
 
+import edgeopt.decide.policy as policy
 from edgeopt.errors import ConfigError
+from edgeopt.techniques import ARCH_TIMM, ARCH_TORCHVISION
 
-TORCHVISION = ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "regnet_x_400mf")
-TIMM = ("ghostnet_100", "mobileone_s0", "repvgg_a0", "convnext_atto")
+TORCHVISION, TIMM = ARCH_TORCHVISION, ARCH_TIMM
 FAMILIES = TORCHVISION + TIMM
-FASTER = 0.9  # a family is "faster" when its median latency is under this fraction of the user's model's
 
 
 def _first_conv_to(model: nn.Module, channels: int) -> nn.Module:
@@ -96,12 +96,9 @@ def latency_table(model: nn.Module, example: torch.Tensor, families: list[str] |
     return rows
 
 
-def promising(rows: list[dict], top: int = 2) -> list[str]:
-    """The faster families, the fastest first, among those with at least a tenth of the user's parameters
-    (comparable capacity: a far smaller net would be fast but unable to learn the task as well)."""
-    mine = rows[0]
-    fast = [r for r in rows[1:] if r["p50_ms"] < FASTER * mine["p50_ms"] and r["params"] >= 0.1 * mine["params"]]
-    return [r["name"] for r in sorted(fast, key=lambda r: r["p50_ms"])][:top]
+def promising(rows: list[dict], top: int = policy.ARCH_TOP) -> list[str]:
+    """The faster families at comparable capacity, the fastest first (the rule is the decision policy's)."""
+    return policy.faster_families(rows, top)
 
 
 def decision(rows: list[dict], from_scratch: bool, trained: dict | None = None) -> dict:
@@ -141,3 +138,26 @@ def train_candidates(teacher: nn.Module, example: torch.Tensor, rows: list[dict]
                      "teacher_top1": top1(teacher, eval_data) if eval_data is not None else None,
                      "p50_ms": latency[name], "epochs": epochs, "reparameterized": fused, "model": deploy}
     return out
+
+
+def apply_architecture(model: nn.Module, example: torch.Tensor, config, data=None, teacher=None, train_data=None,
+                       progress=None) -> tuple[nn.Module, dict]:
+    """Registry entry: the family `config.family`, built at the model's input channels and classes, trained
+    from scratch by response distillation from `teacher` (the user's model) on the training data, returned
+    in deploy form."""
+    from edgeopt.training import distill
+
+    if train_data is None:
+        raise ConfigError("an efficient architecture is trained from scratch: it needs training data")
+    teacher = model if teacher is None else teacher
+    x = example[:1]
+    with torch.no_grad():
+        out = teacher.eval()(x)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise ConfigError("efficient architectures replace classifiers (one (N, classes) output); this model "
+                          "returns another structure")
+    student = build(config.family, out.shape[1], x.shape[1], seed=config.seed)
+    _, result = distill(student, teacher, train_data, kind="response", epochs=config.epochs, lr=config.lr)
+    deploy, fused = reparameterize(student.eval())
+    return deploy, {"technique": "architecture", "family": config.family, "epochs": config.epochs,
+                    "reparameterized": fused, "train_seconds": round(result.seconds, 1)}
