@@ -103,12 +103,14 @@ def _plan(context_kwargs, table, has_train_data=True):
 
 def test_planner_trains_faster_families_only_from_scratch_with_data():
     rows = _rows(yours=10.0, mobilenet_v3_small=(5.0, 5000), repvgg_a0=(20.0, 5000))
+    rows.append({"name": "convnext_atto", "skipped": "convnext_atto: does not run at input (1, 1, 8, 8)"})
     p = _plan({"retrain": True, "from_scratch": True}, rows)
     arch = [c for c in p.candidates if c.structure.startswith("arch-")]
     assert {c.structure for c in arch} == {"arch-mobilenet_v3_small"}
     assert arch[0].steps[0].technique == "architecture" and arch[0].steps[0].family == "mobilenet_v3_small"
     d = next(d for d in p.decisions if d.technique == "architecture")
     assert d.decision == "applied" and "mobilenet_v3_small 5.000 ms" in d.reason and "yours 10.000 ms" in d.reason
+    assert "convnext_atto not run at this input size" in d.reason
     # without --from-scratch: no candidate, but the decision still shows what switching would buy
     p = _plan({}, rows)
     assert not any(c.structure.startswith("arch-") for c in p.candidates)
@@ -146,7 +148,7 @@ def test_optimize_from_scratch_measures_a_trained_efficient_family(tmp_path, mon
 
     teacher, train, val = trained(size=8)
 
-    def pinned(model, example, families=None, max_time_s=4.0):
+    def pinned(model, example, families=None, max_time_s=4.0, skipped=None):
         return _rows(yours=10.0, mobilenet_v3_small=(5.0, 10**6))
 
     monkeypatch.setattr(arch, "latency_table", pinned)

@@ -66,6 +66,8 @@ def architecture_table(prep, progress, seconds: float = 4.0) -> list[dict] | Non
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         return None
     progress.stage("efficient architectures")
-    rows = latency_table(prep.loaded.model, x, max_time_s=seconds)
-    progress.log("efficient architectures: " + ", ".join(f"{r['name']} {r['p50_ms']:.2f} ms" for r in rows))
-    return rows
+    skipped: list[str] = []
+    rows = latency_table(prep.loaded.model, x, max_time_s=seconds, skipped=skipped)
+    progress.log("efficient architectures: " + ", ".join(f"{r['name']} {r['p50_ms']:.2f} ms" for r in rows)
+                 + "".join(f"; {why}" for why in skipped))
+    return rows + [{"name": why.split(":")[0], "skipped": why} for why in skipped]

@@ -59,9 +59,10 @@ def reparameterize(model: nn.Module) -> tuple[nn.Module, bool]:
 
 
 def latency_table(model: nn.Module, example: torch.Tensor, families: list[str] | None = None,
-                  max_time_s: float = 6.0) -> list[dict]:
+                  max_time_s: float = 6.0, skipped: list[str] | None = None) -> list[dict]:
     """Rows (the user's model first) with params, MACs and measured median latency (ms) at batch 1 in
-    PyTorch on this machine, interleaved so that all rows see the same machine state."""
+    PyTorch on this machine, interleaved so that all rows see the same machine state. A family that cannot
+    run at this input size is left out (with the reason appended to `skipped`)."""
     from edgeopt.inputs.analyze import count_macs, count_params
     from edgeopt.measure.timing import BenchConfig, measure
 
@@ -77,6 +78,13 @@ def latency_table(model: nn.Module, example: torch.Tensor, families: list[str] |
                  "reparameterized": False})
     for f in families:
         net, fused = reparameterize(build(f, num_classes, x.shape[1]))
+        try:
+            with torch.no_grad():
+                net(x)
+        except RuntimeError as e:  # e.g. a 32x-downsampling family on a 16x16 input
+            if skipped is not None:
+                skipped.append(f"{f}: does not run at input {tuple(x.shape)} ({str(e).splitlines()[0][:80]})")
+            continue
         nets[f] = net
         rows.append({"name": f, "params": count_params(net), "macs": count_macs(net, x), "reparameterized": fused})
 
