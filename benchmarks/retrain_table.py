@@ -131,13 +131,6 @@ def choice_rows(base, train, val, example, epochs: int, log) -> list[dict]:
                  "note": f"mean |gamma| {rec['gamma_before']['mean_abs_gamma']} -> "
                          f"{rec['gamma_after']['mean_abs_gamma']}; before KD {top1(slim, val):.1f}%"})
     log(f"{rows[-2]} / {rows[-1]}")
-    pruned, _ = apply_prune(base, example, PruneConfig(ratio=0.5))
-    tuned, rec = apply_finetune(pruned, example, ft.model_copy(update={"kind": "auto"}), teacher=base,
-                                train_data=train)
-    scores = ", ".join(f"{k} {v:.1f}" for k, v in rec["kind_screen"]["scores"].items())
-    rows.append({"technique": f"L2 50% + KD kind=auto -> {rec['distillation']}", "top1": top1(tuned, val),
-                 "note": f"screen (held-out slice of train, %): {scores}; {rec['seconds']} s full fine-tune"})
-    log(f"{rows[-1]}")
     imp_cfg = IMPConfig(sparsity=0.8, rounds=2, epochs=max(2, epochs), rewind="auto")
     for name, start in (("trained", base), ("fresh init", fresh())):
         sparse, rec = apply_imp(start, example, imp_cfg, train_data=train)
@@ -146,6 +139,13 @@ def choice_rows(base, train, val, example, epochs: int, log) -> list[dict]:
                                   + (f" {rec['rewind_epoch']}" if rec["rewind"] == "epoch" else ""),
                      "top1": top1(sparse, val), "note": f"LMC barriers: {barriers}"})
         log(f"{rows[-1]}")
+    pruned, _ = apply_prune(base, example, PruneConfig(ratio=0.5))
+    tuned, rec = apply_finetune(pruned, example, ft.model_copy(update={"kind": "auto"}), teacher=base,
+                                train_data=train)
+    scores = ", ".join(f"{k} {v:.1f}" for k, v in rec["kind_screen"]["scores"].items())
+    rows.append({"technique": f"L2 50% + KD kind=auto -> {rec['distillation']}", "top1": top1(tuned, val),
+                 "note": f"screen (held-out slice of train, %): {scores}; {rec['seconds']} s full fine-tune"})
+    log(f"{rows[-1]}")
     for method in ("snip", "grasp", "synflow"):
         cfg = PruneAtInitConfig(method=method, sparsity=0.8, epochs=max(2, 2 * epochs), lr=0.05)
         masked, rec = apply_prune_at_init(fresh(), example, cfg, train_data=train)
