@@ -96,6 +96,7 @@ def test_sensitivity_is_measured_saved_and_used(tmp_path, fast_bench):
         assert ratios[most] < ratios[least]
 
 
+@pytest.mark.slow  # three families trained from scratch, each bisected: minutes on 2 shared cores
 def test_from_scratch_size_goal_screens_snip_grasp_and_synflow(tmp_path, fast_bench):
     model, train, val = _trained()
     report = edgeopt.optimize(model, val.items[0][0][:1], goal="size", from_scratch=True, max_accuracy_drop=50.0,
