@@ -6,6 +6,7 @@ The evaluation data is never touched: the slice comes out of the training data."
 from __future__ import annotations
 
 import copy
+import time
 
 import torch
 from torch import nn
@@ -61,6 +62,7 @@ def choose_kind(student: nn.Module, teacher: nn.Module, train_data, kinds: tuple
     feature maps, no Linear classifier) is recorded with its reason."""
     from edgeopt.training.loop import fit
 
+    t0 = time.perf_counter()
     probe, held = held_out_split(train_data)
     scores: dict[str, float] = {}
     skipped: dict[str, str] = {}
@@ -78,4 +80,5 @@ def choose_kind(student: nn.Module, teacher: nn.Module, train_data, kinds: tuple
     metric = "top1" if all(y is not None for _, y in held) else "agreement_with_teacher"
     return best, {"chosen": best, "metric": metric, "held_out_samples": sum(len(x) for x, _ in held),
                   "probe_samples": sum(len(x) for x, _ in probe), "scores": scores,
+                  "seconds": round(time.perf_counter() - t0, 2),
                   **({"skipped": skipped} if skipped else {})}
