@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's edgeopt, not an installed one
 import edgeopt  # noqa: E402
-from edgeopt.inputs.data import batchify, digits_splits  # noqa: E402
+from edgeopt.inputs.data import Batches, batchify, digits_splits  # noqa: E402
 from edgeopt.inputs.demo import cache_dir  # noqa: E402
 from edgeopt.report import write_atomic  # noqa: E402
 from edgeopt.techniques import qat as Q  # noqa: E402
@@ -173,6 +173,9 @@ def main() -> None:
     ap.add_argument("--limit-batches", type=int, default=None, help="smoke test: use only this many batches")
     ap.add_argument("--only-lecture", action="store_true",
                     help="only the energy-criterion, depth-pruning and supermask rows (= --sections lecture)")
+    ap.add_argument("--rows-batches", type=int, default=None,
+                    help="lecture/choices rows retrain on only the first N training batches (the base model "
+                         "and the held-out split stay whole): a quicker table on a loaded machine")
     ap.add_argument("--sections", default="structured50,imp,quant,lecture,choices",
                     help="comma list of structured50, imp, quant, lecture, choices")
     args = ap.parse_args()
@@ -190,6 +193,9 @@ def main() -> None:
     results: dict = {"model": f"resnet18 (num_classes=10) on digits {SIZE}x{SIZE}", "base_top1": base_acc,
                      "epochs": args.epochs}
     sections = {"lecture"} if args.only_lecture else set(args.sections.split(","))
+    if args.rows_batches:
+        train = Batches(train.items[:args.rows_batches])
+        results["rows_train_samples"] = len(train)
     if "lecture" in sections:
         results["lecture"] = lecture_rows(base, train, val, example, args.epochs, log)
     if "choices" in sections:
