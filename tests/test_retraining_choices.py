@@ -82,7 +82,8 @@ def test_fine_tune_auto_screens_every_kind_and_trains_with_the_best():
     model, train, val = smallnet.trained(size=8)
     x = val.items[0][0][:1]
     small, _ = apply_prune(model, x, PruneConfig(ratio=0.5))
-    tuned, rec = apply_finetune(small, x, FineTuneConfig(kind="auto", epochs=1), teacher=model, train_data=train)
+    tuned, rec = apply_finetune(small, x, FineTuneConfig(kind="auto", epochs=1), teacher=model,
+                                train_data=train.items[:12])
     screen = rec["kind_screen"]
     assert set(screen["scores"]) == {"response", "feature", "relation", "response+feature"}
     assert screen["chosen"] == max(screen["scores"], key=screen["scores"].get) == rec["distillation"]
