@@ -209,7 +209,8 @@ TECHNIQUES.register("quantize", Technique(
     summary="reduced precision realised by the exporter/runtime"), aliases=("quantization",))
 TECHNIQUES.register("fine_tune", Technique(
     "fine_tune", FineTuneConfig, "edgeopt.techniques.finetune:apply_finetune", "model", needs_data=True,
-    needs_retraining=True, summary="fine-tune with response-based (Hinton) distillation from the original model"),
+    needs_retraining=True,
+    summary="fine-tune with distillation from the original model (response, feature, relation; auto: screened)"),
     aliases=("finetune", "distill", "kd"))
 TECHNIQUES.register("unstructured", Technique(
     "unstructured", UnstructuredConfig, "edgeopt.techniques.unstructured:apply_unstructured", "model",
