@@ -3,10 +3,13 @@ data upsampled to 64x64, 3 channels. Runs in minutes on 2 CPU cores; the trained
 
   python benchmarks/retrain_table.py [--epochs 2] [--out retrain_table.json]
 
-Prints three markdown tables: accuracy after 50% structured pruning with none / response / feature /
-relation distillation; sparsity vs accuracy for IMP with each rewinding; INT8 PTQ vs QAT (PyTorch fake-quant
-and the exported Q/DQ ONNX model on ONNX Runtime), and 4-bit-weight PTQ vs QAT (PyTorch fake-quant).
-All accuracies are measured top-1 on the held-out split."""
+Prints markdown tables: accuracy after 50% structured pruning with none / response / feature / relation
+distillation; sparsity vs accuracy for IMP with each rewinding; INT8 PTQ vs QAT (PyTorch fake-quant and the
+exported Q/DQ ONNX model on ONNX Runtime), and 4-bit-weight PTQ vs QAT (PyTorch fake-quant); the lecture's
+techniques (energy criterion, depth pruning, supermasks); the retraining choices made by measurement (Network
+Slimming vs plain BN-scale pruning, the distillation kind screen, IMP's rewinding point by linear mode
+connectivity, SNIP / GraSP / SynFlow at one sparsity). `--sections lecture,choices` runs only those.
+All accuracies are measured top-1 on the held-out split; the choices are made on a slice of the training data."""
 
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's edgeopt, not an installed one
 import edgeopt  # noqa: E402
-from edgeopt.inputs.data import batchify, digits_splits  # noqa: E402
+from edgeopt.inputs.data import Batches, batchify, digits_splits  # noqa: E402
 from edgeopt.inputs.demo import cache_dir  # noqa: E402
 from edgeopt.report import write_atomic  # noqa: E402
 from edgeopt.techniques import qat as Q  # noqa: E402
@@ -106,9 +109,56 @@ def lecture_rows(base, train, val, example, epochs: int, log) -> list[dict]:
     return rows
 
 
+def choice_rows(base, train, val, example, epochs: int, log) -> list[dict]:
+    """The retraining choices, each made the way the planner makes it (on training data only), scored on `val`."""
+    from edgeopt.techniques import FineTuneConfig, IMPConfig, PruneAtInitConfig, PruneConfig, SlimmingConfig
+    from edgeopt.techniques.finetune import apply_finetune
+    from edgeopt.techniques.lottery import apply_imp
+    from edgeopt.techniques.prune import apply_prune
+    from edgeopt.techniques.prune_at_init import apply_prune_at_init
+    from edgeopt.techniques.slimming import apply_slimming
+
+    ft = FineTuneConfig(epochs=epochs)
+    rows = []
+    plain, _ = apply_prune(base, example, PruneConfig(ratio=0.5, importance="bn_scale", scope="global"))
+    tuned, _ = apply_finetune(plain, example, ft, teacher=base, train_data=train)
+    rows.append({"technique": "BN-scale 50% (global) + KD", "top1": top1(tuned, val),
+                 "note": f"no sparsity training; before KD {top1(plain, val):.1f}%"})
+    slim, rec = apply_slimming(base, example, SlimmingConfig(ratio=0.5, epochs=max(2, epochs)), teacher=base,
+                               train_data=train)
+    tuned, _ = apply_finetune(slim, example, ft, teacher=base, train_data=train)
+    rows.append({"technique": "slimming 50% + KD", "top1": top1(tuned, val),
+                 "note": f"mean |gamma| {rec['gamma_before']['mean_abs_gamma']} -> "
+                         f"{rec['gamma_after']['mean_abs_gamma']}; before KD {top1(slim, val):.1f}%"})
+    log(f"{rows[-2]} / {rows[-1]}")
+    imp_cfg = IMPConfig(sparsity=0.8, rounds=2, epochs=max(2, epochs), rewind="auto")
+    for name, start in (("trained", base), ("fresh init", fresh())):
+        sparse, rec = apply_imp(start, example, imp_cfg, train_data=train)
+        barriers = ", ".join(f"epoch {k}: {b['barrier_pp']} pp" for k, b in rec["rewind_auto"]["barriers"].items())
+        rows.append({"technique": f"IMP 80% rewind=auto ({name}) -> {rec['rewind']}"
+                                  + (f" {rec['rewind_epoch']}" if rec["rewind"] == "epoch" else ""),
+                     "top1": top1(sparse, val), "note": f"LMC barriers: {barriers}"})
+        log(f"{rows[-1]}")
+    pruned, _ = apply_prune(base, example, PruneConfig(ratio=0.5))
+    tuned, rec = apply_finetune(pruned, example, ft.model_copy(update={"kind": "auto"}), teacher=base,
+                                train_data=train)
+    scores = ", ".join(f"{k} {v:.1f}" for k, v in rec["kind_screen"]["scores"].items())
+    rows.append({"technique": f"L2 50% + KD kind=auto -> {rec['distillation']}", "top1": top1(tuned, val),
+                 "note": f"screen (held-out slice of train, %): {scores}; {rec['seconds']} s full fine-tune"})
+    log(f"{rows[-1]}")
+    for method in ("snip", "grasp", "synflow"):
+        cfg = PruneAtInitConfig(method=method, sparsity=0.8, epochs=max(2, 2 * epochs), lr=0.05)
+        masked, rec = apply_prune_at_init(fresh(), example, cfg, train_data=train)
+        rows.append({"technique": f"{method} 80% from scratch", "top1": top1(masked, val),
+                     "note": f"{cfg.epochs} epochs, {rec['train_seconds']} s"})
+        log(f"{rows[-1]}")
+    return rows
+
+
 def render_lecture(r: dict) -> str:
     out = ["| technique | top-1 % | note |", "|---|---|---|"]
-    return "\n".join(out + [f"| {x['technique']} | {x['top1']:.1f} | {x['note']} |" for x in r["lecture"]])
+    rows = r.get("lecture", []) + r.get("choices", [])
+    return "\n".join(out + [f"| {x['technique']} | {x['top1']:.1f} | {x['note']} |" for x in rows])
 
 
 def main() -> None:
@@ -122,7 +172,12 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=SIZE, help="input resolution (T1: 64)")
     ap.add_argument("--limit-batches", type=int, default=None, help="smoke test: use only this many batches")
     ap.add_argument("--only-lecture", action="store_true",
-                    help="only the energy-criterion, depth-pruning and supermask rows")
+                    help="only the energy-criterion, depth-pruning and supermask rows (= --sections lecture)")
+    ap.add_argument("--rows-batches", type=int, default=None,
+                    help="lecture/choices rows retrain on only the first N training batches (the base model "
+                         "and the held-out split stay whole): a quicker table on a loaded machine")
+    ap.add_argument("--sections", default="structured50,imp,quant,lecture,choices",
+                    help="comma list of structured50, imp, quant, lecture, choices")
     args = ap.parse_args()
     SIZE = args.size
     t_start = time.perf_counter()
@@ -137,8 +192,15 @@ def main() -> None:
     log(f"base top-1 {base_acc:.1f}%")
     results: dict = {"model": f"resnet18 (num_classes=10) on digits {SIZE}x{SIZE}", "base_top1": base_acc,
                      "epochs": args.epochs}
-    results["lecture"] = lecture_rows(base, train, val, example, args.epochs, log)
-    if args.only_lecture:
+    sections = {"lecture"} if args.only_lecture else set(args.sections.split(","))
+    if args.rows_batches:
+        train = Batches(train.items[:args.rows_batches])
+        results["rows_train_samples"] = len(train)
+    if "lecture" in sections:
+        results["lecture"] = lecture_rows(base, train, val, example, args.epochs, log)
+    if "choices" in sections:
+        results["choices"] = choice_rows(base, train, val, example, args.epochs, log)
+    if not sections & {"structured50", "imp", "quant"}:
         results["seconds"] = round(time.perf_counter() - t_start, 1)
         write_atomic(Path(args.out), json.dumps(results, indent=2))
         print(render_lecture(results))
@@ -203,7 +265,7 @@ def render(r: dict) -> str:
     out += [f"| {row['method']} | {row['torch_top1']:.1f} | "
             f"{'—' if row.get('onnxruntime_top1') is None else format(row['onnxruntime_top1'], '.1f')} |"
             for row in r["quant"]]
-    if r.get("lecture"):
+    if r.get("lecture") or r.get("choices"):
         out += ["", render_lecture(r)]
     return "\n".join(out)
 

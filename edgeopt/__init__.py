@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = ["__version__", "optimize", "load_config", "prune", "factorize", "prune_sensitivity", "export", "benchmark",
            "load_model", "list_targets", "distill", "prune_at_init", "sparsify", "imp", "qat",
-           "depth_prune", "supermask", "efficient_architectures"]
+           "depth_prune", "supermask", "efficient_architectures", "slim"]
 
 
 def optimize(model=None, example_inputs=None, *, config: RunConfig | None = None,
@@ -173,6 +173,22 @@ def imp(model, train_data, sparsity: float = 0.8, rounds: int = 3, epochs: int =
     eval_fn = (lambda m: top1(m, eval_data)) if eval_data is not None else None
     return _imp(model, train_data, fit, target_sparsity=sparsity, rounds=rounds, epochs=epochs, rewind=rewind,
                 rewind_epoch=rewind_epoch, eval_fn=eval_fn, **fit_kwargs)
+
+
+def slim(model, example_inputs, train_data, ratio: float = 0.3, epochs: int = 2, strength: float = 0.1,
+         lr: float = 0.01, scope: str = "global"):
+    """Network Slimming: a copy of `model` fine-tuned `epochs` with `strength * sum|BN gamma|` added to the loss
+    (distilled from `model`, so labels are optional), then pruned by BN scale at `ratio`. Fine-tune the result
+    with `distill`. A model without BatchNorm is a ConfigError. The record (mean |gamma| before/after) is in
+    `result.edgeopt_record`."""
+    from edgeopt.techniques import TECHNIQUES
+    from edgeopt.techniques.slimming import apply_slimming
+
+    config = TECHNIQUES.get("slimming").make_config({"ratio": ratio, "epochs": epochs, "strength": strength,
+                                                     "lr": lr, "scope": scope})
+    small, record = apply_slimming(model, example_inputs, config, teacher=model, train_data=train_data)
+    small.edgeopt_record = record
+    return small
 
 
 def qat(model, train_data, epochs: int = 2, lr: float = 0.005, distill: bool = True, **kwargs):

@@ -92,7 +92,7 @@ def test_retrain_fine_tunes_pruned_candidates_from_the_teacher(tmp_path, tiny_pl
     tuned = [c for c in report.candidates if c.status == "ok" and any(s.technique == "fine_tune" for s in c.steps)]
     assert tuned, [(c.id, c.status, c.reason) for c in report.candidates]
     rec = next(s.params["record"] for s in tuned[0].steps if s.technique == "fine_tune")
-    assert rec["distillation"] == "response" and rec["epochs"] == 1 and len(rec["losses"]) == 1
+    assert rec["distillation"] == rec["kind_screen"]["chosen"] and rec["epochs"] == 1 and len(rec["losses"]) == 1
     assert any(d.technique == "fine_tune" and d.decision == "applied" for d in report.decisions)
 
 

@@ -197,7 +197,7 @@ def test_from_scratch_implies_retrain_and_proposes_snip_only_for_size():
     assert make_context(from_scratch=True).retrain is True
     size = _plan8(goal="size", from_scratch=True)
     snip = [c for c in size.candidates if any(s.technique == "prune_at_init" for s in c.steps)]
-    assert snip and {c.family for c in snip} == {"snip"}
+    assert snip and {c.family for c in snip} == {"snip", "grasp", "synflow"}
     levels = sorted({c.level for c in snip})
     assert levels == sorted(levels) and levels[0] >= 0.5
     assert all(s.epochs >= 5 for c in snip for s in c.steps)
@@ -220,7 +220,7 @@ def test_qat_is_armed_only_with_retraining_and_int8():
 
 def test_size_goal_with_retraining_uses_imp_and_2_4_keeps_zeros_through_fine_tuning():
     imp = [c for c in _plan8(goal="size", retrain=True).candidates if c.family == "imp"]
-    assert imp and all(c.steps[0].rewind == "lr" for c in imp)
+    assert imp and all(c.steps[0].rewind == "auto" for c in imp)
     gpu = _plan8(target="jetson-agx-orin", retrain=True)
     s24 = [c for c in gpu.candidates if c.structure == "sparse24-ft"]
     assert s24 and s24[0].steps[0].pattern == "2:4" and s24[0].steps[1].keep_sparsity

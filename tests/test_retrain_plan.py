@@ -96,16 +96,20 @@ def test_sensitivity_is_measured_saved_and_used(tmp_path, fast_bench):
         assert ratios[most] < ratios[least]
 
 
-def test_from_scratch_size_goal_trains_a_snip_mask(tmp_path, fast_bench):
+@pytest.mark.slow  # three families trained from scratch, each bisected: minutes on 2 shared cores
+def test_from_scratch_size_goal_screens_snip_grasp_and_synflow(tmp_path, fast_bench):
     model, train, val = _trained()
     report = edgeopt.optimize(model, val.items[0][0][:1], goal="size", from_scratch=True, max_accuracy_drop=50.0,
-                              eval_data=val.items, train_data=train.items, out_dir=tmp_path,
+                              eval_data=val.items, train_data=train.items[:8], out_dir=tmp_path,
                               runtimes=["onnxruntime"], techniques=["prune_at_init"], epochs=1,
                               bench_config=fast_bench, time_budget_s=240)
-    snip = [c for c in report.candidates if c.steps and c.steps[0].technique == "prune_at_init"]
-    built = [c for c in snip if c.status in ("ok", "rejected") and c.accuracy is not None]
-    assert built, [(c.id, c.status, c.reason) for c in snip]
-    rec = built[0].steps[0].params["record"]
-    assert rec["method"] == "snip" and abs(rec["sparsity"] - built[0].steps[0].params["sparsity"]) < 0.01
+    pai = [c for c in report.candidates if c.steps and c.steps[0].technique == "prune_at_init"]
+    assert {c.steps[0].params["method"] for c in pai} == {"snip", "grasp", "synflow"}
+    built = [c for c in pai if c.status in ("ok", "rejected") and c.accuracy is not None]
+    assert built, [(c.id, c.status, c.reason) for c in pai]
+    for c in built:  # each family's mask was made by its own method, at the planned sparsity
+        rec = c.steps[0].params["record"]
+        assert rec["method"] == c.steps[0].params["method"] == c.id.split("@")[0].rstrip("0123456789")
+        assert abs(rec["sparsity"] - c.steps[0].params["sparsity"]) < 0.01
     assert built[0].size_compressed_bytes < report.baseline.size_compressed_bytes
     assert torch.is_tensor(val.items[0][0])  # the held-out data was never trained on (it is the caller's)

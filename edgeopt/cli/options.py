@@ -26,9 +26,11 @@ TRUST_PICKLE = typer.Option(False, help="allow loading a full pickled model (run
 TARGET = typer.Option("local", help="target profile name/alias, a YAML file, or 'local'")
 GOAL = typer.Option("latency", help="latency | size")
 MAX_DROP = typer.Option(1.0, help="accuracy budget in percentage points")
-RETRAIN = typer.Option(False, "--retrain/--no-retrain", help="may the model be fine-tuned?")
+RETRAIN = typer.Option(False, "--retrain/--no-retrain", help="may the model be fine-tuned? (adds Network Slimming, "
+                       "IMP rewound by linear mode connectivity for size goals; the distillation kind is chosen "
+                       "by a short measured screen)")
 FROM_SCRATCH = typer.Option(False, "--from-scratch", help="the model may be trained from scratch (implies "
-                            "--retrain): pruning at initialisation (SNIP) for size goals")
+                            "--retrain): pruning at initialisation (SNIP, GraSP, SynFlow) for size goals")
 LATENCY_BUDGET = typer.Option(None, help="reject candidates slower than this p50 (the search stops early once "
                               "met with margin)")
 SIZE_BUDGET = typer.Option(None, help="reject candidates larger than this on disk (compressed)")

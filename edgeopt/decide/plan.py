@@ -14,6 +14,7 @@ from edgeopt.config import DeployContext, ModelSummary
 from edgeopt.decide import policy
 from edgeopt.decide.precisions import precision_pairs, qat_formats
 from edgeopt.decide.reconstruction import latency_structures, recon_structures
+from edgeopt.decide.retraining import distillation_kind, slimming_structures
 from edgeopt.decide.sparsity import from_scratch_structures, sparse_structures
 from edgeopt.decide.structures import factorize_structures, finetune_step, prune_structures
 from edgeopt.decide.toolbox import architecture_structures, depth_structures
@@ -120,11 +121,12 @@ def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, l
     pairs = precision_pairs(context, target, runtimes, precisions_of_format, decisions, FORMAT_OF_RUNTIME,
                             calibrated=has_calib_data or context.calib_random)
     structures = [("original", [], "unchanged model", None, 0.0)]
-    finetune = finetune_step(context, has_train_data, decisions)
+    finetune = distillation_kind(finetune_step(context, has_train_data, decisions), decisions)
     structures += prune_structures(context, target, summary, has_calib_data, finetune, decisions, sensitivity)
     structures += recon_structures(context, target, summary, has_calib_data, finetune, decisions)
     structures += latency_structures(context, summary, has_calib_data, finetune, decisions, runtimes, here)
     structures += factorize_structures(context, target, summary, finetune, decisions)
+    structures += slimming_structures(context, summary, finetune, decisions)
     structures += sparse_structures(context, target, finetune, decisions)
     structures += from_scratch_structures(context, target, has_train_data, decisions)
     structures += depth_structures(context, target, summary, has_calib_data, finetune, decisions)

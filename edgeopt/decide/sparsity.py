@@ -15,6 +15,12 @@ from edgeopt.report import Decision
 from edgeopt.targets import TargetProfile
 from edgeopt.techniques import FineTuneConfig, IMPConfig, PruneAtInitConfig, UnstructuredConfig, allowed
 
+# the error barrier (pp) under which two runs count as linearly mode-connected; the technique
+# (techniques/lottery.py: LMC_BARRIER_PP) measures against the same value, quoted here for the decision's reason
+LMC_BARRIER_PP = 2.0
+# pruning-at-init criteria screened as families (Lee et al. 2019; Wang et al. 2020; Tanaka et al. 2020)
+SCRATCH_METHODS = ("snip", "grasp", "synflow")
+
 
 def _has_2_4(target: TargetProfile) -> bool:
     return "2:4" in (target.sparse_support or [])
@@ -34,21 +40,24 @@ def sparse_structures(context: DeployContext, target: TargetProfile, finetune: F
             return []
         out = []
         for s in policy.SPARSITIES[bool(finetune)]:
-            if use_imp:  # lottery-ticket style: prune gradually, retrain between rounds (LR rewinding)
-                steps = [IMPConfig(sparsity=s, rounds=policy.IMP_ROUNDS, epochs=context.epochs, rewind="lr")]
+            if use_imp:  # lottery-ticket style: prune gradually, retrain between rounds; the rewinding point is
+                # the earliest epoch with no error barrier (linear mode connectivity), measured per candidate
+                steps = [IMPConfig(sparsity=s, rounds=policy.IMP_ROUNDS, epochs=context.epochs, rewind="auto")]
                 name = f"imp{int(round(s * 100))}"
             else:
                 steps = [UnstructuredConfig(sparsity=s)]
                 name = f"sparse{int(round(s * 100))}"
-            out.append((name, steps, f"{'IMP (LR rewinding)' if use_imp else 'global magnitude'} weight "
+            out.append((name, steps, f"{'IMP (rewinding by LMC)' if use_imp else 'global magnitude'} weight "
                         f"sparsity at {s:.0%}", "imp" if use_imp else "sparse", s))
         decisions.append(Decision(
             technique="imp" if use_imp else tech, decision="applied",
             reason="size goal: zeroed weights compress (candidates are ranked by their deflate-compressed size "
                    "on disk, as downloads and container layers carry them); sparsity "
                    f"{out[0][4]:.0%}..{out[-1][4]:.0%} chosen by measured accuracy" +
-                   ("; iterative magnitude pruning retrains between rounds (learning-rate rewinding)"
-                    if use_imp else "; no retraining: one-shot magnitude masks")))
+                   ("; iterative magnitude pruning retrains between rounds, rewinding to the earliest epoch (0, 1) "
+                    "whose two differently-ordered probe runs show no error barrier (linear mode connectivity, "
+                    f"< {LMC_BARRIER_PP} pp), else learning-rate rewinding; the barriers are in each candidate's "
+                    "record (rewind_auto)" if use_imp else "; no retraining: one-shot magnitude masks")))
         return out
     if _has_2_4(target):
         if not allowed(context.techniques, "unstructured"):
@@ -93,12 +102,15 @@ def from_scratch_structures(context: DeployContext, target: TargetProfile, has_t
                    "structured pruning with retraining is proposed instead"))
         return []
     epochs = policy.scratch_epochs(context.epochs)
-    out = [(f"snip{int(round(s * 100))}", [PruneAtInitConfig(method="snip", sparsity=s, epochs=epochs,
-                                                              seed=context.seed)],
-            f"SNIP mask at initialisation ({s:.0%} sparse), trained from scratch for {epochs} epochs", "snip", s)
-           for s in policy.SCRATCH_SPARSITIES]
+    out = [(f"{method}{int(round(s * 100))}", [PruneAtInitConfig(method=method, sparsity=s, epochs=epochs,
+                                                                  seed=context.seed)],
+            f"{method.upper()} mask at initialisation ({s:.0%} sparse), trained from scratch for {epochs} epochs",
+            method, s)
+           for method in SCRATCH_METHODS for s in policy.SCRATCH_SPARSITIES]
     decisions.append(Decision(
         technique=tech, decision="applied",
-        reason="training from scratch allowed: SNIP (one labelled batch, connection sensitivity) picks the mask "
-               "before training; GraSP and SynFlow are available from the API (edgeopt.prune_at_init)"))
+        reason="training from scratch allowed: SNIP (connection sensitivity on one labelled batch), GraSP "
+               "(gradient flow) and SynFlow (data-free synaptic flow) each pick a mask before training; they rank "
+               "weights differently and which one holds accuracy best is model-dependent, so each is its own "
+               "family, bisected over the sparsities by measured accuracy, and the selection keeps the best"))
     return out

@@ -1,5 +1,6 @@
-"""Fine-tuning as a model-stage technique: response-based distillation from the original model (teacher)
-into the compressed one (student). The loop itself is `edgeopt.training.fit` (one loop for the project)."""
+"""Fine-tuning as a model-stage technique: distillation from the original model (teacher) into the compressed
+one (student), response-based by default; `kind="auto"` first screens the kinds on short runs and keeps the
+one that recovers most (edgeopt.training.screen). The loop itself is `edgeopt.training.fit`."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def apply_finetune(model: nn.Module, example: torch.Tensor, config, data=None, t
                         "digits) with a training split, or use --no-retrain")
     student = copy.deepcopy(model)
     masks = _zero_masks(student) if config.keep_sparsity else None
-    res = fit(student, train_data, teacher=teacher, epochs=config.epochs, lr=config.lr,
+    kind, screen = _kind(student, teacher, train_data, config)
+    res = fit(student, train_data, teacher=teacher, epochs=config.epochs, lr=config.lr, kind=kind,
               temperature=config.temperature, alpha=config.alpha, seed=config.seed, progress=progress)
     if masks:
         from edgeopt.techniques.unstructured import make_permanent
@@ -30,7 +32,22 @@ def apply_finetune(model: nn.Module, example: torch.Tensor, config, data=None, t
         make_permanent(student)
     return student, {"epochs": res.epochs, "seconds": res.seconds, "losses": [round(v, 4) for v in res.losses],
                      "distillation": res.kind, "device": res.device, "world_size": res.world_size,
-                     **({"kept_sparsity": True} if masks else {})}
+                     **({"kind_screen": screen} if screen else {}), **({"kept_sparsity": True} if masks else {})}
+
+
+def _kind(student: nn.Module, teacher: nn.Module | None, train_data, config) -> tuple[str | None, dict | None]:
+    """The distillation kind to fine-tune with, and the screen's record when it was chosen by measurement."""
+    if teacher is None:
+        return (None if config.kind in ("auto", "response") else config.kind), None
+    if config.kind != "auto":
+        return config.kind, None
+    from edgeopt.training.screen import choose_kind
+
+    try:
+        return choose_kind(student, teacher, train_data, lr=config.lr, seed=config.seed,
+                           temperature=config.temperature, alpha=config.alpha)
+    except DataError as e:  # too little data to hold a slice out: the default kind, with the reason
+        return "response", {"chosen": "response", "skipped": str(e)}
 
 
 def _zero_masks(model: nn.Module) -> dict | None:

@@ -5,6 +5,9 @@
 - rewind="epoch": Frankle et al. 2020 (weight rewinding): reset to the weights of epoch k and retrain the
   rest of the schedule (epochs - k); stabilises tickets on larger nets.
 - rewind="lr":    Renda et al. 2020: keep the trained weights, replay the whole learning-rate schedule.
+- rewind="auto":  Frankle et al. 2020 (linear mode connectivity): the earliest epoch k (0, 1, ...) from which
+  two copies trained with different data orders end in one linearly connected basin (error barrier under
+  LMC_BARRIER_PP) is the rewinding point: k = 0 -> "init", k > 0 -> "epoch" k, none -> "lr".
 The trainer is passed in (edgeopt.training.fit in practice) so techniques stay independent of training."""
 
 from __future__ import annotations
@@ -19,7 +22,13 @@ from torch import nn
 from edgeopt.errors import ConfigError
 from edgeopt.techniques.unstructured import apply_masks, dense_state, global_magnitude_masks, load_dense_state, sparsity
 
-REWINDS = ("init", "epoch", "lr")
+REWINDS = ("init", "epoch", "lr", "auto")
+# Frankle et al. 2020 call two trained copies linearly mode-connected when the error along the straight line
+# between them rises by less than 2 points over the endpoints (their "stability" threshold).
+LMC_BARRIER_PP = 2.0
+# Candidate rewinding epochs: the paper finds stability early in training (a few % of it); probing more than
+# the first epochs would cost more training than the choice saves.
+REWIND_CANDIDATES = (0, 1)
 
 
 @dataclass
@@ -27,6 +36,7 @@ class IMPResult:
     rewind: str
     rewind_epoch: int
     rounds: list[dict] = field(default_factory=list)  # per round: sparsity, accuracy
+    lmc: dict | None = None  # rewind="auto": the error barrier measured at each candidate epoch
 
     @property
     def final_sparsity(self) -> float:
@@ -45,8 +55,13 @@ def imp(model: nn.Module, train_data, train_fn: Callable, target_sparsity: float
         raise ConfigError(f"unknown rewinding {rewind!r}: use one of {', '.join(REWINDS)}")
     if rewind == "epoch" and not 0 < rewind_epoch < epochs:
         raise ConfigError(f"rewind_epoch must be in (0, {epochs}), got {rewind_epoch}")
+    lmc = None
+    if rewind == "auto":
+        if eval_fn is None:
+            raise ConfigError("rewind='auto' measures linear mode connectivity: it needs held-out data to evaluate")
+        rewind, rewind_epoch, lmc = choose_rewind(model, train_data, train_fn, eval_fn, epochs, **train_kwargs)
     model = copy.deepcopy(model)
-    result = IMPResult(rewind, rewind_epoch if rewind == "epoch" else 0)
+    result = IMPResult(rewind, rewind_epoch if rewind == "epoch" else 0, lmc=lmc)
     snap = dense_state(model)  # epoch 0 (initialisation)
     if rewind in ("init", "epoch"):
         def keep_epoch(epoch, _total, _loss):
@@ -105,6 +120,40 @@ def linear_mode_connectivity(model: nn.Module, train_data, train_fn: Callable, e
     return LMCResult(alphas, errors, barrier, barrier < threshold)
 
 
+def choose_rewind(model: nn.Module, train_data, train_fn: Callable, eval_fn: Callable, epochs: int,
+                  candidates: tuple[int, ...] = REWIND_CANDIDATES, probe_epochs: int = 1,
+                  threshold: float = LMC_BARRIER_PP, **train_kwargs) -> tuple[str, int, dict]:
+    """(rewind, rewind_epoch, record): the earliest candidate epoch whose two probe runs (`probe_epochs`
+    each, different data orders) have an error barrier under `threshold`. Epoch 0 is `model` as given; later
+    epochs are snapshots of a dense run of `epochs`, trained only when epoch 0 is not stable. BatchNorm
+    statistics are re-estimated at every interpolated point (interpolated running stats are not real ones)."""
+    from edgeopt.techniques.bn_recal import recalibrate_bn
+
+    inputs = [b[0] if isinstance(b, (tuple, list)) else b
+              for b in (train_data.items if hasattr(train_data, "items") else train_data)][:10]
+    candidates = tuple(k for k in candidates if k == 0 or k < epochs)
+    barriers: dict[str, dict] = {}
+    snaps: dict[int, dict] = {}
+    for k in candidates:
+        if k > 0 and not snaps:
+            dense = copy.deepcopy(model)
+
+            def keep(epoch, _total, _loss, dense=dense):
+                if epoch in candidates:
+                    snaps[epoch] = dense_state(dense)
+            train_fn(dense, train_data, epochs=epochs, progress=keep, **train_kwargs)
+        start = copy.deepcopy(model)
+        if k > 0:
+            load_dense_state(start, snaps[k])
+        res = linear_mode_connectivity(start, train_data, train_fn, eval_fn, epochs=probe_epochs,
+                                       recalibrate=lambda m: recalibrate_bn(m, inputs), threshold=threshold,
+                                       **train_kwargs)
+        barriers[str(k)] = {"barrier_pp": res.barrier, "errors": res.errors, "stable": res.stable}
+        if res.stable:
+            rewind = "init" if k == 0 else "epoch"
+            return rewind, k, {"chosen_epoch": k, "threshold_pp": threshold, "barriers": barriers}
+    return "lr", 0, {"chosen_epoch": None, "threshold_pp": threshold, "barriers": barriers,
+                     "fallback": "no candidate epoch was stable: learning-rate rewinding"}
 
 
 def apply_imp(model: nn.Module, example: torch.Tensor, config, data=None, teacher=None, train_data=None,
@@ -118,8 +167,16 @@ def apply_imp(model: nn.Module, example: torch.Tensor, config, data=None, teache
     data = train_data if train_data is not None else data
     if data is None or not getattr(data, "labelled", False):
         raise DataError("iterative magnitude pruning retrains: it needs labelled training data")
+    eval_fn = None
+    if config.rewind == "auto":  # the LMC check is scored on a slice held out of the training data
+        from edgeopt.training import top1
+        from edgeopt.training.screen import held_out_split
+
+        probe, held = held_out_split(data, train_batches=len(data.items) - 1)
+        data, eval_fn = probe, (lambda m: top1(m, held))
     pruned, res = imp(model, data, fit, target_sparsity=config.sparsity, rounds=config.rounds,
-                      epochs=config.epochs, rewind=config.rewind, rewind_epoch=config.rewind_epoch)
+                      epochs=config.epochs, rewind=config.rewind, rewind_epoch=config.rewind_epoch,
+                      eval_fn=eval_fn)
     make_permanent(pruned)
     return pruned, {"rewind": res.rewind, "rewind_epoch": res.rewind_epoch, "rounds": res.rounds,
-                    **compressed_size(pruned)}
+                    **({"rewind_auto": res.lmc} if res.lmc else {}), **compressed_size(pruned)}

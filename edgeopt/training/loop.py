@@ -60,17 +60,18 @@ def fit(student: nn.Module, train_data, teacher: nn.Module | None = None, epochs
         temperature: float = 4.0, alpha: float = 0.7, weight_decay: float = 5e-4, seed: int = 0,
         progress: Callable[[int, int, float], None] | None = None, *, kind=None,
         feature_layers: list[str] | None = None, feature_distance: str = "at", beta: float | None = None,
-        gamma: float = 1.0, start_epoch: int = 0) -> FitResult:
+        gamma: float = 1.0, start_epoch: int = 0,
+        regularizer: Callable[[nn.Module], torch.Tensor] | None = None) -> FitResult:
     """Train `student` in place on batches of (x, y) or x (a list, Batches, or a streamed Dataset), reshuffled
     sample by sample every epoch from `seed`; under torchrun each rank reads its own shard.
 
-    Without a teacher: cross-entropy (labels required). With one, `kind` picks the distillation:
-    "response" (Hinton KD mixed with cross-entropy, the default), "feature" (intermediate maps,
+    Without a teacher: cross-entropy (labels required). With one, `kind` picks the distillation: "response"
+    (Hinton KD mixed with cross-entropy, the default), "feature" (intermediate maps,
     `feature_distance` "at" = attention transfer or "mse" through 1x1 adapters, weight `beta`),
     "relation" (RKD distance+angle on the penultimate embeddings, weight `gamma`), or a combination
-    "response+feature". Kinds without
-    "response" keep the hard-label cross-entropy as the task loss (soft targets if unlabelled).
-    `start_epoch` starts the cosine schedule part-way (weight rewinding to epoch k trains epochs - k)."""
+    "response+feature". Kinds without "response" keep the hard-label cross-entropy as the task loss (soft
+    targets if unlabelled). `start_epoch` starts the cosine schedule part-way (rewinding to epoch k).
+    `regularizer(student) -> scalar` is added to every step's loss (e.g. Network Slimming's L1 on BN scales)."""
     feed = TrainFeed(train_data, seed)
     if teacher is None and not feed.labelled:
         raise DataError("fine-tuning without a teacher needs labelled training data (x, y)")
@@ -116,6 +117,7 @@ def fit(student: nn.Module, train_data, teacher: nn.Module | None = None, epochs
                 out, feats, emb = model(x)
                 loss = _loss(out, feats, emb, y, teacher, t_capture, x, kinds, names, feature_distance,
                              temperature, alpha, beta, gamma)
+                loss = loss + regularizer(student) if regularizer is not None else loss
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -1,0 +1,84 @@
+"""Choosing the distillation kind by measurement: which of response / feature / relation / response+feature
+recovers a compressed student best is model- and data-dependent (measured on T1 and digits, the order
+changes), so short runs of each on a subset of the training data are compared on a held-out slice of it.
+The evaluation data is never touched: the slice comes out of the training data."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+from torch import nn
+
+from edgeopt.errors import ConfigError, DataError
+from edgeopt.inputs.data.batches import split_item
+
+SCREEN_KINDS = ("response", "feature", "relation", "response+feature")
+# The screen must stay a small fraction of the fine-tuning it precedes: each kind trains one epoch on at most
+# SCREEN_BATCHES batches and is scored on at most HELD_OUT_BATCHES others (about one epoch in all on digits).
+SCREEN_BATCHES = 8
+HELD_OUT_BATCHES = 4
+
+
+def take_batches(data, n: int) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The first `n` batches of any accepted training data (Batches, StreamBatches, a list) as (x, y) pairs."""
+    out = []
+    for item in (data.items if hasattr(data, "items") and not callable(data.items) else data):
+        out.append(split_item(item))
+        if len(out) >= n:
+            break
+    return out
+
+
+def held_out_split(data, train_batches: int = SCREEN_BATCHES, held_batches: int = HELD_OUT_BATCHES
+                   ) -> tuple[list, list]:
+    """(probe-training batches, held-out batches) from the training data: the held-out slice is the last
+    quarter of what is read (at least one batch), never the batches the probes train on."""
+    batches = take_batches(data, train_batches + held_batches)
+    if len(batches) < 2:
+        raise DataError("too little training data to hold a slice out: at least two batches are needed")
+    held = max(1, min(held_batches, len(batches) // 4))
+    return batches[:-held], batches[-held:]
+
+
+def score(model: nn.Module, held: list, teacher: nn.Module) -> float:
+    """Top-1 % on labelled batches; agreement % with the teacher's top-1 when unlabelled."""
+    model.eval()
+    teacher.eval()
+    right = total = 0
+    with torch.no_grad():
+        for x, y in held:
+            ref = y if y is not None else teacher(x).argmax(1)
+            right += int((model(x).argmax(1) == ref).sum())
+            total += len(ref)
+    return 100.0 * right / max(total, 1)
+
+
+def choose_kind(student: nn.Module, teacher: nn.Module, train_data, kinds: tuple[str, ...] = SCREEN_KINDS,
+                lr: float = 0.01, seed: int = 0, **fit_kwargs) -> tuple[str, dict]:
+    """(best kind, record). Each kind fine-tunes a copy of `student` for one epoch on the probe batches; the
+    best held-out score wins, ties go to the earlier (cheaper) kind. A kind the model cannot use (no shared
+    feature maps, no Linear classifier) is recorded with its reason."""
+    from edgeopt.training.loop import fit
+
+    t0 = time.perf_counter()
+    probe, held = held_out_split(train_data)
+    scores: dict[str, float] = {}
+    skipped: dict[str, str] = {}
+    for kind in kinds:
+        trial = copy.deepcopy(student)
+        try:
+            fit(trial, probe, teacher=teacher, epochs=1, lr=lr, seed=seed, kind=kind, **fit_kwargs)
+        except ConfigError as e:
+            skipped[kind] = str(e)
+            continue
+        scores[kind] = round(score(trial, held, teacher), 2)
+    if not scores:
+        raise ConfigError("no distillation kind could run on this model: " + "; ".join(skipped.values()))
+    best = max(scores, key=lambda k: (scores[k], -kinds.index(k)))
+    metric = "top1" if all(y is not None for _, y in held) else "agreement_with_teacher"
+    return best, {"chosen": best, "metric": metric, "held_out_samples": sum(len(x) for x, _ in held),
+                  "probe_samples": sum(len(x) for x, _ in probe), "scores": scores,
+                  "seconds": round(time.perf_counter() - t0, 2),
+                  **({"skipped": skipped} if skipped else {})}

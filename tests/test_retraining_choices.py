@@ -1,0 +1,151 @@
+"""Retraining-side choices made by measurement: Network Slimming, IMP's rewinding point by linear mode
+connectivity, the distillation kind by a short screen, and what the planner proposes with --retrain."""
+
+import pytest
+import smallnet
+import torch
+from torch import nn
+
+from edgeopt.config import ModelSummary, make_context
+from edgeopt.decide.plan import plan
+from edgeopt.errors import ConfigError
+from edgeopt.targets import load_target
+from edgeopt.techniques import DISTILL_KINDS, FineTuneConfig, IMPConfig, PruneConfig, SlimmingConfig, parse_step
+from edgeopt.training import fit, top1
+
+SUMMARY = ModelSummary(params=1_000_000, macs=100_000_000, input_shape=[1, 3, 64, 64], num_outputs=10,
+                       prunable_groups=12, min_channels=64, layers={"conv": 10, "linear": 1, "batchnorm": 10})
+
+
+def _plan(summary=SUMMARY, has_train_data=True, **ctx):
+    local = load_target("x86-amx").model_copy(update={"detected": False})
+    return plan(make_context(target="x86-amx", **ctx), load_target("x86-amx"), summary, local, ["onnxruntime"],
+                has_calib_data=True, has_train_data=has_train_data)
+
+
+# ---- Network Slimming --------------------------------------------------------------------------------------
+def test_slimming_shrinks_bn_scales_then_prunes_and_reuses_the_sparsity_training():
+    from edgeopt.techniques.slimming import apply_slimming
+
+    model, train, val = smallnet.trained(size=8)
+    x = val.items[0][0][:1]
+    train = train.items[:8]
+    config = SlimmingConfig(ratio=0.5, epochs=1, strength=1.0)
+    small, rec = apply_slimming(model, x, config, teacher=model, train_data=train)
+    assert rec["gamma_after"]["mean_abs_gamma"] < 0.9 * rec["gamma_before"]["mean_abs_gamma"]
+    assert sum(p.numel() for p in small.parameters()) < 0.6 * sum(p.numel() for p in model.parameters())
+    assert rec["sparsity_training_reused"] is False and small(x).shape == (1, 10)
+    milder, rec2 = apply_slimming(model, x, config.model_copy(update={"ratio": 0.3}), teacher=model,
+                                  train_data=train)
+    assert rec2["sparsity_training_reused"] is True  # one sparsity training serves every ratio of the family
+    assert sum(p.numel() for p in milder.parameters()) > sum(p.numel() for p in small.parameters())
+
+
+def test_slimming_without_batchnorm_is_a_one_line_config_error_and_skipped_by_the_planner():
+    from edgeopt.techniques.slimming import apply_slimming
+
+    plain = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    with pytest.raises(ConfigError, match="needs BatchNorm layers") as e:
+        apply_slimming(plain, torch.randn(1, 1, 8, 8), SlimmingConfig(), train_data=[(torch.randn(4, 1, 8, 8),
+                                                                                       torch.zeros(4).long())])
+    assert "\n" not in str(e.value)
+    no_bn = SUMMARY.model_copy(update={"layers": {"conv": 10, "linear": 1}})
+    d = next(d for d in _plan(no_bn, retrain=True).decisions if d.technique == "slimming")
+    assert d.decision == "skipped" and "no BatchNorm" in d.reason
+
+
+def test_planner_proposes_slimming_as_its_own_family_only_with_retraining():
+    p = _plan(retrain=True, max_accuracy_drop=1.0)
+    slim = [c for c in p.candidates if c.family == "slim"]
+    assert slim and [s.technique for s in slim[0].steps] == ["slimming", "fine_tune"]
+    assert sorted({c.level for c in slim}) == sorted({s.steps[0].ratio for s in slim})
+    assert next(d for d in p.decisions if d.technique == "slimming").decision == "applied"
+    assert not any(c.family == "slim" for c in _plan(retrain=False).candidates)
+    no_data = next(d for d in _plan(retrain=True, has_train_data=False).decisions if d.technique == "slimming")
+    assert no_data.decision == "skipped" and "--retrain" in no_data.reason
+
+
+# ---- distillation kind by measurement ------------------------------------------------------------------------
+def test_fine_tune_kind_is_validated_and_matches_the_training_kinds():
+    from edgeopt.training.loop import KINDS
+
+    assert DISTILL_KINDS == KINDS
+    assert FineTuneConfig(kind="Feature+response").kind == "response+feature"
+    with pytest.raises(ConfigError, match="unknown distillation kind"):
+        parse_step({"technique": "fine_tune", "kind": "logits"})
+
+
+def test_fine_tune_auto_screens_every_kind_and_trains_with_the_best():
+    from edgeopt.techniques.finetune import apply_finetune
+    from edgeopt.techniques.prune import apply_prune
+
+    model, train, val = smallnet.trained(size=8)
+    x = val.items[0][0][:1]
+    small, _ = apply_prune(model, x, PruneConfig(ratio=0.5))
+    tuned, rec = apply_finetune(small, x, FineTuneConfig(kind="auto", epochs=1), teacher=model,
+                                train_data=train.items[:12])
+    screen = rec["kind_screen"]
+    assert set(screen["scores"]) == {"response", "feature", "relation", "response+feature"}
+    assert screen["chosen"] == max(screen["scores"], key=screen["scores"].get) == rec["distillation"]
+    assert screen["metric"] == "top1" and screen["held_out_samples"] > 0
+    assert top1(tuned, val) > top1(small, val) + 20  # the full fine-tuning ran with the chosen kind
+
+
+def test_planner_fine_tunes_with_the_auto_kind_when_retraining():
+    p = _plan(retrain=True)
+    kinds = {s.kind for c in p.candidates for s in c.steps if s.technique == "fine_tune"}
+    assert kinds == {"auto"}
+    assert next(d for d in p.decisions if d.technique == "distillation_kind").decision == "applied"
+    assert not any(d.technique == "distillation_kind" for d in _plan(retrain=False).decisions)
+
+
+# ---- IMP rewinding point by linear mode connectivity -------------------------------------------------------
+def test_imp_auto_rewind_records_the_barriers_it_chose_by():
+    from edgeopt.techniques.lottery import LMC_BARRIER_PP, apply_imp
+
+    model, train, val = smallnet.trained(size=8)
+    pruned, rec = apply_imp(model, val.items[0][0][:1], IMPConfig(sparsity=0.5, rounds=1, epochs=1, rewind="auto"),
+                            train_data=train)
+    lmc = rec["rewind_auto"]
+    first = lmc["barriers"]["0"]
+    assert lmc["threshold_pp"] == LMC_BARRIER_PP and len(first["errors"]) == 5
+    assert first["stable"] == (first["barrier_pp"] < LMC_BARRIER_PP)
+    assert (rec["rewind"], rec["rewind_epoch"]) == (("init", 0) if first["stable"] else ("lr", 0))
+    assert abs(rec["rounds"][-1]["sparsity"] - 0.5) < 0.02
+
+
+def test_rewind_falls_back_to_lr_when_no_epoch_is_stable():
+    from edgeopt.techniques.lottery import choose_rewind
+
+    _, train, val = smallnet.trained(size=8)
+    small = train.items[:4]
+    rewind, epoch, rec = choose_rewind(smallnet.make(), small, fit, lambda m: top1(m, val.items), epochs=2,
+                                       threshold=-1.0, lr=0.05)  # a barrier can never be under -1 pp
+    assert (rewind, epoch) == ("lr", 0) and set(rec["barriers"]) == {"0", "1"}
+    assert all(not b["stable"] for b in rec["barriers"].values()) and "fallback" in rec
+
+
+def test_imp_auto_needs_held_out_data_and_the_planner_uses_it():
+    import edgeopt
+
+    _, train, _ = smallnet.trained(size=8)
+    with pytest.raises(ConfigError, match="held-out data"):
+        edgeopt.imp(smallnet.make(), train.items[:2], sparsity=0.5, rounds=1, epochs=1, rewind="auto")
+    imp = [c for c in _plan(goal="size", retrain=True).candidates if c.family == "imp"]
+    assert imp and all(c.steps[0].rewind == "auto" for c in imp)
+    from edgeopt.decide import sparsity
+    from edgeopt.techniques import lottery
+
+    assert sparsity.LMC_BARRIER_PP == lottery.LMC_BARRIER_PP  # the decision quotes what the technique measures
+    assert f"< {lottery.LMC_BARRIER_PP} pp" in next(d.reason for d in _plan(goal="size", retrain=True).decisions
+                                                    if d.technique == "imp")
+
+
+# ---- pruning at initialisation: SNIP, GraSP and SynFlow screened as families ---------------------------------
+def test_from_scratch_screens_snip_grasp_and_synflow_as_families():
+    p = _plan(goal="size", from_scratch=True)
+    pai = [c for c in p.candidates if any(s.technique == "prune_at_init" for s in c.steps)]
+    assert {c.family for c in pai} == {"snip", "grasp", "synflow"}
+    assert all(c.steps[0].method == c.family for c in pai)
+    d = next(d for d in p.decisions if d.technique == "prune_at_init")
+    assert d.decision == "applied" and "bisected" in d.reason
