@@ -35,8 +35,18 @@ def test_prediction_interpolates_and_uses_the_widths_given(tmp_path):
     mid = t.layer_ms("3", 6, 12)
     assert min(g.values()) - 1e-9 <= mid <= max(g.values()) + 1e-9
     assert t.layer_ms("3", 8, 16) == pytest.approx(g[(8, 16)])
-    full, half = t.predict({}), t.predict({"3": (4, 8)})
-    assert half == pytest.approx(full - g[(8, 16)] + g[(4, 8)])
+    # the whole model's measured latency is scaled by the layers' sum, each less the call cost
+    assert t.whole_ms > 0 and t.call_ms > 0
+    assert t.predict({}) == pytest.approx(t.whole_ms)
+    s_full = t.predict_layers({})
+    s_half = t.predict_layers({"3": (4, 8)})
+    assert s_half == pytest.approx(s_full - max(0, g[(8, 16)] - t.call_ms) + max(0, g[(4, 8)] - t.call_ms))
+    half = t.predict({"3": (4, 8)})
+    assert half == pytest.approx(t.call_ms + (t.whole_ms - t.call_ms) * s_half / s_full)
+    assert half <= t.predict({})
+    # without a whole-model measurement: the call cost plus the layers' sum
+    t.whole_ms = None
+    assert t.predict({"3": (4, 8)}) == pytest.approx(t.call_ms + s_half)
 
 
 def test_signature_separates_shapes_and_bad_runtime():
@@ -44,6 +54,25 @@ def test_signature_separates_shapes_and_bad_runtime():
     assert signature(conv, (1, 4, 8, 8)) != signature(conv, (1, 4, 16, 16))
     with pytest.raises(ValueError, match="runtime"):
         LatencyTable(runtime="tflite")
+    with pytest.raises(ValueError, match="precision"):
+        LatencyTable(precision="int4")
+
+
+def test_int8_table_is_fp32_grid_times_measured_ratio_and_cached_apart(tmp_path):
+    model, x = _net(), torch.randn(1, 1, 8, 8)
+    fp = LatencyTable(cache_dir=tmp_path, runs=3).build(model, x, fractions=(1.0, 0.5), whole=False)
+    q = LatencyTable(cache_dir=tmp_path, runs=3, precision="int8").build(model, x, fractions=(1.0, 0.5),
+                                                                        whole=False)
+    # the fp32 entries come from the cache; only the INT8 diagonal points are new measurements
+    sig = q.layers["3"]["sig"]
+    assert q._path(sig, "int8") != q._path(sig, "fp32") == fp._path(sig)
+    assert q.measured > 0 and q.hits >= fp.measured
+    ratios = q.layers["3"]["ratio"]
+    assert [f for f, _ in ratios] == pytest.approx([0.25, 0.5, 1.0]) and all(r > 0 for _, r in ratios)
+    assert q.layers["3"]["grid"][(8, 16)] <= fp.layers["3"]["grid"][(8, 16)] * ratios[-1][1] + 1e-9
+    again = LatencyTable(cache_dir=tmp_path, runs=3, precision="int8").build(model, x, fractions=(1.0, 0.5),
+                                                                            whole=False)
+    assert again.measured == 0 and again.layers["3"]["ratio"] == ratios
 
 
 def test_narrower_is_never_predicted_slower(tmp_path):

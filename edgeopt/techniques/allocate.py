@@ -122,9 +122,10 @@ def _next_step(table, groups, kept, g: Group, current: float, k: int, floor: flo
 
 def prune_to_latency(model: nn.Module, example: torch.Tensor, latency_target: float, runtime: str | None = None,
                      importance: str = "l2", data=None, reconstruct: bool = False, table=None,
-                     max_layer_ratio: float = 0.9, round_to: int | None = None, threads: int = 1
-                     ) -> tuple[nn.Module, dict]:
-    """Prune to `latency_target` x the model's latency predicted by the table measured on `runtime`."""
+                     max_layer_ratio: float = 0.9, round_to: int | None = None, threads: int = 1,
+                     precision: str = "fp32") -> tuple[nn.Module, dict]:
+    """Prune to `latency_target` x the model's latency predicted by the table measured on `runtime` at
+    `precision` (an INT8 candidate's widths come from the INT8 table: INT8 kernels favour other widths)."""
     from edgeopt.measure.lut import RUNTIMES, LatencyTable
     from edgeopt.techniques.importance import importances, inputs_of
     from edgeopt.techniques.prune import prune
@@ -132,7 +133,8 @@ def prune_to_latency(model: nn.Module, example: torch.Tensor, latency_target: fl
 
     if not 0.0 < latency_target < 1.0:
         raise PruningError(f"latency target must be a fraction of the baseline in (0, 1), got {latency_target}")
-    table = table or LatencyTable(runtime=runtime or RUNTIMES[0], threads=threads).build(model, example)
+    table = table or LatencyTable(runtime=runtime or RUNTIMES[0], threads=threads,
+                                  precision=precision).build(model, example)
     work = model.eval()
     if importance == "recon" and inputs_of(data):
         import copy
