@@ -32,10 +32,10 @@ import torch
 from torch import nn
 
 from edgeopt.formats import layer_timing_runtimes
-from edgeopt.measure.lut_sessions import PRECISIONS, call_overhead_ms, runner, time_ms
+from edgeopt.measure.lut_sessions import PRECISIONS, call_overhead_ms, layer_inputs, make_layer, runner, time_ms
 
 FRACTIONS = (1.0, 0.75, 0.5, 0.25)  # width grid, as fractions of the original width
-INT8_FRACTIONS = (1.0, 0.5, 0.25)  # where the int8/fp32 ratio is measured (diagonal of the grid)
+INT8_FRACTIONS = (1.0, 0.5)  # where the int8/fp32 ratio is measured (diagonal of the grid): ~1 s per point
 RUNTIMES = layer_timing_runtimes()
 
 
@@ -68,15 +68,6 @@ def signature(layer: nn.Module, in_shape: tuple[int, ...]) -> dict:
             "d": list(layer.dilation), "hw": list(in_shape[-2:]), "n": in_shape[0]}
 
 
-def _make(sig: dict, cin: int, cout: int) -> tuple[nn.Module, torch.Tensor]:
-    if sig["kind"] == "linear":
-        return nn.Sequential(nn.Linear(cin, cout), nn.ReLU()), torch.randn(sig["rows"], cin)
-    groups = cin if sig["kind"] == "dwconv" else 1
-    cout = cin if sig["kind"] == "dwconv" else cout
-    conv = nn.Conv2d(cin, cout, tuple(sig["k"]), tuple(sig["s"]), tuple(sig["p"]), tuple(sig["d"]), groups=groups)
-    return nn.Sequential(conv, nn.ReLU()), torch.randn(sig["n"], cin, *sig["hw"])
-
-
 @dataclass
 class LatencyTable:
     runtime: str = "onnxruntime"
@@ -89,6 +80,8 @@ class LatencyTable:
     layers: dict[str, dict] = field(default_factory=dict)  # name -> {"sig", "cin", "cout", "grid"[, "ratio"]}
     call_ms: float = 0.0  # c0: one inference call's fixed cost on this runtime
     whole_ms: float | None = None  # the whole original model measured at the table's precision
+    fit: tuple[float, float] | None = None  # (a, b): whole-model latency = a + b x S, from `calibrate`
+    points: list[tuple[float, float]] = field(default_factory=list)  # (S, measured ms) the fit was made on
 
     def __post_init__(self):
         if self.runtime not in RUNTIMES:
@@ -120,7 +113,7 @@ class LatencyTable:
             if sig["kind"] == "null":
                 ms = call_overhead_ms(self.runtime, self.threads, self.runs, Path(tmp))
             else:
-                model, x = _make(sig, cin, cout)
+                model, x = make_layer(sig, cin, cout)
                 ms = time_ms(runner(model, x, self.runtime, self.threads, Path(tmp), precision), runs=self.runs)
         self.measured += 1
         store[k] = ms
@@ -135,7 +128,7 @@ class LatencyTable:
               ) -> LatencyTable:
         """Measure every conv/linear of `model` on the width grid (fp32; INT8 as fp32 x measured ratio), the
         call cost, and (`whole`) the whole model at the table's precision for calibration."""
-        for name, (layer, shape) in _layer_inputs(model, example).items():
+        for name, (layer, shape) in layer_inputs(model, example).items():
             sig = signature(layer, shape)
             cin = layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
             cout = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
@@ -173,6 +166,8 @@ class LatencyTable:
     # ------------------------------------------------------------------ prediction
     def layer_ms(self, name: str, cin: int, cout: int) -> float:
         row = self.layers[name]
+        if (cin, cout) in row.get("exact", {}):
+            return row["exact"][(cin, cout)]
         if row["sig"]["kind"] == "dwconv":
             xs = sorted({c for c, _ in row["grid"]})
             return _interp1(xs, [row["grid"][(c, c)] for c in xs], cin)
@@ -188,22 +183,69 @@ class LatencyTable:
         return total
 
     def predict(self, widths: dict[str, tuple[int, int]]) -> float:
-        """Predicted latency (ms): the measured whole model scaled by the layers' sum (module docstring);
-        without a whole-model measurement, the call cost plus the layers' sum."""
+        """Predicted latency (ms): a + b x S(widths) once `calibrate` measured whole models; else the measured
+        whole model scaled by the layers' sum (module docstring); else the call cost plus the sum."""
         s = self.predict_layers(widths)
+        if self.fit is not None:
+            return self.fit[0] + self.fit[1] * s
         if self.whole_ms is None:
             return self.call_ms + s
         full = self.predict_layers({})
         return self.call_ms + max(0.0, self.whole_ms - self.call_ms) * (s / full if full > 0 else 1.0)
 
+    def calibrate(self, models: list[nn.Module], example: torch.Tensor, seconds: float = 2.0) -> LatencyTable:
+        """Fit whole-model latency = a + b x S on the original and pruned copies of it, measured interleaved
+        (so the machine's load is the same for all). The offset a is what no layer's width changes: the
+        call, pooling, the runtime's per-node dispatch; a one-point scaling leaves it proportional and
+        mispredicts pruned models by as much as it weighs."""
+        from edgeopt.measure.timing import BenchConfig, measure
+
+        xs = [self.predict_layers(widths_of_model(self, m)) for m in models]
+        with tempfile.TemporaryDirectory() as tmp:
+            fns = {}
+            for i, m in enumerate(models):
+                (Path(tmp) / str(i)).mkdir()
+                fns[str(i)] = runner(m, example, self.runtime, self.threads, Path(tmp) / str(i), self.precision)
+            stats = measure(fns, BenchConfig(max_time_s=seconds, warmup_runs=3, min_runs=10))
+        ys = [stats[str(i)].p50 for i in range(len(models))]
+        self.whole_ms, self.points = ys[0], list(zip(xs, ys, strict=True))
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        var = sum((x - mx) ** 2 for x in xs)
+        b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var > 0 else 0.0
+        if b <= 0:  # one point, or noise larger than the effect: keep the one-point scaling
+            self.fit = None
+            return self
+        self.fit = (max(0.0, my - b * mx), b)
+        if self.fit[0] == 0.0:
+            self.fit = (0.0, my / mx)
+        return self
+
     def predict_model(self, pruned: nn.Module) -> float:
         """Predicted latency of a pruned copy of the model the table was built for (same layer names)."""
-        widths = {}
-        for name, m in pruned.named_modules():
-            if name in self.layers:
-                widths[name] = ((m.in_features, m.out_features) if isinstance(m, nn.Linear)
-                                else (m.in_channels, m.out_channels))
-        return self.predict(widths)
+        return self.predict(widths_of_model(self, pruned))
+
+    def measure_widths(self, widths: dict[str, tuple[int, int]]) -> None:
+        """Measure the entries at exactly these widths (fp32; INT8 tables keep their ratio) and add them to
+        the grid: a runtime runs some widths much slower than their neighbours (blocked kernels), which no
+        interpolation between grid points sees."""
+        for name, (ci, co) in widths.items():
+            row = self.layers[name]
+            if (ci, co) in row["grid"] or (ci, co) in row.get("exact", {}) or (
+                    row["sig"]["kind"] == "dwconv" and ci != co):
+                continue
+            ms = self.entry(row["sig"], ci, co)
+            if self.precision == "int8":
+                ms *= _ratio_at(row, ci, co)
+            row.setdefault("exact", {})[(ci, co)] = ms
+
+
+def widths_of_model(table: LatencyTable, model: nn.Module) -> dict[str, tuple[int, int]]:
+    widths = {}
+    for name, m in model.named_modules():
+        if name in table.layers:
+            widths[name] = ((m.in_features, m.out_features) if isinstance(m, nn.Linear)
+                            else (m.in_channels, m.out_channels))
+    return widths
 
 
 def _ratio_at(row: dict, ci: int, co: int) -> float:
@@ -237,24 +279,3 @@ def _bilinear(grid: dict[tuple[int, int], float], cin: int, cout: int) -> float:
     outs = sorted({o for _, o in grid})
     per_in = [_interp1(outs, [grid[(ci, co)] for co in outs], cout) for ci in ins]
     return _interp1(ins, per_in, cin)
-
-
-def _layer_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
-    """Each conv/linear (first call) with the shape of its input on `example`."""
-    names = {m: n for n, m in model.named_modules()}
-    found: dict[str, tuple[nn.Module, tuple[int, ...]]] = {}
-
-    def hook(mod, args):
-        if names[mod] not in found and args and isinstance(args[0], torch.Tensor):
-            found[names[mod]] = (mod, tuple(args[0].shape))
-
-    handles = [m.register_forward_pre_hook(hook) for m in model.modules()
-               if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and isinstance(m.padding, tuple)
-                                               and (m.groups == 1 or m.groups == m.in_channels))]
-    try:
-        with torch.no_grad():
-            model.eval()(example)
-    finally:
-        for h in handles:
-            h.remove()
-    return found

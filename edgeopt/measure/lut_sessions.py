@@ -90,3 +90,34 @@ def call_overhead_ms(runtime: str, threads: int, runs: int, tmp: Path) -> float:
     pays it once, a whole model pays it once in all."""
     fn = runner(_Null(), torch.randn(1, 8), runtime, threads, tmp)
     return min(time_ms(fn, runs=runs) for _ in range(3))
+
+
+def make_layer(sig: dict, cin: int, cout: int) -> tuple[nn.Module, torch.Tensor]:
+    """The layer of signature `sig` at (cin, cout), with ReLU (fused by the runtimes), and its input."""
+    if sig["kind"] == "linear":
+        return nn.Sequential(nn.Linear(cin, cout), nn.ReLU()), torch.randn(sig["rows"], cin)
+    groups = cin if sig["kind"] == "dwconv" else 1
+    cout = cin if sig["kind"] == "dwconv" else cout
+    conv = nn.Conv2d(cin, cout, tuple(sig["k"]), tuple(sig["s"]), tuple(sig["p"]), tuple(sig["d"]), groups=groups)
+    return nn.Sequential(conv, nn.ReLU()), torch.randn(sig["n"], cin, *sig["hw"])
+
+
+def layer_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
+    """Each conv/linear (first call) with the shape of its input on `example`."""
+    names = {m: n for n, m in model.named_modules()}
+    found: dict[str, tuple[nn.Module, tuple[int, ...]]] = {}
+
+    def hook(mod, args):
+        if names[mod] not in found and args and isinstance(args[0], torch.Tensor):
+            found[names[mod]] = (mod, tuple(args[0].shape))
+
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules()
+               if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and isinstance(m.padding, tuple)
+                                               and (m.groups == 1 or m.groups == m.in_channels))]
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return found

@@ -16,6 +16,8 @@ from torch import nn
 
 from edgeopt.errors import PruningError
 
+CALIBRATION_RATIO = 0.5  # the pruned copy the table's whole-model fit is measured on: on the grid, far from 1
+
 
 @dataclass
 class Group:
@@ -146,10 +148,14 @@ def prune_to_latency(model: nn.Module, example: torch.Tensor, latency_target: fl
         imp = importances().get("l2" if importance == "recon" else importance)()
     groups = find_groups(work, example, imp)
     clear_scores(work)
+    if table.fit is None:  # the fixed cost no width changes, from the original and a half-width copy
+        half, _ = prune(model, example, ratio=CALIBRATION_RATIO, max_layer_ratio=max_layer_ratio)
+        table.calibrate([model, half], example)
     budget = latency_target * table.predict(widths_of(table, groups, {g.root: g.width for g in groups}))
     ratios, rec = allocate(table, groups, budget, max_layer_ratio=max_layer_ratio, round_to=round_to)
     small, record = prune(model, example, ratio=0.0, importance=importance, data=data, layer_ratios=ratios,
                           max_layer_ratio=max_layer_ratio, round_to=round_to, reconstruct=reconstruct)
     record["allocation"] = {**rec, "latency_target": latency_target, "table_measured": table.measured,
+                            "table_fit_ms": [round(v, 5) for v in table.fit] if table.fit else None,
                             "table_cache_hits": table.hits, "predicted_pruned_ms": round(table.predict_model(small), 4)}
     return small, record
