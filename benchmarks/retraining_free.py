@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import edgeopt  # noqa: E402
 from edgeopt.formats import backend_for  # noqa: E402
 from edgeopt.inputs.data import Batches  # noqa: E402
-from edgeopt.measure.lut import LatencyTable  # noqa: E402
+from edgeopt.measure.lut import LatencyTable, widths_of_model  # noqa: E402
 from edgeopt.measure.timing import BenchConfig, measure  # noqa: E402
 from edgeopt.techniques.allocate import prune_to_latency  # noqa: E402
 from edgeopt.techniques.bn_recal import recalibrate_bn  # noqa: E402
@@ -106,6 +106,9 @@ def run_model(name: str, bench_s: float, ratios=RATIOS, targets=TARGETS, epochs:
     table = LatencyTable(runtime="onnxruntime", threads=THREADS).build(model, x)
     t1 = time.monotonic()
     table_q = LatencyTable(runtime="openvino", precision="int8", threads=THREADS).build(model, x)
+    half = edgeopt.prune(model, x, ratio=0.5)
+    table.calibrate([model, half], x)
+    table_q.calibrate([model, half], x)
     out["lut"] = {"fp32_onnxruntime_build_s": round(t1 - t0, 1),
                   "int8_openvino_build_s": round(time.monotonic() - t1, 1),
                   "measured": table.measured + table_q.measured, "hits": table.hits + table_q.hits}
@@ -142,6 +145,13 @@ def _latencies(model, x, calib, val, table, table_q, rows, out, bench_s) -> None
         for i, r in enumerate(rows):
             r["fp32_ms"] = round(res[f"p{i}"].p50, 4)
             r["fp32_predicted_ms"] = round(table.predict_model(r["model"]), 4)
+            r["int8_predicted_ms"] = round(table_q.predict_model(r["model"]), 4)
+        for tab in (table, table_q):  # then with every width measured exactly (off-grid widths included)
+            for r in rows:
+                tab.measure_widths(widths_of_model(tab, r["model"]))
+        for r in rows:
+            r["fp32_predicted_exact_ms"] = round(table.predict_model(r["model"]), 4)
+            r["int8_predicted_exact_ms"] = round(table_q.predict_model(r["model"]), 4)
         # group 2, INT8: the contenders (the original through NNCF on OpenVINO, through ORT) and each pruned INT8
         q = {"orig_ov": _session(art(model, "orig_q", "openvino", "int8"), "openvino", "int8"),
              "orig_ort": _session(art(model, "orig_q8", "onnx", "int8"), "onnxruntime", "int8")}
@@ -153,13 +163,13 @@ def _latencies(model, x, calib, val, table, table_q, rows, out, bench_s) -> None
         out["orig_int8_predicted_ms"] = round(table_q.predict({}), 4)
         for i, r in enumerate(rows):
             r["int8_ms"] = round(res[f"p{i}"].p50, 4)
-            r["int8_predicted_ms"] = round(table_q.predict_model(r["model"]), 4)
             r["int8_top1"] = accuracy(q[f"p{i}"], val)
             # relative to the original in the same interleaved group: the load on a shared machine cancels
             r["int8_rel_measured"] = round(res[f"p{i}"].p50 / res["orig_ov"].p50, 3)
-            r["int8_rel_predicted"] = round(r["int8_predicted_ms"] / out["orig_int8_predicted_ms"], 3)
+            for p in ("fp32", "int8"):
+                for e in ("", "_exact"):
+                    r[f"{p}_rel_predicted{e}"] = round(r[f"{p}_predicted{e}_ms"] / out[f"orig_{p}_predicted_ms"], 3)
             r["fp32_rel_measured"] = round(r["fp32_ms"] / out["orig_fp32_ms"], 3)
-            r["fp32_rel_predicted"] = round(r["fp32_predicted_ms"] / out["orig_fp32_predicted_ms"], 3)
 
 
 def _best(out: dict, budget_pp: float = 1.0) -> None:
@@ -175,8 +185,9 @@ def _best(out: dict, budget_pp: float = 1.0) -> None:
                    "speedup_vs_orig_nncf_int8": round(out["contenders"]["orig_ov"]["ms"] / best["int8_ms"], 2)
                    if best else None}
     for r in out["rows"]:
-        r["pred_err_fp32_pct"] = round(100 * (r["fp32_rel_predicted"] / r["fp32_rel_measured"] - 1), 1)
-        r["pred_err_int8_pct"] = round(100 * (r["int8_rel_predicted"] / r["int8_rel_measured"] - 1), 1)
+        for p in ("fp32", "int8"):
+            for e in ("", "_exact"):
+                r[f"pred_err_{p}{e}_pct"] = round(100 * (r[f"{p}_rel_predicted{e}"] / r[f"{p}_rel_measured"] - 1), 1)
 
 
 def markdown(o: dict) -> str:
@@ -186,12 +197,14 @@ def markdown(o: dict) -> str:
              f"({c['orig_ov']['top1']} %), ORT INT8 {c['orig_ort']['ms']} ms ({c['orig_ort']['top1']} %); "
              f"tables built in {o['lut']['fp32_onnxruntime_build_s']} s fp32 + {o['lut']['int8_openvino_build_s']} s "
              f"int8, {o['lut']['measured']} entries measured, {o['lut']['hits']} from cache; {o['threads']} thread)",
-             "", "| pruning | BN re-est. only | reconstruction | INT8 top-1 | fp32 ms meas. / pred. (rel. err) "
-             "| INT8 ms meas. / pred. (rel. err) | vs NNCF INT8 |", "|---|---|---|---|---|---|---|"]
+             "", "| pruning | BN re-est. only | reconstruction | INT8 top-1 | fp32 ms meas. / pred. (rel. err; "
+             "exact widths) | INT8 ms meas. / pred. (rel. err; exact widths) | vs NNCF INT8 |",
+             "|---|---|---|---|---|---|---|"]
     for r in o["rows"]:
         lines.append(f"| {r['kind']} | {r.get('bn_recal', '-')} | {r['recon']} | {r['int8_top1']} | "
-                     f"{r['fp32_ms']} / {r['fp32_predicted_ms']} ({r['pred_err_fp32_pct']:+} %) | "
-                     f"{r['int8_ms']} / {r['int8_predicted_ms']} ({r['pred_err_int8_pct']:+} %) | "
+                     f"{r['fp32_ms']} / {r['fp32_predicted_ms']} ({r['pred_err_fp32_pct']:+} %; "
+                     f"{r['pred_err_fp32_exact_pct']:+} %) | {r['int8_ms']} / {r['int8_predicted_ms']} "
+                     f"({r['pred_err_int8_pct']:+} %; {r['pred_err_int8_exact_pct']:+} %) | "
                      f"{round(c['orig_ov']['ms'] / r['int8_ms'], 2)}x |")
     b = o["best"]
     lines.append(f"\nbest pruned INT8 within 1 pp: {b['pruned']}, {b['speedup_vs_contender']}x the best contender "
