@@ -60,6 +60,8 @@ class FactorizeConfig(TechniqueConfig):
     rank_method: Literal["energy", "vbmf"] = "energy"
     layers: list[str] | None = None
     min_params: int = Field(4096, ge=0)
+    # Tucker layers are kept only where the three convs are measured faster on this runtime (latency table)
+    lut_runtime: str | None = None
 
 
 class BNRecalibrateConfig(TechniqueConfig):
