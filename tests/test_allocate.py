@@ -106,6 +106,10 @@ def test_registry_latency_target_and_planner_ladder():
     small, rec = tech.apply_fn()(model, x, cfg, data=Batches([(torch.randn(8, 1, 8, 8), None)]))
     assert rec["allocation"]["latency_target"] == cfg.latency_target and rec["allocation"]["table_measured"] > 0
     assert small(x).shape == (1, 3)
+    # the next level of the search prunes the same model: the table (and its whole-model fit) is reused
+    _, rec2 = tech.apply_fn()(model, x, lat[1].steps[0], data=Batches([(torch.randn(8, 1, 8, 8), None)]))
+    assert rec2["allocation"]["table_measured"] == rec["allocation"]["table_measured"]
+    assert rec2["allocation"]["table_fit_ms"] == rec["allocation"]["table_fit_ms"]
 
 
 def test_planner_reads_the_int8_table_when_int8_is_measured():

@@ -122,6 +122,16 @@ def _next_step(table, groups, kept, g: Group, current: float, k: int, floor: flo
     return None
 
 
+_TABLES: dict[tuple, object] = {}  # the last table built, by model identity and contents
+
+
+def _table_key(model: nn.Module, example: torch.Tensor, runtime: str, precision: str, threads: int) -> tuple:
+    with torch.no_grad():
+        digest = tuple(round(float(p.double().sum()), 6) for p in list(model.parameters())[:4])
+    n = sum(p.numel() for p in model.parameters())
+    return (id(model), n, digest, tuple(example.shape), runtime, precision, threads)
+
+
 def prune_to_latency(model: nn.Module, example: torch.Tensor, latency_target: float, runtime: str | None = None,
                      importance: str = "l2", data=None, reconstruct: bool = False, table=None,
                      max_layer_ratio: float = 0.9, round_to: int | None = None, threads: int = 1,
@@ -135,8 +145,12 @@ def prune_to_latency(model: nn.Module, example: torch.Tensor, latency_target: fl
 
     if not 0.0 < latency_target < 1.0:
         raise PruningError(f"latency target must be a fraction of the baseline in (0, 1), got {latency_target}")
-    table = table or LatencyTable(runtime=runtime or RUNTIMES[0], threads=threads,
-                                  precision=precision).build(model, example)
+    if table is None:
+        key = _table_key(model, example, runtime or RUNTIMES[0], precision, threads)
+        if key not in _TABLES:  # each level of a search prunes the same model: one table (and one fit) for all
+            _TABLES.clear()
+            _TABLES[key] = LatencyTable(runtime=key[-3], threads=threads, precision=precision).build(model, example)
+        table = _TABLES[key]
     work = model.eval()
     if importance == "recon" and inputs_of(data):
         import copy
