@@ -183,9 +183,13 @@ class LatencyTable:
         return total
 
     def predict(self, widths: dict[str, tuple[int, int]]) -> float:
-        """Predicted latency (ms): a + b x S(widths) once `calibrate` measured whole models; else the measured
-        whole model scaled by the layers' sum (module docstring); else the call cost plus the sum."""
-        s = self.predict_layers(widths)
+        """Predicted latency (ms) at {name: (cin, cout)}: `from_sum` of the layers' sum."""
+        return self.from_sum(self.predict_layers(widths))
+
+    def from_sum(self, s: float) -> float:
+        """Latency (ms) of a model whose layers' sum is `s`: a + b x s once `calibrate` measured whole models;
+        else the measured whole model scaled by the sum (module docstring); else the call cost plus the sum.
+        Increasing in `s` in every case."""
         if self.fit is not None:
             return self.fit[0] + self.fit[1] * s
         if self.whole_ms is None:

@@ -136,7 +136,7 @@ def prune_to_latency(model: nn.Module, example: torch.Tensor, latency_target: fl
                      importance: str = "l2", data=None, reconstruct: bool = False, table=None,
                      max_layer_ratio: float = 0.9, round_to: int | None = None, threads: int = 1,
                      precision: str = "fp32") -> tuple[nn.Module, dict]:
-    """Prune to `latency_target` x the model's latency predicted by the table measured on `runtime` at
+    """Prune to `latency_target` x the layers' time predicted by the table measured on `runtime` at
     `precision` (an INT8 candidate's widths come from the INT8 table: INT8 kernels favour other widths)."""
     from edgeopt.measure.lut import RUNTIMES, LatencyTable
     from edgeopt.techniques.importance import importances, inputs_of
@@ -165,7 +165,10 @@ def prune_to_latency(model: nn.Module, example: torch.Tensor, latency_target: fl
     if table.fit is None:  # the fixed cost no width changes, from the original and a half-width copy
         half, _ = prune(model, example, ratio=CALIBRATION_RATIO, max_layer_ratio=max_layer_ratio)
         table.calibrate([model, half], example)
-    budget = latency_target * table.predict(widths_of(table, groups, {g.root: g.width for g in groups}))
+    # the target is a fraction of the layers' time: the fixed cost no width changes (the fit's offset, noisy
+    # on a loaded machine) must not make a target unreachable and drive every layer to the floor
+    full_s = table.predict_layers(widths_of(table, groups, {g.root: g.width for g in groups}))
+    budget = table.from_sum(latency_target * full_s)
     ratios, rec = allocate(table, groups, budget, max_layer_ratio=max_layer_ratio, round_to=round_to)
     small, record = prune(model, example, ratio=0.0, importance=importance, data=data, layer_ratios=ratios,
                           max_layer_ratio=max_layer_ratio, round_to=round_to, reconstruct=reconstruct)
