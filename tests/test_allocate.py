@@ -106,3 +106,27 @@ def test_registry_latency_target_and_planner_ladder():
     small, rec = tech.apply_fn()(model, x, cfg, data=Batches([(torch.randn(8, 1, 8, 8), None)]))
     assert rec["allocation"]["latency_target"] == cfg.latency_target and rec["allocation"]["table_measured"] > 0
     assert small(x).shape == (1, 3)
+    # the next level of the search prunes the same model: the table (and its whole-model fit) is reused
+    _, rec2 = tech.apply_fn()(model, x, lat[1].steps[0], data=Batches([(torch.randn(8, 1, 8, 8), None)]))
+    assert rec2["allocation"]["table_measured"] == rec["allocation"]["table_measured"]
+    assert rec2["allocation"]["table_fit_ms"] == rec["allocation"]["table_fit_ms"]
+
+
+def test_planner_reads_the_int8_table_when_int8_is_measured():
+    from edgeopt.config import ModelSummary, make_context
+    from edgeopt.decide.reconstruction import latency_structures, table_precision
+    from edgeopt.report import Decision
+
+    summary = ModelSummary(params=10**6, macs=10**8, input_shape=[1, 3, 64, 64], num_outputs=10,
+                           prunable_groups=12, min_channels=64, layers={"conv": 10, "linear": 1})
+    ctx = make_context(target="x86-avx512-vnni")
+    decisions = []
+    out = latency_structures(ctx, summary, True, None, decisions, ["openvino"], True)
+    assert {s[1][0].lut_precision for s in out} == {"int8"} and "int8 layers" in decisions[-1].reason
+    # INT8 skipped on this runtime (no hardware support, no calibration...): the fp32 table decides
+    skipped = [Decision(technique="quantize:int8@openvino", decision="skipped", reason="no int8 units")]
+    assert table_precision(ctx, "openvino", skipped) == "fp32"
+    assert table_precision(make_context(target="x86-avx512-vnni", techniques=["prune"]), "openvino", []) == "fp32"
+    # the plan's pairs, when given, decide
+    assert table_precision(ctx, "onnxruntime", [], pairs=[("onnx", "fp32", ""), ("onnx", "int8", "")]) == "int8"
+    assert table_precision(ctx, "onnxruntime", [], pairs=[("openvino", "int8", "")]) == "fp32"

@@ -134,3 +134,44 @@ def test_cli_factorize_and_prune_record(tinynet_spec, tmp_path):
             "--scope", "global", "--round-to", "4", "--out", str(tmp_path / "p.onnx"), "--record", str(prec))
     assert p.returncode == 0, p.stderr
     assert json.loads(prec.read_text())["importance"] == "hrank"
+
+
+class _Costs:
+    """Stand-in latencies for the decision logic alone (the real table is measured in test_lut.py): a 1x1
+    conv costs `pointwise` ms whatever its widths, a k x k conv cin x cout / 1000 ms."""
+
+    runtime = "scripted"
+
+    def __init__(self, pointwise: float):
+        self.pointwise = pointwise
+
+    def entry(self, sig, cin, cout, precision="fp32"):
+        if sig["kind"] == "null":  # the call's fixed cost
+            return 0.0
+        return self.pointwise if sig["k"] == [1, 1] else cin * cout / 1000
+
+
+def test_tucker_layers_kept_where_not_measured_faster(net, x):
+    from edgeopt.techniques.factorize import factorize
+
+    cheap, rec = factorize(net, x, energy=0.5, table=_Costs(pointwise=0.0))
+    assert "c2" in [d["layer"] for d in rec["layers"]] and rec["latency_checked_on"] == "scripted"
+    dear, rec = factorize(net, x, energy=0.5, table=_Costs(pointwise=10.0))
+    assert all(d["kind"] != "tucker" for d in rec["layers"])
+    assert any(s.startswith("c2: ranks") and "not faster on scripted" in s for s in rec["skipped"])
+    assert isinstance(dear.c2, nn.Conv2d) and not isinstance(cheap.c2, nn.Conv2d)
+
+
+def test_factorize_with_a_measured_table_records_every_decision(net, x, tmp_path):
+    from edgeopt.measure.lut import LatencyTable
+    from edgeopt.techniques.factorize import factorize
+
+    table = LatencyTable(cache_dir=tmp_path, runs=3)
+    _, rec = factorize(net, x, energy=0.5, table=table)
+    assert table.measured > 0 and rec["latency_checked_on"] == "onnxruntime"
+    tucker = {d["layer"] for d in rec["layers"] if d["kind"] == "tucker"}
+    slower = {s.split(":")[0] for s in rec["skipped"] if "not faster" in s}
+    assert tucker | slower == {"c2"} and not tucker & slower  # c1 (3 in-channels) is too small either way
+    again = LatencyTable(cache_dir=tmp_path, runs=3)
+    factorize(net, x, energy=0.5, table=again)
+    assert again.measured == 0  # the same layers at the same ranks: all from the cache

@@ -35,8 +35,18 @@ def test_prediction_interpolates_and_uses_the_widths_given(tmp_path):
     mid = t.layer_ms("3", 6, 12)
     assert min(g.values()) - 1e-9 <= mid <= max(g.values()) + 1e-9
     assert t.layer_ms("3", 8, 16) == pytest.approx(g[(8, 16)])
-    full, half = t.predict({}), t.predict({"3": (4, 8)})
-    assert half == pytest.approx(full - g[(8, 16)] + g[(4, 8)])
+    # the whole model's measured latency is scaled by the layers' sum, each less the call cost
+    assert t.whole_ms > 0 and t.call_ms > 0
+    assert t.predict({}) == pytest.approx(t.whole_ms)
+    s_full = t.predict_layers({})
+    s_half = t.predict_layers({"3": (4, 8)})
+    assert s_half == pytest.approx(s_full - max(0, g[(8, 16)] - t.call_ms) + max(0, g[(4, 8)] - t.call_ms))
+    half = t.predict({"3": (4, 8)})
+    assert half == pytest.approx(t.call_ms + (t.whole_ms - t.call_ms) * s_half / s_full)
+    assert half <= t.predict({})
+    # without a whole-model measurement: the call cost plus the layers' sum
+    t.whole_ms = None
+    assert t.predict({"3": (4, 8)}) == pytest.approx(t.call_ms + s_half)
 
 
 def test_signature_separates_shapes_and_bad_runtime():
@@ -44,9 +54,51 @@ def test_signature_separates_shapes_and_bad_runtime():
     assert signature(conv, (1, 4, 8, 8)) != signature(conv, (1, 4, 16, 16))
     with pytest.raises(ValueError, match="runtime"):
         LatencyTable(runtime="tflite")
+    with pytest.raises(ValueError, match="precision"):
+        LatencyTable(precision="int4")
+
+
+def test_int8_table_is_fp32_grid_times_measured_ratio_and_cached_apart(tmp_path):
+    model, x = _net(), torch.randn(1, 1, 8, 8)
+    fp = LatencyTable(cache_dir=tmp_path, runs=3).build(model, x, fractions=(1.0, 0.5), whole=False)
+    q = LatencyTable(cache_dir=tmp_path, runs=3, precision="int8").build(model, x, fractions=(1.0, 0.5),
+                                                                        whole=False)
+    # the fp32 entries come from the cache; only the INT8 diagonal points are new measurements
+    sig = q.layers["3"]["sig"]
+    assert q._path(sig, "int8") != q._path(sig, "fp32") == fp._path(sig)
+    assert q.measured > 0 and q.hits >= fp.measured
+    ratios = q.layers["3"]["ratio"]
+    assert [f for f, _ in ratios] == pytest.approx([0.5, 1.0]) and all(r > 0 for _, r in ratios)
+    assert q.layers["3"]["grid"][(8, 16)] <= fp.layers["3"]["grid"][(8, 16)] * ratios[-1][1] + 1e-9
+    again = LatencyTable(cache_dir=tmp_path, runs=3, precision="int8").build(model, x, fractions=(1.0, 0.5),
+                                                                            whole=False)
+    assert again.measured == 0 and again.layers["3"]["ratio"] == ratios
 
 
 def test_narrower_is_never_predicted_slower(tmp_path):
     t = LatencyTable(cache_dir=tmp_path, runs=3).build(_net(), torch.randn(1, 1, 8, 8), fractions=(1.0, 0.5))
     g = t.layers["3"]["grid"]
     assert g[(4, 8)] <= min(g[(8, 8)], g[(4, 16)]) and g[(8, 8)] <= g[(8, 16)]
+
+
+def test_calibration_fits_an_offset_on_whole_models_and_exact_widths_are_measured(tmp_path):
+    model, x = _net(), torch.randn(1, 1, 8, 8)
+    t = LatencyTable(cache_dir=tmp_path, runs=3).build(model, x, fractions=(1.0, 0.5), whole=False)
+    half = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1, groups=4),
+                         nn.Conv2d(4, 8, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    t.calibrate([model, half], x, seconds=0.3)
+    assert [s for s, _ in t.points] == pytest.approx([
+        t.predict_layers({}), t.predict_layers({"0": (1, 4), "2": (4, 4), "3": (4, 8), "7": (8, 4)})])
+    assert t.whole_ms == t.points[0][1] > 0
+    if t.fit is not None:  # a least-squares line through two points passes through both
+        a, b = t.fit
+        assert a >= 0 and b > 0
+        if a > 0:
+            for s, ms in t.points:
+                assert a + b * s == pytest.approx(ms)
+    # a width off the grid: measured on demand, cached, and then used as is (not interpolated)
+    before = t.measured
+    t.measure_widths({"3": (6, 12)})
+    assert t.measured == before + 1 and t.layer_ms("3", 6, 12) == t.layers["3"]["exact"][(6, 12)]
+    t.measure_widths({"3": (6, 12)})
+    assert t.measured == before + 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from edgeopt.decide import policy
 from edgeopt.decide.structures import channel_rounding
-from edgeopt.formats import layer_timing_runtimes
+from edgeopt.formats import format_of_runtime, layer_timing_runtimes, precisions_of_format
 from edgeopt.report import Decision
 from edgeopt.techniques import PruneConfig, allowed
 
@@ -34,7 +34,23 @@ def recon_structures(context, target, summary, has_calib_data, finetune, decisio
     return out
 
 
-def latency_structures(context, summary, has_calib_data, finetune, decisions, runtimes, here) -> list[tuple]:
+def table_precision(context, rt: str, decisions, pairs=None) -> str:
+    """The latency table's precision for `rt`: INT8 when the plan measures INT8 on it. The structure is
+    shared by every (format, precision) pair, and without retraining the INT8 candidate is the one that
+    wins whenever the hardware runs INT8, so its kernels' widths decide (fp32 twins are still measured).
+    `pairs`: the plan's (format, precision, why) pairs; None: read from the skip decisions made so far."""
+    fmt = format_of_runtime().get(rt)
+    if pairs is not None:
+        return "int8" if any(f == fmt and p == "int8" for f, p, *_ in pairs) else "fp32"
+    if "int8" not in precisions_of_format().get(fmt, ()) or not allowed(context.techniques, "quantize"):
+        return "fp32"
+    skipped = any(d.decision == "skipped" and d.technique in ("quantize:int8", f"quantize:int8@{rt}")
+                  for d in decisions)
+    return "fp32" if skipped else "int8"
+
+
+def latency_structures(context, summary, has_calib_data, finetune, decisions, runtimes, here,
+                       pairs=None) -> list[tuple]:
     if finetune or not has_calib_data or not allowed(context.techniques, "prune") or summary.prunable_groups == 0:
         return []
     rt = next((r for r in runtimes if r in layer_timing_runtimes()), None)
@@ -43,16 +59,19 @@ def latency_structures(context, summary, has_calib_data, finetune, decisions, ru
                                   reason="the latency table is measured on this machine's runtimes: "
                                          "not available for this target"))
         return []
+    prec = table_precision(context, rt, decisions, pairs)
     out = []
     for t in policy.LATENCY_TARGETS:
         # the uniform ratio is unused: widths come from the allocation
-        step = PruneConfig(ratio=0.0, latency_target=t, lut_runtime=rt, importance="recon", reconstruct=True)
+        step = PruneConfig(ratio=0.0, latency_target=t, lut_runtime=rt, lut_precision=prec, importance="recon",
+                           reconstruct=True)
         out.append((f"prune-lat{int(round(t * 100))}", [step],
-                    f"channels allocated for {t:.0%} of the latency ({rt} table) + reconstruction",
+                    f"channels allocated for {t:.0%} of the latency ({rt} {prec} table) + reconstruction",
                     "prune-lat", 1 - t))
     decisions.append(Decision(
         technique="prune_latency_allocation", decision="applied",
-        reason=f"per-layer widths chosen greedily over a latency table measured on {rt} (fp32 layers), "
-               "keeping the most importance per millisecond, for "
+        reason=f"per-layer widths chosen greedily over a latency table measured on {rt} ({prec} layers"
+               + (", the precision the INT8 candidates run" if prec == "int8" else "")
+               + "), keeping the most importance per millisecond, for "
                + "/".join(f"{t:.0%}" for t in policy.LATENCY_TARGETS) + " of the baseline's latency"))
     return out

@@ -5,18 +5,26 @@ pruned model costs on this target instead of assuming MACs or a fixed rounding m
 A layer is timed alone (conv + ReLU; BN folds into the conv at export) at a grid of widths; widths in between
 are interpolated bilinearly. Entries are cached on disk under the cache dir by (target fingerprint, runtime,
 precision, layer signature), so building the table again for the same or a similar model measures nothing.
-The model's prediction = overhead + sum of its layers' entries, the overhead (pooling, adds, the call itself)
-being the measured whole-model latency minus the layers' sum at full width."""
+
+A layer timed alone costs more than inside its model: each session pays a fixed call cost, and a whole model
+fuses ops and runs pooling, adds and BN the layers' sum leaves out. So the sum is not used as a latency but as
+a shape: predicted(widths) = c0 + (measured whole model - c0) x S(widths) / S(original), S being the sum of
+the layers' entries less the call cost c0 each (c0 measured on an empty graph). Allocation only compares
+predictions, so this calibration changes the reported milliseconds, not the widths chosen.
+
+INT8 (`precision="int8"`): a layer's INT8 latency is its fp32 grid times the int8/fp32 ratio measured at a
+few widths on the layer's diagonal (INT8_FRACTIONS): quantizing one layer through NNCF takes about a second,
+too slow to do at every grid point (resnet18 at 224 would need minutes). The ratio is interpolated over the
+width fraction sqrt(cin/cin0 x cout/cout0)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
-import statistics
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,8 +32,10 @@ import torch
 from torch import nn
 
 from edgeopt.formats import layer_timing_runtimes
+from edgeopt.measure.lut_sessions import PRECISIONS, call_overhead_ms, layer_inputs, make_layer, runner, time_ms
 
 FRACTIONS = (1.0, 0.75, 0.5, 0.25)  # width grid, as fractions of the original width
+INT8_FRACTIONS = (1.0, 0.5)  # where the int8/fp32 ratio is measured (diagonal of the grid): ~1 s per point
 RUNTIMES = layer_timing_runtimes()
 
 
@@ -58,50 +68,6 @@ def signature(layer: nn.Module, in_shape: tuple[int, ...]) -> dict:
             "d": list(layer.dilation), "hw": list(in_shape[-2:]), "n": in_shape[0]}
 
 
-def _make(sig: dict, cin: int, cout: int) -> tuple[nn.Module, torch.Tensor]:
-    if sig["kind"] == "linear":
-        return nn.Sequential(nn.Linear(cin, cout), nn.ReLU()), torch.randn(sig["rows"], cin)
-    groups = cin if sig["kind"] == "dwconv" else 1
-    cout = cin if sig["kind"] == "dwconv" else cout
-    conv = nn.Conv2d(cin, cout, tuple(sig["k"]), tuple(sig["s"]), tuple(sig["p"]), tuple(sig["d"]), groups=groups)
-    return nn.Sequential(conv, nn.ReLU()), torch.randn(sig["n"], cin, *sig["hw"])
-
-
-def _runner(model: nn.Module, x: torch.Tensor, runtime: str, threads: int, tmp: Path):
-    import warnings
-
-    path = tmp / "layer.onnx"
-    with warnings.catch_warnings():  # the legacy exporter: a one-layer graph needs none of dynamo's cost
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model.eval(), (x,), str(path), dynamo=False, input_names=["input"])
-    arr = x.numpy()
-    if runtime == "onnxruntime":
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        return lambda: sess.run(None, {"input": arr})
-    import openvino as ov
-
-    core = ov.Core()
-    compiled = core.compile_model(core.read_model(str(path)), "CPU",
-                                  {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
-    req = compiled.create_infer_request()
-    return lambda: req.infer({0: arr})
-
-
-def time_ms(fn, runs: int = 20, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(runs):
-        t0 = time.perf_counter_ns()
-        fn()
-        samples.append((time.perf_counter_ns() - t0) / 1e6)
-    return statistics.median(samples)
-
-
 @dataclass
 class LatencyTable:
     runtime: str = "onnxruntime"
@@ -111,26 +77,30 @@ class LatencyTable:
     cache_dir: Path | None = None
     measured: int = 0  # layer configurations timed by this table (cache misses)
     hits: int = 0
-    layers: dict[str, dict] = field(default_factory=dict)  # name -> {"sig", "cin", "cout", "grid"}
-    overhead_ms: float = 0.0
+    layers: dict[str, dict] = field(default_factory=dict)  # name -> {"sig", "cin", "cout", "grid"[, "ratio"]}
+    call_ms: float = 0.0  # c0: one inference call's fixed cost on this runtime
+    whole_ms: float | None = None  # the whole original model measured at the table's precision
+    fit: tuple[float, float] | None = None  # (a, b): whole-model latency = a + b x S, from `calibrate`
+    points: list[tuple[float, float]] = field(default_factory=list)  # (S, measured ms) the fit was made on
 
     def __post_init__(self):
         if self.runtime not in RUNTIMES:
             raise ValueError(f"latency table runtime must be one of {RUNTIMES}, got {self.runtime!r}")
-        if self.precision != "fp32":
-            raise ValueError("latency table: only fp32 layers are measured in this version")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"latency table precision must be one of {PRECISIONS}, got {self.precision!r}")
         self.cache_dir = Path(self.cache_dir) if self.cache_dir else cache_root()
         self._fp = fingerprint(self.runtime, self.threads)
 
     # ------------------------------------------------------------------ measurement and cache
-    def _path(self, sig: dict) -> Path:
-        key = hashlib.sha256(json.dumps([self._fp, self.runtime, self.precision, sig], sort_keys=True)
+    def _path(self, sig: dict, precision: str | None = None) -> Path:
+        key = hashlib.sha256(json.dumps([self._fp, self.runtime, precision or self.precision, sig], sort_keys=True)
                              .encode()).hexdigest()[:24]
         return self.cache_dir / f"{key}.json"
 
-    def entry(self, sig: dict, cin: int, cout: int) -> float:
-        """Latency (ms) of the layer at exactly (cin, cout): from the cache, else measured and stored."""
-        path = self._path(sig)
+    def entry(self, sig: dict, cin: int, cout: int, precision: str = "fp32") -> float:
+        """Latency (ms) of the layer at exactly (cin, cout) and `precision`: from the cache, else measured
+        and stored."""
+        path = self._path(sig, precision)
         try:
             store = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -139,9 +109,12 @@ class LatencyTable:
         if k in store:
             self.hits += 1
             return float(store[k])
-        model, x = _make(sig, cin, cout)
         with tempfile.TemporaryDirectory() as tmp:
-            ms = time_ms(_runner(model, x, self.runtime, self.threads, Path(tmp)), runs=self.runs)
+            if sig["kind"] == "null":
+                ms = call_overhead_ms(self.runtime, self.threads, self.runs, Path(tmp))
+            else:
+                model, x = make_layer(sig, cin, cout)
+                ms = time_ms(runner(model, x, self.runtime, self.threads, Path(tmp), precision), runs=self.runs)
         self.measured += 1
         store[k] = ms
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,58 +124,137 @@ class LatencyTable:
         os.replace(tmp_name, path)  # atomic: a concurrent build sees the old or the new table
         return ms
 
-    def build(self, model: nn.Module, example: torch.Tensor, fractions=FRACTIONS) -> LatencyTable:
-        """Measure every conv/linear of `model` on the width grid, and the model's overhead."""
-        for name, (layer, shape) in _layer_inputs(model, example).items():
+    def build(self, model: nn.Module, example: torch.Tensor, fractions=FRACTIONS, whole: bool = True
+              ) -> LatencyTable:
+        """Measure every conv/linear of `model` on the width grid (fp32; INT8 as fp32 x measured ratio), the
+        call cost, and (`whole`) the whole model at the table's precision for calibration."""
+        for name, (layer, shape) in layer_inputs(model, example).items():
             sig = signature(layer, shape)
             cin = layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
             cout = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
             ins = _grid(cin, fractions)
             outs = ins if sig["kind"] == "dwconv" else _grid(cout, fractions)
-            grid = {}
-            for ci in ins:
-                for co in outs:
-                    if sig["kind"] == "dwconv" and co != ci:
-                        continue
-                    grid[(ci, co)] = self.entry(sig, ci, co)
-            self.layers[name] = {"sig": sig, "cin": cin, "cout": cout, "grid": _monotone(grid)}
-        full = self._whole(model, example)
-        self.overhead_ms = max(0.0, full - self.predict_layers({}))
+            grid = {(ci, co): self.entry(sig, ci, co) for ci in ins for co in outs
+                    if sig["kind"] != "dwconv" or co == ci}
+            row = {"sig": sig, "cin": cin, "cout": cout}
+            if self.precision == "int8":
+                row["ratio"] = self._int8_ratios(sig, cin, cout, fractions)
+                grid = {(ci, co): v * _ratio_at(row, ci, co) for (ci, co), v in grid.items()}
+            row["grid"] = _monotone(grid)
+            self.layers[name] = row
+        self.call_ms = self.entry({"kind": "null"}, 0, 0)
+        self.whole_ms = self._whole(model, example) if whole else None
         return self
+
+    def _int8_ratios(self, sig: dict, cin: int, cout: int, fractions) -> list[tuple[float, float]]:
+        """[(width fraction, int8/fp32 latency)] measured on the diagonal of the grid."""
+        out = []
+        for f in INT8_FRACTIONS:
+            ci, co = _grid(cin, (f,))[0], _grid(cout, (f,))[0]
+            co = ci if sig["kind"] == "dwconv" else co
+            fp = self.entry(sig, ci, co)
+            q = self.entry(sig, ci, co, "int8")
+            out.append((math.sqrt(ci / cin * co / cout), max(q, 1e-6) / max(fp, 1e-6)))
+        return sorted(set(out))
 
     def _whole(self, model: nn.Module, example: torch.Tensor) -> float:
         with tempfile.TemporaryDirectory() as tmp:
-            fn = _runner(model, example, self.runtime, self.threads, Path(tmp))
+            fn = runner(model, example, self.runtime, self.threads, Path(tmp), self.precision)
             # the least of three medians: other load on the machine only ever adds time
             return min(time_ms(fn, runs=self.runs) for _ in range(3))
 
     # ------------------------------------------------------------------ prediction
     def layer_ms(self, name: str, cin: int, cout: int) -> float:
         row = self.layers[name]
+        if (cin, cout) in row.get("exact", {}):
+            return row["exact"][(cin, cout)]
         if row["sig"]["kind"] == "dwconv":
             xs = sorted({c for c, _ in row["grid"]})
             return _interp1(xs, [row["grid"][(c, c)] for c in xs], cin)
         return _bilinear(row["grid"], cin, cout)
 
     def predict_layers(self, widths: dict[str, tuple[int, int]]) -> float:
-        """Sum of the layers' latencies at {name: (cin, cout)} (missing names: original widths)."""
+        """S: sum of the layers' latencies less the call cost each, at {name: (cin, cout)} (missing names:
+        original widths)."""
         total = 0.0
         for name, row in self.layers.items():
             cin, cout = widths.get(name, (row["cin"], row["cout"]))
-            total += self.layer_ms(name, cin, cout)
+            total += max(0.0, self.layer_ms(name, cin, cout) - self.call_ms)
         return total
 
     def predict(self, widths: dict[str, tuple[int, int]]) -> float:
-        return self.overhead_ms + self.predict_layers(widths)
+        """Predicted latency (ms) at {name: (cin, cout)}: `from_sum` of the layers' sum."""
+        return self.from_sum(self.predict_layers(widths))
+
+    def from_sum(self, s: float) -> float:
+        """Latency (ms) of a model whose layers' sum is `s`: a + b x s once `calibrate` measured whole models;
+        else the measured whole model scaled by the sum (module docstring); else the call cost plus the sum.
+        Increasing in `s` in every case."""
+        if self.fit is not None:
+            return self.fit[0] + self.fit[1] * s
+        if self.whole_ms is None:
+            return self.call_ms + s
+        full = self.predict_layers({})
+        return self.call_ms + max(0.0, self.whole_ms - self.call_ms) * (s / full if full > 0 else 1.0)
+
+    def calibrate(self, models: list[nn.Module], example: torch.Tensor, seconds: float = 2.0) -> LatencyTable:
+        """Fit whole-model latency = a + b x S on the original and pruned copies of it, measured interleaved
+        (so the machine's load is the same for all). The offset a is what no layer's width changes: the
+        call, pooling, the runtime's per-node dispatch; a one-point scaling leaves it proportional and
+        mispredicts pruned models by as much as it weighs."""
+        from edgeopt.measure.timing import BenchConfig, measure
+
+        xs = [self.predict_layers(widths_of_model(self, m)) for m in models]
+        with tempfile.TemporaryDirectory() as tmp:
+            fns = {}
+            for i, m in enumerate(models):
+                (Path(tmp) / str(i)).mkdir()
+                fns[str(i)] = runner(m, example, self.runtime, self.threads, Path(tmp) / str(i), self.precision)
+            stats = measure(fns, BenchConfig(max_time_s=seconds, warmup_runs=3, min_runs=10))
+        ys = [stats[str(i)].p50 for i in range(len(models))]
+        self.whole_ms, self.points = ys[0], list(zip(xs, ys, strict=True))
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        var = sum((x - mx) ** 2 for x in xs)
+        b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var > 0 else 0.0
+        if b <= 0:  # one point, or noise larger than the effect: keep the one-point scaling
+            self.fit = None
+            return self
+        self.fit = (max(0.0, my - b * mx), b)
+        if self.fit[0] == 0.0:
+            self.fit = (0.0, my / mx)
+        return self
 
     def predict_model(self, pruned: nn.Module) -> float:
         """Predicted latency of a pruned copy of the model the table was built for (same layer names)."""
-        widths = {}
-        for name, m in pruned.named_modules():
-            if name in self.layers:
-                widths[name] = ((m.in_features, m.out_features) if isinstance(m, nn.Linear)
-                                else (m.in_channels, m.out_channels))
-        return self.predict(widths)
+        return self.predict(widths_of_model(self, pruned))
+
+    def measure_widths(self, widths: dict[str, tuple[int, int]]) -> None:
+        """Measure the entries at exactly these widths (fp32; INT8 tables keep their ratio) and add them to
+        the grid: a runtime runs some widths much slower than their neighbours (blocked kernels), which no
+        interpolation between grid points sees."""
+        for name, (ci, co) in widths.items():
+            row = self.layers[name]
+            if (ci, co) in row["grid"] or (ci, co) in row.get("exact", {}) or (
+                    row["sig"]["kind"] == "dwconv" and ci != co):
+                continue
+            ms = self.entry(row["sig"], ci, co)
+            if self.precision == "int8":
+                ms *= _ratio_at(row, ci, co)
+            row.setdefault("exact", {})[(ci, co)] = ms
+
+
+def widths_of_model(table: LatencyTable, model: nn.Module) -> dict[str, tuple[int, int]]:
+    widths = {}
+    for name, m in model.named_modules():
+        if name in table.layers:
+            widths[name] = ((m.in_features, m.out_features) if isinstance(m, nn.Linear)
+                            else (m.in_channels, m.out_channels))
+    return widths
+
+
+def _ratio_at(row: dict, ci: int, co: int) -> float:
+    pts = row["ratio"]
+    return _interp1([f for f, _ in pts], [r for _, r in pts], math.sqrt(ci / row["cin"] * co / row["cout"]))
 
 
 def _monotone(grid: dict[tuple[int, int], float]) -> dict[tuple[int, int], float]:
@@ -231,24 +283,3 @@ def _bilinear(grid: dict[tuple[int, int], float], cin: int, cout: int) -> float:
     outs = sorted({o for _, o in grid})
     per_in = [_interp1(outs, [grid[(ci, co)] for co in outs], cout) for ci in ins]
     return _interp1(ins, per_in, cin)
-
-
-def _layer_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
-    """Each conv/linear (first call) with the shape of its input on `example`."""
-    names = {m: n for n, m in model.named_modules()}
-    found: dict[str, tuple[nn.Module, tuple[int, ...]]] = {}
-
-    def hook(mod, args):
-        if names[mod] not in found and args and isinstance(args[0], torch.Tensor):
-            found[names[mod]] = (mod, tuple(args[0].shape))
-
-    handles = [m.register_forward_pre_hook(hook) for m in model.modules()
-               if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and isinstance(m.padding, tuple)
-                                               and (m.groups == 1 or m.groups == m.in_channels))]
-    try:
-        with torch.no_grad():
-            model.eval()(example)
-    finally:
-        for h in handles:
-            h.remove()
-    return found

@@ -49,6 +49,7 @@ class PruneConfig(TechniqueConfig):
     # `lut_runtime` (replaces the uniform `ratio`)
     latency_target: float | None = Field(None, gt=0.0, lt=1.0)
     lut_runtime: str | None = None  # None: the first runtime the latency table is measured on
+    lut_precision: Literal["fp32", "int8"] = "fp32"  # the table's precision: the candidate's, for INT8 ones
 
 
 class FactorizeConfig(TechniqueConfig):
@@ -59,6 +60,8 @@ class FactorizeConfig(TechniqueConfig):
     rank_method: Literal["energy", "vbmf"] = "energy"
     layers: list[str] | None = None
     min_params: int = Field(4096, ge=0)
+    # Tucker layers are kept only where the three convs are measured faster on this runtime (latency table)
+    lut_runtime: str | None = None
 
 
 class BNRecalibrateConfig(TechniqueConfig):

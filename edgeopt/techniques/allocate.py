@@ -16,6 +16,8 @@ from torch import nn
 
 from edgeopt.errors import PruningError
 
+CALIBRATION_RATIO = 0.5  # the pruned copy the table's whole-model fit is measured on: on the grid, far from 1
+
 
 @dataclass
 class Group:
@@ -120,11 +122,22 @@ def _next_step(table, groups, kept, g: Group, current: float, k: int, floor: flo
     return None
 
 
+_TABLES: dict[tuple, object] = {}  # the last table built, by model identity and contents
+
+
+def _table_key(model: nn.Module, example: torch.Tensor, runtime: str, precision: str, threads: int) -> tuple:
+    with torch.no_grad():
+        digest = tuple(round(float(p.double().sum()), 6) for p in list(model.parameters())[:4])
+    n = sum(p.numel() for p in model.parameters())
+    return (id(model), n, digest, tuple(example.shape), runtime, precision, threads)
+
+
 def prune_to_latency(model: nn.Module, example: torch.Tensor, latency_target: float, runtime: str | None = None,
                      importance: str = "l2", data=None, reconstruct: bool = False, table=None,
-                     max_layer_ratio: float = 0.9, round_to: int | None = None, threads: int = 1
-                     ) -> tuple[nn.Module, dict]:
-    """Prune to `latency_target` x the model's latency predicted by the table measured on `runtime`."""
+                     max_layer_ratio: float = 0.9, round_to: int | None = None, threads: int = 1,
+                     precision: str = "fp32") -> tuple[nn.Module, dict]:
+    """Prune to `latency_target` x the layers' time predicted by the table measured on `runtime` at
+    `precision` (an INT8 candidate's widths come from the INT8 table: INT8 kernels favour other widths)."""
     from edgeopt.measure.lut import RUNTIMES, LatencyTable
     from edgeopt.techniques.importance import importances, inputs_of
     from edgeopt.techniques.prune import prune
@@ -132,7 +145,12 @@ def prune_to_latency(model: nn.Module, example: torch.Tensor, latency_target: fl
 
     if not 0.0 < latency_target < 1.0:
         raise PruningError(f"latency target must be a fraction of the baseline in (0, 1), got {latency_target}")
-    table = table or LatencyTable(runtime=runtime or RUNTIMES[0], threads=threads).build(model, example)
+    if table is None:
+        key = _table_key(model, example, runtime or RUNTIMES[0], precision, threads)
+        if key not in _TABLES:  # each level of a search prunes the same model: one table (and one fit) for all
+            _TABLES.clear()
+            _TABLES[key] = LatencyTable(runtime=key[-3], threads=threads, precision=precision).build(model, example)
+        table = _TABLES[key]
     work = model.eval()
     if importance == "recon" and inputs_of(data):
         import copy
@@ -144,10 +162,17 @@ def prune_to_latency(model: nn.Module, example: torch.Tensor, latency_target: fl
         imp = importances().get("l2" if importance == "recon" else importance)()
     groups = find_groups(work, example, imp)
     clear_scores(work)
-    budget = latency_target * table.predict(widths_of(table, groups, {g.root: g.width for g in groups}))
+    if table.fit is None:  # the fixed cost no width changes, from the original and a half-width copy
+        half, _ = prune(model, example, ratio=CALIBRATION_RATIO, max_layer_ratio=max_layer_ratio)
+        table.calibrate([model, half], example)
+    # the target is a fraction of the layers' time: the fixed cost no width changes (the fit's offset, noisy
+    # on a loaded machine) must not make a target unreachable and drive every layer to the floor
+    full_s = table.predict_layers(widths_of(table, groups, {g.root: g.width for g in groups}))
+    budget = table.from_sum(latency_target * full_s)
     ratios, rec = allocate(table, groups, budget, max_layer_ratio=max_layer_ratio, round_to=round_to)
     small, record = prune(model, example, ratio=0.0, importance=importance, data=data, layer_ratios=ratios,
                           max_layer_ratio=max_layer_ratio, round_to=round_to, reconstruct=reconstruct)
     record["allocation"] = {**rec, "latency_target": latency_target, "table_measured": table.measured,
+                            "table_fit_ms": [round(v, 5) for v in table.fit] if table.fit else None,
                             "table_cache_hits": table.hits, "predicted_pruned_ms": round(table.predict_model(small), 4)}
     return small, record

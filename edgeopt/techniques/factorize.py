@@ -27,13 +27,16 @@ from edgeopt.techniques.ranks import (
 METHODS = ("tucker", "cp", "svd")
 
 
-def _shapes(model: nn.Module, example: Inputs) -> dict[nn.Module, tuple[int, int]]:
-    """(input H*W, output H*W) of every conv; 1 for Linears (per token counts are the same ratio)."""
+def _shapes(model: nn.Module, example: Inputs, io: dict | None = None) -> dict[nn.Module, tuple[int, int]]:
+    """(input H*W, output H*W) of every conv; 1 for Linears (per token counts are the same ratio). `io`, when
+    given, receives each conv's (input shape, output H, W)."""
     hw: dict[nn.Module, tuple[int, int]] = {}
 
     def hook(m, inp, out):
         if m not in hw:
             x = inp[0]
+            if io is not None and isinstance(m, nn.Conv2d):
+                io[m] = (tuple(x.shape), tuple(out.shape[-2:]))
             hw[m] = ((x.shape[-2] * x.shape[-1], out.shape[-2] * out.shape[-1]) if isinstance(m, nn.Conv2d)
                      else (int(np.prod(x.shape[1:-1])) or 1,) * 2)
 
@@ -172,10 +175,11 @@ def _plan_conv(conv, hw, method, energy, macs_reduction, rank_method):
 
 def factorize(model: nn.Module, example, method: str = "tucker", energy: float | None = 0.9,
               macs_reduction: float | None = None, layers: list[str] | None = None, rank_method: str = "energy",
-              min_params: int = 4096) -> tuple[nn.Module, dict]:
+              min_params: int = 4096, table=None) -> tuple[nn.Module, dict]:
     """Return (factorized copy, record per layer: ranks, MACs before/after, energy kept, error; skipped).
     `example`: a tensor, a tuple of tensors or a dict name -> tensor. Every output keeps its shape
-    (each layer keeps its channel counts)."""
+    (each layer keeps its channel counts). `table`: a LatencyTable (edgeopt.measure.lut) whose runtime
+    decides: a Tucker layer whose three convs are not measured faster than the original conv is kept."""
     if method not in METHODS:
         raise ConfigError(f"factorize method must be one of {', '.join(METHODS)}, got {method!r}")
     if rank_method not in ("energy", "vbmf"):
@@ -191,7 +195,8 @@ def factorize(model: nn.Module, example, method: str = "tucker", energy: float |
         if unknown:
             raise ConfigError(f"unknown layer(s) {', '.join(unknown)}; see the model's named_modules()")
     example = Inputs.of(example, model)
-    hw = _shapes(work, example)
+    io: dict = {}
+    hw = _shapes(work, example, io)
     done, skipped = [], []
     for name, m in list(named.items()):
         if layers and name not in layers or not isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -212,6 +217,10 @@ def factorize(model: nn.Module, example, method: str = "tucker", energy: float |
                 skipped.append(f"{name}: {plan}")
                 continue
             ranks, before, after, kept = plan
+            slower = _not_faster(table, m, io[m], ranks) if table is not None and method == "tucker" else None
+            if slower:
+                skipped.append(f"{name}: {slower}")
+                continue
             new = _tucker(m, *ranks) if method == "tucker" else _cp(m, ranks[0])
             kind = method
         else:
@@ -241,7 +250,25 @@ def factorize(model: nn.Module, example, method: str = "tucker", energy: float |
         raise ConfigError(f"factorization changed the output shapes {shapes} -> {new_shapes}")
     return work, {"method": method, "energy": energy if macs_reduction is None and rank_method == "energy" else None,
                   "macs_reduction": macs_reduction, "rank_method": rank_method, "layers_changed": len(done),
-                  "layers": done, "skipped": skipped}
+                  "layers": done, "skipped": skipped, "latency_checked_on": table.runtime if table else None}
+
+
+def _not_faster(table, conv: nn.Conv2d, io, ranks) -> str | None:
+    """Why the Tucker layer is kept as it is on the table's runtime, or None when measured faster."""
+    from edgeopt.measure.lut import signature
+
+    shape, out_hw = io
+    one = nn.Conv2d(1, 1, 1)
+    orig = table.entry(signature(conv, shape), conv.in_channels, conv.out_channels)
+    r_in, r_out = ranks
+    new = (table.entry(signature(one, shape), conv.in_channels, r_in)
+           + table.entry(signature(conv, shape), r_in, r_out)
+           + table.entry(signature(one, (shape[0], r_out, *out_hw)), r_out, conv.out_channels))
+    # each conv timed alone pays one call's fixed cost; inside the model the three pay it once
+    new -= 2 * table.entry({"kind": "null"}, 0, 0)
+    if new < orig:
+        return None
+    return f"ranks {list(ranks)} not faster on {table.runtime}: {new:.4f} ms measured >= {orig:.4f} ms"
 
 
 def _rel_error(old: nn.Module, new: nn.Sequential, example, hw) -> float:
@@ -259,6 +286,11 @@ def _rel_error(old: nn.Module, new: nn.Sequential, example, hw) -> float:
 
 def apply_factorize(model: nn.Module, example: torch.Tensor, config, data=None) -> tuple[nn.Module, dict]:
     """Technique entry point (registry)."""
+    table = None
+    if config.lut_runtime:
+        from edgeopt.measure.lut import LatencyTable
+
+        table = LatencyTable(runtime=config.lut_runtime)
     return factorize(model, example, method=config.method, energy=config.energy,
                      macs_reduction=config.macs_reduction, layers=config.layers, rank_method=config.rank_method,
-                     min_params=config.min_params)
+                     min_params=config.min_params, table=table)
