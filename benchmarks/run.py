@@ -138,6 +138,10 @@ def main(argv=None) -> None:
                    help="edgeopt's --time-budget per optimize run, seconds (--quick: 30; full: none)")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "edgeopt-bench-cache")
+    p.add_argument("--retraining-free", action=argparse.BooleanOptionalAction, default=None,
+                   help="also the retraining-free table (benchmarks/retraining_free.py: reconstruction, latency-"
+                        "table allocation, predicted vs measured latency; demo, user-style CNN, T1); default: on "
+                        "for the full suite, off with --quick")
     args = p.parse_args(argv)
     args.measure_time = args.measure_time or (5.0 if args.quick else 20.0)
     if args.quick and args.search_budget is None:
@@ -167,3 +171,7 @@ def main(argv=None) -> None:
     (args.out / f"{stamp}.md").write_text(md)
     print(md)
     print(f"wall time {payload['wall_s']} s; wrote {args.out / (stamp + '.json')}")
+    if args.retraining_free if args.retraining_free is not None else not args.quick:
+        from benchmarks.retraining_free import main as retraining_free
+
+        retraining_free(["--json", str(args.out / f"retraining_free-{stamp}.json")])
