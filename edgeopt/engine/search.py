@@ -114,8 +114,12 @@ class Search(Finishing):
             b = self.built.get(s)
             return why_failed(b) if isinstance(b, Exception) else None
 
+        # the margin level leaves room for what a reduced precision loses on top of the structure; a family
+        # exported at fp32 only (e.g. no int8/bf16 units here) would only export it to never choose it
+        reduced = any(spec.precision != "fp32" for s in structures for spec in self.specs[s])
         out = bisect(fam, structures, self._screen, self.context.max_accuracy_drop,
-                     lambda: self.stopped if self._check_stop() else None, failure)
+                     lambda: self.stopped if self._check_stop() else None, failure,
+                     policy.MARGIN_LEVELS if reduced else 0)
         self.trace.append(out.trace)
         for s, (status, why) in out.dropped.items():
             for spec in self.specs[s]:
