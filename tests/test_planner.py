@@ -295,6 +295,9 @@ def test_prune_criteria_follow_the_data():
     assert len({tuple(r) for r in ratios.values()}) == 1
     why = next(d.reason for d in labels.decisions if d.technique == "prune")
     assert "taylor" in why and "screened" in why
+    # reconstruction is one more way to choose channels at a ratio: screened with the criteria
+    assert {c.screen for c in calib.candidates if c.family == "prune-recon"} == {"prune-criterion"}
+    assert {s.batches for c in crit for s in c.steps if s.technique == "bn_recalibrate"} == {8}
 
 
 def test_sensitivity_leaves_out_the_global_variant():

@@ -138,3 +138,24 @@ def test_screening_results_are_cached_for_a_rerun(tmp_path):
     assert "prune-energy30" not in builder.builds  # its drop came from the cache
     assert "energy lost to fpgm: drop 3.10 pp" in c["prune-energy30@onnx-fp32"].reason
     assert c["original@onnx-fp32"].accuracy == BASE_ACC
+
+
+def test_a_family_with_its_own_ladder_is_bisected_from_its_screened_level(tmp_path):
+    """Reconstruction's ladder differs from the criteria's: its probe (the common 30 %) is not its middle, and the
+    bisection starts from that measured level instead of building the middle one as well."""
+    plan = _plan(criteria=("l2", "fpgm", "energy"))
+    recon = (0.2, 0.3, 0.4, 0.5, 0.6)
+    for r in recon:
+        name = f"prune-recon{int(r * 100)}"
+        plan.candidates.append(CandidateSpec(id=f"{name}@onnx-fp32", structure=name, format="onnx",
+                                             family="prune-recon", level=r, screen="prune-criterion",
+                                             steps=[PruneConfig(ratio=r, importance="recon", reconstruct=True)]))
+    drops = {**_drops({"l2": 0.8, "fpgm": 2.0, "energy": 3.0}),
+             **{f"prune-recon{int(r * 100)}": 0.0 if r <= 0.5 else 5.0 for r in recon}}
+    builder = FakeBuilder(tmp_path, drops)
+    search = _search(tmp_path, builder, plan=plan)
+    c = _by_id(search.run())
+    assert search.screenings[0].kept == ["prune-recon", "prune-l2"]
+    assert [b for b in builder.builds if b.startswith("prune-recon")] == ["prune-recon30", "prune-recon50",
+                                                                         "prune-recon60"]
+    assert c["prune-recon50@onnx-fp32"].status == "ok"

@@ -139,7 +139,8 @@ def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, l
         for fmt, prec, pwhy in pairs:
             candidates.append(CandidateSpec(id=f"{name}@{fmt}-{prec}", structure=name, steps=steps,
                                             format=fmt, precision=prec, reason=f"{why}; {pwhy}",
-                                            family=family, level=level, screen=group[0] if group else None))
+                                            family=family, level=level,
+                                            screen=group[0] if group else policy.SCREEN_GROUP_OF.get(family)))
     kind = policy.budget_kind(context.max_accuracy_drop)
     decisions.append(Decision(
         technique="search", decision="applied",

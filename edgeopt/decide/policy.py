@@ -49,6 +49,10 @@ CRITERIA_LABELS = ("taylor",)  # + gradients of the loss: labelled training data
 # criterion between steps (Molchanov et al. 2017), which helps criteria that depend on the remaining channels.
 DEFAULT_CRITERION = "l2"
 ITERATIVE_STEPS = 3
+# BatchNorm re-estimation after pruning: batches of calibration data (256 images at the default batch of 32).
+# Re-estimated statistics settle within a few hundred samples (Li et al. 2016, AdaBN; Schneider et al. 2020
+# adapt BN on a single batch); more only slows every screened structure down.
+BN_RECAL_BATCHES = 8
 # Channel rounding: kept channels are rounded to the target's preferred multiple (vector width / tensor-core
 # tile), but a step may remove at most 1/ROUNDING_MIN_STEPS of the narrowest layer: the multiple is halved
 # until narrowest >= ROUNDING_MIN_STEPS * multiple (a 32-channel layer rounded to 16 could keep only 16 or 32).
@@ -92,6 +96,10 @@ MARGIN_LEVELS = 1
 # part further up the ladder, and bisecting each costs log2(levels) builds, where a full search of every
 # family would cost that many per criterion.
 SCREEN_KEEP = 2
+# Families planned elsewhere that answer a group's question: uniform pruning with least-squares reconstruction
+# is one more way of choosing (and compensating) the channels at a given ratio, so it is screened with the
+# criteria at the same ratio (its ladder shares that ratio).
+SCREEN_GROUP_OF = {"prune-recon": "prune-criterion"}
 # drops closer than this (pp) tie and the simpler family (listed first) wins: below one sample in a few hundred
 SCREEN_TIE_PP = 0.01
 

@@ -109,7 +109,7 @@ def prune_structures(context, target, summary, has_calib_data, finetune, decisio
             steps = [PruneConfig(ratio=r, importance=crit, round_to=round_to, sensitivity=sensitivity or None,
                                  **extra)]
             if recal:
-                steps.append(BNRecalibrateConfig())
+                steps.append(BNRecalibrateConfig(batches=policy.BN_RECAL_BATCHES))
             if finetune:
                 steps.append(finetune.model_copy(deep=True))
             pct = int(round(r * 100))

@@ -119,7 +119,8 @@ class Search(Finishing):
         reduced = any(spec.precision != "fp32" for s in structures for spec in self.specs[s])
         out = bisect(fam, structures, self._screen, self.context.max_accuracy_drop,
                      lambda: self.stopped if self._check_stop() else None, failure,
-                     policy.MARGIN_LEVELS if reduced else 0)
+                     policy.MARGIN_LEVELS if reduced else 0,
+                     first=next((i for i, s in enumerate(structures) if s in self.screened), None))
         self.trace.append(out.trace)
         for s, (status, why) in out.dropped.items():
             for spec in self.specs[s]:
