@@ -1,6 +1,7 @@
 """Which pruning criterion / factorization method the search's screening picks, and by how much, on the demo and
 on T1 (resnet18 trained on digits at 64x64). Only the screened families are planned (the reconstruction,
-latency-allocation and depth families answer other questions), on ONNX Runtime only, so the run stays short.
+latency-allocation and depth families answer other questions; T1: pruning only), on ONNX Runtime only, so the
+run stays short.
 
     flock /tmp/edgeopt-bench.lock python -m benchmarks.screening --out /tmp/screening.json [--tasks demo,T1]
 """
@@ -43,7 +44,7 @@ def run_t1(out: Path) -> dict:
     calib = task.train[:10]  # labelled batches: Taylor's gradients need the labels
     return _screenings(edgeopt.optimize(task.model, task.example, out_dir=out / "t1", eval_data=task.eval,
                                         calib_data=calib, train_data=task.train, runtimes=["onnxruntime"],
-                                        bench_time=2.0))
+                                        techniques=["prune", "bn_recalibrate"], bench_time=2.0))
 
 
 def main() -> None:
