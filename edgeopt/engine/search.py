@@ -133,14 +133,14 @@ class Search(Finishing):
         members = {f: s for f, s in families.items() if self.specs[s[0]][0].screen == group}
         if len(members) <= policy.SCREEN_KEEP:
             return set()  # nothing to choose between: each family is bisected
-        original = self.layout_of.get(self.plan.candidates[0].structure)
+        original = _layout(self.builder.net)  # a structure with this layout left the model as it was
 
         def failure(s: str) -> str | None:
             b = self.built.get(s)
             return why_failed(b) if isinstance(b, Exception) else None
 
         out = screen_group(group, members, lambda s: self.specs[s][0].level, self._screen, failure,
-                           lambda s: original is not None and self.layout_of.get(s) == original,
+                           lambda s: self.layout_of.get(s) == original,
                            lambda: self.stopped if self._check_stop() else None)
         self.screenings.append(out)
         self.decisions.append(out.decision())
