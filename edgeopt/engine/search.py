@@ -109,16 +109,16 @@ class Search(Finishing):
                 "structures_built": sum(1 for b in self.built.values() if not isinstance(b, Exception))}
 
     # ---- structures: bisection, screening, building ---------------------------------------------------
-    def _bisect(self, fam: str, structures: list[str]) -> list[str]:
-        def failure(s: str) -> str | None:
-            b = self.built.get(s)
-            return why_failed(b) if isinstance(b, Exception) else None
+    def _failure(self, structure: str) -> str | None:
+        b = self.built.get(structure)
+        return why_failed(b) if isinstance(b, Exception) else None
 
+    def _bisect(self, fam: str, structures: list[str]) -> list[str]:
         # the margin level leaves room for what a reduced precision loses on top of the structure; a family
         # exported at fp32 only (e.g. no int8/bf16 units here) would only export it to never choose it
         reduced = any(spec.precision != "fp32" for s in structures for spec in self.specs[s])
         out = bisect(fam, structures, self._screen, self.context.max_accuracy_drop,
-                     lambda: self.stopped if self._check_stop() else None, failure,
+                     lambda: self.stopped if self._check_stop() else None, self._failure,
                      policy.MARGIN_LEVELS if reduced else 0,
                      first=next((i for i, s in enumerate(structures) if s in self.screened), None))
         self.trace.append(out.trace)
@@ -135,11 +135,7 @@ class Search(Finishing):
             return set()  # nothing to choose between: each family is bisected
         original = _layout(self.builder.net)  # a structure with this layout left the model as it was
 
-        def failure(s: str) -> str | None:
-            b = self.built.get(s)
-            return why_failed(b) if isinstance(b, Exception) else None
-
-        out = screen_group(group, members, lambda s: self.specs[s][0].level, self._screen, failure,
+        out = screen_group(group, members, lambda s: self.specs[s][0].level, self._screen, self._failure,
                            lambda s: self.layout_of.get(s) == original,
                            lambda: self.stopped if self._check_stop() else None)
         self.screenings.append(out)
