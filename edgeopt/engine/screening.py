@@ -39,7 +39,8 @@ class Screening:
         return f"{self.label(fam)} {self.drops[fam]:.2f} pp ({self.probes[fam]})"
 
     def decision(self) -> Decision:
-        order = self.kept + [f for f in self.drops if f not in self.kept]
+        rest = [f for f in self.drops if f not in self.kept]  # best first; no usable result last
+        order = self.kept + sorted(rest, key=lambda f: (f in self.failed, self.drops[f] or 0.0))
         measured = "; ".join(self._measured(f) for f in order)
         unscreened = [self.label(f) for f in self.probes if f not in self.drops]
         return Decision(
