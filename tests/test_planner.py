@@ -143,8 +143,10 @@ def test_factorize_proposed_only_when_registered_and_fitting(monkeypatch):
         monkeypatch.setitem(TECHNIQUES._items, "factorize", fake)
     cpu = _grid_plan("cpu", "latency", False, 1.0)
     fac = [c for c in cpu.candidates if any(s.technique == "factorize" for s in c.steps)]
-    assert fac and all(c.family == "factorize-tucker" for c in fac)
-    assert {s.method for c in fac for s in c.steps if s.technique == "factorize"} == {"tucker"}
+    assert fac and {c.family for c in fac} == {"factorize-tucker", "factorize-tucker-vbmf", "factorize-cp",
+                                                "factorize-svd"}
+    assert all(c.screen == "factorize-method" for c in fac)
+    assert {s.method for c in fac for s in c.steps if s.technique == "factorize"} == {"tucker", "cp", "svd"}
     gpu = _grid_plan("gpu", "latency", False, 1.0)
     assert not any(s.technique == "factorize" for c in gpu.candidates for s in c.steps)
     assert any(d.technique == "factorize" and d.decision == "skipped" and "GPU" in d.reason
@@ -258,3 +260,65 @@ def test_size_goal_on_cpu_without_int8_units_gets_weight_only_int8():
     assert not any(c.precision == "int8w" for c in latency.candidates)
     assert any(d.technique.startswith("quantize:int8w") and d.decision == "skipped" and "size goal" in d.reason
                for d in latency.decisions)
+
+
+# ---- what the screening chooses among: every criterion the data allows, scope and schedule, factorization methods
+def _families(p, prefix):
+    return {c.family for c in p.candidates if c.family and c.family.startswith(prefix)}
+
+
+def _crit_plan(calib=True, train=False, summary=SUMMARY, **ctx):
+    local = load_target("x86-amx").model_copy(update={"detected": False})
+    return plan(make_context(target="x86-amx", **ctx), load_target("x86-amx"), summary, local, ["onnxruntime"],
+                has_calib_data=calib, has_train_data=train)
+
+
+def test_prune_criteria_follow_the_data():
+    screened = {"prune-l2", "prune-l1", "prune-fpgm", "prune-l2-global", "prune-l2-iter3"}
+    weights_only = _crit_plan(calib=False)
+    assert _families(weights_only, "prune-") == screened  # no BatchNorm in SUMMARY: no bn_scale
+    calib = _crit_plan(calib=True)
+    assert _families(calib, "prune-") - {"prune-recon", "prune-lat"} == screened | {"prune-energy", "prune-hrank"}
+    labels = _crit_plan(calib=True, train=True)
+    assert "prune-taylor" in _families(labels, "prune-")  # Taylor needs labelled batches: only with train data
+    assert "prune-taylor" not in _families(calib, "prune-")
+    bn = _crit_plan(summary=SUMMARY.model_copy(update={"layers": {**SUMMARY.layers, "batchnorm": 8}}))
+    assert "prune-bn_scale" in _families(bn, "prune-")
+    crit = [c for c in labels.candidates if c.family and c.family not in ("prune-recon", "prune-lat")
+            and c.family.startswith("prune-")]
+    assert all(c.screen == "prune-criterion" for c in crit)
+    steps = {c.family: c.steps[0] for c in crit}
+    assert steps["prune-taylor"].importance == "taylor" and steps["prune-l2-global"].scope == "global"
+    assert steps["prune-l2-iter3"].iterative_steps == 3 and steps["prune-l2"].scope == "local"
+    # every family of the group shares one ratio ladder: the screening compares them at one common ratio
+    ratios = {f: sorted(c.level for c in crit if c.family == f) for f in steps}
+    assert len({tuple(r) for r in ratios.values()}) == 1
+    why = next(d.reason for d in labels.decisions if d.technique == "prune")
+    assert "taylor" in why and "screened" in why
+    # reconstruction is one more way to choose channels at a ratio: screened with the criteria
+    assert {c.screen for c in calib.candidates if c.family == "prune-recon"} == {"prune-criterion"}
+    assert {s.batches for c in crit for s in c.steps if s.technique == "bn_recalibrate"} == {8}
+
+
+def test_sensitivity_leaves_out_the_global_variant():
+    local = load_target("x86-amx").model_copy(update={"detected": False})
+    p = plan(make_context(), load_target("x86-amx"), SUMMARY, local, ["onnxruntime"], sensitivity={"conv1": 1.0})
+    fams = _families(p, "prune-")
+    assert "prune-l2-global" not in fams and "prune-l2-iter3" in fams
+
+
+def test_factorize_methods_are_one_screening_group():
+    p = _crit_plan()
+    fac = [c for c in p.candidates if c.screen == "factorize-method"]
+    fams = {c.family: [] for c in fac}
+    for c in fac:
+        fams[c.family].append(c)
+    vbmf = fams["factorize-tucker-vbmf"]
+    assert {c.structure for c in vbmf} == {"factorize-tucker-vbmf"} and vbmf[0].steps[0].rank_method == "vbmf"
+    tucker_levels = sorted({c.level for c in fams["factorize-tucker"]})
+    assert vbmf[0].level in tucker_levels  # measured beside the others at their common level
+    assert {s.method for c in fams["factorize-svd"] for s in c.steps} == {"svd"}
+    no_linear = _crit_plan(summary=SUMMARY.model_copy(update={"layers": {"conv": 10}}))
+    assert "factorize-svd" not in _families(no_linear, "factorize-")
+    only_linear = _crit_plan(summary=SUMMARY.model_copy(update={"layers": {"linear": 3}}))
+    assert _families(only_linear, "factorize-") == {"factorize-svd"}

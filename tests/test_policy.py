@@ -66,14 +66,32 @@ def _plan():
 
 def test_the_planner_reads_the_ladders_and_margin(monkeypatch):
     monkeypatch.setitem(policy.RATIOS, (False, "normal"), (0.11, 0.22))
-    monkeypatch.setattr(policy, "CRITERIA_NO_LABELS", ("l2",))
+    monkeypatch.setattr(policy, "CRITERIA_NO_DATA", ("l1",))
+    monkeypatch.setattr(policy, "CRITERIA_INPUTS", ("hrank",))
+    monkeypatch.setattr(policy, "DEFAULT_CRITERION", "l1")
+    monkeypatch.setattr(policy, "ITERATIVE_STEPS", 5)
     monkeypatch.setattr(policy, "ENERGIES", {False: (0.77,), True: (0.66,)})
+    monkeypatch.setattr(policy, "FACTORIZE_METHODS", (("cp", "energy"),))
     p = _plan()
-    naive = [c for c in p.candidates if c.family == "prune-l2"]  # the uniform-ratio family (not recon/latency)
+    naive = [c for c in p.candidates if c.family == "prune-l1"]  # the uniform-ratio family (not recon/latency)
     assert sorted({s.ratio for c in naive for s in c.steps if s.technique == "prune"}) == [0.11, 0.22]
     assert {c.family for c in p.candidates if c.family and c.family.startswith("prune-")} <= {
-        "prune-l2", "prune-recon", "prune-lat"}
-    assert {s.energy for c in p.candidates for s in c.steps if s.technique == "factorize"} == {0.77}
+        "prune-l1", "prune-hrank", "prune-l1-global", "prune-l1-iter5", "prune-recon", "prune-lat"}
+    assert {s.iterative_steps for c in p.candidates if c.family == "prune-l1-iter5" for s in c.steps
+            if s.technique == "prune"} == {5}
+    fac = [s for c in p.candidates for s in c.steps if s.technique == "factorize"]
+    assert {s.energy for s in fac} == {0.77} and {s.method for s in fac} == {"cp"}
+
+
+def test_screening_level_is_the_bisections_first_probe():
+    from edgeopt.engine.bisect import bisect
+
+    for n in range(1, 8):
+        levels = [f"l{i}" for i in range(n)]
+        probed: list[str] = []
+        bisect("f", levels, lambda s, seen=probed: seen.append(s) or 0.0, 1.0, lambda: None, lambda s: None)
+        assert probed[0] == levels[policy.screen_index(n)]
+    assert policy.SCREEN_KEEP >= 1 and policy.SCREEN_TIE_PP >= 0
 
 
 def test_channel_rounding_reads_the_min_steps_rule(monkeypatch):

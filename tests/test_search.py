@@ -117,7 +117,7 @@ def _by_id(cands):
 def test_bisection_settles_on_the_most_aggressive_level_within_budget_plus_margin(tmp_path):
     drops = dict(zip([f"prune{int(r * 100)}" for r in RATIOS], (0.1, 0.3, 0.6, 0.9, 1.5, 3.0), strict=True))
     builder = FakeBuilder(tmp_path, drops)
-    search = _search(tmp_path, builder)
+    search = _search(tmp_path, builder, plan=_plan(precisions=("fp32", "int8")))
     c = _by_id(search.run())
     # the original, then log2(7) screenings rather than 6 builds
     assert sorted(builder.builds) == ["original", "prune30", "prune40", "prune50"]
@@ -131,12 +131,22 @@ def test_bisection_settles_on_the_most_aggressive_level_within_budget_plus_margi
 
 def test_levels_within_budget_dropped_by_the_bisection_say_why(tmp_path):
     drops = {f"prune{int(r * 100)}": r for r in RATIOS}  # every level holds the 1 pp budget
-    search = _search(tmp_path, FakeBuilder(tmp_path, drops))
+    search = _search(tmp_path, FakeBuilder(tmp_path, drops), plan=_plan(precisions=("fp32", "int8")))
     c = _by_id(search.run())
     assert c["prune60@onnx-fp32"].status == c["prune50@onnx-fp32"].status == "ok"
     why = c["prune30@onnx-fp32"].reason  # screened (drop 0.30 pp, within budget) but not kept
     assert "> budget" not in why
     assert "within budget in screening (PyTorch drop 0.30 pp)" in why and "prune60" in why
+
+
+def test_no_margin_level_when_every_candidate_is_fp32(tmp_path):
+    """The margin level leaves room for a reduced precision's own loss; with fp32 only it would be exported and
+    measured for nothing (a milder level of the same family is never faster)."""
+    drops = dict(zip([f"prune{int(r * 100)}" for r in RATIOS], (0.1, 0.3, 0.6, 0.9, 1.5, 3.0), strict=True))
+    c = _by_id(_search(tmp_path, FakeBuilder(tmp_path, drops)).run())
+    assert c["prune40@onnx-fp32"].status == "ok"
+    assert c["prune30@onnx-fp32"].status == "rejected" and "kept the more aggressive prune40" in c[
+        "prune30@onnx-fp32"].reason
 
 
 def test_early_stop_once_a_budget_is_met_with_margin(tmp_path):

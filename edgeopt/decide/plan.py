@@ -36,6 +36,9 @@ class CandidateSpec(BaseModel):
     # with the level, which is what lets the search bisect instead of trying every level
     family: str | None = None
     level: float = 0.0
+    # families of one screening group (e.g. "prune-criterion", "factorize-method") answer the same question;
+    # the search measures them all at one common level and bisects only the best (policy.SCREEN_KEEP)
+    screen: str | None = None
 
     @field_validator("steps", mode="before")
     @classmethod
@@ -122,9 +125,11 @@ def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, l
                             calibrated=has_calib_data or context.calib_random)
     structures = [("original", [], "unchanged model", None, 0.0)]
     finetune = distillation_kind(finetune_step(context, has_train_data, decisions), decisions)
-    structures += prune_structures(context, target, summary, has_calib_data, finetune, decisions, sensitivity)
+    structures += prune_structures(context, target, summary, has_calib_data, finetune, decisions, sensitivity,
+                                   has_train_data=has_train_data)
     structures += recon_structures(context, target, summary, has_calib_data, finetune, decisions)
-    structures += latency_structures(context, summary, has_calib_data, finetune, decisions, runtimes, here)
+    structures += latency_structures(context, summary, has_calib_data, finetune, decisions, runtimes, here,
+                                      pairs=pairs)
     structures += factorize_structures(context, target, summary, finetune, decisions)
     structures += slimming_structures(context, summary, finetune, decisions)
     structures += sparse_structures(context, target, finetune, decisions)
@@ -134,17 +139,19 @@ def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, l
     qat = qat_formats(context, pairs, has_train_data, decisions)
 
     candidates: list[CandidateSpec] = []
-    for name, steps, why, family, level in structures:
+    for name, steps, why, family, level, *group in structures:  # (..., level[, screening group])
         for fmt, prec, pwhy in pairs:
             candidates.append(CandidateSpec(id=f"{name}@{fmt}-{prec}", structure=name, steps=steps,
                                             format=fmt, precision=prec, reason=f"{why}; {pwhy}",
-                                            family=family, level=level))
+                                            family=family, level=level,
+                                            screen=group[0] if group else policy.SCREEN_GROUP_OF.get(family)))
     kind = policy.budget_kind(context.max_accuracy_drop)
     decisions.append(Decision(
         technique="search", decision="applied",
-        reason=f"{kind} accuracy budget ({context.max_accuracy_drop} pp): each family's ratio/energy is "
-               "bisected against accuracy measured on held-out data; survivors are exported at every "
-               "precision and measured on the runtime" + (
+        reason=f"{kind} accuracy budget ({context.max_accuracy_drop} pp): families answering the same "
+               "question (pruning criterion, factorization method) are screened at one common level, the best "
+               f"{policy.SCREEN_KEEP} kept; each family's ratio/energy is bisected against accuracy measured on "
+               "held-out data; survivors are exported at every precision and measured on the runtime" + (
                    f"; stop early once p50 <= {policy.MARGIN:.0%} of {context.latency_budget_ms} ms"
                    if context.latency_budget_ms else "") + (
                    f"; stop early once size <= {policy.MARGIN:.0%} of {context.size_budget_mb} MB"

@@ -36,9 +36,23 @@ RATIOS = {
     (True, "normal"): (0.3, 0.4, 0.5, 0.6, 0.7),
     (True, "loose"): (0.3, 0.5, 0.6, 0.7, 0.8),
 }
-# Magnitude (L2, Li et al.) and geometric-median (FPGM, He et al. 2019) criteria: cheap, need no labels, and
-# rank differently enough that the better one for a given model is found by measurement rather than assumed.
-CRITERIA_NO_LABELS = ("l2", "fpgm")
+# Pruning criteria, proposed as far as the data allows and screened by measurement (see "screening" below):
+# which criterion keeps a given model's accuracy is not known in advance (Li et al. 2017 find L1/L2 magnitude
+# as good as costlier criteria on VGG/ResNet; He et al. 2019 find FPGM better on ResNets; Liu et al. 2017
+# prune BN scales; Molchanov et al. 2019 prefer Taylor with labels). Listed cheapest/simplest first: the order
+# breaks ties in the screening.
+CRITERIA_NO_DATA = ("l2", "l1", "fpgm", "bn_scale")  # weights only (bn_scale needs BatchNorm layers)
+CRITERIA_INPUTS = ("energy", "hrank")  # + activations on unlabeled calibration inputs
+CRITERIA_LABELS = ("taylor",)  # + gradients of the loss: labelled training data
+# Scope and schedule are screened like the criteria, as variants of the default criterion: global ranking
+# (Torch-Pruning's global_pruning) lets robust layers give more channels; iterative pruning re-scores the
+# criterion between steps (Molchanov et al. 2017), which helps criteria that depend on the remaining channels.
+DEFAULT_CRITERION = "l2"
+ITERATIVE_STEPS = 3
+# BatchNorm re-estimation after pruning: batches of calibration data (256 images at the default batch of 32).
+# Re-estimated statistics settle within a few hundred samples (Li et al. 2016, AdaBN; Schneider et al. 2020
+# adapt BN on a single batch); more only slows every screened structure down.
+BN_RECAL_BATCHES = 8
 # Channel rounding: kept channels are rounded to the target's preferred multiple (vector width / tensor-core
 # tile), but a step may remove at most 1/ROUNDING_MIN_STEPS of the narrowest layer: the multiple is halved
 # until narrowest >= ROUNDING_MIN_STEPS * multiple (a 32-channel layer rounded to 16 could keep only 16 or 32).
@@ -49,6 +63,11 @@ ROUNDING_MIN_STEPS = 4
 # truncation loses little accuracy above ~0.9 without retraining (Kim et al. 2016, "Compression of deep
 # CNNs for fast and low power mobile applications"); with fine-tuning it may go lower.
 ENERGIES = {False: (0.98, 0.95, 0.9, 0.8), True: (0.95, 0.9, 0.8, 0.6)}
+# Factorization methods screened at one energy: Tucker-2 convs (Kim et al. 2016), the same with ranks from
+# VBMF (Nakajima et al. 2013: ranks estimated from the noise level, one level, no energy ladder), CP convs
+# (Lebedev et al. 2015: fewer MACs, harder to keep accurate), SVD of linear layers only (Denil et al. 2013).
+# (method, rank selection), simplest first.
+FACTORIZE_METHODS = (("tucker", "energy"), ("tucker", "vbmf"), ("cp", "energy"), ("svd", "energy"))
 
 # ---- weight sparsity ------------------------------------------------------------------------------------------
 # Sparsity ladders (retraining allowed?) bisected like the prune ratios. One-shot magnitude masks hold to
@@ -70,6 +89,27 @@ MARGIN = 0.8
 # The bisection keeps the most aggressive level within the accuracy budget AND the next milder one: reduced
 # precisions lose some accuracy on top of the structure's, and the milder level leaves room for it.
 MARGIN_LEVELS = 1
+# Screening: families that answer the same question (which pruning criterion, scope and schedule? which
+# factorization method?) are first measured at ONE common level, the middle of the ladder (the bisection's
+# first probe, so the screening's build is reused by it), ranked by PyTorch accuracy drop on the held-out
+# data, and only the best SCREEN_KEEP are bisected. Two, not one: criteria that tie at the middle level can
+# part further up the ladder, and bisecting each costs log2(levels) builds, where a full search of every
+# family would cost that many per criterion.
+SCREEN_KEEP = 2
+# Families planned elsewhere that answer a group's question: uniform pruning with least-squares reconstruction
+# is one more way of choosing (and compensating) the channels at a given ratio, so it is screened with the
+# criteria at the same ratio (its ladder shares that ratio).
+SCREEN_GROUP_OF = {"prune-recon": "prune-criterion"}
+# drops closer than this (pp) tie and the simpler family (listed first) wins: below one sample in a few hundred
+SCREEN_TIE_PP = 0.01
+
+
+def screen_index(levels: int) -> int:
+    """Index of the common screening level in a ladder of `levels` levels (mildest first): the middle, which
+    is where a bisection over the ladder makes its first probe."""
+    return (levels - 1) // 2
+
+
 # Quick latency probe used for the early stop (the final numbers come from the full benchmark).
 QUICK_BENCH = {"warmup_runs": 3, "warmup_s": 0.0, "min_runs": 10, "max_time_s": 0.3}
 

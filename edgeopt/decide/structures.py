@@ -63,8 +63,34 @@ def channel_rounding(target: TargetProfile, summary: ModelSummary, decisions: li
     return multiple
 
 
-def prune_structures(context, target, summary, has_calib_data, finetune, decisions, sensitivity=None
-                     ) -> list[tuple]:
+def prune_variants(summary: ModelSummary, has_calib_data: bool, has_train_data: bool,
+                   sensitivity: dict | None = None) -> list[tuple[str, str, dict]]:
+    """(family suffix, criterion, other PruneConfig fields) for every criterion the data allows, simplest first,
+    then a global-scope and an iterative variant of the default criterion: the screening picks among them."""
+    crits = [c for c in policy.CRITERIA_NO_DATA if c != "bn_scale" or summary.layers.get("batchnorm")]
+    if has_calib_data:
+        crits += policy.CRITERIA_INPUTS
+    if has_train_data:  # Taylor's gradients need labelled batches
+        crits += policy.CRITERIA_LABELS
+    out = [(c, c, {}) for c in crits]
+    d = policy.DEFAULT_CRITERION
+    if not sensitivity:  # measured per-layer ratios fix how much each layer loses: no global ranking over them
+        out.append((f"{d}-global", d, {"scope": "global"}))
+    out.append((f"{d}-iter{policy.ITERATIVE_STEPS}", d, {"iterative_steps": policy.ITERATIVE_STEPS}))
+    return out
+
+
+def _variant_words(criterion: str, extra: dict) -> str:
+    words = criterion.upper()
+    if extra.get("scope") == "global":
+        words += " (global ranking across layers)"
+    if extra.get("iterative_steps", 1) > 1:
+        words += f" ({extra['iterative_steps']} iterative steps)"
+    return words
+
+
+def prune_structures(context, target, summary, has_calib_data, finetune, decisions, sensitivity=None,
+                     has_train_data: bool = False) -> list[tuple]:
     round_to = channel_rounding(target, summary, decisions)
     if not allowed(context.techniques, "prune"):
         decisions.append(Decision(technique="prune", decision="skipped", reason="excluded by --techniques"))
@@ -75,17 +101,21 @@ def prune_structures(context, target, summary, has_calib_data, finetune, decisio
         return []
     ratios = policy.RATIOS[(bool(finetune), policy.budget_kind(context.max_accuracy_drop))]
     recal = has_calib_data and allowed(context.techniques, "bn_recalibrate")
+    variants = prune_variants(summary, has_calib_data, has_train_data, sensitivity)
     out = []
-    for crit in policy.CRITERIA_NO_LABELS:
+    for suffix, crit, extra in variants:
+        family = f"prune-{suffix}"
         for r in ratios:
-            steps = [PruneConfig(ratio=r, importance=crit, round_to=round_to, sensitivity=sensitivity or None)]
+            steps = [PruneConfig(ratio=r, importance=crit, round_to=round_to, sensitivity=sensitivity or None,
+                                 **extra)]
             if recal:
-                steps.append(BNRecalibrateConfig())
+                steps.append(BNRecalibrateConfig(batches=policy.BN_RECAL_BATCHES))
             if finetune:
                 steps.append(finetune.model_copy(deep=True))
-            name = f"prune-{crit}{int(round(r * 100))}" + ("-ft" if finetune else "")
-            out.append((name, steps, f"structured {crit.upper()} pruning at {r:.0%}" +
-                        (" + distillation fine-tuning" if finetune else ""), f"prune-{crit}", r))
+            pct = int(round(r * 100))
+            name = (f"{family}{pct}" if not extra else f"{family}-{pct}") + ("-ft" if finetune else "")
+            out.append((name, steps, f"structured {_variant_words(crit, extra)} pruning at {r:.0%}" +
+                        (" + distillation fine-tuning" if finetune else ""), family, r, "prune-criterion"))
     goal = ("smaller weights and fewer MACs" if context.goal == "size" else
             f"dense {target.kind.upper()} kernels run faster")
     decisions.append(Decision(
@@ -94,6 +124,8 @@ def prune_structures(context, target, summary, has_calib_data, finetune, decisio
                f"{ratios[0]:.0%}..{ratios[-1]:.0%} " +
                ("(retraining recovers accuracy)" if finetune else
                 "(no retraining: capped where measured accuracy allows)") +
+               f"; criteria {', '.join(v[0] for v in variants)} screened at one ratio by measured accuracy, "
+               f"the best {policy.SCREEN_KEEP} bisected" +
                ("; per-layer ratios from the measured sensitivity (sensitive layers pruned less)"
                 if sensitivity else "")))
     if recal:
@@ -104,6 +136,11 @@ def prune_structures(context, target, summary, has_calib_data, finetune, decisio
         decisions.append(Decision(technique="bn_recalibrate", decision="skipped",
                                   reason="no calibration data given (random data would corrupt BN)"))
     return out
+
+
+def _factorize_steps(method: str, ranks: str, energy: float | None, finetune: FineTuneConfig | None) -> list:
+    steps = [FactorizeConfig(method=method, rank_method=ranks, energy=energy)]
+    return steps + ([finetune.model_copy(deep=True)] if finetune else [])
 
 
 def factorize_structures(context, target, summary, finetune, decisions) -> list[tuple]:
@@ -119,18 +156,31 @@ def factorize_structures(context, target, summary, finetune, decisions) -> list[
                                   reason="on GPUs a conv split into three smaller ones costs more launches "
                                          "than the MACs it saves; pruning and fp16/int8 pay off first"))
         return []
-    if not (summary.layers.get("conv", 0) or summary.layers.get("linear", 0)):
+    convs, linears = summary.layers.get("conv", 0), summary.layers.get("linear", 0)
+    if not (convs or linears):
         decisions.append(Decision(technique="factorize", decision="skipped", reason="no conv/linear layers"))
         return []
-    out = []
-    for e in policy.ENERGIES[bool(finetune)]:
-        steps = [FactorizeConfig(method="tucker", energy=e)]
-        if finetune:
-            steps.append(finetune.model_copy(deep=True))
-        out.append((f"factorize-tucker{int(round(e * 100))}" + ("-ft" if finetune else ""), steps,
-                    f"Tucker-2 factorization keeping {e:.0%} of each conv's energy", "factorize-tucker", 1 - e))
+    energies = policy.ENERGIES[bool(finetune)]
+    common = 1 - energies[policy.screen_index(len(energies))]
+    ft = "-ft" if finetune else ""
+    out, methods = [], []
+    for method, ranks in policy.FACTORIZE_METHODS:
+        if (method == "svd" and not linears) or (method != "svd" and not convs):
+            continue  # Tucker/CP factorize convs; SVD only linear layers
+        what = {"tucker": "Tucker-2", "cp": "CP", "svd": "SVD (linear layers)"}[method]
+        if ranks == "vbmf":  # ranks estimated per layer: one level, screened beside the others' middle one
+            family = f"factorize-{method}-vbmf"
+            out.append((family + ft, _factorize_steps(method, ranks, None, finetune),
+                        f"{what} factorization, ranks from VBMF", family, common, "factorize-method"))
+        else:
+            family = f"factorize-{method}"
+            out += [(f"{family}{int(round(e * 100))}{ft}", _factorize_steps(method, ranks, e, finetune),
+                     f"{what} factorization keeping {e:.0%} of each layer's energy", family, 1 - e,
+                     "factorize-method") for e in energies]
+        methods.append(family.removeprefix("factorize-"))
     decisions.append(Decision(
         technique="factorize", decision="applied",
-        reason=f"{'size goal' if context.goal == 'size' else 'CPU latency goal'}: low-rank Tucker/SVD "
-               "factorization of large layers cuts MACs and weights; energy kept chosen by measured accuracy"))
+        reason=f"{'size goal' if context.goal == 'size' else 'CPU latency goal'}: low-rank factorization of "
+               f"large layers cuts MACs and weights; methods {', '.join(methods)} screened at one energy by "
+               "measured accuracy, the energy kept then bisected"))
     return out

@@ -21,19 +21,22 @@ class Outcome:
 
 
 def bisect(family: str, levels: list[str], screen: Callable[[str], float | None], budget: float,
-           stopped: Callable[[], str | None], failure: Callable[[str], str | None]) -> Outcome:
+           stopped: Callable[[], str | None], failure: Callable[[str], str | None],
+           margin_levels: int = policy.MARGIN_LEVELS, first: int | None = None) -> Outcome:
     """`levels` mildest first; `screen(level)` is its PyTorch accuracy drop in pp (None when it could not be
-    built: `failure(level)` says why); `stopped()` the reason the search stopped, if it did."""
+    built: `failure(level)` says why); `stopped()` the reason the search stopped, if it did. `margin_levels`
+    milder levels are kept beside the settled one (0 when no reduced precision will lose accuracy on top).
+    `first`: index of the first probe instead of the middle (a level already measured, e.g. by a screening)."""
     lo, hi = -1, len(levels)  # invariant: lo within budget (-1 = the original), hi over budget
     drops: dict[str, float | None] = {}
     while hi - lo > 1 and not stopped():
-        mid = (lo + hi) // 2
+        mid = first if first is not None and lo == -1 and hi == len(levels) else (lo + hi) // 2
         drops[levels[mid]] = drop = screen(levels[mid])
         if drop is not None and drop <= budget + policy.EPS_PP:
             lo = mid
         else:
             hi = mid
-    kept = [levels[i] for i in range(lo, lo - policy.MARGIN_LEVELS - 1, -1) if i >= 0]
+    kept = [levels[i] for i in range(lo, lo - margin_levels - 1, -1) if i >= 0]
     settled = levels[lo] if lo >= 0 else None
     what = settled or "none (even the mildest level breaks the budget)"
     out = Outcome(kept=kept, settled=settled,

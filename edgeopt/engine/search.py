@@ -1,8 +1,10 @@
 """The bounded, measured, resumable search over a Plan.
 
 1. The original model is exported at every (runtime, precision): the baseline and its reduced-precision twins.
-2. Each family of structures is bisected (engine/bisect.py): a structure is built (pruned / factorized /
-   fine-tuned) and its accuracy measured in PyTorch on the held-out data.
+2. Families that answer the same question (a screening group: pruning criterion, factorization method) are
+   first measured at one common level and only the best are kept (engine/screening.py). Each family left is
+   bisected (engine/bisect.py): a structure is built (pruned / factorized / fine-tuned) and its accuracy
+   measured in PyTorch on the held-out data.
 3. The survivors (the settled level and the margin level) are exported at every precision, verified, and
    their accuracy measured again on the runtime itself.
 4. QAT phase: per armed format, quantization-aware training of the structure whose INT8 post-training
@@ -30,6 +32,7 @@ from edgeopt.engine.bisect import bisect
 from edgeopt.engine.build import Built, new_candidate
 from edgeopt.engine.cache import CandidateCache, key
 from edgeopt.engine.finish import FATAL, Finishing, why_failed
+from edgeopt.engine.screening import Screening, screen_group
 from edgeopt.report import Candidate, Decision
 from edgeopt.techniques import QATConfig
 
@@ -68,6 +71,7 @@ class Search(Finishing):
         self.finished_layouts: dict[str, str] = {}
         self.base_of: dict[str, str] = {}  # structure -> the structure it is built on (QAT)
         self.decisions: list[Decision] = []  # decisions taken on measurements (QAT), added to the report
+        self.screenings: list[Screening] = []
 
     # ---- driver -------------------------------------------------------------------------------------
     def run(self) -> list[Candidate]:
@@ -77,10 +81,17 @@ class Search(Finishing):
         for structure, specs in self.specs.items():
             if specs[0].family is not None:
                 families.setdefault(specs[0].family, []).append(structure)
-        for fam, structures in families.items():
+        for structures in families.values():
             structures.sort(key=lambda s: self.specs[s][0].level)
+        screened_out: set[str] = set()
+        for fam, structures in families.items():
             if self._check_stop():
                 break
+            group = self.specs[structures[0]][0].screen
+            if group is not None and group not in {g.group for g in self.screenings}:
+                screened_out |= self._screen_group(group, families)
+            if fam in screened_out:
+                continue
             for s in self._bisect(fam, structures):
                 self._finish(s)
             self._early_stop()
@@ -94,21 +105,47 @@ class Search(Finishing):
     def summary(self) -> dict:
         return {"trace": self.trace, "stopped": self.stopped,
                 "screened_drop_pp": {k: v for k, v in self.screened.items()},
+                "screening": {g.group: g.summary() for g in self.screenings},
                 "structures_built": sum(1 for b in self.built.values() if not isinstance(b, Exception))}
 
     # ---- structures: bisection, screening, building ---------------------------------------------------
-    def _bisect(self, fam: str, structures: list[str]) -> list[str]:
-        def failure(s: str) -> str | None:
-            b = self.built.get(s)
-            return why_failed(b) if isinstance(b, Exception) else None
+    def _failure(self, structure: str) -> str | None:
+        b = self.built.get(structure)
+        return why_failed(b) if isinstance(b, Exception) else None
 
+    def _bisect(self, fam: str, structures: list[str]) -> list[str]:
+        # the margin level leaves room for what a reduced precision loses on top of the structure; a family
+        # exported at fp32 only (e.g. no int8/bf16 units here) would only export it to never choose it
+        reduced = any(spec.precision != "fp32" for s in structures for spec in self.specs[s])
         out = bisect(fam, structures, self._screen, self.context.max_accuracy_drop,
-                     lambda: self.stopped if self._check_stop() else None, failure)
+                     lambda: self.stopped if self._check_stop() else None, self._failure,
+                     policy.MARGIN_LEVELS if reduced else 0,
+                     first=next((i for i, s in enumerate(structures) if s in self.screened), None))
         self.trace.append(out.trace)
         for s, (status, why) in out.dropped.items():
             for spec in self.specs[s]:
                 self._mark(spec.id, status, why)
         return out.kept
+
+    def _screen_group(self, group: str, families: dict[str, list[str]]) -> set[str]:
+        """Measure every family of the group at one level; mark the families left out, with the numbers.
+        Returns the families left out."""
+        members = {f: s for f, s in families.items() if self.specs[s[0]][0].screen == group}
+        if len(members) <= policy.SCREEN_KEEP:
+            return set()  # nothing to choose between: each family is bisected
+        original = _layout(self.builder.net)  # a structure with this layout left the model as it was
+
+        out = screen_group(group, members, lambda s: self.specs[s][0].level, self._screen, self._failure,
+                           lambda s: self.layout_of.get(s) == original,
+                           lambda: self.stopped if self._check_stop() else None)
+        self.screenings.append(out)
+        self.decisions.append(out.decision())
+        self.trace.append(f"{group}: screened at level {out.level:g}, kept {', '.join(out.kept) or 'none'}")
+        for fam, (status, why) in out.dropped.items():
+            for s in members[fam]:
+                for spec in self.specs[s]:
+                    self._mark(spec.id, status if s == out.probes[fam] else "rejected", why)
+        return set(out.dropped)
 
     def _screen(self, structure: str) -> float | None:
         """Accuracy drop (pp) of a structure in PyTorch on the held-out data; None when it cannot be built."""
