@@ -174,3 +174,27 @@ def test_cli_optimize_on_an_image_folder_records_the_heldout_split(tmp_path, tin
     assert env["data"].startswith("folder:") and len(env["heldout_sha256"]) == 64
     p = run(tmp_path / "bad", "--crop", "12")
     assert p.returncode == 2 and "--crop gives 12x12 images" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_streaming_pins_the_allocators_mmap_threshold(monkeypatch):
+    """Streaming frees one batch after another: glibc's dynamic mmap threshold would move batch-sized tensors
+    onto a heap that fragments and never shrinks; a StreamBatches pins the threshold once per process."""
+    import ctypes
+    import sys
+
+    import edgeopt.inputs.data.batches as batches
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(batches, "_pinned", False)
+    monkeypatch.setattr(ctypes, "CDLL", lambda *a, **k: FakeLibc())
+    monkeypatch.setattr(sys, "platform", "linux")
+    ds = torch.utils.data.TensorDataset(torch.zeros(4, 1, 2, 2), torch.zeros(4, dtype=torch.long))
+    batches.StreamBatches(ds, batch_size=2)
+    batches.StreamBatches(ds, batch_size=2)
+    assert calls == [(-3, batches.MMAP_THRESHOLD_BYTES)]  # M_MMAP_THRESHOLD, once

