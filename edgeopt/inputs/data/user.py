@@ -141,32 +141,10 @@ def _decode_all(stream: StreamBatches) -> Batches:
 def from_function(spec: str) -> dict:
     """`module:function` or `path/file.py:function` returning a dict with calib/train/eval (lists of batches,
     Datasets or DataLoaders; any may be missing), or a (calib, train, eval) tuple."""
-    import importlib
-    import importlib.util
-    import sys
-    from pathlib import Path
+    from edgeopt.inputs import usercode
 
-    target, _, fn = spec.rpartition(":")
-    old = sys.dont_write_bytecode
-    sys.dont_write_bytecode = True  # never write __pycache__ beside the user's files
-    try:
-        if target.endswith(".py"):
-            path = Path(target)
-            if not path.is_file():
-                raise DataError(f"data file {path} does not exist")
-            mspec = importlib.util.spec_from_file_location(f"edgeopt_user_data_{path.stem}", path)
-            module = importlib.util.module_from_spec(mspec)
-            sys.modules[mspec.name] = module
-            mspec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(target)
-        result = getattr(module, fn)()
-    except DataError:
-        raise
-    except (ImportError, AttributeError) as e:
-        raise DataError(f"cannot load data function {spec}: {e}") from None
-    finally:
-        sys.dont_write_bytecode = old
+    fn = usercode.load_callable(spec, "data function", DataError)
+    result = usercode.call(fn, spec, "data function", DataError)
     if isinstance(result, (tuple, list)) and len(result) == 3:
         return dict(zip(("calib", "train", "eval"), result, strict=True))
     if isinstance(result, dict):
