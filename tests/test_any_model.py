@@ -407,3 +407,33 @@ def test_cli_two_inputs_int8_with_data_function(tmp_path):
                           "image:1,3,16,16", "--input-shape", "mask:1,1,16,16", "--data", "digits",
                           "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=600, env=env)
     assert bad.returncode == 2 and "several inputs" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
+
+@pytest.mark.slow
+def test_optimize_dynamic_batch(tmp_path):
+    """`dynamic_batch=True`: every artifact takes any batch size; latency is measured at the example's batch
+    (2 here) and the report says so; run.yaml replays it."""
+    import edgeopt
+    from edgeopt.config import load_config
+    from edgeopt.formats import backend_for_artifact
+
+    torch.manual_seed(0)
+    report = edgeopt.optimize(Detector().eval(), example_inputs=torch.randn(2, 3, 32, 32), dynamic_batch=True,
+                              **_fast(tmp_path, runtimes=["onnxruntime", "openvino"], techniques=["quantize"]))
+    assert "latency measured at batch 2" in report.environment["batch"]
+    assert load_config(tmp_path / "run.yaml").output.dynamic_batch
+    oks = [c for c in [report.baseline, *report.candidates] if c.status == "ok"]
+    assert {c.runtime for c in oks} == {"onnxruntime", "openvino"}
+    for c in oks:
+        path = tmp_path / c.artifact
+        session = backend_for_artifact(path).load(path)
+        assert session.input_shapes["input"][0] == -1
+        out = session.run_named(np.random.default_rng(0).standard_normal((5, 3, 32, 32)).astype(np.float32))
+        assert out["0"].shape == (5, 8, 8, 8) and out["1"].shape == (5, 6, 8, 8)
+
+
+def test_cli_dynamic_batch_flag():
+    from edgeopt.cli.options import config_from_flags
+
+    assert config_from_flags({"dynamic_batch": True}, {"dynamic_batch"}).output.dynamic_batch
+    assert not config_from_flags({"dynamic_batch": False}, set()).output.dynamic_batch

@@ -174,6 +174,20 @@ def _data_options(options) -> DataOptions:
         raise one_line(e, "invalid data option", DataOptions) from None
 
 
+def export_options(config: RunConfig) -> dict | None:
+    """Options every candidate's export gets from the run config (a dynamic batch axis)."""
+    return {"dynamic_batch": True} if config.output.dynamic_batch else None
+
+
+def batch_note(config: RunConfig, ex: Inputs) -> dict:
+    """What report.json's environment says about the batch: the size latency is measured at, and whether the
+    artifacts take any batch size."""
+    if not config.output.dynamic_batch:
+        return {}
+    return {"batch": f"{ex.batch} (artifacts have a dynamic batch axis; latency measured at batch {ex.batch}, "
+                     "the example's)"}
+
+
 def fidelity_inputs(ex: Inputs, n: int, seed: int) -> Batches:
     """Random held-out inputs (every named input) when there is no evaluation data."""
     x = ex.fresh(torch.Generator().manual_seed(seed + 1), batch=n)
