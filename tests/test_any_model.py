@@ -437,3 +437,13 @@ def test_cli_dynamic_batch_flag():
 
     assert config_from_flags({"dynamic_batch": True}, {"dynamic_batch"}).output.dynamic_batch
     assert not config_from_flags({"dynamic_batch": False}, set()).output.dynamic_batch
+
+
+def test_macs_of_keyword_inputs_per_sample(capsys):
+    from edgeopt.inputs.analyze import count_macs
+
+    model = TwoInputs().eval()
+    three = (torch.randn(3, 3, 16, 16), torch.rand(3, 1, 16, 16))
+    by_position = count_macs(model, PAIR)
+    assert count_macs(model, {"image": three[0], "mask": three[1]}) == pytest.approx(by_position, rel=1e-3)
+    assert "Warning" not in capsys.readouterr().out  # the counter found the batch size
