@@ -108,6 +108,8 @@ class OutputConfig(_Strict):
     out_dir: str = "out"
     cache: bool = True  # reuse finished candidates from OUT/cache
     as_json: bool = False  # CLI: print report.json instead of the table
+    # ONNX/OpenVINO artifacts with a dynamic batch axis; latency is still measured at the example's batch size
+    dynamic_batch: bool = False
 
 
 SECTIONS: dict[str, type[BaseModel]] = {"deploy": DeployContext, "inputs": InputsConfig, "search": SearchConfig,

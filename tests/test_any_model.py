@@ -272,3 +272,178 @@ def test_worked_examples_small(tmp_path, name):
     # the trained model works: far above chance (mIoU of a constant map ~ 25%; mAP of noise ~ 0)
     assert report.baseline.metric == want and report.baseline.accuracy > (40 if name == "segmentation" else 10)
     assert report.chosen_candidate is not None
+
+
+# --- INT8 and user data for a model with several inputs ---
+
+def _pairs(n_batches: int, seed: int, size: int = 8):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(size, 3, 16, 16, generator=g), (torch.rand(size, 1, 16, 16, generator=g) > 0.5).float())
+            for _ in range(n_batches)]
+
+
+def test_calibration_feeds_every_input(tmp_path):
+    """Calibration data as tuples, dicts or (inputs, target) pairs: every input reaches the quantizer, by name;
+    a batch missing an input or with a wrong sample shape is one line naming it."""
+    from edgeopt.errors import DataError
+    from edgeopt.formats.calibration import holdout, resolve_calibration
+
+    model = TwoInputs().eval()
+    ex = Inputs.of(PAIR, model)
+    data = _pairs(3, 0, size=4)
+    for calib in (data, [{"image": a, "mask": b} for a, b in data], [((a, b), torch.zeros(4)) for a, b in data]):
+        cal = resolve_calibration(calib, ex)
+        feeds = cal.feeds()
+        assert len(feeds) == 12 and list(feeds[0]) == ["image", "mask"]
+        assert feeds[0]["mask"].shape == (1, 1, 16, 16) and np.array_equal(feeds[1]["mask"], data[0][1][1:2].numpy())
+    xs, labels, overlap = holdout(data, ex, n=2)
+    assert len(xs) == 2 and isinstance(xs[0], tuple) and overlap and labels is None
+    with pytest.raises(DataError, match=r"calibration batch 0: inputs \['image'\] do not match .*missing \['mask'\]"):
+        resolve_calibration([{"image": data[0][0]}], ex)
+    with pytest.raises(DataError, match=r"calibration batch 1 input 'mask' has sample shape \(2, 16, 16\)"):
+        resolve_calibration([data[0], (data[1][0], torch.zeros(4, 2, 16, 16))], ex)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_int8_export_of_two_inputs(tmp_path, fmt):
+    torch.manual_seed(0)
+    model = TwoInputs().eval()
+    result, session = export_verified(model, {"image": PAIR[0], "mask": PAIR[1]}, fmt, tmp_path / "q",
+                                      precision="int8", calib=_pairs(4, 1))
+    assert result.info["calibration"]["inputs"] == ["image", "mask"] and result.info["calibration"]["samples"] == 32
+    assert session.precision_executed.startswith("int8")
+    assert result.info["verification"]["outputs"].keys() == {"0", "1"}
+
+
+def test_user_data_for_two_inputs():
+    """Batches of a two-input model: (image, mask), {"image", "mask"}, ((image, mask), y) and a Dataset of
+    such samples all become named Inputs; a lone tensor is refused naming what the model takes."""
+    from edgeopt.engine.prepare import resolve_data
+    from edgeopt.errors import DataError
+
+    ex = Inputs.of(PAIR, TwoInputs())
+    (a, b), = _pairs(1, 2, size=6)
+    y = torch.arange(6) % 5
+
+    class Samples(torch.utils.data.Dataset):
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            return (a[i], b[i]), y[i]
+
+    s = resolve_data("module", None, [(a, b)], None, [((a, b), y), {"image": a, "mask": b}], ex, 5)
+    assert isinstance(s.calib.items[0][0], Inputs) and s.calib.items[0][0].names == ["image", "mask"]
+    assert s.eval.items[0][1].tolist() == y.tolist() and s.eval.items[1][1] is None and len(s.eval) == 12
+    stream = resolve_data("module", None, None, None, Samples(), ex, 5, {"batch_size": 4}).eval
+    got = list(stream)
+    assert stream.labelled and [len(x) for x, _ in got] == [4, 2] and torch.equal(got[1][0].tensors[1], b[4:])
+    with pytest.raises(DataError, match=r"evaluation data batch 0: 1 input\(s\) given, the model takes 2 \(image"):
+        resolve_data("module", None, None, None, [a], ex, 5)
+    with pytest.raises(DataError, match="calibration data batch 0 input 'image' contains NaN"):
+        resolve_data("module", None, [(a * float("nan"), b)], None, None, ex, 5)
+
+
+def _int8_run(tmp_path, runtime, **kw):
+    from edgeopt.measure.timing import BenchConfig
+
+    # a target with int8 units (this CPU may have none): artifacts are built, verified and scored here, and
+    # the latency is a roofline estimate
+    return dict(target="x86-avx512-vnni", goal="latency", max_accuracy_drop=5.0, out_dir=tmp_path, resume=False,
+                runtimes=[runtime], techniques=["quantize"],
+                bench_config=BenchConfig(warmup_runs=2, warmup_s=0, min_runs=5, max_time_s=0.5), **kw)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_optimize_two_inputs_int8(tmp_path, runtime):
+    """A two-input model (image + mask) optimized end to end from the API with INT8 candidates: calibrated on
+    both inputs, verified and scored (fidelity on held-out (image, mask) pairs) on the runtime."""
+    import edgeopt
+
+    torch.manual_seed(0)
+    calib, heldout = _pairs(4, 3), _pairs(3, 4)
+    report = edgeopt.optimize(TwoInputs().eval(), example_inputs={"image": PAIR[0], "mask": PAIR[1]},
+                              calib_data=[{"image": a, "mask": b} for a, b in calib], eval_data=heldout,
+                              **_int8_run(tmp_path, runtime))
+    fmt = "onnx" if runtime == "onnxruntime" else "openvino"
+    q = report.candidate(f"original@{fmt}-int8")
+    assert q.status == "ok", q.reason
+    assert q.precision_executed.startswith("int8") and q.metric == "fidelity" and q.accuracy > 90
+    assert q.verification["outputs"].keys() == {"0", "1"}
+
+
+@pytest.mark.slow
+def test_cli_two_inputs_int8_with_data_function(tmp_path):
+    """The CLI: a model with two named inputs, --data file.py:fn yielding ((image, mask), label) batches, INT8
+    on ONNX Runtime; top-1 read on the class output against labels the model itself gave."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = str(Path(__file__).parent)
+    f = tmp_path / "user.py"
+    f.write_text(f"import sys\nsys.path.insert(0, {here!r})\nimport torch\n"
+                 "from test_any_model import TwoInputs, _pairs\n"
+                 "def make():\n    torch.manual_seed(0)\n    return TwoInputs().eval()\n"
+                 "def data():\n    m = make()\n"
+                 "    with torch.no_grad():\n"
+                 "        ev = [((a, b), m(a, b)[1].argmax(1)) for a, b in _pairs(3, 4)]\n"
+                 "    return {'calib': _pairs(4, 3), 'eval': ev}\n")
+    env = {k: v for k, v in os.environ.items() if k != "EDGEOPT_DEBUG"}
+    r = subprocess.run([sys.executable, "-m", "edgeopt", "optimize", "--model", f"{f}:make", "--input-shape",
+                        "image:1,3,16,16", "--input-shape", "mask:1,1,16,16", "--data", f"{f}:data",
+                        "--target", "x86-avx512-vnni", "--runtimes", "onnxruntime", "--techniques", "quantize",
+                        "--max-accuracy-drop", "5", "--out", str(tmp_path / "o"), "--bench-time", "0.5", "--json"],
+                       capture_output=True, text=True, timeout=600, env=env, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert rep["model"]["metric"] == "top1" and rep["baseline"]["accuracy"] == 100.0
+    q = next(c for c in rep["candidates"] if c["id"] == "original@onnx-int8")
+    assert q["status"] == "ok" and q["precision_executed"].startswith("int8") and q["accuracy"] >= 90, q
+    bad = subprocess.run([sys.executable, "-m", "edgeopt", "optimize", "--model", f"{f}:make", "--input-shape",
+                          "image:1,3,16,16", "--input-shape", "mask:1,1,16,16", "--data", "digits",
+                          "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=600, env=env)
+    assert bad.returncode == 2 and "several inputs" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
+
+@pytest.mark.slow
+def test_optimize_dynamic_batch(tmp_path):
+    """`dynamic_batch=True`: every artifact takes any batch size; latency is measured at the example's batch
+    (2 here) and the report says so; run.yaml replays it."""
+    import edgeopt
+    from edgeopt.config import load_config
+    from edgeopt.formats import backend_for_artifact
+
+    torch.manual_seed(0)
+    report = edgeopt.optimize(Detector().eval(), example_inputs=torch.randn(2, 3, 32, 32), dynamic_batch=True,
+                              **_fast(tmp_path, runtimes=["onnxruntime", "openvino"], techniques=["quantize"]))
+    assert "latency measured at batch 2" in report.environment["batch"]
+    assert load_config(tmp_path / "run.yaml").output.dynamic_batch
+    oks = [c for c in [report.baseline, *report.candidates] if c.status == "ok"]
+    assert {c.runtime for c in oks} == {"onnxruntime", "openvino"}
+    for c in oks:
+        path = tmp_path / c.artifact
+        session = backend_for_artifact(path).load(path)
+        assert session.input_shapes["input"][0] == -1
+        out = session.run_named(np.random.default_rng(0).standard_normal((5, 3, 32, 32)).astype(np.float32))
+        assert out["0"].shape == (5, 8, 8, 8) and out["1"].shape == (5, 6, 8, 8)
+
+
+def test_cli_dynamic_batch_flag():
+    from edgeopt.cli.options import config_from_flags
+
+    assert config_from_flags({"dynamic_batch": True}, {"dynamic_batch"}).output.dynamic_batch
+    assert not config_from_flags({"dynamic_batch": False}, set()).output.dynamic_batch
+
+
+def test_macs_of_keyword_inputs_per_sample(capsys):
+    from edgeopt.inputs.analyze import count_macs
+
+    model = TwoInputs().eval()
+    three = (torch.randn(3, 3, 16, 16), torch.rand(3, 1, 16, 16))
+    by_position = count_macs(model, PAIR)
+    assert count_macs(model, {"image": three[0], "mask": three[1]}) == pytest.approx(by_position, rel=1e-3)
+    assert "Warning" not in capsys.readouterr().out  # the counter found the batch size

@@ -44,6 +44,7 @@ def optimize(
     bench_time: float = typer.Option(10.0, help="seconds at most for the interleaved latency measurement (> 0)"),
     out_dir: Path = typer.Option(Path("out"), "--out", help="output folder for report and artifacts"),
     as_json: bool = typer.Option(False, "--json", help="print report.json to stdout instead of the table"),
+    dynamic_batch: bool = o.DYNAMIC_BATCH,
     device: str = typer.Option(None, help="measure latency on a remote `edgeopt agent`, e.g. http://jetson:8765"),
     token_file: Path = typer.Option(None, help="the agent's token file (with --device)"),
 ) -> None:

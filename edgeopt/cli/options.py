@@ -38,7 +38,8 @@ TECHNIQUES = typer.Option(None, help="restrict to these techniques, comma separa
 RUNTIMES = typer.Option(None, help="restrict to these runtimes, e.g. onnxruntime,openvino")
 DATA = typer.Option(None, help="'digits' (built-in; default for the demo), an image folder (one sub-folder per "
                     "class), or module:function / file.py:function returning {'calib','train','eval'} iterables "
-                    "(IMPORTS AND RUNS that code: only code you trust)")
+                    "(IMPORTS AND RUNS that code: only code you trust); for several inputs each batch is a tuple "
+                    "or dict of inputs, alone or with a target: ((image, mask), y)")
 MASKS = typer.Option(None, help="segmentation: a folder of masks (class index per pixel) with the same file stems "
                      "as the images in --data; accuracy is then mIoU")
 METRIC = typer.Option(None, help="your metric, file.py:fn or module:fn (IMPORTS AND RUNS that code): "
@@ -55,6 +56,8 @@ WORKERS = typer.Option(None, help="data loading worker processes (default 0: dec
 IMAGE_SIZE = typer.Option(None, help="image folder: resize to H,W or S (default: the model's input)")
 MEAN = typer.Option(None, help="image folder: per-channel mean, e.g. 0.485,0.456,0.406 (default 0.5)")
 STD = typer.Option(None, help="image folder: per-channel std (default 0.5)")
+DYNAMIC_BATCH = typer.Option(False, "--dynamic-batch", help="ONNX/OpenVINO artifacts with a dynamic batch axis "
+                             "(any batch size at run time); latency is measured at the batch of --input-shape")
 VAL_SPLIT = typer.Option(0.2, help="image folder: fraction held out per class for accuracy (never trained on; "
                          "its file-list hash goes into report.json)")
 
@@ -119,6 +122,7 @@ FLAGS: dict[str, tuple[str, Callable[[Any], Any] | None]] = {
     "calib": ("calib_random", _calib_random), "cache": ("cache", None), "threads": ("threads", None),
     "seed": ("seed", None), "bench_time": ("bench_time_s", None), "out_dir": ("out_dir", _path),
     "as_json": ("as_json", None), "device": ("device", None), "token_file": ("token_file", _path),
+    "dynamic_batch": ("dynamic_batch", None),
 }
 
 

@@ -126,6 +126,7 @@ class Builder:
     threads: int | None
     calib_random: bool = False
     progress: Callable[[str], None] | None = None
+    export_options: dict | None = None  # every export gets these (e.g. a dynamic batch axis)
 
     def build(self, start: nn.Module, spec: CandidateSpec) -> Built:
         def tick(epoch: int, epochs: int, loss: float) -> None:
@@ -146,7 +147,7 @@ class Builder:
                ) -> tuple[ExportResult, Session]:
         """`max_drop_pp`: INT8 with accuracy control (NNCF, OpenVINO), layers kept in float until the drop
         measured on the labelled evaluation data (at most policy.ACCURACY_CONTROL_MAX_SAMPLES) fits it."""
-        options = None
+        options = dict(self.export_options) if self.export_options else None
         if max_drop_pp is not None:
             items, n = [], 0
             for x, y in self.eval_b.items:
@@ -154,7 +155,7 @@ class Builder:
                     break
                 items.append((x, y))
                 n += len(x)
-            options = {"eval_data": Batches(items), "max_accuracy_drop": max_drop_pp}
+            options = {**(options or {}), "eval_data": Batches(items), "max_accuracy_drop": max_drop_pp}
         verify_inputs = self.splits.calib.inputs()[:1] if self.splits.calib is not None else None
         if verify_inputs and verify_inputs[0].shape[0] != self.batch:
             verify_inputs = [verify_inputs[0][:self.batch]] if verify_inputs[0].shape[0] >= self.batch else None

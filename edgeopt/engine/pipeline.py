@@ -23,7 +23,9 @@ from edgeopt.engine.measuring import architecture_table, latency, measure_all
 from edgeopt.engine.prepare import (
     Prepared,
     Progress,
+    batch_note,
     check_names,
+    export_options,
     fidelity_inputs,
     metric_for,
     output_shapes,
@@ -139,11 +141,13 @@ def _search(prep: Prepared, out_dir: Path, threads: int, resume: bool, progress:
         cache = CandidateCache(out_dir, enabled=resume)
         builder = Builder(net=net, example=prep.example, splits=splits, eval_b=eval_b, batch=batch,
                           reference=reference if fidelity else None, out_dir=out_dir, threads=threads,
-                          calib_random=context.calib_random, progress=progress.log)
+                          calib_random=context.calib_random, progress=progress.log,
+                          export_options=export_options(prep.config))
         search = Search(
             plan=the_plan, context=context, builder=builder, base_torch_acc=score(reference, eval_b, reference)[0],
             cache=cache, cache_parts=(__version__, model_hash(net), data_hash(eval_b), data_hash(splits.calib),
-                                      data_hash(splits.train) if context.retrain else None, context.seed),
+                                      data_hash(splits.train) if context.retrain else None, context.seed,
+                                      *([] if export_options(prep.config) is None else ["dynamic-batch"])),
             progress=progress, t_start=t_start, announce=leader,
             quick_latency=lambda cands: latency(
                 cands, search.sessions, the_plan.measure_locally, prep.profile, ex, BenchConfig(**QUICK_BENCH)))
@@ -168,7 +172,7 @@ def _new_report(prep: Prepared, the_plan, threads: int, sens: dict | None, metri
     report = Report(edgeopt_version=__version__, context=ReportContext(**prep.context.model_dump()),
                     target=ReportTarget(**prep.profile.model_dump()),
                     environment={**environment(threads), "data": splits.source,
-                                 "heldout_sha256": splits.heldout_hash},
+                                 "heldout_sha256": splits.heldout_hash, **batch_note(prep.config, ex)},
                     model=model, decisions=the_plan.decisions)
     if prep.context.calib_random and splits.calib is None:
         report.environment["calibration"] = "random"

@@ -100,9 +100,13 @@ def prepare(config: RunConfig, model=None, example=None, eval_data=None, calib_d
           Inputs.random(loaded.input_shapes or loaded.input_shape, keyword=True))
     progress.stage("analyzing")
     summary = analyze(loaded.model, ex)
+    if context.retrain and not ex.single:  # the training loop feeds one input tensor
+        raise ConfigError(f"fine-tuning a model with several inputs ({', '.join(ex.names)}) is not supported "
+                          "yet: use --no-retrain (pruning, factorization and quantization still apply)")
     options = inputs.data_options.model_copy(update={"seed": context.seed})
+    sample = tuple(ex.first.shape[1:]) if ex.single else ex  # several inputs: batches become named Inputs
     splits = resolve_data(spec if isinstance(spec, str) else "module", inputs.data, calib_data, train_data,
-                          eval_data, tuple(ex.first.shape[1:]), summary.num_outputs, options, progress)
+                          eval_data, sample, summary.num_outputs, options, progress)
     return Prepared(config, context, profile, local, loaded, ex, summary, splits)
 
 
@@ -118,8 +122,12 @@ def resolve_data(spec: str, data, calib_data, train_data, eval_data, sample_shap
                  data_options: dict | DataOptions | None = None, progress: Progress | None = None) -> DataSplits:
     """--data digits | image folder (+ --masks folder) | module:function, or the API's batches / Datasets /
     DataLoaders; validated one batch at a time. Calibration read from a stream becomes a stratified in-memory
-    sample (`calib_size`)."""
+    sample (`calib_size`). `sample_shape`: one input's sample shape, or the example Inputs of a model with
+    several inputs (then only module:function or in-memory data, whose items are tuples/dicts of inputs)."""
     opts = _data_options(data_options)
+    if isinstance(sample_shape, Inputs) and data is not None and ":" not in str(data):
+        raise ConfigError(f"--data {data}: a model with several inputs ({', '.join(sample_shape.names)}) takes "
+                          "module:function data whose batches are tuples or dicts of inputs")
     if opts.masks is not None:
         from edgeopt.inputs.masks import mask_folder
 
@@ -165,6 +173,20 @@ def _data_options(options) -> DataOptions:
         return DataOptions(**{k: v for k, v in (options or {}).items() if v is not None})
     except ValidationError as e:
         raise one_line(e, "invalid data option", DataOptions) from None
+
+
+def export_options(config: RunConfig) -> dict | None:
+    """Options every candidate's export gets from the run config (a dynamic batch axis)."""
+    return {"dynamic_batch": True} if config.output.dynamic_batch else None
+
+
+def batch_note(config: RunConfig, ex: Inputs) -> dict:
+    """What report.json's environment says about the batch: the size latency is measured at, and whether the
+    artifacts take any batch size."""
+    if not config.output.dynamic_batch:
+        return {}
+    return {"batch": f"{ex.batch} (artifacts have a dynamic batch axis; latency measured at batch {ex.batch}, "
+                     "the example's)"}
 
 
 def fidelity_inputs(ex: Inputs, n: int, seed: int) -> Batches:

@@ -1,4 +1,5 @@
-"""Calibration inputs for INT8 post-training quantization.
+"""Calibration inputs for INT8 post-training quantization, for models with one input or several (every
+input of a tuple- or dict-input model is fed: ONNX Runtime's and NNCF's calibration read them by name).
 
 Scales computed from random inputs describe noise, not the model's real activations: random calibration
 is refused unless the caller asks for it explicitly (`--calib random`, `calib_data="random"`), and the
@@ -7,11 +8,13 @@ result then says so. NaN/Inf in calibration data is a DataError. The pipeline ca
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from edgeopt.errors import DataError
+from edgeopt.inputs.structure import Inputs, checked_columns, split_inputs_target
 
 RANDOM = "random"
 MAX_SAMPLES = 128  # enough for min/max and histogram calibration; more only costs time
@@ -19,84 +22,98 @@ MAX_SAMPLES = 128  # enough for min/max and histogram calibration; more only cos
 
 @dataclass
 class Calibration:
-    inputs: list[torch.Tensor]  # each shaped like the example (the artifact's static batch size)
+    inputs: list  # batches shaped like the example (its static batch size): tensors, or Inputs for several
     source: str  # "data" | "random"
+    names: list[str] = field(default_factory=lambda: ["input"])  # the inputs' names, in order
 
     def info(self) -> dict:
         return {"source": self.source, "samples": sum(int(x.shape[0]) for x in self.inputs),
-                "meaningful_scales": self.source != RANDOM}
+                "meaningful_scales": self.source != RANDOM, "inputs": list(self.names)}
+
+    def feeds(self) -> list[dict[str, np.ndarray]]:
+        """Every batch as a runtime feed: input name -> float32 array."""
+        return [x.numpy() if isinstance(x, Inputs) else
+                {self.names[0]: np.ascontiguousarray(x.numpy(), dtype=np.float32)} for x in self.inputs]
 
 
-def _tensors(calib) -> list[torch.Tensor]:
-    if hasattr(calib, "inputs"):  # edgeopt.inputs.data.Batches
-        return list(calib.inputs())
-    if isinstance(calib, torch.Tensor):
-        return [calib]
+def _template(example) -> Inputs:
+    return example if isinstance(example, Inputs) else Inputs.of(example)
+
+
+def _pairs(calib, n_inputs: int) -> list:
+    """(inputs, target or None) for each batch of Batches, StreamBatches, a tensor, or an iterable of items."""
+    if hasattr(calib, "items") and not isinstance(calib, dict):  # Batches / StreamBatches
+        return list(calib.items)
+    if isinstance(calib, (torch.Tensor, Inputs, dict)):
+        return [(calib, None)]
+    return [split_inputs_target(item, n_inputs) for item in calib]
+
+
+def _regroup(cols: list[torch.Tensor], tmpl: Inputs, start: int, count: int) -> list:
+    """Batches of the artifact's static batch size from per-input columns of samples."""
+    b = tmpl.batch
     out = []
-    for item in calib:
-        x = item[0] if isinstance(item, (tuple, list)) else item
-        out.append(torch.as_tensor(x, dtype=torch.float32))
+    for i in range(start, start + count - b + 1, b):
+        parts = [c[i:i + b] for c in cols]
+        out.append(parts[0] if tmpl.single else tmpl.like(parts))
     return out
 
 
-def resolve_calibration(calib, example: torch.Tensor, precision: str = "int8", allow_random: bool = False,
+def resolve_calibration(calib, example, precision: str = "int8", allow_random: bool = False,
                         max_samples: int = MAX_SAMPLES, seed: int = 0) -> Calibration:
-    """Calibration batches shaped like `example`, from `calib` (Batches, tensors, (x, y) pairs) or, only when
-    `calib == "random"` or `allow_random`, from a seeded normal distribution."""
+    """Calibration batches shaped like `example` (a tensor, tuple, dict or Inputs: every input), from `calib`
+    (Batches, tensors, (x, y) pairs, tuples/dicts of inputs) or, only when `calib == "random"` or
+    `allow_random`, from a seeded normal distribution."""
+    tmpl = _template(example)
     if calib is None or (isinstance(calib, str) and calib == RANDOM):
         if not (allow_random or calib == RANDOM):
             raise DataError(f"{precision} quantization needs calibration data: pass --data / calib_data "
                             "(representative inputs), or --calib random to accept meaningless scales")
         gen = torch.Generator().manual_seed(seed)
-        n = max(1, min(32, max_samples) // max(1, example.shape[0]))
-        return Calibration([torch.randn(example.shape, generator=gen) for _ in range(n)], RANDOM)
+        n = max(1, min(32, max_samples) // max(1, tmpl.batch))
+        batches = [tmpl.fresh(gen) for _ in range(n)]
+        return Calibration([x.first if tmpl.single else x for x in batches], RANDOM, list(tmpl.names))
     if isinstance(calib, str):
         raise DataError(f"calibration {calib!r} not understood: give data, or 'random'")
-    batch = int(example.shape[0])
-    samples: list[torch.Tensor] = []
-    for i, x in enumerate(_tensors(calib)):
-        if x.dim() == example.dim() - 1:
-            x = x.unsqueeze(0)
-        if tuple(x.shape[1:]) != tuple(example.shape[1:]):
-            raise DataError(f"calibration batch {i} has sample shape {tuple(x.shape[1:])}, "
-                            f"the model takes {tuple(example.shape[1:])}")
-        if not torch.isfinite(x).all():
-            raise DataError(f"calibration batch {i} contains NaN or Inf values")
-        samples.extend(x.float().split(1))
-        if len(samples) >= max_samples:
+    cols: list[list[torch.Tensor]] = [[] for _ in tmpl.names]
+    n = 0
+    for i, (x, _) in enumerate(_pairs(calib, len(tmpl.names))):
+        for col, t in zip(cols, checked_columns(x, tmpl, i, "calibration"), strict=True):
+            col.append(t)
+        n += len(cols[0][-1])
+        if n >= max_samples:
             break
-    samples = samples[:max_samples]
-    # the artifact has a static batch dimension: regroup the samples into batches of that size
-    groups = [torch.cat(samples[i:i + batch]) for i in range(0, len(samples) - batch + 1, batch)]
+    merged = [torch.cat(c)[:max_samples] for c in cols] if n else []
+    groups = _regroup(merged, tmpl, 0, min(n, max_samples)) if n else []
     if not groups:
-        raise DataError(f"calibration data has {len(samples)} samples, fewer than the batch size {batch}")
-    return Calibration(groups, "data")
+        raise DataError(f"calibration data has {min(n, max_samples)} samples, fewer than the batch size "
+                        f"{tmpl.batch}")
+    return Calibration(groups, "data", list(tmpl.names))
 
 
-def _pairs(calib) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    if hasattr(calib, "items"):  # Batches
-        return list(calib.items)
-    if isinstance(calib, torch.Tensor):
-        return [(calib, None)]
-    return [(torch.as_tensor(i[0], dtype=torch.float32), None if i[1] is None else torch.as_tensor(i[1]))
-            if isinstance(i, (tuple, list)) else (torch.as_tensor(i, dtype=torch.float32), None) for i in calib]
-
-
-def holdout(calib, example: torch.Tensor, n: int = 24, skip: int = MAX_SAMPLES):
+def holdout(calib, example, n: int = 24, skip: int = MAX_SAMPLES):
     """Verification inputs for a quantized artifact, from the calibration data's distribution but not the
     samples its scales were fitted on (random inputs would be out of range and judge the scales unfairly).
-    Returns (input batches, label batches or None, overlaps_calibration)."""
-    xs, ys = [], []
-    for x, y in _pairs(calib):
-        if x.dim() == example.dim() - 1:
-            x = x.unsqueeze(0)
-        xs.extend(x.float().split(1))
-        ys.extend(y.reshape(-1).split(1) if y is not None else [None] * len(x))
-    b = int(example.shape[0])
-    fresh = len(xs) - skip >= n * b
-    start = skip if fresh else max(0, len(xs) - n * b)
-    xs, ys = xs[start:start + n * b], ys[start:start + n * b]
-    groups = [torch.cat(xs[i:i + b]) for i in range(0, len(xs) - b + 1, b)]
-    labelled = all(y is not None for y in ys) and bool(ys)
+    Returns (input batches, label batches or None, overlaps_calibration). Labels only for class labels."""
+    tmpl = _template(example)
+    cols: list[list[torch.Tensor]] = [[] for _ in tmpl.names]
+    ys: list = []
+    for i, (x, y) in enumerate(_pairs(calib, len(tmpl.names))):
+        for col, t in zip(cols, checked_columns(x, tmpl, i, "calibration"), strict=True):
+            col.append(t)
+        k = len(cols[0][-1])
+        class_labels = isinstance(y, torch.Tensor) and y.numel() == k
+        ys.extend(y.reshape(-1).split(1) if class_labels else [None] * k)
+    total = len(ys)
+    b = tmpl.batch
+    fresh = total - skip >= n * b
+    start = skip if fresh else max(0, total - n * b)
+    count = min(n * b, total - start)
+    merged = [torch.cat(c) for c in cols] if total else []
+    # in the form the example was given (a tuple is named from the model's signature by whoever runs it)
+    groups = [g if isinstance(g, torch.Tensor) else g.example() for g in _regroup(merged, tmpl, start, count)
+              ] if total else []
+    ys = ys[start:start + count]
+    labelled = bool(ys) and all(y is not None for y in ys)
     labels = [torch.cat(ys[i:i + b]) for i in range(0, len(ys) - b + 1, b)] if labelled else None
     return groups, labels, not fresh

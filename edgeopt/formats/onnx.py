@@ -75,19 +75,15 @@ def export_onnx(model: nn.Module, example: torch.Tensor, out: Path, precision: s
     options = dict(options or {})
     inputs = Inputs.of(example, model)
     output_names = list(model_outputs(model.eval(), inputs))
-    if precision in ("int8", "int8w") and not inputs.single:
-        raise ExportError(f"INT8 calibration of a model with {len(inputs.names)} inputs is not supported yet; "
-                          "use fp32 or fp16")
-    example = inputs.first
     if precision not in ("fp32", "fp16", "int8", "int8w"):
         raise ExportError(f"ONNX export at {precision} is not supported; use fp32, fp16, int8 or int8w "
                           "(weight-only int8)")
     out = Path(out)
     cal = None
     if precision == "int8" and options.get("quant_mode", "auto") != "dynamic" and calib is not None:
-        cal = resolve_calibration(calib, example, "int8", options.get("allow_random_calib", False))
+        cal = resolve_calibration(calib, inputs, "int8", options.get("allow_random_calib", False))
     elif precision == "int8" and calib is None and options.get("quant_mode", "auto") not in ("auto", "dynamic"):
-        resolve_calibration(calib, example, "int8", options.get("allow_random_calib", False))  # refuse early
+        resolve_calibration(calib, inputs, "int8", options.get("allow_random_calib", False))  # refuse early
     out.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     errors = []
@@ -125,8 +121,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, out: Path, precision: s
             mode = onnx_quant.pick_mode(tmp, options.get("quant_mode", "auto"))
             arrays = None
             if mode != "dynamic":  # dynamic quantization computes activation scales at run time
-                cal = cal or resolve_calibration(calib, example, "int8", options.get("allow_random_calib", False))
-                arrays = [x.numpy().astype("float32") for x in cal.inputs]
+                cal = cal or resolve_calibration(calib, inputs, "int8", options.get("allow_random_calib", False))
+                arrays = cal.feeds()  # every input, by name
                 info["calibration"] = cal.info()
             info.update(onnx_quant.quantize_int8(tmp, conv, mode, arrays))
             os.replace(conv, tmp)

@@ -25,16 +25,31 @@ DEFAULT_STATIC = "qoperator-u8"
 
 
 class _Reader:
-    """ONNX Runtime's CalibrationDataReader protocol over a list of input arrays."""
+    """ONNX Runtime's CalibrationDataReader protocol over a list of feeds (input name -> array): every input
+    of the graph is fed, so models with several inputs calibrate on all of them."""
 
-    def __init__(self, name: str, arrays: list[np.ndarray]):
-        self._it = iter([{name: a} for a in arrays])
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self._feeds = feeds
+        self._it = iter(feeds)
 
     def get_next(self):
         return next(self._it, None)
 
     def rewind(self):  # pragma: no cover - only used by some calibrators
-        pass
+        self._it = iter(self._feeds)
+
+
+def _feeds(prep: Path, calib_inputs: list) -> list[dict[str, np.ndarray]]:
+    """Calibration batches as feeds named like the graph's inputs: a bare array feeds the only input; named
+    feeds must name every input."""
+    import onnx
+
+    names = [i.name for i in onnx.load(str(prep), load_external_data=False).graph.input]
+    feeds = [x if isinstance(x, dict) else {names[0]: x} for x in calib_inputs]
+    for f in feeds[:1]:
+        if sorted(f) != sorted(names):
+            raise ExportError(f"calibration feeds inputs {sorted(f)}, the graph takes {sorted(names)}")
+    return [{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in f.items()} for f in feeds]
 
 
 def _first_line(e: Exception) -> str:
@@ -58,8 +73,10 @@ def pick_mode(src: Path, mode: str) -> str:
     return DEFAULT_STATIC if _has_conv(src) else "dynamic"
 
 
-def quantize_int8(src: Path, dst: Path, mode: str, calib_inputs: list[np.ndarray] | None) -> dict:
-    """Write the INT8 model to dst (caller renames it into place). Returns what was done."""
+def quantize_int8(src: Path, dst: Path, mode: str, calib_inputs: list[np.ndarray | dict[str, np.ndarray]] | None
+                  ) -> dict:
+    """Write the INT8 model to dst (caller renames it into place). Returns what was done. `calib_inputs`:
+    arrays for a one-input graph, or feeds (input name -> array) naming every input."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -75,10 +92,8 @@ def quantize_int8(src: Path, dst: Path, mode: str, calib_inputs: list[np.ndarray
         fmt, act = STATIC_MODES[mode]
         if not calib_inputs:
             raise ExportError("static INT8 quantization needs calibration inputs")
-        import onnx
-
-        name = onnx.load(str(prep), load_external_data=False).graph.input[0].name
-        quantize_static(str(prep), str(dst), _Reader(name, calib_inputs), quant_format=getattr(QuantFormat, fmt),
+        reader = _Reader(_feeds(prep, calib_inputs))
+        quantize_static(str(prep), str(dst), reader, quant_format=getattr(QuantFormat, fmt),
                         per_channel=True, activation_type=getattr(QuantType, act), weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax,
                         extra_options={"ActivationSymmetric": act == "QInt8"})

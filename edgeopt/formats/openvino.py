@@ -35,15 +35,12 @@ def export_openvino(model: nn.Module, example: torch.Tensor, out: Path, precisio
     out = Path(out).with_suffix(".xml")
     inputs = Inputs.of(example, model)
     output_names = list(model_outputs(model.eval(), inputs))
-    if precision == "int8" and not inputs.single:
-        raise ExportError(f"INT8 calibration of a model with {len(inputs.names)} inputs is not supported yet; "
-                          "use fp32, bf16 or fp16")
     example = inputs.first
     cal = None
     if precision == "int8":  # refuse missing/bad calibration data before the slow conversion
         from edgeopt.formats.calibration import resolve_calibration
 
-        cal = resolve_calibration(calib, example, "int8", dict(options or {}).get("allow_random_calib", False))
+        cal = resolve_calibration(calib, inputs, "int8", dict(options or {}).get("allow_random_calib", False))
     out.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     ov_model, exporter = None, None
@@ -129,12 +126,14 @@ def _eval_pairs(eval_data, example: torch.Tensor) -> list:
 def _quantize(ov_model, cal, example: torch.Tensor, options: dict):
     import nncf
 
-    dataset = nncf.Dataset([x.numpy() for x in cal.inputs])
+    dataset = nncf.Dataset(cal.feeds())  # every input, by the names _name_io gave the IR
     info = {"calibration": cal.info(), "quantizer": f"nncf {nncf.__version__}"}
     eval_data = options.get("eval_data")
     max_drop = options.get("max_accuracy_drop")  # percentage points
     try:
-        if eval_data is not None and getattr(eval_data, "labelled", False) and max_drop is not None:
+        # accuracy control scores top-1 of one input's batches: only for single-input models
+        if eval_data is not None and getattr(eval_data, "labelled", False) and max_drop is not None and len(
+                cal.names) == 1:
             pairs = _eval_pairs(eval_data, example)
             quantized = nncf.quantize_with_accuracy_control(
                 ov_model, calibration_dataset=dataset, validation_dataset=nncf.Dataset(pairs),

@@ -13,10 +13,24 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+class _Keywords(nn.Module):
+    """Calls the model with keyword inputs from positional ones: Torch-Pruning's counter reads the batch size
+    from the first positional input (with keyword inputs it printed a warning and counted the whole batch)."""
+
+    def __init__(self, model: nn.Module, names: list[str]):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *xs):
+        return self.model(**dict(zip(self.names, xs, strict=True)))
+
+
 def count_macs(model: nn.Module, example) -> int:
-    """MACs of one forward pass on `example` (a tensor, a tuple or a dict of tensors)."""
+    """MACs of one forward pass on `example` (a tensor, a tuple or a dict of tensors), per sample."""
     import torch_pruning as tp
 
+    if isinstance(example, dict):
+        model, example = _Keywords(model, [str(k) for k in example]), tuple(example.values())
     with torch.no_grad():
         macs, _ = tp.utils.count_ops_and_params(model, example)
     return int(macs)

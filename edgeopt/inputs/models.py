@@ -4,9 +4,6 @@ weights_only=True. Input files are only read, never written."""
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +14,7 @@ import torch
 from torch import nn
 
 from edgeopt.errors import ConfigError, InputShapeError, ModelLoadError, UnsafePickleError, missing_backend
+from edgeopt.inputs import usercode
 from edgeopt.inputs.safety import checkpoint_format, holds_objects, pt2_pickle_reasons
 
 
@@ -90,30 +88,19 @@ def parse_input_shape(text: str | list[str] | None) -> tuple[int, ...] | dict[st
     return dims
 
 
-def _from_factory(module_name: str, obj: Any, name: str, kwargs: dict) -> nn.Module:
-    factory = getattr(obj, name, None)
-    if factory is None:
-        raise ModelLoadError(f"{module_name} has no attribute {name!r}")
-    model = factory(**kwargs) if callable(factory) and not isinstance(factory, nn.Module) else factory
+def _from_factory(spec: str, kwargs: dict) -> nn.Module:
+    """`file.py:factory` / `module:factory`: a factory called with the spec's keyword arguments, or a module
+    object itself. Loaded by the one user-code loader (one-line ModelLoadError naming the spec)."""
+    obj = usercode.load(spec, "model", ModelLoadError)
+    if isinstance(obj, nn.Module):
+        model = obj
+    elif callable(obj):
+        model = usercode.call(obj, spec, "model factory", ModelLoadError, **kwargs)
+    else:
+        model = obj
     if not isinstance(model, nn.Module):
-        raise ModelLoadError(f"{module_name}:{name} returned {type(model).__name__}, not a torch.nn.Module")
+        raise ModelLoadError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
     return model
-
-
-def _load_python_file(path: Path, factory: str, kwargs: dict) -> nn.Module:
-    if not path.is_file():
-        raise ModelLoadError(f"model file {path} does not exist")
-    mod_name = f"_edgeopt_user_{abs(hash(str(path.resolve())))}"
-    spec = importlib.util.spec_from_file_location(mod_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.dont_write_bytecode, old = True, sys.dont_write_bytecode  # never write __pycache__ beside user files
-    try:
-        spec.loader.exec_module(module)
-    except Exception as e:
-        raise ModelLoadError(f"importing {path} failed: {type(e).__name__}: {e}") from None
-    finally:
-        sys.dont_write_bytecode = old
-    return _from_factory(str(path), module, factory, kwargs)
 
 
 def _load_zoo(zoo: str, name: str, kwargs: dict) -> nn.Module:
@@ -251,15 +238,7 @@ def load_model(spec: str | nn.Module = "demo", weights: str | Path | None = None
                                      "(torchvision:NAME, file.py:factory) and this file as --weights")
             model = obj
         elif ":" in base:
-            mod, _, name = base.rpartition(":")
-            if mod.endswith(".py"):
-                model = _load_python_file(Path(mod), name, kwargs)
-            else:
-                try:
-                    module = importlib.import_module(mod)
-                except ImportError as e:
-                    raise ModelLoadError(f"cannot import {mod!r}: {e}") from None
-                model = _from_factory(mod, module, name, kwargs)
+            model = _from_factory(base, kwargs)
         else:
             raise ConfigError(f"model {spec!r} not understood: use demo, torchvision:NAME, timm:NAME, "
                               "file.py:factory, package.module:factory or a .pt2 file")

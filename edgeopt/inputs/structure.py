@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeopt.errors import InputShapeError
+from edgeopt.errors import DataError, InputShapeError
 
 SINGLE_INPUT = "input"  # the name a lone input has always had in exported artifacts
 SINGLE_OUTPUT = "output"
@@ -77,6 +77,40 @@ class Inputs:
         return int(self.first.shape[0]) if self.first.dim() else 1
 
     @property
+    def shape(self) -> torch.Size:
+        """The first input's shape: code that only counts samples (len(batches), x.shape[0]) works on
+        several inputs as on one."""
+        return self.first.shape
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    def __getitem__(self, index) -> Inputs:
+        """A slice of the batch axis of every input (x[:n], x[i:j])."""
+        return self.like([t[index] for t in self.tensors])
+
+    def conform(self, given) -> Inputs:
+        """`given` (a tensor, tuple/list, dict or Inputs: e.g. a calibration batch) under these names, in this
+        order: a dict by name, a sequence by position. InputShapeError naming what does not fit."""
+        if isinstance(given, Inputs):
+            given = dict(zip(given.names, given.tensors, strict=True)) if given.keyword or set(
+                given.names) == set(self.names) else given.tensors
+        if isinstance(given, torch.Tensor):
+            given = [given]
+        if isinstance(given, Mapping):
+            missing = [n for n in self.names if n not in given]
+            extra = [str(k) for k in given if k not in self.names]
+            if missing or extra:
+                raise InputShapeError(f"inputs {sorted(map(str, given))} do not match the model's {self.names}"
+                                      + (f" (missing {missing})" if missing else ""))
+            given = [given[n] for n in self.names]
+        if not isinstance(given, (tuple, list)) or len(given) != len(self.names):
+            n = len(given) if isinstance(given, (tuple, list)) else 1
+            raise InputShapeError(f"{n} input(s) given, the model takes {len(self.names)} "
+                                  f"({', '.join(self.names)})")
+        return self.like([torch.as_tensor(t) for t in given])
+
+    @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {n: tuple(t.shape) for n, t in zip(self.names, self.tensors, strict=True)}
 
@@ -112,6 +146,42 @@ class Inputs:
 
     def describe(self) -> str:
         return ", ".join(f"{n}:{','.join(map(str, s))}" for n, s in self.shapes.items())
+
+
+def split_inputs_target(item, n_inputs: int = 1):
+    """One data item -> (inputs, target or None), whatever the number of inputs: `x`, `(x, y)`, `[x, y]`,
+    `{name: x, ...}`, `((x1, x2), y)`, `({name: x}, y)`, and for a model with several inputs a bare tuple of
+    exactly that many tensors (its inputs, no target)."""
+    if isinstance(item, (Inputs, Mapping, torch.Tensor, np.ndarray)):
+        return item, None
+    if isinstance(item, (tuple, list)):
+        if n_inputs > 1 and len(item) == n_inputs and all(isinstance(t, (torch.Tensor, np.ndarray)) for t in item):
+            return tuple(item), None
+        return item[0], (item[1] if len(item) > 1 else None)
+    return item, None
+
+
+def checked_columns(x, tmpl: Inputs, i: int, what: str) -> list[torch.Tensor]:
+    """One data batch (any input form) as float tensors in the template's input order, a lone sample given a
+    batch axis; DataError naming the batch (and the input) for a wrong count, sample shape, NaN or Inf."""
+    try:
+        given = tmpl.conform(x)
+    except InputShapeError as e:
+        raise DataError(f"{what} batch {i}: {e}") from None
+    cols = []
+    for name, t, ref in zip(tmpl.names, given.tensors, tmpl.tensors, strict=True):
+        t = torch.as_tensor(t, dtype=torch.float32)
+        t = t.unsqueeze(0) if t.dim() == ref.dim() - 1 else t
+        which = "" if len(tmpl.names) == 1 else f" input {name!r}"
+        if tuple(t.shape[1:]) != tuple(ref.shape[1:]):
+            raise DataError(f"{what} batch {i}{which} has sample shape {tuple(t.shape[1:])}, "
+                            f"the model takes {tuple(ref.shape[1:])}")
+        if not torch.isfinite(t).all():
+            raise DataError(f"{what} batch {i}{which} contains NaN or Inf values")
+        cols.append(t)
+    if len({len(t) for t in cols}) > 1:
+        raise DataError(f"{what} batch {i}: its inputs have different batch sizes {[len(t) for t in cols]}")
+    return cols
 
 
 def _positional_names(model: nn.Module | None, n: int) -> list[str]:

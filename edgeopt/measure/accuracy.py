@@ -225,35 +225,7 @@ def load_metric(spec, layout=None) -> Metric:
 
 
 def _load_function(spec: str) -> Callable:
-    """`path/file.py:fn` or `module:fn`; one-line ConfigError when it cannot be found."""
-    import importlib
-    import importlib.util
-    import sys
-    from pathlib import Path
+    """`path/file.py:fn` or `module:fn` through the one user-code loader; one-line ConfigError naming it."""
+    from edgeopt.inputs import usercode
 
-    target, _, name = spec.rpartition(":")
-    if not target or not name:
-        raise ConfigError(f"--metric {spec!r}: use file.py:function or module:function")
-    try:
-        if target.endswith(".py"):
-            path = Path(target)
-            if not path.is_file():
-                raise ConfigError(f"--metric: file {path} does not exist")
-            mspec = importlib.util.spec_from_file_location(f"edgeopt_user_metric_{path.stem}", path)
-            module = importlib.util.module_from_spec(mspec)
-            sys.modules[mspec.name] = module
-            old, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # no __pycache__ beside user files
-            try:
-                mspec.loader.exec_module(module)
-            finally:
-                sys.dont_write_bytecode = old
-        else:
-            module = importlib.import_module(target)
-        fn = getattr(module, name)
-    except ConfigError:
-        raise
-    except (ImportError, AttributeError, SyntaxError) as e:
-        raise ConfigError(f"cannot load metric function {spec}: {str(e).splitlines()[0]}") from None
-    if not callable(fn):
-        raise ConfigError(f"--metric {spec}: {name} is not a function")
-    return fn
+    return usercode.load_callable(spec, "metric function", ConfigError)

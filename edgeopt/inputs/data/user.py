@@ -11,10 +11,14 @@ import torch
 
 from edgeopt.errors import DataError
 from edgeopt.inputs.data.batches import Batches, StreamBatches, split_item
+from edgeopt.inputs.structure import Inputs, checked_columns, split_inputs_target
 
 
-def checker(name: str, sample_shape: tuple[int, ...], num_classes: int | None = None):
-    """check(batch, index) -> (float inputs, long labels or None), or a one-line DataError."""
+def checker(name: str, sample_shape: tuple[int, ...] | Inputs, num_classes: int | None = None):
+    """check(batch, index) -> (float inputs, long labels or None), or a one-line DataError. `sample_shape`:
+    one input's sample shape, or the example Inputs of a model with several (batches become Inputs)."""
+    if isinstance(sample_shape, Inputs):
+        return _multi_checker(name, sample_shape, num_classes)
 
     def check(batch, i: int):
         x, y = batch
@@ -28,15 +32,44 @@ def checker(name: str, sample_shape: tuple[int, ...], num_classes: int | None = 
                             f"the model takes {tuple(sample_shape)}")
         if not torch.isfinite(x).all():
             raise DataError(f"{name} batch {i} contains NaN or Inf values")
-        if y is not None:
-            if len(y) != len(x):
-                raise DataError(f"{name} batch {i} has {len(x)} inputs but {len(y)} labels")
-            labels = isinstance(y, torch.Tensor) and y.dim() == 1
-            if labels and num_classes is not None and len(y) and (y.min() < 0 or y.max() >= num_classes):
-                raise DataError(f"{name} batch {i} has labels outside 0..{num_classes - 1}")
-        return x, y
+        return x, _check_target(y, len(x), name, i, num_classes)
 
     return check
+
+
+def _check_target(y, n: int, name: str, i: int, num_classes: int | None):
+    if y is not None:
+        if len(y) != n:
+            raise DataError(f"{name} batch {i} has {n} inputs but {len(y)} labels")
+        labels = isinstance(y, torch.Tensor) and y.dim() == 1
+        if labels and num_classes is not None and len(y) and (y.min() < 0 or y.max() >= num_classes):
+            raise DataError(f"{name} batch {i} has labels outside 0..{num_classes - 1}")
+    return y
+
+
+def _multi_checker(name: str, tmpl: Inputs, num_classes: int | None):
+    """Batches of a model with several inputs: a tuple or dict of inputs (with or without a target) ->
+    (Inputs named like the model's, target)."""
+
+    def check(batch, i: int):
+        x, y = batch
+        cols = checked_columns(x, tmpl, i, name)  # conforms, or a one-line DataError
+        single = torch.as_tensor(tmpl.conform(x).first).dim() == tmpl.first.dim() - 1  # one sample, no batch axis
+        y = None if y is None else _target(y, single)
+        return tmpl.like(cols), _check_target(y, len(cols[0]), name, i, num_classes)
+
+    return check
+
+
+class PairCollate:
+    """A DataLoader collate for a model with several inputs: whatever the samples look like ((x1, x2), y),
+    (x1, x2) or {name: x}), the batch comes out as (inputs, target or None). A class: workers pickle it."""
+
+    def __init__(self, inner, n_inputs: int):
+        self.inner, self.n_inputs = inner, n_inputs
+
+    def __call__(self, samples):
+        return split_inputs_target(self.inner(samples), self.n_inputs)
 
 
 def _target(y, single: bool):
@@ -61,24 +94,28 @@ def _is_map_dataset(obj) -> bool:
     return isinstance(obj, Dataset) and not isinstance(obj, IterableDataset) and hasattr(obj, "__len__")
 
 
-def as_batches(data: Iterable | None, name: str, sample_shape: tuple[int, ...], num_classes: int | None = None,
-               batch_size: int = 32, workers: int | None = None) -> Batches | StreamBatches | None:
+def as_batches(data: Iterable | None, name: str, sample_shape: tuple[int, ...] | Inputs,
+               num_classes: int | None = None, batch_size: int = 32, workers: int | None = None
+               ) -> Batches | StreamBatches | None:
     """Batches (in memory), a StreamBatches, a map-style Dataset or a DataLoader over one (both streamed), or
-    any iterable of tensors / (tensor, label) pairs (kept in memory)."""
+    any iterable of tensors / (tensor, label) pairs (kept in memory). For a model with several inputs
+    (`sample_shape` its example Inputs) an item is a tuple or dict of inputs, alone or with a target."""
     if data is None:
         return None
     check = checker(name, sample_shape, num_classes)
-    stream = _as_stream(data, check, batch_size, workers)
+    n_inputs = len(sample_shape.names) if isinstance(sample_shape, Inputs) else 1
+    stream = _as_stream(data, check, batch_size, workers, n_inputs)
     if stream is not None:
         stream.items[0]  # the first batch now: a wrong shape fails before any work, not mid-search
         return stream
-    pairs = data.items if isinstance(data, Batches) else [split_item(item) for item in data]
+    split = split_item if n_inputs == 1 else (lambda item: split_inputs_target(item, n_inputs))
+    pairs = data.items if isinstance(data, Batches) else [split(item) for item in data]
     if not pairs:
         raise DataError(f"{name} is empty: give at least one batch")
     return Batches([check(p, i) for i, p in enumerate(pairs)], key=getattr(data, "key", None))
 
 
-def _as_stream(data, check, batch_size: int, workers: int | None) -> StreamBatches | None:
+def _as_stream(data, check, batch_size: int, workers: int | None, n_inputs: int = 1) -> StreamBatches | None:
     from torch.utils.data import DataLoader
 
     if isinstance(data, StreamBatches):
@@ -91,19 +128,22 @@ def _as_stream(data, check, batch_size: int, workers: int | None) -> StreamBatch
         return data
     if isinstance(data, DataLoader) and _is_map_dataset(data.dataset):
         ds = data.dataset
-        return StreamBatches(ds, data.batch_size or 1, data.num_workers, labelled=_first_labelled(ds),
-                             collate=data.collate_fn, check=check)
+        collate = data.collate_fn if n_inputs == 1 else PairCollate(data.collate_fn, n_inputs)
+        return StreamBatches(ds, data.batch_size or 1, data.num_workers, labelled=_first_labelled(ds, n_inputs),
+                             collate=collate, check=check)
     if _is_map_dataset(data):
-        return StreamBatches(data, batch_size, workers, labelled=_first_labelled(data), check=check,
-                             targets=_targets(data))
+        from torch.utils.data import default_collate
+
+        collate = None if n_inputs == 1 else PairCollate(default_collate, n_inputs)
+        return StreamBatches(data, batch_size, workers, labelled=_first_labelled(data, n_inputs), check=check,
+                             targets=_targets(data), collate=collate)
     return None
 
 
-def _first_labelled(ds) -> bool:
+def _first_labelled(ds, n_inputs: int = 1) -> bool:
     if len(ds) == 0:
         raise DataError("the dataset is empty: give at least one sample")
-    first = ds[0]
-    return isinstance(first, (tuple, list)) and len(first) > 1 and first[1] is not None
+    return split_inputs_target(ds[0], n_inputs)[1] is not None
 
 
 def _targets(ds) -> list[int] | None:
@@ -141,32 +181,10 @@ def _decode_all(stream: StreamBatches) -> Batches:
 def from_function(spec: str) -> dict:
     """`module:function` or `path/file.py:function` returning a dict with calib/train/eval (lists of batches,
     Datasets or DataLoaders; any may be missing), or a (calib, train, eval) tuple."""
-    import importlib
-    import importlib.util
-    import sys
-    from pathlib import Path
+    from edgeopt.inputs import usercode
 
-    target, _, fn = spec.rpartition(":")
-    old = sys.dont_write_bytecode
-    sys.dont_write_bytecode = True  # never write __pycache__ beside the user's files
-    try:
-        if target.endswith(".py"):
-            path = Path(target)
-            if not path.is_file():
-                raise DataError(f"data file {path} does not exist")
-            mspec = importlib.util.spec_from_file_location(f"edgeopt_user_data_{path.stem}", path)
-            module = importlib.util.module_from_spec(mspec)
-            sys.modules[mspec.name] = module
-            mspec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(target)
-        result = getattr(module, fn)()
-    except DataError:
-        raise
-    except (ImportError, AttributeError) as e:
-        raise DataError(f"cannot load data function {spec}: {e}") from None
-    finally:
-        sys.dont_write_bytecode = old
+    fn = usercode.load_callable(spec, "data function", DataError)
+    result = usercode.call(fn, spec, "data function", DataError)
     if isinstance(result, (tuple, list)) and len(result) == 3:
         return dict(zip(("calib", "train", "eval"), result, strict=True))
     if isinstance(result, dict):
