@@ -52,7 +52,9 @@ def runner(model: nn.Module, x: torch.Tensor, runtime: str, threads: int, tmp: P
     path = tmp / "layer.onnx"
     _export(model, x, path)
     arr = x.numpy()
-    if runtime == "onnxruntime":
+    from edgeopt.formats import format_of_runtime
+
+    if format_of_runtime().get(runtime) == "onnx":  # ONNX Runtime; any other runtime here is OpenVINO's
         import onnxruntime as ort
 
         if precision == "int8":
