@@ -41,7 +41,10 @@ class Check:
     message: str
 
 
-def load_subject(path: Path, candidate: str | None = None) -> Subject:
+def load_subject(path: Path, candidate: str | None = None, default: int = -1) -> Subject:
+    """One subject from a report (the chosen candidate, or `candidate`) or a benchmark JSON. A list of
+    results from one interleaved `benchmark A B --json` run gives entry `candidate` (an index or the
+    artifact's path), else entry `default` (the gate judges the last, its baseline is the first)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -69,6 +72,8 @@ def load_subject(path: Path, candidate: str | None = None) -> Subject:
         if c is None:
             raise GateInputError(f"{path}: no candidate {cid!r} in the report")
         return Subject(str(path), c.id, c.latency_ms, c.latency_source, c.accuracy_drop, c.size_bytes)
+    if isinstance(data, list) and data and all(isinstance(d, dict) and "latency" in d for d in data):
+        data = _pick_result(path, data, candidate, default)
     if isinstance(data, dict) and "latency" in data and "artifact" in data:
         from edgeopt.report import BenchmarkResult
 
@@ -80,6 +85,18 @@ def load_subject(path: Path, candidate: str | None = None) -> Subject:
         return Subject(str(path), r.artifact, r.latency, r.latency_source,
                        size_bytes=art.stat().st_size if art.is_file() else None)
     raise GateInputError(f"{path} is neither an edgeopt report.json nor `edgeopt benchmark --json` output")
+
+
+def _pick_result(path: Path, results: list[dict], candidate: str | None, default: int) -> dict:
+    if candidate is None:
+        return results[default]
+    if candidate.lstrip("-").isdigit() and -len(results) <= int(candidate) < len(results):
+        return results[int(candidate)]
+    for r in results:
+        if str(r.get("artifact")) == candidate or Path(str(r.get("artifact"))).name == candidate:
+            return r
+    raise GateInputError(f"{path}: no result {candidate!r} among its {len(results)} (give an index 0.."
+                         f"{len(results) - 1} or an artifact path)")
 
 
 def parse_percent(text: str | float) -> float:
