@@ -447,3 +447,73 @@ def test_macs_of_keyword_inputs_per_sample(capsys):
     by_position = count_macs(model, PAIR)
     assert count_macs(model, {"image": three[0], "mask": three[1]}) == pytest.approx(by_position, rel=1e-3)
     assert "Warning" not in capsys.readouterr().out  # the counter found the batch size
+
+
+class ResidualTwo(nn.Module):
+    """Two inputs, two residual blocks, a dense head and a class head: the data-driven steps' test model."""
+
+    def __init__(self):
+        super().__init__()
+        self.img, self.msk = cbr(3, 16), cbr(1, 16)
+        self.b1 = Residual(16)
+        self.b2 = Residual(16)
+        self.head = nn.Conv2d(16, 2, 1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, image, mask):
+        f = self.b2(self.b1(self.img(image) * self.msk(mask)))
+        return self.head(f), self.fc(f.mean((2, 3)))
+
+
+class Residual(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.body = nn.Sequential(cbr(c, c), nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return torch.relu(x + self.body(x))
+
+
+@pytest.mark.parametrize("kw", [dict(importance="energy"), dict(importance="hrank"), dict(importance="recon"),
+                                dict(importance="l2", reconstruct=True)],
+                         ids=lambda kw: "-".join(map(str, kw.values())))
+def test_data_driven_pruning_takes_several_inputs(kw):
+    """Calibration batches of a two-input model as bare (image, mask) tuples: read as two inputs (not an input
+    and a label), fed by name to the activation measures and the least-squares reconstruction."""
+    torch.manual_seed(0)
+    model = TwoInputs().eval()
+    small = prune(model, PAIR, ratio=0.5, data=_pairs(3, 0), **kw)
+    assert shapes(small, PAIR) == shapes(model, PAIR)
+    assert small.body[0][0].out_channels < model.body[0][0].out_channels
+    if kw.get("reconstruct"):
+        assert small.edgeopt_record["reconstruction"]["ran"] is True
+
+
+def test_bn_recalibration_and_depth_pruning_take_several_inputs():
+    from edgeopt.techniques.bn_recal import recalibrate_bn
+    from edgeopt.techniques.depth import depth_prune
+
+    torch.manual_seed(0)
+    model = ResidualTwo().eval()
+    ex = Inputs.of(PAIR, model)
+    before = model.b1.body[2].running_mean.clone()
+    assert recalibrate_bn(model, [ex.conform(p) for p in _pairs(2, 5)]) == 6
+    assert not torch.equal(before, model.b1.body[2].running_mean)
+    small, rec = depth_prune(model, PAIR, _pairs(2, 6), blocks=1)
+    # several outputs: the cost is how far every output moves, not a top-1 read off one of them
+    assert rec["criterion"] == "output_error" and set(rec["costs"]) == {"b1", "b2"}
+    assert len(rec["removed"]) == 1 and isinstance(getattr(small, rec["removed"][0]), nn.Identity)
+    assert shapes(small, PAIR) == shapes(model, PAIR)
+
+
+def test_latency_allocation_takes_several_inputs():
+    from edgeopt.techniques.allocate import prune_to_latency
+
+    torch.manual_seed(0)
+    model = TwoInputs().eval()
+    small, rec = prune_to_latency(model, {"image": PAIR[0], "mask": PAIR[1]}, 0.6, runtime="onnxruntime",
+                                  data=_pairs(2, 7), reconstruct=True)
+    assert shapes(small, PAIR) == shapes(model, PAIR)
+    assert rec["allocation"]["table_measured"] > 0 and rec["reconstruction"]["ran"] is True
+    assert sum(m.out_channels for m in small.modules() if isinstance(m, nn.Conv2d)) < \
+        sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))

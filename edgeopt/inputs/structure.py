@@ -148,6 +148,31 @@ class Inputs:
         return ", ".join(f"{n}:{','.join(map(str, s))}" for n, s in self.shapes.items())
 
 
+def run_model(model: nn.Module, x):
+    """Call the model on one batch in whatever form the data holds it: a tensor, an `Inputs` (a model with
+    several inputs), a tuple/list (positional) or a dict (keyword)."""
+    if isinstance(x, Inputs):
+        return x.call(model)
+    if isinstance(x, Mapping):
+        return model(**x)
+    if isinstance(x, (tuple, list)):
+        return model(*x)
+    return model(x)
+
+
+def batch_inputs(data, example: Inputs) -> list | None:
+    """A technique's `data` (batches of inputs, or (inputs, target) pairs) with each batch's inputs as the
+    model takes them: unchanged for a one-input model, named `Inputs` for several (so a bare (image, mask)
+    tuple is read as two inputs, not as an input and a label)."""
+    if data is None or example.single:
+        return data
+    out = []
+    for item in data:
+        x, y = split_inputs_target(item, len(example.names))
+        out.append((example.conform(x), y))
+    return out
+
+
 def split_inputs_target(item, n_inputs: int = 1):
     """One data item -> (inputs, target or None), whatever the number of inputs: `x`, `(x, y)`, `[x, y]`,
     `{name: x, ...}`, `((x1, x2), y)`, `({name: x}, y)`, and for a model with several inputs a bare tuple of

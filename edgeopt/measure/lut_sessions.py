@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgeopt.inputs.structure import Inputs, run_model
+
 PRECISIONS = ("fp32", "int8")
 
 
@@ -30,10 +32,10 @@ def time_ms(fn, runs: int = 20, warmup: int = 3) -> float:
     return statistics.median(samples)
 
 
-def _export(model: nn.Module, x: torch.Tensor, path: Path) -> None:
+def _export(model: nn.Module, x: Inputs, path: Path) -> None:
     with warnings.catch_warnings():  # the legacy exporter: a small graph needs none of dynamo's cost
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (x,), str(path), dynamo=False, input_names=["input"])
+        torch.onnx.export(model.eval(), x.export_args(), str(path), dynamo=False, input_names=x.names)
 
 
 def _quiet_nncf():
@@ -45,13 +47,15 @@ def _quiet_nncf():
     return nncf
 
 
-def runner(model: nn.Module, x: torch.Tensor, runtime: str, threads: int, tmp: Path, precision: str = "fp32"):
-    """A zero-argument callable running `model` on `x` in `runtime` at `precision`."""
+def runner(model: nn.Module, x, runtime: str, threads: int, tmp: Path, precision: str = "fp32"):
+    """A zero-argument callable running `model` on `x` (a tensor, or a model's inputs in any form) in
+    `runtime` at `precision`."""
     if precision not in PRECISIONS:
         raise ValueError(f"latency table precision must be one of {PRECISIONS}, got {precision!r}")
+    x = Inputs.of(x, model)
     path = tmp / "layer.onnx"
     _export(model, x, path)
-    arr = x.numpy()
+    feed = x.numpy()
     from edgeopt.formats import format_of_runtime
 
     if format_of_runtime().get(runtime) == "onnx":  # ONNX Runtime; any other runtime here is OpenVINO's
@@ -61,23 +65,23 @@ def runner(model: nn.Module, x: torch.Tensor, runtime: str, threads: int, tmp: P
             from edgeopt.formats.onnx_quant import pick_mode, quantize_int8
 
             qpath = tmp / "layer_int8.onnx"
-            quantize_int8(path, qpath, pick_mode(path, "auto"), [arr])
+            quantize_int8(path, qpath, pick_mode(path, "auto"), [feed])
             path = qpath
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        return lambda: sess.run(None, {"input": arr})
+        return lambda: sess.run(None, feed)
     import openvino as ov
 
     core = ov.Core()
     ov_model = core.read_model(str(path))
     if precision == "int8":
         nncf = _quiet_nncf()
-        ov_model = nncf.quantize(ov_model, nncf.Dataset([arr]), subset_size=1,
+        ov_model = nncf.quantize(ov_model, nncf.Dataset([feed]), subset_size=1,
                                  preset=nncf.QuantizationPreset.PERFORMANCE)
     compiled = core.compile_model(ov_model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
     req = compiled.create_infer_request()
-    return lambda: req.infer({0: arr})
+    return lambda: req.infer(feed)
 
 
 class _Null(nn.Module):
@@ -118,7 +122,7 @@ def layer_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[nn.
                                                and (m.groups == 1 or m.groups == m.in_channels))]
     try:
         with torch.no_grad():
-            model.eval()(example)
+            run_model(model.eval(), Inputs.of(example, model))
     finally:
         for h in handles:
             h.remove()

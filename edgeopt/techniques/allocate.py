@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from edgeopt.errors import PruningError
+from edgeopt.inputs.structure import Inputs, batch_inputs
 
 CALIBRATION_RATIO = 0.5  # the pruned copy the table's whole-model fit is measured on: on the grid, far from 1
 
@@ -36,7 +37,10 @@ def find_groups(model: nn.Module, example: torch.Tensor, importance) -> list[Gro
 
     roots = (nn.Conv2d, nn.Linear)
     names = {m: n for n, m in model.named_modules()}
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    ex = Inputs.of(example, model)
+    tp_example = dict(zip(ex.names, ex.tensors, strict=True)) if ex.keyword else (
+        ex.first if ex.single else list(ex.tensors))  # Torch-Pruning calls model(**dict) / model(*list)
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=tp_example)
     _, keep, _ = attention_heads(model, names)
     ignored = list(keep)
     ignored += _boundary_layers(dg, ignored, roots)
@@ -129,7 +133,7 @@ def _table_key(model: nn.Module, example: torch.Tensor, runtime: str, precision:
     with torch.no_grad():
         digest = tuple(round(float(p.double().sum()), 6) for p in list(model.parameters())[:4])
     n = sum(p.numel() for p in model.parameters())
-    return (id(model), n, digest, tuple(example.shape), runtime, precision, threads)
+    return (id(model), n, digest, Inputs.of(example, model).describe(), runtime, precision, threads)
 
 
 def prune_to_latency(model: nn.Module, example: torch.Tensor, latency_target: float, runtime: str | None = None,
@@ -145,6 +149,7 @@ def prune_to_latency(model: nn.Module, example: torch.Tensor, latency_target: fl
 
     if not 0.0 < latency_target < 1.0:
         raise PruningError(f"latency target must be a fraction of the baseline in (0, 1), got {latency_target}")
+    data = batch_inputs(data, Inputs.of(example, model))
     if table is None:
         key = _table_key(model, example, runtime or RUNTIMES[0], precision, threads)
         if key not in _TABLES:  # each level of a search prunes the same model: one table (and one fit) for all

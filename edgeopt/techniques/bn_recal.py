@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgeopt.inputs.structure import run_model
+
 
 def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor], max_batches: int = 20) -> int:
     """Reset and re-estimate BN statistics in place on up to `max_batches` batches. Returns BN count."""
@@ -20,7 +22,7 @@ def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor], max_batches: i
         bn.train()
     with torch.no_grad():
         for x in batches[:max_batches]:
-            model(x)
+            run_model(model, x)
     for m, (momentum, training) in saved.items():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.momentum = momentum

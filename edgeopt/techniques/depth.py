@@ -17,6 +17,7 @@ import torch
 from torch import fx, nn
 
 from edgeopt.errors import PruningError
+from edgeopt.inputs.structure import Inputs, batch_inputs, flatten_outputs, run_model
 
 _ADDS = {operator.add, operator.iadd, torch.add}
 # element-wise modules and functions that may follow the residual add (the block's output activation)
@@ -63,7 +64,7 @@ def _shapes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple]:
     handles = [m.register_forward_hook(hook) for m in model.modules()]
     try:
         with torch.no_grad():
-            model(example)
+            run_model(model, Inputs.of(example, model))
     finally:
         for h in handles:
             h.remove()
@@ -92,43 +93,59 @@ def _without(model: nn.Module, names: list[str]) -> nn.Module:
     return out.eval()
 
 
-def _items(data) -> list:
+def _items(data, example) -> list:
     items = data.items if hasattr(data, "items") else list(data or [])
+    ex = Inputs.of(example)
+    if not ex.single:
+        return batch_inputs(items, ex)
     return [(b[0], b[1]) if isinstance(b, (tuple, list)) else (b, None) for b in items]
 
 
+def _gap(out, ref) -> torch.Tensor:
+    """How far the outputs moved: KL(original || model) for class logits, else the mean relative squared
+    error over every output tensor (boxes, dense maps, several heads)."""
+    o, r = flatten_outputs(out), flatten_outputs(ref)
+    if len(o) == 1 and next(iter(o.values())).dim() == 2:
+        a, b = next(iter(o.values())), next(iter(r.values()))
+        return nn.functional.kl_div(a.log_softmax(1), b.log_softmax(1), log_target=True, reduction="batchmean")
+    return torch.stack([((o[k] - r[k]) ** 2).sum() / (r[k] ** 2).sum().clamp_min(1e-12) for k in r]).mean()
+
+
 @torch.no_grad()
-def _cost(model: nn.Module, reference: list[torch.Tensor], items: list, labelled: bool) -> float:
-    """Accuracy drop in points (labelled data) or mean KL(original || model) over the batches."""
+def _cost(model: nn.Module, reference: list, items: list, labelled: bool) -> float:
+    """Accuracy drop in points (labelled data, a classifier) or the output gap to the original."""
     model.eval()
     if labelled:
-        correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in items)
+        correct = sum(int((run_model(model, x).argmax(1) == y).sum()) for x, y in items)
         return -100.0 * correct / sum(len(y) for _, y in items)  # negated accuracy: lower is better
-    kl = [nn.functional.kl_div(model(x).log_softmax(1), ref.log_softmax(1), log_target=True,
-                               reduction="batchmean") for (x, _), ref in zip(items, reference, strict=True)]
-    return float(torch.stack(kl).mean())
+    gaps = [_gap(run_model(model, x), ref) for (x, _), ref in zip(items, reference, strict=True)]
+    return float(torch.stack(gaps).mean())
 
 
 def depth_prune(model: nn.Module, example: torch.Tensor, data, blocks: int = 1, train_data=None,
                 epochs: int = 0, lr: float = 0.01, bn_batches: int = 20) -> tuple[nn.Module, dict]:
     """Return (copy with the `blocks` cheapest residual blocks replaced by the identity, record).
-    `data`: held-out batches, labelled (cost = measured accuracy drop) or not (cost = output KL proxy)."""
+    `data`: held-out batches, labelled for a classifier (cost = measured accuracy drop), else the cost is
+    how far the outputs move (KL of class logits; relative error of boxes, dense maps, several heads)."""
     if blocks < 1:
         raise PruningError(f"depth pruning removes at least one block, got blocks={blocks}")
-    items = _items(data)
+    items = _items(data, example)
     if not items:
         raise PruningError("depth pruning needs a few batches of held-out inputs to measure each block's cost")
-    labelled = all(y is not None for _, y in items)
+    base = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        first = run_model(base, items[0][0])
+    classifier = isinstance(first, torch.Tensor) and first.dim() == 2  # labels mean top-1 only for these
+    labelled = classifier and all(y is not None for _, y in items)
     found = residual_blocks(model, example)
-    record: dict = {"blocks_found": found, "criterion": "accuracy_drop" if labelled else "output_kl",
-                    "removed": [], "costs": {}, "skipped": []}
+    criterion = "accuracy_drop" if labelled else "output_kl" if classifier else "output_error"
+    record: dict = {"blocks_found": found, "criterion": criterion, "removed": [], "costs": {}, "skipped": []}
     if not found:
         record["skipped"].append("model: no residual blocks (a block whose output is f(x) + x with the same "
                                  "shape): removing a plain layer would break the network, so nothing removed")
-        return copy.deepcopy(model).eval(), record
-    base = copy.deepcopy(model).eval()
+        return base, record
     with torch.no_grad():
-        reference = [base(x) for x, _ in items]
+        reference = [run_model(base, x) for x, _ in items]
     base_cost = _cost(base, reference, items, labelled)
     costs = {n: _cost(_without(model, [n]), reference, items, labelled) - base_cost for n in found}
     record["costs"] = {n: round(c, 4) for n, c in costs.items()}

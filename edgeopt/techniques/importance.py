@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from edgeopt.errors import PruningError
+from edgeopt.inputs.structure import run_model
 from edgeopt.registry import Registry
 
 IMPORTANCE_NAMES = ("l2", "l1", "bn_scale", "taylor", "hrank", "fpgm", "random", "energy")
@@ -156,7 +157,7 @@ def measure_hrank(model: nn.Module, data, max_batches: int = 4) -> dict:
                                            m.register_forward_hook(tracker.post_hook))]
     try:
         for x in batches:
-            model(x)
+            run_model(model, x)
             tracker.flush()
     finally:
         for h in handles:
@@ -229,7 +230,7 @@ def measure_energy(model: nn.Module, data, max_batches: int = 4) -> dict:
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
     try:
         for x in batches:
-            model(x)
+            run_model(model, x)
     finally:
         for h in handles:
             h.remove()

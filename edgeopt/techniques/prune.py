@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from edgeopt.errors import PruningError
-from edgeopt.inputs.structure import Inputs, model_outputs
+from edgeopt.inputs.structure import Inputs, batch_inputs, model_outputs
 from edgeopt.techniques.importance import (
     IMPORTANCE_NAMES,
     NEEDS_INPUTS,
@@ -181,6 +181,7 @@ def prune(model: nn.Module, example, ratio: float = 0.3, importance: str = "l2",
     t0 = time.monotonic()
     work = copy.deepcopy(model).eval()
     example = Inputs.of(example, model)
+    data = batch_inputs(data, example)
     out = model_outputs(work, example)
     before = channel_table(work)
     extra: dict = {}

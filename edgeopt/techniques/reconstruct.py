@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeopt.inputs.structure import run_model
+
 MAX_ROWS = 4096  # sampled output positions per batch and layer: bounds the cost on large feature maps
 MAX_FULL_INVERSE = 6144  # above this many inputs a consumer's importance uses the diagonal of A only
 
@@ -79,7 +81,7 @@ def _forward_until(model: nn.Module, layer: nn.Module, x: torch.Tensor, output: 
     h = layer.register_forward_hook(post) if output else layer.register_forward_pre_hook(pre)
     try:
         with torch.no_grad():
-            model(x)
+            run_model(model, x)
     except _Stop:
         pass
     finally:
@@ -100,7 +102,7 @@ def forward_order(model: nn.Module, x: torch.Tensor) -> list[str]:
     handles = [m.register_forward_pre_hook(hook) for m in model.modules() if dense_layer(m)]
     try:
         with torch.no_grad():
-            model(x)
+            run_model(model, x)
     finally:
         for h in handles:
             h.remove()
@@ -123,7 +125,7 @@ def measure_scores(model: nn.Module, batches: list[torch.Tensor], max_batches: i
     handles = [m.register_forward_pre_hook(hook) for m in layers.values()]
     try:
         for x in batches[:max_batches]:
-            model(x)
+            run_model(model, x)
     finally:
         for h in handles:
             h.remove()
