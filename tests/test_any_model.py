@@ -517,3 +517,77 @@ def test_latency_allocation_takes_several_inputs():
     assert rec["allocation"]["table_measured"] > 0 and rec["reconstruction"]["ran"] is True
     assert sum(m.out_channels for m in small.modules() if isinstance(m, nn.Conv2d)) < \
         sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+def _gap(student, teacher, batches):
+    from edgeopt.inputs.structure import run_model
+
+    with torch.no_grad():
+        s = [flatten_outputs(run_model(student, x)) for x in batches]
+        t = [flatten_outputs(run_model(teacher, x)) for x in batches]
+    return sum(float(((a[k] - b[k]) ** 2).mean()) for a, b in zip(s, t, strict=True) for k in b)
+
+
+def test_fine_tuning_distills_every_output_of_a_segmenter():
+    """Dense out/aux logits: distillation matches both outputs (the gap to the teacher shrinks), masks add
+    cross-entropy on the first output they fit, and labels that fit no output are one clear line."""
+    from edgeopt.errors import DataError
+    from edgeopt.techniques.bn_recal import recalibrate_bn
+    from edgeopt.training import fit
+
+    torch.manual_seed(0)
+    teacher = Segmenter().eval()
+    g = torch.Generator().manual_seed(1)
+    train = [torch.randn(8, 3, 32, 32, generator=g) for _ in range(6)]
+    held = [torch.randn(8, 3, 32, 32, generator=g) for _ in range(2)]
+    recalibrate_bn(teacher, train)  # BN statistics of the data, as a trained model has
+    student = prune(teacher, X, ratio=0.6)
+    before = _gap(student, teacher, held)
+    r = fit(student, train, teacher=teacher, epochs=4, lr=0.01, kind="response")
+    assert r.losses[-1] < r.losses[0] and _gap(student, teacher, held) < 0.7 * before
+    masks = [(x, (torch.rand(8, 32, 32, generator=g) * 4).long()) for x in train]
+    alone = prune(teacher, X, ratio=0.6)
+    r = fit(alone, masks, teacher=None, epochs=2, lr=0.01)  # cross-entropy on "out" against the masks
+    assert all(np.isfinite(r.losses)) and r.losses[-1] < 2.0
+    with pytest.raises(DataError, match=r"labels that fit one of the model's outputs \(out, aux\)"):
+        fit(prune(teacher, X, ratio=0.6), [(x, torch.zeros(8, 7, 7).long()) for x in train], epochs=1)
+
+
+def test_fine_tuning_feeds_several_inputs_and_the_kind_screen_scores_fidelity():
+    from edgeopt.techniques.bn_recal import recalibrate_bn
+    from edgeopt.training import fit
+    from edgeopt.training.screen import choose_kind
+
+    torch.manual_seed(0)
+    teacher = TwoInputs().eval()
+    ex = Inputs.of(PAIR, teacher)
+    data = [(ex.conform(p), None) for p in _pairs(6, 0)]
+    recalibrate_bn(teacher, [x for x, _ in data])  # BN statistics of the data, as a trained model has
+    student = prune(teacher, PAIR, ratio=0.5)
+    before = _gap(student, teacher, [x for x, _ in data[4:]])
+    r = fit(student, data[:4], teacher=teacher, epochs=4, lr=0.01)
+    assert r.losses[-1] < r.losses[0] and _gap(student, teacher, [x for x, _ in data[4:]]) < before
+    kind, rec = choose_kind(prune(teacher, PAIR, ratio=0.5), teacher, data)
+    assert rec["metric"] == "fidelity_to_teacher" and kind in rec["scores"]
+    assert "relation" in rec["scores"]  # it has a Linear head: its input is the embedding
+
+
+@pytest.mark.slow
+def test_optimize_retrain_on_a_segmenter(tmp_path):
+    """--retrain on a model with dict outputs: fine-tuned candidates are built (distilled on every output),
+    measured and scored like the rest."""
+    import edgeopt
+    from edgeopt.measure.timing import BenchConfig
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    imgs = [torch.randn(8, 3, 32, 32, generator=g) for _ in range(6)]
+    rep = edgeopt.optimize(Segmenter().eval(), example_inputs=X, calib_data=imgs[:2], eval_data=imgs[2:4],
+                           train_data=imgs[4:], retrain=True, epochs=1, goal="latency", techniques=["prune",
+                                                                                                 "fine_tune"],
+                           max_accuracy_drop=5.0, out_dir=tmp_path, resume=False, runtimes=["onnxruntime"],
+                           bench_config=BenchConfig(warmup_runs=2, warmup_s=0, min_runs=5, max_time_s=0.3))
+    tuned = [c for c in rep.candidates if c.id.split("@")[0].endswith("-ft") and c.status == "ok"]
+    assert tuned and all(c.metric == "fidelity" for c in tuned)
+    ft = next(s for s in tuned[0].steps if s.technique == "fine_tune").params["record"]
+    assert ft["kind_screen"]["metric"] == "fidelity_to_teacher"

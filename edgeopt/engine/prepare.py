@@ -100,9 +100,6 @@ def prepare(config: RunConfig, model=None, example=None, eval_data=None, calib_d
           Inputs.random(loaded.input_shapes or loaded.input_shape, keyword=True))
     progress.stage("analyzing")
     summary = analyze(loaded.model, ex)
-    if context.retrain and not ex.single:  # the training loop feeds one input tensor
-        raise ConfigError(f"fine-tuning a model with several inputs ({', '.join(ex.names)}) is not supported "
-                          "yet: use --no-retrain (pruning, factorization and quantization still apply)")
     options = inputs.data_options.model_copy(update={"seed": context.seed})
     sample = tuple(ex.first.shape[1:]) if ex.single else ex  # several inputs: batches become named Inputs
     splits = resolve_data(spec if isinstance(spec, str) else "module", inputs.data, calib_data, train_data,

@@ -133,6 +133,14 @@ class Inputs:
         return {n: np.ascontiguousarray(t.detach().float().numpy(), dtype=np.float32)
                 for n, t in zip(self.names, self.tensors, strict=True)}
 
+    def to(self, device, non_blocking: bool = False) -> Inputs:
+        return self.like([t.to(device, non_blocking=non_blocking) for t in self.tensors])
+
+    @classmethod
+    def cat(cls, parts: list[Inputs]) -> Inputs:
+        """Batches of the same inputs joined along the batch axis."""
+        return parts[0].like([torch.cat(ts) for ts in zip(*(p.tensors for p in parts), strict=True)])
+
     def like(self, tensors: list[torch.Tensor]) -> Inputs:
         return Inputs(list(self.names), list(tensors), self.keyword)
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from edgeopt.errors import ConfigError
+from edgeopt.inputs.structure import run_model
 
 
 def _top_level(model: nn.Module) -> dict[str, nn.Module]:
@@ -24,7 +25,7 @@ def _outputs(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, l
     hooks = [mods[n].register_forward_hook(lambda m, i, o, n=n: seen[n].append(o)) for n in names]
     try:
         with torch.no_grad():
-            model.eval()(x)
+            run_model(model.eval(), x)
     finally:
         for h in hooks:
             h.remove()
@@ -112,7 +113,7 @@ class DistillStudent(nn.Module):
         self.capture = Capture(student, names, embedding)
 
     def forward(self, x):
-        out = self.student(x)
+        out = run_model(self.student, x)
         feats = {}
         for n in self.names:
             f = self.capture.feats[n]

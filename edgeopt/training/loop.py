@@ -15,9 +15,18 @@ from torch import nn
 
 from edgeopt.errors import ConfigError, DataError
 from edgeopt.inputs.data.feed import TrainFeed
+from edgeopt.inputs.structure import flatten_outputs, run_model
 from edgeopt.training import ddp
 from edgeopt.training.features import Capture, DistillStudent, make_adapters, match_layers
-from edgeopt.training.losses import attention_transfer_loss, feature_mse_loss, hinton_loss, rkd_loss
+from edgeopt.training.losses import (
+    attention_transfer_loss,
+    feature_mse_loss,
+    hinton_loss,
+    labelled_output,
+    output_matching_loss,
+    rkd_loss,
+    task_loss,
+)
 
 KINDS = ("response", "feature", "relation")
 
@@ -153,11 +162,20 @@ def _timed(batches, waited: list[float]):
 
 def _loss(out, feats, emb, y, teacher, t_capture, x, kinds, names, feature_distance, temperature, alpha,
           beta, gamma) -> torch.Tensor:
+    classes = isinstance(out, torch.Tensor) and out.dim() == 2  # one class-logit output: the classic losses
     if teacher is None:
-        return nn.functional.cross_entropy(out, y)
+        if classes:
+            return nn.functional.cross_entropy(out, y)
+        outs = flatten_outputs(out)
+        if labelled_output(outs, y) is None:
+            raise DataError("fine-tuning without a teacher needs labels that fit one of the model's outputs "
+                            f"({', '.join(outs)}): class labels (N,) or masks (N, H, W)")
+        return task_loss(outs, y)
     with torch.no_grad():
-        t_out = teacher(x)
-    if "response" in kinds or y is None:
+        t_out = run_model(teacher, x)
+    if not classes:
+        loss = output_matching_loss(flatten_outputs(out), flatten_outputs(t_out), y, alpha)
+    elif "response" in kinds or y is None:
         loss = hinton_loss(out, t_out, y, temperature, alpha)
     else:
         loss = nn.functional.cross_entropy(out, y)

@@ -70,3 +70,43 @@ def rkd_angle_loss(es: torch.Tensor, et: torch.Tensor) -> torch.Tensor:
 def rkd_loss(es: torch.Tensor, et: torch.Tensor, w_dist: float = 1.0, w_angle: float = 2.0) -> torch.Tensor:
     """The paper's weighting: distance 1, angle 2."""
     return w_dist * rkd_distance_loss(es, et) + w_angle * rkd_angle_loss(es, et)
+
+
+# Any other output structure (a detector's boxes and scores, a segmenter's dense logits, several heads):
+# each output tensor of the student is matched to the teacher's by mean squared error, divided by the
+# teacher output's mean square when that is above 1 so that heads of large scale (boxes in pixels) do not
+# drown the others, while small outputs keep plain MSE (dividing by a tiny power made the steps explode)
+# (logit matching, Ba & Caruana 2014, which needs no assumption about what a tensor means). Labels add
+# cross-entropy on the output they fit first (class logits (N, C) with labels (N,), dense logits
+# (N, C, H, W) with masks (N, H, W)).
+IGNORE_INDEX = 255  # the usual "void" value in segmentation masks
+
+
+def fits_labels(out: torch.Tensor, y: torch.Tensor) -> bool:
+    """Class scores on axis 1 and one integer target per remaining position."""
+    if out.dim() != y.dim() + 1 or out.shape[0] != y.shape[0] or tuple(out.shape[2:]) != tuple(y.shape[1:]):
+        return False
+    return not torch.is_floating_point(y) or bool((y == y.round()).all())
+
+
+def labelled_output(outs: dict[str, torch.Tensor], y: torch.Tensor | None) -> torch.Tensor | None:
+    """The first output the labels fit (a segmenter's "out" before its "aux"), or None."""
+    if y is None:
+        return None
+    return next((o for o in outs.values() if fits_labels(o, y)), None)
+
+
+def task_loss(outs: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+    out = labelled_output(outs, y)
+    if out is None:
+        raise ValueError("no output fits the labels")
+    return F.cross_entropy(out, y.long(), ignore_index=IGNORE_INDEX)
+
+
+def output_matching_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor],
+                         y: torch.Tensor | None = None, alpha: float = 0.7) -> torch.Tensor:
+    soft = torch.stack([(student[k] - teacher[k]).pow(2).mean() / teacher[k].pow(2).mean().clamp_min(1.0)
+                        for k in teacher]).mean()
+    if labelled_output(student, y) is None:
+        return soft
+    return alpha * soft + (1.0 - alpha) * task_loss(student, y)

@@ -8,11 +8,13 @@ from __future__ import annotations
 import copy
 import time
 
+import numpy as np
 import torch
 from torch import nn
 
 from edgeopt.errors import ConfigError, DataError
 from edgeopt.inputs.data.batches import split_item
+from edgeopt.inputs.structure import flatten_outputs, run_model
 
 SCREEN_KINDS = ("response", "feature", "relation", "response+feature")
 # The screen must stay a small fraction of the fine-tuning it precedes: each kind trains one epoch on at most
@@ -42,15 +44,38 @@ def held_out_split(data, train_batches: int = SCREEN_BATCHES, held_batches: int 
     return batches[:-held], batches[-held:]
 
 
+def _classifier(model: nn.Module, held: list) -> bool:
+    with torch.no_grad():
+        out = run_model(model.eval(), held[0][0])
+    return isinstance(out, torch.Tensor) and out.dim() == 2
+
+
+def _outputs(model: nn.Module, held: list) -> dict[str, np.ndarray]:
+    """Every output over the held-out batches: argmax of class/dense logits, else the values."""
+    from edgeopt.measure.accuracy import is_logits
+
+    parts: dict[str, list[np.ndarray]] = {}
+    with torch.no_grad():
+        for x, _ in held:
+            for k, v in flatten_outputs(run_model(model, x)).items():
+                parts.setdefault(k, []).append(v.argmax(1).numpy() if is_logits(v) else v.float().numpy())
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
 def score(model: nn.Module, held: list, teacher: nn.Module) -> float:
-    """Top-1 % on labelled batches; agreement % with the teacher's top-1 when unlabelled."""
+    """Top-1 % on labelled batches; agreement % with the teacher's top-1 when unlabelled; for any other
+    output structure (detectors, segmenters, several heads), fidelity to the teacher's outputs."""
     model.eval()
     teacher.eval()
+    if not _classifier(model, held):
+        from edgeopt.measure.accuracy import fidelity
+
+        return fidelity(_outputs(model, held), _outputs(teacher, held))
     right = total = 0
     with torch.no_grad():
         for x, y in held:
-            ref = y if y is not None else teacher(x).argmax(1)
-            right += int((model(x).argmax(1) == ref).sum())
+            ref = y if y is not None else run_model(teacher, x).argmax(1)
+            right += int((run_model(model, x).argmax(1) == ref).sum())
             total += len(ref)
     return 100.0 * right / max(total, 1)
 
@@ -77,7 +102,8 @@ def choose_kind(student: nn.Module, teacher: nn.Module, train_data, kinds: tuple
     if not scores:
         raise ConfigError("no distillation kind could run on this model: " + "; ".join(skipped.values()))
     best = max(scores, key=lambda k: (scores[k], -kinds.index(k)))
-    metric = "top1" if all(y is not None for _, y in held) else "agreement_with_teacher"
+    metric = ("fidelity_to_teacher" if not _classifier(student, held) else
+              "top1" if all(y is not None for _, y in held) else "agreement_with_teacher")
     return best, {"chosen": best, "metric": metric, "held_out_samples": sum(len(x) for x, _ in held),
                   "probe_samples": sum(len(x) for x, _ in probe), "scores": scores,
                   "seconds": round(time.perf_counter() - t0, 2),

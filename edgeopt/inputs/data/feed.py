@@ -10,6 +10,13 @@ import torch
 
 from edgeopt.errors import DataError
 from edgeopt.inputs.data.batches import Batches, StreamBatches, iter_loader, split_item
+from edgeopt.inputs.structure import Inputs
+
+
+def _targets(y) -> torch.Tensor:
+    """Class labels as one value per sample ((N,) or (N, 1)); dense targets (masks) keep their shape."""
+    y = torch.as_tensor(y)
+    return y.reshape(-1) if y.dim() <= 1 or (y.dim() == 2 and y.shape[1] == 1) else y
 
 
 class TrainFeed:
@@ -27,12 +34,14 @@ class TrainFeed:
         pairs = [split_item(b) for b in items]
         if not pairs:
             raise DataError("training data is empty: give at least one batch")
-        self.x = torch.cat([torch.as_tensor(x) for x, _ in pairs])
+        xs = [x for x, _ in pairs]
+        # several inputs arrive as named Inputs batches; their tensors are joined input by input
+        self.x = Inputs.cat(xs) if isinstance(xs[0], Inputs) else torch.cat([torch.as_tensor(x) for x in xs])
         self.labelled = all(y is not None for _, y in pairs)
-        self.y = torch.cat([torch.as_tensor(y).reshape(-1) for _, y in pairs]) if self.labelled else None
+        self.y = torch.cat([_targets(y) for _, y in pairs]) if self.labelled else None
         self.n, self.batch_size = len(self.x), max(1, int(pairs[0][0].shape[0]))
 
-    def example(self) -> torch.Tensor:
+    def example(self) -> torch.Tensor | Inputs:
         """One batch of inputs (layer matching and adapter initialisation need real shapes)."""
         if self.stream is not None:
             return self.stream.items[0][0]
