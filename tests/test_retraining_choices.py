@@ -149,3 +149,29 @@ def test_from_scratch_screens_snip_grasp_and_synflow_as_families():
     assert all(c.steps[0].method == c.family for c in pai)
     d = next(d for d in p.decisions if d.technique == "prune_at_init")
     assert d.decision == "applied" and "bisected" in d.reason
+
+
+def test_measured_choices_become_report_decisions_with_their_numbers():
+    """The kind screen, the LMC rewinding check and sparsity training, recorded inside candidates' steps,
+    are lifted into one report decision each, quoting the measured numbers; nothing recorded, no decision."""
+    from edgeopt.engine.choices import measured_choices
+    from edgeopt.report import Candidate, Step
+
+    ft = Step(technique="fine_tune", params={"record": {"kind_screen": {
+        "chosen": "feature", "metric": "top1", "scores": {"response": 91.5, "feature": 93.25}}}})
+    imp = Step(technique="imp", params={"record": {"rewind_auto": {
+        "chosen_epoch": 1, "threshold_pp": 2.0, "barriers": {"0": {"barrier_pp": 9.5}, "1": {"barrier_pp": 0.75}}}}})
+    slim = Step(technique="slimming", params={"record": {
+        "gamma_before": {"mean_abs_gamma": 0.9, "share_below_0.01": 0.0},
+        "gamma_after": {"mean_abs_gamma": 0.2, "share_below_0.01": 0.4}}})
+    cands = [Candidate(id="prune-l250-ft@onnx-fp32", status="ok", steps=[Step(technique="prune"), ft]),
+             Candidate(id="prune-l250-ft@openvino-fp32", status="ok", steps=[Step(technique="prune"), ft]),
+             Candidate(id="imp80@onnx-fp32", status="rejected", steps=[imp]),
+             Candidate(id="slim50@onnx-fp32", status="ok", steps=[slim])]
+    got = {d.technique: d.reason for d in measured_choices(cands)}
+    assert set(got) == {"distillation_kind", "imp_rewind", "slimming_training"}
+    assert "prune-l250-ft: feature (feature 93.25, response 91.50)" in got["distillation_kind"]
+    assert got["distillation_kind"].count("prune-l250-ft") == 1  # one structure, several runtimes
+    assert "epoch 0: 9.50 pp, epoch 1: 0.75 pp" in got["imp_rewind"] and "rewound to epoch 1" in got["imp_rewind"]
+    assert "0.900 -> 0.200" in got["slimming_training"] and "0% -> 40%" in got["slimming_training"]
+    assert measured_choices([Candidate(id="prune-l250@onnx-fp32", status="ok", steps=[Step(technique="prune")])]) == []

@@ -19,6 +19,7 @@ from edgeopt.decide.select import select
 from edgeopt.engine import distributed
 from edgeopt.engine.build import Builder
 from edgeopt.engine.cache import CandidateCache, data_hash, model_hash
+from edgeopt.engine.choices import measured_choices
 from edgeopt.engine.measuring import architecture_table, latency, measure_all
 from edgeopt.engine.prepare import (
     Prepared,
@@ -157,6 +158,7 @@ def _search(prep: Prepared, out_dir: Path, threads: int, resume: bool, progress:
             leader.close()
     report.model.search = search.summary()
     report.decisions += search.decisions  # taken on measurements (e.g. QAT only where PTQ broke the budget)
+    report.decisions += measured_choices(report.candidates)  # made inside the retraining steps
     return report, search, the_plan
 
 
