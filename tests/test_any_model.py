@@ -591,3 +591,20 @@ def test_optimize_retrain_on_a_segmenter(tmp_path):
     assert tuned and all(c.metric == "fidelity" for c in tuned)
     ft = next(s for s in tuned[0].steps if s.technique == "fine_tune").params["record"]
     assert ft["kind_screen"]["metric"] == "fidelity_to_teacher"
+
+
+def test_fine_tuning_a_detector_with_box_targets_distills_from_the_teacher():
+    """Targets that are neither class labels nor masks (per-image box lists) cannot be trained on directly:
+    the detector is distilled from its teacher on both heads, and without a teacher it is one clear line."""
+    from edgeopt.errors import DataError
+    from edgeopt.training import fit
+
+    torch.manual_seed(0)
+    teacher = Detector().eval()
+    g = torch.Generator().manual_seed(2)
+    data = [(torch.randn(4, 3, 32, 32, generator=g), [{"boxes": torch.rand(2, 4), "labels": torch.tensor([0, 1])}
+                                                       for _ in range(4)]) for _ in range(4)]
+    r = fit(prune(teacher, X, ratio=0.5), data, teacher=teacher, epochs=2, lr=0.01)
+    assert len(r.losses) == 2 and all(np.isfinite(r.losses))
+    with pytest.raises(DataError, match="needs labelled training data"):
+        fit(prune(teacher, X, ratio=0.5), data, epochs=1)

@@ -267,10 +267,10 @@ def _families(p, prefix):
     return {c.family for c in p.candidates if c.family and c.family.startswith(prefix)}
 
 
-def _crit_plan(calib=True, train=False, summary=SUMMARY, **ctx):
+def _crit_plan(calib=True, train=False, summary=SUMMARY, class_labels=None, **ctx):
     local = load_target("x86-amx").model_copy(update={"detected": False})
     return plan(make_context(target="x86-amx", **ctx), load_target("x86-amx"), summary, local, ["onnxruntime"],
-                has_calib_data=calib, has_train_data=train)
+                has_calib_data=calib, has_train_data=train, has_class_labels=class_labels)
 
 
 def test_prune_criteria_follow_the_data():
@@ -282,6 +282,8 @@ def test_prune_criteria_follow_the_data():
     labels = _crit_plan(calib=True, train=True)
     assert "prune-taylor" in _families(labels, "prune-")  # Taylor needs labelled batches: only with train data
     assert "prune-taylor" not in _families(calib, "prune-")
+    # training data whose targets are not class labels of a classifier (a detector's boxes, masks): no Taylor
+    assert "prune-taylor" not in _families(_crit_plan(calib=True, train=True, class_labels=False), "prune-")
     bn = _crit_plan(summary=SUMMARY.model_copy(update={"layers": {**SUMMARY.layers, "batchnorm": 8}}))
     assert "prune-bn_scale" in _families(bn, "prune-")
     crit = [c for c in labels.candidates if c.family and c.family not in ("prune-recon", "prune-lat")

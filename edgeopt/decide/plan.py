@@ -81,9 +81,11 @@ def runs_here(target: TargetProfile, local: TargetProfile) -> bool:
 def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, local: TargetProfile,
          installed_runtimes: list[str], has_calib_data: bool = False,
          precisions_of_format: dict[str, tuple[str, ...]] | None = None, has_train_data: bool = False,
-         sensitivity: dict[str, float] | None = None, architectures: list[dict] | None = None) -> Plan:
+         sensitivity: dict[str, float] | None = None, architectures: list[dict] | None = None,
+         has_class_labels: bool | None = None) -> Plan:
     """`sensitivity`: per-layer accuracy drops measured by `--sensitivity` (sensitive layers pruned less);
-    `architectures`: efficient families' latency measured beside the model (None: not measured)."""
+    `architectures`: efficient families' latency measured beside the model (None: not measured);
+    `has_class_labels`: labelled training data for a classifier (default: whenever there is training data)."""
     precisions_of_format = precisions_of_format or PRECISIONS_OF_FORMAT
     decisions: list[Decision] = []
     notes: list[str] = []
@@ -126,7 +128,7 @@ def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, l
     structures = [("original", [], "unchanged model", None, 0.0)]
     finetune = distillation_kind(finetune_step(context, has_train_data, decisions), decisions)
     structures += prune_structures(context, target, summary, has_calib_data, finetune, decisions, sensitivity,
-                                   has_train_data=has_train_data)
+                                   has_class_labels=has_train_data if has_class_labels is None else has_class_labels)
     structures += recon_structures(context, target, summary, has_calib_data, finetune, decisions)
     structures += latency_structures(context, summary, has_calib_data, finetune, decisions, runtimes, here,
                                       pairs=pairs)

@@ -63,14 +63,14 @@ def channel_rounding(target: TargetProfile, summary: ModelSummary, decisions: li
     return multiple
 
 
-def prune_variants(summary: ModelSummary, has_calib_data: bool, has_train_data: bool,
+def prune_variants(summary: ModelSummary, has_calib_data: bool, has_class_labels: bool,
                    sensitivity: dict | None = None) -> list[tuple[str, str, dict]]:
     """(family suffix, criterion, other PruneConfig fields) for every criterion the data allows, simplest first,
     then a global-scope and an iterative variant of the default criterion: the screening picks among them."""
     crits = [c for c in policy.CRITERIA_NO_DATA if c != "bn_scale" or summary.layers.get("batchnorm")]
     if has_calib_data:
         crits += policy.CRITERIA_INPUTS
-    if has_train_data:  # Taylor's gradients need labelled batches
+    if has_class_labels:  # Taylor's gradients need the cross-entropy of a classifier on labelled batches
         crits += policy.CRITERIA_LABELS
     out = [(c, c, {}) for c in crits]
     d = policy.DEFAULT_CRITERION
@@ -90,7 +90,7 @@ def _variant_words(criterion: str, extra: dict) -> str:
 
 
 def prune_structures(context, target, summary, has_calib_data, finetune, decisions, sensitivity=None,
-                     has_train_data: bool = False) -> list[tuple]:
+                     has_class_labels: bool = False) -> list[tuple]:
     round_to = channel_rounding(target, summary, decisions)
     if not allowed(context.techniques, "prune"):
         decisions.append(Decision(technique="prune", decision="skipped", reason="excluded by --techniques"))
@@ -101,7 +101,7 @@ def prune_structures(context, target, summary, has_calib_data, finetune, decisio
         return []
     ratios = policy.RATIOS[(bool(finetune), policy.budget_kind(context.max_accuracy_drop))]
     recal = has_calib_data and allowed(context.techniques, "bn_recalibrate")
-    variants = prune_variants(summary, has_calib_data, has_train_data, sensitivity)
+    variants = prune_variants(summary, has_calib_data, has_class_labels, sensitivity)
     out = []
     for suffix, crit, extra in variants:
         family = f"prune-{suffix}"

@@ -112,7 +112,16 @@ def plan_for(prep: Prepared, sensitivity: dict | None = None, architectures: lis
     return make_plan(prep.context, prep.profile, prep.summary, prep.local, installed_runtimes(),
                      has_calib_data=prep.splits.calib is not None, has_train_data=prep.splits.train is not None,
                      precisions_of_format={n: b.precisions for n, b in BACKENDS.items()}, sensitivity=sensitivity,
-                     architectures=architectures)
+                     architectures=architectures, has_class_labels=_class_labels(prep))
+
+
+def _class_labels(prep: Prepared) -> bool:
+    """Labelled training data for a classifier (one (N, classes) output): what gradient criteria need."""
+    train = prep.splits.train
+    if train is None or not train.labelled:
+        return False
+    outs = list(model_outputs(prep.loaded.model.eval(), prep.ex).values())
+    return len(outs) == 1 and outs[0].dim() == 2
 
 
 def resolve_data(spec: str, data, calib_data, train_data, eval_data, sample_shape, num_classes,

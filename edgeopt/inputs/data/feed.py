@@ -13,6 +13,16 @@ from edgeopt.inputs.data.batches import Batches, StreamBatches, iter_loader, spl
 from edgeopt.inputs.structure import Inputs
 
 
+def _tensor_like(y) -> bool:
+    if isinstance(y, torch.Tensor):
+        return True
+    try:
+        torch.as_tensor(y)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    return True
+
+
 def _targets(y) -> torch.Tensor:
     """Class labels as one value per sample ((N,) or (N, 1)); dense targets (masks) keep their shape."""
     y = torch.as_tensor(y)
@@ -37,7 +47,9 @@ class TrainFeed:
         xs = [x for x, _ in pairs]
         # several inputs arrive as named Inputs batches; their tensors are joined input by input
         self.x = Inputs.cat(xs) if isinstance(xs[0], Inputs) else torch.cat([torch.as_tensor(x) for x in xs])
-        self.labelled = all(y is not None for _, y in pairs)
+        # targets that are not class labels or masks (a detector's box lists) train nothing directly: the
+        # model is then distilled from its teacher alone
+        self.labelled = all(y is not None and _tensor_like(y) for _, y in pairs)
         self.y = torch.cat([_targets(y) for _, y in pairs]) if self.labelled else None
         self.n, self.batch_size = len(self.x), max(1, int(pairs[0][0].shape[0]))
 
