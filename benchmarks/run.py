@@ -132,6 +132,9 @@ def main(argv=None) -> None:
     p.add_argument("--tasks", default="T1,T2")
     p.add_argument("--models", default=None, help="T2 models, comma separated")
     p.add_argument("--no-retrain", action="store_true")
+    p.add_argument("--t2-trained", action=argparse.BooleanOptionalAction, default=True,
+                   help="T2 models trained by the suite on digits at 224 (cached in --cache; minutes per model "
+                        "the first time), scored by held-out top-1; --no-t2-trained: random weights, fidelity")
     p.add_argument("--measure-time", type=float, default=None)
     p.add_argument("--bench-time", type=float, default=3.0, help="edgeopt's own measurement budget")
     p.add_argument("--search-budget", type=float, default=None,
@@ -155,7 +158,8 @@ def main(argv=None) -> None:
             results.append(run_task(t1_task(args.cache), args, Path(tmp) / "t1"))
         if "T2" in args.tasks:
             for m in models:
-                results.append(run_task(t2_task(m), args, Path(tmp) / m))
+                results.append(run_task(t2_task(m, cache=args.cache, trained=args.t2_trained), args,
+                                        Path(tmp) / m))
     stamp = f"{datetime.date.today()}-{platform.node() or 'host'}"
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {"date": str(datetime.date.today()), "host": platform.node(), "quick": args.quick,
