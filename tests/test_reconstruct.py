@@ -130,3 +130,46 @@ def test_planner_proposes_a_reconstruction_ladder_only_with_calibration_data():
     assert not any(c.family == "prune-recon" for c in no_data.candidates)
     why = next(d for d in no_data.decisions if d.technique == "prune_reconstruct")
     assert why.decision == "skipped" and "calibration data" in why.reason
+
+
+def test_sampled_patches_match_unfold_rows():
+    """Gathering only the sampled k x k patches gives exactly F.unfold's rows (same order, same columns) for
+    strides, dilations, paddings and rectangular kernels, and the output rows match the same positions."""
+    import torch.nn.functional as F
+
+    from edgeopt.techniques.reconstruct import _rows, _sample, _targets
+
+    for k, s, d, p in [(3, 1, 1, 1), (3, 2, 1, 1), (1, 1, 1, 0), (5, 2, 2, 3), ((3, 1), (2, 1), 1, (1, 0))]:
+        m = nn.Conv2d(6, 4, k, stride=s, dilation=d, padding=p)
+        x = torch.randn(3, 6, 17, 13)
+        y = m(x).detach()
+        cols = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
+        full = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        outs = y.flatten(2).transpose(1, 2).reshape(-1, y.shape[1])
+        idx = _sample(full.shape[0], 7, 50)
+        assert torch.equal(_rows(m, x, 7, 50)[:, :-1].float(), full[idx])
+        assert torch.equal(_targets(m, y, 7, 50), outs[idx].double())
+        assert torch.equal(_rows(m, x, 7, 10 ** 6)[:, :-1].float(), full)  # small maps: every row
+
+
+def test_recon_scores_are_reused_for_the_same_weights_and_batches():
+    from edgeopt.techniques.reconstruct import measure_scores
+
+    model = _mlp_with_duplicate()
+    calib = _gauss()
+    calls = []
+    h = model[2].register_forward_pre_hook(lambda m, a: calls.append(1))
+    measure_scores(model, calib)
+    first = model[2]._recon_score.clone()
+    n = len(calls)
+    twin = _mlp_with_duplicate()
+    twin[2].register_forward_pre_hook(lambda m, a: calls.append(1))
+    measure_scores(twin, list(calib))  # a new list of the same batches, a copy of the same weights
+    assert len(calls) == n and torch.equal(twin[2]._recon_score, first)
+    with torch.no_grad():
+        twin[2].weight.mul_(2)
+    measure_scores(twin, calib)  # other weights: measured again
+    assert len(calls) > n and not torch.equal(twin[2]._recon_score, first)
+    measure_scores(model, [b.clone() for b in calib])  # other batch objects: measured again
+    assert len(calls) > n + len(calib)
+    h.remove()

@@ -104,7 +104,7 @@ def _cp(conv: nn.Conv2d, rank: int) -> nn.Sequential:
 
     tl.set_backend("numpy")
     w = conv.weight.detach().double().numpy()
-    weights, (a_out, a_in, a_h, a_w) = parafac(w, rank=rank, init="svd", n_iter_max=50, normalize_factors=False)
+    weights, (a_out, a_in, a_h, a_w) = parafac(w, rank=rank, init="svd", n_iter_max=30, normalize_factors=False)
     (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
     first = nn.Conv2d(conv.in_channels, rank, 1, bias=False)
     vert = nn.Conv2d(rank, rank, (kh, 1), stride=(sh, 1), padding=(ph, 0), groups=rank, bias=False)

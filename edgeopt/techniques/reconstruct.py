@@ -16,6 +16,7 @@ equations of its input patches, A = X^T X, are accumulated over the calibration 
 from __future__ import annotations
 
 import copy
+import hashlib
 import time
 
 import torch
@@ -40,22 +41,58 @@ def dense_layer(m: nn.Module) -> bool:
 
 
 def _rows(m: nn.Module, x: torch.Tensor, gen_seed: int, rows: int = MAX_ROWS) -> torch.Tensor:
-    """The layer's input as (rows, features) with a trailing 1 (bias); convs: sampled k x k patches."""
+    """The layer's input as (rows, features) with a trailing 1 (bias); convs: sampled k x k patches, in
+    F.unfold's row and column order. Only the sampled patches are gathered: unfolding a whole feature map
+    first cost k*k times its size in memory and most of the reconstruction's time."""
     if isinstance(m, nn.Linear):
         xs = x.reshape(-1, x.shape[-1])
+        idx = _sample(xs.shape[0], gen_seed, rows)
+        xs = xs[idx] if idx is not None else xs
     else:
-        cols = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
-        xs = cols.transpose(1, 2).reshape(-1, cols.shape[1])
-    idx = _sample(xs.shape[0], gen_seed, rows)
-    xs = xs[idx] if idx is not None else xs
+        xs = _patches(m, x, gen_seed, rows)
     return torch.cat([xs.double(), torch.ones(xs.shape[0], 1, dtype=torch.float64)], 1)
 
 
+def _out_size(m: nn.Conv2d, h: int, w: int) -> tuple[int, int]:
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = m.kernel_size, m.stride, m.dilation, m.padding
+    return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+
+
+def _positions(n: int, oh: int, ow: int, gen_seed: int, rows: int):
+    """(batch, row, column) of the sampled output positions, None when every position is kept."""
+    idx = _sample(n * oh * ow, gen_seed, rows)
+    if idx is None:
+        return None
+    b, r = idx // (oh * ow), idx % (oh * ow)
+    return b, r // ow, r % ow
+
+
+def _patches(m: nn.Conv2d, x: torch.Tensor, gen_seed: int, rows: int) -> torch.Tensor:
+    n, c, h, w = x.shape
+    oh, ow = _out_size(m, h, w)
+    pos = _positions(n, oh, ow, gen_seed, rows)
+    if pos is None:  # small maps: every patch
+        cols = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    b, oi, oj = pos
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = m.kernel_size, m.stride, m.dilation, m.padding
+    xp = F.pad(x, (pw, pw, ph, ph))
+    ii = oi[:, None] * sh + torch.arange(kh)[None, :] * dh  # (rows, kh)
+    jj = oj[:, None] * sw + torch.arange(kw)[None, :] * dw  # (rows, kw)
+    got = xp[b[:, None, None], :, ii[:, :, None], jj[:, None, :]]  # (rows, kh, kw, c)
+    return got.permute(0, 3, 1, 2).reshape(len(b), c * kh * kw)
+
+
 def _targets(m: nn.Module, y: torch.Tensor, gen_seed: int, rows: int = MAX_ROWS) -> torch.Tensor:
-    ys = y.reshape(-1, y.shape[-1]) if isinstance(m, nn.Linear) else y.flatten(2).transpose(1, 2).reshape(
-        -1, y.shape[1])
-    idx = _sample(ys.shape[0], gen_seed, rows)
-    return (ys[idx] if idx is not None else ys).double()
+    if isinstance(m, nn.Linear):
+        ys = y.reshape(-1, y.shape[-1])
+        idx = _sample(ys.shape[0], gen_seed, rows)
+        return (ys[idx] if idx is not None else ys).double()
+    pos = _positions(y.shape[0], y.shape[2], y.shape[3], gen_seed, rows)
+    if pos is None:
+        return y.flatten(2).transpose(1, 2).reshape(-1, y.shape[1]).double()
+    b, oi, oj = pos
+    return y[b, :, oi, oj].double()
 
 
 def _sample(n: int, seed: int, rows: int) -> torch.Tensor | None:
@@ -111,11 +148,42 @@ def forward_order(model: nn.Module, x: torch.Tensor) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- importance
 
+_SCORES: dict = {}  # the last measurement: (fingerprint, batches, max_batches) -> layer name -> scores
+
+
+def _fingerprint(model: nn.Module) -> str:
+    h = hashlib.sha1()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        flat = t.detach().float().flatten()
+        h.update(flat[:2048].numpy().tobytes())
+        h.update(str(float(flat.double().sum())).encode())
+    return h.hexdigest()
+
+
+def _cached_scores(model: nn.Module, batches: list, max_batches: int) -> dict | None:
+    hit = _SCORES.get("entry")
+    if hit is None or hit["max_batches"] != max_batches or len(hit["batches"]) != len(batches[:max_batches]):
+        return None
+    # the same batch objects (kept alive by the entry, so their identity cannot be reused) and weights
+    if not all(a is b for a, b in zip(hit["batches"], batches[:max_batches], strict=True)):
+        return None
+    return hit["scores"] if hit["fingerprint"] == _fingerprint(model) else None
+
+
 @torch.no_grad()
 def measure_scores(model: nn.Module, batches: list[torch.Tensor], max_batches: int = 8) -> int:
     """Store on every dense consumer `_recon_score`: per input feature (conv: per input channel), the
-    output error its removal costs after optimal re-weighting of the others. Returns how many layers."""
+    output error its removal costs after optimal re-weighting of the others. Returns how many layers.
+    A search measures the same original on the same calibration batches for every level and family: the
+    last measurement is reused when the weights and the batch objects are the same."""
     layers = {n: m for n, m in model.named_modules() if dense_layer(m)}
+    cached = _cached_scores(model, batches, max_batches)
+    if cached is not None:
+        for n, score in cached.items():
+            layers[n]._recon_score = score.clone()
+        return len(cached)
     grams: dict[nn.Module, torch.Tensor] = {}
 
     def hook(mod, args):
@@ -129,8 +197,11 @@ def measure_scores(model: nn.Module, batches: list[torch.Tensor], max_batches: i
     finally:
         for h in handles:
             h.remove()
+    names = {m: n for n, m in layers.items()}
     for m, a in grams.items():
         m._recon_score = _obs_scores(m, a).float()
+    _SCORES["entry"] = {"fingerprint": _fingerprint(model), "batches": list(batches[:max_batches]),
+                        "max_batches": max_batches, "scores": {names[m]: m._recon_score.clone() for m in grams}}
     return len(grams)
 
 
@@ -184,16 +255,39 @@ def recon_importance():
 
 # ------------------------------------------------------------------------------------------ reconstruction
 
-def _solve_layer(orig: nn.Module, pruned: nn.Module, o_layer: nn.Module, p_layer: nn.Module,
-                 batches: list[torch.Tensor], kept_out: list[int] | None, alpha: float) -> dict:
+@torch.no_grad()
+def _original_targets(orig: nn.Module, names: list[str], batches: list) -> dict[str, list[torch.Tensor]]:
+    """Each layer's sampled output rows on each batch, from one forward pass of the original per batch (the
+    rows only: whole feature maps of every layer would not fit for large models)."""
+    mods = dict(orig.named_modules())
+    got: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    current = [0]
+
+    def hook(name):
+        def fn(mod, args, out):
+            if len(got[name]) == current[0]:  # a layer called twice: its first call, as the pruned side sees
+                got[name].append(_targets(mod, out.detach(), 1000 + current[0]))
+        return fn
+
+    handles = [mods[n].register_forward_hook(hook(n)) for n in names]
+    try:
+        for i, x in enumerate(batches):
+            current[0] = i
+            run_model(orig, x)
+    finally:
+        for h in handles:
+            h.remove()
+    return got
+
+
+def _solve_layer(pruned: nn.Module, o_layer: nn.Module, p_layer: nn.Module, batches: list,
+                 targets: list[torch.Tensor], kept_out: list[int] | None, alpha: float) -> dict:
     a = b = None
     yy = 0.0
     for i, x in enumerate(batches):
         xin = _forward_until(pruned, p_layer, x, output=False)
-        y = _forward_until(orig, o_layer, x, output=True)
-        if kept_out is not None:
-            y = y[..., kept_out] if isinstance(o_layer, nn.Linear) else y[:, kept_out]
-        xs, ys = _rows(p_layer, xin, 1000 + i), _targets(o_layer, y, 1000 + i)
+        ys = targets[i] if kept_out is None else targets[i][:, kept_out]
+        xs = _rows(p_layer, xin, 1000 + i)
         a = xs.T @ xs if a is None else a + xs.T @ xs
         b = xs.T @ ys if b is None else b + xs.T @ ys
         yy += float((ys ** 2).sum())
@@ -248,6 +342,7 @@ def reconstruct(orig: nn.Module, pruned: nn.Module, batches: list[torch.Tensor],
     todo = set(consumers(orig, pruned))
     order = [n for n in forward_order(pruned, batches[0]) if n in todo]
     o_mods, p_mods = dict(orig.named_modules()), dict(pruned.named_modules())
+    targets = _original_targets(orig, order, batches)
     layers, skipped = [], []
     for name in order:
         o_layer, p_layer = o_mods[name], p_mods[name]
@@ -260,7 +355,9 @@ def reconstruct(orig: nn.Module, pruned: nn.Module, batches: list[torch.Tensor],
                 skipped.append(f"{name}: output channels changed without a known mapping")
                 continue
         try:
-            row = _solve_layer(orig, pruned, o_layer, p_layer, batches, kept_out, alpha)
+            if len(targets[name]) != len(batches):
+                raise RuntimeError("layer not reached in the original's forward pass")
+            row = _solve_layer(pruned, o_layer, p_layer, batches, targets[name], kept_out, alpha)
         except (RuntimeError, ValueError) as e:  # e.g. a layer called twice with other shapes
             skipped.append(f"{name}: {type(e).__name__}: {str(e)[:120]}")
             continue
