@@ -520,7 +520,7 @@ def test_latency_allocation_takes_several_inputs():
 
 
 def _gap(student, teacher, batches):
-    from edgeopt.inputs.structure import run_model
+    from edgeopt.inputs.feeding import run_model
 
     with torch.no_grad():
         s = [flatten_outputs(run_model(student, x)) for x in batches]

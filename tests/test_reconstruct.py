@@ -137,7 +137,9 @@ def test_sampled_patches_match_unfold_rows():
     strides, dilations, paddings and rectangular kernels, and the output rows match the same positions."""
     import torch.nn.functional as F
 
-    from edgeopt.techniques.reconstruct import _rows, _sample, _targets
+    from edgeopt.techniques.layer_rows import input_rows as _rows
+    from edgeopt.techniques.layer_rows import output_rows as _targets
+    from edgeopt.techniques.layer_rows import sample_rows as _sample
 
     for k, s, d, p in [(3, 1, 1, 1), (3, 2, 1, 1), (1, 1, 1, 0), (5, 2, 2, 3), ((3, 1), (2, 1), 1, (1, 0))]:
         m = nn.Conv2d(6, 4, k, stride=s, dilation=d, padding=p)

@@ -78,26 +78,10 @@ def runs_here(target: TargetProfile, local: TargetProfile) -> bool:
             and set(target.isa_features) <= set(local.isa_features))
 
 
-def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, local: TargetProfile,
-         installed_runtimes: list[str], has_calib_data: bool = False,
-         precisions_of_format: dict[str, tuple[str, ...]] | None = None, has_train_data: bool = False,
-         sensitivity: dict[str, float] | None = None, architectures: list[dict] | None = None,
-         has_class_labels: bool | None = None) -> Plan:
-    """`sensitivity`: per-layer accuracy drops measured by `--sensitivity` (sensitive layers pruned less);
-    `architectures`: efficient families' latency measured beside the model (None: not measured);
-    `has_class_labels`: labelled training data for a classifier (default: whenever there is training data)."""
-    precisions_of_format = precisions_of_format or PRECISIONS_OF_FORMAT
-    decisions: list[Decision] = []
-    notes: list[str] = []
-    if context.techniques:
-        for t in context.techniques:
-            TECHNIQUES.canonical(t)  # unknown technique names are errors, with did-you-mean
-    here = runs_here(target, local)
-    if here and not target.detected:
-        notes.append(f"{target.name} is measured on this machine ({local.description}), whose ISA is a "
-                     "superset of the target's: treat speedups as an upper bound")
-
-    # 1. runtimes, in the target's order of preference, that can run here
+def _runtimes(context, target: TargetProfile, here: bool, installed_runtimes: list[str],
+              precisions_of_format: dict, decisions: list[Decision], notes: list[str]) -> list[str]:
+    """The runtimes, in the target's order of preference, whose artifacts are built and measured (or
+    estimated, for a target that is not this machine)."""
     wanted = context.runtimes or target.runtimes
     runtimes: list[str] = []
     for rt in wanted:
@@ -122,6 +106,28 @@ def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, l
         notes.append(f"{target.name} is not this machine: latencies are roofline estimates")
     if not runtimes:
         runtimes = ["onnxruntime"]
+    return runtimes
+
+
+def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, local: TargetProfile,
+         installed_runtimes: list[str], has_calib_data: bool = False,
+         precisions_of_format: dict[str, tuple[str, ...]] | None = None, has_train_data: bool = False,
+         sensitivity: dict[str, float] | None = None, architectures: list[dict] | None = None,
+         has_class_labels: bool | None = None) -> Plan:
+    """`sensitivity`: per-layer drops measured by `--sensitivity`; `architectures`: efficient families' latency
+    measured beside the model; `has_class_labels`: class labels for a classifier (default: has_train_data)."""
+    precisions_of_format = precisions_of_format or PRECISIONS_OF_FORMAT
+    decisions: list[Decision] = []
+    notes: list[str] = []
+    if context.techniques:
+        for t in context.techniques:
+            TECHNIQUES.canonical(t)  # unknown technique names are errors, with did-you-mean
+    here = runs_here(target, local)
+    if here and not target.detected:
+        notes.append(f"{target.name} is measured on this machine ({local.description}), whose ISA is a "
+                     "superset of the target's: treat speedups as an upper bound")
+
+    runtimes = _runtimes(context, target, here, installed_runtimes, precisions_of_format, decisions, notes)
 
     pairs = precision_pairs(context, target, runtimes, precisions_of_format, decisions, FORMAT_OF_RUNTIME,
                             calibrated=has_calib_data or context.calib_random)

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from edgeopt.errors import DataError
-from edgeopt.inputs.structure import Inputs, checked_columns, split_inputs_target
+from edgeopt.inputs.feeding import checked_columns, split_inputs_target
+from edgeopt.inputs.structure import Inputs
 
 RANDOM = "random"
 MAX_SAMPLES = 128  # enough for min/max and histogram calibration; more only costs time

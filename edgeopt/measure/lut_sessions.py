@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgeopt.inputs.structure import Inputs, run_model
+from edgeopt.inputs.feeding import run_model
+from edgeopt.inputs.structure import Inputs
 
 PRECISIONS = ("fp32", "int8")
 

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from edgeopt.errors import PruningError
-from edgeopt.inputs.structure import Inputs, batch_inputs
+from edgeopt.inputs.feeding import batch_inputs
+from edgeopt.inputs.structure import Inputs
 
 CALIBRATION_RATIO = 0.5  # the pruned copy the table's whole-model fit is measured on: on the grid, far from 1
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgeopt.inputs.structure import run_model
+from edgeopt.inputs.feeding import run_model
 
 
 def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor], max_batches: int = 20) -> int:

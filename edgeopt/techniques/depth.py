@@ -17,7 +17,8 @@ import torch
 from torch import fx, nn
 
 from edgeopt.errors import PruningError
-from edgeopt.inputs.structure import Inputs, batch_inputs, flatten_outputs, run_model
+from edgeopt.inputs.feeding import batch_inputs, run_model
+from edgeopt.inputs.structure import Inputs, flatten_outputs
 
 _ADDS = {operator.add, operator.iadd, torch.add}
 # element-wise modules and functions that may follow the residual add (the block's output activation)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from edgeopt.errors import PruningError
-from edgeopt.inputs.structure import run_model
+from edgeopt.inputs.feeding import run_model
 from edgeopt.registry import Registry
 
 IMPORTANCE_NAMES = ("l2", "l1", "bn_scale", "taylor", "hrank", "fpgm", "random", "energy")

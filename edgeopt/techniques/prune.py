@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from edgeopt.errors import PruningError
-from edgeopt.inputs.structure import Inputs, batch_inputs, model_outputs
+from edgeopt.inputs.feeding import batch_inputs
+from edgeopt.inputs.structure import Inputs, model_outputs
 from edgeopt.techniques.importance import (
     IMPORTANCE_NAMES,
     NEEDS_INPUTS,

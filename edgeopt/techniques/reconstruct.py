@@ -20,131 +20,12 @@ import hashlib
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from edgeopt.inputs.structure import run_model
+from edgeopt.inputs.feeding import run_model
+from edgeopt.techniques.layer_rows import dense_layer, forward_order, forward_until, input_rows, output_rows
 
-MAX_ROWS = 4096  # sampled output positions per batch and layer: bounds the cost on large feature maps
 MAX_FULL_INVERSE = 6144  # above this many inputs a consumer's importance uses the diagonal of A only
-
-
-class _Stop(Exception):
-    """Raised from a hook to cut a forward pass short once the wanted layer has been seen."""
-
-
-def dense_layer(m: nn.Module) -> bool:
-    if isinstance(m, nn.Linear):
-        return True
-    return isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros" and isinstance(m.padding,
-                                                                                                   tuple)
-
-
-def _rows(m: nn.Module, x: torch.Tensor, gen_seed: int, rows: int = MAX_ROWS) -> torch.Tensor:
-    """The layer's input as (rows, features) with a trailing 1 (bias); convs: sampled k x k patches, in
-    F.unfold's row and column order. Only the sampled patches are gathered: unfolding a whole feature map
-    first cost k*k times its size in memory and most of the reconstruction's time."""
-    if isinstance(m, nn.Linear):
-        xs = x.reshape(-1, x.shape[-1])
-        idx = _sample(xs.shape[0], gen_seed, rows)
-        xs = xs[idx] if idx is not None else xs
-    else:
-        xs = _patches(m, x, gen_seed, rows)
-    return torch.cat([xs.double(), torch.ones(xs.shape[0], 1, dtype=torch.float64)], 1)
-
-
-def _out_size(m: nn.Conv2d, h: int, w: int) -> tuple[int, int]:
-    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = m.kernel_size, m.stride, m.dilation, m.padding
-    return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-
-
-def _positions(n: int, oh: int, ow: int, gen_seed: int, rows: int):
-    """(batch, row, column) of the sampled output positions, None when every position is kept."""
-    idx = _sample(n * oh * ow, gen_seed, rows)
-    if idx is None:
-        return None
-    b, r = idx // (oh * ow), idx % (oh * ow)
-    return b, r // ow, r % ow
-
-
-def _patches(m: nn.Conv2d, x: torch.Tensor, gen_seed: int, rows: int) -> torch.Tensor:
-    n, c, h, w = x.shape
-    oh, ow = _out_size(m, h, w)
-    pos = _positions(n, oh, ow, gen_seed, rows)
-    if pos is None:  # small maps: every patch
-        cols = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-    b, oi, oj = pos
-    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = m.kernel_size, m.stride, m.dilation, m.padding
-    xp = F.pad(x, (pw, pw, ph, ph))
-    ii = oi[:, None] * sh + torch.arange(kh)[None, :] * dh  # (rows, kh)
-    jj = oj[:, None] * sw + torch.arange(kw)[None, :] * dw  # (rows, kw)
-    got = xp[b[:, None, None], :, ii[:, :, None], jj[:, None, :]]  # (rows, kh, kw, c)
-    return got.permute(0, 3, 1, 2).reshape(len(b), c * kh * kw)
-
-
-def _targets(m: nn.Module, y: torch.Tensor, gen_seed: int, rows: int = MAX_ROWS) -> torch.Tensor:
-    if isinstance(m, nn.Linear):
-        ys = y.reshape(-1, y.shape[-1])
-        idx = _sample(ys.shape[0], gen_seed, rows)
-        return (ys[idx] if idx is not None else ys).double()
-    pos = _positions(y.shape[0], y.shape[2], y.shape[3], gen_seed, rows)
-    if pos is None:
-        return y.flatten(2).transpose(1, 2).reshape(-1, y.shape[1]).double()
-    b, oi, oj = pos
-    return y[b, :, oi, oj].double()
-
-
-def _sample(n: int, seed: int, rows: int) -> torch.Tensor | None:
-    # the same seed on the original and the pruned side picks the same positions
-    if n <= rows:
-        return None
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:rows]
-
-
-def _forward_until(model: nn.Module, layer: nn.Module, x: torch.Tensor, output: bool) -> torch.Tensor:
-    """The layer's input (or output) on x; the forward pass stops right after it."""
-    got: list[torch.Tensor] = []
-
-    def pre(mod, args):
-        if not output:
-            got.append(args[0].detach())
-            raise _Stop
-
-    def post(mod, args, out):
-        got.append(out.detach())
-        raise _Stop
-
-    h = layer.register_forward_hook(post) if output else layer.register_forward_pre_hook(pre)
-    try:
-        with torch.no_grad():
-            run_model(model, x)
-    except _Stop:
-        pass
-    finally:
-        h.remove()
-    if not got:
-        raise RuntimeError("layer not reached in the forward pass")
-    return got[0]
-
-
-def forward_order(model: nn.Module, x: torch.Tensor) -> list[str]:
-    names = {m: n for n, m in model.named_modules()}
-    order: list[str] = []
-
-    def hook(mod, args):
-        if names[mod] not in order:
-            order.append(names[mod])
-
-    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if dense_layer(m)]
-    try:
-        with torch.no_grad():
-            run_model(model, x)
-    finally:
-        for h in handles:
-            h.remove()
-    return order
-
 
 # ---------------------------------------------------------------------------------------------- importance
 
@@ -187,7 +68,7 @@ def measure_scores(model: nn.Module, batches: list[torch.Tensor], max_batches: i
     grams: dict[nn.Module, torch.Tensor] = {}
 
     def hook(mod, args):
-        xs = _rows(mod, args[0].detach(), 0)[:, :-1]
+        xs = input_rows(mod, args[0].detach(), 0)[:, :-1]
         grams[mod] = grams.get(mod, 0) + xs.T @ xs
 
     handles = [m.register_forward_pre_hook(hook) for m in layers.values()]
@@ -266,7 +147,7 @@ def _original_targets(orig: nn.Module, names: list[str], batches: list) -> dict[
     def hook(name):
         def fn(mod, args, out):
             if len(got[name]) == current[0]:  # a layer called twice: its first call, as the pruned side sees
-                got[name].append(_targets(mod, out.detach(), 1000 + current[0]))
+                got[name].append(output_rows(mod, out.detach(), 1000 + current[0]))
         return fn
 
     handles = [mods[n].register_forward_hook(hook(n)) for n in names]
@@ -285,9 +166,9 @@ def _solve_layer(pruned: nn.Module, o_layer: nn.Module, p_layer: nn.Module, batc
     a = b = None
     yy = 0.0
     for i, x in enumerate(batches):
-        xin = _forward_until(pruned, p_layer, x, output=False)
+        xin = forward_until(pruned, p_layer, x, output=False)
         ys = targets[i] if kept_out is None else targets[i][:, kept_out]
-        xs = _rows(p_layer, xin, 1000 + i)
+        xs = input_rows(p_layer, xin, 1000 + i)
         a = xs.T @ xs if a is None else a + xs.T @ xs
         b = xs.T @ ys if b is None else b + xs.T @ ys
         yy += float((ys ** 2).sum())

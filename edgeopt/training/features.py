@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from edgeopt.errors import ConfigError
-from edgeopt.inputs.structure import run_model
+from edgeopt.inputs.feeding import run_model
 
 
 def _top_level(model: nn.Module) -> dict[str, nn.Module]:

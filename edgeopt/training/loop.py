@@ -15,7 +15,8 @@ from torch import nn
 
 from edgeopt.errors import ConfigError, DataError
 from edgeopt.inputs.data.feed import TrainFeed
-from edgeopt.inputs.structure import flatten_outputs, run_model
+from edgeopt.inputs.feeding import run_model
+from edgeopt.inputs.structure import flatten_outputs
 from edgeopt.training import ddp
 from edgeopt.training.features import Capture, DistillStudent, make_adapters, match_layers
 from edgeopt.training.losses import (
