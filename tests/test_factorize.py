@@ -175,3 +175,21 @@ def test_factorize_with_a_measured_table_records_every_decision(net, x, tmp_path
     again = LatencyTable(cache_dir=tmp_path, runs=3)
     factorize(net, x, energy=0.5, table=again)
     assert again.measured == 0  # the same layers at the same ranks: all from the cache
+
+
+def test_cp_layers_decided_by_the_table_before_any_decomposition(net, x, monkeypatch):
+    """CP's four convs (1x1, k x 1 and 1 x k depthwise, 1x1) are looked up before the ALS fit: a layer not
+    measured faster is kept and never decomposed."""
+    from edgeopt.techniques import factorize as F
+
+    cheap, rec = F.factorize(net, x, method="cp", energy=0.5, table=_Costs(pointwise=0.0))
+    assert [d["kind"] for d in rec["layers"] if d["layer"] == "c2"] == ["cp"]
+
+    def no_fit(*a, **k):
+        raise AssertionError("decomposed a layer the table kept")
+
+    monkeypatch.setattr(F, "_cp", no_fit)
+    dear, rec = F.factorize(net, x, method="cp", energy=0.5, table=_Costs(pointwise=10.0))
+    assert any(s.startswith("c2: ranks") and "not faster on scripted" in s for s in rec["skipped"])
+    assert isinstance(dear.c2, nn.Conv2d)
+

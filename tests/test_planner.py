@@ -324,3 +324,15 @@ def test_factorize_methods_are_one_screening_group():
     assert "factorize-svd" not in _families(no_linear, "factorize-")
     only_linear = _crit_plan(summary=SUMMARY.model_copy(update={"layers": {"linear": 3}}))
     assert _families(only_linear, "factorize-") == {"factorize-svd"}
+
+
+def test_factorization_decided_by_the_latency_table_only_when_measured_here():
+    here = _crit_plan(calib=True)
+    steps = [s for c in here.candidates if c.family and c.family.startswith("factorize-") for s in c.steps
+             if s.technique == "factorize"]
+    assert steps and {s.lut_runtime for s in steps if s.method != "svd"} == {"onnxruntime"}
+    assert "measured faster on onnxruntime" in next(d.reason for d in here.decisions if d.technique == "factorize")
+    local = load_target("x86-amx").model_copy(update={"detected": False})
+    away = plan(make_context(target="arm64-cpu"), load_target("arm64-cpu"), SUMMARY, local, ["onnxruntime"])
+    away_steps = [s for c in away.candidates for s in c.steps if s.technique == "factorize"]
+    assert away_steps and all(s.lut_runtime is None for s in away_steps)  # estimated there: no table here

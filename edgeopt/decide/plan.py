@@ -18,7 +18,7 @@ from edgeopt.decide.retraining import distillation_kind, slimming_structures
 from edgeopt.decide.sparsity import from_scratch_structures, sparse_structures
 from edgeopt.decide.structures import factorize_structures, finetune_step, prune_structures
 from edgeopt.decide.toolbox import architecture_structures, depth_structures
-from edgeopt.formats import format_of_runtime, precisions_of_format
+from edgeopt.formats import format_of_runtime, layer_timing_runtimes, precisions_of_format
 from edgeopt.report import Decision
 from edgeopt.targets import TargetProfile
 from edgeopt.techniques import TECHNIQUES, TechniqueConfig, parse_step
@@ -138,7 +138,8 @@ def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, l
     structures += recon_structures(context, target, summary, has_calib_data, finetune, decisions)
     structures += latency_structures(context, summary, has_calib_data, finetune, decisions, runtimes, here,
                                       pairs=pairs)
-    structures += factorize_structures(context, target, summary, finetune, decisions)
+    timing = next((r for r in runtimes if r in layer_timing_runtimes()), None) if here else None
+    structures += factorize_structures(context, target, summary, finetune, decisions, lut_runtime=timing)
     structures += slimming_structures(context, summary, finetune, decisions)
     structures += sparse_structures(context, target, finetune, decisions)
     structures += from_scratch_structures(context, target, has_train_data, decisions)

@@ -138,12 +138,18 @@ def prune_structures(context, target, summary, has_calib_data, finetune, decisio
     return out
 
 
-def _factorize_steps(method: str, ranks: str, energy: float | None, finetune: FineTuneConfig | None) -> list:
-    steps = [FactorizeConfig(method=method, rank_method=ranks, energy=energy)]
+def _factorize_steps(method: str, ranks: str, energy: float | None, finetune: FineTuneConfig | None,
+                     lut_runtime: str | None = None) -> list:
+    # SVD of linear layers has no latency check (a Linear split in two is not a conv the table times)
+    steps = [FactorizeConfig(method=method, rank_method=ranks, energy=energy,
+                             lut_runtime=lut_runtime if method != "svd" else None)]
     return steps + ([finetune.model_copy(deep=True)] if finetune else [])
 
 
-def factorize_structures(context, target, summary, finetune, decisions) -> list[tuple]:
+def factorize_structures(context, target, summary, finetune, decisions, lut_runtime: str | None = None
+                         ) -> list[tuple]:
+    """`lut_runtime`: the runtime whose measured layer latencies decide, layer by layer, whether a
+    factorized conv is kept (None: every layer the energy allows is factorized)."""
     if "factorize" not in TECHNIQUES:
         decisions.append(Decision(technique="factorize", decision="skipped",
                                   reason="no factorization technique registered in this version"))
@@ -170,11 +176,11 @@ def factorize_structures(context, target, summary, finetune, decisions) -> list[
         what = {"tucker": "Tucker-2", "cp": "CP", "svd": "SVD (linear layers)"}[method]
         if ranks == "vbmf":  # ranks estimated per layer: one level, screened beside the others' middle one
             family = f"factorize-{method}-vbmf"
-            out.append((family + ft, _factorize_steps(method, ranks, None, finetune),
+            out.append((family + ft, _factorize_steps(method, ranks, None, finetune, lut_runtime),
                         f"{what} factorization, ranks from VBMF", family, common, "factorize-method"))
         else:
             family = f"factorize-{method}"
-            out += [(f"{family}{int(round(e * 100))}{ft}", _factorize_steps(method, ranks, e, finetune),
+            out += [(f"{family}{int(round(e * 100))}{ft}", _factorize_steps(method, ranks, e, finetune, lut_runtime),
                      f"{what} factorization keeping {e:.0%} of each layer's energy", family, 1 - e,
                      "factorize-method") for e in energies]
         methods.append(family.removeprefix("factorize-"))
@@ -182,5 +188,7 @@ def factorize_structures(context, target, summary, finetune, decisions) -> list[
         technique="factorize", decision="applied",
         reason=f"{'size goal' if context.goal == 'size' else 'CPU latency goal'}: low-rank factorization of "
                f"large layers cuts MACs and weights; methods {', '.join(methods)} screened at one energy by "
-               "measured accuracy, the energy kept then bisected"))
+               "measured accuracy, the energy kept then bisected" + (
+                   f"; a conv is factorized only where its factors are measured faster on {lut_runtime} "
+                   "(latency table)" if lut_runtime else "")))
     return out

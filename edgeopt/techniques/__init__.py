@@ -60,7 +60,8 @@ class FactorizeConfig(TechniqueConfig):
     rank_method: Literal["energy", "vbmf"] = "energy"
     layers: list[str] | None = None
     min_params: int = Field(4096, ge=0)
-    # Tucker layers are kept only where the three convs are measured faster on this runtime (latency table)
+    # a conv is factorized only where its factors (Tucker: three convs; CP: four) are measured faster on
+    # this runtime (latency table); decided before decomposing
     lut_runtime: str | None = None
 
 
