@@ -123,7 +123,7 @@ def fit(student: nn.Module, train_data, teacher: nn.Module | None = None, epochs
             total, n, waited, t_epoch = 0.0, 0, [0.0], time.perf_counter()
             for x, y in _timed(feed.epoch(epoch, rank, world_size), waited):
                 x = x.to(dev, non_blocking=True)
-                y = y.to(dev) if y is not None else None
+                y = y.to(dev) if isinstance(y, torch.Tensor) else None  # box lists: teacher only
                 out, feats, emb = model(x)
                 loss = _loss(out, feats, emb, y, teacher, t_capture, x, kinds, names, feature_distance,
                              temperature, alpha, beta, gamma)
