@@ -193,3 +193,17 @@ def test_cp_layers_decided_by_the_table_before_any_decomposition(net, x, monkeyp
     assert any(s.startswith("c2: ranks") and "not faster on scripted" in s for s in rec["skipped"])
     assert isinstance(dear.c2, nn.Conv2d)
 
+
+
+def test_cp_skips_a_layer_too_costly_to_fit_with_the_reason(monkeypatch):
+    from edgeopt.techniques import factorize as F
+
+    def no_fit(*a, **k):
+        raise AssertionError("ran CP-ALS on a layer over the cost limit")
+
+    monkeypatch.setattr(F, "_cp", no_fit)
+    torch.manual_seed(0)
+    big = nn.Sequential(nn.Conv2d(256, 256, 3, padding=1), nn.ReLU()).eval()
+    same, rec = F.factorize(big, torch.randn(1, 256, 8, 8), method="cp", energy=0.9)
+    assert rec["layers_changed"] == 0 and isinstance(same[0], nn.Conv2d)
+    assert any(s.startswith("0: CP at rank") and "too costly to fit" in s for s in rec["skipped"])

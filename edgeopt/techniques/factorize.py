@@ -27,6 +27,11 @@ from edgeopt.techniques.ranks import (
 METHODS = ("tucker", "cp", "svd")
 
 
+# CP-ALS costs tensor size x rank per mode and sweep: a 128x128x3x3 conv at rank 100 fits in seconds on 2
+# cores, a 512x512x3x3 one at rank 230 took minutes per layer, more than the rest of a search together.
+CP_MAX_FIT = 2.5e8
+
+
 def _shapes(model: nn.Module, example: Inputs, io: dict | None = None) -> dict[nn.Module, tuple[int, int]]:
     """(input H*W, output H*W) of every conv; 1 for Linears (per token counts are the same ratio). `io`, when
     given, receives each conv's (input shape, output H, W)."""
@@ -168,6 +173,10 @@ def _plan_conv(conv, hw, method, energy, macs_reduction, rank_method):
                                                                       rank_method))
         after = cp_macs(cin, cout, kh, kw, rank, hw_in, hw_mid, hw_out)
         kept, ranks = None, [rank]
+        fit = w.numel() * rank * 4  # one ALS sweep: a tensor-times-Khatri-Rao product per mode
+        if fit > CP_MAX_FIT:
+            return (f"CP at rank {rank} is too costly to fit (about {fit / 1e9:.1f} G multiply-adds per ALS "
+                    f"sweep, limit {CP_MAX_FIT / 1e9:.2f} G): Tucker-2 factorizes this layer in seconds")
     if after >= before:
         return f"rank {ranks} would not reduce MACs ({after:,} >= {before:,})"
     return ranks, before, after, kept
