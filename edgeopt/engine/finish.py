@@ -5,6 +5,8 @@ reads): split out by concept, one class at run time."""
 
 from __future__ import annotations
 
+import time
+
 from edgeopt.decide import policy
 from edgeopt.decide.plan import CandidateSpec
 from edgeopt.engine.build import Built, to_cache
@@ -31,7 +33,9 @@ class Finishing:
             if self._check_stop():
                 self._mark(spec.id, "rejected", self.stopped)
                 continue
-            self._finish_one(spec)
+            t0 = time.perf_counter()
+            self._finish_one(spec)  # builds if needed, exports, verifies, evaluates, measures
+            self.finish_seconds[spec.id] = round(time.perf_counter() - t0, 2)
             self.progress.advance()
         if structure in self.layout_of:
             self.finished_layouts.setdefault(self.layout_of[structure], structure)

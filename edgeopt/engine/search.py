@@ -66,6 +66,8 @@ class Search(Finishing):
         for s in self.plan.candidates:
             self.specs.setdefault(s.structure, []).append(s)
         self.built: dict[str, Built | Exception] = {}
+        self.build_seconds: dict[str, float] = {}
+        self.finish_seconds: dict[str, float] = {}
         self.screened: dict[str, float | None] = {}
         self.layout_of: dict[str, str] = {}
         self.finished_layouts: dict[str, str] = {}
@@ -106,7 +108,8 @@ class Search(Finishing):
         return {"trace": self.trace, "stopped": self.stopped,
                 "screened_drop_pp": {k: v for k, v in self.screened.items()},
                 "screening": {g.group: g.summary() for g in self.screenings},
-                "structures_built": sum(1 for b in self.built.values() if not isinstance(b, Exception))}
+                "structures_built": sum(1 for b in self.built.values() if not isinstance(b, Exception)),
+                "build_seconds": dict(self.build_seconds), "finish_seconds": dict(self.finish_seconds)}
 
     # ---- structures: bisection, screening, building ---------------------------------------------------
     def _failure(self, structure: str) -> str | None:
@@ -172,6 +175,7 @@ class Search(Finishing):
     def _build(self, structure: str) -> Built | Exception:
         if structure not in self.built:
             self.progress.log(f"building {structure}")
+            t0 = time.perf_counter()
             spec = self.specs[structure][0]
             base, steps = self.base_of.get(structure), spec.steps
             try:
@@ -192,6 +196,7 @@ class Search(Finishing):
             except Exception as e:  # one candidate's failure is data in the report, not a crash
                 b = e
             self.built[structure] = b
+            self.build_seconds[structure] = round(time.perf_counter() - t0, 2)  # where a search's time goes
         return self.built[structure]
 
     # ---- QAT phase: only where post-training INT8 measurably broke the budget ---------------------------
