@@ -127,6 +127,11 @@ def test_bisection_settles_on_the_most_aggressive_level_within_budget_plus_margi
     assert "more aggressive than prune50" in c["prune60@onnx-fp32"].reason
     assert "milder than prune40" in c["prune10@onnx-fp32"].reason
     assert any("bisection kept prune40, margin prune30" in t for t in search.trace)
+    # where the time went: every structure built and every candidate finished has its seconds
+    summary = search.summary()
+    assert set(builder.builds) - {"original"} <= set(summary["build_seconds"])
+    assert all(v >= 0 for v in summary["build_seconds"].values())
+    assert {"prune40@onnx-fp32", "prune30@onnx-fp32"} <= set(summary["finish_seconds"])
 
 
 def test_levels_within_budget_dropped_by_the_bisection_say_why(tmp_path):
