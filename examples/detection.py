@@ -8,6 +8,7 @@ images with their box lists as evaluation targets and `metric=map50`; --max-accu
 
     python examples/detection.py            # ~3 minutes on 2 CPU cores
     python examples/detection.py --small    # the version the tests run
+    python examples/detection.py --retrain  # pruned candidates distilled from the trained detector too
 """
 
 from __future__ import annotations
@@ -137,7 +138,9 @@ def batches(x: torch.Tensor, targets: list[dict], size: int = 16) -> list:
     return [(x[i:i + size], targets[i:i + size]) for i in range(0, len(x), size)]
 
 
-def run(out_dir: str | Path = "out/detection", small: bool = False, **optimize_kwargs):
+def run(out_dir: str | Path = "out/detection", small: bool = False, retrain: bool = False, **optimize_kwargs):
+    """Train the example model, then optimize it; `retrain=True` also hands edgeopt the training split, so
+    pruned candidates are fine-tuned (distilled from the trained model on every output)."""
     import edgeopt
 
     torch.manual_seed(0)
@@ -149,6 +152,8 @@ def run(out_dir: str | Path = "out/detection", small: bool = False, **optimize_k
     kwargs = dict(target="local", goal="latency", max_accuracy_drop=2.0, out_dir=out_dir, metric=map50,
                   calib_data=[x[i:i + 16] for i in range(0, 64, 16)],
                   eval_data=batches(x[n_train:], targets[n_train:]))
+    if retrain:
+        kwargs.update(retrain=True, epochs=3, train_data=batches(x[:n_train], targets[:n_train]))
     kwargs.update(optimize_kwargs)
     report = edgeopt.optimize(model, example_inputs=x[:1], **kwargs)
     return report, trained_s
@@ -158,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", action="store_true", help="tiny images and model (what the tests run)")
     ap.add_argument("--out", default="out/detection")
+    ap.add_argument("--retrain", action="store_true", help="let edgeopt fine-tune pruned candidates (slower)")
     args = ap.parse_args(argv)
-    report, trained_s = run(args.out, args.small)
+    report, trained_s = run(args.out, args.small, retrain=args.retrain)
     base, chosen = report.baseline, report.chosen_candidate
     print(f"trained in {trained_s:.1f} s; baseline {base.runtime} {base.precision}: mAP@0.5 {base.accuracy:.1f}%, "
           f"p50 {base.latency_ms.p50:.2f} ms")
