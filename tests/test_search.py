@@ -174,6 +174,24 @@ def test_time_budget_stops_the_search(tmp_path, monkeypatch):
     assert all(x.status != "pending" for x in c.values())
 
 
+def test_time_budget_spent_before_any_finish_still_offers_the_best_screened_structure(tmp_path, monkeypatch):
+    """The budget runs out while the bisection is still building: the structure with the fewest MACs already
+    screened within the accuracy budget is exported and measured anyway, one over the budget is not."""
+    clock = [0.0]
+    monkeypatch.setattr(search_mod.time, "perf_counter", lambda: clock[0])
+    drops = dict(zip([f"prune{int(r * 100)}" for r in RATIOS], (0.1, 0.3, 0.6, 0.9, 1.5, 3.0), strict=True))
+    builder = FakeBuilder(tmp_path, drops, clock=clock)
+    search = _search(tmp_path, builder, time_budget_s=25)
+    c = _by_id(search.run())
+    within = [s for s in builder.builds if s != "original" and drops[s] <= 1.0]
+    assert within, builder.builds
+    best = max(within, key=lambda s: int(s.removeprefix("prune")))  # the fewest MACs in the fake builder
+    assert c[f"{best}@onnx-fp32"].status == "ok"
+    assert any("time budget spent: finishing " + best in t for t in search.trace)
+    over = [s for s in builder.builds if s != "original" and drops[s] > 1.0]
+    assert all(c[f"{s}@onnx-fp32"].status != "ok" for s in over)
+
+
 def test_failures_are_recorded_not_raised(tmp_path):
     builder = FakeBuilder(tmp_path, {}, errors={"prune30": RuntimeError("boom")},  # the first level screened
                           export_errors={"prune20@onnx-int8": ExportError("int8 export broke")})

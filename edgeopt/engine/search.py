@@ -67,6 +67,7 @@ class Search(Finishing):
             self.specs.setdefault(s.structure, []).append(s)
         self.built: dict[str, Built | Exception] = {}
         self.build_seconds: dict[str, float] = {}
+        self.grace = False  # finishing the best screened structure after the time budget ran out
         self.finish_seconds: dict[str, float] = {}
         self.screened: dict[str, float | None] = {}
         self.layout_of: dict[str, str] = {}
@@ -98,6 +99,7 @@ class Search(Finishing):
                 self._finish(s)
             self._early_stop()
         self._qat_phase()
+        self._finish_best_screened()
         for c in self.cands.values():
             if c.status == "pending":
                 c.status = "rejected"
@@ -237,7 +239,32 @@ class Search(Finishing):
             c.status, c.reason = status, reason
             self.progress.advance()
 
+    def _finish_best_screened(self) -> None:
+        """The time budget ran out: export and measure the structure with the fewest MACs already built and
+        screened within the accuracy budget and not finished, so the run offers its best find, not nothing."""
+        if not self.stopped or "--time-budget" not in self.stopped:
+            return
+        limit = self.context.max_accuracy_drop + policy.EPS_PP
+        ready = [s for s, drop in self.screened.items() if drop is not None and drop <= limit
+                 and not isinstance(self.built.get(s), (Exception, type(None)))
+                 and all(self.cands[spec.id].status in ("pending", "rejected") and self.cands[spec.id].latency_ms
+                         is None for spec in self.specs[s])]
+        if not ready:
+            return
+        best = min(ready, key=lambda s: (self.built[s].macs, self.built[s].params))
+        self.trace.append(f"time budget spent: finishing {best}, the structure with the fewest MACs screened "
+                          "within the accuracy budget")
+        self.grace = True
+        try:
+            for spec in self.specs[best]:
+                self.cands[spec.id].status, self.cands[spec.id].reason = "pending", None
+            self._finish(best)
+        finally:
+            self.grace = False
+
     def _check_stop(self) -> bool:
+        if self.grace:
+            return False
         budget = self.context.time_budget_s
         if not self.stopped and budget and time.perf_counter() - self.t_start > budget:
             self.stopped = f"not tried: --time-budget of {budget:g} s exhausted"
