@@ -188,6 +188,7 @@ def test_time_budget_spent_before_any_finish_still_offers_the_best_screened_stru
     best = max(within, key=lambda s: int(s.removeprefix("prune")))  # the fewest MACs in the fake builder
     assert c[f"{best}@onnx-fp32"].status == "ok"
     assert any("time budget spent: finishing " + best in t for t in search.trace)
+    assert all(isinstance(x.reason, str) for x in c.values())  # the report's tables print every reason
     over = [s for s in builder.builds if s != "original" and drops[s] > 1.0]
     assert all(c[f"{s}@onnx-fp32"].status != "ok" for s in over)
 

@@ -257,7 +257,7 @@ class Search(Finishing):
         self.grace = True
         try:
             for spec in self.specs[best]:
-                self.cands[spec.id].status, self.cands[spec.id].reason = "pending", None
+                self.cands[spec.id].status, self.cands[spec.id].reason = "pending", ""
             self._finish(best)
         finally:
             self.grace = False
