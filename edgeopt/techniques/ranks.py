@@ -1,10 +1,12 @@
 """Rank selection for low-rank factorization: by energy kept (sum of squared singular values), by
 VBMF (empirical variational Bayesian matrix factorization, Nakajima et al. 2013 — the noise level is
-estimated from the matrix itself, no hyper-parameter), or by a target MAC reduction."""
+estimated from the matrix itself, no hyper-parameter), or by a target MAC reduction; and whether the
+factors at the chosen ranks are measured faster than the layer on a runtime (latency table)."""
 
 from __future__ import annotations
 
 import numpy as np
+from torch import nn
 
 
 def energy_rank(s: np.ndarray, energy: float) -> int:
@@ -81,3 +83,34 @@ def rank_for_macs(macs_of_rank, max_rank: int, budget: float) -> int:
         else:
             hi = mid - 1
     return lo
+
+
+def not_faster(table, conv: nn.Conv2d, io, ranks, method: str = "tucker") -> str | None:
+    """Why the factorized layer is kept as it is on the table's runtime, or None when measured faster. Tucker-2:
+    1x1 (in -> r_in), k x k (r_in -> r_out), 1x1 (r_out -> out); CP: 1x1 (in -> r), depthwise k x 1 and 1 x k
+    (r), 1x1 (r -> out)."""
+    from edgeopt.measure.lut import signature
+
+    shape, out_hw = io
+    one = nn.Conv2d(1, 1, 1)
+    orig = table.entry(signature(conv, shape), conv.in_channels, conv.out_channels)
+    if method == "cp":
+        r = ranks[0]
+        (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+        vert = nn.Conv2d(r, r, (kh, 1), stride=(sh, 1), padding=(ph, 0), groups=r, bias=False)
+        horz = nn.Conv2d(r, r, (1, kw), stride=(1, sw), padding=(0, pw), groups=r, bias=False)
+        mid_h = (shape[2] + 2 * ph - kh) // sh + 1
+        parts = [table.entry(signature(one, shape), conv.in_channels, r),
+                 table.entry(signature(vert, (shape[0], r, *shape[2:])), r, r),
+                 table.entry(signature(horz, (shape[0], r, mid_h, shape[3])), r, r),
+                 table.entry(signature(one, (shape[0], r, *out_hw)), r, conv.out_channels)]
+    else:
+        r_in, r_out = ranks
+        parts = [table.entry(signature(one, shape), conv.in_channels, r_in),
+                 table.entry(signature(conv, shape), r_in, r_out),
+                 table.entry(signature(one, (shape[0], r_out, *out_hw)), r_out, conv.out_channels)]
+    # each conv timed alone pays one call's fixed cost; inside the model they pay it once
+    new = sum(parts) - (len(parts) - 1) * table.entry({"kind": "null"}, 0, 0)
+    if new < orig:
+        return None
+    return f"ranks {list(ranks)} not faster on {table.runtime}: {new:.4f} ms measured >= {orig:.4f} ms"
