@@ -191,6 +191,13 @@ def test_time_budget_spent_before_any_finish_still_offers_the_best_screened_stru
     assert all(isinstance(x.reason, str) for x in c.values())  # the report's tables print every reason
     over = [s for s in builder.builds if s != "original" and drops[s] > 1.0]
     assert all(c[f"{s}@onnx-fp32"].status != "ok" for s in over)
+    # a compressed candidate finished in time: nothing more is finished after the budget
+    clock[0] = 0.0
+    builder = FakeBuilder(tmp_path, drops, clock=clock)
+    search = _search(tmp_path, builder, time_budget_s=45)
+    c = _by_id(search.run())
+    assert not any("time budget spent" in t for t in search.trace)
+    assert sum(x.status == "ok" for x in c.values()) >= 2
 
 
 def test_failures_are_recorded_not_raised(tmp_path):

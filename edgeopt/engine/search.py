@@ -240,10 +240,15 @@ class Search(Finishing):
             self.progress.advance()
 
     def _finish_best_screened(self) -> None:
-        """The time budget ran out: export and measure the structure with the fewest MACs already built and
-        screened within the accuracy budget and not finished, so the run offers its best find, not nothing."""
+        """The time budget ran out before any compressed candidate was finished: export and measure the
+        structure with the fewest MACs already built and screened within the accuracy budget, so the run offers
+        its best find rather than only the original."""
         if not self.stopped or "--time-budget" not in self.stopped:
             return
+        original = self.plan.candidates[0].structure
+        if any(self.cands[spec.id].status == "ok" for s, specs in self.specs.items() if s != original
+               for spec in specs):
+            return  # a compressed candidate was finished in time: nothing to add
         limit = self.context.max_accuracy_drop + policy.EPS_PP
         ready = [s for s, drop in self.screened.items() if drop is not None and drop <= limit
                  and not isinstance(self.built.get(s), (Exception, type(None)))
