@@ -68,6 +68,7 @@ class Search(Finishing):
         self.built: dict[str, Built | Exception] = {}
         self.build_seconds: dict[str, float] = {}
         self.grace = False  # finishing the best screened structure after the time budget ran out
+        self.out_of_time = False  # stopped by --time-budget (not by a met latency/size budget)
         self.finish_seconds: dict[str, float] = {}
         self.screened: dict[str, float | None] = {}
         self.layout_of: dict[str, str] = {}
@@ -243,7 +244,7 @@ class Search(Finishing):
         """The time budget ran out before any compressed candidate was finished: export and measure the
         structure with the fewest MACs already built and screened within the accuracy budget, so the run offers
         its best find rather than only the original."""
-        if not self.stopped or "--time-budget" not in self.stopped:
+        if not self.out_of_time:
             return
         original = self.plan.candidates[0].structure
         if any(self.cands[spec.id].status == "ok" for s, specs in self.specs.items() if s != original
@@ -273,6 +274,7 @@ class Search(Finishing):
         budget = self.context.time_budget_s
         if not self.stopped and budget and time.perf_counter() - self.t_start > budget:
             self.stopped = f"not tried: --time-budget of {budget:g} s exhausted"
+            self.out_of_time = True
             self.trace.append(self.stopped)
         return self.stopped is not None
 
