@@ -201,6 +201,8 @@ class ModelSummary(BaseModel):
     input_shape: list[int]
     num_outputs: int | None = None
     layers: dict[str, int] = Field(default_factory=dict)  # conv, depthwise_conv, linear, attention, norm ...
+    linear_macs: int | None = None  # per sample, in Linear layers (None: not counted)
+    linear_params: int | None = None
     prunable_groups: int = 0
     min_channels: int | None = None  # narrowest prunable layer (bounds useful channel rounding)
     unprunable: list[str] = Field(default_factory=list)  # "layer: reason"

@@ -141,12 +141,18 @@ def test_factorize_proposed_only_when_registered_and_fitting(monkeypatch):
     if "factorize" not in TECHNIQUES:
         fake = Technique("factorize", type(make_context()), None, "model", False, False, "test row")
         monkeypatch.setitem(TECHNIQUES._items, "factorize", fake)
-    cpu = _grid_plan("cpu", "latency", False, 1.0)
+    cpu = _grid_plan("cpu", "latency", True, 1.0)
     fac = [c for c in cpu.candidates if any(s.technique == "factorize" for s in c.steps)]
     assert fac and {c.family for c in fac} == {"factorize-tucker", "factorize-tucker-vbmf", "factorize-cp",
                                                 "factorize-svd"}
     assert all(c.screen == "factorize-method" for c in fac)
     assert {s.method for c in fac for s in c.steps if s.technique == "factorize"} == {"tucker", "cp", "svd"}
+    # without retraining: VBMF ranks and CP layers need fine-tuning to recover, so only Tucker by energy and SVD
+    untrained = _grid_plan("cpu", "latency", False, 1.0)
+    fac = [c for c in untrained.candidates if any(s.technique == "factorize" for s in c.steps)]
+    assert {c.family for c in fac} == {"factorize-tucker", "factorize-svd"}
+    why = next(d for d in untrained.decisions if d.technique == "factorize")
+    assert "not tried without retraining: tucker-vbmf, cp" in why.reason
     gpu = _grid_plan("gpu", "latency", False, 1.0)
     assert not any(s.technique == "factorize" for c in gpu.candidates for s in c.steps)
     assert any(d.technique == "factorize" and d.decision == "skipped" and "GPU" in d.reason
@@ -310,16 +316,16 @@ def test_sensitivity_leaves_out_the_global_variant():
 
 
 def test_factorize_methods_are_one_screening_group():
-    p = _crit_plan()
+    p = _crit_plan(train=True, retrain=True)
     fac = [c for c in p.candidates if c.screen == "factorize-method"]
     fams = {c.family: [] for c in fac}
     for c in fac:
         fams[c.family].append(c)
     vbmf = fams["factorize-tucker-vbmf"]
-    assert {c.structure for c in vbmf} == {"factorize-tucker-vbmf"} and vbmf[0].steps[0].rank_method == "vbmf"
+    assert {c.structure for c in vbmf} == {"factorize-tucker-vbmf-ft"} and vbmf[0].steps[0].rank_method == "vbmf"
     tucker_levels = sorted({c.level for c in fams["factorize-tucker"]})
     assert vbmf[0].level in tucker_levels  # measured beside the others at their common level
-    assert {s.method for c in fams["factorize-svd"] for s in c.steps} == {"svd"}
+    assert {s.method for c in fams["factorize-svd"] for s in c.steps if s.technique == "factorize"} == {"svd"}
     no_linear = _crit_plan(summary=SUMMARY.model_copy(update={"layers": {"conv": 10}}))
     assert "factorize-svd" not in _families(no_linear, "factorize-")
     only_linear = _crit_plan(summary=SUMMARY.model_copy(update={"layers": {"linear": 3}}))
@@ -336,3 +342,29 @@ def test_factorization_decided_by_the_latency_table_only_when_measured_here():
     away = plan(make_context(target="arm64-cpu"), load_target("arm64-cpu"), SUMMARY, local, ["onnxruntime"])
     away_steps = [s for c in away.candidates for s in c.steps if s.technique == "factorize"]
     assert away_steps and all(s.lut_runtime is None for s in away_steps)  # estimated there: no table here
+
+
+def test_svd_is_not_tried_where_linear_layers_hold_almost_nothing():
+    """resnet18's classifier head is 0.0003 % of its MACs: factorizing it can never pay for its builds."""
+    tiny_head = SUMMARY.model_copy(update={"layers": {"conv": 10, "linear": 1}, "linear_macs": 5120,
+                                           "linear_params": 5130})
+    p = _crit_plan(summary=tiny_head)
+    assert "factorize-svd" not in _families(p, "factorize-")
+    why = next(d for d in p.decisions if d.technique == "factorize_svd")
+    assert why.decision == "skipped" and "cannot pay" in why.reason
+    big_head = SUMMARY.model_copy(update={"layers": {"conv": 10, "linear": 1}, "linear_macs": SUMMARY.macs // 4,
+                                          "linear_params": SUMMARY.params // 2})
+    assert "factorize-svd" in _families(_crit_plan(summary=big_head), "factorize-")
+
+
+def test_analyze_counts_what_linear_layers_hold():
+    import torchvision
+    from torch import nn
+
+    from edgeopt.inputs.analyze import analyze
+
+    s = analyze(torchvision.models.resnet18(num_classes=10).eval(), (1, 3, 64, 64))
+    assert s.linear_macs == 512 * 10 and s.linear_params == 512 * 10 + 10
+    vit = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    t = analyze(vit, (2, 5, 8))  # five tokens per sample: every token goes through both layers
+    assert t.linear_macs == 5 * (8 * 16 + 16 * 4)

@@ -155,7 +155,7 @@ def test_sampled_patches_match_unfold_rows():
 
 
 def test_recon_scores_are_reused_for_the_same_weights_and_batches():
-    from edgeopt.techniques.reconstruct import measure_scores
+    from edgeopt.techniques.recon_scores import measure_scores
 
     model = _mlp_with_duplicate()
     calib = _gauss()
@@ -175,3 +175,45 @@ def test_recon_scores_are_reused_for_the_same_weights_and_batches():
     measure_scores(model, [b.clone() for b in calib])  # other batch objects: measured again
     assert len(calls) > n + len(calib)
     h.remove()
+
+
+def test_one_pass_solves_the_same_problems_as_a_pass_per_layer(tiny, monkeypatch):
+    """All calibration batches joined in one forward pass, each consumer solved by a hook before it runs,
+    gives the same weights as running the pruned network up to every consumer batch by batch."""
+    from edgeopt.techniques import reconstruct as rc
+
+    calib = _gauss(3, (8, 1, 16, 16))
+    x = _gauss(1, (8, 1, 16, 16), seed=5)[0]
+    one = edgeopt.prune(tiny, x[:1], ratio=0.4, data=calib, reconstruct=True)
+    monkeypatch.setattr(rc, "ONE_PASS_ELEMENTS", 0)  # batches too large to join: a pass per layer
+    per_layer = edgeopt.prune(tiny, x[:1], ratio=0.4, data=calib, reconstruct=True)
+    a, b = one.edgeopt_record["reconstruction"], per_layer.edgeopt_record["reconstruction"]
+    assert a["one_pass"] is True and b["one_pass"] is False
+    assert [r["layer"] for r in a["layers"]] == [r["layer"] for r in b["layers"]] and a["layers"]
+    assert a["skipped"] == b["skipped"]
+    with torch.no_grad():
+        assert torch.allclose(one(x), per_layer(x), atol=1e-4, rtol=1e-4)
+
+
+def test_fewer_rows_than_inputs_are_solved_in_the_dual_form_with_the_same_result():
+    """Wide layers on small maps have fewer calibration rows than inputs: the n x n kernel form must give
+    the primal ridge solution (unshrunk bias included) and its errors."""
+    from edgeopt.techniques import reconstruct as rc
+
+    g = torch.Generator().manual_seed(0)
+    layer = nn.Linear(40, 5)
+    dual = rc._System()
+    for _ in range(2):  # 2 x 12 rows < 40 inputs: kept as rows
+        xs = torch.randn(12, 40, generator=g) + 0.5
+        ys = torch.randn(12, 5, generator=g)
+        dual.add(torch.cat([xs, torch.ones(12, 1)], 1), ys)
+    assert dual.a is None and dual.n == 24
+    primal = rc._System()
+    x = torch.cat([r[0] for r in dual.rows])
+    y = torch.cat([r[1] for r in dual.rows])
+    primal.a, primal.b, primal.yy = (x.T @ x).double(), (x.T @ y).double(), dual.yy
+    w0 = rc._current(layer)
+    s_dual, before_d, after_d = rc._solve_dual(dual, w0, 1e-2)
+    s_primal, before_p, after_p = rc._solve_primal(primal, w0, 1e-2)
+    assert torch.allclose(s_dual, s_primal, atol=1e-4), (s_dual - s_primal).abs().max()  # float32 rows
+    assert abs(before_d - before_p) < 1e-5 and abs(after_d - after_p) < 1e-5 and after_d < before_d

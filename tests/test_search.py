@@ -67,7 +67,7 @@ class FakeBuilder:
         model = nn.Linear(4, width)
         model.structure = spec.structure
         level = "".join(ch for ch in spec.structure if ch.isdigit())
-        return Built(model, [], 10, 1000 - int(level or 0))  # more aggressive levels: fewer MACs
+        return Built(model, [], 10, 1000 - 10 * int(level or 0))  # more aggressive levels: fewer MACs
 
     def torch_accuracy(self, model):
         return BASE_ACC - self.drops.get(model.structure, 0.0)
@@ -288,3 +288,24 @@ def test_accuracy_control_keeps_layers_in_float_on_a_real_openvino_model(tmp_pat
     control = c["original@openvino-int8"].accuracy_control
     assert control["float_layers"] and control["max_drop_pp"] == 0.0
     assert c["original@openvino-int8"].accuracy >= c["original@openvino-fp32"].accuracy - 1e-9
+
+
+def test_a_structure_that_compresses_almost_nothing_is_not_exported(tmp_path):
+    """Under policy.MIN_GAIN of the original's MACs and parameters (a factorization that only found the
+    classifier head): rejected with the numbers, never exported or measured."""
+
+    class HeadOnly(FakeBuilder):
+        def build(self, start, spec):
+            b = super().build(start, spec)
+            if spec.structure == "prune30":
+                b.macs = 999  # 0.1 % fewer MACs, the same parameters
+            return b
+
+    builder = HeadOnly(tmp_path, {"prune40": 5.0, "prune50": 5.0, "prune60": 5.0})
+    exported = []
+    real_export = builder.export
+    builder.export = lambda built, spec, **k: (exported.append(spec.id), real_export(built, spec, **k))[1]
+    cands = _by_id(_search(tmp_path, builder).run())
+    c = cands["prune30@onnx-fp32"]
+    assert c.status == "rejected" and "compresses too little" in c.reason and "0.10 % fewer MACs" in c.reason
+    assert "prune30@onnx-fp32" not in exported and "original@onnx-fp32" in exported

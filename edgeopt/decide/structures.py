@@ -146,6 +146,12 @@ def _factorize_steps(method: str, ranks: str, energy: float | None, finetune: Fi
     return steps + ([finetune.model_copy(deep=True)] if finetune else [])
 
 
+def _linears_negligible(summary) -> bool:
+    if summary.linear_macs is None or summary.linear_params is None or not (summary.macs and summary.params):
+        return False
+    return max(summary.linear_macs / summary.macs, summary.linear_params / summary.params) < policy.MIN_GAIN
+
+
 def factorize_structures(context, target, summary, finetune, decisions, lut_runtime: str | None = None
                          ) -> list[tuple]:
     """`lut_runtime`: the runtime whose measured layer latencies decide, layer by layer, whether a
@@ -169,11 +175,21 @@ def factorize_structures(context, target, summary, finetune, decisions, lut_runt
     energies = policy.ENERGIES[bool(finetune)]
     common = 1 - energies[policy.screen_index(len(energies))]
     ft = "-ft" if finetune else ""
-    out, methods = [], []
+    out, methods, untrained = [], [], []
     for method, ranks in policy.FACTORIZE_METHODS:
         if (method == "svd" and not linears) or (method != "svd" and not convs):
             continue  # Tucker/CP factorize convs; SVD only linear layers
         what = {"tucker": "Tucker-2", "cp": "CP", "svd": "SVD (linear layers)"}[method]
+        if not finetune and (method, ranks) in policy.RETRAIN_ONLY_FACTORIZATIONS:
+            untrained.append(f"{method}-vbmf" if ranks == "vbmf" else method)
+            continue
+        if method == "svd" and _linears_negligible(summary):
+            decisions.append(Decision(
+                technique="factorize_svd", decision="skipped",
+                reason=f"linear layers hold {100 * summary.linear_macs / summary.macs:.2f} % of the MACs and "
+                       f"{100 * summary.linear_params / summary.params:.2f} % of the parameters: factorizing "
+                       f"them cannot pay (under {100 * policy.MIN_GAIN:g} %)"))
+            continue
         if ranks == "vbmf":  # ranks estimated per layer: one level, screened beside the others' middle one
             family = f"factorize-{method}-vbmf"
             out.append((family + ft, _factorize_steps(method, ranks, None, finetune, lut_runtime),
@@ -190,5 +206,7 @@ def factorize_structures(context, target, summary, finetune, decisions, lut_runt
                f"large layers cuts MACs and weights; methods {', '.join(methods)} screened at one energy by "
                "measured accuracy, the energy kept then bisected" + (
                    f"; a conv is factorized only where its factors are measured faster on {lut_runtime} "
-                   "(latency table)" if lut_runtime else "")))
+                   "(latency table)" if lut_runtime else "") + (
+                   f"; not tried without retraining: {', '.join(untrained)} (their layers need fine-tuning to "
+                   "recover accuracy)" if untrained else "")))
     return out

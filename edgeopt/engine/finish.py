@@ -66,10 +66,28 @@ class Finishing:
         elif self._twin(spec):
             cand.status, cand.reason = "rejected", f"not tried: same channel layout as {self._twin(spec)}"
             return
+        elif self._negligible(spec.structure, b):
+            cand.status, cand.reason = "rejected", self._negligible(spec.structure, b)
+            return
         else:
             self._export_and_evaluate(cand, spec, b)
             self._accuracy_control(cand, spec, b)
         self.cache.put("cand", k, to_cache(cand))
+
+    def _negligible(self, structure: str, b: Built) -> str | None:
+        """Why a compressed structure is not worth exporting and measuring: it removes under policy.MIN_GAIN of
+        the original's MACs and of its parameters (e.g. a factorization that only found the classifier head)."""
+        base = self.cands[self.plan.baseline_id]
+        if structure == self.plan.candidates[0].structure or structure in self.base_of or not (base.macs
+                                                                                           and base.params):
+            return None
+        if any(st.technique not in policy.SHRINKING_STEPS for st in self.specs[structure][0].steps):
+            return None  # sparse weights, another architecture: MACs and parameters do not say what it gains
+        macs, params = 1 - b.macs / base.macs, 1 - b.params / base.params
+        if max(macs, params) >= policy.MIN_GAIN:
+            return None
+        return (f"not tried: compresses too little to be worth measuring ({100 * macs:.2f} % fewer MACs, "
+                f"{100 * params:.2f} % fewer parameters; under {100 * policy.MIN_GAIN:g} %)")
 
     def _accuracy_control(self, cand: Candidate, spec: CandidateSpec, b: Built) -> None:
         """An OpenVINO INT8 candidate that breaks the accuracy budget is quantized again with NNCF's accuracy

@@ -83,8 +83,20 @@ def analyze(model: nn.Module, input_shape, size_bytes: int = 0) -> ModelSummary:
         inputs = Inputs.random(input_shape, keyword=True)
     example = inputs.example()
     model.eval()
-    with torch.no_grad():
-        outs = flatten_outputs(inputs.call(model))
+    linear = {"macs": 0}
+
+    def count_linear(mod, args, out):  # MACs of Linear layers per sample, tokens included (ViT blocks)
+        if isinstance(out, torch.Tensor) and out.dim() >= 1 and inputs.batch:
+            linear["macs"] += out.numel() // max(out.shape[-1], 1) // inputs.batch * mod.in_features * \
+                mod.out_features
+
+    handles = [m.register_forward_hook(count_linear) for m in model.modules() if isinstance(m, nn.Linear)]
+    try:
+        with torch.no_grad():
+            outs = flatten_outputs(inputs.call(model))
+    finally:
+        for h in handles:
+            h.remove()
     out = outs.get("out", next(iter(outs.values())))  # the primary output: 'out' or the first
     from edgeopt.techniques.prune import trouble_modules, unsafe_layers
 
@@ -106,7 +118,8 @@ def analyze(model: nn.Module, input_shape, size_bytes: int = 0) -> ModelSummary:
     return ModelSummary(
         params=count_params(model), macs=count_macs(model, example), input_shape=list(inputs.first.shape),
         num_outputs=(int(out.shape[-1]) if out.dim() == 2 else int(out.shape[1]) if out.dim() == 4 else None),
-        layers=layer_mix(model),
+        layers=layer_mix(model), linear_macs=linear["macs"],
+        linear_params=sum(p.numel() for m in model.modules() if isinstance(m, nn.Linear) for p in m.parameters()),
         prunable_groups=groups, unprunable=unprunable, min_channels=min(widths) if widths else None,
         size_bytes=size_bytes or sum(p.numel() * p.element_size() for p in model.parameters()),
     )

@@ -83,6 +83,8 @@ def torch_runner(model: torch.nn.Module) -> Callable:
     model.eval()
 
     def run(x: Inputs) -> dict[str, np.ndarray]:
+        if any(isinstance(t, torch.Tensor) and t.dim() == 4 for t in x.tensors):
+            x = x.like([t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for t in x.tensors])
         with torch.no_grad():
             return {k: v.float().numpy() for k, v in flatten_outputs(x.call(model)).items()}
 
@@ -95,12 +97,21 @@ def torch_predictions(model: torch.nn.Module, batches: Batches, batch_size: int,
     """Outputs in PyTorch, in wide chunks when the model takes them (much faster than batch 1; per-sample
     results are the same in eval mode), else at the model's own batch size (e.g. a static-shape export)."""
     run = torch_runner(model)
-    if wide > batch_size:
-        try:
-            return predictions(run, batches, wide, full)
-        except Exception:  # a model traced for a fixed batch
-            pass
-    return predictions(run, batches, batch_size, full)
+    # oneDNN's convolutions run ~1.3x faster on channels-last maps (resnet18 at 224 on 2 cores); the model's
+    # weights are put back in the default layout afterwards
+    nhwc = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    if nhwc:
+        model.to(memory_format=torch.channels_last)
+    try:
+        if wide > batch_size:
+            try:
+                return predictions(run, batches, wide, full)
+            except Exception:  # a model traced for a fixed batch
+                pass
+        return predictions(run, batches, batch_size, full)
+    finally:
+        if nhwc:
+            model.to(memory_format=torch.contiguous_format)
 
 
 def _targets(batches: Batches):

@@ -146,7 +146,7 @@ def prune_to_latency(model: nn.Module, example: torch.Tensor, latency_target: fl
     from edgeopt.measure.lut import RUNTIMES, LatencyTable
     from edgeopt.techniques.importance import importances, inputs_of
     from edgeopt.techniques.prune import prune
-    from edgeopt.techniques.reconstruct import clear_scores, measure_scores, recon_importance
+    from edgeopt.techniques.recon_scores import clear_scores, measure_scores, recon_importance
 
     if not 0.0 < latency_target < 1.0:
         raise PruningError(f"latency target must be a fraction of the baseline in (0, 1), got {latency_target}")

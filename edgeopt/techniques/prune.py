@@ -29,7 +29,7 @@ from edgeopt.techniques.importance import (
     taylor_grads,
 )
 from edgeopt.techniques.prune_core import PruneSpec, is_attention, output_layers, prune_module
-from edgeopt.techniques.reconstruct import clear_scores
+from edgeopt.techniques.recon_scores import clear_scores
 from edgeopt.timeout import time_limit
 
 __all__ = ["IMPORTANCE_NAMES", "prune", "apply_prune", "channel_table", "unsafe_layers"]
@@ -246,7 +246,7 @@ def _criterion(importance: str, work: nn.Module, data, extra: dict):
     """(canonical name, Torch-Pruning importance factory); `recon` measures its scores on `data` first."""
     if importance != "recon":
         return importances().canonical(importance), importances().get(importance)
-    from edgeopt.techniques.reconstruct import measure_scores, recon_importance
+    from edgeopt.techniques.recon_scores import measure_scores, recon_importance
 
     batches = inputs_of(data)
     if not batches:

@@ -139,7 +139,7 @@ def prune_module(module: nn.Module, args: tuple | dict, spec: PruneSpec, full_mo
             measure_for(spec.importance, full_model, spec.data)  # measures of the channels that are left
         elif spec.importance == "recon" and step > 0:
             from edgeopt.techniques.importance import inputs_of
-            from edgeopt.techniques.reconstruct import measure_scores
+            from edgeopt.techniques.recon_scores import measure_scores
 
             measure_scores(full_model, inputs_of(spec.data))  # scores of the channels that are left
         for group in pruner.step(interactive=True):

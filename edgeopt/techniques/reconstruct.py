@@ -1,22 +1,19 @@
-"""Retraining-free pruning: choose channels by the reconstruction error their removal causes, then re-solve
-the layers that consumed them so that their outputs match the original model's.
+"""Retraining-free pruning, second half: after channels are cut (chosen by the `recon` criterion or any
+other), re-solve the layers that consumed them so that their outputs match the original model's.
 
-Only unlabeled calibration inputs are needed. For every dense conv/linear (a "consumer"), the normal
-equations of its input patches, A = X^T X, are accumulated over the calibration batches:
-- importance (`recon`): the error a consumer's output gains when one input channel is removed and the rest
-  are optimally re-weighted is, by the Optimal Brain Surgeon argument, tr(W_c [A^-1]_cc^-1 W_c^T) (block c =
-  that channel's k x k taps). Summed over the consumers a channel feeds (through BN and residual adds, as
-  the Torch-Pruning group couples them) it ranks channels by what reconstruction cannot recover, so
-  redundant (correlated) channels go first rather than merely small ones.
-- reconstruction: after the channels are cut, each consumer whose inputs shrank is re-solved, in forward
-  order, by ridge least squares from the pruned network's own activations (upstream errors included) to the
-  original layer's output (its kept output channels). A bias is added where the layer had none, so the mean
-  shift of the removed channels is absorbed too."""
+Only unlabeled calibration inputs are needed. Each dense conv/linear whose inputs shrank is re-solved, in
+forward order, by ridge least squares from the pruned network's own activations (upstream errors included)
+to the original layer's output (its kept output channels). A bias is added where the layer had none, so the
+mean shift of the removed channels is absorbed too.
+
+All calibration batches go through the pruned network together in one forward pass, each consumer solved by
+a hook just before it runs (so the layers after it see its solved weights): the same least-squares problems
+as cutting a pass short at every consumer, for the cost of one pass instead of one per layer. Above
+`ONE_PASS_ELEMENTS` input values the batches cannot be held at once and each consumer gets its own passes."""
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import time
 
 import torch
@@ -24,117 +21,8 @@ from torch import nn
 
 from edgeopt.inputs.feeding import run_model
 from edgeopt.techniques.layer_rows import dense_layer, forward_order, forward_until, input_rows, output_rows
+from edgeopt.techniques.recon_scores import fingerprint
 
-MAX_FULL_INVERSE = 6144  # above this many inputs a consumer's importance uses the diagonal of A only
-
-# ---------------------------------------------------------------------------------------------- importance
-
-_SCORES: dict = {}  # the last measurement: (fingerprint, batches, max_batches) -> layer name -> scores
-
-
-def _fingerprint(model: nn.Module) -> str:
-    h = hashlib.sha1()
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        flat = t.detach().float().flatten()
-        h.update(flat[:2048].numpy().tobytes())
-        h.update(str(float(flat.double().sum())).encode())
-    return h.hexdigest()
-
-
-def _cached_scores(model: nn.Module, batches: list, max_batches: int) -> dict | None:
-    hit = _SCORES.get("entry")
-    if hit is None or hit["max_batches"] != max_batches or len(hit["batches"]) != len(batches[:max_batches]):
-        return None
-    # the same batch objects (kept alive by the entry, so their identity cannot be reused) and weights
-    if not all(a is b for a, b in zip(hit["batches"], batches[:max_batches], strict=True)):
-        return None
-    return hit["scores"] if hit["fingerprint"] == _fingerprint(model) else None
-
-
-@torch.no_grad()
-def measure_scores(model: nn.Module, batches: list[torch.Tensor], max_batches: int = 8) -> int:
-    """Store on every dense consumer `_recon_score`: per input feature (conv: per input channel), the
-    output error its removal costs after optimal re-weighting of the others. Returns how many layers.
-    A search measures the same original on the same calibration batches for every level and family: the
-    last measurement is reused when the weights and the batch objects are the same."""
-    layers = {n: m for n, m in model.named_modules() if dense_layer(m)}
-    cached = _cached_scores(model, batches, max_batches)
-    if cached is not None:
-        for n, score in cached.items():
-            layers[n]._recon_score = score.clone()
-        return len(cached)
-    grams: dict[nn.Module, torch.Tensor] = {}
-
-    def hook(mod, args):
-        xs = input_rows(mod, args[0].detach(), 0)[:, :-1]
-        grams[mod] = grams.get(mod, 0) + xs.T @ xs
-
-    handles = [m.register_forward_pre_hook(hook) for m in layers.values()]
-    try:
-        for x in batches[:max_batches]:
-            run_model(model, x)
-    finally:
-        for h in handles:
-            h.remove()
-    names = {m: n for n, m in layers.items()}
-    for m, a in grams.items():
-        m._recon_score = _obs_scores(m, a).float()
-    _SCORES["entry"] = {"fingerprint": _fingerprint(model), "batches": list(batches[:max_batches]),
-                        "max_batches": max_batches, "scores": {names[m]: m._recon_score.clone() for m in grams}}
-    return len(grams)
-
-
-def _obs_scores(m: nn.Module, a: torch.Tensor) -> torch.Tensor:
-    w = m.weight.detach().double().flatten(1)  # (out, in * k * k)
-    taps = 1 if isinstance(m, nn.Linear) else m.kernel_size[0] * m.kernel_size[1]
-    d = a.shape[0]
-    lam = 1e-6 * a.diagonal().mean().clamp_min(1e-12)
-    if d > MAX_FULL_INVERSE:  # no correlations: removing feature j costs ||W_j||^2 * E[x_j^2]
-        per = (w ** 2).sum(0) * a.diagonal()
-        return per.view(-1, taps).sum(1)
-    inv = torch.linalg.inv(a + lam * torch.eye(d, dtype=a.dtype))
-    c = d // taps
-    blocks = torch.stack([inv[i * taps:(i + 1) * taps, i * taps:(i + 1) * taps] for i in range(c)])
-    wc = w.view(w.shape[0], c, taps).transpose(0, 1)  # (c, out, taps)
-    sol = torch.linalg.solve(blocks, wc.transpose(1, 2))  # (c, taps, out) = S_c^-1 W_c^T
-    return (wc * sol.transpose(1, 2)).sum((1, 2)).clamp_min(0)
-
-
-def clear_scores(model: nn.Module) -> None:
-    for m in model.modules():
-        if hasattr(m, "_recon_score"):
-            del m._recon_score
-
-
-def recon_importance():
-    """Torch-Pruning importance: a group's channel scores are the summed `_recon_score` of the consumers
-    whose input channels the group cuts; groups with no measured consumer fall back to L2 magnitude."""
-    import torch_pruning as tp
-
-    class ReconImportance(tp.importance.GroupMagnitudeImportance):
-        @torch.no_grad()
-        def __call__(self, group):
-            n = len(group[0][1])
-            total = torch.zeros(n)
-            found = False
-            for i, (dep, idxs) in enumerate(group):
-                layer = dep.layer
-                score = getattr(layer, "_recon_score", None)
-                if score is None or dep.pruning_fn not in (tp.prune_conv_in_channels, tp.prune_linear_in_channels):
-                    continue
-                roots = group[i].root_idxs
-                if any(r is None for r in roots) or max(idxs) >= score.numel():
-                    continue
-                total.scatter_add_(0, torch.tensor(roots), score[list(idxs)])
-                found = True
-            return total if found else super().__call__(group)
-
-    return ReconImportance()
-
-
-# ------------------------------------------------------------------------------------------ reconstruction
 
 @torch.no_grad()
 def _original_targets(orig: nn.Module, names: list[str], batches: list) -> dict[str, list[torch.Tensor]]:
@@ -147,7 +35,7 @@ def _original_targets(orig: nn.Module, names: list[str], batches: list) -> dict[
     def hook(name):
         def fn(mod, args, out):
             if len(got[name]) == current[0]:  # a layer called twice: its first call, as the pruned side sees
-                got[name].append(output_rows(mod, out.detach(), 1000 + current[0]))
+                got[name].append(output_rows(mod, out.detach(), 1000 + current[0]).float())
         return fn
 
     handles = [mods[n].register_forward_hook(hook(n)) for n in names]
@@ -161,26 +49,112 @@ def _original_targets(orig: nn.Module, names: list[str], batches: list) -> dict[
     return got
 
 
-def _solve_layer(pruned: nn.Module, o_layer: nn.Module, p_layer: nn.Module, batches: list,
-                 targets: list[torch.Tensor], kept_out: list[int] | None, alpha: float) -> dict:
-    a = b = None
-    yy = 0.0
-    for i, x in enumerate(batches):
-        xin = forward_until(pruned, p_layer, x, output=False)
-        ys = targets[i] if kept_out is None else targets[i][:, kept_out]
-        xs = input_rows(p_layer, xin, 1000 + i)
-        a = xs.T @ xs if a is None else a + xs.T @ xs
-        b = xs.T @ ys if b is None else b + xs.T @ ys
-        yy += float((ys ** 2).sum())
+_TARGETS: dict = {}  # the original's output rows per layer, for one set of weights and batch objects
+MAX_CACHED_TARGETS = 2 ** 27  # float32 values kept across builds
+
+
+def _targets(orig: nn.Module, names: list[str], batches: list) -> dict[str, list[torch.Tensor]]:
+    """`_original_targets`, reused across the builds of a search (every level re-solves consumers of the
+    same original on the same calibration batches): only layers not seen yet cost a forward pass."""
+    fp = fingerprint(orig)
+    hit = _TARGETS.get("entry")
+    if (hit is None or hit["fingerprint"] != fp or len(hit["batches"]) != len(batches)
+            or not all(a is b for a, b in zip(hit["batches"], batches, strict=True))):
+        hit = _TARGETS["entry"] = {"fingerprint": fp, "batches": list(batches), "rows": {}}
+    missing = [n for n in names if n not in hit["rows"]]
+    if missing:
+        hit["rows"].update(_original_targets(orig, missing, batches))
+    out = {n: hit["rows"][n] for n in names}
+    if sum(t.numel() for rows in hit["rows"].values() for t in rows) > MAX_CACHED_TARGETS:
+        _TARGETS.clear()
+    return out
+
+
+ONE_PASS_ELEMENTS = 2 ** 24  # input values of all calibration batches joined for the one-pass solve
+MAX_KEPT_ROWS = 2 ** 23  # elements of a consumer's input rows kept for the dual form before turning to A
+
+
+class _System:
+    """One consumer's least-squares problem over its sampled rows. While the rows are fewer than the layer's
+    inputs (wide layers on small late maps) they are kept and solved in the dual (n x n) form; beyond, only
+    A = X^T X and B = X^T Y (float32 products summed in float64) and ||Y||^2 are kept."""
+
+    def __init__(self):
+        self.rows: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.n = 0
+        self.a = self.b = None
+        self.yy = 0.0
+
+    def add(self, xs: torch.Tensor, ys: torch.Tensor) -> None:
+        xs, ys = xs.float(), ys.float()
+        self.yy += float(ys.double().pow(2).sum())
+        if self.a is None:
+            self.rows.append((xs, ys))
+            self.n += xs.shape[0]
+            if self.n < xs.shape[1] and self.n * xs.shape[1] <= MAX_KEPT_ROWS:
+                return
+            xs, ys = torch.cat([r[0] for r in self.rows]), torch.cat([r[1] for r in self.rows])
+            self.rows = []
+            self.a, self.b = (xs.T @ xs).double(), (xs.T @ ys).double()
+            return
+        self.a += (xs.T @ xs).double()
+        self.b += (xs.T @ ys).double()
+
+
+def _rows_of(layer: nn.Module, xin: torch.Tensor, target: torch.Tensor, kept_out, i: int):
+    ys = target if kept_out is None else target[:, kept_out]
+    return input_rows(layer, xin, 1000 + i), ys
+
+
+def _current(p_layer: nn.Module) -> torch.Tensor:
+    """The layer's weights and bias as one (inputs + 1, outputs) matrix, as the solve returns them."""
     w0 = p_layer.weight.detach().double().flatten(1)
     b0 = p_layer.bias.detach().double() if p_layer.bias is not None else torch.zeros(w0.shape[0],
                                                                                        dtype=torch.float64)
-    before = _err(torch.cat([w0, b0[:, None]], 1).T, a, b, yy)
+    return torch.cat([w0, b0[:, None]], 1).T
+
+
+def _solve_primal(sys_: _System, w0: torch.Tensor, alpha: float) -> tuple[torch.Tensor, float, float]:
+    a, b, yy = sys_.a, sys_.b, sys_.yy
+    before = _err(w0, a, b, yy)
     lam = alpha * a.diagonal()[:-1].mean().clamp_min(1e-12)
-    reg = lam * torch.eye(a.shape[0], dtype=a.dtype)
-    reg[-1, -1] = 0  # the bias is not shrunk
-    sol = torch.linalg.solve(a + reg, b)
-    after = _err(sol, a, b, yy)
+    reg = lam * torch.ones(a.shape[0], dtype=a.dtype)
+    reg[-1] = 0  # the bias is not shrunk
+    lhs = a + torch.diag(reg)
+    chol, info = torch.linalg.cholesky_ex(lhs)
+    sol = torch.cholesky_solve(b, chol) if int(info) == 0 else torch.linalg.solve(lhs, b)
+    # ||XW - Y||^2 at the ridge solution, from (A + R) W = B: yy - tr(W^T B) - tr(W^T R W)
+    after = yy - float((sol * b).sum()) - float((reg[:, None] * sol * sol).sum())
+    return sol, before, round(max(after, 0.0) / max(yy, 1e-12), 6)
+
+
+def _solve_dual(sys_: _System, w0: torch.Tensor, alpha: float) -> tuple[torch.Tensor, float, float]:
+    """The same ridge problem from the n x n kernel of the rows: centring gives the unshrunk bias. The
+    products run in float32 (they are most of the cost), the solve in float64."""
+    x = torch.cat([r[0] for r in sys_.rows])[:, :-1]
+    y = torch.cat([r[1] for r in sys_.rows])
+    n, d = x.shape
+    yy = max(sys_.yy, 1e-12)
+
+    def err(w: torch.Tensor, b: torch.Tensor) -> float:
+        return round(float((x @ w.float() + b.float() - y).double().pow(2).sum()) / yy, 6)
+
+    before = err(w0[:-1], w0[-1])
+    lam = alpha * (x.double().pow(2).sum() / d).clamp_min(1e-12)
+    xm, ym = x.double().mean(0), y.double().mean(0)
+    xc = x - xm.float()
+    k = (xc @ xc.T).double() + lam * torch.eye(n, dtype=torch.float64)
+    chol, info = torch.linalg.cholesky_ex(k)
+    yc = y.double() - ym
+    coef = torch.cholesky_solve(yc, chol) if int(info) == 0 else torch.linalg.solve(k, yc)
+    w = (xc.T @ coef.float()).double()
+    sol = torch.cat([w, (ym - xm @ w)[None, :]])
+    return sol, before, err(w, sol[-1])
+
+
+def _solve(p_layer: nn.Module, sys_: _System, alpha: float) -> dict:
+    w0 = _current(p_layer)
+    sol, before, after = (_solve_primal if sys_.a is not None else _solve_dual)(sys_, w0, alpha)
     if after > before:  # ill-posed (too few samples): keep the plain pruned weights
         return {"error_before": before, "error_after": before, "kept": "pruned weights (solve did not help)"}
     with torch.no_grad():
@@ -192,10 +166,78 @@ def _solve_layer(pruned: nn.Module, o_layer: nn.Module, p_layer: nn.Module, batc
     return {"error_before": before, "error_after": after}
 
 
+def _solve_layer(pruned: nn.Module, p_layer: nn.Module, batches: list, targets: list[torch.Tensor],
+                 kept_out: list[int] | None, alpha: float) -> dict:
+    """One consumer from its own passes: the pruned network run up to it on every batch."""
+    sys_ = _System()
+    for i, x in enumerate(batches):
+        xin = forward_until(pruned, p_layer, x, output=False)
+        sys_.add(*_rows_of(p_layer, xin, targets[i], kept_out, i))
+    return _solve(p_layer, sys_, alpha)
+
+
 def _err(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, yy: float) -> float:
     """Relative squared error ||XW - Y||^2 / ||Y||^2 from the normal equations."""
     val = float((w * (a @ w)).sum() - 2 * (w * b).sum() + yy)
     return round(max(val, 0.0) / max(yy, 1e-12), 6)
+
+
+def _joined(batches: list):
+    """The batches as one (tensor or Inputs) and their sizes; None when they cannot be joined or would hold
+    more than ONE_PASS_ELEMENTS input values."""
+    from edgeopt.inputs.structure import Inputs
+
+    if all(isinstance(x, torch.Tensor) for x in batches):
+        parts = [[x] for x in batches]
+    elif all(isinstance(x, Inputs) for x in batches):
+        parts = [x.tensors for x in batches]
+    else:
+        return None
+    if sum(t.numel() for p in parts for t in p) > ONE_PASS_ELEMENTS:
+        return None
+    if any(len(p) != len(parts[0]) or any(t.dim() == 0 for t in p) for p in parts):
+        return None
+    sizes = [int(p[0].shape[0]) for p in parts]
+    joined = torch.cat(batches) if isinstance(batches[0], torch.Tensor) else Inputs.cat(batches)
+    return joined, sizes
+
+
+def _one_pass(pruned: nn.Module, jobs: dict[str, tuple], batches: list, targets: dict, alpha: float,
+              layers: list, skipped: list) -> bool:
+    """Solve every consumer in `jobs` (name -> (layer, kept output channels)) in one forward pass of all
+    batches joined. False (nothing changed) when the batches cannot be joined."""
+    joined = _joined(batches)
+    if joined is None:
+        return False
+    x, sizes = joined
+    total = sum(sizes)
+    pending = {layer: (name, kept_out) for name, (layer, kept_out) in jobs.items()}
+
+    def hook(mod, args):
+        name, kept_out = pending.pop(mod, (None, None))
+        if name is None:  # not a consumer, or solved already (a layer called twice: its first call)
+            return
+        xin = args[0].detach()
+        try:
+            if xin.shape[0] % total:
+                raise RuntimeError(f"input batch {xin.shape[0]} is not a multiple of the {total} samples")
+            per = xin.shape[0] // total
+            sys_ = _System()
+            for i, chunk in enumerate(xin.split([per * s for s in sizes])):
+                sys_.add(*_rows_of(mod, chunk, targets[name][i], kept_out, i))
+            layers.append({"layer": name, **_solve(mod, sys_, alpha)})
+        except (RuntimeError, ValueError) as e:
+            skipped.append(f"{name}: {type(e).__name__}: {str(e)[:120]}")
+
+    handles = [layer.register_forward_pre_hook(hook) for layer, _ in jobs.values()]
+    try:
+        with torch.no_grad():
+            run_model(pruned, x)
+    finally:
+        for h in handles:
+            h.remove()
+    skipped.extend(f"{name}: layer not reached in the pruned model's forward pass" for name, _ in pending.values())
+    return True
 
 
 def _fan_in(m: nn.Module) -> int:
@@ -223,8 +265,9 @@ def reconstruct(orig: nn.Module, pruned: nn.Module, batches: list[torch.Tensor],
     todo = set(consumers(orig, pruned))
     order = [n for n in forward_order(pruned, batches[0]) if n in todo]
     o_mods, p_mods = dict(orig.named_modules()), dict(pruned.named_modules())
-    targets = _original_targets(orig, order, batches)
+    targets = _targets(orig, order, batches)
     layers, skipped = [], []
+    jobs: dict[str, tuple] = {}
     for name in order:
         o_layer, p_layer = o_mods[name], p_mods[name]
         width = o_layer.out_features if isinstance(o_layer, nn.Linear) else o_layer.out_channels
@@ -235,16 +278,19 @@ def reconstruct(orig: nn.Module, pruned: nn.Module, batches: list[torch.Tensor],
             if kept_out is None or len(kept_out) != new_width:
                 skipped.append(f"{name}: output channels changed without a known mapping")
                 continue
+        if len(targets[name]) != len(batches):
+            skipped.append(f"{name}: RuntimeError: layer not reached in the original's forward pass")
+            continue
+        jobs[name] = (p_layer, kept_out)
+    one_pass = _one_pass(pruned, jobs, batches, targets, alpha, layers, skipped)
+    for name, (p_layer, kept_out) in ({} if one_pass else jobs).items():
         try:
-            if len(targets[name]) != len(batches):
-                raise RuntimeError("layer not reached in the original's forward pass")
-            row = _solve_layer(pruned, o_layer, p_layer, batches, targets[name], kept_out, alpha)
+            layers.append({"layer": name, **_solve_layer(pruned, p_layer, batches, targets[name], kept_out,
+                                                         alpha)})
         except (RuntimeError, ValueError) as e:  # e.g. a layer called twice with other shapes
             skipped.append(f"{name}: {type(e).__name__}: {str(e)[:120]}")
-            continue
-        layers.append({"layer": name, **row})
     return {"layers": layers, "skipped": skipped, "batches": len(batches), "alpha": alpha,
-            "seconds": round(time.monotonic() - t0, 2)}
+            "one_pass": one_pass, "seconds": round(time.monotonic() - t0, 2)}
 
 
 def snapshot(model: nn.Module) -> nn.Module:
