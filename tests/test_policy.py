@@ -71,7 +71,7 @@ def test_the_planner_reads_the_ladders_and_margin(monkeypatch):
     monkeypatch.setattr(policy, "DEFAULT_CRITERION", "l1")
     monkeypatch.setattr(policy, "ITERATIVE_STEPS", 5)
     monkeypatch.setattr(policy, "ENERGIES", {False: (0.77,), True: (0.66,)})
-    monkeypatch.setattr(policy, "FACTORIZE_METHODS", (("cp", "energy"),))
+    monkeypatch.setattr(policy, "FACTORIZE_METHODS", (("tucker", "energy"),))
     p = _plan()
     naive = [c for c in p.candidates if c.family == "prune-l1"]  # the uniform-ratio family (not recon/latency)
     assert sorted({s.ratio for c in naive for s in c.steps if s.technique == "prune"}) == [0.11, 0.22]
@@ -80,7 +80,7 @@ def test_the_planner_reads_the_ladders_and_margin(monkeypatch):
     assert {s.iterative_steps for c in p.candidates if c.family == "prune-l1-iter5" for s in c.steps
             if s.technique == "prune"} == {5}
     fac = [s for c in p.candidates for s in c.steps if s.technique == "factorize"]
-    assert {s.energy for s in fac} == {0.77} and {s.method for s in fac} == {"cp"}
+    assert {s.energy for s in fac} == {0.77} and {s.method for s in fac} == {"tucker"}
 
 
 def test_screening_level_is_the_bisections_first_probe():
