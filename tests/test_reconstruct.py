@@ -217,3 +217,32 @@ def test_fewer_rows_than_inputs_are_solved_in_the_dual_form_with_the_same_result
     s_primal, before_p, after_p = rc._solve_primal(primal, w0, 1e-2)
     assert torch.allclose(s_dual, s_primal, atol=1e-4), (s_dual - s_primal).abs().max()  # float32 rows
     assert abs(before_d - before_p) < 1e-5 and abs(after_d - after_p) < 1e-5 and after_d < before_d
+
+
+class _SequenceFirst(nn.Module):
+    """Tokens laid out (length, batch, features) inside, as nn.Transformer's default: the consumer's first
+    axis is the sequence, not the batch, so joined batches do not stack along it."""
+
+    def __init__(self):
+        super().__init__()
+        self.up, self.act, self.down = nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 6)
+
+    def forward(self, x):  # x: (batch, length, features)
+        t = x.transpose(0, 1)
+        return self.down(self.act(self.up(t))).transpose(0, 1)
+
+
+def test_a_sequence_first_consumer_is_solved_by_its_own_passes(monkeypatch):
+    from edgeopt.techniques import reconstruct as rc
+
+    torch.manual_seed(0)
+    model = _SequenceFirst().eval()
+    calib = _gauss(3, (4, 12, 6))  # 12 tokens = the 12 samples of the three batches: only the layout tells
+    x = _gauss(1, (4, 12, 6), seed=5)[0]
+    one = edgeopt.prune(model, x[:1], ratio=0.25, data=calib, reconstruct=True)
+    monkeypatch.setattr(rc, "ONE_PASS_ELEMENTS", 0)
+    per_layer = edgeopt.prune(model, x[:1], ratio=0.25, data=calib, reconstruct=True)
+    rec = one.edgeopt_record["reconstruction"]
+    assert rec["one_pass"] and [r["layer"] for r in rec["layers"]] == ["down"], rec
+    with torch.no_grad():
+        assert torch.allclose(one(x), per_layer(x), atol=1e-4, rtol=1e-4)

@@ -25,17 +25,18 @@ from edgeopt.techniques.recon_scores import fingerprint
 
 
 @torch.no_grad()
-def _original_targets(orig: nn.Module, names: list[str], batches: list) -> dict[str, list[torch.Tensor]]:
-    """Each layer's sampled output rows on each batch, from one forward pass of the original per batch (the
-    rows only: whole feature maps of every layer would not fit for large models)."""
+def _original_targets(orig: nn.Module, names: list[str], batches: list) -> dict[str, list]:
+    """Each layer's sampled output rows on each batch, with the leading size of its output there (the batch,
+    or batch x tokens; a sequence-first layer shows the sequence length), from one forward pass of the
+    original per batch (the rows only: whole feature maps of every layer would not fit for large models)."""
     mods = dict(orig.named_modules())
-    got: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    got: dict[str, list] = {n: [] for n in names}
     current = [0]
 
     def hook(name):
         def fn(mod, args, out):
             if len(got[name]) == current[0]:  # a layer called twice: its first call, as the pruned side sees
-                got[name].append(output_rows(mod, out.detach(), 1000 + current[0]).float())
+                got[name].append((output_rows(mod, out.detach(), 1000 + current[0]).float(), int(out.shape[0])))
         return fn
 
     handles = [mods[n].register_forward_hook(hook(n)) for n in names]
@@ -65,7 +66,7 @@ def _targets(orig: nn.Module, names: list[str], batches: list) -> dict[str, list
     if missing:
         hit["rows"].update(_original_targets(orig, missing, batches))
     out = {n: hit["rows"][n] for n in names}
-    if sum(t.numel() for rows in hit["rows"].values() for t in rows) > MAX_CACHED_TARGETS:
+    if sum(t.numel() for rows in hit["rows"].values() for t, _ in rows) > MAX_CACHED_TARGETS:
         _TARGETS.clear()
     return out
 
@@ -172,7 +173,7 @@ def _solve_layer(pruned: nn.Module, p_layer: nn.Module, batches: list, targets: 
     sys_ = _System()
     for i, x in enumerate(batches):
         xin = forward_until(pruned, p_layer, x, output=False)
-        sys_.add(*_rows_of(p_layer, xin, targets[i], kept_out, i))
+        sys_.add(*_rows_of(p_layer, xin, targets[i][0], kept_out, i))
     return _solve(p_layer, sys_, alpha)
 
 
@@ -203,28 +204,32 @@ def _joined(batches: list):
 
 
 def _one_pass(pruned: nn.Module, jobs: dict[str, tuple], batches: list, targets: dict, alpha: float,
-              layers: list, skipped: list) -> bool:
+              layers: list, skipped: list) -> list[str] | None:
     """Solve every consumer in `jobs` (name -> (layer, kept output channels)) in one forward pass of all
-    batches joined. False (nothing changed) when the batches cannot be joined."""
+    batches joined. Returns the consumers left to solve pass by pass (their input is not laid out batch
+    first, e.g. a sequence-first Linear); None (nothing changed) when the batches cannot be joined."""
+    if not jobs:
+        return []
     joined = _joined(batches)
     if joined is None:
-        return False
-    x, sizes = joined
-    total = sum(sizes)
+        return None
+    x, _ = joined
     pending = {layer: (name, kept_out) for name, (layer, kept_out) in jobs.items()}
+    deferred: list[str] = []
 
     def hook(mod, args):
         name, kept_out = pending.pop(mod, (None, None))
         if name is None:  # not a consumer, or solved already (a layer called twice: its first call)
             return
         xin = args[0].detach()
+        leads = [lead for _, lead in targets[name]]
+        if xin.shape[0] != sum(leads):  # the batches are not stacked along this layer's first axis
+            deferred.append(name)
+            return
         try:
-            if xin.shape[0] % total:
-                raise RuntimeError(f"input batch {xin.shape[0]} is not a multiple of the {total} samples")
-            per = xin.shape[0] // total
             sys_ = _System()
-            for i, chunk in enumerate(xin.split([per * s for s in sizes])):
-                sys_.add(*_rows_of(mod, chunk, targets[name][i], kept_out, i))
+            for i, chunk in enumerate(xin.split(leads)):
+                sys_.add(*_rows_of(mod, chunk, targets[name][i][0], kept_out, i))
             layers.append({"layer": name, **_solve(mod, sys_, alpha)})
         except (RuntimeError, ValueError) as e:
             skipped.append(f"{name}: {type(e).__name__}: {str(e)[:120]}")
@@ -237,7 +242,7 @@ def _one_pass(pruned: nn.Module, jobs: dict[str, tuple], batches: list, targets:
         for h in handles:
             h.remove()
     skipped.extend(f"{name}: layer not reached in the pruned model's forward pass" for name, _ in pending.values())
-    return True
+    return deferred
 
 
 def _fan_in(m: nn.Module) -> int:
@@ -282,15 +287,15 @@ def reconstruct(orig: nn.Module, pruned: nn.Module, batches: list[torch.Tensor],
             skipped.append(f"{name}: RuntimeError: layer not reached in the original's forward pass")
             continue
         jobs[name] = (p_layer, kept_out)
-    one_pass = _one_pass(pruned, jobs, batches, targets, alpha, layers, skipped)
-    for name, (p_layer, kept_out) in ({} if one_pass else jobs).items():
+    deferred = _one_pass(pruned, jobs, batches, targets, alpha, layers, skipped)
+    for name, (p_layer, kept_out) in (jobs if deferred is None else {n: jobs[n] for n in deferred}).items():
         try:
             layers.append({"layer": name, **_solve_layer(pruned, p_layer, batches, targets[name], kept_out,
                                                          alpha)})
         except (RuntimeError, ValueError) as e:  # e.g. a layer called twice with other shapes
             skipped.append(f"{name}: {type(e).__name__}: {str(e)[:120]}")
     return {"layers": layers, "skipped": skipped, "batches": len(batches), "alpha": alpha,
-            "one_pass": one_pass, "seconds": round(time.monotonic() - t0, 2)}
+            "one_pass": deferred is not None, "seconds": round(time.monotonic() - t0, 2)}
 
 
 def snapshot(model: nn.Module) -> nn.Module:
