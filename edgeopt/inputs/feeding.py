@@ -26,6 +26,25 @@ def run_model(model: nn.Module, x):
     return model(x)
 
 
+def join_batches(batches: list, max_elements: int):
+    """The batches as one batch (a tensor, or `Inputs` for several inputs) along the batch axis; None when they
+    are of other forms, do not agree, or would hold more than `max_elements` input values."""
+    if all(isinstance(x, torch.Tensor) for x in batches):
+        parts = [[x] for x in batches]
+    elif all(isinstance(x, Inputs) for x in batches):
+        parts = [x.tensors for x in batches]
+    else:
+        return None
+    if not parts or sum(t.numel() for p in parts for t in p) > max_elements:
+        return None
+    if any(len(p) != len(parts[0]) or any(t.dim() == 0 for t in p) for p in parts):
+        return None
+    try:
+        return torch.cat(batches) if isinstance(batches[0], torch.Tensor) else Inputs.cat(batches)
+    except RuntimeError:  # sample shapes differ between batches
+        return None
+
+
 def batch_inputs(data, example: Inputs) -> list | None:
     """A technique's `data` (batches of inputs, or (inputs, target) pairs) with each batch's inputs as the
     model takes them: unchanged for a one-input model, named `Inputs` for several (so a bare (image, mask)

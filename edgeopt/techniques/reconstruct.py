@@ -13,13 +13,12 @@ as cutting a pass short at every consumer, for the cost of one pass instead of o
 
 from __future__ import annotations
 
-import copy
 import time
 
 import torch
 from torch import nn
 
-from edgeopt.inputs.feeding import run_model
+from edgeopt.inputs.feeding import join_batches, run_model
 from edgeopt.techniques.layer_rows import dense_layer, forward_order, forward_until, input_rows, output_rows
 from edgeopt.techniques.recon_scores import fingerprint
 
@@ -183,26 +182,6 @@ def _err(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, yy: float) -> float:
     return round(max(val, 0.0) / max(yy, 1e-12), 6)
 
 
-def _joined(batches: list):
-    """The batches as one (tensor or Inputs) and their sizes; None when they cannot be joined or would hold
-    more than ONE_PASS_ELEMENTS input values."""
-    from edgeopt.inputs.structure import Inputs
-
-    if all(isinstance(x, torch.Tensor) for x in batches):
-        parts = [[x] for x in batches]
-    elif all(isinstance(x, Inputs) for x in batches):
-        parts = [x.tensors for x in batches]
-    else:
-        return None
-    if sum(t.numel() for p in parts for t in p) > ONE_PASS_ELEMENTS:
-        return None
-    if any(len(p) != len(parts[0]) or any(t.dim() == 0 for t in p) for p in parts):
-        return None
-    sizes = [int(p[0].shape[0]) for p in parts]
-    joined = torch.cat(batches) if isinstance(batches[0], torch.Tensor) else Inputs.cat(batches)
-    return joined, sizes
-
-
 def _one_pass(pruned: nn.Module, jobs: dict[str, tuple], batches: list, targets: dict, alpha: float,
               layers: list, skipped: list) -> list[str] | None:
     """Solve every consumer in `jobs` (name -> (layer, kept output channels)) in one forward pass of all
@@ -210,10 +189,9 @@ def _one_pass(pruned: nn.Module, jobs: dict[str, tuple], batches: list, targets:
     first, e.g. a sequence-first Linear); None (nothing changed) when the batches cannot be joined."""
     if not jobs:
         return []
-    joined = _joined(batches)
-    if joined is None:
+    x = join_batches(batches, ONE_PASS_ELEMENTS)
+    if x is None:
         return None
-    x, _ = joined
     pending = {layer: (name, kept_out) for name, (layer, kept_out) in jobs.items()}
     deferred: list[str] = []
 
@@ -296,7 +274,3 @@ def reconstruct(orig: nn.Module, pruned: nn.Module, batches: list[torch.Tensor],
             skipped.append(f"{name}: {type(e).__name__}: {str(e)[:120]}")
     return {"layers": layers, "skipped": skipped, "batches": len(batches), "alpha": alpha,
             "one_pass": deferred is not None, "seconds": round(time.monotonic() - t0, 2)}
-
-
-def snapshot(model: nn.Module) -> nn.Module:
-    return copy.deepcopy(model).eval()
