@@ -202,13 +202,13 @@ def test_fewer_rows_than_inputs_are_solved_in_the_dual_form_with_the_same_result
 
     g = torch.Generator().manual_seed(0)
     layer = nn.Linear(40, 5)
-    dual = rc._System()
+    dual = rc.NormalEquations()
     for _ in range(2):  # 2 x 12 rows < 40 inputs: kept as rows
         xs = torch.randn(12, 40, generator=g) + 0.5
         ys = torch.randn(12, 5, generator=g)
         dual.add(torch.cat([xs, torch.ones(12, 1)], 1), ys)
     assert dual.a is None and dual.n == 24
-    primal = rc._System()
+    primal = rc.NormalEquations()
     x = torch.cat([r[0] for r in dual.rows])
     y = torch.cat([r[1] for r in dual.rows])
     primal.a, primal.b, primal.yy = (x.T @ x).double(), (x.T @ y).double(), dual.yy

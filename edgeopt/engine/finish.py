@@ -66,8 +66,8 @@ class Finishing:
         elif self._twin(spec):
             cand.status, cand.reason = "rejected", f"not tried: same channel layout as {self._twin(spec)}"
             return
-        elif self._negligible(spec.structure, b):
-            cand.status, cand.reason = "rejected", self._negligible(spec.structure, b)
+        elif why := self._negligible(spec.structure, b):
+            cand.status, cand.reason = "rejected", why
             return
         else:
             self._export_and_evaluate(cand, spec, b)

@@ -11,6 +11,7 @@ from torch import nn
 from edgeopt.inputs.feeding import run_model
 
 MAX_ROWS = 4096  # sampled output positions per batch and layer: bounds the cost on large feature maps
+MAX_KEPT_ROWS = 2 ** 23  # elements of a layer's input rows kept for the dual form before turning to A
 
 
 class StopForward(Exception):
@@ -77,6 +78,50 @@ def output_rows(m: nn.Module, y: torch.Tensor, gen_seed: int, rows: int = MAX_RO
         return y.flatten(2).transpose(1, 2).reshape(-1, y.shape[1]).double()
     b, oi, oj = pos
     return y[b, :, oi, oj].double()
+
+
+class NormalEquations:
+    """A layer's least-squares rows X (and targets Y): kept as rows while they are fewer than the features
+    (wide layers on small late maps: the n x n dual form is then exact and cheap), else accumulated as
+    A = X^T X and B = X^T Y (float32 products summed in float64), or as the diagonal of A only when there
+    are more than `max_gram` features. ||Y||^2 is kept either way."""
+
+    def __init__(self, max_gram: int | None = None):
+        self.max_gram = max_gram
+        self.rows: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        self.n = 0
+        self.a = self.b = self.square = None
+        self.yy = 0.0
+
+    def add(self, xs: torch.Tensor, ys: torch.Tensor | None = None) -> None:
+        xs, ys = xs.float(), None if ys is None else ys.float()
+        if ys is not None:
+            self.yy += float(ys.double().pow(2).sum())
+        if self.square is not None:
+            self.square += xs.double().pow(2).sum(0)
+            return
+        if self.a is None:
+            self.rows.append((xs, ys))
+            self.n += xs.shape[0]
+            d = xs.shape[1]
+            if self.n < d and self.n * d <= MAX_KEPT_ROWS:
+                return
+            xs, ys = self.x(), self.y()
+            self.rows = []
+            if self.max_gram is not None and d > self.max_gram:
+                self.square = xs.double().pow(2).sum(0)
+                return
+            self.a = torch.zeros(d, d, dtype=torch.float64)
+            self.b = None if ys is None else torch.zeros(d, ys.shape[1], dtype=torch.float64)
+        self.a += (xs.T @ xs).double()
+        if ys is not None:
+            self.b += (xs.T @ ys).double()
+
+    def x(self) -> torch.Tensor:
+        return torch.cat([r[0] for r in self.rows])
+
+    def y(self) -> torch.Tensor | None:
+        return None if not self.rows or self.rows[0][1] is None else torch.cat([r[1] for r in self.rows])
 
 
 def sample_rows(n: int, seed: int, rows: int) -> torch.Tensor | None:

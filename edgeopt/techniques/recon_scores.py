@@ -18,49 +18,26 @@ import torch
 from torch import nn
 
 from edgeopt.inputs.feeding import run_model
-from edgeopt.techniques.layer_rows import dense_layer, input_rows
+from edgeopt.techniques.layer_rows import NormalEquations, dense_layer, input_rows
 
 MAX_FULL_INVERSE = 6144  # above this many inputs (and more rows than inputs) only the diagonal of A is used
-MAX_KEPT_ROWS = 2 ** 23  # elements of input rows kept per layer for the dual form before turning to A
 RIDGE = 1e-6  # relative to the mean diagonal of A: keeps the inverse finite without changing the ranking
 
 
-class NormalEquations:
-    """One layer's input rows, kept as rows while they are fewer than the features (the dual form is then
-    exact and cheap), else accumulated as A = X^T X (float32 products summed in float64), or as the
-    diagonal only when A would be too large to invert."""
+class ScoreEquations(NormalEquations):
+    """A layer's input rows for the OBS scores: no targets; only the diagonal above MAX_FULL_INVERSE inputs
+    (when the rows outnumber them)."""
 
     def __init__(self):
-        self.rows: list[torch.Tensor] = []
-        self.n = 0
-        self.gram: torch.Tensor | None = None
-        self.square: torch.Tensor | None = None
-
-    def add(self, xs: torch.Tensor) -> None:
-        xs = xs.float()
-        d = xs.shape[1]
-        if self.gram is not None:
-            self.gram += (xs.T @ xs).double()
-        elif self.square is not None:
-            self.square += xs.double().pow(2).sum(0)
-        else:
-            self.rows.append(xs)
-            self.n += xs.shape[0]
-            if self.n >= d or self.n * d > MAX_KEPT_ROWS:
-                x = torch.cat(self.rows)
-                self.rows = []
-                if d <= MAX_FULL_INVERSE:
-                    self.gram = (x.T @ x).double()
-                else:
-                    self.square = x.double().pow(2).sum(0)
+        super().__init__(max_gram=MAX_FULL_INVERSE)
 
     def inverse_blocks(self, taps: int) -> torch.Tensor | None:
         """The diagonal taps x taps blocks of (A + lam I)^-1, shape (channels, taps, taps); None when only the
         diagonal of A is known."""
         if self.square is not None:
             return None
-        if self.gram is not None:
-            a = self.gram
+        if self.a is not None:
+            a = self.a
             d = a.shape[0]
             lam = RIDGE * a.diagonal().mean().clamp_min(1e-12)
             reg = a + lam * torch.eye(d, dtype=a.dtype)
@@ -70,7 +47,7 @@ class NormalEquations:
             return inv.view(c, taps, c, taps).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
         # (n, d), n < d: (X^T X + lam I)^-1 = (I - X^T (lam I + X X^T)^-1 X) / lam, and with
         # lam I + X X^T = L L^T the blocks of X^T (.)^-1 X are Z_c^T Z_c for Z = L^-1 X
-        x = torch.cat(self.rows).double()
+        x = self.x().double()
         n, d = x.shape
         lam = RIDGE * (x.pow(2).sum() / d).clamp_min(1e-12)
         chol = torch.linalg.cholesky(x @ x.T + lam * torch.eye(n, dtype=x.dtype))
@@ -81,12 +58,12 @@ class NormalEquations:
     def diagonal(self) -> torch.Tensor:
         if self.square is not None:
             return self.square
-        if self.gram is not None:
-            return self.gram.diagonal()
-        return torch.cat(self.rows).double().pow(2).sum(0)
+        if self.a is not None:
+            return self.a.diagonal()
+        return self.x().double().pow(2).sum(0)
 
 
-def obs_scores(m: nn.Module, eq: NormalEquations) -> torch.Tensor:
+def obs_scores(m: nn.Module, eq: ScoreEquations) -> torch.Tensor:
     """Per input channel of `m`, the output error its removal costs after optimal re-weighting."""
     w = m.weight.detach().double().flatten(1)  # (out, in * k * k)
     taps = 1 if isinstance(m, nn.Linear) else m.kernel_size[0] * m.kernel_size[1]
@@ -137,10 +114,10 @@ def measure_scores(model: nn.Module, batches: list[torch.Tensor], max_batches: i
         for n, score in cached.items():
             layers[n]._recon_score = score.clone()
         return len(cached)
-    eqs: dict[nn.Module, NormalEquations] = {}
+    eqs: dict[nn.Module, ScoreEquations] = {}
 
     def hook(mod, args):
-        eqs.setdefault(mod, NormalEquations()).add(input_rows(mod, args[0].detach(), 0)[:, :-1])
+        eqs.setdefault(mod, ScoreEquations()).add(input_rows(mod, args[0].detach(), 0)[:, :-1])
 
     handles = [m.register_forward_pre_hook(hook) for m in layers.values()]
     try:

@@ -19,7 +19,14 @@ import torch
 from torch import nn
 
 from edgeopt.inputs.feeding import join_batches, run_model
-from edgeopt.techniques.layer_rows import dense_layer, forward_order, forward_until, input_rows, output_rows
+from edgeopt.techniques.layer_rows import (
+    NormalEquations,
+    dense_layer,
+    forward_order,
+    forward_until,
+    input_rows,
+    output_rows,
+)
 from edgeopt.techniques.recon_scores import fingerprint
 
 
@@ -53,7 +60,7 @@ _TARGETS: dict = {}  # the original's output rows per layer, for one set of weig
 MAX_CACHED_TARGETS = 2 ** 27  # float32 values kept across builds
 
 
-def _targets(orig: nn.Module, names: list[str], batches: list) -> dict[str, list[torch.Tensor]]:
+def _targets(orig: nn.Module, names: list[str], batches: list) -> dict[str, list]:
     """`_original_targets`, reused across the builds of a search (every level re-solves consumers of the
     same original on the same calibration batches): only layers not seen yet cost a forward pass."""
     fp = fingerprint(orig)
@@ -71,34 +78,6 @@ def _targets(orig: nn.Module, names: list[str], batches: list) -> dict[str, list
 
 
 ONE_PASS_ELEMENTS = 2 ** 24  # input values of all calibration batches joined for the one-pass solve
-MAX_KEPT_ROWS = 2 ** 23  # elements of a consumer's input rows kept for the dual form before turning to A
-
-
-class _System:
-    """One consumer's least-squares problem over its sampled rows. While the rows are fewer than the layer's
-    inputs (wide layers on small late maps) they are kept and solved in the dual (n x n) form; beyond, only
-    A = X^T X and B = X^T Y (float32 products summed in float64) and ||Y||^2 are kept."""
-
-    def __init__(self):
-        self.rows: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.n = 0
-        self.a = self.b = None
-        self.yy = 0.0
-
-    def add(self, xs: torch.Tensor, ys: torch.Tensor) -> None:
-        xs, ys = xs.float(), ys.float()
-        self.yy += float(ys.double().pow(2).sum())
-        if self.a is None:
-            self.rows.append((xs, ys))
-            self.n += xs.shape[0]
-            if self.n < xs.shape[1] and self.n * xs.shape[1] <= MAX_KEPT_ROWS:
-                return
-            xs, ys = torch.cat([r[0] for r in self.rows]), torch.cat([r[1] for r in self.rows])
-            self.rows = []
-            self.a, self.b = (xs.T @ xs).double(), (xs.T @ ys).double()
-            return
-        self.a += (xs.T @ xs).double()
-        self.b += (xs.T @ ys).double()
 
 
 def _rows_of(layer: nn.Module, xin: torch.Tensor, target: torch.Tensor, kept_out, i: int):
@@ -114,7 +93,7 @@ def _current(p_layer: nn.Module) -> torch.Tensor:
     return torch.cat([w0, b0[:, None]], 1).T
 
 
-def _solve_primal(sys_: _System, w0: torch.Tensor, alpha: float) -> tuple[torch.Tensor, float, float]:
+def _solve_primal(sys_: NormalEquations, w0: torch.Tensor, alpha: float) -> tuple[torch.Tensor, float, float]:
     a, b, yy = sys_.a, sys_.b, sys_.yy
     before = _err(w0, a, b, yy)
     lam = alpha * a.diagonal()[:-1].mean().clamp_min(1e-12)
@@ -128,11 +107,10 @@ def _solve_primal(sys_: _System, w0: torch.Tensor, alpha: float) -> tuple[torch.
     return sol, before, round(max(after, 0.0) / max(yy, 1e-12), 6)
 
 
-def _solve_dual(sys_: _System, w0: torch.Tensor, alpha: float) -> tuple[torch.Tensor, float, float]:
+def _solve_dual(sys_: NormalEquations, w0: torch.Tensor, alpha: float) -> tuple[torch.Tensor, float, float]:
     """The same ridge problem from the n x n kernel of the rows: centring gives the unshrunk bias. The
     products run in float32 (they are most of the cost), the solve in float64."""
-    x = torch.cat([r[0] for r in sys_.rows])[:, :-1]
-    y = torch.cat([r[1] for r in sys_.rows])
+    x, y = sys_.x()[:, :-1], sys_.y()
     n, d = x.shape
     yy = max(sys_.yy, 1e-12)
 
@@ -152,7 +130,7 @@ def _solve_dual(sys_: _System, w0: torch.Tensor, alpha: float) -> tuple[torch.Te
     return sol, before, err(w, sol[-1])
 
 
-def _solve(p_layer: nn.Module, sys_: _System, alpha: float) -> dict:
+def _solve(p_layer: nn.Module, sys_: NormalEquations, alpha: float) -> dict:
     w0 = _current(p_layer)
     sol, before, after = (_solve_primal if sys_.a is not None else _solve_dual)(sys_, w0, alpha)
     if after > before:  # ill-posed (too few samples): keep the plain pruned weights
@@ -169,7 +147,7 @@ def _solve(p_layer: nn.Module, sys_: _System, alpha: float) -> dict:
 def _solve_layer(pruned: nn.Module, p_layer: nn.Module, batches: list, targets: list[torch.Tensor],
                  kept_out: list[int] | None, alpha: float) -> dict:
     """One consumer from its own passes: the pruned network run up to it on every batch."""
-    sys_ = _System()
+    sys_ = NormalEquations()
     for i, x in enumerate(batches):
         xin = forward_until(pruned, p_layer, x, output=False)
         sys_.add(*_rows_of(p_layer, xin, targets[i][0], kept_out, i))
@@ -205,7 +183,7 @@ def _one_pass(pruned: nn.Module, jobs: dict[str, tuple], batches: list, targets:
             deferred.append(name)
             return
         try:
-            sys_ = _System()
+            sys_ = NormalEquations()
             for i, chunk in enumerate(xin.split(leads)):
                 sys_.add(*_rows_of(mod, chunk, targets[name][i][0], kept_out, i))
             layers.append({"layer": name, **_solve(mod, sys_, alpha)})
