@@ -61,9 +61,11 @@ def architecture_structures(context, table: list[dict] | None, has_train_data: b
                "measured on this machine is needed)")
         decisions.append(Decision(technique=tech, decision="skipped", reason=f"{why}; {how}"))
         return []
-    ran = [r for r in table if "skipped" not in r]  # families that cannot run at this input size are listed
+    ran = [r for r in table if "skipped" not in r]  # families that could not be measured are listed with why
     measured = "; ".join([f"{r['name']} {r['p50_ms']:.3f} ms" for r in ran] +
-                         [f"{r['name']} not run at this input size" for r in table if "skipped" in r])
+                         [f"{r['name']} " + ("not measured: an optional extra is missing"
+                                             if "not installed" in r["skipped"] else "not run at this input size")
+                          for r in table if "skipped" in r])
     faster = policy.faster_families(ran)
     if not faster:
         decisions.append(Decision(technique=tech, decision="skipped",

@@ -111,7 +111,8 @@ class Candidate(BaseModel):
     latency_source: Literal["measured", "estimated"] | None = None
     accuracy: float | None = None
     accuracy_drop: float | None = None
-    metric: Literal["top1", "fidelity"] | None = None
+    # "top1", "miou", "fidelity" or the name of the user's metric: any name a run can score with
+    metric: str | None = None
     proposed_because: str = ""
     exporter: str | None = None
     verification: dict[str, Any] | None = None
@@ -125,7 +126,7 @@ class Candidate(BaseModel):
 
 class Decision(BaseModel):
     technique: str
-    decision: Literal["applied", "skipped", "rejected"]
+    decision: Literal["applied", "skipped", "rejected", "failed"]
     reason: str
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import edgeopt.decide.policy as policy
-from edgeopt.errors import ConfigError
+from edgeopt.errors import BackendMissingError, ConfigError, missing_backend
 from edgeopt.techniques import ARCH_TIMM, ARCH_TORCHVISION
 
 TORCHVISION, TIMM = ARCH_TORCHVISION, ARCH_TIMM
@@ -43,7 +43,10 @@ def build(family: str, num_classes: int, in_chans: int, seed: int = 0) -> nn.Mod
 
         return _first_conv_to(getattr(torchvision.models, family)(num_classes=num_classes), in_chans).eval()
     if family in TIMM:
-        import timm
+        try:
+            import timm
+        except ImportError:
+            raise missing_backend("timm", "timm") from None
 
         return timm.create_model(family, pretrained=False, num_classes=num_classes, in_chans=in_chans).eval()
     raise ConfigError(f"unknown architecture family {family!r}: use one of {', '.join(FAMILIES)}")
@@ -77,7 +80,12 @@ def latency_table(model: nn.Module, example: torch.Tensor, families: list[str] |
     rows.append({"name": "yours", "params": count_params(model), "macs": count_macs(model, x),
                  "reparameterized": False})
     for f in families:
-        net, fused = reparameterize(build(f, num_classes, x.shape[1]))
+        try:
+            net, fused = reparameterize(build(f, num_classes, x.shape[1]))
+        except BackendMissingError as e:  # the families of an optional extra are left out, saying which
+            if skipped is not None:
+                skipped.append(f"{f}: not measured, {e}")
+            continue
         try:
             with torch.no_grad():
                 net(x)

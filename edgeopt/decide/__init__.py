@@ -1,0 +1,1 @@
+"""The decision layer: deploy context + target + model summary -> plan, and the selection rules. No heavy imports."""

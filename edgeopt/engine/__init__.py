@@ -1,0 +1,1 @@
+"""The one `optimize()`: prepare, plan, search, measure, select, report."""

@@ -1,0 +1,1 @@
+"""What the user gives: models, example inputs, data, metrics and their code."""

@@ -1,0 +1,1 @@
+"""Measurement: latency on the runtime, accuracy, per-layer tables, the roofline estimate."""

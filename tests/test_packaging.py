@@ -1,0 +1,56 @@
+"""Installed the way users install: the wheel holds every sub-package, and every command works with the base
+install plus the extra the README names (optional extras are named in one line when missing)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from setuptools import find_packages
+
+from edgeopt.errors import BackendMissingError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_source_folder_is_a_discovered_package():
+    # a folder without __init__.py is a namespace package that package discovery (and so the wheel) leaves out
+    folders = {p.parent for p in (ROOT / "edgeopt").rglob("*.py") if "__pycache__" not in p.parts}
+    dotted = {".".join(f.relative_to(ROOT).parts) for f in folders}
+    found = set(find_packages(str(ROOT), include=["edgeopt", "edgeopt.*"]))
+    assert dotted <= found, f"left out of the wheel: {sorted(dotted - found)}"
+    assert "edgeopt.inputs.data" in found
+
+
+def test_setup_discovers_packages_instead_of_listing_them():
+    text = (ROOT / "pyproject.toml").read_text()
+    assert "packages = [" not in text
+    assert "find_packages" in (ROOT / "setup.py").read_text()
+
+
+def test_timm_families_are_skipped_with_the_extra_named_when_timm_is_missing(monkeypatch):
+    from edgeopt.techniques import ARCH_TIMM
+    from edgeopt.techniques.architecture import build, latency_table
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # as with `pip install edgeopt[openvino]`: no timm
+    family = sorted(ARCH_TIMM)[0]
+    with pytest.raises(BackendMissingError, match=r"edgeopt\[timm\]"):
+        build(family, 10, 1)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(10))
+    x = torch.randn(1, 1, 32, 32)
+    net(x)
+    skipped: list[str] = []
+    rows = latency_table(net, x, families=[family], max_time_s=0.2, skipped=skipped)
+    assert [r["name"] for r in rows] == ["yours"]
+    assert len(skipped) == 1 and family in skipped[0] and "edgeopt[timm]" in skipped[0]
+
+
+def test_plan_runs_without_timm(monkeypatch, tinynet_spec):
+    from typer.testing import CliRunner
+
+    from edgeopt.cli import app
+
+    monkeypatch.setitem(sys.modules, "timm", None)
+    r = CliRunner().invoke(app, ["plan", "--model", tinynet_spec, "--input-shape", "1,1,16,16", "--target", "local"])
+    assert r.exit_code == 0, r.output
+    assert "candidates" in r.output.lower()

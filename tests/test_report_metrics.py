@@ -1,0 +1,52 @@
+"""Every metric a run can score with survives report.json, the candidate cache and the gate: a report scored with
+mIoU or a user's metric used to be unreadable (`Candidate.metric` accepted only top1/fidelity)."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from edgeopt.cli import app
+from edgeopt.engine.build import from_cache, to_cache
+from edgeopt.measure.timing import stats_from_samples
+from edgeopt.report import Candidate, Decision, Report, load_report, write_report
+
+METRICS = ["top1", "fidelity", "miou", "map50"]  # map50: the name of a user's metric function
+
+
+def _report(metric: str) -> Report:
+    lat = stats_from_samples([1.0 + 0.01 * i for i in range(50)])
+    base = Candidate(id="original@onnx-fp32", status="ok", latency_ms=lat, latency_source="measured",
+                     accuracy=90.0, metric=metric, runtime="onnxruntime", precision="fp32")
+    cand = Candidate(id="prune30@onnx-fp32", status="ok", latency_ms=lat, latency_source="measured",
+                     accuracy=89.5, accuracy_drop=0.5, metric=metric, runtime="onnxruntime", precision="fp32")
+    return Report(edgeopt_version="0.1.0", context={"goal": "latency", "max_accuracy_drop": 1, "retrain": False},
+                  target={"name": "local"}, environment={}, baseline=base, candidates=[cand],
+                  chosen=cand.id, decisions=[Decision(technique="accuracy_control@x", decision="failed",
+                                                      reason="retry failed")])
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_report_json_round_trip(tmp_path, metric):
+    path = write_report(_report(metric), tmp_path)
+    back = load_report(path)
+    assert back.chosen_candidate.metric == metric and back.baseline.metric == metric
+    assert back.decisions[0].decision == "failed"
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_cache_entry_round_trip(tmp_path, metric):
+    cand = _report(metric).candidates[0].model_copy(update={"status": "rejected", "reason": "over budget"})
+    entry = json.loads(json.dumps(to_cache(cand)))
+    fresh = Candidate(id=cand.id, runtime="onnxruntime", precision="fp32")
+    restored, session = from_cache(fresh, entry, tmp_path, threads=1)
+    assert restored and session is None
+    assert fresh.metric == metric and fresh.accuracy == 89.5 and fresh.from_cache
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_gate_reads_every_metric(tmp_path, metric):
+    path = write_report(_report(metric), tmp_path)
+    r = CliRunner().invoke(app, ["gate", str(path), "--max-accuracy-drop", "1"])
+    assert r.exit_code == 0, r.output
+    assert "PASS" in r.output
