@@ -54,3 +54,27 @@ def test_plan_runs_without_timm(monkeypatch, tinynet_spec):
     r = CliRunner().invoke(app, ["plan", "--model", tinynet_spec, "--input-shape", "1,1,16,16", "--target", "local"])
     assert r.exit_code == 0, r.output
     assert "candidates" in r.output.lower()
+
+
+def test_agent_without_its_extra_names_the_extra(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeopt.cli import app
+
+    for m in ("fastapi", "uvicorn"):  # both absent: the server cannot start even if the check regressed
+        monkeypatch.setitem(sys.modules, m, None)
+    token = tmp_path / "token"
+    token.write_text("0123456789abcdef0123\n")
+    token.chmod(0o600)
+    r = CliRunner().invoke(app, ["agent", "--token-file", str(token)])
+    # main() prints a typed error as one line with its exit code (2); the runner sees the error itself
+    assert isinstance(r.exception, BackendMissingError) and r.exception.exit_code == 2, r.output
+    assert "edgeopt[agent]" in str(r.exception)
+
+
+def test_agent_client_without_httpx_names_the_extra(monkeypatch):
+    from edgeopt.remote.client import AgentClient
+
+    monkeypatch.setitem(sys.modules, "httpx", None)
+    with pytest.raises(BackendMissingError, match=r"edgeopt\[agent\]"):
+        AgentClient("http://127.0.0.1:9", "0123456789abcdef0123")._request("GET", "/health")

@@ -10,7 +10,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from edgeopt.errors import ArtifactError, ConfigError, EdgeOptError
+from edgeopt.errors import ArtifactError, ConfigError, EdgeOptError, missing_backend
 from edgeopt.formats import artifact_files
 from edgeopt.remote import PROTOCOL_HEADER, PROTOCOL_VERSION
 from edgeopt.report import BenchmarkResult, LatencyStats
@@ -54,7 +54,10 @@ class AgentClient:
         self.timeout_s = timeout_s
 
     def _request(self, method: str, path: str, **kw):
-        import httpx
+        try:
+            import httpx
+        except ImportError:
+            raise missing_backend("httpx (the agent client)", "agent") from None
 
         headers = {"Authorization": f"Bearer {self.token}", PROTOCOL_HEADER: str(PROTOCOL_VERSION)}
         try:

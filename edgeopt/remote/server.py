@@ -247,7 +247,13 @@ def exposure_warning(host: str) -> str | None:
 
 
 def serve(config: AgentConfig, host: str = "127.0.0.1", port: int = 8765) -> None:
-    import uvicorn
+    from edgeopt.errors import missing_backend
+
+    try:
+        import fastapi  # noqa: F401  (create_app's web framework: checked before anything starts)
+        import uvicorn
+    except ImportError:
+        raise missing_backend("the agent's web server (fastapi, uvicorn)", "agent") from None
 
     warning = exposure_warning(host)
     if warning:
