@@ -30,16 +30,32 @@ def _runtime_precisions(compiled) -> set[str]:
     return out
 
 
-@pytest.fixture(scope="module")
-def fp32_ir(tmp_path_factory):
-    import tinynet
+def _convnet():
+    """Convolutions, batch norm, a residual add, a depthwise conv and pooling: layers the CPU plugin keeps as
+    they are in the IR (a Linear becomes a FullyConnected it builds anew, see the next test)."""
+    from torch import nn
 
-    import edgeopt
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+            self.b = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU(), nn.Conv2d(16, 16, 1))
+            self.head = nn.Sequential(nn.Conv2d(16, 10, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+        def forward(self, x):
+            x = self.a(x)
+            return self.head(torch.relu(x + self.b(x)))
 
     torch.manual_seed(0)
+    return Net().eval()
+
+
+@pytest.fixture(scope="module")
+def fp32_ir(tmp_path_factory):
+    import edgeopt
+
     out = tmp_path_factory.mktemp("ov") / "model.xml"
-    return edgeopt.export(tinynet.make().eval(), torch.randn(1, 1, 16, 16), format="openvino", precision="fp32",
-                          out=out)
+    return edgeopt.export(_convnet(), torch.randn(1, 3, 16, 16), format="openvino", precision="fp32", out=out)
 
 
 def test_fp32_ir_runs_f32_when_compiled_plainly(fp32_ir):
@@ -58,6 +74,27 @@ def test_fp32_ir_runs_f32_when_compiled_plainly(fp32_ir):
     from edgeopt.formats import backend_for
 
     assert backend_for("openvino").load(fp32_ir, precision="fp32").precision_executed == "fp32"
+
+
+def test_fp32_ir_with_linear_and_attention(tmp_path):
+    """Its convolutions keep f32 under a plain compile; the layers OpenVINO rebuilds (Linear -> FullyConnected,
+    attention -> a fused subgraph) lose the mark, which is why the deploy instructions pass the hint."""
+    import tinynet
+
+    import edgeopt
+    from edgeopt.formats.commands import openvino_load_config
+    from edgeopt.formats.openvino import executed_precision
+
+    core = _core()
+    if not _bf16_cpu(core):
+        pytest.skip("this CPU has no bf16 support: OpenVINO's default is f32 anyway, nothing to prove")
+    torch.manual_seed(0)
+    path = edgeopt.export(tinynet.make().eval(), torch.randn(1, 1, 16, 16), format="openvino", out=tmp_path / "m.xml")
+    plain = executed_precision(core.compile_model(str(path), "CPU"))["macs_by_precision"]
+    assert plain.get("fp32", 0) > 0.9 * sum(plain.values()), plain  # every convolution
+    assert openvino_load_config("fp32") == {"INFERENCE_PRECISION_HINT": "f32"}
+    explicit = executed_precision(core.compile_model(str(path), "CPU", openvino_load_config("fp32")))
+    assert set(explicit["macs_by_precision"]) == {"fp32"}, explicit
 
 
 def test_bf16_request_on_an_fp32_ir_reports_what_ran(fp32_ir):
@@ -127,3 +164,24 @@ def test_xml_that_is_no_ir_names_the_xml(tmp_path):
     xml = tmp_path / "model.xml"
     xml.write_text('<?xml version="1.0"?>\n<svg></svg>\n')
     _one_line_error(_benchmark(xml), str(xml), "not an OpenVINO IR")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_deploy_instructions_say_how_to_load_at_the_measured_precision(fp32_ir, tmp_path, precision):
+    from edgeopt.formats import artifact_files, device_commands
+    from edgeopt.report import Candidate, Report
+    from edgeopt.report.bundle import write_bundle
+    from edgeopt.targets import load_target
+
+    shutil.copyfile(fp32_ir, tmp_path / "cand.xml")
+    shutil.copyfile(fp32_ir.with_suffix(".bin"), tmp_path / "cand.bin")
+    cand = Candidate(id="c", status="ok", artifact="cand.xml", runtime="openvino", precision=precision)
+    report = Report(edgeopt_version="t", context={}, target={}, environment={}, candidates=[cand], chosen="c")
+    deploy = (write_bundle(report, tmp_path, load_target("x86-amx"), artifact_files, device_commands)
+              / "DEPLOY.md").read_text()
+    assert "## Load it in an application" in deploy
+    if precision == "fp32":
+        assert "rt_info" in deploy and "compile_model('model.xml', 'CPU', {'INFERENCE_PRECISION_HINT': 'f32'})" \
+            in deploy, deploy
+    else:  # measured without a hint: the plain call is the one that runs what was measured
+        assert "compile_model('model.xml', 'CPU')" in deploy and "INFERENCE_PRECISION_HINT'" not in deploy, deploy
