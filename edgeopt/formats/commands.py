@@ -48,13 +48,13 @@ def openvino_load_note(model_file: str, precision: str) -> list[str]:
         call = f"compiled = ov.Core().compile_model({model_file!r}, 'CPU')"
     else:
         hint = config["INFERENCE_PRECISION_HINT"]
-        note = (f"It was measured at {hint}, which is pinned in the IR's rt_info (runtime_options/"
-                f"INFERENCE_PRECISION_HINT = {hint}) for readers, but OpenVINO's CPU plugin does not apply it: "
-                "on AMX/AVX-512-BF16 CPUs a plain `compile_model` runs bf16. Pass the hint explicitly:")
+        note = (f"It was measured at {hint}, which the IR records in its rt_info (runtime_options/"
+                f"INFERENCE_PRECISION_HINT = {hint}); OpenVINO does not apply that entry itself")
         if hint == "f32":
-            note = note.replace("Pass the hint", "Every layer also carries OpenVINO's \"precise\" mark, so a plain "
-                                "compile keeps the convolutions in f32; layers OpenVINO rebuilds (Linear, "
-                                "attention) drop it. Pass the hint")
+            note += (". Its layers also carry OpenVINO's \"precise\" mark, so a plain `compile_model` keeps the "
+                     "convolutions in f32 where OpenVINO's default is bf16 (AMX/AVX-512-BF16 CPUs), but the "
+                     "layers OpenVINO rebuilds (Linear, attention) drop the mark")
+        note += ". To run exactly what was measured, pass the hint:"
         call = f"compiled = ov.Core().compile_model({model_file!r}, 'CPU', {config!r})"
     return [note, "import openvino as ov", call]
 

@@ -6,8 +6,8 @@ through NNCF (`nncf.quantize` on calibration data; `nncf.quantize_with_accuracy_
 evaluation data and a maximum accuracy drop are given in options).
 
 OpenVINO sessions. The inference-precision hint is set explicitly and read back, because OpenVINO
-runs bf16 by default on AMX and AVX-512-BF16 CPUs: the report states what was really executed, and a float IR
-carries the precision it was measured at (see `_pin_precision`), so that a plain `compile_model` runs it too.
+runs bf16 by default on AMX and AVX-512-BF16 CPUs: the report states what was really executed (read from the
+execution graph), and a float IR records the precision it was measured at (see `_pin_precision`).
 
 Every Core in this process is the one `openvino_core()` returns (see there for why)."""
 
@@ -133,8 +133,8 @@ def _pin_precision(ov_model, precision: str) -> str | None:
     what `load_openvino` passes as the hint); returns it, or None for int8/int8w and quantization-aware graphs.
     OpenVINO 2026 applies only some runtime_options at compile time, not this one, so for f32 every layer also
     gets the "precise" mark (`_mark_layers_precise`). bf16 needs no mark: it is the CPU plugin's own default
-    where the CPU has bf16, and a bf16 hint runs f32 where it has not. INT8 IRs are measured without a hint,
-    as a plain compile runs them: their float layers run the CPU's default precision in both."""
+    where the CPU has bf16. INT8 IRs are measured without a hint, as a plain compile runs them: their float
+    layers run the CPU's default precision in both. The deploy instructions give the explicit config."""
     hint = PRECISION_HINTS.get(precision)
     if not hint or any(op.get_type_name() == "FakeQuantize" for op in ov_model.get_ops()):
         return None
@@ -148,8 +148,10 @@ _UNMARKED = {"Parameter", "Result", "Const"}
 def _mark_layers_precise(xml: Path) -> None:
     """Give every computing layer of a saved IR the "precise" runtime attribute (ov::DisablePrecisionConversion,
     by the name OpenVINO's IR reader knows it): the CPU plugin then keeps its original f32 instead of lowering it
-    to bf16 on AMX/AVX-512-BF16 CPUs, with or without a hint. The Python API cannot create that attribute, so
-    it goes into the IR's XML, where OpenVINO's own serializer puts runtime attributes."""
+    to bf16 on AMX/AVX-512-BF16 CPUs, with or without a hint. Layers the plugin builds anew (a MatMul with
+    constant weights becomes a FullyConnected, attention a fused subgraph) do not inherit it. The Python API
+    cannot create that attribute, so it goes into the IR's XML, where OpenVINO's own serializer puts runtime
+    attributes."""
     tree = ET.parse(xml)
     for layer in tree.getroot().iter("layer"):
         if layer.get("type") in _UNMARKED:
