@@ -86,3 +86,33 @@ def test_signal_after_nncf_int8_quantization(tmp_path):
         take_a_signal()
     """, tmp_path)
     assert p.returncode == 0 and "handled [1, 2]" in p.stdout, (p.returncode, p.stderr[-2000:])
+
+
+def test_signal_after_nncf_accuracy_control(tmp_path):
+    """NNCF's accuracy control compiles every model it scores with `ov.compile_model`, a Core each, freed in
+    whatever order Python drops them. The validation here counts any INT8 layer as a loss, so NNCF reverts
+    layers and compiles several models."""
+    p = _child("""
+        from types import SimpleNamespace
+        import edgeopt
+        import edgeopt.formats.openvino as ovf
+
+        def rigged(example):
+            def validate(compiled, data):
+                ops = compiled.get_runtime_model().get_ordered_ops()
+                int8 = any(str(o.get_rt_info()["runtimePrecision"].astype(str)).lower() in ("i8", "u8")
+                           for o in ops if "runtimePrecision" in o.get_rt_info())
+                return 0.5 if int8 else 1.0
+            return validate
+
+        ovf._accuracy_fn = rigged
+        x = torch.randn(2, 3, 16, 16)
+        calib = [torch.randn(2, 3, 16, 16) for _ in range(4)]
+        evals = SimpleNamespace(labelled=True, items=[(torch.randn(2, 3, 16, 16), torch.tensor([0, 1]))] * 2)
+        res = ovf.export_openvino(net(), x, f"{sys.argv[1]}/q.xml", precision="int8", calib=calib,
+                                  options={"eval_data": evals, "max_accuracy_drop": 1.0})
+        assert "accuracy_control" in res.info, res.info
+        del res
+        take_a_signal()
+    """, tmp_path)
+    assert p.returncode == 0 and "handled [1, 2]" in p.stdout, (p.returncode, p.stderr[-2000:])
