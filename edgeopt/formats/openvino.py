@@ -312,19 +312,20 @@ def read_ir(path: Path, core=None):
     core = core or openvino_core()
     if path.suffix.lower() == ".xml":
         root = _xml_root(path)
-        if root != "net":
-            raise ArtifactError(f"{path} is not an OpenVINO IR: its root element is <{root}>, not <net>")
+        if root.tag != "net" or "version" not in root.attrib:
+            what = f"its root element is <{root.tag}>, not <net>" if root.tag != "net" else "<net> has no version"
+            raise ArtifactError(f"{path} is not an OpenVINO IR: {what}")
     try:
         return core.read_model(str(path))
     except Exception as e:
         raise ArtifactError(_ir_problem(path, e)) from None
 
 
-def _xml_root(path: Path) -> str:
+def _xml_root(path: Path):
     try:
         with open(path, "rb") as f:  # the first element only: the rest is read once, by OpenVINO
             for _, elem in ET.iterparse(f, events=("start",)):
-                return elem.tag
+                return elem
     except ET.ParseError as e:
         raise ArtifactError(f"{path} is not well-formed XML ({e}): re-export the OpenVINO IR") from None
     except OSError as e:
