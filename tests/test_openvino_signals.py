@@ -66,12 +66,17 @@ def test_signal_after_compiling_two_models(tmp_path):
     assert p.returncode == 0 and "handled [1, 2]" in p.stdout, (p.returncode, p.stderr[-2000:])
 
 
-def test_signal_after_nncf_int8_quantization(tmp_path):
-    """INT8 through NNCF (which compiles on Cores of its own), a per-layer profile, then signals."""
+def test_signal_after_nncf_quantization(tmp_path):
+    """INT8 through NNCF, a per-layer profile, then NNCF's accuracy control, which compiles every model it scores
+    with `ov.compile_model` (a Core each, freed in whatever order Python drops them); its validation here counts
+    any INT8 layer as a loss, so NNCF reverts layers and compiles several models. Then signals."""
     p = _child("""
+        from types import SimpleNamespace
         from edgeopt.formats import backend_for
         from edgeopt.measure.layers import profile_layers
         import edgeopt
+        import edgeopt.formats.openvino as ovf
+
         x = torch.randn(2, 3, 16, 16)
         calib = [torch.randn(2, 3, 16, 16) for _ in range(4)]
         p8 = edgeopt.export(net(), x, format="openvino", precision="int8", out=f"{sys.argv[1]}/q.xml",
@@ -83,19 +88,6 @@ def test_signal_after_nncf_int8_quantization(tmp_path):
         del s8, rows
         gc.collect()
         del s32
-        take_a_signal()
-    """, tmp_path)
-    assert p.returncode == 0 and "handled [1, 2]" in p.stdout, (p.returncode, p.stderr[-2000:])
-
-
-def test_signal_after_nncf_accuracy_control(tmp_path):
-    """NNCF's accuracy control compiles every model it scores with `ov.compile_model`, a Core each, freed in
-    whatever order Python drops them. The validation here counts any INT8 layer as a loss, so NNCF reverts
-    layers and compiles several models."""
-    p = _child("""
-        from types import SimpleNamespace
-        import edgeopt
-        import edgeopt.formats.openvino as ovf
 
         def rigged(example):
             def validate(compiled, data):
@@ -106,10 +98,8 @@ def test_signal_after_nncf_accuracy_control(tmp_path):
             return validate
 
         ovf._accuracy_fn = rigged
-        x = torch.randn(2, 3, 16, 16)
-        calib = [torch.randn(2, 3, 16, 16) for _ in range(4)]
         evals = SimpleNamespace(labelled=True, items=[(torch.randn(2, 3, 16, 16), torch.tensor([0, 1]))] * 2)
-        res = ovf.export_openvino(net(), x, f"{sys.argv[1]}/q.xml", precision="int8", calib=calib,
+        res = ovf.export_openvino(net(), x, f"{sys.argv[1]}/ac.xml", precision="int8", calib=calib,
                                   options={"eval_data": evals, "max_accuracy_drop": 1.0})
         assert "accuracy_control" in res.info, res.info
         del res
