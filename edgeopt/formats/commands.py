@@ -32,12 +32,39 @@ def tensorrt(target, model_file: str, precision: str, onnx_input=None, sparse_2_
     return lines
 
 
+def openvino_load_config(precision: str) -> dict[str, str]:
+    """The compile_model config that runs an edgeopt OpenVINO artifact as it was measured: the inference-precision
+    hint for fp32/bf16/fp16; nothing for int8/int8w, measured without a hint, as a plain compile runs them."""
+    hint = OV_PRECISION.get(precision)
+    return {"INFERENCE_PRECISION_HINT": hint} if hint else {}
+
+
+def openvino_load_note(model_file: str, precision: str) -> list[str]:
+    """How an application loads the artifact at the measured precision (DEPLOY.md): a sentence, then code."""
+    config = openvino_load_config(precision)
+    if not config:
+        note = ("It was measured without a precision hint, as a plain `compile_model` runs it: its float layers "
+                "run the CPU's default precision (bf16 on AMX/AVX-512-BF16 CPUs, else f32).")
+        call = f"compiled = ov.Core().compile_model({model_file!r}, 'CPU')"
+    else:
+        hint = config["INFERENCE_PRECISION_HINT"]
+        note = (f"It was measured at {hint}, which the IR records in its rt_info (runtime_options/"
+                f"INFERENCE_PRECISION_HINT = {hint}); OpenVINO does not apply that entry itself")
+        if hint == "f32":
+            note += (". Its layers also carry OpenVINO's \"precise\" mark, so a plain `compile_model` keeps the "
+                     "convolutions in f32 where OpenVINO's default is bf16 (AMX/AVX-512-BF16 CPUs), but the "
+                     "layers OpenVINO rebuilds (Linear, attention) drop the mark")
+        note += ". To run exactly what was measured, pass the hint:"
+        call = f"compiled = ov.Core().compile_model({model_file!r}, 'CPU', {config!r})"
+    return [note, "import openvino as ov", call]
+
+
 def openvino(target, model_file: str, precision: str, onnx_input=None, sparse_2_4: bool = False) -> dict:
     hint = OV_PRECISION.get(precision)
     run = ["benchmark_app", "-m", shlex.quote(model_file), "-d", "CPU", "-hint", "latency", "-t", "10"]
     if hint:
         run += ["-infer_precision", hint]
-    return {"build": [], "run": [" ".join(run)]}
+    return {"build": [], "run": [" ".join(run)], "load": openvino_load_note(model_file, precision)}
 
 
 def onnxruntime(target, model_file: str, precision: str, onnx_input=None, sparse_2_4: bool = False) -> dict:

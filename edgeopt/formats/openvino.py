@@ -6,14 +6,20 @@ through NNCF (`nncf.quantize` on calibration data; `nncf.quantize_with_accuracy_
 evaluation data and a maximum accuracy drop are given in options).
 
 OpenVINO sessions. The inference-precision hint is set explicitly and read back, because OpenVINO
-runs bf16 by default on AMX CPUs: the report states what was really executed."""
+runs bf16 by default on AMX and AVX-512-BF16 CPUs: the report states what was really executed (read from the
+execution graph), and a float IR records the precision it was measured at (see `_pin_precision`).
+
+Every Core in this process is the one `openvino_core()` returns (see there for why)."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import shutil
 import tempfile
 import warnings
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +28,41 @@ from torch import nn
 
 from edgeopt.errors import ArtifactError, ConfigError, ExportError, missing_backend
 from edgeopt.formats.base import ExportResult, Session, check_feed
+
+
+@functools.cache
+def openvino_core():
+    """The process's one `ov.Core`. A Core that loads the CPU plugin installs an alternate signal stack of its
+    own on the thread, and when it goes (with the last model compiled on it) puts back the stack that was
+    current when it came. Two Cores freed in the order they were made leave the thread's sigaltstack pointing
+    at unmapped memory, and the next handled signal (a DataLoader worker's SIGCHLD, Ctrl-C, the SIGALRM of
+    edgeopt's time limit) kills the process with SIGSEGV. One Core that lives as long as the process never
+    hands back a freed stack. Options go in each `compile_model` call's config, never `set_property`: a plain
+    compile on this Core must stay what a user's plain compile is."""
+    import openvino as ov
+
+    return ov.Core()
+
+
+@contextlib.contextmanager
+def nncf_on_shared_core():
+    """NNCF compiles on Cores of its own (`ov.Core()` in its inference engine, `ov.compile_model` in accuracy
+    control), freed whenever Python drops them, in any order: the crash `openvino_core` explains. NNCF takes
+    no Core argument, so while it runs both names hand out the process's Core (every option NNCF needs goes in
+    its compile calls' config)."""
+    import openvino as ov
+    import openvino._ov_api as api
+
+    core, saved = openvino_core(), (ov.Core, api.Core)
+
+    def shared(*args, **kwargs):
+        return core if not args and not kwargs else saved[0](*args, **kwargs)
+
+    ov.Core = api.Core = shared
+    try:
+        yield
+    finally:
+        ov.Core, api.Core = saved
 
 
 def export_openvino(model: nn.Module, example: torch.Tensor, out: Path, precision: str = "fp32",
@@ -65,13 +106,17 @@ def export_openvino(model: nn.Module, example: torch.Tensor, out: Path, precisio
         raise ExportError("OpenVINO conversion failed: " + " | ".join(errors))
     _name_io(ov, ov_model, inputs, output_names, bool(dict(options or {}).get("dynamic_batch")))
     info: dict = {}
-    if precision == "int8":
-        ov_model, info = _quantize(ov_model, cal, example, dict(options or {}))
-    elif precision == "int8w":
-        ov_model, info = _compress_weights(ov_model)
+    with nncf_on_shared_core():
+        if precision == "int8":
+            ov_model, info = _quantize(ov_model, cal, example, dict(options or {}))
+        elif precision == "int8w":
+            ov_model, info = _compress_weights(ov_model)
+    pin = _pin_precision(ov_model, precision)
     tmpdir = Path(tempfile.mkdtemp(dir=out.parent, prefix=".ovtmp."))
     try:  # save beside the destination, then move both files in: never half an IR
         ov.save_model(ov_model, str(tmpdir / out.name), compress_to_fp16=False)
+        if pin == "f32":
+            _mark_layers_precise(tmpdir / out.name)
         bin_path = out.with_suffix(".bin")
         os.replace(tmpdir / out.with_suffix(".bin").name, bin_path)
         os.replace(tmpdir / out.name, out)
@@ -79,7 +124,45 @@ def export_openvino(model: nn.Module, example: torch.Tensor, out: Path, precisio
         shutil.rmtree(tmpdir, ignore_errors=True)
     return ExportResult(path=out, format="openvino", precision=precision, exporter=exporter,
                         files=[out, out.with_suffix(".bin")],
-                        info={"fallback_errors": errors, "inputs": inputs.describe(), "outputs": output_names, **info})
+                        info={"fallback_errors": errors, "inputs": inputs.describe(), "outputs": output_names,
+                              **({"pinned_precision": pin} if pin else {}), **info})
+
+
+def _pin_precision(ov_model, precision: str) -> str | None:
+    """Record the precision a float IR is measured at in its rt_info (runtime_options/INFERENCE_PRECISION_HINT,
+    what `load_openvino` passes as the hint); returns it, or None for int8/int8w and quantization-aware graphs.
+    OpenVINO 2026 applies only some runtime_options at compile time, not this one, so for f32 every layer also
+    gets the "precise" mark (`_mark_layers_precise`). bf16 needs no mark: it is the CPU plugin's own default
+    where the CPU has bf16. INT8 IRs are measured without a hint, as a plain compile runs them: their float
+    layers run the CPU's default precision in both. The deploy instructions give the explicit config."""
+    hint = PRECISION_HINTS.get(precision)
+    if not hint or any(op.get_type_name() == "FakeQuantize" for op in ov_model.get_ops()):
+        return None
+    ov_model.set_rt_info(hint, ["runtime_options", "INFERENCE_PRECISION_HINT"])
+    return hint
+
+
+_UNMARKED = {"Parameter", "Result", "Const"}
+
+
+def _mark_layers_precise(xml: Path) -> None:
+    """Give every computing layer of a saved IR the "precise" runtime attribute (ov::DisablePrecisionConversion,
+    by the name OpenVINO's IR reader knows it): the CPU plugin then keeps its original f32 instead of lowering it
+    to bf16 on AMX/AVX-512-BF16 CPUs, with or without a hint. Layers the plugin builds anew (a MatMul with
+    constant weights becomes a FullyConnected, attention a fused subgraph) do not inherit it. The Python API
+    cannot create that attribute, so it goes into the IR's XML, where OpenVINO's own serializer puts runtime
+    attributes."""
+    tree = ET.parse(xml)
+    for layer in tree.getroot().iter("layer"):
+        if layer.get("type") in _UNMARKED:
+            continue
+        rt = layer.find("rt_info")
+        if rt is None:
+            rt = ET.Element("rt_info")
+            layer.insert(1 if layer.find("data") is not None else 0, rt)
+        if not any(a.get("name") in ("precise", "DisablePrecisionConversion") for a in rt.iter("attribute")):
+            ET.SubElement(rt, "attribute", {"name": "precise", "version": "0"})
+    tree.write(xml, encoding="utf-8", xml_declaration=True)
 
 
 def _name_io(ov, ov_model, inputs, output_names: list[str], dynamic_batch: bool) -> None:
@@ -221,33 +304,95 @@ def executed_precision(compiled) -> dict:
             "macs_by_precision": macs, "source": "openvino execution graph (runtimePrecision)"}
 
 
+def read_ir(path: Path, core=None):
+    """`core.read_model`, with an error that names the file at fault: OpenVINO's own reads only "Exception from
+    src/inference/src/cpp/core.cpp:84:" on its first line. An .xml whose root is not <net> is refused before
+    OpenVINO tries every frontend on it (each prints its own parse error)."""
+    path = Path(path)
+    core = core or openvino_core()
+    if path.suffix.lower() == ".xml":
+        root = _xml_root(path)
+        if root.tag != "net" or "version" not in root.attrib:
+            what = f"its root element is <{root.tag}>, not <net>" if root.tag != "net" else "<net> has no version"
+            raise ArtifactError(f"{path} is not an OpenVINO IR: {what}")
+    try:
+        return core.read_model(str(path))
+    except Exception as e:
+        raise ArtifactError(_ir_problem(path, e)) from None
+
+
+def _xml_root(path: Path):
+    try:
+        with open(path, "rb") as f:  # the first element only: the rest is read once, by OpenVINO
+            for _, elem in ET.iterparse(f, events=("start",)):
+                return elem
+    except ET.ParseError as e:
+        raise ArtifactError(f"{path} is not well-formed XML ({e}): re-export the OpenVINO IR") from None
+    except OSError as e:
+        raise ArtifactError(f"cannot read {path}: {e.strerror or e}") from None
+    raise ArtifactError(f"{path} is empty: re-export the OpenVINO IR")
+
+
+def _ir_problem(path: Path, error: Exception) -> str:
+    """One line for an IR OpenVINO refused: broken XML, a missing or short .bin, else OpenVINO's own reason."""
+    if path.suffix.lower() == ".xml":
+        try:
+            root = ET.parse(path).getroot()
+        except ET.ParseError as e:
+            return f"{path} is not well-formed XML ({e}): re-export the OpenVINO IR"
+        need = 0
+        for data in root.iter("data"):
+            try:
+                need = max(need, int(data.get("offset", "")) + int(data.get("size", "")))
+            except ValueError:
+                continue
+        weights = path.with_suffix(".bin")
+        if need and not weights.is_file():
+            return f"{weights} is missing: {path.name} keeps its weights in it (copy both files together)"
+        if need and weights.stat().st_size < need:
+            return (f"{weights} holds {weights.stat().st_size} bytes but {path.name} needs {need}: it is truncated "
+                    "or belongs to another model")
+    return f"OpenVINO cannot read {path}: {_reason(error)}"
+
+
+def _reason(error: Exception) -> str:
+    """The informative line of an OpenVINO exception, past its "Exception from <file>:<line>:" and
+    "Check '...' failed at ..." lines."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(("Exception from", "Check '"))]
+    return (useful or lines or [type(error).__name__])[0][:300]
+
+
 def load_openvino(path: Path, precision: str = "fp32", threads: int | None = None,
                   device: str = "CPU") -> Session:
     import openvino as ov  # installed, file present: checked once by the formats table's load preamble
 
     if precision not in PRECISION_HINTS:
         raise ConfigError(f"OpenVINO precision {precision!r} unknown; use one of {', '.join(PRECISION_HINTS)}")
-    core = ov.Core()
+    core = openvino_core()
     config = {"PERFORMANCE_HINT": "LATENCY"}
     hint = PRECISION_HINTS[precision]
     if hint:
         config["INFERENCE_PRECISION_HINT"] = hint
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
+    ov_model = read_ir(path, core)
+    quantized = any(op.get_type_name() == "FakeQuantize" for op in ov_model.get_ops())
+    compressed = not quantized and any(  # weight-only compression: int8/uint8 weight constants
+        op.get_type_name() == "Constant" and op.get_element_type() in (ov.Type.i8, ov.Type.u8)
+        for op in ov_model.get_ops())
     try:
-        ov_model = core.read_model(str(path))
-        quantized = any(op.get_type_name() == "FakeQuantize" for op in ov_model.get_ops())
-        compressed = not quantized and any(  # weight-only compression: int8/uint8 weight constants
-            op.get_type_name() == "Constant" and op.get_element_type() in (ov.Type.i8, ov.Type.u8)
-            for op in ov_model.get_ops())
         compiled = core.compile_model(ov_model, device.upper(), config)
     except Exception as e:
-        raise ArtifactError(f"OpenVINO cannot load {path}: {str(e).strip().splitlines()[0][:200]}") from None
+        raise ArtifactError(f"OpenVINO cannot compile {path} for {device.upper()}: {_reason(e)}") from None
     executed = precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
     try:
         reading = executed_precision(compiled)
     except Exception as e:  # a report detail: never fail a load over it
         reading = {"int8_mac_fraction": None, "error": str(e).splitlines()[0][:200] if str(e) else type(e).__name__}
+    floats = {k: v for k, v in reading.get("macs_by_precision", {}).items() if k != "int8"}
+    if floats:  # the float precision most MACs ran in, not the hint: an IR's precise layers keep f32 under any
+        executed = max(floats, key=floats.get)
     frac = reading.get("int8_mac_fraction")
     if frac is not None:  # the execution graph, not the IR's FakeQuantize nodes, says what runs
         executed = "int8" if frac >= 0.99 else f"int8+{executed}" if frac > 0 else executed

@@ -39,17 +39,17 @@ def _table(acc: dict[str, list]) -> list[LayerTime]:
 
 
 def profile_openvino(path: Path, x: np.ndarray, runs: int, threads: int | None, precision: str) -> list[LayerTime]:
-    import openvino as ov  # installed: checked by the formats table before it calls a profiler
-
-    from edgeopt.formats.openvino import PRECISION_HINTS
+    from edgeopt.formats.openvino import PRECISION_HINTS, openvino_core, read_ir
 
     config = {"PERF_COUNT": True, "PERFORMANCE_HINT": "LATENCY"}
     if PRECISION_HINTS.get(precision):
         config["INFERENCE_PRECISION_HINT"] = PRECISION_HINTS[precision]
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
+    core = openvino_core()  # installed: checked by the formats table before it calls a profiler
+    ov_model = read_ir(path, core)
     try:
-        compiled = ov.Core().compile_model(str(path), "CPU", config)
+        compiled = core.compile_model(ov_model, "CPU", config)
     except Exception as e:
         raise ArtifactError(f"OpenVINO cannot load {path}: {str(e).strip().splitlines()[0][:200]}") from None
     request = compiled.create_infer_request()

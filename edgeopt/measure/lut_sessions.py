@@ -72,14 +72,15 @@ def runner(model: nn.Module, x, runtime: str, threads: int, tmp: Path, precision
         opts.intra_op_num_threads = threads
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         return lambda: sess.run(None, feed)
-    import openvino as ov
+    from edgeopt.formats.openvino import nncf_on_shared_core, openvino_core
 
-    core = ov.Core()
+    core = openvino_core()
     ov_model = core.read_model(str(path))
     if precision == "int8":
         nncf = _quiet_nncf()
-        ov_model = nncf.quantize(ov_model, nncf.Dataset([feed]), subset_size=1,
-                                 preset=nncf.QuantizationPreset.PERFORMANCE)
+        with nncf_on_shared_core():
+            ov_model = nncf.quantize(ov_model, nncf.Dataset([feed]), subset_size=1,
+                                     preset=nncf.QuantizationPreset.PERFORMANCE)
     compiled = core.compile_model(ov_model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
     req = compiled.create_infer_request()
     return lambda: req.infer(feed)

@@ -82,6 +82,9 @@ def write_bundle(report: Report, out_dir: Path, target: TargetProfile, files_of:
         md += ["Or on a DLA core (fp16/int8, GPU fallback):", "", "```sh", *cmds["build_dla"], "```", ""]
     md += ["## Measure on the device", "", "```sh", *cmds["run"], *agent, "```", "",
            "`commands.sh` does both; `bundle.json` lists the files with their SHA-256."]
+    if cmds.get("load"):  # the runtime's own loading call, at the precision the numbers were measured at
+        note, *code = cmds["load"]
+        md += ["", "## Load it in an application", "", note, "", "```python", *code, "```"]
     write_atomic(bundle / "DEPLOY.md", "\n".join(md) + "\n")
     report.model["bundle"] = "bundle"
     return bundle
