@@ -4,6 +4,7 @@ defaults), then every flag given explicitly on the command line on top. A new ru
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,16 +69,27 @@ def _floats(text: str | None, name: str) -> tuple[float, ...] | None:
     if not text:
         return None
     try:
-        return tuple(float(t) for t in text.split(",") if t.strip())
+        values = tuple(float(t) for t in text.split(","))
     except ValueError:
-        raise ConfigError(f"--{name} must be comma-separated numbers, got {text!r}") from None
+        values = ()
+    if not values or not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"--{name} must be comma-separated finite numbers, got {text!r}")
+    return values
 
 
 def _size(text: str | None, name: str):
-    size = _floats(text, name)
-    if size is not None:
-        size = int(size[0]) if len(size) == 1 else tuple(int(v) for v in size)
-    return size
+    """S or H,W in pixels: positive integers only (int('nan') would fail deep in the data pipeline)."""
+    from edgeopt.errors import ConfigError
+
+    if not text:
+        return None
+    try:
+        size = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        size = ()
+    if len(size) not in (1, 2) or any(v <= 0 for v in size):
+        raise ConfigError(f"--{name} must be a positive integer S or H,W in pixels, got {text!r}")
+    return size[0] if len(size) == 1 else size
 
 
 def _calib_random(calib: str) -> bool:
