@@ -256,9 +256,11 @@ def load_config(path: str | Path) -> RunConfig:
         raise ConfigError(f"--config {path} does not exist")
     try:
         doc = yaml.safe_load(path.read_text())
+        return parse_config(doc or {}, str(path))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"--config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    return parse_config(doc or {}, str(path))
+    except RecursionError:  # the YAML reader (and validation) recurse once per level of nesting
+        raise ConfigError(f"--config {path} is nested too deeply to read (a run config has two levels)") from None
 
 
 def make_context(**kwargs) -> RunContext:

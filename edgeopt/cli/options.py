@@ -63,6 +63,33 @@ VAL_SPLIT = typer.Option(0.2, help="image folder: fraction held out per class fo
                          "its file-list hash goes into report.json)")
 
 
+def checked(flag: str, problem: Callable[[Any], str | None]) -> Callable[[Any], Any]:
+    """A typer callback refusing a value `problem` objects to: one line naming the flag, exit 2, before the
+    command does any work (the same check the run config applies where the option is also a config key)."""
+    def callback(value):
+        message = problem(value) if value is not None else None
+        if message:
+            from edgeopt.errors import ConfigError
+
+            raise ConfigError(f"{flag} {message}")
+        return value
+    return callback
+
+
+def threads_problem(value: int) -> str | None:
+    from edgeopt.config import threads_problem as problem
+
+    return problem(value)
+
+
+def positive_problem(value: float) -> str | None:
+    return None if math.isfinite(value) and value > 0 else f"must be a positive finite number, got {value}"
+
+
+def at_least_one_problem(value: int) -> str | None:
+    return None if value >= 1 else f"must be at least 1, got {value}"
+
+
 def _floats(text: str | None, name: str) -> tuple[float, ...] | None:
     from edgeopt.errors import ConfigError
 
