@@ -192,7 +192,7 @@ SEGMENTER = "import torch.nn as nn\n\n\ndef make():\n    return nn.Conv2d(3, 3, 
 
 
 def _write_pairs(root, n, size=(8, 8), mask_size=None, value=None):
-    (root / "images").mkdir()
+    (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
     rng = np.random.default_rng(0)
     for i in range(n):
@@ -215,16 +215,13 @@ def _prepare_masks(root):
 
 
 def test_mask_values_beyond_the_models_classes_refused(tmp_path):
-    _write_pairs(tmp_path, 4, value=7)
-    with pytest.raises(DataError, match=r"mask .*s1\.png has class value\(s\) 7 outside 0\.\.2"):
-        _prepare_masks(tmp_path)
-
-
-def test_masks_in_range_with_void_pixels_pass(tmp_path):
-    _write_pairs(tmp_path, 4)
-    prep = _prepare_masks(tmp_path)
-    _, y = prep.splits.eval.items[0]
+    """Values 0..C-1 and the void 255 pass; 7 for a 3-class model is refused naming the file."""
+    _write_pairs(tmp_path / "ok", 4)
+    _, y = _prepare_masks(tmp_path / "ok").splits.eval.items[0]
     assert y.shape[-2:] == (8, 8) and int(y.max()) == 255
+    _write_pairs(tmp_path / "bad", 4, value=7)
+    with pytest.raises(DataError, match=r"mask .*s1\.png has class value\(s\) 7 outside 0\.\.2"):
+        _prepare_masks(tmp_path / "bad")
 
 
 def test_mask_of_another_size_refused(tmp_path):
@@ -239,3 +236,11 @@ def test_mask_errors_on_the_command_line(tmp_path, monkeypatch, capsys):
     result = cli(monkeypatch, capsys, "optimize", "--model", f"{tmp_path / 'seg.py'}:make", "--input-shape",
                  "1,3,8,8", "--data", tmp_path / "images", "--masks", tmp_path / "masks", "--out", tmp_path / "o")
     assert_refused(result, "s1.png", "outside 0..2")
+
+
+def test_void_pixels_count_for_no_class():
+    """255 marks void pixels: a perfect prediction of the other pixels scores 100% mIoU."""
+    from edgeopt.measure.accuracy import miou
+
+    masks = torch.tensor([[[0, 1], [2, 255]]])
+    assert miou(np.array([[[0, 1], [2, 0]]]), masks, None) == pytest.approx(100.0)
