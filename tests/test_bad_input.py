@@ -244,3 +244,19 @@ def test_void_pixels_count_for_no_class():
 
     masks = torch.tensor([[[0, 1], [2, 255]]])
     assert miou(np.array([[[0, 1], [2, 0]]]), masks, None) == pytest.approx(100.0)
+
+
+def test_agent_names_an_onnx_model_without_inputs(files, tmp_path):
+    """The measurement agent's answer for such a model says what is wrong (it was "StopIteration: ")."""
+    import json
+    import shutil
+
+    from edgeopt.remote.worker import main
+
+    shutil.copy(files["noinput"], tmp_path / "a.onnx")
+    (tmp_path / "job.json").write_text(json.dumps({"threads": 1, "max_time_s": 0.2, "artifacts": [
+        {"id": "a", "path": str(tmp_path / "a.onnx"), "format": "onnx", "runtime": "onnxruntime",
+         "precision": "fp32"}]}))
+    assert main(str(tmp_path)) == 1
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["error"].startswith("ArtifactError: a.onnx has no inputs"), result
