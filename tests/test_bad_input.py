@@ -133,10 +133,14 @@ def test_refused_in_one_line(case, files, monkeypatch, capsys, tmp_path):
     assert_refused(cli(monkeypatch, capsys, *args), *needles)
 
 
-def test_threads_and_seed_bounds_are_the_run_configs():
+def test_threads_and_seed_bounds_are_the_run_configs(files):
     """The Python API refuses what the CLI refuses, with the same words."""
+    from edgeopt import benchmark
     from edgeopt.config import RunConfig
     from edgeopt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="threads must be from 1 to 1024"):
+        benchmark(files["tiny"], threads=100_000)
 
     with pytest.raises(ConfigError, match="measure.threads.*from 1 to 1024"):
         RunConfig().with_flat(threads=100_000)
