@@ -5,6 +5,8 @@ which is what `--config run.yaml` loads and what every run saves as `out/run.yam
 from __future__ import annotations
 
 import difflib
+import math
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +18,42 @@ from edgeopt.errors import ConfigError, one_line
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+# Bounds on values that would otherwise fail deep inside a run (or hang it). One check per kind, used by the
+# run config's validators and by the CLI options outside it, so every entry point refuses with one message.
+MAX_THREADS = 1024  # a runtime asked for 100000 threads spends minutes creating them; no CPU has this many cores
+MAX_SEED = 2**32 - 1  # numpy's seed range (torch takes more): a larger seed fails when the run starts
+# the example input is allocated (random values) to trace the model: 2**28 float32 elements are 1 GiB
+MAX_INPUT_ELEMENTS = 2**28
+
+
+def threads_problem(v: int | None) -> str | None:
+    if v is None or 1 <= v <= MAX_THREADS:
+        return None
+    return (f"must be from 1 to {MAX_THREADS} (this machine has {os.cpu_count()} cores; more threads only "
+            f"oversubscribe them), got {v}")
+
+
+def seed_problem(v: int) -> str | None:
+    return None if 0 <= v <= MAX_SEED else f"must be an integer from 0 to {MAX_SEED} (numpy's seed range), got {v}"
+
+
+def shape_problem(shape) -> str | None:
+    """Why an input shape cannot be used (non-positive dims, or too many elements to allocate), or None."""
+    dims = [int(d) for d in shape]
+    if not dims or any(d <= 0 for d in dims):
+        return f"{','.join(map(str, dims)) or '(empty)'} needs positive dims, batch first, e.g. 1,3,224,224"
+    n = math.prod(dims)
+    if n > MAX_INPUT_ELEMENTS:
+        return (f"{','.join(map(str, dims))} has {n:.3g} elements ({n * 4 / 2**30:.3g} GiB as float32); at most "
+                f"{MAX_INPUT_ELEMENTS} (1 GiB) per input, because a random example of it is allocated to trace "
+                "the model")
+    return None
+
+
+def positive_finite_problem(v: float) -> str | None:
+    return None if math.isfinite(v) and v > 0 else f"must be a positive finite number, got {v}"
 
 
 class DeployContext(_Strict):
@@ -58,6 +96,9 @@ class RunContext(DeployContext):
     threads: int | None = Field(None, ge=1)
     sensitivity: bool = False
 
+    _seed = field_validator("seed")(classmethod(lambda cls, v: _checked(v, seed_problem)))
+    _threads = field_validator("threads")(classmethod(lambda cls, v: _checked(v, threads_problem)))
+
 
 class DataOptions(_Strict):
     """How a data spec (image folder, module:function) is read and split. Unknown keys are errors."""
@@ -76,6 +117,21 @@ class DataOptions(_Strict):
     workers: int | None = Field(None, ge=0, description="DataLoader worker processes (default 0: main process)")
     masks: str | None = None  # segmentation: a folder of masks with the same file stems as the images
 
+    @field_validator("image_size", "crop")
+    @classmethod
+    def _positive_size(cls, v):
+        if v is not None and any(int(d) <= 0 for d in ((v,) if isinstance(v, int) else v)):
+            raise ValueError(f"must be positive sizes (S or H,W), got {v}")
+        return v
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _finite(cls, v, info):
+        if v is not None and (not v or not all(math.isfinite(x) for x in v)
+                              or (info.field_name == "std" and any(x <= 0 for x in v))):
+            raise ValueError(f"must be finite numbers{' > 0' if info.field_name == 'std' else ''}, got {v}")
+        return v
+
 
 class InputsConfig(_Strict):
     """The model and the data. `model` None: the model object is passed in memory (Python API)."""
@@ -89,6 +145,15 @@ class InputsConfig(_Strict):
     data_options: DataOptions = Field(default_factory=DataOptions)
     metric: str | None = None  # file.py:fn | module:fn, higher is better in % (None: top1 / miou / fidelity)
 
+    @field_validator("input_shape")
+    @classmethod
+    def _shape_fits(cls, v):
+        for name, shape in (v.items() if isinstance(v, dict) else [("", v)] if v is not None else []):
+            problem = shape_problem(shape)
+            if problem:
+                raise ValueError(f"input shape {name + ':' if name else ''}{problem}")
+        return v
+
 
 class SearchConfig(_Strict):
     epochs: int = Field(2, ge=1, description="fine-tuning epochs per candidate when retraining is allowed")
@@ -97,11 +162,22 @@ class SearchConfig(_Strict):
 
 class MeasureConfig(_Strict):
     threads: int | None = Field(None, ge=1)
-    bench_time_s: float = Field(10.0, gt=0, description="seconds at most for the interleaved measurement")
+    bench_time_s: float = Field(10.0, gt=0, allow_inf_nan=False,
+                                description="seconds at most for the interleaved measurement")
     seed: int = 0
     calib_random: bool = False
     device: str | None = None  # URL of an `edgeopt agent`; its token is never saved in the config
     token_file: str | None = None
+
+    _seed = field_validator("seed")(classmethod(lambda cls, v: _checked(v, seed_problem)))
+    _threads = field_validator("threads")(classmethod(lambda cls, v: _checked(v, threads_problem)))
+
+
+def _checked(v, problem):
+    message = problem(v)
+    if message:
+        raise ValueError(message)
+    return v
 
 
 class OutputConfig(_Strict):
@@ -180,9 +256,11 @@ def load_config(path: str | Path) -> RunConfig:
         raise ConfigError(f"--config {path} does not exist")
     try:
         doc = yaml.safe_load(path.read_text())
+        return parse_config(doc or {}, str(path))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"--config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    return parse_config(doc or {}, str(path))
+    except RecursionError:  # the YAML reader (and validation) recurse once per level of nesting
+        raise ConfigError(f"--config {path} is nested too deeply to read (a run config has two levels)") from None
 
 
 def make_context(**kwargs) -> RunContext:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import sys
 
+import typer
+
 from edgeopt.cli import agent, commands, gate, optimize, structure  # noqa: F401  (registers the commands)
 from edgeopt.cli.app import app
 
@@ -15,8 +17,19 @@ from edgeopt.cli.app import app
 def main() -> None:
     from edgeopt.errors import EdgeOptError
 
+    click = _click()
     try:
-        app()
+        code = app(args=sys.argv[1:] or ["--help"], standalone_mode=False)
+        if isinstance(code, int) and code:  # typer.Exit(n) and --help come back as exit codes here
+            sys.exit(code)
+    except click.ClickException as e:  # a flag click itself refuses: one line like ours, not a usage box
+        command = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else None
+        see = f"edgeopt {command} --help" if command else "edgeopt --help"
+        print(f"error: {' '.join(e.format_message().split())} (see `{see}`)", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(1)
     except EdgeOptError as e:
         if os.environ.get("EDGEOPT_DEBUG"):
             raise
@@ -31,3 +44,15 @@ def main() -> None:
         print(f"internal error: {type(e).__name__}: {e} (set EDGEOPT_DEBUG=1 for the traceback)",
               file=sys.stderr)
         sys.exit(3)
+
+
+def _click():
+    """The click typer parses with: recent typer carries its own copy (typer._click), older ones use click."""
+    try:
+        from typer.core import _click as vendored
+
+        return vendored
+    except ImportError:
+        import click
+
+        return click

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import typer
 
+from edgeopt.cli import options as o
 from edgeopt.cli.app import app
 from edgeopt.cli.common import out
 from edgeopt.cli.optimize import MODEL_HELP
@@ -62,8 +64,8 @@ def prune(
     from edgeopt.techniques.importance import NEEDS_INPUTS, importances
     from edgeopt.techniques.prune import prune as do_prune
 
-    if scope not in ("local", "global"):
-        raise ConfigError(f"--scope must be local or global, got {scope!r}")
+    _prune_config(ratio=ratio, scope=scope, round_to=round_to, iterative_steps=steps,
+                  max_layer_ratio=max_layer_ratio, timeout_s=timeout)
     if importance == "taylor":
         raise ConfigError("--importance taylor needs labelled batches: use edgeopt.prune(..., data=[(x, y)])")
     from edgeopt.inputs.structure import Inputs
@@ -98,6 +100,31 @@ def prune(
     if rec:
         out.print(f"reconstruction: {len(rec['layers'])} layers re-solved in {rec['seconds']} s" if rec["ran"]
                   else f"reconstruction skipped: {rec['reason']}")
+
+
+# PruneConfig field -> the prune command's flag
+_PRUNE_FLAGS = {"ratio": "--ratio", "scope": "--scope", "round_to": "--round-to", "iterative_steps": "--steps",
+                "max_layer_ratio": "--max-layer-ratio", "timeout_s": "--timeout"}
+
+
+def _prune_config(**fields) -> None:
+    """The flags checked against the bounds the pruning technique's config holds (the ones `optimize` obeys),
+    before the model is loaded; one line naming the flag."""
+    from pydantic import ValidationError
+
+    from edgeopt.errors import ConfigError
+    from edgeopt.techniques import PruneConfig
+
+    try:
+        PruneConfig(**fields)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = str(err["loc"][0]) if err.get("loc") else ""
+        value = fields.get(field)
+        raise ConfigError(f"{_PRUNE_FLAGS.get(field, field)} {value!r}: {err['msg'][0].lower()}{err['msg'][1:]}"
+                          ) from None
+    if not math.isfinite(fields["timeout_s"]):
+        raise ConfigError(f"--timeout must be a finite number of seconds, got {fields['timeout_s']}")
 
 
 def _calib_data(data: str | None, calib: str | None, model: str, sample_shape):
@@ -180,14 +207,18 @@ def benchmark(
     runtime: str = typer.Option(None, help="onnxruntime | openvino | tensorrt (default: from the file suffix)"),
     precision: str = typer.Option("fp32", help="OpenVINO inference-precision hint: fp32 | bf16 | fp16 | int8 "
                                                "(= the runtime's default); ONNX/TensorRT run what the file holds"),
-    threads: int = typer.Option(None, help="runtime threads (default: all cores); recorded in the result"),
+    threads: int = typer.Option(None, callback=o.checked("--threads", o.threads_problem),
+                                help="runtime threads (default: all cores); recorded in the result"),
     input_shape: list[str] = typer.Option(None, help="input shape, e.g. 1,3,224,224 (default: the artifact's); "
                                           "several inputs: repeat with names, e.g. image:1,3,224,224"),
-    batch_size: int = typer.Option(None, help="batch size (replaces the first dimension of the input shape)"),
-    max_time: float = typer.Option(10.0, help="seconds at most for the timed runs"),
+    batch_size: int = typer.Option(None, callback=o.checked("--batch-size", o.at_least_one_problem),
+                                   help="batch size (replaces the first dimension of the input shape)"),
+    max_time: float = typer.Option(10.0, callback=o.checked("--max-time", o.positive_problem),
+                                   help="seconds at most for the timed runs"),
     per_layer: bool = typer.Option(False, "--per-layer", help="also profile per-layer times (ONNX Runtime "
                                                               "profiler / OpenVINO performance counters)"),
-    top: int = typer.Option(10, help="layers to print with --per-layer"),
+    top: int = typer.Option(10, callback=o.checked("--top", o.at_least_one_problem),
+                            help="layers to print with --per-layer"),
     device: str = typer.Option(None, help="measure on a remote `edgeopt agent`, e.g. http://jetson:8765"),
     token_file: Path = typer.Option(None, help="the agent's token file (with --device)"),
     dataset: str = typer.Option(None, help="with --device: top-1 on NAME.npz from the agent's --data-dir"),

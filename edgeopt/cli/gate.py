@@ -41,12 +41,13 @@ def gate(
                         ("--max-size-mb", max_size_mb)):
         if value is not None and not value >= 0:  # also refuses NaN
             raise GateInputError(f"{flag} must be a non-negative number, got {value}")
+    regression = parse_percent(max_regression)  # a bad limit fails before any file is read
     subject = load_subject(report, candidate)
     if baseline_candidate is None and baseline is not None and baseline.resolve() != report.resolve():
         baseline_candidate = candidate  # two reports of one pipeline: the same candidate in both
     old = load_subject(baseline, baseline_candidate, default=0) if baseline is not None else None
     checks = run_gate(subject, max_latency_ms, max_accuracy_drop, max_size_mb, old,
-                      parse_percent(max_regression), allow_estimated)
+                      regression, allow_estimated)
     for c in checks:
         out.print(f"{'PASS' if c.passed else 'FAIL'} {c.name}: {c.message}", markup=False, highlight=False)
     if junit is not None:

@@ -4,6 +4,7 @@ defaults), then every flag given explicitly on the command line on top. A new ru
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,22 +63,60 @@ VAL_SPLIT = typer.Option(0.2, help="image folder: fraction held out per class fo
                          "its file-list hash goes into report.json)")
 
 
+def checked(flag: str, problem: Callable[[Any], str | None]) -> Callable[[Any], Any]:
+    """A typer callback refusing a value `problem` objects to: one line naming the flag, exit 2, before the
+    command does any work (the same check the run config applies where the option is also a config key)."""
+    def callback(value):
+        message = problem(value) if value is not None else None
+        if message:
+            from edgeopt.errors import ConfigError
+
+            raise ConfigError(f"{flag} {message}")
+        return value
+    return callback
+
+
+def threads_problem(value: int) -> str | None:
+    from edgeopt.config import threads_problem as problem
+
+    return problem(value)
+
+
+def positive_problem(value: float) -> str | None:
+    return None if math.isfinite(value) and value > 0 else f"must be a positive finite number, got {value}"
+
+
+def at_least_one_problem(value: int) -> str | None:
+    return None if value >= 1 else f"must be at least 1, got {value}"
+
+
 def _floats(text: str | None, name: str) -> tuple[float, ...] | None:
     from edgeopt.errors import ConfigError
 
     if not text:
         return None
     try:
-        return tuple(float(t) for t in text.split(",") if t.strip())
+        values = tuple(float(t) for t in text.split(","))
     except ValueError:
-        raise ConfigError(f"--{name} must be comma-separated numbers, got {text!r}") from None
+        values = ()
+    if not values or not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"--{name} must be comma-separated finite numbers, got {text!r}")
+    return values
 
 
 def _size(text: str | None, name: str):
-    size = _floats(text, name)
-    if size is not None:
-        size = int(size[0]) if len(size) == 1 else tuple(int(v) for v in size)
-    return size
+    """S or H,W in pixels: positive integers only (int('nan') would fail deep in the data pipeline)."""
+    from edgeopt.errors import ConfigError
+
+    if not text:
+        return None
+    try:
+        size = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        size = ()
+    if len(size) not in (1, 2) or any(v <= 0 for v in size):
+        raise ConfigError(f"--{name} must be a positive integer S or H,W in pixels, got {text!r}")
+    return size[0] if len(size) == 1 else size
 
 
 def _calib_random(calib: str) -> bool:

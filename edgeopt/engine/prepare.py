@@ -86,6 +86,8 @@ def prepare(config: RunConfig, model=None, example=None, eval_data=None, calib_d
     spec = model if model is not None else inputs.model
     if spec is None:
         raise ConfigError("no model: give --model (inputs.model in a config file) or pass the model object")
+    # loading a model can take minutes (the demo is trained on first use): what can be checked without it first
+    check_inputs(inputs, in_memory=any(d is not None for d in (eval_data, calib_data, train_data)))
     progress.stage("loading model")
     shape = inputs.input_shape
     if example is not None:
@@ -105,6 +107,51 @@ def prepare(config: RunConfig, model=None, example=None, eval_data=None, calib_d
     splits = resolve_data(spec if isinstance(spec, str) else "module", inputs.data, calib_data, train_data,
                           eval_data, sample, summary.num_outputs, options, progress)
     return Prepared(config, context, profile, local, loaded, ex, summary, splits)
+
+
+# data options that only an image folder (--data FOLDER, with or without --masks) reads: (flag, field)
+FOLDER_OPTIONS = (("--image-size", "image_size"), ("--resize", "resize"), ("--crop", "crop"), ("--mean", "mean"),
+                  ("--std", "std"), ("--val-split", "val_split"), ("--masks", "masks"))
+
+
+def check_inputs(inputs, in_memory: bool = False) -> None:
+    """What can be refused without the model, in one line: a --data that is no folder, 'digits' or
+    module:function, an image folder without images (or with too few to hold some out), masks without their
+    images, image-folder options given without an image folder (they would be ignored), a --metric or
+    --data file that does not exist. Lists files only; nothing is decoded, imported or run."""
+    from edgeopt.inputs import usercode
+    from edgeopt.inputs.data.folder import list_folder, stratified_split
+
+    data, opts = inputs.data, inputs.data_options
+    folder = data is not None and os.path.isdir(str(data))
+    given = [flag for flag, field in FOLDER_OPTIONS
+             if getattr(opts, field) != DataOptions.model_fields[field].default]
+    if given and not folder:
+        if given[0] == "--masks":
+            raise ConfigError("--masks needs --data with the image folder (same file stems as the masks)")
+        where = "no --data was given" if data is None else f"--data {data!r} is not a folder"
+        raise ConfigError(f"{given[0]} applies only to an image folder (--data FOLDER); {where}"
+                          + (" and in-memory data is not resized" if in_memory else ""))
+    for spec, what, error in ((inputs.metric, "metric function", ConfigError),
+                              (data if data is not None and ":" in str(data) and not folder else None,
+                               "data function", DataError)):
+        if isinstance(spec, str):
+            target, _ = usercode.split(spec, what, error)
+            if target.endswith(".py") and not Path(target).is_file():
+                raise error(f"cannot load {what} {spec}: file {target} does not exist")
+    if data is None or data == "digits" or (":" in str(data) and not folder):
+        return
+    if not folder:
+        raise ConfigError(f"--data {data!r} is neither 'digits', an existing image folder, nor module:function")
+    if opts.masks is not None:
+        from edgeopt.inputs.masks import pair_files
+
+        pair_files(Path(data), Path(opts.masks))
+        return
+    _, files = list_folder(Path(data))
+    train, held = stratified_split(files, opts.val_split, 0)
+    if not held or not train:
+        raise DataError(f"--data {data}: too few images to hold out {opts.val_split:.0%} for evaluation")
 
 
 def plan_for(prep: Prepared, sensitivity: dict | None = None, architectures: list[dict] | None = None):
@@ -142,7 +189,7 @@ def resolve_data(spec: str, data, calib_data, train_data, eval_data, sample_shap
         size = opts.image_size or tuple(sample_shape[1:])
         return mask_folder(str(data), opts.masks, (size, size) if isinstance(size, int) else size,
                            sample_shape[0], tuple(opts.mean or (0.5,)), tuple(opts.std or (0.5,)),
-                           val_split=opts.val_split, seed=opts.seed)
+                           val_split=opts.val_split, seed=opts.seed, num_classes=num_classes)
     if data == "digits" or (data is None and spec == "demo" and calib_data is None and eval_data is None):
         calib, ev = digits_data()
         return DataSplits(calib, calib, ev, "digits")  # fine-tuning and calibration use the training split

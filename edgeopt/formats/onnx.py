@@ -260,6 +260,8 @@ def load_onnxruntime(path: Path, precision: str = "fp32", threads: int | None = 
         raise ArtifactError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0][:200]}") from None
     shapes = {i.name: tuple(d if isinstance(d, int) else -1 for d in i.shape) for i in sess.get_inputs()}
     outputs = [o.name for o in sess.get_outputs()]
+    if not shapes:  # nothing to feed: nothing to measure or verify
+        raise ArtifactError(f"{path} has no inputs: edgeopt measures models that take at least one input")
     name, shape = next(iter(shapes.items()))
 
     def run_all(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

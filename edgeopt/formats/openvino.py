@@ -406,6 +406,8 @@ def load_openvino(path: Path, precision: str = "fp32", threads: int | None = Non
     shapes = {p.get_any_name(): tuple(d.get_length() if d.is_static else -1 for d in p.get_partial_shape())
               for p in compiled.inputs}
     outputs = [p.get_any_name() for p in compiled.outputs]
+    if not shapes:  # nothing to feed: nothing to measure or verify
+        raise ArtifactError(f"{path} has no inputs: edgeopt measures models that take at least one input")
     name, shape = next(iter(shapes.items()))
 
     def run_all(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -34,21 +34,57 @@ def pair_files(images: Path, masks: Path) -> list[tuple[Path, Path]]:
     return [(imgs[s], msks[s]) for s in imgs]
 
 
-def _read(path: Path, size: tuple[int, int], mode: str, nearest: bool) -> np.ndarray:
+VOID = 255  # the usual "ignore" label of segmentation masks (Pascal VOC, Cityscapes): never a class
+
+
+def _open(path: Path, mode: str | None):
+    """The decoded image (converted to `mode` unless None); one-line DataError naming the file."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            im = im if mode == "P" else im.convert(mode)
-            resample = Image.NEAREST if nearest else Image.BILINEAR
-            return np.asarray(im.resize((size[1], size[0]), resample))
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"cannot read {path}: {e}") from None
+            return im.convert(mode) if mode else im.copy()
+    except Image.DecompressionBombError as e:  # a header claiming more pixels than PIL will decode
+        raise DataError(f"image {path} is too large to decode ({str(e).splitlines()[0]})") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DataError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+
+
+def _resized(im, size: tuple[int, int], nearest: bool) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(im.resize((size[1], size[0]), Image.NEAREST if nearest else Image.BILINEAR))
+
+
+def _mask(path: Path, image_size: tuple[int, int], image_file: Path, num_classes: int | None) -> np.ndarray:
+    """A mask's class indices at its own resolution, checked: the same size as its image (a mask of another
+    size would be stretched onto pixels it was not drawn for) and values in 0..num_classes-1 or VOID (any
+    other value is a class the model cannot predict: mIoU would be 0 for every candidate)."""
+    im = _open(path, None)
+    if im.mode not in ("P", "L", "I", "I;16", "1"):
+        im = im.convert("RGB")  # an RGB mask: class index in the first channel
+    if (im.height, im.width) != image_size:
+        raise DataError(f"mask {path} is {im.width}x{im.height} but its image {image_file.name} is "
+                        f"{image_size[1]}x{image_size[0]}: masks must have their image's size")
+    a = np.asarray(im)
+    a = a[..., 0] if a.ndim == 3 else a
+    if num_classes is not None and num_classes >= 2:
+        bad = ((a >= num_classes) & (a != VOID)) | (a < 0)
+        if bad.any():
+            wrong = ", ".join(str(int(v)) for v in np.unique(a[bad])[:5])
+            raise DataError(f"mask {path} has class value(s) {wrong} outside 0..{num_classes - 1} (the model "
+                            f"predicts {num_classes} classes; {VOID} marks void pixels)")
+    return a
 
 
 def mask_folder(images, masks, image_size: tuple[int, int], channels: int, mean: tuple[float, ...],
-                std: tuple[float, ...], val_split: float = 0.2, seed: int = 0, batch_size: int = 8) -> DataSplits:
-    """Image/mask pairs as (image, mask) batches: masks are long tensors (N, H, W) of class indices."""
+                std: tuple[float, ...], val_split: float = 0.2, seed: int = 0, batch_size: int = 8,
+                num_classes: int | None = None) -> DataSplits:
+    """Image/mask pairs as (image, mask) batches: masks are long tensors (N, H, W) of class indices.
+    `num_classes`: the model's output channels; mask values outside 0..num_classes-1 (other than 255, void)
+    are refused, naming the file."""
+    from PIL import Image
+
     pairs = pair_files(Path(images), Path(masks))
     if not 0.0 < val_split < 1.0:
         raise DataError(f"--val-split must be between 0 and 1, got {val_split}")
@@ -57,11 +93,11 @@ def mask_folder(images, masks, image_size: tuple[int, int], channels: int, mean:
     s = torch.tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
     xs, ys = [], []
     for img, msk in pairs:
-        a = _read(img, size, "L" if channels == 1 else "RGB", nearest=False).astype(np.float32) / 255.0
+        im = _open(img, "L" if channels == 1 else "RGB")
+        mk = _mask(msk, (im.height, im.width), img, num_classes)
+        a = _resized(im, size, nearest=False).astype(np.float32) / 255.0
         xs.append((torch.from_numpy(a.reshape(size[0], size[1], -1)).permute(2, 0, 1) - m) / s)
-        mk = _read(msk, size, "P", nearest=True)
-        if mk.ndim == 3:  # an RGB mask: class index in the first channel
-            mk = mk[..., 0]
+        mk = _resized(Image.fromarray(mk), size, nearest=True)  # class indices: never interpolated
         ys.append(torch.from_numpy(mk.astype(np.int64)))
     perm = torch.randperm(len(xs), generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = max(1, int(round(len(xs) * val_split)))

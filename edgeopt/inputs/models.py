@@ -78,13 +78,15 @@ def parse_input_shape(text: str | list[str] | None) -> tuple[int, ...] | dict[st
         from edgeopt.inputs.structure import parse_input_shapes
 
         return parse_input_shapes([text])
-    try:
-        dims = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
-    except ValueError:
-        raise InputShapeError(f"input shape {text!r} is not a list of integers like 1,3,224,224") from None
+    from edgeopt.inputs.structure import check_shape_size, split_dims
+
+    dims = split_dims(text)  # every field an integer: '1,3,x,4' is not 1,3,4
+    if dims is None:
+        raise InputShapeError(f"--input-shape {text!r} is not a list of integers like 1,3,224,224")
     if len(dims) < 2 or any(d <= 0 for d in dims):
-        raise InputShapeError(f"input shape {text!r} needs at least 2 positive dims (batch first), "
+        raise InputShapeError(f"--input-shape {text!r} needs at least 2 positive dims (batch first), "
                               "e.g. 1,3,224,224")
+    check_shape_size(dims, text)
     return dims
 
 
@@ -246,6 +248,10 @@ def load_model(spec: str | nn.Module = "demo", weights: str | Path | None = None
         load_weights(model, weights)
     if isinstance(input_shape, dict):  # several named inputs: forward(**{name: tensor})
         shapes = {str(k): tuple(v) for k, v in input_shape.items()}
+        if not isinstance(model, ExportedModule):  # an exported graph's forward(x) is our wrapper's
+            from edgeopt.inputs.structure import check_input_names
+
+            check_input_names(model, list(shapes))
         model.eval()
         check_forward(model, shapes)
         return LoadedModel(model, source, next(iter(shapes.values())), info, shapes)

@@ -9,6 +9,7 @@ positions) that survive export, and can be re-nested. Anything else at a leaf is
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -170,6 +171,23 @@ def _positional_names(model: nn.Module | None, n: int) -> list[str]:
     return names
 
 
+def check_input_names(model: nn.Module, names: list[str]) -> None:
+    """Named --input-shape entries must be arguments of the model's forward(): a name it does not take would
+    otherwise surface only when the artifact is fed, after the whole search."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return
+    if any(p.kind == p.VAR_KEYWORD for p in params) or (
+            len(names) == 1 and any(p.kind == p.VAR_POSITIONAL for p in params)):
+        return
+    taken = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY, p.POSITIONAL_ONLY)]
+    unknown = [n for n in names if n not in taken]
+    if unknown:
+        raise InputShapeError(f"--input-shape names an input {unknown[0]!r} the model does not take: its forward() "
+                              f"takes ({', '.join(taken)}); name the input(s) after those")
+
+
 def flatten_outputs(out, where: str = "the model") -> dict[str, torch.Tensor]:
     """Ordered name -> tensor for an output structure; InputShapeError naming the first non-tensor leaf."""
     if isinstance(out, torch.Tensor):
@@ -252,10 +270,26 @@ def parse_input_shapes(specs: list[str] | tuple[str, ...] | str | None
 
 
 def _dims(text: str, spec: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
-    except ValueError:
-        shape = ()
+    shape = split_dims(text) or ()
     if not shape or any(d <= 0 for d in shape):
         raise InputShapeError(f"--input-shape {spec!r}: expected positive integers like 1,3,224,224")
+    check_shape_size(shape, spec)
     return shape
+
+
+def split_dims(text: str) -> tuple[int, ...] | None:
+    """`1,3,224,224` or `1x3x224x224` as integers; None when any field is not one (an empty field too, so
+    that `1,3,x,4` is refused rather than read as 1,3,4)."""
+    try:
+        return tuple(int(d) for d in re.split(r"[,x]", text.strip()))
+    except ValueError:
+        return None
+
+
+def check_shape_size(shape: tuple[int, ...], spec: str) -> None:
+    """Refuse a shape whose random example could not be allocated (one line, before any model is loaded)."""
+    from edgeopt.config import shape_problem
+
+    problem = shape_problem(shape)
+    if problem:
+        raise InputShapeError(f"--input-shape {spec!r}: {problem}")

@@ -21,6 +21,7 @@ from edgeopt.errors import ConfigError, DataError
 from edgeopt.inputs.data import Batches
 from edgeopt.inputs.structure import Inputs, flatten_outputs, nest
 
+VOID = 255  # the "ignore" label of segmentation masks: pixels that count for no class
 FIDELITY_MEANING = ("fidelity: agreement with the original model on held-out inputs, the worst output counts: "
                     "% equal top-1 classes for class logits, % equal per-pixel classes for dense logits, "
                     "100 x mean per-sample cosine similarity for other outputs (boxes, embeddings, depth)")
@@ -156,7 +157,7 @@ def default_metric(batches: Batches | None) -> Metric:
         return Metric("fidelity", meaning=FIDELITY_MEANING)
     y = batches.items[0][1]
     if isinstance(y, torch.Tensor) and y.dim() >= 2:
-        n = int(max(int(t.max()) for _, t in batches.items)) + 1
+        n = int(max(int(t[t != VOID].max()) if (t != VOID).any() else 0 for _, t in batches.items)) + 1
         return Metric("miou", num_classes=n, meaning="miou: mean intersection over union of the per-pixel "
                                                      "classes with the masks, in %, over classes present")
     return Metric("top1", meaning="top1: % of held-out samples whose top class is the label")
@@ -188,9 +189,10 @@ def miou(pred: np.ndarray, masks: torch.Tensor, num_classes: int | None) -> floa
     t = torch.as_tensor(masks).long().reshape(p.shape) if masks.numel() == p.numel() else None
     if t is None:
         raise DataError(f"masks of shape {tuple(masks.shape)} do not match the predictions' {tuple(p.shape)}")
-    n = num_classes or int(max(int(p.max()), int(t.max()))) + 1
+    labelled = t[t != VOID]
+    n = num_classes or int(max(int(p.max()), int(labelled.max()) if labelled.numel() else 0)) + 1
     p = p.clamp(0, n - 1)
-    return float(multiclass_jaccard_index(p, t, num_classes=n, average="macro") * 100)
+    return float(multiclass_jaccard_index(p, t, num_classes=n, average="macro", ignore_index=VOID) * 100)
 
 
 def user_score(metric: Metric, preds: dict[str, np.ndarray], targets) -> float:

@@ -75,6 +75,11 @@ def benchmark_many(paths: list[Path], runtime: str | None = None, precision: str
                    threads: int | None = None, input_shape: tuple[int, ...] | dict | None = None,
                    batch_size: int | None = None, config: BenchConfig | None = None) -> list[BenchmarkResult]:
     """Measure several artifacts interleaved, run by run; one result per artifact, in order."""
+    from edgeopt.config import threads_problem
+
+    problem = threads_problem(threads)  # the bound `optimize` and the CLI apply: 100000 threads hang a runtime
+    if problem:
+        raise ConfigError(f"threads {problem}")
     threads = threads or os.cpu_count()
     prepared = [_prepare(p, runtime, precision, threads, input_shape, batch_size) for p in paths]
     keys = [f"{i}:{p}" for i, p in enumerate(paths)]

@@ -53,6 +53,9 @@ def load_subject(path: Path, candidate: str | None = None, default: int = -1) ->
     except (ValueError, UnicodeDecodeError):
         raise GateInputError(f"{path} is not JSON (expected report.json or `edgeopt benchmark --json` output)"
                              ) from None
+    except RecursionError:  # the JSON reader recurses once per level of nesting
+        raise GateInputError(f"{path} is nested too deeply to be a report or `edgeopt benchmark --json` output"
+                             ) from None
     if isinstance(data, dict) and "candidates" in data and "schema_version" in data:
         from edgeopt.report import SCHEMA_VERSION, Report
 
@@ -106,8 +109,8 @@ def parse_percent(text: str | float) -> float:
         v = float(s) / 100
     except ValueError:
         raise GateInputError(f"--max-regression must be a percentage like 10% (got {text!r})") from None
-    if v < 0:
-        raise GateInputError(f"--max-regression must not be negative (got {text!r})")
+    if not math.isfinite(v) or v < 0:  # NaN would pass every comparison, inf would turn the check off
+        raise GateInputError(f"--max-regression must be a finite, non-negative percentage like 10% (got {text!r})")
     return v
 
 

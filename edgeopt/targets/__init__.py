@@ -113,7 +113,7 @@ def load_profile_file(path: Path) -> TargetProfile:
         raise TargetError(f"target profile {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested too deeply
         raise TargetError(f"target profile {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     return _parse(data, str(path))
 

@@ -39,6 +39,8 @@ class ImageFiles(Dataset):
         try:
             with Image.open(f) as im:
                 return im.convert(self.mode)
+        except Image.DecompressionBombError as e:  # a header claiming more pixels than PIL will decode
+            raise DataError(f"image {f} is too large to decode ({str(e).splitlines()[0]})") from None
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise DataError(f"cannot read image {f}: {str(e).splitlines()[0]}") from None
 
