@@ -16,6 +16,7 @@ from torch import nn
 from edgeopt.errors import ConfigError, InputShapeError, ModelLoadError, UnsafePickleError, missing_backend
 from edgeopt.inputs import usercode
 from edgeopt.inputs.safety import checkpoint_format, holds_objects, pt2_pickle_reasons
+from edgeopt.inputs.structure import Inputs
 
 
 @dataclass
@@ -244,7 +245,13 @@ def load_model(spec: str | nn.Module = "demo", weights: str | Path | None = None
                               "file.py:factory, package.module:factory or a .pt2 file")
     if weights is not None:
         load_weights(model, weights)
-    if isinstance(input_shape, dict):  # several named inputs: forward(**{name: tensor})
+    if isinstance(input_shape, Inputs):  # the caller's own example: a tuple positional, a dict by name
+        example = input_shape if input_shape.keyword else Inputs.of(tuple(input_shape.tensors), model)
+        model.eval()
+        check_forward(model, example)
+        return LoadedModel(model, source, tuple(example.first.shape), info,
+                           None if example.single else example.shapes)
+    if isinstance(input_shape, dict):  # several named inputs (--input-shape name:dims): forward(**{name: tensor})
         shapes = {str(k): tuple(v) for k, v in input_shape.items()}
         model.eval()
         check_forward(model, shapes)
@@ -258,15 +265,15 @@ def load_model(spec: str | nn.Module = "demo", weights: str | Path | None = None
 def check_forward(model: nn.Module, shape: tuple[int, ...] | dict[str, tuple[int, ...]]):
     """Run one forward pass; a failure means the input shape is wrong for this model. The outputs may be a
     tensor, a tuple/list or a (nested) dict of tensors; any other leaf is refused, naming its path."""
-    from edgeopt.inputs.structure import Inputs, flatten_outputs
+    from edgeopt.inputs.structure import flatten_outputs
 
-    inputs = Inputs.random(shape, keyword=True)
+    inputs = shape if isinstance(shape, Inputs) else Inputs.random(shape, keyword=True)
     try:
         with torch.no_grad():
             out = inputs.call(model)
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        where = inputs.describe() if isinstance(shape, dict) else ",".join(map(str, shape))
+        where = inputs.describe() if isinstance(shape, (dict, Inputs)) else ",".join(map(str, shape))
         raise InputShapeError(f"the model fails on input shape {where}: {first[:200]}") from None
     flatten_outputs(out)
     return out

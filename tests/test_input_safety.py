@@ -1,0 +1,50 @@
+"""What edgeopt takes from the user is read as the user meant it and never turned against them: a tuple
+example is positional, archives and pickles run only with explicit trust (never from a file), and no input
+file or foreign output folder is written over."""
+
+import torch
+from torch import nn
+
+import edgeopt
+from edgeopt.inputs.models import load_model
+from edgeopt.inputs.structure import Inputs
+from edgeopt.measure.timing import BenchConfig
+
+FAST = dict(target="local", goal="latency", max_accuracy_drop=100.0, resume=False, runtimes=["onnxruntime"],
+            techniques=["prune"], bench_config=BenchConfig(warmup_runs=1, warmup_s=0, min_runs=3, max_time_s=0.2))
+
+
+class ImgDepth(nn.Module):
+    """Two inputs of different channel counts: a call that swaps or renames them fails."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(1, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, img, depth):
+        return self.head(torch.relu(self.a(img) + self.b(depth)))
+
+
+IMG, DEPTH = torch.randn(1, 3, 16, 16), torch.randn(1, 1, 16, 16)
+
+
+def test_tuple_example_is_positional_end_to_end(tmp_path):
+    report = edgeopt.optimize(ImgDepth().eval(), (IMG, DEPTH), out_dir=tmp_path / "out", **FAST)
+    assert report.model["inputs"] == {"img": [1, 3, 16, 16], "depth": [1, 1, 16, 16]}
+    assert report.baseline.latency_ms is not None
+    assert (tmp_path / "out" / "model.onnx").is_file()
+
+
+def test_tuple_example_positional_whatever_the_names():
+    """The names a tuple gets are labels for the exported inputs, never keywords of forward()."""
+    loaded = load_model(ImgDepth(), input_shape=Inputs.of((IMG, DEPTH)))
+    assert loaded.input_shapes == {"img": (1, 3, 16, 16), "depth": (1, 1, 16, 16)}
+
+
+def test_dict_example_still_calls_by_name():
+    # given in the other order than forward() declares: only a call by name works
+    ex = Inputs.of({"depth": DEPTH, "img": IMG})
+    loaded = load_model(ImgDepth(), input_shape=ex)
+    assert loaded.input_shapes == {"depth": (1, 1, 16, 16), "img": (1, 3, 16, 16)}
+    assert ex.call(loaded.model).shape == (1, 4, 16, 16)
