@@ -2,10 +2,14 @@
 example is positional, archives and pickles run only with explicit trust (never from a file), and no input
 file or foreign output folder is written over."""
 
+import sys
+
+import pytest
 import torch
 from torch import nn
 
 import edgeopt
+from edgeopt.errors import UnsafePickleError
 from edgeopt.inputs.models import load_model
 from edgeopt.inputs.structure import Inputs
 from edgeopt.measure.timing import BenchConfig
@@ -29,6 +33,26 @@ class ImgDepth(nn.Module):
 IMG, DEPTH = torch.randn(1, 3, 16, 16), torch.randn(1, 1, 16, 16)
 
 
+def cli(capsys, monkeypatch, *args) -> tuple[int, str]:
+    """The CLI in this process (as `edgeopt ARGS` runs it): exit code and stderr."""
+    from edgeopt.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["edgeopt", *map(str, args)])
+    monkeypatch.delenv("EDGEOPT_DEBUG", raising=False)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main()
+    return e.value.code or 0, capsys.readouterr().err
+
+
+def one_line_error(code: int, err: str, *words: str) -> str:
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (code, err)
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
 def test_tuple_example_is_positional_end_to_end(tmp_path):
     report = edgeopt.optimize(ImgDepth().eval(), (IMG, DEPTH), out_dir=tmp_path / "out", **FAST)
     assert report.model["inputs"] == {"img": [1, 3, 16, 16], "depth": [1, 1, 16, 16]}
@@ -48,3 +72,26 @@ def test_dict_example_still_calls_by_name():
     loaded = load_model(ImgDepth(), input_shape=ex)
     assert loaded.input_shapes == {"depth": (1, 1, 16, 16), "img": (1, 3, 16, 16)}
     assert ex.call(loaded.model).shape == (1, 4, 16, 16)
+
+
+def _harmless_pt2(tmp_path):
+    path = tmp_path / "m.pt2"
+    torch.export.save(torch.export.export(nn.Sequential(nn.Linear(4, 3)).eval(), (torch.randn(1, 4),)), str(path))
+    return path
+
+
+def test_pt2_archive_needs_trust_like_a_pickle(tmp_path, capsys, monkeypatch):
+    """Even a harmless archive: torch.export.load can run code from it in ways no inspection can rule out."""
+    path = _harmless_pt2(tmp_path)
+    with pytest.raises(UnsafePickleError, match="--trust-pickle") as err:
+        load_model(str(path), input_shape=(1, 4))
+    assert "run code" in str(err.value)
+    line = one_line_error(*cli(capsys, monkeypatch, "plan", "--model", path, "--input-shape", "1,4"),
+                          "--trust-pickle", "torch.export archive", "run code")
+    assert str(path) in line
+    loaded = load_model(str(path), input_shape=(1, 4), trust_pickle=True)
+    assert loaded.model(torch.randn(1, 4)).shape == (1, 3)
+    broken = tmp_path / "broken.pt2"
+    broken.write_bytes(b"not a zip")
+    with pytest.raises(edgeopt.errors.ModelLoadError, match="not a readable torch.export archive"):
+        load_model(str(broken), input_shape=(1, 4), trust_pickle=True)
