@@ -95,3 +95,46 @@ def test_pt2_archive_needs_trust_like_a_pickle(tmp_path, capsys, monkeypatch):
     broken.write_bytes(b"not a zip")
     with pytest.raises(edgeopt.errors.ModelLoadError, match="not a readable torch.export archive"):
         load_model(str(broken), input_shape=(1, 4), trust_pickle=True)
+
+
+class _MakesMarker:
+    """Unpickling this creates a file: stands for the code a hostile pickle runs."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_config_file_cannot_switch_trust_on(tmp_path, capsys, monkeypatch):
+    import pickle
+
+    marker = tmp_path / "ran"
+    evil = tmp_path / "model.pkl"
+    evil.write_bytes(pickle.dumps(_MakesMarker(marker)))
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"inputs:\n  model: {evil}\n  trust_pickle: true\n  input_shape: [1, 4]\n")
+    for args in (["plan"], ["optimize", "--out", tmp_path / "o"]):
+        one_line_error(*cli(capsys, monkeypatch, *args, "--config", cfg),
+                       str(cfg), "trust_pickle", "--trust-pickle", "command line")
+        assert not marker.exists()
+    with pytest.raises(edgeopt.errors.ConfigError, match="never read from a file"):
+        edgeopt.load_config(cfg)
+    # the same file without the key, with the flag on the command line: trust is the user's own decision
+    from edgeopt.cli.options import config_from_flags
+
+    cfg.write_text(f"inputs:\n  model: {evil}\n  input_shape: [1, 4]\n")
+    assert config_from_flags({"trust_pickle": True}, {"trust_pickle"}, cfg).inputs.trust_pickle is True
+    assert config_from_flags({"trust_pickle": False}, set(), cfg).inputs.trust_pickle is False
+
+
+def test_saved_run_config_never_carries_trust(tmp_path):
+    from edgeopt.config import RunConfig, load_config
+
+    text = RunConfig().with_flat(model="m.pt", trust_pickle=True).to_yaml()
+    assert "trust_pickle: true" not in text and "--trust-pickle again" in text
+    saved = tmp_path / "run.yaml"
+    saved.write_text(text)
+    replay = load_config(saved)  # replayable as written, and untrusted until the flag is given again
+    assert replay.inputs.trust_pickle is False and replay.inputs.model == "m.pt"
