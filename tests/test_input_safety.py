@@ -138,3 +138,84 @@ def test_saved_run_config_never_carries_trust(tmp_path):
     saved.write_text(text)
     replay = load_config(saved)  # replayable as written, and untrusted until the flag is given again
     assert replay.inputs.trust_pickle is False and replay.inputs.model == "m.pt"
+
+
+def _tinynet_file(tmp_path):
+    """The model's source as a user has it: a file of their own next to the outputs."""
+    from pathlib import Path
+
+    src = tmp_path / "net.py"
+    src.write_text((Path(__file__).parent / "tinynet.py").read_text())
+    return src
+
+
+def test_export_never_writes_over_the_weights(tmp_path, capsys, monkeypatch):
+    """OpenVINO's weights go to the .xml's companion .bin: here, the user's checkpoint."""
+    import tinynet
+
+    src = _tinynet_file(tmp_path)
+    weights = tmp_path / "weights.bin"
+    torch.save(tinynet.make().state_dict(), weights)
+    before = weights.read_bytes()
+    one_line_error(*cli(capsys, monkeypatch, "export", "--model", f"{src}:make", "--weights", weights,
+                        "--input-shape", "1,1,16,16", "--format", "openvino", "--out", tmp_path / "weights.xml"),
+                   str(weights), "--weights")
+    assert weights.read_bytes() == before and not (tmp_path / "weights.xml").exists()
+
+
+def test_prune_never_writes_its_record_over_the_model_source(tmp_path, capsys, monkeypatch):
+    src = _tinynet_file(tmp_path)
+    before = src.read_bytes()
+    one_line_error(*cli(capsys, monkeypatch, "prune", "--model", f"{src}:make", "--input-shape", "1,1,16,16",
+                        "--out", tmp_path / "p.onnx", "--record", src), str(src), "--model")
+    assert src.read_bytes() == before and not (tmp_path / "p.onnx").exists()
+
+
+def test_optimize_never_writes_into_a_folder_of_the_users_files(tmp_path, capsys, monkeypatch):
+    src = _tinynet_file(tmp_path)
+    mine = tmp_path / "deploy"
+    mine.mkdir()
+    (mine / "model.onnx").write_bytes(b"the user's own network")
+    one_line_error(*cli(capsys, monkeypatch, "optimize", "--model", f"{src}:make", "--input-shape", "1,1,16,16",
+                        "--out", mine), str(mine), "model.onnx")
+    assert (mine / "model.onnx").read_bytes() == b"the user's own network"
+    assert sorted(p.name for p in mine.iterdir()) == ["model.onnx"]
+    # the folder that holds the model's own source is an input folder as much
+    one_line_error(*cli(capsys, monkeypatch, "optimize", "--model", f"{src}:make", "--input-shape", "1,1,16,16",
+                        "--out", tmp_path), str(src))
+
+
+def test_a_second_optimize_into_its_own_folder_still_works(tmp_path):
+    import tinynet
+
+    out = tmp_path / "out"
+    options = dict(FAST, techniques=["quantize"], out_dir=out)
+    first = edgeopt.optimize(tinynet.make_plain(), torch.randn(1, 1, 16, 16), **options)
+    assert (out / ".edgeopt").is_file() and first.baseline is not None
+    again = edgeopt.optimize(tinynet.make_plain(), torch.randn(1, 1, 16, 16), **options)
+    assert again.baseline is not None and (out / "report.json").is_file()
+
+
+def test_output_folder_rules(tmp_path):
+    from edgeopt.errors import ConfigError
+    from edgeopt.report.outputs import MARKER, claim_folder
+
+    claim_folder(tmp_path / "new")  # created and marked
+    assert (tmp_path / "new" / MARKER).is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    claim_folder(empty)
+    assert (empty / MARKER).is_file()
+    earlier = tmp_path / "earlier"  # written by a run from before the marker: its run.yaml says so
+    earlier.mkdir()
+    (earlier / "run.yaml").write_text("# edgeopt run config; replay: edgeopt optimize --config run.yaml\n")
+    claim_folder(earlier)
+    weights = earlier / "w.pth"
+    weights.write_bytes(b"w")
+    with pytest.raises(ConfigError, match="holds an input of this run"):
+        claim_folder(earlier, {"--weights": weights})
+    data = tmp_path / "images"
+    data.mkdir()
+    with pytest.raises(ConfigError, match="inside the input folder"):
+        claim_folder(data / "out", {"--data": data})
+    assert not (data / "out").exists()

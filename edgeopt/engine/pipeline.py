@@ -50,6 +50,7 @@ from edgeopt.report import (
     write_report,
 )
 from edgeopt.report.html import write_html_report
+from edgeopt.report.outputs import claim_out_dir
 from edgeopt.targets.host import environment
 from edgeopt.training import ddp
 
@@ -83,6 +84,7 @@ def run(config: RunConfig, model=None, example=None, eval_data=None, calib_data=
     out_dir = Path(config.output.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} exists and is not a directory")
+    claim_out_dir(out_dir, config.inputs)  # never a folder of the user's own files, nor one holding an input
     threads = config.measure.threads or os.cpu_count()
     torch.set_num_threads(threads)
     torch.manual_seed(config.measure.seed)
