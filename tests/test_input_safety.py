@@ -198,8 +198,10 @@ def test_a_second_optimize_into_its_own_folder_still_works(tmp_path):
 
 def test_output_folder_rules(tmp_path):
     from edgeopt.errors import ConfigError
-    from edgeopt.report.outputs import MARKER, claim_folder
+    from edgeopt.report.outputs import MARKER, check_folder, claim_folder
 
+    check_folder(tmp_path / "new")  # a check writes nothing: a run stopped by bad input leaves no folder
+    assert not (tmp_path / "new").exists()
     claim_folder(tmp_path / "new")  # created and marked
     assert (tmp_path / "new" / MARKER).is_file()
     empty = tmp_path / "empty"

@@ -65,10 +65,10 @@ def refuse_overwrite(outputs: Iterable[Path | str | None], inputs: Mapping[str, 
                                   "writes over its inputs, write the output elsewhere")
 
 
-def claim_folder(folder: Path | str, inputs: Mapping[str, object] | None = None) -> Path:
-    """Make `folder` an edgeopt output folder: created (with the marker) when new, marked when empty, accepted
-    when it holds the marker; ConfigError naming the folder and one of its files otherwise, or when one of
-    `inputs` lies inside it (edgeopt replaces the files there) or the folder lies inside an input folder."""
+def check_folder(folder: Path | str, inputs: Mapping[str, object] | None = None) -> None:
+    """Writes nothing. ConfigError unless `folder` may become an edgeopt output folder: new, empty, or holding
+    the marker; never one that holds an input of the run (`inputs`: label -> path or spec; edgeopt replaces the
+    files in its folder) or lies inside an input folder. A refusal names the folder and one file in it."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--out {folder} exists and is not a directory")
@@ -83,12 +83,24 @@ def claim_folder(folder: Path | str, inputs: Mapping[str, object] | None = None)
         if entries and not _earlier_run(folder):
             raise ConfigError(f"--out {folder} already holds files edgeopt did not write (e.g. {entries[0]}): give a "
                               "new or empty folder, or one an earlier edgeopt run wrote")
+
+
+def mark_folder(folder: Path | str) -> Path:
+    """Create the folder (when new) and its marker: from now on edgeopt may replace the files in it. Called
+    just before the first write, so a run that stops on bad input leaves no folder behind."""
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / MARKER).is_file():
         from edgeopt.report import write_atomic
 
         write_atomic(folder / MARKER, MARKER_TEXT)
     return folder
+
+
+def claim_folder(folder: Path | str, inputs: Mapping[str, object] | None = None) -> Path:
+    """`check_folder`, then `mark_folder`."""
+    check_folder(folder, inputs)
+    return mark_folder(folder)
 
 
 def _earlier_run(folder: Path) -> bool:
@@ -100,7 +112,7 @@ def _earlier_run(folder: Path) -> bool:
         return False
 
 
-def claim_out_dir(folder: Path | str, inputs) -> Path:
-    """`claim_folder` for a run: `inputs` is the run config's InputsConfig (model, weights, data, masks, metric)."""
-    return claim_folder(folder, {"--model": inputs.model, "--weights": inputs.weights, "--data": inputs.data,
-                                 "--masks": inputs.data_options.masks, "--metric": inputs.metric})
+def check_out_dir(folder: Path | str, inputs) -> None:
+    """`check_folder` for a run: `inputs` is the run config's InputsConfig (model, weights, data, masks, metric)."""
+    check_folder(folder, {"--model": inputs.model, "--weights": inputs.weights, "--data": inputs.data,
+                          "--masks": inputs.data_options.masks, "--metric": inputs.metric})
