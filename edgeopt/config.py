@@ -223,8 +223,12 @@ class RunConfig(_Strict):
     def to_yaml(self) -> str:
         note = ("# the model was passed in memory (Python API): set inputs.model to replay this from the CLI\n"
                 if self.inputs.model is None else "")
+        doc = self.model_dump(mode="json")
+        if doc["inputs"]["trust_pickle"]:  # a file never grants trust: replaying needs the flag again
+            doc["inputs"]["trust_pickle"] = False
+            note += "# this run was trusted to load code (--trust-pickle): pass --trust-pickle again to replay it\n"
         return ("# edgeopt run config; replay: edgeopt optimize --config run.yaml\n" + note
-                + yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+                + yaml.safe_dump(doc, sort_keys=False))
 
 
 def _locate(key: str) -> tuple[str, str]:
@@ -256,6 +260,11 @@ def load_config(path: str | Path) -> RunConfig:
         raise ConfigError(f"--config {path} does not exist")
     try:
         doc = yaml.safe_load(path.read_text())
+        inputs = doc.get("inputs") if isinstance(doc, dict) else None
+        if isinstance(inputs, dict) and inputs.get("trust_pickle") not in (None, False):
+            # a shared run.yaml must not be able to make edgeopt run the code in a pickle or archive
+            raise ConfigError(f"--config {path} sets inputs.trust_pickle: trust is never read from a file; remove "
+                              "it and pass --trust-pickle on the command line (trust_pickle=True in the Python API)")
         return parse_config(doc or {}, str(path))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"--config {path} is not valid YAML: {str(e).splitlines()[0]}") from None

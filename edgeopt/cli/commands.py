@@ -10,7 +10,7 @@ import typer
 
 from edgeopt.cli import options as o
 from edgeopt.cli.app import app
-from edgeopt.cli.common import out
+from edgeopt.cli.common import out, refuse_overwriting_inputs
 from edgeopt.cli.optimize import MODEL_HELP
 
 INPUT_SHAPE_HELP = ("example input shape, batch first, e.g. 1,3,224,224; for several inputs repeat it with names: "
@@ -70,6 +70,7 @@ def prune(
         raise ConfigError("--importance taylor needs labelled batches: use edgeopt.prune(..., data=[(x, y)])")
     from edgeopt.inputs.structure import Inputs
 
+    refuse_overwriting_inputs(model, weights, data, format, out_file, record_file)
     loaded, example = _load(model, weights, input_shape, trust_pickle)
     shape = Inputs.of(example).first.shape  # sample inputs for hrank / energy / reconstruction: single input
     batches, source = None, None
@@ -184,6 +185,7 @@ def export(
     from edgeopt.formats import export_verified
     from edgeopt.inputs.structure import Inputs
 
+    refuse_overwriting_inputs(model, weights, data, format, out_file)
     loaded, example = _load(model, weights, input_shape, trust_pickle)
     first = Inputs.of(example).first
     calib_data = _calib_data(data, calib, model, tuple(first.shape[1:])) if precision == "int8" else None

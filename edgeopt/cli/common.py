@@ -71,3 +71,20 @@ def candidates_table(report) -> Table:
 
 def parse_list(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def refuse_overwriting_inputs(model: str | None, weights=None, data: str | None = None, format: str | None = None,
+                              out_file=None, record_file=None) -> None:
+    """Before anything is loaded: no file a command writes (every file of its artifact, its record) is one it
+    reads (the model's file, the weights, the data)."""
+    from pathlib import Path
+
+    from edgeopt.report.outputs import refuse_overwrite
+
+    outputs = [record_file]
+    if out_file is not None and format is not None:
+        from edgeopt.formats import backend_for
+
+        backend = backend_for(format)
+        outputs += backend.artifact_files(Path(out_file).with_suffix(backend.suffix))
+    refuse_overwrite(outputs, {"--model": model, "--weights": weights, "--data": data})

@@ -23,7 +23,8 @@ MODEL = typer.Option("demo", help=MODEL_HELP)
 WEIGHTS = typer.Option(None, help="state dict (.pth) loaded with weights_only=True")
 INPUT_SHAPE = typer.Option(None, help="example input shape, batch first, e.g. 1,3,224,224; for several inputs "
                            "repeat it with names: --input-shape image:1,3,224,224 --input-shape mask:1,1,224,224")
-TRUST_PICKLE = typer.Option(False, help="allow loading a full pickled model (runs its code)")
+TRUST_PICKLE = typer.Option(False, help="allow loading a full pickled model or a .pt2 archive (runs its code); "
+                            "taken only from the command line, never from --config")
 TARGET = typer.Option("local", help="target profile name/alias, a YAML file, or 'local'")
 GOAL = typer.Option("latency", help="latency | size")
 MAX_DROP = typer.Option(1.0, help="accuracy budget in percentage points")

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from edgeopt.cli.app import app
-from edgeopt.cli.common import out
+from edgeopt.cli.common import out, refuse_overwriting_inputs
 from edgeopt.cli.optimize import MODEL_HELP
 
 
@@ -46,6 +46,7 @@ def factorize(
     from edgeopt.inputs.analyze import count_macs, count_params
     from edgeopt.techniques.factorize import factorize as do_factorize
 
+    refuse_overwriting_inputs(model, weights, None, format, out_file, record_file)
     loaded, example = _load(model, weights, input_shape, trust_pickle)
     small, record = do_factorize(loaded.model, example, method=method, energy=energy, macs_reduction=macs_reduction,
                                  layers=parse_list(layers), rank_method="vbmf" if vbmf else "energy")
@@ -76,6 +77,7 @@ def depth(
     from edgeopt.inputs.analyze import count_macs
     from edgeopt.techniques.depth import depth_prune
 
+    refuse_overwriting_inputs(model, weights, data, format, out_file, record_file)
     loaded, example = _load(model, weights, input_shape, trust_pickle)
     real = _calib_data(data, None, model, tuple(example.shape[1:]))
     if model == "demo" and data is None:
@@ -118,6 +120,7 @@ def supermask(
     if data != "digits":
         raise ConfigError(f"--data {data!r}: the supermask command takes digits; use edgeopt.supermask() for "
                           "your own labelled data")
+    refuse_overwriting_inputs(model, weights, None, format, out_file)
     loaded, example = _load(model, weights, input_shape, trust_pickle)
     from edgeopt.inputs.data import digits_data
 
@@ -161,6 +164,7 @@ def architecture(
     from edgeopt.report import write_atomic
     from edgeopt.techniques.architecture import decision, latency_table, train_candidates
 
+    refuse_overwriting_inputs(model, weights, record_file=record_file)
     loaded, example = _load(model, weights, input_shape, trust_pickle)
     rows = latency_table(loaded.model, example, families=parse_list(families), max_time_s=seconds)
     trained = {}

@@ -50,6 +50,7 @@ from edgeopt.report import (
     write_report,
 )
 from edgeopt.report.html import write_html_report
+from edgeopt.report.outputs import check_out_dir, mark_folder
 from edgeopt.targets.host import environment
 from edgeopt.training import ddp
 
@@ -83,6 +84,7 @@ def run(config: RunConfig, model=None, example=None, eval_data=None, calib_data=
     out_dir = Path(config.output.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} exists and is not a directory")
+    check_out_dir(out_dir, config.inputs)  # never a folder of the user's own files, nor one holding an input
     threads = config.measure.threads or os.cpu_count()
     torch.set_num_threads(threads)
     torch.manual_seed(config.measure.seed)
@@ -99,7 +101,7 @@ def run(config: RunConfig, model=None, example=None, eval_data=None, calib_data=
     # saved before the search, so an interrupted run can be resumed with --config OUT/run.yaml
     used = config if model is None else config.model_copy(update={"inputs": config.inputs.model_copy(
         update={"model": None})})
-    write_atomic(out_dir / "run.yaml", used.to_yaml())
+    write_atomic(mark_folder(out_dir) / "run.yaml", used.to_yaml())
     report, search, the_plan = _search(prep, out_dir, threads, config.output.cache, progress, t_start,
                                        metric if metric is not None else config.inputs.metric)
     bench_config = bench_config or BenchConfig(max_time_s=config.measure.bench_time_s)

@@ -92,7 +92,7 @@ def prepare(config: RunConfig, model=None, example=None, eval_data=None, calib_d
     shape = inputs.input_shape
     if example is not None:
         given = Inputs.of(example)
-        shape = given.first.shape if given.single else given.shapes
+        shape = given.first.shape if given.single else given  # the example itself: a tuple stays positional
     elif isinstance(shape, list):
         shape = tuple(shape)
     elif isinstance(shape, dict):

@@ -1,5 +1,5 @@
 """Model inputs: `demo`, `torchvision:NAME?k=v`, `timm:NAME?k=v`, `file.py:factory`, `pkg.module:factory`,
-`.pt2` (torch.export) archives, and full pickles (only with trust_pickle). Weights load with
+`.pt2` (torch.export) archives and full pickles (both only with trust_pickle). Weights load with
 weights_only=True. Input files are only read, never written."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from torch import nn
 
 from edgeopt.errors import ConfigError, InputShapeError, ModelLoadError, UnsafePickleError, missing_backend
 from edgeopt.inputs import usercode
-from edgeopt.inputs.safety import checkpoint_format, holds_objects, pt2_pickle_reasons
+from edgeopt.inputs.safety import checkpoint_format, holds_objects
+from edgeopt.inputs.structure import Inputs
 
 
 @dataclass
@@ -170,13 +171,13 @@ def _load_checkpoint_file(path: Path, trust_pickle: bool) -> Any:
 
 
 def _load_pt2(path: Path, trust_pickle: bool) -> nn.Module:
-    try:
-        reasons = [] if trust_pickle else pt2_pickle_reasons(path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise ModelLoadError(f"{path} is not a readable torch.export archive ({e})") from None
-    if reasons:
-        raise UnsafePickleError(f"{path}: loading this torch.export archive runs arbitrary code ({reasons[0]}); "
-                                "pass --trust-pickle if you trust this file")
+    if checkpoint_format(path) != "zip":
+        raise ModelLoadError(f"{path} is not a readable torch.export archive (not a zip archive)")
+    if not trust_pickle:
+        # torch.export.load unpickles records, evaluates symbolic-size expressions and runs guard code taken
+        # from the archive, under names no allow-list can pin down: as unsafe as a pickle
+        raise UnsafePickleError(f"{path}: loading a torch.export archive can run code stored in it (pickled "
+                                "records, evaluated expressions); pass --trust-pickle if you trust this file")
     try:
         return ExportedModule(torch.export.load(str(path)).module())
     except (zipfile.BadZipFile, RuntimeError, ValueError, KeyError, AssertionError) as e:
@@ -246,7 +247,13 @@ def load_model(spec: str | nn.Module = "demo", weights: str | Path | None = None
                               "file.py:factory, package.module:factory or a .pt2 file")
     if weights is not None:
         load_weights(model, weights)
-    if isinstance(input_shape, dict):  # several named inputs: forward(**{name: tensor})
+    if isinstance(input_shape, Inputs):  # the caller's own example: a tuple positional, a dict by name
+        example = input_shape if input_shape.keyword else Inputs.of(tuple(input_shape.tensors), model)
+        model.eval()
+        check_forward(model, example)
+        return LoadedModel(model, source, tuple(example.first.shape), info,
+                           None if example.single else example.shapes)
+    if isinstance(input_shape, dict):  # several named inputs (--input-shape name:dims): forward(**{name: tensor})
         shapes = {str(k): tuple(v) for k, v in input_shape.items()}
         if not isinstance(model, ExportedModule):  # an exported graph's forward(x) is our wrapper's
             from edgeopt.inputs.structure import check_input_names
@@ -264,15 +271,15 @@ def load_model(spec: str | nn.Module = "demo", weights: str | Path | None = None
 def check_forward(model: nn.Module, shape: tuple[int, ...] | dict[str, tuple[int, ...]]):
     """Run one forward pass; a failure means the input shape is wrong for this model. The outputs may be a
     tensor, a tuple/list or a (nested) dict of tensors; any other leaf is refused, naming its path."""
-    from edgeopt.inputs.structure import Inputs, flatten_outputs
+    from edgeopt.inputs.structure import flatten_outputs
 
-    inputs = Inputs.random(shape, keyword=True)
+    inputs = shape if isinstance(shape, Inputs) else Inputs.random(shape, keyword=True)
     try:
         with torch.no_grad():
             out = inputs.call(model)
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        where = inputs.describe() if isinstance(shape, dict) else ",".join(map(str, shape))
+        where = inputs.describe() if isinstance(shape, (dict, Inputs)) else ",".join(map(str, shape))
         raise InputShapeError(f"the model fails on input shape {where}: {first[:200]}") from None
     flatten_outputs(out)
     return out

@@ -1,15 +1,13 @@
 """Decide, by reading a file's bytes (never by loading it), whether loading it would run code.
 
-torch.export archives (.pt2) look safe but `torch.export.load` unpickles with weights_only=False every weight or
-constant marked `use_pickle`, every custom/opaque object, the legacy weight/constant files and the sample inputs
-when they are not plain tensors, and it loads native AOTInductor libraries. Checkpoints are either torch's zip
-format, torch's legacy pickle stream, or a raw `pickle.dump`: told apart by their magic bytes and first opcodes,
-not by an error message."""
+Checkpoints are either torch's zip format, torch's legacy pickle stream, or a raw `pickle.dump`: told apart by
+their magic bytes and first opcodes, not by an error message. torch.export archives (.pt2) are not inspected:
+`torch.export.load` unpickles records, evaluates symbolic-size expressions and runs guard code from the archive
+in more ways than an allow-list can follow, so loading one needs the caller's explicit trust, like a pickle."""
 
 from __future__ import annotations
 
 import io
-import json
 import pickletools
 import zipfile
 from pathlib import Path
@@ -64,54 +62,3 @@ def holds_objects(path: Path, fmt: str) -> bool:
             return False
     with open(path, "rb") as f:  # legacy stream: magic, protocol, sys info, then the object itself
         return _parses(f, count=4)
-
-
-def _loads_weights_only(data: bytes) -> bool:
-    import torch
-
-    try:
-        torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        return True
-    except Exception:
-        return False
-
-
-def _records(z: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
-    """Archive names without the archive's top folder (torch writes every record under one root)."""
-    out = {}
-    for info in z.infolist():
-        _, _, rest = info.filename.partition("/")
-        out[rest or info.filename] = info
-    return out
-
-
-def _config_entries(z: zipfile.ZipFile, recs: dict, name: str) -> dict:
-    if name not in recs:
-        return {}
-    try:
-        return json.loads(z.read(recs[name])).get("config", {}) or {}
-    except (ValueError, AttributeError):
-        return {"<config>": {"use_pickle": True, "path_name": name}}  # unreadable: let nothing through
-
-
-def pt2_pickle_reasons(path: Path) -> list[str]:
-    """Why loading this torch.export archive would unpickle or run native code; [] when it would not.
-    Raises zipfile.BadZipFile for a file that is not an archive."""
-    reasons: list[str] = []
-    with zipfile.ZipFile(path) as z:
-        recs = _records(z)
-        models = [n[len("models/"):-len(".json")] for n in recs if n.startswith("models/") and n.endswith(".json")]
-        if any(n.startswith("data/aotinductor/") for n in recs):
-            reasons.append("it contains AOTInductor native code")
-        if not models:
-            reasons.append("it uses the pre-2.8 torch.export format, loaded through pickle")
-        for m in models:
-            for legacy in (f"data/weights/{m}.pt", f"data/constants/{m}.pt", f"data/sample_inputs/{m}.pt"):
-                if legacy in recs and not _loads_weights_only(z.read(recs[legacy])):
-                    reasons.append(f"{legacy} is a pickle of more than tensors")
-            for kind in ("weights", "constants"):
-                for fqn, meta in _config_entries(z, recs, f"data/{kind}/{m}_{kind}_config.json").items():
-                    name = str(meta.get("path_name", ""))
-                    if meta.get("use_pickle") or name.startswith(("custom_obj", "opaque_obj")):
-                        reasons.append(f"{kind} entry {fqn!r} is stored as a pickle")
-    return reasons
