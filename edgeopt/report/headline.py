@@ -63,6 +63,9 @@ def speed_line(report: Report) -> str | None:
     ms = chosen.latency_ms.p50 if chosen is not None and chosen.latency_ms else None
     parts = [f"p50 {ms:.3f} ms ({h.latency_source or 'measured'})" if ms is not None else "p50 —"]
     plain = report.candidate(h.best_plain)
+    if h.chosen_is_best_plain and h.chosen == h.fp32:
+        return "; ".join([*parts, "1.00×: the chosen model is the original at fp32 (the baseline); no conversion "
+                                  "or compression measured faster within the budget"])
     if h.chosen_is_best_plain:
         parts.append("1.00× vs the best plain conversion of the original: the chosen model IS that conversion "
                      "(no compression beyond the runtime's own paid off)")
