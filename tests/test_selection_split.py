@@ -156,6 +156,21 @@ def test_when_every_candidate_breaks_on_test_the_baseline_is_chosen():
     assert all(c.status == "rejected" and "test split" in c.reason for c in r.candidates)
 
 
+def test_a_choice_that_cannot_be_evaluated_on_test_is_not_shipped():
+    from edgeopt.decide.select import judge_on_test, select
+
+    r = _report([_cand("p1@onnxruntime-fp32", 2.0, 0.1), _cand("p2@onnxruntime-fp32", 3.0, 0.1)])
+    select(r, r.context)
+
+    def evaluate(c):
+        if c.id == "p1@onnxruntime-fp32":
+            raise RuntimeError("session died")
+        return 90.0
+
+    judge_on_test(r, r.context, evaluate)
+    assert r.chosen == "p2@onnxruntime-fp32" and "evaluation on the test split failed" in r.candidates[0].reason
+
+
 # ---- the headline ---------------------------------------------------------------------------------------------
 
 def test_headline_compares_with_the_best_plain_conversion():

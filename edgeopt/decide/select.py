@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from edgeopt.config import DeployContext
 from edgeopt.decide import policy
+from edgeopt.errors import BackendMissingError, ConfigError
 from edgeopt.report import Candidate, Decision, Report
 
 
@@ -83,7 +84,16 @@ def judge_on_test(report: Report, context: DeployContext, evaluate: Callable[[Ca
     def judged(c: Candidate) -> bool:
         """Evaluate c on the test part; False when its test drop breaks the budget (it is then rejected)."""
         tested.add(c.id)
-        c.accuracy_test = evaluate(c)
+        try:
+            c.accuracy_test = evaluate(c)
+        except (ConfigError, BackendMissingError):  # the user's to fix (e.g. their metric raised): stop
+            raise
+        except Exception as e:  # ran on the selection part, not on these images: not a choice to ship
+            why = f"evaluation on the test split failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
+            if c.status == "ok":
+                c.status, c.reason = "rejected", why
+            decisions.append(Decision(technique="test_split", decision="rejected", reason=f"{c.id}: {why}"))
+            return False
         if c.accuracy_test is None:
             return True  # cannot be run again here (e.g. restored without its artifact): judged on selection
         c.accuracy_drop_test = round(base.accuracy_test - c.accuracy_test, 4)

@@ -183,7 +183,6 @@ class TestEvaluator:
     def __init__(self, test, sessions: dict, batch: int, net):
         self.test, self.sessions, self.batch, self.net = test, sessions, batch, net
         self.reference = None
-        self.seen: list[str] = []
 
     def __call__(self, c: Candidate) -> float | None:
         session = self.sessions.get(c.id)
@@ -191,7 +190,6 @@ class TestEvaluator:
             return None
         if self.test.metric.name == "fidelity" and self.reference is None:
             self.reference = torch_predictions(self.net, self.test, self.batch)
-        self.seen.append(c.id)
         return evaluate_candidate(session, self.test, self.batch, self.reference)[0]
 
     def proportion(self) -> bool:
