@@ -50,6 +50,27 @@ def test_split_is_stratified_disjoint_and_seeded():
     assert not torch.equal(c.test.items[0][0], a.test.items[0][0])
 
 
+def test_split_keeps_named_inputs_with_their_targets():
+    from edgeopt.engine import holdout
+    from edgeopt.inputs.data import Batches
+    from edgeopt.inputs.structure import Inputs
+
+    a, b = torch.arange(24.0).reshape(24, 1, 1, 1), -torch.arange(24.0).reshape(24, 1)
+    boxes = [{"id": i} for i in range(24)]  # a detector's targets: kept as they are, read by the user's metric
+    data = Batches([(Inputs(["image", "aux"], [a[i:i + 8], b[i:i + 8]], keyword=True), boxes[i:i + 8])
+                    for i in range(0, 24, 8)])
+    held = holdout.split(data, seed=0)
+    assert held.record.split == "random" and len(held.test) + len(held.selection) == 24
+    for part in (held.selection, held.test):
+        for x, y in part.items:
+            ids = x.tensors[0].reshape(-1).long().tolist()
+            assert x.names == ["image", "aux"] and x.keyword
+            assert (-x.tensors[1].reshape(-1)).long().tolist() == ids and [t["id"] for t in y] == ids
+    masks = Batches([(torch.randn(10, 1, 4, 4), torch.randint(0, 3, (10, 4, 4))) for _ in range(3)])
+    m = holdout.split(masks, seed=0)
+    assert m.record.split == "random" and m.test.items[0][1].shape[1:] == (4, 4)
+
+
 def test_streamed_heldout_is_split_without_decoding():
     from torch.utils.data import Dataset
 
