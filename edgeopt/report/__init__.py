@@ -148,14 +148,15 @@ class Candidate(BaseModel):
     latency_source: Literal["measured", "estimated"] | None = None
     accuracy: float | None = None
     accuracy_drop: float | None = None
-    # on the test part of the held-out data, which the search never saw (only candidates judged at the end)
-    accuracy_test: float | None = None
-    accuracy_drop_test: float | None = None
     metric: Literal["top1", "fidelity"] | None = None
     proposed_because: str = ""
     exporter: str | None = None
     verification: dict[str, Any] | None = None
     from_cache: bool = False  # restored from OUT/cache (accuracy/size); latency is always re-measured
+    # accuracy/accuracy_drop above are on the selection part of the held-out data (what the search optimized
+    # on); these on the test part, which the search never saw (set on the candidates judged at the end)
+    accuracy_test: float | None = None
+    accuracy_drop_test: float | None = None
 
     @property
     def shipped_bytes(self) -> int | None:
