@@ -108,12 +108,16 @@ def _interrupted(out_dir: Path) -> None:
 
 def _summary(report, out_dir: Path) -> None:
     out.print(candidates_table(report))
-    chosen, base = report.chosen_candidate, report.baseline
-    if chosen is not None and base is not None and chosen.latency_ms and base.latency_ms:
-        out.print(f"chosen [bold]{chosen.id}[/]: p50 {chosen.latency_ms.p50:.3f} ms vs baseline "
-                  f"{base.latency_ms.p50:.3f} ms ({base.latency_ms.p50 / chosen.latency_ms.p50:.2f}× faster, "
-                  f"{chosen.latency_source}), accuracy drop {chosen.accuracy_drop or 0:+.2f} pp "
-                  f"({chosen.metric})")
+    from rich.markup import escape
+
+    from edgeopt.report.headline import accuracy_line, speed_line
+
+    chosen = report.chosen_candidate
+    if chosen is not None:
+        # the headline: vs the best plain conversion of the original (what exporting alone gives), fp32 beside
+        out.print(f"chosen [bold]{escape(chosen.id)}[/]: {escape(speed_line(report) or 'not measured')}",
+                  highlight=False)
+        out.print(accuracy_line(report), markup=False, highlight=False)
     hits = report.model.cache_hits or 0
     out.print(f"report: {out_dir / 'report.md'}, report.html, report.json, run.yaml  (wall time "
               f"{report.wall_time_s:.1f} s{f', {hits} candidates from the cache' if hits else ''})")

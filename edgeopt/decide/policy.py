@@ -133,6 +133,30 @@ QUICK_BENCH = {"warmup_runs": 3, "warmup_s": 0.0, "min_runs": 10, "max_time_s": 
 # retry stays within seconds on small data.
 ACCURACY_CONTROL_MAX_SAMPLES = 300
 
+# ---- held-out data: selection part and test part ------------------------------------------------------------
+# The search picks among dozens of candidates by their accuracy on the held-out data (screening, bisection,
+# accuracy control, the choice); the winner's figure on those same images is biased upwards, the more so the
+# more candidates were compared (adaptive overfitting of a holdout: Cawley & Talbot 2010, Dwork et al. 2015).
+# So the held-out data is split once, by a seeded shuffle (per class when there are class labels): the search
+# sees only the selection part; the test part is touched once, at the end, for the baseline, the chosen
+# candidate and the best plain conversion, and the accuracy budget of the final choice is judged there.
+# 30 % for the test: the search makes many decisions and needs most of the images to tell levels apart; the
+# test makes one pass/fail call per candidate (on ~360 demo images: 108 test images, a Wilson 95 % interval of
+# about +-3 pp at 97 %).
+HOLDOUT_TEST_FRACTION = 0.3
+# Below this many held-out images a split leaves too few on either side to mean anything (a single image
+# would be 5 pp of a 20-image test part): the data stays whole, and the report says loudly that the accuracy
+# it shows is the one the search optimized on.
+HOLDOUT_MIN_IMAGES = 20
+# A stratified split needs every class on both sides: a class with fewer images keeps the data whole.
+HOLDOUT_MIN_PER_CLASS = 2
+# Without held-out data the fidelity inputs are random: the test part is a second, independent draw of as many
+# inputs as the search's (prepare.fidelity_inputs draws 256).
+FIDELITY_TEST_INPUTS = 256
+# z of the two-sided 95 % interval (Wilson score interval for a proportion; Wilson 1927), for test figures
+# that are a share of images (top-1, class agreement)
+CI95_Z = 1.959964
+
 # ---- selection -----------------------------------------------------------------------------------------------
 # A reduced precision must earn its place: it is rejected when measured no faster (p50) than its fp32 twin of
 # the same structure and runtime, whatever its size.

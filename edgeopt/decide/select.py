@@ -1,12 +1,16 @@
 """Select: reject what breaks the budgets (accuracy, latency, size) or what a reduced precision does not
 earn (slower than its fp32 twin), then pick the fastest (goal latency) or smallest (goal size). The rules
-are decide/policy.py's (EPS_PP, REDUCED_PRECISION_MUST_BE_FASTER, RANK_BY)."""
+are decide/policy.py's (EPS_PP, REDUCED_PRECISION_MUST_BE_FASTER, RANK_BY). The search and `select` see only
+the selection part of the held-out data; `judge_on_test` then judges the final choice on the test part."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from edgeopt.config import DeployContext
 from edgeopt.decide import policy
-from edgeopt.report import Candidate, Report
+from edgeopt.errors import BackendMissingError, ConfigError
+from edgeopt.report import Candidate, Decision, Report
 
 
 def _twin_key(c: Candidate) -> str:
@@ -54,3 +58,66 @@ def select(report: Report, context: DeployContext) -> None:
     report.chosen = best.id
     if not best.reason:
         best.reason = "chosen: " + ("smallest" if context.goal == "size" else "fastest") + " within budget"
+
+
+def judge_on_test(report: Report, context: DeployContext, evaluate: Callable[[Candidate], float | None]
+                  ) -> list[Decision]:
+    """The accuracy budget of the final choice, judged on the test part of the held-out data (which the
+    search never saw). `evaluate(c)` -> c's accuracy on the test part, or None when there is no test part or
+    c cannot be run. After `select`: the baseline is evaluated; the chosen candidate is evaluated, and when
+    its test drop breaks the budget it is rejected and the next best is chosen, until one holds (the baseline
+    always does: its drop is zero by definition); then the best plain conversion of the original is
+    evaluated the same way, so the headline compares two figures judged alike. Returns the decisions."""
+    from edgeopt.report.headline import best_plain
+
+    base = report.baseline
+    if base is None or base.accuracy is None:
+        return []
+    base.accuracy_test = evaluate(base)
+    if base.accuracy_test is None:
+        return []
+    base.accuracy_drop_test = 0.0
+    limit = context.max_accuracy_drop + policy.EPS_PP
+    tested = {base.id}
+    decisions: list[Decision] = []
+
+    def judged(c: Candidate) -> bool:
+        """Evaluate c on the test part; False when its test drop breaks the budget (it is then rejected)."""
+        tested.add(c.id)
+        try:
+            c.accuracy_test = evaluate(c)
+        except (ConfigError, BackendMissingError):  # the user's to fix (e.g. their metric raised): stop
+            raise
+        except Exception as e:  # ran on the selection part, not on these images: not a choice to ship
+            why = f"evaluation on the test split failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
+            if c.status == "ok":
+                c.status, c.reason = "rejected", why
+            decisions.append(Decision(technique="test_split", decision="rejected", reason=f"{c.id}: {why}"))
+            return False
+        if c.accuracy_test is None:
+            return True  # cannot be run again here (e.g. restored without its artifact): judged on selection
+        c.accuracy_drop_test = round(base.accuracy_test - c.accuracy_test, 4)
+        if c.accuracy_drop_test <= limit:
+            return True
+        why = (f"accuracy drop on the test split {c.accuracy_drop_test:.2f} pp > budget {context.max_accuracy_drop}"
+               f" pp (on the selection split: {c.accuracy_drop or 0.0:.2f} pp)")
+        was_chosen = c.id == report.chosen
+        if c.status == "ok":
+            c.status, c.reason = "rejected", why
+        decisions.append(Decision(technique="test_split", decision="rejected", reason=f"{c.id}: {why}" + (
+            "; the next best candidate is tried" if was_chosen else "")))
+        return False
+
+    pool = [base, *report.candidates]
+    for _ in range(len(pool)):  # each round rejects one candidate: bounded by their number
+        chosen = report.chosen_candidate
+        if chosen is None or chosen.id in tested or judged(chosen):
+            break
+        report.chosen = None
+        select(report, context)
+    for _ in range(len(pool)):
+        plain = best_plain(report)
+        if plain is None or plain.id in tested:
+            break
+        judged(plain)
+    return decisions

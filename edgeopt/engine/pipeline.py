@@ -1,6 +1,7 @@
 """The one pipeline: prepare (context -> target -> model -> analyze -> data; shared with `edgeopt plan`) ->
 plan -> search (screen structures by bisection against held-out accuracy, export the survivors at every
-precision, verify, evaluate on the runtime) -> measure latency (interleaved) -> select -> report.
+precision, verify, evaluate on the runtime; on the selection part of the held-out data) -> measure latency
+(interleaved) -> select -> judge the choice on the test part (engine/holdout.py) -> report.
 The CLI and the Python API both build a RunConfig and call `run`."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from edgeopt import __version__
 from edgeopt.config import RunConfig
 from edgeopt.decide.policy import QUICK_BENCH
 from edgeopt.decide.select import select
-from edgeopt.engine import distributed
+from edgeopt.engine import distributed, holdout
 from edgeopt.engine.build import Builder
 from edgeopt.engine.cache import CandidateCache, data_hash, model_hash
 from edgeopt.engine.choices import measured_choices
@@ -49,6 +50,7 @@ from edgeopt.report import (
     write_atomic,
     write_report,
 )
+from edgeopt.report.headline import headline
 from edgeopt.report.html import write_html_report
 from edgeopt.report.outputs import check_out_dir, mark_folder
 from edgeopt.targets.host import environment
@@ -102,15 +104,18 @@ def run(config: RunConfig, model=None, example=None, eval_data=None, calib_data=
     used = config if model is None else config.model_copy(update={"inputs": config.inputs.model_copy(
         update={"model": None})})
     write_atomic(mark_folder(out_dir) / "run.yaml", used.to_yaml())
-    report, search, the_plan = _search(prep, out_dir, threads, config.output.cache, progress, t_start,
-                                       metric if metric is not None else config.inputs.metric)
+    report, search, the_plan, held = _search(prep, out_dir, threads, config.output.cache, progress, t_start,
+                                             metric if metric is not None else config.inputs.metric)
     bench_config = bench_config or BenchConfig(max_time_s=config.measure.bench_time_s)
     measure_all(report, search.sessions, the_plan.measure_locally, prep, out_dir, config, bench_config, device_token,
                 progress)
     base = next((c for c in report.candidates if c.id == the_plan.baseline_id), None)
     report.candidates = [c for c in report.candidates if c.id != the_plan.baseline_id]
     report.baseline = base
-    select(report, prep.context)
+    select(report, prep.context)  # on the selection part, like every decision of the search
+    # then the test part, once: the budget of the final choice is judged there (the next best when it breaks)
+    holdout.judge(report, prep.context, held, search.sessions, prep.ex.batch, prep.loaded.model)
+    report.model.headline = headline(report)  # vs the best plain conversion of the original, and vs fp32
     _publish_chosen(report, out_dir)
     if not the_plan.measure_locally:  # the artifact + the exact build/run command for the device
         from edgeopt.report.bundle import write_bundle
@@ -130,8 +135,11 @@ def _search(prep: Prepared, out_dir: Path, threads: int, resume: bool, progress:
     _, world_size = ddp.world()
     leader = distributed.Leader() if world_size > 1 else None
     try:
-        eval_b = splits.eval if splits.eval is not None else fidelity_inputs(ex, 256, context.seed)
-        eval_b.metric = metric_for(metric, eval_b, net, ex)  # how every candidate is scored
+        full = splits.eval if splits.eval is not None else fidelity_inputs(ex, 256, context.seed)
+        full.metric = metric_for(metric, full, net, ex)  # how every candidate is scored (both parts alike)
+        # the search sees the selection part only; the test part is touched once, after it (see `run`)
+        held = holdout.split(full, context.seed, ex, random_inputs=splits.eval is None)
+        eval_b = held.selection
         fidelity = eval_b.metric.name == "fidelity"
         batch = ex.batch
         reference = torch_predictions(net, eval_b, batch)
@@ -141,6 +149,8 @@ def _search(prep: Prepared, out_dir: Path, threads: int, resume: bool, progress:
         archs = architecture_table(prep, progress) if context.from_scratch else None
         the_plan = plan_for(prep, sensitivity=sens["layers"] if sens else None, architectures=archs)
         report = _new_report(prep, the_plan, threads, sens, eval_b.metric)
+        report.model.test_split = held.record
+        report.decisions.append(held.decision())
         cache = CandidateCache(out_dir, enabled=resume)
         builder = Builder(net=net, example=prep.example, splits=splits, eval_b=eval_b, batch=batch,
                           reference=reference if fidelity else None, out_dir=out_dir, threads=threads,
@@ -161,7 +171,7 @@ def _search(prep: Prepared, out_dir: Path, threads: int, resume: bool, progress:
     report.model.search = search.summary()
     report.decisions += search.decisions  # taken on measurements (e.g. QAT only where PTQ broke the budget)
     report.decisions += measured_choices(report.candidates)  # made inside the retraining steps
-    return report, search, the_plan
+    return report, search, the_plan, held
 
 
 def _new_report(prep: Prepared, the_plan, threads: int, sens: dict | None, metric) -> Report:

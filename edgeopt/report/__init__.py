@@ -52,6 +52,41 @@ class ReportTarget(_Section):
     detected: bool = False
 
 
+class Headline(_Section):
+    """report.json "model.headline": the chosen model's speedup over the best plain conversion of the original
+    (the fastest runtime/precision of the unmodified model within the accuracy budget: what converting alone
+    gives) and over the original at fp32 (the baseline), both measured on the same target."""
+
+    chosen: str
+    best_plain: str | None = None  # None: no plain conversion of the original was measured within budget
+    speedup_vs_best_plain: float | None = None
+    fp32: str | None = None  # the baseline: the unmodified model at fp32 on the first runtime
+    speedup_vs_fp32: float | None = None
+    chosen_is_best_plain: bool = False
+    latency_source: str | None = None
+
+
+class TestSplit(_Section):
+    """report.json "model.test_split": what the test figures rest on. The search decided on the selection part
+    only; the test part was touched once, at the end. `split` "none": the data was too small to split, and
+    every accuracy in the report is the one the search optimized on."""
+
+    model_config = ConfigDict(extra="allow")
+    __test__ = False  # a report section, not a pytest class
+
+    split: Literal["stratified", "random", "fresh", "none"]
+    images: int = 0  # test images
+    selection_images: int = 0
+    fraction: float | None = None
+    seed: int | None = None
+    note: str = ""
+    chosen: str | None = None
+    accuracy_test: float | None = None
+    accuracy_drop_test: float | None = None
+    ci95: list[float] | None = None  # Wilson 95 % interval of the chosen candidate's test figure, in %
+    interval: str = ""  # how the interval was computed, or why there is none
+
+
 class ReportModel(_Section):
     """report.json "model": the model's summary (analyze's fields, `info_*` from the loader) and what the run
     learnt about it. Unset fields are left out of the JSON, as before."""
@@ -70,6 +105,8 @@ class ReportModel(_Section):
     chosen_artifact: str | None = None
     plot: str | None = None
     bundle: str | None = None
+    headline: Headline | None = None
+    test_split: TestSplit | None = None
 
     @model_serializer(mode="wrap")
     def _without_unset(self, handler):
@@ -117,6 +154,10 @@ class Candidate(BaseModel):
     exporter: str | None = None
     verification: dict[str, Any] | None = None
     from_cache: bool = False  # restored from OUT/cache (accuracy/size); latency is always re-measured
+    # accuracy/accuracy_drop above are on the selection part of the held-out data (what the search optimized
+    # on); these on the test part, which the search never saw (set on the candidates judged at the end)
+    accuracy_test: float | None = None
+    accuracy_drop_test: float | None = None
 
     @property
     def shipped_bytes(self) -> int | None:

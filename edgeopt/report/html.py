@@ -1,7 +1,9 @@
 """report.html and the latency-vs-accuracy plot (Pareto front, accuracy-budget line, latency-budget line).
 
-The plot is a PNG written next to the report (report.md links it) and embedded in the HTML as base64, so
-report.html is one self-contained file. matplotlib is imported on use, with the non-interactive backend."""
+The summary lines (speed vs the best plain conversion and vs fp32; selection vs test accuracy) are
+report/headline.py's, as in report.md and the CLI. The plot is a PNG written next to the report (report.md
+links it) and embedded in the HTML as base64, so report.html is one self-contained file. matplotlib is
+imported on use, with the non-interactive backend."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import io
 from pathlib import Path
 
 from edgeopt.report import Candidate, Report, write_atomic
+from edgeopt.report.headline import accuracy_line, speed_line
 from edgeopt.report.markdown import TABLE_HEADER, candidate_row, to_markdown
 
 
@@ -87,6 +90,12 @@ def to_html(report: Report, png: bytes | None) -> str:
                         for d in report.decisions)
     notes = "".join(f"<li>{e(n)}</li>" for n in report.model.get("plan_notes", []))
     trace = "".join(f"<li>{e(t)}</li>" for t in (report.model.get("search") or {}).get("trace", []))
+    summary = "".join(f"<p>{e(line)}</p>" for line in (speed_line(report), accuracy_line(report)) if line)
+    ts = report.model.test_split
+    if ts is not None and ts.split == "none":
+        summary += f"<p><b>no test split</b> ({e(str(ts.get('why')))}): {e(ts.note)}</p>"
+    elif ts is not None and ts.interval:
+        summary += f"<p>test split: {e(ts.note)}; {e(ts.interval)}</p>"
     img = (f'<img alt="latency vs accuracy" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
            if png else "<p>no measured candidate to plot</p>")
     return f"""<!doctype html>
@@ -99,6 +108,7 @@ td,th{{border:1px solid #ccc;padding:3px 6px}}tr.chosen{{background:#dfd;font-we
 <b>{e(str(ctx.get('goal')))}</b>, max accuracy drop <b>{e(str(ctx.get('max_accuracy_drop')))} pp</b>, retrain
 <b>{e(str(ctx.get('retrain')))}</b>; chosen: <b>{e(report.chosen or 'none: no candidate met the constraints')}</b>;
 wall time {e(str(report.wall_time_s))} s</p>
+{summary}
 {img}
 <h2>Candidates</h2>
 <table><tr>{''.join(f'<th>{e(h)}</th>' for h in TABLE_HEADER)}</tr>{''.join(rows)}</table>

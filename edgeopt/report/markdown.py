@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from edgeopt.report import Candidate, Report
+from edgeopt.report.headline import accuracy_line, speed_line
 
 
 def _fmt(v: float | None, spec: str = ".3f") -> str:
@@ -16,16 +17,19 @@ def candidate_row(c: Candidate, baseline: Candidate | None) -> list[str]:
     est = " (est.)" if c.latency_source == "estimated" else ""
     acc = "—" if c.accuracy is None else f"{c.accuracy:.2f}% {c.metric or ''}".strip()
     drop = "—" if c.accuracy_drop is None else f"{c.accuracy_drop:+.2f}"
+    drop_test = "—" if c.accuracy_drop_test is None else f"{c.accuracy_drop_test:+.2f}"
     size = "—" if c.size_bytes is None else f"{c.size_bytes / 1e6:.2f}"
     if c.size_compressed_bytes is not None:
         size += f" ({c.size_compressed_bytes / 1e6:.2f} zip)"
     macs = "—" if c.macs is None else f"{c.macs / 1e6:.1f}M"
     return [c.id, c.status, f"{c.runtime or '—'}/{c.precision_executed or c.precision or '—'}",
-            _fmt(lat) + est, speed, acc, drop, size, macs, c.reason]
+            _fmt(lat) + est, speed, acc, drop, drop_test, size, macs, c.reason]
 
 
-TABLE_HEADER = ["candidate", "status", "runtime/precision", "p50 ms", "speedup", "accuracy",
-                "drop pp", "size MB", "MACs", "reason"]
+# accuracy and "drop pp" are on the selection part of the held-out data (what the search optimized on);
+# "test drop pp" on the test part, for the candidates judged there at the end
+TABLE_HEADER = ["candidate", "status", "runtime/precision", "p50 ms", "speedup vs fp32", "accuracy",
+                "drop pp", "test drop pp", "size MB", "MACs", "reason"]
 
 
 FIDELITY_NOTE = ": top-1 agreement with the original model, no labels given"
@@ -35,7 +39,7 @@ def to_markdown(report: Report) -> str:
     ctx = report.context
     budgets = ", ".join(f"{k} {getattr(ctx, k)}" for k in ("latency_budget_ms", "size_budget_mb", "time_budget_s")
                         if getattr(ctx, k))
-    chosen, base = report.chosen_candidate, report.baseline
+    chosen = report.chosen_candidate
     lines = [
         "# edgeopt report",
         "",
@@ -44,11 +48,17 @@ def to_markdown(report: Report) -> str:
         + (f", budgets: {budgets}" if budgets else ""),
         f"- chosen: **{report.chosen or 'none — no candidate met the constraints'}**",
     ]
-    if chosen is not None and base is not None and chosen.latency_ms and base.latency_ms:
-        lines.append(f"- p50 {chosen.latency_ms.p50:.3f} ms vs baseline {base.latency_ms.p50:.3f} ms "
-                     f"({base.latency_ms.p50 / chosen.latency_ms.p50:.2f}× faster, {chosen.latency_source}); "
-                     f"accuracy {_fmt(chosen.accuracy, '.2f')}% vs {_fmt(base.accuracy, '.2f')}% "
-                     f"({chosen.metric}{FIDELITY_NOTE if chosen.metric == 'fidelity' else ''})")
+    speed, accuracy = speed_line(report), accuracy_line(report)
+    if speed:
+        lines.append(f"- speed: {speed}")
+    if accuracy:
+        lines.append(f"- {accuracy}" + (f" ({chosen.metric}{FIDELITY_NOTE})" if chosen.metric == "fidelity" else ""))
+    ts = report.model.test_split
+    if ts is not None:
+        lines.append(f"- test split: {ts.note}" if ts.split != "none" else
+                     f"- **no test split** ({ts.get('why')}): every accuracy here is the one the search optimized on")
+        if ts.interval:
+            lines.append(f"- test figure: {ts.interval}")
     lines += [
         f"- edgeopt {report.edgeopt_version}, schema {report.schema_version}, "
         f"wall time {_fmt(report.wall_time_s, '.1f')} s" + (

@@ -1,0 +1,110 @@
+"""The headline of a report: what the chosen model gains over the best plain conversion of the original (the
+unmodified model at the fastest runtime/precision within the accuracy budget: what exporting alone gives),
+with the gain over the original at fp32 beside it. INT8 of the unmodified model often gives most of an
+fp32-relative speedup; only the first figure says what compression added. And the accuracy lines: the
+selection figure the search optimized on, and the test figure it never saw."""
+
+from __future__ import annotations
+
+from edgeopt.decide.policy import EPS_PP
+from edgeopt.report import Candidate, Headline, Report
+
+
+def _within(c: Candidate, base: Candidate | None, limit: float) -> bool:
+    """Within the accuracy budget on every split it was judged on (the baseline always is)."""
+    if c is base:
+        return True
+    drop = c.accuracy_drop
+    if drop is None and base is not None and base.accuracy is not None and c.accuracy is not None:
+        drop = base.accuracy - c.accuracy  # a report not (yet) through selection
+    if drop is None or drop > limit:
+        return False
+    return c.accuracy_drop_test is None or c.accuracy_drop_test <= limit
+
+
+def plain_conversions(report: Report) -> list[Candidate]:
+    """Measured conversions of the unmodified model (no model-stage step: the plan's `original@...`) within
+    the accuracy budget, fastest first. A plain conversion rejected for another reason (a latency or size
+    budget, slower than its fp32 twin) still shows what converting alone gives, so it stays a comparison."""
+    base = report.baseline
+    limit = report.context.max_accuracy_drop + EPS_PP
+    pool = [c for c in [base, *report.candidates] if c is not None and not c.steps and c.latency_ms is not None
+            and c.status in ("ok", "rejected") and c.accuracy is not None]
+    return sorted((c for c in pool if _within(c, base, limit)), key=lambda c: c.latency_ms.p50)
+
+
+def best_plain(report: Report) -> Candidate | None:
+    found = plain_conversions(report)
+    return found[0] if found else None
+
+
+def headline(report: Report) -> Headline | None:
+    """The chosen model against the best plain conversion and against the baseline (fp32); None when nothing
+    was chosen or measured."""
+    chosen, base = report.chosen_candidate, report.baseline
+    if chosen is None or chosen.latency_ms is None or not chosen.latency_ms.p50:
+        return None
+    plain = best_plain(report)
+    ms = chosen.latency_ms.p50
+    return Headline(
+        chosen=chosen.id, best_plain=plain.id if plain is not None else None,
+        speedup_vs_best_plain=round(plain.latency_ms.p50 / ms, 4) if plain is not None else None,
+        fp32=base.id if base is not None and base.latency_ms else None,
+        speedup_vs_fp32=round(base.latency_ms.p50 / ms, 4) if base is not None and base.latency_ms else None,
+        chosen_is_best_plain=plain is not None and plain.id == chosen.id, latency_source=chosen.latency_source)
+
+
+def speed_line(report: Report) -> str | None:
+    """One line (plain text), shared by the CLI summary, report.md and report.html."""
+    h = report.model.headline or headline(report)
+    if h is None:
+        return None
+    chosen = report.chosen_candidate
+    ms = chosen.latency_ms.p50 if chosen is not None and chosen.latency_ms else None
+    parts = [f"p50 {ms:.3f} ms ({h.latency_source or 'measured'})" if ms is not None else "p50 —"]
+    plain = report.candidate(h.best_plain)
+    if h.chosen_is_best_plain and h.chosen == h.fp32:
+        return "; ".join([*parts, "1.00×: the chosen model is the original at fp32 (the baseline); no conversion "
+                                  "or compression measured faster within the budget"])
+    if h.chosen_is_best_plain:
+        parts.append("1.00× vs the best plain conversion of the original: the chosen model IS that conversion "
+                     "(no compression beyond the runtime's own paid off)")
+    elif plain is not None and h.speedup_vs_best_plain is not None:
+        parts.append(f"{h.speedup_vs_best_plain:.2f}× faster than the best plain conversion of the original "
+                     f"({plain.id}, {plain.latency_ms.p50:.3f} ms)")
+    else:
+        parts.append("no plain conversion of the original was measured within the budget")
+    base = report.candidate(h.fp32)
+    if base is not None and h.speedup_vs_fp32 is not None:
+        parts.append(f"{h.speedup_vs_fp32:.2f}× faster than the original at fp32 ({base.id}, "
+                     f"{base.latency_ms.p50:.3f} ms)")
+    return "; ".join(parts)
+
+
+def accuracy_line(report: Report) -> str | None:
+    """Selection vs test figure of the chosen candidate, or the loud note that there is no test split."""
+    chosen, base = report.chosen_candidate, report.baseline
+    if chosen is None:
+        return None
+
+    def pct(v: float | None) -> str:
+        return "—" if v is None else f"{v:.2f}%"
+
+    def pp(v: float | None) -> str:
+        return "—" if v is None else f"{v:+.2f} pp"
+
+    metric = chosen.metric or (base.metric if base is not None else None) or "accuracy"
+    sel = (f"accuracy ({metric}): selection {pct(chosen.accuracy)} vs baseline "
+           f"{pct(base.accuracy if base is not None else None)} (drop {pp(chosen.accuracy_drop or 0.0)}; the "
+           "figure the search optimized on)")
+    ts = report.model.test_split
+    if ts is None:
+        return sel
+    if ts.split == "none":
+        return f"{sel}; {ts.note}"
+    if chosen.accuracy_test is None:
+        return f"{sel}; test split ({ts.images} images): not evaluated"
+    ci = f", 95 % CI {ts.ci95[0]:.1f}–{ts.ci95[1]:.1f}%" if ts.chosen == chosen.id and ts.ci95 else ""
+    return (f"{sel}; test {pct(chosen.accuracy_test)} vs baseline "
+            f"{pct(base.accuracy_test if base is not None else None)} (drop {pp(chosen.accuracy_drop_test)}) "
+            f"on {ts.images} test images the search never saw{ci}")

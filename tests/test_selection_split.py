@@ -1,0 +1,304 @@
+"""The accuracy that is reported is not only the accuracy that was optimized: the held-out data is split into a
+selection part (the search) and a test part (touched once, after the search; the budget of the final choice is
+judged there), and the headline speedup compares with the best plain conversion of the original, not only fp32."""
+
+import hashlib
+import json
+
+import torch
+
+import edgeopt
+from edgeopt.report import Candidate, LatencyStats, Report, Step
+
+
+def _lat(ms):
+    return LatencyStats(p50=ms, p90=ms, p99=ms, mean=ms, std=0.0, n=10)
+
+
+def _labelled(n=80, classes=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 16, 16, generator=g)
+    y = torch.arange(n) % classes
+    return [(x[i:i + 16], y[i:i + 16]) for i in range(0, n, 16)]
+
+
+def _sample_ids(x) -> list[str]:
+    t = x.first if hasattr(x, "first") else x
+    return [hashlib.sha1(s.contiguous().numpy().tobytes()).hexdigest() for s in t]
+
+
+# ---- the split itself ------------------------------------------------------------------------------------------
+
+def test_split_is_stratified_disjoint_and_seeded():
+    from edgeopt.engine import holdout
+    from edgeopt.inputs.data import Batches
+
+    data = Batches(_labelled())
+    a = holdout.split(data, seed=0)
+    assert a.record.split == "stratified" and a.record.images == len(a.test) and len(a.test) + len(a.selection) == 80
+    sel, test = set(), set()
+    for x, _ in a.selection.items:
+        sel |= set(_sample_ids(x))
+    for x, _ in a.test.items:
+        test |= set(_sample_ids(x))
+    assert not sel & test and len(sel | test) == 80
+    # every class on both sides, in proportion
+    assert set(a.test.labels().tolist()) == set(range(10)) == set(a.selection.labels().tolist())
+    assert 20 <= len(a.test) <= 30
+    b, c = holdout.split(data, seed=0), holdout.split(data, seed=1)
+    assert torch.equal(b.test.items[0][0], a.test.items[0][0])  # the same images on every rerun
+    assert not torch.equal(c.test.items[0][0], a.test.items[0][0])
+
+
+def test_split_keeps_named_inputs_with_their_targets():
+    from edgeopt.engine import holdout
+    from edgeopt.inputs.data import Batches
+    from edgeopt.inputs.structure import Inputs
+
+    a, b = torch.arange(24.0).reshape(24, 1, 1, 1), -torch.arange(24.0).reshape(24, 1)
+    boxes = [{"id": i} for i in range(24)]  # a detector's targets: kept as they are, read by the user's metric
+    data = Batches([(Inputs(["image", "aux"], [a[i:i + 8], b[i:i + 8]], keyword=True), boxes[i:i + 8])
+                    for i in range(0, 24, 8)])
+    held = holdout.split(data, seed=0)
+    assert held.record.split == "random" and len(held.test) + len(held.selection) == 24
+    for part in (held.selection, held.test):
+        for x, y in part.items:
+            ids = x.tensors[0].reshape(-1).long().tolist()
+            assert x.names == ["image", "aux"] and x.keyword
+            assert (-x.tensors[1].reshape(-1)).long().tolist() == ids and [t["id"] for t in y] == ids
+    masks = Batches([(torch.randn(10, 1, 4, 4), torch.randint(0, 3, (10, 4, 4))) for _ in range(3)])
+    m = holdout.split(masks, seed=0)
+    assert m.record.split == "random" and m.test.items[0][1].shape[1:] == (4, 4)
+
+
+def test_streamed_heldout_is_split_without_decoding():
+    from torch.utils.data import Dataset
+
+    from edgeopt.engine import holdout
+    from edgeopt.inputs.data import StreamBatches
+
+    class Counting(Dataset):
+        def __init__(self):
+            self.targets = [i % 4 for i in range(40)]
+            self.reads = 0
+
+        def __len__(self):
+            return 40
+
+        def __getitem__(self, i):
+            self.reads += 1
+            return torch.full((1, 4, 4), float(i)), self.targets[i]
+
+    ds = Counting()
+    held = holdout.split(StreamBatches(ds, batch_size=8, targets=ds.targets), seed=0)
+    assert ds.reads == 0 and isinstance(held.test, StreamBatches) and held.record.split == "stratified"
+    values = {int(x[k, 0, 0, 0]) for x, _ in held.test for k in range(len(x))}
+    assert ds.reads == len(held.test) and sorted(held.test.labels().tolist()).count(0) >= 1
+    assert values.isdisjoint({int(x[k, 0, 0, 0]) for x, _ in held.selection for k in range(len(x))})
+
+
+def test_small_heldout_stays_whole_and_the_report_says_so(tmp_path):
+    from edgeopt.engine import holdout
+    from edgeopt.inputs.data import Batches
+    from edgeopt.report.markdown import to_markdown
+
+    held = holdout.split(Batches(_labelled(n=12, classes=3)), seed=0)
+    assert held.test is None and held.record.split == "none" and len(held.selection) == 12
+    assert "test split: none — the reported accuracy is the one the search optimized on" == held.record.note
+    d = held.decision()
+    assert d.technique == "test_split" and d.decision == "skipped" and "12 held-out images" in d.reason
+    # one class with a single image: no split by class
+    one = [(torch.randn(30, 1, 4, 4), torch.cat([torch.zeros(29, dtype=torch.long), torch.ones(1, dtype=torch.long)]))]
+    assert holdout.split(Batches(one), seed=0).record.split == "none"
+    r = _report([_cand("a@ort-fp32", 5.0, 0.2)], chosen="a@ort-fp32")
+    r.model.test_split = held.record
+    md = to_markdown(r)
+    assert "no test split" in md and "the one the search optimized on" in md
+
+
+def test_wilson_interval():
+    from edgeopt.engine.holdout import wilson
+
+    lo, hi = wilson(0.5, 100)
+    assert abs(lo - 0.4038) < 1e-3 and abs(hi - 0.5962) < 1e-3
+    lo, hi = wilson(1.0, 108)
+    assert hi == 1.0 and 0.96 < lo < 0.97
+
+
+# ---- the final choice judged on the test split ---------------------------------------------------------------
+
+def _cand(cid, ms, drop, steps=("prune",), acc_base=90.0, status="ok", precision="fp32"):
+    return Candidate(id=cid, status=status, latency_ms=_lat(ms), accuracy=acc_base - drop, metric="top1",
+                     steps=[Step(technique=s) for s in steps], runtime="onnxruntime", precision=precision,
+                     latency_source="measured")
+
+
+def _report(cands, chosen=None, budget=1.0):
+    base = _cand("original@onnxruntime-fp32", 10.0, 0.0, steps=())
+    return Report(edgeopt_version="0", context={"goal": "latency", "max_accuracy_drop": budget, "retrain": False},
+                  target={"name": "local", "kind": "cpu"}, environment={}, baseline=base, candidates=cands,
+                  chosen=chosen)
+
+
+def test_chosen_breaking_the_budget_on_test_is_rejected_and_the_next_is_chosen():
+    from edgeopt.decide.select import judge_on_test, select
+
+    r = _report([_cand("prune40@onnxruntime-fp32", 2.0, 0.5), _cand("prune30@onnxruntime-fp32", 3.0, 0.8),
+                 _cand("original@onnxruntime-int8", 4.0, 0.1, steps=(), precision="int8")])
+    select(r, r.context)
+    assert r.chosen == "prune40@onnxruntime-fp32"  # on the selection figures, as before
+    test_acc = {"original@onnxruntime-fp32": 91.0, "prune40@onnxruntime-fp32": 87.0,
+                "prune30@onnxruntime-fp32": 90.5, "original@onnxruntime-int8": 90.8}
+    seen = []
+
+    def evaluate(c):
+        seen.append(c.id)
+        return test_acc[c.id]
+
+    decisions = judge_on_test(r, r.context, evaluate)
+    first = r.candidate("prune40@onnxruntime-fp32")
+    assert first.status == "rejected" and "accuracy drop on the test split 4.00 pp > budget 1.0 pp" in first.reason
+    assert r.chosen == "prune30@onnxruntime-fp32" and r.chosen_candidate.accuracy_drop_test == 0.5
+    assert any(d.technique == "test_split" and d.decision == "rejected" and "prune40" in d.reason
+               and "next best" in d.reason for d in decisions)
+    assert r.baseline.accuracy_test == 91.0 and r.baseline.accuracy_drop_test == 0.0
+    # the baseline, the two chosen in turn, and the best plain conversion: each evaluated once
+    assert sorted(seen) == sorted(test_acc) and len(seen) == len(set(seen))
+    assert r.candidate("original@onnxruntime-int8").accuracy_drop_test == 0.2
+
+
+def test_when_every_candidate_breaks_on_test_the_baseline_is_chosen():
+    from edgeopt.decide.select import judge_on_test, select
+
+    r = _report([_cand(f"p{i}@onnxruntime-fp32", 2.0 + i, 0.1) for i in range(4)])
+    select(r, r.context)
+    judge_on_test(r, r.context, lambda c: 90.0 if c.id == r.baseline.id else 50.0)
+    assert r.chosen == r.baseline.id
+    assert all(c.status == "rejected" and "test split" in c.reason for c in r.candidates)
+
+
+def test_a_choice_that_cannot_be_evaluated_on_test_is_not_shipped():
+    from edgeopt.decide.select import judge_on_test, select
+
+    r = _report([_cand("p1@onnxruntime-fp32", 2.0, 0.1), _cand("p2@onnxruntime-fp32", 3.0, 0.1)])
+    select(r, r.context)
+
+    def evaluate(c):
+        if c.id == "p1@onnxruntime-fp32":
+            raise RuntimeError("session died")
+        return 90.0
+
+    judge_on_test(r, r.context, evaluate)
+    assert r.chosen == "p2@onnxruntime-fp32" and "evaluation on the test split failed" in r.candidates[0].reason
+
+
+# ---- the headline ---------------------------------------------------------------------------------------------
+
+def test_headline_compares_with_the_best_plain_conversion():
+    from edgeopt.report.headline import headline
+    from edgeopt.report.markdown import to_markdown
+
+    cands = [_cand("prune30@onnxruntime-int8", 2.0, 0.4, precision="int8"),
+             _cand("original@onnxruntime-int8", 4.0, 0.2, steps=(), precision="int8"),
+             _cand("original@openvino-int8", 3.0, 2.5, steps=(), precision="int8", status="rejected")]
+    r = _report(cands, chosen="prune30@onnxruntime-int8")
+    h = headline(r)
+    # the openvino int8 conversion is faster but over the accuracy budget: not a comparison the user could ship
+    assert h.best_plain == "original@onnxruntime-int8" and h.speedup_vs_best_plain == 2.0
+    assert h.fp32 == "original@onnxruntime-fp32" and h.speedup_vs_fp32 == 5.0 and not h.chosen_is_best_plain
+    md = to_markdown(r)
+    assert "2.00× faster than the best plain conversion of the original (original@onnxruntime-int8" in md
+    assert "5.00× faster than the original at fp32" in md
+    # the chosen model IS the best plain conversion: it says so
+    r2 = _report(cands[1:], chosen="original@onnxruntime-int8")
+    h2 = headline(r2)
+    assert h2.chosen_is_best_plain and h2.speedup_vs_best_plain == 1.0 and h2.speedup_vs_fp32 == 2.5
+    assert "1.00× vs the best plain conversion" in to_markdown(r2)
+    # a plain conversion that broke the budget on the test split is no comparison either
+    cands[1].accuracy_drop_test = 3.0
+    assert headline(_report(cands, chosen="prune30@onnxruntime-int8")).best_plain == "original@onnxruntime-fp32"
+
+
+# ---- end to end ------------------------------------------------------------------------------------------------
+
+def _track(monkeypatch):
+    """Record every held-out sample the evaluation reads, by phase: during the search or after it."""
+    from edgeopt.engine.search import Search
+    from edgeopt.measure import accuracy
+
+    phase = {"now": "search"}
+    seen = {"search": set(), "after": set()}
+    chunks, run = accuracy._chunks, Search.run
+
+    def tracked_chunks(batches, batch_size):
+        for x, n in chunks(batches, batch_size):
+            seen[phase["now"]].update(_sample_ids(x[:n]))
+            yield x, n
+
+    def tracked_run(self):
+        try:
+            return run(self)
+        finally:
+            phase["now"] = "after"
+
+    monkeypatch.setattr(accuracy, "_chunks", tracked_chunks)
+    monkeypatch.setattr(Search, "run", tracked_run)
+    return seen
+
+
+def _quick(tmp_path, fast_bench, **kw):
+    return dict(target="local", eval_data=_labelled(), calib_data=_labelled(n=32, seed=1), out_dir=tmp_path,
+                runtimes=["onnxruntime"], techniques=["prune"], bench_config=fast_bench, **kw)
+
+
+def test_search_never_sees_the_test_images_and_the_report_shows_both(tmp_path, tiny_plain, example, fast_bench,
+                                                                     monkeypatch):
+    seen = _track(monkeypatch)
+    report = edgeopt.optimize(tiny_plain, example, max_accuracy_drop=100.0, **_quick(tmp_path, fast_bench))
+    all_ids = {i for x, _ in _labelled() for i in _sample_ids(x)}
+    ts = report.model.test_split
+    assert ts is not None and ts.split == "stratified" and ts.images == len(seen["after"]) > 0
+    assert seen["search"].isdisjoint(seen["after"]), "the search read test images"
+    assert seen["search"] | seen["after"] == all_ids and len(seen["search"]) == ts.selection_images
+    chosen = report.chosen_candidate
+    assert chosen.accuracy is not None and chosen.accuracy_test is not None
+    assert report.baseline.accuracy_test is not None and chosen.accuracy_drop_test is not None
+    assert ts.chosen == chosen.id and ts.accuracy_test == chosen.accuracy_test
+    assert ts.ci95[0] <= chosen.accuracy_test <= ts.ci95[1] and "Wilson" in ts.interval
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["model"]["test_split"]["images"] == ts.images and data["model"]["headline"]["chosen"] == chosen.id
+    h = data["model"]["headline"]
+    assert h["best_plain"].startswith("original@") and h["speedup_vs_fp32"] > 0 and h["speedup_vs_best_plain"] > 0
+    md = (tmp_path / "report.md").read_text()
+    assert "selection" in md and f"on {ts.images} test images" in md and "95 % CI" in md
+    assert "best plain conversion" in md and "at fp32" in md and "| test drop pp |" in md
+    assert any(d.technique == "test_split" and d.decision == "applied" for d in report.decisions)
+
+
+def test_a_choice_that_breaks_the_budget_on_test_is_replaced_end_to_end(tmp_path, tiny_plain, example, fast_bench,
+                                                                        monkeypatch):
+    from edgeopt.engine import holdout
+
+    real = holdout.TestEvaluator.__call__
+
+    def pessimistic(self, c):  # every compressed candidate loses 50 pp on the test split
+        got = real(self, c)
+        return got if got is None or not c.steps else got - 50.0
+
+    monkeypatch.setattr(holdout.TestEvaluator, "__call__", pessimistic)
+    report = edgeopt.optimize(tiny_plain, example, max_accuracy_drop=10.0, **_quick(tmp_path, fast_bench))
+    rejected = [c for c in report.candidates if "accuracy drop on the test split" in c.reason]
+    assert rejected and all(c.steps and c.status == "rejected" for c in rejected)
+    chosen = report.chosen_candidate
+    assert chosen is not None and not chosen.steps  # a plain conversion of the original held the budget
+    assert [d for d in report.decisions if d.technique == "test_split" and d.decision == "rejected"]
+    assert "accuracy drop on the test split" in (tmp_path / "report.md").read_text()
+
+
+def test_fidelity_without_data_gets_fresh_test_inputs(tmp_path, tiny_plain, example, fast_bench):
+    report = edgeopt.optimize(tiny_plain, example, max_accuracy_drop=100.0, target="local",
+                              calib_data=_labelled(n=32, seed=1), out_dir=tmp_path, runtimes=["onnxruntime"],
+                              techniques=["quantize"], bench_config=fast_bench)
+    ts = report.model.test_split
+    assert report.baseline.metric == "fidelity" and ts.split == "fresh" and ts.images == 256
+    assert report.baseline.accuracy_test is not None and report.chosen_candidate.accuracy_test is not None
