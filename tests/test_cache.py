@@ -1,5 +1,7 @@
 """Resume: a run interrupted midway, then rerun, takes the finished candidates from OUT/cache."""
 
+import hashlib
+
 import pytest
 import torch
 
@@ -65,3 +67,74 @@ def test_interrupted_run_resumes_from_cache(tmp_path, tiny_plain, example, fast_
     # the cache never changes results: same accuracies as the first complete run
     assert {c.id: c.accuracy for c in tried} == {c.id: c.accuracy for c in [report.baseline, *report.candidates]
                                                  if c.status in ("ok", "failed")}
+
+
+def _ids_params(report):
+    return {c.id: (c.status, c.params) for c in [report.baseline, *report.candidates]}
+
+
+def test_models_sharing_an_out_dir_never_restore_each_others_artifacts(tmp_path, example, fast_bench):
+    """A, then B (another output shape), then A again into one folder: the third run is A's, end to end."""
+    import onnxruntime as ort
+    import tinynet
+
+    # goal size: the choice rests on file sizes, not on latencies that differ from run to run
+    kw = dict(max_accuracy_drop=100.0, out_dir=tmp_path, runtimes=["onnxruntime"], techniques=["prune"],
+              goal="size", bench_config=fast_bench)
+    a = edgeopt.optimize(tinynet.make_plain(num_classes=10), example, **kw)
+    b = edgeopt.optimize(tinynet.make_plain(num_classes=3), example, **kw)
+    assert b.chosen is not None and b.model.cache_hits == 0
+    again = edgeopt.optimize(tinynet.make_plain(num_classes=10), example, **kw)
+    assert again.model.cache_hits >= 1  # A's own entries are still good
+    assert _ids_params(again) == _ids_params(a) and again.chosen == a.chosen
+    for c in [again.baseline, *again.candidates]:
+        if c.status == "ok":  # the artifact measured is A's: A's output shape
+            sess = ort.InferenceSession(str(tmp_path / c.artifact))
+            assert sess.get_outputs()[0].shape[-1] == 10, c.id
+    published = ort.InferenceSession(str(tmp_path / "model.onnx"))
+    out = published.run(None, {published.get_inputs()[0].name: example.numpy()})[0]
+    assert out.shape == (1, 10)
+    # B's network copied over A's baseline artifact: A's next run rebuilds it instead of measuring B's
+    (tmp_path / a.baseline.artifact).write_bytes((tmp_path / b.baseline.artifact).read_bytes())
+    last = edgeopt.optimize(tinynet.make_plain(num_classes=10), example, **kw)
+    assert not last.baseline.from_cache and last.baseline.status == "ok"
+    assert ort.InferenceSession(str(tmp_path / last.baseline.artifact)).get_outputs()[0].shape[-1] == 10
+
+
+def _onnx(path, out_features):
+    from torch import nn
+
+    from edgeopt.formats import export_verified
+
+    torch.manual_seed(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    export_verified(nn.Linear(4, out_features), torch.randn(1, 4), "onnx", path.with_suffix(""), verify=False)
+
+
+def test_a_cached_artifact_changed_since_is_rebuilt_not_restored(tmp_path):
+    from edgeopt.engine.build import from_cache, to_cache
+    from edgeopt.report import Candidate
+
+    art = tmp_path / "artifacts" / "m.onnx"
+    _onnx(art, 2)
+    done = Candidate(id="m", runtime="onnxruntime", precision="fp32", status="ok", artifact="artifacts/m.onnx",
+                     params=10, accuracy=90.0, metric="top1")
+    entry = to_cache(done, tmp_path)
+    assert entry["artifact_sha256"] == {"artifacts/m.onnx": hashlib.sha256(art.read_bytes()).hexdigest()}
+
+    def restore(e):
+        cand = Candidate(id="m", runtime="onnxruntime", precision="fp32")
+        ok, session = from_cache(cand, e, tmp_path, 1)
+        assert ok == cand.from_cache and (session is not None) == ok
+        return ok, cand
+
+    ok, cand = restore(entry)
+    assert ok and cand.params == 10 and cand.accuracy == 90.0
+    _onnx(art, 3)  # another network under the same name
+    assert restore(entry) == (False, Candidate(id="m", runtime="onnxruntime", precision="fp32"))
+    _onnx(art, 2)
+    assert restore(entry)[0]  # the same bytes again: restored
+    assert not restore({k: v for k, v in entry.items() if k != "artifact_sha256"})[0]  # nothing to check against
+    assert not restore({**entry, "artifact": "../elsewhere/m.onnx"})[0]
+    art.unlink()
+    assert not restore(entry)[0]
