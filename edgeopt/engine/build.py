@@ -56,8 +56,8 @@ def artifact_stem(cid: str) -> str:
 
 def export_candidate(built: Built, example: torch.Tensor, spec: CandidateSpec, artifacts_dir: Path,
                      threads: int | None, calib: Batches | None, verify_inputs: list[torch.Tensor] | None,
-                     options: dict | None = None) -> tuple[ExportResult, Session]:
-    out = artifacts_dir / artifact_stem(spec.id)
+                     options: dict | None = None, name: str | None = None) -> tuple[ExportResult, Session]:
+    out = artifacts_dir / artifact_stem(name or spec.id)
     result, session = export_verified(built.model, example, spec.format, out, precision=spec.precision,
                                       calib=calib, threads=threads, verify=False, options=options)
     from edgeopt.formats.verify import verify_session
@@ -162,10 +162,11 @@ class Builder:
     def labelled(self) -> bool:
         return self.eval_b.labelled
 
-    def export(self, built: Built, spec: CandidateSpec, max_drop_pp: float | None = None
+    def export(self, built: Built, spec: CandidateSpec, max_drop_pp: float | None = None, name: str | None = None
                ) -> tuple[ExportResult, Session]:
         """`max_drop_pp`: INT8 with accuracy control (NNCF, OpenVINO), layers kept in float until the drop
-        measured on the labelled evaluation data (at most policy.ACCURACY_CONTROL_MAX_SAMPLES) fits it."""
+        measured on the labelled evaluation data (at most policy.ACCURACY_CONTROL_MAX_SAMPLES) fits it.
+        `name`: the artifact's file stem under OUT/artifacts (default: the spec's id)."""
         options = dict(self.export_options) if self.export_options else None
         if max_drop_pp is not None:
             items, n = [], 0
@@ -182,7 +183,7 @@ class Builder:
         if calib is None and self.calib_random:
             calib = "random"  # asked for explicitly; the report says so (see pipeline)
         return export_candidate(built, self.example, spec, self.out_dir / "artifacts", self.threads, calib,
-                                verify_inputs, options)
+                                verify_inputs, options, name)
 
     def evaluate(self, session: Session) -> tuple[float, str]:
         return evaluate_candidate(session, self.eval_b, self.batch, self.reference)

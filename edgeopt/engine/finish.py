@@ -131,8 +131,8 @@ class Finishing:
     def _export_and_evaluate(self, cand: Candidate, spec: CandidateSpec, b: Built,
                              max_drop_pp: float | None = None, tag: str = "") -> dict | None:
         """Export, verify and evaluate; returns the accuracy-control record when `max_drop_pp` asked for it.
-        `tag` (the cache key) goes into the artifact's file name: the export names its file after the spec's id,
-        which alone would be the same for every model and data written into one out dir."""
+        `tag` (the cache key) goes into the artifact's file name: the candidate's id alone would be the same for
+        every model and data written into one out dir."""
         cand.params, cand.macs = b.params, b.macs
         for rec in b.records:
             for step in cand.steps:
@@ -140,8 +140,7 @@ class Finishing:
                     step.params["record"] = {k: v for k, v in rec.items() if k != "technique"}
         try:
             ac = {} if max_drop_pp is None else {"max_drop_pp": max_drop_pp}
-            named = spec.model_copy(update={"id": f"{spec.id}-{tag[:12]}"}) if tag else spec
-            result, session = self.builder.export(b, named, **ac)
+            result, session = self.builder.export(b, spec, name=f"{spec.id}-{tag[:12]}" if tag else None, **ac)
         except FATAL:
             raise
         except Exception as e:
