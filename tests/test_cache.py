@@ -78,9 +78,10 @@ def test_models_sharing_an_out_dir_never_restore_each_others_artifacts(tmp_path,
     import onnxruntime as ort
     import tinynet
 
-    # goal size: the choice rests on file sizes, not on latencies that differ from run to run
-    kw = dict(max_accuracy_drop=100.0, out_dir=tmp_path, runtimes=["onnxruntime"], techniques=["prune"],
-              goal="size", bench_config=fast_bench)
+    # goal size: the choice (INT8) rests on file sizes, not on latencies that differ from run to run
+    calib = [torch.randn(8, 1, 16, 16, generator=torch.Generator().manual_seed(3))]
+    kw = dict(max_accuracy_drop=100.0, out_dir=tmp_path, runtimes=["onnxruntime"], techniques=["quantize"],
+              calib_data=calib, goal="size", bench_config=fast_bench)
     a = edgeopt.optimize(tinynet.make_plain(num_classes=10), example, **kw)
     b = edgeopt.optimize(tinynet.make_plain(num_classes=3), example, **kw)
     assert b.chosen is not None and b.model.cache_hits == 0
