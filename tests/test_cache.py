@@ -139,3 +139,82 @@ def test_a_cached_artifact_changed_since_is_rebuilt_not_restored(tmp_path):
     assert not restore({**entry, "artifact": "../elsewhere/m.onnx"})[0]
     art.unlink()
     assert not restore(entry)[0]
+
+
+def _image_folder(root, classes=("a", "b", "c"), n=6):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k, cls in enumerate(classes):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            a = (rng.random((16, 16)) * 60 + 90 * k).astype(np.uint8)
+            Image.fromarray(a, mode="L").save(root / cls / f"{i:03d}.png")
+    return root
+
+
+def _held_out(root, seed=0, val_split=0.2):
+    from edgeopt.inputs.data.folder import list_folder, stratified_split
+
+    return [f for f, _ in stratified_split(list_folder(root)[1], val_split, seed)[1]]
+
+
+def _repaint(f):
+    """New pixels under the same file name."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(f) as im:
+        a = 255 - np.asarray(im)
+    Image.fromarray(a, mode="L").save(f)
+
+
+def test_data_hashes_follow_pixels_rewritten_under_the_same_names(tmp_path):
+    from edgeopt.inputs.data import image_folder
+
+    root = _image_folder(tmp_path / "imgs")
+
+    def hashes():
+        s = image_folder(root, 16, 1, augment=False, workers=0)
+        return s.heldout_hash, data_hash(s.eval), data_hash(s.calib)
+
+    before = hashes()
+    assert hashes() == before  # nothing changed: the same hashes (the cache hits)
+    _repaint(_held_out(root)[0])
+    after = hashes()
+    assert after[0] != before[0] and after[1] != before[1]
+    assert after[2] == before[2]  # calibration comes from the training split, which did not change
+
+
+def test_folder_hash_past_its_content_bound_uses_size_and_mtime(tmp_path):
+    import os
+
+    from edgeopt.inputs.data.folder import file_list_hash
+
+    (tmp_path / "a").mkdir()
+    pairs = [(tmp_path / "a" / f"{i}.png", 0) for i in range(2)]
+    for f, _ in pairs:
+        f.write_bytes(b"x" * 100)
+    full, bounded = file_list_hash(pairs, tmp_path), file_list_hash(pairs, tmp_path, content_bytes=100)
+    last = pairs[1][0]
+    st = last.stat()
+    last.write_bytes(b"y" * 100)  # same size, same time: only the bytes tell
+    os.utime(last, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert file_list_hash(pairs, tmp_path) != full  # hashed in full: the change is seen
+    assert file_list_hash(pairs, tmp_path, content_bytes=100) == bounded  # past the bound: size and time only
+    os.utime(last, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert file_list_hash(pairs, tmp_path, content_bytes=100) != bounded
+
+
+def test_a_cached_run_over_repainted_data_measures_again(tmp_path, tiny_plain, example, fast_bench):
+    root = _image_folder(tmp_path / "imgs")
+    kw = dict(data=str(root), max_accuracy_drop=100.0, out_dir=tmp_path / "o", runtimes=["onnxruntime"],
+              techniques=["quantize"], goal="size", bench_config=fast_bench,
+              data_options={"augment": False, "workers": 0})
+    first = edgeopt.optimize(tiny_plain, example, **kw)
+    assert edgeopt.optimize(tiny_plain, example, **kw).model.cache_hits >= 1  # unchanged data: cached
+    _repaint(_held_out(root)[0])
+    again = edgeopt.optimize(tiny_plain, example, **kw)
+    assert again.model.cache_hits == 0 and not again.baseline.from_cache
+    assert again.environment["heldout_sha256"] != first.environment["heldout_sha256"]
