@@ -19,6 +19,12 @@ def test_keys_follow_model_weights_steps_and_data(tiny_plain):
     with torch.no_grad():
         next(tiny_plain.parameters()).add_(1e-3)
     assert model_hash(tiny_plain) != h
+    # the same weights, another stride: another network, which no weight shape shows
+    from torch import nn
+
+    one, two = nn.Sequential(nn.Conv2d(1, 4, 3)), nn.Sequential(nn.Conv2d(1, 4, 3, stride=2))
+    two.load_state_dict(one.state_dict())
+    assert model_hash(one) != model_hash(two)
     x = torch.randn(4, 1, 16, 16)
     assert data_hash(Batches([(x, None)])) != data_hash(Batches([(x + 1, None)]))
     assert key("m", [{"technique": "prune"}], "onnxruntime", "fp32") != key("m", [], "onnxruntime", "fp32")

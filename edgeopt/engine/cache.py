@@ -23,6 +23,16 @@ from edgeopt import __version__
 from edgeopt.report import write_atomic
 
 
+def _source(fn) -> str | None:
+    """A user function's source (its metric edited: another cache key), else its name."""
+    if fn is None:
+        return None
+    try:
+        return inspect.getsource(fn)
+    except (OSError, TypeError):
+        return getattr(fn, "__qualname__", repr(type(fn)))
+
+
 def _code(model) -> str:
     """What a module's weights do not show: the code of its module classes outside torch (a user's forward),
     and the generated code of traced / exported / scripted graphs."""
@@ -78,8 +88,9 @@ def producer_parts(model, ex, eval_b, splits, context, export_options: dict | No
     the candidate's own steps, runtime and precision (added per entry). `ex`: the example Inputs; `target`: the
     TargetProfile (its ISA decides which kernels, hence which executed precision, a runtime picks)."""
     metric = getattr(eval_b, "metric", None)
+    scored = [getattr(metric, "name", None), getattr(metric, "num_classes", None), _source(getattr(metric, "fn", None))]
     inputs = {n: [list(t.shape), str(t.dtype)] for n, t in zip(ex.names, ex.tensors, strict=True)}
-    return (__version__, model_hash(model), inputs, ex.keyword, data_hash(eval_b), getattr(metric, "name", None),
+    return (__version__, model_hash(model), inputs, ex.keyword, data_hash(eval_b), scored,
             data_hash(splits.calib), data_hash(splits.train) if context.retrain else None, context.seed,
             context.calib_random, export_options,
             [target.name, target.arch, sorted(target.isa_features)])
