@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ def model_hash(model) -> str:
     """Hash of the architecture (module tree with each layer's settings, such as a convolution's stride that no
     weight shape shows, and the module code) and the weights."""
     h = hashlib.sha256(type(model).__name__.encode())
-    h.update(repr(model).encode())
+    h.update(re.sub(r" at 0x[0-9a-fA-F]+", "", repr(model)).encode())  # a function's address differs per process
     h.update(_code(model).encode())
     for name, t in model.state_dict().items():
         h.update(name.encode())
