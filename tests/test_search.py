@@ -72,7 +72,7 @@ class FakeBuilder:
     def torch_accuracy(self, model):
         return BASE_ACC - self.drops.get(model.structure, 0.0)
 
-    def export(self, built, spec, max_drop_pp=None):
+    def export(self, built, spec, max_drop_pp=None, name=None):
         if spec.id in self.export_errors:
             raise self.export_errors[spec.id]
         structure = getattr(built.model, "structure", "original")

@@ -15,6 +15,7 @@ from torch import nn
 
 from edgeopt.decide import policy
 from edgeopt.decide.plan import CandidateSpec
+from edgeopt.engine.cache import files_digest
 from edgeopt.formats import backend_for, export_verified
 from edgeopt.formats.base import ExportResult, Session
 from edgeopt.inputs.analyze import count_macs, count_params
@@ -55,8 +56,8 @@ def artifact_stem(cid: str) -> str:
 
 def export_candidate(built: Built, example: torch.Tensor, spec: CandidateSpec, artifacts_dir: Path,
                      threads: int | None, calib: Batches | None, verify_inputs: list[torch.Tensor] | None,
-                     options: dict | None = None) -> tuple[ExportResult, Session]:
-    out = artifacts_dir / artifact_stem(spec.id)
+                     options: dict | None = None, name: str | None = None) -> tuple[ExportResult, Session]:
+    out = artifacts_dir / artifact_stem(name or spec.id)
     result, session = export_verified(built.model, example, spec.format, out, precision=spec.precision,
                                       calib=calib, threads=threads, verify=False, options=options)
     from edgeopt.formats.verify import verify_session
@@ -90,23 +91,41 @@ CACHED_FIELDS = ("status", "reason", "params", "macs", "size_bytes", "size_compr
                  "precision_executed", "accuracy", "metric", "exporter", "verification", "steps", "accuracy_control")
 
 
-def to_cache(cand: Candidate) -> dict:
-    return cand.model_dump(mode="json", include=set(CACHED_FIELDS))
+def artifact_digest(cand: Candidate, out_dir: Path) -> dict[str, str] | None:
+    """sha256 of every file of the candidate's artifact (an .xml and its .bin), None when one is missing."""
+    if cand.artifact is None:
+        return None
+    return files_digest(backend_for(cand.runtime).artifact_files(out_dir / cand.artifact), out_dir)
+
+
+def to_cache(cand: Candidate, out_dir: Path | None = None) -> dict:
+    """The entry to cache; with `out_dir`, an ok candidate's entry records its artifact's file hashes, which a
+    restore checks (a file rewritten since, e.g. by a run of another model, is rebuilt, never reused)."""
+    entry = cand.model_dump(mode="json", include=set(CACHED_FIELDS))
+    if out_dir is not None and cand.status == "ok":
+        entry["artifact_sha256"] = artifact_digest(cand, out_dir)
+    return entry
 
 
 def from_cache(cand: Candidate, entry: dict, out_dir: Path, threads: int | None
                ) -> tuple[bool, Session | None]:
     """Restore a finished candidate; an ok one gets its artifact reloaded for latency measurement.
-    (False, None) when the artifact is gone: the candidate is then rebuilt."""
+    (False, None) when the artifact is gone, outside the out dir, or its files are not byte for byte the ones
+    the entry recorded: the candidate is then rebuilt."""
     session = None
+    fields = {k: v for k, v in entry.items() if k in CACHED_FIELDS}
     if entry.get("status") == "ok":
         path = out_dir / str(entry.get("artifact"))
-        if not path.is_file():
+        recorded = entry.get("artifact_sha256")
+        if not recorded or not path.resolve().is_relative_to(out_dir.resolve()):
+            return False, None
+        probe = cand.model_copy(update={"artifact": str(entry.get("artifact"))})
+        if artifact_digest(probe, out_dir) != recorded:
             return False, None
         session = backend_for(cand.runtime).load(path, precision=cand.precision, threads=threads)
-    restored = Candidate.model_validate({"id": cand.id, **entry})
+    restored = Candidate.model_validate({"id": cand.id, **fields})
     for k in CACHED_FIELDS:
-        if k in entry:
+        if k in fields:
             setattr(cand, k, getattr(restored, k))
     cand.from_cache = True
     return True, session
@@ -143,10 +162,11 @@ class Builder:
     def labelled(self) -> bool:
         return self.eval_b.labelled
 
-    def export(self, built: Built, spec: CandidateSpec, max_drop_pp: float | None = None
+    def export(self, built: Built, spec: CandidateSpec, max_drop_pp: float | None = None, name: str | None = None
                ) -> tuple[ExportResult, Session]:
         """`max_drop_pp`: INT8 with accuracy control (NNCF, OpenVINO), layers kept in float until the drop
-        measured on the labelled evaluation data (at most policy.ACCURACY_CONTROL_MAX_SAMPLES) fits it."""
+        measured on the labelled evaluation data (at most policy.ACCURACY_CONTROL_MAX_SAMPLES) fits it.
+        `name`: the artifact's file stem under OUT/artifacts (default: the spec's id)."""
         options = dict(self.export_options) if self.export_options else None
         if max_drop_pp is not None:
             items, n = [], 0
@@ -163,7 +183,7 @@ class Builder:
         if calib is None and self.calib_random:
             calib = "random"  # asked for explicitly; the report says so (see pipeline)
         return export_candidate(built, self.example, spec, self.out_dir / "artifacts", self.threads, calib,
-                                verify_inputs, options)
+                                verify_inputs, options, name)
 
     def evaluate(self, session: Session) -> tuple[float, str]:
         return evaluate_candidate(session, self.eval_b, self.batch, self.reference)

@@ -49,7 +49,7 @@ class Finishing:
         if self._twin(spec):
             cand.status, cand.reason = "rejected", f"not tried: same channel layout as {self._twin(spec)}"
             return
-        k = key(*self.cache_parts, [s.model_dump() for s in spec.steps], cand.runtime, spec.precision)
+        k = key(*self.cache_parts, [s.model_dump() for s in spec.steps], spec.format, cand.runtime, spec.precision)
         entry = self.cache.get("cand", k)
         if entry is not None:
             try:
@@ -70,9 +70,10 @@ class Finishing:
             cand.status, cand.reason = "rejected", why
             return
         else:
-            self._export_and_evaluate(cand, spec, b)
-            self._accuracy_control(cand, spec, b)
-        self.cache.put("cand", k, to_cache(cand))
+            self._export_and_evaluate(cand, spec, b, tag=k)
+            self._accuracy_control(cand, spec, b, tag=k)
+        if self.cache.enabled:
+            self.cache.put("cand", k, to_cache(cand, self.builder.out_dir))
 
     def _negligible(self, structure: str, b: Built) -> str | None:
         """Why a compressed structure is not worth exporting and measuring: it removes under policy.MIN_GAIN of
@@ -89,7 +90,7 @@ class Finishing:
         return (f"not tried: compresses too little to be worth measuring ({100 * macs:.2f} % fewer MACs, "
                 f"{100 * params:.2f} % fewer parameters; under {100 * policy.MIN_GAIN:g} %)")
 
-    def _accuracy_control(self, cand: Candidate, spec: CandidateSpec, b: Built) -> None:
+    def _accuracy_control(self, cand: Candidate, spec: CandidateSpec, b: Built, tag: str = "") -> None:
         """An OpenVINO INT8 candidate that breaks the accuracy budget is quantized again with NNCF's accuracy
         control, which keeps the most sensitive layers in float until the drop fits what the structure left
         of the budget. Needs labelled evaluation data; skipped once the time budget is spent."""
@@ -113,7 +114,7 @@ class Finishing:
         before = cand.model_copy(deep=True)
         # its own artifact name: the PTQ artifact stays intact if the retry fails
         retry = spec.model_copy(update={"id": f"{spec.id}-ac"})
-        info = self._export_and_evaluate(cand, retry, b, max_drop_pp=round(left, 4))
+        info = self._export_and_evaluate(cand, retry, b, max_drop_pp=round(left, 4), tag=tag)
         if cand.status != "ok" or info is None:
             why = cand.reason
             for name in Candidate.model_fields:
@@ -128,8 +129,10 @@ class Finishing:
             + f"; now {base.accuracy - cand.accuracy:.2f} pp")))
 
     def _export_and_evaluate(self, cand: Candidate, spec: CandidateSpec, b: Built,
-                             max_drop_pp: float | None = None) -> dict | None:
-        """Export, verify and evaluate; returns the accuracy-control record when `max_drop_pp` asked for it."""
+                             max_drop_pp: float | None = None, tag: str = "") -> dict | None:
+        """Export, verify and evaluate; returns the accuracy-control record when `max_drop_pp` asked for it.
+        `tag` (the cache key) goes into the artifact's file name: the candidate's id alone would be the same for
+        every model and data written into one out dir."""
         cand.params, cand.macs = b.params, b.macs
         for rec in b.records:
             for step in cand.steps:
@@ -137,7 +140,7 @@ class Finishing:
                     step.params["record"] = {k: v for k, v in rec.items() if k != "technique"}
         try:
             ac = {} if max_drop_pp is None else {"max_drop_pp": max_drop_pp}
-            result, session = self.builder.export(b, spec, **ac)
+            result, session = self.builder.export(b, spec, name=f"{spec.id}-{tag[:12]}" if tag else None, **ac)
         except FATAL:
             raise
         except Exception as e:

@@ -19,7 +19,7 @@ from edgeopt.decide.policy import QUICK_BENCH
 from edgeopt.decide.select import select
 from edgeopt.engine import distributed, holdout
 from edgeopt.engine.build import Builder
-from edgeopt.engine.cache import CandidateCache, data_hash, model_hash
+from edgeopt.engine.cache import CandidateCache, producer_parts
 from edgeopt.engine.choices import measured_choices
 from edgeopt.engine.measuring import architecture_table, latency, measure_all
 from edgeopt.engine.prepare import (
@@ -158,9 +158,8 @@ def _search(prep: Prepared, out_dir: Path, threads: int, resume: bool, progress:
                           export_options=export_options(prep.config))
         search = Search(
             plan=the_plan, context=context, builder=builder, base_torch_acc=score(reference, eval_b, reference)[0],
-            cache=cache, cache_parts=(__version__, model_hash(net), data_hash(eval_b), data_hash(splits.calib),
-                                      data_hash(splits.train) if context.retrain else None, context.seed,
-                                      *([] if export_options(prep.config) is None else ["dynamic-batch"])),
+            cache=cache, cache_parts=producer_parts(net, ex, eval_b, splits, context, export_options(prep.config),
+                                                    prep.profile),
             progress=progress, t_start=t_start, announce=leader,
             quick_latency=lambda cands: latency(
                 cands, search.sessions, the_plan.measure_locally, prep.profile, ex, BenchConfig(**QUICK_BENCH)))

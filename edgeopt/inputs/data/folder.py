@@ -1,7 +1,7 @@
 """An image folder (one sub-folder per class, sorted names = class indices) as torch Datasets: images decoded
 lazily, one at a time, by DataLoader workers. The held-out split is stratified per class and seeded (the same
-files on every rerun, identified by a hash of the file list); calibration is a stratified sample of the
-training split, interleaved class by class so that any prefix of it covers every class."""
+files on every rerun, identified by a hash of their names and contents); calibration is a stratified sample of
+the training split, interleaved class by class so that any prefix of it covers every class."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 # a held-out split whose decoded tensors fit under this is decoded once and kept (evaluated many times);
 # a larger one streams from disk on every pass
 MEMORY_CAP_BYTES = 256 * 2**20
+# file bytes hashed per split to identify its contents (see file_list_hash); past it, size and mtime
+CONTENT_HASH_BYTES = 512 * 2**20
 
 
 class ImageFiles(Dataset):
@@ -104,10 +106,37 @@ def stratified_sample(pairs: list[tuple[Path, int]], n: int, seed: int) -> list[
     return out
 
 
-def file_list_hash(pairs: list[tuple[Path, int]], root: Path, extra: str = "") -> str:
+def _file_sha256(f: Path) -> str:
+    h = hashlib.sha256()
+    try:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as e:
+        raise DataError(f"cannot read image {f}: {e.strerror or e}") from None
+    return h.hexdigest()
+
+
+def file_list_hash(pairs: list[tuple[Path, int]], root: Path, extra: str = "",
+                   content_bytes: int = CONTENT_HASH_BYTES) -> str:
+    """Identifies a split by its files' paths, labels and contents, so that pixels rewritten under the same
+    names give another hash (and another cache key). The files are read in order until `content_bytes` of them
+    have been hashed; every file after that (a huge training folder) counts by its size and modification time
+    only. Contents alone, not times, for the hashed ones: the same files copied elsewhere hash the same."""
     h = hashlib.sha256(extra.encode())
+    left = content_bytes
     for f, label in pairs:
-        h.update(f"{f.relative_to(root).as_posix()}\t{label}\n".encode())
+        try:
+            size = f.stat().st_size
+        except OSError as e:
+            raise DataError(f"cannot read image {f}: {e.strerror or e}") from None
+        if size <= left:
+            left -= size
+            ident = _file_sha256(f)
+        else:
+            left = 0  # the files before the bound by content, every one after it by size and time
+            ident = f"size {size} mtime {f.stat().st_mtime_ns}"
+        h.update(f"{f.relative_to(root).as_posix()}\t{label}\t{ident}\n".encode())
     return h.hexdigest()
 
 
@@ -152,7 +181,7 @@ def folder_splits(root: Path, pre: Preprocess, val_split: float = 0.2, seed: int
     calib.key = file_list_hash(calib_pairs, root, pre.describe())
     heldout_hash = file_list_hash(held, root)
     ev_ds = dataset(held, clean)
-    ev_key = file_list_hash(held, root, pre.describe())
+    ev_key = hashlib.sha256(f"{pre.describe()}\n{heldout_hash}".encode()).hexdigest()  # files read once
     if len(held) * pre.channels * pre.size[0] * pre.size[1] * 4 <= MEMORY_CAP_BYTES:
         if progress is not None:
             progress.stage(f"decoding {len(held)} held-out images", total=len(held))
