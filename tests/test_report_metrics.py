@@ -50,3 +50,12 @@ def test_gate_reads_every_metric(tmp_path, metric):
     r = CliRunner().invoke(app, ["gate", str(path), "--max-accuracy-drop", "1"])
     assert r.exit_code == 0, r.output
     assert "PASS" in r.output
+
+
+def test_gate_judges_the_test_split_drop_when_there_is_one(tmp_path):
+    report = _report("top1")
+    report.candidates[0].accuracy_drop_test = 1.5  # within budget on selection (0.5), not on the test split
+    path = write_report(report, tmp_path)
+    r = CliRunner().invoke(app, ["gate", str(path), "--max-accuracy-drop", "1"])
+    assert r.exit_code == 1, r.output
+    assert "accuracy drop 1.50 pp" in r.output

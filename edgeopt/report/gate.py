@@ -74,7 +74,10 @@ def load_subject(path: Path, candidate: str | None = None, default: int = -1) ->
                                  f"(e.g. {report.baseline.id if report.baseline else 'an id from the report'})")
         if c is None:
             raise GateInputError(f"{path}: no candidate {cid!r} in the report")
-        return Subject(str(path), c.id, c.latency_ms, c.latency_source, c.accuracy_drop, c.size_bytes)
+        # the test split's drop when the candidate was judged there: the selection figure is the one the search
+        # optimized on, biased in the candidate's favour
+        drop = c.accuracy_drop_test if c.accuracy_drop_test is not None else c.accuracy_drop
+        return Subject(str(path), c.id, c.latency_ms, c.latency_source, drop, c.size_bytes)
     if isinstance(data, list) and data and all(isinstance(d, dict) and "latency" in d for d in data):
         data = _pick_result(path, data, candidate, default)
     if isinstance(data, dict) and "latency" in data and "artifact" in data:
