@@ -59,3 +59,22 @@ def test_gate_judges_the_test_split_drop_when_there_is_one(tmp_path):
     r = CliRunner().invoke(app, ["gate", str(path), "--max-accuracy-drop", "1"])
     assert r.exit_code == 1, r.output
     assert "accuracy drop 1.50 pp" in r.output
+
+
+def test_report_says_how_to_load_a_published_openvino_model_at_its_measured_precision(tmp_path):
+    from edgeopt.engine.pipeline import _publish_chosen
+    from edgeopt.report.markdown import to_markdown
+
+    (tmp_path / "artifacts").mkdir()
+    for ext in (".xml", ".bin"):
+        (tmp_path / "artifacts" / f"c{ext}").write_bytes(b"x")
+    report = _report("top1")
+    c = report.candidates[0]
+    c.runtime, c.precision, c.artifact = "openvino", "fp32", "artifacts/c.xml"
+    _publish_chosen(report, tmp_path)
+    assert (tmp_path / "model.xml").is_file() and (tmp_path / "model.bin").is_file()
+    assert "INFERENCE_PRECISION_HINT" in " ".join(report.model.load_note)
+    md = to_markdown(report)
+    assert "load `model.xml`" in md and "'INFERENCE_PRECISION_HINT': 'f32'" in md
+    back = load_report(write_report(report, tmp_path))
+    assert back.model.load_note == report.model.load_note

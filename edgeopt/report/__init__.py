@@ -103,6 +103,9 @@ class ReportModel(_Section):
     search: dict[str, Any] | None = None
     cache_hits: int | None = None
     chosen_artifact: str | None = None
+    # how an application loads the published model so that it runs as it was measured (e.g. OpenVINO's
+    # precision hint): a sentence, then code lines
+    load_note: list[str] | None = None
     plot: str | None = None
     bundle: str | None = None
     headline: Headline | None = None

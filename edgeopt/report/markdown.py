@@ -53,6 +53,9 @@ def to_markdown(report: Report) -> str:
         lines.append(f"- speed: {speed}")
     if accuracy:
         lines.append(f"- {accuracy}" + (f" ({chosen.metric}{FIDELITY_NOTE})" if chosen.metric == "fidelity" else ""))
+    if report.model.load_note:
+        note, *code = report.model.load_note
+        lines.append(f"- load `{report.model.chosen_artifact}`: {note} `{'; '.join(code)}`")
     ts = report.model.test_split
     if ts is not None:
         lines.append(f"- test split: {ts.note}" if ts.split != "none" else
