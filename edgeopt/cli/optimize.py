@@ -118,6 +118,9 @@ def _summary(report, out_dir: Path) -> None:
         out.print(f"chosen [bold]{escape(chosen.id)}[/]: {escape(speed_line(report) or 'not measured')}",
                   highlight=False)
         out.print(accuracy_line(report), markup=False, highlight=False)
+        if report.model.load_note:  # the published model runs as measured only when loaded this way
+            out.print(f"load {report.model.chosen_artifact} as measured: {report.model.load_note[-1]}", markup=False,
+                      highlight=False)
     hits = report.model.cache_hits or 0
     out.print(f"report: {out_dir / 'report.md'}, report.html, report.json, run.yaml  (wall time "
               f"{report.wall_time_s:.1f} s{f', {hits} candidates from the cache' if hits else ''})")
