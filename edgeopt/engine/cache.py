@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from edgeopt import __version__
-from edgeopt.report import write_atomic
+from edgeopt.report import file_sha256, write_atomic
 
 
 def _source(fn) -> str | None:
@@ -95,14 +95,6 @@ def producer_parts(model, ex, eval_b, splits, context, export_options: dict | No
             data_hash(splits.calib), data_hash(splits.train) if context.retrain else None, context.seed,
             context.calib_random, export_options,
             [target.name, target.arch, sorted(target.isa_features)])
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def files_digest(files: list[Path], root: Path) -> dict[str, str] | None:

@@ -215,6 +215,17 @@ def honour_umask(path: Path | str) -> None:
     os.chmod(path, 0o666 & ~_umask())
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks (artifacts and images alike); OSError goes to the caller."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Write via a temp file in the same folder and rename, so a crash never leaves half a file."""
     path = Path(path)

@@ -6,23 +6,14 @@ measured number (run `commands.sh` on the device, or `edgeopt agent` there and `
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from edgeopt.report import Report, write_atomic
+from edgeopt.report import Report, file_sha256, write_atomic
 from edgeopt.targets import TargetProfile
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _onnx_input(path: Path) -> tuple[str, list[int]] | None:
@@ -70,7 +61,7 @@ def write_bundle(report: Report, out_dir: Path, target: TargetProfile, files_of:
     write_atomic(bundle / "commands.sh", "\n".join(script) + "\n")
     os.chmod(bundle / "commands.sh", 0o755)
     meta = {"target": target.name, "candidate": chosen.id, "precision": precision, "runtime": chosen.runtime,
-            "files": {names[f]: _sha256(bundle / names[f]) for f in files},
+            "files": {names[f]: file_sha256(bundle / names[f]) for f in files},
             "commands": cmds, "latency_ms_estimate": est, "latency_source": chosen.latency_source}
     write_atomic(bundle / "bundle.json", json.dumps(meta, indent=2))
     est_text = f"{est:.3f} ms, **estimated** from the target's roofline, never measured" if est else "not known"

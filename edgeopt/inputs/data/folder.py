@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from edgeopt.errors import DataError
 from edgeopt.inputs.data.batches import Batches, DataSplits, StreamBatches
 from edgeopt.inputs.data.transforms import Preprocess, eval_transform, make_preprocess, train_transform
+from edgeopt.report import file_sha256
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # a held-out split whose decoded tensors fit under this is decoded once and kept (evaluated many times);
@@ -107,14 +108,10 @@ def stratified_sample(pairs: list[tuple[Path, int]], n: int, seed: int) -> list[
 
 
 def _file_sha256(f: Path) -> str:
-    h = hashlib.sha256()
     try:
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        return file_sha256(f)
     except OSError as e:
         raise DataError(f"cannot read image {f}: {e.strerror or e}") from None
-    return h.hexdigest()
 
 
 def file_list_hash(pairs: list[tuple[Path, int]], root: Path, extra: str = "",
