@@ -79,10 +79,16 @@ def _ids_params(report):
     return {c.id: (c.status, c.params) for c in [report.baseline, *report.candidates]}
 
 
-def test_models_sharing_an_out_dir_never_restore_each_others_artifacts(tmp_path, example, fast_bench):
+def test_models_sharing_an_out_dir_never_restore_each_others_artifacts(tmp_path, example, fast_bench, monkeypatch):
     """A, then B (another output shape), then A again into one folder: the third run is A's, end to end."""
     import onnxruntime as ort
     import tinynet
+
+    from edgeopt.decide import policy
+
+    # statuses compared across runs must not rest on latency: on a shared machine INT8 of this tiny net measures
+    # slower than fp32 in one run and faster in the next
+    monkeypatch.setattr(policy, "REDUCED_PRECISION_MUST_BE_FASTER", False)
 
     # goal size: the choice (INT8) rests on file sizes, not on latencies that differ from run to run
     calib = [torch.randn(8, 1, 16, 16, generator=torch.Generator().manual_seed(3))]

@@ -11,7 +11,7 @@ pytest.importorskip("openvino")
 
 
 def _core():
-    from edgeopt.formats.openvino import openvino_core
+    from edgeopt.formats.openvino_core import openvino_core
 
     return openvino_core()
 
@@ -59,7 +59,7 @@ def fp32_ir(tmp_path_factory):
 
 
 def test_fp32_ir_runs_f32_when_compiled_plainly(fp32_ir):
-    from edgeopt.formats.openvino import executed_precision
+    from edgeopt.formats.openvino_precision import executed_precision
 
     core = _core()
     if not _bf16_cpu(core):
@@ -83,7 +83,7 @@ def test_fp32_ir_with_linear_and_attention(tmp_path):
 
     import edgeopt
     from edgeopt.formats.commands import openvino_load_config
-    from edgeopt.formats.openvino import executed_precision
+    from edgeopt.formats.openvino_precision import executed_precision
 
     core = _core()
     if not _bf16_cpu(core):
@@ -111,7 +111,7 @@ def test_bf16_ir_records_bf16_and_runs_it_plainly(tmp_path):
     import tinynet
 
     import edgeopt
-    from edgeopt.formats.openvino import executed_precision
+    from edgeopt.formats.openvino_precision import executed_precision
 
     core = _core()
     path = edgeopt.export(tinynet.make().eval(), torch.randn(1, 1, 16, 16), format="openvino", precision="bf16",

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from edgeopt.cli import agent, commands, gate, optimize, structure  # noqa: F401  (registers the commands)
+from edgeopt.cli import agent, commands, gate, optimize, structure, targets  # noqa: F401  (registers the commands)
 from edgeopt.cli.app import app
 
 

@@ -1,4 +1,4 @@
-"""`edgeopt prune`, `export`, `benchmark`, `targets`: the building blocks on their own."""
+"""`edgeopt prune`, `export`, `benchmark`: the building blocks on their own."""
 
 from __future__ import annotations
 
@@ -285,24 +285,3 @@ def _remote_benchmark(artifacts: list[Path], device: str, token_file: Path | Non
                              precision=precision, runtime=runtime, threads=threads, input_shape=input_shape,
                              max_time_s=max_time, dataset=dataset)
     return [results[str(a)] for a in artifacts]
-
-
-@app.command()
-def targets(as_json: bool = typer.Option(False, "--json")) -> None:
-    """List target profiles (name, aliases, kind, runtimes, precisions)."""
-    from rich.table import Table
-
-    from edgeopt.targets import builtin_targets, list_targets
-
-    profiles = list_targets()
-    if as_json:
-        out.print_json(json.dumps([p.model_dump() for p in profiles]))
-        return
-    reg = builtin_targets()
-    table = Table(title="edgeopt targets")
-    for h in ("name", "aliases", "kind", "arch", "runtimes", "precisions", "channel multiple"):
-        table.add_column(h)
-    for p in profiles:
-        table.add_row(p.name, ", ".join(reg.aliases_of(p.name)), p.kind, p.arch, ", ".join(p.runtimes),
-                      ", ".join(p.precisions), str(p.channel_multiple))
-    out.print(table)

@@ -226,7 +226,7 @@ def _publish_chosen(report: Report, out_dir: Path) -> None:
         shutil.copyfile(f, tmp)
         os.replace(tmp, out_dir / name)
     report.model.chosen_artifact = f"model{src.suffix}"
-    if chosen.runtime == "openvino":  # a plain compile_model may not run the precision that was measured
-        from edgeopt.formats.commands import openvino_load_note
+    from edgeopt.formats.commands import load_note
 
-        report.model.load_note = openvino_load_note(report.model.chosen_artifact, chosen.precision or "fp32")
+    # e.g. a plain OpenVINO compile_model may not run the precision that was measured
+    report.model.load_note = load_note(chosen.runtime, report.model.chosen_artifact, chosen.precision)

@@ -39,6 +39,12 @@ def openvino_load_config(precision: str) -> dict[str, str]:
     return {"INFERENCE_PRECISION_HINT": hint} if hint else {}
 
 
+def load_note(runtime: str | None, model_file: str, precision: str | None) -> list[str] | None:
+    """How an application must load a published artifact to run it as measured, where a plain load may not
+    (OpenVINO's CPU default precision); None where the plain load is what was measured."""
+    return openvino_load_note(model_file, precision or "fp32") if runtime == "openvino" else None
+
+
 def openvino_load_note(model_file: str, precision: str) -> list[str]:
     """How an application loads the artifact at the measured precision (DEPLOY.md): a sentence, then code."""
     config = openvino_load_config(precision)

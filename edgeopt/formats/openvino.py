@@ -7,19 +7,16 @@ evaluation data and a maximum accuracy drop are given in options).
 
 OpenVINO sessions. The inference-precision hint is set explicitly and read back, because OpenVINO
 runs bf16 by default on AMX and AVX-512-BF16 CPUs: the report states what was really executed (read from the
-execution graph), and a float IR records the precision it was measured at (see `_pin_precision`).
+execution graph), and a float IR records the precision it was measured at (formats/openvino_precision.py).
 
-Every Core in this process is the one `openvino_core()` returns (see there for why)."""
+Every Core in this process is the one `openvino_core()` returns (formats/openvino_core.py says why)."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
 import shutil
 import tempfile
 import warnings
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -28,41 +25,14 @@ from torch import nn
 
 from edgeopt.errors import ArtifactError, ConfigError, ExportError, missing_backend
 from edgeopt.formats.base import ExportResult, Session, check_feed
-
-
-@functools.cache
-def openvino_core():
-    """The process's one `ov.Core`. A Core that loads the CPU plugin installs an alternate signal stack of its
-    own on the thread, and when it goes (with the last model compiled on it) puts back the stack that was
-    current when it came. Two Cores freed in the order they were made leave the thread's sigaltstack pointing
-    at unmapped memory, and the next handled signal (a DataLoader worker's SIGCHLD, Ctrl-C, the SIGALRM of
-    edgeopt's time limit) kills the process with SIGSEGV. One Core that lives as long as the process never
-    hands back a freed stack. Options go in each `compile_model` call's config, never `set_property`: a plain
-    compile on this Core must stay what a user's plain compile is."""
-    import openvino as ov
-
-    return ov.Core()
-
-
-@contextlib.contextmanager
-def nncf_on_shared_core():
-    """NNCF compiles on Cores of its own (`ov.Core()` in its inference engine, `ov.compile_model` in accuracy
-    control), freed whenever Python drops them, in any order: the crash `openvino_core` explains. NNCF takes
-    no Core argument, so while it runs both names hand out the process's Core (every option NNCF needs goes in
-    its compile calls' config)."""
-    import openvino as ov
-    import openvino._ov_api as api
-
-    core, saved = openvino_core(), (ov.Core, api.Core)
-
-    def shared(*args, **kwargs):
-        return core if not args and not kwargs else saved[0](*args, **kwargs)
-
-    ov.Core = api.Core = shared
-    try:
-        yield
-    finally:
-        ov.Core, api.Core = saved
+from edgeopt.formats.openvino_core import nncf_on_shared_core, openvino_core, openvino_reason, read_ir
+from edgeopt.formats.openvino_precision import (
+    PRECISION_HINTS,
+    executed_precision,
+    mark_layers_precise,
+    pin_precision,
+    precision_name,
+)
 
 
 def export_openvino(model: nn.Module, example: torch.Tensor, out: Path, precision: str = "fp32",
@@ -111,12 +81,12 @@ def export_openvino(model: nn.Module, example: torch.Tensor, out: Path, precisio
             ov_model, info = _quantize(ov_model, cal, example, dict(options or {}))
         elif precision == "int8w":
             ov_model, info = _compress_weights(ov_model)
-    pin = _pin_precision(ov_model, precision)
+    pin = pin_precision(ov_model, precision)
     tmpdir = Path(tempfile.mkdtemp(dir=out.parent, prefix=".ovtmp."))
     try:  # save beside the destination, then move both files in: never half an IR
         ov.save_model(ov_model, str(tmpdir / out.name), compress_to_fp16=False)
         if pin == "f32":
-            _mark_layers_precise(tmpdir / out.name)
+            mark_layers_precise(tmpdir / out.name)
         bin_path = out.with_suffix(".bin")
         os.replace(tmpdir / out.with_suffix(".bin").name, bin_path)
         os.replace(tmpdir / out.name, out)
@@ -126,43 +96,6 @@ def export_openvino(model: nn.Module, example: torch.Tensor, out: Path, precisio
                         files=[out, out.with_suffix(".bin")],
                         info={"fallback_errors": errors, "inputs": inputs.describe(), "outputs": output_names,
                               **({"pinned_precision": pin} if pin else {}), **info})
-
-
-def _pin_precision(ov_model, precision: str) -> str | None:
-    """Record the precision a float IR is measured at in its rt_info (runtime_options/INFERENCE_PRECISION_HINT,
-    what `load_openvino` passes as the hint); returns it, or None for int8/int8w and quantization-aware graphs.
-    OpenVINO 2026 applies only some runtime_options at compile time, not this one, so for f32 every layer also
-    gets the "precise" mark (`_mark_layers_precise`). bf16 needs no mark: it is the CPU plugin's own default
-    where the CPU has bf16. INT8 IRs are measured without a hint, as a plain compile runs them: their float
-    layers run the CPU's default precision in both. The deploy instructions give the explicit config."""
-    hint = PRECISION_HINTS.get(precision)
-    if not hint or any(op.get_type_name() == "FakeQuantize" for op in ov_model.get_ops()):
-        return None
-    ov_model.set_rt_info(hint, ["runtime_options", "INFERENCE_PRECISION_HINT"])
-    return hint
-
-
-_UNMARKED = {"Parameter", "Result", "Const"}
-
-
-def _mark_layers_precise(xml: Path) -> None:
-    """Give every computing layer of a saved IR the "precise" runtime attribute (ov::DisablePrecisionConversion,
-    by the name OpenVINO's IR reader knows it): the CPU plugin then keeps its original f32 instead of lowering it
-    to bf16 on AMX/AVX-512-BF16 CPUs, with or without a hint. Layers the plugin builds anew (a MatMul with
-    constant weights becomes a FullyConnected, attention a fused subgraph) do not inherit it. The Python API
-    cannot create that attribute, so it goes into the IR's XML, where OpenVINO's own serializer puts runtime
-    attributes."""
-    tree = ET.parse(xml)
-    for layer in tree.getroot().iter("layer"):
-        if layer.get("type") in _UNMARKED:
-            continue
-        rt = layer.find("rt_info")
-        if rt is None:
-            rt = ET.Element("rt_info")
-            layer.insert(1 if layer.find("data") is not None else 0, rt)
-        if not any(a.get("name") in ("precise", "DisablePrecisionConversion") for a in rt.iter("attribute")):
-            ET.SubElement(rt, "attribute", {"name": "precise", "version": "0"})
-    tree.write(xml, encoding="utf-8", xml_declaration=True)
 
 
 def _name_io(ov, ov_model, inputs, output_names: list[str], dynamic_batch: bool) -> None:
@@ -267,102 +200,6 @@ def float_layers(ov_model) -> list[str]:
             and op.get_input_size() > 1 and not _int8_weights(op.input_value(1).get_node())]
 
 
-PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": None, "int8w": None}
-
-
-def precision_name(ov_type) -> str:
-    text = str(ov_type).lower()  # an ov.Type, printed like "<type: 'bfloat16'>" or "bf16"
-    for key, name in (("bf", "bf16"), ("16", "fp16"), ("32", "fp32")):
-        if key in text:
-            return name
-    return text
-
-
-_CONV_LAYERS = {"Convolution", "GroupConvolution", "Deconvolution", "BinaryConvolution"}
-_GEMM_LAYERS = {"FullyConnected", "MatMul", "Gemm", "FullyConnectedCompressed"}
-
-
-def executed_precision(compiled) -> dict:
-    """What the CPU/GPU plugin really runs: its execution graph (`get_runtime_model()`), each convolution /
-    matrix product counted by its MACs under the runtimePrecision the plugin chose (i8/u8 = INT8)."""
-    macs: dict[str, int] = {}
-    for op in compiled.get_runtime_model().get_ordered_ops():
-        rt = op.get_rt_info()
-        layer = rt["layerType"].astype(str) if "layerType" in rt else ""
-        if layer not in _CONV_LAYERS | _GEMM_LAYERS or op.get_input_size() < 2:
-            continue
-        out = op.get_output_partial_shape(0)
-        x, w = op.input(0).get_partial_shape(), op.input(1).get_partial_shape()
-        if out.is_dynamic or x.is_dynamic or w.is_dynamic:
-            continue
-        k = int(np.prod(w.to_shape()[1:])) if layer in _CONV_LAYERS else int(x.to_shape()[-1])
-        prec = rt["runtimePrecision"].astype(str).lower() if "runtimePrecision" in rt else "f32"
-        kind = "int8" if prec in ("i8", "u8") else precision_name(prec)
-        macs[kind] = macs.get(kind, 0) + int(np.prod(out.to_shape())) * k
-    total = sum(macs.values())
-    return {"int8_mac_fraction": round(macs.get("int8", 0) / total, 4) if total else None,
-            "macs_by_precision": macs, "source": "openvino execution graph (runtimePrecision)"}
-
-
-def read_ir(path: Path, core=None):
-    """`core.read_model`, with an error that names the file at fault: OpenVINO's own reads only "Exception from
-    src/inference/src/cpp/core.cpp:84:" on its first line. An .xml whose root is not <net> is refused before
-    OpenVINO tries every frontend on it (each prints its own parse error)."""
-    path = Path(path)
-    core = core or openvino_core()
-    if path.suffix.lower() == ".xml":
-        root = _xml_root(path)
-        if root.tag != "net" or "version" not in root.attrib:
-            what = f"its root element is <{root.tag}>, not <net>" if root.tag != "net" else "<net> has no version"
-            raise ArtifactError(f"{path} is not an OpenVINO IR: {what}")
-    try:
-        return core.read_model(str(path))
-    except Exception as e:
-        raise ArtifactError(_ir_problem(path, e)) from None
-
-
-def _xml_root(path: Path):
-    try:
-        with open(path, "rb") as f:  # the first element only: the rest is read once, by OpenVINO
-            for _, elem in ET.iterparse(f, events=("start",)):
-                return elem
-    except ET.ParseError as e:
-        raise ArtifactError(f"{path} is not well-formed XML ({e}): re-export the OpenVINO IR") from None
-    except OSError as e:
-        raise ArtifactError(f"cannot read {path}: {e.strerror or e}") from None
-    raise ArtifactError(f"{path} is empty: re-export the OpenVINO IR")
-
-
-def _ir_problem(path: Path, error: Exception) -> str:
-    """One line for an IR OpenVINO refused: broken XML, a missing or short .bin, else OpenVINO's own reason."""
-    if path.suffix.lower() == ".xml":
-        try:
-            root = ET.parse(path).getroot()
-        except ET.ParseError as e:
-            return f"{path} is not well-formed XML ({e}): re-export the OpenVINO IR"
-        need = 0
-        for data in root.iter("data"):
-            try:
-                need = max(need, int(data.get("offset", "")) + int(data.get("size", "")))
-            except ValueError:
-                continue
-        weights = path.with_suffix(".bin")
-        if need and not weights.is_file():
-            return f"{weights} is missing: {path.name} keeps its weights in it (copy both files together)"
-        if need and weights.stat().st_size < need:
-            return (f"{weights} holds {weights.stat().st_size} bytes but {path.name} needs {need}: it is truncated "
-                    "or belongs to another model")
-    return f"OpenVINO cannot read {path}: {_reason(error)}"
-
-
-def _reason(error: Exception) -> str:
-    """The informative line of an OpenVINO exception, past its "Exception from <file>:<line>:" and
-    "Check '...' failed at ..." lines."""
-    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
-    useful = [ln for ln in lines if not ln.startswith(("Exception from", "Check '"))]
-    return (useful or lines or [type(error).__name__])[0][:300]
-
-
 def load_openvino(path: Path, precision: str = "fp32", threads: int | None = None,
                   device: str = "CPU") -> Session:
     import openvino as ov  # installed, file present: checked once by the formats table's load preamble
@@ -384,7 +221,7 @@ def load_openvino(path: Path, precision: str = "fp32", threads: int | None = Non
     try:
         compiled = core.compile_model(ov_model, device.upper(), config)
     except Exception as e:
-        raise ArtifactError(f"OpenVINO cannot compile {path} for {device.upper()}: {_reason(e)}") from None
+        raise ArtifactError(f"OpenVINO cannot compile {path} for {device.upper()}: {openvino_reason(e)}") from None
     executed = precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
     try:
         reading = executed_precision(compiled)

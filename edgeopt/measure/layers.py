@@ -39,7 +39,8 @@ def _table(acc: dict[str, list]) -> list[LayerTime]:
 
 
 def profile_openvino(path: Path, x: np.ndarray, runs: int, threads: int | None, precision: str) -> list[LayerTime]:
-    from edgeopt.formats.openvino import PRECISION_HINTS, openvino_core, read_ir
+    from edgeopt.formats.openvino_core import openvino_core, read_ir
+    from edgeopt.formats.openvino_precision import PRECISION_HINTS
 
     config = {"PERF_COUNT": True, "PERFORMANCE_HINT": "LATENCY"}
     if PRECISION_HINTS.get(precision):

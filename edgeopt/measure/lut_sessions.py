@@ -72,7 +72,7 @@ def runner(model: nn.Module, x, runtime: str, threads: int, tmp: Path, precision
         opts.intra_op_num_threads = threads
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         return lambda: sess.run(None, feed)
-    from edgeopt.formats.openvino import nncf_on_shared_core, openvino_core
+    from edgeopt.formats.openvino_core import nncf_on_shared_core, openvino_core
 
     core = openvino_core()
     ov_model = core.read_model(str(path))
