@@ -264,3 +264,18 @@ def test_agent_names_an_onnx_model_without_inputs(files, tmp_path):
     assert main(str(tmp_path)) == 1
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["error"].startswith("ArtifactError: a.onnx has no inputs"), result
+
+
+def test_bad_input_is_one_line_exactly_when_the_progress_display_never_started(tmp_path):
+    """As a log sees it (no terminal): the error line alone, no blank line left by a progress display that a
+    refused input never got to use."""
+    import os
+    import subprocess
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "EDGEOPT_DEBUG"}
+    p = subprocess.run([sys.executable, "-m", "edgeopt", "optimize", "--data", str(empty), "--out",
+                        str(tmp_path / "o")], capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.startswith("error: ") and p.stderr.count("\n") == 1, repr(p.stderr)

@@ -20,21 +20,25 @@ class RichProgress:
                                   # in a log (no terminal) the bars would only add noise around errors
                                   transient=not console.is_terminal)
         self._task = None
+        self._started = False
 
     def __enter__(self):
-        self._progress.start()
-        return self
+        return self  # started by the first stage: bad input refused before any work prints its one line alone
 
     def __exit__(self, *exc):
         if self._task is not None:
             self._finish()
-        self._progress.stop()
+        if self._started:
+            self._progress.stop()
 
     def _finish(self):
         t = self._progress.tasks[-1]
         self._progress.update(self._task, completed=t.total or 1, total=t.total or 1)
 
     def stage(self, name: str, total: int | None = None) -> None:
+        if not self._started:
+            self._progress.start()
+            self._started = True
         if self._task is not None:
             self._finish()
         self._task = self._progress.add_task(name, total=total or 1)
