@@ -98,7 +98,8 @@ def test_response_and_relation_recover_more_accuracy_than_plain_finetuning(setti
 
 def test_feature_distillation_closes_the_feature_gap(setting, plain):
     # Measured on this tiny regime, attention transfer moves the student's maps toward the teacher's but
-    # buys no clear top-1 over plain fine-tuning (README's table has the resnet18 numbers): assert both.
+    # buys no clear top-1 over plain fine-tuning (resnet18 numbers: benchmarks/retrain_table.py, see "Numbers" in
+    # docs/compression-techniques.md): assert both.
     acc, gap, _ = _distilled(setting, "feature")
     assert gap < plain[1], (gap, plain[1])
     assert acc > plain[0] - 3.0, (acc, plain[0])

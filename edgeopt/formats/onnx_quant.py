@@ -3,7 +3,8 @@ activations, per-channel weights) and dynamic INT8, all through ONNX Runtime's o
 
 Which static INT8 flavour is fastest depends on the CPU's kernels (measured on one Xeon: QDQ ran 3x slower than fp32
 on the AMX machine), so the variants stay selectable and `benchmarks/runtimes_table.py` measures them;
-DEFAULT_STATIC is the one measured fastest on this project's machines (see README, "Export and quantize")."""
+DEFAULT_STATIC is the one measured fastest on this project's machines (see docs/export-quantize-benchmark.md,
+"ONNX Runtime INT8")."""
 
 from __future__ import annotations
 
