@@ -402,7 +402,10 @@ def test_cli_two_inputs_int8_with_data_function(tmp_path):
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
     assert rep["model"]["metric"] == "top1" and rep["baseline"]["accuracy"] == 100.0
     q = next(c for c in rep["candidates"] if c["id"] == "original@onnx-int8")
-    assert q["status"] == "ok" and q["precision_executed"].startswith("int8") and q["accuracy"] >= 90, q
+    # INT8 was built, verified and scored; whether it is kept rests on latency, and on a tiny model ONNX Runtime's
+    # INT8 kernels can measure slower than fp32 (then it is rejected for that, which is right)
+    assert q["status"] == "ok" or q["reason"].startswith("measured slower than fp32"), q
+    assert q["precision_executed"].startswith("int8") and q["accuracy"] >= 90, q
     bad = subprocess.run([sys.executable, "-m", "edgeopt", "optimize", "--model", f"{f}:make", "--input-shape",
                           "image:1,3,16,16", "--input-shape", "mask:1,1,16,16", "--data", "digits",
                           "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=600, env=env)
