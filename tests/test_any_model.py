@@ -368,7 +368,8 @@ def test_optimize_two_inputs_int8(tmp_path, runtime):
                               **_int8_run(tmp_path, runtime))
     fmt = "onnx" if runtime == "onnxruntime" else "openvino"
     q = report.candidate(f"original@{fmt}-int8")
-    assert q.status == "ok", q.reason
+    # kept or not rests on latency: on a tiny model INT8 kernels can measure slower than fp32 (rejected for that)
+    assert q.status == "ok" or q.reason.startswith("measured slower than fp32"), q.reason
     assert q.precision_executed.startswith("int8") and q.metric == "fidelity" and q.accuracy > 90
     assert q.verification["outputs"].keys() == {"0", "1"}
 
