@@ -56,6 +56,11 @@ class ArtifactError(EdgeOptError):
     """An artifact file is missing, not a model, or does not fit the requested input."""
 
 
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """An unexpected error as one line for a report: its type and the first line of its message."""
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:limit]}"
+
+
 def missing_backend(package: str, extra: str) -> BackendMissingError:
     return BackendMissingError(
         f"{package} is not installed: install it with `pip install 'edgeopt[{extra}]'`"

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from edgeopt.config import DeployContext
 from edgeopt.decide import policy
-from edgeopt.errors import BackendMissingError, ConfigError
+from edgeopt.errors import BackendMissingError, ConfigError, first_line
 from edgeopt.report import Candidate, Decision, Report
 
 
@@ -89,7 +89,7 @@ def judge_on_test(report: Report, context: DeployContext, evaluate: Callable[[Ca
         except (ConfigError, BackendMissingError):  # the user's to fix (e.g. their metric raised): stop
             raise
         except Exception as e:  # ran on the selection part, not on these images: not a choice to ship
-            why = f"evaluation on the test split failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
+            why = f"evaluation on the test split failed: {first_line(e, 160)}"
             if c.status == "ok":
                 c.status, c.reason = "rejected", why
             decisions.append(Decision(technique="test_split", decision="rejected", reason=f"{c.id}: {why}"))

@@ -11,7 +11,7 @@ from edgeopt.decide import policy
 from edgeopt.decide.plan import CandidateSpec
 from edgeopt.engine.build import Built, to_cache
 from edgeopt.engine.cache import key
-from edgeopt.errors import BackendMissingError, ConfigError, EdgeOptError
+from edgeopt.errors import BackendMissingError, ConfigError, EdgeOptError, first_line
 from edgeopt.report import Candidate, Decision
 
 # errors that no other candidate would escape (a bad configuration, a missing backend): the run stops and
@@ -22,7 +22,7 @@ FATAL = (ConfigError, BackendMissingError)
 def why_failed(e: Exception) -> str:
     if isinstance(e, EdgeOptError):
         return str(e)
-    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+    return first_line(e)
 
 
 class Finishing:
