@@ -22,7 +22,7 @@ from edgeopt.inputs.analyze import count_macs, count_params
 from edgeopt.inputs.data import Batches, DataSplits
 from edgeopt.measure.accuracy import predictions, score, torch_predictions
 from edgeopt.report import Candidate, Step
-from edgeopt.techniques import TECHNIQUES
+from edgeopt.techniques import apply_step
 
 
 @dataclass
@@ -43,9 +43,8 @@ def build_structure(model: nn.Module, example: torch.Tensor, spec: CandidateSpec
     current = model
     records = []
     for config in spec.steps:  # typed configs, validated when planned
-        tech = TECHNIQUES.get(config.technique)
-        extra = {"teacher": teacher, "train_data": train, "progress": progress} if tech.needs_retraining else {}
-        current, record = tech.apply_fn()(current, example, config, data=calib, **extra)
+        current, record = apply_step(current, example, config, data=calib, teacher=teacher, train_data=train,
+                                     progress=progress)
         records.append({"technique": config.technique, **record})
     return Built(current, records, count_params(current), count_macs(current, example))
 

@@ -285,3 +285,14 @@ def allowed(techniques: list[str] | None, technique: str) -> bool:
     if techniques is None:
         return True
     return TECHNIQUES.canonical(technique) in {TECHNIQUES.canonical(t) for t in techniques}
+
+
+def apply_step(model, example, step: TechniqueConfig | dict, data=None, *, teacher=None, train_data=None,
+               progress=None):
+    """Apply one model-stage step: `(model, record)`. Retraining techniques also get the teacher (default: the
+    model itself), the training data and the progress display; the others only the calibration `data`."""
+    config = parse_step(step)
+    tech = TECHNIQUES.get(config.technique)
+    extra = ({"teacher": model if teacher is None else teacher, "train_data": train_data, "progress": progress}
+             if tech.needs_retraining else {})
+    return tech.apply_fn()(model, example, config, data=data, **extra)
