@@ -15,13 +15,16 @@ from torch import nn
 
 
 @contextmanager
-def forward_hooks(hooks: Iterable[tuple[nn.Module, Callable]], *, pre: bool = False) -> Iterator[list]:
+def forward_hooks(hooks: Iterable[tuple[nn.Module, Callable]], *, pre: bool = False,
+                  with_kwargs: bool = False) -> Iterator[list]:
     """`(module, fn)` pairs hooked for the block: `fn(module, inputs, output)` after the module runs, or
-    `fn(module, inputs)` before it with `pre=True`. Yields the handles; every hook is removed on exit."""
+    `fn(module, inputs)` before it with `pre=True`; `with_kwargs=True` passes the keyword arguments too
+    (`fn(module, inputs, kwargs[, output])`). Yields the handles; every hook is removed on exit."""
     handles = []
     try:
         for module, fn in hooks:
-            handles.append(module.register_forward_pre_hook(fn) if pre else module.register_forward_hook(fn))
+            register = module.register_forward_pre_hook if pre else module.register_forward_hook
+            handles.append(register(fn, with_kwargs=True) if with_kwargs else register(fn))
         yield handles
     finally:
         for handle in handles:

@@ -176,15 +176,15 @@ def _dead_channel_net():
 
 def test_hrank_ranks_activated_maps():
     import edgeopt
-    from edgeopt.techniques.importance import clear_hrank, measure_hrank
+    from edgeopt.techniques.importance import HRankImportance
 
     net = _dead_channel_net()
     data = [torch.randn(8, 3, 8, 8) for _ in range(2)]
-    stab = measure_hrank(net, data)
-    ranks = net[0]._hrank
+    hrank = HRankImportance()
+    stab = hrank.measure(net, data)["hrank_stability"]
+    ranks = hrank.scores["0"]
     assert ranks[0] < 0.01 and ranks[1:].min() > 1, ranks  # dead after ReLU: rank 0; the rest: full-ish rank
     assert stab["maps"] == "after BatchNorm and activation"
-    clear_hrank(net)
     small = edgeopt.prune(net, torch.randn(1, 3, 8, 8), ratio=1 / 6, importance="hrank", data=data)
     assert small[0].out_channels == 5
     assert torch.equal(small[0].weight, net[0].weight[1:])  # the dead channel (the largest weights) went

@@ -143,12 +143,12 @@ def test_sensitivity_gives_lower_ratios_to_sensitive_layers(tiny_plain, example)
 
 
 def test_slimming_penalty_shrinks_bn_gammas(tiny_plain):
-    from edgeopt.techniques.importance import slimming_penalty, train_slimming
+    from edgeopt.techniques.slimming import slimming_penalty, sparsity_train
 
     data = [(torch.randn(8, 1, 16, 16), torch.randint(0, 10, (8,))) for _ in range(4)]
     before = float(slimming_penalty(tiny_plain, 1.0))
-    train_slimming(tiny_plain, data, epochs=3, strength=1e-2, lr=0.05)
-    assert float(slimming_penalty(tiny_plain, 1.0)) < before
+    trained, _ = sparsity_train(tiny_plain, data, epochs=3, strength=1e-2, lr=0.05)
+    assert float(slimming_penalty(trained, 1.0)) < before
 
 
 def test_analyze_counts(tiny, example):

@@ -161,17 +161,16 @@ def test_recon_scores_are_reused_for_the_same_weights_and_batches():
     calib = _gauss()
     calls = []
     h = model[2].register_forward_pre_hook(lambda m, a: calls.append(1))
-    measure_scores(model, calib)
-    first = model[2]._recon_score.clone()
+    first = measure_scores(model, calib)["2"].clone()
     n = len(calls)
     twin = _mlp_with_duplicate()
     twin[2].register_forward_pre_hook(lambda m, a: calls.append(1))
-    measure_scores(twin, list(calib))  # a new list of the same batches, a copy of the same weights
-    assert len(calls) == n and torch.equal(twin[2]._recon_score, first)
+    again = measure_scores(twin, list(calib))  # a new list of the same batches, a copy of the same weights
+    assert len(calls) == n and torch.equal(again["2"], first)
     with torch.no_grad():
         twin[2].weight.mul_(2)
-    measure_scores(twin, calib)  # other weights: measured again
-    assert len(calls) > n and not torch.equal(twin[2]._recon_score, first)
+    again = measure_scores(twin, calib)  # other weights: measured again
+    assert len(calls) > n and not torch.equal(again["2"], first)
     measure_scores(model, [b.clone() for b in calib])  # other batch objects: measured again
     assert len(calls) > n + len(calib)
     h.remove()

@@ -146,7 +146,7 @@ def prune_to_latency(model: nn.Module, example: torch.Tensor, latency_target: fl
     from edgeopt.measure.lut import RUNTIMES, LatencyTable
     from edgeopt.techniques.importance import importances, inputs_of
     from edgeopt.techniques.prune import prune
-    from edgeopt.techniques.recon_scores import clear_scores, measure_scores, recon_importance
+    from edgeopt.techniques.recon_scores import ReconImportance
 
     if not 0.0 < latency_target < 1.0:
         raise PruningError(f"latency target must be a fraction of the baseline in (0, 1), got {latency_target}")
@@ -157,17 +157,13 @@ def prune_to_latency(model: nn.Module, example: torch.Tensor, latency_target: fl
             _TABLES.clear()
             _TABLES[key] = LatencyTable(runtime=key[-3], threads=threads, precision=precision).build(model, example)
         table = _TABLES[key]
-    work = model.eval()
+    model.eval()
     if importance == "recon" and inputs_of(data):
-        import copy
-
-        work = copy.deepcopy(model).eval()
-        measure_scores(work, inputs_of(data))
-        imp = recon_importance()
+        imp = ReconImportance()
+        imp.measure(model, data)
     else:
         imp = importances().get("l2" if importance == "recon" else importance)()
-    groups = find_groups(work, example, imp)
-    clear_scores(work)
+    groups = find_groups(model, example, imp)
     if table.fit is None:  # the fixed cost no width changes, from the original and a half-width copy
         half, _ = prune(model, example, ratio=CALIBRATION_RATIO, max_layer_ratio=max_layer_ratio)
         table.calibrate([model, half], example)

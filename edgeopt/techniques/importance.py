@@ -1,9 +1,8 @@
 """Pruning criteria: which channels to remove. Torch-Pruning's own criteria where it has them (L1/L2 group
-magnitude, BN scale, Taylor, FPGM, random); HRank (Lin et al. 2020) here, as a Torch-Pruning Importance
-fed with feature-map ranks measured over a few batches of real inputs.
-
-Also the Network Slimming penalty (L1 on BatchNorm gamma) for sparsity-regularised training, used when
-retraining is allowed (the training loop itself belongs to the decision layer)."""
+magnitude, BN scale, FPGM, random); the data-driven ones here, as objects that measure on calibration data
+and keep what they measured (Taylor: gradients of the loss; HRank (Lin et al. 2020): feature-map ranks;
+energy: mean squared activations). Like Torch-Pruning's `Importance` objects, a criterion is called on a
+group and returns one score per channel; nothing is ever stored on the model's modules."""
 
 from __future__ import annotations
 
@@ -13,6 +12,7 @@ import torch
 from torch import nn
 
 from edgeopt.errors import PruningError
+from edgeopt.hooks import forward_hooks
 from edgeopt.inputs.feeding import run_model
 from edgeopt.inputs.structure import Inputs
 from edgeopt.registry import Registry
@@ -22,27 +22,102 @@ NEEDS_LABELS = ("taylor",)
 NEEDS_INPUTS = ("hrank", "energy")
 
 
-def _hrank_importance():
-    import torch_pruning as tp
+def inputs_of(data) -> list[torch.Tensor]:
+    """Batches given as tensors or (tensor, label) pairs -> the input tensors."""
+    if not data:
+        return []
+    return [b[0] if isinstance(b, (tuple, list)) else b for b in data]
 
-    class HRankImportance(tp.importance.GroupMagnitudeImportance):
-        """Score of a channel = average rank of its output feature maps (stored on each conv as `_hrank`
-        by `measure_hrank`); a group's score is the mean over its convs, as for the magnitude criteria."""
 
-        @torch.no_grad()
-        def __call__(self, group):
-            imps, root_idxs = [], []
-            for i, (dep, idxs) in enumerate(group):
-                layer = dep.layer
-                if (isinstance(layer, nn.Conv2d) and hasattr(layer, "_hrank")
-                        and dep.pruning_fn == tp.prune_conv_out_channels):
-                    imps.append(layer._hrank.to(layer.weight.device)[list(idxs)])
-                    root_idxs.append(group[i].root_idxs)
-            if not imps:  # a group without measured convs (e.g. only Linear layers): fall back to L2
-                return super().__call__(group)
-            return self._normalize(self._reduce(imps, root_idxs), self.normalizer)
+def measured(criterion) -> bool:
+    """Whether the criterion measures on data (and must be measured before it is called)."""
+    return callable(getattr(criterion, "measure", None))
 
-    return HRankImportance()
+
+class MeasuredImportance:
+    """Base of the criteria measured on data: per-layer channel scores kept in `scores`, by each layer's name
+    in the model measured. By name, not by module: pruning block by block puts a block back as a copy when
+    its attempt fails, and the copy's layers have the same names (and the scores measured before the attempt,
+    see `saved`/`put_back`). Layers without scores fall back to the group's L2 magnitude.
+
+    `measure(model, data) -> dict` fills the scores (the dict is what the record reports); measuring again
+    (after a pruning step, on the channels left) replaces the scores of the layers measured again."""
+
+    every_step = False  # measured again before every pruning step, the first included (Taylor)
+
+    def __init__(self):
+        import torch_pruning as tp
+
+        self.magnitude = tp.importance.GroupMagnitudeImportance(p=2)
+        self.scores: dict[str, torch.Tensor] = {}
+        self.model: nn.Module | None = None
+        self._names: dict[nn.Module, str] = {}
+        self._stale = False
+
+    def measure(self, model: nn.Module, data) -> dict:
+        raise NotImplementedError
+
+    def keep(self, model: nn.Module, per_layer: dict[nn.Module, torch.Tensor]) -> None:
+        """Store what was measured on `model`'s layers, by name."""
+        self.model = model
+        self._names = {m: n for n, m in model.named_modules()}
+        self._stale = False
+        self.scores.update({self._names[m]: s for m, s in per_layer.items()})
+
+    def score(self, layer: nn.Module) -> torch.Tensor | None:
+        if self._stale and self.model is not None:  # a block was put back: its layers are new objects
+            self._names = {m: n for n, m in self.model.named_modules()}
+            self._stale = False
+        name = self._names.get(layer)
+        return None if name is None else self.scores.get(name)
+
+    def saved(self, prefix: str) -> dict[str, torch.Tensor]:
+        """The scores of the layers under the block `prefix` (before an attempt to prune it)."""
+        return {n: s for n, s in self.scores.items() if n == prefix or n.startswith(prefix + ".")}
+
+    def put_back(self, prefix: str, saved: dict[str, torch.Tensor]) -> None:
+        """The block was put back as it was before the attempt: so are its layers' scores."""
+        for n in list(self.saved(prefix)):
+            del self.scores[n]
+        self.scores.update(saved)
+        self._stale = True
+
+    def _mean_over_layers(self, group, applies: Callable) -> torch.Tensor:
+        """A group's score: the mean over its measured layers (as for the magnitude criteria)."""
+        imps, root_idxs = [], []
+        for i, (dep, idxs) in enumerate(group):
+            layer = dep.layer
+            score = self.score(layer)
+            if score is not None and applies(layer, dep.pruning_fn):
+                imps.append(score.to(layer.weight.device)[list(idxs)])
+                root_idxs.append(group[i].root_idxs)
+        if not imps:  # a group without measured layers (e.g. only Linear layers for HRank): L2 magnitude
+            return self.magnitude(group)
+        return self.magnitude._normalize(self.magnitude._reduce(imps, root_idxs), self.magnitude.normalizer)
+
+
+class TaylorImportance:
+    """First-order Taylor (Torch-Pruning's group Taylor criterion): it reads the gradients of the loss that
+    `measure` accumulates over a few labelled batches (on the parameters' own `.grad`, which pruning clears)."""
+
+    every_step = True  # the gradients of the weights as they are before each step
+
+    def __init__(self, max_batches: int = 4):
+        import torch_pruning as tp
+
+        self.taylor = tp.importance.GroupTaylorImportance()
+        self.max_batches = max_batches
+
+    def measure(self, model: nn.Module, data) -> dict:
+        if not data or not all(isinstance(b, (tuple, list)) and len(b) > 1 and b[1] is not None for b in data):
+            raise PruningError("taylor importance needs a few labelled batches: pass data=[(x, y), ...]")
+        model.zero_grad()
+        for x, y in list(data)[: self.max_batches]:
+            nn.functional.cross_entropy(model(x), y).backward()
+        return {}
+
+    def __call__(self, group):
+        return self.taylor(group)
 
 
 def importances() -> Registry[Callable[[], object]]:
@@ -52,28 +127,12 @@ def importances() -> Registry[Callable[[], object]]:
     reg.register("l2", lambda: tp.importance.GroupMagnitudeImportance(p=2), aliases=("magnitude",))
     reg.register("l1", lambda: tp.importance.GroupMagnitudeImportance(p=1))
     reg.register("bn_scale", lambda: tp.importance.BNScaleImportance(), aliases=("slimming", "bn"))
-    reg.register("taylor", lambda: tp.importance.GroupTaylorImportance())
-    reg.register("hrank", _hrank_importance, aliases=("rank",))
+    reg.register("taylor", TaylorImportance)
+    reg.register("hrank", HRankImportance, aliases=("rank",))
     reg.register("fpgm", lambda: tp.importance.FPGMImportance())
     reg.register("random", lambda: tp.importance.RandomImportance())
-    reg.register("energy", _energy_importance, aliases=("activation_energy",))
+    reg.register("energy", EnergyImportance, aliases=("activation_energy",))
     return reg
-
-
-def inputs_of(data) -> list[torch.Tensor]:
-    """Batches given as tensors or (tensor, label) pairs -> the input tensors."""
-    if not data:
-        return []
-    return [b[0] if isinstance(b, (tuple, list)) else b for b in data]
-
-
-def taylor_grads(model: nn.Module, data, max_batches: int = 4) -> None:
-    """First-order Taylor needs gradients of the loss: accumulate them over a few labelled batches."""
-    if not data or not all(isinstance(b, (tuple, list)) and len(b) > 1 and b[1] is not None for b in data):
-        raise PruningError("taylor importance needs a few labelled batches: pass data=[(x, y), ...]")
-    model.zero_grad()
-    for x, y in list(data)[:max_batches]:
-        nn.functional.cross_entropy(model(x), y).backward()
 
 
 def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -81,6 +140,17 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     ra, rb = ra - ra.mean(), rb - rb.mean()
     den = (ra.norm() * rb.norm()).item()
     return 1.0 if den == 0 else float((ra * rb).sum().item() / den)
+
+
+def _stability(per_layer: dict[nn.Module, list[torch.Tensor]]) -> tuple[dict[nn.Module, torch.Tensor], list]:
+    """The mean per-channel measure of each layer over the batches, and per layer the worst Spearman
+    correlation of one batch's measures with the mean (how stable the per-channel ranking is)."""
+    means, corr = {}, []
+    for m, values in per_layer.items():
+        mean = means[m] = torch.stack(values).mean(0)
+        if len(values) > 1 and mean.std() > 0:
+            corr.append(min(_spearman(v, mean) for v in values))
+    return means, corr
 
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SiLU, nn.Hardswish, nn.GELU, nn.Mish,
@@ -139,153 +209,101 @@ def _rank_maps(out: torch.Tensor) -> torch.Tensor | None:
 HRANK_MAX_IMAGES = 16
 
 
-@torch.no_grad()
-def measure_hrank(model: nn.Module, data, max_batches: int = 4) -> dict:
-    """Store on every conv `_hrank`: the average matrix rank of each output channel's *activated* feature map
-    (after its BatchNorm and activation, as in the HRank paper) over the batches. Returns how stable the
-    per-channel ranking is across batches (HRank's claim): the Spearman correlation of each batch's ranks with
-    the mean ranks, averaged and worst over layers."""
-    batches = inputs_of(data)[:max_batches]
-    if not batches:
-        raise PruningError("hrank importance needs a few batches of real inputs: pass data=[x, ...]")
-    # a feature map's rank barely moves from image to image (HRank's observation, checked by the Spearman
-    # stability below): HRANK_MAX_IMAGES images bound the SVDs of large maps (resnet18 at 224: 9 s for 32)
-    per = max(1, -(-HRANK_MAX_IMAGES // len(batches)))
-    batches = [x[:per] if isinstance(x, (torch.Tensor, Inputs)) and len(x) > per else x for x in batches]
-    per_layer: dict[nn.Module, list[torch.Tensor]] = {}
+class HRankImportance(MeasuredImportance):
+    """Score of a channel = average rank of its *activated* output feature maps (after its BatchNorm and
+    activation, as in the HRank paper) over a few batches; a group's score is the mean over its convs."""
 
-    def record(conv, act):
-        ranks = _rank_maps(act)
-        if ranks is not None:
-            per_layer.setdefault(conv, []).append(ranks)
+    def __init__(self, max_batches: int = 4):
+        super().__init__()
+        self.max_batches = max_batches
 
-    tracker = _ActivatedMaps(record)
-    leaves = [m for m in model.modules() if not list(m.children())]
-    handles = [h for m in leaves for h in (m.register_forward_pre_hook(tracker.pre_hook),
-                                           m.register_forward_hook(tracker.post_hook))]
-    try:
-        for x in batches:
-            run_model(model, x)
-            tracker.flush()
-    finally:
-        for h in handles:
-            h.remove()
-    corr = []
-    for m, ranks in per_layer.items():
-        mean = torch.stack(ranks).mean(0)
-        norms = m.weight.detach().flatten(1).norm(dim=1)
-        m._hrank = mean + 1e-3 * norms / norms.max().clamp_min(1e-12)  # ties only, below any rank difference
-        if len(ranks) > 1 and mean.std() > 0:
-            corr.append(min(_spearman(r, mean) for r in ranks))
-    return {"batches": len(batches), "layers_measured": len(per_layer), "maps": "after BatchNorm and activation",
+    @torch.no_grad()
+    def measure(self, model: nn.Module, data) -> dict:
+        """Rank every conv's channels; the record says how stable the per-channel ranking is across batches
+        (HRank's claim): the Spearman correlation of each batch's ranks with the mean ranks, averaged and
+        worst over layers."""
+        batches = inputs_of(data)[: self.max_batches]
+        if not batches:
+            raise PruningError("hrank importance needs a few batches of real inputs: pass data=[x, ...]")
+        # a feature map's rank barely moves from image to image (HRank's observation, checked by the Spearman
+        # stability below): HRANK_MAX_IMAGES images bound the SVDs of large maps (resnet18 at 224: 9 s for 32)
+        per = max(1, -(-HRANK_MAX_IMAGES // len(batches)))
+        batches = [x[:per] if isinstance(x, (torch.Tensor, Inputs)) and len(x) > per else x for x in batches]
+        per_layer: dict[nn.Module, list[torch.Tensor]] = {}
+
+        def record(conv, act):
+            ranks = _rank_maps(act)
+            if ranks is not None:
+                per_layer.setdefault(conv, []).append(ranks)
+
+        tracker = _ActivatedMaps(record)
+        leaves = [m for m in model.modules() if not list(m.children())]
+        with forward_hooks(((m, tracker.pre_hook) for m in leaves), pre=True), \
+                forward_hooks((m, tracker.post_hook) for m in leaves):
+            for x in batches:
+                run_model(model, x)
+                tracker.flush()
+        means, corr = _stability(per_layer)
+        ranks = {}
+        for m, mean in means.items():
+            norms = m.weight.detach().flatten(1).norm(dim=1)
+            ranks[m] = mean + 1e-3 * norms / norms.max().clamp_min(1e-12)  # ties only, below any rank difference
+        self.keep(model, ranks)
+        return {"hrank_stability": {
+            "batches": len(batches), "layers_measured": len(per_layer), "maps": "after BatchNorm and activation",
             "mean_spearman": round(sum(corr) / len(corr), 4) if corr else None,
-            "min_spearman": round(min(corr), 4) if corr else None,
-            "stable": (min(corr) > 0.8) if corr else None}
+            "min_spearman": round(min(corr), 4) if corr else None, "stable": (min(corr) > 0.8) if corr else None}}
+
+    @torch.no_grad()
+    def __call__(self, group):
+        import torch_pruning as tp
+
+        return self._mean_over_layers(
+            group, lambda layer, fn: isinstance(layer, nn.Conv2d) and fn == tp.prune_conv_out_channels)
 
 
-def clear_hrank(model: nn.Module) -> None:
-    for m in model.modules():
-        if hasattr(m, "_hrank"):
-            del m._hrank
-
-
-# --- energy-based criterion ---------------------------------------------------------------------------
 # A channel whose output feature maps carry little energy (mean squared activation) on real inputs
 # contributes little to what the next layer sees, whatever its weights look like.
 
 
-def _energy_importance():
-    import torch_pruning as tp
+class EnergyImportance(MeasuredImportance):
+    """Score of a channel = energy of its output maps, measured on the convs, Linears and the BatchNorms
+    after them (after BN the scale is the one the next layer sees); a group's score is the mean over its
+    measured layers."""
 
-    prunes_out = (tp.prune_conv_out_channels, tp.prune_batchnorm_out_channels, tp.prune_linear_out_channels)
+    def __init__(self, max_batches: int = 4):
+        super().__init__()
+        self.max_batches = max_batches
 
-    class EnergyImportance(tp.importance.GroupMagnitudeImportance):
-        """Score of a channel = energy of its output maps, stored as `_energy` by `measure_energy` on the
-        convs and the BatchNorms after them (after BN the scale is the one the next layer sees); a group's
-        score is the mean over its measured layers."""
+    @torch.no_grad()
+    def measure(self, model: nn.Module, data) -> dict:
+        """The mean squared activation of each output channel over the batches; the record says how stable
+        the per-channel ranking is across batches (Spearman correlation of each batch's energies with the
+        mean, averaged and worst over layers)."""
+        batches = inputs_of(data)[: self.max_batches]
+        if not batches:
+            raise PruningError("energy importance needs a few batches of real inputs: pass data=[x, ...]")
+        per_layer: dict[nn.Module, list[torch.Tensor]] = {}
 
-        @torch.no_grad()
-        def __call__(self, group):
-            imps, root_idxs = [], []
-            for i, (dep, idxs) in enumerate(group):
-                layer = dep.layer
-                if hasattr(layer, "_energy") and dep.pruning_fn in prunes_out:
-                    imps.append(layer._energy.to(layer.weight.device)[list(idxs)])
-                    root_idxs.append(group[i].root_idxs)
-            if not imps:  # nothing measured in this group: fall back to L2 magnitude
-                return super().__call__(group)
-            return self._normalize(self._reduce(imps, root_idxs), self.normalizer)
+        def hook(mod, inp, out):
+            if isinstance(out, torch.Tensor) and out.dim() >= 2:
+                dims = [d for d in range(out.dim()) if d != 1]  # every axis but channels (NCHW / NC)
+                per_layer.setdefault(mod, []).append(out.float().pow(2).mean(dim=dims))
 
-    return EnergyImportance()
-
-
-@torch.no_grad()
-def measure_energy(model: nn.Module, data, max_batches: int = 4) -> dict:
-    """Store on every conv, BatchNorm and Linear `_energy`: the mean squared activation of each output
-    channel over the batches. Returns how stable the per-channel ranking is across batches (Spearman
-    correlation of each batch's energies with the mean, averaged and worst over layers)."""
-    batches = inputs_of(data)[:max_batches]
-    if not batches:
-        raise PruningError("energy importance needs a few batches of real inputs: pass data=[x, ...]")
-    per_layer: dict[nn.Module, list[torch.Tensor]] = {}
-
-    def hook(mod, inp, out):
-        if isinstance(out, torch.Tensor) and out.dim() >= 2:
-            dims = [d for d in range(out.dim()) if d != 1]  # every axis but channels (NCHW / NC)
-            per_layer.setdefault(mod, []).append(out.float().pow(2).mean(dim=dims))
-
-    kinds = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
-    try:
-        for x in batches:
-            run_model(model, x)
-    finally:
-        for h in handles:
-            h.remove()
-    corr = []
-    for m, energies in per_layer.items():
-        mean = torch.stack(energies).mean(0)
-        m._energy = mean
-        if len(energies) > 1 and mean.std() > 0:
-            corr.append(min(_spearman(e, mean) for e in energies))
-    return {"batches": len(batches), "layers_measured": len(per_layer),
+        kinds = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
+        with forward_hooks((m, hook) for m in model.modules() if isinstance(m, kinds)):
+            for x in batches:
+                run_model(model, x)
+        means, corr = _stability(per_layer)
+        self.keep(model, means)
+        return {"energy_stability": {
+            "batches": len(batches), "layers_measured": len(per_layer),
             "mean_spearman": round(sum(corr) / len(corr), 4) if corr else None,
-            "min_spearman": round(min(corr), 4) if corr else None}
+            "min_spearman": round(min(corr), 4) if corr else None}}
 
+    @torch.no_grad()
+    def __call__(self, group):
+        import torch_pruning as tp
 
-def clear_energy(model: nn.Module) -> None:
-    for m in model.modules():
-        if hasattr(m, "_energy"):
-            del m._energy
-
-
-def measure_for(importance: str, model: nn.Module, data) -> dict:
-    """Measure what an input-driven criterion needs on `model`; returns the record entry."""
-    if importance == "energy":
-        return {"energy_stability": measure_energy(model, data)}
-    return {"hrank_stability": measure_hrank(model, data)}
-
-
-def slimming_penalty(model: nn.Module, strength: float = 1e-4) -> torch.Tensor:
-    """Network Slimming: L1 penalty on BatchNorm scale factors, added to the task loss while training so
-    that unimportant channels' gamma go to zero and `bn_scale` pruning removes them cheaply."""
-    terms = [m.weight.abs().sum() for m in model.modules()
-             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
-    return strength * torch.stack(terms).sum() if terms else torch.zeros(())
-
-
-def train_slimming(model: nn.Module, data, epochs: int = 1, strength: float = 1e-4, lr: float = 1e-3) -> dict:
-    """Sparsity-regularised training (task loss + L1 on BN gamma) on labelled batches, in place."""
-    if not data or not all(isinstance(b, (tuple, list)) and b[1] is not None for b in data):
-        raise PruningError("slimming training needs labelled batches: pass data=[(x, y), ...]")
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    model.train()
-    loss = torch.zeros(())
-    for _ in range(epochs):
-        for x, y in data:
-            opt.zero_grad()
-            loss = nn.functional.cross_entropy(model(x), y) + slimming_penalty(model, strength)
-            loss.backward()
-            opt.step()
-    model.eval()
-    return {"epochs": epochs, "strength": strength, "last_loss": float(loss.detach())}
+        prunes_out = (tp.prune_conv_out_channels, tp.prune_batchnorm_out_channels, tp.prune_linear_out_channels)
+        return self._mean_over_layers(group, lambda layer, fn: fn in prunes_out)

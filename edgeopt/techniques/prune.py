@@ -16,20 +16,11 @@ import torch
 from torch import nn
 
 from edgeopt.errors import PruningError
+from edgeopt.hooks import forward_hooks
 from edgeopt.inputs.feeding import batch_inputs
 from edgeopt.inputs.structure import Inputs, model_outputs
-from edgeopt.techniques.importance import (
-    IMPORTANCE_NAMES,
-    NEEDS_INPUTS,
-    clear_energy,
-    clear_hrank,
-    importances,
-    inputs_of,
-    measure_for,
-    taylor_grads,
-)
+from edgeopt.techniques.importance import IMPORTANCE_NAMES, MeasuredImportance, importances, inputs_of, measured
 from edgeopt.techniques.prune_core import PruneSpec, is_attention, output_layers, prune_module
-from edgeopt.techniques.recon_scores import clear_scores
 from edgeopt.timeout import time_limit
 
 __all__ = ["IMPORTANCE_NAMES", "prune", "apply_prune", "channel_table", "unsafe_layers"]
@@ -84,13 +75,8 @@ def _capture_inputs(model: nn.Module, example: Inputs) -> dict[nn.Module, tuple]
             ok = not kwargs and args and all(isinstance(a, torch.Tensor) for a in args)
             seen[mod] = tuple(a.detach() for a in args) if ok else ()
 
-    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in model.modules()]
-    try:
-        with torch.no_grad():
-            example.call(model)
-    finally:
-        for h in handles:
-            h.remove()
+    with forward_hooks(((m, hook) for m in model.modules()), pre=True, with_kwargs=True), torch.no_grad():
+        example.call(model)
     seen[model] = example.example() if example.keyword else tuple(example.tensors)
     return seen
 
@@ -116,12 +102,16 @@ class _Walker:
             self.failures.append(f"{name or 'model'}: called with keyword/non-tensor inputs, not traceable alone")
             return module
         backup = copy.deepcopy(module)
+        criterion = self.spec.criterion
+        scores = criterion.saved(name) if isinstance(criterion, MeasuredImportance) else None
         try:
             with time_limit(max(1.0, limit), f"pruning {name or 'the model'}"):
                 res = prune_module(module, args, self.spec, self.model,
                                    extra_ignored=self.heads if module is self.model else ())
         except Exception as e:  # any failure: put the block back as it was, then try its children
             self.failures.append(f"{name or 'model'}: {type(e).__name__}: {str(e)[:160]}")
+            if scores is not None:  # the block's layers are put back with the scores measured on them
+                criterion.put_back(name, scores)
             self._restore(name, module, backup)
             return backup
         self.notes += res["notes"]
@@ -186,13 +176,8 @@ def prune(model: nn.Module, example, ratio: float = 0.3, importance: str = "l2",
     out = model_outputs(work, example)
     before = channel_table(work)
     extra: dict = {}
-    importance, factory = _criterion(importance, work, data, extra)
-    if importance == "taylor":
-        taylor_grads(work, data)  # raises PruningError early when the labels are missing
-        work.zero_grad(set_to_none=True)
-    if importance in NEEDS_INPUTS:
-        extra.update(measure_for(importance, work, data))
-    spec = PruneSpec(ratio=ratio, importance=importance, make_importance=factory, scope=scope, round_to=round_to,
+    importance, criterion = _criterion(importance, work, data, extra)
+    spec = PruneSpec(ratio=ratio, importance=importance, criterion=criterion, scope=scope, round_to=round_to,
                      iterative_steps=iterative_steps, max_layer_ratio=max_layer_ratio, data=data,
                      layer_ratios=dict(layer_ratios or {}), names={m: n for n, m in work.named_modules()})
     walker = _Walker(work, example, spec, t0 + timeout_s, block_timeout_s)
@@ -201,18 +186,12 @@ def prune(model: nn.Module, example, ratio: float = 0.3, importance: str = "l2",
     except _RootFailed:  # the whole-model attempt failed half-way: start again from a clean copy, by blocks
         failures = walker.failures
         work = copy.deepcopy(model).eval()
-        if importance in NEEDS_INPUTS:
-            measure_for(importance, work, data)
-        if importance == "recon":
-            _criterion("recon", work, data, extra)
+        _, spec.criterion = _criterion(importance, work, data, extra)  # measured again, on the clean copy
         spec.names = {m: n for n, m in work.named_modules()}
         walker = _Walker(work, example, spec, t0 + timeout_s, block_timeout_s)
         walker.failures = failures
         for cname, child in work.named_children():
             walker.visit(cname, child)
-    clear_hrank(work)
-    clear_scores(work)
-    clear_energy(work)
     if reconstruct:
         extra["reconstruction"] = _reconstruct(model, work, data, spec.kept)
     work.zero_grad(set_to_none=True)
@@ -243,17 +222,23 @@ def prune(model: nn.Module, example, ratio: float = 0.3, importance: str = "l2",
 
 
 def _criterion(importance: str, work: nn.Module, data, extra: dict):
-    """(canonical name, Torch-Pruning importance factory); `recon` measures its scores on `data` first."""
-    if importance != "recon":
-        return importances().canonical(importance), importances().get(importance)
-    from edgeopt.techniques.recon_scores import measure_scores, recon_importance
+    """(canonical name, the criterion object), measured on `work` when it measures on data (what it
+    measured goes into `extra`); `recon` without calibration inputs falls back to l2."""
+    if importance == "recon":
+        from edgeopt.techniques.recon_scores import ReconImportance
 
-    batches = inputs_of(data)
-    if not batches:
-        extra["importance_fallback"] = "recon importance needs unlabeled calibration inputs: l2 used instead"
-        return "l2", importances().get("l2")
-    extra["recon_layers_measured"] = measure_scores(work, batches)
-    return "recon", recon_importance
+        if not inputs_of(data):
+            extra["importance_fallback"] = "recon importance needs unlabeled calibration inputs: l2 used instead"
+            return "l2", importances().get("l2")()
+        criterion = ReconImportance()
+    else:
+        criterion = importances().get(importance)()
+        importance = importances().canonical(importance)
+    if measured(criterion):
+        extra.update(criterion.measure(work, data))  # raises PruningError early when the data cannot serve
+        if criterion.every_step:  # measured again before each step (Taylor's gradients): not kept meanwhile
+            work.zero_grad(set_to_none=True)
+    return importance, criterion
 
 
 def _reconstruct(model: nn.Module, work: nn.Module, data, kept: dict) -> dict:

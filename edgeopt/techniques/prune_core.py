@@ -13,15 +13,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from edgeopt.hooks import forward_hooks
 from edgeopt.inputs.structure import Inputs, flatten_outputs
-from edgeopt.techniques.importance import NEEDS_INPUTS, measure_for, taylor_grads
+from edgeopt.techniques.importance import measured
 
 
 @dataclass
 class PruneSpec:
     ratio: float
     importance: str
-    make_importance: object  # () -> tp Importance
+    criterion: object  # a Torch-Pruning importance: called on a group, one score per channel
     scope: str = "local"
     round_to: int | None = None
     iterative_steps: int = 1
@@ -121,7 +122,7 @@ def prune_module(module: nn.Module, args: tuple | dict, spec: PruneSpec, full_mo
                   if isinstance(m, roots) and spec.names.get(m) in spec.layer_ratios}
     example = args if isinstance(args, dict) else args[0] if len(args) == 1 else list(args)
     pruner = tp.pruner.MetaPruner(
-        module, example, importance=spec.make_importance(), pruning_ratio=spec.ratio,
+        module, example, importance=spec.criterion, pruning_ratio=spec.ratio,
         pruning_ratio_dict=ratio_dict or None, global_pruning=(spec.scope == "global"),
         max_pruning_ratio=spec.max_layer_ratio, iterative_steps=spec.iterative_steps, round_to=spec.round_to,
         ignored_layers=ignored, num_heads=heads)
@@ -133,15 +134,8 @@ def prune_module(module: nn.Module, args: tuple | dict, spec: PruneSpec, full_mo
             for g in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=roots))
     kept: dict[str, list[int]] = {}  # merged into spec.kept only once this module was pruned successfully
     for step in range(spec.iterative_steps):
-        if spec.importance == "taylor":
-            taylor_grads(full_model, spec.data)
-        elif spec.importance in NEEDS_INPUTS and step > 0:
-            measure_for(spec.importance, full_model, spec.data)  # measures of the channels that are left
-        elif spec.importance == "recon" and step > 0:
-            from edgeopt.techniques.importance import inputs_of
-            from edgeopt.techniques.recon_scores import measure_scores
-
-            measure_scores(full_model, inputs_of(spec.data))  # scores of the channels that are left
+        if measured(spec.criterion) and (step > 0 or spec.criterion.every_step):
+            spec.criterion.measure(full_model, spec.data)  # measures of the channels that are left
         for group in pruner.step(interactive=True):
             _track_kept(group, pruner.DG, spec, kept)
             group.prune()
@@ -183,11 +177,7 @@ def output_layers(model: nn.Module, example: Inputs) -> list[nn.Module]:
         if isinstance(out, torch.Tensor):
             produced[id(out)] = mod
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            outs = flatten_outputs(example.call(model))
-    finally:
-        for h in handles:
-            h.remove()
+    layers = (m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    with forward_hooks((m, hook) for m in layers), torch.no_grad():
+        outs = flatten_outputs(example.call(model))
     return [produced[id(t)] for t in outs.values() if id(t) in produced]

@@ -17,7 +17,9 @@ import hashlib
 import torch
 from torch import nn
 
+from edgeopt.hooks import forward_hooks
 from edgeopt.inputs.feeding import run_model
+from edgeopt.techniques.importance import MeasuredImportance, inputs_of
 from edgeopt.techniques.layer_rows import NormalEquations, dense_layer, input_rows
 
 MAX_FULL_INVERSE = 6144  # above this many inputs (and more rows than inputs) only the diagonal of A is used
@@ -103,64 +105,59 @@ def _cached_scores(model: nn.Module, batches: list, max_batches: int) -> dict | 
 
 
 @torch.no_grad()
-def measure_scores(model: nn.Module, batches: list[torch.Tensor], max_batches: int = 8) -> int:
-    """Store on every dense consumer `_recon_score`: per input feature (conv: per input channel), the
-    output error its removal costs after optimal re-weighting of the others. Returns how many layers.
-    A search measures the same original on the same calibration batches for every level and family: the
-    last measurement is reused when the weights and the batch objects are the same."""
+def measure_scores(model: nn.Module, batches: list[torch.Tensor], max_batches: int = 8) -> dict[str, torch.Tensor]:
+    """Per dense consumer (by name) and per input feature (conv: per input channel), the output error its
+    removal costs after optimal re-weighting of the others. A search measures the same original on the same
+    calibration batches for every level and family: the last measurement is reused when the weights and the
+    batch objects are the same."""
     layers = {n: m for n, m in model.named_modules() if dense_layer(m)}
     cached = _cached_scores(model, batches, max_batches)
     if cached is not None:
-        for n, score in cached.items():
-            layers[n]._recon_score = score.clone()
-        return len(cached)
+        return {n: score.clone() for n, score in cached.items()}
     eqs: dict[nn.Module, ScoreEquations] = {}
 
     def hook(mod, args):
         eqs.setdefault(mod, ScoreEquations()).add(input_rows(mod, args[0].detach(), 0)[:, :-1])
 
-    handles = [m.register_forward_pre_hook(hook) for m in layers.values()]
-    try:
+    with forward_hooks(((m, hook) for m in layers.values()), pre=True):
         for x in batches[:max_batches]:
             run_model(model, x)
-    finally:
-        for h in handles:
-            h.remove()
     names = {m: n for n, m in layers.items()}
-    for m, eq in eqs.items():
-        m._recon_score = obs_scores(m, eq).float()
+    scores = {names[m]: obs_scores(m, eq).float() for m, eq in eqs.items()}
     _SCORES["entry"] = {"fingerprint": fingerprint(model), "batches": list(batches[:max_batches]),
-                        "max_batches": max_batches, "scores": {names[m]: m._recon_score.clone() for m in eqs}}
-    return len(eqs)
+                        "max_batches": max_batches, "scores": {n: s.clone() for n, s in scores.items()}}
+    return scores
 
 
-def clear_scores(model: nn.Module) -> None:
-    for m in model.modules():
-        if hasattr(m, "_recon_score"):
-            del m._recon_score
+class ReconImportance(MeasuredImportance):
+    """Torch-Pruning importance: a group's channel scores are the summed scores of the consumers whose input
+    channels the group cuts (`measure_scores`, measured on unlabeled calibration inputs); groups with no
+    measured consumer fall back to L2 magnitude."""
 
+    def __init__(self, max_batches: int = 8):
+        super().__init__()
+        self.max_batches = max_batches
 
-def recon_importance():
-    """Torch-Pruning importance: a group's channel scores are the summed `_recon_score` of the consumers
-    whose input channels the group cuts; groups with no measured consumer fall back to L2 magnitude."""
-    import torch_pruning as tp
+    def measure(self, model: nn.Module, data) -> dict:
+        scores = measure_scores(model, inputs_of(data), self.max_batches)
+        layers = dict(model.named_modules())
+        self.keep(model, {layers[n]: s for n, s in scores.items()})
+        return {"recon_layers_measured": len(scores)}
 
-    class ReconImportance(tp.importance.GroupMagnitudeImportance):
-        @torch.no_grad()
-        def __call__(self, group):
-            n = len(group[0][1])
-            total = torch.zeros(n)
-            found = False
-            for i, (dep, idxs) in enumerate(group):
-                layer = dep.layer
-                score = getattr(layer, "_recon_score", None)
-                if score is None or dep.pruning_fn not in (tp.prune_conv_in_channels, tp.prune_linear_in_channels):
-                    continue
-                roots = group[i].root_idxs
-                if any(r is None for r in roots) or max(idxs) >= score.numel():
-                    continue
-                total.scatter_add_(0, torch.tensor(roots), score[list(idxs)])
-                found = True
-            return total if found else super().__call__(group)
+    @torch.no_grad()
+    def __call__(self, group):
+        import torch_pruning as tp
 
-    return ReconImportance()
+        n = len(group[0][1])
+        total = torch.zeros(n)
+        found = False
+        for i, (dep, idxs) in enumerate(group):
+            score = self.score(dep.layer)
+            if score is None or dep.pruning_fn not in (tp.prune_conv_in_channels, tp.prune_linear_in_channels):
+                continue
+            roots = group[i].root_idxs
+            if any(r is None for r in roots) or max(idxs) >= score.numel():
+                continue
+            total.scatter_add_(0, torch.tensor(roots), score[list(idxs)])
+            found = True
+        return total if found else self.magnitude(group)

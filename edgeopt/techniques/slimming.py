@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from edgeopt.errors import ConfigError, DataError
-from edgeopt.techniques.importance import slimming_penalty
 
 # The sparsity-trained weights do not depend on the prune ratio: the planner's family tries several ratios
 # of one (model, training) pair, so the last trained model is kept and reused (one entry: memory stays flat).
@@ -25,6 +24,14 @@ _LAST: dict[str, nn.Module] = {}
 
 def batchnorms(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+
+
+def slimming_penalty(model: nn.Module, strength: float = 1e-4) -> torch.Tensor:
+    """The L1 penalty on BatchNorm scale factors, added to the task loss while training so that unimportant
+    channels' gamma go to zero and `bn_scale` pruning removes them cheaply."""
+    terms = [m.weight.abs().sum() for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
+    return strength * torch.stack(terms).sum() if terms else torch.zeros(())
 
 
 def gamma_stats(model: nn.Module, eps: float = 1e-2) -> dict:
