@@ -3,6 +3,7 @@ import copy
 import pytest
 import smallnet
 import torch
+from torch import nn
 
 import edgeopt
 from edgeopt.errors import ConfigError
@@ -103,3 +104,20 @@ def test_feature_distillation_closes_the_feature_gap(setting, plain):
     acc, gap, _ = _distilled(setting, "feature")
     assert gap < plain[1], (gap, plain[1])
     assert acc > plain[0] - 3.0, (acc, plain[0])
+
+
+def test_feature_capture_hooks_live_only_inside_its_block():
+    from edgeopt.training.features import Capture
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 3))
+    cap = Capture(net, ["1"], embedding=True)
+
+    def hooked():
+        return any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
+
+    assert not hooked()
+    with pytest.raises(RuntimeError, match="step failed"), cap:
+        net(torch.randn(2, 1, 16, 16))
+        assert hooked() and cap.feats["1"].shape == (2, 4, 14, 14) and cap.embedding.shape == (2, 4 * 14 * 14)
+        raise RuntimeError("a training step failed")
+    assert not hooked()

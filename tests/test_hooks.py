@@ -32,3 +32,12 @@ def test_hooks_are_removed_when_the_block_raises():
 def test_capture_names_an_unknown_layer():
     with pytest.raises(KeyError, match="nope"), capture(_net(), ["nope"]):
         pass
+
+
+def test_forward_hooks_pass_keyword_arguments_with_kwargs():
+    net = _net()
+    seen = []
+    with forward_hooks([(net[0], lambda m, args, kwargs: seen.append((args, sorted(kwargs))))], pre=True,
+                       with_kwargs=True):
+        net[0](input=torch.randn(2, 4))
+    assert seen == [((), ["input"])] and not net[0]._forward_pre_hooks

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from edgeopt.config import ModelSummary
+from edgeopt.hooks import forward_hooks
 from edgeopt.timeout import time_limit
 
 
@@ -90,13 +91,8 @@ def analyze(model: nn.Module, input_shape, size_bytes: int = 0) -> ModelSummary:
             linear["macs"] += out.numel() // max(out.shape[-1], 1) // inputs.batch * mod.in_features * \
                 mod.out_features
 
-    handles = [m.register_forward_hook(count_linear) for m in model.modules() if isinstance(m, nn.Linear)]
-    try:
-        with torch.no_grad():
-            outs = flatten_outputs(inputs.call(model))
-    finally:
-        for h in handles:
-            h.remove()
+    with forward_hooks((m, count_linear) for m in model.modules() if isinstance(m, nn.Linear)), torch.no_grad():
+        outs = flatten_outputs(inputs.call(model))
     out = outs.get("out", next(iter(outs.values())))  # the primary output: 'out' or the first
     from edgeopt.techniques.prune import trouble_modules, unsafe_layers
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgeopt.hooks import forward_hooks
 from edgeopt.inputs.feeding import run_model
 from edgeopt.inputs.structure import Inputs
 
@@ -119,13 +120,9 @@ def layer_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[nn.
         if names[mod] not in found and args and isinstance(args[0], torch.Tensor):
             found[names[mod]] = (mod, tuple(args[0].shape))
 
-    handles = [m.register_forward_pre_hook(hook) for m in model.modules()
-               if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and isinstance(m.padding, tuple)
-                                               and (m.groups == 1 or m.groups == m.in_channels))]
-    try:
-        with torch.no_grad():
-            run_model(model.eval(), Inputs.of(example, model))
-    finally:
-        for h in handles:
-            h.remove()
+    layers = (m for m in model.modules()
+              if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and isinstance(m.padding, tuple)
+                                              and (m.groups == 1 or m.groups == m.in_channels)))
+    with forward_hooks(((m, hook) for m in layers), pre=True), torch.no_grad():
+        run_model(model.eval(), Inputs.of(example, model))
     return found

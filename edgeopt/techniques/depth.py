@@ -17,6 +17,7 @@ import torch
 from torch import fx, nn
 
 from edgeopt.errors import PruningError
+from edgeopt.hooks import forward_hooks
 from edgeopt.inputs.feeding import batch_inputs, run_model
 from edgeopt.inputs.structure import Inputs, flatten_outputs
 
@@ -62,13 +63,8 @@ def _shapes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple]:
         if len(args) == 1 and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
             seen.setdefault(names[mod], (tuple(args[0].shape), tuple(out.shape)))
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()]
-    try:
-        with torch.no_grad():
-            run_model(model, Inputs.of(example, model))
-    finally:
-        for h in handles:
-            h.remove()
+    with forward_hooks((m, hook) for m in model.modules()), torch.no_grad():
+        run_model(model, Inputs.of(example, model))
     return seen
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from edgeopt.errors import ConfigError
+from edgeopt.hooks import forward_hooks
 from edgeopt.inputs.structure import Inputs, model_outputs
 from edgeopt.techniques.ranks import (
     cp_macs,
@@ -50,13 +51,9 @@ def _shapes(model: nn.Module, example: Inputs, io: dict | None = None) -> dict[n
             hw[m] = ((x.shape[-2] * x.shape[-1], out.shape[-2] * out.shape[-1]) if isinstance(m, nn.Conv2d)
                      else (int(np.prod(x.shape[1:-1])) or 1,) * 2)
 
-    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            example.call(model)
-    finally:
-        for h in hs:
-            h.remove()
+    layers = (m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    with forward_hooks((m, hook) for m in layers), torch.no_grad():
+        example.call(model)
     return hw
 
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeopt.hooks import forward_hooks
 from edgeopt.inputs.feeding import run_model
 
 MAX_ROWS = 4096  # sampled output positions per batch and layer: bounds the cost on large feature maps
@@ -144,14 +145,11 @@ def forward_until(model: nn.Module, layer: nn.Module, x: torch.Tensor, output: b
         got.append(out.detach())
         raise StopForward
 
-    h = layer.register_forward_hook(post) if output else layer.register_forward_pre_hook(pre)
     try:
-        with torch.no_grad():
+        with forward_hooks([(layer, post if output else pre)], pre=not output), torch.no_grad():
             run_model(model, x)
     except StopForward:
         pass
-    finally:
-        h.remove()
     if not got:
         raise RuntimeError("layer not reached in the forward pass")
     return got[0]
@@ -165,11 +163,6 @@ def forward_order(model: nn.Module, x: torch.Tensor) -> list[str]:
         if names[mod] not in order:
             order.append(names[mod])
 
-    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if dense_layer(m)]
-    try:
-        with torch.no_grad():
-            run_model(model, x)
-    finally:
-        for h in handles:
-            h.remove()
+    with forward_hooks(((m, hook) for m in model.modules() if dense_layer(m)), pre=True), torch.no_grad():
+        run_model(model, x)
     return order

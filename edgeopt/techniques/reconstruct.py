@@ -18,6 +18,7 @@ import time
 import torch
 from torch import nn
 
+from edgeopt.hooks import forward_hooks
 from edgeopt.inputs.feeding import join_batches, run_model
 from edgeopt.techniques.layer_rows import (
     NormalEquations,
@@ -45,14 +46,10 @@ def _original_targets(orig: nn.Module, names: list[str], batches: list) -> dict[
                 got[name].append((output_rows(mod, out.detach(), 1000 + current[0]).float(), int(out.shape[0])))
         return fn
 
-    handles = [mods[n].register_forward_hook(hook(n)) for n in names]
-    try:
+    with forward_hooks((mods[n], hook(n)) for n in names):
         for i, x in enumerate(batches):
             current[0] = i
             run_model(orig, x)
-    finally:
-        for h in handles:
-            h.remove()
     return got
 
 
@@ -190,13 +187,8 @@ def _one_pass(pruned: nn.Module, jobs: dict[str, tuple], batches: list, targets:
         except (RuntimeError, ValueError) as e:
             skipped.append(f"{name}: {type(e).__name__}: {str(e)[:120]}")
 
-    handles = [layer.register_forward_pre_hook(hook) for layer, _ in jobs.values()]
-    try:
-        with torch.no_grad():
-            run_model(pruned, x)
-    finally:
-        for h in handles:
-            h.remove()
+    with forward_hooks(((layer, hook) for layer, _ in jobs.values()), pre=True), torch.no_grad():
+        run_model(pruned, x)
     skipped.extend(f"{name}: layer not reached in the pruned model's forward pass" for name, _ in pending.values())
     return deferred
 

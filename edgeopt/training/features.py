@@ -8,10 +8,13 @@ is the input of the classifier (the last Linear)."""
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 import torch
 from torch import nn
 
 from edgeopt.errors import ConfigError
+from edgeopt.hooks import capture, forward_hooks
 from edgeopt.inputs.feeding import run_model
 
 
@@ -20,15 +23,8 @@ def _top_level(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def _outputs(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, list[torch.Tensor]]:
-    mods = dict(model.named_modules())
-    seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    hooks = [mods[n].register_forward_hook(lambda m, i, o, n=n: seen[n].append(o)) for n in names]
-    try:
-        with torch.no_grad():
-            run_model(model.eval(), x)
-    finally:
-        for h in hooks:
-            h.remove()
+    with capture(model, names) as seen, torch.no_grad():
+        run_model(model.eval(), x)
     return seen
 
 
@@ -64,15 +60,29 @@ def classifier(model: nn.Module) -> nn.Module:
 
 
 class Capture:
-    """Forward hooks recording named outputs (features) and the classifier's input (embedding)."""
+    """Records the named outputs (features) and the classifier's input (embedding) of the latest forward
+    pass, across training steps, while inside `with capture:` (the hooks are removed however training
+    ends)."""
 
     def __init__(self, model: nn.Module, names: list[str], embedding: bool):
         mods = dict(model.named_modules())
         self.feats: dict[str, torch.Tensor] = {}
         self.embedding: torch.Tensor | None = None
-        self.hooks = [mods[n].register_forward_hook(self._keep(n)) for n in names]
-        if embedding:
-            self.hooks.append(classifier(model).register_forward_pre_hook(self._keep_input))
+        self._feature_hooks = [(mods[n], self._keep(n)) for n in names]
+        self._embedding_hooks = [(classifier(model), self._keep_input)] if embedding else []
+        self._hooked: ExitStack | None = None
+
+    def __enter__(self) -> Capture:
+        with ExitStack() as stack:
+            stack.enter_context(forward_hooks(self._feature_hooks))
+            stack.enter_context(forward_hooks(self._embedding_hooks, pre=True))
+            self._hooked = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        hooked, self._hooked = self._hooked, None
+        if hooked is not None:
+            hooked.close()
 
     def _keep(self, name):
         def hook(m, i, o):
@@ -81,10 +91,6 @@ class Capture:
 
     def _keep_input(self, m, i):
         self.embedding = i[0]
-
-    def remove(self) -> None:
-        for h in self.hooks:
-            h.remove()
 
 
 def make_adapters(student: nn.Module, teacher: nn.Module, names: list[str], example: torch.Tensor) -> nn.ModuleDict:
@@ -103,7 +109,8 @@ def make_adapters(student: nn.Module, teacher: nn.Module, names: list[str], exam
 
 class DistillStudent(nn.Module):
     """The trainable unit: student + adapters. forward returns (logits, adapted features, embedding), so one
-    module (and, under torchrun, one DistributedDataParallel wrapper) owns every trained parameter."""
+    module (and, under torchrun, one DistributedDataParallel wrapper) owns every trained parameter. It runs
+    inside `with unit.capture:` (the hooks that collect the features)."""
 
     def __init__(self, student: nn.Module, names: list[str], adapters: nn.ModuleDict | None, embedding: bool):
         super().__init__()

@@ -8,6 +8,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -118,7 +119,7 @@ def fit(student: nn.Module, train_data, teacher: nn.Module | None = None, epochs
     result = FitResult(epochs=epochs, seconds=0.0, device=str(dev), world_size=world_size,
                        kind="+".join(kinds) if kinds else "none", feature_layers=names)
     t0 = time.perf_counter()
-    try:
+    with unit.capture, t_capture if t_capture is not None else nullcontext():
         for epoch in range(start_epoch, epochs):
             total, n, waited, t_epoch = 0.0, 0, [0.0], time.perf_counter()
             for x, y in _timed(feed.epoch(epoch, rank, world_size), waited):
@@ -139,10 +140,6 @@ def fit(student: nn.Module, train_data, teacher: nn.Module | None = None, epochs
             result.epoch_seconds.append(round(time.perf_counter() - t_epoch, 3))
             if progress:
                 progress(epoch + 1, epochs, result.losses[-1])
-    finally:
-        unit.capture.remove()
-        if t_capture is not None:
-            t_capture.remove()
     student.to("cpu").eval()
     result.seconds = round(time.perf_counter() - t0, 2)
     return result
