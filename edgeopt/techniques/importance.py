@@ -43,7 +43,7 @@ class MeasuredImportance:
     `measure(model, data) -> dict` fills the scores (the dict is what the record reports); measuring again
     (after a pruning step, on the channels left) replaces the scores of the layers measured again."""
 
-    every_step = False  # measured again before every pruning step, the first included (Taylor)
+    every_step = False  # measured again before the first pruning step too (Taylor); these from the second on
 
     def __init__(self):
         import torch_pruning as tp
