@@ -213,8 +213,8 @@ def test_roofline_counts_an_int8_artifact_once():
 
 
 def test_agent_client_checks_tensorrt_artifacts_before_sending(resnet18_int8):
-    from edgeopt.remote.client import tensorrt_problem
+    from edgeopt.formats import device_problem
 
-    assert "QLinearConv" in tensorrt_problem(resnet18_int8["qoperator-u8"], "tensorrt", "10.3")
-    assert tensorrt_problem(resnet18_int8["qoperator-u8"], "onnxruntime") is None
-    assert tensorrt_problem(resnet18_int8["qdq-tensorrt"], "tensorrt", "10.3") is None
+    assert "QLinearConv" in device_problem(resnet18_int8["qoperator-u8"], "tensorrt", "10.3")
+    assert device_problem(resnet18_int8["qoperator-u8"], "onnxruntime") is None
+    assert device_problem(resnet18_int8["qdq-tensorrt"], "tensorrt", "10.3") is None

@@ -245,6 +245,17 @@ def device_commands(target, model_file: str, precision: str, runtime: str | None
     return row.commands(target, model_file, precision, onnx_input=onnx_input, sparse_2_4=sparse_2_4)
 
 
+def device_problem(path: Path, runtime: str, tensorrt: str | None = None) -> str | None:
+    """Why the device's `runtime` could not take the artifact at `path`, known before it is sent: TensorRT
+    (release `tensorrt`) building its engine from an ONNX file its parser cannot read (the op named); None when
+    nothing is known against it."""
+    if backend_for(runtime).format != "tensorrt" or backend_for_artifact(Path(path)).format != "onnx":
+        return None
+    from edgeopt.formats.tensorrt_parser_ops import check
+
+    return check(Path(path), tensorrt)
+
+
 def target_export_options(target) -> dict:
     """Export options a target asks of every candidate: a target whose artifacts TensorRT builds (Jetson, NVIDIA
     GPU) gets its TensorRT version, which makes INT8 ONNX explicit Q/DQ and checks every ONNX artifact against

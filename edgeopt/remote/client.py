@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeopt.errors import ArtifactError, ConfigError, EdgeOptError, missing_backend
-from edgeopt.formats import artifact_files
+from edgeopt.formats import artifact_files, device_problem
 from edgeopt.remote import PROTOCOL_HEADER, PROTOCOL_VERSION
 from edgeopt.report import BenchmarkResult, LatencyStats
 
@@ -154,16 +154,6 @@ def device_runtime(candidate_runtime: str | None, target_runtimes: list[str], fm
     return device_backend(fmt, candidate_runtime, target_runtimes).runtime
 
 
-def tensorrt_problem(path: Path, runtime: str, tensorrt: str | None = None) -> str | None:
-    """Why TensorRT (release `tensorrt`) on the device could not parse the ONNX file at `path`, checked here before
-    it is sent (formats/tensorrt_parser_ops.py); None when it can, or when the device does not run it on TensorRT."""
-    if runtime != "tensorrt" or format_of(Path(path)) != "onnx":
-        return None
-    from edgeopt.formats.tensorrt_parser_ops import check
-
-    return check(Path(path), tensorrt)
-
-
 def measure_candidates(candidates, out_dir: Path, target_runtimes: list[str], url: str, token: str,
                        input_shape: tuple[int, ...], threads: int | None, max_time_s: float,
                        tensorrt: str | None = None) -> dict:
@@ -177,7 +167,7 @@ def measure_candidates(candidates, out_dir: Path, target_runtimes: list[str], ur
     for c in cands:
         path = Path(out_dir) / c.artifact
         runtime = device_runtime(c.runtime, target_runtimes, format_of(Path(c.artifact)))
-        problem = tensorrt_problem(path, runtime, tensorrt)
+        problem = device_problem(path, runtime, tensorrt)
         if problem is None:
             try:
                 results.update(measure_remote({c.id: path}, url, token, precision={c.id: c.precision or "fp32"},
