@@ -21,7 +21,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 LOG="$OUT/gpu_check.log"
 : > "$LOG"
 echo "gpu_check: python $PY, output $OUT" | tee -a "$LOG"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$LOG" || true
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null \
+  || echo "nvidia-smi: not available"; } | tee -a "$LOG"
 
 timeout 280 "$PY" - "$OUT" <<'EOF' 2>&1 | tee -a "$LOG"
 import json, os, signal, subprocess, sys, time, traceback
@@ -154,6 +155,7 @@ def _():
     finally:
         proc.terminate()
         proc.wait(10)
+        (out / "token").unlink(missing_ok=True)
 
 
 @step("trtexec_bundle_line", 60)
