@@ -171,7 +171,8 @@ def export(
     calib: str = typer.Option(None, help="'random': calibrate int8 on random inputs (meaningless scales; "
                                          "refused unless asked for, and marked in the output)"),
     quant_mode: str = typer.Option("auto", help="ONNX int8: auto | qdq-s8 | qdq-u8 | qoperator-u8 | "
-                                                "qoperator-s8 | dynamic (Linear-heavy models, no calibration)"),
+                                                "qoperator-s8 | qdq-tensorrt (TensorRT's explicit Q/DQ) | "
+                                                "dynamic (Linear-heavy models, no calibration)"),
     workspace_mb: int = typer.Option(1024, help="TensorRT builder workspace limit"),
     dla_core: int = typer.Option(None, help="TensorRT: build for this DLA core (Jetson), GPU fallback on"),
     timing_cache: Path = typer.Option(None, help="TensorRT timing cache file, reused and updated"),

@@ -21,6 +21,7 @@ from edgeopt.decide.toolbox import architecture_structures, depth_structures
 from edgeopt.formats import format_of_runtime, layer_timing_runtimes, precisions_of_format
 from edgeopt.report import Decision
 from edgeopt.targets import TargetProfile
+from edgeopt.targets.host import gpu_matches
 from edgeopt.techniques import TECHNIQUES, TechniqueConfig, parse_step
 
 
@@ -74,6 +75,8 @@ def runs_here(target: TargetProfile, local: TargetProfile) -> bool:
     """Whether latency measured on this machine stands for the target's."""
     if target.detected:
         return True
+    if target.kind == local.kind == "gpu":  # a GPU target on a host with that GPU (local.arch: its device model)
+        return gpu_matches(target, local.arch)
     return (target.kind == local.kind == "cpu" and target.arch == local.arch
             and set(target.isa_features) <= set(local.isa_features))
 
@@ -103,7 +106,9 @@ def _runtimes(context, target: TargetProfile, here: bool, installed_runtimes: li
                          f"{first} builds its engine on the device")
             first = "onnxruntime"
         runtimes = [first]
-        notes.append(f"{target.name} is not this machine: latencies are roofline estimates")
+        notes.append(f"{target.name} is not this machine: latencies are roofline estimates" + (
+            f" (its per-call overhead of {target.call_overhead_ms} ms is assumed, not measured)"
+            if target.call_overhead_estimated else ""))
     if not runtimes:
         runtimes = ["onnxruntime"]
     return runtimes

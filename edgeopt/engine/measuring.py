@@ -43,7 +43,7 @@ def measure_all(report: Report, sessions: dict, measure_locally: bool, prep, out
         report.environment["device"] = measure_candidates(
             ok, out_dir, prep.profile.runtimes, device, device_token or "",
             tuple(prep.ex.first.shape) if prep.ex.single else prep.ex.shapes,
-            prep.context.threads, bench_config.max_time_s)
+            prep.context.threads, bench_config.max_time_s, tensorrt=prep.profile.tensorrt)
     else:
         latency(ok, sessions, measure_locally, prep.profile, prep.ex, bench_config)
 

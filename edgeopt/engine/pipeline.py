@@ -155,10 +155,10 @@ def _search(prep: Prepared, out_dir: Path, threads: int, resume: bool, progress:
         builder = Builder(net=net, example=prep.example, splits=splits, eval_b=eval_b, batch=batch,
                           reference=reference if fidelity else None, out_dir=out_dir, threads=threads,
                           calib_random=context.calib_random, progress=progress.log,
-                          export_options=export_options(prep.config))
+                          export_options=export_options(prep.config, prep.profile))
         search = Search(
             plan=the_plan, context=context, builder=builder, base_torch_acc=score(reference, eval_b, reference)[0],
-            cache=cache, cache_parts=producer_parts(net, ex, eval_b, splits, context, export_options(prep.config),
+            cache=cache, cache_parts=producer_parts(net, ex, eval_b, splits, context, builder.export_options,
                                                     prep.profile),
             progress=progress, t_start=t_start, announce=leader,
             quick_latency=lambda cands: latency(

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from edgeopt.config import DataOptions, RunConfig, RunContext
 from edgeopt.decide.plan import plan as make_plan
 from edgeopt.errors import ConfigError, DataError, one_line
-from edgeopt.formats import BACKENDS, installed_runtimes
+from edgeopt.formats import BACKENDS, installed_runtimes, target_export_options
 from edgeopt.inputs.analyze import analyze
 from edgeopt.inputs.data import (
     Batches,
@@ -228,9 +228,12 @@ def _data_options(options) -> DataOptions:
         raise one_line(e, "invalid data option", DataOptions) from None
 
 
-def export_options(config: RunConfig) -> dict | None:
-    """Options every candidate's export gets from the run config (a dynamic batch axis)."""
-    return {"dynamic_batch": True} if config.output.dynamic_batch else None
+def export_options(config: RunConfig, target: TargetProfile | None = None) -> dict | None:
+    """Options every candidate's export gets from the run config (a dynamic batch axis) and the target (the
+    TensorRT version of a target whose engines TensorRT builds from the ONNX: see formats.target_export_options)."""
+    options = {**({"dynamic_batch": True} if config.output.dynamic_batch else {}),
+               **(target_export_options(target) if target is not None else {})}
+    return options or None
 
 
 def batch_note(config: RunConfig, ex: Inputs) -> dict:

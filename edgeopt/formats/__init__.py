@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgeopt.errors import ArtifactError, BackendMissingError, ConfigError, missing_backend
+from edgeopt.errors import ArtifactError, BackendMissingError, ConfigError, ExportError, missing_backend
 from edgeopt.registry import Registry
 
 if TYPE_CHECKING:
@@ -232,11 +232,39 @@ def device_backend(fmt: str, candidate_runtime: str | None = None,
 
 
 def device_commands(target, model_file: str, precision: str, runtime: str | None = None,
-                    onnx_input=None, sparse_2_4: bool = False) -> dict[str, list[str]]:
-    """Shell lines that build and measure `model_file` on `target` (the bundle's commands.sh)."""
+                    onnx_input=None, sparse_2_4: bool = False, artifact: Path | None = None) -> dict[str, list[str]]:
+    """Shell lines that build and measure `model_file` on `target` (the bundle's commands.sh). `artifact`: the
+    file itself; an ONNX file TensorRT builds on the device is checked against TensorRT's parser table first
+    (ExportError naming the op it cannot parse)."""
     fmt = backend_for_artifact(Path(model_file)).format
     row = device_backend(fmt, runtime, list(target.runtimes))
+    if artifact is not None and row.format == "tensorrt" and fmt == "onnx":
+        from edgeopt.formats.tensorrt_parser_ops import require_parseable
+
+        require_parseable(Path(artifact), getattr(target, "tensorrt", None))
     return row.commands(target, model_file, precision, onnx_input=onnx_input, sparse_2_4=sparse_2_4)
+
+
+def device_problem(path: Path, runtime: str, tensorrt: str | None = None) -> str | None:
+    """Why the device's `runtime` could not take the artifact at `path`, known before it is sent: TensorRT
+    (release `tensorrt`) building its engine from an ONNX file its parser cannot read (the op named); None when
+    nothing is known against it."""
+    if backend_for(runtime).format != "tensorrt" or backend_for_artifact(Path(path)).format != "onnx":
+        return None
+    from edgeopt.formats.tensorrt_parser_ops import check
+
+    return check(Path(path), tensorrt)
+
+
+def target_export_options(target) -> dict:
+    """Export options a target asks of every candidate: a target whose artifacts TensorRT builds (Jetson, NVIDIA
+    GPU) gets its TensorRT version, which makes INT8 ONNX explicit Q/DQ and checks every ONNX artifact against
+    TensorRT's parser table (see `export_verified`)."""
+    if "tensorrt" not in getattr(target, "runtimes", []):
+        return {}
+    from edgeopt.formats.tensorrt_parser_ops import DEFAULT_TENSORRT
+
+    return {"tensorrt": getattr(target, "tensorrt", None) or DEFAULT_TENSORRT}
 
 
 def has_fake_quant(model: nn.Module) -> bool:
@@ -248,10 +276,15 @@ def has_fake_quant(model: nn.Module) -> bool:
 def export_verified(model: nn.Module, example: torch.Tensor, format: str, out: Path,
                     precision: str = "fp32", calib=None, options: dict | None = None,
                     threads: int | None = None, verify: bool = True) -> tuple[ExportResult, Session]:
-    """Export, load on the runtime, and compare its outputs with PyTorch's (VerificationError on mismatch)."""
+    """Export, load on the runtime, and compare its outputs with PyTorch's (VerificationError on mismatch).
+    options["tensorrt"] (a TensorRT version, from `target_export_options`): the ONNX goes to TensorRT, so INT8 is
+    explicit Q/DQ (`qdq-tensorrt`) and an artifact TensorRT's parser cannot read is an ExportError naming the op."""
     from edgeopt.formats.verify import verify_session
 
     backend = backend_for(format)
+    for_tensorrt = backend.format == "onnx" and bool((options or {}).get("tensorrt"))
+    if for_tensorrt and precision == "int8" and (options or {}).get("quant_mode", "auto") == "auto":
+        options = {**(options or {}), "quant_mode": "qdq-tensorrt"}
     if precision not in backend.precisions:
         raise ConfigError(f"{backend.format} does not support precision {precision!r} "
                           f"(supported: {', '.join(backend.precisions)})")
@@ -268,6 +301,16 @@ def export_verified(model: nn.Module, example: torch.Tensor, format: str, out: P
         result.info["quantization"] = "quantization-aware training (fake-quant exported as INT8)"
         calib = None
     result.info["export_seconds"] = round(time.perf_counter() - t0, 3)
+    if for_tensorrt:
+        from edgeopt.formats.tensorrt_parser_ops import require_parseable
+
+        try:
+            require_parseable(result.path, options["tensorrt"])
+        except ExportError:
+            for f in backend.artifact_files(result.path):  # never left behind as if it were deployable
+                f.unlink(missing_ok=True)
+            raise
+        result.info["tensorrt_parser_check"] = f"passed (TensorRT {options['tensorrt']} ONNX parser table)"
     session = backend.load(result.path, precision=precision, threads=threads)
     if verify:
         inputs = labels = None

@@ -64,7 +64,7 @@ def _unsupported_op(errors: list[str]) -> str | None:
 def export_onnx(model: nn.Module, example: torch.Tensor, out: Path, precision: str = "fp32",
                 calib=None, options: dict | None = None) -> ExportResult:
     """`example`: a tensor, a tuple or a dict of tensors (input names from the structure).
-    options: quant_mode (int8: auto | qdq-s8 | qdq-u8 | qoperator-u8 | qoperator-s8 | dynamic),
+    options: quant_mode (int8: auto | qdq-s8 | qdq-u8 | qoperator-u8 | qoperator-s8 | qdq-tensorrt | dynamic),
     simplify (default True), allow_random_calib (default False), dynamic_batch (default False)."""
     import onnx
 

@@ -1,6 +1,12 @@
 """ONNX precision conversions on an fp32 .onnx file: fp16, static INT8 (QDQ or QOperator, signed or unsigned
 activations, per-channel weights) and dynamic INT8, all through ONNX Runtime's own tools.
 
+`qdq-tensorrt` is the INT8 for TensorRT (explicit quantization): QuantizeLinear/DequantizeLinear pairs only,
+symmetric signed int8 activations calibrated on the user's data, symmetric per-channel int8 weights, float
+biases (TensorRT's DequantizeLinear takes no int32), no com.microsoft op; `formats/tensorrt_parser_ops.py` checks
+the result against TensorRT's ONNX parser. NVIDIA ModelOpt's ONNX quantizer builds the same kind of graph on top
+of ONNX Runtime's; ONNX Runtime's own is used because it is already a dependency.
+
 Which static INT8 flavour is fastest depends on the CPU's kernels (measured on one Xeon: QDQ ran 3x slower than fp32
 on the AMX machine), so the variants stay selectable and `benchmarks/runtimes_table.py` measures them;
 DEFAULT_STATIC is the one measured fastest on this project's machines (see docs/export-quantize-benchmark.md,
@@ -20,7 +26,11 @@ STATIC_MODES = {
     "qdq-u8": ("QDQ", "QUInt8"),
     "qoperator-u8": ("QOperator", "QUInt8"),
     "qoperator-s8": ("QOperator", "QInt8"),
+    "qdq-tensorrt": ("QDQ", "QInt8"),
 }
+# ONNX Runtime quantizer options for TensorRT's explicit quantization: zero zero-points (symmetric), and biases
+# left in float, because TensorRT's DequantizeLinear only dequantizes int8/fp8/int4 (TensorRT fuses the bias itself)
+TENSORRT_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
 QUANT_MODES = (*STATIC_MODES, "dynamic", "auto")
 DEFAULT_STATIC = "qoperator-u8"
 
@@ -94,18 +104,36 @@ def quantize_int8(src: Path, dst: Path, mode: str, calib_inputs: list[np.ndarray
         if not calib_inputs:
             raise ExportError("static INT8 quantization needs calibration inputs")
         reader = _Reader(_feeds(prep, calib_inputs))
+        extra = TENSORRT_OPTIONS if mode == "qdq-tensorrt" else {"ActivationSymmetric": act == "QInt8"}
         quantize_static(str(prep), str(dst), reader, quant_format=getattr(QuantFormat, fmt),
                         per_channel=True, activation_type=getattr(QuantType, act), weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"ActivationSymmetric": act == "QInt8"})
-        return {"quant_mode": mode, "format": fmt, "weights": "int8 per-channel",
+                        calibrate_method=CalibrationMethod.MinMax, extra_options=extra)
+        done = {"quant_mode": mode, "format": fmt, "weights": "int8 per-channel",
                 "activations": "s8" if act == "QInt8" else "u8", "calibration_method": "minmax"}
+        if mode == "qdq-tensorrt":
+            _drop_unused_domains(dst)
+            done.update(weights="int8 per-channel, symmetric", activations="s8, symmetric", biases="float")
+        return done
     except (ExportError, ConfigError):
         raise
     except Exception as e:
         raise ExportError(f"ONNX Runtime INT8 quantization ({mode}) failed: {_first_line(e)}") from None
     finally:
         prep.unlink(missing_ok=True)
+
+
+def _drop_unused_domains(path: Path) -> None:
+    """Remove the opset imports of domains no node uses (ONNX Runtime declares com.microsoft and others even
+    when it inserted none of their ops), so the file names only what TensorRT reads."""
+    import onnx
+
+    model = onnx.load(str(path))
+    used = {n.domain or "" for n in model.graph.node}
+    keep = [o for o in model.opset_import if (o.domain or "") in used | {"", "ai.onnx"}]
+    if len(keep) != len(model.opset_import):
+        del model.opset_import[:]
+        model.opset_import.extend(keep)
+        onnx.save(model, str(path))
 
 
 def convert_fp16(src: Path, dst: Path) -> dict:

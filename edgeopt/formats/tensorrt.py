@@ -1,9 +1,11 @@
 """TensorRT engines built from ONNX through TensorRT's Python API (TensorRT 10).
 
 fp32 / fp16 build from the fp32 ONNX graph; int8 builds either from an explicitly quantized ONNX graph
-(symmetric signed Q/DQ pairs from ONNX Runtime's quantizer: what TensorRT's explicit quantization reads,
-the default) or from the fp32 graph with TensorRT's entropy calibrator (options["int8_calibration"] =
-"entropy"). Options: workspace_mb, dla_core (Jetson), timing_cache (path, reused across builds).
+(ONNX Runtime's `qdq-tensorrt`: symmetric signed Q/DQ pairs, per-channel weights, float biases: what TensorRT's
+explicit quantization reads, the default) or from the fp32 graph with TensorRT's entropy calibrator
+(options["int8_calibration"] = "entropy"). The ONNX graph is checked against TensorRT's ONNX parser table
+(formats/tensorrt_parser_ops.py) before the build. Options: workspace_mb, dla_core (Jetson), timing_cache (path,
+reused across builds), sparse_weights (also set when the weights carry the 2:4 pattern).
 
 An engine only runs on the GPU model and TensorRT version that built it: both are written to a
 `<engine>.json` sidecar that the runtime checks before deserializing.
@@ -33,6 +35,7 @@ from edgeopt.errors import (
     missing_backend,
 )
 from edgeopt.formats.base import ExportResult, Session, check_feed
+from edgeopt.formats.tensorrt_parser_ops import require_parseable
 
 
 def require_gpu() -> str:
@@ -90,7 +93,7 @@ def _onnx_graph(model, example, tmpdir: Path, precision: str, calib, options: di
         r = export_onnx(model, example, tmpdir / "m.onnx", precision="fp32")
         return r.path, {"onnx_exporter": r.exporter, "int8": "explicit Q/DQ from quantization-aware training"}
     explicit = precision == "int8" and options.get("int8_calibration", "qdq") == "qdq"
-    onnx_opts = {"quant_mode": "qdq-s8", "allow_random_calib": options.get("allow_random_calib", False)}
+    onnx_opts = {"quant_mode": "qdq-tensorrt", "allow_random_calib": options.get("allow_random_calib", False)}
     r = export_onnx(model, example, tmpdir / "m.onnx", precision="int8" if explicit else "fp32", calib=calib,
                     options=onnx_opts)
     return r.path, {"onnx_exporter": r.exporter, **({"calibration": r.info["calibration"]} if explicit else {})}
@@ -109,6 +112,7 @@ def export_tensorrt(model: nn.Module, example: torch.Tensor, out: Path, precisio
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".trt.") as tmp:
         tmpdir = Path(tmp)
         onnx_path, info = _onnx_graph(model, example, tmpdir, precision, calib, options)
+        require_parseable(onnx_path, trt.__version__)  # an unparseable graph: its op named, before any build
         calibrator = None
         if precision == "int8" and not options.get("prequantized"):
             if options.get("int8_calibration", "qdq") == "entropy":
@@ -120,12 +124,51 @@ def export_tensorrt(model: nn.Module, example: torch.Tensor, out: Path, precisio
                 calibrator = _EntropyCalibrator.make(trt, cal.inputs, tmpdir / "calib.cache")
                 info["calibration"] = {**cal.info(), "method": "entropy calibrator"}
             else:
-                info["int8"] = "explicit Q/DQ (ONNX Runtime qdq-s8, per-channel weights)"
+                info["int8"] = "explicit Q/DQ (ONNX Runtime qdq-tensorrt: symmetric, per-channel weights)"
         if options.get("sparse_weights") or getattr(model, "edgeopt_sparsity", None) == "2:4":
             options["sparse_weights"] = True  # 2:4-pruned weights: let TensorRT pick sparse tensor-core tactics
         meta = build_engine(onnx_path, out, precision, options, info, calibrator)
     return ExportResult(path=out, format="tensorrt", precision=precision, exporter=f"tensorrt {trt.__version__}",
                         files=[out, out.with_suffix(".engine.json")], info=meta)
+
+
+def _weights_along_inputs(model) -> list[np.ndarray]:
+    """Every Conv/Gemm/MatMul weight initializer (through a DequantizeLinear too), laid out with the input
+    channels last: the axis TensorRT's sparse kernels group by 4."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    out = []
+    for n in model.graph.node:
+        if n.op_type not in ("Conv", "Gemm", "MatMul") or len(n.input) < 2:
+            continue
+        name = n.input[1]
+        if name not in inits and name in producer and producer[name].op_type == "DequantizeLinear":
+            name = producer[name].input[0]
+        if name not in inits:
+            continue
+        w = numpy_helper.to_array(inits[name])
+        if n.op_type == "Conv" and w.ndim >= 3:
+            w = np.moveaxis(w, 1, -1)  # (out, k..., in)
+        elif n.op_type == "MatMul" or (n.op_type == "Gemm" and not any(a.name == "transB" and a.i
+                                                                           for a in n.attribute)):
+            w = w.T if w.ndim == 2 else w  # (in, out) -> (out, in)
+        out.append(w)
+    return out
+
+
+def is_2_4_sparse(onnx_path: Path) -> bool:
+    """Whether every weight whose input size is a multiple of 4 has at most 2 non-zeros in each group of 4
+    along its inputs (the 2:4 pattern of sparse tensor cores), and at least one does."""
+    import onnx
+
+    try:
+        model = onnx.load(str(onnx_path))
+    except Exception:  # the parser reports an unreadable file itself
+        return False
+    groups = [w.reshape(-1, 4) for w in _weights_along_inputs(model) if w.ndim >= 2 and w.shape[-1] % 4 == 0]
+    return bool(groups) and all(((g != 0).sum(1) <= 2).all() for g in groups)
 
 
 def build_engine(onnx_path: Path, out: Path, precision: str, options: dict | None = None, info: dict | None = None,
@@ -145,7 +188,7 @@ def build_engine(onnx_path: Path, out: Path, precision: str, options: dict | Non
         raise ExportError("TensorRT cannot parse the ONNX graph: " + " | ".join(errs)[:400])
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.get("workspace_mb", 1024)) << 20)
-    if options.get("sparse_weights"):
+    if options.get("sparse_weights") or is_2_4_sparse(onnx_path):  # the agent builds from ONNX alone
         config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
         info["sparse_weights"] = True
     if precision == "fp16":

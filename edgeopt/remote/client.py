@@ -11,13 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from edgeopt.errors import ArtifactError, ConfigError, EdgeOptError, missing_backend
-from edgeopt.formats import artifact_files
+from edgeopt.formats import artifact_files, device_problem
 from edgeopt.remote import PROTOCOL_HEADER, PROTOCOL_VERSION
 from edgeopt.report import BenchmarkResult, LatencyStats
 
 
 class AgentError(EdgeOptError):
     """The agent cannot be reached, refused the request, or the job failed on the device."""
+
+
+class JobFailed(AgentError):
+    """This job's artifacts were refused or failed on the device (the agent itself is fine): for a run's
+    candidate, a rejected candidate, not a failed run."""
 
 
 class RemoteBenchmarkResult(BenchmarkResult):
@@ -71,10 +76,12 @@ class AgentClient:
             body = {"error": r.text[:200]}
         if r.status_code == 401:
             raise AgentError(f"the agent at {self.url} refused the token (401): check --token-file")
-        if r.status_code in (409, 413, 503, 400):
+        if r.status_code in (413, 400):  # this upload: too large, or an artifact the agent does not take
+            raise JobFailed(f"agent {self.url} ({r.status_code}): {body.get('error')}")
+        if r.status_code in (409, 503):
             raise AgentError(f"agent {self.url} ({r.status_code}): {body.get('error')}")
         if r.status_code in (422, 504) or body.get("status") not in (None, "ok"):
-            raise AgentError(f"the measurement job failed on the device ({body.get('status')}): {body.get('error')}")
+            raise JobFailed(f"the measurement job failed on the device ({body.get('status')}): {body.get('error')}")
         if r.status_code != 200:
             raise AgentError(f"agent {self.url} answered HTTP {r.status_code}: {body.get('error', body)}")
         return body
@@ -148,17 +155,32 @@ def device_runtime(candidate_runtime: str | None, target_runtimes: list[str], fm
 
 
 def measure_candidates(candidates, out_dir: Path, target_runtimes: list[str], url: str, token: str,
-                       input_shape: tuple[int, ...], threads: int | None, max_time_s: float) -> dict:
-    """Measure a run's candidates on the agent in one interleaved job and fill in their latency
-    (`measured`), the precision the device executed, and where. Returns the device's environment."""
+                       input_shape: tuple[int, ...], threads: int | None, max_time_s: float,
+                       tensorrt: str | None = None) -> dict:
+    """Measure a run's candidates on the agent, each as its own job, and fill in their latency (`measured`), the
+    precision the device executed, and where. A candidate TensorRT's parser (release `tensorrt`) cannot read is
+    rejected before it is sent; one whose job fails on the device is rejected with the device's reason, and the
+    others are still measured. An agent that cannot be reached or refuses the token stops the run (AgentError).
+    Returns the device's environment."""
     cands = [c for c in candidates if c.artifact]
-    results = measure_remote({c.id: Path(out_dir) / c.artifact for c in cands}, url, token,
-                             precision={c.id: c.precision or "fp32" for c in cands},
-                             runtime={c.id: device_runtime(c.runtime, target_runtimes, format_of(Path(c.artifact)))
-                                      for c in cands},
-                             threads=threads, input_shape=input_shape, max_time_s=max_time_s)
+    results = {}
+    for c in cands:
+        path = Path(out_dir) / c.artifact
+        runtime = device_runtime(c.runtime, target_runtimes, format_of(Path(c.artifact)))
+        problem = device_problem(path, runtime, tensorrt)
+        if problem is None:
+            try:
+                results.update(measure_remote({c.id: path}, url, token, precision={c.id: c.precision or "fp32"},
+                                              runtime={c.id: runtime}, threads=threads, input_shape=input_shape,
+                                              max_time_s=max_time_s))
+                continue
+            except JobFailed as e:
+                problem = f"on the device: {e}"
+        c.status, c.reason = "rejected", problem
     env: dict = {}
     for c in cands:
+        if c.id not in results:
+            continue
         r = results[c.id]
         c.latency_ms, c.latency_source = r.latency, "measured"
         c.precision_executed = r.precision_executed

@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from edgeopt.errors import EdgeOptError, first_line
 from edgeopt.report import Report, file_sha256, write_atomic
 from edgeopt.targets import TargetProfile
 
@@ -50,8 +51,15 @@ def write_bundle(report: Report, out_dir: Path, target: TargetProfile, files_of:
     model_file = names[files[-1]]  # the main file comes last
     precision = chosen.precision or "fp32"
     sparse = any(s.technique == "unstructured" and s.params.get("pattern") == "2:4" for s in chosen.steps)
-    cmds = commands_of(target, model_file, precision, chosen.runtime,
-                       _onnx_input(bundle / model_file) if model_file.endswith(".onnx") else None, sparse)
+    try:  # an ONNX file TensorRT builds on the device is checked against its parser first (formats' table)
+        cmds = commands_of(target, model_file, precision, chosen.runtime,
+                           _onnx_input(bundle / model_file) if model_file.endswith(".onnx") else None, sparse,
+                           artifact=bundle / model_file)
+    except EdgeOptError as e:  # never a bundle whose build line cannot work: the report says why instead
+        shutil.rmtree(bundle, ignore_errors=True)
+        report.model["bundle"] = None
+        report.model["bundle_refused"] = f"{chosen.id}: {first_line(e)}"
+        return None
     est = chosen.latency_ms.p50 if chosen.latency_ms else None
     agent = [f"edgeopt benchmark {model_file} --json > measured.json   # needs `pip install edgeopt` on the device",
              "# or, from the host: run `edgeopt agent --token-file TOKEN` on the device, then",
@@ -62,9 +70,13 @@ def write_bundle(report: Report, out_dir: Path, target: TargetProfile, files_of:
     os.chmod(bundle / "commands.sh", 0o755)
     meta = {"target": target.name, "candidate": chosen.id, "precision": precision, "runtime": chosen.runtime,
             "files": {names[f]: file_sha256(bundle / names[f]) for f in files},
-            "commands": cmds, "latency_ms_estimate": est, "latency_source": chosen.latency_source}
+            "commands": cmds, "latency_ms_estimate": est, "latency_source": chosen.latency_source,
+            "call_overhead_ms": target.call_overhead_ms,
+            "call_overhead": "assumed, not measured" if target.call_overhead_estimated else "measured"}
     write_atomic(bundle / "bundle.json", json.dumps(meta, indent=2))
     est_text = f"{est:.3f} ms, **estimated** from the target's roofline, never measured" if est else "not known"
+    if est and target.call_overhead_estimated:
+        est_text += f" (its per-call overhead of {target.call_overhead_ms} ms is assumed, not measured, too)"
     md = [f"# Deploying {chosen.id} to {target.name}", "",
           f"Latency on {target.name}: {est_text}." if chosen.latency_source == "estimated" or est is None else
           f"Latency on {target.name}: {est:.3f} ms, measured on the device.", "",

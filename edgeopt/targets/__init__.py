@@ -63,6 +63,9 @@ class TargetProfile(BaseModel):
     peak_ops: dict[str, float] = Field(default_factory=dict)  # precision -> ops/s (1 MAC = 2 ops)
     memory_bandwidth_gbs: float | None = Field(None, gt=0)
     call_overhead_ms: float = Field(0.0, ge=0)  # fixed cost of one inference call (launch, sync), roofline floor
+    call_overhead_estimated: bool = False  # the overhead is assumed, not measured: estimates say so
+    tensorrt: str | None = None  # the TensorRT release the device runs (its ONNX parser's supported ops)
+    devices: list[str] = Field(default_factory=list)  # GPU device models that are this target (see targets.host)
     detected: bool = False  # true for `local`: built from this machine
 
     @field_validator("runtimes")
@@ -163,7 +166,7 @@ def _clock_ghz() -> float | None:
 
 
 def detect_local() -> TargetProfile:
-    """Describe the running machine. CUDA is checked through torch only if torch is already importable."""
+    """Describe the running machine. Its GPU comes from the device query (targets.host.gpu_device)."""
     flags = cpu_flags()
     feats = [f for f in INTERESTING_FLAGS if f in flags]
     precisions = ["fp32"]
@@ -172,15 +175,13 @@ def detect_local() -> TargetProfile:
     if {"avx512_vnni", "amx_int8", "avx_vnni", "asimddp", "i8mm"} & flags:
         precisions.append("int8")
     kind, arch, runtimes = "cpu", platform.machine(), ["openvino", "onnxruntime"]
-    try:
-        import torch
+    from edgeopt.targets.host import gpu_device
 
-        if torch.cuda.is_available():
-            kind, arch = "gpu", torch.cuda.get_device_name(0)
-            runtimes = ["tensorrt", "onnxruntime"]
-            precisions = ["fp32", "fp16", "int8"]
-    except Exception:  # torch missing or broken CUDA: a CPU profile is still right
-        pass
+    gpu = gpu_device()
+    if gpu:  # arch holds the device model, which GPU targets are matched against (targets.host.gpu_matches)
+        kind, arch = "gpu", gpu
+        runtimes = ["tensorrt", "onnxruntime"]
+        precisions = ["fp32", "fp16", "int8"]
     cores = os.cpu_count() or 1
     peaks, bandwidth, overhead, desc = {}, None, 0.0, f"this machine: {cpu_model()}"
     ref = _closest_cpu_profile(set(feats), arch) if kind == "cpu" else None
