@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from edgeopt.errors import PruningError
-from edgeopt.techniques.allocate import Group, allocate, find_groups, widths_of
+from edgeopt.techniques.pruning.allocate import Group, allocate, find_groups, widths_of
 
 
 class _Table:
@@ -63,7 +63,7 @@ def test_groups_of_a_real_model_follow_the_dependency_graph():
 
 def test_prune_to_latency_end_to_end(tmp_path):
     from edgeopt.measure.lut import LatencyTable
-    from edgeopt.techniques.allocate import prune_to_latency
+    from edgeopt.techniques.pruning.allocate import prune_to_latency
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),

@@ -176,7 +176,7 @@ def _dead_channel_net():
 
 def test_hrank_ranks_activated_maps():
     import edgeopt
-    from edgeopt.techniques.importance import clear_hrank, measure_hrank
+    from edgeopt.techniques.pruning.importance import clear_hrank, measure_hrank
 
     net = _dead_channel_net()
     data = [torch.randn(8, 3, 8, 8) for _ in range(2)]

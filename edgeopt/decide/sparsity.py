@@ -16,7 +16,8 @@ from edgeopt.targets import TargetProfile
 from edgeopt.techniques import FineTuneConfig, IMPConfig, PruneAtInitConfig, UnstructuredConfig, allowed
 
 # the error barrier (pp) under which two runs count as linearly mode-connected; the technique
-# (techniques/lottery.py: LMC_BARRIER_PP) measures against the same value, quoted here for the decision's reason
+# (techniques/sparsity/lottery.py: LMC_BARRIER_PP) measures against the same value, quoted here for the
+# decision's reason
 LMC_BARRIER_PP = 2.0
 # pruning-at-init criteria screened as families (Lee et al. 2019; Wang et al. 2020; Tanaka et al. 2020)
 SCRATCH_METHODS = ("snip", "grasp", "synflow")

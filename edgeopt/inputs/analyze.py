@@ -62,7 +62,7 @@ def count_prunable_groups(model: nn.Module, example, timeout_s: float = 60) -> i
     import torch_pruning as tp
 
     from edgeopt.inputs.structure import Inputs
-    from edgeopt.techniques.prune import output_layers
+    from edgeopt.techniques.pruning.prune import output_layers
 
     out_layers = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
     out_layers += output_layers(model, Inputs.of(example, model))
@@ -98,7 +98,7 @@ def analyze(model: nn.Module, input_shape, size_bytes: int = 0) -> ModelSummary:
         for h in handles:
             h.remove()
     out = outs.get("out", next(iter(outs.values())))  # the primary output: 'out' or the first
-    from edgeopt.techniques.prune import trouble_modules, unsafe_layers
+    from edgeopt.techniques.pruning.prune import trouble_modules, unsafe_layers
 
     unprunable: list[str] = list(unsafe_layers(model)[1])
     trouble = trouble_modules(model)

@@ -172,7 +172,7 @@ class SupermaskConfig(TechniqueConfig):
     seed: int = 0
 
 
-# efficient families (torchvision's, then timm's), built with random weights by techniques/architecture.py
+# efficient families (torchvision's, then timm's), built with random weights by techniques/retraining/architecture.py
 ARCH_TORCHVISION = ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "regnet_x_400mf")
 ARCH_TIMM = ("ghostnet_100", "mobileone_s0", "repvgg_a0", "convnext_atto")
 
@@ -210,60 +210,60 @@ class Technique:
 
 TECHNIQUES: Registry[Technique] = Registry("technique")
 TECHNIQUES.register("prune", Technique(
-    "prune", PruneConfig, "edgeopt.techniques.prune:apply_prune", "model", needs_data=False,
+    "prune", PruneConfig, "edgeopt.techniques.pruning.prune:apply_prune", "model", needs_data=False,
     needs_retraining=False, summary="structured channel pruning (Torch-Pruning dependency graph)"),
     aliases=("structured_pruning",))
 TECHNIQUES.register("factorize", Technique(
-    "factorize", FactorizeConfig, "edgeopt.techniques.factorize:apply_factorize", "model", needs_data=False,
+    "factorize", FactorizeConfig, "edgeopt.techniques.lowrank.factorize:apply_factorize", "model", needs_data=False,
     needs_retraining=False, summary="low-rank factorization: Tucker-2 / CP convs, SVD linears (tensorly)"),
     aliases=("low_rank", "tucker"))
 TECHNIQUES.register("bn_recalibrate", Technique(
-    "bn_recalibrate", BNRecalibrateConfig, "edgeopt.techniques.bn_recal:apply_bn_recalibrate", "model",
+    "bn_recalibrate", BNRecalibrateConfig, "edgeopt.techniques.repair.bn_recal:apply_bn_recalibrate", "model",
     needs_data=True, needs_retraining=False,
     summary="re-estimate BatchNorm statistics on unlabeled calibration data"), aliases=("bn_recal",))
 TECHNIQUES.register("quantize", Technique(
     "quantize", QuantizeConfig, None, "export", needs_data=True, needs_retraining=False,
     summary="reduced precision realised by the exporter/runtime"), aliases=("quantization",))
 TECHNIQUES.register("fine_tune", Technique(
-    "fine_tune", FineTuneConfig, "edgeopt.techniques.finetune:apply_finetune", "model", needs_data=True,
+    "fine_tune", FineTuneConfig, "edgeopt.techniques.retraining.finetune:apply_finetune", "model", needs_data=True,
     needs_retraining=True,
     summary="fine-tune with distillation from the original model (response, feature, relation; auto: screened)"),
     aliases=("finetune", "distill", "kd"))
 TECHNIQUES.register("unstructured", Technique(
-    "unstructured", UnstructuredConfig, "edgeopt.techniques.unstructured:apply_unstructured", "model",
+    "unstructured", UnstructuredConfig, "edgeopt.techniques.sparsity.unstructured:apply_unstructured", "model",
     needs_data=False, needs_retraining=False,
     summary="global magnitude / 2:4 weight sparsity: smaller compressed size, no dense-CPU speedup"),
     aliases=("unstructured_pruning", "sparsity"))
 TECHNIQUES.register("imp", Technique(
-    "imp", IMPConfig, "edgeopt.techniques.lottery:apply_imp", "model", needs_data=True, needs_retraining=True,
+    "imp", IMPConfig, "edgeopt.techniques.sparsity.lottery:apply_imp", "model", needs_data=True, needs_retraining=True,
     summary="iterative magnitude pruning with rewinding (lottery tickets / LR rewinding)"),
     aliases=("lottery_ticket", "lth"))
 TECHNIQUES.register("slimming", Technique(
-    "slimming", SlimmingConfig, "edgeopt.techniques.slimming:apply_slimming", "model", needs_data=True,
+    "slimming", SlimmingConfig, "edgeopt.techniques.pruning.slimming:apply_slimming", "model", needs_data=True,
     needs_retraining=True,
     summary="network slimming: L1 sparsity training of BatchNorm scales, then BN-scale channel pruning"),
     aliases=("network_slimming",))
 TECHNIQUES.register("prune_at_init", Technique(
-    "prune_at_init", PruneAtInitConfig, "edgeopt.techniques.prune_at_init:apply_prune_at_init", "model",
+    "prune_at_init", PruneAtInitConfig, "edgeopt.techniques.sparsity.prune_at_init:apply_prune_at_init", "model",
     needs_data=True, needs_retraining=True,
     summary="SNIP / GraSP / SynFlow masks on a fresh init, then training from scratch"),
     aliases=("snip", "grasp", "synflow"))
 TECHNIQUES.register("qat", Technique(
-    "qat", QATConfig, "edgeopt.techniques.qat:apply_qat", "model", needs_data=True, needs_retraining=True,
+    "qat", QATConfig, "edgeopt.techniques.retraining.qat:apply_qat", "model", needs_data=True, needs_retraining=True,
     summary="quantization-aware training (torch.ao fake-quant), exported as INT8 Q/DQ"),
     aliases=("quantization_aware_training",))
 TECHNIQUES.register("depth_prune", Technique(
-    "depth_prune", DepthConfig, "edgeopt.techniques.depth:apply_depth", "model", needs_data=True,
+    "depth_prune", DepthConfig, "edgeopt.techniques.pruning.depth:apply_depth", "model", needs_data=True,
     needs_retraining=False,
     summary="layer-level pruning: remove the residual blocks whose measured removal costs least"),
     aliases=("depth", "layer_pruning", "block_pruning"))
 TECHNIQUES.register("supermask", Technique(
-    "supermask", SupermaskConfig, "edgeopt.techniques.supermask:apply_supermask", "model", needs_data=True,
+    "supermask", SupermaskConfig, "edgeopt.techniques.sparsity.supermask:apply_supermask", "model", needs_data=True,
     needs_retraining=True,
     summary="supermask: a mask on the random initial weights (edge-popup scores, large-final, magnitude-increase)"),
     aliases=("edge_popup",))
 TECHNIQUES.register("architecture", Technique(
-    "architecture", ArchitectureConfig, "edgeopt.techniques.architecture:apply_architecture", "model",
+    "architecture", ArchitectureConfig, "edgeopt.techniques.retraining.architecture:apply_architecture", "model",
     needs_data=True, needs_retraining=True,
     summary="efficient architecture: an efficient family trained from scratch by distillation from the model"),
     aliases=("efficient_architecture",))

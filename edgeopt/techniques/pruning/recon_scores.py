@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from edgeopt.inputs.feeding import run_model
-from edgeopt.techniques.layer_rows import NormalEquations, dense_layer, input_rows
+from edgeopt.techniques.repair.layer_rows import NormalEquations, dense_layer, input_rows
 
 MAX_FULL_INVERSE = 6144  # above this many inputs (and more rows than inputs) only the diagonal of A is used
 RIDGE = 1e-6  # relative to the mean diagonal of A: keeps the inverse finite without changing the ranking

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from edgeopt.inputs.structure import Inputs, flatten_outputs
-from edgeopt.techniques.importance import NEEDS_INPUTS, measure_for, taylor_grads
+from edgeopt.techniques.pruning.importance import NEEDS_INPUTS, measure_for, taylor_grads
 
 
 @dataclass
@@ -138,8 +138,8 @@ def prune_module(module: nn.Module, args: tuple | dict, spec: PruneSpec, full_mo
         elif spec.importance in NEEDS_INPUTS and step > 0:
             measure_for(spec.importance, full_model, spec.data)  # measures of the channels that are left
         elif spec.importance == "recon" and step > 0:
-            from edgeopt.techniques.importance import inputs_of
-            from edgeopt.techniques.recon_scores import measure_scores
+            from edgeopt.techniques.pruning.importance import inputs_of
+            from edgeopt.techniques.pruning.recon_scores import measure_scores
 
             measure_scores(full_model, inputs_of(spec.data))  # scores of the channels that are left
         for group in pruner.step(interactive=True):

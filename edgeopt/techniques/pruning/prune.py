@@ -18,7 +18,8 @@ from torch import nn
 from edgeopt.errors import PruningError
 from edgeopt.inputs.feeding import batch_inputs
 from edgeopt.inputs.structure import Inputs, model_outputs
-from edgeopt.techniques.importance import (
+from edgeopt.techniques.pruning.graph_surgery import PruneSpec, is_attention, output_layers, prune_module
+from edgeopt.techniques.pruning.importance import (
     IMPORTANCE_NAMES,
     NEEDS_INPUTS,
     clear_energy,
@@ -28,8 +29,7 @@ from edgeopt.techniques.importance import (
     measure_for,
     taylor_grads,
 )
-from edgeopt.techniques.prune_core import PruneSpec, is_attention, output_layers, prune_module
-from edgeopt.techniques.recon_scores import clear_scores
+from edgeopt.techniques.pruning.recon_scores import clear_scores
 from edgeopt.timeout import time_limit
 
 __all__ = ["IMPORTANCE_NAMES", "prune", "apply_prune", "channel_table", "unsafe_layers"]
@@ -63,7 +63,7 @@ def channel_table(model: nn.Module) -> dict[str, int]:
 
 def unsafe_layers(model: nn.Module) -> tuple[list[nn.Module], list[str]]:
     """Attention modules Torch-Pruning cannot prune per head (no nn.MultiheadAttention / qkv inside)."""
-    from edgeopt.techniques.prune_core import attention_heads
+    from edgeopt.techniques.pruning.graph_surgery import attention_heads
 
     names = {m: n for n, m in model.named_modules()}
     _, keep, why = attention_heads(model, names)
@@ -246,7 +246,7 @@ def _criterion(importance: str, work: nn.Module, data, extra: dict):
     """(canonical name, Torch-Pruning importance factory); `recon` measures its scores on `data` first."""
     if importance != "recon":
         return importances().canonical(importance), importances().get(importance)
-    from edgeopt.techniques.recon_scores import measure_scores, recon_importance
+    from edgeopt.techniques.pruning.recon_scores import measure_scores, recon_importance
 
     batches = inputs_of(data)
     if not batches:
@@ -257,7 +257,7 @@ def _criterion(importance: str, work: nn.Module, data, extra: dict):
 
 
 def _reconstruct(model: nn.Module, work: nn.Module, data, kept: dict) -> dict:
-    from edgeopt.techniques.reconstruct import reconstruct
+    from edgeopt.techniques.repair.reconstruct import reconstruct
 
     batches = inputs_of(data)
     if not batches:
@@ -270,11 +270,11 @@ def apply_prune(model: nn.Module, example: torch.Tensor, config, data=None) -> t
     """Technique entry point (registry): `data` is an edgeopt.inputs.data.Batches of calibration batches."""
     layer_ratios = config.layer_ratios
     if config.sensitivity and not layer_ratios:
-        from edgeopt.techniques.sensitivity import ratios_from_drops
+        from edgeopt.techniques.pruning.sensitivity import ratios_from_drops
 
         layer_ratios = ratios_from_drops(config.sensitivity, config.ratio, config.max_layer_ratio)
     if config.latency_target:
-        from edgeopt.techniques.allocate import prune_to_latency
+        from edgeopt.techniques.pruning.allocate import prune_to_latency
 
         return prune_to_latency(model, example, config.latency_target, runtime=config.lut_runtime,
                                 importance=config.importance, data=data.items if data is not None else None,

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from edgeopt.inputs.feeding import join_batches, run_model
-from edgeopt.techniques.layer_rows import (
+from edgeopt.techniques.pruning.recon_scores import fingerprint
+from edgeopt.techniques.repair.layer_rows import (
     NormalEquations,
     dense_layer,
     forward_order,
@@ -27,7 +28,6 @@ from edgeopt.techniques.layer_rows import (
     input_rows,
     output_rows,
 )
-from edgeopt.techniques.recon_scores import fingerprint
 
 
 @torch.no_grad()
