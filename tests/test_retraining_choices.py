@@ -133,10 +133,9 @@ def test_imp_auto_needs_held_out_data_and_the_planner_uses_it():
         edgeopt.imp(smallnet.make(), train.items[:2], sparsity=0.5, rounds=1, epochs=1, rewind="auto")
     imp = [c for c in _plan(goal="size", retrain=True).candidates if c.family == "imp"]
     assert imp and all(c.steps[0].rewind == "auto" for c in imp)
-    from edgeopt.decide import sparsity
-    from edgeopt.techniques.sparsity import lottery
+    from edgeopt.techniques.sparsity import imp_technique, lottery
 
-    assert sparsity.LMC_BARRIER_PP == lottery.LMC_BARRIER_PP  # the decision quotes what the technique measures
+    assert imp_technique.LMC_BARRIER_PP == lottery.LMC_BARRIER_PP  # the decision quotes what the technique measures
     assert f"< {lottery.LMC_BARRIER_PP} pp" in next(d.reason for d in _plan(goal="size", retrain=True).decisions
                                                     if d.technique == "imp")
 
