@@ -81,7 +81,7 @@ def _():
     import torchvision
 
     from edgeopt.formats.onnx import export_onnx
-    from edgeopt.techniques.unstructured import semi_structured_masks
+    from edgeopt.techniques.sparsity.unstructured import semi_structured_masks
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=100).eval()

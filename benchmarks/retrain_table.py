@@ -30,7 +30,7 @@ import edgeopt  # noqa: E402
 from edgeopt.inputs.data import Batches, batchify, digits_splits  # noqa: E402
 from edgeopt.inputs.demo import cache_dir  # noqa: E402
 from edgeopt.report import write_atomic  # noqa: E402
-from edgeopt.techniques import qat as Q  # noqa: E402
+from edgeopt.techniques.retraining import qat as Q  # noqa: E402
 from edgeopt.training import fit, top1  # noqa: E402
 
 SIZE = 64
@@ -112,11 +112,11 @@ def lecture_rows(base, train, val, example, epochs: int, log) -> list[dict]:
 def choice_rows(base, train, val, example, epochs: int, log) -> list[dict]:
     """The retraining choices, each made the way the planner makes it (on training data only), scored on `val`."""
     from edgeopt.techniques import FineTuneConfig, IMPConfig, PruneAtInitConfig, PruneConfig, SlimmingConfig
-    from edgeopt.techniques.finetune import apply_finetune
-    from edgeopt.techniques.lottery import apply_imp
-    from edgeopt.techniques.prune import apply_prune
-    from edgeopt.techniques.prune_at_init import apply_prune_at_init
-    from edgeopt.techniques.slimming import apply_slimming
+    from edgeopt.techniques.pruning.prune import apply_prune
+    from edgeopt.techniques.pruning.slimming import apply_slimming
+    from edgeopt.techniques.retraining.finetune import apply_finetune
+    from edgeopt.techniques.sparsity.lottery import apply_imp
+    from edgeopt.techniques.sparsity.prune_at_init import apply_prune_at_init
 
     ft = FineTuneConfig(epochs=epochs)
     rows = []

@@ -30,8 +30,8 @@ from edgeopt.formats import backend_for  # noqa: E402
 from edgeopt.inputs.data import Batches  # noqa: E402
 from edgeopt.measure.lut import LatencyTable, widths_of_model  # noqa: E402
 from edgeopt.measure.timing import BenchConfig, measure  # noqa: E402
-from edgeopt.techniques.allocate import prune_to_latency  # noqa: E402
-from edgeopt.techniques.bn_recal import recalibrate_bn  # noqa: E402
+from edgeopt.techniques.pruning.allocate import prune_to_latency  # noqa: E402
+from edgeopt.techniques.repair.bn_recal import recalibrate_bn  # noqa: E402
 
 RATIOS = (0.1, 0.3, 0.5)
 TARGETS = (0.75, 0.6, 0.45)

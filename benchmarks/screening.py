@@ -16,10 +16,10 @@ from pathlib import Path
 
 
 def _only_screened_families() -> None:
-    from edgeopt.decide import plan
+    from edgeopt.techniques import PROPOSERS
 
-    for name in ("recon_structures", "latency_structures", "depth_structures", "sparse_structures"):
-        setattr(plan, name, lambda *a, **k: [])
+    for name in ("prune-recon", "prune-latency", "depth_prune", "unstructured"):
+        PROPOSERS.unregister(name)
 
 
 def _screenings(report) -> dict:

@@ -66,7 +66,7 @@ def prune(model, example_inputs, ratio: float = 0.3, importance: str = "l2",
     `data=[(x, y), ...]`) | hrank (needs `data` inputs) | fpgm | random | recon (needs `data` inputs).
     `reconstruct=True` re-solves the layers fed by pruned channels on `data` (no retraining). What changed
     per layer, and what was skipped and why, is in `result.edgeopt_record`."""
-    from edgeopt.techniques.prune import prune as _prune
+    from edgeopt.techniques.pruning.prune import prune as _prune
 
     small, record = _prune(model, example_inputs, ratio=ratio, importance=importance, scope=scope,
                            round_to=round_to, iterative_steps=iterative_steps, data=data,
@@ -81,7 +81,7 @@ def factorize(model, example_inputs, method: str = "tucker", energy: float | Non
     """A low-rank factorized copy of `model`: method tucker | cp (k x k convs) | svd (Linears); ranks by
     `energy` kept, by `rank_method="vbmf"`, or by a target `macs_reduction` per layer. The record per
     layer (ranks, MACs before/after, skipped with reason) is in `result.edgeopt_record`."""
-    from edgeopt.techniques.factorize import factorize as _factorize
+    from edgeopt.techniques.lowrank.factorize import factorize as _factorize
 
     small, record = _factorize(model, example_inputs, method=method, energy=energy,
                                macs_reduction=macs_reduction, layers=layers, rank_method=rank_method)
@@ -94,7 +94,7 @@ def prune_sensitivity(model, example_inputs: torch.Tensor, evaluate, ratio: floa
     """Per-layer sensitivity: accuracy drop when each prunable layer's group is pruned alone at `ratio`.
     `evaluate(model) -> accuracy`. Returns {"baseline", "layers": {name: drop}, "layer_ratios": {...}};
     pass `layer_ratios` on to `prune(...)` so that sensitive layers are pruned less."""
-    from edgeopt.techniques.sensitivity import sensitivity
+    from edgeopt.techniques.pruning.sensitivity import sensitivity
 
     return sensitivity(model, example_inputs, evaluate, ratio=ratio, importance=importance,
                        max_groups=max_groups, data=data)
@@ -149,7 +149,7 @@ def distill(student, teacher, train_data, kind: str = "response", epochs: int = 
 def prune_at_init(model, data, method: str = "snip", sparsity: float = 0.8):
     """Attach SNIP / GraSP / SynFlow masks of `sparsity` to a freshly initialised `model` (in place), to be
     trained from scratch (edgeopt.training.fit keeps masked weights at zero). Returns the record."""
-    from edgeopt.techniques.prune_at_init import prune_at_init as _pai
+    from edgeopt.techniques.sparsity.prune_at_init import prune_at_init as _pai
 
     return _pai(model, data, method=method, sparsity=sparsity)[1]
 
@@ -167,7 +167,7 @@ def imp(model, train_data, sparsity: float = 0.8, rounds: int = 3, epochs: int =
         rewind_epoch: int = 1, eval_data=None, **fit_kwargs):
     """Iterative magnitude pruning with rewinding ("init" = lottery ticket, "epoch" = weights of epoch
     `rewind_epoch`, "lr" = learning-rate rewinding). Returns (pruned copy with masks, IMPResult)."""
-    from edgeopt.techniques.lottery import imp as _imp
+    from edgeopt.techniques.sparsity.lottery import imp as _imp
     from edgeopt.training import fit, top1
 
     eval_fn = (lambda m: top1(m, eval_data)) if eval_data is not None else None
@@ -182,7 +182,7 @@ def slim(model, example_inputs, train_data, ratio: float = 0.3, epochs: int = 2,
     with `distill`. A model without BatchNorm is a ConfigError. The record (mean |gamma| before/after) is in
     `result.edgeopt_record`."""
     from edgeopt.techniques import TECHNIQUES
-    from edgeopt.techniques.slimming import apply_slimming
+    from edgeopt.techniques.pruning.slimming import apply_slimming
 
     config = TECHNIQUES.get("slimming").make_config({"ratio": ratio, "epochs": epochs, "strength": strength,
                                                      "lr": lr, "scope": scope})
@@ -194,7 +194,7 @@ def slim(model, example_inputs, train_data, ratio: float = 0.3, epochs: int = 2,
 def qat(model, train_data, epochs: int = 2, lr: float = 0.005, distill: bool = True, **kwargs):
     """Quantization-aware training of a copy; export the result with `export(..., format="onnx")` to get
     an INT8 Q/DQ model. With `distill`, the float model teaches the quantized one."""
-    from edgeopt.techniques.qat import qat as _qat
+    from edgeopt.techniques.retraining.qat import qat as _qat
     from edgeopt.training import fit
 
     if distill:
@@ -208,7 +208,7 @@ def depth_prune(model, example_inputs: torch.Tensor, data, blocks: int = 1, trai
     on held-out `data` (accuracy drop when labelled, output KL otherwise), BatchNorm re-estimated, fine-tuned
     from `model` for `epochs` on `train_data` when given. A model without residual blocks comes back
     unchanged with the reason in `result.edgeopt_record["skipped"]`."""
-    from edgeopt.techniques.depth import depth_prune as _depth
+    from edgeopt.techniques.pruning.depth import depth_prune as _depth
 
     small, record = _depth(model, example_inputs, data, blocks=blocks, train_data=train_data, epochs=epochs, lr=lr)
     small.edgeopt_record = record
@@ -221,7 +221,7 @@ def supermask(model, data, sparsity: float = 0.5, epochs: int = 3, method: str =
     frozen, scores trained), "large_final" or "magnitude_increase" (weights trained, mask applied to the
     initial ones). Returns the masked copy (its own initial weights, zeros where masked; the record with
     measured sparsity and top-1 on `eval_data` is in `result.edgeopt_record`), or (copy, record)."""
-    from edgeopt.techniques.supermask import supermask as _supermask
+    from edgeopt.techniques.sparsity.supermask import supermask as _supermask
 
     masked, record = _supermask(model, data, sparsity=sparsity, epochs=epochs, method=method, lr=lr,
                                 eval_data=eval_data, seed=seed)
@@ -236,7 +236,7 @@ def efficient_architectures(model, example_inputs: torch.Tensor, families: list[
     ConvNeXt-atto; random init, deploy form) next to `model` at its input size and number of outputs.
     With `train_data`, the `top` most promising are trained by distillation from `model` (from scratch).
     Returns {"table": rows with p50_ms, "decision": {...}, "trained": {family: {top1, p50_ms, model}}}."""
-    from edgeopt.techniques.architecture import decision, latency_table, train_candidates
+    from edgeopt.techniques.retraining.architecture import decision, latency_table, train_candidates
 
     rows = latency_table(model, example_inputs, families=families, max_time_s=max_time_s)
     trained = (train_candidates(model, example_inputs, rows, train_data, eval_data, epochs=epochs, top=top)

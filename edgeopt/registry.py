@@ -27,6 +27,13 @@ class Registry(Generic[T]):
             self._aliases[alias] = name
         return item
 
+    def unregister(self, name: str) -> T:
+        """Remove `name` and its aliases (a test that registered its own item puts the registry back)."""
+        key = self.canonical(name)
+        item = self._items.pop(key)
+        self._aliases = {a: n for a, n in self._aliases.items() if n != key}
+        return item
+
     def canonical(self, name: str) -> str:
         key = name.strip().lower()
         if key in self._items:

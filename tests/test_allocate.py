@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from edgeopt.errors import PruningError
-from edgeopt.techniques.allocate import Group, allocate, find_groups, widths_of
+from edgeopt.techniques.pruning.allocate import Group, allocate, find_groups, widths_of
 
 
 class _Table:
@@ -63,7 +63,7 @@ def test_groups_of_a_real_model_follow_the_dependency_graph():
 
 def test_prune_to_latency_end_to_end(tmp_path):
     from edgeopt.measure.lut import LatencyTable
-    from edgeopt.techniques.allocate import prune_to_latency
+    from edgeopt.techniques.pruning.allocate import prune_to_latency
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
@@ -113,20 +113,30 @@ def test_registry_latency_target_and_planner_ladder():
 
 
 def test_planner_reads_the_int8_table_when_int8_is_measured():
+    from dataclasses import replace
+
     from edgeopt.config import ModelSummary, make_context
-    from edgeopt.decide.reconstruction import latency_structures, table_precision
-    from edgeopt.report import Decision
+    from edgeopt.decide.plan import FORMAT_OF_RUNTIME, plan
+    from edgeopt.targets import load_target
+    from edgeopt.techniques.planning import PlanningContext
+    from edgeopt.techniques.pruning.prune_technique import propose_latency_allocation, table_precision
 
     summary = ModelSummary(params=10**6, macs=10**8, input_shape=[1, 3, 64, 64], num_outputs=10,
                            prunable_groups=12, min_channels=64, layers={"conv": 10, "linear": 1})
-    ctx = make_context(target="x86-avx512-vnni")
-    decisions = []
-    out = latency_structures(ctx, summary, True, None, decisions, ["openvino"], True)
-    assert {s[1][0].lut_precision for s in out} == {"int8"} and "int8 layers" in decisions[-1].reason
-    # INT8 skipped on this runtime (no hardware support, no calibration...): the fp32 table decides
-    skipped = [Decision(technique="quantize:int8@openvino", decision="skipped", reason="no int8 units")]
-    assert table_precision(ctx, "openvino", skipped) == "fp32"
-    assert table_precision(make_context(target="x86-avx512-vnni", techniques=["prune"]), "openvino", []) == "fp32"
-    # the plan's pairs, when given, decide
-    assert table_precision(ctx, "onnxruntime", [], pairs=[("onnx", "fp32", ""), ("onnx", "int8", "")]) == "int8"
-    assert table_precision(ctx, "onnxruntime", [], pairs=[("openvino", "int8", "")]) == "fp32"
+    target = load_target("x86-avx512-vnni")
+    ctx = PlanningContext(make_context(target="x86-avx512-vnni"), target, summary, has_calib_data=True,
+                          runtimes=("openvino",), pairs=(("openvino", "fp32", ""), ("openvino", "int8", "")),
+                          format_of_runtime=FORMAT_OF_RUNTIME, timing_runtime="openvino")
+    out = propose_latency_allocation(ctx)
+    assert {s.steps[0].lut_precision for s in out.structures} == {"int8"}
+    assert "int8 layers" in out.decisions[-1].reason
+    # INT8 not measured on this runtime (skipped: no int8 units, no calibration, quantize excluded...): the fp32
+    # table decides
+    for name, only in (("x86-avx2", None), ("x86-avx512-vnni", ["prune"])):
+        here = load_target(name).model_copy(update={"detected": True})
+        p = plan(make_context(target=name, techniques=only), here, summary, here, ["openvino"], has_calib_data=True)
+        lat = [c for c in p.candidates if c.family == "prune-lat"]
+        assert lat and {c.steps[0].lut_precision for c in lat} == {"fp32"}, name
+    # the plan's pairs decide
+    assert table_precision(replace(ctx, pairs=(("onnx", "fp32", ""), ("onnx", "int8", ""))), "onnxruntime") == "int8"
+    assert table_precision(replace(ctx, pairs=(("openvino", "int8", ""),)), "onnxruntime") == "fp32"

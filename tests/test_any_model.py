@@ -494,8 +494,8 @@ def test_data_driven_pruning_takes_several_inputs(kw):
 
 
 def test_bn_recalibration_and_depth_pruning_take_several_inputs():
-    from edgeopt.techniques.bn_recal import recalibrate_bn
-    from edgeopt.techniques.depth import depth_prune
+    from edgeopt.techniques.pruning.depth import depth_prune
+    from edgeopt.techniques.repair.bn_recal import recalibrate_bn
 
     torch.manual_seed(0)
     model = ResidualTwo().eval()
@@ -511,7 +511,7 @@ def test_bn_recalibration_and_depth_pruning_take_several_inputs():
 
 
 def test_latency_allocation_takes_several_inputs():
-    from edgeopt.techniques.allocate import prune_to_latency
+    from edgeopt.techniques.pruning.allocate import prune_to_latency
 
     torch.manual_seed(0)
     model = TwoInputs().eval()
@@ -536,7 +536,7 @@ def test_fine_tuning_distills_every_output_of_a_segmenter():
     """Dense out/aux logits: distillation matches both outputs (the gap to the teacher shrinks), masks add
     cross-entropy on the first output they fit, and labels that fit no output are one clear line."""
     from edgeopt.errors import DataError
-    from edgeopt.techniques.bn_recal import recalibrate_bn
+    from edgeopt.techniques.repair.bn_recal import recalibrate_bn
     from edgeopt.training import fit
 
     torch.manual_seed(0)
@@ -558,7 +558,7 @@ def test_fine_tuning_distills_every_output_of_a_segmenter():
 
 
 def test_fine_tuning_feeds_several_inputs_and_the_kind_screen_scores_fidelity():
-    from edgeopt.techniques.bn_recal import recalibrate_bn
+    from edgeopt.techniques.repair.bn_recal import recalibrate_bn
     from edgeopt.training import fit
     from edgeopt.training.screen import choose_kind
 

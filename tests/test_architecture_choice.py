@@ -10,7 +10,7 @@ import torch
 
 import edgeopt
 from edgeopt.errors import ConfigError
-from edgeopt.techniques.architecture import build, decision, promising, reparameterize, train_candidates
+from edgeopt.techniques.retraining.architecture import build, decision, promising, reparameterize, train_candidates
 
 
 @pytest.mark.parametrize("family", ["mobilenet_v3_small", "repvgg_a0", "mobileone_s0"])
@@ -127,7 +127,7 @@ def test_planner_trains_faster_families_only_from_scratch_with_data():
 
 def test_architecture_step_needs_training_data_and_a_classifier():
     from edgeopt.techniques import ArchitectureConfig
-    from edgeopt.techniques.architecture import apply_architecture
+    from edgeopt.techniques.retraining.architecture import apply_architecture
 
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(3))
     x = torch.randn(1, 1, 8, 8)
@@ -144,7 +144,7 @@ def test_optimize_from_scratch_measures_a_trained_efficient_family(tmp_path, mon
     model and measured on the runtime beside the original (the table is pinned so the family is 'faster')."""
     from smallnet import trained
 
-    import edgeopt.techniques.architecture as arch
+    import edgeopt.techniques.retraining.architecture as arch
 
     teacher, train, val = trained(size=8)
 

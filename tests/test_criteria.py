@@ -6,8 +6,8 @@ import copy
 import pytest
 import torch
 
-from edgeopt.techniques.importance import IMPORTANCE_NAMES, EnergyImportance, HRankImportance
-from edgeopt.techniques.prune import prune
+from edgeopt.techniques.pruning.importance import IMPORTANCE_NAMES, EnergyImportance, HRankImportance
+from edgeopt.techniques.pruning.prune import prune
 
 
 def _data(n=3):
@@ -43,7 +43,7 @@ def test_a_criterion_keeps_its_measurements_by_layer_name(tiny, criterion):
 
 
 def test_a_block_put_back_gets_back_the_scores_measured_on_it(tiny):
-    from edgeopt.techniques.recon_scores import ReconImportance
+    from edgeopt.techniques.pruning.recon_scores import ReconImportance
 
     tiny.eval()
     imp = ReconImportance()

@@ -12,7 +12,7 @@ from torch import nn
 import edgeopt
 from edgeopt.errors import PruningError
 from edgeopt.techniques import TECHNIQUES
-from edgeopt.techniques.depth import residual_blocks
+from edgeopt.techniques.pruning.depth import residual_blocks
 
 
 class Block(nn.Module):

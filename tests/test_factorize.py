@@ -6,7 +6,7 @@ from torch import nn
 import edgeopt
 from edgeopt.errors import ConfigError
 from edgeopt.inputs.analyze import count_macs
-from edgeopt.techniques.ranks import energy_rank, vbmf_rank
+from edgeopt.techniques.lowrank.ranks import energy_rank, vbmf_rank
 
 
 class ConvNet(nn.Module):
@@ -152,7 +152,7 @@ class _Costs:
 
 
 def test_tucker_layers_kept_where_not_measured_faster(net, x):
-    from edgeopt.techniques.factorize import factorize
+    from edgeopt.techniques.lowrank.factorize import factorize
 
     cheap, rec = factorize(net, x, energy=0.5, table=_Costs(pointwise=0.0))
     assert "c2" in [d["layer"] for d in rec["layers"]] and rec["latency_checked_on"] == "scripted"
@@ -164,7 +164,7 @@ def test_tucker_layers_kept_where_not_measured_faster(net, x):
 
 def test_factorize_with_a_measured_table_records_every_decision(net, x, tmp_path):
     from edgeopt.measure.lut import LatencyTable
-    from edgeopt.techniques.factorize import factorize
+    from edgeopt.techniques.lowrank.factorize import factorize
 
     table = LatencyTable(cache_dir=tmp_path, runs=3)
     _, rec = factorize(net, x, energy=0.5, table=table)
@@ -180,7 +180,7 @@ def test_factorize_with_a_measured_table_records_every_decision(net, x, tmp_path
 def test_cp_layers_decided_by_the_table_before_any_decomposition(net, x, monkeypatch):
     """CP's four convs (1x1, k x 1 and 1 x k depthwise, 1x1) are looked up before the ALS fit: a layer not
     measured faster is kept and never decomposed."""
-    from edgeopt.techniques import factorize as F
+    from edgeopt.techniques.lowrank import factorize as F
 
     cheap, rec = F.factorize(net, x, method="cp", energy=0.5, table=_Costs(pointwise=0.0))
     assert [d["kind"] for d in rec["layers"] if d["layer"] == "c2"] == ["cp"]
@@ -196,7 +196,7 @@ def test_cp_layers_decided_by_the_table_before_any_decomposition(net, x, monkeyp
 
 
 def test_cp_skips_a_layer_too_costly_to_fit_with_the_reason(monkeypatch):
-    from edgeopt.techniques import factorize as F
+    from edgeopt.techniques.lowrank import factorize as F
 
     def no_fit(*a, **k):
         raise AssertionError("ran CP-ALS on a layer over the cost limit")

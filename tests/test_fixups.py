@@ -176,7 +176,7 @@ def _dead_channel_net():
 
 def test_hrank_ranks_activated_maps():
     import edgeopt
-    from edgeopt.techniques.importance import HRankImportance
+    from edgeopt.techniques.pruning.importance import HRankImportance
 
     net = _dead_channel_net()
     data = [torch.randn(8, 3, 8, 8) for _ in range(2)]

@@ -61,11 +61,25 @@ def test_decision_layer_imports_no_backend(path):
         assert mod.split(".")[0] not in HEAVY, f"{path.name} imports {mod}"
 
 
-def test_what_the_decision_layer_uses_imports_no_backend_at_module_level():
-    for dep in ("config", "report/__init__", "targets/__init__", "techniques/__init__"):
-        # module-level imports only: a lazy import inside a function runs only when that function does
-        for mod, _node in _imports(PKG / f"{dep}.py", top_only=True):
-            assert mod.split(".")[0] not in HEAVY, f"{dep} (used by the planner) imports {mod}"
+DECLARATIONS = sorted(["techniques/__init__", "techniques/declare", "techniques/planning"] +
+                      [str(p.relative_to(PKG).with_suffix("")) for p in (PKG / "techniques").rglob("*_technique.py")])
+
+
+@pytest.mark.parametrize("dep", ["config", "report/__init__", "targets/__init__", *DECLARATIONS])
+def test_what_the_decision_layer_uses_imports_no_backend_at_module_level(dep):
+    # module-level imports only: a lazy import inside a function (a handler's implementation) runs only when
+    # that function does
+    for mod, _node in _imports(PKG / f"{dep}.py", top_only=True):
+        assert mod.split(".")[0] not in HEAVY, f"{dep} (used by the planner) imports {mod}"
+
+
+def test_planning_imports_no_torch():
+    """The planner with every technique declared (configs, handlers, proposers) runs without torch."""
+    import subprocess
+    import sys
+
+    code = "import sys, edgeopt.decide.plan; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=PKG.parent).returncode == 0, "planning imported torch"
 
 
 def test_policy_imports_nothing():

@@ -30,7 +30,7 @@ def test_setup_discovers_packages_instead_of_listing_them():
 
 def test_timm_families_are_skipped_with_the_extra_named_when_timm_is_missing(monkeypatch):
     from edgeopt.techniques import ARCH_TIMM
-    from edgeopt.techniques.architecture import build, latency_table
+    from edgeopt.techniques.retraining.architecture import build, latency_table
 
     monkeypatch.setitem(sys.modules, "timm", None)  # as with `pip install edgeopt[openvino]`: no timm
     family = sorted(ARCH_TIMM)[0]

@@ -8,7 +8,7 @@ from torch import nn
 import edgeopt
 from edgeopt.errors import PruningError, UnknownNameError
 from edgeopt.inputs.analyze import analyze, count_macs, count_params
-from edgeopt.techniques.prune import IMPORTANCE_NAMES
+from edgeopt.techniques.pruning.prune import IMPORTANCE_NAMES
 
 
 def _data(n=3, labelled=True):
@@ -143,7 +143,7 @@ def test_sensitivity_gives_lower_ratios_to_sensitive_layers(tiny_plain, example)
 
 
 def test_slimming_penalty_shrinks_bn_gammas(tiny_plain):
-    from edgeopt.techniques.slimming import slimming_penalty, sparsity_train
+    from edgeopt.techniques.pruning.slimming import slimming_penalty, sparsity_train
 
     data = [(torch.randn(8, 1, 16, 16), torch.randint(0, 10, (8,))) for _ in range(4)]
     before = float(slimming_penalty(tiny_plain, 1.0))
@@ -158,7 +158,7 @@ def test_analyze_counts(tiny, example):
 
 
 def test_bn_recalibration_restores_statistics(tiny_plain, example):
-    from edgeopt.techniques.bn_recal import recalibrate_bn
+    from edgeopt.techniques.repair.bn_recal import recalibrate_bn
 
     bn = tiny_plain.stem[1]
     bn.running_mean.fill_(100.0)

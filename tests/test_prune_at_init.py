@@ -6,8 +6,8 @@ import edgeopt
 from edgeopt.errors import ConfigError, DataError
 from edgeopt.inputs.data import Batches
 from edgeopt.techniques import TECHNIQUES
-from edgeopt.techniques import unstructured as U
-from edgeopt.techniques.prune_at_init import prune_at_init
+from edgeopt.techniques.sparsity import unstructured as U
+from edgeopt.techniques.sparsity.prune_at_init import prune_at_init
 from edgeopt.training import fit, top1
 
 

@@ -4,7 +4,7 @@ import smallnet
 
 import edgeopt
 from edgeopt.techniques import TECHNIQUES
-from edgeopt.techniques import qat as Q
+from edgeopt.techniques.retraining import qat as Q
 from edgeopt.training import fit, top1
 
 

@@ -64,7 +64,7 @@ def _accuracy(model, val):
 def test_reconstruction_beats_naive_pruning_on_a_small_cnn():
     import smallnet
 
-    from edgeopt.techniques.bn_recal import recalibrate_bn
+    from edgeopt.techniques.repair.bn_recal import recalibrate_bn
 
     model, train, val = smallnet.trained()
     calib = train.inputs()[:4]
@@ -137,9 +137,9 @@ def test_sampled_patches_match_unfold_rows():
     strides, dilations, paddings and rectangular kernels, and the output rows match the same positions."""
     import torch.nn.functional as F
 
-    from edgeopt.techniques.layer_rows import input_rows as _rows
-    from edgeopt.techniques.layer_rows import output_rows as _targets
-    from edgeopt.techniques.layer_rows import sample_rows as _sample
+    from edgeopt.techniques.repair.layer_rows import input_rows as _rows
+    from edgeopt.techniques.repair.layer_rows import output_rows as _targets
+    from edgeopt.techniques.repair.layer_rows import sample_rows as _sample
 
     for k, s, d, p in [(3, 1, 1, 1), (3, 2, 1, 1), (1, 1, 1, 0), (5, 2, 2, 3), ((3, 1), (2, 1), 1, (1, 0))]:
         m = nn.Conv2d(6, 4, k, stride=s, dilation=d, padding=p)
@@ -155,7 +155,7 @@ def test_sampled_patches_match_unfold_rows():
 
 
 def test_recon_scores_are_reused_for_the_same_weights_and_batches():
-    from edgeopt.techniques.recon_scores import measure_scores
+    from edgeopt.techniques.pruning.recon_scores import measure_scores
 
     model = _mlp_with_duplicate()
     calib = _gauss()
@@ -179,7 +179,7 @@ def test_recon_scores_are_reused_for_the_same_weights_and_batches():
 def test_one_pass_solves_the_same_problems_as_a_pass_per_layer(tiny, monkeypatch):
     """All calibration batches joined in one forward pass, each consumer solved by a hook before it runs,
     gives the same weights as running the pruned network up to every consumer batch by batch."""
-    from edgeopt.techniques import reconstruct as rc
+    from edgeopt.techniques.repair import reconstruct as rc
 
     calib = _gauss(3, (8, 1, 16, 16))
     x = _gauss(1, (8, 1, 16, 16), seed=5)[0]
@@ -197,7 +197,7 @@ def test_one_pass_solves_the_same_problems_as_a_pass_per_layer(tiny, monkeypatch
 def test_fewer_rows_than_inputs_are_solved_in_the_dual_form_with_the_same_result():
     """Wide layers on small maps have fewer calibration rows than inputs: the n x n kernel form must give
     the primal ridge solution (unshrunk bias included) and its errors."""
-    from edgeopt.techniques import reconstruct as rc
+    from edgeopt.techniques.repair import reconstruct as rc
 
     g = torch.Generator().manual_seed(0)
     layer = nn.Linear(40, 5)
@@ -232,7 +232,7 @@ class _SequenceFirst(nn.Module):
 
 
 def test_a_sequence_first_consumer_is_solved_by_its_own_passes(monkeypatch):
-    from edgeopt.techniques import reconstruct as rc
+    from edgeopt.techniques.repair import reconstruct as rc
 
     torch.manual_seed(0)
     model = _SequenceFirst().eval()

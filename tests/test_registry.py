@@ -33,21 +33,45 @@ def test_techniques_and_formats_are_registered():
 
 
 @pytest.mark.parametrize("name", [name for name, _ in TECHNIQUES.items()])
-def test_every_technique_row_resolves_to_its_config_and_handler(name):
-    """Each row's "module:function" reference imports and takes (model, example, config, data=...); its
-    config names the technique (the discriminator of planned steps) and validates its defaults."""
+def test_every_technique_declares_its_config_and_handler(name):
+    """Each declared handler takes (model, example, config, data=...) (retraining ones also the teacher, the
+    training data and the progress display) and imports its implementation on use: what it imports exists and
+    takes the same arguments. Its config names the technique (the discriminator of planned steps) and validates
+    its defaults."""
+    import ast
+    import importlib
     import inspect
+    import textwrap
 
+    from edgeopt.errors import ConfigError
     from edgeopt.techniques import parse_step
 
     tech = TECHNIQUES.get(name)
     config = tech.make_config()
     assert config.technique == name and parse_step({"technique": name}) == config
-    if tech.apply_ref is None:
-        assert tech.stage == "export"
+    if tech.stage == "export":
+        with pytest.raises(ConfigError, match="realised at export"):
+            tech.apply_fn()
         return
-    params = list(inspect.signature(tech.apply_fn()).parameters)
+    handler = tech.apply_fn()
+    params = list(inspect.signature(handler).parameters)
     assert params[:3] == ["model", "example", "config"] and "data" in params, params
+    if tech.needs_retraining:
+        assert {"teacher", "train_data", "progress"} <= set(params), params
+    body = ast.parse(textwrap.dedent(inspect.getsource(handler)))
+    lazy = [(node.module, a.name) for node in ast.walk(body) if isinstance(node, ast.ImportFrom) for a in node.names]
+    assert lazy, f"{name}: the handler imports no implementation"
+    for module, fn in lazy:
+        impl = list(inspect.signature(getattr(importlib.import_module(module), fn)).parameters)
+        assert impl[:3] == ["model", "example", "config"] and set(params[3:]) <= set(impl), (module, fn, impl)
+
+
+def test_a_registered_item_can_be_unregistered_with_its_aliases():
+    reg = Registry("thing")
+    reg.register("a", 1, aliases=("alpha",))
+    assert reg.unregister("alpha") == 1
+    assert "a" not in reg and "alpha" not in reg
+    reg.register("a", 2, aliases=("alpha",))  # registrable again
 
 
 def test_planned_steps_are_a_discriminated_union_on_the_technique_name():

@@ -25,7 +25,7 @@ def _plan(summary=SUMMARY, has_train_data=True, **ctx):
 
 # ---- Network Slimming --------------------------------------------------------------------------------------
 def test_slimming_shrinks_bn_scales_then_prunes_and_reuses_the_sparsity_training():
-    from edgeopt.techniques.slimming import apply_slimming
+    from edgeopt.techniques.pruning.slimming import apply_slimming
 
     model, train, val = smallnet.trained(size=8)
     x = val.items[0][0][:1]
@@ -42,7 +42,7 @@ def test_slimming_shrinks_bn_scales_then_prunes_and_reuses_the_sparsity_training
 
 
 def test_slimming_without_batchnorm_is_a_one_line_config_error_and_skipped_by_the_planner():
-    from edgeopt.techniques.slimming import apply_slimming
+    from edgeopt.techniques.pruning.slimming import apply_slimming
 
     plain = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
     with pytest.raises(ConfigError, match="needs BatchNorm layers") as e:
@@ -76,8 +76,8 @@ def test_fine_tune_kind_is_validated_and_matches_the_training_kinds():
 
 
 def test_fine_tune_auto_screens_every_kind_and_trains_with_the_best():
-    from edgeopt.techniques.finetune import apply_finetune
-    from edgeopt.techniques.prune import apply_prune
+    from edgeopt.techniques.pruning.prune import apply_prune
+    from edgeopt.techniques.retraining.finetune import apply_finetune
 
     model, train, val = smallnet.trained(size=8)
     x = val.items[0][0][:1]
@@ -101,7 +101,7 @@ def test_planner_fine_tunes_with_the_auto_kind_when_retraining():
 
 # ---- IMP rewinding point by linear mode connectivity -------------------------------------------------------
 def test_imp_auto_rewind_records_the_barriers_it_chose_by():
-    from edgeopt.techniques.lottery import LMC_BARRIER_PP, apply_imp
+    from edgeopt.techniques.sparsity.lottery import LMC_BARRIER_PP, apply_imp
 
     model, train, val = smallnet.trained(size=8)
     pruned, rec = apply_imp(model, val.items[0][0][:1], IMPConfig(sparsity=0.5, rounds=1, epochs=1, rewind="auto"),
@@ -115,7 +115,7 @@ def test_imp_auto_rewind_records_the_barriers_it_chose_by():
 
 
 def test_rewind_falls_back_to_lr_when_no_epoch_is_stable():
-    from edgeopt.techniques.lottery import choose_rewind
+    from edgeopt.techniques.sparsity.lottery import choose_rewind
 
     _, train, val = smallnet.trained(size=8)
     small = train.items[:4]
@@ -133,10 +133,9 @@ def test_imp_auto_needs_held_out_data_and_the_planner_uses_it():
         edgeopt.imp(smallnet.make(), train.items[:2], sparsity=0.5, rounds=1, epochs=1, rewind="auto")
     imp = [c for c in _plan(goal="size", retrain=True).candidates if c.family == "imp"]
     assert imp and all(c.steps[0].rewind == "auto" for c in imp)
-    from edgeopt.decide import sparsity
-    from edgeopt.techniques import lottery
+    from edgeopt.techniques.sparsity import imp_technique, lottery
 
-    assert sparsity.LMC_BARRIER_PP == lottery.LMC_BARRIER_PP  # the decision quotes what the technique measures
+    assert imp_technique.LMC_BARRIER_PP == lottery.LMC_BARRIER_PP  # the decision quotes what the technique measures
     assert f"< {lottery.LMC_BARRIER_PP} pp" in next(d.reason for d in _plan(goal="size", retrain=True).decisions
                                                     if d.technique == "imp")
 

@@ -65,7 +65,7 @@ def test_2_4_sparse_and_qat_models_build_as_marked(tmp_path, tiny_plain, example
     sparse, _ = edgeopt.sparsify(tiny_plain, pattern="2:4")
     result, _ = export_verified(sparse, example, "tensorrt", tmp_path / "s", precision="fp16")
     assert result.info["sparse_weights"] is True
-    from edgeopt.techniques import qat as Q
+    from edgeopt.techniques.retraining import qat as Q
 
     calib = [torch.randn(16, *example.shape[1:], generator=torch.Generator().manual_seed(5))]
     q = Q.ptq(tiny_plain, calib)

@@ -188,7 +188,7 @@ def test_export_tensorrt_builds_from_checked_qdq(monkeypatch, tmp_path, tiny_pla
 def test_sparse_weights_flag_follows_the_onnx_weights(tmp_path, tiny_plain, example):
     from edgeopt.formats.onnx import export_onnx
     from edgeopt.formats.tensorrt import is_2_4_sparse
-    from edgeopt.techniques.unstructured import semi_structured_masks
+    from edgeopt.techniques.sparsity.unstructured import semi_structured_masks
 
     dense = export_onnx(tiny_plain, example, tmp_path / "dense.onnx").path
     assert not is_2_4_sparse(dense)

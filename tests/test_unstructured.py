@@ -4,8 +4,8 @@ import torch
 
 import edgeopt
 from edgeopt.errors import ConfigError
-from edgeopt.techniques import lottery
-from edgeopt.techniques import unstructured as U
+from edgeopt.techniques.sparsity import lottery
+from edgeopt.techniques.sparsity import unstructured as U
 from edgeopt.training import fit, top1
 
 

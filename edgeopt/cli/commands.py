@@ -61,8 +61,8 @@ def prune(
     from edgeopt.errors import ConfigError
     from edgeopt.inputs.analyze import count_macs, count_params
     from edgeopt.report import write_atomic
-    from edgeopt.techniques.importance import NEEDS_INPUTS, importances
-    from edgeopt.techniques.prune import prune as do_prune
+    from edgeopt.techniques.pruning.importance import NEEDS_INPUTS, importances
+    from edgeopt.techniques.pruning.prune import prune as do_prune
 
     _prune_config(ratio=ratio, scope=scope, round_to=round_to, iterative_steps=steps,
                   max_layer_ratio=max_layer_ratio, timeout_s=timeout)

@@ -44,7 +44,7 @@ def factorize(
     from edgeopt.cli.commands import _load
     from edgeopt.cli.common import parse_list
     from edgeopt.inputs.analyze import count_macs, count_params
-    from edgeopt.techniques.factorize import factorize as do_factorize
+    from edgeopt.techniques.lowrank.factorize import factorize as do_factorize
 
     refuse_overwriting_inputs(model, weights, None, format, out_file, record_file)
     loaded, example = _load(model, weights, input_shape, trust_pickle)
@@ -75,7 +75,7 @@ def depth(
 
     from edgeopt.cli.commands import _calib_data, _load
     from edgeopt.inputs.analyze import count_macs
-    from edgeopt.techniques.depth import depth_prune
+    from edgeopt.techniques.pruning.depth import depth_prune
 
     refuse_overwriting_inputs(model, weights, data, format, out_file, record_file)
     loaded, example = _load(model, weights, input_shape, trust_pickle)
@@ -115,7 +115,7 @@ def supermask(
 
     from edgeopt.cli.commands import _load
     from edgeopt.errors import ConfigError
-    from edgeopt.techniques.supermask import supermask as do_supermask
+    from edgeopt.techniques.sparsity.supermask import supermask as do_supermask
 
     if data != "digits":
         raise ConfigError(f"--data {data!r}: the supermask command takes digits; use edgeopt.supermask() for "
@@ -162,7 +162,7 @@ def architecture(
     from edgeopt.cli.common import parse_list
     from edgeopt.errors import ConfigError
     from edgeopt.report import write_atomic
-    from edgeopt.techniques.architecture import decision, latency_table, train_candidates
+    from edgeopt.techniques.retraining.architecture import decision, latency_table, train_candidates
 
     refuse_overwriting_inputs(model, weights, record_file=record_file)
     loaded, example = _load(model, weights, input_shape, trust_pickle)

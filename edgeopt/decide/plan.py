@@ -1,10 +1,10 @@
 """The decision layer: deploy context + target profile + model summary -> Plan.
 
 Pure: no backend imports, no measurement. Every candidate says why it was proposed and every technique left
-out says why; ladders and thresholds come from decide/policy.py, dense structures from decide/structures.py,
-sparse ones from decide/sparsity.py, precisions from decide/precisions.py. Each planned step is a typed
-technique config (validated here, at planning time). The search then proves or rejects each candidate by
-measurement — the planner proposes, it does not promise."""
+out says why; ladders and thresholds come from decide/policy.py, precisions from decide/precisions.py, and the
+model structures from the proposers the techniques register (edgeopt.techniques), called in their order with
+one PlanningContext. Each planned step is a typed technique config (validated here, at planning time). The
+search then proves or rejects each candidate by measurement — the planner proposes, it does not promise."""
 
 from __future__ import annotations
 
@@ -13,16 +13,12 @@ from pydantic import BaseModel, Field, SerializeAsAny, field_validator
 from edgeopt.config import DeployContext, ModelSummary
 from edgeopt.decide import policy
 from edgeopt.decide.precisions import precision_pairs, qat_formats
-from edgeopt.decide.reconstruction import latency_structures, recon_structures
-from edgeopt.decide.retraining import distillation_kind, slimming_structures
-from edgeopt.decide.sparsity import from_scratch_structures, sparse_structures
-from edgeopt.decide.structures import factorize_structures, finetune_step, prune_structures
-from edgeopt.decide.toolbox import architecture_structures, depth_structures
 from edgeopt.formats import format_of_runtime, layer_timing_runtimes, precisions_of_format
 from edgeopt.report import Decision
 from edgeopt.targets import TargetProfile
 from edgeopt.targets.host import gpu_matches
-from edgeopt.techniques import TECHNIQUES, TechniqueConfig, parse_step
+from edgeopt.techniques import TECHNIQUES, TechniqueConfig, parse_step, proposers
+from edgeopt.techniques.planning import PlanningContext, Structure, finetune_step
 
 
 class CandidateSpec(BaseModel):
@@ -136,29 +132,28 @@ def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, l
 
     pairs = precision_pairs(context, target, runtimes, precisions_of_format, decisions, FORMAT_OF_RUNTIME,
                             calibrated=has_calib_data or context.calib_random)
-    structures = [("original", [], "unchanged model", None, 0.0)]
-    finetune = distillation_kind(finetune_step(context, has_train_data, decisions), decisions)
-    structures += prune_structures(context, target, summary, has_calib_data, finetune, decisions, sensitivity,
-                                   has_class_labels=has_train_data if has_class_labels is None else has_class_labels)
-    structures += recon_structures(context, target, summary, has_calib_data, finetune, decisions)
-    structures += latency_structures(context, summary, has_calib_data, finetune, decisions, runtimes, here,
-                                      pairs=pairs)
     timing = next((r for r in runtimes if r in layer_timing_runtimes()), None) if here else None
-    structures += factorize_structures(context, target, summary, finetune, decisions, lut_runtime=timing)
-    structures += slimming_structures(context, summary, finetune, decisions)
-    structures += sparse_structures(context, target, finetune, decisions)
-    structures += from_scratch_structures(context, target, has_train_data, decisions)
-    structures += depth_structures(context, target, summary, has_calib_data, finetune, decisions)
-    structures += architecture_structures(context, architectures, has_train_data, decisions)
+    ctx = PlanningContext(
+        context=context, target=target, summary=summary, has_calib_data=has_calib_data,
+        has_train_data=has_train_data,
+        has_class_labels=has_train_data if has_class_labels is None else has_class_labels,
+        sensitivity=sensitivity, architectures=architectures, runtimes=tuple(runtimes), here=here,
+        pairs=tuple(pairs), format_of_runtime=FORMAT_OF_RUNTIME, timing_runtime=timing,
+        finetune=finetune_step(context, has_train_data, decisions))
+    structures = [Structure("original", [], "unchanged model")]
+    for p in proposers():
+        proposal = p.fn(ctx)
+        structures += proposal.structures
+        decisions += proposal.decisions
     qat = qat_formats(context, pairs, has_train_data, decisions)
 
     candidates: list[CandidateSpec] = []
-    for name, steps, why, family, level, *group in structures:  # (..., level[, screening group])
+    for s in structures:
         for fmt, prec, pwhy in pairs:
-            candidates.append(CandidateSpec(id=f"{name}@{fmt}-{prec}", structure=name, steps=steps,
-                                            format=fmt, precision=prec, reason=f"{why}; {pwhy}",
-                                            family=family, level=level,
-                                            screen=group[0] if group else policy.SCREEN_GROUP_OF.get(family)))
+            candidates.append(CandidateSpec(id=f"{s.name}@{fmt}-{prec}", structure=s.name, steps=s.steps,
+                                            format=fmt, precision=prec, reason=f"{s.why}; {pwhy}",
+                                            family=s.family, level=s.level,
+                                            screen=s.screen or policy.SCREEN_GROUP_OF.get(s.family)))
     kind = policy.budget_kind(context.max_accuracy_drop)
     decisions.append(Decision(
         technique="search", decision="applied",

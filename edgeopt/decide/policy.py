@@ -1,7 +1,7 @@
 """The decision policy: every ladder, threshold, margin and tolerance edgeopt decides with, in one place.
 
-Each value says why it is what it is and where it comes from. The planner (decide/plan.py and its
-proposers), the search (engine/search.py), the selection (decide/select.py) and the verification
+Each value says why it is what it is and where it comes from. The planner (decide/plan.py and the
+techniques' proposers), the search (engine/search.py), the selection (decide/select.py) and the verification
 (formats/verify.py) read these names; none of them keeps a literal of its own.
 
 This module imports nothing, on purpose: it is data, not code. That makes it a leaf every layer may read
@@ -19,8 +19,8 @@ EPS_PP = 1e-9
 # a compressed structure removing less than this share of the original's MACs and of its parameters is not
 # exported or measured: no runtime would show the difference through the timing noise
 MIN_GAIN = 0.05
-# the structures that rule judges: only steps whose whole effect is fewer MACs and parameters
-SHRINKING_STEPS = ("prune", "factorize", "depth_prune", "bn_recalibrate", "fine_tune")
+# the structures that rule judges: only those whose every step's whole effect is fewer MACs and parameters
+# (a technique declares it: `shrinks=True` in its declaration, edgeopt/techniques/declare.py)
 
 
 def budget_kind(max_drop: float) -> str:

@@ -13,6 +13,7 @@ from edgeopt.engine.build import Built, to_cache
 from edgeopt.engine.cache import key
 from edgeopt.errors import BackendMissingError, ConfigError, EdgeOptError, first_line
 from edgeopt.report import Candidate, Decision
+from edgeopt.techniques import TECHNIQUES
 
 # errors that no other candidate would escape (a bad configuration, a missing backend): the run stops and
 # says why instead of recording every candidate as failed
@@ -82,7 +83,7 @@ class Finishing:
         if structure == self.plan.candidates[0].structure or structure in self.base_of or not (base.macs
                                                                                            and base.params):
             return None
-        if any(st.technique not in policy.SHRINKING_STEPS for st in self.specs[structure][0].steps):
+        if not all(TECHNIQUES.get(st.technique).shrinks for st in self.specs[structure][0].steps):
             return None  # sparse weights, another architecture: MACs and parameters do not say what it gains
         macs, params = 1 - b.macs / base.macs, 1 - b.params / base.params
         if max(macs, params) >= policy.MIN_GAIN:

@@ -55,7 +55,7 @@ def architecture_table(prep, progress, seconds: float = 4.0) -> list[dict] | Non
     import torch
 
     from edgeopt.decide.plan import runs_here
-    from edgeopt.techniques.architecture import latency_table
+    from edgeopt.techniques.retraining.architecture import latency_table
 
     ex = prep.ex
     if not runs_here(prep.profile, prep.local) or len(ex.shapes) != 1:

@@ -198,7 +198,7 @@ def _new_report(prep: Prepared, the_plan, threads: int, sens: dict | None, metri
 
 def _sensitivity(net, example, eval_b, batch, reference, progress) -> dict:
     """--sensitivity: each prunable layer pruned alone at 50%, accuracy drop measured on the held-out data."""
-    from edgeopt.techniques.sensitivity import sensitivity
+    from edgeopt.techniques.pruning.sensitivity import sensitivity
 
     progress.stage("sensitivity analysis")
     t0 = time.perf_counter()

@@ -63,7 +63,7 @@ def count_prunable_groups(model: nn.Module, example, timeout_s: float = 60) -> i
     import torch_pruning as tp
 
     from edgeopt.inputs.structure import Inputs
-    from edgeopt.techniques.prune import output_layers
+    from edgeopt.techniques.pruning.prune import output_layers
 
     out_layers = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
     out_layers += output_layers(model, Inputs.of(example, model))
@@ -94,7 +94,7 @@ def analyze(model: nn.Module, input_shape, size_bytes: int = 0) -> ModelSummary:
     with forward_hooks((m, count_linear) for m in model.modules() if isinstance(m, nn.Linear)), torch.no_grad():
         outs = flatten_outputs(inputs.call(model))
     out = outs.get("out", next(iter(outs.values())))  # the primary output: 'out' or the first
-    from edgeopt.techniques.prune import trouble_modules, unsafe_layers
+    from edgeopt.techniques.pruning.prune import trouble_modules, unsafe_layers
 
     unprunable: list[str] = list(unsafe_layers(model)[1])
     trouble = trouble_modules(model)

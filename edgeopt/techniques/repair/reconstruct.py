@@ -20,7 +20,8 @@ from torch import nn
 
 from edgeopt.hooks import forward_hooks
 from edgeopt.inputs.feeding import join_batches, run_model
-from edgeopt.techniques.layer_rows import (
+from edgeopt.techniques.pruning.recon_scores import fingerprint
+from edgeopt.techniques.repair.layer_rows import (
     NormalEquations,
     dense_layer,
     forward_order,
@@ -28,7 +29,6 @@ from edgeopt.techniques.layer_rows import (
     input_rows,
     output_rows,
 )
-from edgeopt.techniques.recon_scores import fingerprint
 
 
 @torch.no_grad()

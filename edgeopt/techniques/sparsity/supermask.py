@@ -128,7 +128,7 @@ def supermask(model: nn.Module, data, sparsity: float = 0.5, epochs: int = 3, me
     with torch.no_grad():
         for name, m in _layers(masked):
             m.weight.mul_(masks[name])
-    from edgeopt.techniques.bn_recal import recalibrate_bn
+    from edgeopt.techniques.repair.bn_recal import recalibrate_bn
 
     record["bn_recalibrated"] = recalibrate_bn(masked, [x for x, _ in items])
     total = sum(m.weight.numel() for _, m in _layers(masked))

@@ -43,7 +43,7 @@ def sensitivity(model: nn.Module, example: torch.Tensor, evaluate: Callable[[nn.
                 ratio: float = 0.5, importance: str = "l2", target_ratio: float | None = None,
                 max_groups: int | None = None, data=None, timeout_s: float = 60) -> dict:
     """Accuracy drop (same unit as `evaluate`) per layer when that layer's group alone is pruned at `ratio`."""
-    from edgeopt.techniques.prune import prune
+    from edgeopt.techniques.pruning.prune import prune
 
     if not callable(evaluate):
         raise PruningError("sensitivity analysis needs evaluate(model) -> accuracy")

@@ -71,7 +71,7 @@ def sparsity_train(model: nn.Module, train_data, epochs: int = 2, strength: floa
 def apply_slimming(model: nn.Module, example: torch.Tensor, config, data=None, teacher=None, train_data=None,
                    progress=None) -> tuple[nn.Module, dict]:
     """Registry entry: sparsity training (cached across ratios), then BN-scale pruning at `config.ratio`."""
-    from edgeopt.techniques.prune import prune
+    from edgeopt.techniques.pruning.prune import prune
 
     if not batchnorms(model):
         raise ConfigError("network slimming needs BatchNorm layers (it sparsifies their scales); this model has "

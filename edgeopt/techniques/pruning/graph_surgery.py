@@ -15,7 +15,7 @@ from torch import nn
 
 from edgeopt.hooks import forward_hooks
 from edgeopt.inputs.structure import Inputs, flatten_outputs
-from edgeopt.techniques.importance import measured
+from edgeopt.techniques.pruning.importance import measured
 
 
 @dataclass

@@ -34,7 +34,7 @@ def find_groups(model: nn.Module, example: torch.Tensor, importance) -> list[Gro
     """Torch-Pruning's groups of the whole model (boundaries excluded), each with its importance curve."""
     import torch_pruning as tp
 
-    from edgeopt.techniques.prune_core import _boundary_layers, attention_heads
+    from edgeopt.techniques.pruning.graph_surgery import _boundary_layers, attention_heads
 
     roots = (nn.Conv2d, nn.Linear)
     names = {m: n for n, m in model.named_modules()}
@@ -144,9 +144,9 @@ def prune_to_latency(model: nn.Module, example: torch.Tensor, latency_target: fl
     """Prune to `latency_target` x the layers' time predicted by the table measured on `runtime` at
     `precision` (an INT8 candidate's widths come from the INT8 table: INT8 kernels favour other widths)."""
     from edgeopt.measure.lut import RUNTIMES, LatencyTable
-    from edgeopt.techniques.importance import importances, inputs_of
-    from edgeopt.techniques.prune import prune
-    from edgeopt.techniques.recon_scores import ReconImportance
+    from edgeopt.techniques.pruning.importance import importances, inputs_of
+    from edgeopt.techniques.pruning.prune import prune
+    from edgeopt.techniques.pruning.recon_scores import ReconImportance
 
     if not 0.0 < latency_target < 1.0:
         raise PruningError(f"latency target must be a fraction of the baseline in (0, 1), got {latency_target}")

@@ -20,7 +20,13 @@ import torch
 from torch import nn
 
 from edgeopt.errors import ConfigError
-from edgeopt.techniques.unstructured import apply_masks, dense_state, global_magnitude_masks, load_dense_state, sparsity
+from edgeopt.techniques.sparsity.unstructured import (
+    apply_masks,
+    dense_state,
+    global_magnitude_masks,
+    load_dense_state,
+    sparsity,
+)
 
 REWINDS = ("init", "epoch", "lr", "auto")
 # Frankle et al. 2020 call two trained copies linearly mode-connected when the error along the straight line
@@ -127,7 +133,7 @@ def choose_rewind(model: nn.Module, train_data, train_fn: Callable, eval_fn: Cal
     each, different data orders) have an error barrier under `threshold`. Epoch 0 is `model` as given; later
     epochs are snapshots of a dense run of `epochs`, trained only when epoch 0 is not stable. BatchNorm
     statistics are re-estimated at every interpolated point (interpolated running stats are not real ones)."""
-    from edgeopt.techniques.bn_recal import recalibrate_bn
+    from edgeopt.techniques.repair.bn_recal import recalibrate_bn
 
     inputs = [b[0] if isinstance(b, (tuple, list)) else b
               for b in (train_data.items if hasattr(train_data, "items") else train_data)][:10]
@@ -161,7 +167,7 @@ def apply_imp(model: nn.Module, example: torch.Tensor, config, data=None, teache
     """Registry entry: IMP with rewinding, fine-tuned with edgeopt.training.fit on labelled data
     (`train_data` from the pipeline; `data` when called on its own)."""
     from edgeopt.errors import DataError
-    from edgeopt.techniques.unstructured import compressed_size, make_permanent
+    from edgeopt.techniques.sparsity.unstructured import compressed_size, make_permanent
     from edgeopt.training import fit
 
     data = train_data if train_data is not None else data

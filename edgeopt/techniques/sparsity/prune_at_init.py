@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeopt.errors import ConfigError, DataError
-from edgeopt.techniques.unstructured import apply_masks, masks_from_scores, prunable
+from edgeopt.techniques.sparsity.unstructured import apply_masks, masks_from_scores, prunable
 
 METHODS = ("snip", "grasp", "synflow")
 
@@ -108,7 +108,7 @@ def apply_prune_at_init(model: nn.Module, example: torch.Tensor, config, data=No
                         train_data=None, progress=None) -> tuple[nn.Module, dict]:
     """Registry entry (training from scratch): re-initialise a copy, mask it, train it once with
     edgeopt.training.fit, bake the masks in."""
-    from edgeopt.techniques.unstructured import make_permanent
+    from edgeopt.techniques.sparsity.unstructured import make_permanent
     from edgeopt.training import fit
 
     data = train_data if train_data is not None else data  # the pipeline's training split

@@ -16,7 +16,7 @@ from torch import nn
 from edgeopt.errors import ConfigError
 from edgeopt.hooks import forward_hooks
 from edgeopt.inputs.structure import Inputs, model_outputs
-from edgeopt.techniques.ranks import (
+from edgeopt.techniques.lowrank.ranks import (
     cp_macs,
     energy_rank,
     kept_energy,

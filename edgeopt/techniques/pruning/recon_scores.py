@@ -19,8 +19,8 @@ from torch import nn
 
 from edgeopt.hooks import forward_hooks
 from edgeopt.inputs.feeding import run_model
-from edgeopt.techniques.importance import MeasuredImportance, inputs_of
-from edgeopt.techniques.layer_rows import NormalEquations, dense_layer, input_rows
+from edgeopt.techniques.pruning.importance import MeasuredImportance, inputs_of
+from edgeopt.techniques.repair.layer_rows import NormalEquations, dense_layer, input_rows
 
 MAX_FULL_INVERSE = 6144  # above this many inputs (and more rows than inputs) only the diagonal of A is used
 RIDGE = 1e-6  # relative to the mean diagonal of A: keeps the inverse finite without changing the ranking

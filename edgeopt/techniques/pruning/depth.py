@@ -151,7 +151,7 @@ def depth_prune(model: nn.Module, example: torch.Tensor, data, blocks: int = 1, 
         blocks = len(found)
     removed = sorted(found, key=lambda n: costs[n])[:blocks]
     small = _without(model, removed)
-    from edgeopt.techniques.bn_recal import recalibrate_bn
+    from edgeopt.techniques.repair.bn_recal import recalibrate_bn
 
     record["bn_recalibrated"] = recalibrate_bn(small, [x for x, _ in items], max_batches=bn_batches)
     if epochs and train_data is not None:

@@ -27,7 +27,7 @@ def apply_finetune(model: nn.Module, example: torch.Tensor, config, data=None, t
     res = fit(student, train_data, teacher=teacher, epochs=config.epochs, lr=config.lr, kind=kind,
               temperature=config.temperature, alpha=config.alpha, seed=config.seed, progress=progress)
     if masks:
-        from edgeopt.techniques.unstructured import make_permanent
+        from edgeopt.techniques.sparsity.unstructured import make_permanent
 
         make_permanent(student)
     return student, {"epochs": res.epochs, "seconds": res.seconds, "losses": [round(v, 4) for v in res.losses],
@@ -52,7 +52,7 @@ def _kind(student: nn.Module, teacher: nn.Module | None, train_data, config) -> 
 
 def _zero_masks(model: nn.Module) -> dict | None:
     """Attach masks that hold today's zero weights at zero during training (sparse structures)."""
-    from edgeopt.techniques.unstructured import apply_masks, prunable
+    from edgeopt.techniques.sparsity.unstructured import apply_masks, prunable
 
     masks = {n: (m.weight.detach() != 0).float() for n, m in prunable(model)}
     if not any(bool((k == 0).any()) for k in masks.values()):

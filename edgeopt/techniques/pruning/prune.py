@@ -19,8 +19,8 @@ from edgeopt.errors import PruningError
 from edgeopt.hooks import forward_hooks
 from edgeopt.inputs.feeding import batch_inputs
 from edgeopt.inputs.structure import Inputs, model_outputs
-from edgeopt.techniques.importance import IMPORTANCE_NAMES, MeasuredImportance, importances, inputs_of, measured
-from edgeopt.techniques.prune_core import PruneSpec, is_attention, output_layers, prune_module
+from edgeopt.techniques.pruning.graph_surgery import PruneSpec, is_attention, output_layers, prune_module
+from edgeopt.techniques.pruning.importance import IMPORTANCE_NAMES, MeasuredImportance, importances, inputs_of, measured
 from edgeopt.timeout import time_limit
 
 __all__ = ["IMPORTANCE_NAMES", "prune", "apply_prune", "channel_table", "unsafe_layers"]
@@ -54,7 +54,7 @@ def channel_table(model: nn.Module) -> dict[str, int]:
 
 def unsafe_layers(model: nn.Module) -> tuple[list[nn.Module], list[str]]:
     """Attention modules Torch-Pruning cannot prune per head (no nn.MultiheadAttention / qkv inside)."""
-    from edgeopt.techniques.prune_core import attention_heads
+    from edgeopt.techniques.pruning.graph_surgery import attention_heads
 
     names = {m: n for n, m in model.named_modules()}
     _, keep, why = attention_heads(model, names)
@@ -225,7 +225,7 @@ def _criterion(importance: str, work: nn.Module, data, extra: dict):
     """(canonical name, the criterion object), measured on `work` when it measures on data (what it
     measured goes into `extra`); `recon` without calibration inputs falls back to l2."""
     if importance == "recon":
-        from edgeopt.techniques.recon_scores import ReconImportance
+        from edgeopt.techniques.pruning.recon_scores import ReconImportance
 
         if not inputs_of(data):
             extra["importance_fallback"] = "recon importance needs unlabeled calibration inputs: l2 used instead"
@@ -242,7 +242,7 @@ def _criterion(importance: str, work: nn.Module, data, extra: dict):
 
 
 def _reconstruct(model: nn.Module, work: nn.Module, data, kept: dict) -> dict:
-    from edgeopt.techniques.reconstruct import reconstruct
+    from edgeopt.techniques.repair.reconstruct import reconstruct
 
     batches = inputs_of(data)
     if not batches:
@@ -255,11 +255,11 @@ def apply_prune(model: nn.Module, example: torch.Tensor, config, data=None) -> t
     """Technique entry point (registry): `data` is an edgeopt.inputs.data.Batches of calibration batches."""
     layer_ratios = config.layer_ratios
     if config.sensitivity and not layer_ratios:
-        from edgeopt.techniques.sensitivity import ratios_from_drops
+        from edgeopt.techniques.pruning.sensitivity import ratios_from_drops
 
         layer_ratios = ratios_from_drops(config.sensitivity, config.ratio, config.max_layer_ratio)
     if config.latency_target:
-        from edgeopt.techniques.allocate import prune_to_latency
+        from edgeopt.techniques.pruning.allocate import prune_to_latency
 
         return prune_to_latency(model, example, config.latency_target, runtime=config.lut_runtime,
                                 importance=config.importance, data=data.items if data is not None else None,

@@ -1,0 +1,118 @@
+"""What a technique's planner proposer receives and returns, and the planning helpers several techniques share.
+
+A proposer takes one `PlanningContext` (the run context, the target, the model summary, the data at hand, the
+runtimes and precision pairs the plan measures, the fine-tuning step every retraining structure appends) and
+returns a `Proposal`: the structures it proposes and the decisions that say why (or why not). A structure's
+steps are typed technique configs; structures of one family are ordered by `level` (more aggressive =
+higher), which is what lets the search bisect. Pure: ladders and rules come from decide/policy.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import edgeopt.decide.policy as policy
+from edgeopt.config import DeployContext, ModelSummary
+from edgeopt.report import Decision
+from edgeopt.targets import TargetProfile
+from edgeopt.techniques.declare import TECHNIQUES, TechniqueConfig, allowed
+from edgeopt.techniques.retraining.fine_tune_technique import FineTuneConfig
+
+
+@dataclass(frozen=True)
+class PlanningContext:
+    context: DeployContext
+    target: TargetProfile
+    summary: ModelSummary
+    has_calib_data: bool = False
+    has_train_data: bool = False
+    has_class_labels: bool = False  # class labels for a classifier (Taylor's gradients need them)
+    sensitivity: dict[str, float] | None = None  # per-layer drops measured by --sensitivity
+    architectures: list[dict] | None = None  # efficient families' latency measured beside the model
+    runtimes: tuple[str, ...] = ()  # the runtimes measured (or estimated), in the target's order
+    here: bool = True  # latency is measured on this machine
+    pairs: tuple[tuple[str, str, str], ...] = ()  # the plan's (format, precision, why)
+    format_of_runtime: dict[str, str] = field(default_factory=dict)
+    # the first runtime whose per-layer latency table can be measured here (None: not on this machine)
+    timing_runtime: str | None = None
+    finetune: FineTuneConfig | None = None  # the fine-tuning step retraining structures end with
+
+    def allowed(self, technique: str) -> bool:
+        """Whether --techniques (None = all) lets the planner use `technique` (aliases count)."""
+        return allowed(self.context.techniques, technique)
+
+
+@dataclass
+class Structure:
+    name: str  # the candidates' structure key: candidates sharing it share one built model
+    steps: list[TechniqueConfig]
+    why: str
+    family: str | None = None
+    level: float = 0.0
+    # the screening group whose families answer the same question; None: policy.SCREEN_GROUP_OF's
+    screen: str | None = None
+
+
+@dataclass
+class Proposal:
+    structures: list[Structure] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+
+
+def skip(technique: str, reason: str, decision: str = "skipped", before: list[Decision] | None = None) -> Proposal:
+    """No structure, and why (after the decisions already made, `before`)."""
+    return Proposal([], [*(before or []), Decision(technique=technique, decision=decision, reason=reason)])
+
+
+def finetune_step(context: DeployContext, has_train_data: bool, decisions: list[Decision]
+                  ) -> FineTuneConfig | None:
+    """The fine-tuning step that pruned, factorized, depth-pruned and sparse structures end with (None: no
+    retraining), its distillation kind chosen per candidate by a short measured screen."""
+    if not context.retrain:
+        decisions.append(Decision(technique="fine_tune", decision="skipped",
+                                  reason="no retraining allowed: pruning capped at the ratio that measured "
+                                         "accuracy allows; BN re-estimation and PTQ only"))
+        return None
+    if "fine_tune" not in TECHNIQUES or not allowed(context.techniques, "fine_tune"):
+        decisions.append(Decision(technique="fine_tune", decision="skipped",
+                                  reason="fine-tuning not registered or excluded by --techniques"))
+        return None
+    if not has_train_data:
+        decisions.append(Decision(technique="fine_tune", decision="skipped",
+                                  reason="retraining allowed, but no training data was given"))
+        return None
+    decisions.append(Decision(technique="fine_tune", decision="applied",
+                              reason="retraining allowed: every pruned/factorized model is fine-tuned with "
+                                     "Hinton distillation from the original, so the search may go further"))
+    decisions.append(Decision(
+        technique="distillation_kind", decision="applied",
+        reason="the distillation kind (response, feature, relation, response+feature) is chosen per candidate by "
+               "measured recovery: one-epoch runs of each on a subset of the training data, scored on a slice held "
+               "out of it; each kind's accuracy is in the fine-tuning step's record (kind_screen)"))
+    return FineTuneConfig(epochs=context.epochs, kind="auto")
+
+
+def channel_rounding(target: TargetProfile, summary: ModelSummary, decisions: list[Decision]) -> int | None:
+    """The target's channel multiple, unless the model is so narrow that rounding would force huge steps
+    (a 32-channel layer rounded to 16 can only keep 16 or 32): then no rounding, and say so."""
+    wanted = multiple = target.channel_multiple
+    if multiple <= 1:
+        return None
+    narrow = summary.min_channels
+    while narrow is not None and multiple > 1 and narrow < policy.ROUNDING_MIN_STEPS * multiple:
+        multiple //= 2
+    if multiple <= 1:
+        decisions.append(Decision(
+            technique="channel_rounding", decision="skipped",
+            reason=f"{target.name} prefers multiples of {wanted}, but the narrowest layer has {narrow} "
+                   "channels: any rounding would force huge pruning steps"))
+        return None
+    why = f"kept channels rounded to multiples of {multiple} for {target.name}"
+    if multiple != wanted:
+        why += f" (the target prefers {wanted}; the narrowest layer has only {narrow} channels)"
+    decisions.append(Decision(technique="channel_rounding", decision="applied", reason=why))
+    return multiple
+
+
+def then_finetune(steps: list, finetune: FineTuneConfig | None) -> list:
+    """`steps` followed by a copy of the fine-tuning step, when there is one."""
+    return steps + ([finetune.model_copy(deep=True)] if finetune else [])

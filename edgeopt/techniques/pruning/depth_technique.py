@@ -1,0 +1,58 @@
+"""The `depth_prune` technique: layer-level pruning, declared in one place — its config, its handler (the
+implementation is pruning/depth.py, imported on use) and its proposer. On CPUs at batch 1 per-layer dispatch,
+not MACs, dominates small models: removing whole residual blocks can beat thinning every layer, so depth
+pruning is proposed there and measured like the rest."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+import edgeopt.decide.policy as policy
+from edgeopt.report import Decision
+from edgeopt.techniques.declare import TechniqueConfig, proposer, technique
+from edgeopt.techniques.planning import PlanningContext, Proposal, Structure, skip, then_finetune
+
+
+class DepthConfig(TechniqueConfig):
+    technique: Literal["depth_prune"] = "depth_prune"
+    blocks: int = Field(1, ge=1)  # residual blocks removed (the cheapest by measured cost)
+    epochs: int = Field(0, ge=0)  # fine-tuning from the original when training data is given
+    lr: float = Field(0.01, gt=0.0)
+    bn_batches: int = Field(20, ge=1)
+
+
+@technique("depth_prune", config=DepthConfig, needs_data=True, needs_retraining=False, shrinks=True,
+           summary="layer-level pruning: remove the residual blocks whose measured removal costs least",
+           aliases=("depth", "layer_pruning", "block_pruning"))
+def apply(model, example, config: DepthConfig, data=None, teacher=None, train_data=None, progress=None):
+    from edgeopt.techniques.pruning.depth import apply_depth
+
+    return apply_depth(model, example, config, data=data, teacher=teacher, train_data=train_data,
+                       progress=progress)
+
+
+@proposer("depth_prune", order=80)
+def propose(ctx: PlanningContext) -> Proposal:
+    target, summary, context, finetune = ctx.target, ctx.summary, ctx.context, ctx.finetune
+    if not ctx.allowed("depth_prune"):
+        return skip("depth_prune", "not registered or excluded by --techniques")
+    batch = summary.input_shape[0] if summary.input_shape else 1
+    if target.kind != "cpu" or batch != 1 or context.goal != "latency":
+        return skip("depth_prune", "proposed for CPU latency at batch 1 only, where per-layer dispatch dominates "
+                                   f"(here: {target.kind}, batch {batch}, goal {context.goal})")
+    if not ctx.has_calib_data:
+        return skip("depth_prune", "the cost of removing each residual block is measured on held-out data, and "
+                                   "none was given")
+    out = []
+    for blocks in policy.DEPTH_LEVELS:
+        out.append(Structure(f"depth{blocks}" + ("-ft" if finetune else ""),
+                             then_finetune([DepthConfig(blocks=blocks)], finetune),
+                             f"layer-level pruning: the {blocks} cheapest residual block(s) removed (measured cost), "
+                             "BN re-estimated" + (" + distillation fine-tuning" if finetune else ""), "depth_prune",
+                             float(blocks)))
+    return Proposal(out, [Decision(
+        technique="depth_prune", decision="applied",
+        reason=f"{target.name} at batch 1: removing whole residual blocks ({', '.join(map(str, policy.DEPTH_LEVELS))}) "
+               "saves per-layer dispatch; models without residual blocks come back unchanged with the reason")])

@@ -1,0 +1,69 @@
+"""The `fine_tune` technique: distillation fine-tuning from the original model (the implementation is
+retraining/finetune.py, imported on use), and the report decision quoting which distillation kind each
+candidate's screen chose. The step itself is planned by techniques/planning.py (every retraining structure
+ends with it)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from edgeopt.report import Decision
+from edgeopt.techniques.declare import TechniqueConfig, listing, measured_choice, technique
+
+# the distillation kinds of edgeopt.training (kept here too: the decision layer reads configs without torch)
+DISTILL_KINDS = ("response", "feature", "relation")
+
+
+class FineTuneConfig(TechniqueConfig):
+    technique: Literal["fine_tune"] = "fine_tune"
+    epochs: int = Field(2, ge=1)
+    lr: float = Field(0.01, gt=0)
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.7, ge=0.0, le=1.0)  # weight of the soft-target (KD) loss vs the hard-label loss
+    seed: int = 0
+    keep_sparsity: bool = False  # zero weights stay zero (after unstructured / 2:4 sparsity)
+    # response | feature | relation | a "+" combination | "auto": short runs of each on a subset of the
+    # training data, the best held-out accuracy wins, then the full fine-tuning with it
+    kind: str = "response"
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        parts = [p.strip().lower() for p in v.replace(",", "+").split("+") if p.strip()]
+        if parts in (["auto"], ["none"]):
+            return parts[0]
+        bad = [p for p in parts if p not in DISTILL_KINDS]
+        if bad or not parts:
+            raise ValueError(f"unknown distillation kind {v!r}: use auto, none, {', '.join(DISTILL_KINDS)} "
+                             "or a '+' combination")
+        return "+".join(k for k in DISTILL_KINDS if k in parts)
+
+
+@technique("fine_tune", config=FineTuneConfig, needs_data=True, needs_retraining=True, shrinks=True,
+           summary="fine-tune with distillation from the original model (response, feature, relation; auto: "
+                   "screened)", aliases=("finetune", "distill", "kd"))
+def apply(model, example, config: FineTuneConfig, data=None, teacher=None, train_data=None, progress=None):
+    from edgeopt.techniques.retraining.finetune import apply_finetune
+
+    return apply_finetune(model, example, config, data=data, teacher=teacher, train_data=train_data,
+                          progress=progress)
+
+
+@measured_choice("fine_tune", order=10)
+def kind_decision(records: list[tuple[str, dict]]) -> Decision | None:
+    """The distillation kind each structure's screen chose, with every kind's score."""
+    items, metric = [], None
+    for structure, rec in records:
+        screen = rec.get("kind_screen")
+        if not screen:
+            continue
+        metric = screen.get("metric", metric)
+        scores = ", ".join(f"{k} {v:.2f}" for k, v in sorted(screen["scores"].items(), key=lambda kv: -kv[1]))
+        items.append(f"{structure}: {screen['chosen']} ({scores})")
+    if not items:
+        return None
+    return Decision(technique="distillation_kind", decision="applied", reason=(
+        f"distillation kind chosen per candidate by one-epoch probes scored ({metric}) on a slice held out of the "
+        f"training data: {listing(items)}"))
