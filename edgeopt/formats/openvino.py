@@ -117,14 +117,11 @@ def _accuracy_fn(example: torch.Tensor):
     """NNCF's validation_fn: top-1 accuracy (0..1) of a compiled model over (x, y) pairs."""
     import numpy as np
 
+    from edgeopt.measure.top1 import percent_correct
+
     def validate(compiled, data) -> float:
         request = compiled.create_infer_request()
-        right = total = 0
-        for x, y in data:
-            out = request.infer({0: x})[compiled.output(0)]
-            right += int((np.asarray(out).reshape(len(y), -1).argmax(1) == y).sum())
-            total += len(y)
-        return right / max(total, 1)
+        return percent_correct((np.asarray(request.infer({0: x})[compiled.output(0)]), y) for x, y in data) / 100
 
     return validate
 

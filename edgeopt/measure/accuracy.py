@@ -20,6 +20,7 @@ import torch
 from edgeopt.errors import ConfigError, DataError
 from edgeopt.inputs.data import Batches
 from edgeopt.inputs.structure import Inputs, flatten_outputs, nest
+from edgeopt.measure.top1 import percent_correct
 
 VOID = 255  # the "ignore" label of segmentation masks: pixels that count for no class
 FIDELITY_MEANING = ("fidelity: agreement with the original model on held-out inputs, the worst output counts: "
@@ -144,7 +145,7 @@ def score(preds, batches: Batches, reference=None) -> tuple[float, str]:
         return user_score(metric, preds, _targets(batches)), metric.name
     if metric.name == "top1":
         labels = _targets(batches).numpy().reshape(-1)
-        return float((primary(preds) == labels).mean() * 100), "top1"
+        return percent_correct([(primary(preds), labels)]), "top1"
     if metric.name == "miou":
         return miou(primary(preds, dense=True), _targets(batches), metric.num_classes), "miou"
     if reference is None:
@@ -173,7 +174,7 @@ def fidelity(preds: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> 
         if got is None or got.shape != ref.shape:
             return 0.0  # a structure that differs from the original's agrees with nothing
         if np.issubdtype(ref.dtype, np.integer):
-            scores.append(float((got == ref).mean() * 100))
+            scores.append(percent_correct([(got, ref)]))
         else:
             a, b = got.reshape(len(got), -1).astype(np.float64), ref.reshape(len(ref), -1).astype(np.float64)
             cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)

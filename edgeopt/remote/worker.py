@@ -68,15 +68,17 @@ def top1(session, data_file: Path, batch: int) -> float:
     """Top-1 accuracy (%) on an .npz the user placed on the device (arrays `x` float32, `y` int labels)."""
     with np.load(data_file, allow_pickle=False) as d:
         xs, ys = d["x"].astype(np.float32), d["y"].astype(np.int64)
-    hits = 0
-    for i in range(0, len(xs), batch):
-        chunk = xs[i:i + batch]
-        n = len(chunk)
-        if n < batch:
-            chunk = np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), np.float32)])
-        pred = np.asarray(session.run(chunk)).reshape(batch, -1)[:n].argmax(1)
-        hits += int((pred == ys[i:i + n]).sum())
-    return 100.0 * hits / max(1, len(xs))
+    from edgeopt.measure.top1 import percent_correct
+
+    def pairs():
+        for i in range(0, len(xs), batch):
+            chunk = xs[i:i + batch]
+            n = len(chunk)
+            if n < batch:
+                chunk = np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), np.float32)])
+            yield np.asarray(session.run(chunk)).reshape(batch, -1)[:n], ys[i:i + n]
+
+    return percent_correct(pairs())
 
 
 def run_job(job: dict) -> dict:
