@@ -8,7 +8,6 @@ module its references point at). Nothing heavy is imported here, so the decision
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -17,19 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeopt.errors import ArtifactError, BackendMissingError, ConfigError, missing_backend
-from edgeopt.registry import Registry
+from edgeopt.registry import Registry, resolve
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
     from edgeopt.formats.base import ExportResult, Session
-
-
-def resolve(ref: str) -> Callable:
-    """A "module:function" reference, imported on use so that `edgeopt --help` stays fast."""
-    module, _, fn = ref.partition(":")
-    return getattr(importlib.import_module(module), fn)
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,13 @@ from types import ModuleType
 from typing import Any
 
 from edgeopt.errors import ConfigError, EdgeOptError
+from edgeopt.registry import split_ref
 
 
 def split(spec: str, what: str, error: type[EdgeOptError] = ConfigError) -> tuple[str, str]:
     """'dir/file.py:fn' -> ('dir/file.py', 'fn'); the last colon separates, so 'C:/x/f.py:fn' works."""
-    target, sep, name = str(spec).rpartition(":")
-    if not sep or not target or not name:
+    target, name = split_ref(spec)
+    if not target or not name:
         raise error(f"{what} {spec!r}: use path/file.py:name or package.module:name")
     return target, name
 

@@ -21,6 +21,7 @@ from edgeopt.errors import ConfigError, DataError
 from edgeopt.inputs.data import Batches
 from edgeopt.inputs.structure import Inputs, flatten_outputs, nest
 from edgeopt.measure.top1 import percent_correct
+from edgeopt.registry import split_ref
 
 VOID = 255  # the "ignore" label of segmentation masks: pixels that count for no class
 FIDELITY_MEANING = ("fidelity: agreement with the original model on held-out inputs, the worst output counts: "
@@ -230,7 +231,7 @@ def load_metric(spec, layout=None) -> Metric:
         return Metric(f"user:{getattr(spec, '__name__', 'metric')}", fn=spec, layout=layout,
                       meaning="the user's metric (higher is better, %)")
     fn = _load_function(str(spec))
-    return Metric(f"user:{str(spec).rpartition(':')[2]}", fn=fn, layout=layout,
+    return Metric(f"user:{split_ref(spec)[1]}", fn=fn, layout=layout,
                   meaning=f"the user's metric {spec} (higher is better, %)")
 
 
