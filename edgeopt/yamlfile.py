@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from edgeopt.errors import EdgeOptError
+from edgeopt.errors import EdgeOptError, first_line
 
 
 def load_mapping(path: str | Path, what: str, error: type[EdgeOptError], expected: str = "a mapping") -> dict:
@@ -20,7 +20,7 @@ def load_mapping(path: str | Path, what: str, error: type[EdgeOptError], expecte
     try:
         doc = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise error(f"{what} {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise error(f"{what} {path} is not valid YAML: {first_line(e, with_type=False)}") from None
     except RecursionError:  # the YAML reader recurses once per level of nesting
         raise error(f"{what} {path} is nested too deeply to read") from None
     if doc is None:

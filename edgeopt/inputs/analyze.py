@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from edgeopt.config import ModelSummary
+from edgeopt.errors import first_line
 from edgeopt.timeout import time_limit
 
 
@@ -113,7 +114,7 @@ def analyze(model: nn.Module, input_shape, size_bytes: int = 0) -> ModelSummary:
             groups = count_prunable_groups(model, example)
         except Exception as e:  # tracing fails on some graphs: the model is still usable, pruned by blocks
             groups = 0
-            unprunable.append(f"model: dependency graph failed ({type(e).__name__}: {str(e)[:120]})")
+            unprunable.append(f"model: dependency graph failed ({first_line(e, 120)})")
     widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups == 1]
     return ModelSummary(
         params=count_params(model), macs=count_macs(model, example), input_shape=list(inputs.first.shape),

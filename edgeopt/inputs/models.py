@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl
 import torch
 from torch import nn
 
-from edgeopt.errors import ConfigError, InputShapeError, ModelLoadError, UnsafePickleError, missing_backend
+from edgeopt.errors import ConfigError, InputShapeError, ModelLoadError, UnsafePickleError, first_line, missing_backend
 from edgeopt.inputs import usercode
 from edgeopt.inputs.safety import checkpoint_format, holds_objects
 from edgeopt.inputs.structure import Inputs
@@ -153,7 +153,7 @@ def _load_checkpoint_file(path: Path, trust_pickle: bool) -> Any:
             with open(path, "rb") as f:
                 return pickle.load(f)
         except Exception as e:
-            raise ModelLoadError(f"cannot unpickle {path}: {type(e).__name__}: {e}") from None
+            raise ModelLoadError(f"cannot unpickle {path}: {first_line(e)}") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -161,13 +161,12 @@ def _load_checkpoint_file(path: Path, trust_pickle: bool) -> Any:
     if not trust_pickle:
         if holds_objects(path, fmt):
             raise _full_pickle_refusal(path, "a full pickled object") from None
-        msg = str(safe_error)
-        first = msg.splitlines()[0] if msg else type(safe_error).__name__
-        raise ModelLoadError(f"{path} is not a readable PyTorch checkpoint ({first})") from None
+        raise ModelLoadError(f"{path} is not a readable PyTorch checkpoint ({first_line(safe_error, with_type=False)})"
+                             ) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e2:
-        raise ModelLoadError(f"cannot load {path}: {type(e2).__name__}: {e2}") from None
+        raise ModelLoadError(f"cannot load {path}: {first_line(e2)}") from None
 
 
 def _load_pt2(path: Path, trust_pickle: bool) -> nn.Module:
@@ -181,8 +180,8 @@ def _load_pt2(path: Path, trust_pickle: bool) -> nn.Module:
     try:
         return ExportedModule(torch.export.load(str(path)).module())
     except (zipfile.BadZipFile, RuntimeError, ValueError, KeyError, AssertionError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ModelLoadError(f"{path} is not a readable torch.export archive ({first})") from None
+        raise ModelLoadError(f"{path} is not a readable torch.export archive ({first_line(e, with_type=False)})"
+                             ) from None
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
@@ -278,8 +277,7 @@ def check_forward(model: nn.Module, shape: tuple[int, ...] | dict[str, tuple[int
         with torch.no_grad():
             out = inputs.call(model)
     except Exception as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
         where = inputs.describe() if isinstance(shape, (dict, Inputs)) else ",".join(map(str, shape))
-        raise InputShapeError(f"the model fails on input shape {where}: {first[:200]}") from None
+        raise InputShapeError(f"the model fails on input shape {where}: {first_line(e, with_type=False)}") from None
     flatten_outputs(out)
     return out

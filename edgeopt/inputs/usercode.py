@@ -19,7 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from edgeopt.errors import ConfigError, EdgeOptError
+from edgeopt.errors import ConfigError, EdgeOptError, first_line
 from edgeopt.registry import split_ref
 
 
@@ -29,11 +29,6 @@ def split(spec: str, what: str, error: type[EdgeOptError] = ConfigError) -> tupl
     if not target or not name:
         raise error(f"{what} {spec!r}: use path/file.py:name or package.module:name")
     return target, name
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
 def import_target(target: str, what: str, error: type[EdgeOptError] = ConfigError) -> ModuleType:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from edgeopt.errors import ConfigError, DataError
+from edgeopt.errors import ConfigError, DataError, first_line
 from edgeopt.inputs.data import Batches
 from edgeopt.inputs.structure import Inputs, flatten_outputs, nest
 from edgeopt.measure.top1 import percent_correct
@@ -207,8 +207,7 @@ def user_score(metric: Metric, preds: dict[str, np.ndarray], targets) -> float:
     try:
         value = metric.fn(nested, targets)
     except Exception as e:
-        raise ConfigError(f"metric {metric.name[5:]} raised {type(e).__name__}: {str(e).splitlines()[0][:160]}"
-                          if str(e) else f"metric {metric.name[5:]} raised {type(e).__name__}") from None
+        raise ConfigError(f"metric {metric.name[5:]} raised {first_line(e, 160)}") from None
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeopt.errors import first_line
+
 
 def _version(dist: str) -> str | None:
     try:
@@ -122,9 +124,8 @@ def main(job_dir: str) -> int:
         out = run_job(json.loads((job_dir / "job.json").read_text()))
         code = 0
     except Exception as e:  # reported to the client as this job's failure; the agent keeps serving
-        msg = (str(e).strip().splitlines() or [""])[0][:300]
-        msg = msg.replace(str(job_dir.resolve()) + os.sep, "")  # the agent's own paths stay on the agent
-        out = {"status": "failed", "error": f"{type(e).__name__}: {msg}",
+        msg = first_line(e, 300).replace(str(job_dir.resolve()) + os.sep, "")  # the agent's paths stay on it
+        out = {"status": "failed", "error": msg,
                "detail": traceback.format_exc(limit=3)[-2000:] if os.environ.get("EDGEOPT_DEBUG") else None}
         code = 1
     tmp = job_dir / "result.json.tmp"
