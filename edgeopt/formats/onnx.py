@@ -70,7 +70,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, out: Path, precision: s
 
     from edgeopt.formats import onnx_quant
     from edgeopt.formats.calibration import resolve_calibration
-    from edgeopt.inputs.structure import Inputs, model_outputs
+    from edgeopt.inputs.model_io import Inputs, model_outputs
 
     options = dict(options or {})
     inputs = Inputs.of(example, model)

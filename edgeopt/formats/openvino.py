@@ -41,7 +41,7 @@ def export_openvino(model: nn.Module, example: torch.Tensor, out: Path, precisio
         import openvino as ov
     except ImportError:
         raise missing_backend("openvino", "openvino") from None
-    from edgeopt.inputs.structure import Inputs, model_outputs
+    from edgeopt.inputs.model_io import Inputs, model_outputs
 
     out = Path(out).with_suffix(".xml")
     inputs = Inputs.of(example, model)

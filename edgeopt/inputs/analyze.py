@@ -62,7 +62,7 @@ def count_prunable_groups(model: nn.Module, example, timeout_s: float = 60) -> i
     """Groups of coupled channels that Torch-Pruning can cut (the layers producing outputs excluded)."""
     import torch_pruning as tp
 
-    from edgeopt.inputs.structure import Inputs
+    from edgeopt.inputs.model_io import Inputs
     from edgeopt.techniques.prune import output_layers
 
     out_layers = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
@@ -75,7 +75,7 @@ def count_prunable_groups(model: nn.Module, example, timeout_s: float = 60) -> i
 
 def analyze(model: nn.Module, input_shape, size_bytes: int = 0) -> ModelSummary:
     """`input_shape`: one input's shape, name -> shape for several, or example inputs (Inputs, tuple, dict)."""
-    from edgeopt.inputs.structure import Inputs, flatten_outputs
+    from edgeopt.inputs.model_io import Inputs, flatten_outputs
 
     if isinstance(input_shape, Inputs) or isinstance(input_shape, (tuple, list)) and input_shape \
             and isinstance(input_shape[0], torch.Tensor) or isinstance(input_shape, torch.Tensor):

@@ -15,8 +15,8 @@ from torch import nn
 
 from edgeopt.errors import ConfigError, InputShapeError, ModelLoadError, UnsafePickleError, first_line, missing_backend
 from edgeopt.inputs import usercode
+from edgeopt.inputs.model_io import Inputs
 from edgeopt.inputs.safety import checkpoint_format, holds_objects
-from edgeopt.inputs.structure import Inputs
 
 
 @dataclass
@@ -69,17 +69,17 @@ def parse_input_shape(text: str | list[str] | None) -> tuple[int, ...] | dict[st
         if not text:
             return None
         if len(text) > 1 or ":" in text[0]:
-            from edgeopt.inputs.structure import parse_input_shapes
+            from edgeopt.inputs.model_io import parse_input_shapes
 
             return parse_input_shapes(list(text))
         text = text[0]
     if text is None:
         return None
     if ":" in text:
-        from edgeopt.inputs.structure import parse_input_shapes
+        from edgeopt.inputs.model_io import parse_input_shapes
 
         return parse_input_shapes([text])
-    from edgeopt.inputs.structure import check_shape_size, split_dims
+    from edgeopt.inputs.model_io import check_shape_size, split_dims
 
     dims = split_dims(text)  # every field an integer: '1,3,x,4' is not 1,3,4
     if dims is None:
@@ -255,7 +255,7 @@ def load_model(spec: str | nn.Module = "demo", weights: str | Path | None = None
     if isinstance(input_shape, dict):  # several named inputs (--input-shape name:dims): forward(**{name: tensor})
         shapes = {str(k): tuple(v) for k, v in input_shape.items()}
         if not isinstance(model, ExportedModule):  # an exported graph's forward(x) is our wrapper's
-            from edgeopt.inputs.structure import check_input_names
+            from edgeopt.inputs.model_io import check_input_names
 
             check_input_names(model, list(shapes))
         model.eval()
@@ -270,7 +270,7 @@ def load_model(spec: str | nn.Module = "demo", weights: str | Path | None = None
 def check_forward(model: nn.Module, shape: tuple[int, ...] | dict[str, tuple[int, ...]]):
     """Run one forward pass; a failure means the input shape is wrong for this model. The outputs may be a
     tensor, a tuple/list or a (nested) dict of tensors; any other leaf is refused, naming its path."""
-    from edgeopt.inputs.structure import flatten_outputs
+    from edgeopt.inputs.model_io import flatten_outputs
 
     inputs = shape if isinstance(shape, Inputs) else Inputs.random(shape, keyword=True)
     try:

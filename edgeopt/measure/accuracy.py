@@ -19,7 +19,7 @@ import torch
 
 from edgeopt.errors import ConfigError, DataError, first_line
 from edgeopt.inputs.data import Batches
-from edgeopt.inputs.structure import Inputs, flatten_outputs, nest
+from edgeopt.inputs.model_io import Inputs, flatten_outputs, nest
 from edgeopt.measure.top1 import percent_correct
 from edgeopt.registry import split_ref
 

@@ -18,7 +18,7 @@ from torch import fx, nn
 
 from edgeopt.errors import PruningError
 from edgeopt.inputs.feeding import batch_inputs, run_model
-from edgeopt.inputs.structure import Inputs, flatten_outputs
+from edgeopt.inputs.model_io import Inputs, flatten_outputs
 
 _ADDS = {operator.add, operator.iadd, torch.add}
 # element-wise modules and functions that may follow the residual add (the block's output activation)

@@ -17,7 +17,7 @@ from torch import nn
 
 from edgeopt.errors import PruningError
 from edgeopt.inputs.feeding import batch_inputs
-from edgeopt.inputs.structure import Inputs, model_outputs
+from edgeopt.inputs.model_io import Inputs, model_outputs
 from edgeopt.techniques.importance import (
     IMPORTANCE_NAMES,
     NEEDS_INPUTS,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from edgeopt.inputs.structure import Inputs, flatten_outputs
+from edgeopt.inputs.model_io import Inputs, flatten_outputs
 from edgeopt.techniques.importance import NEEDS_INPUTS, measure_for, taylor_grads
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from edgeopt.errors import ConfigError, DataError
 from edgeopt.inputs.data.batches import split_item
 from edgeopt.inputs.feeding import run_model
-from edgeopt.inputs.structure import flatten_outputs
+from edgeopt.inputs.model_io import flatten_outputs
 
 SCREEN_KINDS = ("response", "feature", "relation", "response+feature")
 # The screen must stay a small fraction of the fine-tuning it precedes: each kind trains one epoch on at most

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from edgeopt.inputs.feeding import run_model
-from edgeopt.inputs.structure import Inputs
+from edgeopt.inputs.model_io import Inputs
 
 PRECISIONS = ("fp32", "int8")
 
