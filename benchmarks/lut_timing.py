@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import torchvision
 
-    from edgeopt.measure.lut import LatencyTable
+    from edgeopt.measure.latency_table import LatencyTable
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10).eval()

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import edgeopt  # noqa: E402
 from edgeopt.formats import backend_for  # noqa: E402
 from edgeopt.inputs.data import Batches  # noqa: E402
-from edgeopt.measure.lut import LatencyTable, widths_of_model  # noqa: E402
+from edgeopt.measure.latency_table import LatencyTable, widths_of_model  # noqa: E402
 from edgeopt.measure.timing import BenchConfig, measure  # noqa: E402
 from edgeopt.techniques.pruning.allocate import prune_to_latency  # noqa: E402
 from edgeopt.techniques.repair.bn_recal import recalibrate_bn  # noqa: E402

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgeopt.errors import ConfigError, one_line
+from edgeopt.yamlfile import load_mapping
 
 
 class _Strict(BaseModel):
@@ -255,20 +256,15 @@ def parse_config(doc: Any, source: str = "") -> RunConfig:
 
 
 def load_config(path: str | Path) -> RunConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"--config {path} does not exist")
+    doc = load_mapping(path, "--config", ConfigError, f"a mapping of sections ({', '.join(SECTIONS)})")
+    inputs = doc.get("inputs")
+    if isinstance(inputs, dict) and inputs.get("trust_pickle") not in (None, False):
+        # a shared run.yaml must not be able to make edgeopt run the code in a pickle or archive
+        raise ConfigError(f"--config {path} sets inputs.trust_pickle: trust is never read from a file; remove "
+                          "it and pass --trust-pickle on the command line (trust_pickle=True in the Python API)")
     try:
-        doc = yaml.safe_load(path.read_text())
-        inputs = doc.get("inputs") if isinstance(doc, dict) else None
-        if isinstance(inputs, dict) and inputs.get("trust_pickle") not in (None, False):
-            # a shared run.yaml must not be able to make edgeopt run the code in a pickle or archive
-            raise ConfigError(f"--config {path} sets inputs.trust_pickle: trust is never read from a file; remove "
-                              "it and pass --trust-pickle on the command line (trust_pickle=True in the Python API)")
-        return parse_config(doc or {}, str(path))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"--config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    except RecursionError:  # the YAML reader (and validation) recurse once per level of nesting
+        return parse_config(doc, str(path))
+    except RecursionError:  # validation recurses once per level of nesting
         raise ConfigError(f"--config {path} is nested too deeply to read (a run config has two levels)") from None
 
 

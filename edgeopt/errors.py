@@ -56,9 +56,14 @@ class ArtifactError(EdgeOptError):
     """An artifact file is missing, not a model, or does not fit the requested input."""
 
 
-def first_line(error: BaseException, limit: int = 200) -> str:
-    """An unexpected error as one line for a report: its type and the first line of its message."""
-    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:limit]}"
+def first_line(error: BaseException, limit: int = 200, with_type: bool = True) -> str:
+    """An error as one line: its type and the first line of its message (at most `limit` characters), or that
+    line alone (`with_type=False`) where the words around it already say what failed; the type alone when
+    the message is empty."""
+    lines = str(error).strip().splitlines()
+    if not lines:
+        return type(error).__name__
+    return f"{type(error).__name__}: {lines[0][:limit]}" if with_type else lines[0][:limit]
 
 
 def missing_backend(package: str, extra: str) -> BackendMissingError:

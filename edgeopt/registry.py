@@ -1,11 +1,13 @@
 """One small registry for techniques, formats, runtimes and targets: loud on duplicates,
-did-you-mean on unknown names."""
+did-you-mean on unknown names; and the `module:name` references that registered rows (and the user's
+command line) name code by, resolved on use."""
 
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from edgeopt.errors import UnknownNameError
 
@@ -60,3 +62,16 @@ class Registry(Generic[T]):
 
     def items(self) -> Iterator[tuple[str, T]]:
         return iter(list(self._items.items()))
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """'module:name' or 'dir/file.py:name' -> (module or file, name), ('', '') parts where missing; the last
+    colon separates, so 'C:/x/f.py:fn' works."""
+    target, _, name = str(ref).rpartition(":")
+    return target, name
+
+
+def resolve(ref: str) -> Any:
+    """What a "module:name" reference names, its module imported on use (so that `edgeopt --help` stays fast)."""
+    module, name = split_ref(ref)
+    return getattr(importlib.import_module(module), name)

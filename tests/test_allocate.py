@@ -62,7 +62,7 @@ def test_groups_of_a_real_model_follow_the_dependency_graph():
 
 
 def test_prune_to_latency_end_to_end(tmp_path):
-    from edgeopt.measure.lut import LatencyTable
+    from edgeopt.measure.latency_table import LatencyTable
     from edgeopt.techniques.pruning.allocate import prune_to_latency
 
     torch.manual_seed(0)

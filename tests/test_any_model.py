@@ -9,7 +9,7 @@ from torch import nn
 from edgeopt import benchmark, export, factorize, prune
 from edgeopt.errors import InputShapeError
 from edgeopt.formats import export_verified
-from edgeopt.inputs.structure import Inputs, flatten_outputs
+from edgeopt.inputs.model_io import Inputs, flatten_outputs
 
 
 def cbr(i, o, s=1):

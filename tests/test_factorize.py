@@ -163,7 +163,7 @@ def test_tucker_layers_kept_where_not_measured_faster(net, x):
 
 
 def test_factorize_with_a_measured_table_records_every_decision(net, x, tmp_path):
-    from edgeopt.measure.lut import LatencyTable
+    from edgeopt.measure.latency_table import LatencyTable
     from edgeopt.techniques.lowrank.factorize import factorize
 
     table = LatencyTable(cache_dir=tmp_path, runs=3)

@@ -10,8 +10,8 @@ from torch import nn
 
 import edgeopt
 from edgeopt.errors import UnsafePickleError
+from edgeopt.inputs.model_io import Inputs
 from edgeopt.inputs.models import load_model
-from edgeopt.inputs.structure import Inputs
 from edgeopt.measure.timing import BenchConfig
 
 FAST = dict(target="local", goal="latency", max_accuracy_drop=100.0, resume=False, runtimes=["onnxruntime"],

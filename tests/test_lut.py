@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgeopt.measure.lut import LatencyTable, signature
+from edgeopt.measure.latency_table import LatencyTable, signature
 
 
 def _net():

@@ -82,7 +82,7 @@ def test_fp32_ir_with_linear_and_attention(tmp_path):
     import tinynet
 
     import edgeopt
-    from edgeopt.formats.commands import openvino_load_config
+    from edgeopt.formats.device_shell import openvino_load_config
     from edgeopt.formats.openvino_precision import executed_precision
 
     core = _core()

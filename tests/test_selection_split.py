@@ -53,7 +53,7 @@ def test_split_is_stratified_disjoint_and_seeded():
 def test_split_keeps_named_inputs_with_their_targets():
     from edgeopt.engine import holdout
     from edgeopt.inputs.data import Batches
-    from edgeopt.inputs.structure import Inputs
+    from edgeopt.inputs.model_io import Inputs
 
     a, b = torch.arange(24.0).reshape(24, 1, 1, 1), -torch.arange(24.0).reshape(24, 1)
     boxes = [{"id": i} for i in range(24)]  # a detector's targets: kept as they are, read by the user's metric

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from edgeopt.errors import InputShapeError
-from edgeopt.inputs.structure import Inputs, flatten_outputs, nest, output_layout, parse_input_shapes
+from edgeopt.inputs.model_io import Inputs, flatten_outputs, nest, output_layout, parse_input_shapes
 
 
 class TwoIn(nn.Module):

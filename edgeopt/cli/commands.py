@@ -18,8 +18,8 @@ INPUT_SHAPE_HELP = ("example input shape, batch first, e.g. 1,3,224,224; for sev
 
 
 def _load(model: str, weights: Path | None, input_shape: list[str] | str | None, trust_pickle: bool):
+    from edgeopt.inputs.model_io import Inputs
     from edgeopt.inputs.models import load_model, parse_input_shape
-    from edgeopt.inputs.structure import Inputs
 
     loaded = load_model(model, weights=weights, input_shape=parse_input_shape(input_shape),
                         trust_pickle=trust_pickle)
@@ -68,7 +68,7 @@ def prune(
                   max_layer_ratio=max_layer_ratio, timeout_s=timeout)
     if importance == "taylor":
         raise ConfigError("--importance taylor needs labelled batches: use edgeopt.prune(..., data=[(x, y)])")
-    from edgeopt.inputs.structure import Inputs
+    from edgeopt.inputs.model_io import Inputs
 
     refuse_overwriting_inputs(model, weights, data, format, out_file, record_file)
     loaded, example = _load(model, weights, input_shape, trust_pickle)
@@ -184,7 +184,7 @@ def export(
     Input and output names come from the model: `input` (or the named inputs), `output` for one tensor, dict
     keys and positions for structures (e.g. `out`, `aux`, `0`, `boxes`)."""
     from edgeopt.formats import export_verified
-    from edgeopt.inputs.structure import Inputs
+    from edgeopt.inputs.model_io import Inputs
 
     refuse_overwriting_inputs(model, weights, data, format, out_file)
     loaded, example = _load(model, weights, input_shape, trust_pickle)

@@ -22,7 +22,7 @@ from edgeopt.decide import policy
 from edgeopt.decide.select import judge_on_test
 from edgeopt.engine.build import evaluate_candidate
 from edgeopt.inputs.data import Batches, StreamBatches
-from edgeopt.inputs.structure import Inputs
+from edgeopt.inputs.model_io import Inputs
 from edgeopt.measure.accuracy import torch_predictions
 from edgeopt.report import Candidate, Decision, Report, TestSplit
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeopt.config import RunConfig
-from edgeopt.inputs.structure import Inputs
+from edgeopt.inputs.model_io import Inputs
 from edgeopt.measure.roofline import estimate_stats
 from edgeopt.measure.timing import BenchConfig, measure
 from edgeopt.report import Candidate, Report

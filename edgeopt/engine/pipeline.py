@@ -226,7 +226,7 @@ def _publish_chosen(report: Report, out_dir: Path) -> None:
         shutil.copyfile(f, tmp)
         os.replace(tmp, out_dir / name)
     report.model.chosen_artifact = f"model{src.suffix}"
-    from edgeopt.formats.commands import load_note
+    from edgeopt.formats.device_shell import load_note
 
     # e.g. a plain OpenVINO compile_model may not run the precision that was measured
     report.model.load_note = load_note(chosen.runtime, report.model.chosen_artifact, chosen.precision)

@@ -25,8 +25,8 @@ from edgeopt.inputs.data import (
     from_function,
     make_preprocess,
 )
+from edgeopt.inputs.model_io import Inputs, model_outputs, output_layout
 from edgeopt.inputs.models import LoadedModel, load_model
-from edgeopt.inputs.structure import Inputs, model_outputs, output_layout
 from edgeopt.measure.accuracy import Metric, default_metric, load_metric
 from edgeopt.registry import Registry
 from edgeopt.targets import TargetProfile, detect_local, load_target

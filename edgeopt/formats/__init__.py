@@ -8,7 +8,6 @@ module its references point at). Nothing heavy is imported here, so the decision
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -17,19 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeopt.errors import ArtifactError, BackendMissingError, ConfigError, ExportError, missing_backend
-from edgeopt.registry import Registry
+from edgeopt.registry import Registry, resolve
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
     from edgeopt.formats.base import ExportResult, Session
-
-
-def resolve(ref: str) -> Callable:
-    """A "module:function" reference, imported on use so that `edgeopt --help` stays fast."""
-    module, _, fn = ref.partition(":")
-    return getattr(importlib.import_module(module), fn)
 
 
 @dataclass(frozen=True)
@@ -50,7 +43,7 @@ class Backend:
     # fn(session, path) -> str, applied after loading; None: the loader reads it from the runtime itself
     executed_ref: str | None = None
     profile_ref: str | None = None  # per-layer profiler fn(path, x, runs, threads, precision) -> [LayerTime]
-    commands_ref: str = "edgeopt.formats.commands:generic"  # bundle fn(target, file, precision, ...) -> dict
+    commands_ref: str = "edgeopt.formats.device_shell:generic"  # bundle fn(target, file, precision, ...) -> dict
     device_inputs: tuple[str, ...] = ()  # formats the agent accepts for this runtime (default: its own)
     # fn(path, precision, threads) -> Session for a device input of another format (TensorRT builds its
     # engine from the uploaded ONNX on the device)
@@ -141,14 +134,14 @@ BACKENDS.register("onnx", Backend(
     export_ref="edgeopt.formats.onnx:export_onnx", load_ref="edgeopt.formats.onnx:load_onnxruntime",
     precisions=("fp32", "fp16", "int8", "int8w"), extra="dev", module="onnxruntime",
     dists=("onnxruntime", "onnxruntime-gpu"), layer_timing=True,
-    profile_ref="edgeopt.measure.layers:profile_onnxruntime", commands_ref="edgeopt.formats.commands:onnxruntime"),
+    profile_ref="edgeopt.measure.layers:profile_onnxruntime", commands_ref="edgeopt.formats.device_shell:onnxruntime"),
     aliases=("onnxruntime", "ort"))
 BACKENDS.register("openvino", Backend(
     format="openvino", runtime="openvino", suffix=".xml", companions=(".bin",),
     export_ref="edgeopt.formats.openvino:export_openvino", load_ref="edgeopt.formats.openvino:load_openvino",
     precisions=("fp32", "bf16", "fp16", "int8", "int8w"), extra="openvino", module="openvino", dists=("openvino",),
     layer_timing=True,
-    profile_ref="edgeopt.measure.layers:profile_openvino", commands_ref="edgeopt.formats.commands:openvino",
+    profile_ref="edgeopt.measure.layers:profile_openvino", commands_ref="edgeopt.formats.device_shell:openvino",
     device_inputs=("openvino", "onnx")),  # OpenVINO reads ONNX directly
     aliases=("ov", "ir"))
 # TensorRT engines are built on (and only run on) an NVIDIA GPU; `installed()` also asks for a CUDA device.
@@ -157,7 +150,7 @@ BACKENDS.register("tensorrt", Backend(
     format="tensorrt", runtime="tensorrt", suffix=".engine", companions=(".engine.json",),
     export_ref="edgeopt.formats.tensorrt:export_tensorrt", load_ref="edgeopt.formats.tensorrt:load_tensorrt",
     precisions=("fp32", "fp16", "int8"), extra="tensorrt", module="tensorrt", device="GPU", dists=("tensorrt",),
-    commands_ref="edgeopt.formats.commands:tensorrt", device_inputs=("onnx",),
+    commands_ref="edgeopt.formats.device_shell:tensorrt", device_inputs=("onnx",),
     device_load_ref="edgeopt.formats.tensorrt:load_from_onnx"), aliases=("trt",))
 
 

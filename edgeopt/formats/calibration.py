@@ -15,7 +15,7 @@ import torch
 
 from edgeopt.errors import DataError
 from edgeopt.inputs.feeding import checked_columns, split_inputs_target
-from edgeopt.inputs.structure import Inputs
+from edgeopt.inputs.model_io import Inputs
 
 RANDOM = "random"
 MAX_SAMPLES = 128  # enough for min/max and histogram calibration; more only costs time

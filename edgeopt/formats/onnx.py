@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeopt.errors import ArtifactError, ExportError
+from edgeopt.errors import ArtifactError, ExportError, first_line
 from edgeopt.formats.base import ExportResult, Session, check_feed
 from edgeopt.report import honour_umask
 
@@ -70,7 +70,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, out: Path, precision: s
 
     from edgeopt.formats import onnx_quant
     from edgeopt.formats.calibration import resolve_calibration
-    from edgeopt.inputs.structure import Inputs, model_outputs
+    from edgeopt.inputs.model_io import Inputs, model_outputs
 
     options = dict(options or {})
     inputs = Inputs.of(example, model)
@@ -99,8 +99,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, out: Path, precision: s
                 _try_export(model, inputs, tmp, dynamo, output_names, bool(options.get("dynamic_batch")))
                 break
             except Exception as e:
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                errors.append(f"{exporter}: {first[:300]}")
+                errors.append(f"{exporter}: {first_line(e, 300, with_type=False)}")
         else:
             op = _unsupported_op(errors)
             raise ExportError(("ONNX export failed: unsupported " + op) if op else
@@ -108,7 +107,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, out: Path, precision: s
         try:
             onnx.checker.check_model(str(tmp))
         except onnx.checker.ValidationError as e:
-            raise ExportError(f"exported ONNX graph is invalid: {str(e).splitlines()[0]}") from None
+            raise ExportError(f"exported ONNX graph is invalid: {first_line(e, with_type=False)}") from None
         _check_io(tmp, inputs, output_names)
         info["simplified"] = options.get("simplify", True) and onnx_quant.simplify(tmp)
         if precision == "fp16":
@@ -257,7 +256,7 @@ def load_onnxruntime(path: Path, precision: str = "fp32", threads: int | None = 
     try:
         sess = ort.InferenceSession(str(path), so, providers=providers)
     except Exception as e:
-        raise ArtifactError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0][:200]}") from None
+        raise ArtifactError(f"ONNX Runtime cannot load {path}: {first_line(e, with_type=False)}") from None
     shapes = {i.name: tuple(d if isinstance(d, int) else -1 for d in i.shape) for i in sess.get_inputs()}
     outputs = [o.name for o in sess.get_outputs()]
     if not shapes:  # nothing to feed: nothing to measure or verify
@@ -280,7 +279,7 @@ def load_onnxruntime(path: Path, precision: str = "fp32", threads: int | None = 
     try:
         reading = executed_precision(path, sess.get_providers())
     except Exception as e:  # the reading is a report detail: never fail a load over it
-        reading = {"int8_mac_fraction": None, "error": str(e).splitlines()[0][:200] if str(e) else type(e).__name__}
+        reading = {"int8_mac_fraction": None, "error": first_line(e, with_type=False)}
     executed = precision_label(reading, declared)
     if declared == "int8w" and executed in ("fp32", "fp16"):
         executed = "int8w"  # int8 weights dequantized to float: compute is float, storage is int8

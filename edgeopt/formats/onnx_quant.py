@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeopt.errors import ConfigError, ExportError
+from edgeopt.errors import ConfigError, ExportError, first_line
 
 # mode -> (quant format, activation type); weights are always signed int8, per channel
 STATIC_MODES = {
@@ -61,10 +61,6 @@ def _feeds(prep: Path, calib_inputs: list) -> list[dict[str, np.ndarray]]:
         if sorted(f) != sorted(names):
             raise ExportError(f"calibration feeds inputs {sorted(f)}, the graph takes {sorted(names)}")
     return [{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in f.items()} for f in feeds]
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
 def _has_conv(path: Path) -> bool:
@@ -117,7 +113,8 @@ def quantize_int8(src: Path, dst: Path, mode: str, calib_inputs: list[np.ndarray
     except (ExportError, ConfigError):
         raise
     except Exception as e:
-        raise ExportError(f"ONNX Runtime INT8 quantization ({mode}) failed: {_first_line(e)}") from None
+        raise ExportError(f"ONNX Runtime INT8 quantization ({mode}) failed: {first_line(e, 300, with_type=False)}"
+                          ) from None
     finally:
         prep.unlink(missing_ok=True)
 
@@ -146,7 +143,7 @@ def convert_fp16(src: Path, dst: Path) -> dict:
                                          op_block_list=["Resize", "Range", "TopK"])  # need fp32 on CPU EP
         onnx.save(model, str(dst))
     except Exception as e:
-        raise ExportError(f"ONNX fp16 conversion failed: {_first_line(e)}") from None
+        raise ExportError(f"ONNX fp16 conversion failed: {first_line(e, 300, with_type=False)}") from None
     return {"io_types": "fp32 (cast inside the graph)"}
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeopt.errors import ArtifactError, ConfigError, ExportError, missing_backend
+from edgeopt.errors import ArtifactError, ConfigError, ExportError, first_line, missing_backend
 from edgeopt.formats.base import ExportResult, Session, check_feed
 from edgeopt.formats.openvino_core import nncf_on_shared_core, openvino_core, openvino_reason, read_ir
 from edgeopt.formats.openvino_precision import (
@@ -41,7 +41,7 @@ def export_openvino(model: nn.Module, example: torch.Tensor, out: Path, precisio
         import openvino as ov
     except ImportError:
         raise missing_backend("openvino", "openvino") from None
-    from edgeopt.inputs.structure import Inputs, model_outputs
+    from edgeopt.inputs.model_io import Inputs, model_outputs
 
     out = Path(out).with_suffix(".xml")
     inputs = Inputs.of(example, model)
@@ -61,7 +61,7 @@ def export_openvino(model: nn.Module, example: torch.Tensor, out: Path, precisio
             ov_model = ov.convert_model(model.eval(), example_input=inputs.example())
         exporter = "openvino.convert_model (torch)"
     except Exception as e:
-        errors.append(f"convert_model(torch): {str(e).splitlines()[0][:300] if str(e) else type(e).__name__}")
+        errors.append(f"convert_model(torch): {first_line(e, 300, with_type=False)}")
     if ov_model is None:  # ONNX route: some graphs trace better through torch.onnx
         from edgeopt.formats.onnx import export_onnx
 
@@ -71,7 +71,7 @@ def export_openvino(model: nn.Module, example: torch.Tensor, out: Path, precisio
                 ov_model = ov.convert_model(str(onnx_path))
                 exporter = "openvino.convert_model (onnx)"
             except Exception as e:
-                errors.append(f"via onnx: {str(e).splitlines()[0][:300] if str(e) else type(e).__name__}")
+                errors.append(f"via onnx: {first_line(e, 300, with_type=False)}")
     if ov_model is None:
         raise ExportError("OpenVINO conversion failed: " + " | ".join(errors))
     _name_io(ov, ov_model, inputs, output_names, bool(dict(options or {}).get("dynamic_batch")))
@@ -117,14 +117,11 @@ def _accuracy_fn(example: torch.Tensor):
     """NNCF's validation_fn: top-1 accuracy (0..1) of a compiled model over (x, y) pairs."""
     import numpy as np
 
+    from edgeopt.measure.top1 import percent_correct
+
     def validate(compiled, data) -> float:
         request = compiled.create_infer_request()
-        right = total = 0
-        for x, y in data:
-            out = request.infer({0: x})[compiled.output(0)]
-            right += int((np.asarray(out).reshape(len(y), -1).argmax(1) == y).sum())
-            total += len(y)
-        return right / max(total, 1)
+        return percent_correct((np.asarray(request.infer({0: x})[compiled.output(0)]), y) for x, y in data) / 100
 
     return validate
 
@@ -161,8 +158,7 @@ def _quantize(ov_model, cal, example: torch.Tensor, options: dict):
             quantized = nncf.quantize(ov_model, dataset, subset_size=len(cal.inputs),
                                       preset=nncf.QuantizationPreset.PERFORMANCE)
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise ExportError(f"NNCF INT8 quantization failed: {first}") from None
+        raise ExportError(f"NNCF INT8 quantization failed: {first_line(e, 300, with_type=False)}") from None
     return quantized, info
 
 
@@ -174,8 +170,7 @@ def _compress_weights(ov_model):
     try:
         compressed = nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM)
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise ExportError(f"NNCF weight compression failed: {first}") from None
+        raise ExportError(f"NNCF weight compression failed: {first_line(e, 300, with_type=False)}") from None
     return compressed, {"quantization": "weight-only int8 (nncf.compress_weights INT8_ASYM)",
                         "quantizer": f"nncf {nncf.__version__}"}
 
@@ -226,7 +221,7 @@ def load_openvino(path: Path, precision: str = "fp32", threads: int | None = Non
     try:
         reading = executed_precision(compiled)
     except Exception as e:  # a report detail: never fail a load over it
-        reading = {"int8_mac_fraction": None, "error": str(e).splitlines()[0][:200] if str(e) else type(e).__name__}
+        reading = {"int8_mac_fraction": None, "error": first_line(e, with_type=False)}
     floats = {k: v for k, v in reading.get("macs_by_precision", {}).items() if k != "int8"}
     if floats:  # the float precision most MACs ran in, not the hint: an IR's precise layers keep f32 under any
         executed = max(floats, key=floats.get)

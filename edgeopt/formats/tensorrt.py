@@ -117,7 +117,7 @@ def export_tensorrt(model: nn.Module, example: torch.Tensor, out: Path, precisio
         if precision == "int8" and not options.get("prequantized"):
             if options.get("int8_calibration", "qdq") == "entropy":
                 from edgeopt.formats.calibration import resolve_calibration
-                from edgeopt.inputs.structure import Inputs
+                from edgeopt.inputs.model_io import Inputs
 
                 example = Inputs.of(example, model).first  # the calibrator feeds one input
                 cal = resolve_calibration(calib, example, "int8", options.get("allow_random_calib", False))

@@ -17,7 +17,7 @@ from torch import nn
 import edgeopt.decide.policy as policy
 from edgeopt.errors import VerificationError
 from edgeopt.formats.base import Session
-from edgeopt.inputs.structure import Inputs, flatten_outputs
+from edgeopt.inputs.model_io import Inputs, flatten_outputs
 
 
 def _argmax(a: np.ndarray, single: bool) -> np.ndarray | None:

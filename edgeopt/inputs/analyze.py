@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from edgeopt.config import ModelSummary
+from edgeopt.errors import first_line
 from edgeopt.hooks import forward_hooks
 from edgeopt.timeout import time_limit
 
@@ -62,7 +63,7 @@ def count_prunable_groups(model: nn.Module, example, timeout_s: float = 60) -> i
     """Groups of coupled channels that Torch-Pruning can cut (the layers producing outputs excluded)."""
     import torch_pruning as tp
 
-    from edgeopt.inputs.structure import Inputs
+    from edgeopt.inputs.model_io import Inputs
     from edgeopt.techniques.pruning.prune import output_layers
 
     out_layers = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
@@ -75,7 +76,7 @@ def count_prunable_groups(model: nn.Module, example, timeout_s: float = 60) -> i
 
 def analyze(model: nn.Module, input_shape, size_bytes: int = 0) -> ModelSummary:
     """`input_shape`: one input's shape, name -> shape for several, or example inputs (Inputs, tuple, dict)."""
-    from edgeopt.inputs.structure import Inputs, flatten_outputs
+    from edgeopt.inputs.model_io import Inputs, flatten_outputs
 
     if isinstance(input_shape, Inputs) or isinstance(input_shape, (tuple, list)) and input_shape \
             and isinstance(input_shape[0], torch.Tensor) or isinstance(input_shape, torch.Tensor):
@@ -109,7 +110,7 @@ def analyze(model: nn.Module, input_shape, size_bytes: int = 0) -> ModelSummary:
             groups = count_prunable_groups(model, example)
         except Exception as e:  # tracing fails on some graphs: the model is still usable, pruned by blocks
             groups = 0
-            unprunable.append(f"model: dependency graph failed ({type(e).__name__}: {str(e)[:120]})")
+            unprunable.append(f"model: dependency graph failed ({first_line(e, 120)})")
     widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups == 1]
     return ModelSummary(
         params=count_params(model), macs=count_macs(model, example), input_shape=list(inputs.first.shape),

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from edgeopt.inputs.data import DIGITS_SIZE, digits_splits
+from edgeopt.measure.top1 import percent_correct
 from edgeopt.report import write_atomic
 
 DEMO_VERSION = 1
@@ -61,7 +62,7 @@ def cache_dir() -> Path:
 def evaluate_top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     model.eval()
     with torch.no_grad():
-        return float((model(x).argmax(1) == y).float().mean() * 100)
+        return percent_correct([(model(x), y)])
 
 
 def train_demo(epochs: int = 8, seed: int = 0, progress: Callable[[int, int], None] | None = None

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from edgeopt.errors import DataError, InputShapeError
-from edgeopt.inputs.structure import Inputs
+from edgeopt.inputs.model_io import Inputs
 
 
 def run_model(model: nn.Module, x):

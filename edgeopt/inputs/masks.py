@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgeopt.errors import DataError
+from edgeopt.errors import DataError, first_line
 from edgeopt.inputs.data import IMAGE_SUFFIXES, Batches, DataSplits
 
 
@@ -45,9 +45,9 @@ def _open(path: Path, mode: str | None):
         with Image.open(path) as im:
             return im.convert(mode) if mode else im.copy()
     except Image.DecompressionBombError as e:  # a header claiming more pixels than PIL will decode
-        raise DataError(f"image {path} is too large to decode ({str(e).splitlines()[0]})") from None
+        raise DataError(f"image {path} is too large to decode ({first_line(e, with_type=False)})") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise DataError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+        raise DataError(f"cannot read {path}: {first_line(e, with_type=False)}") from None
 
 
 def _resized(im, size: tuple[int, int], nearest: bool) -> np.ndarray:

@@ -13,10 +13,10 @@ from urllib.parse import parse_qsl
 import torch
 from torch import nn
 
-from edgeopt.errors import ConfigError, InputShapeError, ModelLoadError, UnsafePickleError, missing_backend
+from edgeopt.errors import ConfigError, InputShapeError, ModelLoadError, UnsafePickleError, first_line, missing_backend
 from edgeopt.inputs import usercode
+from edgeopt.inputs.model_io import Inputs
 from edgeopt.inputs.safety import checkpoint_format, holds_objects
-from edgeopt.inputs.structure import Inputs
 
 
 @dataclass
@@ -69,17 +69,17 @@ def parse_input_shape(text: str | list[str] | None) -> tuple[int, ...] | dict[st
         if not text:
             return None
         if len(text) > 1 or ":" in text[0]:
-            from edgeopt.inputs.structure import parse_input_shapes
+            from edgeopt.inputs.model_io import parse_input_shapes
 
             return parse_input_shapes(list(text))
         text = text[0]
     if text is None:
         return None
     if ":" in text:
-        from edgeopt.inputs.structure import parse_input_shapes
+        from edgeopt.inputs.model_io import parse_input_shapes
 
         return parse_input_shapes([text])
-    from edgeopt.inputs.structure import check_shape_size, split_dims
+    from edgeopt.inputs.model_io import check_shape_size, split_dims
 
     dims = split_dims(text)  # every field an integer: '1,3,x,4' is not 1,3,4
     if dims is None:
@@ -153,7 +153,7 @@ def _load_checkpoint_file(path: Path, trust_pickle: bool) -> Any:
             with open(path, "rb") as f:
                 return pickle.load(f)
         except Exception as e:
-            raise ModelLoadError(f"cannot unpickle {path}: {type(e).__name__}: {e}") from None
+            raise ModelLoadError(f"cannot unpickle {path}: {first_line(e)}") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -161,13 +161,12 @@ def _load_checkpoint_file(path: Path, trust_pickle: bool) -> Any:
     if not trust_pickle:
         if holds_objects(path, fmt):
             raise _full_pickle_refusal(path, "a full pickled object") from None
-        msg = str(safe_error)
-        first = msg.splitlines()[0] if msg else type(safe_error).__name__
-        raise ModelLoadError(f"{path} is not a readable PyTorch checkpoint ({first})") from None
+        raise ModelLoadError(f"{path} is not a readable PyTorch checkpoint ({first_line(safe_error, with_type=False)})"
+                             ) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e2:
-        raise ModelLoadError(f"cannot load {path}: {type(e2).__name__}: {e2}") from None
+        raise ModelLoadError(f"cannot load {path}: {first_line(e2)}") from None
 
 
 def _load_pt2(path: Path, trust_pickle: bool) -> nn.Module:
@@ -181,8 +180,8 @@ def _load_pt2(path: Path, trust_pickle: bool) -> nn.Module:
     try:
         return ExportedModule(torch.export.load(str(path)).module())
     except (zipfile.BadZipFile, RuntimeError, ValueError, KeyError, AssertionError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ModelLoadError(f"{path} is not a readable torch.export archive ({first})") from None
+        raise ModelLoadError(f"{path} is not a readable torch.export archive ({first_line(e, with_type=False)})"
+                             ) from None
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
@@ -256,7 +255,7 @@ def load_model(spec: str | nn.Module = "demo", weights: str | Path | None = None
     if isinstance(input_shape, dict):  # several named inputs (--input-shape name:dims): forward(**{name: tensor})
         shapes = {str(k): tuple(v) for k, v in input_shape.items()}
         if not isinstance(model, ExportedModule):  # an exported graph's forward(x) is our wrapper's
-            from edgeopt.inputs.structure import check_input_names
+            from edgeopt.inputs.model_io import check_input_names
 
             check_input_names(model, list(shapes))
         model.eval()
@@ -271,15 +270,14 @@ def load_model(spec: str | nn.Module = "demo", weights: str | Path | None = None
 def check_forward(model: nn.Module, shape: tuple[int, ...] | dict[str, tuple[int, ...]]):
     """Run one forward pass; a failure means the input shape is wrong for this model. The outputs may be a
     tensor, a tuple/list or a (nested) dict of tensors; any other leaf is refused, naming its path."""
-    from edgeopt.inputs.structure import flatten_outputs
+    from edgeopt.inputs.model_io import flatten_outputs
 
     inputs = shape if isinstance(shape, Inputs) else Inputs.random(shape, keyword=True)
     try:
         with torch.no_grad():
             out = inputs.call(model)
     except Exception as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
         where = inputs.describe() if isinstance(shape, (dict, Inputs)) else ",".join(map(str, shape))
-        raise InputShapeError(f"the model fails on input shape {where}: {first[:200]}") from None
+        raise InputShapeError(f"the model fails on input shape {where}: {first_line(e, with_type=False)}") from None
     flatten_outputs(out)
     return out

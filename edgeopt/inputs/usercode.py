@@ -19,20 +19,16 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from edgeopt.errors import ConfigError, EdgeOptError
+from edgeopt.errors import ConfigError, EdgeOptError, first_line
+from edgeopt.registry import split_ref
 
 
 def split(spec: str, what: str, error: type[EdgeOptError] = ConfigError) -> tuple[str, str]:
     """'dir/file.py:fn' -> ('dir/file.py', 'fn'); the last colon separates, so 'C:/x/f.py:fn' works."""
-    target, sep, name = str(spec).rpartition(":")
-    if not sep or not target or not name:
+    target, name = split_ref(spec)
+    if not target or not name:
         raise error(f"{what} {spec!r}: use path/file.py:name or package.module:name")
     return target, name
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
 def import_target(target: str, what: str, error: type[EdgeOptError] = ConfigError) -> ModuleType:

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from edgeopt.errors import ConfigError, DataError
+from edgeopt.errors import ConfigError, DataError, first_line
 from edgeopt.inputs.data import Batches
-from edgeopt.inputs.structure import Inputs, flatten_outputs, nest
+from edgeopt.inputs.model_io import Inputs, flatten_outputs, nest
+from edgeopt.measure.top1 import percent_correct
+from edgeopt.registry import split_ref
 
 VOID = 255  # the "ignore" label of segmentation masks: pixels that count for no class
 FIDELITY_MEANING = ("fidelity: agreement with the original model on held-out inputs, the worst output counts: "
@@ -144,7 +146,7 @@ def score(preds, batches: Batches, reference=None) -> tuple[float, str]:
         return user_score(metric, preds, _targets(batches)), metric.name
     if metric.name == "top1":
         labels = _targets(batches).numpy().reshape(-1)
-        return float((primary(preds) == labels).mean() * 100), "top1"
+        return percent_correct([(primary(preds), labels)]), "top1"
     if metric.name == "miou":
         return miou(primary(preds, dense=True), _targets(batches), metric.num_classes), "miou"
     if reference is None:
@@ -173,7 +175,7 @@ def fidelity(preds: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> 
         if got is None or got.shape != ref.shape:
             return 0.0  # a structure that differs from the original's agrees with nothing
         if np.issubdtype(ref.dtype, np.integer):
-            scores.append(float((got == ref).mean() * 100))
+            scores.append(percent_correct([(got, ref)]))
         else:
             a, b = got.reshape(len(got), -1).astype(np.float64), ref.reshape(len(ref), -1).astype(np.float64)
             cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
@@ -205,8 +207,7 @@ def user_score(metric: Metric, preds: dict[str, np.ndarray], targets) -> float:
     try:
         value = metric.fn(nested, targets)
     except Exception as e:
-        raise ConfigError(f"metric {metric.name[5:]} raised {type(e).__name__}: {str(e).splitlines()[0][:160]}"
-                          if str(e) else f"metric {metric.name[5:]} raised {type(e).__name__}") from None
+        raise ConfigError(f"metric {metric.name[5:]} raised {first_line(e, 160)}") from None
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
@@ -229,7 +230,7 @@ def load_metric(spec, layout=None) -> Metric:
         return Metric(f"user:{getattr(spec, '__name__', 'metric')}", fn=spec, layout=layout,
                       meaning="the user's metric (higher is better, %)")
     fn = _load_function(str(spec))
-    return Metric(f"user:{str(spec).rpartition(':')[2]}", fn=fn, layout=layout,
+    return Metric(f"user:{split_ref(spec)[1]}", fn=fn, layout=layout,
                   meaning=f"the user's metric {spec} (higher is better, %)")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeopt.errors import ArtifactError, ConfigError, InputShapeError
+from edgeopt.errors import ArtifactError, ConfigError, InputShapeError, first_line
 from edgeopt.formats import BACKENDS, backend_for, backend_for_artifact
 from edgeopt.formats.base import Session
 from edgeopt.measure.timing import BenchConfig, measure
@@ -66,7 +66,7 @@ def _prepare(path: Path, runtime: str | None, precision: str, threads: int, inpu
         raise
     except Exception as e:
         desc = ", ".join(f"{n}:{','.join(map(str, s))}" for n, s in shapes.items())
-        raise InputShapeError(f"{path} does not run on input shape {desc}: {str(e).splitlines()[0][:200]}"
+        raise InputShapeError(f"{path} does not run on input shape {desc}: {first_line(e, with_type=False)}"
                               ) from None
     return session, feed, shapes
 

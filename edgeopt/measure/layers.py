@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeopt.errors import ArtifactError
+from edgeopt.errors import ArtifactError, first_line
 
 
 @dataclass
@@ -52,7 +52,7 @@ def profile_openvino(path: Path, x: np.ndarray, runs: int, threads: int | None, 
     try:
         compiled = core.compile_model(ov_model, "CPU", config)
     except Exception as e:
-        raise ArtifactError(f"OpenVINO cannot load {path}: {str(e).strip().splitlines()[0][:200]}") from None
+        raise ArtifactError(f"OpenVINO cannot load {path}: {first_line(e, with_type=False)}") from None
     request = compiled.create_infer_request()
     request.infer({0: x})  # warm-up run, not counted
     acc: dict[str, list] = defaultdict(lambda: ["", [], ""])
@@ -88,7 +88,7 @@ def profile_onnxruntime(path: Path, x: np.ndarray, runs: int, threads: int | Non
         try:
             sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         except Exception as e:
-            raise ArtifactError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0][:200]}") from None
+            raise ArtifactError(f"ONNX Runtime cannot load {path}: {first_line(e, with_type=False)}") from None
         feed = {sess.get_inputs()[0].name: x}
         sess.run(None, feed)  # first run allocates: its events are skipped below
         for _ in range(runs):

@@ -10,7 +10,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from edgeopt.errors import ArtifactError, ConfigError, EdgeOptError, missing_backend
+from edgeopt.errors import ArtifactError, ConfigError, EdgeOptError, first_line, missing_backend
 from edgeopt.formats import artifact_files, device_problem
 from edgeopt.remote import PROTOCOL_HEADER, PROTOCOL_VERSION
 from edgeopt.report import BenchmarkResult, LatencyStats
@@ -69,7 +69,7 @@ class AgentClient:
             with httpx.Client(timeout=httpx.Timeout(30.0, read=self.timeout_s)) as c:
                 r = c.request(method, self.url + path, headers=headers, **kw)
         except httpx.HTTPError as e:
-            raise AgentError(f"cannot reach the agent at {self.url}: {type(e).__name__}: {e}") from None
+            raise AgentError(f"cannot reach the agent at {self.url}: {first_line(e)}") from None
         try:
             body = r.json()
         except ValueError:

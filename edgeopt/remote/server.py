@@ -24,6 +24,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeopt.errors import first_line
 from edgeopt.remote import PROTOCOL_VERSION, Manifest
 from edgeopt.remote.guard import Guard, TooLarge, json_response
 
@@ -56,7 +57,7 @@ def _first_line(e: BaseException) -> str:
     if isinstance(e, ValidationError):  # the field and what is wrong with it, not pydantic's headline
         err = e.errors()[0]
         return f"manifest field '{'.'.join(map(str, err['loc']))}': {err['msg']}"[:300]
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    return first_line(e, 300, with_type=False)
 
 
 async def _run_worker(job_dir: Path, timeout_s: float, gone) -> tuple[int, dict]:

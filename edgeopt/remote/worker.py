@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeopt.errors import first_line
+
 
 def _version(dist: str) -> str | None:
     try:
@@ -68,15 +70,17 @@ def top1(session, data_file: Path, batch: int) -> float:
     """Top-1 accuracy (%) on an .npz the user placed on the device (arrays `x` float32, `y` int labels)."""
     with np.load(data_file, allow_pickle=False) as d:
         xs, ys = d["x"].astype(np.float32), d["y"].astype(np.int64)
-    hits = 0
-    for i in range(0, len(xs), batch):
-        chunk = xs[i:i + batch]
-        n = len(chunk)
-        if n < batch:
-            chunk = np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), np.float32)])
-        pred = np.asarray(session.run(chunk)).reshape(batch, -1)[:n].argmax(1)
-        hits += int((pred == ys[i:i + n]).sum())
-    return 100.0 * hits / max(1, len(xs))
+    from edgeopt.measure.top1 import percent_correct
+
+    def pairs():
+        for i in range(0, len(xs), batch):
+            chunk = xs[i:i + batch]
+            n = len(chunk)
+            if n < batch:
+                chunk = np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), np.float32)])
+            yield np.asarray(session.run(chunk)).reshape(batch, -1)[:n], ys[i:i + n]
+
+    return percent_correct(pairs())
 
 
 def run_job(job: dict) -> dict:
@@ -120,9 +124,8 @@ def main(job_dir: str) -> int:
         out = run_job(json.loads((job_dir / "job.json").read_text()))
         code = 0
     except Exception as e:  # reported to the client as this job's failure; the agent keeps serving
-        msg = (str(e).strip().splitlines() or [""])[0][:300]
-        msg = msg.replace(str(job_dir.resolve()) + os.sep, "")  # the agent's own paths stay on the agent
-        out = {"status": "failed", "error": f"{type(e).__name__}: {msg}",
+        msg = first_line(e, 300).replace(str(job_dir.resolve()) + os.sep, "")  # the agent's paths stay on it
+        out = {"status": "failed", "error": msg,
                "detail": traceback.format_exc(limit=3)[-2000:] if os.environ.get("EDGEOPT_DEBUG") else None}
         code = 1
     tmp = job_dir / "result.json.tmp"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeopt.errors import EdgeOptError
+from edgeopt.errors import EdgeOptError, first_line
 from edgeopt.report import LatencyStats, write_atomic
 
 
@@ -66,7 +66,7 @@ def load_subject(path: Path, candidate: str | None = None, default: int = -1) ->
         try:
             report = Report.model_validate(data)
         except Exception as e:
-            raise GateInputError(f"{path} is not a valid edgeopt report: {str(e).splitlines()[0]}") from None
+            raise GateInputError(f"{path} is not a valid edgeopt report: {first_line(e, with_type=False)}") from None
         cid = candidate or report.chosen
         c = report.candidate(cid) if cid else None
         if cid is None:
@@ -86,7 +86,7 @@ def load_subject(path: Path, candidate: str | None = None, default: int = -1) ->
         try:
             r = BenchmarkResult.model_validate(data)
         except Exception as e:
-            raise GateInputError(f"{path} is not a valid benchmark result: {str(e).splitlines()[0]}") from None
+            raise GateInputError(f"{path} is not a valid benchmark result: {first_line(e, with_type=False)}") from None
         art = Path(r.artifact)
         return Subject(str(path), r.artifact, r.latency, r.latency_source,
                        size_bytes=art.stat().st_size if art.is_file() else None)

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from edgeopt.errors import ConfigError
+from edgeopt.registry import split_ref
 
 MARKER = ".edgeopt"  # written into every output folder edgeopt uses: it may replace the files there
 MARKER_TEXT = "written by edgeopt: edgeopt may replace the files in this folder\n"
@@ -26,7 +27,7 @@ def spec_path(spec) -> Path | None:
         return None
     if Path(text).exists():
         return Path(text)
-    target = text.rpartition(":")[0]  # file.py:factory
+    target = split_ref(text)[0]  # file.py:factory
     return Path(target) if target and Path(target).is_file() else None
 
 

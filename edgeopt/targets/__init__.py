@@ -11,11 +11,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgeopt.errors import TargetError, one_line
 from edgeopt.registry import Registry
+from edgeopt.yamlfile import load_mapping
 
 
 def _profile_dir() -> Path:
@@ -111,14 +111,7 @@ def _parse(data: object, source: str) -> TargetProfile:
 
 
 def load_profile_file(path: Path) -> TargetProfile:
-    path = Path(path)
-    if not path.is_file():
-        raise TargetError(f"target profile {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested too deeply
-        raise TargetError(f"target profile {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    return _parse(data, str(path))
+    return _parse(load_mapping(path, "target profile", TargetError, "a mapping of fields"), str(path))
 
 
 @lru_cache(maxsize=1)

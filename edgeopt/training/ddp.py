@@ -1,6 +1,6 @@
 """Scale-out: when launched by `torchrun` (WORLD_SIZE > 1 in the environment) training runs under
 DistributedDataParallel, NCCL on GPUs and gloo on CPUs; otherwise it is single-process. Each rank trains on
-its own shard of the samples (a DistributedSampler in edgeopt.inputs.data.feed); gradients are averaged by
+its own shard of the samples (a DistributedSampler in edgeopt.inputs.data.epochs); gradients are averaged by
 DDP, so all ranks end with identical weights."""
 
 from __future__ import annotations

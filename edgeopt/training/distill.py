@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from edgeopt.measure.top1 import percent_correct
 from edgeopt.training.loop import FitResult, fit
 
 
@@ -32,12 +33,8 @@ def top1(model: nn.Module, data) -> float | None:
     if not items or any(not isinstance(b, (tuple, list)) or b[1] is None for b in items):
         return None
     model.eval()
-    correct = total = 0
     with torch.no_grad():
-        for x, y in items:
-            correct += int((model(x).argmax(1) == y).sum())
-            total += len(y)
-    return 100.0 * correct / total
+        return percent_correct((model(x), y) for x, y in items)
 
 
 def distill(student: nn.Module, teacher: nn.Module, train_data, kind="response", epochs: int = 3,

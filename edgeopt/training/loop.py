@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from edgeopt.errors import ConfigError, DataError
-from edgeopt.inputs.data.feed import TrainFeed
+from edgeopt.inputs.data.epochs import TrainFeed
 from edgeopt.inputs.feeding import run_model
-from edgeopt.inputs.structure import flatten_outputs
+from edgeopt.inputs.model_io import flatten_outputs
 from edgeopt.training import ddp
 from edgeopt.training.features import Capture, DistillStudent, make_adapters, match_layers
 from edgeopt.training.losses import (

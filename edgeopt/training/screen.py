@@ -15,7 +15,7 @@ from torch import nn
 from edgeopt.errors import ConfigError, DataError
 from edgeopt.inputs.data.batches import split_item
 from edgeopt.inputs.feeding import run_model
-from edgeopt.inputs.structure import flatten_outputs
+from edgeopt.inputs.model_io import flatten_outputs
 
 SCREEN_KINDS = ("response", "feature", "relation", "response+feature")
 # The screen must stay a small fraction of the fine-tuning it precedes: each kind trains one epoch on at most
@@ -72,13 +72,11 @@ def score(model: nn.Module, held: list, teacher: nn.Module) -> float:
         from edgeopt.measure.accuracy import fidelity
 
         return fidelity(_outputs(model, held), _outputs(teacher, held))
-    right = total = 0
+    from edgeopt.measure.top1 import percent_correct
+
     with torch.no_grad():
-        for x, y in held:
-            ref = y if y is not None else run_model(teacher, x).argmax(1)
-            right += int((run_model(model, x).argmax(1) == ref).sum())
-            total += len(ref)
-    return 100.0 * right / max(total, 1)
+        return percent_correct((run_model(model, x), y if y is not None else run_model(teacher, x).argmax(1))
+                               for x, y in held)
 
 
 def choose_kind(student: nn.Module, teacher: nn.Module, train_data, kinds: tuple[str, ...] = SCREEN_KINDS,

@@ -5,7 +5,7 @@ Every source ends as `Batches` (in memory) or `StreamBatches` (read batch by bat
 
 from edgeopt.inputs.data.batches import Batches, DataSplits, StreamBatches, default_workers
 from edgeopt.inputs.data.digits import DIGITS_SIZE, DIGITS_VAL_FRACTION, batchify, digits_data, digits_splits
-from edgeopt.inputs.data.feed import TrainFeed
+from edgeopt.inputs.data.epochs import TrainFeed
 from edgeopt.inputs.data.folder import IMAGE_SUFFIXES, ImageFiles, folder_splits, image_folder
 from edgeopt.inputs.data.transforms import Preprocess, make_preprocess
 from edgeopt.inputs.data.user import as_batches, calibration_sample, from_function

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from edgeopt.errors import DataError
+from edgeopt.errors import DataError, first_line
 from edgeopt.inputs.data.batches import Batches, DataSplits, StreamBatches
 from edgeopt.inputs.data.transforms import Preprocess, eval_transform, make_preprocess, train_transform
 from edgeopt.report import file_sha256
@@ -43,9 +43,9 @@ class ImageFiles(Dataset):
             with Image.open(f) as im:
                 return im.convert(self.mode)
         except Image.DecompressionBombError as e:  # a header claiming more pixels than PIL will decode
-            raise DataError(f"image {f} is too large to decode ({str(e).splitlines()[0]})") from None
+            raise DataError(f"image {f} is too large to decode ({first_line(e, with_type=False)})") from None
         except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise DataError(f"cannot read image {f}: {str(e).splitlines()[0]}") from None
+            raise DataError(f"cannot read image {f}: {first_line(e, with_type=False)}") from None
 
     def load_target(self, i: int):
         return self.targets[i]

@@ -12,7 +12,7 @@ import torch
 from edgeopt.errors import DataError
 from edgeopt.inputs.data.batches import Batches, StreamBatches, split_item
 from edgeopt.inputs.feeding import checked_columns, split_inputs_target
-from edgeopt.inputs.structure import Inputs
+from edgeopt.inputs.model_io import Inputs
 
 
 def checker(name: str, sample_shape: tuple[int, ...] | Inputs, num_classes: int | None = None):

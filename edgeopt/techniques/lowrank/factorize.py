@@ -15,7 +15,7 @@ from torch import nn
 
 from edgeopt.errors import ConfigError
 from edgeopt.hooks import forward_hooks
-from edgeopt.inputs.structure import Inputs, model_outputs
+from edgeopt.inputs.model_io import Inputs, model_outputs
 from edgeopt.techniques.lowrank.ranks import (
     cp_macs,
     energy_rank,
@@ -195,7 +195,7 @@ def factorize(model: nn.Module, example, method: str = "tucker", energy: float |
               min_params: int = 4096, table=None) -> tuple[nn.Module, dict]:
     """Return (factorized copy, record per layer: ranks, MACs before/after, energy kept, error; skipped).
     `example`: a tensor, a tuple of tensors or a dict name -> tensor. Every output keeps its shape
-    (each layer keeps its channel counts). `table`: a LatencyTable (edgeopt.measure.lut) whose runtime
+    (each layer keeps its channel counts). `table`: a LatencyTable (edgeopt.measure.latency_table) whose runtime
     decides: a Tucker layer whose three convs are not measured faster than the original conv is kept."""
     if method not in METHODS:
         raise ConfigError(f"factorize method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -288,7 +288,7 @@ def apply_factorize(model: nn.Module, example: torch.Tensor, config, data=None) 
     """Technique entry point (registry)."""
     table = None
     if config.lut_runtime:
-        from edgeopt.measure.lut import LatencyTable
+        from edgeopt.measure.latency_table import LatencyTable
 
         table = LatencyTable(runtime=config.lut_runtime)
     return factorize(model, example, method=config.method, energy=config.energy,

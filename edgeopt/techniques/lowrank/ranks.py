@@ -89,7 +89,7 @@ def not_faster(table, conv: nn.Conv2d, io, ranks, method: str = "tucker") -> str
     """Why the factorized layer is kept as it is on the table's runtime, or None when measured faster. Tucker-2:
     1x1 (in -> r_in), k x k (r_in -> r_out), 1x1 (r_out -> out); CP: 1x1 (in -> r), depthwise k x 1 and 1 x k
     (r), 1x1 (r -> out)."""
-    from edgeopt.measure.lut import signature
+    from edgeopt.measure.latency_table import signature
 
     shape, out_hw = io
     one = nn.Conv2d(1, 1, 1)

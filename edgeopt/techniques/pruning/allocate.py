@@ -16,7 +16,7 @@ from torch import nn
 
 from edgeopt.errors import PruningError
 from edgeopt.inputs.feeding import batch_inputs
-from edgeopt.inputs.structure import Inputs
+from edgeopt.inputs.model_io import Inputs
 
 CALIBRATION_RATIO = 0.5  # the pruned copy the table's whole-model fit is measured on: on the grid, far from 1
 
@@ -143,7 +143,7 @@ def prune_to_latency(model: nn.Module, example: torch.Tensor, latency_target: fl
                      precision: str = "fp32") -> tuple[nn.Module, dict]:
     """Prune to `latency_target` x the layers' time predicted by the table measured on `runtime` at
     `precision` (an INT8 candidate's widths come from the INT8 table: INT8 kernels favour other widths)."""
-    from edgeopt.measure.lut import RUNTIMES, LatencyTable
+    from edgeopt.measure.latency_table import RUNTIMES, LatencyTable
     from edgeopt.techniques.pruning.importance import importances, inputs_of
     from edgeopt.techniques.pruning.prune import prune
     from edgeopt.techniques.pruning.recon_scores import ReconImportance

@@ -19,7 +19,7 @@ from torch import fx, nn
 from edgeopt.errors import PruningError
 from edgeopt.hooks import forward_hooks
 from edgeopt.inputs.feeding import batch_inputs, run_model
-from edgeopt.inputs.structure import Inputs, flatten_outputs
+from edgeopt.inputs.model_io import Inputs, flatten_outputs
 
 _ADDS = {operator.add, operator.iadd, torch.add}
 # element-wise modules and functions that may follow the residual add (the block's output activation)
@@ -113,8 +113,9 @@ def _cost(model: nn.Module, reference: list, items: list, labelled: bool) -> flo
     """Accuracy drop in points (labelled data, a classifier) or the output gap to the original."""
     model.eval()
     if labelled:
-        correct = sum(int((run_model(model, x).argmax(1) == y).sum()) for x, y in items)
-        return -100.0 * correct / sum(len(y) for _, y in items)  # negated accuracy: lower is better
+        from edgeopt.measure.top1 import percent_correct
+
+        return -percent_correct((run_model(model, x), y) for x, y in items)  # negated accuracy: lower is better
     gaps = [_gap(run_model(model, x), ref) for (x, _), ref in zip(items, reference, strict=True)]
     return float(torch.stack(gaps).mean())
 

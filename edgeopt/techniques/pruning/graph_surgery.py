@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from edgeopt.hooks import forward_hooks
-from edgeopt.inputs.structure import Inputs, flatten_outputs
+from edgeopt.inputs.model_io import Inputs, flatten_outputs
 from edgeopt.techniques.pruning.importance import measured
 
 

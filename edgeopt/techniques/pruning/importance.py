@@ -14,7 +14,7 @@ from torch import nn
 from edgeopt.errors import PruningError
 from edgeopt.hooks import forward_hooks
 from edgeopt.inputs.feeding import run_model
-from edgeopt.inputs.structure import Inputs
+from edgeopt.inputs.model_io import Inputs
 from edgeopt.registry import Registry
 
 IMPORTANCE_NAMES = ("l2", "l1", "bn_scale", "taylor", "hrank", "fpgm", "random", "energy")

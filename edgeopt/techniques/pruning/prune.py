@@ -18,7 +18,7 @@ from torch import nn
 from edgeopt.errors import PruningError
 from edgeopt.hooks import forward_hooks
 from edgeopt.inputs.feeding import batch_inputs
-from edgeopt.inputs.structure import Inputs, model_outputs
+from edgeopt.inputs.model_io import Inputs, model_outputs
 from edgeopt.techniques.pruning.graph_surgery import PruneSpec, is_attention, output_layers, prune_module
 from edgeopt.techniques.pruning.importance import IMPORTANCE_NAMES, MeasuredImportance, importances, inputs_of, measured
 from edgeopt.timeout import time_limit

@@ -10,7 +10,7 @@ import torch
 
 from edgeopt.errors import DataError
 from edgeopt.inputs.data.batches import Batches, StreamBatches, iter_loader, split_item
-from edgeopt.inputs.structure import Inputs
+from edgeopt.inputs.model_io import Inputs
 
 
 def _tensor_like(y) -> bool:

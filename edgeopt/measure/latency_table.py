@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from edgeopt.formats import layer_timing_runtimes
-from edgeopt.measure.lut_sessions import PRECISIONS, call_overhead_ms, layer_inputs, make_layer, runner, time_ms
+from edgeopt.measure.layer_sessions import PRECISIONS, call_overhead_ms, layer_inputs, make_layer, runner, time_ms
 
 FRACTIONS = (1.0, 0.75, 0.5, 0.25)  # width grid, as fractions of the original width
 INT8_FRACTIONS = (1.0, 0.5)  # where the int8/fp32 ratio is measured (diagonal of the grid): ~1 s per point

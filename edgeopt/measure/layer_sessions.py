@@ -17,7 +17,7 @@ from torch import nn
 
 from edgeopt.hooks import forward_hooks
 from edgeopt.inputs.feeding import run_model
-from edgeopt.inputs.structure import Inputs
+from edgeopt.inputs.model_io import Inputs
 
 PRECISIONS = ("fp32", "int8")
 
