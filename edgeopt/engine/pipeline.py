@@ -18,6 +18,7 @@ import torch
 from edgeopt import __version__
 from edgeopt.config import RunConfig
 from edgeopt.decide.plan import Plan
+from edgeopt.decide.plan import plan as make_plan
 from edgeopt.decide.policy import QUICK_BENCH
 from edgeopt.decide.select import select
 from edgeopt.engine import distributed, holdout
@@ -25,11 +26,10 @@ from edgeopt.engine.build import Builder, export_options
 from edgeopt.engine.cache import CandidateCache, producer_parts
 from edgeopt.engine.choices import measured_choices
 from edgeopt.engine.measuring import architecture_table, latency, measure_all
-from edgeopt.engine.planning import plan_for
 from edgeopt.engine.prepare import Prepared, Progress, check_names, prepare, resolve_data
 from edgeopt.engine.search import Search, SearchResult
 from edgeopt.errors import ConfigError, DataError
-from edgeopt.formats import artifact_files, backend_for, device_commands
+from edgeopt.formats import BACKENDS, artifact_files, backend_for, device_commands, installed_runtimes
 from edgeopt.inputs.structure import Inputs, model_outputs
 from edgeopt.measure.accuracy import Metric, score, torch_predictions
 from edgeopt.measure.timing import BenchConfig
@@ -104,6 +104,25 @@ def run(config: RunConfig, model=None, example=None, eval_data=None, calib_data=
     report = _report(prep, found, threads, device, out_dir, t_start)
     write_all(report, out_dir)  # report.png, .json, .md and the self-contained .html, each once
     return report
+
+
+def plan_for(prep: Prepared, sensitivity: dict | None = None, architectures: list[dict] | None = None) -> Plan:
+    """The planner on a prepared run (what `edgeopt plan` prints and `optimize` searches): what the plan may
+    assume (calibration and training data, class labels for gradient criteria) comes from the resolved data
+    and the model's outputs, the runtimes from what is installed."""
+    return make_plan(prep.context, prep.profile, prep.summary, prep.local, installed_runtimes(),
+                     has_calib_data=prep.splits.calib is not None, has_train_data=prep.splits.train is not None,
+                     precisions_of_format={n: b.precisions for n, b in BACKENDS.items()}, sensitivity=sensitivity,
+                     architectures=architectures, has_class_labels=_class_labels(prep))
+
+
+def _class_labels(prep: Prepared) -> bool:
+    """Labelled training data for a classifier (one (N, classes) output): what gradient criteria need."""
+    train = prep.splits.train
+    if train is None or not train.labelled:
+        return False
+    outs = list(model_outputs(prep.loaded.model.eval(), prep.ex).values())
+    return len(outs) == 1 and outs[0].dim() == 2
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The prepare step `plan` and `optimize` share: context -> target -> model -> analyze -> data. What the
-planner may assume (calibration data, training data) comes from the resolved data, not a guess
-(engine/planning.py)."""
+planner may assume (calibration data, training data) comes from the resolved data, not a guess (the
+pipeline's `plan_for`)."""
 
 from __future__ import annotations
 
