@@ -11,7 +11,7 @@ import pytest
 import smallnet
 import torch
 
-from edgeopt.engine import distributed, pipeline, prepare
+from edgeopt.engine import distributed, pipeline
 from edgeopt.inputs.data import DataSplits
 from edgeopt.techniques import PruneConfig
 from edgeopt.training import ddp
@@ -58,7 +58,7 @@ def test_rank_0_releases_the_followers_when_it_fails(monkeypatch, tiny, example,
     def broken(*args, **kwargs):
         raise RuntimeError("planner bug")
 
-    monkeypatch.setattr(prepare, "make_plan", broken)
+    monkeypatch.setattr(pipeline, "make_plan", broken)
     with pytest.raises(RuntimeError, match="planner bug"):
         pipeline.optimize(tiny, example, out_dir=tmp_path / "out")
     assert sent == [None]  # the sentinel went out anyway

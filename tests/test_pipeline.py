@@ -33,6 +33,10 @@ def test_optimize_api_on_a_built_model(tmp_path, tiny_plain, example, fast_bench
     assert pruned and all(c.macs < report.baseline.macs for c in pruned)
     assert (tmp_path / "report.md").read_text().startswith("# edgeopt report")
     assert load_report(tmp_path / "report.json").chosen == report.chosen
+    # report.json is written once, with everything report.md and report.html show: the plot too
+    assert data["model"]["plot"] == "report.png" and (tmp_path / "report.png").is_file()
+    assert "![latency vs accuracy](report.png)" in (tmp_path / "report.md").read_text()
+    assert all(c["structure"] and c["format"] == "onnx" for c in [data["baseline"], *data["candidates"]])
     # the typed sections, and the config the run used (the model was passed in memory: not replayable as is)
     assert report.context.max_accuracy_drop == 100.0 and report.target.name and report.model.macs > 0
     used = edgeopt.load_config(tmp_path / "run.yaml")

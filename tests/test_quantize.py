@@ -145,8 +145,11 @@ def test_planner_proposes_quantized_candidates_and_selection_rejects_slower(tmp_
     assert "original@onnx-fp16" not in ids  # this target has no fp16 hardware
 
     def cand(cid, p50):
-        return Candidate(id=cid, runtime="onnxruntime", precision=cid.rsplit("-", 1)[1], status="ok",
-                         accuracy=1.0, latency_ms=LatencyStats(p50=p50, p90=p50, p99=p50, mean=p50, std=0, n=30))
+        structure, _, rest = cid.partition("@")
+        fmt, _, precision = rest.rpartition("-")
+        return Candidate(id=cid, structure=structure, format=fmt, runtime="onnxruntime", precision=precision,
+                         status="ok", accuracy=1.0,
+                         latency_ms=LatencyStats(p50=p50, p90=p50, p99=p50, mean=p50, std=0, n=30))
 
     report = Report(edgeopt_version="t", context={}, target={}, environment={},
                     baseline=cand("original@onnx-fp32", 2.0),

@@ -75,3 +75,42 @@ def test_report_sections_are_typed_and_json_keys_unchanged(tmp_path):
     assert data["target"] == {"name": "local", "kind": "cpu", "runtimes": [], "precisions": [], "detected": False}
     back = load_report(tmp_path / "report.json")
     assert back.model.info_extra == 3 and back.context == r.context
+
+
+def test_the_html_writer_reads_the_report_and_report_json_names_the_plot(tmp_path):
+    import json
+
+    from edgeopt.report.html import plot_file, write_all
+
+    r = _report()
+    before = r.model_dump(mode="json")
+    write_html_report(r, tmp_path / "h")
+    assert r.model_dump(mode="json") == before and r.model.plot is None  # never changed by the writer
+    assert "![latency vs accuracy](report.png)" in (tmp_path / "h" / "report.md").read_text()
+    # a run's report names its plot before anything is written: report.json has what report.md and .html show
+    r.model.plot = plot_file(r)
+    before = r.model_dump(mode="json")
+    path = write_all(r, tmp_path / "a")
+    assert r.model_dump(mode="json") == before
+    data = json.loads(path.read_text())
+    assert data["model"]["plot"] == "report.png" and (tmp_path / "a" / "report.png").is_file()
+    assert "![latency vs accuracy](report.png)" in (tmp_path / "a" / "report.md").read_text()
+    assert "data:image/png;base64," in (tmp_path / "a" / "report.html").read_text()
+    empty = r.model_copy(update={"baseline": None, "candidates": [], "chosen": None})
+    assert plot_file(empty) is None
+
+
+def test_candidates_carry_structure_and_format_and_old_reports_still_load(tmp_path):
+    import json
+
+    r = _report()
+    r.candidates[0].structure, r.candidates[0].format = "a", "onnx"
+    write_report(r, tmp_path)
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["candidates"][0]["structure"] == "a" and data["candidates"][0]["format"] == "onnx"
+    for c in [data["baseline"], *data["candidates"]]:  # a report written before the fields existed
+        c.pop("structure"), c.pop("format")
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    old = load_report(tmp_path / "old.json")
+    assert old.candidates[0].structure is None and old.candidates[0].format is None
+    assert old.chosen == "a@onnx-fp32"

@@ -7,7 +7,7 @@ from torch import nn
 
 from edgeopt.decide import policy
 from edgeopt.decide.plan import CandidateSpec, Plan
-from edgeopt.engine.screening import common_probes
+from edgeopt.engine.family_screening import common_probes
 from edgeopt.techniques import PruneConfig
 
 CRITERIA = ("l2", "fpgm", "energy", "l1")
@@ -38,7 +38,8 @@ def test_screening_keeps_the_best_measured_criteria_and_rejects_the_others_with_
     assert policy.SCREEN_KEEP == 2  # the numbers below assume it
     builder = FakeBuilder(tmp_path, _drops({"l2": 0.8, "fpgm": 0.5, "energy": 3.1, "l1": 2.0}))
     search = _search(tmp_path, builder, plan=_plan())
-    c = _by_id(search.run())
+    result = search.run()
+    c = _by_id(result)
     # one probe per criterion at the common level (the middle of the ladder), then only the kept are bisected
     probes = [b for b in builder.builds if b.endswith("30")]
     assert probes == ["prune-l230", "prune-fpgm30", "prune-energy30", "prune-l130"]
@@ -54,7 +55,7 @@ def test_screening_keeps_the_best_measured_criteria_and_rejects_the_others_with_
     assert decision.decision == "applied"
     for text in ("fpgm 0.50 pp", "l2 0.80 pp", "l1 2.00 pp", "energy 3.10 pp", "kept fpgm, l2"):
         assert text in decision.reason, decision.reason
-    summary = search.summary()["screening"]["prune-criterion"]
+    summary = result.summary()["screening"]["prune-criterion"]
     assert summary["kept"] == ["prune-fpgm", "prune-l2"] and summary["level"] == 0.3
     assert summary["drop_pp"]["prune-energy"] == 3.1
     assert all(x.status != "pending" for x in c.values())
@@ -100,10 +101,10 @@ def test_a_group_with_no_more_families_than_kept_is_bisected_without_screening(t
 
 
 def test_the_time_budget_stops_the_screening_and_says_so(tmp_path, monkeypatch):
-    from edgeopt.engine import search as search_mod
+    from edgeopt.engine import ledger
 
     clock = [0.0]
-    monkeypatch.setattr(search_mod.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(ledger.time, "perf_counter", lambda: clock[0])
     builder = FakeBuilder(tmp_path, _drops({}), clock=clock)
     search = _search(tmp_path, builder, plan=_plan(), time_budget_s=25)  # the original and two probes
     c = _by_id(search.run())

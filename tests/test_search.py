@@ -9,7 +9,7 @@ from torch import nn
 
 from edgeopt.config import make_context
 from edgeopt.decide.plan import CandidateSpec, Plan
-from edgeopt.engine import search as search_mod
+from edgeopt.engine import ledger
 from edgeopt.engine.build import Built
 from edgeopt.engine.cache import CandidateCache
 from edgeopt.engine.search import Search
@@ -107,18 +107,19 @@ def _plan(families=("prune",), precisions=("fp32",), qat_formats=(), fmt="onnx")
 def _search(tmp_path, builder, plan=None, t_start=0.0, **ctx):
     return Search(plan=plan or _plan(), context=make_context(**{"max_accuracy_drop": 1.0, **ctx}), builder=builder,
                   base_torch_acc=BASE_ACC, cache=CandidateCache(tmp_path, enabled=False), cache_parts=("t",),
-                  progress=Progress(), t_start=t_start, quick_latency=lambda cands: None)
+                  progress=Progress(), t_start=t_start, quick_latency=lambda cands, sessions: None)
 
 
-def _by_id(cands):
-    return {c.id: c for c in cands}
+def _by_id(result):
+    return {c.id: c for c in result.candidates}
 
 
 def test_bisection_settles_on_the_most_aggressive_level_within_budget_plus_margin(tmp_path):
     drops = dict(zip([f"prune{int(r * 100)}" for r in RATIOS], (0.1, 0.3, 0.6, 0.9, 1.5, 3.0), strict=True))
     builder = FakeBuilder(tmp_path, drops)
     search = _search(tmp_path, builder, plan=_plan(precisions=("fp32", "int8")))
-    c = _by_id(search.run())
+    result = search.run()
+    c = _by_id(result)
     # the original, then log2(7) screenings rather than 6 builds
     assert sorted(builder.builds) == ["original", "prune30", "prune40", "prune50"]
     assert c["prune40@onnx-fp32"].status == "ok"  # settled: drop 0.9 <= 1.0
@@ -128,7 +129,7 @@ def test_bisection_settles_on_the_most_aggressive_level_within_budget_plus_margi
     assert "milder than prune40" in c["prune10@onnx-fp32"].reason
     assert any("bisection kept prune40, margin prune30" in t for t in search.trace)
     # where the time went: every structure built and every candidate finished has its seconds
-    summary = search.summary()
+    summary = result.summary()
     assert set(builder.builds) - {"original"} <= set(summary["build_seconds"])
     assert all(v >= 0 for v in summary["build_seconds"].values())
     assert {"prune40@onnx-fp32", "prune30@onnx-fp32"} <= set(summary["finish_seconds"])
@@ -165,7 +166,7 @@ def test_early_stop_once_a_budget_is_met_with_margin(tmp_path):
 
 def test_time_budget_stops_the_search(tmp_path, monkeypatch):
     clock = [0.0]
-    monkeypatch.setattr(search_mod.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(ledger.time, "perf_counter", lambda: clock[0])
     builder = FakeBuilder(tmp_path, {}, clock=clock)
     search = _search(tmp_path, builder, plan=_plan(families=("prune", "factorize")), time_budget_s=15)
     c = _by_id(search.run())
@@ -178,7 +179,7 @@ def test_time_budget_spent_before_any_finish_still_offers_the_best_screened_stru
     """The budget runs out while the bisection is still building: the structure with the fewest MACs already
     screened within the accuracy budget is exported and measured anyway, one over the budget is not."""
     clock = [0.0]
-    monkeypatch.setattr(search_mod.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(ledger.time, "perf_counter", lambda: clock[0])
     drops = dict(zip([f"prune{int(r * 100)}" for r in RATIOS], (0.1, 0.3, 0.6, 0.9, 1.5, 3.0), strict=True))
     builder = FakeBuilder(tmp_path, drops, clock=clock)
     search = _search(tmp_path, builder, time_budget_s=25)

@@ -151,7 +151,7 @@ HOLDOUT_MIN_IMAGES = 20
 # A stratified split needs every class on both sides: a class with fewer images keeps the data whole.
 HOLDOUT_MIN_PER_CLASS = 2
 # Without held-out data the fidelity inputs are random: the test part is a second, independent draw of as many
-# inputs as the search's (prepare.fidelity_inputs draws 256).
+# inputs as the search's (engine/holdout.py: fidelity_inputs draws 256).
 FIDELITY_TEST_INPUTS = 256
 # z of the two-sided 95 % interval (Wilson score interval for a proportion; Wilson 1927), for test figures
 # that are a share of images (top-1, class agreement)

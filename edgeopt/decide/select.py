@@ -13,8 +13,12 @@ from edgeopt.errors import BackendMissingError, ConfigError, first_line
 from edgeopt.report import Candidate, Decision, Report
 
 
-def _twin_key(c: Candidate) -> str:
-    return c.id.rsplit("-", 1)[0]  # "prune30@openvino-bf16" -> "prune30@openvino"
+def _twin_key(c: Candidate) -> tuple[str, str] | None:
+    """The same model in the same format: what a reduced precision is compared with at fp32. None for a
+    candidate that does not record them (a report written before they were recorded): it has no twin."""
+    if c.structure is None or c.format is None:
+        return None
+    return c.structure, c.format
 
 
 def select(report: Report, context: DeployContext) -> None:
@@ -24,7 +28,7 @@ def select(report: Report, context: DeployContext) -> None:
         for c in pool:
             if c.status == "ok" and c.accuracy is not None and base.accuracy is not None:
                 c.accuracy_drop = round(base.accuracy - c.accuracy, 4)
-    fp32 = {_twin_key(c): c for c in pool if c.status == "ok" and c.precision == "fp32"}
+    fp32 = {_twin_key(c): c for c in pool if c.status == "ok" and c.precision == "fp32" and _twin_key(c)}
     for c in pool:
         if c.status != "ok":
             continue

@@ -80,8 +80,8 @@ def report_step(config) -> Step:
 
 
 def new_candidate(spec: CandidateSpec) -> Candidate:
-    return Candidate(id=spec.id, steps=[report_step(st) for st in spec.steps],
-                     runtime=backend_for(spec.format).runtime,
+    return Candidate(id=spec.id, structure=spec.structure, format=spec.format,
+                     steps=[report_step(st) for st in spec.steps], runtime=backend_for(spec.format).runtime,
                      precision=spec.precision, proposed_because=spec.reason)
 
 
@@ -128,6 +128,16 @@ def from_cache(cand: Candidate, entry: dict, out_dir: Path, threads: int | None
             setattr(cand, k, getattr(restored, k))
     cand.from_cache = True
     return True, session
+
+
+def export_options(config, target=None) -> dict | None:
+    """Options every candidate's export gets from the run config (a dynamic batch axis) and the target (the
+    TensorRT version of a target whose engines TensorRT builds from the ONNX: see formats.target_export_options)."""
+    from edgeopt.formats import target_export_options
+
+    options = {**({"dynamic_batch": True} if config.output.dynamic_batch else {}),
+               **(target_export_options(target) if target is not None else {})}
+    return options or None
 
 
 @dataclass

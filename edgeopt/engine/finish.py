@@ -1,52 +1,56 @@
-"""The part of the search that turns one structure into measured candidates: for each of its precisions,
+"""The finishing step of a search: turn one structure into measured candidates. For each of its precisions,
 restore from the cache or export, verify and evaluate on the runtime; an OpenVINO INT8 candidate that breaks
-the accuracy budget is retried with NNCF accuracy control. A mixin of engine.search.Search (whose state it
-reads): split out by concept, one class at run time."""
+the accuracy budget is retried with NNCF accuracy control. Its collaborators are handed in (engine/ledger.py:
+the candidates, the structures built, the stop clock; the builder, the cache): it never calls the search."""
 
 from __future__ import annotations
 
 import time
 
+from edgeopt.config import DeployContext
 from edgeopt.decide import policy
 from edgeopt.decide.plan import CandidateSpec
 from edgeopt.engine.build import Built, to_cache
-from edgeopt.engine.cache import key
-from edgeopt.errors import BackendMissingError, ConfigError, EdgeOptError, first_line
+from edgeopt.engine.cache import CandidateCache, key
+from edgeopt.engine.ledger import FATAL, Builds, Ledger, StopClock, why_failed
+from edgeopt.formats.base import Session
 from edgeopt.report import Candidate, Decision
 from edgeopt.techniques import TECHNIQUES
 
-# errors that no other candidate would escape (a bad configuration, a missing backend): the run stops and
-# says why instead of recording every candidate as failed
-FATAL = (ConfigError, BackendMissingError)
 
+class Finisher:
+    """Finishes structures: exports, verifies and evaluates their candidates, kept in `ledger`. Records the
+    runtime session of every ok candidate (`sessions`, for the latency measurement and the test split), the
+    seconds each candidate took (`seconds`), and its decisions (accuracy control) into `decisions`, the
+    search's list, so that the report keeps every decision in the order it was taken."""
 
-def why_failed(e: Exception) -> str:
-    if isinstance(e, EdgeOptError):
-        return str(e)
-    return first_line(e)
+    def __init__(self, ledger: Ledger, builds: Builds, clock: StopClock, builder, cache: CandidateCache,
+                 cache_parts: tuple, context: DeployContext, decisions: list[Decision], progress):
+        self.ledger, self.builds, self.clock, self.builder = ledger, builds, clock, builder
+        self.cache, self.cache_parts, self.context = cache, cache_parts, context
+        self.decisions, self.progress = decisions, progress
+        self.sessions: dict[str, Session] = {}
+        self.seconds: dict[str, float] = {}
+        self.finished_layouts: dict[str, str] = {}  # channel layout -> the first structure finished with it
 
-
-class Finishing:
-    """Per-structure half of Search: reads its plan, cands, specs, cache, builder and stop state."""
-
-    def _finish(self, structure: str) -> None:
-        for spec in self.specs[structure]:
-            if self._check_stop():
-                self._mark(spec.id, "rejected", self.stopped)
+    def finish(self, structure: str) -> None:
+        for spec in self.ledger.specs[structure]:
+            if self.clock.check():
+                self.ledger.mark(spec.id, "rejected", self.clock.reason)
                 continue
             t0 = time.perf_counter()
             self._finish_one(spec)  # builds if needed, exports, verifies, evaluates, measures
-            self.finish_seconds[spec.id] = round(time.perf_counter() - t0, 2)
+            self.seconds[spec.id] = round(time.perf_counter() - t0, 2)
             self.progress.advance()
-        if structure in self.layout_of:
-            self.finished_layouts.setdefault(self.layout_of[structure], structure)
+        if structure in self.builds.layout_of:
+            self.finished_layouts.setdefault(self.builds.layout_of[structure], structure)
 
     def _twin(self, spec: CandidateSpec) -> str | None:
-        twin = self.finished_layouts.get(self.layout_of.get(spec.structure, ""))
+        twin = self.finished_layouts.get(self.builds.layout_of.get(spec.structure, ""))
         return twin if twin is not None and twin != spec.structure else None
 
     def _finish_one(self, spec: CandidateSpec) -> None:
-        cand = self.cands[spec.id]
+        cand = self.ledger.cands[spec.id]
         if self._twin(spec):
             cand.status, cand.reason = "rejected", f"not tried: same channel layout as {self._twin(spec)}"
             return
@@ -61,7 +65,7 @@ class Finishing:
                 if session is not None:
                     self.sessions[cand.id] = session
                 return
-        b = self._build(spec.structure)
+        b = self.builds.get(spec.structure)
         if isinstance(b, Exception):
             cand.status, cand.reason = "failed", why_failed(b)
         elif self._twin(spec):
@@ -79,11 +83,11 @@ class Finishing:
     def _negligible(self, structure: str, b: Built) -> str | None:
         """Why a compressed structure is not worth exporting and measuring: it removes under policy.MIN_GAIN of
         the original's MACs and of its parameters (e.g. a factorization that only found the classifier head)."""
-        base = self.cands[self.plan.baseline_id]
-        if structure == self.plan.candidates[0].structure or structure in self.base_of or not (base.macs
-                                                                                           and base.params):
+        base = self.ledger.baseline
+        if structure == self.ledger.original or structure in self.builds.base_of or not (base.macs
+                                                                                        and base.params):
             return None
-        if not all(TECHNIQUES.get(st.technique).shrinks for st in self.specs[structure][0].steps):
+        if not all(TECHNIQUES.get(st.technique).shrinks for st in self.ledger.specs[structure][0].steps):
             return None  # sparse weights, another architecture: MACs and parameters do not say what it gains
         macs, params = 1 - b.macs / base.macs, 1 - b.params / base.params
         if max(macs, params) >= policy.MIN_GAIN:
@@ -95,7 +99,7 @@ class Finishing:
         """An OpenVINO INT8 candidate that breaks the accuracy budget is quantized again with NNCF's accuracy
         control, which keeps the most sensitive layers in float until the drop fits what the structure left
         of the budget. Needs labelled evaluation data; skipped once the time budget is spent."""
-        base, budget = self.cands[self.plan.baseline_id], self.context.max_accuracy_drop
+        base, budget = self.ledger.baseline, self.context.max_accuracy_drop
         if (spec.format != "openvino" or spec.precision != "int8" or base.accuracy is None
                 or not getattr(self.builder, "labelled", False)):
             return
@@ -105,11 +109,11 @@ class Finishing:
             ptq = "PTQ INT8 failed verification"
         else:
             return
-        fp32 = self.cands.get(spec.id.rsplit("-", 1)[0] + "-fp32")
+        fp32 = self.ledger.find(spec.structure, spec.format, "fp32")
         left = budget - (base.accuracy - fp32.accuracy if fp32 and fp32.accuracy is not None else 0.0)
         tech = f"accuracy_control@{spec.id}"
-        if left < 0 or self._check_stop():
-            why = self.stopped or f"the fp32 structure alone exceeds the {budget} pp budget"
+        if left < 0 or self.clock.check():
+            why = self.clock.reason or f"the fp32 structure alone exceeds the {budget} pp budget"
             self.decisions.append(Decision(technique=tech, decision="skipped", reason=f"{ptq}; {why}"))
             return
         before = cand.model_copy(deep=True)

@@ -1,4 +1,5 @@
-"""The held-out data, split once per run into a selection part and a test part (decide/policy.py: HOLDOUT_*).
+"""The held-out data: how it is scored (`metric_for`), random inputs when there is none (fidelity), and its
+split, once per run, into a selection part and a test part (decide/policy.py: HOLDOUT_*).
 
 Everything the search decides with (screening, bisection, accuracy control, sensitivity, `select`) reads the
 selection part only. The test part is touched once, after the search: for the baseline, the chosen candidate
@@ -21,9 +22,10 @@ from edgeopt.config import RunContext
 from edgeopt.decide import policy
 from edgeopt.decide.select import judge_on_test
 from edgeopt.engine.build import evaluate_candidate
+from edgeopt.errors import DataError
 from edgeopt.inputs.data import Batches, StreamBatches
-from edgeopt.inputs.model_io import Inputs
-from edgeopt.measure.accuracy import torch_predictions
+from edgeopt.inputs.model_io import Inputs, output_layout
+from edgeopt.measure.accuracy import Metric, default_metric, load_metric, torch_predictions
 from edgeopt.report import Candidate, Decision, Report, TestSplit
 
 NO_TEST_NOTE = "test split: none — the reported accuracy is the one the search optimized on"
@@ -128,9 +130,27 @@ def take(data: Batches | StreamBatches, idx: list[int], key: str | None) -> Batc
     return _take_stream(data, idx, key) if isinstance(data, StreamBatches) else _take_batches(data, idx, key)
 
 
+def metric_for(spec, eval_b: Batches | StreamBatches, net, ex: Inputs) -> Metric:
+    """The user's metric (--metric / metric=) on labelled held-out data, else what the labels allow."""
+    if spec is None:
+        return default_metric(eval_b)
+    if not eval_b.labelled:
+        raise DataError("--metric needs held-out data with targets: pass --data (module:function returning "
+                        "'eval' as (inputs, targets) batches) or eval_data=...")
+    with torch.no_grad():
+        layout = output_layout(ex.call(net))
+    return load_metric(spec, layout)
+
+
+def fidelity_inputs(ex: Inputs, n: int, seed: int) -> Batches:
+    """Random held-out inputs (every named input) when there is no evaluation data."""
+    x = ex.fresh(torch.Generator().manual_seed(seed + 1), batch=n)
+    return Batches([(x.first if x.single else x, None)])
+
+
 def fresh_inputs(ex: Inputs, n: int, seed: int) -> Batches:
     """Random test inputs for fidelity without held-out data: an independent draw (the search's inputs come
-    from prepare.fidelity_inputs with another seed)."""
+    from `fidelity_inputs` with another seed)."""
     x = ex.fresh(torch.Generator().manual_seed(seed + 2), batch=n)
     return Batches([(x.first if x.single else x, None)])
 

@@ -9,7 +9,7 @@ from edgeopt.config import RunConfig
 from edgeopt.inputs.model_io import Inputs
 from edgeopt.measure.roofline import estimate_stats
 from edgeopt.measure.timing import BenchConfig, measure
-from edgeopt.report import Candidate, Report
+from edgeopt.report import Candidate
 
 
 def latency(cands: list[Candidate], sessions: dict, measure_locally: bool, profile, ex: Inputs,
@@ -28,24 +28,25 @@ def latency(cands: list[Candidate], sessions: dict, measure_locally: bool, profi
             c.latency_source = "estimated"
 
 
-def measure_all(report: Report, sessions: dict, measure_locally: bool, prep, out_dir: Path, config: RunConfig,
-             bench_config: BenchConfig, device_token: str | None, progress) -> None:
-    """Latency of every ok candidate: on a remote `edgeopt agent` (--device), interleaved here, or estimated."""
+def measure_all(cands: list[Candidate], sessions: dict, measure_locally: bool, prep, out_dir: Path,
+                config: RunConfig, bench_config: BenchConfig, device_token: str | None, progress) -> dict | None:
+    """Latency of every ok candidate: on a remote `edgeopt agent` (--device), interleaved here, or estimated.
+    Returns what report.json's environment says about the remote device, None when measured here."""
     device = config.measure.device
     progress.stage("measuring latency" if measure_locally or device else "estimating latency")
-    ok = [c for c in report.candidates if c.status == "ok"]
+    ok = [c for c in cands if c.status == "ok"]
     if device and ok:  # measured on an `edgeopt agent`, not here
         from edgeopt.remote import read_token_file
         from edgeopt.remote.client import measure_candidates
 
         if device_token is None and config.measure.token_file:
             device_token = read_token_file(config.measure.token_file)
-        report.environment["device"] = measure_candidates(
+        return measure_candidates(
             ok, out_dir, prep.profile.runtimes, device, device_token or "",
             tuple(prep.ex.first.shape) if prep.ex.single else prep.ex.shapes,
             prep.context.threads, bench_config.max_time_s, tensorrt=prep.profile.tensorrt)
-    else:
-        latency(ok, sessions, measure_locally, prep.profile, prep.ex, bench_config)
+    latency(ok, sessions, measure_locally, prep.profile, prep.ex, bench_config)
+    return None
 
 
 def architecture_table(prep, progress, seconds: float = 4.0) -> list[dict] | None:

@@ -1,5 +1,6 @@
-"""The prepare step `plan` and `optimize` share: context -> target -> model -> analyze -> data -> metric.
-What the planner may assume (calibration data, training data) comes from the resolved data, not a guess."""
+"""The prepare step `plan` and `optimize` share: context -> target -> model -> analyze -> data. What the
+planner may assume (calibration data, training data) comes from the resolved data, not a guess (the
+pipeline's `plan_for`)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from pydantic import ValidationError
 
 from edgeopt.config import DataOptions, RunConfig, RunContext
-from edgeopt.decide.plan import plan as make_plan
 from edgeopt.errors import ConfigError, DataError, one_line
-from edgeopt.formats import BACKENDS, installed_runtimes, target_export_options
+from edgeopt.formats import BACKENDS
 from edgeopt.inputs.analyze import analyze
 from edgeopt.inputs.data import (
-    Batches,
     DataSplits,
     as_batches,
     calibration_sample,
@@ -25,9 +23,8 @@ from edgeopt.inputs.data import (
     from_function,
     make_preprocess,
 )
-from edgeopt.inputs.model_io import Inputs, model_outputs, output_layout
+from edgeopt.inputs.model_io import Inputs
 from edgeopt.inputs.models import LoadedModel, load_model
-from edgeopt.measure.accuracy import Metric, default_metric, load_metric
 from edgeopt.registry import Registry
 from edgeopt.targets import TargetProfile, detect_local, load_target
 from edgeopt.techniques import TECHNIQUES
@@ -154,23 +151,6 @@ def check_inputs(inputs, in_memory: bool = False) -> None:
         raise DataError(f"--data {data}: too few images to hold out {opts.val_split:.0%} for evaluation")
 
 
-def plan_for(prep: Prepared, sensitivity: dict | None = None, architectures: list[dict] | None = None):
-    """The planner on a prepared run (what `edgeopt plan` prints and `optimize` searches)."""
-    return make_plan(prep.context, prep.profile, prep.summary, prep.local, installed_runtimes(),
-                     has_calib_data=prep.splits.calib is not None, has_train_data=prep.splits.train is not None,
-                     precisions_of_format={n: b.precisions for n, b in BACKENDS.items()}, sensitivity=sensitivity,
-                     architectures=architectures, has_class_labels=_class_labels(prep))
-
-
-def _class_labels(prep: Prepared) -> bool:
-    """Labelled training data for a classifier (one (N, classes) output): what gradient criteria need."""
-    train = prep.splits.train
-    if train is None or not train.labelled:
-        return False
-    outs = list(model_outputs(prep.loaded.model.eval(), prep.ex).values())
-    return len(outs) == 1 and outs[0].dim() == 2
-
-
 def resolve_data(spec: str, data, calib_data, train_data, eval_data, sample_shape, num_classes,
                  data_options: dict | DataOptions | None = None, progress: Progress | None = None) -> DataSplits:
     """--data digits | image folder (+ --masks folder) | module:function, or the API's batches / Datasets /
@@ -226,42 +206,3 @@ def _data_options(options) -> DataOptions:
         return DataOptions(**{k: v for k, v in (options or {}).items() if v is not None})
     except ValidationError as e:
         raise one_line(e, "invalid data option", DataOptions) from None
-
-
-def export_options(config: RunConfig, target: TargetProfile | None = None) -> dict | None:
-    """Options every candidate's export gets from the run config (a dynamic batch axis) and the target (the
-    TensorRT version of a target whose engines TensorRT builds from the ONNX: see formats.target_export_options)."""
-    options = {**({"dynamic_batch": True} if config.output.dynamic_batch else {}),
-               **(target_export_options(target) if target is not None else {})}
-    return options or None
-
-
-def batch_note(config: RunConfig, ex: Inputs) -> dict:
-    """What report.json's environment says about the batch: the size latency is measured at, and whether the
-    artifacts take any batch size."""
-    if not config.output.dynamic_batch:
-        return {}
-    return {"batch": f"{ex.batch} (artifacts have a dynamic batch axis; latency measured at batch {ex.batch}, "
-                     "the example's)"}
-
-
-def fidelity_inputs(ex: Inputs, n: int, seed: int) -> Batches:
-    """Random held-out inputs (every named input) when there is no evaluation data."""
-    x = ex.fresh(torch.Generator().manual_seed(seed + 1), batch=n)
-    return Batches([(x.first if x.single else x, None)])
-
-
-def metric_for(spec, eval_b: Batches, net, ex: Inputs) -> Metric:
-    """The user's metric (--metric / metric=) on labelled held-out data, else what the labels allow."""
-    if spec is None:
-        return default_metric(eval_b)
-    if not eval_b.labelled:
-        raise DataError("--metric needs held-out data with targets: pass --data (module:function returning "
-                        "'eval' as (inputs, targets) batches) or eval_data=...")
-    with torch.no_grad():
-        layout = output_layout(ex.call(net))
-    return load_metric(spec, layout)
-
-
-def output_shapes(net, ex: Inputs) -> dict[str, list[int]]:
-    return {k: list(v.shape) for k, v in model_outputs(net, ex).items()}

@@ -135,6 +135,10 @@ class Candidate(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     id: str
+    # the model-stage steps' key (candidates sharing it share one model) and the export format; None in a
+    # report written before they were recorded
+    structure: str | None = None
+    format: str | None = None
     steps: list[Step] = Field(default_factory=list)
     status: Literal["ok", "rejected", "failed", "pending"] = "pending"
     reason: str = ""

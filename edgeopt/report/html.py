@@ -12,9 +12,11 @@ import html
 import io
 from pathlib import Path
 
-from edgeopt.report import Candidate, Report, write_atomic
+from edgeopt.report import Candidate, Report, write_atomic, write_report
 from edgeopt.report.headline import accuracy_line, speed_line
 from edgeopt.report.markdown import TABLE_HEADER, candidate_row, to_markdown
+
+PLOT_FILE = "report.png"  # next to report.json; report.md links it, report.html embeds it
 
 
 def _points(report: Report) -> list[Candidate]:
@@ -30,6 +32,11 @@ def pareto_front(cands: list[Candidate]) -> list[Candidate]:
             front.append(c)
             best_acc = c.accuracy
     return front
+
+
+def plot_file(report: Report) -> str | None:
+    """The plot's file name when the report has anything to plot (a candidate with latency and accuracy)."""
+    return PLOT_FILE if _points(report) else None
 
 
 def scatter_png(report: Report) -> bytes | None:
@@ -120,11 +127,26 @@ wall time {e(str(report.wall_time_s))} s</p>
 
 
 def write_html_report(report: Report, out_dir: Path) -> None:
-    """report.png (when anything was measured), report.md linking it, and self-contained report.html."""
+    """report.png (when anything was measured), report.md linking it, and self-contained report.html. Reads
+    the report, never changes it: one that does not name its plot yet (built by hand) is shown as if it did."""
+    out_dir = Path(out_dir)
+    png = scatter_png(report)
+    shown = report
+    if png is not None:
+        write_atomic(out_dir / PLOT_FILE, png)
+        if report.model.plot != PLOT_FILE:
+            shown = report.model_copy(update={"model": report.model.model_copy(update={"plot": PLOT_FILE})})
+    write_atomic(out_dir / "report.md", to_markdown(shown))
+    write_atomic(out_dir / "report.html", to_html(shown, png))
+
+
+def write_all(report: Report, out_dir: Path) -> Path:
+    """Every file of a run's report, each written once from the finished report (which names its plot:
+    `plot_file`): report.png, report.json, report.md, report.html. Returns report.json's path."""
     out_dir = Path(out_dir)
     png = scatter_png(report)
     if png is not None:
-        write_atomic(out_dir / "report.png", png)
-        report.model["plot"] = "report.png"
-    write_atomic(out_dir / "report.md", to_markdown(report))
+        write_atomic(out_dir / PLOT_FILE, png)
+    path = write_report(report, out_dir)  # report.json and report.md
     write_atomic(out_dir / "report.html", to_html(report, png))
+    return path

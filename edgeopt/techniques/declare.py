@@ -139,7 +139,7 @@ def step_records(candidates, technique: str) -> Iterator[tuple[str, dict]]:
     for c in candidates:
         if not c.steps:
             continue
-        structure = c.id.split("@")[0]
+        structure = c.structure or c.id.split("@")[0]  # reports written before candidates carried it
         for s in c.steps:
             rec = s.params.get("record") if isinstance(s.params, dict) else None
             if s.technique == technique and isinstance(rec, dict) and structure not in seen:

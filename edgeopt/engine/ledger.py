@@ -1,0 +1,161 @@
+"""What a search has done so far, shared by its driver (engine/search.py) and its finishing step
+(engine/finish.py), each handed these objects instead of reaching into the other: the candidates by id and
+their specs by structure (`Ledger`), each structure built once (`Builds`), and when to stop (`StopClock`).
+
+A candidate that fails to build is data in the report (`why_failed` says why in one line); an error no other
+candidate would escape (FATAL: a bad configuration, a missing backend) is raised."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from torch import nn
+
+from edgeopt.decide.plan import CandidateSpec, Plan
+from edgeopt.engine.build import Built, new_candidate
+from edgeopt.errors import BackendMissingError, ConfigError, EdgeOptError, first_line
+from edgeopt.report import Candidate
+
+# errors that no other candidate would escape (a bad configuration, a missing backend): the run stops and
+# says why instead of recording every candidate as failed
+FATAL = (ConfigError, BackendMissingError)
+
+
+def why_failed(e: Exception) -> str:
+    if isinstance(e, EdgeOptError):
+        return str(e)
+    return first_line(e)
+
+
+def layout(model: nn.Module) -> str:
+    """The channel layout of a model (its parameter shapes): two structures with the same one are one model."""
+    shapes = [(n, tuple(p.shape)) for n, p in model.state_dict().items()]
+    return hashlib.sha256(repr(shapes).encode()).hexdigest()[:16]
+
+
+class Ledger:
+    """The candidates of a plan by id, their specs by structure (planner order), and their status changes."""
+
+    def __init__(self, plan: Plan, progress):
+        self.cands: dict[str, Candidate] = {s.id: new_candidate(s) for s in plan.candidates}
+        self.specs: dict[str, list[CandidateSpec]] = {}
+        for s in plan.candidates:
+            self.specs.setdefault(s.structure, []).append(s)
+        self.baseline_id = plan.baseline_id
+        self.original = plan.candidates[0].structure  # the structure with no model-stage step
+        self.progress = progress
+
+    @property
+    def baseline(self) -> Candidate:
+        return self.cands[self.baseline_id]
+
+    def add(self, spec: CandidateSpec) -> None:
+        """A candidate the search decided on by measurement (QAT): its own structure."""
+        self.specs[spec.structure] = [spec]
+        self.cands[spec.id] = new_candidate(spec)
+
+    def find(self, structure: str, format: str, precision: str) -> Candidate | None:
+        spec = next((s for s in self.specs.get(structure, ()) if s.format == format and s.precision == precision),
+                    None)
+        return None if spec is None else self.cands[spec.id]
+
+    def mark(self, cid: str, status: str, reason: str) -> None:
+        """Settle a pending candidate (one step of progress); a settled one keeps its status."""
+        c = self.cands[cid]
+        if c.status == "pending":
+            c.status, c.reason = status, reason
+            self.progress.advance()
+
+
+class Builds:
+    """Each structure built once, on the original model or on the structure it is based on (`base_of`: QAT of a
+    pruned model), with its channel layout and build time; a failed build is kept as its exception."""
+
+    def __init__(self, builder, ledger: Ledger, progress,
+                 announce: Callable[[str, list, str | None], None] | None = None):
+        self.builder, self.ledger, self.progress, self.announce = builder, ledger, progress, announce
+        self.built: dict[str, Built | Exception] = {}
+        self.seconds: dict[str, float] = {}
+        self.layout_of: dict[str, str] = {}
+        self.base_of: dict[str, str] = {}  # structure -> the structure it is built on (QAT)
+
+    def failure(self, structure: str) -> str | None:
+        b = self.built.get(structure)
+        return why_failed(b) if isinstance(b, Exception) else None
+
+    def ready(self, structure: str) -> Built | None:
+        """The structure when it was built without failing; None otherwise (never builds)."""
+        b = self.built.get(structure)
+        return None if b is None or isinstance(b, Exception) else b
+
+    def count(self) -> int:
+        return sum(1 for b in self.built.values() if not isinstance(b, Exception))
+
+    def get(self, structure: str) -> Built | Exception:
+        """The structure, built on first use."""
+        if structure not in self.built:
+            self.progress.log(f"building {structure}")
+            t0 = time.perf_counter()
+            specs = self.ledger.specs
+            spec = specs[structure][0]
+            base, steps = self.base_of.get(structure), spec.steps
+            try:
+                start = self.builder.net
+                if base is not None:  # built on top of another structure (QAT of a pruned model)
+                    built = self.get(base)
+                    if isinstance(built, Exception):
+                        raise built
+                    start, steps = built.model, spec.steps[len(specs[base][0].steps):]
+                if self.announce is not None:
+                    self.announce(structure, steps, base)
+                b = self.builder.build(start, spec.model_copy(update={"steps": steps}))
+                if base is not None:
+                    b.records = self.built[base].records + b.records
+                self.layout_of[structure] = layout(b.model)
+            except FATAL:
+                raise
+            except Exception as e:  # one candidate's failure is data in the report, not a crash
+                b = e
+            self.built[structure] = b
+            self.seconds[structure] = round(time.perf_counter() - t0, 2)  # where a search's time goes
+        return self.built[structure]
+
+
+class StopClock:
+    """When the search stops: --time-budget spent, or a budget met with margin (`stop`). While `grace` holds
+    (finishing the best screened structure after the time ran out), nothing stops. Each stop is traced."""
+
+    def __init__(self, time_budget_s: float | None, t_start: float, trace: list[str]):
+        self.time_budget_s, self.t_start, self.trace = time_budget_s, t_start, trace
+        self.reason: str | None = None  # why the candidates not tried were not tried
+        self.out_of_time = False  # stopped by --time-budget (not by a met latency/size budget)
+        self._grace = False
+
+    def check(self) -> bool:
+        """Stopped? (and stop now when the time budget has run out)."""
+        if self._grace:
+            return False
+        budget = self.time_budget_s
+        if not self.reason and budget and time.perf_counter() - self.t_start > budget:
+            self.out_of_time = True
+            self.stop(f"not tried: --time-budget of {budget:g} s exhausted")
+        return self.reason is not None
+
+    def stopped(self) -> str | None:
+        """Why the search stopped, when it has (checks the clock first)."""
+        return self.reason if self.check() else None
+
+    def stop(self, reason: str) -> None:
+        self.reason = reason
+        self.trace.append(reason)
+
+    @contextmanager
+    def grace(self) -> Iterator[None]:
+        self._grace = True
+        try:
+            yield
+        finally:
+            self._grace = False
