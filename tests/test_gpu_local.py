@@ -46,6 +46,18 @@ def test_plan_measures_a_gpu_target_on_its_own_gpu(monkeypatch):
     assert not elsewhere.measure_locally and {c.format for c in elsewhere.candidates} == {"onnx"}
 
 
+def test_a_local_gpu_without_tensorrt_is_estimated_not_timed_on_the_cpu(monkeypatch):
+    """ONNX Runtime without TensorRT runs on the CPU: its latency must not stand in for the GPU's."""
+    local = _local_with(monkeypatch, "NVIDIA Jetson AGX Orin Developer Kit")
+    summary = ModelSummary(params=1_000_000, macs=100_000_000, input_shape=[1, 3, 64, 64], num_outputs=10,
+                           prunable_groups=12, min_channels=64, layers={"conv": 10, "linear": 1})
+    ctx = make_context(target="jetson-agx-orin")
+    planned = plan(ctx, load_target("jetson-agx-orin"), summary, local, ["onnxruntime", "openvino"],
+                   has_calib_data=True)
+    assert not planned.measure_locally
+    assert any("TensorRT is not installed" in n and "estimated" in n for n in planned.notes)
+
+
 def test_real_device_query_needs_cuda():
     if torch.cuda.is_available():
         assert host_mod.gpu_device()

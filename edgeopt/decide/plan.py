@@ -124,7 +124,14 @@ def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, l
         for t in context.techniques:
             TECHNIQUES.canonical(t)  # unknown technique names are errors, with did-you-mean
     here = runs_here(target, local)
-    if here and not target.detected:
+    if here and target.kind == "gpu" and "tensorrt" not in installed_runtimes:
+        # ONNX Runtime here runs on the CPU provider: timing it would pass a CPU's latency off as the GPU's
+        here = False
+        notes.append(f"this host has {target.name}'s GPU ({local.arch}) but TensorRT is not installed "
+                     "(the `tensorrt` package): latencies are estimated, not timed on the CPU")
+    elif here and target.kind == "gpu" and not target.detected:
+        notes.append(f"{target.name} is measured on this host's GPU ({local.arch})")
+    elif here and not target.detected:
         notes.append(f"{target.name} is measured on this machine ({local.description}), whose ISA is a "
                      "superset of the target's: treat speedups as an upper bound")
 
