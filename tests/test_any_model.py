@@ -318,8 +318,8 @@ def test_int8_export_of_two_inputs(tmp_path, fmt):
 def test_user_data_for_two_inputs():
     """Batches of a two-input model: (image, mask), {"image", "mask"}, ((image, mask), y) and a Dataset of
     such samples all become named Inputs; a lone tensor is refused naming what the model takes."""
-    from edgeopt.engine.prepare import resolve_data
     from edgeopt.errors import DataError
+    from edgeopt.inputs.data import resolve_data
 
     ex = Inputs.of(PAIR, TwoInputs())
     (a, b), = _pairs(1, 2, size=6)

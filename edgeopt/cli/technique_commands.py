@@ -148,7 +148,7 @@ def _check_prune_flags(**fields) -> None:
         PruneConfig(**fields)
     except ValidationError as e:
         loc = e.errors()[0].get("loc") or ("",)
-        raise one_line(e, "prune", where=_PRUNE_FLAGS.get(str(loc[0]), str(loc[0]))) from None
+        raise one_line(e, "edgeopt prune", where=_PRUNE_FLAGS.get(str(loc[0]), str(loc[0]))) from None
     if not math.isfinite(fields["timeout_s"]):
         raise ConfigError(f"--timeout must be a finite number of seconds, got {fields['timeout_s']}")
 
