@@ -138,7 +138,7 @@ def _renamed(**old_to_new: str):
 
 def _batches(data, example_inputs=None):
     """The caller's batches as the techniques read them: Batches / StreamBatches as they are; any other iterable
-    of inputs or (inputs, target) items (a list, a Dataset, a DataLoader) gathered into Batches."""
+    of batches, inputs or (inputs, target) (a list, a DataLoader), gathered into Batches."""
     if data is None or (hasattr(data, "items") and hasattr(data, "labelled")):
         return data
     from edgeopt.inputs.data import Batches
@@ -154,7 +154,7 @@ def apply(model, example_inputs, config, data=None, *, train_data=None, teacher=
     ratio=0.3)`) or a dict naming it (`{"technique": "prune", "ratio": 0.3}`; validated, an unknown technique
     is an UnknownNameError with did-you-mean). `data`: batches the technique reads (calibration, scoring);
     `train_data`: batches a retraining technique trains on, distilled from `teacher` (default: `model`).
-    Batches are lists of tensors or (inputs, target) pairs, Datasets, DataLoaders or edgeopt Batches."""
+    Batches: a list of tensors or (inputs, target) pairs, a DataLoader, or edgeopt Batches."""
     from edgeopt.techniques import apply_step
 
     small, record = apply_step(model, example_inputs, config, _batches(data, example_inputs), teacher=teacher,
