@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError, dataclass, field
 from typing import Any
 
 
@@ -26,9 +26,9 @@ def _deprecated(message: str) -> None:
     warnings.warn(message + " (deprecated; removed in the next release)", DeprecationWarning, stacklevel=3)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Applied:
-    """A technique's result: `model` (a new model, or the one given where the technique works in place) and
+    """A technique's result (read-only): `model` (a new model, or the one given where the technique works in place) and
     `record`, what it did (per layer, what was skipped and why). Old code that used the result as the model
     (`result(x)`, `result.edgeopt_record`), unpacked it (`model, record = result`) or read a record from it
     (`result["sparsity"]`) still works for one release, with a DeprecationWarning."""
@@ -41,7 +41,7 @@ class Applied:
         return self._old if self._old is not None and not isinstance(self._old, tuple) else self.model
 
     def __getattr__(self, name: str):
-        if name.startswith("__") or name in ("model", "record", "_old"):
+        if name in ("model", "record", "_old"):  # not set yet (a copy being rebuilt): no model to ask
             raise AttributeError(name)
         target = self._legacy()
         if name == "edgeopt_record" and target is self.model:
@@ -49,6 +49,23 @@ class Applied:
             return self.record
         _deprecated(f"result.{name}: the result is an edgeopt.Applied, use result.model.{name} / result.record")
         return getattr(target, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        # read-only once built (frozen by hand: a frozen dataclass could not forward attributes that old code,
+        # e.g. a MAC counter, sets on what it took for the model)
+        if name in ("model", "record", "_old"):
+            if name in self.__dict__:
+                raise FrozenInstanceError(f"cannot assign to field {name!r}")
+            object.__setattr__(self, name, value)
+            return
+        _deprecated(f"setting result.{name}: use result.model.{name}")
+        setattr(self._legacy(), name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name in ("model", "record", "_old"):
+            raise FrozenInstanceError(f"cannot delete field {name!r}")
+        _deprecated(f"deleting result.{name}: use result.model")
+        delattr(self._legacy(), name)
 
     def __call__(self, *args, **kwargs):
         _deprecated("calling the result: use result.model(...)")
