@@ -318,8 +318,8 @@ def test_int8_export_of_two_inputs(tmp_path, fmt):
 def test_user_data_for_two_inputs():
     """Batches of a two-input model: (image, mask), {"image", "mask"}, ((image, mask), y) and a Dataset of
     such samples all become named Inputs; a lone tensor is refused naming what the model takes."""
-    from edgeopt.engine.prepare import resolve_data
     from edgeopt.errors import DataError
+    from edgeopt.inputs.data import resolve_data
 
     ex = Inputs.of(PAIR, TwoInputs())
     (a, b), = _pairs(1, 2, size=6)
@@ -545,17 +545,17 @@ def test_fine_tuning_distills_every_output_of_a_segmenter():
     train = [torch.randn(8, 3, 32, 32, generator=g) for _ in range(6)]
     held = [torch.randn(8, 3, 32, 32, generator=g) for _ in range(2)]
     recalibrate_bn(teacher, train)  # BN statistics of the data, as a trained model has
-    student = prune(teacher, X, ratio=0.6)
+    student = prune(teacher, X, ratio=0.6).model
     before = _gap(student, teacher, held)
     r = fit(student, train, teacher=teacher, epochs=8, lr=0.01, kind="response")
     after = _gap(student, teacher, held)
     assert r.losses[-1] < r.losses[0] and after < 0.7 * before, (before, after)
     masks = [(x, (torch.rand(8, 32, 32, generator=g) * 4).long()) for x in train]
-    alone = prune(teacher, X, ratio=0.6)
+    alone = prune(teacher, X, ratio=0.6).model
     r = fit(alone, masks, teacher=None, epochs=2, lr=0.01)  # cross-entropy on "out" against the masks
     assert all(np.isfinite(r.losses)) and r.losses[-1] < 2.0
     with pytest.raises(DataError, match=r"labels that fit one of the model's outputs \(out, aux\)"):
-        fit(prune(teacher, X, ratio=0.6), [(x, torch.zeros(8, 7, 7).long()) for x in train], epochs=1)
+        fit(prune(teacher, X, ratio=0.6).model, [(x, torch.zeros(8, 7, 7).long()) for x in train], epochs=1)
 
 
 def test_fine_tuning_feeds_several_inputs_and_the_kind_screen_scores_fidelity():
@@ -568,11 +568,11 @@ def test_fine_tuning_feeds_several_inputs_and_the_kind_screen_scores_fidelity():
     ex = Inputs.of(PAIR, teacher)
     data = [(ex.conform(p), None) for p in _pairs(6, 0)]
     recalibrate_bn(teacher, [x for x, _ in data])  # BN statistics of the data, as a trained model has
-    student = prune(teacher, PAIR, ratio=0.5)
+    student = prune(teacher, PAIR, ratio=0.5).model
     before = _gap(student, teacher, [x for x, _ in data[4:]])
     r = fit(student, data[:4], teacher=teacher, epochs=4, lr=0.01)
     assert r.losses[-1] < r.losses[0] and _gap(student, teacher, [x for x, _ in data[4:]]) < before
-    kind, rec = choose_kind(prune(teacher, PAIR, ratio=0.5), teacher, data)
+    kind, rec = choose_kind(prune(teacher, PAIR, ratio=0.5).model, teacher, data)
     assert rec["metric"] == "fidelity_to_teacher" and kind in rec["scores"]
     assert "relation" in rec["scores"]  # it has a Linear head: its input is the embedding
 
@@ -609,7 +609,7 @@ def test_fine_tuning_a_detector_with_box_targets_distills_from_the_teacher():
     g = torch.Generator().manual_seed(2)
     data = [(torch.randn(4, 3, 32, 32, generator=g), [{"boxes": torch.rand(2, 4), "labels": torch.tensor([0, 1])}
                                                        for _ in range(4)]) for _ in range(4)]
-    r = fit(prune(teacher, X, ratio=0.5), data, teacher=teacher, epochs=2, lr=0.01)
+    r = fit(prune(teacher, X, ratio=0.5).model, data, teacher=teacher, epochs=2, lr=0.01)
     assert len(r.losses) == 2 and all(np.isfinite(r.losses))
     with pytest.raises(DataError, match="needs labelled training data"):
-        fit(prune(teacher, X, ratio=0.5), data, epochs=1)
+        fit(prune(teacher, X, ratio=0.5).model, data, epochs=1)

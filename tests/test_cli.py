@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 
@@ -155,3 +156,39 @@ def test_demo_end_to_end_prunes_and_is_faster(tmp_path):
     assert (tmp_path / "report.md").exists() and any(tmp_path.glob("model.*"))
     assert "data:image/png;base64," in (tmp_path / "report.html").read_text()
     assert list((tmp_path / "cache").glob("cand-*.json"))  # a rerun would resume from here
+
+
+def test_one_data_resolver_for_the_commands_and_optimize(tmp_path):
+    """`--data` means the same for `prune`/`export`/`depth` as for `optimize`: the CLI's calibration split is the
+    pipeline resolver's, which reads .npy inputs too, and both refuse other forms in one line."""
+    import numpy as np
+
+    from edgeopt.cli.common import calibration_data
+    from edgeopt.engine.prepare import check_inputs
+    from edgeopt.errors import ConfigError
+    from edgeopt.inputs.data import digits_data, resolve_data
+
+    npy = tmp_path / "x.npy"
+    np.save(npy, np.random.default_rng(0).standard_normal((6, 1, 16, 16)).astype(np.float32))
+    splits = resolve_data("m", str(npy), None, None, None, (1, 16, 16), 10)
+    assert splits.source == f"npy:{npy}" and splits.train is None and splits.eval is None
+    assert tuple(splits.calib.items[0][0].shape) == (6, 1, 16, 16) and not splits.calib.labelled
+    cli = calibration_data(str(npy), None, "m", (1, 16, 16))
+    assert torch.equal(cli.items[0][0], splits.calib.items[0][0])
+    assert calibration_data(None, None, "demo", (1, 32, 32)).items[0][0].shape == digits_data()[0].items[0][0].shape
+    assert calibration_data(None, "random", "m", (1, 16, 16)) == "random"
+    assert calibration_data(None, None, "m", (1, 16, 16)) is None
+    for bad in (str(tmp_path / "missing"), "imagenet"):
+        with pytest.raises(ConfigError, match="neither 'digits', an existing image folder"):
+            calibration_data(bad, None, "m", (1, 16, 16))
+        with pytest.raises(ConfigError, match="neither 'digits', an existing image folder"):
+            check_inputs(_inputs(bad))
+    with pytest.raises(ConfigError, match="no such .npy file"):
+        calibration_data(str(tmp_path / "none.npy"), None, "m", (1, 16, 16))
+    check_inputs(_inputs(str(npy)))  # accepted before the model is loaded, as by the resolver
+
+
+def _inputs(data):
+    from edgeopt.config import RunConfig
+
+    return RunConfig().with_flat(data=data).inputs

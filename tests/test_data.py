@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from edgeopt.engine.pipeline import resolve_data
 from edgeopt.errors import ConfigError, DataError
-from edgeopt.inputs.data import from_function, image_folder
+from edgeopt.inputs.data import from_function, image_folder, resolve_data
 
 
 def _folder(root, classes=("cat", "dog"), n=5, size=(12, 10), mode="RGB"):

@@ -7,9 +7,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from edgeopt.engine.pipeline import resolve_data
 from edgeopt.errors import DataError
-from edgeopt.inputs.data import Batches, StreamBatches, TrainFeed, folder, image_folder
+from edgeopt.inputs.data import Batches, StreamBatches, TrainFeed, folder, image_folder, resolve_data
 from edgeopt.training import fit
 
 

@@ -48,7 +48,7 @@ def setting():
     """A trained teacher, its 70%-pruned student and a small labelled subset (5 per class on average):
     the regime where a teacher's knowledge matters."""
     teacher, train, val = smallnet.trained()
-    student = edgeopt.prune(teacher, train.items[0][0][:1], ratio=0.7)
+    student = edgeopt.prune(teacher, train.items[0][0][:1], ratio=0.7).model
     xs = torch.cat([x for x, _ in train.items])
     ys = torch.cat([y for _, y in train.items])
     idx = torch.randperm(len(xs), generator=torch.Generator().manual_seed(0))[:50]

@@ -10,7 +10,14 @@ import sys
 
 import typer
 
-from edgeopt.cli import agent, commands, gate, optimize, structure, targets  # noqa: F401  (registers the commands)
+from edgeopt.cli import (  # noqa: F401  (registers the commands)
+    agent,
+    artifact_commands,
+    gate_command,
+    optimize,
+    targets,
+    technique_commands,
+)
 from edgeopt.cli.app import app
 
 

@@ -1,10 +1,14 @@
-"""Shared CLI pieces: rich progress sink, candidate table, option parsing helpers."""
+"""Shared CLI pieces: rich progress sink, candidate table, option parsing helpers, the model and data a
+single-step command loads."""
 
 from __future__ import annotations
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+INPUT_SHAPE_HELP = ("example input shape, batch first, e.g. 1,3,224,224; for several inputs repeat it with names: "
+                    "--input-shape image:1,3,224,224 --input-shape mask:1,1,224,224")
 
 console = Console(stderr=True)
 # A pipe or CI log has no width: give tables room instead of folding every cell to 80 columns.
@@ -92,3 +96,28 @@ def refuse_overwriting_inputs(model: str | None, weights=None, data: str | None 
         backend = backend_for(format)
         outputs += backend.artifact_files(Path(out_file).with_suffix(backend.suffix))
     refuse_overwrite(outputs, {"--model": model, "--weights": weights, "--data": data})
+
+
+def load_model_and_example(model: str, weights=None, input_shape: list[str] | str | None = None,
+                           trust_pickle: bool = False):
+    """(LoadedModel, random example inputs in PyTorch's form) for --model/--weights/--input-shape."""
+    from edgeopt.inputs.model_io import Inputs
+    from edgeopt.inputs.models import load_model, parse_input_shape
+
+    loaded = load_model(model, weights=weights, input_shape=parse_input_shape(input_shape),
+                        trust_pickle=trust_pickle)
+    return loaded, Inputs.random(loaded.input_shapes or loaded.input_shape, keyword=True).example()
+
+
+def calibration_data(data: str | None, calib: str | None, model: str, sample_shape):
+    """--calib random | --data in any form the one resolver reads (digits, inputs.npy, an image folder,
+    module:function): its calibration split; the demo defaults to its own digits data."""
+    from edgeopt.errors import ConfigError
+    from edgeopt.inputs.data import resolve_data
+
+    if calib is not None and calib != "random":
+        raise ConfigError(f"--calib takes only 'random' (use --data for real calibration data), got {calib!r}")
+    splits = resolve_data(model, data, None, None, None, sample_shape, None)
+    if splits.calib is None:
+        return "random" if calib == "random" else None
+    return splits.calib

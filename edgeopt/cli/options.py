@@ -39,9 +39,10 @@ SIZE_BUDGET = typer.Option(None, help="reject candidates larger than this on dis
 TECHNIQUES = typer.Option(None, help="restrict to these techniques, comma separated")
 RUNTIMES = typer.Option(None, help="restrict to these runtimes, e.g. onnxruntime,openvino")
 DATA = typer.Option(None, help="'digits' (built-in; default for the demo), an image folder (one sub-folder per "
-                    "class), or module:function / file.py:function returning {'calib','train','eval'} iterables "
-                    "(IMPORTS AND RUNS that code: only code you trust); for several inputs each batch is a tuple "
-                    "or dict of inputs, alone or with a target: ((image, mask), y)")
+                    "class), a .npy file of inputs shaped N,C,H,W (calibration only), or module:function / "
+                    "file.py:function returning {'calib','train','eval'} iterables (IMPORTS AND RUNS that code: "
+                    "only code you trust); for several inputs each batch is a tuple or dict of inputs, alone or "
+                    "with a target: ((image, mask), y)")
 MASKS = typer.Option(None, help="segmentation: a folder of masks (class index per pixel) with the same file stems "
                      "as the images in --data; accuracy is then mIoU")
 METRIC = typer.Option(None, help="your metric, file.py:fn or module:fn (IMPORTS AND RUNS that code): "

@@ -8,21 +8,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from edgeopt.config import DataOptions, RunConfig, RunContext
-from edgeopt.errors import ConfigError, DataError, one_line
+from edgeopt.errors import ConfigError, DataError
 from edgeopt.formats import BACKENDS
 from edgeopt.inputs.analyze import analyze
-from edgeopt.inputs.data import (
-    DataSplits,
-    as_batches,
-    calibration_sample,
-    digits_data,
-    folder_splits,
-    from_function,
-    make_preprocess,
-)
+from edgeopt.inputs.data import DataSplits, data_form, resolve_data
 from edgeopt.inputs.model_io import Inputs
 from edgeopt.inputs.models import LoadedModel, load_model
 from edgeopt.registry import Registry
@@ -112,8 +102,8 @@ FOLDER_OPTIONS = (("--image-size", "image_size"), ("--resize", "resize"), ("--cr
 
 
 def check_inputs(inputs, in_memory: bool = False) -> None:
-    """What can be refused without the model, in one line: a --data that is no folder, 'digits' or
-    module:function, an image folder without images (or with too few to hold some out), masks without their
+    """What can be refused without the model, in one line: a --data that is no folder, 'digits',
+    module:function or .npy file, an image folder without images (or with too few to hold some out), masks without their
     images, image-folder options given without an image folder (they would be ignored), a --metric or
     --data file that does not exist. Lists files only; nothing is decoded, imported or run."""
     from edgeopt.inputs import usercode
@@ -136,10 +126,8 @@ def check_inputs(inputs, in_memory: bool = False) -> None:
             target, _ = usercode.split(spec, what, error)
             if target.endswith(".py") and not Path(target).is_file():
                 raise error(f"cannot load {what} {spec}: file {target} does not exist")
-    if data is None or data == "digits" or (":" in str(data) and not folder):
+    if data_form(data) != "folder":  # digits, module:function, .npy or none; anything else refused here
         return
-    if not folder:
-        raise ConfigError(f"--data {data!r} is neither 'digits', an existing image folder, nor module:function")
     if opts.masks is not None:
         from edgeopt.inputs.masks import pair_files
 
@@ -151,58 +139,3 @@ def check_inputs(inputs, in_memory: bool = False) -> None:
         raise DataError(f"--data {data}: too few images to hold out {opts.val_split:.0%} for evaluation")
 
 
-def resolve_data(spec: str, data, calib_data, train_data, eval_data, sample_shape, num_classes,
-                 data_options: dict | DataOptions | None = None, progress: Progress | None = None) -> DataSplits:
-    """--data digits | image folder (+ --masks folder) | module:function, or the API's batches / Datasets /
-    DataLoaders; validated one batch at a time. Calibration read from a stream becomes a stratified in-memory
-    sample (`calib_size`). `sample_shape`: one input's sample shape, or the example Inputs of a model with
-    several inputs (then only module:function or in-memory data, whose items are tuples/dicts of inputs)."""
-    opts = _data_options(data_options)
-    if isinstance(sample_shape, Inputs) and data is not None and ":" not in str(data):
-        raise ConfigError(f"--data {data}: a model with several inputs ({', '.join(sample_shape.names)}) takes "
-                          "module:function data whose batches are tuples or dicts of inputs")
-    if opts.masks is not None:
-        from edgeopt.inputs.masks import mask_folder
-
-        if data is None or not os.path.isdir(str(data)):
-            raise ConfigError("--masks needs --data with the image folder (same file stems as the masks)")
-        size = opts.image_size or tuple(sample_shape[1:])
-        return mask_folder(str(data), opts.masks, (size, size) if isinstance(size, int) else size,
-                           sample_shape[0], tuple(opts.mean or (0.5,)), tuple(opts.std or (0.5,)),
-                           val_split=opts.val_split, seed=opts.seed, num_classes=num_classes)
-    if data == "digits" or (data is None and spec == "demo" and calib_data is None and eval_data is None):
-        calib, ev = digits_data()
-        return DataSplits(calib, calib, ev, "digits")  # fine-tuning and calibration use the training split
-    heldout_hash = None
-    if data is not None:
-        data = str(data)
-        if os.path.isdir(data):
-            pre = make_preprocess(sample_shape, opts.image_size, opts.resize, opts.crop, opts.mean, opts.std,
-                                  opts.augment)
-            splits = folder_splits(Path(data), pre, opts.val_split, opts.seed, opts.batch_size, opts.calib_size,
-                                   opts.workers, progress)
-            calib_data, train_data, eval_data = splits.calib, splits.train, splits.eval
-            source, heldout_hash = splits.source, splits.heldout_hash
-        elif ":" in data:
-            got = from_function(data)
-            calib_data, train_data, eval_data = got.get("calib"), got.get("train"), got.get("eval")
-            source = f"function:{data}"
-        else:
-            raise ConfigError(f"--data {data!r} is neither 'digits', an image folder, nor module:function")
-    else:
-        source = "user" if (calib_data is not None or eval_data is not None or train_data is not None) else None
-    kw = {"batch_size": opts.batch_size, "workers": opts.workers}
-    calib = as_batches(calib_data, "calibration data", sample_shape, num_classes, **kw)
-    return DataSplits(calibration_sample(calib, opts.calib_size, opts.seed),
-                      as_batches(train_data, "training data", sample_shape, num_classes, **kw),
-                      as_batches(eval_data, "evaluation data", sample_shape, num_classes, **kw), source,
-                      heldout_hash)
-
-
-def _data_options(options) -> DataOptions:
-    if isinstance(options, DataOptions):
-        return options
-    try:
-        return DataOptions(**{k: v for k, v in (options or {}).items() if v is not None})
-    except ValidationError as e:
-        raise one_line(e, "invalid data option", DataOptions) from None
