@@ -5,8 +5,9 @@ import ast
 from pathlib import Path
 
 import pytest
+from paths import ROOT
 
-PKG = Path(__file__).parent.parent / "edgeopt"
+PKG = ROOT / "edgeopt"
 # by package (the first name under edgeopt/); everything not listed is a mechanism (layer 2): inputs, measure,
 # formats, techniques, training, remote
 LAYER = {"errors": 0, "registry": 0, "timeout": 0, "yamlfile": 0, "hooks": 0, "config": 1, "targets": 1, "report": 1,

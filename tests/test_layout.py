@@ -3,11 +3,10 @@ read from the formats table, device profiles in the top-level targets/ folder, c
 
 import ast
 import re
-from pathlib import Path
 
 import pytest
+from paths import ROOT
 
-ROOT = Path(__file__).parent.parent
 PKG = ROOT / "edgeopt"
 FILES = sorted(PKG.rglob("*.py"))
 RUNTIME_NAMES = re.compile(r"""["'](openvino|onnxruntime|tensorrt)["']""")
@@ -54,7 +53,7 @@ def test_device_profiles_live_in_the_top_level_targets_folder():
     assert not list((PKG / "targets").glob("*.yaml")), "profiles belong in targets/, not inside the package"
 
 
-OWN_CODE = FILES + [p for p in sorted((ROOT / "tests").glob("*.py")) if p.name != "test_layout.py"]
+OWN_CODE = FILES + [p for p in sorted((ROOT / "tests").rglob("*.py")) if p.name != "test_layout.py"]
 
 
 @pytest.mark.parametrize("path", OWN_CODE, ids=lambda p: str(p.relative_to(ROOT)))

@@ -2,15 +2,13 @@
 install plus the extra the README names (optional extras are named in one line when missing)."""
 
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from paths import ROOT
 from setuptools import find_packages
 
 from edgeopt.errors import BackendMissingError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_source_folder_is_a_discovered_package():

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import yaml
-from test_cli import assert_one_line_error, run
+from cliruns import assert_one_line_error, run
 from typer.testing import CliRunner
 
 from edgeopt.cli import app

@@ -2,15 +2,15 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import smallnet
 import torch
+from paths import TESTS
 
 from edgeopt.training import fit, top1
 
-HERE = Path(__file__).parent
+HERE = TESTS
 
 
 def test_two_gloo_processes_train_like_one(tmp_path):

@@ -12,11 +12,11 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from paths import ROOT
 
 from edgeopt.remote import PROTOCOL_HEADER, PROTOCOL_VERSION
 from edgeopt.remote.client import AgentClient, AgentError, measure_remote
 
-ROOT = Path(__file__).parent.parent
 TOKEN = "test-token-0123456789abcdef"
 
 

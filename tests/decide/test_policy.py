@@ -3,10 +3,10 @@ the search, the selection and the verification really read them (changing a valu
 do, with no other literal to update)."""
 
 import ast
-from pathlib import Path
 
 import pytest
 import torch
+from paths import ROOT
 from torch import nn
 
 from edgeopt.config import DeployContext, ModelSummary, make_context
@@ -21,7 +21,7 @@ from edgeopt.targets import load_target
 
 SUMMARY = ModelSummary(params=1_000_000, macs=100_000_000, input_shape=[1, 3, 64, 64], num_outputs=10,
                        prunable_groups=12, min_channels=64, layers={"conv": 10, "linear": 1})
-DECIDE = Path(__file__).parent.parent / "edgeopt" / "decide"
+DECIDE = ROOT / "edgeopt" / "decide"
 
 
 def test_ladders_are_ordered_and_in_range():

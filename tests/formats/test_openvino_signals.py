@@ -11,10 +11,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from paths import ROOT
 
 pytest.importorskip("openvino")
 
-ROOT = Path(__file__).resolve().parents[1]
 
 _PRELUDE = """
 import gc, os, signal, sys

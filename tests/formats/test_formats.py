@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from paths import ROOT, TESTS
 from torch import nn
 
 import edgeopt
@@ -18,7 +19,6 @@ from edgeopt.errors import TargetError
 from edgeopt.formats import BACKENDS, backend_for, backend_for_artifact, device_commands, resolve
 from edgeopt.targets import load_target
 
-ROOT = Path(__file__).parent.parent
 ROWS = [b for _, b in BACKENDS.items()]
 
 
@@ -129,7 +129,7 @@ def test_fake_format_is_measured_by_the_agent(npz, tmp_path, monkeypatch):
 
     model, x = npz
     path = edgeopt.export(model, x, format="npz", out=tmp_path / "m.npz")
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the worker imports the row's module
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))  # the worker imports the row's module
     with agent_in_process(tmp_path / "work") as (url, _):
         res = measure_remote({"m": path}, url, TOKEN, max_time_s=0.3, threads=1)["m"]
     assert res.runtime == "npzrt" and res.precision_executed == "fp32 (numpy)" and res.latency.n >= 10

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 import smallnet
 import torch
+from paths import TESTS
 
 from edgeopt.engine import distributed, pipeline
 from edgeopt.inputs.data import DataSplits
 from edgeopt.techniques import PruneConfig
 from edgeopt.training import ddp
 
-HERE = Path(__file__).parent
+HERE = TESTS
 
 
 def test_followers_build_what_rank_0_announces(monkeypatch, tiny, example):

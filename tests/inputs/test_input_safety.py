@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from paths import TESTS
 from torch import nn
 
 import edgeopt
@@ -142,10 +143,9 @@ def test_saved_run_config_never_carries_trust(tmp_path):
 
 def _tinynet_file(tmp_path):
     """The model's source as a user has it: a file of their own next to the outputs."""
-    from pathlib import Path
 
     src = tmp_path / "net.py"
-    src.write_text((Path(__file__).parent / "tinynet.py").read_text())
+    src.write_text((TESTS / "tinynet.py").read_text())
     return src
 
 

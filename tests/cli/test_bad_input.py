@@ -5,11 +5,11 @@ checked before the model is loaded (the demo is trained on first use)."""
 import struct
 import sys
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from paths import TESTS
 from PIL import Image
 
 from edgeopt.errors import DataError
@@ -84,7 +84,7 @@ def files(tmp_path_factory):
             "deep_yaml": root / "deep.yaml", "bench": bench, "big": big, "root": root}
 
 
-T = f"{Path(__file__).parent / 'tinynet.py'}:make"
+T = f"{TESTS / 'tinynet.py'}:make"
 # (command line with {placeholders}, what the one line must contain)
 CASES = {
     "input-name-not-in-forward": (["plan", "--model", T, "--input-shape", "image:1,1,16,16"], ["--input-shape",

@@ -4,6 +4,7 @@ factorize, export (ONNX, OpenVINO), runtime sessions, verification and benchmark
 import numpy as np
 import pytest
 import torch
+from paths import ROOT, TESTS
 from torch import nn
 
 from edgeopt import benchmark, export, factorize, prune
@@ -231,14 +232,13 @@ def test_cli_named_input_shapes(tmp_path):
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
     def cli(*args):
         env = {k: v for k, v in os.environ.items() if k != "EDGEOPT_DEBUG"}
         return subprocess.run([sys.executable, "-m", "edgeopt", *args], capture_output=True, text=True,
-                              timeout=600, env=env, cwd=Path(__file__).resolve().parents[1])
+                              timeout=600, env=env, cwd=ROOT)
 
-    here = str(Path(__file__).parent)
+    here = str(TESTS)
     f = tmp_path / "m.py"
     f.write_text(f"import sys\nsys.path.insert(0, {here!r})\nfrom test_any_model import TwoInputs\n"
                  "def make():\n    return TwoInputs()\n")
@@ -261,9 +261,8 @@ def test_cli_named_input_shapes(tmp_path):
 def test_worked_examples_small(tmp_path, name):
     """The worked examples, small: trained on generated data, optimized end to end with their metric."""
     import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    path = ROOT / "examples" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"example_{name}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -382,9 +381,8 @@ def test_cli_two_inputs_int8_with_data_function(tmp_path):
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
-    here = str(Path(__file__).parent)
+    here = str(TESTS)
     f = tmp_path / "user.py"
     f.write_text(f"import sys\nsys.path.insert(0, {here!r})\nimport torch\n"
                  "from test_any_model import TwoInputs, _pairs\n"
@@ -398,7 +396,7 @@ def test_cli_two_inputs_int8_with_data_function(tmp_path):
                         "image:1,3,16,16", "--input-shape", "mask:1,1,16,16", "--data", f"{f}:data",
                         "--target", "x86-avx512-vnni", "--runtimes", "onnxruntime", "--techniques", "quantize",
                         "--max-accuracy-drop", "5", "--out", str(tmp_path / "o"), "--bench-time", "0.5", "--json"],
-                       capture_output=True, text=True, timeout=600, env=env, cwd=Path(__file__).resolve().parents[1])
+                       capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
     assert rep["model"]["metric"] == "top1" and rep["baseline"]["accuracy"] == 100.0

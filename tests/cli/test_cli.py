@@ -2,26 +2,11 @@
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-
-
-def run(*args, env_extra=None, timeout=600):
-    env = {**os.environ, **(env_extra or {})}
-    env.pop("EDGEOPT_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "edgeopt", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
-
-
-def assert_one_line_error(p, pattern):
-    assert p.returncode == 2, p.stderr
-    assert "Traceback" not in p.stderr
-    lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and pattern in lines[0], p.stderr
+from cliruns import assert_one_line_error, run
+from paths import ROOT, TESTS
 
 
 def test_help_lists_commands():
@@ -70,7 +55,7 @@ def test_full_pickle_needs_trust(tiny, tmp_path):
     assert_one_line_error(p, "--trust-pickle")
     # a pickle needs its classes importable: the tests folder holds tinynet
     p = run("export", "--model", str(path), "--input-shape", "1,1,16,16", "--trust-pickle",
-            "--out", str(tmp_path / "m.onnx"), env_extra={"PYTHONPATH": os.path.dirname(__file__)})
+            "--out", str(tmp_path / "m.onnx"), env_extra={"PYTHONPATH": str(TESTS)})
     assert p.returncode == 0 and (tmp_path / "m.onnx").exists()
 
 
@@ -192,3 +177,13 @@ def _inputs(data):
     from edgeopt.config import RunConfig
 
     return RunConfig().with_flat(data=data).inputs
+
+
+def test_help_and_readme_say_user_code_is_run():
+    import re
+
+    helps = run("optimize", "--help").stdout
+    flat = re.sub(r"[\s│]+", " ", helps)
+    assert "IMPORT AND RUN that code" in flat and "IMPORTS AND RUNS that code" in flat
+    readme = (ROOT / "README.md").read_text()
+    assert "**import and run that Python code**" in readme
