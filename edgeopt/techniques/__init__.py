@@ -11,8 +11,8 @@ config class of the named technique, so a bad step fails at planning time.
 
 Model-stage techniques change the PyTorch model (prune, factorize, fine-tune); export-stage ones are realised
 by an exporter at a precision (quantize). The implementations import torch at module level; the declarations
-do not, so the decision layer reads the registry without paying for (or needing) torch. tests/techniques/test_registry.py
-checks every handler's signature and the implementation it imports.
+do not, so the decision layer reads the registry without paying for (or needing) torch.
+tests/techniques/test_registry.py checks every handler's signature and the implementation it imports.
 
 The implementations are grouped by concept: pruning/ (criteria, allocation, surgery, depth, slimming),
 repair/ (reconstruction, BatchNorm re-estimation), lowrank/, sparsity/ (magnitude, lottery tickets, pruning at
