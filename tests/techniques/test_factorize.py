@@ -138,7 +138,8 @@ def test_cli_factorize_and_prune_record(tinynet_spec, tmp_path):
 
 class _Costs:
     """Stand-in latencies for the decision logic alone (the real table is measured in
-    tests/measure/test_latency_table.py): a 1x1 conv costs `pointwise` ms whatever its widths, a k x k conv cin x cout / 1000 ms."""
+    tests/measure/test_latency_table.py): a 1x1 conv costs `pointwise` ms whatever its widths, a k x k conv
+    cin x cout / 1000 ms."""
 
     runtime = "scripted"
 
