@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgeopt.errors import first_line
+from edgeopt.errors import first_line, one_line
 from edgeopt.remote import PROTOCOL_VERSION, Manifest
 from edgeopt.remote.guard import Guard, TooLarge, json_response
 
@@ -55,8 +55,7 @@ def _first_line(e: BaseException) -> str:
     from pydantic import ValidationError
 
     if isinstance(e, ValidationError):  # the field and what is wrong with it, not pydantic's headline
-        err = e.errors()[0]
-        return f"manifest field '{'.'.join(map(str, err['loc']))}': {err['msg']}"[:300]
+        return str(one_line(e, "manifest"))[:300]
     return first_line(e, 300, with_type=False)
 
 
