@@ -12,8 +12,9 @@ from pydantic import Field
 from edgeopt.report import Decision
 from edgeopt.techniques.declare import TechniqueConfig, listing, measured_choice, technique
 
-# the error barrier (pp) under which two runs count as linearly mode-connected; the technique
-# (sparsity/lottery.py: LMC_BARRIER_PP) measures against the same value, quoted here for the decision's reason
+# the error barrier (pp) under which two runs count as linearly mode-connected: Frankle et al. 2020 call two
+# trained copies so when the error along the straight line between them rises by less than 2 points over the
+# endpoints (their "stability" threshold); the technique measures against it and the decision quotes it
 LMC_BARRIER_PP = 2.0
 
 

@@ -20,6 +20,9 @@ import torch
 from torch import nn
 
 from edgeopt.errors import ConfigError
+
+# the linear-mode-connectivity threshold lives with the technique's declaration, which quotes it in decisions
+from edgeopt.techniques.sparsity.imp_technique import LMC_BARRIER_PP
 from edgeopt.techniques.sparsity.unstructured import (
     apply_masks,
     dense_state,
@@ -29,9 +32,7 @@ from edgeopt.techniques.sparsity.unstructured import (
 )
 
 REWINDS = ("init", "epoch", "lr", "auto")
-# Frankle et al. 2020 call two trained copies linearly mode-connected when the error along the straight line
-# between them rises by less than 2 points over the endpoints (their "stability" threshold).
-LMC_BARRIER_PP = 2.0
+
 # Candidate rewinding epochs: the paper finds stability early in training (a few % of it); probing more than
 # the first epochs would cost more training than the choice saves.
 REWIND_CANDIDATES = (0, 1)
