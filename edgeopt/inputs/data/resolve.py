@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from edgeopt.config import DataOptions
-from edgeopt.errors import ConfigError, DataError, one_line
+from edgeopt.errors import ConfigError, DataError, first_line, one_line
 from edgeopt.inputs.data.batches import DataSplits
 from edgeopt.inputs.data.digits import digits_data
 from edgeopt.inputs.data.folder import folder_splits
@@ -96,7 +96,7 @@ def _read_npy(path: Path):
     try:
         arr = np.load(path, allow_pickle=False)  # never unpickle user files
     except Exception as e:
-        raise DataError(f"--data {path} is not a readable .npy array: {str(e).splitlines()[0][:120]}") from None
+        raise DataError(f"--data {path} is not a readable .npy array: {first_line(e, 120, with_type=False)}") from None
     return torch.from_numpy(np.asarray(arr, dtype=np.float32))
 
 

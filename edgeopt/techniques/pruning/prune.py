@@ -15,7 +15,7 @@ import time
 import torch
 from torch import nn
 
-from edgeopt.errors import PruningError
+from edgeopt.errors import PruningError, first_line
 from edgeopt.hooks import forward_hooks
 from edgeopt.inputs.feeding import batch_inputs
 from edgeopt.inputs.model_io import Inputs, model_outputs
@@ -109,7 +109,7 @@ class _Walker:
                 res = prune_module(module, args, self.spec, self.model,
                                    extra_ignored=self.heads if module is self.model else ())
         except Exception as e:  # any failure: put the block back as it was, then try its children
-            self.failures.append(f"{name or 'model'}: {type(e).__name__}: {str(e)[:160]}")
+            self.failures.append(f"{name or 'model'}: {first_line(e, 160)}")
             if scores is not None:  # the block's layers are put back with the scores measured on them
                 criterion.put_back(name, scores)
             self._restore(name, module, backup)

@@ -18,6 +18,7 @@ import time
 import torch
 from torch import nn
 
+from edgeopt.errors import first_line
 from edgeopt.hooks import forward_hooks
 from edgeopt.inputs.feeding import join_batches, run_model
 from edgeopt.techniques.pruning.recon_scores import fingerprint
@@ -185,7 +186,7 @@ def _one_pass(pruned: nn.Module, jobs: dict[str, tuple], batches: list, targets:
                 sys_.add(*_rows_of(mod, chunk, targets[name][i][0], kept_out, i))
             layers.append({"layer": name, **_solve(mod, sys_, alpha)})
         except (RuntimeError, ValueError) as e:
-            skipped.append(f"{name}: {type(e).__name__}: {str(e)[:120]}")
+            skipped.append(f"{name}: {first_line(e, 120)}")
 
     with forward_hooks(((layer, hook) for layer, _ in jobs.values()), pre=True), torch.no_grad():
         run_model(pruned, x)
@@ -241,6 +242,6 @@ def reconstruct(orig: nn.Module, pruned: nn.Module, batches: list[torch.Tensor],
             layers.append({"layer": name, **_solve_layer(pruned, p_layer, batches, targets[name], kept_out,
                                                          alpha)})
         except (RuntimeError, ValueError) as e:  # e.g. a layer called twice with other shapes
-            skipped.append(f"{name}: {type(e).__name__}: {str(e)[:120]}")
+            skipped.append(f"{name}: {first_line(e, 120)}")
     return {"layers": layers, "skipped": skipped, "batches": len(batches), "alpha": alpha,
             "one_pass": deferred is not None, "seconds": round(time.monotonic() - t0, 2)}

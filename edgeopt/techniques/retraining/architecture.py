@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import edgeopt.decide.policy as policy
-from edgeopt.errors import BackendMissingError, ConfigError, missing_backend
+from edgeopt.errors import BackendMissingError, ConfigError, first_line, missing_backend
 from edgeopt.techniques import ARCH_TIMM, ARCH_TORCHVISION
 
 TORCHVISION, TIMM = ARCH_TORCHVISION, ARCH_TIMM
@@ -91,7 +91,7 @@ def latency_table(model: nn.Module, example: torch.Tensor, families: list[str] |
                 net(x)
         except RuntimeError as e:  # e.g. a 32x-downsampling family on a 16x16 input
             if skipped is not None:
-                skipped.append(f"{f}: does not run at input {tuple(x.shape)} ({str(e).splitlines()[0][:80]})")
+                skipped.append(f"{f}: does not run at input {tuple(x.shape)} ({first_line(e, 80, with_type=False)})")
             continue
         nets[f] = net
         rows.append({"name": f, "params": count_params(net), "macs": count_macs(net, x), "reparameterized": fused})
