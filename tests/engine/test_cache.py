@@ -1,9 +1,11 @@
 """Resume: a run interrupted midway, then rerun, takes the finished candidates from OUT/cache."""
 
 import hashlib
+from functools import partial
 
 import pytest
 import torch
+from imagefolders import class_folders
 
 import edgeopt
 from edgeopt.engine.cache import CandidateCache, data_hash, key, model_hash
@@ -153,17 +155,7 @@ def test_a_cached_artifact_changed_since_is_rebuilt_not_restored(tmp_path):
     assert not restore(entry)[0]
 
 
-def _image_folder(root, classes=("a", "b", "c"), n=6):
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for k, cls in enumerate(classes):
-        (root / cls).mkdir(parents=True)
-        for i in range(n):
-            a = (rng.random((16, 16)) * 60 + 90 * k).astype(np.uint8)
-            Image.fromarray(a, mode="L").save(root / cls / f"{i:03d}.png")
-    return root
+_image_folder = partial(class_folders, n=6, size=(16, 16), mode="L")
 
 
 def _held_out(root, seed=0, val_split=0.2):

@@ -1,24 +1,15 @@
 """Data sources: image folders (class per sub-folder), module:function, validation with one-line errors."""
 
-import numpy as np
+from functools import partial
+
 import pytest
 import torch
+from imagefolders import class_folders
 
 from edgeopt.errors import ConfigError, DataError
 from edgeopt.inputs.data import from_function, image_folder, resolve_data
 
-
-def _folder(root, classes=("cat", "dog"), n=5, size=(12, 10), mode="RGB"):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for k, cls in enumerate(classes):
-        (root / cls).mkdir(parents=True)
-        for i in range(n):
-            shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
-            a = (rng.random(shape) * 80 + 120 * k).astype(np.uint8)
-            Image.fromarray(a, mode=mode).save(root / cls / f"{i}.png")
-    return root
+_folder = partial(class_folders, classes=("cat", "dog"), n=5, spread=(80, 120), name="{i}.png")
 
 
 def test_image_folder_splits_resizes_and_normalises(tmp_path):

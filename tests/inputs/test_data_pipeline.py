@@ -2,27 +2,16 @@
 reproducible held-out split, stratified calibration, lazy decoding under a memory cap, preprocessing,
 Datasets/DataLoaders from the API, and bad inputs named in one line."""
 
-import numpy as np
 import pytest
 import torch
+from imagefolders import class_folders
 from torch.utils.data import DataLoader, TensorDataset
 
 from edgeopt.errors import DataError
 from edgeopt.inputs.data import Batches, StreamBatches, TrainFeed, folder, image_folder, resolve_data
 from edgeopt.training import fit
 
-
-def _folder(root, classes=("a", "b", "c"), n=10, size=(12, 10), mode="RGB"):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for k, cls in enumerate(classes):
-        (root / cls).mkdir(parents=True)
-        for i in range(n):
-            shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
-            a = (rng.random(shape) * 60 + 90 * k).astype(np.uint8)
-            Image.fromarray(a, mode=mode).save(root / cls / f"{i:03d}.png")
-    return root
+_folder = class_folders
 
 
 def _labels(batches):
