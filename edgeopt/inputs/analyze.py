@@ -7,7 +7,7 @@ from torch import nn
 
 from edgeopt.config import ModelSummary
 from edgeopt.errors import first_line
-from edgeopt.hooks import forward_hooks
+from edgeopt.inputs.hooks import forward_hooks
 from edgeopt.timeout import time_limit
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgeopt.hooks import forward_hooks
 from edgeopt.inputs.feeding import run_model
+from edgeopt.inputs.hooks import forward_hooks
 from edgeopt.inputs.model_io import Inputs
 
 PRECISIONS = ("fp32", "int8")

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from edgeopt.errors import ConfigError
-from edgeopt.hooks import capture, forward_hooks
 from edgeopt.inputs.feeding import run_model
+from edgeopt.inputs.hooks import capture, forward_hooks
 
 
 def _top_level(model: nn.Module) -> dict[str, nn.Module]:

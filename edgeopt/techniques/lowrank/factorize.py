@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from edgeopt.errors import ConfigError
-from edgeopt.hooks import forward_hooks
+from edgeopt.inputs.hooks import forward_hooks
 from edgeopt.inputs.model_io import Inputs, model_outputs
 from edgeopt.techniques.lowrank.ranks import (
     cp_macs,

@@ -17,8 +17,8 @@ import torch
 from torch import fx, nn
 
 from edgeopt.errors import PruningError
-from edgeopt.hooks import forward_hooks
 from edgeopt.inputs.feeding import batch_inputs, run_model
+from edgeopt.inputs.hooks import forward_hooks
 from edgeopt.inputs.model_io import Inputs, flatten_outputs
 
 _ADDS = {operator.add, operator.iadd, torch.add}

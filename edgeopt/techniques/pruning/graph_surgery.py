@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from edgeopt.hooks import forward_hooks
+from edgeopt.inputs.hooks import forward_hooks
 from edgeopt.inputs.model_io import Inputs, flatten_outputs
 from edgeopt.techniques.pruning.importance import measured
 

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from edgeopt.errors import PruningError
-from edgeopt.hooks import forward_hooks
 from edgeopt.inputs.feeding import run_model
+from edgeopt.inputs.hooks import forward_hooks
 from edgeopt.inputs.model_io import Inputs
 from edgeopt.registry import Registry
 

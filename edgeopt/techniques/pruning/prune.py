@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from edgeopt.errors import PruningError, first_line
-from edgeopt.hooks import forward_hooks
 from edgeopt.inputs.feeding import batch_inputs
+from edgeopt.inputs.hooks import forward_hooks
 from edgeopt.inputs.model_io import Inputs, model_outputs
 from edgeopt.techniques.pruning.graph_surgery import PruneSpec, is_attention, output_layers, prune_module
 from edgeopt.techniques.pruning.importance import IMPORTANCE_NAMES, MeasuredImportance, importances, inputs_of, measured

@@ -17,8 +17,8 @@ import hashlib
 import torch
 from torch import nn
 
-from edgeopt.hooks import forward_hooks
 from edgeopt.inputs.feeding import run_model
+from edgeopt.inputs.hooks import forward_hooks
 from edgeopt.techniques.pruning.importance import MeasuredImportance, inputs_of
 from edgeopt.techniques.repair.layer_rows import NormalEquations, dense_layer, input_rows
 

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeopt.hooks import forward_hooks
 from edgeopt.inputs.feeding import run_model
+from edgeopt.inputs.hooks import forward_hooks
 
 MAX_ROWS = 4096  # sampled output positions per batch and layer: bounds the cost on large feature maps
 MAX_KEPT_ROWS = 2 ** 23  # elements of a layer's input rows kept for the dual form before turning to A

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from edgeopt.errors import first_line
-from edgeopt.hooks import forward_hooks
 from edgeopt.inputs.feeding import join_batches, run_model
+from edgeopt.inputs.hooks import forward_hooks
 from edgeopt.techniques.pruning.recon_scores import fingerprint
 from edgeopt.techniques.repair.layer_rows import (
     NormalEquations,

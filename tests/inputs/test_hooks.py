@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgeopt.hooks import capture, forward_hooks
+from edgeopt.inputs.hooks import capture, forward_hooks
 
 
 def _net():
