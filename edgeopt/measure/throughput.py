@@ -193,3 +193,21 @@ def measure_throughput(servers: dict[str, Server], config: ThroughputConfig | No
             secs[sid] += s
             windows[sid].append(n * servers[sid].batch / s if s > 0 else 0.0)
     return {sid: stats(done[sid], lat[sid], secs[sid], windows[sid], servers[sid]) for sid in ids}
+
+
+def batch_consistency(session, batch: int, seed: int = 1) -> float:
+    """The artifact verified at the served batch: the largest difference between a batch of `batch` inputs run
+    at once and the same inputs run one by one, relative to the outputs' scale (0 when batch is 1)."""
+    if batch <= 1:
+        return 0.0
+    shapes = served_shapes(session.input_shapes or {"input": tuple(session.input_shape)}, batch)
+    feed = random_feed(shapes, seed)
+    together = session.run_named(feed)
+    worst = 0.0
+    for i in range(batch):
+        alone = session.run_named({n: v[i:i + 1] for n, v in feed.items()})
+        for name, out in alone.items():
+            ref = np.asarray(together[name])[i:i + 1]
+            scale = float(np.abs(ref).max()) or 1.0
+            worst = max(worst, float(np.abs(np.asarray(out, dtype=np.float64) - ref).max()) / scale)
+    return worst

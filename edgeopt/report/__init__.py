@@ -291,6 +291,7 @@ class BenchmarkResult(BaseModel):
     latency_source: Literal["measured", "estimated"] = "measured"
     inputs: dict[str, list[int]] = {}  # every input fed, by name (input_shape is the first one's)
     outputs: list[str] = []
+    throughput: ThroughputStats | None = None  # `benchmark --streams`: images/s under that load
 
     @property
     def p50_ms(self) -> float:
