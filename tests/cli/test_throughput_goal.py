@@ -33,3 +33,24 @@ def test_optimize_throughput_goal_batch_4(tinynet_spec, tmp_path):
     assert "images/s" in chosen["reason"]
     p = run("gate", str(tmp_path / "report.json"), "--min-throughput", "1")
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_benchmark_batch_on_static_and_dynamic_artifacts(tmp_path):
+    import torch
+    from tinynet import make_plain
+
+    import edgeopt
+
+    model, x = make_plain(), torch.randn(1, 1, 16, 16)
+    static = edgeopt.export(model, x, format="onnx", out=tmp_path / "static.onnx")
+    dynamic = edgeopt.export(model, x, format="openvino", out=tmp_path / "dyn.xml", dynamic_batch=True)
+    p = run("benchmark", str(static), "--batch-size", "8", "--max-time", "0.5")
+    assert_one_line_error(p, "export --dynamic-batch")
+    p = run("benchmark", str(dynamic), "--batch-size", "8", "--streams", "2", "--threads", "2", "--max-time", "1",
+            "--json")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["input_shape"][0] == 8 and doc["throughput"]["batch"] == 8 and doc["throughput"]["streams"] == 2
+    (tmp_path / "b.json").write_text(p.stdout)
+    p = run("gate", str(tmp_path / "b.json"), "--min-throughput", "1e9")
+    assert p.returncode == 1 and "FAIL min_throughput" in p.stdout
