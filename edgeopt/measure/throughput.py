@@ -77,12 +77,11 @@ def random_feed(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, 
     return {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
 
 
-def openvino_server(path: Path, precision: str, threads: int | None, load: Load, device: str = "CPU") -> Server:
-    """An AsyncInferQueue on the THROUGHPUT-hint compile: as many jobs as the plugin's optimal number of
-    infer requests (at least the streams), each request's inputs preset."""
+def async_queue_server(compile_throughput: Callable, path: Path, precision: str, threads: int | None, load: Load,
+                       device: str = "CPU") -> Server:
+    """An AsyncInferQueue on the THROUGHPUT-hint compile (formats/openvino.py `compile_throughput`): as many
+    jobs as the plugin's optimal number of infer requests (at least the streams), each request's inputs preset."""
     import openvino as ov
-
-    from edgeopt.formats.openvino import compile_throughput
 
     compiled, settings = compile_throughput(path, precision, threads, load.streams, load.batch, device)
     shapes = {p.get_any_name(): tuple(d.get_length() for d in p.get_partial_shape()) for p in compiled.inputs}
@@ -104,7 +103,7 @@ def openvino_server(path: Path, precision: str, threads: int | None, load: Load,
         queue.wait_all()
         return len(latencies), list(latencies), time.perf_counter() - start
 
-    return Server(run_for, load.batch, settings["num_streams"], {"runtime": "openvino", **settings, "jobs": jobs})
+    return Server(run_for, load.batch, settings["num_streams"], {"runtime": ov.__name__, **settings, "jobs": jobs})
 
 
 def threaded_server(path: Path, runtime: str, precision: str, threads: int | None, load: Load) -> Server:
@@ -148,14 +147,22 @@ def threaded_server(path: Path, runtime: str, precision: str, threads: int | Non
         return len(merged), merged, time.perf_counter() - start
 
     settings = {"runtime": runtime, "sessions": streams, "threads_per_session": per,
-                **({"execution_contexts": streams} if runtime == "tensorrt" else {})}
+                **({"execution_contexts": streams} if backend.device == "GPU" else {})}
     return Server(run_for, load.batch, streams, settings)
 
 
 def server_for(path: Path, runtime: str, precision: str, threads: int | None, load: Load) -> Server:
-    """The server of `runtime` for an artifact (OpenVINO's async queue; a session per request elsewhere)."""
-    if runtime == "openvino":
-        return openvino_server(Path(path), precision, threads, load)
+    """The server of `runtime` for an artifact: the runtime's own async queue where its loader module offers a
+    throughput compile (OpenVINO), a session per request in flight elsewhere."""
+    import importlib
+
+    from edgeopt.formats import backend_for
+
+    backend = backend_for(runtime)
+    compile_throughput = getattr(importlib.import_module(backend.load_ref.split(":")[0]), "compile_throughput", None)
+    if compile_throughput is not None:
+        backend.require()
+        return async_queue_server(compile_throughput, Path(path), precision, threads, load, backend.device)
     return threaded_server(Path(path), runtime, precision, threads, load)
 
 
