@@ -54,3 +54,16 @@ def test_benchmark_batch_on_static_and_dynamic_artifacts(tmp_path):
     (tmp_path / "b.json").write_text(p.stdout)
     p = run("gate", str(tmp_path / "b.json"), "--min-throughput", "1e9")
     assert p.returncode == 1 and "FAIL min_throughput" in p.stdout
+
+
+def test_batch_size_is_the_served_batch_only_for_the_throughput_goal():
+    from edgeopt.cli.options import config_from_flags
+    from edgeopt.engine.build import export_options
+
+    cfg = config_from_flags({"goal": "throughput", "batch_size": 8}, {"goal", "batch_size"})
+    assert cfg.deploy.serve_batch == 8 and cfg.inputs.data_options.batch_size == 8
+    assert export_options(cfg) == {"dynamic_batch": True}  # verified at batch 1 and at 8 by the run
+    latency = config_from_flags({"batch_size": 8}, {"batch_size"})
+    assert latency.deploy.serve_batch is None and export_options(latency) is None
+    streams_only = config_from_flags({"goal": "throughput", "streams": 3}, {"goal", "streams"})
+    assert streams_only.deploy.streams == 3 and export_options(streams_only) is None
