@@ -61,7 +61,8 @@ class DeployContext(_Strict):
     """What the user wants of the deployment (the intent). Unknown keys are errors."""
 
     target: str = "local"
-    goal: Literal["latency", "size"] = "latency"
+    # latency: batch 1, one request; throughput: images/s under the load of serve_batch and/or streams
+    goal: Literal["latency", "size", "throughput"] = "latency"
     max_accuracy_drop: float = Field(1.0, ge=0.0, le=100.0, description="percentage points")
     retrain: bool = False
     # the model may be trained from scratch (implies retrain): pruning at initialisation becomes possible
@@ -69,6 +70,10 @@ class DeployContext(_Strict):
     latency_budget_ms: float | None = Field(None, gt=0)
     size_budget_mb: float | None = Field(None, gt=0)
     time_budget_s: float | None = Field(None, gt=0)
+    # goal throughput: the batch of one request (artifacts then have a dynamic batch axis) and the requests in
+    # flight (None: the runtime's choice); latency_budget_ms is then the p99 of one request under that load
+    serve_batch: int | None = Field(None, ge=1)
+    streams: int | None = Field(None, ge=1, le=1024)
     techniques: list[str] | None = None  # restrict the planner to these techniques
     runtimes: list[str] | None = None  # restrict measurement to these runtimes
 
@@ -77,6 +82,18 @@ class DeployContext(_Strict):
         if self.from_scratch:
             self.retrain = True
         return self
+
+    @model_validator(mode="after")
+    def _throughput_needs_a_load(self) -> DeployContext:
+        if self.goal == "throughput" and self.serve_batch is None and self.streams is None:
+            raise ValueError("goal throughput needs the load it serves: --batch-size N and/or --streams N "
+                             "(serve_batch / streams)")
+        return self
+
+    @property
+    def serves_batches(self) -> bool:
+        """Whether the artifacts need a dynamic batch axis: a throughput goal at a batch above 1."""
+        return self.goal == "throughput" and (self.serve_batch or 1) > 1
 
     @field_validator("max_accuracy_drop")
     @classmethod

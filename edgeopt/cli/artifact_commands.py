@@ -77,6 +77,9 @@ def benchmark(
                                           "several inputs: repeat with names, e.g. image:1,3,224,224"),
     batch_size: int = typer.Option(None, callback=o.checked("--batch-size", o.at_least_one_problem),
                                    help="batch size (replaces the first dimension of the input shape)"),
+    streams: int = typer.Option(None, callback=o.checked("--streams", o.at_least_one_problem),
+                                help="also measure throughput as a server runs it: this many requests in flight, "
+                                     "each a batch of --batch-size (OpenVINO: THROUGHPUT hint, async queue)"),
     max_time: float = typer.Option(10.0, callback=o.checked("--max-time", o.positive_problem),
                                    help="seconds at most for the timed runs"),
     per_layer: bool = typer.Option(False, "--per-layer", help="also profile per-layer times (ONNX Runtime "
@@ -102,15 +105,16 @@ def benchmark(
     shape = parse_input_shape(input_shape)
     layers = {}
     if device:
-        if per_layer or batch_size:
-            raise ConfigError("--per-layer and --batch-size are not available with --device")
+        if per_layer or batch_size or streams:
+            raise ConfigError("--per-layer, --batch-size and --streams are not available with --device")
         results = _remote_benchmark(artifacts, device, token_file, runtime, precision, threads, shape, max_time,
                                     dataset)
     else:
         if token_file or dataset:
             raise ConfigError("--token-file and --dataset only apply with --device")
         results = benchmark_many(artifacts, runtime=runtime, precision=precision, threads=threads,
-                                 input_shape=shape, batch_size=batch_size, config=BenchConfig(max_time_s=max_time))
+                                 input_shape=shape, batch_size=batch_size, config=BenchConfig(max_time_s=max_time),
+                                 streams=streams)
         layers = {str(a): [r.as_dict() for r in profile(a, runtime, precision, threads, shape, batch_size)]
                   for a in artifacts} if per_layer else {}
     if as_json:
@@ -123,6 +127,10 @@ def benchmark(
         out.print(f"{r.artifact}: {r.runtime} {r.runtime_version} ({r.precision_executed}, {r.threads} threads, "
                   f"input {'x'.join(map(str, r.input_shape))}) p50 {s.p50:.3f} ms  p90 {s.p90:.3f}  "
                   f"p99 {s.p99:.3f}  mean {s.mean:.3f} ± {s.std:.3f}  n={s.n}")
+        if r.throughput is not None:
+            t = r.throughput
+            out.print(f"  throughput {t.images_s:.1f} images/s (batch {t.batch}, {t.streams} streams): per request "
+                      f"p50 {t.p50_ms:.3f} ms  p99 {t.p99_ms:.3f} ms")
     if device:
         for r in results:
             acc = f", top-1 {r.accuracy:.2f}%" if getattr(r, "accuracy", None) is not None else ""

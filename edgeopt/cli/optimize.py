@@ -44,7 +44,7 @@ def optimize(
     bench_time: float = typer.Option(10.0, help="seconds at most for the interleaved latency measurement (> 0)"),
     out_dir: Path = typer.Option(Path("out"), "--out", help="output folder for report and artifacts"),
     as_json: bool = typer.Option(False, "--json", help="print report.json to stdout instead of the table"),
-    dynamic_batch: bool = o.DYNAMIC_BATCH,
+    dynamic_batch: bool = o.DYNAMIC_BATCH, streams: int = o.STREAMS,
     device: str = typer.Option(None, help="measure latency on a remote `edgeopt agent`, e.g. http://jetson:8765"),
     token_file: Path = typer.Option(None, help="the agent's token file (with --device)"),
 ) -> None:
@@ -53,7 +53,8 @@ def optimize(
 
     The search bisects each pruning/factorization family against accuracy on held-out data, exports the
     survivors at every precision the target accelerates, measures them interleaved, and keeps the fastest
-    (--goal latency) or smallest (--goal size) within --max-accuracy-drop. Finished candidates are cached in
+    (--goal latency) or smallest (--goal size) or the most images/s (--goal throughput --batch-size N
+    and/or --streams N) within --max-accuracy-drop. Finished candidates are cached in
     OUT/cache: rerunning after an interruption resumes. Example: edgeopt optimize --max-accuracy-drop 1 --retrain
     Fine-tuning on N GPUs/processes: torchrun --nproc-per-node N -m edgeopt optimize ... --retrain (rank 0 reports).
 
@@ -136,7 +137,7 @@ def plan(
     latency_budget_ms: float = o.LATENCY_BUDGET, size_budget_mb: float = o.SIZE_BUDGET,
     techniques: str = o.TECHNIQUES, runtimes: str = o.RUNTIMES,
     data: str = o.DATA, masks: Path = o.MASKS, image_size: str = o.IMAGE_SIZE, mean: str = o.MEAN,
-    std: str = o.STD, val_split: float = o.VAL_SPLIT,
+    std: str = o.STD, val_split: float = o.VAL_SPLIT, batch_size: int = o.BATCH_SIZE, streams: int = o.STREAMS,
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
 ) -> None:
     """Print the candidates the planner would try, and why (and what it leaves out, and why), without

@@ -26,7 +26,11 @@ INPUT_SHAPE = typer.Option(None, help="example input shape, batch first, e.g. 1,
 TRUST_PICKLE = typer.Option(False, help="allow loading a full pickled model or a .pt2 archive (runs its code); "
                             "taken only from the command line, never from --config")
 TARGET = typer.Option("local", help="target profile name/alias, a YAML file, or 'local'")
-GOAL = typer.Option("latency", help="latency | size")
+GOAL = typer.Option("latency", help="latency (batch 1, one request) | size | throughput (images/s under the load "
+                    "of --batch-size and/or --streams; --latency-budget-ms is then the p99 of one request under it)")
+STREAMS = typer.Option(None, help="--goal throughput: requests in flight at once (OpenVINO THROUGHPUT-hint streams, "
+                       "concurrent ONNX Runtime sessions, TensorRT execution contexts); default: the runtime's "
+                       "choice")
 MAX_DROP = typer.Option(1.0, help="accuracy budget in percentage points")
 RETRAIN = typer.Option(False, "--retrain/--no-retrain", help="may the model be fine-tuned? (adds Network Slimming, "
                        "IMP rewound by linear mode connectivity for size goals; the distillation kind is chosen "
@@ -34,7 +38,7 @@ RETRAIN = typer.Option(False, "--retrain/--no-retrain", help="may the model be f
 FROM_SCRATCH = typer.Option(False, "--from-scratch", help="the model may be trained from scratch (implies "
                             "--retrain): pruning at initialisation (SNIP, GraSP, SynFlow) for size goals")
 LATENCY_BUDGET = typer.Option(None, help="reject candidates slower than this p50 (the search stops early once "
-                              "met with margin)")
+                              "met with margin); with --goal throughput: the p99 of one request under the load")
 SIZE_BUDGET = typer.Option(None, help="reject candidates larger than this on disk (compressed)")
 TECHNIQUES = typer.Option(None, help="restrict to these techniques, comma separated")
 RUNTIMES = typer.Option(None, help="restrict to these runtimes, e.g. onnxruntime,openvino")
@@ -54,7 +58,8 @@ CROP = typer.Option(None, help="image folder: center-crop size H,W or S after --
 AUGMENT = typer.Option(True, "--augment/--no-augment", help="random resized crop + horizontal flip when "
                        "fine-tuning (never for calibration or evaluation)")
 CALIB_SIZE = typer.Option(300, help="calibration: a stratified sample of this many training images")
-BATCH_SIZE = typer.Option(32, help="data batch size for fine-tuning and evaluation")
+BATCH_SIZE = typer.Option(32, help="data batch size for fine-tuning and evaluation; with --goal throughput also "
+                          "the batch of one served request (artifacts then take any batch size)")
 WORKERS = typer.Option(None, help="data loading worker processes (default 0: decode in the main process)")
 IMAGE_SIZE = typer.Option(None, help="image folder: resize to H,W or S (default: the model's input)")
 MEAN = typer.Option(None, help="image folder: per-channel mean, e.g. 0.485,0.456,0.406 (default 0.5)")
@@ -163,7 +168,7 @@ FLAGS: dict[str, tuple[str, Callable[[Any], Any] | None]] = {
     "calib": ("calib_random", _calib_random), "cache": ("cache", None), "threads": ("threads", None),
     "seed": ("seed", None), "bench_time": ("bench_time_s", None), "out_dir": ("out_dir", _path),
     "as_json": ("as_json", None), "device": ("device", None), "token_file": ("token_file", _path),
-    "dynamic_batch": ("dynamic_batch", None),
+    "dynamic_batch": ("dynamic_batch", None), "streams": ("streams", None),
 }
 
 
@@ -177,6 +182,8 @@ def config_from_flags(params: dict[str, Any], explicit: set[str], config_file: P
         value = convert(params[name]) if convert is not None else params[name]
         flat[key] = {**flat.get(key, {}), **value} if key == "data_options" else value
     base = load_config(config_file) if config_file is not None else RunConfig()
+    if "batch_size" in explicit and flat.get("goal", base.deploy.goal) == "throughput":
+        flat["serve_batch"] = params["batch_size"]  # the served batch is the data batch: calibration at that shape
     return base.with_flat(**flat)
 
 

@@ -1,5 +1,6 @@
 """Select: reject what breaks the budgets (accuracy, latency, size) or what a reduced precision does not
-earn (slower than its fp32 twin), then pick the fastest (goal latency) or smallest (goal size). The rules
+earn (slower than its fp32 twin), then pick the fastest (goal latency), smallest (goal size) or the one serving
+the most images/s under the served load (goal throughput: its images/s and per-request p99). The rules
 are decide/policy.py's (EPS_PP, REDUCED_PRECISION_MUST_BE_FASTER, RANK_BY). The search and `select` see only
 the selection part of the held-out data; `judge_on_test` then judges the final choice on the test part."""
 
@@ -28,6 +29,9 @@ def select(report: Report, context: DeployContext) -> None:
         for c in pool:
             if c.status == "ok" and c.accuracy is not None and base.accuracy is not None:
                 c.accuracy_drop = round(base.accuracy - c.accuracy, 4)
+    # goal throughput ranks by what was measured under the served load; where nothing could be (a target that
+    # is not this machine: latency only estimated or measured remotely), by latency as before
+    serving = context.goal == "throughput" and any(c.throughput is not None for c in pool)
     fp32 = {_twin_key(c): c for c in pool if c.status == "ok" and c.precision == "fp32" and _twin_key(c)}
     for c in pool:
         if c.status != "ok":
@@ -37,31 +41,55 @@ def select(report: Report, context: DeployContext) -> None:
             c.reason = f"accuracy drop {c.accuracy_drop:.2f} pp > budget {context.max_accuracy_drop} pp"
             continue
         twin = fp32.get(_twin_key(c))
-        if (policy.REDUCED_PRECISION_MUST_BE_FASTER and c.precision != "fp32" and twin is not None
+        if serving:
+            why = _serving_problem(c, twin, context)
+            if why:
+                c.status, c.reason = "rejected", why
+                continue
+        elif (policy.REDUCED_PRECISION_MUST_BE_FASTER and c.precision != "fp32" and twin is not None
                 and c.latency_ms and twin.latency_ms and c.latency_ms.p50 >= twin.latency_ms.p50):
             c.status = "rejected"
             c.reason = (f"measured slower than fp32 ({c.latency_ms.p50:.3f} vs "
                         f"{twin.latency_ms.p50:.3f} ms p50)")
             continue
-        if context.latency_budget_ms and c.latency_ms and c.latency_ms.p50 > context.latency_budget_ms:
+        if not serving and context.latency_budget_ms and c.latency_ms and c.latency_ms.p50 > context.latency_budget_ms:
             c.status = "rejected"
             c.reason = f"p50 {c.latency_ms.p50:.3f} ms > latency budget {context.latency_budget_ms} ms"
             continue
         if context.size_budget_mb and c.shipped_bytes and c.shipped_bytes / 1e6 > context.size_budget_mb:
             c.status = "rejected"
             c.reason = f"size {c.shipped_bytes / 1e6:.2f} MB (compressed) > size budget {context.size_budget_mb} MB"
-    eligible = [c for c in pool if c.status == "ok" and c.latency_ms is not None]
+    eligible = [c for c in pool if c.status == "ok" and c.latency_ms is not None
+                and (not serving or c.throughput is not None)]
     if not eligible:
         report.chosen = None
         return
     def measure(c: Candidate, what: str) -> float:
+        if what == "images_s":
+            return -c.throughput.images_s
         return c.latency_ms.p50 if what == "p50" else (c.shipped_bytes or 0)
 
-    order = policy.RANK_BY[context.goal]
+    order = policy.RANK_BY[context.goal if serving or context.goal != "throughput" else "latency"]
     best = min(eligible, key=lambda c: tuple(measure(c, what) for what in order))
     report.chosen = best.id
     if not best.reason:
-        best.reason = "chosen: " + ("smallest" if context.goal == "size" else "fastest") + " within budget"
+        best.reason = "chosen: " + ("smallest" if context.goal == "size" else "most images/s" if serving
+                                    else "fastest") + " within budget"
+
+
+def _serving_problem(c: Candidate, twin: Candidate | None, context: DeployContext) -> str | None:
+    """Why a candidate fails a throughput goal: not measured under the load, a reduced precision serving no
+    more images/s than its fp32 twin, or a request's p99 under the load beyond the latency budget."""
+    t = c.throughput
+    if t is None:
+        return "no throughput measured under the served load (goal throughput)"
+    if (policy.REDUCED_PRECISION_MUST_BE_FASTER and c.precision != "fp32" and twin is not None
+            and twin.throughput is not None and t.images_s <= twin.throughput.images_s):
+        return f"serves no more than fp32 ({t.images_s:.1f} vs {twin.throughput.images_s:.1f} images/s)"
+    if context.latency_budget_ms and t.p99_ms > context.latency_budget_ms:
+        return (f"p99 {t.p99_ms:.3f} ms per request under load (batch {t.batch}, {t.streams} streams) > "
+                f"latency budget {context.latency_budget_ms} ms")
+    return None
 
 
 def judge_on_test(report: Report, context: DeployContext, evaluate: Callable[[Candidate], float | None]

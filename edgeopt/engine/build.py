@@ -135,7 +135,8 @@ def export_options(config, target=None) -> dict | None:
     TensorRT version of a target whose engines TensorRT builds from the ONNX: see formats.target_export_options)."""
     from edgeopt.formats import target_export_options
 
-    options = {**({"dynamic_batch": True} if config.output.dynamic_batch else {}),
+    dynamic = config.output.dynamic_batch or config.deploy.serves_batches  # a throughput goal serves batches
+    options = {**({"dynamic_batch": True} if dynamic else {}),
                **(target_export_options(target) if target is not None else {})}
     return options or None
 

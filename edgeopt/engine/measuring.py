@@ -1,5 +1,6 @@
 """The measuring stage of a run: every finished candidate's latency, measured interleaved on this machine,
-on a remote `edgeopt agent`, or estimated by the roofline for a target that is not this machine."""
+on a remote `edgeopt agent`, or estimated by the roofline for a target that is not this machine; for a
+throughput goal also its images/s under the served load (measure/throughput.py), on this machine."""
 
 from __future__ import annotations
 
@@ -46,7 +47,45 @@ def measure_all(cands: list[Candidate], sessions: dict, measure_locally: bool, p
             tuple(prep.ex.first.shape) if prep.ex.single else prep.ex.shapes,
             prep.context.threads, bench_config.max_time_s, tensorrt=prep.profile.tensorrt)
     latency(ok, sessions, measure_locally, prep.profile, prep.ex, bench_config)
+    if config.deploy.goal == "throughput" and measure_locally:
+        progress.stage("measuring throughput")
+        throughput(ok, sessions, out_dir, config, prep.context.threads, bench_config.max_time_s, progress)
     return None
+
+
+# a batch run at once may differ from its images run one by one by kernel order only (fp32 ~1e-6; INT8
+# requantization flips a step here and there); beyond this the artifact does not serve batches correctly
+BATCH_TOLERANCE = 0.05
+
+
+def throughput(cands: list[Candidate], sessions: dict, out_dir: Path, config: RunConfig, threads: int | None,
+               seconds: float, progress) -> None:
+    """Every candidate's images/s and per-request p50/p99 under the goal's load (batch, streams), measured
+    interleaved; each is first verified at the served batch against its images run one by one. A candidate
+    that cannot serve the load is rejected with the reason."""
+    import os
+
+    from edgeopt.errors import first_line
+    from edgeopt.measure.throughput import Load, ThroughputConfig, batch_consistency, measure_throughput, server_for
+
+    load = Load(batch=config.deploy.serve_batch or 1, streams=config.deploy.streams)
+    threads = threads or os.cpu_count()
+    servers = {}
+    for c in cands:
+        try:
+            gap = batch_consistency(sessions[c.id], load.batch) if c.id in sessions else 0.0
+            if gap > BATCH_TOLERANCE:
+                raise ValueError(f"batch {load.batch} run at once differs from one by one by {gap:.1%}")
+            servers[c.id] = server_for(out_dir / c.artifact, c.runtime, c.precision, threads, load)
+        except Exception as e:  # this candidate does not serve the load; the others are still measured
+            c.status, c.reason = "rejected", f"cannot serve batch {load.batch}: {first_line(e, 200)}"
+    if not servers:
+        return
+    stats = measure_throughput(servers, ThroughputConfig(max_time_s=seconds))
+    for c in cands:
+        if c.id in stats:
+            c.throughput = stats[c.id]
+    progress.log("throughput: " + ", ".join(f"{cid} {t.images_s:.0f} images/s" for cid, t in stats.items()))
 
 
 def architecture_table(prep, progress, seconds: float = 4.0) -> list[dict] | None:

@@ -231,10 +231,15 @@ def _report(prep: Prepared, found: Searched, threads: int, device: dict | None, 
 def batch_note(config: RunConfig, ex: Inputs) -> dict:
     """What report.json's environment says about the batch: the size latency is measured at, and whether the
     artifacts take any batch size."""
-    if not config.output.dynamic_batch:
-        return {}
+    d = config.deploy
+    streams = d.streams or "the runtime's choice of"
+    serving = {"figures": f"latency_ms: batch {ex.batch}, one request at a time (goal latency); throughput: "
+                          f"batch {d.serve_batch or 1}, {streams} requests in flight (goal throughput)"
+               } if d.goal == "throughput" else {}
+    if not config.output.dynamic_batch and not d.serves_batches:
+        return serving
     return {"batch": f"{ex.batch} (artifacts have a dynamic batch axis; latency measured at batch {ex.batch}, "
-                     "the example's)"}
+                     "the example's)", **serving}
 
 
 def output_shapes(net, ex: Inputs) -> dict[str, list[int]]:

@@ -263,3 +263,42 @@ def load_openvino(path: Path, precision: str = "fp32", threads: int | None = Non
                    info={"requested_precision": precision, "executed_precision": reading,
                          "int8_mac_fraction": reading.get("int8_mac_fraction")},
                    input_shapes=shapes, output_names=outputs, run_all=run_all)
+
+
+def compile_throughput(path: Path, precision: str = "fp32", threads: int | None = None, streams: int | None = None,
+                       batch: int | None = None, device: str = "CPU"):
+    """The IR compiled as a server runs it: the THROUGHPUT performance hint (its own number of streams, or
+    `streams`), a batch-dynamic IR fixed at `batch` (static shapes compile to faster kernels). Options go to
+    this compile_model call only, never to the shared Core. Returns (compiled model, the settings it chose)."""
+    import openvino as ov
+
+    if precision not in PRECISION_HINTS:
+        raise ConfigError(f"OpenVINO precision {precision!r} unknown; use one of {', '.join(PRECISION_HINTS)}")
+    core = openvino_core()
+    ov_model = read_ir(path, core)
+    if batch:
+        shapes = {}
+        for port in ov_model.inputs:
+            shape = port.get_partial_shape()
+            if shape[0].is_static and shape[0].get_length() != batch:
+                raise ArtifactError(f"{path} has a static batch of {shape[0].get_length()}, not {batch}: export it "
+                                    "with a dynamic batch axis (edgeopt export --dynamic-batch)")
+            shapes[port] = ov.PartialShape([batch, *list(shape)[1:]])
+        ov_model.reshape(shapes)
+    config: dict = {"PERFORMANCE_HINT": "THROUGHPUT"}
+    if streams:
+        config["NUM_STREAMS"] = int(streams)
+    hint = PRECISION_HINTS[precision]
+    if hint:
+        config["INFERENCE_PRECISION_HINT"] = hint
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    try:
+        compiled = core.compile_model(ov_model, device.upper(), config)
+    except Exception as e:
+        raise ArtifactError(f"OpenVINO cannot compile {path} for {device.upper()}: {openvino_reason(e)}") from None
+    settings = {"performance_hint": "THROUGHPUT", "num_streams": int(compiled.get_property("NUM_STREAMS")),
+                "infer_requests": int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")),
+                "inference_num_threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
+                "inference_precision": precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))}
+    return compiled, settings

@@ -47,6 +47,11 @@ def _shapes(session: Session, input_shape, batch_size: int | None) -> dict[str, 
     if batch_size is not None:
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+        fixed = {n: s[0] for n, s in own.items() if s and s[0] > 0 and s[0] != batch_size}
+        if fixed:  # a static batch axis: the runtime would fail deep inside with a shape message
+            raise InputShapeError(f"--batch-size {batch_size}: the artifact's batch axis is fixed at "
+                                  f"{next(iter(fixed.values()))}; re-export it with a dynamic batch axis "
+                                  "(edgeopt export --dynamic-batch, ONNX/OpenVINO) to measure other batch sizes")
         shapes = {n: (batch_size, *s[1:]) for n, s in shapes.items()}
     return shapes
 
@@ -73,8 +78,11 @@ def _prepare(path: Path, runtime: str | None, precision: str, threads: int, inpu
 
 def benchmark_many(paths: list[Path], runtime: str | None = None, precision: str = "fp32",
                    threads: int | None = None, input_shape: tuple[int, ...] | dict | None = None,
-                   batch_size: int | None = None, config: BenchConfig | None = None) -> list[BenchmarkResult]:
-    """Measure several artifacts interleaved, run by run; one result per artifact, in order."""
+                   batch_size: int | None = None, config: BenchConfig | None = None,
+                   streams: int | None = None) -> list[BenchmarkResult]:
+    """Measure several artifacts interleaved, run by run; one result per artifact, in order. With `streams`
+    also their throughput as a server runs them (that many requests in flight, each a batch of `batch_size`),
+    interleaved alike (edgeopt.measure.throughput)."""
     from edgeopt.config import threads_problem
 
     problem = threads_problem(threads)  # the bound `optimize` and the CLI apply: 100000 threads hang a runtime
@@ -84,11 +92,20 @@ def benchmark_many(paths: list[Path], runtime: str | None = None, precision: str
     prepared = [_prepare(p, runtime, precision, threads, input_shape, batch_size) for p in paths]
     keys = [f"{i}:{p}" for i, p in enumerate(paths)]
     stats = measure({k: s.timed_call(feed) for k, (s, feed, _) in zip(keys, prepared, strict=True)}, config)
+    served = {}
+    if streams:
+        from edgeopt.measure.throughput import Load, ThroughputConfig, measure_throughput, server_for
+
+        load = Load(batch=batch_size or 1, streams=streams)
+        servers = {k: server_for(Path(p), s.runtime, precision, threads, load)
+                   for k, p, (s, _, _) in zip(keys, paths, prepared, strict=True)}
+        served = measure_throughput(servers, ThroughputConfig(max_time_s=(config or BenchConfig()).max_time_s))
     return [BenchmarkResult(artifact=str(p), runtime=s.runtime, runtime_version=s.runtime_version,
                             precision=precision, precision_executed=s.precision_executed,
                             device=device_description(s), threads=threads,
                             input_shape=list(next(iter(shapes.values()))), latency=stats[k],
-                            inputs={n: list(v) for n, v in shapes.items()}, outputs=list(s.output_names))
+                            inputs={n: list(v) for n, v in shapes.items()}, outputs=list(s.output_names),
+                            throughput=served.get(k))
             for k, p, (s, _, shapes) in zip(keys, paths, prepared, strict=True)]
 
 

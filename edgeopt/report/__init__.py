@@ -126,6 +126,22 @@ class LatencyStats(BaseModel):
     samples_ms: list[float] = Field(default_factory=list, description="raw per-run latencies, for gates")
 
 
+class ThroughputStats(BaseModel):
+    """Images per second as a server runs the artifact (a batch per request, several requests in flight), and
+    the latency of one request under that load; what the throughput goal ranks by and the gate holds."""
+
+    images_s: float
+    p50_ms: float  # one request (one batch) under the load
+    p99_ms: float
+    batch: int
+    streams: int  # requests in flight
+    requests: int  # completed in the measurement windows
+    window_s: float  # seconds measured in all
+    samples_images_s: list[float] = Field(default_factory=list, description="images/s of each window, for gates")
+    runtime_settings: dict[str, Any] = Field(default_factory=dict)  # hint, streams, threads per request
+    goal: str = "throughput"  # the goal this figure is for (latency_ms is batch 1, one request: goal latency)
+
+
 class Step(BaseModel):
     technique: str
     params: dict[str, Any] = Field(default_factory=dict)
@@ -153,6 +169,7 @@ class Candidate(BaseModel):
     int8_mac_fraction: float | None = None  # share of MACs the runtime's executed graph runs in int8
     latency_ms: LatencyStats | None = None
     latency_source: Literal["measured", "estimated"] | None = None
+    throughput: ThroughputStats | None = None  # goal throughput only: measured under the served load
     accuracy: float | None = None
     accuracy_drop: float | None = None
     # "top1", "miou", "fidelity" or the name of the user's metric: any name a run can score with
@@ -274,6 +291,7 @@ class BenchmarkResult(BaseModel):
     latency_source: Literal["measured", "estimated"] = "measured"
     inputs: dict[str, list[int]] = {}  # every input fed, by name (input_shape is the first one's)
     outputs: list[str] = []
+    throughput: ThroughputStats | None = None  # `benchmark --streams`: images/s under that load
 
     @property
     def p50_ms(self) -> float:

@@ -2,8 +2,10 @@
 
 Regressions are judged on medians with a bootstrap confidence interval over the raw samples the reports
 keep, and fail only when the whole 95% interval of the slowdown lies above the allowed margin: an
-unchanged model measured twice on a shared machine must not flap. Estimated (roofline) latencies fail a
-latency gate unless explicitly allowed, since they were never measured."""
+unchanged model measured twice on a shared machine must not flap. Throughput (images/s under a served load,
+goal throughput) is judged alike: a floor on its images/s and on the p99 of one request under the load, and
+against a baseline the median of its per-window images/s, with the same interval and margin. Estimated
+(roofline) latencies fail a latency gate unless explicitly allowed, since they were never measured."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeopt.errors import EdgeOptError, first_line
-from edgeopt.report import LatencyStats, write_atomic
+from edgeopt.report import LatencyStats, ThroughputStats, write_atomic
 
 
 class GateInputError(EdgeOptError):
@@ -32,6 +34,7 @@ class Subject:
     latency_source: str | None
     accuracy_drop: float | None = None
     size_bytes: int | None = None
+    throughput: ThroughputStats | None = None
 
 
 @dataclass
@@ -77,7 +80,7 @@ def load_subject(path: Path, candidate: str | None = None, default: int = -1) ->
         # the test split's drop when the candidate was judged there: the selection figure is the one the search
         # optimized on, biased in the candidate's favour
         drop = c.accuracy_drop_test if c.accuracy_drop_test is not None else c.accuracy_drop
-        return Subject(str(path), c.id, c.latency_ms, c.latency_source, drop, c.size_bytes)
+        return Subject(str(path), c.id, c.latency_ms, c.latency_source, drop, c.size_bytes, c.throughput)
     if isinstance(data, list) and data and all(isinstance(d, dict) and "latency" in d for d in data):
         data = _pick_result(path, data, candidate, default)
     if isinstance(data, dict) and "latency" in data and "artifact" in data:
@@ -89,7 +92,7 @@ def load_subject(path: Path, candidate: str | None = None, default: int = -1) ->
             raise GateInputError(f"{path} is not a valid benchmark result: {first_line(e, with_type=False)}") from None
         art = Path(r.artifact)
         return Subject(str(path), r.artifact, r.latency, r.latency_source,
-                       size_bytes=art.stat().st_size if art.is_file() else None)
+                       size_bytes=art.stat().st_size if art.is_file() else None, throughput=r.throughput)
     raise GateInputError(f"{path} is neither an edgeopt report.json nor `edgeopt benchmark --json` output")
 
 
@@ -155,9 +158,11 @@ def _latency_usable(s: Subject, allow_estimated: bool, what: str) -> tuple[bool,
 
 def run_gate(subject: Subject, max_latency_ms: float | None = None, max_accuracy_drop: float | None = None,
              max_size_mb: float | None = None, baseline: Subject | None = None,
-             max_regression: float | None = None, allow_estimated: bool = False) -> list[Check]:
+             max_regression: float | None = None, allow_estimated: bool = False,
+             min_throughput: float | None = None, max_p99_under_load_ms: float | None = None) -> list[Check]:
     checks: list[Check] = []
-    for flag, v in (("--max-latency-ms", max_latency_ms), ("--max-size-mb", max_size_mb)):
+    for flag, v in (("--max-latency-ms", max_latency_ms), ("--max-size-mb", max_size_mb),
+                    ("--min-throughput", min_throughput), ("--max-p99-under-load-ms", max_p99_under_load_ms)):
         if v is not None and not (math.isfinite(v) and v > 0):
             raise GateInputError(f"{flag} must be a positive number (got {v})")
     if max_accuracy_drop is not None and not math.isfinite(max_accuracy_drop):
@@ -191,10 +196,65 @@ def run_gate(subject: Subject, max_latency_ms: float | None = None, max_accuracy
         checks.append(Check("max_size_mb", mb <= max_size_mb,
                             f"size {mb:.3f} MB " + (f"<= {max_size_mb} MB" if mb <= max_size_mb else
                                                     f"exceeds {max_size_mb} MB by {mb - max_size_mb:.3f} MB")))
+    if min_throughput is not None or max_p99_under_load_ms is not None:
+        checks += _throughput_checks(subject, min_throughput, max_p99_under_load_ms)
     if baseline is not None:
-        checks.append(_regression(subject, baseline, 0.10 if max_regression is None else max_regression,
-                                  allow_estimated))
+        margin = 0.10 if max_regression is None else max_regression
+        checks.append(_regression(subject, baseline, margin, allow_estimated))
+        if subject.throughput is not None and baseline.throughput is not None:
+            checks.append(_throughput_regression(subject, baseline, margin))
     return checks
+
+
+def _load(t: ThroughputStats) -> str:
+    return f"batch {t.batch}, {t.streams} streams"
+
+
+def _throughput_of(s: Subject) -> ThroughputStats:
+    t = s.throughput
+    if t is None:
+        raise GateInputError(f"{s.source}: {s.name} has no throughput figure (measured with optimize --goal "
+                             "throughput or benchmark --streams)")
+    values = [t.images_s, t.p50_ms, t.p99_ms, *t.samples_images_s]
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise GateInputError(f"{s.source}: {s.name} has throughput figures that are not positive finite numbers")
+    return t
+
+
+def _throughput_checks(s: Subject, floor: float | None, p99_limit: float | None) -> list[Check]:
+    t = _throughput_of(s)
+    checks = []
+    if floor is not None:
+        ok = t.images_s >= floor
+        checks.append(Check("min_throughput", ok, f"throughput {t.images_s:.1f} images/s ({_load(t)}) " + (
+            f">= {floor} images/s" if ok else f"is below {floor} images/s by {100 * (1 - t.images_s / floor):.1f}%")))
+    if p99_limit is not None:
+        ok = t.p99_ms <= p99_limit
+        checks.append(Check("max_p99_under_load_ms", ok, f"p99 per request under load {t.p99_ms:.3f} ms "
+                            f"({_load(t)}) " + (f"<= {p99_limit} ms" if ok else
+                                                f"exceeds {p99_limit} ms by {100 * (t.p99_ms / p99_limit - 1):.1f}%")))
+    return checks
+
+
+def _throughput_regression(new: Subject, old: Subject, margin: float) -> Check:
+    """images/s vs the baseline's: the slowdown old/new over the per-window samples, failing only when its
+    whole 95% interval lies beyond the margin (as for latency)."""
+    a, b = _throughput_of(new), _throughput_of(old)
+    limit = 1 + margin
+    if len(a.samples_images_s) >= 10 and len(b.samples_images_s) >= 10:
+        slowdown, lo, hi = median_ratio_ci(b.samples_images_s, a.samples_images_s)
+        passed = lo <= limit
+        how = (f"(95% CI {100 * (1 / hi - 1):+.1f}%..{100 * (1 / lo - 1):+.1f}%, {len(a.samples_images_s)} vs "
+               f"{len(b.samples_images_s)} windows)")
+    else:
+        slowdown = b.images_s / a.images_s
+        passed = slowdown <= limit
+        how = "(too few windows for a confidence interval: point estimate)"
+    verdict = (f"within the allowed -{100 * margin:.1f}% slowdown" if passed else
+               f"slowdown beyond the allowed {100 * margin:.1f}% by {100 * (slowdown - limit):.1f} points")
+    return Check("max_throughput_regression", passed,
+                 f"throughput {a.images_s:.1f} vs baseline {b.images_s:.1f} images/s ({_load(a)}): "
+                 f"{100 * (1 / slowdown - 1):+.1f}% {how}, {verdict}")
 
 
 def _regression(new: Subject, old: Subject, margin: float, allow_estimated: bool) -> Check:

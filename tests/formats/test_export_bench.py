@@ -114,7 +114,7 @@ def test_ab_benchmark_interleaves_and_records_the_machine(tmp_path, tiny_plain, 
     assert ra.threads == 1 and "CPU" in ra.device and ra.runtime_version
     rbatch = benchmark_many([a], batch_size=1, threads=1, config=fast_bench)[0]
     assert rbatch.input_shape == [1, 1, 16, 16]
-    with pytest.raises(InputShapeError):
+    with pytest.raises(InputShapeError, match="export --dynamic-batch"):
         benchmark_many([a], batch_size=4, threads=1, config=fast_bench)  # static batch 1 artifact
 
 
