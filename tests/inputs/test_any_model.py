@@ -1,6 +1,8 @@
 """Any vision model: several inputs (tuple, dict), several outputs (tuple, nested dict), through prune,
 factorize, export (ONNX, OpenVINO), runtime sessions, verification and benchmark."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -238,9 +240,9 @@ def test_cli_named_input_shapes(tmp_path):
         return subprocess.run([sys.executable, "-m", "edgeopt", *args], capture_output=True, text=True,
                               timeout=600, env=env, cwd=ROOT)
 
-    here = str(TESTS)
+    here = [str(Path(__file__).parent), str(TESTS)]  # this module (and what it imports) by name in the child
     f = tmp_path / "m.py"
-    f.write_text(f"import sys\nsys.path.insert(0, {here!r})\nfrom test_any_model import TwoInputs\n"
+    f.write_text(f"import sys\nsys.path[:0] = {here!r}\nfrom test_any_model import TwoInputs\n"
                  "def make():\n    return TwoInputs()\n")
     r = cli("export", "--model", f"{f}:make", "--input-shape", "image:1,3,16,16", "--input-shape",
             "mask:1,1,16,16", "--out", str(tmp_path / "m.onnx"))
@@ -382,9 +384,9 @@ def test_cli_two_inputs_int8_with_data_function(tmp_path):
     import subprocess
     import sys
 
-    here = str(TESTS)
+    here = [str(Path(__file__).parent), str(TESTS)]  # this module (and what it imports) by name in the child
     f = tmp_path / "user.py"
-    f.write_text(f"import sys\nsys.path.insert(0, {here!r})\nimport torch\n"
+    f.write_text(f"import sys\nsys.path[:0] = {here!r}\nimport torch\n"
                  "from test_any_model import TwoInputs, _pairs\n"
                  "def make():\n    torch.manual_seed(0)\n    return TwoInputs().eval()\n"
                  "def data():\n    m = make()\n"

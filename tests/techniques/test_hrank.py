@@ -2,6 +2,7 @@
 inputs or random ones."""
 
 import json
+from pathlib import Path
 
 import torch
 from cliruns import run
@@ -42,7 +43,7 @@ def test_cli_prune_hrank_uses_data_or_says_it_is_random(tmp_path):
 
     spec = str(tmp_path / "net.py") + ":make"
     (tmp_path / "net.py").write_text(
-        "import sys\nsys.path.insert(0, " + repr(str(TESTS)) + ")\n"
+        "import sys\nsys.path[:0] = " + repr([str(Path(__file__).parent), str(TESTS)]) + "\n"
         "from test_hrank import _dead_channel_net\n\ndef make():\n    return _dead_channel_net()\n")
     npy = tmp_path / "x.npy"
     np.save(npy, np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32))
