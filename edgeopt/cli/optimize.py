@@ -27,7 +27,8 @@ def optimize(
     sensitivity: bool = typer.Option(False, "--sensitivity", help="measure each layer's pruning sensitivity "
                                      "first; sensitive layers are pruned less (saved in the report)"),
     latency_budget_ms: float = o.LATENCY_BUDGET, size_budget_mb: float = o.SIZE_BUDGET,
-    time_budget: float = typer.Option(None, help="wall-time budget for the search, seconds"),
+    time_budget: float = typer.Option(None, help="wall-time budget for the whole run (loading, search, final "
+                                      "measurement), seconds"),
     techniques: str = o.TECHNIQUES, runtimes: str = o.RUNTIMES,
     data: str = o.DATA, masks: Path = o.MASKS, metric: str = o.METRIC,
     # --- data options (image folders; --batch-size/--workers/--calib-size also for Datasets) -> DataOptions
@@ -122,8 +123,10 @@ def _summary(report, out_dir: Path) -> None:
             out.print(f"load {report.model.chosen_artifact} as measured: {report.model.load_note[-1]}", markup=False,
                       highlight=False)
     hits = report.model.cache_hits or 0
+    budget = (report.model.search or {}).get("time_budget") or {}
+    stopped = f", stopped by the time budget of {budget['budget_s']:g} s" if budget.get("stopped") else ""
     out.print(f"report: {out_dir / 'report.md'}, report.html, report.json, run.yaml  (wall time "
-              f"{report.wall_time_s:.1f} s{f', {hits} candidates from the cache' if hits else ''})")
+              f"{report.wall_time_s:.1f} s{stopped}{f', {hits} candidates from the cache' if hits else ''})")
 
 
 @app.command()

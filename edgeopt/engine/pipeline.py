@@ -6,6 +6,7 @@ precision, verify, evaluate on the runtime; on the selection part of the held-ou
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -98,12 +99,34 @@ def run(config: RunConfig, model=None, example=None, eval_data=None, calib_data=
     write_atomic(mark_folder(out_dir) / "run.yaml", used.to_yaml())
     found = _search(prep, out_dir, threads, config.output.cache, progress, t_start,
                     metric if metric is not None else config.inputs.metric)
-    bench_config = bench_config or BenchConfig(max_time_s=config.measure.bench_time_s)
+    bench_config = fit_bench(bench_config or BenchConfig(max_time_s=config.measure.bench_time_s), found.result)
     device = measure_all(found.result.candidates, found.result.sessions, found.plan.measure_locally, prep, out_dir,
                          config, bench_config, device_token, progress)
     report = _report(prep, found, threads, device, out_dir, t_start)
     write_all(report, out_dir)  # report.png, .json, .md and the self-contained .html, each once
     return report
+
+
+# Of the time left for the tail of a time-budgeted run, the share the latency measurement may take: the test split
+# and writing the report take the rest.
+BENCH_SHARE = 0.5
+
+
+def fit_bench(bench: BenchConfig, result: SearchResult) -> BenchConfig:
+    """The final latency measurement, shortened to fit what is left of --time-budget (fewer runs, a shorter
+    measurement; traced as a cut); as asked without a time budget or when it fits."""
+    clock = result.clock
+    left = clock.left("end") if clock is not None else None
+    if left is None:
+        return bench
+    ok = sum(1 for c in result.candidates if c.status == "ok")
+    allowed = max(0.5, BENCH_SHARE * left - bench.warmup_s)
+    if bench.max_time_s <= allowed:
+        return bench
+    clock.cut(f"latency of {ok} candidate(s) measured for {allowed:.1f} s, not {bench.max_time_s:g} s "
+              f"({max(left, 0):.0f} s of the budget left)")
+    return dataclasses.replace(bench, max_time_s=allowed, min_runs=min(bench.min_runs, 10),
+                               warmup_runs=min(bench.warmup_runs, 3))
 
 
 def plan_for(prep: Prepared, sensitivity: dict | None = None, architectures: list[dict] | None = None) -> Plan:
