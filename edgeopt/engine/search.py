@@ -18,6 +18,7 @@ the trace, the decisions taken on measurements and the runtime sessions of the o
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -52,6 +53,23 @@ class SearchResult:
     build_seconds: dict[str, float] = field(default_factory=dict)
     finish_seconds: dict[str, float] = field(default_factory=dict)
     clock: StopClock | None = None  # the time budget: what is left of it for the final measurement
+    phases: dict[str, dict[str, float]] = field(default_factory=dict)  # candidate -> phase -> seconds
+    screen_seconds: float = 0.0  # PyTorch accuracy of the structures screened
+    after_budget: set[str] = field(default_factory=set)  # candidates finished after the search's share
+
+    def profile(self) -> dict[str, float]:
+        """Where the search's time went, by phase: structures built, screened in PyTorch, exported (per
+        format), verified, evaluated, retried with accuracy control, finished after the time budget."""
+        fmt = {c.id: c.format for c in self.candidates}
+        out = {"build": round(sum(self.build_seconds.values()), 3), "screen": round(self.screen_seconds, 3)}
+        for cid, phases in self.phases.items():
+            for phase, sec in phases.items():
+                if phase == "build":
+                    continue  # every build is in build_seconds already
+                name = ("finish after the budget" if cid in self.after_budget
+                        else f"export {fmt.get(cid)}" if phase == "export" else phase)
+                out[name] = round(out.get(name, 0.0) + sec, 3)
+        return out
 
     def summary(self) -> dict:
         """report.json's model.search."""
@@ -60,7 +78,8 @@ class SearchResult:
                 "screened_drop_pp": dict(self.screened),
                 "screening": {g.group: g.summary() for g in self.screenings},
                 "structures_built": self.structures_built,
-                "build_seconds": dict(self.build_seconds), "finish_seconds": dict(self.finish_seconds)}
+                "build_seconds": dict(self.build_seconds), "finish_seconds": dict(self.finish_seconds),
+                "profile": self.profile()}
 
 
 @dataclass
@@ -89,6 +108,8 @@ class Search:
         self.decisions: list[Decision] = []  # decisions taken on measurements (screening, QAT, accuracy control)
         self.screened: dict[str, float | None] = {}
         self.screenings: list[Screening] = []
+        self.screen_seconds = 0.0
+        self.after_budget: set[str] = set()
         self.ledger = Ledger(self.plan, self.progress)
         self.builds = Builds(self.builder, self.ledger, self.progress, self.announce)
         self.clock = StopClock(self.context.time_budget_s, self.t_start, self.trace)
@@ -143,7 +164,8 @@ class Search:
             candidates=list(ledger.cands.values()), trace=self.trace, decisions=self.decisions,
             sessions=self.finisher.sessions, stopped=self.clock.reason, screened=self.screened,
             screenings=self.screenings, structures_built=self.builds.count(), build_seconds=self.builds.seconds,
-            finish_seconds=self.finisher.seconds, clock=self.clock)
+            finish_seconds=self.finisher.seconds, clock=self.clock, phases=self.finisher.phases,
+            screen_seconds=self.screen_seconds, after_budget=self.after_budget)
 
     # ---- structures: bisection, screening -------------------------------------------------------------
     def _bisect(self, fam: str, structures: list[str]) -> list[str]:
@@ -196,7 +218,9 @@ class Search:
             self.screened[structure] = None
             self.trace.append(f"screen {structure}: failed ({why_failed(b)})")
             return None
+        t0 = time.perf_counter()
         drop = round(self.base_torch_acc - self.builder.torch_accuracy(b.model), 4)
+        self.screen_seconds += time.perf_counter() - t0
         self.screened[structure] = drop
         self.cache.put("screen", k, {"drop": drop, "layout": self.builds.layout_of[structure]})
         self.trace.append(f"screen {structure}: drop {drop:.2f} pp")
@@ -261,6 +285,7 @@ class Search:
             for spec in specs:
                 ledger.cands[spec.id].status, ledger.cands[spec.id].reason = "pending", ""
             self.finisher.finish(best, specs)
+        self.after_budget |= {spec.id for spec in specs}
 
     def _compressed_finished(self) -> None:
         """Once a compressed candidate is finished, the share of the time budget kept for finishing one after

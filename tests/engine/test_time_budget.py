@@ -77,14 +77,15 @@ def test_a_family_stopped_by_the_budget_says_so(tmp_path, clock):
 
 
 def test_a_real_run_ends_within_its_time_budget(tmp_path, tiny_plain, example):
-    """A real tiny model, a budget far shorter than its unbounded search: the wall time stays within the budget
-    plus 10 %, plus 3 s for what no check can interrupt (one export or build already started, which the
-    tiny model does in well under 3 s, and the plot and report files written after the last check)."""
+    """A real tiny model, a budget shorter than its unbounded search (25-45 s on a loaded 2-core machine): the
+    wall time stays within the budget plus 10 %, plus 3 s for what no check can interrupt (one export or build
+    already started, which the tiny model does in well under 3 s). The budget leaves room for what is always
+    done: loading and tracing the model (up to ~11 s here on a first run) and the baseline."""
     import edgeopt
 
-    budget = 12.0
+    budget = 25.0
     report = edgeopt.optimize(tiny_plain, example, target="local", max_accuracy_drop=100.0, out_dir=tmp_path,
                               runtimes=["onnxruntime"], time_budget_s=budget)
     assert report.baseline is not None and report.baseline.status == "ok"
     assert report.baseline.latency_ms is not None
-    assert report.wall_time_s <= budget * 1.1 + 3.0, report.model.search["trace"]
+    assert report.wall_time_s <= budget * 1.1 + 3.0, (report.model.profile, report.model.search["trace"])
