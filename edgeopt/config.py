@@ -202,6 +202,7 @@ class OutputConfig(_Strict):
     out_dir: str = "out"
     cache: bool = True  # reuse finished candidates from OUT/cache
     as_json: bool = False  # CLI: print report.json instead of the table
+    verbose: bool = False  # CLI: one line per phase of the run (where its wall time went)
     # ONNX/OpenVINO artifacts with a dynamic batch axis; latency is still measured at the example's batch size
     dynamic_batch: bool = False
 

@@ -27,7 +27,8 @@ def optimize(
     sensitivity: bool = typer.Option(False, "--sensitivity", help="measure each layer's pruning sensitivity "
                                      "first; sensitive layers are pruned less (saved in the report)"),
     latency_budget_ms: float = o.LATENCY_BUDGET, size_budget_mb: float = o.SIZE_BUDGET,
-    time_budget: float = typer.Option(None, help="wall-time budget for the search, seconds"),
+    time_budget: float = typer.Option(None, help="wall-time budget for the whole run (loading, search, final "
+                                      "measurement), seconds"),
     techniques: str = o.TECHNIQUES, runtimes: str = o.RUNTIMES,
     data: str = o.DATA, masks: Path = o.MASKS, metric: str = o.METRIC,
     # --- data options (image folders; --batch-size/--workers/--calib-size also for Datasets) -> DataOptions
@@ -44,6 +45,7 @@ def optimize(
     bench_time: float = typer.Option(10.0, help="seconds at most for the interleaved latency measurement (> 0)"),
     out_dir: Path = typer.Option(Path("out"), "--out", help="output folder for report and artifacts"),
     as_json: bool = typer.Option(False, "--json", help="print report.json to stdout instead of the table"),
+    verbose: bool = typer.Option(False, "--verbose", help="also print where the wall time went, one line per phase"),
     dynamic_batch: bool = o.DYNAMIC_BATCH, streams: int = o.STREAMS,
     device: str = typer.Option(None, help="measure latency on a remote `edgeopt agent`, e.g. http://jetson:8765"),
     token_file: Path = typer.Option(None, help="the agent's token file (with --device)"),
@@ -77,7 +79,7 @@ def optimize(
     if cfg.output.as_json:
         out.print_json(json.dumps(report.model_dump(mode="json")))
     else:
-        _summary(report, out_path)
+        _summary(report, out_path, cfg.output.verbose)
     if report.chosen is None:
         console.print("no candidate met the constraints (report written)", style="red")
         raise typer.Exit(1)
@@ -107,8 +109,12 @@ def _interrupted(out_dir: Path) -> None:
     print(f"interrupted: kept {kept} finished cache entries in {out_dir / 'cache'}; {how}", file=sys.stderr)
 
 
-def _summary(report, out_dir: Path) -> None:
+def _summary(report, out_dir: Path, verbose: bool = False) -> None:
     out.print(candidates_table(report))
+    if verbose:  # where the wall time went, one line per phase (report.json's model.profile)
+        for phase, sec in (report.model.profile or {}).items():
+            if sec >= 0.0005:
+                out.print(f"  {phase:<24} {sec:8.2f} s", markup=False, highlight=False)
     from rich.markup import escape
 
     from edgeopt.report.headline import accuracy_line, speed_line
@@ -123,8 +129,10 @@ def _summary(report, out_dir: Path) -> None:
             out.print(f"load {report.model.chosen_artifact} as measured: {report.model.load_note[-1]}", markup=False,
                       highlight=False)
     hits = report.model.cache_hits or 0
+    budget = (report.model.search or {}).get("time_budget") or {}
+    stopped = f", stopped by the time budget of {budget['budget_s']:g} s" if budget.get("stopped") else ""
     out.print(f"report: {out_dir / 'report.md'}, report.html, report.json, run.yaml  (wall time "
-              f"{report.wall_time_s:.1f} s{f', {hits} candidates from the cache' if hits else ''})")
+              f"{report.wall_time_s:.1f} s{stopped}{f', {hits} candidates from the cache' if hits else ''})")
 
 
 @app.command()

@@ -38,12 +38,20 @@ def bisect(family: str, levels: list[str], screen: Callable[[str], float | None]
             hi = mid
     kept = [levels[i] for i in range(lo, lo - margin_levels - 1, -1) if i >= 0]
     settled = levels[lo] if lo >= 0 else None
-    what = settled or "none (even the mildest level breaks the budget)"
+    stop = stopped()
+    unfinished = stop is not None and hi - lo > 1  # the search stopped before the bisection settled
+    if settled is not None:
+        what = settled
+    elif unfinished:  # not "breaks the budget": no level was shown to
+        what = f"none ({stop.removeprefix('not tried: ')})"
+    else:
+        what = "none (even the mildest level breaks the budget)"
     out = Outcome(kept=kept, settled=settled,
-                  trace=f"{family}: bisection kept {what}" + (f", margin {', '.join(kept[1:])}" if kept[1:] else ""))
+                  trace=f"{family}: bisection kept {what}" + (f", margin {', '.join(kept[1:])}" if kept[1:] else "")
+                  + (f"; {stop.removeprefix('not tried: ')} before it settled" if unfinished and settled else ""))
     for i, level in enumerate(levels):
         if level not in kept:
-            out.dropped[level] = _why_dropped(level, i, lo, hi, levels, drops, budget, stopped(), failure)
+            out.dropped[level] = _why_dropped(level, i, lo, hi, levels, drops, budget, stop, failure)
     return out
 
 

@@ -31,10 +31,14 @@ class Finisher:
         self.decisions, self.progress = decisions, progress
         self.sessions: dict[str, Session] = {}
         self.seconds: dict[str, float] = {}
+        self.phases: dict[str, dict[str, float]] = {}  # candidate -> phase (build, export, verify...) -> seconds
         self.finished_layouts: dict[str, str] = {}  # channel layout -> the first structure finished with it
 
-    def finish(self, structure: str) -> None:
-        for spec in self.ledger.specs[structure]:
+    def finish(self, structure: str, specs: list[CandidateSpec] | None = None) -> None:
+        """Finish the pending candidates of `structure` (only `specs` of it, when given)."""
+        for spec in self.ledger.specs[structure] if specs is None else specs:
+            if self.ledger.cands[spec.id].status != "pending":
+                continue  # finished already (the baseline, finished first)
             if self.clock.check():
                 self.ledger.mark(spec.id, "rejected", self.clock.reason)
                 continue
@@ -65,7 +69,9 @@ class Finisher:
                 if session is not None:
                     self.sessions[cand.id] = session
                 return
+        t0 = time.perf_counter()
         b = self.builds.get(spec.structure)
+        self._spent(spec.id, "build", t0)
         if isinstance(b, Exception):
             cand.status, cand.reason = "failed", why_failed(b)
         elif self._twin(spec):
@@ -79,6 +85,12 @@ class Finisher:
             self._accuracy_control(cand, spec, b, tag=k)
         if self.cache.enabled:
             self.cache.put("cand", k, to_cache(cand, self.builder.out_dir))
+
+    def _spent(self, cid: str, phase: str, t0: float, seconds: float | None = None) -> None:
+        """Add the time since `t0` (or `seconds`) to the candidate's phase: where a search's time goes."""
+        took = time.perf_counter() - t0 if seconds is None else seconds
+        phases = self.phases.setdefault(cid, {})
+        phases[phase] = round(phases.get(phase, 0.0) + took, 3)
 
     def _negligible(self, structure: str, b: Built) -> str | None:
         """Why a compressed structure is not worth exporting and measuring: it removes under policy.MIN_GAIN of
@@ -143,6 +155,8 @@ class Finisher:
             for step in cand.steps:
                 if step.technique == rec["technique"]:
                     step.params["record"] = {k: v for k, v in rec.items() if k != "technique"}
+        cid = cand.id  # an accuracy-control retry (its own spec id) counts as the candidate's
+        t0 = time.perf_counter()
         try:
             ac = {} if max_drop_pp is None else {"max_drop_pp": max_drop_pp}
             result, session = self.builder.export(b, spec, name=f"{spec.id}-{tag[:12]}" if tag else None, **ac)
@@ -150,7 +164,13 @@ class Finisher:
             raise
         except Exception as e:
             cand.status, cand.reason = "failed", why_failed(e)
+            self._spent(cid, "export", t0)
             return None
+        took = result.info.get("seconds", {})  # the export's own split (export, verify), when it gives one
+        for phase, sec in took.items():
+            self._spent(cid, phase if max_drop_pp is None else f"accuracy control {phase}", t0, sec)
+        self._spent(cid, "export" if max_drop_pp is None else "accuracy control export", t0,
+                    time.perf_counter() - t0 - sum(took.values()))
         cand.artifact = str(result.path.relative_to(self.builder.out_dir))
         cand.size_bytes = result.size_bytes
         if self.context.goal == "size" or self.context.size_budget_mb:  # deflating big artifacts costs seconds
@@ -159,6 +179,7 @@ class Finisher:
         cand.int8_mac_fraction = getattr(session, "info", {}).get("int8_mac_fraction")
         cand.exporter = result.exporter
         cand.verification = result.info.get("verification")
+        t0 = time.perf_counter()
         try:
             cand.accuracy, cand.metric = self.builder.evaluate(session)
         except FATAL:
@@ -166,6 +187,8 @@ class Finisher:
         except Exception as e:
             cand.status, cand.reason = "failed", f"evaluation failed: {why_failed(e)}"
             return None
+        finally:
+            self._spent(cid, "evaluate" if max_drop_pp is None else "accuracy control evaluate", t0)
         cand.status = "ok"
         self.sessions[cand.id] = session
         return result.info.get("accuracy_control")

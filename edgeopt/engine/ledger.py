@@ -124,24 +124,51 @@ class Builds:
         return self.built[structure]
 
 
+# Shares of --time-budget kept back from the search: the tail (the final latency measurement, the test split and
+# writing the report) and, until a compressed candidate is finished, the finish of the best structure screened
+# within the accuracy budget. The budget bounds the whole run, loading and tracing included.
+TAIL_SHARE = 0.1
+FINISH_SHARE = 0.15
+TIME_STOP = "stopped by the time budget"  # what the trace, the reasons and the CLI say when it stops the search
+
+
 class StopClock:
-    """When the search stops: --time-budget spent, or a budget met with margin (`stop`). While `grace` holds
-    (finishing the best screened structure after the time ran out), nothing stops. Each stop is traced."""
+    """When the search stops: its share of --time-budget spent (the budget counts from the start of the run,
+    loading and tracing included), or a budget met with margin (`stop`). While `grace` holds (the baseline, the
+    finish of the best screened structure), nothing stops. Each stop, and each cut made to fit the budget
+    (`cut`), is traced."""
 
     def __init__(self, time_budget_s: float | None, t_start: float, trace: list[str]):
         self.time_budget_s, self.t_start, self.trace = time_budget_s, t_start, trace
         self.reason: str | None = None  # why the candidates not tried were not tried
         self.out_of_time = False  # stopped by --time-budget (not by a met latency/size budget)
+        self.reserve_finish = True  # keep FINISH_SHARE back: no compressed candidate finished yet
+        self.cuts: list[str] = []  # what was shortened or left out to end within the budget
         self._grace = False
 
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t_start
+
+    def kept_back(self, until: str) -> float:
+        """The share of the budget kept back after the search ("search") or after the finish ("finish")."""
+        return {"search": TAIL_SHARE + (FINISH_SHARE if self.reserve_finish else 0.0), "finish": TAIL_SHARE,
+                "end": 0.0}[until]
+
+    def left(self, until: str = "end") -> float | None:
+        """Seconds left before the search's end ("search"), the finish's end ("finish") or the budget's end
+        ("end"); None without a time budget."""
+        budget = self.time_budget_s
+        return None if not budget else budget * (1 - self.kept_back(until)) - self.elapsed()
+
     def check(self) -> bool:
-        """Stopped? (and stop now when the time budget has run out)."""
+        """Stopped? (and stop now when the search's share of the time budget has run out)."""
         if self._grace:
             return False
-        budget = self.time_budget_s
-        if not self.reason and budget and time.perf_counter() - self.t_start > budget:
+        left = self.left("search")
+        if not self.reason and left is not None and left < 0:
             self.out_of_time = True
-            self.stop(f"not tried: --time-budget of {budget:g} s exhausted")
+            self.stop(f"not tried: {TIME_STOP} (--time-budget of {self.time_budget_s:g} s, "
+                      f"{100 * self.kept_back('search'):.0f} % of it kept for the finish and the final measurement)")
         return self.reason is not None
 
     def stopped(self) -> str | None:
@@ -151,6 +178,17 @@ class StopClock:
     def stop(self, reason: str) -> None:
         self.reason = reason
         self.trace.append(reason)
+
+    def cut(self, what: str) -> None:
+        """Something shortened or left out to end within the time budget: traced and listed."""
+        self.cuts.append(what)
+        self.trace.append(f"time budget: {what}")
+
+    def summary(self) -> dict | None:
+        """report.json's model.search.time_budget."""
+        if not self.time_budget_s:
+            return None
+        return {"budget_s": self.time_budget_s, "stopped": self.out_of_time, "cuts": list(self.cuts)}
 
     @contextmanager
     def grace(self) -> Iterator[None]:

@@ -6,6 +6,7 @@ precision, verify, evaluate on the runtime; on the selection part of the held-ou
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -26,6 +27,7 @@ from edgeopt.engine.build import Builder, export_options
 from edgeopt.engine.cache import CandidateCache, producer_parts
 from edgeopt.engine.choices import measured_choices
 from edgeopt.engine.measuring import architecture_table, latency, measure_all
+from edgeopt.engine.phases import Phases
 from edgeopt.engine.prepare import Prepared, Progress, check_names, prepare, resolve_data
 from edgeopt.engine.search import Search, SearchResult
 from edgeopt.errors import ConfigError, DataError
@@ -82,7 +84,8 @@ def run(config: RunConfig, model=None, example=None, eval_data=None, calib_data=
     threads = config.measure.threads or os.cpu_count()
     torch.set_num_threads(threads)
     torch.manual_seed(config.measure.seed)
-    prep = prepare(config, model, example, eval_data, calib_data, train_data, progress)
+    phases = Phases()  # where the wall time goes: report.json's model.profile
+    prep = prepare(config, model, example, eval_data, calib_data, train_data, progress, phases)
     if prep.context.retrain and prep.splits.train is None:
         raise DataError("--retrain needs training data: pass --data (image folder, module:function returning "
                         "'train', or digits) or train_data=..., or use --no-retrain")
@@ -97,13 +100,36 @@ def run(config: RunConfig, model=None, example=None, eval_data=None, calib_data=
         update={"model": None})})
     write_atomic(mark_folder(out_dir) / "run.yaml", used.to_yaml())
     found = _search(prep, out_dir, threads, config.output.cache, progress, t_start,
-                    metric if metric is not None else config.inputs.metric)
-    bench_config = bench_config or BenchConfig(max_time_s=config.measure.bench_time_s)
-    device = measure_all(found.result.candidates, found.result.sessions, found.plan.measure_locally, prep, out_dir,
-                         config, bench_config, device_token, progress)
-    report = _report(prep, found, threads, device, out_dir, t_start)
+                    metric if metric is not None else config.inputs.metric, phases)
+    bench_config = fit_bench(bench_config or BenchConfig(max_time_s=config.measure.bench_time_s), found.result)
+    with phases("measure"):
+        device = measure_all(found.result.candidates, found.result.sessions, found.plan.measure_locally, prep,
+                             out_dir, config, bench_config, device_token, progress)
+    report = _report(prep, found, threads, device, out_dir, t_start, phases)
     write_all(report, out_dir)  # report.png, .json, .md and the self-contained .html, each once
     return report
+
+
+# Of the time left for the tail of a time-budgeted run, the share the latency measurement may take: the test split
+# and writing the report take the rest.
+BENCH_SHARE = 0.5
+
+
+def fit_bench(bench: BenchConfig, result: SearchResult) -> BenchConfig:
+    """The final latency measurement, shortened to fit what is left of --time-budget (fewer runs, a shorter
+    measurement; traced as a cut); as asked without a time budget or when it fits."""
+    clock = result.clock
+    left = clock.left("end") if clock is not None else None
+    if left is None:
+        return bench
+    ok = sum(1 for c in result.candidates if c.status == "ok")
+    allowed = max(0.5, BENCH_SHARE * left - bench.warmup_s)
+    if bench.max_time_s <= allowed:
+        return bench
+    clock.cut(f"latency of {ok} candidate(s) measured for {allowed:.1f} s, not {bench.max_time_s:g} s "
+              f"({max(left, 0):.0f} s of the budget left)")
+    return dataclasses.replace(bench, max_time_s=allowed, min_runs=min(bench.min_runs, 10),
+                               warmup_runs=min(bench.warmup_runs, 3))
 
 
 def plan_for(prep: Prepared, sensitivity: dict | None = None, architectures: list[dict] | None = None) -> Plan:
@@ -140,7 +166,7 @@ class Searched:
 
 
 def _search(prep: Prepared, out_dir: Path, threads: int, resume: bool, progress: Progress, t_start: float,
-            metric) -> Searched:
+            metric, phases: Phases) -> Searched:
     """Plan, then search (rank 0; with followers under torchrun, released however the search ends)."""
     context, splits, net, ex = prep.context, prep.splits, prep.loaded.model, prep.ex
     _, world_size = ddp.world()
@@ -153,12 +179,16 @@ def _search(prep: Prepared, out_dir: Path, threads: int, resume: bool, progress:
         eval_b = held.selection
         fidelity = eval_b.metric.name == "fidelity"
         batch = ex.batch
-        reference = torch_predictions(net, eval_b, batch)
-        sens = (_sensitivity(net, prep.example, eval_b, batch, reference if fidelity else None, progress)
-                if context.sensitivity else None)
-        # switching architecture needs training from scratch: measured only when that is allowed
-        archs = architecture_table(prep, progress) if context.from_scratch else None
-        the_plan = plan_for(prep, sensitivity=sens["layers"] if sens else None, architectures=archs)
+        with phases("reference predictions"):
+            reference = torch_predictions(net, eval_b, batch)
+        with phases("sensitivity"):
+            sens = (_sensitivity(net, prep.example, eval_b, batch, reference if fidelity else None, progress)
+                    if context.sensitivity else None)
+        with phases("architectures"):
+            # switching architecture needs training from scratch: measured only when that is allowed
+            archs = architecture_table(prep, progress) if context.from_scratch else None
+        with phases("plan"):
+            the_plan = plan_for(prep, sensitivity=sens["layers"] if sens else None, architectures=archs)
         outputs = output_shapes(net, ex)
         options = export_options(prep.config, prep.profile)
         builder = Builder(net=net, example=prep.example, splits=splits, eval_b=eval_b, batch=batch,
@@ -171,7 +201,12 @@ def _search(prep: Prepared, out_dir: Path, threads: int, resume: bool, progress:
             progress=progress, t_start=t_start, announce=leader,
             quick_latency=partial(latency, measure_locally=the_plan.measure_locally, profile=prep.profile, ex=ex,
                                   bench_config=BenchConfig(**QUICK_BENCH)))
+        t0 = time.perf_counter()
         result = search.run()
+        took = time.perf_counter() - t0
+        for phase, sec in result.profile().items():
+            phases.add(phase, sec)
+        phases.add("search other", max(0.0, took - sum(result.profile().values())))
     finally:
         if leader is not None:  # however the search ended, the followers must not wait for it forever
             leader.close()
@@ -179,7 +214,7 @@ def _search(prep: Prepared, out_dir: Path, threads: int, resume: bool, progress:
 
 
 def _report(prep: Prepared, found: Searched, threads: int, device: dict | None, out_dir: Path,
-            t_start: float) -> Report:
+            t_start: float, phases: Phases) -> Report:
     """The run's report, built once here from what the stages returned: the search's result (with the latency
     just measured on its candidates) and `device` (the remote agent's environment, or None); then selected
     on the selection part, judged on the test part, its chosen artifact published (and bundled for a target
@@ -215,7 +250,8 @@ def _report(prep: Prepared, found: Searched, threads: int, device: dict | None, 
                     candidates=[c for c in result.candidates if c.id != the_plan.baseline_id], decisions=decisions)
     select(report, context)  # on the selection part, like every decision of the search
     # then the test part, once: the budget of the final choice is judged there (the next best when it breaks)
-    holdout.judge(report, context, held, result.sessions, ex.batch, loaded.model)
+    with phases("test split"):
+        holdout.judge(report, context, held, result.sessions, ex.batch, loaded.model)
     report.model.headline = headline(report)  # vs the best plain conversion of the original, and vs fp32
     _publish_chosen(report, out_dir)
     if not the_plan.measure_locally:  # the artifact + the exact build/run command for the device
@@ -225,6 +261,12 @@ def _report(prep: Prepared, found: Searched, threads: int, device: dict | None, 
     report.model.cache_hits = sum(1 for c in result.candidates if c.from_cache)
     report.model.plot = plot_file(report)  # the plot report.md and report.html show, named in report.json too
     report.wall_time_s = round(time.perf_counter() - t_start, 2)
+    for c in [report.baseline, *report.candidates]:
+        if c is not None and c.id in result.phases:
+            c.seconds = result.phases[c.id]
+    # "other": what no phase accounts for (selecting, publishing, the report built); writing the files the
+    # profile is in comes after it
+    report.model.profile = phases.summary(report.wall_time_s)
     return report
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeopt.config import DataOptions, RunConfig, RunContext
+from edgeopt.engine.phases import Phases
 from edgeopt.errors import ConfigError, DataError
 from edgeopt.formats import BACKENDS
 from edgeopt.inputs.analyze import analyze
@@ -62,10 +63,11 @@ def check_names(context: RunContext) -> RunContext:
 
 
 def prepare(config: RunConfig, model=None, example=None, eval_data=None, calib_data=None, train_data=None,
-            progress: Progress | None = None) -> Prepared:
+            progress: Progress | None = None, phases: Phases | None = None) -> Prepared:
     """context -> target -> model -> analyze -> data. `model`/`example`/`*_data`: objects the Python API
-    passes in memory (they take the place of inputs.model / inputs.data)."""
+    passes in memory (they take the place of inputs.model / inputs.data). `phases`: where the time goes."""
     progress = progress or Progress()
+    phases = phases or Phases()
     context = check_names(config.context())
     profile = load_target(context.target)
     local = detect_local()
@@ -84,15 +86,18 @@ def prepare(config: RunConfig, model=None, example=None, eval_data=None, calib_d
         shape = tuple(shape)
     elif isinstance(shape, dict):
         shape = {k: tuple(v) for k, v in shape.items()}
-    loaded = load_model(spec, weights=inputs.weights, input_shape=shape, trust_pickle=inputs.trust_pickle)
-    ex = (Inputs.of(example, loaded.model) if example is not None else
-          Inputs.random(loaded.input_shapes or loaded.input_shape, keyword=True))
+    with phases("load"):
+        loaded = load_model(spec, weights=inputs.weights, input_shape=shape, trust_pickle=inputs.trust_pickle)
+        ex = (Inputs.of(example, loaded.model) if example is not None else
+              Inputs.random(loaded.input_shapes or loaded.input_shape, keyword=True))
     progress.stage("analyzing")
-    summary = analyze(loaded.model, ex)
+    with phases("analyze"):
+        summary = analyze(loaded.model, ex)
     options = inputs.data_options.model_copy(update={"seed": context.seed})
     sample = tuple(ex.first.shape[1:]) if ex.single else ex  # several inputs: batches become named Inputs
-    splits = resolve_data(spec if isinstance(spec, str) else "module", inputs.data, calib_data, train_data,
-                          eval_data, sample, summary.num_outputs, options, progress)
+    with phases("data"):
+        splits = resolve_data(spec if isinstance(spec, str) else "module", inputs.data, calib_data, train_data,
+                              eval_data, sample, summary.num_outputs, options, progress)
     return Prepared(config, context, profile, local, loaded, ex, summary, splits)
 
 

@@ -18,6 +18,7 @@ the trace, the decisions taken on measurements and the runtime sessions of the o
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -51,14 +52,34 @@ class SearchResult:
     structures_built: int = 0
     build_seconds: dict[str, float] = field(default_factory=dict)
     finish_seconds: dict[str, float] = field(default_factory=dict)
+    clock: StopClock | None = None  # the time budget: what is left of it for the final measurement
+    phases: dict[str, dict[str, float]] = field(default_factory=dict)  # candidate -> phase -> seconds
+    screen_seconds: float = 0.0  # PyTorch accuracy of the structures screened
+    after_budget: set[str] = field(default_factory=set)  # candidates finished after the search's share
+
+    def profile(self) -> dict[str, float]:
+        """Where the search's time went, by phase: structures built, screened in PyTorch, exported (per
+        format), verified, evaluated, retried with accuracy control, finished after the time budget."""
+        fmt = {c.id: c.format for c in self.candidates}
+        out = {"build": round(sum(self.build_seconds.values()), 3), "screen": round(self.screen_seconds, 3)}
+        for cid, phases in self.phases.items():
+            for phase, sec in phases.items():
+                if phase == "build":
+                    continue  # every build is in build_seconds already
+                name = ("finish after the budget" if cid in self.after_budget
+                        else f"export {fmt.get(cid)}" if phase == "export" else phase)
+                out[name] = round(out.get(name, 0.0) + sec, 3)
+        return out
 
     def summary(self) -> dict:
         """report.json's model.search."""
-        return {"trace": self.trace, "stopped": self.stopped,
+        budget = self.clock.summary() if self.clock is not None else None
+        return {"trace": self.trace, "stopped": self.stopped, **({"time_budget": budget} if budget else {}),
                 "screened_drop_pp": dict(self.screened),
                 "screening": {g.group: g.summary() for g in self.screenings},
                 "structures_built": self.structures_built,
-                "build_seconds": dict(self.build_seconds), "finish_seconds": dict(self.finish_seconds)}
+                "build_seconds": dict(self.build_seconds), "finish_seconds": dict(self.finish_seconds),
+                "profile": self.profile()}
 
 
 @dataclass
@@ -87,6 +108,8 @@ class Search:
         self.decisions: list[Decision] = []  # decisions taken on measurements (screening, QAT, accuracy control)
         self.screened: dict[str, float | None] = {}
         self.screenings: list[Screening] = []
+        self.screen_seconds = 0.0
+        self.after_budget: set[str] = set()
         self.ledger = Ledger(self.plan, self.progress)
         self.builds = Builds(self.builder, self.ledger, self.progress, self.announce)
         self.clock = StopClock(self.context.time_budget_s, self.t_start, self.trace)
@@ -106,7 +129,11 @@ class Search:
         self._fresh()
         ledger = self.ledger
         self.progress.stage("searching", total=len(ledger.cands))
-        self.finisher.finish(ledger.original)
+        # the baseline first, whatever the time budget says: a run never ends with nothing measured
+        with self.clock.grace():
+            self.finisher.finish(ledger.original, [s for s in ledger.specs[ledger.original]
+                                                   if s.id == ledger.baseline_id])
+        self.finisher.finish(ledger.original)  # its other precisions, as the time budget allows
         families: dict[str, list[str]] = {}
         for structure, specs in ledger.specs.items():
             if specs[0].family is not None:
@@ -116,7 +143,8 @@ class Search:
         screened_out: set[str] = set()
         for fam, structures in families.items():
             if self.clock.check():
-                break
+                self.trace.append(f"{fam}: not started, {self.clock.reason.removeprefix('not tried: ')}")
+                continue
             group = ledger.specs[structures[0]][0].screen
             if group is not None and group not in {g.group for g in self.screenings}:
                 screened_out |= self._screen_group(group, families)
@@ -124,6 +152,7 @@ class Search:
                 continue
             for s in self._bisect(fam, structures):
                 self.finisher.finish(s)
+                self._compressed_finished()
             self._early_stop()
         self._qat_phase()
         self._finish_best_screened()
@@ -135,7 +164,8 @@ class Search:
             candidates=list(ledger.cands.values()), trace=self.trace, decisions=self.decisions,
             sessions=self.finisher.sessions, stopped=self.clock.reason, screened=self.screened,
             screenings=self.screenings, structures_built=self.builds.count(), build_seconds=self.builds.seconds,
-            finish_seconds=self.finisher.seconds)
+            finish_seconds=self.finisher.seconds, clock=self.clock, phases=self.finisher.phases,
+            screen_seconds=self.screen_seconds, after_budget=self.after_budget)
 
     # ---- structures: bisection, screening -------------------------------------------------------------
     def _bisect(self, fam: str, structures: list[str]) -> list[str]:
@@ -188,7 +218,9 @@ class Search:
             self.screened[structure] = None
             self.trace.append(f"screen {structure}: failed ({why_failed(b)})")
             return None
+        t0 = time.perf_counter()
         drop = round(self.base_torch_acc - self.builder.torch_accuracy(b.model), 4)
+        self.screen_seconds += time.perf_counter() - t0
         self.screened[structure] = drop
         self.cache.put("screen", k, {"drop": drop, "layout": self.builds.layout_of[structure]})
         self.trace.append(f"screen {structure}: drop {drop:.2f} pp")
@@ -223,6 +255,7 @@ class Search:
             self.decisions.append(Decision(technique=f"qat@{fmt}", decision="applied", reason=qspec.reason))
             self.trace.append(f"qat: {qspec.id} (PTQ: {drop})")
             self.finisher.finish(name)
+            self._compressed_finished()
 
     # ---- stopping -------------------------------------------------------------------------------------
     def _finish_best_screened(self) -> None:
@@ -243,12 +276,61 @@ class Search:
         if not ready:
             return
         best = min(ready, key=lambda s: (self.builds.ready(s).macs, self.builds.ready(s).params))
+        specs = self._fitting(best)
+        if not specs:
+            return
         self.trace.append(f"time budget spent: finishing {best}, the structure with the fewest MACs screened "
                           "within the accuracy budget")
         with self.clock.grace():
-            for spec in ledger.specs[best]:
+            for spec in specs:
                 ledger.cands[spec.id].status, ledger.cands[spec.id].reason = "pending", ""
-            self.finisher.finish(best)
+            self.finisher.finish(best, specs)
+        self.after_budget |= {spec.id for spec in specs}
+
+    def _compressed_finished(self) -> None:
+        """Once a compressed candidate is finished, the share of the time budget kept for finishing one after
+        the search is no longer needed: the search may use it."""
+        ledger = self.ledger
+        if any(ledger.cands[spec.id].status == "ok" for s, specs in ledger.specs.items() if s != ledger.original
+               for spec in specs):
+            self.clock.reserve_finish = False
+
+    def _estimate(self, spec: CandidateSpec) -> float:
+        """Seconds finishing `spec` of a structure already built should take: what the original's export,
+        verification and evaluation took at the same format and precision (the longest of the original's
+        otherwise; 0 when none was timed)."""
+        phases = self.finisher.phases
+        seconds = {cid: sum(v for k, v in p.items() if k != "build") for cid, p in phases.items()}
+        twin = self.ledger.find(self.ledger.original, spec.format, spec.precision)
+        if twin is not None and twin.id in seconds:
+            return seconds[twin.id]
+        return max((seconds[s.id] for s in self.ledger.specs[self.ledger.original] if s.id in seconds), default=0.0)
+
+    def _fitting(self, structure: str) -> list[CandidateSpec]:
+        """The candidates of `structure` whose finish fits in the time left before the budget's tail: all of
+        them when they fit, else the precisions the original ran fastest at first, as many as fit. Each
+        precision left out is traced as a cut."""
+        specs = list(self.ledger.specs[structure])
+        left = self.clock.left("finish")
+        if left is None or sum(self._estimate(s) for s in specs) <= left:
+            return specs
+        original = [c for c in (self.ledger.find(self.ledger.original, s.format, s.precision) for s in specs)
+                    if c is not None and c.status == "ok" and c.latency_ms is None and c.id in self.finisher.sessions]
+        self.quick_latency(original, self.finisher.sessions)
+
+        def speed(spec: CandidateSpec) -> float:
+            c = self.ledger.find(self.ledger.original, spec.format, spec.precision)
+            return c.latency_ms.p50 if c is not None and c.latency_ms is not None else float("inf")
+
+        kept: list[CandidateSpec] = []
+        for spec in sorted(specs, key=speed):
+            cost = self._estimate(spec)
+            if cost <= left:
+                kept.append(spec)
+                left -= cost
+            else:
+                self.clock.cut(f"{spec.id} not finished (~{cost:.0f} s expected, {max(left, 0):.0f} s left)")
+        return [s for s in specs if s in kept]
 
     def _early_stop(self) -> None:
         """Once a candidate within the accuracy budget meets the latency/size budget with margin, stop."""

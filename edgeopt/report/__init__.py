@@ -110,6 +110,9 @@ class ReportModel(_Section):
     bundle: str | None = None
     headline: Headline | None = None
     test_split: TestSplit | None = None
+    # where the run's wall time went: seconds per phase (load, analyze, data, reference predictions, plan,
+    # build, screen, export per format, verify, evaluate, measure, test split...), "other" for the rest
+    profile: dict[str, float] | None = None
 
     @model_serializer(mode="wrap")
     def _without_unset(self, handler):
@@ -182,6 +185,7 @@ class Candidate(BaseModel):
     # on); these on the test part, which the search never saw (set on the candidates judged at the end)
     accuracy_test: float | None = None
     accuracy_drop_test: float | None = None
+    seconds: dict[str, float] | None = None  # where this candidate's time went: build, export, verify, evaluate...
 
     @property
     def shipped_bytes(self) -> int | None:

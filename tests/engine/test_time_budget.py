@@ -1,0 +1,91 @@
+"""--time-budget is a bound on the whole run: the baseline is always measured first, the search stops at its share
+of the budget, the finish after it and the final measurement fit in what is left, and a family the budget stopped
+says so (never "even the mildest level breaks the budget")."""
+
+import pytest
+from test_search import RATIOS, FakeBuilder, _by_id, _plan, _search
+
+from edgeopt.engine import ledger
+from edgeopt.engine.ledger import TAIL_SHARE
+
+DROPS = dict(zip([f"prune{int(r * 100)}" for r in RATIOS], (0.1, 0.3, 0.6, 0.9, 1.5, 3.0), strict=True))
+STEP_S = 10.0  # every build and every export of the slow fake builder takes this long
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(ledger.time, "perf_counter", lambda: now[0])
+    return now
+
+
+def test_the_baseline_is_measured_even_when_the_budget_is_spent_before_it(tmp_path, clock):
+    builder = FakeBuilder(tmp_path, DROPS, clock=clock, export_s=STEP_S)
+    search = _search(tmp_path, builder, plan=_plan(precisions=("fp32", "int8")), time_budget_s=5)
+    result = search.run()
+    c = _by_id(result)
+    assert c["original@onnx-fp32"].status == "ok"  # the baseline: never "nothing measured"
+    assert builder.builds == ["original"]  # nothing else started
+    rest = [x for x in c.values() if x.id != "original@onnx-fp32"]
+    assert all(x.status == "rejected" and "stopped by the time budget" in x.reason for x in rest)
+    assert result.summary()["time_budget"]["stopped"] is True
+
+
+@pytest.mark.parametrize("budget", [60, 90, 130, 200])
+def test_a_slow_builder_ends_the_search_within_its_share_of_the_budget(tmp_path, clock, budget):
+    """Nothing is interrupted halfway, so the search ends at most one step (a build or an export) after its
+    share; the finish after it is sized to end before the tail (TAIL_SHARE), which the final measurement gets."""
+    builder = FakeBuilder(tmp_path, DROPS, clock=clock, export_s=STEP_S)
+    search = _search(tmp_path, builder, plan=_plan(families=("prune", "factorize"), precisions=("fp32", "int8")),
+                     time_budget_s=budget)
+    result = search.run()
+    c = _by_id(result)
+    assert c["original@onnx-fp32"].status == "ok"
+    assert all(x.status != "pending" for x in c.values())
+    assert clock[0] <= budget * (1 - TAIL_SHARE) + STEP_S, (clock[0], search.trace)
+    assert search.clock.left("end") >= budget * TAIL_SHARE - STEP_S  # the tail keeps (nearly) its share
+
+
+def test_the_finish_after_the_budget_leaves_out_what_does_not_fit_and_says_so(tmp_path, clock):
+    builder = FakeBuilder(tmp_path, DROPS, clock=clock, export_s=5.0)
+    # the original (20 s: a build, two exports) and three probes (30 s) spend the search's share of 65 s (48.75 s);
+    # one 5 s export of the best screened structure fits before the tail (58.5 s), not both
+    search = _search(tmp_path, builder, plan=_plan(precisions=("fp32", "int8")), time_budget_s=65)
+    result = search.run()
+    c = _by_id(result)
+    finished = [x for x in c.values() if x.structure != "original" and x.status == "ok"]
+    assert len(finished) == 1, search.trace
+    cuts = result.summary()["time_budget"]["cuts"]
+    assert len(cuts) == 1 and "not finished" in cuts[0] and any(cuts[0] in t for t in search.trace)
+    assert clock[0] <= 65 * (1 - TAIL_SHARE)
+
+
+def test_a_family_stopped_by_the_budget_says_so(tmp_path, clock):
+    drops = {f"prune{int(r * 100)}": 5.0 for r in RATIOS}  # the first probe breaks the accuracy budget
+    builder = FakeBuilder(tmp_path, drops, clock=clock)
+    # the original (10 s) and one probe (10 s): then the search's share of 25 s (18.75 s) is spent
+    search = _search(tmp_path, builder, plan=_plan(families=("prune", "factorize")), time_budget_s=25)
+    search.run()
+    bisection = next(t for t in search.trace if t.startswith("prune: bisection kept"))
+    assert "stopped by the time budget" in bisection and "mildest" not in bisection
+    assert any(t.startswith("factorize: not started, stopped by the time budget") for t in search.trace)
+    # without a time budget the same drops do mean that even the mildest level breaks the accuracy budget
+    clock[0] = 0.0
+    search = _search(tmp_path, FakeBuilder(tmp_path, drops, clock=clock), plan=_plan())
+    search.run()
+    assert any("even the mildest level breaks the budget" in t for t in search.trace)
+
+
+def test_a_real_run_ends_within_its_time_budget(tmp_path, tiny_plain, example):
+    """A real tiny model, a budget shorter than its unbounded search (25-45 s on a loaded 2-core machine): the
+    wall time stays within the budget plus 10 %, plus 3 s for what no check can interrupt (one export or build
+    already started, which the tiny model does in well under 3 s). The budget leaves room for what is always
+    done: loading and tracing the model (up to ~11 s here on a first run) and the baseline."""
+    import edgeopt
+
+    budget = 25.0
+    report = edgeopt.optimize(tiny_plain, example, target="local", max_accuracy_drop=100.0, out_dir=tmp_path,
+                              runtimes=["onnxruntime"], time_budget_s=budget)
+    assert report.baseline is not None and report.baseline.status == "ok"
+    assert report.baseline.latency_ms is not None
+    assert report.wall_time_s <= budget * 1.1 + 3.0, (report.model.profile, report.model.search["trace"])
