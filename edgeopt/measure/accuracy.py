@@ -56,9 +56,15 @@ def _summary(name: str, a: np.ndarray, single: bool, full: bool) -> np.ndarray:
     """What is kept of an output to score it: its argmax for logits (small), else the values."""
     if full:
         return a
-    if single and a.ndim >= 2 and not (a.ndim == 4 and a.shape[1] > 1):
+    if single and a.ndim >= 2 and not (a.ndim == 4 and a.shape[1] > 1) and not _raw_head(a):
         return a.reshape(len(a), -1).argmax(1)  # a classifier, as always
     return a.argmax(1) if is_logits(a) else a.astype(np.float32)
+
+
+def _raw_head(a: np.ndarray) -> bool:
+    """(batch, channels, positions) with both > 1, e.g. a YOLO head's (N, 4 + classes, anchors): values, not one
+    class per sample (its flattened argmax would be a meaningless top-1)."""
+    return a.ndim == 3 and a.shape[1] > 1 and a.shape[2] > 1
 
 
 def _chunks(batches: Batches, batch_size: int):
