@@ -137,3 +137,27 @@ def test_a_metric_that_does_not_fit_is_one_line_naming_metric():
     boxes.metric = Metric("map50")
     with pytest.raises(ConfigError, match="--metric"):
         score(preds, boxes)
+
+
+class FixedSlots(BoxDetector):
+    """Every slot kept (a static number of boxes per image): exports as it is, to ONNX with `0.boxes`, ..."""
+
+    def forward(self, x):
+        f = self.head(self.body(x).mean((2, 3))).reshape(len(x), SLOTS, -1)
+        xy = torch.sigmoid(f[..., :4]) * x.shape[-1]
+        boxes = torch.cat([torch.minimum(xy[..., :2], xy[..., 2:]), torch.maximum(xy[..., :2], xy[..., 2:]) + 1], -1)
+        labels, scores = f[..., 4:4 + self.classes].argmax(-1), torch.sigmoid(8 * f[..., -1])
+        return [{"boxes": b, "labels": c, "scores": s} for b, c, s in zip(boxes, labels, scores, strict=True)]
+
+
+def test_through_a_run_the_original_scores_100_and_int8_a_real_drop(tmp_path):
+    import edgeopt
+
+    torch.manual_seed(0)
+    held = data(40)
+    rep = edgeopt.optimize(FixedSlots().eval(), torch.randn(1, 3, 16, 16), eval_data=held.inputs(),
+                           calib_data=held.inputs()[:1], out_dir=tmp_path / "o", runtimes=["onnxruntime"],
+                           techniques=["quantize"], cache=False)
+    acc = {c.id: c.accuracy for c in [rep.baseline, *rep.candidates]}
+    assert rep.model.metric == "fidelity" and acc["original@onnx-fp32"] == pytest.approx(100.0, abs=0.01)
+    assert 50.0 < acc["original@onnx-int8"] < 100.0, acc
