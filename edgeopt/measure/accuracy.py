@@ -2,11 +2,16 @@
 
 - top1: classification with class labels;
 - miou: segmentation with masks (mean intersection over union of the per-pixel argmax, torchmetrics);
-- fidelity: no labels; agreement with the original model, output by output (see FIDELITY_MEANING);
+- map50: detection with labelled boxes (a data.yaml): mAP@0.5 of per-image box outputs (mAP@0.5:0.95 beside it,
+  measure/detection.py);
+- fidelity: no labels; agreement with the original model, output by output (see FIDELITY_MEANING), box-level
+  for per-image box outputs;
 - user:<fn>: the user's metric, given all held-out outputs (in the model's own structure) and targets.
 
-Artifacts have a static batch size, so batches are re-chunked (the last chunk padded). Evaluation batches
-carry their metric as `batches.metric` (set once by the pipeline); without it the metric follows the labels."""
+Artifacts have a static batch size, so batches are re-chunked (the last chunk padded). Per-image outputs
+(torchvision detectors: one dict of boxes per image) are collected per image, never sliced as batches.
+Evaluation batches carry their metric as `batches.metric` (set once by the pipeline); without it the metric
+follows the labels."""
 
 from __future__ import annotations
 
@@ -20,18 +25,22 @@ import torch
 from edgeopt.errors import ConfigError, DataError, first_line
 from edgeopt.inputs.data import Batches
 from edgeopt.inputs.model_io import Inputs, flatten_outputs, nest
+from edgeopt.measure.detection import BOX_FIDELITY_MEANING, DETECTIONS, box_fidelity, group_per_image
 from edgeopt.measure.top1 import percent_correct
 from edgeopt.registry import split_ref
 
 VOID = 255  # the "ignore" label of segmentation masks: pixels that count for no class
 FIDELITY_MEANING = ("fidelity: agreement with the original model on held-out inputs, the worst output counts: "
                     "% equal top-1 classes for class logits, % equal per-pixel classes for dense logits, "
-                    "100 x mean per-sample cosine similarity for other outputs (boxes, embeddings, depth)")
+                    "100 x mean per-sample cosine similarity for other outputs (box tensors, embeddings, "
+                    "depth); for per-image box sets (torchvision detectors) " + BOX_FIDELITY_MEANING)
+MAP_MEANING = ("map50: mAP@0.5 in % of the detected boxes against the labelled boxes (COCO's definition, "
+               "torchmetrics); mAP@0.5:0.95 is measured beside it")
 
 
 @dataclass
 class Metric:
-    name: str  # top1 | miou | fidelity | user:<function>
+    name: str  # top1 | miou | map50 | fidelity | user:<function>
     fn: Callable | None = None  # the user's metric
     num_classes: int | None = None  # miou
     layout: object = None  # the model's output structure, to hand the user's metric its own nesting
@@ -47,9 +56,15 @@ def _summary(name: str, a: np.ndarray, single: bool, full: bool) -> np.ndarray:
     """What is kept of an output to score it: its argmax for logits (small), else the values."""
     if full:
         return a
-    if single and a.ndim >= 2 and not (a.ndim == 4 and a.shape[1] > 1):
+    if single and a.ndim >= 2 and not (a.ndim == 4 and a.shape[1] > 1) and not _raw_head(a):
         return a.reshape(len(a), -1).argmax(1)  # a classifier, as always
     return a.argmax(1) if is_logits(a) else a.astype(np.float32)
+
+
+def _raw_head(a: np.ndarray) -> bool:
+    """(batch, channels, positions) with both > 1, e.g. a YOLO head's (N, 4 + classes, anchors): values, not one
+    class per sample (its flattened argmax would be a meaningless top-1)."""
+    return a.ndim == 3 and a.shape[1] > 1 and a.shape[2] > 1
 
 
 def _chunks(batches: Batches, batch_size: int):
@@ -78,8 +93,10 @@ def predictions(run, batches: Batches, batch_size: int, full: bool | None = None
     for x, n in _chunks(batches, batch_size):
         outs = named(x.numpy()) if named else (run(x) if getattr(run, "takes_inputs", False)
                                                else {"output": np.asarray(run(x.first.numpy()))})
+        outs = group_per_image(outs, len(x.first))
         for k, v in outs.items():
-            parts.setdefault(k, []).append(_summary(k, np.asarray(v)[:n], len(outs) == 1, full))
+            parts.setdefault(k, []).append(v[:n] if k == DETECTIONS else
+                                           _summary(k, np.asarray(v)[:n], len(outs) == 1, full))
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
@@ -144,9 +161,11 @@ def score(preds, batches: Batches, reference=None) -> tuple[float, str]:
     metric = getattr(batches, "metric", None) or default_metric(batches)
     if metric.fn is not None:
         return user_score(metric, preds, _targets(batches)), metric.name
+    if metric.name == "map50":
+        return detection_scores(preds, batches)["map50"], "map50"
     if metric.name == "top1":
         labels = _targets(batches).numpy().reshape(-1)
-        return percent_correct([(primary(preds), labels)]), "top1"
+        return percent_correct([(_fitting(preds, labels), labels)]), "top1"
     if metric.name == "miou":
         return miou(primary(preds, dense=True), _targets(batches), metric.num_classes), "miou"
     if reference is None:
@@ -154,10 +173,39 @@ def score(preds, batches: Batches, reference=None) -> tuple[float, str]:
     return fidelity(preds, reference), "fidelity"
 
 
+def _shapes(preds: dict) -> str:
+    return ", ".join(f"{k} {'per-image box sets' if k == DETECTIONS else tuple(v.shape)}" for k, v in preds.items())
+
+
+def _fitting(preds: dict[str, np.ndarray], labels: np.ndarray) -> np.ndarray:
+    """The output top-1 reads: one class (or class scores) per sample; else a one-line ConfigError naming
+    --metric (e.g. a detector's raw head tensor against an image folder's class labels)."""
+    p = primary(preds) if DETECTIONS not in preds else None
+    if p is None or p.dtype == object or p.ndim not in (1, 2) or len(p) != len(labels):
+        raise ConfigError(f"top1 (the data's class labels) does not fit the model's outputs ({_shapes(preds)}): "
+                          "pass --metric file.py:fn to score them, or data labelled for them (a data.yaml for "
+                          "boxes, --masks for dense outputs), or data without labels (fidelity)")
+    return p
+
+
+def detection_scores(preds: dict[str, np.ndarray], batches: Batches) -> dict[str, float]:
+    """{"map50", "map"} (%) of the per-image box outputs against the data's boxes; a one-line ConfigError
+    naming --metric when the model's outputs are not per-image box sets."""
+    from edgeopt.measure.detection import mean_average_precision
+
+    if DETECTIONS not in preds:
+        raise ConfigError(f"map50 (the data's labelled boxes) does not fit the model's outputs ({_shapes(preds)}): "
+                          "it reads per-image box dicts (boxes, labels, scores); pass --metric file.py:fn to "
+                          "score these outputs against the boxes")
+    return mean_average_precision(preds[DETECTIONS], _targets(batches))
+
+
 def default_metric(batches: Batches | None) -> Metric:
     if batches is None or not batches.labelled:
         return Metric("fidelity", meaning=FIDELITY_MEANING)
     y = batches.items[0][1]
+    if isinstance(y, list) and y and isinstance(y[0], dict) and "boxes" in y[0]:
+        return Metric("map50", meaning=MAP_MEANING)
     if isinstance(y, torch.Tensor) and y.dim() >= 2:
         n = int(max(int(t[t != VOID].max()) if (t != VOID).any() else 0 for _, t in batches.items)) + 1
         return Metric("miou", num_classes=n, meaning="miou: mean intersection over union of the per-pixel "
@@ -172,6 +220,9 @@ def fidelity(preds: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> 
     scores = []
     for k, ref in reference.items():
         got = preds.get(k)
+        if k == DETECTIONS:
+            scores.append(box_fidelity(got, ref) if got is not None and got.dtype == object else 0.0)
+            continue
         if got is None or got.shape != ref.shape:
             return 0.0  # a structure that differs from the original's agrees with nothing
         if np.issubdtype(ref.dtype, np.integer):
@@ -200,7 +251,10 @@ def miou(pred: np.ndarray, masks: torch.Tensor, num_classes: int | None) -> floa
 def user_score(metric: Metric, preds: dict[str, np.ndarray], targets) -> float:
     """Call the user's metric with the outputs re-nested in the model's structure (torch tensors over all
     held-out samples) and the targets; one-line ConfigError naming the function on any failure."""
-    outs = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in preds.items()}
+    outs = {k: [{f: torch.as_tensor(a) for f, a in d.items()} for d in v] if k == DETECTIONS
+            else torch.from_numpy(np.ascontiguousarray(v)) for k, v in preds.items()}
+    if list(outs) == [DETECTIONS]:
+        outs = {"output": outs[DETECTIONS]}  # the user's metric gets the detector's own list of box dicts
     layout = metric.layout
     nested = nest(layout, outs) if layout is not None and set(flatten_names(layout)) == set(outs) else (
         outs["output"] if list(outs) == ["output"] else outs)

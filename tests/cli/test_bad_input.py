@@ -190,6 +190,44 @@ def test_data_checked_before_a_model_is_loaded(tmp_path, monkeypatch):
                                            data_options={"masks": str(tmp_path / "masks")}))
 
 
+# --- boxes and metrics that do not fit ---------------------------------------------------------------------
+
+RAW_HEAD = "import torch.nn as nn\n\n\ndef make():\n    return nn.Sequential(nn.Conv2d(3, 6, 4, 4), nn.Flatten(2))\n"
+
+
+def _yolo(root, label_line):
+    for split in ("train", "val"):
+        for i in range(2):
+            (root / "images" / split).mkdir(parents=True, exist_ok=True)
+            (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / "images" / split / f"{i}.png")
+            (root / "labels" / split / f"{i}.txt").write_text(label_line)
+    (root / "data.yaml").write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames: [a, b]\n")
+    return root / "data.yaml"
+
+
+@pytest.mark.parametrize("line,needle", [("2 0.5 0.5 0.2 0.2\n", "outside the 2 classes"),
+                                         ("0 0.5 0.95 0.2 0.2\n", "outside the image"),
+                                         ("0 0.5 0.5\n", "3 values")])
+def test_bad_box_labels_refused(tmp_path, monkeypatch, capsys, line, needle):
+    (tmp_path / "net.py").write_text(RAW_HEAD)
+    yaml = _yolo(tmp_path / "set", line)
+    result = cli(monkeypatch, capsys, "optimize", "--model", f"{tmp_path / 'net.py'}:make", "--input-shape",
+                 "1,3,16,16", "--data", yaml, "--out", tmp_path / "o")
+    assert_refused(result, needle)
+
+
+def test_a_raw_head_against_class_labels_names_metric(tmp_path, monkeypatch, capsys):
+    """A YOLO-style head tensor (N, 4 + C, anchors) with a one-class image folder: top-1 cannot read it."""
+    (tmp_path / "net.py").write_text(RAW_HEAD)
+    for i in range(12):
+        (tmp_path / "imgs" / "person").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((16, 16, 3), i * 20, np.uint8)).save(tmp_path / "imgs" / "person" / f"{i}.png")
+    result = cli(monkeypatch, capsys, "optimize", "--model", f"{tmp_path / 'net.py'}:make", "--input-shape",
+                 "1,3,16,16", "--data", tmp_path / "imgs", "--out", tmp_path / "o")
+    assert_refused(result, "--metric", "top1")
+
+
 # --- masks -------------------------------------------------------------------------------------------------
 
 SEGMENTER = "import torch.nn as nn\n\n\ndef make():\n    return nn.Conv2d(3, 3, 1)  # 3 classes per pixel\n"

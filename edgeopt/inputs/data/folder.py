@@ -1,7 +1,8 @@
 """An image folder (one sub-folder per class, sorted names = class indices) as torch Datasets: images decoded
 lazily, one at a time, by DataLoader workers. The held-out split is stratified per class and seeded (the same
 files on every rerun, identified by a hash of their names and contents); calibration is a stratified sample of
-the training split, interleaved class by class so that any prefix of it covers every class."""
+the training split, interleaved class by class so that any prefix of it covers every class. A flat folder of
+images (no class sub-folders) is unlabelled: calibration and fidelity with the original model, and it says so."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class ImageFiles(Dataset):
     """(image, target) per file. Targets are class indices here; other target kinds (masks, boxes) plug in by
     overriding `load_target` and `apply` (which must then transform image and target together)."""
 
-    def __init__(self, files: list[Path], targets: list[int], transform: Callable, mode: str):
+    def __init__(self, files: list[Path], targets: list | None, transform: Callable, mode: str):
         self.files, self.targets, self.transform, self.mode = files, targets, transform, mode
 
     def __len__(self) -> int:
@@ -54,7 +55,14 @@ class ImageFiles(Dataset):
         return self.transform(image), target
 
     def __getitem__(self, i: int):
+        if self.targets is None:  # unlabelled images: the image alone
+            return self.transform(self.load_image(i))
         return self.apply(self.load_image(i), self.load_target(i))
+
+
+def flat_images(root: Path) -> list[Path]:
+    """The images directly in `root` (sorted), for a folder without class sub-folders."""
+    return sorted(f for f in root.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
 
 
 def list_folder(root: Path) -> tuple[list[str], list[list[Path]]]:
@@ -63,7 +71,7 @@ def list_folder(root: Path) -> tuple[list[str], list[list[Path]]]:
         raise DataError(f"--data {root} is not a folder (expected one sub-folder per class)")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
-        raise DataError(f"--data {root} has no class sub-folders")
+        raise DataError(f"--data {root} has no class sub-folders and no images")
     files = []
     for cls in classes:
         found = sorted(f for f in (root / cls).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
@@ -162,6 +170,8 @@ def image_folder(path, image_size, channels: int, mean=None, std=None, val_split
 def folder_splits(root: Path, pre: Preprocess, val_split: float = 0.2, seed: int = 0, batch_size: int = 32,
                   calib_size: int = 300, workers: int | None = None, progress=None) -> DataSplits:
     """image_folder with the preprocessing already validated against the model's input."""
+    if root.is_dir() and not any(p.is_dir() for p in root.iterdir()) and flat_images(root):
+        return flat_splits(root, pre, val_split, seed, batch_size, calib_size, workers, progress)
     classes, files = list_folder(root)
     train, held = stratified_split(files, val_split, seed)
     if not held or not train:
@@ -200,3 +210,36 @@ def _hw(v) -> tuple[int, int]:
         return int(v), int(v)
     v = tuple(v)
     return (int(v[0]), int(v[-1]))
+
+
+FLAT_NOTE = ("no class sub-folders: unlabelled images, used for calibration and for fidelity with the original "
+             "model (no top-1 or mAP: give one sub-folder per class, or a data.yaml with boxes)")
+
+
+def flat_splits(root: Path, pre: Preprocess, val_split: float = 0.2, seed: int = 0, batch_size: int = 32,
+                calib_size: int = 300, workers: int | None = None, progress=None) -> DataSplits:
+    """A flat folder of unlabelled images: a seeded held-out share (scored by fidelity), calibration from the
+    rest; no training split (fine-tuning needs labels or a teacher's data the search does not take from here)."""
+    files = flat_images(root)
+    if not 0.0 < val_split < 1.0:
+        raise DataError(f"--val-split must be between 0 and 1, got {val_split}")
+    order = list(files)
+    random.Random(seed).shuffle(order)
+    n_val = max(1, int(round(len(order) * val_split)))
+    held, train = sorted(order[:n_val]), sorted(order[n_val:])
+    if not train:
+        raise DataError(f"--data {root}: too few images to hold out {val_split:.0%} for evaluation")
+    calib_files = sorted(random.Random(seed + 1).sample(train, min(calib_size, len(train))))
+    clean = eval_transform(pre)
+    if progress is not None:
+        progress.stage(f"decoding {len(calib_files) + len(held)} images", total=len(calib_files) + len(held))
+    calib = decode(ImageFiles(calib_files, None, clean, pre.mode), batch_size, progress, workers)
+    calib.key = file_list_hash([(f, 0) for f in calib_files], root, pre.describe())
+    heldout_hash = file_list_hash([(f, 0) for f in held], root)
+    ev = decode(ImageFiles(held, None, clean, pre.mode), batch_size, progress, workers)
+    ev.key = hashlib.sha256(f"{pre.describe()}\n{heldout_hash}".encode()).hexdigest()
+    if progress is not None:
+        progress.log(f"data: {len(files)} images in {root}, {FLAT_NOTE}; {len(held)} held out, {len(calib)} for "
+                     "calibration")
+    return DataSplits(calib=calib, train=None, eval=ev, source=f"folder:{root} ({FLAT_NOTE})",
+                      heldout_hash=heldout_hash)

@@ -1,6 +1,7 @@
 """The one `--data` resolver, for the command line and the API alike: 'digits', an image folder (with
-`--masks`), `module:function`, a .npy file of inputs, or the API's own batches / Datasets / DataLoaders,
-turned into validated calibration / training / evaluation splits."""
+`--masks`; a flat one is unlabelled), a YOLO-layout data.yaml (boxes), `module:function`, a .npy file of
+inputs, or the API's own batches / Datasets / DataLoaders, turned into validated calibration / training /
+evaluation splits."""
 
 from __future__ import annotations
 
@@ -16,13 +17,15 @@ from edgeopt.inputs.data.digits import digits_data
 from edgeopt.inputs.data.folder import folder_splits
 from edgeopt.inputs.data.transforms import make_preprocess
 from edgeopt.inputs.data.user import as_batches, calibration_sample, from_function
+from edgeopt.inputs.data.yolo import YAML_SUFFIXES, yolo_splits
 from edgeopt.inputs.model_io import Inputs
 
-DATA_FORMS = "'digits', an existing image folder, a .npy file of inputs (N,C,H,W), nor module:function"
+DATA_FORMS = ("'digits', an existing image folder, a YOLO data.yaml, a .npy file of inputs (N,C,H,W), nor "
+              "module:function")
 
 
 def data_form(data) -> str | None:
-    """Which form a --data value has: "digits" | "folder" | "function" | "npy" (None when not given), or a
+    """Which form a --data value has: "digits" | "folder" | "yolo" | "function" | "npy" (None when not given), or a
     one-line ConfigError. Looks at the name and the file system only; nothing is read."""
     if data is None:
         return None
@@ -31,6 +34,10 @@ def data_form(data) -> str | None:
         return "digits"
     if os.path.isdir(text):
         return "folder"
+    if Path(text).suffix in YAML_SUFFIXES and ":" not in Path(text).name:
+        if not Path(text).is_file():
+            raise ConfigError(f"--data {text!r}: no such data.yaml (the YOLO layout: path, train, val, names)")
+        return "yolo"
     if ":" in text:
         return "function"
     if Path(text).suffix == ".npy":
@@ -70,6 +77,15 @@ def resolve_data(spec: str, data, calib_data, train_data, eval_data, sample_shap
                               opts.augment)
         splits = folder_splits(Path(str(data)), pre, opts.val_split, opts.seed, opts.batch_size, opts.calib_size,
                                opts.workers, progress)
+        calib_data, train_data, eval_data = splits.calib, splits.train, splits.eval
+        source, heldout_hash = splits.source, splits.heldout_hash
+    elif form == "yolo":
+        if opts.resize is not None or opts.crop is not None:
+            raise ConfigError("--resize/--crop do not apply to box data: a data.yaml's images are resized to the "
+                              "model's input whole (the boxes with them)")
+        pre = make_preprocess(sample_shape, opts.image_size, None, None, opts.mean or (0.0,), opts.std or (1.0,),
+                              False)
+        splits = yolo_splits(Path(str(data)), pre, opts.seed, opts.batch_size, opts.calib_size, progress)
         calib_data, train_data, eval_data = splits.calib, splits.train, splits.eval
         source, heldout_hash = splits.source, splits.heldout_hash
     elif form == "function":

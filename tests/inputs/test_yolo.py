@@ -1,0 +1,148 @@
+"""Labelled boxes in the Ultralytics/YOLO layout (data.yaml, images/, labels/*.txt) scored by mAP, and a flat
+folder of unlabelled images scored by fidelity, saying so; faults of the layout are one-line DataErrors."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from edgeopt.errors import DataError
+from edgeopt.inputs.data import resolve_data
+from edgeopt.measure.accuracy import default_metric, score, torch_predictions
+from edgeopt.measure.detection import mean_average_precision
+
+SIZE = 32
+
+
+def _image(path, box, cls):
+    """A black canvas with one square of class `cls` (0 red, 1 green) at pixel box x1 y1 x2 y2, or none."""
+    a = np.zeros((SIZE, SIZE, 3), np.uint8)
+    if box is not None:
+        x1, y1, x2, y2 = box
+        a[y1:y2, x1:x2, cls] = 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a).save(path)
+
+
+def yolo_set(root, n_train=6, n_val=6, labels_for_background=False):
+    """Each split: images with one square (its label line) and one background image (no label file)."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for i in range(n):
+            img = root / "images" / split / f"{split}{i}.png"
+            lab = root / "labels" / split / f"{split}{i}.txt"
+            lab.parent.mkdir(parents=True, exist_ok=True)
+            if i == n - 1:  # background
+                _image(img, None, 0)
+                if labels_for_background:
+                    lab.write_text("")
+                continue
+            w, h = (int(v) for v in rng.integers(6, 14, 2))
+            x1, y1 = (int(v) for v in rng.integers(0, SIZE - 14, 2))
+            cls = i % 2
+            _image(img, (x1, y1, x1 + w, y1 + h), cls)
+            lab.write_text(f"{cls} {(x1 + w / 2) / SIZE} {(y1 + h / 2) / SIZE} {w / SIZE} {h / SIZE}\n")
+    yaml = root / "data.yaml"
+    yaml.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: red\n  1: green\n")
+    return yaml
+
+
+class SquareFinder(nn.Module):
+    """A torchvision-style detector that finds the coloured squares exactly (the oracle), or nothing."""
+
+    def __init__(self, blind=False):
+        super().__init__()
+        self.blind = blind
+        self.scale = nn.Conv2d(3, 3, 1, bias=False)
+        nn.init.dirac_(self.scale.weight)
+
+    def forward(self, x):
+        x = self.scale(x)
+        out = []
+        for img in x:
+            boxes, labels = [], []
+            for c in range(2):
+                ys, xs = torch.nonzero(img[c] > 0.5, as_tuple=True)
+                if len(ys) and not self.blind:
+                    boxes.append(torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float())
+                    labels.append(c)
+            out.append({"boxes": torch.stack(boxes) if boxes else torch.zeros((0, 4)),
+                        "labels": torch.tensor(labels, dtype=torch.long), "scores": torch.ones(len(labels))})
+        return out
+
+
+def resolve(spec, **opts):
+    return resolve_data("module", str(spec), None, None, None, (3, SIZE, SIZE), None, opts or None)
+
+
+def test_yolo_layout_gives_map(tmp_path):
+    s = resolve(yolo_set(tmp_path / "set"))
+    assert s.source.startswith("yolo:") and s.train is None and len(s.eval) == 6 and len(s.calib) == 6
+    targets = [t for _, y in s.eval.items for t in y]
+    assert [len(t["boxes"]) for t in targets] == [1, 1, 1, 1, 1, 0]  # the last val image is background
+    metric = default_metric(s.eval)
+    assert metric.name == "map50" and "0.5:0.95" in metric.meaning
+    s.eval.metric = metric
+    assert score(torch_predictions(SquareFinder().eval(), s.eval, 4), s.eval) == (100.0, "map50")
+    assert score(torch_predictions(SquareFinder(blind=True).eval(), s.eval, 4), s.eval)[0] == 0.0
+    both = mean_average_precision(torch_predictions(SquareFinder().eval(), s.eval, 4)["detections"], targets)
+    assert both == {"map50": 100.0, "map": 100.0}
+
+
+def test_loose_boxes_lower_map_at_strict_ious(tmp_path):
+    s = resolve(yolo_set(tmp_path / "set"))
+    targets = [t for _, y in s.eval.items for t in y]
+    loose = [{"boxes": t["boxes"] + torch.tensor([0, 0, 1.5, 1.5]), "labels": t["labels"],
+              "scores": torch.ones(len(t["labels"]))} for t in targets]
+    got = mean_average_precision(loose, targets)
+    assert got["map50"] == 100.0 and got["map"] < 100.0
+
+
+def test_flat_folder_is_unlabelled_and_says_so(tmp_path):
+    root = tmp_path / "flat"
+    for i in range(10):
+        _image(root / f"{i}.png", (2, 2, 10, 10), i % 2)
+    s = resolve(root)
+    assert "no class sub-folders" in s.source and "fidelity" in s.source
+    assert not s.eval.labelled and s.train is None and len(s.eval) + len(s.calib) == 10
+    assert default_metric(s.eval).name == "fidelity"
+
+
+def _break(yaml, how):
+    root = yaml.parent
+    lab = root / "labels" / "val" / "val0.txt"
+    if how == "class":
+        lab.write_text("2 0.5 0.5 0.2 0.2\n")
+    elif how == "outside":
+        lab.write_text("0 0.95 0.5 0.2 0.2\n")
+    elif how == "malformed":
+        lab.write_text("0 0.5 0.5 0.2\n")
+    elif how == "orphan":
+        (root / "labels" / "val" / "ghost.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    elif how == "nonumber":
+        lab.write_text("red 0.5 0.5 0.2 0.2\n")
+    elif how == "no-val":
+        yaml.write_text(yaml.read_text().replace("val: images/val\n", ""))
+    elif how == "names":
+        yaml.write_text(yaml.read_text().split("names:")[0] + "names: 3\n")
+
+
+@pytest.mark.parametrize("how,msg", [
+    ("class", "class 2 is outside the 2 classes"), ("outside", "outside the image"), ("malformed", "4 values"),
+    ("orphan", "ghost.txt has no image"), ("nonumber", "is not numbers"), ("no-val", "no `val` split"),
+    ("names", "`names` must list"),
+])
+def test_layout_faults_are_one_line(tmp_path, how, msg):
+    yaml = yolo_set(tmp_path / "set")
+    _break(yaml, how)
+    with pytest.raises(DataError, match=msg) as e:
+        resolve(yaml)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_label_file_is_background_like_an_empty_one(tmp_path):
+    a = resolve(yolo_set(tmp_path / "a"))
+    b = resolve(yolo_set(tmp_path / "b", labels_for_background=True))
+    ta = [len(t["boxes"]) for _, y in a.eval.items for t in y]
+    assert ta == [len(t["boxes"]) for _, y in b.eval.items for t in y] and ta[-1] == 0
