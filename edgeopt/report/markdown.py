@@ -32,7 +32,8 @@ TABLE_HEADER = ["candidate", "status", "runtime/precision", "p50 ms", "speedup v
                 "drop pp", "test drop pp", "size MB", "MACs", "reason"]
 
 
-FIDELITY_NOTE = ": top-1 agreement with the original model, no labels given"
+FIDELITY_NOTE = (": top-1 agreement with the original model for class outputs (box-level for per-image detections, "
+                 "value agreement for other outputs), no labels given")
 
 
 def to_markdown(report: Report) -> str:
