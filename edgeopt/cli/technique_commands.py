@@ -43,16 +43,12 @@ def run_technique(model: str, weights, input_shape, trust_pickle: bool, apply: C
         out.print(line)
 
 
-def count_params(model) -> int:
-    from edgeopt.inputs.analyze import count_params as count
+def _size_change(before, after, example, params: bool = True) -> str:
+    """`params a -> b; MACs c -> d` of the model before and after a technique (torch imported on use)."""
+    from edgeopt.inputs.analyze import count_macs, count_params
 
-    return count(model)
-
-
-def count_macs(model, example) -> int:
-    from edgeopt.inputs.analyze import count_macs as count
-
-    return count(model, example)
+    macs = f"MACs {count_macs(before, example):,} -> {count_macs(after, example):,}"
+    return f"params {count_params(before):,} -> {count_params(after):,}; {macs}" if params else macs
 
 
 @app.command()
@@ -119,8 +115,7 @@ def prune(
 
     def summary(loaded, example, result, path):
         record = result.record
-        yield (f"params {count_params(loaded.model):,} -> {count_params(result.model):,}; "
-               f"MACs {count_macs(loaded.model, example):,} -> {count_macs(result.model, example):,}; "
+        yield (f"{_size_change(loaded.model, result.model, example)}; "
                f"{record['layers_changed']} layers changed, {len(record['skipped'])} skipped; wrote {path}")
         rec = record.get("reconstruction")
         if rec:
@@ -175,8 +170,7 @@ def factorize(
 
     def summary(loaded, example, result, path):
         record = result.record
-        yield (f"params {count_params(loaded.model):,} -> {count_params(result.model):,}; "
-               f"MACs {count_macs(loaded.model, example):,} -> {count_macs(result.model, example):,}; "
+        yield (f"{_size_change(loaded.model, result.model, example)}; "
                f"{record['layers_changed']} layers factorized, {len(record['skipped'])} skipped; wrote {path}")
 
     run_technique(model, weights, input_shape, trust_pickle, apply, summary, format=format, out_file=out_file,
@@ -214,8 +208,8 @@ def depth(
         record = result.record
         yield from (f"skipped: {why}" for why in record["skipped"])
         yield (f"removed {len(record['removed'])} of {len(record['blocks_found'])} residual blocks "
-               f"({', '.join(record['removed']) or 'none'}); MACs {count_macs(loaded.model, example):,} -> "
-               f"{count_macs(result.model, example):,}; wrote {path}")
+               f"({', '.join(record['removed']) or 'none'}); "
+               f"{_size_change(loaded.model, result.model, example, params=False)}; wrote {path}")
 
     run_technique(model, weights, input_shape, trust_pickle, apply, summary, format=format, out_file=out_file,
                   record_file=record_file, data=data)
