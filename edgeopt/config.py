@@ -184,11 +184,19 @@ class MeasureConfig(_Strict):
                                 description="seconds at most for the interleaved measurement")
     seed: int = 0
     calib_random: bool = False
-    device: str | None = None  # URL of an `edgeopt agent`; its token is never saved in the config
+    # URLs of `edgeopt agent`s (one string is one device); their token is never saved in the config
+    device: list[str] | None = None
     token_file: str | None = None
 
     _seed = field_validator("seed")(classmethod(lambda cls, v: _checked(v, seed_problem)))
     _threads = field_validator("threads")(classmethod(lambda cls, v: _checked(v, threads_problem)))
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _devices(cls, v):  # one URL (a config saved before fleets) is a fleet of one; none is None
+        if isinstance(v, str):
+            return [v]
+        return v or None
 
 
 def _checked(v, problem):

@@ -58,10 +58,11 @@ class RichProgress:
 
 
 def candidates_table(report) -> Table:
-    from edgeopt.report.markdown import TABLE_HEADER, candidate_row
+    from edgeopt.report.markdown import candidate_row, device_kinds, table_header
 
     table = Table(title=f"edgeopt — target {report.target.get('name')}, goal {report.context['goal']}")
-    for h in TABLE_HEADER:
+    kinds = device_kinds(report)
+    for h in table_header(kinds):
         table.add_column(h, overflow="fold", max_width=48 if h == "reason" else None)
     hidden = 0
     for c in [report.baseline, *report.candidates]:
@@ -71,7 +72,7 @@ def candidates_table(report) -> Table:
             hidden += 1  # listed in report.md/json; the table shows what was built and measured
             continue
         style = "bold green" if c.id == report.chosen else ("dim" if c.status != "ok" else None)
-        table.add_row(*candidate_row(c, report.baseline), style=style)
+        table.add_row(*candidate_row(c, report.baseline, kinds), style=style)
     if hidden:
         table.caption = f"{hidden} more candidates not tried (search pruned them; see report.md)"
     return table

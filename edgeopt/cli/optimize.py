@@ -47,7 +47,7 @@ def optimize(
     as_json: bool = typer.Option(False, "--json", help="print report.json to stdout instead of the table"),
     verbose: bool = typer.Option(False, "--verbose", help="also print where the wall time went, one line per phase"),
     dynamic_batch: bool = o.DYNAMIC_BATCH, streams: int = o.STREAMS,
-    device: str = typer.Option(None, help="measure latency on a remote `edgeopt agent`, e.g. http://jetson:8765"),
+    device: list[str] = o.DEVICE,
     token_file: Path = typer.Option(None, help="the agent's token file (with --device)"),
 ) -> None:
     """Decide, compress, export and measure; write OUT/report.json, report.md, report.html, the chosen model
@@ -85,18 +85,21 @@ def optimize(
         raise typer.Exit(1)
 
 
-def _check_device(device: str | None, token_file: str | None) -> str | None:
-    """Remote measurement: fail now on a wrong URL/token/protocol, not after the search."""
+def _check_device(device: list[str] | None, token_file: str | None) -> str | None:
+    """Remote measurement: fail now on a wrong URL, or when no device answers, not after the search."""
     if not (device or token_file):
         return None
     from edgeopt.errors import ConfigError
     from edgeopt.remote import read_token_file
-    from edgeopt.remote.client import AgentClient
+    from edgeopt.remote.fleet import check_devices, checked_urls
 
     if not (device and token_file):
         raise ConfigError("--device and --token-file go together")
+    urls = checked_urls(device)
     token = read_token_file(token_file)
-    AgentClient(device, token).info()
+    for row in check_devices(urls, token):
+        if not row["ok"]:
+            print(f"warning: {row['error']}; the run goes on with the other devices", file=sys.stderr)
     return token
 
 
@@ -131,6 +134,11 @@ def _summary(report, out_dir: Path, verbose: bool = False) -> None:
     hits = report.model.cache_hits or 0
     budget = (report.model.search or {}).get("time_budget") or {}
     stopped = f", stopped by the time budget of {budget['budget_s']:g} s" if budget.get("stopped") else ""
+    from edgeopt.remote.fleet import failed_devices
+
+    for d in failed_devices(report.environment):
+        out.print(f"device {d['url']} failed: {d['error']} (its candidates went to the others)", markup=False,
+                  highlight=False)
     out.print(f"report: {out_dir / 'report.md'}, report.html, report.json, run.yaml  (wall time "
               f"{report.wall_time_s:.1f} s{stopped}{f', {hits} candidates from the cache' if hits else ''})")
 

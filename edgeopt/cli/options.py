@@ -66,6 +66,9 @@ MEAN = typer.Option(None, help="image folder: per-channel mean, e.g. 0.485,0.456
 STD = typer.Option(None, help="image folder: per-channel std (default 0.5)")
 DYNAMIC_BATCH = typer.Option(False, "--dynamic-batch", help="ONNX/OpenVINO artifacts with a dynamic batch axis "
                              "(any batch size at run time); latency is measured at the batch of --input-shape")
+DEVICE = typer.Option(None, "--device", help="measure latency on a remote `edgeopt agent`, e.g. http://jetson:8765; "
+                      "repeat it for a fleet: agents of one kind share the candidates, each kind measures them all "
+                      "(a latency column each; the first kind's is the one selected on)")
 VAL_SPLIT = typer.Option(0.2, help="image folder: fraction held out per class for accuracy (never trained on; "
                          "its file-list hash goes into report.json)")
 

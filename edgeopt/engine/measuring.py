@@ -31,8 +31,9 @@ def latency(cands: list[Candidate], sessions: dict, measure_locally: bool, profi
 
 def measure_all(cands: list[Candidate], sessions: dict, measure_locally: bool, prep, out_dir: Path,
                 config: RunConfig, bench_config: BenchConfig, device_token: str | None, progress) -> dict | None:
-    """Latency of every ok candidate: on a remote `edgeopt agent` (--device), interleaved here, or estimated.
-    Returns what report.json's environment says about the remote device, None when measured here."""
+    """Latency of every ok candidate: on remote `edgeopt agent`s (--device, once per agent; several of one kind
+    share the candidates, several kinds each measure them all), interleaved here, or estimated. Returns what
+    report.json's environment says about the remote devices, None when measured here."""
     device = config.measure.device
     progress.stage("measuring latency" if measure_locally or device else "estimating latency")
     ok = [c for c in cands if c.status == "ok"]
@@ -45,7 +46,7 @@ def measure_all(cands: list[Candidate], sessions: dict, measure_locally: bool, p
         return measure_candidates(
             ok, out_dir, prep.profile.runtimes, device, device_token or "",
             tuple(prep.ex.first.shape) if prep.ex.single else prep.ex.shapes,
-            prep.context.threads, bench_config.max_time_s, tensorrt=prep.profile.tensorrt)
+            prep.context.threads, bench_config.max_time_s, tensorrt=prep.profile.tensorrt, log=progress.log)
     latency(ok, sessions, measure_locally, prep.profile, prep.ex, bench_config)
     if config.deploy.goal == "throughput" and measure_locally:
         progress.stage("measuring throughput")

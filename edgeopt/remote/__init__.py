@@ -5,7 +5,8 @@ the device's environment.
 Wire protocol (version PROTOCOL_VERSION), all requests carry `Authorization: Bearer TOKEN` and
 `X-Edgeopt-Protocol: N`:
 
-- `GET  /v1/info`     -> {"protocol", "edgeopt_version", "runtimes", "environment", "limits"}
+- `GET  /v1/info`     -> {"protocol", "edgeopt_version", "kind", "target", "runtimes", "environment", "limits",
+  "load"}
 - `POST /v1/measure`  multipart: `manifest` (JSON, see `Manifest`) and files `f0`, `f1`, ... ->
   {"status": "ok", "results": {id: {...}}, "environment": {...}, "job_s": ...} or
   {"status": "failed" | "timeout", "error": "..."} with HTTP 422 / 504.

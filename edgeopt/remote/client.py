@@ -52,11 +52,14 @@ def default_runtime(fmt: str, preferred: list[str] | None = None) -> str:
 
 
 class AgentClient:
-    def __init__(self, url: str, token: str, timeout_s: float = 900.0):
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"--device must be a URL like http://HOST:8765, got {url!r}")
+    def __init__(self, url: str, token: str, timeout_s: float = 900.0, connect_s: float = 30.0):
+        from edgeopt.remote.fleet import url_problem
+
+        problem = url_problem(url)
+        if problem:
+            raise ConfigError(f"--device {url!r} {problem}")
         self.url, self.token = url.rstrip("/"), token
-        self.timeout_s = timeout_s
+        self.timeout_s, self.connect_s = timeout_s, connect_s
 
     def _request(self, method: str, path: str, **kw):
         try:
@@ -66,7 +69,7 @@ class AgentClient:
 
         headers = {"Authorization": f"Bearer {self.token}", PROTOCOL_HEADER: str(PROTOCOL_VERSION)}
         try:
-            with httpx.Client(timeout=httpx.Timeout(30.0, read=self.timeout_s)) as c:
+            with httpx.Client(timeout=httpx.Timeout(self.connect_s, read=self.timeout_s)) as c:
                 r = c.request(method, self.url + path, headers=headers, **kw)
         except httpx.HTTPError as e:
             raise AgentError(f"cannot reach the agent at {self.url}: {first_line(e)}") from None
@@ -154,37 +157,37 @@ def device_runtime(candidate_runtime: str | None, target_runtimes: list[str], fm
     return device_backend(fmt, candidate_runtime, target_runtimes).runtime
 
 
-def measure_candidates(candidates, out_dir: Path, target_runtimes: list[str], url: str, token: str,
+def measure_candidates(candidates, out_dir: Path, target_runtimes: list[str], url: str | list[str], token: str,
                        input_shape: tuple[int, ...], threads: int | None, max_time_s: float,
-                       tensorrt: str | None = None) -> dict:
-    """Measure a run's candidates on the agent, each as its own job, and fill in their latency (`measured`), the
-    precision the device executed, and where. A candidate TensorRT's parser (release `tensorrt`) cannot read is
-    rejected before it is sent; one whose job fails on the device is rejected with the device's reason, and the
-    others are still measured. An agent that cannot be reached or refuses the token stops the run (AgentError).
-    Returns the device's environment."""
+                       tensorrt: str | None = None, log=None) -> dict:
+    """Measure a run's candidates on the agents (one URL or a fleet: edgeopt.remote.fleet), each as its own job,
+    and fill in their latency (`measured`), the precision the device executed, and where. A candidate TensorRT's
+    parser (release `tensorrt`) cannot read is rejected before it is sent; one whose job fails on a device is
+    rejected with the device's reason, and the others are still measured. A device that cannot be reached or
+    refuses the token is dropped (reported by `log` and in the returned environment's `fleet`) and its candidates
+    go to the other devices of its kind; with none left the run stops (AgentError). Returns the device's
+    environment."""
+    from edgeopt.remote.fleet import checked_urls, fill_candidates, measure_fleet
+
+    urls = checked_urls(url)
     cands = [c for c in candidates if c.artifact]
-    results = {}
+    jobs = {}
     for c in cands:
         path = Path(out_dir) / c.artifact
         runtime = device_runtime(c.runtime, target_runtimes, format_of(Path(c.artifact)))
         problem = device_problem(path, runtime, tensorrt)
         if problem is None:
-            try:
-                results.update(measure_remote({c.id: path}, url, token, precision={c.id: c.precision or "fp32"},
-                                              runtime={c.id: runtime}, threads=threads, input_shape=input_shape,
-                                              max_time_s=max_time_s))
-                continue
-            except JobFailed as e:
-                problem = f"on the device: {e}"
-        c.status, c.reason = "rejected", problem
-    env: dict = {}
+            jobs[c.id] = {"path": path, "runtime": runtime, "precision": c.precision or "fp32"}
+        else:
+            c.status, c.reason = "rejected", problem
+
+    def measure_one(device_url: str, cid: str, job: dict):
+        return measure_remote({cid: job["path"]}, device_url, token, precision={cid: job["precision"]},
+                              runtime={cid: job["runtime"]}, threads=threads, input_shape=input_shape,
+                              max_time_s=max_time_s)[cid]
+
+    kinds, results, refused, devices = measure_fleet(jobs, urls, token, measure_one, log)
     for c in cands:
-        if c.id not in results:
-            continue
-        r = results[c.id]
-        c.latency_ms, c.latency_source = r.latency, "measured"
-        c.precision_executed = r.precision_executed
-        c.measured_on = {"agent": url, "device": r.device, "runtime": r.runtime,
-                         "runtime_version": r.runtime_version}
-        env = {"agent": url, **r.environment, "round_trip_s": r.round_trip_s, "job_s": r.job_s}
-    return env
+        if c.id in refused:
+            c.status, c.reason = "rejected", refused[c.id]
+    return fill_candidates([c for c in cands if c.id not in refused], kinds, results, devices)

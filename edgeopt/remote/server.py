@@ -41,8 +41,11 @@ class AgentConfig:
     workdir: Path | None = None  # a private folder is created inside (default: in the temp dir)
     keep_jobs: bool = False
     trust_engines: bool = False  # accept uploaded engines (formats whose runtime only deserializes them)
+    target: str | None = None  # what this device is, as a fleet groups it (default: its board, GPU or CPU)
+    max_threads: int | None = None  # a job's runtime threads at most (several agents sharing one machine)
     running: int = field(default=0, init=False)
     waiting: int = field(default=0, init=False)
+    measured: int = field(default=0, init=False)  # jobs run since the start
 
 
 def installed_runtimes() -> list[str]:
@@ -113,7 +116,10 @@ def _scrub(body: dict, *folders: Path) -> dict:
 def _write_job(job_dir: Path, manifest: Manifest, form, config: AgentConfig) -> None:
     from edgeopt.formats import backend_for
 
-    job = {"threads": manifest.threads, "input_shape": manifest.input_shape, "input_shapes": manifest.input_shapes,
+    threads = manifest.threads
+    if config.max_threads:
+        threads = min(threads or config.max_threads, config.max_threads)
+    job = {"threads": threads, "input_shape": manifest.input_shape, "input_shapes": manifest.input_shapes,
            "max_time_s": manifest.max_time_s, "artifacts": []}
     if manifest.dataset:
         job["data_file"] = str(config.data_dir / f"{manifest.dataset}.npz")
@@ -134,7 +140,8 @@ def create_app(config: AgentConfig):
     from fastapi import FastAPI, Request
     from starlette.requests import ClientDisconnect
 
-    from edgeopt.remote.worker import device_environment
+    from edgeopt.remote.fleet import kind_of
+    from edgeopt.remote.worker import device_environment, gpu_name
 
     base = Path(config.workdir).resolve() if config.workdir else None  # a relative --workdir: from the start dir
     if base is not None:
@@ -143,16 +150,21 @@ def create_app(config: AgentConfig):
     workdir = Path(tempfile.mkdtemp(prefix="edgeopt-agent-", dir=base))
     lock = asyncio.Lock()
     env = device_environment()
+    gpu = gpu_name()
+    if gpu:
+        env["gpu"] = gpu
+    kind = kind_of({"target": config.target, "environment": env})
     api = FastAPI(title="edgeopt agent", docs_url=None, redoc_url=None, openapi_url=None)
     api.state.workdir = workdir
 
     @api.get("/v1/info")
     async def info():
-        return {"protocol": PROTOCOL_VERSION, "edgeopt_version": env["edgeopt_version"],
-                "runtimes": installed_runtimes(), "environment": env,
+        return {"protocol": PROTOCOL_VERSION, "edgeopt_version": env["edgeopt_version"], "kind": kind,
+                "target": config.target, "runtimes": installed_runtimes(), "environment": env,
                 "limits": {"max_upload_bytes": config.max_upload_bytes, "job_timeout_s": config.job_timeout_s,
-                           "max_queue": config.max_queue, "trust_engines": config.trust_engines},
-                "load": {"running": config.running, "waiting": config.waiting}}
+                           "max_queue": config.max_queue, "trust_engines": config.trust_engines,
+                           "max_threads": config.max_threads},
+                "load": {"running": config.running, "waiting": config.waiting, "measured": config.measured}}
 
     @api.post("/v1/measure")
     async def measure(request: Request):
@@ -184,6 +196,7 @@ def create_app(config: AgentConfig):
             if not await _acquire(lock, request.is_disconnected):
                 return json_response(499, {"status": "cancelled", "error": "the client disconnected"})
             config.waiting, config.running, queued = config.waiting - 1, config.running + 1, False
+            config.measured += 1
             try:  # one measurement at a time: concurrent jobs would time each other
                 status, body = await _run_worker(job_dir, config.job_timeout_s, request.is_disconnected)
             finally:

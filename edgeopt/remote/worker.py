@@ -48,6 +48,22 @@ def device_environment() -> dict:
             **{k: v for k, v in versions.items() if v}}
 
 
+def gpu_name() -> str | None:
+    """The first NVIDIA GPU's name (nvidia-smi), or None: what tells two GPU devices of one CPU apart."""
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
+                             timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return next((line.strip() for line in out.splitlines() if line.strip()), None)
+
+
 def row_of(artifact: dict):
     """The format row the agent validated this artifact against, as it wrote it into the job (so the worker
     runs exactly that row, including rows registered in the agent's process)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edgeopt.report import Candidate, Report, write_atomic, write_report
 from edgeopt.report.headline import accuracy_line, speed_line
-from edgeopt.report.markdown import TABLE_HEADER, candidate_row, to_markdown
+from edgeopt.report.markdown import candidate_row, device_kinds, table_header, to_markdown
 
 PLOT_FILE = "report.png"  # next to report.json; report.md links it, report.html embeds it
 
@@ -86,12 +86,12 @@ def scatter_png(report: Report) -> bytes | None:
 def to_html(report: Report, png: bytes | None) -> str:
     e = html.escape
     ctx = report.context
-    rows = []
+    rows, kinds = [], device_kinds(report)
     for c in [report.baseline, *report.candidates]:
         if c is None:
             continue
         cls = ' class="chosen"' if c.id == report.chosen else (' class="dim"' if c.status != "ok" else "")
-        rows.append(f"<tr{cls}>" + "".join(f"<td>{e(x)}</td>" for x in candidate_row(c, report.baseline))
+        rows.append(f"<tr{cls}>" + "".join(f"<td>{e(x)}</td>" for x in candidate_row(c, report.baseline, kinds))
                     + "</tr>")
     decisions = "".join(f"<li><b>{e(d.technique)}</b> — {e(d.decision)}: {e(d.reason)}</li>"
                         for d in report.decisions)
@@ -118,7 +118,7 @@ wall time {e(str(report.wall_time_s))} s</p>
 {summary}
 {img}
 <h2>Candidates</h2>
-<table><tr>{''.join(f'<th>{e(h)}</th>' for h in TABLE_HEADER)}</tr>{''.join(rows)}</table>
+<table><tr>{''.join(f'<th>{e(h)}</th>' for h in table_header(kinds))}</tr>{''.join(rows)}</table>
 <h2>Plan: decisions and reasons</h2><ul>{decisions}</ul><ul>{notes}</ul>
 <h2>Search</h2><ul>{trace}</ul>
 <h2>Context</h2><pre>{e(repr(ctx))}</pre>

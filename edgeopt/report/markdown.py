@@ -10,7 +10,13 @@ def _fmt(v: float | None, spec: str = ".3f") -> str:
     return "—" if v is None else format(v, spec)
 
 
-def candidate_row(c: Candidate, baseline: Candidate | None) -> list[str]:
+def device_kinds(report: Report) -> list[str]:
+    """The device kinds a fleet run measured on, in order (a p50 column each); [] for one kind or none."""
+    kinds = (report.environment.get("device") or {}).get("kinds") or []
+    return list(kinds) if len(kinds) > 1 else []
+
+
+def candidate_row(c: Candidate, baseline: Candidate | None, kinds: list[str] = ()) -> list[str]:
     lat = c.latency_ms.p50 if c.latency_ms else None
     base = baseline.latency_ms.p50 if baseline is not None and baseline.latency_ms else None
     speed = f"{base / lat:.2f}×" if lat and base else "—"
@@ -22,14 +28,22 @@ def candidate_row(c: Candidate, baseline: Candidate | None) -> list[str]:
     if c.size_compressed_bytes is not None:
         size += f" ({c.size_compressed_bytes / 1e6:.2f} zip)"
     macs = "—" if c.macs is None else f"{c.macs / 1e6:.1f}M"
+    by_kind = getattr(c, "latency_by_device", None) or {}
+    lats = [_fmt(by_kind.get(k, {}).get("p50")) for k in kinds] if kinds else [_fmt(lat) + est]
     return [c.id, c.status, f"{c.runtime or '—'}/{c.precision_executed or c.precision or '—'}",
-            _fmt(lat) + est, speed, acc, drop, drop_test, size, macs, c.reason]
+            *lats, speed, acc, drop, drop_test, size, macs, c.reason]
 
 
 # accuracy and "drop pp" are on the selection part of the held-out data (what the search optimized on);
 # "test drop pp" on the test part, for the candidates judged there at the end
 TABLE_HEADER = ["candidate", "status", "runtime/precision", "p50 ms", "speedup vs fp32", "accuracy",
                 "drop pp", "test drop pp", "size MB", "MACs", "reason"]
+
+
+def table_header(kinds: list[str] = ()) -> list[str]:
+    """TABLE_HEADER, with a p50 column per device kind for a fleet of several kinds."""
+    i = TABLE_HEADER.index("p50 ms")
+    return [*TABLE_HEADER[:i], *([f"p50 ms {k}" for k in kinds] or ["p50 ms"]), *TABLE_HEADER[i + 1:]]
 
 
 FIDELITY_NOTE = (": top-1 agreement with the original model for class outputs (box-level for per-image detections, "
@@ -69,17 +83,19 @@ def to_markdown(report: Report) -> str:
             f", {report.model.cache_hits} candidates from the cache" if report.model.cache_hits else ""),
         "",
     ]
+    kinds = device_kinds(report)
+    header = table_header(kinds)
     if report.model.plot:
         lines += [f"![latency vs accuracy]({report.model.plot})", ""]
     lines += [
         "## Candidates",
         "",
-        "| " + " | ".join(TABLE_HEADER) + " |",
-        "|" + "---|" * len(TABLE_HEADER),
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
     ]
     for c in [report.baseline, *report.candidates]:
         if c is not None:
-            row = candidate_row(c, report.baseline)
+            row = candidate_row(c, report.baseline, kinds)
             lines.append("| " + " | ".join(x.replace("|", "/") for x in row) + " |")
     lines += ["", "## Plan: decisions and reasons", ""]
     lines += [f"- **{d.technique}** — {d.decision}: {d.reason}" for d in report.decisions]
