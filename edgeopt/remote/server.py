@@ -164,7 +164,7 @@ def create_app(config: AgentConfig):
                 "limits": {"max_upload_bytes": config.max_upload_bytes, "job_timeout_s": config.job_timeout_s,
                            "max_queue": config.max_queue, "trust_engines": config.trust_engines,
                            "max_threads": config.max_threads},
-                "load": {"running": config.running, "waiting": config.waiting, "measured": config.measured}}
+                "load": {"running": config.running, "waiting": config.waiting}}
 
     @api.post("/v1/measure")
     async def measure(request: Request):
