@@ -210,7 +210,9 @@ class TestEvaluator:
             return None
         if self.test.metric.name == "fidelity" and self.reference is None:
             self.reference = torch_predictions(self.net, self.test, self.batch)
-        return evaluate_candidate(session, self.test, self.batch, self.reference)[0]
+        scored = evaluate_candidate(session, self.test, self.batch, self.reference)
+        c.metrics_test = getattr(scored, "metrics", None) or None
+        return scored[0]
 
     def proportion(self) -> bool:
         """Is the test figure a share of images (one right/wrong per image), so that a binomial interval
