@@ -49,7 +49,8 @@ DATA = typer.Option(None, help="'digits' (built-in; default for the demo), an im
                     "with a target: ((image, mask), y)")
 MASKS = typer.Option(None, help="segmentation: a folder of masks (class index per pixel) with the same file stems "
                      "as the images in --data; accuracy is then mIoU")
-METRIC = typer.Option(None, help="your metric, file.py:fn or module:fn (IMPORTS AND RUNS that code): "
+METRIC = typer.Option(None, help="map50 or map (mAP@0.5 / mAP@0.5:0.95 of box data; both are reported), or your "
+                      "metric, file.py:fn or module:fn (IMPORTS AND RUNS that code): "
                       "fn(outputs, targets) -> score in %, higher is better (e.g. mAP with your own box decoding); "
                       "needs --data with held-out targets. --max-accuracy-drop is in points of it")
 RESIZE = typer.Option(None, help="image folder: resize the shorter side to this, then center-crop (default with "

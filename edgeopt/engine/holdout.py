@@ -139,7 +139,7 @@ def metric_for(spec, eval_b: Batches | StreamBatches, net, ex: Inputs) -> Metric
                         "'eval' as (inputs, targets) batches) or eval_data=...")
     with torch.no_grad():
         layout = output_layout(ex.call(net))
-    return load_metric(spec, layout)
+    return load_metric(spec, layout, num_classes=getattr(eval_b, "num_classes", None))
 
 
 def fidelity_inputs(ex: Inputs, n: int, seed: int) -> Batches:

@@ -211,7 +211,8 @@ def load_model(spec: str | nn.Module = "demo", weights: str | Path | None = None
             info["exported_program"] = True
         elif base.endswith((".pt", ".pth", ".pkl", ".bin", ".ckpt")):
             obj = load_checkpoint_file(Path(base), trust_pickle)
-            obj = checkpoint_module(obj) or obj  # a training checkpoint (Ultralytics' .pt): its model
+            module = checkpoint_module(obj)  # a training checkpoint (Ultralytics' .pt): its model
+            obj = obj if module is None else module
             if isinstance(obj, nn.Module):
                 obj = deployable(obj)
             if not isinstance(obj, nn.Module):

@@ -59,7 +59,7 @@ def _timm(name: str, kwargs: dict) -> nn.Module:
         import timm
     except ImportError:
         raise missing_backend("timm", "timm") from None
-    if not timm.list_models(name):
+    if not timm.is_model(name):  # the architecture, with or without a pretrained tag (resnet18.a1_in1k)
         raise _did_you_mean(name, timm.list_models(), "timm model")
     try:
         return timm.create_model(name, pretrained=False, **kwargs)

@@ -303,13 +303,14 @@ def flatten_names(layout) -> list[str]:
     return [n for v in vals for n in flatten_names(v)]
 
 
-def load_metric(spec, layout=None) -> Metric:
-    """--metric map50 | map (the built-in box metrics), file.py:fn | module:fn, or a callable (outputs, targets)
-    -> score in %."""
+def load_metric(spec, layout=None, num_classes: int | None = None) -> Metric:
+    """--metric map50 | map (the built-in box metrics; `num_classes`: the box data's), file.py:fn | module:fn,
+    or a callable (outputs, targets) -> score in %."""
     if isinstance(spec, str) and spec.strip().lower() in MAP_NAMES:
         name = MAP_NAMES[spec.strip().lower()]
-        return Metric(name, layout=layout, meaning=MAP_MEANING if name == "map50" else MAP_MEANING.replace(
-            "map50: mAP@0.5", "map: mAP@0.5:0.95").replace("mAP@0.5:0.95 (map) is", "mAP@0.5 (map50) is"))
+        meaning = MAP_MEANING if name == "map50" else MAP_MEANING.replace(
+            "map50: mAP@0.5", "map: mAP@0.5:0.95").replace("mAP@0.5:0.95 (map) is", "mAP@0.5 (map50) is")
+        return Metric(name, num_classes=num_classes, layout=layout, meaning=meaning)
     if callable(spec):
         return Metric(f"user:{getattr(spec, '__name__', 'metric')}", fn=spec, layout=layout,
                       meaning="the user's metric (higher is better, %)")
