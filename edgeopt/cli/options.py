@@ -13,7 +13,8 @@ import typer
 
 from edgeopt.cli.common import parse_list
 
-MODEL_HELP = ("demo (built-in, default), torchvision:NAME?num_classes=10, timm:NAME, path/file.py:factory, "
+MODEL_HELP = ("demo (built-in, default), torchvision:NAME?num_classes=10, timm:NAME, ultralytics:yolov8n.yaml, "
+              "smp:Unet?encoder_name=resnet18, path/file.py:factory, "
               "package.module:factory, or a torch.export .pt2 file. file.py:factory and module:factory "
               "IMPORT AND RUN that code: use only code you trust")
 

@@ -14,11 +14,11 @@ from urllib.parse import parse_qsl
 import torch
 from torch import nn
 
-from edgeopt.errors import ConfigError, InputShapeError, ModelLoadError, UnsafePickleError, first_line
+from edgeopt.errors import ConfigError, InputShapeError, ModelLoadError, UnsafePickleError, first_line, missing_backend
 from edgeopt.inputs import usercode
 from edgeopt.inputs.model_io import Inputs
 from edgeopt.inputs.safety import checkpoint_format, holds_objects
-from edgeopt.inputs.zoo import ZOOS, checkpoint_module, deployable, load_zoo
+from edgeopt.inputs.zoo import LIBRARY_EXTRAS, ZOOS, checkpoint_module, deployable, load_zoo
 
 
 @dataclass
@@ -141,6 +141,11 @@ def load_checkpoint_file(path: Path, trust_pickle: bool) -> Any:
                              ) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
+    except ModuleNotFoundError as e2:  # the pickle names a library's classes: say which extra installs it
+        if (e2.name or "").split(".")[0] in LIBRARY_EXTRAS:
+            lib = (e2.name or "").split(".")[0]
+            raise missing_backend(lib, LIBRARY_EXTRAS[lib]) from None
+        raise ModelLoadError(f"cannot load {path}: {first_line(e2)}") from None
     except Exception as e2:
         raise ModelLoadError(f"cannot load {path}: {first_line(e2)}") from None
 

@@ -24,6 +24,8 @@ from torch import nn
 from edgeopt.errors import ModelLoadError, first_line, missing_backend
 
 ZOOS = ("torchvision", "timm", "ultralytics", "smp")
+# the edgeopt extra that installs each optional library a model may need (to build it or to unpickle it)
+LIBRARY_EXTRAS = {"timm": "timm", "ultralytics": "yolo", "segmentation_models_pytorch": "smp"}
 
 
 def _did_you_mean(name: str, known, what: str) -> ModelLoadError:

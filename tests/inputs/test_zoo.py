@@ -124,3 +124,14 @@ def test_optimize_yolo_config_on_a_data_yaml_reports_map(tmp_path):
     base = json.loads((tmp_path / "out" / "report.json").read_text())["baseline"]
     assert base["metric"] == "map50" and set(base["metrics"]) == {"map50", "map50_95"}
     assert base["accuracy"] == base["metrics"]["map50"]
+
+
+def test_trusted_yolo_checkpoint_without_ultralytics_names_the_extra(tmp_path, monkeypatch):
+    _ultralytics()
+    model = load_model("ultralytics:yolov8n.yaml?nc=2", input_shape=(1, 3, 64, 64)).model
+    ckpt = tmp_path / "best.pt"
+    torch.save({"model": model}, ckpt)
+    for name in [m for m in sys.modules if m == "ultralytics" or m.startswith("ultralytics.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed: unpickling cannot import its classes
+    with pytest.raises(BackendMissingError, match=r"pip install 'edgeopt\[yolo\]'"):
+        load_model(str(ckpt), input_shape=(1, 3, 64, 64), trust_pickle=True)
