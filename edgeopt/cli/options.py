@@ -13,7 +13,8 @@ import typer
 
 from edgeopt.cli.common import parse_list
 
-MODEL_HELP = ("demo (built-in, default), torchvision:NAME?num_classes=10, timm:NAME, path/file.py:factory, "
+MODEL_HELP = ("demo (built-in, default), torchvision:NAME?num_classes=10, timm:NAME, ultralytics:yolov8n.yaml, "
+              "smp:Unet?encoder_name=resnet18, path/file.py:factory, "
               "package.module:factory, or a torch.export .pt2 file. file.py:factory and module:factory "
               "IMPORT AND RUN that code: use only code you trust")
 
@@ -49,7 +50,8 @@ DATA = typer.Option(None, help="'digits' (built-in; default for the demo), an im
                     "with a target: ((image, mask), y)")
 MASKS = typer.Option(None, help="segmentation: a folder of masks (class index per pixel) with the same file stems "
                      "as the images in --data; accuracy is then mIoU")
-METRIC = typer.Option(None, help="your metric, file.py:fn or module:fn (IMPORTS AND RUNS that code): "
+METRIC = typer.Option(None, help="map50 or map (mAP@0.5 / mAP@0.5:0.95 of box data; both are reported), or your "
+                      "metric, file.py:fn or module:fn (IMPORTS AND RUNS that code): "
                       "fn(outputs, targets) -> score in %, higher is better (e.g. mAP with your own box decoding); "
                       "needs --data with held-out targets. --max-accuracy-drop is in points of it")
 RESIZE = typer.Option(None, help="image folder: resize the shorter side to this, then center-crop (default with "

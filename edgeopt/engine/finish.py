@@ -181,7 +181,9 @@ class Finisher:
         cand.verification = result.info.get("verification")
         t0 = time.perf_counter()
         try:
-            cand.accuracy, cand.metric = self.builder.evaluate(session)
+            scored = self.builder.evaluate(session)
+            cand.accuracy, cand.metric = scored
+            cand.metrics = getattr(scored, "metrics", None) or None
         except FATAL:
             raise
         except Exception as e:

@@ -139,7 +139,7 @@ def metric_for(spec, eval_b: Batches | StreamBatches, net, ex: Inputs) -> Metric
                         "'eval' as (inputs, targets) batches) or eval_data=...")
     with torch.no_grad():
         layout = output_layout(ex.call(net))
-    return load_metric(spec, layout)
+    return load_metric(spec, layout, num_classes=getattr(eval_b, "num_classes", None))
 
 
 def fidelity_inputs(ex: Inputs, n: int, seed: int) -> Batches:
@@ -210,7 +210,9 @@ class TestEvaluator:
             return None
         if self.test.metric.name == "fidelity" and self.reference is None:
             self.reference = torch_predictions(self.net, self.test, self.batch)
-        return evaluate_candidate(session, self.test, self.batch, self.reference)[0]
+        scored = evaluate_candidate(session, self.test, self.batch, self.reference)
+        c.metrics_test = getattr(scored, "metrics", None) or None
+        return scored[0]
 
     def proportion(self) -> bool:
         """Is the test figure a share of images (one right/wrong per image), so that a binomial interval

@@ -124,7 +124,10 @@ def check_inputs(inputs, in_memory: bool = False) -> None:
         where = "no --data was given" if data is None else f"--data {data!r} is not a folder"
         raise ConfigError(f"{given[0]} applies only to an image folder (--data FOLDER); {where}"
                           + (" and in-memory data is not resized" if in_memory else ""))
-    for spec, what, error in ((inputs.metric, "metric function", ConfigError),
+    from edgeopt.measure.accuracy import MAP_NAMES
+
+    builtin = isinstance(inputs.metric, str) and inputs.metric.strip().lower() in MAP_NAMES
+    for spec, what, error in ((None if builtin else inputs.metric, "metric function", ConfigError),
                               (data if data is not None and ":" in str(data) and not folder else None,
                                "data function", DataError)):
         if isinstance(spec, str):

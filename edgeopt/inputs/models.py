@@ -1,5 +1,6 @@
-"""Model inputs: `demo`, `torchvision:NAME?k=v`, `timm:NAME?k=v`, `file.py:factory`, `pkg.module:factory`,
-`.pt2` (torch.export) archives and full pickles (both only with trust_pickle). Weights load with
+"""Model inputs: `demo`, library models (`torchvision:NAME?k=v`, `timm:NAME?k=v`, `ultralytics:yolov8n.yaml`,
+`smp:Unet?encoder_name=resnet18`: inputs/zoo.py), `file.py:factory`, `pkg.module:factory`, `.pt2` (torch.export)
+archives and full pickles, Ultralytics' .pt checkpoints among them (both only with trust_pickle). Weights load with
 weights_only=True. Input files are only read, never written."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from edgeopt.errors import ConfigError, InputShapeError, ModelLoadError, UnsafeP
 from edgeopt.inputs import usercode
 from edgeopt.inputs.model_io import Inputs
 from edgeopt.inputs.safety import checkpoint_format, holds_objects
+from edgeopt.inputs.zoo import LIBRARY_EXTRAS, ZOOS, checkpoint_module, deployable, load_zoo
 
 
 @dataclass
@@ -106,39 +108,13 @@ def _from_factory(spec: str, kwargs: dict) -> nn.Module:
     return model
 
 
-def _load_zoo(zoo: str, name: str, kwargs: dict) -> nn.Module:
-    # Random init: nothing is downloaded (weights=None / pretrained=False).
-    if zoo == "torchvision":
-        import torchvision
-
-        try:
-            return torchvision.models.get_model(name, weights=None, **kwargs)
-        except ValueError:
-            known = torchvision.models.list_models()
-            import difflib
-
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ModelLoadError(f"unknown torchvision model {name!r}{hint}") from None
-        except TypeError as e:
-            raise ModelLoadError(f"torchvision:{name}: bad keyword argument: {e}") from None
-    try:
-        import timm
-    except ImportError:
-        raise missing_backend("timm", "timm") from None
-    try:
-        return timm.create_model(name, pretrained=False, **kwargs)
-    except (RuntimeError, TypeError) as e:
-        raise ModelLoadError(f"timm:{name}: {e}") from None
-
-
 def _full_pickle_refusal(path: Path, what: str) -> UnsafePickleError:
     return UnsafePickleError(
         f"{path} is {what}: loading it runs arbitrary code. Save a state dict (torch.save(model.state_dict())) "
         "and pass it as --weights with a model spec, or pass --trust-pickle if you trust this file")
 
 
-def _load_checkpoint_file(path: Path, trust_pickle: bool) -> Any:
+def load_checkpoint_file(path: Path, trust_pickle: bool) -> Any:
     if not path.is_file():
         raise ModelLoadError(f"file {path} does not exist")
     fmt = checkpoint_format(path)
@@ -165,6 +141,11 @@ def _load_checkpoint_file(path: Path, trust_pickle: bool) -> Any:
                              ) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
+    except ModuleNotFoundError as e2:  # the pickle names a library's classes: say which extra installs it
+        if (e2.name or "").split(".")[0] in LIBRARY_EXTRAS:
+            lib = (e2.name or "").split(".")[0]
+            raise missing_backend(lib, LIBRARY_EXTRAS[lib]) from None
+        raise ModelLoadError(f"cannot load {path}: {first_line(e2)}") from None
     except Exception as e2:
         raise ModelLoadError(f"cannot load {path}: {first_line(e2)}") from None
 
@@ -186,7 +167,7 @@ def _load_pt2(path: Path, trust_pickle: bool) -> nn.Module:
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load a state dict with weights_only=True; list the first mismatches on failure."""
-    state = _load_checkpoint_file(Path(path), trust_pickle=False)
+    state = load_checkpoint_file(Path(path), trust_pickle=False)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -224,9 +205,9 @@ def load_model(spec: str | nn.Module = "demo", weights: str | Path | None = None
 
             model, info = load_demo(progress=progress)
             default_shape = DEMO_INPUT_SHAPE
-        elif base.startswith(("torchvision:", "timm:")):
+        elif base.split(":", 1)[0] in ZOOS and ":" in base:
             zoo, name = base.split(":", 1)
-            model = _load_zoo(zoo, name, kwargs)
+            model = load_zoo(zoo, name, kwargs, trust_pickle)
         elif base.endswith(".pt2"):
             path = Path(base)
             if not path.is_file():
@@ -234,7 +215,11 @@ def load_model(spec: str | nn.Module = "demo", weights: str | Path | None = None
             model = _load_pt2(path, trust_pickle)
             info["exported_program"] = True
         elif base.endswith((".pt", ".pth", ".pkl", ".bin", ".ckpt")):
-            obj = _load_checkpoint_file(Path(base), trust_pickle)
+            obj = load_checkpoint_file(Path(base), trust_pickle)
+            module = checkpoint_module(obj)  # a training checkpoint (Ultralytics' .pt): its model
+            obj = obj if module is None else module
+            if isinstance(obj, nn.Module):
+                obj = deployable(obj)
             if not isinstance(obj, nn.Module):
                 raise ModelLoadError(f"{base} holds {type(obj).__name__}, not a model: pass a model "
                                      "(torchvision:NAME, file.py:factory) and this file as --weights")
@@ -243,6 +228,7 @@ def load_model(spec: str | nn.Module = "demo", weights: str | Path | None = None
             model = _from_factory(base, kwargs)
         else:
             raise ConfigError(f"model {spec!r} not understood: use demo, torchvision:NAME, timm:NAME, "
+                              "ultralytics:yolov8n.yaml, smp:Unet, "
                               "file.py:factory, package.module:factory or a .pt2 file")
     if weights is not None:
         load_weights(model, weights)

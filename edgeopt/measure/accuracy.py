@@ -2,8 +2,9 @@
 
 - top1: classification with class labels;
 - miou: segmentation with masks (mean intersection over union of the per-pixel argmax, torchmetrics);
-- map50: detection with labelled boxes (a data.yaml): mAP@0.5 of per-image box outputs (mAP@0.5:0.95 beside it,
-  measure/detection.py);
+- map50 / map: detection with labelled boxes (a data.yaml, COCO JSON): mAP@0.5 / mAP@0.5:0.95 of per-image box
+  outputs or of a raw YOLO head tensor decoded (measure/detection.py); map50 unless --metric map; both are
+  measured and reported (`Scored.metrics`);
 - fidelity: no labels; agreement with the original model, output by output (see FIDELITY_MEANING), box-level
   for per-image box outputs;
 - user:<fn>: the user's metric, given all held-out outputs (in the model's own structure) and targets.
@@ -25,7 +26,7 @@ import torch
 from edgeopt.errors import ConfigError, DataError, first_line
 from edgeopt.inputs.data import Batches
 from edgeopt.inputs.model_io import Inputs, flatten_outputs, nest
-from edgeopt.measure.detection import BOX_FIDELITY_MEANING, DETECTIONS, box_fidelity, group_per_image
+from edgeopt.measure.detection import BOX_FIDELITY_MEANING, DETECTIONS, as_detections, box_fidelity, group_per_image
 from edgeopt.measure.top1 import percent_correct
 from edgeopt.registry import split_ref
 
@@ -35,14 +36,27 @@ FIDELITY_MEANING = ("fidelity: agreement with the original model on held-out inp
                     "100 x mean per-sample cosine similarity for other outputs (box tensors, embeddings, "
                     "depth); for per-image box sets (torchvision detectors) " + BOX_FIDELITY_MEANING)
 MAP_MEANING = ("map50: mAP@0.5 in % of the detected boxes against the labelled boxes (COCO's definition, "
-               "torchmetrics); mAP@0.5:0.95 is measured beside it")
+               "torchmetrics with pycocotools; a raw head tensor is decoded first: best class per anchor, score "
+               "> 0.001, NMS at IoU 0.7, at most 300 boxes); mAP@0.5:0.95 (map) is measured beside it")
+MAP_NAMES = {"map50": "map50", "map@0.5": "map50", "map": "map", "map50-95": "map", "map50_95": "map",
+             "map@0.5:0.95": "map"}  # --metric names of the built-in box metrics (case-insensitive)
+
+
+class Scored(tuple):
+    """(score, metric name), unpacked like a pair, with every figure measured beside the selection metric in
+    `metrics` (e.g. {"map50": .., "map50_95": ..} for boxes) for the report."""
+
+    def __new__(cls, value: float, name: str, metrics: dict[str, float] | None = None):
+        self = super().__new__(cls, (value, name))
+        self.metrics = dict(metrics or {})
+        return self
 
 
 @dataclass
 class Metric:
-    name: str  # top1 | miou | map50 | fidelity | user:<function>
+    name: str  # top1 | miou | map50 | map | fidelity | user:<function>
     fn: Callable | None = None  # the user's metric
-    num_classes: int | None = None  # miou
+    num_classes: int | None = None  # miou; map50/map: the data's classes (the score channels of a raw head)
     layout: object = None  # the model's output structure, to hand the user's metric its own nesting
     meaning: str = ""
 
@@ -89,11 +103,16 @@ def predictions(run, batches: Batches, batch_size: int, full: bool | None = None
     full = isinstance(getattr(batches, "metric", None), Metric) and batches.metric.fn is not None \
         if full is None else full
     named = getattr(run, "run_named", None)
+    metric = getattr(batches, "metric", None)
+    boxes = isinstance(metric, Metric) and metric.name in ("map50", "map")
     parts: dict[str, list[np.ndarray]] = {}
     for x, n in _chunks(batches, batch_size):
         outs = named(x.numpy()) if named else (run(x) if getattr(run, "takes_inputs", False)
                                                else {"output": np.asarray(run(x.first.numpy()))})
         outs = group_per_image(outs, len(x.first))
+        if boxes:  # decoded chunk by chunk: a raw head's values over a whole held-out set would not fit memory
+            outs = as_detections({k: np.asarray(v)[:n] if k != DETECTIONS else v for k, v in outs.items()},
+                                 metric.num_classes)
         for k, v in outs.items():
             parts.setdefault(k, []).append(v[:n] if k == DETECTIONS else
                                            _summary(k, np.asarray(v)[:n], len(outs) == 1, full))
@@ -161,8 +180,9 @@ def score(preds, batches: Batches, reference=None) -> tuple[float, str]:
     metric = getattr(batches, "metric", None) or default_metric(batches)
     if metric.fn is not None:
         return user_score(metric, preds, _targets(batches)), metric.name
-    if metric.name == "map50":
-        return detection_scores(preds, batches)["map50"], "map50"
+    if metric.name in ("map50", "map"):
+        got = detection_scores(preds, batches, metric.num_classes)
+        return Scored(got[metric.name], metric.name, {"map50": got["map50"], "map50_95": got["map"]})
     if metric.name == "top1":
         labels = _targets(batches).numpy().reshape(-1)
         return percent_correct([(_fitting(preds, labels), labels)]), "top1"
@@ -188,16 +208,21 @@ def _fitting(preds: dict[str, np.ndarray], labels: np.ndarray) -> np.ndarray:
     return p
 
 
-def detection_scores(preds: dict[str, np.ndarray], batches: Batches) -> dict[str, float]:
-    """{"map50", "map"} (%) of the per-image box outputs against the data's boxes; a one-line ConfigError
-    naming --metric when the model's outputs are not per-image box sets."""
+def detection_scores(preds: dict[str, np.ndarray], batches: Batches, num_classes: int | None = None
+                     ) -> dict[str, float]:
+    """{"map50", "map"} (%) of the per-image box outputs (or a raw head tensor, decoded) against the data's
+    boxes; a one-line ConfigError naming --metric when the outputs are neither, or the data has no boxes."""
     from edgeopt.measure.detection import mean_average_precision
 
+    preds = as_detections(preds, num_classes)
     if DETECTIONS not in preds:
-        raise ConfigError(f"map50 (the data's labelled boxes) does not fit the model's outputs ({_shapes(preds)}): "
-                          "it reads per-image box dicts (boxes, labels, scores); pass --metric file.py:fn to "
-                          "score these outputs against the boxes")
-    return mean_average_precision(preds[DETECTIONS], _targets(batches))
+        raise ConfigError(f"mAP (the data's labelled boxes) does not fit the model's outputs ({_shapes(preds)}): "
+                          "it reads per-image box dicts (boxes, labels, scores) or a raw head tensor (batch, "
+                          "4 + classes, anchors); pass --metric file.py:fn to score these outputs against the boxes")
+    targets = _targets(batches)
+    if not (isinstance(targets, list) and all(isinstance(t, dict) and "boxes" in t for t in targets)):
+        raise ConfigError("--metric map50/map needs data labelled with boxes (a data.yaml or a COCO JSON file)")
+    return mean_average_precision(preds[DETECTIONS], targets)
 
 
 def default_metric(batches: Batches | None) -> Metric:
@@ -205,7 +230,7 @@ def default_metric(batches: Batches | None) -> Metric:
         return Metric("fidelity", meaning=FIDELITY_MEANING)
     y = batches.items[0][1]
     if isinstance(y, list) and y and isinstance(y[0], dict) and "boxes" in y[0]:
-        return Metric("map50", meaning=MAP_MEANING)
+        return Metric("map50", num_classes=getattr(batches, "num_classes", None), meaning=MAP_MEANING)
     if isinstance(y, torch.Tensor) and y.dim() >= 2:
         n = int(max(int(t[t != VOID].max()) if (t != VOID).any() else 0 for _, t in batches.items)) + 1
         return Metric("miou", num_classes=n, meaning="miou: mean intersection over union of the per-pixel "
@@ -278,8 +303,14 @@ def flatten_names(layout) -> list[str]:
     return [n for v in vals for n in flatten_names(v)]
 
 
-def load_metric(spec, layout=None) -> Metric:
-    """--metric file.py:fn | module:fn, or a callable (outputs, targets) -> score in %."""
+def load_metric(spec, layout=None, num_classes: int | None = None) -> Metric:
+    """--metric map50 | map (the built-in box metrics; `num_classes`: the box data's), file.py:fn | module:fn,
+    or a callable (outputs, targets) -> score in %."""
+    if isinstance(spec, str) and spec.strip().lower() in MAP_NAMES:
+        name = MAP_NAMES[spec.strip().lower()]
+        meaning = MAP_MEANING if name == "map50" else MAP_MEANING.replace(
+            "map50: mAP@0.5", "map: mAP@0.5:0.95").replace("mAP@0.5:0.95 (map) is", "mAP@0.5 (map50) is")
+        return Metric(name, num_classes=num_classes, layout=layout, meaning=meaning)
     if callable(spec):
         return Metric(f"user:{getattr(spec, '__name__', 'metric')}", fn=spec, layout=layout,
                       meaning="the user's metric (higher is better, %)")

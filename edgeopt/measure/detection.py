@@ -1,7 +1,8 @@
 """Scoring detectors whose outputs are per-image box sets (torchvision's `[{"boxes", "labels", "scores"}, ...]`):
-recognising such outputs among a model's flattened output names, box-level fidelity with the original model
-(greedy matching by IoU and class, weighted by score agreement) and mAP against labelled boxes (torchmetrics'
-MeanAveragePrecision: mAP@0.5 and mAP@0.5:0.95). A set with no boxes is a valid output everywhere."""
+recognising such outputs among a model's flattened output names (and decoding a raw YOLO head tensor into them
+for mAP), box-level fidelity with the original model (greedy matching by IoU and class, weighted by score
+agreement) and mAP against labelled boxes (torchmetrics' MeanAveragePrecision with the pycocotools backend:
+mAP@0.5 and mAP@0.5:0.95). A set with no boxes is a valid output everywhere."""
 
 from __future__ import annotations
 
@@ -114,8 +115,61 @@ def mean_average_precision(dets, targets) -> dict[str, float]:
             out["scores"] = torch.as_tensor(scores, dtype=torch.float32)
         return out
 
-    metric = MeanAveragePrecision(iou_type="bbox")
+    try:
+        import pycocotools.mask  # noqa: F401  (torchmetrics' COCO backend, imported late by it)
+    except ImportError:
+        from edgeopt.errors import missing_backend
+
+        raise missing_backend("pycocotools (mAP of labelled boxes)", "detection") from None
+    metric = MeanAveragePrecision(iou_type="bbox", backend="pycocotools")
     metric.update([t(d, True) for d in dets], [t(d, False) for d in targets])
     got = metric.compute()
     # torchmetrics answers -1 when the targets hold no box at all (mAP undefined): scored 0, never negative
     return {"map50": max(0.0, float(got["map_50"])) * 100, "map": max(0.0, float(got["map"])) * 100}
+
+
+# Decoding a raw YOLO head for mAP, with the thresholds detectors are usually validated at (a low score floor
+# so that the precision-recall curve is complete, NMS at IoU 0.7, at most 300 boxes per image)
+HEAD_SCORE_FLOOR = 0.001
+HEAD_NMS_IOU = 0.7
+HEAD_MAX_BOXES = 300
+
+
+def is_box_head(a, num_classes: int | None = None) -> bool:
+    """A raw detection head: (batch, 4 + classes [+ extra], anchors), boxes first (centre x, centre y, width,
+    height in input pixels), then per-class scores (YOLO's export output)."""
+    a = np.asarray(a)
+    return a.ndim == 3 and a.dtype != object and a.shape[2] > 1 and a.shape[1] >= 4 + (num_classes or 1)
+
+
+def decode_head(head, num_classes: int | None = None) -> np.ndarray:
+    """Per-image box dicts (x1 y1 x2 y2, labels, scores) of a raw head tensor (see `is_box_head`): each anchor's
+    best class, a score floor, class-wise NMS and a cap on the boxes. `num_classes` limits the score channels
+    (a segmenter's head carries mask coefficients after them); None reads every channel after the box."""
+    import torch
+    from torchvision.ops import batched_nms
+
+    t = torch.as_tensor(np.asarray(head, np.float32))
+    nc = num_classes or t.shape[1] - 4
+    out = np.empty(len(t), dtype=object)
+    for i, one in enumerate(t):
+        xywh, cls = one[:4].T, one[4:4 + nc].T
+        scores, labels = cls.max(1)
+        keep = scores > HEAD_SCORE_FLOOR
+        xywh, scores, labels = xywh[keep], scores[keep], labels[keep]
+        boxes = torch.cat([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1)
+        kept = batched_nms(boxes, scores, labels, HEAD_NMS_IOU)[:HEAD_MAX_BOXES]
+        out[i] = {"boxes": boxes[kept].numpy(), "labels": labels[kept].numpy().astype(np.int64),
+                  "scores": scores[kept].numpy()}
+    return out
+
+
+def as_detections(outs: dict, num_classes: int | None = None) -> dict:
+    """Outputs for mAP: per-image box sets as they are, else the first raw head tensor decoded (see
+    `decode_head`) under DETECTIONS; anything else unchanged (the metric then says it does not fit)."""
+    if DETECTIONS in outs:
+        return outs
+    for k, v in outs.items():
+        if is_box_head(v, num_classes):
+            return {DETECTIONS: decode_head(v, num_classes), **{n: w for n, w in outs.items() if n != k}}
+    return outs

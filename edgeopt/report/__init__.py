@@ -177,6 +177,8 @@ class Candidate(BaseModel):
     accuracy_drop: float | None = None
     # "top1", "miou", "fidelity" or the name of the user's metric: any name a run can score with
     metric: str | None = None
+    # every figure measured beside `metric` on the same outputs, e.g. {"map50": .., "map50_95": ..} for boxes
+    metrics: dict[str, float] | None = None
     proposed_because: str = ""
     exporter: str | None = None
     verification: dict[str, Any] | None = None
@@ -185,6 +187,7 @@ class Candidate(BaseModel):
     # on); these on the test part, which the search never saw (set on the candidates judged at the end)
     accuracy_test: float | None = None
     accuracy_drop_test: float | None = None
+    metrics_test: dict[str, float] | None = None
     seconds: dict[str, float] | None = None  # where this candidate's time went: build, export, verify, evaluate...
 
     @property

@@ -86,3 +86,40 @@ def test_module_function_data(tmp_path):
 def test_nan_in_training_data():
     with pytest.raises(DataError, match="training data batch 0 contains NaN"):
         resolve_data("module", None, None, [torch.full((2, 1, 16, 16), float("inf"))], None, (1, 16, 16), 3)
+
+
+def _mask_layout(root, n=5, size=8, classes=3, drop_mask=None):
+    import numpy as np
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / "images" / f"s{i}.png")
+        if i != drop_mask:
+            Image.fromarray((np.arange(size * size).reshape(size, size) % classes).astype(np.uint8)).save(
+                root / "masks" / f"s{i}.png")
+    return root
+
+
+def test_images_and_masks_folders_are_segmentation_scored_by_miou(tmp_path):
+    from edgeopt.inputs.data import data_form
+    from edgeopt.measure.accuracy import default_metric
+
+    root = _mask_layout(tmp_path / "set")
+    assert data_form(root) == "masks"  # not two classes named "images" and "masks"
+    s = resolve_data("module", str(root), None, None, None, (3, 8, 8), 3)
+    x, y = s.eval.items[0]
+    assert s.source.startswith("masks:") and x.shape[1:] == (3, 8, 8) and y.shape[1:] == (8, 8)
+    assert len(s.eval) + len(s.train) == 5 and default_metric(s.eval).name == "miou"
+
+
+@pytest.mark.parametrize("how,msg", [("missing", r"s1.png has no mask s1\.\*"),
+                                     ("classes", r"class value\(s\) 3, 4 outside 0..2")])
+def test_mask_layout_faults_are_one_line(tmp_path, how, msg):
+    root = _mask_layout(tmp_path / "set", drop_mask=1 if how == "missing" else None,
+                        classes=5 if how == "classes" else 3)
+    with pytest.raises(DataError, match=msg) as e:
+        resolve_data("module", str(root), None, None, None, (3, 8, 8), 3)
+    assert "\n" not in str(e.value)

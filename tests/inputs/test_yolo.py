@@ -124,6 +124,9 @@ def _break(yaml, how):
         lab.write_text("red 0.5 0.5 0.2 0.2\n")
     elif how == "no-val":
         yaml.write_text(yaml.read_text().replace("val: images/val\n", ""))
+    elif how == "no-labels":
+        for f in (root / "labels" / "val").glob("*.txt"):
+            f.unlink()
     elif how == "names":
         yaml.write_text(yaml.read_text().split("names:")[0] + "names: 3\n")
 
@@ -131,7 +134,7 @@ def _break(yaml, how):
 @pytest.mark.parametrize("how,msg", [
     ("class", "class 2 is outside the 2 classes"), ("outside", "outside the image"), ("malformed", "4 values"),
     ("orphan", "ghost.txt has no image"), ("nonumber", "is not numbers"), ("no-val", "no `val` split"),
-    ("names", "`names` must list"),
+    ("names", "`names` must list"), ("no-labels", "no image of `val` has a label file"),
 ])
 def test_layout_faults_are_one_line(tmp_path, how, msg):
     yaml = yolo_set(tmp_path / "set")

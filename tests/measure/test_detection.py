@@ -10,8 +10,16 @@ from torch import nn
 
 from edgeopt.errors import ConfigError
 from edgeopt.inputs.data import Batches
-from edgeopt.measure.accuracy import Metric, predictions, score, torch_predictions
-from edgeopt.measure.detection import DETECTIONS, box_fidelity, box_iou, group_per_image, match
+from edgeopt.measure.accuracy import Metric, load_metric, predictions, score, torch_predictions
+from edgeopt.measure.detection import (
+    DETECTIONS,
+    box_fidelity,
+    box_iou,
+    decode_head,
+    group_per_image,
+    is_box_head,
+    match,
+)
 
 SLOTS = 3
 
@@ -161,3 +169,42 @@ def test_through_a_run_the_original_scores_100_and_int8_a_real_drop(tmp_path):
     acc = {c.id: c.accuracy for c in [rep.baseline, *rep.candidates]}
     assert rep.model.metric == "fidelity" and acc["original@onnx-fp32"] == pytest.approx(100.0, abs=0.01)
     assert 50.0 < acc["original@onnx-int8"] < 100.0, acc
+
+
+def _head(images: list[list[tuple]], classes: int = 2, anchors: int = 6) -> np.ndarray:
+    """A raw YOLO-style head (batch, 4 + classes, anchors): per image, (cx, cy, w, h, class, score) per anchor;
+    the other anchors score 0."""
+    a = np.zeros((len(images), 4 + classes, anchors), np.float32)
+    for i, boxes in enumerate(images):
+        for j, (cx, cy, w, h, c, s) in enumerate(boxes):
+            a[i, :4, j] = (cx, cy, w, h)
+            a[i, 4 + c, j] = s
+    return a
+
+
+def test_raw_head_decodes_to_boxes_with_nms():
+    head = _head([[(10, 10, 4, 4, 0, 0.9), (10.2, 10, 4, 4, 0, 0.8), (10, 10, 4, 4, 1, 0.7), (30, 30, 2, 2, 1, 1e-4)],
+                  []])
+    assert is_box_head(head) and not is_box_head(head[:, :, :1]) and not is_box_head(head[0])
+    dets = decode_head(head, num_classes=2)
+    first = dets[0]
+    # the overlapping box of the same class is suppressed, the other class's kept, the one under the floor dropped
+    assert first["labels"].tolist() == [0, 1] and np.allclose(first["scores"], [0.9, 0.7])
+    np.testing.assert_allclose(first["boxes"][0], [8, 8, 12, 12])
+    assert len(dets[1]["boxes"]) == 0  # an image with nothing detected is a valid output
+
+
+def test_raw_head_scored_by_map_and_a_segmenter_head_reads_only_its_classes():
+    targets = [{"boxes": torch.tensor([[8.0, 8, 12, 12]]), "labels": torch.tensor([1])}]
+    batches = Batches([(torch.zeros(1, 3, 32, 32), targets)])
+    batches.metric = Metric("map50", num_classes=2)
+    right = {"output": _head([[(10, 10, 4, 4, 1, 0.9)]])}
+    wrong = {"output": _head([[(10, 10, 4, 4, 0, 0.9)]])}
+    got = score(right, batches)
+    assert got == (100.0, "map50") and got.metrics == {"map50": 100.0, "map50_95": 100.0}
+    assert score(wrong, batches)[0] == 0.0
+    # a segmenter's head: mask coefficients after the class scores are not classes
+    seg = np.concatenate([right["output"], np.full((1, 3, 6), 0.99, np.float32)], 1)
+    assert score({"output": seg}, batches)[0] == 100.0
+    batches.metric = load_metric("mAP@0.5:0.95")
+    assert batches.metric.name == "map" and score(right, batches)[1] == "map"

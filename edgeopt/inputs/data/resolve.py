@@ -1,7 +1,7 @@
 """The one `--data` resolver, for the command line and the API alike: 'digits', an image folder (with
-`--masks`; a flat one is unlabelled), a YOLO-layout data.yaml (boxes), `module:function`, a .npy file of
-inputs, or the API's own batches / Datasets / DataLoaders, turned into validated calibration / training /
-evaluation splits."""
+`--masks`; a flat one is unlabelled), a folder holding `images/` and `masks/` (segmentation), a YOLO-layout
+data.yaml or a COCO JSON file (boxes), `module:function`, a .npy file of inputs, or the API's own batches /
+Datasets / DataLoaders, turned into validated calibration / training / evaluation splits."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from edgeopt.config import DataOptions
 from edgeopt.errors import ConfigError, DataError, first_line, one_line
 from edgeopt.inputs.data.batches import DataSplits
+from edgeopt.inputs.data.coco import coco_splits
 from edgeopt.inputs.data.digits import digits_data
 from edgeopt.inputs.data.folder import folder_splits
 from edgeopt.inputs.data.transforms import make_preprocess
@@ -20,24 +21,30 @@ from edgeopt.inputs.data.user import as_batches, calibration_sample, from_functi
 from edgeopt.inputs.data.yolo import YAML_SUFFIXES, yolo_splits
 from edgeopt.inputs.model_io import Inputs
 
-DATA_FORMS = ("'digits', an existing image folder, a YOLO data.yaml, a .npy file of inputs (N,C,H,W), nor "
-              "module:function")
+DATA_FORMS = ("'digits', an existing image folder, a YOLO data.yaml, a COCO JSON file, a .npy file of inputs "
+              "(N,C,H,W), nor module:function")
+MASK_LAYOUT = ("images", "masks")  # a folder holding exactly these two: segmentation pairs, not two classes
 
 
 def data_form(data) -> str | None:
-    """Which form a --data value has: "digits" | "folder" | "yolo" | "function" | "npy" (None when not given), or a
-    one-line ConfigError. Looks at the name and the file system only; nothing is read."""
+    """Which form a --data value has: "digits" | "folder" | "masks" | "yolo" | "coco" | "function" | "npy" (None
+    when not given), or a one-line ConfigError. Looks at the name and the file system only; nothing is read."""
     if data is None:
         return None
     text = str(data)
     if text == "digits":
         return "digits"
     if os.path.isdir(text):
-        return "folder"
+        subs = sorted(p.name for p in Path(text).iterdir() if p.is_dir())
+        return "masks" if subs == list(MASK_LAYOUT) else "folder"
     if Path(text).suffix in YAML_SUFFIXES and ":" not in Path(text).name:
         if not Path(text).is_file():
             raise ConfigError(f"--data {text!r}: no such data.yaml (the YOLO layout: path, train, val, names)")
         return "yolo"
+    if Path(text).suffix.lower() == ".json" and ":" not in Path(text).name:
+        if not Path(text).is_file():
+            raise ConfigError(f"--data {text!r}: no such COCO JSON file (images, annotations, categories)")
+        return "coco"
     if ":" in text:
         return "function"
     if Path(text).suffix == ".npy":
@@ -58,11 +65,14 @@ def resolve_data(spec: str, data, calib_data, train_data, eval_data, sample_shap
     if isinstance(sample_shape, Inputs) and data is not None and ":" not in str(data):
         raise ConfigError(f"--data {data}: a model with several inputs ({', '.join(sample_shape.names)}) takes "
                           "module:function data whose batches are tuples or dicts of inputs")
-    if opts.masks is not None:
+    masks_in = data is not None and opts.masks is None and os.path.isdir(str(data)) and data_form(data) == "masks"
+    if opts.masks is not None or masks_in:
         from edgeopt.inputs.masks import mask_folder
 
         if data is None or not os.path.isdir(str(data)):
             raise ConfigError("--masks needs --data with the image folder (same file stems as the masks)")
+        if masks_in:  # DIR/images + DIR/masks
+            data, opts = Path(str(data)) / "images", opts.model_copy(update={"masks": str(Path(str(data)) / "masks")})
         size = opts.image_size or tuple(sample_shape[1:])
         return mask_folder(str(data), opts.masks, (size, size) if isinstance(size, int) else size,
                            sample_shape[0], tuple(opts.mean or (0.5,)), tuple(opts.std or (0.5,)),
@@ -79,13 +89,14 @@ def resolve_data(spec: str, data, calib_data, train_data, eval_data, sample_shap
                                opts.workers, progress)
         calib_data, train_data, eval_data = splits.calib, splits.train, splits.eval
         source, heldout_hash = splits.source, splits.heldout_hash
-    elif form == "yolo":
+    elif form in ("yolo", "coco"):
         if opts.resize is not None or opts.crop is not None:
             raise ConfigError("--resize/--crop do not apply to box data: a data.yaml's images are resized to the "
                               "model's input whole (the boxes with them)")
         pre = make_preprocess(sample_shape, opts.image_size, None, None, opts.mean or (0.0,), opts.std or (1.0,),
                               False)
-        splits = yolo_splits(Path(str(data)), pre, opts.seed, opts.batch_size, opts.calib_size, progress)
+        read = yolo_splits if form == "yolo" else coco_splits
+        splits = read(Path(str(data)), pre, opts.seed, opts.batch_size, opts.calib_size, progress)
         calib_data, train_data, eval_data = splits.calib, splits.train, splits.eval
         source, heldout_hash = splits.source, splits.heldout_hash
     elif form == "function":
@@ -99,9 +110,11 @@ def resolve_data(spec: str, data, calib_data, train_data, eval_data, sample_shap
         source = "user" if (calib_data is not None or eval_data is not None or train_data is not None) else None
     kw = {"batch_size": opts.batch_size, "workers": opts.workers}
     calib = as_batches(calib_data, "calibration data", sample_shape, num_classes, **kw)
+    ev = as_batches(eval_data, "evaluation data", sample_shape, num_classes, **kw)
+    if ev is not None and getattr(eval_data, "num_classes", None):  # the box data's classes (measure/detection.py)
+        ev.num_classes = eval_data.num_classes
     return DataSplits(calibration_sample(calib, opts.calib_size, opts.seed),
-                      as_batches(train_data, "training data", sample_shape, num_classes, **kw),
-                      as_batches(eval_data, "evaluation data", sample_shape, num_classes, **kw), source,
+                      as_batches(train_data, "training data", sample_shape, num_classes, **kw), ev, source,
                       heldout_hash)
 
 

@@ -120,10 +120,11 @@ def read_labels(path: Path, nc: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class BoxFiles(ImageFiles):
-    """(image, {"boxes": x1 y1 x2 y2 pixels of the model's input, "labels"}) per image."""
+    """(image, {"boxes": x1 y1 x2 y2 pixels of the model's input, "labels"}) per image; `targets`: per image
+    (boxes (k, 4) normalised cx cy w h, labels (k,)), as `read_labels` gives them."""
 
-    def __init__(self, files: list[Path], nc: int, transform, mode: str, size: tuple[int, int]):
-        super().__init__(files, [read_labels(label_path(f), nc) for f in files], transform, mode)
+    def __init__(self, files: list[Path], targets: list, transform, mode: str, size: tuple[int, int]):
+        super().__init__(files, targets, transform, mode)
         self.size = size
 
     def load_target(self, i: int) -> dict:
@@ -162,6 +163,9 @@ def yolo_splits(path: Path, pre: Preprocess, seed: int = 0, batch_size: int = 32
         if orphans:
             raise DataError(f"--data {path}: label file {orphans[0]} has no image (expected one of "
                             f"{', '.join(IMAGE_SUFFIXES)} with the stem {orphans[0].stem!r} under images/)")
+    if not any(label_path(f).is_file() for f in val):  # one missing file is a background image; all, a mistake
+        raise DataError(f"--data {path}: no image of `val` has a label file (expected e.g. {label_path(val[0])}: "
+                        "the last `images` folder of the path becomes `labels`, the suffix .txt)")
     held_set = set(val)
     train = [f for f in train if f not in held_set]  # an image in both splits is held out, never calibrated on
     if not train:
@@ -169,8 +173,10 @@ def yolo_splits(path: Path, pre: Preprocess, seed: int = 0, batch_size: int = 32
     rng = random.Random(seed + 1)
     calib_files = sorted(rng.sample(train, min(calib_size, len(train))))
     transform = eval_transform(pre)
-    ev_ds = BoxFiles(val, len(names), transform, pre.mode, pre.size)  # reads (and checks) every val label
-    calib_ds = BoxFiles(calib_files, len(names), transform, pre.mode, pre.size)
+    nc = len(names)
+    ev_ds = BoxFiles(val, [read_labels(label_path(f), nc) for f in val], transform, pre.mode, pre.size)
+    calib_ds = BoxFiles(calib_files, [read_labels(label_path(f), nc) for f in calib_files], transform, pre.mode,
+                        pre.size)
     if progress is not None:
         progress.stage(f"decoding {len(calib_files) + len(val)} images", total=len(calib_files) + len(val))
     calib = decode_boxes(calib_ds, batch_size, False, progress)
@@ -179,6 +185,7 @@ def yolo_splits(path: Path, pre: Preprocess, seed: int = 0, batch_size: int = 32
                                   root)
     ev = decode_boxes(ev_ds, batch_size, True, progress)
     ev.key = f"{pre.describe()}|{heldout_hash}"
+    ev.num_classes = nc  # a raw head's score channels (measure/detection.py: decode_head)
     boxes = sum(len(t[1]) for t in ev_ds.targets)
     if progress is not None:
         progress.log(f"data: {path} (YOLO layout, {len(names)} classes): {len(val)} held-out images with "
