@@ -52,11 +52,13 @@ def test_vit_prunes_whole_heads_and_mlp_width_and_matches_onnx(tmp_path):
     _onnx_matches(small, x[:1], tmp_path / "vit.onnx")
 
 
-def test_vit_heads_kept_whole_at_a_ratio_between_head_counts():
+@pytest.mark.parametrize(("ratio", "steps", "heads"), [(0.3, 1, 3), (0.5, 2, 2)])
+def test_vit_heads_removed_whole_floor_of_the_ratio(ratio, steps, heads):
+    # 0.3 x 4 heads: one head goes (Torch-Pruning alone rounds up, and re-rounds at every step)
     model, x = _vit(), torch.randn(1, 3, 32, 32)
-    small, _ = prune(model, x, ratio=0.3)  # 0.3 x 4 heads: one head goes, never a part of one
-    assert [b.attn.num_heads for b in small.blocks] == [3, 3]
-    assert all(b.attn.qkv.out_features == 3 * 3 * 16 for b in small.blocks)
+    small, _ = prune(model, x, ratio=ratio, iterative_steps=steps)
+    assert [b.attn.num_heads for b in small.blocks] == [heads, heads]
+    assert all(b.attn.qkv.out_features == 3 * heads * 16 for b in small.blocks)
 
 
 def test_linear_reconstruction_lowers_the_output_error_of_a_pruned_vit():

@@ -17,7 +17,7 @@ from torch import nn
 from edgeopt.inputs.hooks import forward_hooks
 from edgeopt.inputs.model_io import Inputs, flatten_outputs
 from edgeopt.techniques.pruning.importance import measured
-from edgeopt.techniques.pruning.model_families import detection_head_outputs, head_ratios, qkv_attention, settle_heads
+from edgeopt.techniques.pruning.model_families import detection_head_outputs, head_schedule, qkv_attention, settle_heads
 
 
 @dataclass
@@ -124,14 +124,17 @@ def prune_module(module: nn.Module, args: tuple | dict, spec: PruneSpec, full_mo
                   if isinstance(m, roots) and spec.names.get(m) in spec.layer_ratios}
     # fused-qkv attention loses whole heads, never dims inside a head: its reshape and scale stay valid
     attention = qkv_attention(module)
-    head_share = head_ratios(attention, lambda q: min(ratio_dict.get(q, spec.ratio), spec.max_layer_ratio))
+    head_share = head_schedule(attention, lambda q: min(ratio_dict.get(q, spec.ratio), spec.max_layer_ratio),
+                               spec.iterative_steps)
     example = args if isinstance(args, dict) else args[0] if len(args) == 1 else list(args)
     pruner = tp.pruner.MetaPruner(
         module, example, importance=spec.criterion, pruning_ratio=spec.ratio,
         pruning_ratio_dict=ratio_dict or None, global_pruning=(spec.scope == "global"),
         max_pruning_ratio=spec.max_layer_ratio, iterative_steps=spec.iterative_steps, round_to=spec.round_to,
         ignored_layers=ignored, num_heads=heads, prune_num_heads=bool(attention), prune_head_dims=not attention,
-        head_pruning_ratio=spec.ratio if attention else 0.0, head_pruning_ratio_dict=head_share or None)
+        head_pruning_ratio=spec.ratio if attention else 0.0)
+    if spec.scope == "local":  # its own linear schedule would take ceil(share x heads left) again each step
+        pruner.head_pruning_ratio_dict.update(head_share)
     bound = _boundary_layers(pruner.DG, pruner.ignored_layers, roots)
     pruner.ignored_layers.extend(bound)
     if spec.scope == "global":  # recount the channels the global ranking shares out, boundaries excluded

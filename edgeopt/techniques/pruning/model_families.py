@@ -33,14 +33,20 @@ def qkv_attention(module: nn.Module) -> list[nn.Module]:
     return out
 
 
-def head_ratios(attention: list[nn.Module], ratio_of) -> dict[nn.Module, float]:
-    """qkv Linear -> the share of heads Torch-Pruning removes: floor(ratio x heads) heads, at least one head
-    kept. Torch-Pruning rounds the count up (ceil), so the share is set just under the wanted count."""
+def head_schedule(attention: list[nn.Module], ratio_of, steps: int) -> dict[nn.Module, list[float]]:
+    """qkv Linear -> per step (after a leading 0), the share of its current heads Torch-Pruning removes, so that
+    floor(ratio x heads) heads go in all (at least one kept), spread evenly over the steps. Torch-Pruning
+    removes ceil(share x current heads) at a step, so each share is set just under the wanted count."""
     out = {}
     for m in attention:
         h = m.num_heads
-        k = min(math.floor(ratio_of(m.qkv) * h + 1e-9), h - 1)
-        out[m.qkv] = (k - 1e-3) / h if k > 0 else 0.0
+        total = min(math.floor(ratio_of(m.qkv) * h + 1e-9), h - 1)
+        done, shares = 0, [0.0]  # indexed by Torch-Pruning's step counter, which counts from 1
+        for k in range(1, steps + 1):
+            upto = total * k // steps
+            shares.append((upto - done - 1e-3) / (h - done) if upto > done else 0.0)
+            done = upto
+        out[m.qkv] = shares
     return out
 
 
