@@ -121,6 +121,7 @@ def _smp(cls):
 def test_smp_unet_keeps_its_classes_and_matches_onnx(tmp_path):
     model, x = _smp("Unet"), torch.randn(1, 3, 64, 64)
     small, rec = prune(model, x, ratio=0.4)
+    assert rec["mode"] == "whole" and not any("attention" in n for n in rec["notes"])  # identity "attention"
     assert small.segmentation_head[0].out_channels == 3
     assert small.decoder.blocks[0].conv1[0].out_channels < model.decoder.blocks[0].conv1[0].out_channels
     assert small.encoder.layer1[0].conv1.out_channels < 64

@@ -55,7 +55,8 @@ def attention_heads(module: nn.Module, names: dict) -> tuple[dict, list[nn.Modul
     for m in module.modules():
         if is_attention(m) and not isinstance(m, nn.MultiheadAttention):
             inner = [q for q in m.modules() if q in covered]
-            if not inner:
+            layers = any(isinstance(q, (nn.Conv2d, nn.Linear)) for q in m.modules())
+            if not inner and layers:  # one with no layer (smp's attention_type=None) has nothing to keep
                 keep.append(m)
                 notes.append(f"{names.get(m, type(m).__name__)}: attention kept intact "
                              f"({type(m).__name__}: heads cannot be pruned consistently by Torch-Pruning)")
