@@ -99,6 +99,7 @@ def test_yolov8_keeps_its_detect_outputs_and_matches_onnx(yolo, tmp_path):
     assert len(kept) == 7  # 3 box + 3 class convs + the DFL decoder
     small, rec = prune(yolo, x, ratio=0.4, timeout_s=600)
     assert rec["mode"] == "whole" and rec["layers_changed"] > 20
+    assert sum("chunked first conv split" in n for n in rec["notes"]) == 8  # the C2f blocks, said so
     new_head = small.model[-1]
     for old, new in zip([*head.cv2, *head.cv3], [*new_head.cv2, *new_head.cv3], strict=True):
         assert new[-1].out_channels == old[-1].out_channels  # boxes (4 x reg_max) and classes kept
