@@ -3,8 +3,9 @@
 The dependency graph of the traced module says which channels are coupled. A group is cut only when it
 stays inside the module: groups that change the module's output width (the classifier, a block's output
 that feeds a channel shuffle) or its input width are ignored. Attention keeps whole heads: Torch-Pruning
-gets `num_heads` for every nn.MultiheadAttention and timm-style `qkv` Linear; attention it cannot prune
-per head is kept intact with a reason."""
+gets `num_heads` for every nn.MultiheadAttention and timm-style `qkv` Linear (whose heads are removed whole,
+see model_families); attention it cannot prune per head is kept intact with a reason. Detection heads keep
+their output channels (model_families)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from torch import nn
 from edgeopt.inputs.hooks import forward_hooks
 from edgeopt.inputs.model_io import Inputs, flatten_outputs
 from edgeopt.techniques.pruning.importance import measured
+from edgeopt.techniques.pruning.model_families import detection_head_outputs, head_schedule, qkv_attention, settle_heads
 
 
 @dataclass
@@ -53,7 +55,8 @@ def attention_heads(module: nn.Module, names: dict) -> tuple[dict, list[nn.Modul
     for m in module.modules():
         if is_attention(m) and not isinstance(m, nn.MultiheadAttention):
             inner = [q for q in m.modules() if q in covered]
-            if not inner:
+            layers = any(isinstance(q, (nn.Conv2d, nn.Linear)) for q in m.modules())
+            if not inner and layers:  # one with no layer (smp's attention_type=None) has nothing to keep
                 keep.append(m)
                 notes.append(f"{names.get(m, type(m).__name__)}: attention kept intact "
                              f"({type(m).__name__}: heads cannot be pruned consistently by Torch-Pruning)")
@@ -117,15 +120,22 @@ def prune_module(module: nn.Module, args: tuple | dict, spec: PruneSpec, full_mo
     roots = (nn.Conv2d, nn.Linear)
     shapes = _outputs(module, args)
     heads, keep, notes = attention_heads(module, spec.names)
-    ignored = list(extra_ignored) + keep
+    ignored = list(extra_ignored) + keep + detection_head_outputs(module)
     ratio_dict = {m: spec.layer_ratios[spec.names[m]] for m in module.modules()
                   if isinstance(m, roots) and spec.names.get(m) in spec.layer_ratios}
+    # fused-qkv attention loses whole heads, never dims inside a head: its reshape and scale stay valid
+    attention = qkv_attention(module)
+    head_share = head_schedule(attention, lambda q: min(ratio_dict.get(q, spec.ratio), spec.max_layer_ratio),
+                               spec.iterative_steps)
     example = args if isinstance(args, dict) else args[0] if len(args) == 1 else list(args)
     pruner = tp.pruner.MetaPruner(
         module, example, importance=spec.criterion, pruning_ratio=spec.ratio,
         pruning_ratio_dict=ratio_dict or None, global_pruning=(spec.scope == "global"),
         max_pruning_ratio=spec.max_layer_ratio, iterative_steps=spec.iterative_steps, round_to=spec.round_to,
-        ignored_layers=ignored, num_heads=heads)
+        ignored_layers=ignored, num_heads=heads, prune_num_heads=bool(attention), prune_head_dims=not attention,
+        head_pruning_ratio=spec.ratio if attention else 0.0)
+    if spec.scope == "local":  # its own linear schedule would take ceil(share x heads left) again each step
+        pruner.head_pruning_ratio_dict.update(head_share)
     bound = _boundary_layers(pruner.DG, pruner.ignored_layers, roots)
     pruner.ignored_layers.extend(bound)
     if spec.scope == "global":  # recount the channels the global ranking shares out, boundaries excluded
@@ -140,6 +150,7 @@ def prune_module(module: nn.Module, args: tuple | dict, spec: PruneSpec, full_mo
             _track_kept(group, pruner.DG, spec, kept)
             group.prune()
     full_model.zero_grad(set_to_none=True)
+    notes += settle_heads(attention, pruner.num_heads, spec.names)
     new_shapes = _outputs(module, args)
     if new_shapes != shapes:
         raise RuntimeError(f"output shape changed {shapes} -> {new_shapes}")
@@ -169,15 +180,38 @@ def _track_kept(group, dg, spec: PruneSpec, kept: dict[str, list[int]]) -> None:
 
 
 def output_layers(model: nn.Module, example: Inputs) -> list[nn.Module]:
-    """Conv/Linear layers whose output tensor is one of the model's outputs: their output channels are
-    what the user reads (boxes, classes, masks), so they are never pruned on their output side."""
-    produced: dict[int, nn.Module] = {}
+    """Conv/Linear layers whose output tensor is one of the model's outputs, directly or through modules
+    that keep its channels (upsampling, an activation, dropout: a segmentation head): their output channels
+    are what the user reads (boxes, classes, masks), so they are never pruned on their output side."""
+    # tensor id -> [(call index, module, input id, input shape, output shape)]: only shapes are kept, so an id
+    # may be reused by a later tensor; a tensor's producer is the latest call before its consumer ran
+    produced: dict[int, list[tuple]] = {}
+    calls = [0]
 
     def hook(mod, args, out):
-        if isinstance(out, torch.Tensor):
-            produced[id(out)] = mod
+        calls[0] += 1
+        src = args[0] if len(args) == 1 and isinstance(args[0], torch.Tensor) else None
+        if isinstance(out, torch.Tensor) and out is not src:  # an identity passes its input on: nothing to add
+            produced.setdefault(id(out), []).append((calls[0], mod, None if src is None else id(src),
+                                                     None if src is None else src.shape, out.shape))
 
-    layers = (m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
-    with forward_hooks((m, hook) for m in layers), torch.no_grad():
+    leaves = (m for m in model.modules() if not list(m.children()))
+    with forward_hooks((m, hook) for m in leaves), torch.no_grad():
         outs = flatten_outputs(example.call(model))
-    return [produced[id(t)] for t in outs.values() if id(t) in produced]
+    found: list[nn.Module] = []
+    for t in outs.values():
+        cur, before = id(t), calls[0] + 1
+        for _ in range(8):  # a few channel-keeping modules at most between the layer and the output
+            entry = max((e for e in produced.get(cur, []) if e[0] < before), default=None, key=lambda e: e[0])
+            if entry is None:
+                break
+            index, mod, src, in_shape, out_shape = entry
+            if isinstance(mod, (nn.Conv2d, nn.Linear)):
+                if mod not in found:
+                    found.append(mod)
+                break
+            resized = in_shape is not None and len(in_shape) == len(out_shape) == 4 and in_shape[:2] == out_shape[:2]
+            if src is None or not (in_shape == out_shape or resized):
+                break
+            cur, before = src, index
+    return found

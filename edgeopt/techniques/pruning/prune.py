@@ -21,6 +21,7 @@ from edgeopt.inputs.hooks import forward_hooks
 from edgeopt.inputs.model_io import Inputs, model_outputs
 from edgeopt.techniques.pruning.graph_surgery import PruneSpec, is_attention, output_layers, prune_module
 from edgeopt.techniques.pruning.importance import IMPORTANCE_NAMES, MeasuredImportance, importances, inputs_of, measured
+from edgeopt.techniques.pruning.model_families import split_chunked_blocks
 from edgeopt.timeout import time_limit
 
 __all__ = ["IMPORTANCE_NAMES", "prune", "apply_prune", "channel_table", "unsafe_layers"]
@@ -170,7 +171,7 @@ def prune(model: nn.Module, example, ratio: float = 0.3, importance: str = "l2",
     if scope not in ("local", "global"):
         raise PruningError(f"prune scope must be local or global, got {scope!r}")
     t0 = time.monotonic()
-    work = copy.deepcopy(model).eval()
+    work, split = _working_copy(model)
     example = Inputs.of(example, model)
     data = batch_inputs(data, example)
     out = model_outputs(work, example)
@@ -185,7 +186,7 @@ def prune(model: nn.Module, example, ratio: float = 0.3, importance: str = "l2",
         walker.visit("", work)
     except _RootFailed:  # the whole-model attempt failed half-way: start again from a clean copy, by blocks
         failures = walker.failures
-        work = copy.deepcopy(model).eval()
+        work, _ = _working_copy(model)
         _, spec.criterion = _criterion(importance, work, data, extra)  # measured again, on the clean copy
         spec.names = {m: n for n, m in work.named_modules()}
         walker = _Walker(work, example, spec, t0 + timeout_s, block_timeout_s)
@@ -214,11 +215,20 @@ def prune(model: nn.Module, example, ratio: float = 0.3, importance: str = "l2",
               "iterative_steps": iterative_steps, "mode": mode, "layers_changed": len(layers), "layers": layers,
               "skipped": walker.skipped + [f"{f} (not pruned as a whole; its blocks were tried)"
                                            for f in walker.failures],
-              "notes": walker.notes, "pruned_blocks": walker.pruned_blocks if mode == "blockwise" else ["model"],
+              "notes": split + walker.notes,
+              "pruned_blocks": walker.pruned_blocks if mode == "blockwise" else ["model"],
               "seconds": round(time.monotonic() - t0, 2), **extra}
     if layer_ratios:
         record["layer_ratios"] = dict(layer_ratios)
     return work, record
+
+
+def _working_copy(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """A copy in eval mode with its chunked CSP blocks split in two convs (same function, prunable halves),
+    and a note per block split."""
+    work = copy.deepcopy(model).eval()
+    return work, [f"{n}: chunked first conv split in two convs, one per half (same function; halves pruned apart)"
+                  for n in split_chunked_blocks(work)]
 
 
 def _criterion(importance: str, work: nn.Module, data, extra: dict):
@@ -248,7 +258,7 @@ def _reconstruct(model: nn.Module, work: nn.Module, data, kept: dict) -> dict:
     if not batches:
         return {"ran": False, "reason": "no calibration data: reconstruction needs a few unlabeled input batches",
                 "layers": [], "skipped": []}
-    return {"ran": True, **reconstruct(copy.deepcopy(model).eval(), work, batches, kept)}
+    return {"ran": True, **reconstruct(_working_copy(model)[0], work, batches, kept)}
 
 
 def apply_prune(model: nn.Module, example: torch.Tensor, config, data=None) -> tuple[nn.Module, dict]:
