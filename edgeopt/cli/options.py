@@ -66,6 +66,9 @@ MEAN = typer.Option(None, help="image folder: per-channel mean, e.g. 0.485,0.456
 STD = typer.Option(None, help="image folder: per-channel std (default 0.5)")
 DYNAMIC_BATCH = typer.Option(False, "--dynamic-batch", help="ONNX/OpenVINO artifacts with a dynamic batch axis "
                              "(any batch size at run time); latency is measured at the batch of --input-shape")
+CLUSTER = typer.Option(None, help="build, fine-tune and screen the candidates in parallel on Ray: local:N (N local "
+                       "workers) or ray://HOST:PORT (a running cluster); latency is still measured here, one "
+                       "candidate at a time. Needs pip install 'edgeopt[ray]'")
 VAL_SPLIT = typer.Option(0.2, help="image folder: fraction held out per class for accuracy (never trained on; "
                          "its file-list hash goes into report.json)")
 
@@ -169,6 +172,7 @@ FLAGS: dict[str, tuple[str, Callable[[Any], Any] | None]] = {
     "seed": ("seed", None), "bench_time": ("bench_time_s", None), "out_dir": ("out_dir", _path),
     "as_json": ("as_json", None), "device": ("device", None), "token_file": ("token_file", _path),
     "dynamic_batch": ("dynamic_batch", None), "streams": ("streams", None), "verbose": ("verbose", None),
+    "cluster": ("cluster", None),
 }
 
 
