@@ -66,9 +66,6 @@ MEAN = typer.Option(None, help="image folder: per-channel mean, e.g. 0.485,0.456
 STD = typer.Option(None, help="image folder: per-channel std (default 0.5)")
 DYNAMIC_BATCH = typer.Option(False, "--dynamic-batch", help="ONNX/OpenVINO artifacts with a dynamic batch axis "
                              "(any batch size at run time); latency is measured at the batch of --input-shape")
-CLUSTER = typer.Option(None, help="build, fine-tune and screen the candidates in parallel on Ray: local:N (N local "
-                       "workers) or ray://HOST:PORT (a running cluster); latency is still measured here, one "
-                       "candidate at a time. Needs pip install 'edgeopt[ray]'")
 VAL_SPLIT = typer.Option(0.2, help="image folder: fraction held out per class for accuracy (never trained on; "
                          "its file-list hash goes into report.json)")
 
@@ -98,6 +95,19 @@ def positive_problem(value: float) -> str | None:
 
 def at_least_one_problem(value: int) -> str | None:
     return None if value >= 1 else f"must be at least 1, got {value}"
+
+
+def cluster_problem(value: str) -> str | None:
+    from edgeopt.config import cluster_problem as problem
+
+    return problem(value)
+
+
+CLUSTER = typer.Option(
+    None, callback=checked("--cluster", cluster_problem),
+    help="build, fine-tune and screen the candidates in parallel on Ray: local:N (N local workers) or "
+         "ray://HOST:PORT (a running cluster); latency is still measured here, one candidate at a time. Needs "
+         "pip install 'edgeopt[ray]'")
 
 
 def _floats(text: str | None, name: str) -> tuple[float, ...] | None:
