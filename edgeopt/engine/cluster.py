@@ -185,15 +185,16 @@ class RayExecutor:
             else builder._inner
         payload = ray.put((inner, search.base_torch_acc, self.threads))
         known: dict[str, float | None] = {}  # drops the cache holds: not built again
+        drops: dict[str, float | None] = {}  # what the cache holds and the tasks measured so far
+        original = layout(builder.net)
+        layouts: dict[str, str] = {}  # structure -> channel layout (a screening ignores one that changed nothing)
         for structures in families.values():
             for s in structures:
                 steps = [st.model_dump() for st in specs[s][0].steps]
                 hit = search.cache.get("screen", key(*search.cache_parts, steps))
                 if hit is not None:
-                    known[s] = hit["drop"]
-        drops: dict[str, float | None] = dict(known)
-        original = layout(builder.net)
-        layouts: dict[str, str] = {}
+                    known[s], layouts[s] = hit["drop"], hit["layout"]
+                    drops[s] = hit["drop"]
 
         def submit(fam: str, probe_only: bool, levels: list[str], first: int | None = None):
             reduced = any(spec.precision != "fp32" for s in levels for spec in specs[s])
@@ -232,25 +233,33 @@ class RayExecutor:
             members = groups[group]
             out = screen_group(group, members, lambda s: specs[s][0].level, lambda s: drops.get(s),
                                lambda s: None, lambda s: layouts.get(s) == original, lambda: None)
-            for fam in out.kept:
+            for fam in out.kept:  # the bisection starts where the screening measured, as the search's does
                 levels = members[fam]
-                first = next((i for i, s in enumerate(levels) if s in drops), None)
-                pending[submit(fam, False, levels, first)] = (fam, None)
+                pending[submit(fam, False, levels, levels.index(out.probes[fam]))] = (fam, None)
 
         for group in [g for g, w in waiting.items() if not w]:
             bisect_group(group)
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             fam, group = pending.pop(ready[0])
-            got = ray.get(ready[0])
+            try:
+                got = ray.get(ready[0])
+            except Exception as e:  # retries spent (or a result that would not travel): built here instead
+                from edgeopt.errors import first_line
+
+                search.trace.append(f"cluster: the task of {fam} failed ({first_line(e)}); its levels are built "
+                                    "here")
+                got = {"built": {}, "where": ""}
+            search.progress.log(f"cluster: {fam} {'screened' if group else 'bisected'}"
+                                + (f" on {got['where']}" if got["where"] else ""))
             for s, result in got["built"].items():
                 builder.take(s, result, got["where"])
                 b, _, acc = result
                 drops[s] = None if acc is None else round(search.base_torch_acc - acc, 4)
                 if not isinstance(b, Exception):
                     layouts[s] = layout(b.model)
-                if group is not None:
-                    waiting[group].discard(s)
+            if group is not None and fam in probes_of[group]:
+                waiting[group].discard(probes_of[group][fam])  # returned, or failed: the group goes on
             if group is not None and not waiting[group]:
                 del waiting[group]
                 bisect_group(group)
