@@ -140,7 +140,7 @@ class RayExecutor:
     """Family-parallel work of a search on a Ray cluster. `wrap` the run's builder, hand the search this
     executor; `settle` the result (where each candidate was built, what the tasks took); `close` at the end."""
 
-    def __init__(self, cluster: str, threads_per_task: int = 1):
+    def __init__(self, cluster: str, threads: int | None = None):
         ray = require_ray()
         kind, value = parse_cluster(cluster)
         self.cluster, self.ray = cluster, ray
@@ -151,9 +151,12 @@ class RayExecutor:
             else:
                 ray.init(address=value, logging_level="warning")
         gpus = ray.cluster_resources().get("GPU", 0)
-        self.options = {"num_cpus": threads_per_task, "num_gpus": 1 if gpus else 0, "max_retries": TASK_RETRIES,
+        # one CPU of the cluster's count per task (local:N runs N at once); PyTorch in the task runs the run's own
+        # thread count: a fine-tuning's float sums, hence its weights, depend on it, and the same count keeps
+        # them equal to a serial run's
+        self.options = {"num_cpus": 1, "num_gpus": 1 if gpus else 0, "max_retries": TASK_RETRIES,
                         "retry_exceptions": False}
-        self.threads = threads_per_task
+        self.threads = threads or os.cpu_count() or 1
         self.task = ray.remote(_family_task)
         self.builder: ClusterBuilder | None = None
         self.seconds = 0.0  # wall time of the tasks
@@ -281,7 +284,7 @@ class RayExecutor:
                 result.build_seconds[s] = builder.built[s][1]
 
 
-def executor_for(cluster: str | None, threads_per_task: int = 1) -> RayExecutor | None:
-    """The executor of `--cluster` (None: the serial search)."""
-    return None if not cluster else RayExecutor(cluster, threads_per_task)
+def executor_for(cluster: str | None, threads: int | None = None) -> RayExecutor | None:
+    """The executor of `--cluster` (None: the serial search); `threads`: PyTorch's in each task, the run's."""
+    return None if not cluster else RayExecutor(cluster, threads)
 

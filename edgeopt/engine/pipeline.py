@@ -178,7 +178,7 @@ def _search(prep: Prepared, out_dir: Path, threads: int, resume: bool, progress:
                 raise ConfigError("--cluster and torchrun do not go together: Ray runs the candidates in parallel, "
                                   "torchrun spreads the fine-tuning of one; use one of them")
             with phases("cluster start"):
-                executor = cluster.executor_for(prep.config.search.cluster)
+                executor = cluster.executor_for(prep.config.search.cluster, threads)
         full = splits.eval if splits.eval is not None else holdout.fidelity_inputs(ex, 256, context.seed)
         full.metric = holdout.metric_for(metric, full, net, ex)  # how every candidate is scored (both parts alike)
         # the search sees the selection part only; the test part is touched once, after it (see `_report`)
