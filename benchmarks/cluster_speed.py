@@ -6,6 +6,9 @@ load drifting during the benchmark weighs on both alike.
   python -m benchmarks.cluster_speed --task t1 --workers 2 [--rounds 1] [--json out.json]
   python -m benchmarks.cluster_speed --task small --workers 2   # a small CNN on digits 32x32: minutes on 2 cores
 
+Each Ray task runs PyTorch at the run's thread count (a fine-tuning's weights depend on it): on C cores with N
+workers, `--threads C/N` keeps the workers from oversubscribing the cores (both runs then use it).
+
 T1: torchvision resnet18 trained on digits at 64x64 (benchmarks/tasks.py), `--retrain`, max drop 1 pp.
 small: a 3-layer CNN trained on digits at 32x32, pruning + fine-tuning only, one fine-tuning epoch on 512 images."""
 
@@ -58,7 +61,7 @@ def t1(cache: Path):
     return task.model, task.example, dict(eval_data=task.eval, calib_data=task.calib, train_data=task.train)
 
 
-def one_run(model, example, kw: dict, out: Path, cluster: str | None) -> dict:
+def one_run(model, example, kw: dict, out: Path, cluster: str | None, threads: int | None = None) -> dict:
     import copy
 
     from edgeopt.measure.timing import BenchConfig
@@ -66,7 +69,7 @@ def one_run(model, example, kw: dict, out: Path, cluster: str | None) -> dict:
     t0 = time.perf_counter()
     report = edgeopt.optimize(copy.deepcopy(model), example, target="local", goal="latency", max_accuracy_drop=1.0,
                               retrain=True, runtimes=["onnxruntime"], out_dir=out, cache=False, seed=0,
-                              bench_config=BenchConfig(max_time_s=2.0), cluster=cluster, **kw)
+                              bench_config=BenchConfig(max_time_s=2.0), cluster=cluster, threads=threads, **kw)
     wall = time.perf_counter() - t0
     cands = [report.baseline, *report.candidates]
     return {"cluster": cluster, "wall_s": round(wall, 1), "chosen": report.chosen,
@@ -81,6 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rounds", type=int, default=1, help="serial/cluster pairs, alternating the order")
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "edgeopt-bench-cache")
+    p.add_argument("--threads", type=int, default=None, help="PyTorch and runtime threads of both runs (each Ray "
+                   "task runs this many too; default: all cores)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     model, example, kw = (t1 if args.task == "t1" else small_task)(args.cache)
@@ -90,14 +95,15 @@ def main(argv: list[str] | None = None) -> dict:
         for r in range(args.rounds):
             order = [None, cluster] if r % 2 == 0 else [cluster, None]
             for which in order:
-                run = one_run(model, example, kw, Path(tmp) / f"{r}-{which or 'serial'}", which)
+                run = one_run(model, example, kw, Path(tmp) / f"{r}-{which or 'serial'}", which, args.threads)
                 print(f"{which or 'serial':>8}: {run['wall_s']:7.1f} s, chose {run['chosen']}", flush=True)
                 runs.append(run)
     serial = [r for r in runs if r["cluster"] is None]
     clustered = [r for r in runs if r["cluster"] is not None]
     same = all(r["chosen"] == serial[0]["chosen"] and r["outcome"] == serial[0]["outcome"] for r in runs)
     ratio = sum(r["wall_s"] for r in clustered) / sum(r["wall_s"] for r in serial)
-    summary = {"task": args.task, "machine": f"{os.cpu_count()} cores", "cluster": cluster, "runs": runs,
+    summary = {"task": args.task, "machine": f"{os.cpu_count()} cores", "cluster": cluster, "threads": args.threads,
+               "runs": runs,
                "same_choice_and_accuracies": same, "wall_ratio_cluster_over_serial": round(ratio, 3)}
     print(f"{args.task} on {os.cpu_count()} cores: {cluster} / serial wall time = {ratio:.2f}; same choice and "
           f"accuracies: {same}")
