@@ -10,7 +10,8 @@ Each Ray task runs PyTorch at the run's thread count (a fine-tuning's weights de
 workers, `--threads C/N` keeps the workers from oversubscribing the cores (both runs then use it).
 
 T1: torchvision resnet18 trained on digits at 64x64 (benchmarks/tasks.py), `--retrain`, max drop 1 pp.
-small: a 3-layer CNN trained on digits at 32x32, pruning + fine-tuning only, one fine-tuning epoch on 512 images."""
+small: a 3-layer CNN trained on digits at 32x32, pruning + fine-tuning only, one fine-tuning epoch on
+512 images (`--train-batches`)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout
 import edgeopt  # noqa: E402
 
 
-def small_task(cache: Path):
+def small_task(cache: Path, train_batches: int = 8):
     """A small CNN trained on digits at 32x32 (cached): (model, example, run keywords)."""
     from edgeopt.inputs.data import batchify, digits_splits
     from edgeopt.training import fit
@@ -50,7 +51,7 @@ def small_task(cache: Path):
         torch.save(model.state_dict(), path)
     model.eval()
     kw = dict(eval_data=batchify(xv, yv, 64).items, calib_data=[x for x, _ in train.items[:4]],
-              train_data=train.items[:8], techniques=["prune", "fine_tune"], epochs=1)
+              train_data=train.items[:train_batches], techniques=["prune", "fine_tune"], epochs=1)
     return model, torch.randn(1, 1, 32, 32), kw
 
 
@@ -86,9 +87,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "edgeopt-bench-cache")
     p.add_argument("--threads", type=int, default=None, help="PyTorch and runtime threads of both runs (each Ray "
                    "task runs this many too; default: all cores)")
+    p.add_argument("--train-batches", type=int, default=8, help="small: batches of 64 images fine-tuned on")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
-    model, example, kw = (t1 if args.task == "t1" else small_task)(args.cache)
+    model, example, kw = t1(args.cache) if args.task == "t1" else small_task(args.cache, args.train_batches)
     cluster = f"local:{args.workers}"
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
