@@ -1,6 +1,6 @@
 """Serial search vs the same search on a local Ray cluster (`--cluster local:N`), with retraining: wall time of
 each run, and whether both chose the same candidate with the same accuracies (every candidate's status and
-held-out accuracy compared). The runs alternate (serial, cluster, cluster, serial, ...) so that a machine's
+held-out accuracy, and every structure's screened drop, compared). The runs alternate (serial, cluster, cluster, serial, ...) so that a machine's
 load drifting during the benchmark weighs on both alike.
 
   python -m benchmarks.cluster_speed --task t1 --workers 2 [--rounds 1] [--json out.json]
@@ -62,19 +62,21 @@ def t1(cache: Path):
     return task.model, task.example, dict(eval_data=task.eval, calib_data=task.calib, train_data=task.train)
 
 
-def one_run(model, example, kw: dict, out: Path, cluster: str | None, threads: int | None = None) -> dict:
+def one_run(model, example, kw: dict, out: Path, cluster: str | None, threads: int | None = None,
+            max_drop: float = 1.0) -> dict:
     import copy
 
     from edgeopt.measure.timing import BenchConfig
 
     t0 = time.perf_counter()
-    report = edgeopt.optimize(copy.deepcopy(model), example, target="local", goal="latency", max_accuracy_drop=1.0,
+    report = edgeopt.optimize(copy.deepcopy(model), example, target="local", goal="latency", max_accuracy_drop=max_drop,
                               retrain=True, runtimes=["onnxruntime"], out_dir=out, cache=False, seed=0,
                               bench_config=BenchConfig(max_time_s=2.0), cluster=cluster, threads=threads, **kw)
     wall = time.perf_counter() - t0
     cands = [report.baseline, *report.candidates]
     return {"cluster": cluster, "wall_s": round(wall, 1), "chosen": report.chosen,
             "outcome": {c.id: [c.status, c.accuracy] for c in cands},
+            "screened_drop_pp": report.model.search["screened_drop_pp"],
             "built_on": sorted({c.built_on for c in cands if c.built_on}),
             "profile": report.model.profile}
 
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=None, help="PyTorch and runtime threads of both runs (each Ray "
                    "task runs this many too; default: all cores)")
     p.add_argument("--train-batches", type=int, default=8, help="small: batches of 64 images fine-tuned on")
+    p.add_argument("--max-drop", type=float, default=1.0, help="accuracy budget (pp)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     model, example, kw = t1(args.cache) if args.task == "t1" else small_task(args.cache, args.train_batches)
@@ -97,12 +100,14 @@ def main(argv: list[str] | None = None) -> dict:
         for r in range(args.rounds):
             order = [None, cluster] if r % 2 == 0 else [cluster, None]
             for which in order:
-                run = one_run(model, example, kw, Path(tmp) / f"{r}-{which or 'serial'}", which, args.threads)
+                run = one_run(model, example, kw, Path(tmp) / f"{r}-{which or 'serial'}", which, args.threads,
+                              args.max_drop)
                 print(f"{which or 'serial':>8}: {run['wall_s']:7.1f} s, chose {run['chosen']}", flush=True)
                 runs.append(run)
     serial = [r for r in runs if r["cluster"] is None]
     clustered = [r for r in runs if r["cluster"] is not None]
-    same = all(r["chosen"] == serial[0]["chosen"] and r["outcome"] == serial[0]["outcome"] for r in runs)
+    same = all(r["chosen"] == serial[0]["chosen"] and r["outcome"] == serial[0]["outcome"]
+               and r["screened_drop_pp"] == serial[0]["screened_drop_pp"] for r in runs)
     ratio = sum(r["wall_s"] for r in clustered) / sum(r["wall_s"] for r in serial)
     summary = {"task": args.task, "machine": f"{os.cpu_count()} cores", "cluster": cluster, "threads": args.threads,
                "runs": runs,
