@@ -1,7 +1,7 @@
 """Serial search vs the same search on a local Ray cluster (`--cluster local:N`), with retraining: wall time of
 each run, and whether both chose the same candidate with the same accuracies (every candidate's status and
-held-out accuracy, and every structure's screened drop, compared). The runs alternate (serial, cluster, cluster, serial, ...) so that a machine's
-load drifting during the benchmark weighs on both alike.
+held-out accuracy, and every structure's screened drop, compared). The runs alternate (serial, cluster,
+cluster, serial, ...) so that a machine's load drifting during the benchmark weighs on both alike.
 
   python -m benchmarks.cluster_speed --task t1 --workers 2 [--rounds 1] [--json out.json]
   python -m benchmarks.cluster_speed --task small --workers 2   # a small CNN on digits 32x32: minutes on 2 cores
