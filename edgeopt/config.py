@@ -40,6 +40,30 @@ def seed_problem(v: int) -> str | None:
     return None if 0 <= v <= MAX_SEED else f"must be an integer from 0 to {MAX_SEED} (numpy's seed range), got {v}"
 
 
+CLUSTER_FORMS = "local:N (N local Ray workers) or ray://HOST:PORT (a running Ray cluster)"
+
+
+def parse_cluster(value: str) -> tuple[str, int | str]:
+    """`--cluster`: ("local", N) or ("ray", "ray://HOST:PORT"); a ConfigError naming the forms otherwise."""
+    text = str(value).strip()
+    if text.startswith("local:") and text[6:].isdigit() and 1 <= int(text[6:]) <= MAX_THREADS:
+        return "local", int(text[6:])
+    host, _, port = text.removeprefix("ray://").rpartition(":")
+    if text.startswith("ray://") and host and "/" not in host and port.isdigit() and 0 < int(port) < 65536:
+        return "ray", text
+    raise ConfigError(f"--cluster must be {CLUSTER_FORMS}, got {text!r}")
+
+
+def cluster_problem(v: str | None) -> str | None:
+    if v is None:
+        return None
+    try:
+        parse_cluster(v)
+    except ConfigError as e:
+        return str(e).removeprefix("--cluster ")
+    return None
+
+
 def shape_problem(shape) -> str | None:
     """Why an input shape cannot be used (non-positive dims, or too many elements to allocate), or None."""
     dims = [int(d) for d in shape]
@@ -176,6 +200,10 @@ class InputsConfig(_Strict):
 class SearchConfig(_Strict):
     epochs: int = Field(2, ge=1, description="fine-tuning epochs per candidate when retraining is allowed")
     sensitivity: bool = False  # per-layer pruning sensitivity measured first; sensitive layers pruned less
+    # candidates built and screened in parallel on Ray: local:N or ray://HOST:PORT (None: one after another)
+    cluster: str | None = None
+
+    _cluster = field_validator("cluster")(classmethod(lambda cls, v: _checked(v, cluster_problem)))
 
 
 class MeasureConfig(_Strict):

@@ -49,6 +49,7 @@ def optimize(
     dynamic_batch: bool = o.DYNAMIC_BATCH, streams: int = o.STREAMS,
     device: list[str] = o.DEVICE,
     token_file: Path = typer.Option(None, help="the agent's token file (with --device)"),
+    cluster: str = o.CLUSTER,
 ) -> None:
     """Decide, compress, export and measure; write OUT/report.json, report.md, report.html, the chosen model
     and OUT/run.yaml (the config used: `edgeopt optimize --config OUT/run.yaml` replays the run).
@@ -59,12 +60,17 @@ def optimize(
     and/or --streams N) within --max-accuracy-drop. Finished candidates are cached in
     OUT/cache: rerunning after an interruption resumes. Example: edgeopt optimize --max-accuracy-drop 1 --retrain
     Fine-tuning on N GPUs/processes: torchrun --nproc-per-node N -m edgeopt optimize ... --retrain (rank 0 reports).
+    Candidates in parallel on Ray: edgeopt optimize ... --retrain --cluster local:4 (or ray://HOST:10001).
 
     Exit 0 when a candidate meets the constraints, 1 when none does (the report is still written)."""
     cfg = o.run_config(ctx, config)  # first: a bad flag or config file fails before torch is imported
     from edgeopt.engine.pipeline import run
 
     token = _check_device(cfg.measure.device, cfg.measure.token_file)
+    if cfg.search.cluster:  # fail now when Ray is missing, not after loading the model
+        from edgeopt.engine.cluster import require_ray
+
+        require_ray()
     out_path = Path(cfg.output.out_dir)
     # under torchrun only rank 0 shows progress and reports; the other ranks just join the fine-tuning
     rank0 = int(os.environ.get("RANK", "0")) == 0

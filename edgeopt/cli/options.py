@@ -102,6 +102,19 @@ def at_least_one_problem(value: int) -> str | None:
     return None if value >= 1 else f"must be at least 1, got {value}"
 
 
+def cluster_problem(value: str) -> str | None:
+    from edgeopt.config import cluster_problem as problem
+
+    return problem(value)
+
+
+CLUSTER = typer.Option(
+    None, callback=checked("--cluster", cluster_problem),
+    help="build, fine-tune and screen the candidates in parallel on Ray: local:N (N local workers) or "
+         "ray://HOST:PORT (a running cluster); latency is still measured here, one candidate at a time. Needs "
+         "pip install 'edgeopt[ray]'")
+
+
 def _floats(text: str | None, name: str) -> tuple[float, ...] | None:
     from edgeopt.errors import ConfigError
 
@@ -174,6 +187,7 @@ FLAGS: dict[str, tuple[str, Callable[[Any], Any] | None]] = {
     "seed": ("seed", None), "bench_time": ("bench_time_s", None), "out_dir": ("out_dir", _path),
     "as_json": ("as_json", None), "device": ("device", None), "token_file": ("token_file", _path),
     "dynamic_batch": ("dynamic_batch", None), "streams": ("streams", None), "verbose": ("verbose", None),
+    "cluster": ("cluster", None),
 }
 
 

@@ -22,7 +22,7 @@ from edgeopt.decide.plan import Plan
 from edgeopt.decide.plan import plan as make_plan
 from edgeopt.decide.policy import QUICK_BENCH
 from edgeopt.decide.select import select
-from edgeopt.engine import distributed, holdout
+from edgeopt.engine import cluster, distributed, holdout
 from edgeopt.engine.build import Builder, export_options
 from edgeopt.engine.cache import CandidateCache, producer_parts
 from edgeopt.engine.choices import measured_choices
@@ -171,7 +171,14 @@ def _search(prep: Prepared, out_dir: Path, threads: int, resume: bool, progress:
     context, splits, net, ex = prep.context, prep.splits, prep.loaded.model, prep.ex
     _, world_size = ddp.world()
     leader = distributed.Leader() if world_size > 1 else None
+    executor = None
     try:
+        if prep.config.search.cluster:
+            if world_size > 1:
+                raise ConfigError("--cluster and torchrun do not go together: Ray runs the candidates in parallel, "
+                                  "torchrun spreads the fine-tuning of one; use one of them")
+            with phases("cluster start"):
+                executor = cluster.executor_for(prep.config.search.cluster, threads)
         full = splits.eval if splits.eval is not None else holdout.fidelity_inputs(ex, 256, context.seed)
         full.metric = holdout.metric_for(metric, full, net, ex)  # how every candidate is scored (both parts alike)
         # the search sees the selection part only; the test part is touched once, after it (see `_report`)
@@ -194,22 +201,28 @@ def _search(prep: Prepared, out_dir: Path, threads: int, resume: bool, progress:
         builder = Builder(net=net, example=prep.example, splits=splits, eval_b=eval_b, batch=batch,
                           reference=reference if fidelity else None, out_dir=out_dir, threads=threads,
                           calib_random=context.calib_random, progress=progress.log, export_options=options)
+        if executor is not None:
+            builder = executor.wrap(builder)
         search = Search(
             plan=the_plan, context=context, builder=builder, base_torch_acc=score(reference, eval_b, reference)[0],
             cache=CandidateCache(out_dir, enabled=resume),
             cache_parts=producer_parts(net, ex, eval_b, splits, context, options, prep.profile),
-            progress=progress, t_start=t_start, announce=leader,
+            progress=progress, t_start=t_start, announce=leader, executor=executor,
             quick_latency=partial(latency, measure_locally=the_plan.measure_locally, profile=prep.profile, ex=ex,
                                   bench_config=BenchConfig(**QUICK_BENCH)))
         t0 = time.perf_counter()
         result = search.run()
         took = time.perf_counter() - t0
+        if executor is not None:
+            executor.settle(result)
         for phase, sec in result.profile().items():
             phases.add(phase, sec)
         phases.add("search other", max(0.0, took - sum(result.profile().values())))
     finally:
         if leader is not None:  # however the search ended, the followers must not wait for it forever
             leader.close()
+        if executor is not None:
+            executor.close()
     return Searched(the_plan, held, sens, eval_b.metric, outputs, result)
 
 

@@ -97,6 +97,9 @@ class Search:
     # called before every structure build with (structure, steps applied, base structure or None): under
     # torchrun, rank 0 tells the other ranks what to build so that they join its DDP fine-tuning
     announce: Callable[[str, list, str | None], None] | None = None
+    # family-parallel work (engine/cluster.py, --cluster): builds and screens every family's levels ahead of the
+    # walk below, which then decides on the same numbers; None: one after another, here
+    executor: object | None = None
 
     def __post_init__(self):
         self._fresh()
@@ -141,6 +144,8 @@ class Search:
         for structures in families.values():
             structures.sort(key=lambda s: ledger.specs[s][0].level)
         screened_out: set[str] = set()
+        if self.executor is not None:
+            self.executor.prefetch(self, families)
         for fam, structures in families.items():
             if self.clock.check():
                 self.trace.append(f"{fam}: not started, {self.clock.reason.removeprefix('not tried: ')}")

@@ -189,6 +189,8 @@ class Candidate(BaseModel):
     accuracy_drop_test: float | None = None
     metrics_test: dict[str, float] | None = None
     seconds: dict[str, float] | None = None  # where this candidate's time went: build, export, verify, evaluate...
+    # where its structure was built with --cluster: a Ray node and worker process, or "local" (this process)
+    built_on: str | None = None
 
     @property
     def shipped_bytes(self) -> int | None:
