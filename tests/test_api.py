@@ -98,6 +98,38 @@ def test_old_keywords_still_work_with_a_warning(tiny, example, small):
         edgeopt.prune(tiny, example, importance="l1", method="l2")
 
 
+def test_old_keywords_of_the_weight_level_and_sensitivity_helpers_still_work_with_a_warning(tiny_plain, example):
+    import smallnet
+
+    with pytest.warns(DeprecationWarning, match=r"imp\(sparsity=\.\.\.\): use ratio="):
+        old = edgeopt.imp(smallnet.make(), _labelled(), sparsity=0.5, rounds=1, epochs=1)
+    assert old.record["final_sparsity"] == pytest.approx(0.5, abs=0.01)
+    with pytest.warns(DeprecationWarning, match=r"supermask\(sparsity=\.\.\.\): use ratio="):
+        old = edgeopt.supermask(smallnet.make(), _labelled(), sparsity=0.6, epochs=1)
+    assert old.record["measured_sparsity"] == pytest.approx(0.6, abs=0.01)
+    with pytest.warns(DeprecationWarning, match=r"prune_at_init\(sparsity=\.\.\.\): use ratio="):
+        old = edgeopt.prune_at_init(smallnet.make(), _labelled(), sparsity=0.5)
+    assert old.record["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    acc = iter(range(100, 0, -1))
+    with pytest.warns(DeprecationWarning, match=r"prune_sensitivity\(importance=\.\.\.\): use method="):
+        sens = edgeopt.prune_sensitivity(tiny_plain, example, lambda m: float(next(acc)), importance="l1",
+                                         max_groups=1)
+    assert sens.record["importance"] == "l1" and len(sens.layers) == 1
+
+
+def test_old_options_of_qat_and_supermask_still_work_with_a_warning(small):
+    x = torch.randn(2, 1, 16, 16)
+    with pytest.warns(DeprecationWarning, match=r"qat\(\*\*training options\)"):
+        old = edgeopt.qat(small, _labelled(), epochs=1, per_channel=False)
+    assert old.model is not small and old.record == {"epochs": 1, "distill": True}
+    assert old.model(x).shape == (2, 10)
+    with pytest.warns(DeprecationWarning, match=r"return_record=True"):
+        old = edgeopt.supermask(small, _labelled(), ratio=0.5, epochs=1, return_record=True)
+    with pytest.warns(DeprecationWarning, match="unpacking"):
+        masked, rec = old
+    assert masked is old.model and rec is old.record and rec["measured_sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
 def test_old_return_shapes_still_work_with_a_warning(tiny, example, small, tmp_path):
     result = edgeopt.prune(tiny, example, ratio=0.3)
     with pytest.warns(DeprecationWarning, match="result.record"):
@@ -117,6 +149,20 @@ def test_old_return_shapes_still_work_with_a_warning(tiny, example, small, tmp_p
     at_init = edgeopt.prune_at_init(small, _labelled(), ratio=0.5)
     with pytest.warns(DeprecationWarning, match="result.record"):
         assert at_init["method"] == "snip"
+    with pytest.warns(DeprecationWarning, match="`in` on the result: use result.record"):
+        assert "method" in at_init
+
+
+def test_attributes_of_the_result_still_reach_the_model_with_a_warning(tiny, example):
+    result = edgeopt.prune(tiny, example, ratio=0.3)
+    with pytest.warns(DeprecationWarning, match=r"result\.fc: .*use result\.model\.fc"):
+        assert result.fc is result.model.fc
+    with pytest.warns(DeprecationWarning, match=r"setting result\.tag: use result\.model\.tag"):
+        result.tag = "small"
+    assert result.model.tag == "small"
+    with pytest.warns(DeprecationWarning, match=r"deleting result\.tag"):
+        del result.tag
+    assert not hasattr(result.model, "tag")
 
 
 def test_helpers_return_typed_results_with_old_dict_access(tiny_plain, example):
@@ -125,6 +171,10 @@ def test_helpers_return_typed_results_with_old_dict_access(tiny_plain, example):
     assert isinstance(sens, edgeopt.Sensitivity) and sens.baseline == 100.0 and sens.layers
     with pytest.warns(DeprecationWarning, match="use its attributes"):
         assert sens["layer_ratios"] == sens.layer_ratios
+    with pytest.warns(DeprecationWarning, match="`in` on an edgeopt.Sensitivity: use its attributes"):
+        assert "layers" in sens and "nope" not in sens
+    with pytest.warns(DeprecationWarning, match=r"result\.get\('(baseline|nope)'\).*use its attributes"):
+        assert sens.get("baseline") == 100.0 and sens.get("nope", 7) == 7
     found = edgeopt.efficient_architectures(tiny_plain, example, families=["mobilenet_v3_small"], max_time_s=0.5)
     assert isinstance(found, edgeopt.Architectures) and found.table[0]["name"] == "yours"
     with pytest.warns(DeprecationWarning, match="use its attributes"):

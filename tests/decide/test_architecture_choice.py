@@ -36,7 +36,7 @@ def test_reparameterization_fuses_branches_and_keeps_outputs():
 
 def test_table_measures_families_next_to_the_users_model(tiny_plain, example):
     rows = edgeopt.efficient_architectures(tiny_plain, example, families=["mobilenet_v3_small", "repvgg_a0"],
-                                           max_time_s=1.0)["table"]
+                                           max_time_s=1.0).table
     assert [r["name"] for r in rows] == ["yours", "mobilenet_v3_small", "repvgg_a0"]
     assert all(r["p50_ms"] > 0 and r["params"] > 0 and r["macs"] > 0 for r in rows)
     assert rows[0]["speedup"] == 1.0 and rows[2]["reparameterized"]

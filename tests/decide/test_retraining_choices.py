@@ -130,7 +130,7 @@ def test_imp_auto_needs_held_out_data_and_the_planner_uses_it():
 
     _, train, _ = smallnet.trained(size=8)
     with pytest.raises(ConfigError, match="held-out data"):
-        edgeopt.imp(smallnet.make(), train.items[:2], sparsity=0.5, rounds=1, epochs=1, rewind="auto")
+        edgeopt.imp(smallnet.make(), train.items[:2], ratio=0.5, rounds=1, epochs=1, rewind="auto")
     imp = [c for c in _plan(goal="size", retrain=True).candidates if c.family == "imp"]
     assert imp and all(c.steps[0].rewind == "auto" for c in imp)
     from edgeopt.techniques.sparsity import imp_technique, lottery

@@ -62,7 +62,7 @@ def test_int8_entropy_calibrator_and_engine_mismatch(tmp_path, tiny_plain, examp
 def test_2_4_sparse_and_qat_models_build_as_marked(tmp_path, tiny_plain, example):
     """A 2:4-pruned model asks TensorRT for sparse-weight tactics; a QAT model builds as explicit INT8 from
     its own Q/DQ nodes (no second calibration)."""
-    sparse, _ = edgeopt.sparsify(tiny_plain, pattern="2:4")
+    sparse = edgeopt.sparsify(tiny_plain, pattern="2:4").model
     result, _ = export_verified(sparse, example, "tensorrt", tmp_path / "s", precision="fp16")
     assert result.info["sparse_weights"] is True
     from edgeopt.techniques.retraining import qat as Q

@@ -98,8 +98,8 @@ def shapes(model, example):
 @pytest.mark.parametrize("name,model,example", cases(), ids=[c[0] for c in cases()])
 def test_prune_keeps_every_output(name, model, example):
     torch.manual_seed(0)
-    small = prune(model.eval(), example, ratio=0.5)
-    rec = small.edgeopt_record
+    res = prune(model.eval(), example, ratio=0.5)
+    small, rec = res.model, res.record
     assert shapes(small, example) == shapes(model, example)
     assert rec["layers_changed"] > 0, rec["skipped"]
     if isinstance(model, Detector):  # the heads' outputs are what the user reads: never cut
@@ -110,8 +110,8 @@ def test_prune_keeps_every_output(name, model, example):
 
 @pytest.mark.parametrize("name,model,example", cases()[::2], ids=[c[0] for c in cases()[::2]])
 def test_factorize_keeps_every_output(name, model, example):
-    small = factorize(model.eval(), example, method="tucker", energy=0.5)
-    rec = small.edgeopt_record
+    res = factorize(model.eval(), example, method="tucker", energy=0.5)
+    small, rec = res.model, res.record
     assert rec["layers_changed"] > 0
     assert shapes(small, example) == shapes(model, example)
 
@@ -478,19 +478,20 @@ class Residual(nn.Module):
         return torch.relu(x + self.body(x))
 
 
-@pytest.mark.parametrize("kw", [dict(importance="energy"), dict(importance="hrank"), dict(importance="recon"),
-                                dict(importance="l2", reconstruct=True)],
+@pytest.mark.parametrize("kw", [dict(method="energy"), dict(method="hrank"), dict(method="recon"),
+                                dict(method="l2", reconstruct=True)],
                          ids=lambda kw: "-".join(map(str, kw.values())))
 def test_data_driven_pruning_takes_several_inputs(kw):
     """Calibration batches of a two-input model as bare (image, mask) tuples: read as two inputs (not an input
     and a label), fed by name to the activation measures and the least-squares reconstruction."""
     torch.manual_seed(0)
     model = TwoInputs().eval()
-    small = prune(model, PAIR, ratio=0.5, data=_pairs(3, 0), **kw)
+    res = prune(model, PAIR, ratio=0.5, data=_pairs(3, 0), **kw)
+    small = res.model
     assert shapes(small, PAIR) == shapes(model, PAIR)
     assert small.body[0][0].out_channels < model.body[0][0].out_channels
     if kw.get("reconstruct"):
-        assert small.edgeopt_record["reconstruction"]["ran"] is True
+        assert res.record["reconstruction"]["ran"] is True
 
 
 def test_bn_recalibration_and_depth_pruning_take_several_inputs():

@@ -24,8 +24,8 @@ def _check(name, tmp_path):
     import onnxruntime as ort
 
     model, x = _build(name), torch.randn(1, 3, 64, 64)
-    small = edgeopt.prune(model, x, ratio=0.3, timeout_s=240)
-    rec = small.edgeopt_record
+    res = edgeopt.prune(model, x, ratio=0.3, timeout_s=240)
+    small, rec = res.model, res.record
     assert small(x).shape == (1, 10)  # the classifier keeps its size
     for reason in rec["skipped"]:
         assert ": " in reason and len(reason.split(": ", 1)[1]) > 5  # "layer: why"

@@ -76,8 +76,8 @@ def test_finds_residual_blocks_only():
 def test_removes_the_cheapest_block_by_measured_drop(trained):
     model, train, val = trained
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    small = edgeopt.depth_prune(model, torch.randn(1, 1, 8, 8), val, blocks=1)
-    rec = small.edgeopt_record
+    res = edgeopt.depth_prune(model, torch.randn(1, 1, 8, 8), val, blocks=1)
+    small, rec = res.model, res.record
     assert rec["criterion"] == "accuracy_drop" and set(rec["costs"]) == {"blocks.0", "blocks.1", "blocks.2"}
     assert rec["removed"] == [min(rec["costs"], key=rec["costs"].get)]
     removed = rec["removed"][0]
@@ -91,8 +91,8 @@ def test_removes_the_cheapest_block_by_measured_drop(trained):
 def test_proxy_without_labels_and_fine_tuning(trained):
     model, train, val = trained
     inputs = [x for x, _ in val.items]
-    small = edgeopt.depth_prune(model, torch.randn(1, 1, 8, 8), inputs, blocks=2, train_data=train, epochs=1)
-    rec = small.edgeopt_record
+    res = edgeopt.depth_prune(model, torch.randn(1, 1, 8, 8), inputs, blocks=2, train_data=train, epochs=1)
+    small, rec = res.model, res.record
     assert rec["criterion"] == "output_kl" and len(rec["removed"]) == 2
     assert all(c >= 0 for c in rec["costs"].values())  # KL from the original is never negative
     assert rec["fine_tuned"]["epochs"] == 1
@@ -105,8 +105,8 @@ def test_no_residual_blocks_is_skipped_with_reason():
     from smallnet import make
 
     model = make().eval()
-    small = edgeopt.depth_prune(model, torch.randn(1, 1, 8, 8), [torch.randn(4, 1, 8, 8)])
-    rec = small.edgeopt_record
+    res = edgeopt.depth_prune(model, torch.randn(1, 1, 8, 8), [torch.randn(4, 1, 8, 8)])
+    small, rec = res.model, res.record
     assert rec["removed"] == [] and rec["blocks_found"] == []
     assert "no residual blocks" in rec["skipped"][0]
     x = torch.randn(2, 1, 8, 8)
@@ -119,8 +119,8 @@ def test_bad_input():
         edgeopt.depth_prune(model, torch.randn(1, 1, 8, 8), [])
     with pytest.raises(PruningError, match="at least one block"):
         edgeopt.depth_prune(model, torch.randn(1, 1, 8, 8), [torch.randn(2, 1, 8, 8)], blocks=0)
-    small = edgeopt.depth_prune(model, torch.randn(1, 1, 8, 8), [torch.randn(2, 1, 8, 8)], blocks=9)
-    assert len(small.edgeopt_record["removed"]) == 3 and "only 3 removable" in small.edgeopt_record["skipped"][0]
+    rec = edgeopt.depth_prune(model, torch.randn(1, 1, 8, 8), [torch.randn(2, 1, 8, 8)], blocks=9).record
+    assert len(rec["removed"]) == 3 and "only 3 removable" in rec["skipped"][0]
     from edgeopt.errors import ConfigError
 
     with pytest.raises(ConfigError, match="blocks"):

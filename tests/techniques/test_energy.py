@@ -49,31 +49,32 @@ def test_energy_removes_silent_channels_where_magnitude_does_not():
     model, data = DeadInput().eval(), _live_data()
     example = data[0][:1]
     ratios = {"conv1": 0.5, "conv2": 0.0}  # prune conv1 only: its choice of channels is what is under test
-    by_energy = edgeopt.prune(model, example, importance="energy", data=data, layer_ratios=ratios, ratio=0.0001)
-    by_l2 = edgeopt.prune(model, example, importance="l2", layer_ratios=ratios, ratio=0.0001)
+    energy_res = edgeopt.prune(model, example, method="energy", data=data, layer_ratios=ratios, ratio=0.0001)
+    by_energy = energy_res.model
+    by_l2 = edgeopt.prune(model, example, method="l2", layer_ratios=ratios, ratio=0.0001).model
     assert by_energy.conv1.out_channels == 4 and by_l2.conv1.out_channels == 4
     assert _conv1_keeps_live_channels(by_energy)
     assert not _conv1_keeps_live_channels(by_l2)  # magnitude keeps the large, silent channels
     with torch.no_grad():  # removing silent channels changes nothing on the data
         for x in data:
             np.testing.assert_allclose(by_energy(x).numpy(), model(x).numpy(), atol=1e-5)
-    stab = by_energy.edgeopt_record["energy_stability"]
+    stab = energy_res.record["energy_stability"]
     assert stab["batches"] == 3 and stab["layers_measured"] >= 2
     assert not any(hasattr(m, "_energy") for m in by_energy.modules())  # measurements are not left behind
 
 
 def test_energy_needs_inputs(tiny, example):
     with pytest.raises(PruningError, match="energy importance needs a few batches"):
-        edgeopt.prune(tiny, example, ratio=0.3, importance="energy")
+        edgeopt.prune(tiny, example, ratio=0.3, method="energy")
     with pytest.raises(PruningError, match="energy importance needs a few batches"):
-        edgeopt.prune(tiny, example, ratio=0.3, importance="energy", data=[])
+        edgeopt.prune(tiny, example, ratio=0.3, method="energy", data=[])
 
 
 def test_energy_iterative_steps_remeasure(tiny, example):
     data = [torch.randn(4, 1, 16, 16) for _ in range(2)]
-    small = edgeopt.prune(tiny, example, ratio=0.4, importance="energy", data=data, iterative_steps=2)
-    assert small.edgeopt_record["layers_changed"] > 0
-    assert small(example).shape == tiny(example).shape
+    res = edgeopt.prune(tiny, example, ratio=0.4, method="energy", data=data, iterative_steps=2)
+    assert res.record["layers_changed"] > 0
+    assert res.model(example).shape == tiny(example).shape
 
 
 def test_cli_prune_energy(tmp_path, tinynet_spec):

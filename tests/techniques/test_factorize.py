@@ -46,8 +46,8 @@ def _ort(path, x):
 
 @pytest.mark.parametrize("method", ["tucker", "cp", "svd"])
 def test_factorize_drops_macs_exports_and_matches(tmp_path, net, x, method):
-    small = edgeopt.factorize(net, x, method=method, macs_reduction=0.5)
-    rec = small.edgeopt_record
+    res = edgeopt.factorize(net, x, method=method, macs_reduction=0.5)
+    small, rec = res.model, res.record
     assert rec["layers_changed"] > 0
     assert count_macs(small, x) < count_macs(net, x)
     assert small(x).shape == net(x).shape
@@ -59,7 +59,7 @@ def test_factorize_drops_macs_exports_and_matches(tmp_path, net, x, method):
 
 
 def test_skips_1x1_depthwise_with_reasons(net, x):
-    rec = edgeopt.factorize(net, x, method="tucker", energy=0.9, layers=["c2", "pw", "dw"]).edgeopt_record
+    rec = edgeopt.factorize(net, x, method="tucker", energy=0.9, layers=["c2", "pw", "dw"]).record
     skipped = " | ".join(rec["skipped"])
     assert "pw: 1x1 conv" in skipped and "dw: grouped/depthwise" in skipped
     assert {r["layer"] for r in rec["layers"]} <= {"c2"}
@@ -69,7 +69,7 @@ def test_skips_1x1_depthwise_with_reasons(net, x):
 def test_error_decreases_as_rank_grows(net, x, method, layer):
     errs, ranks = [], []
     for e in (0.5, 0.8, 0.95, 0.999):
-        rec = edgeopt.factorize(net, x, method=method, energy=e, layers=[layer]).edgeopt_record
+        rec = edgeopt.factorize(net, x, method=method, energy=e, layers=[layer]).record
         if not rec["layers"]:  # a rank this high would not reduce MACs: skipped, with the reason
             assert "not reduce MACs" in rec["skipped"][0]
             continue
@@ -89,8 +89,8 @@ def test_vbmf_and_energy_ranks():
 
 
 def test_vbmf_factorizes(net, x):
-    small = edgeopt.factorize(net, x, method="tucker", rank_method="vbmf", layers=["c2"])
-    assert small.edgeopt_record["rank_method"] == "vbmf" and small(x).shape == (1, 10)
+    res = edgeopt.factorize(net, x, method="tucker", rank_method="vbmf", layers=["c2"])
+    assert res.record["rank_method"] == "vbmf" and res.model(x).shape == (1, 10)
 
 
 def test_bad_arguments(net, x):

@@ -33,7 +33,7 @@ def test_hrank_ranks_activated_maps():
     ranks = hrank.scores["0"]
     assert ranks[0] < 0.01 and ranks[1:].min() > 1, ranks  # dead after ReLU: rank 0; the rest: full-ish rank
     assert stab["maps"] == "after BatchNorm and activation"
-    small = edgeopt.prune(net, torch.randn(1, 3, 8, 8), ratio=1 / 6, importance="hrank", data=data)
+    small = edgeopt.prune(net, torch.randn(1, 3, 8, 8), ratio=1 / 6, method="hrank", data=data).model
     assert small[0].out_channels == 5
     assert torch.equal(small[0].weight, net[0].weight[1:])  # the dead channel (the largest weights) went
 

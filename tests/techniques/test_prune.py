@@ -26,11 +26,12 @@ def _ort(path, x):
 @pytest.mark.parametrize("importance", IMPORTANCE_NAMES)
 def test_each_criterion_shrinks_exports_and_matches(tmp_path, tiny, example, importance):
     before = {k: v.clone() for k, v in tiny.state_dict().items()}
-    small = edgeopt.prune(tiny, example, ratio=0.4, importance=importance, data=_data())
+    res = edgeopt.prune(tiny, example, ratio=0.4, method=importance, data=_data())
+    small = res.model
     assert count_params(small) < count_params(tiny)
     assert count_macs(small, example) < count_macs(tiny, example)
     assert small(example).shape == tiny(example).shape
-    assert small.edgeopt_record["layers_changed"] > 0 and small.edgeopt_record["importance"] == importance
+    assert res.record["layers_changed"] > 0 and res.record["importance"] == importance
     for k, v in tiny.state_dict().items():  # the caller's model is never modified
         assert torch.equal(v, before[k])
     path = edgeopt.export(small, example, format="onnx", out=tmp_path / "s.onnx")
@@ -39,44 +40,44 @@ def test_each_criterion_shrinks_exports_and_matches(tmp_path, tiny, example, imp
 
 def test_taylor_needs_labels(tiny, example):
     with pytest.raises(PruningError, match="labelled batches"):
-        edgeopt.prune(tiny, example, ratio=0.3, importance="taylor")
+        edgeopt.prune(tiny, example, ratio=0.3, method="taylor")
     with pytest.raises(PruningError, match="labelled batches"):
-        edgeopt.prune(tiny, example, ratio=0.3, importance="taylor", data=_data(labelled=False))
+        edgeopt.prune(tiny, example, ratio=0.3, method="taylor", data=_data(labelled=False))
 
 
 def test_hrank_needs_inputs_and_reports_stability(tiny, example):
     with pytest.raises(PruningError, match="real inputs"):
-        edgeopt.prune(tiny, example, ratio=0.3, importance="hrank")
-    rec = edgeopt.prune(tiny, example, ratio=0.3, importance="hrank", data=_data(4)).edgeopt_record
+        edgeopt.prune(tiny, example, ratio=0.3, method="hrank")
+    rec = edgeopt.prune(tiny, example, ratio=0.3, method="hrank", data=_data(4)).record
     stab = rec["hrank_stability"]
     assert stab["batches"] == 4 and stab["layers_measured"] > 0
     assert stab["mean_spearman"] is None or -1.0 <= stab["mean_spearman"] <= 1.0
 
 
 def test_global_scope_respects_layer_cap(tiny_plain, example):
-    small = edgeopt.prune(tiny_plain, example, ratio=0.5, scope="global", max_layer_ratio=0.6)
-    rec = small.edgeopt_record
+    rec = edgeopt.prune(tiny_plain, example, ratio=0.5, scope="global", max_layer_ratio=0.6).record
     assert rec["scope"] == "global" and rec["layers_changed"] > 0
     for row in rec["layers"]:
         assert row["after"] >= row["before"] * 0.4 - 1, row  # no layer wiped out beyond the cap
 
 
 def test_iterative_steps_reach_the_same_ratio(tiny_plain, example):
-    one = edgeopt.prune(tiny_plain, example, ratio=0.5)
-    three = edgeopt.prune(tiny_plain, example, ratio=0.5, iterative_steps=3)
-    assert three.edgeopt_record["iterative_steps"] == 3
+    one = edgeopt.prune(tiny_plain, example, ratio=0.5).model
+    three_res = edgeopt.prune(tiny_plain, example, ratio=0.5, iterative_steps=3)
+    three = three_res.model
+    assert three_res.record["iterative_steps"] == 3
     assert abs(count_params(one) - count_params(three)) <= 0.1 * count_params(one)
 
 
 def test_round_to_gives_multiples(tiny_plain, example):
-    small = edgeopt.prune(tiny_plain, example, ratio=0.5, round_to=8)
+    small = edgeopt.prune(tiny_plain, example, ratio=0.5, round_to=8).model
     convs = [m for m in small.modules() if isinstance(m, nn.Conv2d) and m.groups == 1]
     assert all(m.out_channels % 8 == 0 for m in convs)
 
 
 def test_unknown_importance_and_bad_args(tiny, example):
     with pytest.raises(UnknownNameError, match="did you mean 'fpgm'"):
-        edgeopt.prune(tiny, example, ratio=0.3, importance="fpg")
+        edgeopt.prune(tiny, example, ratio=0.3, method="fpg")
     with pytest.raises(PruningError):
         edgeopt.prune(tiny, example, ratio=1.2)
     with pytest.raises(PruningError, match="scope"):
@@ -102,8 +103,8 @@ def test_untraceable_model_is_pruned_by_blocks(example):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), Shuffle(), Shuffle(), nn.AdaptiveAvgPool2d(1),
                           nn.Flatten(), nn.Linear(16, 10)).eval()
-    small = edgeopt.prune(model, example, ratio=0.5)
-    rec = small.edgeopt_record
+    res = edgeopt.prune(model, example, ratio=0.5)
+    small, rec = res.model, res.record
     assert small(example).shape == (1, 10)
     assert count_params(small) < count_params(model)
     if rec["mode"] == "blockwise":  # the whole graph failed: the record says where and why
@@ -114,10 +115,10 @@ def test_untraceable_model_is_pruned_by_blocks(example):
 
 def test_time_budget_is_never_exceeded_much(tiny, example):
     t = time.monotonic()
-    small = edgeopt.prune(tiny, example, ratio=0.3, timeout_s=0.01)
+    res = edgeopt.prune(tiny, example, ratio=0.3, timeout_s=0.01)
     assert time.monotonic() - t < 30
-    assert small(example).shape == (1, 10)
-    rec = small.edgeopt_record
+    assert res.model(example).shape == (1, 10)
+    rec = res.record
     assert rec["layers_changed"] == 0 or rec["seconds"] >= 0
     assert any("time" in s for s in rec["skipped"]) or rec["layers_changed"] > 0
 
@@ -132,14 +133,14 @@ def test_sensitivity_gives_lower_ratios_to_sensitive_layers(tiny_plain, example)
             return float((m(x).argmax(1) == ref).float().mean() * 100)
 
     res = edgeopt.prune_sensitivity(tiny_plain, example, fidelity, ratio=0.5)
-    assert res["baseline"] == 100.0 and res["layers"]
-    ratios = res["layer_ratios"]
-    most = max(res["layers"], key=res["layers"].get)
-    least = min(res["layers"], key=res["layers"].get)
-    if res["layers"][most] > res["layers"][least]:
+    assert res.baseline == 100.0 and res.layers
+    ratios = res.layer_ratios
+    most = max(res.layers, key=res.layers.get)
+    least = min(res.layers, key=res.layers.get)
+    if res.layers[most] > res.layers[least]:
         assert ratios[most] < ratios[least]
     small = edgeopt.prune(tiny_plain, example, ratio=0.5, layer_ratios=ratios)
-    assert small.edgeopt_record["layer_ratios"] == ratios and small(example).shape == (1, 10)
+    assert small.record["layer_ratios"] == ratios and small.model(example).shape == (1, 10)
 
 
 def test_slimming_penalty_shrinks_bn_gammas(tiny_plain):

@@ -20,7 +20,7 @@ def _batch():
 @pytest.mark.parametrize("sparsity", [0.5, 0.9])
 def test_masks_have_the_asked_sparsity(method, sparsity):
     m = smallnet.make()
-    record = edgeopt.prune_at_init(m, _batch(), method=method, sparsity=sparsity)
+    record = edgeopt.prune_at_init(m, _batch(), method=method, ratio=sparsity).record
     assert record["sparsity"] == pytest.approx(sparsity, abs=1e-3)
     assert U.sparsity(m) == pytest.approx(sparsity, abs=1e-3)
     # every layer keeps some weights (SynFlow's point: no layer collapse) and the pruning is global

@@ -25,7 +25,7 @@ def test_int8_qat_exports_qdq_onnx_that_runs_at_the_trained_accuracy(tmp_path):
     import onnxruntime as ort
 
     model, train, val = smallnet.trained()
-    qmodel = edgeopt.qat(model, train, epochs=1)
+    qmodel = edgeopt.qat(model, train, epochs=1).model
     torch_acc = top1(qmodel, val)
     # the Q/DQ graph is already INT8: rounding differs from PyTorch's fake-quant by a few 1e-3 (relative),
     # so the fp32 verification tolerance does not apply; accuracy is measured on the runtime below

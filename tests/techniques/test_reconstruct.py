@@ -27,16 +27,17 @@ def _gauss(n=4, shape=(64, 6), seed=1):
 def test_removing_a_redundant_channel_and_reconstructing_is_exact():
     model = _mlp_with_duplicate()
     calib, x = _gauss(), _gauss(1, seed=9)[0]
-    small = edgeopt.prune(model, x[:1], ratio=0.125, importance="recon", data=calib, reconstruct=True)
+    res = edgeopt.prune(model, x[:1], ratio=0.125, method="recon", data=calib, reconstruct=True)
+    small = res.model
     assert small[0].out_features == 7
-    rec = small.edgeopt_record["reconstruction"]
+    rec = res.record["reconstruction"]
     assert rec["ran"] and [r["layer"] for r in rec["layers"]] == ["2"]
     with torch.no_grad():
         ref, got = model(x), small(x)
     # the recon criterion found one of the two copies; re-solving the consumer restores the output
     assert torch.allclose(got, ref, atol=1e-3 * ref.abs().max().item()), (got - ref).abs().max()
     assert rec["layers"][0]["error_after"] < 1e-5 < rec["layers"][0]["error_before"]
-    naive = edgeopt.prune(model, x[:1], ratio=0.125, importance="recon", data=calib)
+    naive = edgeopt.prune(model, x[:1], ratio=0.125, method="recon", data=calib).model
     with torch.no_grad():
         assert not torch.allclose(naive(x), ref, atol=1e-2)  # without reconstruction the copy's share is lost
 
@@ -47,10 +48,10 @@ def test_recon_criterion_picks_the_redundant_channel_l2_does_not():
         model[0].weight[2] *= 5
         model[0].weight[7] *= 5
     calib = _gauss()
-    small = edgeopt.prune(model, calib[0][:1], ratio=0.125, importance="recon", data=calib)
+    small = edgeopt.prune(model, calib[0][:1], ratio=0.125, method="recon", data=calib).model
     w = small[0].weight
     assert sum(1 for row in w if torch.allclose(row, model[0].weight[2])) == 1  # exactly one copy left
-    l2 = edgeopt.prune(model, calib[0][:1], ratio=0.125, importance="l2")
+    l2 = edgeopt.prune(model, calib[0][:1], ratio=0.125, method="l2").model
     assert sum(1 for row in l2[0].weight if torch.allclose(row, model[0].weight[2])) == 2
 
 
@@ -69,32 +70,31 @@ def test_reconstruction_beats_naive_pruning_on_a_small_cnn():
     model, train, val = smallnet.trained()
     calib = train.inputs()[:4]
     base = _accuracy(model, val)
-    naive = edgeopt.prune(model, calib[0][:1], ratio=0.4, data=calib)
+    naive = edgeopt.prune(model, calib[0][:1], ratio=0.4, data=calib).model
     recalibrate_bn(naive, calib)  # the best the naive path can do without retraining
     recon = edgeopt.prune(model, calib[0][:1], ratio=0.4, data=calib, reconstruct=True)
-    a_naive, a_recon = _accuracy(naive, val), _accuracy(recon, val)
+    a_naive, a_recon = _accuracy(naive, val), _accuracy(recon.model, val)
     assert a_recon > a_naive + 5, (base, a_naive, a_recon)
-    rows = recon.edgeopt_record["reconstruction"]["layers"]
+    rows = recon.record["reconstruction"]["layers"]
     assert rows and all(r["error_after"] < r["error_before"] for r in rows)
 
 
 def test_residual_concat_and_attention_model_outputs_move_closer(tiny):
     calib = _gauss(3, (16, 1, 16, 16))
     x = _gauss(1, (16, 1, 16, 16), seed=5)[0]
-    naive = edgeopt.prune(tiny, x[:1], ratio=0.4, data=calib)
+    naive = edgeopt.prune(tiny, x[:1], ratio=0.4, data=calib).model
     recon = edgeopt.prune(tiny, x[:1], ratio=0.4, data=calib, reconstruct=True)
     with torch.no_grad():
         ref = tiny(x)
-        e_naive, e_recon = (naive(x) - ref).norm() / ref.norm(), (recon(x) - ref).norm() / ref.norm()
+        e_naive, e_recon = (naive(x) - ref).norm() / ref.norm(), (recon.model(x) - ref).norm() / ref.norm()
     assert e_recon < e_naive
-    assert recon.edgeopt_record["reconstruction"]["layers"]
+    assert recon.record["reconstruction"]["layers"]
 
 
 def test_no_calibration_data_skips_reconstruction_with_the_reason(tiny, example):
-    small = edgeopt.prune(tiny, example, ratio=0.3, reconstruct=True)
-    rec = small.edgeopt_record["reconstruction"]
+    rec = edgeopt.prune(tiny, example, ratio=0.3, reconstruct=True).record["reconstruction"]
     assert rec["ran"] is False and "no calibration data" in rec["reason"]
-    fallback = edgeopt.prune(tiny, example, ratio=0.3, importance="recon").edgeopt_record
+    fallback = edgeopt.prune(tiny, example, ratio=0.3, method="recon").record
     assert fallback["importance"] == "l2" and "l2 used instead" in fallback["importance_fallback"]
 
 
@@ -186,12 +186,12 @@ def test_one_pass_solves_the_same_problems_as_a_pass_per_layer(tiny, monkeypatch
     one = edgeopt.prune(tiny, x[:1], ratio=0.4, data=calib, reconstruct=True)
     monkeypatch.setattr(rc, "ONE_PASS_ELEMENTS", 0)  # batches too large to join: a pass per layer
     per_layer = edgeopt.prune(tiny, x[:1], ratio=0.4, data=calib, reconstruct=True)
-    a, b = one.edgeopt_record["reconstruction"], per_layer.edgeopt_record["reconstruction"]
+    a, b = one.record["reconstruction"], per_layer.record["reconstruction"]
     assert a["one_pass"] is True and b["one_pass"] is False
     assert [r["layer"] for r in a["layers"]] == [r["layer"] for r in b["layers"]] and a["layers"]
     assert a["skipped"] == b["skipped"]
     with torch.no_grad():
-        assert torch.allclose(one(x), per_layer(x), atol=1e-4, rtol=1e-4)
+        assert torch.allclose(one.model(x), per_layer.model(x), atol=1e-4, rtol=1e-4)
 
 
 def test_fewer_rows_than_inputs_are_solved_in_the_dual_form_with_the_same_result():
@@ -241,7 +241,7 @@ def test_a_sequence_first_consumer_is_solved_by_its_own_passes(monkeypatch):
     one = edgeopt.prune(model, x[:1], ratio=0.25, data=calib, reconstruct=True)
     monkeypatch.setattr(rc, "ONE_PASS_ELEMENTS", 0)
     per_layer = edgeopt.prune(model, x[:1], ratio=0.25, data=calib, reconstruct=True)
-    rec = one.edgeopt_record["reconstruction"]
+    rec = one.record["reconstruction"]
     assert rec["one_pass"] and [r["layer"] for r in rec["layers"]] == ["down"], rec
     with torch.no_grad():
-        assert torch.allclose(one(x), per_layer(x), atol=1e-4, rtol=1e-4)
+        assert torch.allclose(one.model(x), per_layer.model(x), atol=1e-4, rtol=1e-4)

@@ -25,7 +25,8 @@ def test_edge_popup_finds_a_mask_on_frozen_random_weights(digits):
     train, val = digits
     model = make(width=16, seed=0)
     init = {k: v.clone() for k, v in model.state_dict().items()}
-    masked, rec = edgeopt.supermask(model, train, sparsity=0.5, epochs=2, eval_data=val, return_record=True)
+    res = edgeopt.supermask(model, train, ratio=0.5, epochs=2, eval_data=val)
+    masked, rec = res.model, res.record
     for k, v in model.state_dict().items():  # the caller's model is untouched
         assert torch.equal(v, init[k])
     for m0, m1 in zip(_conv_linear(model), _conv_linear(masked), strict=True):
@@ -43,8 +44,8 @@ def test_zhou_criteria_mask_the_initial_weights(digits, method):
 
     train, val = digits
     model = make(seed=1)
-    masked, rec = edgeopt.supermask(model, train, sparsity=0.6, epochs=2, method=method, eval_data=val,
-                                    return_record=True)
+    res = edgeopt.supermask(model, train, ratio=0.6, epochs=2, method=method, eval_data=val)
+    masked, rec = res.model, res.record
     for m0, m1 in zip(_conv_linear(model), _conv_linear(masked), strict=True):
         kept = m1.weight != 0
         assert torch.equal(m1.weight[kept], m0.weight.detach()[kept])
@@ -55,10 +56,11 @@ def test_zhou_criteria_mask_the_initial_weights(digits, method):
 def test_supermask_returns_the_masked_model_by_default(digits):
     from smallnet import make
 
-    masked = edgeopt.supermask(make(), digits[0], sparsity=0.7, epochs=1)
+    res = edgeopt.supermask(make(), digits[0], ratio=0.7, epochs=1)
+    masked = res.model
     zeros = sum(int((m.weight == 0).sum()) for m in _conv_linear(masked))
     total = sum(m.weight.numel() for m in _conv_linear(masked))
-    assert abs(zeros / total - 0.7) < 0.01 and masked.edgeopt_record["method"] == "edge_popup"
+    assert abs(zeros / total - 0.7) < 0.01 and res.record["method"] == "edge_popup"
 
 
 def test_bad_input(digits):
@@ -68,7 +70,7 @@ def test_bad_input(digits):
     with pytest.raises(DataError, match="labelled"):
         edgeopt.supermask(make(), unlabelled)
     with pytest.raises(ConfigError, match="sparsity"):
-        edgeopt.supermask(make(), digits[0], sparsity=1.0)
+        edgeopt.supermask(make(), digits[0], ratio=1.0)
     with pytest.raises(ConfigError, match="method"):
         edgeopt.supermask(make(), digits[0], method="large_initial")
     with pytest.raises(ConfigError, match="no Conv2d or Linear"):

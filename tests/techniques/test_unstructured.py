@@ -34,7 +34,8 @@ def test_masks_survive_training_and_become_permanent():
 
 def test_two_four_pattern_is_marked_and_compresses():
     m = smallnet.make(width=16)
-    sparse, record = edgeopt.sparsify(m, pattern="2:4")
+    res = edgeopt.sparsify(m, pattern="2:4")
+    sparse, record = res.model, res.record
     assert sparse.edgeopt_sparsity == "2:4"
     assert record["skipped"] and "stem.0" in record["skipped"][0]  # 1 input channel: no groups of 4
     checked = [U.is_2_4(mod.weight) for name, mod in U.prunable(sparse) if name != "stem.0"]
@@ -51,12 +52,14 @@ def test_imp_with_rewinding_reaches_sparsity_with_bounded_accuracy_loss(rewind):
     dense_acc = top1(trained, val)
     start = smallnet.make() if rewind != "lr" else trained  # tickets train from init; LR rewinding prunes trained
     epochs = 3 if rewind == "epoch" else 2  # weight rewinding to epoch 1 retrains epochs - 1 per round
-    pruned, res = edgeopt.imp(start, sub, sparsity=0.75, rounds=2, epochs=epochs, rewind=rewind, rewind_epoch=1,
-                              eval_data=val, lr=0.05)
-    assert res.final_sparsity == pytest.approx(0.75, abs=0.01)
-    assert len(res.rounds) == (3 if rewind != "lr" else 2)
-    reference = res.rounds[0]["top1"] if rewind != "lr" else dense_acc  # the dense model it started from
-    assert res.rounds[-1]["top1"] >= reference - 10.0 and res.rounds[-1]["top1"] > 60.0, res.rounds
+    result = edgeopt.imp(start, sub, ratio=0.75, rounds=2, epochs=epochs, rewind=rewind, rewind_epoch=1,
+                         eval_data=val, lr=0.05)
+    pruned, rec = result.model, result.record
+    assert rec["final_sparsity"] == pytest.approx(0.75, abs=0.01)
+    rounds = rec["rounds"]
+    assert len(rounds) == (3 if rewind != "lr" else 2)
+    reference = rounds[0]["top1"] if rewind != "lr" else dense_acc  # the dense model it started from
+    assert rounds[-1]["top1"] >= reference - 10.0 and rounds[-1]["top1"] > 60.0, rounds
     assert U.sparsity(pruned) == pytest.approx(0.75, abs=0.01)
 
 

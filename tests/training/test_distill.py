@@ -24,7 +24,7 @@ def test_relation_losses_are_scale_free_and_see_geometry():
 
 
 def test_layers_are_matched_by_name_after_pruning(tiny_plain, example):
-    small = edgeopt.prune(tiny_plain, example, ratio=0.5)
+    small = edgeopt.prune(tiny_plain, example, ratio=0.5).model
     names = match_layers(small, tiny_plain, example)
     assert names and all(n in dict(tiny_plain.named_children()) for n in names)
     assert names[-1] in ("down", "attn") and "pool" not in names  # deepest stage output with spatial extent
