@@ -180,6 +180,8 @@ def measure_candidates(candidates, out_dir: Path, target_runtimes: list[str], ur
             jobs[c.id] = {"path": path, "runtime": runtime, "precision": c.precision or "fp32"}
         else:
             c.status, c.reason = "rejected", problem
+    if not jobs:  # every candidate was refused here: no device needs to be asked
+        return {}
 
     def measure_one(device_url: str, cid: str, job: dict):
         return measure_remote({cid: job["path"]}, device_url, token, precision={cid: job["precision"]},
