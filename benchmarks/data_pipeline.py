@@ -106,7 +106,7 @@ def part_a(tmp: Path, base_epochs: int, log, seeds_n: int = 3) -> dict:
     base = top1(model, s.eval)
     log(f"(a) original: {base:.2f} % after {base_epochs} epochs ({time.perf_counter() - t0:.0f} s)")
     example = torch.randn(1, 1, 32, 32)
-    pruned = edgeopt.prune(model, example, ratio=0.3, importance="l2")
+    pruned = edgeopt.prune(model, example, ratio=0.3, method="l2").model
     out = {"train_images": len(s.train), "heldout_images": len(s.eval), "original_top1": round(base, 2),
            "pruned_no_finetune_top1": round(top1(pruned, s.eval), 2)}
     shuffled = copy.deepcopy(pruned)
@@ -121,7 +121,7 @@ def part_a(tmp: Path, base_epochs: int, log, seeds_n: int = 3) -> dict:
     # what `optimize --retrain` starts from: the same 30 % L2 cut with least-squares reconstruction on the
     # calibration sample (no labels), then the same fine-tuning
     calib = [b[0] if isinstance(b, (tuple, list)) else b for b in s.calib]
-    rebuilt = edgeopt.prune(model, example, ratio=0.3, importance="l2", data=calib, reconstruct=True)
+    rebuilt = edgeopt.prune(model, example, ratio=0.3, method="l2", data=calib, reconstruct=True).model
     out["reconstructed_no_finetune_top1"] = round(top1(rebuilt, s.eval), 2)
     per_seed = []
     for seed in range(seeds_n):

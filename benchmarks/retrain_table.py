@@ -88,20 +88,20 @@ def lecture_rows(base, train, val, example, epochs: int, log) -> list[dict]:
     held = train.items[-4:]
     rows = []
     for crit in ("l2", "energy"):
-        small = edgeopt.prune(base, example, ratio=0.5, importance=crit, data=[x for x, _ in held])
+        small = edgeopt.prune(base, example, ratio=0.5, method=crit, data=[x for x, _ in held]).model
         rows.append({"technique": f"prune 50% {crit}", "top1": top1(small, val), "note": "no fine-tuning"})
         log(f"{rows[-1]}")
     for blocks in (1, 2):
-        small = edgeopt.depth_prune(base, example, held, blocks=blocks)
+        depth = edgeopt.depth_prune(base, example, held, blocks=blocks)
+        small = depth.model
         rows.append({"technique": f"depth: {blocks} block(s)", "top1": top1(small, val),
-                     "note": f"removed {', '.join(small.edgeopt_record['removed'])}, BN re-estimated"})
+                     "note": f"removed {', '.join(depth.record['removed'])}, BN re-estimated"})
         edgeopt.distill(small, base, train, epochs=epochs, lr=0.01)
         rows.append({"technique": f"depth: {blocks} block(s) + KD", "top1": top1(small, val),
                      "note": f"{epochs} epochs response distillation"})
         log(f"{rows[-2]} / {rows[-1]}")
     for method in ("edge_popup", "large_final", "magnitude_increase"):
-        masked = edgeopt.supermask(fresh(), train, sparsity=0.5, epochs=max(2, epochs), method=method, eval_data=val)
-        rec = masked.edgeopt_record
+        rec = edgeopt.supermask(fresh(), train, ratio=0.5, epochs=max(2, epochs), method=method, eval_data=val).record
         rows.append({"technique": f"supermask {method} 50%", "top1": rec["top1"],
                      "note": f"random weights alone: {rec['init_top1']:.1f}%" + (
                          f"; trained dense: {rec['trained_dense_top1']:.1f}%" if "trained_dense_top1" in rec else "")})
@@ -206,7 +206,7 @@ def main() -> None:
         print(render_lecture(results))
         return
 
-    pruned = edgeopt.prune(base, example, ratio=0.5)
+    pruned = edgeopt.prune(base, example, ratio=0.5).model
     rows = [{"distillation": "(no fine-tuning)", "top1": top1(pruned, val), "seconds": 0.0}]
     for kind in ("none", "response", "feature", "relation"):
         student = copy.deepcopy(pruned)
@@ -224,11 +224,11 @@ def main() -> None:
     imp_rows = []
     for rewind in ("init", "epoch", "lr"):
         start = fresh() if rewind != "lr" else base
-        _, res = edgeopt.imp(start, train, sparsity=args.imp_sparsity, rounds=args.imp_rounds,
-                             epochs=max(2, args.epochs), rewind=rewind, rewind_epoch=1, eval_data=val, lr=0.05)
-        for r in res.rounds:
+        res = edgeopt.imp(start, train, ratio=args.imp_sparsity, rounds=args.imp_rounds,
+                          epochs=max(2, args.epochs), rewind=rewind, rewind_epoch=1, eval_data=val, lr=0.05).record
+        for r in res["rounds"]:
             imp_rows.append({"rewind": rewind, **r})
-        log(f"IMP rewind={rewind}: {res.rounds}")
+        log(f"IMP rewind={rewind}: {res['rounds']}")
     results["imp"] = imp_rows
 
     tmp = Path(args.out).with_suffix("")

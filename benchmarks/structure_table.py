@@ -51,8 +51,8 @@ def prune_rows(names, x, tmp, cfg, threads, ratio):
     rows = []
     for name in names:
         model = build(name)
-        small = edgeopt.prune(model, x, ratio=ratio, importance="l2", timeout_s=600)
-        rec = small.edgeopt_record
+        pruned = edgeopt.prune(model, x, ratio=ratio, method="l2", timeout_s=600)
+        small, rec = pruned.model, pruned.record
         lat = p50s({"before": model, "after": small}, x, tmp, cfg, threads)
         rows.append({"model": name, "params_before": count_params(model), "params_after": count_params(small),
                      "macs_before": count_macs(model, x), "macs_after": count_macs(small, x),
@@ -71,7 +71,7 @@ def factor_rows(names, energies, x, tmp, cfg, threads):
         recs = {}
         for e in energies:
             f = edgeopt.factorize(model, x, method="tucker", energy=e)
-            models[f"energy={e}"], recs[f"energy={e}"] = f, f.edgeopt_record
+            models[f"energy={e}"], recs[f"energy={e}"] = f.model, f.record
         lat = p50s(models, x, tmp, cfg, threads)  # all variants of one model interleaved
         for key, m in models.items():
             rec = recs.get(key, {})
