@@ -32,6 +32,10 @@ PHASES = ("load", "analyze", "reference predictions", "build", "screen", "export
 
 def run(name: str, threads: int | None, out_dir: Path, time_budget_s: float | None = None) -> dict:
     """One `optimize` run on `name` ("demo" or "cnn5"), timed from the call (training the CNN excluded)."""
+    if name == "demo" and not time_budget_s:  # the CLI's quick-start default (the API has none)
+        from edgeopt.decide.policy import DEMO_TIME_BUDGET_S
+
+        time_budget_s = DEMO_TIME_BUDGET_S
     options = {"out_dir": out_dir, "cache": False, "threads": threads, "max_accuracy_drop": 1.0,
                **({"time_budget_s": time_budget_s} if time_budget_s else {})}
     if name == "demo":
