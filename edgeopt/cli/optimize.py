@@ -64,6 +64,10 @@ def optimize(
 
     Exit 0 when a candidate meets the constraints, 1 when none does (the report is still written)."""
     cfg = o.run_config(ctx, config)  # first: a bad flag or config file fails before torch is imported
+    if config is None and cfg.inputs.model == "demo" and cfg.deploy.time_budget_s is None:
+        from edgeopt.decide.policy import DEMO_TIME_BUDGET_S
+
+        cfg = cfg.with_flat(time_budget_s=DEMO_TIME_BUDGET_S)  # the quick start ends in a minute or two
     from edgeopt.engine.pipeline import run
 
     token = _check_device(cfg.measure.device, cfg.measure.token_file)

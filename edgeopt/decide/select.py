@@ -153,3 +153,23 @@ def judge_on_test(report: Report, context: DeployContext, evaluate: Callable[[Ca
             break
         judged(plain)
     return decisions
+
+
+def _exactness(precision: str) -> int:
+    """0 for fp32, 1 for the half precisions, 2 for the INT8 ones: lower is closer to the fp32 reference."""
+    return 2 if "int8" in precision else 1 if "16" in precision else 0
+
+
+def cannot_win(measured: list[tuple[str, str, float]]) -> dict[tuple[str, str], str]:
+    """The (format, precision) pairs that cannot win on a compressed structure, judged on the original's
+    measured p50 (`measured`: (format, precision, p50 ms) per candidate of the original): those more than
+    policy.CANNOT_WIN_FACTOR slower than another pair at least as exact. Returns pair -> why."""
+    out: dict[tuple[str, str], str] = {}
+    for fmt, prec, ms in measured:
+        better = [(f, p, m) for f, p, m in measured if (f, p) != (fmt, prec)
+                  and _exactness(p) <= _exactness(prec) and m * policy.CANNOT_WIN_FACTOR < ms]
+        if better:
+            f, p, m = min(better, key=lambda r: r[2])
+            out[(fmt, prec)] = (f"not tried: {fmt} {prec} cannot win: on the original it ran at {ms:.3f} ms p50, "
+                                f"{ms / m:.1f}x {f} {p} ({m:.3f} ms), which is at least as exact")
+    return out

@@ -33,6 +33,7 @@ class Finisher:
         self.seconds: dict[str, float] = {}
         self.phases: dict[str, dict[str, float]] = {}  # candidate -> phase (build, export, verify...) -> seconds
         self.finished_layouts: dict[str, str] = {}  # channel layout -> the first structure finished with it
+        self.screened: dict[str, float | None] = {}  # structure -> PyTorch drop (pp), the search's screening
 
     def finish(self, structure: str, specs: list[CandidateSpec] | None = None) -> None:
         """Finish the pending candidates of `structure` (only `specs` of it, when given)."""
@@ -122,7 +123,11 @@ class Finisher:
         else:
             return
         fp32 = self.ledger.find(spec.structure, spec.format, "fp32")
-        left = budget - (base.accuracy - fp32.accuracy if fp32 and fp32.accuracy is not None else 0.0)
+        # the structure's own loss: its fp32 twin's, or before that is finished (a bisection's check at INT8)
+        # its PyTorch drop
+        lost = (base.accuracy - fp32.accuracy if fp32 and fp32.accuracy is not None
+                else self.screened.get(spec.structure) or 0.0)
+        left = budget - lost
         tech = f"accuracy_control@{spec.id}"
         if left < 0 or self.clock.check():
             why = self.clock.reason or f"the fp32 structure alone exceeds the {budget} pp budget"

@@ -26,6 +26,7 @@ from edgeopt.config import DeployContext
 from edgeopt.decide import policy
 from edgeopt.decide.plan import CandidateSpec, Plan
 from edgeopt.decide.precisions import qat_choice
+from edgeopt.decide.select import cannot_win
 from edgeopt.engine.bisect import bisect
 from edgeopt.engine.cache import CandidateCache, key
 from edgeopt.engine.family_screening import Screening, screen_group
@@ -118,6 +119,7 @@ class Search:
         self.clock = StopClock(self.context.time_budget_s, self.t_start, self.trace)
         self.finisher = Finisher(self.ledger, self.builds, self.clock, self.builder, self.cache, self.cache_parts,
                                  self.context, self.decisions, self.progress)
+        self.finisher.screened = self.screened
 
     @property
     def stopped(self) -> str | None:
@@ -137,6 +139,7 @@ class Search:
             self.finisher.finish(ledger.original, [s for s in ledger.specs[ledger.original]
                                                    if s.id == ledger.baseline_id])
         self.finisher.finish(ledger.original)  # its other precisions, as the time budget allows
+        self._rule_out_precisions()
         families: dict[str, list[str]] = {}
         for structure, specs in ledger.specs.items():
             if specs[0].family is not None:
@@ -177,9 +180,14 @@ class Search:
         specs = self.ledger.specs
         # the margin level leaves room for what a reduced precision loses on top of the structure; a family
         # exported at fp32 only (e.g. no int8/bf16 units here) would only export it to never choose it
-        reduced = any(spec.precision != "fp32" for s in structures for spec in specs[s])
-        out = bisect(fam, structures, self._screen, self.context.max_accuracy_drop, self.clock.stopped,
-                     self.builds.failure, policy.MARGIN_LEVELS if reduced else 0,
+        live = [spec for s in structures for spec in specs[s] if self.ledger.cands[spec.id].status == "pending"]
+        reduced = any(spec.precision != "fp32" for spec in live)
+        # each probe checked at the precision the structure will win with: no margin level needed then. Not
+        # where QAT is armed: there an INT8 twin that breaks the budget is what QAT retrains
+        checked = not self.plan.qat_formats and self.ledger.baseline.accuracy is not None and any(
+            spec.precision == policy.CHECK_PRECISION for spec in live)
+        out = bisect(fam, structures, self._check if checked else self._screen, self.context.max_accuracy_drop,
+                     self.clock.stopped, self.builds.failure, policy.MARGIN_LEVELS if reduced and not checked else 0,
                      first=next((i for i, s in enumerate(structures) if s in self.screened), None))
         self.trace.append(out.trace)
         for s, (status, why) in out.dropped.items():
@@ -230,6 +238,58 @@ class Search:
         self.cache.put("screen", k, {"drop": drop, "layout": self.builds.layout_of[structure]})
         self.trace.append(f"screen {structure}: drop {drop:.2f} pp")
         return drop
+
+    def _check(self, structure: str) -> float | None:
+        """The drop (pp) of a structure at the precision it will win with: its PyTorch drop, and where that holds
+        the budget, the worse of it and its policy.CHECK_PRECISION candidates' drop measured on the runtime
+        (finished now: they are the structure's candidates, not extra work). Judged by the PyTorch drop alone
+        when no such candidate gives a result (failed, or stopped by the time budget)."""
+        drop = self._screen(structure)
+        if drop is None or drop > self.context.max_accuracy_drop + policy.EPS_PP:
+            return drop
+        specs = [s for s in self.ledger.specs[structure] if s.precision == policy.CHECK_PRECISION
+                 and self.ledger.cands[s.id].status == "pending"]
+        if not specs:
+            return drop
+        self.finisher.finish(structure, specs)
+        self._compressed_finished()
+        cands = [self.ledger.cands[s.id] for s in specs]
+        accs = [c.accuracy for c in cands if c.status == "ok" and c.accuracy is not None]
+        base = self.ledger.baseline.accuracy
+        if not accs:
+            self.trace.append(f"check {structure} at {policy.CHECK_PRECISION}: no result "
+                              f"({'; '.join(c.reason for c in cands if c.reason) or 'not finished'}); "
+                              "judged by its PyTorch drop")
+            return drop
+        checked = round(base - max(accs), 4)
+        self.trace.append(f"check {structure} at {policy.CHECK_PRECISION}: drop {checked:.2f} pp")
+        budget = self.context.max_accuracy_drop
+        for c in cands:  # over the budget: not worth the final latency measurement
+            if c.status == "ok" and c.accuracy is not None and base - c.accuracy > budget + policy.EPS_PP:
+                c.status, c.reason = "rejected", (f"accuracy drop {base - c.accuracy:.2f} pp > budget {budget} pp "
+                                                  "(checked in the bisection)")
+        return max(drop, checked)
+
+    def _rule_out_precisions(self) -> None:
+        """Precisions the target cannot win with, measured on the original (decide/select.py: cannot_win), are
+        not finished on any compressed structure."""
+        ledger = self.ledger
+        if not self.plan.measure_locally or self.clock.check():
+            return  # estimated latencies do not rule anything out
+        ok = [ledger.cands[s.id] for s in ledger.specs[ledger.original]]
+        ok = [c for c in ok if c.status == "ok" and c.id in self.finisher.sessions]
+        if len(ok) < 2:
+            return
+        self.quick_latency([c for c in ok if c.latency_ms is None], self.finisher.sessions)
+        out = cannot_win([(c.format, c.precision, c.latency_ms.p50) for c in ok if c.latency_ms is not None])
+        for (fmt, prec), why in out.items():
+            for structure, specs in ledger.specs.items():
+                for spec in specs:
+                    if structure != ledger.original and (spec.format, spec.precision) == (fmt, prec):
+                        ledger.mark(spec.id, "rejected", why)
+            self.decisions.append(Decision(technique=f"precision_screen:{prec}@{fmt}", decision="rejected",
+                                           reason=why.removeprefix("not tried: ")))
+            self.trace.append(why.removeprefix("not tried: "))
 
     # ---- QAT phase: only where post-training INT8 measurably broke the budget ---------------------------
     def _qat_phase(self) -> None:

@@ -303,8 +303,11 @@ def test_prune_criteria_follow_the_data():
     assert len({tuple(r) for r in ratios.values()}) == 1
     why = next(d.reason for d in labels.decisions if d.technique == "prune")
     assert "taylor" in why and "screened" in why
-    # reconstruction is one more way to choose channels at a ratio: screened with the criteria
-    assert {c.screen for c in calib.candidates if c.family == "prune-recon"} == {"prune-criterion"}
+    # reconstruction reaches further than any criterion, which a screening at their mild common ratio cannot
+    # show: its own family, bisected on its own, planned (and so searched) before the criteria
+    assert {c.screen for c in calib.candidates if c.family == "prune-recon"} == {None}
+    order = [c.family for c in calib.candidates if c.family]
+    assert order.index("prune-recon") < order.index("prune-l2")
     assert {s.batches for c in crit for s in c.steps if s.technique == "bn_recalibrate"} == {8}
 
 
@@ -368,3 +371,19 @@ def test_analyze_counts_what_linear_layers_hold():
     vit = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     t = analyze(vit, (2, 5, 8))  # five tokens per sample: every token goes through both layers
     assert t.linear_macs == 5 * (8 * 16 + 16 * 4)
+
+
+def test_the_latency_ladder_reaches_deep_targets_with_reconstruction():
+    """Without retraining the latency-table allocation (with reconstruction) goes down to 30 % of the layers'
+    time, at the INT8 table when the plan measures INT8 on the timing runtime."""
+    from edgeopt.techniques.planning import PlanningContext
+    from edgeopt.techniques.pruning.prune_technique import propose_latency_allocation
+
+    ctx = PlanningContext(context=make_context(), target=load_target("x86-amx"), summary=SUMMARY,
+                          has_calib_data=True, timing_runtime="openvino", format_of_runtime={"openvino": "openvino"},
+                          pairs=(("openvino", "fp32", ""), ("openvino", "int8", "")))
+    structures = propose_latency_allocation(ctx).structures
+    targets = sorted(s.steps[0].latency_target for s in structures)
+    assert targets[0] <= 0.3 and targets[-1] >= 0.9 and len(targets) >= 5
+    assert all(s.steps[0].reconstruct and s.steps[0].lut_precision == "int8" for s in structures)
+    assert [s.level for s in structures] == sorted(s.level for s in structures)  # mildest first: bisectable

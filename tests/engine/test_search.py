@@ -14,6 +14,7 @@ from edgeopt.engine.build import Built
 from edgeopt.engine.cache import CandidateCache
 from edgeopt.engine.search import Search
 from edgeopt.errors import BackendMissingError, ConfigError, ExportError
+from edgeopt.report import LatencyStats
 from edgeopt.techniques import FactorizeConfig, PruneConfig
 
 BASE_ACC = 90.0
@@ -120,7 +121,8 @@ def _by_id(result):
 def test_bisection_settles_on_the_most_aggressive_level_within_budget_plus_margin(tmp_path):
     drops = dict(zip([f"prune{int(r * 100)}" for r in RATIOS], (0.1, 0.3, 0.6, 0.9, 1.5, 3.0), strict=True))
     builder = FakeBuilder(tmp_path, drops)
-    search = _search(tmp_path, builder, plan=_plan(precisions=("fp32", "int8")))
+    # bf16: a reduced precision the probes are not checked at, so a margin level is kept for its loss
+    search = _search(tmp_path, builder, plan=_plan(precisions=("fp32", "bf16")))
     result = search.run()
     c = _by_id(result)
     # the original, then log2(7) screenings rather than 6 builds
@@ -140,7 +142,7 @@ def test_bisection_settles_on_the_most_aggressive_level_within_budget_plus_margi
 
 def test_levels_within_budget_dropped_by_the_bisection_say_why(tmp_path):
     drops = {f"prune{int(r * 100)}": r for r in RATIOS}  # every level holds the 1 pp budget
-    search = _search(tmp_path, FakeBuilder(tmp_path, drops), plan=_plan(precisions=("fp32", "int8")))
+    search = _search(tmp_path, FakeBuilder(tmp_path, drops), plan=_plan(precisions=("fp32", "bf16")))
     c = _by_id(search.run())
     assert c["prune60@onnx-fp32"].status == c["prune50@onnx-fp32"].status == "ok"
     why = c["prune30@onnx-fp32"].reason  # screened (drop 0.30 pp, within budget) but not kept
@@ -314,3 +316,41 @@ def test_a_structure_that_compresses_almost_nothing_is_not_exported(tmp_path):
     c = cands["prune30@onnx-fp32"]
     assert c.status == "rejected" and "compresses too little" in c.reason and "0.10 % fewer MACs" in c.reason
     assert "prune30@onnx-fp32" not in exported and "original@onnx-fp32" in exported
+
+
+def test_each_probe_is_checked_at_int8_where_the_plan_measures_it(tmp_path):
+    """Every level holds the budget in PyTorch, but INT8 of the two most aggressive breaks it: the bisection
+    settles where INT8 holds, from INT8 measured on the runtime, and keeps no margin level."""
+    drops = {f"prune{int(r * 100)}": 0.3 for r in RATIOS}
+    builder = FakeBuilder(tmp_path, drops, int8_drops={"prune50": 2.0, "prune60": 2.0})
+    search = _search(tmp_path, builder, plan=_plan(precisions=("fp32", "int8")))
+    c = _by_id(search.run())
+    assert c["prune40@onnx-int8"].status == c["prune40@onnx-fp32"].status == "ok"
+    assert c["prune50@onnx-int8"].status == "rejected" and "checked in the bisection" in c["prune50@onnx-int8"].reason
+    assert c["prune50@onnx-fp32"].status == "rejected" and "2.30 pp > budget" in c["prune50@onnx-fp32"].reason
+    assert c["prune30@onnx-int8"].status == "ok"  # a probe on the way, within budget: a candidate like any other
+    assert c["prune30@onnx-fp32"].status == "rejected"  # but no margin level is finished at fp32
+    assert any(t == "check prune50 at int8: drop 2.30 pp" for t in search.trace)
+    assert any("bisection kept prune40" in t and "margin" not in t for t in search.trace)
+
+
+def test_a_precision_slower_than_a_more_exact_one_on_the_original_is_not_repeated(tmp_path):
+    drops = {f"prune{int(r * 100)}": 0.3 for r in RATIOS}
+    builder = FakeBuilder(tmp_path, drops)
+    exported = []
+    export = builder.export
+    builder.export = lambda built, spec, **kw: (exported.append(spec.id), export(built, spec, **kw))[1]
+
+    def quick(cands, sessions):  # INT8 measured 2x slower than fp32 on the original
+        for cand in cands:
+            ms = 2.0 if cand.precision == "int8" else 1.0
+            cand.latency_ms = LatencyStats(p50=ms, p90=ms, p99=ms, mean=ms, std=0.0, n=5)
+
+    search = _search(tmp_path, builder, plan=_plan(precisions=("fp32", "int8")))
+    search.quick_latency = quick
+    c = _by_id(search.run())
+    assert c["original@onnx-int8"].status == "ok"  # the original's own INT8 stays measured
+    assert [e for e in exported if "int8" in e] == ["original@onnx-int8"]
+    assert "cannot win" in c["prune60@onnx-int8"].reason and "2.0x onnx fp32" in c["prune60@onnx-int8"].reason
+    assert c["prune60@onnx-fp32"].status == "ok"
+    assert any(d.technique == "precision_screen:int8@onnx" for d in search.decisions)

@@ -50,7 +50,7 @@ def test_the_finish_after_the_budget_leaves_out_what_does_not_fit_and_says_so(tm
     builder = FakeBuilder(tmp_path, DROPS, clock=clock, export_s=5.0)
     # the original (20 s: a build, two exports) and three probes (30 s) spend the search's share of 65 s (48.75 s);
     # one 5 s export of the best screened structure fits before the tail (58.5 s), not both
-    search = _search(tmp_path, builder, plan=_plan(precisions=("fp32", "int8")), time_budget_s=65)
+    search = _search(tmp_path, builder, plan=_plan(precisions=("fp32", "bf16")), time_budget_s=65)
     result = search.run()
     c = _by_id(result)
     finished = [x for x in c.values() if x.structure != "original" and x.status == "ok"]

@@ -120,10 +120,12 @@ def propose_criteria(ctx: PlanningContext) -> Proposal:
     return Proposal(out, decisions)
 
 
-@proposer("prune-recon", order=20)
+@proposer("prune-recon", order=6)
 def propose_reconstruction(ctx: PlanningContext) -> Proposal:
     """Without retraining, with calibration data: channels chosen by reconstruction error, then the layers they
-    fed re-solved by least squares on the calibration inputs. BN is not re-estimated after it: the re-solved
+    fed re-solved by least squares on the calibration inputs. Planned (so searched) before the criteria, with
+    the latency-table allocation: without retraining they reach furthest, and a time budget that stops the
+    search should stop it after them. BN is not re-estimated after it: the re-solved
     layers already match the original pre-BN outputs, which the original statistics describe better than a
     few batches. (Fine-tuning recovers accuracy better when it is allowed.)"""
     if ctx.finetune or not ctx.allowed("prune") or ctx.summary.prunable_groups == 0:
@@ -150,7 +152,7 @@ def table_precision(ctx: PlanningContext, rt: str) -> str:
     return "int8" if any(f == fmt and p == "int8" for f, p, *_ in ctx.pairs) else "fp32"
 
 
-@proposer("prune-latency", order=30)
+@proposer("prune-latency", order=7)
 def propose_latency_allocation(ctx: PlanningContext) -> Proposal:
     """Without retraining, with calibration data: per-layer widths allocated over a latency table measured on
     this machine's runtime, then reconstruction."""
