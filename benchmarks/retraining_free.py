@@ -91,9 +91,9 @@ def accuracy(run, val) -> float:
 def pruned_rows(model, x, calib, val, ratios, targets, table_q) -> list[dict]:
     rows = []
     for r in ratios:
-        naive = edgeopt.prune(model, x, ratio=r, data=calib)
+        naive = edgeopt.prune(model, x, ratio=r, data=calib).model
         recalibrate_bn(naive, calib)
-        recon = edgeopt.prune(model, x, ratio=r, importance="recon", data=calib, reconstruct=True)
+        recon = edgeopt.prune(model, x, ratio=r, method="recon", data=calib, reconstruct=True).model
         rows.append({"kind": f"uniform {r:.0%}", "bn_recal": accuracy(naive, val), "recon": accuracy(recon, val),
                      "model": recon})
     for t in targets:
@@ -132,7 +132,7 @@ def run_model(name: str, bench_s: float, ratios=RATIOS, targets=TARGETS, epochs:
     table = LatencyTable(runtime="onnxruntime", threads=THREADS).build(model, x)
     t1 = time.monotonic()
     table_q = LatencyTable(runtime="openvino", precision="int8", threads=THREADS).build(model, x)
-    half = edgeopt.prune(model, x, ratio=0.5)
+    half = edgeopt.prune(model, x, ratio=0.5).model
     table.calibrate([model, half], x)
     table_q.calibrate([model, half], x)
     out["lut"] = {"fp32_onnxruntime_build_s": round(t1 - t0, 1),
