@@ -134,3 +134,20 @@ def test_output_layers_follow_upsampling_to_the_segmentation_conv():
     model, x = _smp("FPN"), torch.randn(1, 3, 64, 64)
     # FPN's head conv runs at 1/4 size and is upsampled: its output is not the model's output tensor
     assert output_layers(model, Inputs.of(x, model)) == [model.segmentation_head[0]]
+
+
+@pytest.mark.slow
+def test_latency_allocation_on_yolov8_plans_the_split_halves_and_keeps_the_detect_outputs(yolo):
+    from edgeopt.techniques.pruning.allocate import prune_to_latency
+
+    x = torch.randn(1, 3, 64, 64)
+    head = yolo.model[-1]
+    small, rec = prune_to_latency(yolo, x, 0.6, runtime="onnxruntime")
+    assert rec["layers_changed"] > 0
+    outputs = {n for n, m in yolo.named_modules() if m in set(detection_head_outputs(yolo))}
+    assert not outputs & set(rec["layer_ratios"])  # the head's contract is never given a width
+    new_head = small.model[-1]
+    for old, new in zip([*head.cv2, *head.cv3], [*new_head.cv2, *new_head.cv3], strict=True):
+        assert new[-1].out_channels == old[-1].out_channels
+    with torch.no_grad():
+        assert small(x)[0].shape == yolo(x)[0].shape

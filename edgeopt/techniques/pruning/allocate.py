@@ -35,6 +35,7 @@ def find_groups(model: nn.Module, example: torch.Tensor, importance) -> list[Gro
     import torch_pruning as tp
 
     from edgeopt.techniques.pruning.graph_surgery import _boundary_layers, attention_heads
+    from edgeopt.techniques.pruning.model_families import detection_head_outputs
 
     roots = (nn.Conv2d, nn.Linear)
     names = {m: n for n, m in model.named_modules()}
@@ -43,7 +44,7 @@ def find_groups(model: nn.Module, example: torch.Tensor, importance) -> list[Gro
         ex.first if ex.single else list(ex.tensors))  # Torch-Pruning calls model(**dict) / model(*list)
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=tp_example)
     _, keep, _ = attention_heads(model, names)
-    ignored = list(keep)
+    ignored = list(keep) + detection_head_outputs(model)  # a detector's output convs are its contract
     ignored += _boundary_layers(dg, ignored, roots)
     groups = []
     for g in dg.get_all_groups(ignored_layers=ignored, root_module_types=roots):
@@ -137,6 +138,27 @@ def _table_key(model: nn.Module, example: torch.Tensor, runtime: str, precision:
     return (id(model), n, digest, Inputs.of(example, model).describe(), runtime, precision, threads)
 
 
+_SPLIT: dict[tuple, nn.Module] = {}
+
+
+def _prunable_form(model: nn.Module) -> nn.Module:
+    """The model as `prune` cuts it: chunked CSP blocks split in two convs (a copy, made once per model), so
+    the table, the groups and the widths name the same layers the pruning then meets."""
+    from edgeopt.techniques.pruning.model_families import _chunk_block, split_chunked_blocks
+
+    if not any(_chunk_block(m) for m in model.modules()):
+        return model
+    key = (id(model), sum(p.numel() for p in model.parameters()))
+    if key not in _SPLIT:
+        import copy
+
+        _SPLIT.clear()
+        work = copy.deepcopy(model).eval()
+        split_chunked_blocks(work)
+        _SPLIT[key] = work
+    return _SPLIT[key]
+
+
 def prune_to_latency(model: nn.Module, example: torch.Tensor, latency_target: float, runtime: str | None = None,
                      importance: str = "l2", data=None, reconstruct: bool = False, table=None,
                      max_layer_ratio: float = 0.9, round_to: int | None = None, threads: int = 1,
@@ -151,6 +173,7 @@ def prune_to_latency(model: nn.Module, example: torch.Tensor, latency_target: fl
     if not 0.0 < latency_target < 1.0:
         raise PruningError(f"latency target must be a fraction of the baseline in (0, 1), got {latency_target}")
     data = batch_inputs(data, Inputs.of(example, model))
+    model = _prunable_form(model)
     if table is None:
         key = _table_key(model, example, runtime or RUNTIMES[0], precision, threads)
         if key not in _TABLES:  # each level of a search prunes the same model: one table (and one fit) for all
