@@ -140,9 +140,10 @@ def _table_key(model: nn.Module, example: torch.Tensor, runtime: str, precision:
 def prune_to_latency(model: nn.Module, example: torch.Tensor, latency_target: float, runtime: str | None = None,
                      importance: str = "l2", data=None, reconstruct: bool = False, table=None,
                      max_layer_ratio: float = 0.9, round_to: int | None = None, threads: int = 1,
-                     precision: str = "fp32") -> tuple[nn.Module, dict]:
+                     precision: str = "fp32", batch: int = 1) -> tuple[nn.Module, dict]:
     """Prune to `latency_target` x the layers' time predicted by the table measured on `runtime` at
-    `precision` (an INT8 candidate's widths come from the INT8 table: INT8 kernels favour other widths)."""
+    `precision` (an INT8 candidate's widths come from the INT8 table: INT8 kernels favour other widths) and
+    at `batch` (the served batch: which layers cost the most time changes with it)."""
     from edgeopt.measure.latency_table import RUNTIMES, LatencyTable
     from edgeopt.techniques.pruning.importance import importances, inputs_of
     from edgeopt.techniques.pruning.prune import prune
@@ -152,10 +153,11 @@ def prune_to_latency(model: nn.Module, example: torch.Tensor, latency_target: fl
         raise PruningError(f"latency target must be a fraction of the baseline in (0, 1), got {latency_target}")
     data = batch_inputs(data, Inputs.of(example, model))
     if table is None:
-        key = _table_key(model, example, runtime or RUNTIMES[0], precision, threads)
+        key = (*_table_key(model, example, runtime or RUNTIMES[0], precision, threads), batch)
         if key not in _TABLES:  # each level of a search prunes the same model: one table (and one fit) for all
             _TABLES.clear()
-            _TABLES[key] = LatencyTable(runtime=key[-3], threads=threads, precision=precision).build(model, example)
+            _TABLES[key] = LatencyTable(runtime=key[-4], threads=threads, precision=precision,
+                                        batch=batch).build(model, example)
         table = _TABLES[key]
     model.eval()
     if importance == "recon" and inputs_of(data):
@@ -176,5 +178,6 @@ def prune_to_latency(model: nn.Module, example: torch.Tensor, latency_target: fl
                           max_layer_ratio=max_layer_ratio, round_to=round_to, reconstruct=reconstruct)
     record["allocation"] = {**rec, "latency_target": latency_target, "table_measured": table.measured,
                             "table_fit_ms": [round(v, 5) for v in table.fit] if table.fit else None,
-                            "table_cache_hits": table.hits, "predicted_pruned_ms": round(table.predict_model(small), 4)}
+                            "table_cache_hits": table.hits, "table_batch": table.batch,
+                            "predicted_pruned_ms": round(table.predict_model(small), 4)}
     return small, record
