@@ -46,8 +46,8 @@ def test_import_direction(path):
                 f"{path}: imports the top-level API")
             continue
         target = parts[1]
-        if mod == "edgeopt.decide.policy":
-            continue  # the policy is data that imports nothing: every layer may read it
+        if mod in ("edgeopt.decide.policy", "edgeopt.decide.serving"):
+            continue  # the policy and the serving rules import nothing: every layer may read them
         assert target != "cli" or me == "cli" or me == "__main__", f"{path} imports the CLI"
         assert LAYER.get(target, 2) <= my_layer, f"{path} (layer {my_layer}) imports {mod}"
         if me == "techniques":
@@ -86,4 +86,10 @@ def test_planning_imports_no_torch():
 def test_policy_imports_nothing():
     """decide/policy.py is read by every layer (formats' verification too), so it must stay a leaf."""
     mods = [m for m, _ in _imports(PKG / "decide" / "policy.py") if m != "__future__"]
+    assert mods == []
+
+
+def test_serving_rules_import_nothing_of_edgeopt():
+    """decide/serving.py is read by the technique declarations' proposers, like the policy: a leaf."""
+    mods = [m for m, _ in _imports(PKG / "decide" / "serving.py") if m not in ("__future__", "dataclasses")]
     assert mods == []

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field, SerializeAsAny, field_validator
 
 from edgeopt.config import DeployContext, ModelSummary
-from edgeopt.decide import policy
+from edgeopt.decide import policy, serving
 from edgeopt.decide.precisions import precision_pairs, qat_formats
 from edgeopt.formats import format_of_runtime, layer_timing_runtimes, precisions_of_format
 from edgeopt.report import Decision
@@ -147,6 +147,8 @@ def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, l
         sensitivity=sensitivity, architectures=architectures, runtimes=tuple(runtimes), here=here,
         pairs=tuple(pairs), format_of_runtime=FORMAT_OF_RUNTIME, timing_runtime=timing,
         finetune=finetune_step(context, has_train_data, decisions))
+    if (served := serving.decision(context, target.kind)) is not None:  # the load planned for, what it changes
+        decisions.append(Decision(technique="serving", decision="applied", reason=served))
     structures = [Structure("original", [], "unchanged model")]
     for p in proposers():
         proposal = p.fn(ctx)

@@ -15,7 +15,14 @@ predictions, so this calibration changes the reported milliseconds, not the widt
 INT8 (`precision="int8"`): a layer's INT8 latency is its fp32 grid times the int8/fp32 ratio measured at a
 few widths on the layer's diagonal (INT8_FRACTIONS): quantizing one layer through NNCF takes about a second,
 too slow to do at every grid point (resnet18 at 224 would need minutes). The ratio is interpolated over the
-width fraction sqrt(cin/cin0 x cout/cout0)."""
+width fraction sqrt(cin/cin0 x cout/cout0).
+
+Batch (`batch`, the table's batch column): every layer, the whole model and the calibration are timed at this
+batch, the served batch under goal throughput (decide/serving.py). At batch 1 a layer's time is largely what
+each call and layer costs whatever its width; at a large batch the multiply-adds dominate, so a table measured
+at batch 1 would send a throughput model's pruning to the wrong layers. The batch is in each entry's cache key
+(a conv's signature holds its input's batch, a linear's its rows); fewer runs are taken at a large batch,
+whose calls are long and steadier."""
 
 from __future__ import annotations
 
@@ -82,14 +89,22 @@ class LatencyTable:
     whole_ms: float | None = None  # the whole original model measured at the table's precision
     fit: tuple[float, float] | None = None  # (a, b): whole-model latency = a + b x S, from `calibrate`
     points: list[tuple[float, float]] = field(default_factory=list)  # (S, measured ms) the fit was made on
+    batch: int = 1  # every time in the table is of one call at this batch (the served batch: the batch column)
 
     def __post_init__(self):
         if self.runtime not in RUNTIMES:
             raise ValueError(f"latency table runtime must be one of {RUNTIMES}, got {self.runtime!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"latency table precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.batch < 1:
+            raise ValueError(f"latency table batch must be at least 1, got {self.batch}")
         self.cache_dir = Path(self.cache_dir) if self.cache_dir else cache_root()
         self._fp = fingerprint(self.runtime, self.threads)
+
+    @property
+    def runs_per_entry(self) -> int:
+        """Runs per median: fewer at a large batch, whose long calls vary less relative to their length."""
+        return self.runs if self.batch == 1 else max(5, round(self.runs / math.sqrt(self.batch)))
 
     # ------------------------------------------------------------------ measurement and cache
     def _path(self, sig: dict, precision: str | None = None) -> Path:
@@ -114,7 +129,8 @@ class LatencyTable:
                 ms = call_overhead_ms(self.runtime, self.threads, self.runs, Path(tmp))
             else:
                 model, x = make_layer(sig, cin, cout)
-                ms = time_ms(runner(model, x, self.runtime, self.threads, Path(tmp), precision), runs=self.runs)
+                ms = time_ms(runner(model, x, self.runtime, self.threads, Path(tmp), precision),
+                             runs=self.runs_per_entry)
         self.measured += 1
         store[k] = ms
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,7 +143,9 @@ class LatencyTable:
     def build(self, model: nn.Module, example: torch.Tensor, fractions=FRACTIONS, whole: bool = True
               ) -> LatencyTable:
         """Measure every conv/linear of `model` on the width grid (fp32; INT8 as fp32 x measured ratio), the
-        call cost, and (`whole`) the whole model at the table's precision for calibration."""
+        call cost, and (`whole`) the whole model at the table's precision for calibration; all at the table's
+        batch (`example` is repeated along its first axis to it)."""
+        example = at_batch(example, self.batch)
         for name, (layer, shape) in layer_inputs(model, example).items():
             sig = signature(layer, shape)
             cin = layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
@@ -136,7 +154,7 @@ class LatencyTable:
             outs = ins if sig["kind"] == "dwconv" else _grid(cout, fractions)
             grid = {(ci, co): self.entry(sig, ci, co) for ci in ins for co in outs
                     if sig["kind"] != "dwconv" or co == ci}
-            row = {"sig": sig, "cin": cin, "cout": cout}
+            row = {"sig": sig, "cin": cin, "cout": cout, "batch": self.batch}
             if self.precision == "int8":
                 row["ratio"] = self._int8_ratios(sig, cin, cout, fractions)
                 grid = {(ci, co): v * _ratio_at(row, ci, co) for (ci, co), v in grid.items()}
@@ -159,9 +177,16 @@ class LatencyTable:
 
     def _whole(self, model: nn.Module, example: torch.Tensor) -> float:
         with tempfile.TemporaryDirectory() as tmp:
-            fn = runner(model, example, self.runtime, self.threads, Path(tmp), self.precision)
+            fn = runner(model, at_batch(example, self.batch), self.runtime, self.threads, Path(tmp), self.precision)
             # the least of three medians: other load on the machine only ever adds time
-            return min(time_ms(fn, runs=self.runs) for _ in range(3))
+            return min(time_ms(fn, runs=self.runs_per_entry) for _ in range(3))
+
+    def rows(self) -> list[dict]:
+        """The table as rows: each layer at its original widths, with the batch its time is for (ms of one
+        call of the layer alone, less nothing: what `layer_ms` returns)."""
+        return [{"layer": name, "batch": row["batch"], "kind": row["sig"]["kind"], "cin": row["cin"],
+                 "cout": row["cout"], "ms": round(self.layer_ms(name, row["cin"], row["cout"]), 5)}
+                for name, row in self.layers.items()]
 
     # ------------------------------------------------------------------ prediction
     def layer_ms(self, name: str, cin: int, cout: int) -> float:
@@ -205,6 +230,7 @@ class LatencyTable:
         from edgeopt.measure.timing import BenchConfig, measure
 
         xs = [self.predict_layers(widths_of_model(self, m)) for m in models]
+        example = at_batch(example, self.batch)
         with tempfile.TemporaryDirectory() as tmp:
             fns = {}
             for i, m in enumerate(models):
@@ -241,6 +267,20 @@ class LatencyTable:
             if self.precision == "int8":
                 ms *= _ratio_at(row, ci, co)
             row.setdefault("exact", {})[(ci, co)] = ms
+
+
+def at_batch(x, batch: int):
+    """`x` (a tensor, or a tuple/list/dict of them) at `batch` along the first axis: as is when it already has
+    that batch, else its first item repeated (a time does not depend on the values)."""
+    if isinstance(x, torch.Tensor):
+        if x.dim() == 0 or x.shape[0] == batch:
+            return x
+        return x[:1].repeat(batch, *([1] * (x.dim() - 1)))
+    if isinstance(x, dict):
+        return {k: at_batch(v, batch) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(at_batch(v, batch) for v in x)
+    return x
 
 
 def widths_of_model(table: LatencyTable, model: nn.Module) -> dict[str, tuple[int, int]]:

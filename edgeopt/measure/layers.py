@@ -26,15 +26,17 @@ class LayerTime:
     ms: float  # median time per run (robust to the preemption spikes of a shared machine)
     share: float  # fraction of the summed layer time
     exec_type: str = ""  # the kernel/precision the runtime picked, when it says (OpenVINO: e.g. jit_avx512_amx_I8)
+    batch: int = 1  # the batch the run was at: which layers dominate changes with it (compute-bound at large batch)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def _table(acc: dict[str, list]) -> list[LayerTime]:
+def _table(acc: dict[str, list], batch: int = 1) -> list[LayerTime]:
     med = {k: float(np.median(v[1])) for k, v in acc.items() if v[1]}
     total = sum(med.values()) or 1.0
-    rows = [LayerTime(name=k, op=acc[k][0], ms=m, share=m / total, exec_type=acc[k][2]) for k, m in med.items()]
+    rows = [LayerTime(name=k, op=acc[k][0], ms=m, share=m / total, exec_type=acc[k][2], batch=batch)
+            for k, m in med.items()]
     return sorted(rows, key=lambda r: -r.ms)
 
 
@@ -64,7 +66,7 @@ def profile_openvino(path: Path, x: np.ndarray, runs: int, threads: int | None, 
             row = acc[p.node_name]
             row[0], row[2] = p.node_type, p.exec_type
             row[1].append(p.real_time.total_seconds() * 1000.0)
-    return _table(acc)
+    return _table(acc, int(x.shape[0]) if x.ndim else 1)
 
 
 def profile_layers(path: Path, runtime: str, x: np.ndarray, runs: int = 20, threads: int | None = None,
@@ -108,4 +110,4 @@ def profile_onnxruntime(path: Path, x: np.ndarray, runs: int, threads: int | Non
         row = acc[e["name"][: -len("_kernel_time")]]
         row[0], row[2] = args.get("op_name", row[0]), args.get("provider", "")
         row[1].append(e["dur"] / 1000.0)
-    return _table(acc)
+    return _table(acc, int(x.shape[0]) if x.ndim else 1)

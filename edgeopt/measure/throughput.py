@@ -6,8 +6,9 @@ compiled with the THROUGHPUT performance hint (its own number of streams, or the
 Runtime and TensorRT through one session per concurrent request (its own execution context on TensorRT),
 each on its own thread, the runtime threads split between them. After a warm-up, every candidate is run
 for short fixed windows, round-robin in a shuffled order, like latency (measure/timing.py): drift on a
-shared machine hits all of them alike. images/s is every completed image over the seconds measured; each
-window's own images/s is kept for the gate's confidence interval."""
+shared machine hits all of them alike. images/s is every completed image over the seconds measured at full
+load (a window's drain, when the last requests finish while the other streams wait, is not billed: a server
+under load never drains); each window's own images/s is kept for the gate's confidence interval."""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ class Load:
 @dataclass
 class Server:
     """One artifact loaded as a server runs it. `run_for(seconds)` keeps requests in flight for that long and
-    returns (requests completed, per-request latencies in ms, seconds until the last one completed)."""
+    returns (requests completed, per-request latencies in ms, the seconds they took at full load: until the
+    last one completed, less the drain's idle streams, `busy_seconds`)."""
 
     run_for: Callable[[float], tuple[int, list[float], float]]
     batch: int
@@ -92,18 +94,44 @@ def async_queue_server(compile_throughput: Callable, path: Path, precision: str,
         for n, v in feed.items():
             queue[i].set_tensor(n, ov.Tensor(v))
     latencies: list[float] = []
-    queue.set_callback(lambda _request, t0: latencies.append((time.perf_counter_ns() - t0) / 1e6))
+    done_at: list[float] = []
+
+    def finished(_request, t0: int) -> None:
+        now = time.perf_counter_ns()
+        latencies.append((now - t0) / 1e6)
+        done_at.append(now / 1e9)
+
+    queue.set_callback(finished)
 
     def run_for(seconds: float) -> tuple[int, list[float], float]:
         latencies.clear()
+        done_at.clear()
         start = time.perf_counter()
         end = start + seconds
-        while time.perf_counter() < end:
-            queue.start_async(userdata=time.perf_counter_ns())  # blocks while every request is busy
+        while True:
+            # wait for a free request, and start one only while the window lasts: a request started after its
+            # end would run alone while the other streams sit idle
+            queue.get_idle_request_id()
+            if time.perf_counter() >= end:
+                break
+            queue.start_async(userdata=time.perf_counter_ns())
         queue.wait_all()
-        return len(latencies), list(latencies), time.perf_counter() - start
+        return len(latencies), list(latencies), busy_seconds(start, sorted(done_at), jobs)
 
     return Server(run_for, load.batch, settings["num_streams"], {"runtime": ov.__name__, **settings, "jobs": jobs})
+
+
+def busy_seconds(start: float, ends: list[float], streams: int) -> float:
+    """The seconds a window stands for at full load: from its start to its last completion, less the time the
+    streams sat idle while the last requests drained (each stream's last completion is among the last
+    `streams`; it idles from then to the very last one), shared by the streams. A window a few requests long
+    would otherwise bill that drain to the model and undercount its images/s by up to a request's time over
+    the window's; every window starts with every stream busy at once, so there is no fill to subtract."""
+    if not ends:
+        return 0.0
+    last = ends[-max(1, min(streams, len(ends))):]
+    idle = sum(last[-1] - t for t in last) / max(1, streams)
+    return max(1e-9, last[-1] - start - idle)
 
 
 def threaded_server(path: Path, runtime: str, precision: str, threads: int | None, load: Load) -> Server:
@@ -126,12 +154,15 @@ def threaded_server(path: Path, runtime: str, precision: str, threads: int | Non
         start = time.perf_counter()
         end = start + seconds
 
+        ends: list[float] = []
+
         def drive(call, out: list[float]) -> None:
             try:
                 while time.perf_counter() < end:
                     t0 = time.perf_counter_ns()
                     call()
                     out.append((time.perf_counter_ns() - t0) / 1e6)
+                ends.append(time.perf_counter())
             except BaseException as e:  # re-raised on the measuring thread
                 errors.append(e)
 
@@ -144,7 +175,7 @@ def threaded_server(path: Path, runtime: str, precision: str, threads: int | Non
         if errors:
             raise errors[0]
         merged = [x for out in per_thread for x in out]
-        return len(merged), merged, time.perf_counter() - start
+        return len(merged), merged, busy_seconds(start, sorted(ends), len(calls))
 
     settings = {"runtime": runtime, "sessions": streams, "threads_per_session": per,
                 **({"execution_contexts": streams} if backend.device == "GPU" else {})}

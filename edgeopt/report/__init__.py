@@ -64,6 +64,10 @@ class Headline(_Section):
     speedup_vs_fp32: float | None = None
     chosen_is_best_plain: bool = False
     latency_source: str | None = None
+    # goal throughput: the plain conversion serving the most images/s under the same load, and the chosen
+    # model's images/s over it (the speedups above are of batch-1 latency, goal latency's figure)
+    best_plain_throughput: str | None = None
+    images_s_vs_best_plain: float | None = None
 
 
 class TestSplit(_Section):

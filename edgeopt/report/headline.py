@@ -1,8 +1,10 @@
 """The headline of a report: what the chosen model gains over the best plain conversion of the original (the
 unmodified model at the fastest runtime/precision within the accuracy budget: what exporting alone gives),
 with the gain over the original at fp32 beside it. INT8 of the unmodified model often gives most of an
-fp32-relative speedup; only the first figure says what compression added. And the accuracy lines: the
-selection figure the search optimized on, and the test figure it never saw."""
+fp32-relative speedup; only the first figure says what compression added. Under goal throughput the figure
+that counts is images/s under the served load (batch, requests in flight), compared with the plain conversion
+serving the most under the same load; the latencies are then said to be batch 1, one request. And the accuracy
+lines: the selection figure the search optimized on, and the test figure it never saw."""
 
 from __future__ import annotations
 
@@ -33,6 +35,16 @@ def plain_conversions(report: Report) -> list[Candidate]:
     return sorted((c for c in pool if _within(c, base, limit)), key=lambda c: c.latency_ms.p50)
 
 
+def plain_by_throughput(report: Report) -> list[Candidate]:
+    """The plain conversions within the budget measured under the served load (goal throughput), the most
+    images/s first."""
+    base = report.baseline
+    limit = report.context.max_accuracy_drop + EPS_PP
+    pool = [c for c in [base, *report.candidates] if c is not None and not c.steps and c.throughput is not None
+            and c.status in ("ok", "rejected") and c.accuracy is not None and _within(c, base, limit)]
+    return sorted(pool, key=lambda c: -c.throughput.images_s)
+
+
 def best_plain(report: Report) -> Candidate | None:
     found = plain_conversions(report)
     return found[0] if found else None
@@ -46,7 +58,11 @@ def headline(report: Report) -> Headline | None:
         return None
     plain = best_plain(report)
     ms = chosen.latency_ms.p50
+    served = plain_by_throughput(report) if chosen.throughput is not None else []
     return Headline(
+        best_plain_throughput=served[0].id if served else None,
+        images_s_vs_best_plain=round(chosen.throughput.images_s / served[0].throughput.images_s, 4)
+        if served and served[0].throughput.images_s > 0 else None,
         chosen=chosen.id, best_plain=plain.id if plain is not None else None,
         speedup_vs_best_plain=round(plain.latency_ms.p50 / ms, 4) if plain is not None else None,
         fp32=base.id if base is not None and base.latency_ms else None,
@@ -62,6 +78,32 @@ def speed_line(report: Report) -> str | None:
     chosen = report.chosen_candidate
     ms = chosen.latency_ms.p50 if chosen is not None and chosen.latency_ms else None
     parts = [f"p50 {ms:.3f} ms ({h.latency_source or 'measured'})" if ms is not None else "p50 —"]
+    serving = serving_line(report)
+    if serving:  # goal throughput: its own figure first; the latencies after it are batch 1, one request
+        return f"{serving}; batch-1 latency (goal latency's figure): " + _latency_line(report, h, parts)
+    return _latency_line(report, h, parts)
+
+
+def serving_line(report: Report) -> str | None:
+    """Goal throughput: the chosen model's images/s under the served load, against the plain conversion of the
+    original serving the most under the same load (None under the other goals, or unmeasured)."""
+    h = report.model.headline or headline(report)
+    chosen = report.chosen_candidate
+    if h is None or chosen is None or chosen.throughput is None:
+        return None
+    t = chosen.throughput
+    line = (f"{t.images_s:.1f} images/s under batch {t.batch}, {t.streams} requests in flight (goal throughput; "
+            f"p99 {t.p99_ms:.2f} ms per request)")
+    plain = report.candidate(h.best_plain_throughput)
+    if plain is None or plain.throughput is None or h.images_s_vs_best_plain is None:
+        return line + "; no plain conversion of the original was measured under that load within the budget"
+    if plain.id == chosen.id:
+        return line + ": the chosen model IS the best plain conversion of the original under that load"
+    return line + (f": {h.images_s_vs_best_plain:.2f}× the best plain conversion of the original under the same "
+                   f"load ({plain.id}, {plain.throughput.images_s:.1f} images/s)")
+
+
+def _latency_line(report: Report, h: Headline, parts: list[str]) -> str:
     plain = report.candidate(h.best_plain)
     if h.chosen_is_best_plain and h.chosen == h.fp32:
         return "; ".join([*parts, "1.00×: the chosen model is the original at fp32 (the baseline); no conversion "

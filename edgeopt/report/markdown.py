@@ -50,6 +50,42 @@ FIDELITY_NOTE = (": top-1 agreement with the original model for class outputs (b
                  "value agreement for other outputs), no labels given")
 
 
+SERVING_HEADER = ["candidate", "status", "runtime/precision", "images/s", "× best plain", "p50 ms/request",
+                  "p99 ms/request", "batch", "streams", "runtime settings"]
+
+
+def serving_rows(report: Report) -> list[list[str]]:
+    """Goal throughput: every candidate measured under the served load, the most images/s first, against the
+    plain conversion of the original serving the most under the same load."""
+    from edgeopt.report.headline import plain_by_throughput
+
+    cands = [c for c in [report.baseline, *report.candidates] if c is not None and c.throughput is not None]
+    plain = plain_by_throughput(report)
+    ref = plain[0].throughput.images_s if plain and plain[0].throughput.images_s > 0 else None
+    rows = []
+    for c in sorted(cands, key=lambda c: -c.throughput.images_s):
+        t = c.throughput
+        keep = ("num_streams", "jobs", "sessions", "threads_per_session", "inference_num_threads",
+                "inference_precision", "execution_contexts")
+        settings = ", ".join(f"{k} {v}" for k, v in t.runtime_settings.items() if k in keep)
+        rows.append([c.id, c.status, f"{c.runtime or '—'}/{c.precision_executed or c.precision or '—'}",
+                     f"{t.images_s:.1f}", f"{t.images_s / ref:.2f}×" if ref else "—", _fmt(t.p50_ms, ".2f"),
+                     _fmt(t.p99_ms, ".2f"), str(t.batch), str(t.streams), settings])
+    return rows
+
+
+def figures_line(report: Report) -> str | None:
+    """Which goal and load each figure is for, when the report holds figures of more than one (goal
+    throughput: batch-1 latencies beside images/s under the served load)."""
+    ctx = report.context
+    if ctx.goal != "throughput":
+        return None
+    streams = f"{ctx.streams} requests" if ctx.streams else "the runtime's choice of requests"
+    return (f"figures: p50 ms and speedups are batch 1, one request at a time (goal latency's figure); images/s and "
+            f"ms per request under load are batch {ctx.serve_batch or 1}, {streams} in flight (goal throughput, "
+            "what the choice ranked by)")
+
+
 def to_markdown(report: Report) -> str:
     ctx = report.context
     budgets = ", ".join(f"{k} {getattr(ctx, k)}" for k in ("latency_budget_ms", "size_budget_mb", "time_budget_s")
@@ -66,6 +102,9 @@ def to_markdown(report: Report) -> str:
     speed, accuracy = speed_line(report), accuracy_line(report)
     if speed:
         lines.append(f"- speed: {speed}")
+    figures = figures_line(report)
+    if figures:
+        lines.append(f"- {figures}")
     if accuracy:
         lines.append(f"- {accuracy}" + (f" ({chosen.metric}{FIDELITY_NOTE})" if chosen.metric == "fidelity" else ""))
     if report.model.load_note:
@@ -97,6 +136,15 @@ def to_markdown(report: Report) -> str:
         if c is not None:
             row = candidate_row(c, report.baseline, kinds)
             lines.append("| " + " | ".join(x.replace("|", "/") for x in row) + " |")
+    served = serving_rows(report)
+    if served:
+        ctx_streams = report.context.streams or "the runtime's choice of"
+        lines += ["", "## Served load (goal throughput)", "",
+                  f"Batch {report.context.serve_batch or 1} per request, {ctx_streams} requests in flight, measured "
+                  "interleaved between candidates; × best plain: over the plain conversion of the original serving "
+                  "the most images/s within the budget under the same load.", "",
+                  "| " + " | ".join(SERVING_HEADER) + " |", "|" + "---|" * len(SERVING_HEADER)]
+        lines += ["| " + " | ".join(x.replace("|", "/") for x in row) + " |" for row in served]
     lines += ["", "## Plan: decisions and reasons", ""]
     lines += [f"- **{d.technique}** — {d.decision}: {d.reason}" for d in report.decisions]
     lines += [f"- note: {n}" for n in report.model.plan_notes or []]

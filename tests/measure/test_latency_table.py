@@ -102,3 +102,31 @@ def test_calibration_fits_an_offset_on_whole_models_and_exact_widths_are_measure
     assert t.measured == before + 1 and t.layer_ms("3", 6, 12) == t.layers["3"]["exact"][(6, 12)]
     t.measure_widths({"3": (6, 12)})
     assert t.measured == before + 1
+
+
+def test_batch_column_times_every_layer_at_the_served_batch_and_keys_it_apart(tmp_path):
+    """A table at batch 8 times each layer on an 8-image input (its rows say so), caches apart from batch 1,
+    and a layer's time at batch 8 is more than at batch 1 (it does 8x the multiply-adds)."""
+    model, x = _net(), torch.randn(1, 1, 64, 64)
+    one = LatencyTable(cache_dir=tmp_path, runs=5).build(model, x, fractions=(1.0,), whole=False)
+    eight = LatencyTable(cache_dir=tmp_path, runs=5, batch=8).build(model, x, fractions=(1.0,), whole=False)
+    assert eight.measured > 0  # nothing of the batch-1 table is reused
+    assert eight.layers["0"]["sig"]["n"] == 8 and one.layers["0"]["sig"]["n"] == 1
+    assert eight.layers["7"]["sig"]["rows"] == 8
+    rows = {r["layer"]: r for r in eight.rows()}
+    assert set(rows) == {"0", "2", "3", "7"} and {r["batch"] for r in rows.values()} == {8}
+    assert {r["batch"] for r in one.rows()} == {1}
+    assert rows["0"]["ms"] > one.layer_ms("0", 1, 8)
+    assert LatencyTable(batch=16, runs=20).runs_per_entry == 5 and one.runs_per_entry == one.runs
+    with pytest.raises(ValueError, match="batch"):
+        LatencyTable(batch=0)
+
+
+def test_at_batch_repeats_the_first_item_of_every_input():
+    from edgeopt.measure.latency_table import at_batch
+
+    x = torch.randn(1, 3, 4, 4)
+    assert at_batch(x, 4).shape == (4, 3, 4, 4) and torch.equal(at_batch(x, 4)[3], x[0])
+    assert at_batch(x, 1) is x
+    pair = at_batch({"a": x, "b": (torch.randn(1, 2),)}, 3)
+    assert pair["a"].shape[0] == 3 and pair["b"][0].shape == (3, 2)

@@ -31,10 +31,12 @@ def artifacts(tmp_path_factory):
 
 def _consistent(t):
     """images/s agrees with batch / per-request latency, within a generous factor: no more than `streams`
-    requests in flight at once, no fewer than a quarter of one (the shared test machine adds noise, and
-    the driving threads' own overhead between requests)."""
+    requests in flight at once at the median latency, no fewer than a quarter of one at the p99 (a tiny
+    model's call is shorter than the driving threads' own overhead between calls, and a shared test machine
+    preempts them)."""
     one = t.batch / (t.p50_ms / 1e3)
-    assert one / 4 < t.images_s < one * t.streams * 2, (t.images_s, one)
+    slow = t.batch / (t.p99_ms / 1e3)
+    assert slow / 4 < t.images_s < one * t.streams * 2, (t.images_s, one, slow)
 
 
 def test_openvino_async_queue_with_two_streams(artifacts):
@@ -59,3 +61,13 @@ def test_static_batch_names_dynamic_batch_export():
     with pytest.raises(InputShapeError, match="--dynamic-batch"):
         served_shapes({"input": (1, 3, 8, 8)}, 8)
     assert served_shapes({"input": (-1, 3, 8, 8)}, 8) == {"input": (8, 3, 8, 8)}
+
+
+def test_busy_seconds_does_not_bill_the_drain():
+    from edgeopt.measure.throughput import busy_seconds
+
+    # two streams in step: both finish at 1.0 s, nothing idles
+    assert busy_seconds(0.0, [0.5, 0.5, 1.0, 1.0], 2) == pytest.approx(1.0)
+    # out of step: one stream's last request ends at 0.8, the other's at 1.0; 0.2 stream-s idle over 2 streams
+    assert busy_seconds(0.0, [0.3, 0.55, 0.8, 1.0], 2) == pytest.approx(0.9)
+    assert busy_seconds(0.0, [0.4], 1) == pytest.approx(0.4) and busy_seconds(0.0, [], 2) == 0.0

@@ -162,9 +162,10 @@ def _prunable_form(model: nn.Module) -> nn.Module:
 def prune_to_latency(model: nn.Module, example: torch.Tensor, latency_target: float, runtime: str | None = None,
                      importance: str = "l2", data=None, reconstruct: bool = False, table=None,
                      max_layer_ratio: float = 0.9, round_to: int | None = None, threads: int = 1,
-                     precision: str = "fp32") -> tuple[nn.Module, dict]:
+                     precision: str = "fp32", batch: int = 1) -> tuple[nn.Module, dict]:
     """Prune to `latency_target` x the layers' time predicted by the table measured on `runtime` at
-    `precision` (an INT8 candidate's widths come from the INT8 table: INT8 kernels favour other widths)."""
+    `precision` (an INT8 candidate's widths come from the INT8 table: INT8 kernels favour other widths) and
+    at `batch` (the served batch: which layers cost the most time changes with it)."""
     from edgeopt.measure.latency_table import RUNTIMES, LatencyTable
     from edgeopt.techniques.pruning.importance import importances, inputs_of
     from edgeopt.techniques.pruning.prune import prune
@@ -175,10 +176,11 @@ def prune_to_latency(model: nn.Module, example: torch.Tensor, latency_target: fl
     data = batch_inputs(data, Inputs.of(example, model))
     model = _prunable_form(model)
     if table is None:
-        key = _table_key(model, example, runtime or RUNTIMES[0], precision, threads)
+        key = (*_table_key(model, example, runtime or RUNTIMES[0], precision, threads), batch)
         if key not in _TABLES:  # each level of a search prunes the same model: one table (and one fit) for all
             _TABLES.clear()
-            _TABLES[key] = LatencyTable(runtime=key[-3], threads=threads, precision=precision).build(model, example)
+            _TABLES[key] = LatencyTable(runtime=key[-4], threads=threads, precision=precision,
+                                        batch=batch).build(model, example)
         table = _TABLES[key]
     model.eval()
     if importance == "recon" and inputs_of(data):
@@ -199,5 +201,6 @@ def prune_to_latency(model: nn.Module, example: torch.Tensor, latency_target: fl
                           max_layer_ratio=max_layer_ratio, round_to=round_to, reconstruct=reconstruct)
     record["allocation"] = {**rec, "latency_target": latency_target, "table_measured": table.measured,
                             "table_fit_ms": [round(v, 5) for v in table.fit] if table.fit else None,
-                            "table_cache_hits": table.hits, "predicted_pruned_ms": round(table.predict_model(small), 4)}
+                            "table_cache_hits": table.hits, "table_batch": table.batch,
+                            "predicted_pruned_ms": round(table.predict_model(small), 4)}
     return small, record

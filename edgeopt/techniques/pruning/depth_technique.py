@@ -1,7 +1,8 @@
 """The `depth_prune` technique: layer-level pruning, declared in one place — its config, its handler (the
 implementation is pruning/depth.py, imported on use) and its proposer. On CPUs at batch 1 per-layer dispatch,
 not MACs, dominates small models: removing whole residual blocks can beat thinning every layer, so depth
-pruning is proposed there and measured like the rest."""
+pruning is proposed there and measured like the rest; at a served batch that overhead is shared by the batch
+(decide/serving.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 import edgeopt.decide.policy as policy
+from edgeopt.decide.serving import Serving, depth_pruning
 from edgeopt.report import Decision
 from edgeopt.techniques.declare import TechniqueConfig, proposer, technique
 from edgeopt.techniques.planning import PlanningContext, Proposal, Structure, skip, then_finetune
@@ -38,10 +40,10 @@ def propose(ctx: PlanningContext) -> Proposal:
     target, summary, context, finetune = ctx.target, ctx.summary, ctx.context, ctx.finetune
     if not ctx.allowed("depth_prune"):
         return skip("depth_prune", "not registered or excluded by --techniques")
-    batch = summary.input_shape[0] if summary.input_shape else 1
-    if target.kind != "cpu" or batch != 1 or context.goal != "latency":
-        return skip("depth_prune", "proposed for CPU latency at batch 1 only, where per-layer dispatch dominates "
-                                   f"(here: {target.kind}, batch {batch}, goal {context.goal})")
+    serving = Serving.of(context)
+    pays, why = depth_pruning(serving, target.kind, summary.input_shape[0] if summary.input_shape else 1)
+    if not pays:
+        return skip("depth_prune", why)
     if not ctx.has_calib_data:
         return skip("depth_prune", "the cost of removing each residual block is measured on held-out data, and "
                                    "none was given")
@@ -54,5 +56,5 @@ def propose(ctx: PlanningContext) -> Proposal:
                              float(blocks)))
     return Proposal(out, [Decision(
         technique="depth_prune", decision="applied",
-        reason=f"{target.name} at batch 1: removing whole residual blocks ({', '.join(map(str, policy.DEPTH_LEVELS))}) "
-               "saves per-layer dispatch; models without residual blocks come back unchanged with the reason")])
+        reason=f"{target.name}: {why} (removing {', '.join(map(str, policy.DEPTH_LEVELS))} blocks); models without "
+               "residual blocks come back unchanged with the reason")])

@@ -274,7 +274,7 @@ def apply_prune(model: nn.Module, example: torch.Tensor, config, data=None) -> t
         return prune_to_latency(model, example, config.latency_target, runtime=config.lut_runtime,
                                 importance=config.importance, data=data.items if data is not None else None,
                                 reconstruct=config.reconstruct, max_layer_ratio=config.max_layer_ratio,
-                                round_to=config.round_to, precision=config.lut_precision)
+                                round_to=config.round_to, precision=config.lut_precision, batch=config.lut_batch)
     return prune(model, example, ratio=config.ratio, importance=config.importance, scope=config.scope,
                  round_to=config.round_to, iterative_steps=config.iterative_steps,
                  data=data.items if data is not None else None, max_layer_ratio=config.max_layer_ratio,

@@ -11,6 +11,7 @@ from pydantic import Field
 
 import edgeopt.decide.policy as policy
 from edgeopt.config import ModelSummary
+from edgeopt.decide.serving import Serving, channel_pruning_pays
 from edgeopt.report import Decision
 from edgeopt.techniques.declare import TechniqueConfig, proposer, technique
 from edgeopt.techniques.planning import PlanningContext, Proposal, Structure, channel_rounding, skip, then_finetune
@@ -36,6 +37,7 @@ class PruneConfig(TechniqueConfig):
     latency_target: float | None = Field(None, gt=0.0, lt=1.0)
     lut_runtime: str | None = None  # None: the first runtime the latency table is measured on
     lut_precision: Literal["fp32", "int8"] = "fp32"  # the table's precision: the candidate's, for INT8 ones
+    lut_batch: int = Field(1, ge=1)  # the table's batch: the served batch under goal throughput
 
 
 @technique("prune", config=PruneConfig, needs_data=False, needs_retraining=False, shrinks=True,
@@ -98,8 +100,7 @@ def propose_criteria(ctx: PlanningContext) -> Proposal:
             out.append(Structure(name, then_finetune(steps, finetune),
                                  f"structured {_variant_words(crit, extra)} pruning at {r:.0%}" +
                                  (" + distillation fine-tuning" if finetune else ""), family, r, "prune-criterion"))
-    goal = ("smaller weights and fewer MACs" if context.goal == "size" else
-            f"dense {target.kind.upper()} kernels run faster")
+    goal = channel_pruning_pays(Serving.of(context), target.kind)
     decisions.append(Decision(
         technique="prune", decision="applied",
         reason=f"structured channel pruning physically shrinks layers, so {goal}; ratios "
@@ -163,11 +164,12 @@ def propose_latency_allocation(ctx: PlanningContext) -> Proposal:
         return skip("prune_latency_allocation", "the latency table is measured on this machine's runtimes: "
                                                 "not available for this target")
     prec = table_precision(ctx, rt)
+    batch = Serving.of(ctx.context).table_batch  # per-layer times at the batch the model will serve
     out = []
     for t in policy.LATENCY_TARGETS:
         # the uniform ratio is unused: widths come from the allocation
-        step = PruneConfig(ratio=0.0, latency_target=t, lut_runtime=rt, lut_precision=prec, importance="recon",
-                           reconstruct=True)
+        step = PruneConfig(ratio=0.0, latency_target=t, lut_runtime=rt, lut_precision=prec, lut_batch=batch,
+                           importance="recon", reconstruct=True)
         out.append(Structure(f"prune-lat{int(round(t * 100))}", [step],
                              f"channels allocated for {t:.0%} of the latency ({rt} {prec} table) + reconstruction",
                              "prune-lat", 1 - t))
@@ -175,5 +177,6 @@ def propose_latency_allocation(ctx: PlanningContext) -> Proposal:
         technique="prune_latency_allocation", decision="applied",
         reason=f"per-layer widths chosen greedily over a latency table measured on {rt} ({prec} layers"
                + (", the precision the INT8 candidates run" if prec == "int8" else "")
+               + (f", at the served batch {batch}" if batch > 1 else "")
                + "), keeping the most importance per millisecond, for "
                + "/".join(f"{t:.0%}" for t in policy.LATENCY_TARGETS) + " of the baseline's latency")])
