@@ -93,9 +93,12 @@ def captured(monkeypatch):
 
 
 def test_cli_defaults_are_the_config_defaults(captured):
+    from edgeopt.decide.policy import DEMO_TIME_BUDGET_S
+
     res = CliRunner().invoke(app, ["optimize"])
     assert res.exit_code == 0, res.output
-    assert captured == [RunConfig()]
+    # the one CLI default the config lacks: the quick start (the demo, no budget given) is bounded in time
+    assert captured == [RunConfig().with_flat(time_budget_s=DEMO_TIME_BUDGET_S)]
 
 
 def test_flags_given_override_the_file_and_the_rest_comes_from_it(tmp_path, captured):

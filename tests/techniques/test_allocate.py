@@ -94,7 +94,7 @@ def test_registry_latency_target_and_planner_ladder():
     p = plan(make_context(target="x86-avx2"), load_target("x86-avx2"), summary, local, ["onnxruntime"],
              has_calib_data=True)
     lat = [c for c in p.candidates if c.family == "prune-lat"]
-    assert sorted({c.steps[0].latency_target for c in lat}) == [0.45, 0.6, 0.75, 0.9]
+    assert sorted({c.steps[0].latency_target for c in lat}) == [0.3, 0.4, 0.5, 0.6, 0.75, 0.9]
     assert all(c.steps[0].lut_runtime == "onnxruntime" for c in lat)
 
     torch.manual_seed(0)
