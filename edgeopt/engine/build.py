@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from edgeopt.decide.plan import CandidateSpec
 from edgeopt.engine.cache import files_digest
 from edgeopt.formats import backend_for, export_verified
 from edgeopt.formats.base import ExportResult, Session
+from edgeopt.formats.onnx_source import OnnxSource
 from edgeopt.inputs.analyze import count_macs, count_params
 from edgeopt.inputs.data import Batches, DataSplits
 from edgeopt.measure.accuracy import predictions, score, torch_predictions
@@ -27,12 +28,19 @@ from edgeopt.techniques import apply_step
 
 @dataclass
 class Built:
-    """A model-stage structure (shared by all candidates with the same steps)."""
+    """A model-stage structure (shared by all candidates with the same steps). `source`: its fp32 ONNX graph,
+    exported once on the first export and converted into every precision and runtime of the structure."""
 
     model: nn.Module
     records: list[dict]
     params: int
     macs: int
+    source: OnnxSource | None = None
+
+    def onnx_source(self, example) -> OnnxSource:
+        if self.source is None or self.source.model is not self.model:
+            self.source = OnnxSource(self.model, example)
+        return self.source
 
 
 def build_structure(model: nn.Module, example: torch.Tensor, spec: CandidateSpec, calib: Batches | None,
@@ -54,20 +62,14 @@ def artifact_stem(cid: str) -> str:
 
 
 def export_candidate(built: Built, example: torch.Tensor, spec: CandidateSpec, artifacts_dir: Path,
-                     threads: int | None, calib: Batches | None, verify_inputs: list[torch.Tensor] | None,
+                     threads: int | None, calib, verify_inputs: list[torch.Tensor] | None,
                      options: dict | None = None, name: str | None = None) -> tuple[ExportResult, Session]:
+    """Export the structure at the spec's format and precision from its shared ONNX graph, load and verify it
+    on `verify_inputs` (a few batches at the run's batch size). result.info["seconds"] splits the time."""
     out = artifacts_dir / artifact_stem(name or spec.id)
-    result, session = export_verified(built.model, example, spec.format, out, precision=spec.precision,
-                                      calib=calib, threads=threads, verify=False, options=options)
-    import time
-
-    from edgeopt.formats.verify import verify_session
-
-    t0 = time.perf_counter()
-    result.info["verification"] = verify_session(session, built.model, example, spec.precision,
-                                                 inputs=verify_inputs)
-    result.info["seconds"] = {"verify": round(time.perf_counter() - t0, 3)}  # the rest of the call is the export
-    return result, session
+    options = {**(options or {}), "source": built.onnx_source(example)}
+    return export_verified(built.model, example, spec.format, out, precision=spec.precision, calib=calib,
+                           threads=threads, options=options, verify_inputs=verify_inputs)
 
 
 def evaluate_candidate(session, eval_batches: Batches, batch_size: int,
@@ -160,6 +162,7 @@ class Builder:
     calib_random: bool = False
     progress: Callable[[str], None] | None = None
     export_options: dict | None = None  # every export gets these (e.g. a dynamic batch axis)
+    _calibration: object = field(default=None, init=False, repr=False)
 
     def build(self, start: nn.Module, spec: CandidateSpec) -> Built:
         def tick(epoch: int, epochs: int, loss: float) -> None:
@@ -193,11 +196,26 @@ class Builder:
         verify_inputs = self.splits.calib.inputs()[:1] if self.splits.calib is not None else None
         if verify_inputs and verify_inputs[0].shape[0] != self.batch:
             verify_inputs = [verify_inputs[0][:self.batch]] if verify_inputs[0].shape[0] >= self.batch else None
-        calib = self.splits.calib
-        if calib is None and self.calib_random:
-            calib = "random"  # asked for explicitly; the report says so (see pipeline)
+        calib = self.calibration() if spec.precision == "int8" else self.splits.calib
         return export_candidate(built, self.example, spec, self.out_dir / "artifacts", self.threads, calib,
                                 verify_inputs, options, name)
+
+    def calibration(self):
+        """The INT8 calibration batches, resolved once for the run and shared by every INT8 artifact of every
+        structure (the structures keep the original's inputs); the raw data when it cannot be resolved here, so
+        that each export says why."""
+        if self._calibration is None:
+            from edgeopt.formats.calibration import resolve_calibration
+            from edgeopt.inputs.model_io import Inputs
+
+            calib = self.splits.calib
+            if calib is None and self.calib_random:
+                calib = "random"  # asked for explicitly; the report says so (see pipeline)
+            try:
+                self._calibration = resolve_calibration(calib, Inputs.of(self.example, self.net), "int8")
+            except Exception:
+                return calib
+        return self._calibration
 
     def evaluate(self, session: Session) -> tuple[float, str]:
         return evaluate_candidate(session, self.eval_b, self.batch, self.reference)

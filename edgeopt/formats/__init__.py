@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgeopt.errors import ArtifactError, BackendMissingError, ConfigError, ExportError, missing_backend
+from edgeopt.errors import (
+    ArtifactError,
+    BackendMissingError,
+    ConfigError,
+    ExportError,
+    VerificationError,
+    missing_backend,
+)
 from edgeopt.registry import Registry, resolve
 
 if TYPE_CHECKING:
@@ -268,12 +275,17 @@ def has_fake_quant(model: nn.Module) -> bool:
 
 def export_verified(model: nn.Module, example: torch.Tensor, format: str, out: Path,
                     precision: str = "fp32", calib=None, options: dict | None = None,
-                    threads: int | None = None, verify: bool = True) -> tuple[ExportResult, Session]:
+                    threads: int | None = None, verify: bool = True,
+                    verify_inputs: list | None = None) -> tuple[ExportResult, Session]:
     """Export, load on the runtime, and compare its outputs with PyTorch's (VerificationError on mismatch).
     options["tensorrt"] (a TensorRT version, from `target_export_options`): the ONNX goes to TensorRT, so INT8 is
-    explicit Q/DQ (`qdq-tensorrt`) and an artifact TensorRT's parser cannot read is an ExportError naming the op."""
-    from edgeopt.formats.verify import verify_session
-
+    explicit Q/DQ (`qdq-tensorrt`) and an artifact TensorRT's parser cannot read is an ExportError naming the op.
+    options["source"] (formats/onnx_source.py): the structure's fp32 ONNX graph, exported once and shared by
+    every artifact made from it. `verify_inputs`: the batches to verify on (default: fresh inputs, or for INT8
+    the calibration data's held-out samples). An OpenVINO IR converted from the ONNX graph whose float outputs
+    differ from PyTorch's is converted again from the PyTorch model, and the result says so.
+    result.info["seconds"]: the parts of this call that are not the conversion itself (the graph export shared
+    with the structure's other artifacts, INT8 quantization, verification)."""
     backend = backend_for(format)
     for_tensorrt = backend.format == "onnx" and bool((options or {}).get("tensorrt"))
     if for_tensorrt and precision == "int8" and (options or {}).get("quant_mode", "auto") == "auto":
@@ -284,16 +296,27 @@ def export_verified(model: nn.Module, example: torch.Tensor, format: str, out: P
     # a quantization-aware-trained model carries its own fake-quantizers: exported as is, they become the
     # INT8 Q/DQ (ONNX) or FakeQuantize (OpenVINO) graph; calibrating again would discard what QAT learned
     prequantized = precision == "int8" and has_fake_quant(model)
-    t0 = time.perf_counter()
     if prequantized and backend.format == "tensorrt":  # TensorRT needs its INT8 flag for Q/DQ networks
         options = {**(options or {}), "prequantized": True}
-    result = backend.export(model, example, Path(out).with_suffix(backend.suffix),
-                            precision="fp32" if prequantized and backend.format != "tensorrt" else precision,
-                            calib=None if prequantized else calib, options=options)
+    source = (options or {}).get("source")
+    source = source if getattr(source, "model", None) is model else None
+    if backend.format == "openvino" and (prequantized or getattr(source, "openvino_route", "onnx") == "torch"):
+        # OpenVINO's own tracer keeps QAT's fake-quantizers as they were trained; and an IR converted from this
+        # structure's ONNX graph differed from PyTorch before
+        options = {**(options or {}), "route": "torch"}
+
+    def export(opts):
+        t0 = time.perf_counter()
+        result = backend.export(model, example, Path(out).with_suffix(backend.suffix),
+                                precision="fp32" if prequantized and backend.format != "tensorrt" else precision,
+                                calib=None if prequantized else calib, options=opts)
+        result.info["export_seconds"] = round(time.perf_counter() - t0, 3)
+        return result, backend.load(result.path, precision=precision, threads=threads)
+
+    result, session = export(options)
     if prequantized:
         result.info["quantization"] = "quantization-aware training (fake-quant exported as INT8)"
         calib = None
-    result.info["export_seconds"] = round(time.perf_counter() - t0, 3)
     if for_tensorrt:
         from edgeopt.formats.tensorrt_parser_ops import require_parseable
 
@@ -304,18 +327,46 @@ def export_verified(model: nn.Module, example: torch.Tensor, format: str, out: P
                 f.unlink(missing_ok=True)
             raise
         result.info["tensorrt_parser_check"] = f"passed (TensorRT {options['tensorrt']} ONNX parser table)"
-    session = backend.load(result.path, precision=precision, threads=threads)
+    verify_s = 0.0
     if verify:
-        inputs = labels = None
-        if precision == "int8" and calib is not None and not isinstance(calib, str):
-            from edgeopt.formats.calibration import holdout
+        inputs, labels = verify_inputs, None
+        if inputs is None and precision == "int8" and calib is not None and not isinstance(calib, str):
+            from edgeopt.formats.calibration import Calibration, holdout
 
-            inputs, labels, overlap = holdout(calib, example)
+            if isinstance(calib, Calibration):  # resolved already: its batches are all there is
+                inputs, overlap = list(calib.inputs), True
+            else:
+                inputs, labels, overlap = holdout(calib, example)
             result.info["verification_data"] = "calibration data" + (
                 " (overlaps the calibration samples: too few for a held-out split)" if overlap else ", held out")
-        result.info["verification"] = verify_session(session, model, example, precision, inputs=inputs or None,
-                                                     labels=labels)
+        t0 = time.perf_counter()
+        try:
+            result.info["verification"] = _verify(session, model, example, precision, inputs, labels, source)
+        except VerificationError as e:
+            if result.info.get("route") != "onnx" or precision in ("int8", "int8w"):
+                raise  # quantized outputs differ for reasons of their own: converting again would not help
+            # the graph through ONNX is not the model: the torch route, for this and the structure's later IRs
+            if source is not None:
+                source.openvino_route = "torch"
+            verify_s += time.perf_counter() - t0
+            first, why = result, str(e)
+            result, session = export({**(options or {}), "route": "torch"})
+            result.info["export_seconds"] += first.info["export_seconds"]
+            result.info["onnx_route_differed"] = why
+            t0 = time.perf_counter()
+            result.info["verification"] = _verify(session, model, example, precision, inputs, labels, source)
+        verify_s += time.perf_counter() - t0
+    result.info["seconds"] = {k: v for k, v in (
+        ("onnx graph export", result.info.get("graph_export_seconds", 0.0)),
+        ("quantize", result.info.get("quantize_seconds", 0.0)), ("verify", round(verify_s, 3))) if v}
     return result, session
+
+
+def _verify(session, model, example, precision, inputs, labels, source=None) -> dict:
+    from edgeopt.formats.verify import verify_session
+
+    return verify_session(session, model, example, precision, inputs=inputs or None, labels=labels,
+                          references=source.references if source is not None else None)
 
 
 def artifact_files(path: Path) -> list[Path]:

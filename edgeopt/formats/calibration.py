@@ -4,7 +4,8 @@ input of a tuple- or dict-input model is fed: ONNX Runtime's and NNCF's calibrat
 Scales computed from random inputs describe noise, not the model's real activations: random calibration
 is refused unless the caller asks for it explicitly (`--calib random`, `calib_data="random"`), and the
 result then says so. NaN/Inf in calibration data is a DataError. The pipeline calls
-`resolve_calibration` too, so the CLI, the API and the optimizer refuse the same way."""
+`resolve_calibration` too, so the CLI, the API and the optimizer refuse the same way; the optimizer resolves
+the run's calibration data once and hands the same `Calibration` to every INT8 artifact."""
 
 from __future__ import annotations
 
@@ -26,15 +27,27 @@ class Calibration:
     inputs: list  # batches shaped like the example (its static batch size): tensors, or Inputs for several
     source: str  # "data" | "random"
     names: list[str] = field(default_factory=lambda: ["input"])  # the inputs' names, in order
+    _feeds: list | None = field(default=None, repr=False, compare=False)
 
     def info(self) -> dict:
         return {"source": self.source, "samples": sum(int(x.shape[0]) for x in self.inputs),
                 "meaningful_scales": self.source != RANDOM, "inputs": list(self.names)}
 
     def feeds(self) -> list[dict[str, np.ndarray]]:
-        """Every batch as a runtime feed: input name -> float32 array."""
-        return [x.numpy() if isinstance(x, Inputs) else
-                {self.names[0]: np.ascontiguousarray(x.numpy(), dtype=np.float32)} for x in self.inputs]
+        """Every batch as a runtime feed: input name -> float32 array (made once: every INT8 artifact
+        calibrated on this data reads the same arrays)."""
+        if self._feeds is None:
+            self._feeds = [x.numpy() if isinstance(x, Inputs) else
+                           {self.names[0]: np.ascontiguousarray(x.numpy(), dtype=np.float32)} for x in self.inputs]
+        return self._feeds
+
+    def fits(self, example) -> bool:
+        """Whether these batches feed a model whose inputs are shaped like `example`."""
+        tmpl = _template(example)
+        first = self.inputs[0] if self.inputs else None
+        shapes = (first.shapes if isinstance(first, Inputs) else {self.names[0]: tuple(first.shape)}
+                  ) if first is not None else {}
+        return list(self.names) == list(tmpl.names) and list(shapes.values()) == list(tmpl.shapes.values())
 
 
 def _template(example) -> Inputs:
@@ -66,6 +79,11 @@ def resolve_calibration(calib, example, precision: str = "int8", allow_random: b
     (Batches, tensors, (x, y) pairs, tuples/dicts of inputs) or, only when `calib == "random"` or
     `allow_random`, from a seeded normal distribution."""
     tmpl = _template(example)
+    if isinstance(calib, Calibration):  # resolved once already (the optimizer shares one across its artifacts)
+        if not calib.fits(tmpl):
+            raise DataError(f"calibration batches for inputs {calib.names} do not fit the model's inputs "
+                            f"{tmpl.describe()}")
+        return calib
     if calib is None or (isinstance(calib, str) and calib == RANDOM):
         if not (allow_random or calib == RANDOM):
             raise DataError(f"{precision} quantization needs calibration data: pass --data / calib_data "

@@ -7,6 +7,7 @@ ONNX Runtime sessions (CPU provider here; CUDA / TensorRT providers when present
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -24,11 +25,15 @@ OPSET = 17
 
 def _try_export(model: nn.Module, inputs, path: Path, dynamo: bool, output_names: list[str],
                 dynamic_batch: bool = False) -> None:
+    # the TorchScript exporter refuses all-digit value names ("0", "1" for a tuple's outputs): they are
+    # exported under stand-in names and renamed back in the file
+    stand_in = {n: f"edgeopt_output_{n}" for n in output_names if n.isdigit() and not dynamo}
+    names = [stand_in.get(n, n) for n in output_names]
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        kwargs = dict(input_names=list(inputs.names), output_names=output_names, opset_version=OPSET)
+        kwargs = dict(input_names=list(inputs.names), output_names=names, opset_version=OPSET)
         if dynamic_batch:  # the first axis of every input and output may vary at run time
-            kwargs["dynamic_axes"] = {n: {0: "batch"} for n in [*inputs.names, *output_names]}
+            kwargs["dynamic_axes"] = {n: {0: "batch"} for n in [*inputs.names, *names]}
         if dynamo:
             kwargs["opset_version"] = max(OPSET, 18)  # the dynamo exporter's lowest supported opset
             torch.onnx.export(model, inputs.export_args(), str(path), dynamo=True, external_data=False,
@@ -36,6 +41,22 @@ def _try_export(model: nn.Module, inputs, path: Path, dynamo: bool, output_names
         else:
             torch.onnx.export(model, inputs.export_args(), str(path), dynamo=False, do_constant_folding=True,
                               **kwargs)
+    if stand_in:
+        _rename_values(path, {v: k for k, v in stand_in.items()})
+
+
+def _rename_values(path: Path, names: dict[str, str]) -> None:
+    """Rename graph values (outputs, and every node input or output that refers to them) in the file."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    for v in [*graph.output, *graph.value_info]:
+        v.name = names.get(v.name, v.name)
+    for n in graph.node:
+        n.input[:] = [names.get(i, i) for i in n.input]
+        n.output[:] = [names.get(o, o) for o in n.output]
+    onnx.save(model, str(path))
 
 
 def _check_io(path: Path, inputs, output_names: list[str]) -> None:
@@ -61,42 +82,30 @@ def _unsupported_op(errors: list[str]) -> str | None:
     return None
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, out: Path, precision: str = "fp32",
-                calib=None, options: dict | None = None) -> ExportResult:
-    """`example`: a tensor, a tuple or a dict of tensors (input names from the structure).
-    options: quant_mode (int8: auto | qdq-s8 | qdq-u8 | qoperator-u8 | qoperator-s8 | qdq-tensorrt | dynamic),
-    simplify (default True), allow_random_calib (default False), dynamic_batch (default False)."""
-    import onnx
+# The exporters tried, in order. TorchScript comes first: on YOLOv8n at 320 it exported in 7 s where dynamo
+# took 13 s (docs/export-quantize-benchmark.md); dynamo is the fallback for what TorchScript cannot trace.
+EXPORTERS = (("torch.onnx (TorchScript)", False), ("torch.onnx (dynamo)", True))
 
+
+def export_graph(model: nn.Module, inputs, out: Path, output_names: list[str], dynamic_batch: bool = False,
+                 simplify: bool = True) -> dict:
+    """The fp32 graph of `model` written to `out` (checked, its inputs and outputs under their names, simplified
+    when `simplify` and onnxslim is installed), by the first exporter that succeeds. Returns what made it:
+    exporter, opset, the errors of the exporters tried before, simplified."""
     from edgeopt.formats import onnx_quant
-    from edgeopt.formats.calibration import resolve_calibration
-    from edgeopt.inputs.model_io import Inputs, model_outputs
 
-    options = dict(options or {})
-    inputs = Inputs.of(example, model)
-    output_names = list(model_outputs(model.eval(), inputs))
-    if precision not in ("fp32", "fp16", "int8", "int8w"):
-        raise ExportError(f"ONNX export at {precision} is not supported; use fp32, fp16, int8 or int8w "
-                          "(weight-only int8)")
     out = Path(out)
-    cal = None
-    if precision == "int8" and options.get("quant_mode", "auto") != "dynamic" and calib is not None:
-        cal = resolve_calibration(calib, inputs, "int8", options.get("allow_random_calib", False))
-    elif precision == "int8" and calib is None and options.get("quant_mode", "auto") not in ("auto", "dynamic"):
-        resolve_calibration(calib, inputs, "int8", options.get("allow_random_calib", False))  # refuse early
     out.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    errors = []
+    errors: list[str] = []
     fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".onnx.tmp")
     os.close(fd)
     honour_umask(tmp_name)
     tmp = Path(tmp_name)
-    conv = tmp.with_name(tmp.name + ".conv")
-    info: dict = {}
     try:
-        for exporter, dynamo in (("torch.onnx (TorchScript)", False), ("torch.onnx (dynamo)", True)):
+        for exporter, dynamo in EXPORTERS:
             try:
-                _try_export(model, inputs, tmp, dynamo, output_names, bool(options.get("dynamic_batch")))
+                _try_export(model, inputs, tmp, dynamo, output_names, dynamic_batch)
                 break
             except Exception as e:
                 errors.append(f"{exporter}: {first_line(e, 300, with_type=False)}")
@@ -104,12 +113,60 @@ def export_onnx(model: nn.Module, example: torch.Tensor, out: Path, precision: s
             op = _unsupported_op(errors)
             raise ExportError(("ONNX export failed: unsupported " + op) if op else
                               "ONNX export failed: " + " | ".join(errors))
-        try:
-            onnx.checker.check_model(str(tmp))
-        except onnx.checker.ValidationError as e:
-            raise ExportError(f"exported ONNX graph is invalid: {first_line(e, with_type=False)}") from None
-        _check_io(tmp, inputs, output_names)
-        info["simplified"] = options.get("simplify", True) and onnx_quant.simplify(tmp)
+        _check_graph(tmp, inputs, output_names)
+        simplified = simplify and onnx_quant.simplify(tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"exporter": exporter, "opset": max(OPSET, 18) if dynamo else OPSET, "fallback_errors": errors,
+            "simplified": simplified}
+
+
+def _check_graph(path: Path, inputs, output_names: list[str]) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"exported ONNX graph is invalid: {first_line(e, with_type=False)}") from None
+    _check_io(path, inputs, output_names)
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, out: Path, precision: str = "fp32",
+                calib=None, options: dict | None = None) -> ExportResult:
+    """`example`: a tensor, a tuple or a dict of tensors (input names from the structure).
+    options: quant_mode (int8: auto | qdq-s8 | qdq-u8 | qoperator-u8 | qoperator-s8 | qdq-tensorrt | dynamic),
+    simplify (default True), allow_random_calib (default False), dynamic_batch (default False), source (an
+    OnnxSource of this model: its fp32 graph is converted instead of exporting the model again)."""
+    from edgeopt.formats import onnx_quant
+    from edgeopt.formats.calibration import resolve_calibration
+    from edgeopt.formats.onnx_source import OnnxSource
+
+    options = dict(options or {})
+    if precision not in ("fp32", "fp16", "int8", "int8w"):
+        raise ExportError(f"ONNX export at {precision} is not supported; use fp32, fp16, int8 or int8w "
+                          "(weight-only int8)")
+    source = options.get("source")
+    if not isinstance(source, OnnxSource) or source.model is not model:
+        source = OnnxSource(model, example)
+    inputs, output_names = source.inputs, source.output_names
+    out = Path(out)
+    cal = None
+    if precision == "int8" and options.get("quant_mode", "auto") != "dynamic" and calib is not None:
+        cal = resolve_calibration(calib, inputs, "int8", options.get("allow_random_calib", False))
+    elif precision == "int8" and calib is None and options.get("quant_mode", "auto") not in ("auto", "dynamic"):
+        resolve_calibration(calib, inputs, "int8", options.get("allow_random_calib", False))  # refuse early
+    dynamic = bool(options.get("dynamic_batch"))
+    graph, made = source.graph(dynamic, options.get("simplify", True))
+    info: dict = {"simplified": made["simplified"]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".onnx.tmp")
+    os.close(fd)
+    honour_umask(tmp_name)
+    tmp = Path(tmp_name)
+    conv = tmp.with_name(tmp.name + ".conv")
+    try:
+        shutil.copyfile(graph, tmp)
         if precision == "fp16":
             info.update(onnx_quant.convert_fp16(tmp, conv))
             os.replace(conv, tmp)
@@ -129,10 +186,10 @@ def export_onnx(model: nn.Module, example: torch.Tensor, out: Path, precision: s
     finally:
         tmp.unlink(missing_ok=True)
         conv.unlink(missing_ok=True)
-    return ExportResult(path=out, format="onnx", precision=precision, exporter=exporter, files=[out],
-                        info={"opset": OPSET if not dynamo else max(OPSET, 18), "fallback_errors": errors,
-                              "inputs": inputs.describe(), "outputs": output_names,
-                              "dynamic_batch": bool(options.get("dynamic_batch")), **info})
+    return ExportResult(path=out, format="onnx", precision=precision, exporter=made["exporter"], files=[out],
+                        info={"opset": made["opset"], "fallback_errors": list(made["fallback_errors"]),
+                              "inputs": inputs.describe(), "outputs": output_names, "dynamic_batch": dynamic,
+                              "graph_exports": source.exports, "graph_export_seconds": source.bill(), **info})
 
 
 _INT8_OPS = {"QuantizeLinear", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLinear", "MatMulInteger",

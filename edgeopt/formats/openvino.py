@@ -1,4 +1,5 @@
-"""OpenVINO IR (.xml + .bin) from the torch model (ov.convert_model), falling back to an ONNX route.
+"""OpenVINO IR (.xml + .bin) converted from the structure's fp32 ONNX graph (formats/onnx_source.py: exported
+once for every precision and runtime), falling back to ov.convert_model on the PyTorch model.
 
 Weights stay fp32 in the IR for fp32/bf16/fp16: the precision actually executed is chosen at compile time by
 the runtime's inference-precision hint, and reported from there. INT8 is real post-training quantization
@@ -16,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -37,50 +39,60 @@ from edgeopt.formats.openvino_precision import (
 
 def export_openvino(model: nn.Module, example: torch.Tensor, out: Path, precision: str = "fp32",
                     calib=None, options: dict | None = None) -> ExportResult:
+    """options: source (an OnnxSource of this model: the IR is converted from its fp32 ONNX graph, exported
+    once for every artifact of the structure), route ("onnx", the default: from the ONNX graph, the torch
+    route if that fails; "torch": ov.convert_model on the PyTorch model first), dynamic_batch,
+    allow_random_calib, eval_data and max_accuracy_drop (INT8 with accuracy control)."""
     try:
         import openvino as ov
     except ImportError:
         raise missing_backend("openvino", "openvino") from None
-    from edgeopt.inputs.model_io import Inputs, model_outputs
+    from edgeopt.formats.onnx_source import OnnxSource
 
+    options = dict(options or {})
     out = Path(out).with_suffix(".xml")
-    inputs = Inputs.of(example, model)
-    output_names = list(model_outputs(model.eval(), inputs))
+    source = options.get("source")
+    if not isinstance(source, OnnxSource) or source.model is not model:
+        source = OnnxSource(model, example)
+    inputs, output_names = source.inputs, source.output_names
     example = inputs.first
     cal = None
     if precision == "int8":  # refuse missing/bad calibration data before the slow conversion
         from edgeopt.formats.calibration import resolve_calibration
 
-        cal = resolve_calibration(calib, inputs, "int8", dict(options or {}).get("allow_random_calib", False))
+        cal = resolve_calibration(calib, inputs, "int8", options.get("allow_random_calib", False))
     out.parent.mkdir(parents=True, exist_ok=True)
-    errors = []
-    ov_model, exporter = None, None
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.jit deprecation chatter from the tracer
-            ov_model = ov.convert_model(model.eval(), example_input=inputs.example())
-        exporter = "openvino.convert_model (torch)"
-    except Exception as e:
-        errors.append(f"convert_model(torch): {first_line(e, 300, with_type=False)}")
-    if ov_model is None:  # ONNX route: some graphs trace better through torch.onnx
-        from edgeopt.formats.onnx import export_onnx
-
-        with tempfile.TemporaryDirectory() as tmpdir:
-            try:
-                onnx_path = export_onnx(model, inputs, Path(tmpdir) / "m.onnx").path
-                ov_model = ov.convert_model(str(onnx_path))
-                exporter = "openvino.convert_model (onnx)"
-            except Exception as e:
-                errors.append(f"via onnx: {first_line(e, 300, with_type=False)}")
+    dynamic = bool(options.get("dynamic_batch"))
+    errors: list[str] = []
+    ov_model, exporter, made = None, None, {}
+    routes = ("torch", "onnx") if options.get("route") == "torch" else ("onnx", "torch")
+    for route in routes:
+        try:
+            if route == "onnx":
+                graph, made = source.graph(dynamic)
+                ov_model = ov.convert_model(str(graph))
+                exporter = f"openvino.convert_model (onnx from {made['exporter']})"
+            else:
+                with torch.no_grad(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # torch.jit deprecation chatter from the tracer
+                    ov_model = ov.convert_model(model.eval(), example_input=inputs.example())
+                exporter = "openvino.convert_model (torch)"
+            _name_io(ov, ov_model, inputs, output_names, dynamic)
+            break
+        except Exception as e:
+            ov_model = None
+            errors.append(f"{route} route: {first_line(e, 300, with_type=False)}")
     if ov_model is None:
         raise ExportError("OpenVINO conversion failed: " + " | ".join(errors))
-    _name_io(ov, ov_model, inputs, output_names, bool(dict(options or {}).get("dynamic_batch")))
-    info: dict = {}
+    info: dict = {"route": route, "graph_exports": source.exports, "graph_export_seconds": source.bill()}
+    t0 = time.perf_counter()
     with nncf_on_shared_core():
         if precision == "int8":
-            ov_model, info = _quantize(ov_model, cal, example, dict(options or {}))
+            ov_model, more = _quantize(ov_model, cal, example, options)
+            info.update(more, quantize_seconds=round(time.perf_counter() - t0, 3))
         elif precision == "int8w":
-            ov_model, info = _compress_weights(ov_model)
+            ov_model, more = _compress_weights(ov_model)
+            info.update(more)
     pin = pin_precision(ov_model, precision)
     tmpdir = Path(tempfile.mkdtemp(dir=out.parent, prefix=".ovtmp."))
     try:  # save beside the destination, then move both files in: never half an IR
@@ -95,6 +107,8 @@ def export_openvino(model: nn.Module, example: torch.Tensor, out: Path, precisio
     return ExportResult(path=out, format="openvino", precision=precision, exporter=exporter,
                         files=[out, out.with_suffix(".bin")],
                         info={"fallback_errors": errors, "inputs": inputs.describe(), "outputs": output_names,
+                              **({"onnx_fallback_errors": made["fallback_errors"]} if made.get("fallback_errors")
+                                 else {}),
                               **({"pinned_precision": pin} if pin else {}), **info})
 
 

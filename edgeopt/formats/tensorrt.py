@@ -93,7 +93,8 @@ def _onnx_graph(model, example, tmpdir: Path, precision: str, calib, options: di
         r = export_onnx(model, example, tmpdir / "m.onnx", precision="fp32")
         return r.path, {"onnx_exporter": r.exporter, "int8": "explicit Q/DQ from quantization-aware training"}
     explicit = precision == "int8" and options.get("int8_calibration", "qdq") == "qdq"
-    onnx_opts = {"quant_mode": "qdq-tensorrt", "allow_random_calib": options.get("allow_random_calib", False)}
+    onnx_opts = {"quant_mode": "qdq-tensorrt", "allow_random_calib": options.get("allow_random_calib", False),
+                 "source": options.get("source")}  # the structure's ONNX graph, when exported already
     r = export_onnx(model, example, tmpdir / "m.onnx", precision="int8" if explicit else "fp32", calib=calib,
                     options=onnx_opts)
     return r.path, {"onnx_exporter": r.exporter, **({"calibration": r.info["calibration"]} if explicit else {})}

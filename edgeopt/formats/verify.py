@@ -41,15 +41,37 @@ def match_outputs(got: dict[str, np.ndarray], ref: dict[str, torch.Tensor], runt
                             f"({', '.join(ref)})")
 
 
+def _reference(model: nn.Module, x: Inputs, memo: dict | None) -> dict[str, torch.Tensor]:
+    """PyTorch's outputs on `x`; with `memo` (one per model), each input batch is run once for every artifact
+    verified against it."""
+    key = None
+    if memo is not None:
+        import hashlib
+
+        h = hashlib.sha1()
+        for name, t in zip(x.names, x.tensors, strict=True):
+            h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+            h.update(t.detach().contiguous().cpu().numpy().tobytes())
+        key = h.hexdigest()
+        if key in memo:
+            return memo[key]
+    with torch.no_grad():
+        ref = flatten_outputs(x.call(model))
+    if memo is not None:
+        memo[key] = ref
+    return ref
+
+
 def verify_session(session: Session, model: nn.Module, example, precision: str,
                    n_inputs: int | None = None, inputs: list | None = None, seed: int = 1234,
-                   labels: list[torch.Tensor] | None = None) -> dict:
+                   labels: list[torch.Tensor] | None = None, references: dict | None = None) -> dict:
     """Raise VerificationError when the runtime's outputs do not match; return the error figures.
 
     `example` is a tensor, tuple or dict of tensors; `inputs` (optional) are batches of the same form.
     fp32 is judged on a few inputs by max error; reduced precisions on enough inputs (24 by default) for
     top-1 agreement to mean something. With `labels` (one tensor per input batch) and one output, the
-    accuracy of both the runtime and PyTorch is reported too."""
+    accuracy of both the runtime and PyTorch is reported too. `references`: a dict kept with the model, in which
+    PyTorch's outputs are remembered by input, so that the artifacts of one structure run the model once."""
     base = Inputs.of(example, model)
     gen = torch.Generator().manual_seed(seed)
     if n_inputs is None:
@@ -63,8 +85,7 @@ def verify_session(session: Session, model: nn.Module, example, precision: str,
     agree = total = right_rt = right_pt = samples = 0
     model.eval()
     for i, x in enumerate(xs):
-        with torch.no_grad():
-            ref = flatten_outputs(x.call(model))
+        ref = _reference(model, x, references)
         got = match_outputs(session.run_named(x.numpy()), ref, session.runtime)
         single = len(ref) == 1
         samples += x.batch
