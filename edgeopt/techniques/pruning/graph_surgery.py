@@ -183,35 +183,32 @@ def output_layers(model: nn.Module, example: Inputs) -> list[nn.Module]:
     """Conv/Linear layers whose output tensor is one of the model's outputs, directly or through modules
     that keep its channels (upsampling, an activation, dropout: a segmentation head): their output channels
     are what the user reads (boxes, classes, masks), so they are never pruned on their output side."""
-    # tensor id -> [(call index, module, input id, input shape, output shape)]: only shapes are kept, so an id
-    # may be reused by a later tensor; a tensor's producer is the latest call before its consumer ran
-    produced: dict[int, list[tuple]] = {}
-    calls = [0]
+    produced: dict[int, tuple[nn.Module, torch.Tensor | None, torch.Tensor]] = {}  # output id -> (module, in, out)
 
+    # The tensors are held until the end (one forward's activations at the example's batch): with only ids or
+    # shapes kept, a freed tensor's id is reused by the next one, and an output made by a plain op (a transpose)
+    # would be taken for a layer's output it never was.
     def hook(mod, args, out):
-        calls[0] += 1
         src = args[0] if len(args) == 1 and isinstance(args[0], torch.Tensor) else None
         if isinstance(out, torch.Tensor) and out is not src:  # an identity passes its input on: nothing to add
-            produced.setdefault(id(out), []).append((calls[0], mod, None if src is None else id(src),
-                                                     None if src is None else src.shape, out.shape))
+            produced[id(out)] = (mod, src, out)
 
     leaves = (m for m in model.modules() if not list(m.children()))
     with forward_hooks((m, hook) for m in leaves), torch.no_grad():
         outs = flatten_outputs(example.call(model))
     found: list[nn.Module] = []
     for t in outs.values():
-        cur, before = id(t), calls[0] + 1
+        cur = t
         for _ in range(8):  # a few channel-keeping modules at most between the layer and the output
-            entry = max((e for e in produced.get(cur, []) if e[0] < before), default=None, key=lambda e: e[0])
-            if entry is None:
+            if id(cur) not in produced:
                 break
-            index, mod, src, in_shape, out_shape = entry
+            mod, src, out = produced[id(cur)]
             if isinstance(mod, (nn.Conv2d, nn.Linear)):
                 if mod not in found:
                     found.append(mod)
                 break
-            resized = in_shape is not None and len(in_shape) == len(out_shape) == 4 and in_shape[:2] == out_shape[:2]
-            if src is None or not (in_shape == out_shape or resized):
+            resized = src is not None and src.dim() == out.dim() == 4 and src.shape[:2] == out.shape[:2]
+            if src is None or not (src.shape == out.shape or resized):
                 break
-            cur, before = src, index
+            cur = src
     return found
