@@ -21,7 +21,7 @@ from edgeopt.formats.base import ExportResult, Session
 from edgeopt.formats.onnx_source import OnnxSource
 from edgeopt.inputs.analyze import count_macs, count_params
 from edgeopt.inputs.data import Batches, DataSplits
-from edgeopt.measure.accuracy import predictions, score, torch_predictions
+from edgeopt.measure.accuracy import predictions, prefix_bound, score, torch_predictions
 from edgeopt.report import Candidate, Step
 from edgeopt.techniques import apply_step
 
@@ -147,6 +147,21 @@ def export_options(config, target=None) -> dict | None:
     return options or None
 
 
+@dataclass(frozen=True)
+class Screened:
+    """A structure's PyTorch accuracy on the selection split, from `seen` of its `total` samples: fewer when
+    the samples seen already put the whole split below the accuracy the caller asked about (the verdict is
+    then certain; the accuracy is that of the samples seen, an estimate of the rest)."""
+
+    accuracy: float
+    seen: int
+    total: int
+
+    @property
+    def partial(self) -> bool:
+        return self.seen < self.total
+
+
 @dataclass
 class Builder:
     """The verbs the search needs, bound to one run's model, data and output folder."""
@@ -174,6 +189,20 @@ class Builder:
 
     def torch_accuracy(self, model: nn.Module) -> float:
         return score(torch_predictions(model, self.eval_b, self.batch), self.eval_b, self.reference)[0]
+
+    def torch_screen(self, model: nn.Module, floor: float) -> Screened:
+        """The PyTorch accuracy of a screening, which only asks whether it reaches `floor`: for a metric that
+        is a mean over samples, evaluation stops as soon as even a perfect rest could not lift the whole split
+        to `floor` (a structure far over the budget costs a chunk of the split, not all of it)."""
+        total = len(self.eval_b) if isinstance(self.eval_b, Batches) else 0
+        bound = prefix_bound(self.eval_b, self.reference) if total else None
+        if bound is None:
+            return Screened(self.torch_accuracy(model), total, total)
+        preds = torch_predictions(model, self.eval_b, self.batch, settled=lambda p: bound(p)[1] < floor)
+        seen = len(next(iter(preds.values())))
+        if seen >= total:
+            return Screened(score(preds, self.eval_b, self.reference)[0], total, total)
+        return Screened(bound(preds)[0], seen, total)
 
     @property
     def labelled(self) -> bool:

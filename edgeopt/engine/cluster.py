@@ -60,7 +60,7 @@ def _family_task(payload, structures: list[tuple[str, object]], known: dict[str,
     """One family on one worker: its levels screened in bisection order (or only `structures[0]`, a screening
     probe, with `probe_only`), then the levels the bisection keeps built too (the search finishes them).
     `known`: drops measured before (the cache, a screening), not built again. Returns per structure built
-    (Built or the exception, seconds, PyTorch accuracy) and where it ran."""
+    (Built or the exception, seconds, its Screened PyTorch accuracy) and where it ran."""
     import torch
 
     from edgeopt.engine.bisect import bisect
@@ -76,7 +76,7 @@ def _family_task(payload, structures: list[tuple[str, object]], known: dict[str,
             t0 = time.perf_counter()
             try:
                 b = builder.build(builder.net, specs[s])
-                acc = builder.torch_accuracy(b.model)
+                acc = builder.torch_screen(b.model, base_acc - budget - policy.EPS_PP)
             except Exception as e:  # data for the search: it records or raises it as a serial run would
                 b, acc = e, None
             out[s] = (b, round(time.perf_counter() - t0, 2), acc)
@@ -86,7 +86,7 @@ def _family_task(payload, structures: list[tuple[str, object]], known: dict[str,
         if s in known:
             return known[s]
         acc = build(s)[2]
-        return None if acc is None else round(base_acc - acc, 4)
+        return None if acc is None else round(base_acc - acc.accuracy, 4)
 
     def stopped() -> str | None:
         return "time" if deadline is not None and time.monotonic() > deadline else None
@@ -109,7 +109,7 @@ class ClusterBuilder:
     def __init__(self, inner):
         self._inner = inner
         self.built: dict[str, tuple] = {}  # structure -> (Built or exception, seconds, accuracy, where)
-        self._acc: dict[int, float] = {}  # id(model) of a cluster-built model -> its PyTorch accuracy
+        self._acc: dict = {}  # id(model) of a cluster-built model -> its PyTorch screening (build.Screened)
         self.used: dict[str, str] = {}  # structure -> where it was built, for the structures the search used
 
     def __getattr__(self, name):
@@ -133,7 +133,11 @@ class ClusterBuilder:
 
     def torch_accuracy(self, model) -> float:
         acc = self._acc.get(id(model))
-        return acc if acc is not None else self._inner.torch_accuracy(model)
+        return acc.accuracy if acc is not None and not acc.partial else self._inner.torch_accuracy(model)
+
+    def torch_screen(self, model, floor: float):
+        acc = self._acc.get(id(model))
+        return acc if acc is not None else self._inner.torch_screen(model, floor)
 
 
 class RayExecutor:
@@ -258,7 +262,7 @@ class RayExecutor:
             for s, result in got["built"].items():
                 builder.take(s, result, got["where"])
                 b, _, acc = result
-                drops[s] = None if acc is None else round(search.base_torch_acc - acc, 4)
+                drops[s] = None if acc is None else round(search.base_torch_acc - acc.accuracy, 4)
                 if not isinstance(b, Exception):
                     layouts[s] = layout(b.model)
             if group is not None and fam in probes_of[group]:

@@ -111,6 +111,7 @@ class Search:
         self.trace: list[str] = []
         self.decisions: list[Decision] = []  # decisions taken on measurements (screening, QAT, accuracy control)
         self.screened: dict[str, float | None] = {}
+        self.partial: dict[str, tuple[int, int]] = {}  # structure -> (seen, total): a screening stopped early
         self.screenings: list[Screening] = []
         self.screen_seconds = 0.0
         self.after_budget: set[str] = set()
@@ -191,6 +192,8 @@ class Search:
                      first=next((i for i, s in enumerate(structures) if s in self.screened), None))
         self.trace.append(out.trace)
         for s, (status, why) in out.dropped.items():
+            if "PyTorch accuracy drop" in why:
+                why += self._partial_note(s)
             for spec in specs[s]:
                 self.ledger.mark(spec.id, status, why)
         return out.kept
@@ -210,6 +213,7 @@ class Search:
         self.decisions.append(out.decision())
         self.trace.append(f"{group}: screened at level {out.level:g}, kept {', '.join(out.kept) or 'none'}")
         for fam, (status, why) in out.dropped.items():
+            why += self._partial_note(out.probes[fam])
             for s in members[fam]:
                 for spec in specs[s]:
                     self.ledger.mark(spec.id, status if s == out.probes[fam] else "rejected", why)
@@ -221,9 +225,13 @@ class Search:
             return self.screened[structure]
         spec = self.ledger.specs[structure][0]
         k = key(*self.cache_parts, [s.model_dump() for s in spec.steps])
+        budget = self.context.max_accuracy_drop + policy.EPS_PP
         hit = self.cache.get("screen", k)
-        if hit is not None:
+        # a screening stopped early only proves its structure over the budget it was run for
+        if hit is not None and not (hit.get("seen") and hit.get("at_least", 0.0) <= budget):
             self.screened[structure], self.builds.layout_of[structure] = hit["drop"], hit["layout"]
+            if hit.get("seen"):
+                self.partial[structure] = (hit["seen"], hit["total"])
             self.trace.append(f"screen {structure}: drop {hit['drop']:.2f} pp (cached)")
             return hit["drop"]
         b = self.builds.get(structure)
@@ -232,12 +240,26 @@ class Search:
             self.trace.append(f"screen {structure}: failed ({why_failed(b)})")
             return None
         t0 = time.perf_counter()
-        drop = round(self.base_torch_acc - self.builder.torch_accuracy(b.model), 4)
+        got = self.builder.torch_screen(b.model, self.base_torch_acc - budget)
+        drop = round(self.base_torch_acc - got.accuracy, 4)
         self.screen_seconds += time.perf_counter() - t0
         self.screened[structure] = drop
-        self.cache.put("screen", k, {"drop": drop, "layout": self.builds.layout_of[structure]})
-        self.trace.append(f"screen {structure}: drop {drop:.2f} pp")
+        entry = {"drop": drop, "layout": self.builds.layout_of[structure]}
+        if got.partial:
+            self.partial[structure] = (got.seen, got.total)
+            # the least the whole split can lose: the samples not seen all right
+            at_least = self.base_torch_acc - (got.accuracy * got.seen + 100.0 * (got.total - got.seen)) / got.total
+            entry.update(seen=got.seen, total=got.total, at_least=round(at_least, 4))
+        self.cache.put("screen", k, entry)
+        self.trace.append(f"screen {structure}: drop {drop:.2f} pp" + self._partial_note(structure))
         return drop
+
+    def _partial_note(self, structure: str) -> str:
+        """Where a screening stopped early, on how many samples its drop was measured."""
+        if structure not in self.partial:
+            return ""
+        seen, total = self.partial[structure]
+        return f" (on the first {seen} of {total} samples: over the budget whatever the others give)"
 
     def _check(self, structure: str) -> float | None:
         """The drop (pp) of a structure at the precision it will win with: its PyTorch drop, and where that holds

@@ -14,8 +14,10 @@ Every Core in this process is the one `openvino_core()` returns (formats/openvin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -35,6 +37,19 @@ from edgeopt.formats.openvino_precision import (
     pin_precision,
     precision_name,
 )
+
+
+@contextlib.contextmanager
+def _own_argv():
+    """OpenVINO's converter turns verbose (argument dumps on stdout, and tracemalloc, which slows every
+    allocation) when '--verbose' is anywhere in sys.argv, so `edgeopt optimize --verbose` would switch it on:
+    the process's own flags are hidden from it while it converts."""
+    saved = sys.argv
+    sys.argv = [a for a in saved if a != "--verbose"]
+    try:
+        yield
+    finally:
+        sys.argv = saved
 
 
 def export_openvino(model: nn.Module, example: torch.Tensor, out: Path, precision: str = "fp32",
@@ -70,10 +85,11 @@ def export_openvino(model: nn.Module, example: torch.Tensor, out: Path, precisio
         try:
             if route == "onnx":
                 graph, made = source.graph(dynamic)
-                ov_model = ov.convert_model(str(graph))
+                with _own_argv():
+                    ov_model = ov.convert_model(str(graph))
                 exporter = f"openvino.convert_model (onnx from {made['exporter']})"
             else:
-                with torch.no_grad(), warnings.catch_warnings():
+                with torch.no_grad(), warnings.catch_warnings(), _own_argv():
                     warnings.simplefilter("ignore")  # torch.jit deprecation chatter from the tracer
                     ov_model = ov.convert_model(model.eval(), example_input=inputs.example())
                 exporter = "openvino.convert_model (torch)"

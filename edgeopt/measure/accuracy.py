@@ -97,9 +97,12 @@ def _chunks(batches: Batches, batch_size: int):
         yield tmpl.like([torch.cat([t, t.new_zeros((batch_size - n, *t.shape[1:]))]) for t in pending]), n
 
 
-def predictions(run, batches: Batches, batch_size: int, full: bool | None = None) -> dict[str, np.ndarray]:
+def predictions(run, batches: Batches, batch_size: int, full: bool | None = None,
+                settled: Callable[[dict[str, np.ndarray]], bool] | None = None) -> dict[str, np.ndarray]:
     """Every evaluation sample's outputs by name (argmax summaries unless `full` or a user metric needs
-    the values). `run`: a Session (all named outputs) or a callable array -> array (one output)."""
+    the values). `run`: a Session (all named outputs) or a callable array -> array (one output). `settled`:
+    asked with the outputs so far after each chunk; when it says yes, the outputs of the samples run so far
+    are returned (see `prefix_bound`)."""
     full = isinstance(getattr(batches, "metric", None), Metric) and batches.metric.fn is not None \
         if full is None else full
     named = getattr(run, "run_named", None)
@@ -116,7 +119,37 @@ def predictions(run, batches: Batches, batch_size: int, full: bool | None = None
         for k, v in outs.items():
             parts.setdefault(k, []).append(v[:n] if k == DETECTIONS else
                                            _summary(k, np.asarray(v)[:n], len(outs) == 1, full))
+        if settled is not None and settled({k: np.concatenate(v) for k, v in parts.items()}):
+            break
     return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def prefix_bound(batches: Batches, reference=None) -> Callable[[dict[str, np.ndarray]], tuple[float, float]] | None:
+    """For a metric that is a mean over samples of a 0..100 score (top-1; fidelity when no output is a
+    per-image box set: the worst output's mean agreement), a function (outputs of the first n samples) ->
+    (score on them, the most the whole set can score whatever the other samples give). None for the metrics a
+    part of the data bounds nothing of (mAP, mIoU, a user's metric) and for streamed data."""
+    metric = getattr(batches, "metric", None) or default_metric(batches)
+    if metric.fn is not None or not isinstance(batches, Batches) or not batches.items:
+        return None
+    total = len(batches)
+
+    def bounded(n: int, got: float) -> tuple[float, float]:
+        return got, (got * n + 100.0 * (total - n)) / total
+
+    if metric.name == "top1":
+        labels = _targets(batches).numpy().reshape(-1)
+
+        def top1(preds: dict[str, np.ndarray]) -> tuple[float, float]:
+            n = len(next(iter(preds.values())))
+            return bounded(n, percent_correct([(_fitting(preds, labels[:n]), labels[:n])]))
+        return top1
+    if metric.name == "fidelity" and isinstance(reference, dict) and DETECTIONS not in reference:
+        def agreement(preds: dict[str, np.ndarray]) -> tuple[float, float]:
+            n = len(next(iter(preds.values())))
+            return bounded(n, fidelity(preds, {k: v[:n] for k, v in reference.items()}))
+        return agreement
+    return None
 
 
 def torch_runner(model: torch.nn.Module) -> Callable:
@@ -133,7 +166,7 @@ def torch_runner(model: torch.nn.Module) -> Callable:
 
 
 def torch_predictions(model: torch.nn.Module, batches: Batches, batch_size: int, wide: int = 64,
-                      full: bool | None = None) -> dict[str, np.ndarray]:
+                      full: bool | None = None, settled=None) -> dict[str, np.ndarray]:
     """Outputs in PyTorch, in wide chunks when the model takes them (much faster than batch 1; per-sample
     results are the same in eval mode), else at the model's own batch size (e.g. a static-shape export)."""
     # oneDNN's convolutions run ~1.3x faster on channels-last maps (resnet18 at 224 on 2 cores); on a copy, so
@@ -143,10 +176,10 @@ def torch_predictions(model: torch.nn.Module, batches: Batches, batch_size: int,
     run = torch_runner(model)
     if wide > batch_size:
         try:
-            return predictions(run, batches, wide, full)
+            return predictions(run, batches, wide, full, settled)
         except Exception:  # a model traced for a fixed batch
             pass
-    return predictions(run, batches, batch_size, full)
+    return predictions(run, batches, batch_size, full, settled)
 
 
 def _targets(batches: Batches):

@@ -74,6 +74,11 @@ class FakeBuilder:
     def torch_accuracy(self, model):
         return BASE_ACC - self.drops.get(model.structure, 0.0)
 
+    def torch_screen(self, model, floor):
+        from edgeopt.engine.build import Screened
+
+        return Screened(self.torch_accuracy(model), 100, 100)
+
     def export(self, built, spec, max_drop_pp=None, name=None):
         if self.clock is not None:
             self.clock[0] += self.export_s
@@ -354,3 +359,42 @@ def test_a_precision_slower_than_a_more_exact_one_on_the_original_is_not_repeate
     assert "cannot win" in c["prune60@onnx-int8"].reason and "2.0x onnx fp32" in c["prune60@onnx-int8"].reason
     assert c["prune60@onnx-fp32"].status == "ok"
     assert any(d.technique == "precision_screen:int8@onnx" for d in search.decisions)
+
+
+class EarlyStoppingBuilder(FakeBuilder):
+    """Screens as the real builder does on a mean-over-samples metric: a structure under the floor is seen on
+    64 of 256 samples only."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.screens: list[str] = []
+
+    def torch_screen(self, model, floor):
+        from edgeopt.engine.build import Screened
+
+        self.screens.append(model.structure)
+        acc = self.torch_accuracy(model)
+        best_whole = (acc * 64 + 100.0 * 192) / 256  # the other 192 samples all right
+        return Screened(acc, 64, 256) if best_whole < floor else Screened(acc, 256, 256)
+
+
+def test_a_screening_stopped_early_says_so_and_is_reused_only_under_the_budget_it_proved(tmp_path):
+    # prune50 loses 80 pp: 64 of 256 samples prove it loses at least 90 - (10 * 64 + 100 * 192) / 256 = 12.5 pp
+    drops = dict(zip([f"prune{int(r * 100)}" for r in RATIOS], (0.1, 0.3, 0.6, 0.9, 80.0, 90.0), strict=True))
+    cache = CandidateCache(tmp_path / "cache", enabled=True)
+
+    def run(budget):
+        builder = EarlyStoppingBuilder(tmp_path, drops)
+        search = Search(plan=_plan(), context=make_context(max_accuracy_drop=budget), builder=builder,
+                        base_torch_acc=BASE_ACC, cache=cache, cache_parts=("t",), progress=Progress(), t_start=0.0,
+                        quick_latency=lambda cands, sessions: None)
+        return builder, _by_id(search.run())
+
+    builder, c = run(1.0)
+    assert "prune50" in builder.screens
+    assert "on the first 64 of 256 samples" in c["prune50@onnx-fp32"].reason
+    assert "on the first" not in (c["prune30@onnx-fp32"].reason or "")  # screened whole: within the budget
+    builder, c = run(5.0)  # a budget the early verdict still proves broken: taken from the cache
+    assert "prune50" not in builder.screens and c["prune50@onnx-fp32"].status == "rejected"
+    builder, c = run(20.0)  # over 12.5 pp: the 64 samples prove nothing, so it is screened again
+    assert "prune50" in builder.screens

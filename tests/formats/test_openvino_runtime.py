@@ -2,6 +2,7 @@
 broken IR is refused with a one-line error that names the file."""
 
 import shutil
+import sys
 
 import pytest
 import torch
@@ -185,3 +186,16 @@ def test_deploy_instructions_say_how_to_load_at_the_measured_precision(fp32_ir, 
             in deploy, deploy
     else:  # measured without a hint: the plain call is the one that runs what was measured
         assert "compile_model('model.xml', 'CPU')" in deploy and "INFERENCE_PRECISION_HINT'" not in deploy, deploy
+
+
+@pytest.mark.parametrize("route", ["onnx", "torch"])
+def test_our_verbose_flag_does_not_make_openvino_verbose(tmp_path, monkeypatch, capfd, route):
+    # OpenVINO's converter reads sys.argv itself: `edgeopt optimize --verbose` used to dump its conversion
+    # arguments on stdout (and start tracemalloc) for every structure converted
+    from edgeopt.formats.openvino import export_openvino
+
+    monkeypatch.setattr(sys, "argv", ["edgeopt", "optimize", "--verbose"])
+    export_openvino(_convnet(), torch.randn(1, 3, 16, 16), tmp_path / "m.xml", options={"route": route})
+    out = capfd.readouterr().out
+    assert "Model Conversion arguments" not in out and "Total execution time" not in out
+    assert sys.argv == ["edgeopt", "optimize", "--verbose"]  # put back as it was
