@@ -273,6 +273,10 @@ class RunConfig(_Strict):
             if field == "data_options" and isinstance(value, dict):
                 value = {**doc["inputs"]["data_options"], **value}
             doc[section][field] = value
+        given = flat.get("data_options") if isinstance(flat.get("data_options"), dict) else {}
+        if flat.get("serve_batch") and "batch_size" not in given:
+            # the served batch is the data batch, as on the CLI: INT8 calibrated at the shape it serves
+            doc["inputs"]["data_options"]["batch_size"] = flat["serve_batch"]
         return parse_config(doc)
 
     def to_yaml(self) -> str:

@@ -27,6 +27,15 @@ def test_flat_options_land_in_their_sections_and_unknown_ones_say_did_you_mean()
         RunConfig().with_flat(bench_time_s=-1)
 
 
+def test_the_served_batch_is_the_data_batch_in_the_api_as_on_the_cli():
+    """INT8 is calibrated at the shape served: serve_batch=8 alone sets the data batch, as --batch-size does."""
+    cfg = RunConfig().with_flat(goal="throughput", serve_batch=8)
+    assert cfg.deploy.serve_batch == 8 and cfg.inputs.data_options.batch_size == 8
+    cfg = RunConfig().with_flat(goal="throughput", serve_batch=8, data_options={"batch_size": 4})
+    assert cfg.inputs.data_options.batch_size == 4  # said explicitly: kept
+    assert RunConfig().with_flat(goal="throughput", streams=2).inputs.data_options.batch_size == 32
+
+
 def test_yaml_save_and_load_round_trip(tmp_path):
     cfg = RunConfig().with_flat(model="demo", goal="size", size_budget_mb=0.5, techniques=["prune"], seed=7,
                                 data_options={"image_size": [32, 32], "mean": [0.5, 0.4, 0.3]})

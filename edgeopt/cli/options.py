@@ -44,7 +44,9 @@ SIZE_BUDGET = typer.Option(None, help="reject candidates larger than this on dis
 TECHNIQUES = typer.Option(None, help="restrict to these techniques, comma separated")
 RUNTIMES = typer.Option(None, help="restrict to these runtimes, e.g. onnxruntime,openvino")
 DATA = typer.Option(None, help="'digits' (built-in; default for the demo), an image folder (one sub-folder per "
-                    "class), a .npy file of inputs shaped N,C,H,W (calibration only), or module:function / "
+                    "class; images/ + masks/ for segmentation; a flat folder: fidelity), a YOLO data.yaml or a "
+                    "COCO JSON file (boxes: mAP@0.5 and mAP@0.5:0.95), a .npy file of inputs shaped N,C,H,W "
+                    "(calibration only), or module:function / "
                     "file.py:function returning {'calib','train','eval'} iterables (IMPORTS AND RUNS that code: "
                     "only code you trust); for several inputs each batch is a tuple or dict of inputs, alone or "
                     "with a target: ((image, mask), y)")
@@ -112,7 +114,7 @@ CLUSTER = typer.Option(
     None, callback=checked("--cluster", cluster_problem),
     help="build, fine-tune and screen the candidates in parallel on Ray: local:N (N local workers) or "
          "ray://HOST:PORT (a running cluster); latency is still measured here, one candidate at a time. Needs "
-         "pip install 'edgeopt[ray]'")
+         "pip install 'edgeopt\\[ray]'")
 
 
 def _floats(text: str | None, name: str) -> tuple[float, ...] | None:

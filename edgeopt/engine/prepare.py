@@ -104,6 +104,9 @@ def prepare(config: RunConfig, model=None, example=None, eval_data=None, calib_d
 # data options that only an image folder (--data FOLDER, with or without --masks) reads: (flag, field)
 FOLDER_OPTIONS = (("--image-size", "image_size"), ("--resize", "resize"), ("--crop", "crop"), ("--mean", "mean"),
                   ("--std", "std"), ("--val-split", "val_split"), ("--masks", "masks"))
+# ... of which box data (a data.yaml, COCO JSON) reads these too (its images are resized whole and normalized;
+# --resize/--crop are refused where it is read: a crop would cut its boxes)
+BOX_DATA_OPTIONS = ("--image-size", "--mean", "--std", "--resize", "--crop")
 
 
 def check_inputs(inputs, in_memory: bool = False) -> None:
@@ -118,6 +121,8 @@ def check_inputs(inputs, in_memory: bool = False) -> None:
     folder = data is not None and os.path.isdir(str(data))
     given = [flag for flag, field in FOLDER_OPTIONS
              if getattr(opts, field) != DataOptions.model_fields[field].default]
+    if given and not folder and data is not None and not in_memory and data_form(data) in ("yolo", "coco"):
+        given = [flag for flag in given if flag not in BOX_DATA_OPTIONS]
     if given and not folder:
         if given[0] == "--masks":
             raise ConfigError("--masks needs --data with the image folder (same file stems as the masks)")

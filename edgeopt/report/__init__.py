@@ -195,6 +195,10 @@ class Candidate(BaseModel):
     seconds: dict[str, float] | None = None  # where this candidate's time went: build, export, verify, evaluate...
     # where its structure was built with --cluster: a Ray node and worker process, or "local" (this process)
     built_on: str | None = None
+    # measured by agents (--device): the one whose figure is latency_ms (agent, device, runtime, its version),
+    # and with devices of several kinds, each kind's figures
+    measured_on: dict[str, Any] | None = None
+    latency_by_device: dict[str, Any] | None = None
 
     @property
     def shipped_bytes(self) -> int | None:

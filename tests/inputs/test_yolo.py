@@ -149,3 +149,21 @@ def test_missing_label_file_is_background_like_an_empty_one(tmp_path):
     b = resolve(yolo_set(tmp_path / "b", labels_for_background=True))
     ta = [len(t["boxes"]) for _, y in a.eval.items for t in y]
     assert ta == [len(t["boxes"]) for _, y in b.eval.items for t in y] and ta[-1] == 0
+
+
+def test_box_data_takes_the_normalization_options_the_resolver_reads(tmp_path):
+    """--image-size/--mean/--std are read for a data.yaml (its images are resized whole and normalized), so the
+    early input check lets them through; --val-split (the data.yaml names its splits) is still refused."""
+    from edgeopt.config import RunConfig
+    from edgeopt.engine.prepare import check_inputs
+    from edgeopt.errors import ConfigError
+
+    yaml = yolo_set(tmp_path / "set")
+    check_inputs(RunConfig().with_flat(data=str(yaml), data_options={
+        "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "image_size": (SIZE, SIZE)}).inputs)
+    s = resolve(yaml, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    plain = resolve(yaml)
+    x, y = s.eval.items[0][0], plain.eval.items[0][0]
+    assert torch.allclose(x, (y - 0.5) / 0.25, atol=1e-5)  # the normalization was applied, not ignored
+    with pytest.raises(ConfigError, match="--val-split applies only to an image folder"):
+        check_inputs(RunConfig().with_flat(data=str(yaml), data_options={"val_split": 0.5}).inputs)

@@ -56,7 +56,8 @@ def data_form(data) -> str | None:
 
 def resolve_data(spec: str, data, calib_data, train_data, eval_data, sample_shape, num_classes,
                  data_options: dict | DataOptions | None = None, progress=None) -> DataSplits:
-    """--data digits | image folder (+ --masks folder) | module:function | inputs.npy, or the API's batches /
+    """--data digits | image folder (+ --masks folder, or images/ + masks/) | a YOLO data.yaml | a COCO JSON file |
+    module:function | inputs.npy, or the API's batches /
     Datasets / DataLoaders; validated one batch at a time. Calibration read from a stream becomes a stratified
     in-memory sample (`calib_size`). `sample_shape`: one input's sample shape, or the example Inputs of a
     model with several inputs (then only module:function or in-memory data, whose items are tuples/dicts of
