@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The NVIDIA path on a real GPU, in one run of under 5 minutes: for a machine with an NVIDIA GPU, CUDA-enabled
+# The NVIDIA path on a real GPU, in one run of under 6 minutes: for a machine with an NVIDIA GPU, CUDA-enabled
 # torch and the `tensorrt` Python package (trtexec is used too when it is on PATH). Run from the repository root:
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        # default OUT_DIR: benchmarks/results/gpu_check-<date>
@@ -9,8 +9,9 @@
 #  2. a random-weight resnet18 (64x64) exported here: fp32 ONNX, INT8 QDQ ONNX (qdq-tensorrt), 2:4-sparse ONNX;
 #     each checked against TensorRT's ONNX parser table, with its op list
 #  3. TensorRT engines built from them (fp16 from fp32, int8 from QDQ, fp16 sparse) and timed (p50)
-#  4. one agent job: `edgeopt agent` on loopback, the QDQ ONNX sent with runtime tensorrt (engine built there)
-#  5. trtexec, when present: the bundle's own build line on the QDQ ONNX
+#  4. served load: the fp16 engine at 1, 2 and 4 requests in flight (an execution context and stream each)
+#  5. one agent job: `edgeopt agent` on loopback, the QDQ ONNX sent with runtime tensorrt (engine built there)
+#  6. trtexec, when present: the bundle's own build line on the QDQ ONNX
 # Everything goes to OUT_DIR/gpu_check.json and OUT_DIR/gpu_check.log; paste the summary into the closing note.
 set -u
 cd "$(dirname "$0")/.."
@@ -24,7 +25,7 @@ echo "gpu_check: python $PY, output $OUT" | tee -a "$LOG"
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null \
   || echo "nvidia-smi: not available"; } | tee -a "$LOG"
 
-timeout 280 "$PY" - "$OUT" <<'EOF' 2>&1 | tee -a "$LOG"
+timeout 330 "$PY" - "$OUT" <<'EOF' 2>&1 | tee -a "$LOG"
 import json, os, signal, subprocess, sys, time, traceback
 from pathlib import Path
 
@@ -126,6 +127,17 @@ def _():
         built[n]["p50_ms"] = round(stats[n].p50, 4)
         built[n]["precision_executed"] = sessions[n].precision_executed
     return {"tensorrt": trt.__version__, "engines": built}
+
+
+@step("throughput_contexts", 45)
+def _():
+    """The served-load path on TensorRT: one execution context and CUDA stream per request in flight."""
+    from edgeopt.measure.throughput import Load, ThroughputConfig, measure_throughput, server_for
+
+    eng = out / "r18_fp16.engine"
+    servers = {f"streams{n}": server_for(eng, "tensorrt", "fp16", None, Load(batch=1, streams=n)) for n in (1, 2, 4)}
+    got = measure_throughput(servers, ThroughputConfig(max_time_s=6.0))
+    return {k: {"images_s": v.images_s, "p99_ms": v.p99_ms, "settings": v.runtime_settings} for k, v in got.items()}
 
 
 @step("agent_job", 90)
