@@ -195,6 +195,8 @@ class Candidate(BaseModel):
     seconds: dict[str, float] | None = None  # where this candidate's time went: build, export, verify, evaluate...
     # where its structure was built with --cluster: a Ray node and worker process, or "local" (this process)
     built_on: str | None = None
+    # where it was exported, verified and evaluated with --cluster: a Ray node and worker process
+    exported_on: str | None = None
 
     @property
     def shipped_bytes(self) -> int | None:
