@@ -308,8 +308,11 @@ class RayExecutor:
                 c.status, c.reason = "failed", f"its artifact did not arrive intact from {got['where']} (sha256)"
                 continue
             try:
-                done.sessions[cid] = backend.load(out / c.artifact, precision=c.precision,
-                                                  threads=self.builder.threads)
+                session = backend.load(out / c.artifact, precision=c.precision, threads=self.builder.threads)
+                done.sessions[cid] = session
+                # what runs here, where it is measured (a node of another ISA may run another precision)
+                c.precision_executed = session.precision_executed
+                c.int8_mac_fraction = session.info.get("int8_mac_fraction", c.int8_mac_fraction)
             except FATAL:
                 raise
             except Exception as e:
@@ -317,7 +320,7 @@ class RayExecutor:
                                                f"{first_line(e)}"
         took = (time.perf_counter() - t0) / max(1, len(done.cands))
         for cid in done.cands:
-            _add_phase(done.phases, cid, "fetch", took)
+            _add_phase(done.phases, cid, "cluster fetch", took)
         return done
 
     def _finish_ahead(self, search, structure: str, built, drop: float | None) -> object | None:
