@@ -7,9 +7,16 @@ The search itself is unchanged: `prefetch` runs ahead of its family loop, and th
 (`ClusterBuilder`) answers `build` and `torch_accuracy` with what the tasks returned, so the serial walk decides
 on the same numbers and chooses what a serial run chooses (the builds are seeded: the same weights wherever
 they run). Anything the tasks did not produce (a level a time budget cut, a QAT build) is built in this process.
-All tasks are over before the search goes on, so no latency is ever measured beside a busy worker; exporting,
-verifying and measuring stay in this process, interleaved as in a serial run. A worker lost mid-task costs that
-task only: Ray runs it again (TASK_RETRIES).
+
+Finishing a structure (engine/finish.py's `finish_structure`: export every precision from its one ONNX graph,
+verify, calibrate and quantize, evaluate on the runtime) is a task too, the same function: each structure a
+family's bisection keeps is finished as soon as its family returns, and the search takes the record when its
+walk asks for exactly that job (else the job runs as a task then). A task exports into its own folder and
+sends the files back with their sha256, checked once written under OUT/artifacts; this process loads them for
+the latency measurement and the test split. All tasks are over before the search goes on, so no latency is
+ever measured beside a busy worker. A worker lost mid-task costs that task only: Ray runs it again
+(TASK_RETRIES); a finish task whose worker dies twice is run again one candidate at a time, and the candidate
+that still fails is recorded as failed, as an export that raises is.
 
 Ray is an optional extra (`pip install 'edgeopt[ray]'`)."""
 
@@ -19,12 +26,18 @@ import dataclasses
 import os
 import sys
 import time
+from pathlib import Path
 
 from edgeopt.config import parse_cluster
 from edgeopt.decide import policy
-from edgeopt.errors import BackendMissingError
+from edgeopt.engine.finish import Done, Job, finish_structure
+from edgeopt.engine.ledger import FATAL
+from edgeopt.errors import BackendMissingError, first_line
 
 TASK_RETRIES = 3  # runs of a task again after its worker died (Ray's max_retries)
+# a finish task is run again once only: a worker that dies twice on one export is more likely killed by it (a
+# converter crashing on the graph) than lost, and the job is then retried one candidate at a time
+FINISH_RETRIES = 1
 INSTALL = "pip install 'edgeopt[ray]'"
 
 
@@ -54,18 +67,18 @@ def where() -> str:
     return f"ray node {ctx.get_node_id()[:8]} ({ray.util.get_node_ip_address()}) pid {os.getpid()}"
 
 
-def _family_task(payload, structures: list[tuple[str, object]], known: dict[str, float | None],
+def _family_task(payload, base_acc: float, structures: list[tuple[str, object]], known: dict[str, float | None],
                  probe_only: bool, first: int | None, budget: float, margin_levels: int,
                  seconds_left: float | None) -> dict:
     """One family on one worker: its levels screened in bisection order (or only `structures[0]`, a screening
     probe, with `probe_only`), then the levels the bisection keeps built too (the search finishes them).
     `known`: drops measured before (the cache, a screening), not built again. Returns per structure built
-    (Built or the exception, seconds, its Screened PyTorch accuracy) and where it ran."""
+    (Built or the exception, seconds, its Screened PyTorch accuracy), the levels kept and where it ran."""
     import torch
 
     from edgeopt.engine.bisect import bisect
 
-    builder, base_acc, threads = payload
+    builder, threads = payload
     torch.set_num_threads(threads)
     deadline = None if seconds_left is None else time.monotonic() + seconds_left
     specs = dict(structures)
@@ -92,6 +105,7 @@ def _family_task(payload, structures: list[tuple[str, object]], known: dict[str,
         return "time" if deadline is not None and time.monotonic() > deadline else None
 
     levels = [s for s, _ in structures]
+    kept: list[str] = []
     if probe_only:
         screen(levels[0])
     else:
@@ -99,15 +113,43 @@ def _family_task(payload, structures: list[tuple[str, object]], known: dict[str,
         for s in kept:
             if not stopped():
                 build(s)
-    return {"built": out, "where": where()}
+    return {"built": out, "kept": kept, "where": where()}
+
+
+def _finish_task(payload, built, job: Job) -> dict:
+    """One structure's candidates finished on one worker (engine/finish.py: finish_structure), the artifacts
+    written to a folder of its own and sent back: the job's record (without runtime sessions), every file of
+    each candidate's artifact by its path under the out dir, their sha256, and where it ran."""
+    import hashlib
+    import tempfile
+
+    import torch
+
+    from edgeopt.formats import backend_for
+
+    builder, threads = payload
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory(prefix="edgeopt-finish-") as tmp:
+        here = dataclasses.replace(builder, out_dir=Path(tmp)) if dataclasses.is_dataclass(builder) else builder
+        done = finish_structure(here, built, job)
+        done.sessions = {}  # runtime sessions stay here: the driver loads the files
+        files: dict[str, bytes] = {}
+        for c in done.cands.values():
+            if c.artifact:
+                for f in backend_for(c.runtime).artifact_files(Path(tmp) / c.artifact):
+                    if f.is_file():
+                        files[f.relative_to(tmp).as_posix()] = f.read_bytes()
+    return {"done": done, "files": files, "sha256": {k: hashlib.sha256(v).hexdigest() for k, v in files.items()},
+            "where": where()}
 
 
 class ClusterBuilder:
     """The run's builder, answering `build` (of a structure on the original model) and `torch_accuracy` with
     what the cluster computed; everything else, and anything not computed there, goes to the builder itself."""
 
-    def __init__(self, inner):
+    def __init__(self, inner, executor: RayExecutor | None = None):
         self._inner = inner
+        self._executor = executor
         self.built: dict[str, tuple] = {}  # structure -> (Built or exception, seconds, accuracy, where)
         self._acc: dict = {}  # id(model) of a cluster-built model -> its PyTorch screening (build.Screened)
         self.used: dict[str, str] = {}  # structure -> where it was built, for the structures the search used
@@ -139,6 +181,10 @@ class ClusterBuilder:
         acc = self._acc.get(id(model))
         return acc if acc is not None else self._inner.torch_screen(model, floor)
 
+    def finish_job(self, built, job: Job) -> Done:
+        """engine/finish.py's job, run on the cluster (or taken from the run ahead of the search)."""
+        return self._executor.finish(built, job)
+
 
 class RayExecutor:
     """Family-parallel work of a search on a Ray cluster. `wrap` the run's builder, hand the search this
@@ -162,13 +208,137 @@ class RayExecutor:
                         "retry_exceptions": False}
         self.threads = threads or os.cpu_count() or 1
         self.task = ray.remote(_family_task)
+        self.finish_task = ray.remote(_finish_task)
         self.builder: ClusterBuilder | None = None
         self.seconds = 0.0  # wall time of the tasks
         self.tasks = 0
+        self.finish_tasks = 0
+        self.finish_retries = FINISH_RETRIES
+        self.ahead: dict[str, tuple[str, object]] = {}  # structure -> (job key, task) finished ahead of the search
+        self.taken_ahead = 0  # jobs the search took from those
+        self._payload = None
 
     def wrap(self, builder) -> ClusterBuilder:
-        self.builder = ClusterBuilder(builder)
+        self.builder = ClusterBuilder(builder, self)
         return self.builder
+
+    def payload(self):
+        """The run's builder (its model and data) and thread count, in the object store once."""
+        if self._payload is None:
+            inner = self.builder._inner
+            if dataclasses.is_dataclass(inner):
+                inner = dataclasses.replace(inner, progress=None)
+            self._payload = self.ray.put((inner, self.threads))
+        return self._payload
+
+    # ---- finishing ----------------------------------------------------------------------------------------
+    def submit_finish(self, built, job: Job):
+        self.finish_tasks += 1
+        if dataclasses.is_dataclass(built):
+            built = dataclasses.replace(built, source=None)  # its ONNX graph lives in a folder of this process
+        return self.finish_task.options(**{**self.options, "max_retries": self.finish_retries}).remote(
+            self.payload(), built, job)
+
+    def finish(self, built, job: Job) -> Done:
+        """The job's record, its artifacts written under the out dir and loaded here: from the task run ahead
+        of the search for this very job, else from a task run now."""
+        key, ref = self.ahead.pop(job.structure, (None, None))
+        if ref is not None and key == job.key():
+            self.taken_ahead += 1
+        else:
+            ref = self.submit_finish(built, job)
+        try:
+            got = self.ray.get(ref)
+        except Exception as e:  # the worker died twice, or the result would not travel
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, FATAL):  # a bad configuration, a missing backend: the run stops, as here
+                raise cause from None
+            return self._one_by_one(built, job, first_line(cause or e))
+        return self._receive(got)
+
+    def _one_by_one(self, built, job: Job, why: str) -> Done:
+        """A job whose task failed, run again one candidate per task: only the candidate that fails again is
+        recorded as failed (with why)."""
+        done = Done(cands={})
+        cands = {k: c.model_copy(deep=True) for k, c in job.cands.items()}
+        for spec in job.specs:
+            one = dataclasses.replace(job, specs=[spec], cands={k: c.model_copy(deep=True) for k, c in cands.items()},
+                                      tags={spec.id: job.tags[spec.id]})
+            try:
+                got = self._receive(self.ray.get(self.submit_finish(built, one))) if len(job.specs) > 1 else None
+            except FATAL:
+                raise
+            except Exception as e:
+                cause = getattr(e, "cause", None)
+                if isinstance(cause, FATAL):
+                    raise cause from None
+                why, got = first_line(cause or e), None
+            if got is None:
+                c = cands[spec.id]
+                c.status, c.reason = "failed", f"its export task failed on the cluster: {why}"
+                got = Done(cands={spec.id: c})
+            cands.update(got.cands)
+            done.cands.update(got.cands)
+            done.stopped += got.stopped
+            done.seconds.update(got.seconds)
+            done.phases.update(got.phases)
+            done.decisions += got.decisions
+            done.sessions.update(got.sessions)
+        return done
+
+    def _receive(self, got: dict) -> Done:
+        """A finish task's record taken: its files written under the out dir and checked against the sha256 the
+        worker sent, each ok candidate's artifact loaded for the measurement here (a file that arrived altered or
+        does not load fails its candidate)."""
+        from edgeopt.engine.cache import files_digest
+        from edgeopt.engine.finish import _add_phase
+        from edgeopt.formats import backend_for
+
+        done: Done = got["done"]
+        out = Path(self.builder.out_dir)
+        t0 = time.perf_counter()
+        for rel, data in got["files"].items():
+            path = out / rel
+            if path.resolve().is_relative_to(out.resolve()):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+        for cid, c in done.cands.items():
+            c.exported_on = got["where"]
+            if c.status != "ok":
+                continue
+            backend = backend_for(c.runtime)
+            digest = files_digest(backend.artifact_files(out / c.artifact), out)
+            if not digest or any(got["sha256"].get(rel) != sha for rel, sha in digest.items()):
+                c.status, c.reason = "failed", f"its artifact did not arrive intact from {got['where']} (sha256)"
+                continue
+            try:
+                session = backend.load(out / c.artifact, precision=c.precision, threads=self.builder.threads)
+                done.sessions[cid] = session
+                # what runs here, where it is measured (a node of another ISA may run another precision)
+                c.precision_executed = session.precision_executed
+                c.int8_mac_fraction = session.info.get("int8_mac_fraction", c.int8_mac_fraction)
+            except FATAL:
+                raise
+            except Exception as e:
+                c.status, c.reason = "failed", f"its artifact, exported on the cluster, does not load here: " \
+                                               f"{first_line(e)}"
+        took = (time.perf_counter() - t0) / max(1, len(done.cands))
+        for cid in done.cands:
+            _add_phase(done.phases, cid, "cluster fetch", took)
+        return done
+
+    def _finish_ahead(self, search, structure: str, built, drop: float | None) -> object | None:
+        """Start finishing a structure a family task kept, ahead of the search, when every pending candidate
+        of it is to be exported."""
+        if isinstance(built, Exception) or structure in self.ahead:
+            return None
+        specs = search.finisher.exportable(structure, built)
+        if not specs:
+            return None
+        job = search.finisher.job(structure, specs, screened=drop)
+        ref = self.submit_finish(built, job)
+        self.ahead[structure] = (job.key(), ref)
+        return ref
 
     def close(self) -> None:
         if self.started and self.ray.is_initialized():
@@ -188,9 +358,7 @@ class RayExecutor:
         t0 = time.perf_counter()
         specs, budget = search.ledger.specs, search.context.max_accuracy_drop
         seconds_left = search.clock.left("search")
-        inner = dataclasses.replace(builder._inner, progress=None) if dataclasses.is_dataclass(builder._inner) \
-            else builder._inner
-        payload = ray.put((inner, search.base_torch_acc, self.threads))
+        payload = self.payload()
         known: dict[str, float | None] = {}  # drops the cache holds: not built again
         drops: dict[str, float | None] = {}  # what the cache holds and the tasks measured so far
         original = layout(builder.net)
@@ -208,8 +376,16 @@ class RayExecutor:
             margin = policy.MARGIN_LEVELS if reduced else 0
             self.tasks += 1
             return self.task.options(**self.options).remote(
-                payload, [(s, specs[s][0]) for s in levels], known if probe_only else {**known, **drops},
-                probe_only, first, budget, margin, seconds_left)
+                payload, search.base_torch_acc, [(s, specs[s][0]) for s in levels],
+                known if probe_only else {**known, **drops}, probe_only, first, budget, margin, seconds_left)
+
+        # the kept levels are finished ahead only where the search's bisection is the task's: not where each
+        # probe is checked at INT8 on the runtime (search.py's _bisect), which finishes other jobs
+        ahead_ok = {fam: bool(search.plan.qat_formats) or search.ledger.baseline.accuracy is None
+                    or not any(spec.precision == policy.CHECK_PRECISION and search.ledger.cands[spec.id].status
+                               == "pending" for s in structures for spec in specs[s])
+                    for fam, structures in families.items()}
+        finishing: list = []
 
         groups: dict[str, dict[str, list[str]]] = {}
         pending: dict = {}  # ref -> (family, probe group or None)
@@ -265,14 +441,22 @@ class RayExecutor:
                 drops[s] = None if acc is None else round(search.base_torch_acc - acc.accuracy, 4)
                 if not isinstance(b, Exception):
                     layouts[s] = layout(b.model)
+            if group is None and ahead_ok[fam]:
+                for s in got.get("kept", []):
+                    if s in got["built"]:
+                        ref = self._finish_ahead(search, s, got["built"][s][0], drops.get(s))
+                        finishing += [ref] if ref is not None else []
             if group is not None and fam in probes_of[group]:
                 waiting[group].discard(probes_of[group][fam])  # returned, or failed: the group goes on
             if group is not None and not waiting[group]:
                 del waiting[group]
                 bisect_group(group)
+        if finishing:  # every task over before the search measures anything
+            ray.wait(finishing, num_returns=len(finishing), fetch_local=False)
         self.seconds += time.perf_counter() - t0
         search.trace.append(f"cluster {self.cluster}: {self.tasks} task(s) built and screened "
-                            f"{len(builder.built)} structure(s) in {self.seconds:.1f} s")
+                            f"{len(builder.built)} structure(s), {len(finishing)} finished ahead, in "
+                            f"{self.seconds:.1f} s")
 
     def settle(self, result) -> None:
         """Where each candidate's structure was built (report.json's `built_on`), and what its build took on

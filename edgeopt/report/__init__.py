@@ -199,6 +199,8 @@ class Candidate(BaseModel):
     # and with devices of several kinds, each kind's figures
     measured_on: dict[str, Any] | None = None
     latency_by_device: dict[str, Any] | None = None
+    # where it was exported, verified and evaluated with --cluster: a Ray node and worker process
+    exported_on: str | None = None
 
     @property
     def shipped_bytes(self) -> int | None:

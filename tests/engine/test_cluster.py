@@ -1,8 +1,10 @@
-"""The candidate search on a local Ray cluster: families built and screened as tasks choose what the serial
-search chooses, with the same accuracies; a worker lost mid-task costs only that task; `--cluster` without Ray
-installed is a one-line error naming the extra."""
+"""The candidate search on a local Ray cluster: families built and screened as tasks, and candidates exported,
+verified and evaluated as tasks, choose what the serial search chooses, with the same accuracies and the same
+artifact bytes under the out dir; a worker lost mid-task costs only that task; an export that fails or kills its
+worker fails its candidate only; `--cluster` without Ray installed is a one-line error naming the extra."""
 
 import os
+from dataclasses import dataclass
 
 import pytest
 import smallnet
@@ -12,7 +14,9 @@ from cliruns import run as run_cli
 
 import edgeopt
 from edgeopt.engine import cluster
+from edgeopt.engine.build import Builder
 from edgeopt.errors import ConfigError
+from edgeopt.report import file_sha256
 
 ray = pytest.importorskip("ray")
 
@@ -55,15 +59,15 @@ def parts():
     return net, splits, eval_b, base, Plan(candidates=specs, baseline_id=specs[0].id)
 
 
-def _search(parts, out, executor=None):
+def _search(parts, out, executor=None, plan=None, make=Builder, **extra):
     from edgeopt.config import make_context
-    from edgeopt.engine.build import Builder
     from edgeopt.engine.cache import CandidateCache
     from edgeopt.engine.search import Search
 
-    net, splits, eval_b, base, plan = parts
-    builder = Builder(net=net, example=torch.randn(64, 1, 8, 8), splits=splits, eval_b=eval_b, batch=64,
-                      reference=None, out_dir=out, threads=1)
+    net, splits, eval_b, base, planned = parts
+    plan = plan or planned
+    builder = make(net=net, example=torch.randn(64, 1, 8, 8), splits=splits, eval_b=eval_b, batch=64,
+                   reference=None, out_dir=out, threads=1, **extra)
     if executor is not None:
         builder = executor.wrap(builder)
     search = Search(plan=plan, context=make_context(max_accuracy_drop=10.0), builder=builder, base_torch_acc=base,
@@ -81,7 +85,19 @@ def _outcome(result):
 
 @pytest.fixture(scope="module")
 def serial(parts, tmp_path_factory):
-    return _search(parts, tmp_path_factory.mktemp("serial"))
+    out = tmp_path_factory.mktemp("serial")
+    result = _search(parts, out)
+    result.out = out
+    return result
+
+
+def serial_out(result):
+    return result.out
+
+
+def _worker_pid(where: str | None) -> int:
+    assert where is not None and where.startswith("ray node ")
+    return int(where.rsplit(" pid ", 1)[1])
 
 
 def test_families_run_as_tasks_and_choose_what_the_serial_search_chooses(local_ray, serial, parts, tmp_path):
@@ -89,8 +105,21 @@ def test_families_run_as_tasks_and_choose_what_the_serial_search_chooses(local_r
     result = _search(parts, tmp_path, executor)
     assert _outcome(result) == _outcome(serial)  # every candidate: same status, same accuracy, same reason
     assert [c for c in serial.candidates if c.status == "ok" and c.structure != "original"]  # something to choose
-    # one task per family, the two families at once; every level either bisection screened was built there
-    assert executor.tasks == 2 and result.trace[0].startswith("cluster local:2: 2 task(s) built and screened 5 ")
+    # one task per family, the two families at once; every level either bisection screened was built there, and
+    # the level each kept finished ahead of the search, which took both
+    assert executor.tasks == 2 and result.trace[0].startswith("cluster local:2: 2 task(s) built and screened 5 "
+                                                              "structure(s), 2 finished ahead")
+    assert executor.taken_ahead == 2 and executor.finish_tasks == 3  # and the baseline, finished first
+    # every candidate exported, verified and evaluated in a worker; its artifact written here, byte for byte
+    # the serial run's, and loaded here for the measurement
+    exported = [c for c in result.candidates if c.artifact]
+    assert len(exported) == 3 and all(_worker_pid(c.exported_on) != os.getpid() for c in exported)
+    twin = {c.id: c for c in serial.candidates}
+    for c in exported:
+        assert file_sha256(tmp_path / c.artifact) == file_sha256(serial_out(serial) / twin[c.id].artifact)
+        x = parts[2].items[0][0].numpy()  # the session loaded here runs as the serial run's does
+        assert (result.sessions[c.id].run(x) == serial.sessions[c.id].run(x)).all()
+    assert all(c.exported_on is None for c in serial.candidates)
     assert result.trace[1:] == serial.trace  # the same walk, on the same numbers
     assert result.screened == serial.screened
     built = {c.structure: c.built_on for c in result.candidates if c.status == "ok" and c.structure != "original"}
@@ -127,3 +156,44 @@ def test_cluster_value_is_checked_and_ray_missing_is_one_line(tmp_path):
     path = os.pathsep.join([str(tmp_path / "noray"), os.environ.get("PYTHONPATH", "")])
     res = run_cli("optimize", "--cluster", "local:2", "--out", str(tmp_path / "out"), env_extra={"PYTHONPATH": path})
     assert_one_line_error(res, "pip install 'edgeopt[ray]'")
+
+
+@dataclass
+class BreaksInWorkers(Builder):
+    """The run's builder, except in a process other than `driver`: exporting `raises` raises (a converter's
+    error), exporting `dies` kills the worker (a converter's crash)."""
+
+    driver: int = 0
+    raises: str = ""
+    dies: str = ""
+
+    def export(self, built, spec, **kw):
+        if os.getpid() != self.driver:
+            if spec.id == self.dies:
+                os._exit(1)
+            if spec.id == self.raises:
+                raise RuntimeError(f"converter broke in pid {os.getpid()}")
+        return super().export(built, spec, **kw)
+
+
+def test_an_export_failing_in_a_worker_fails_that_candidate_only(local_ray, serial, parts, tmp_path):
+    from edgeopt.decide.plan import CandidateSpec
+
+    plan = parts[4]
+    extra = [CandidateSpec(id=f"original@onnx-{p}", structure="original", format="onnx", precision=p)
+             for p in ("int8w", "int8")]
+    plan = plan.model_copy(update={"candidates": [plan.candidates[0], *extra, *plan.candidates[1:]]})
+    executor = cluster.RayExecutor("local:2")
+    executor.finish_retries = 0  # a worker's death not run again: each costs seconds to start another
+    result = _search(parts, tmp_path, executor, plan=plan, make=BreaksInWorkers, driver=os.getpid(),
+                     raises="original@onnx-int8w", dies="original@onnx-int8")
+    c = {c.id: c for c in result.candidates}
+    # the original's int8w and int8 are one job: its worker died, so each ran alone: int8w raised in a
+    # worker, int8 killed its worker again; the compressed candidates are the serial run's
+    assert c["original@onnx-int8w"].status == "failed"
+    pid = _worker_pid(c["original@onnx-int8w"].exported_on)
+    assert c["original@onnx-int8w"].reason == f"RuntimeError: converter broke in pid {pid}" and pid != os.getpid()
+    assert c["original@onnx-int8"].status == "failed"
+    assert c["original@onnx-int8"].reason.startswith("its export task failed on the cluster: ")
+    assert _outcome(result)[:1] + _outcome(result)[3:] == _outcome(serial)
+    assert (tmp_path / c["original@onnx-fp32"].artifact).is_file()
