@@ -4,7 +4,8 @@ T1 accuracy + latency: torchvision resnet18 (num_classes=10) trained by the suit
 upsampled to 64x64 (3 channels), evaluated on the held-out split. Trained once, cached.
 T2 latency at deployment size: torchvision models at 224x224, batch 1. With `--t2-trained`, trained by the
 suite on digits upsampled to 224 (cached) and scored by held-out top-1; else random weights and fidelity
-(top-1 agreement) to the original model on random inputs."""
+(top-1 agreement) to the original model on random inputs. `held_out=F` trains on the other 1-F of digits and
+holds out F of it (all of it as evaluation data), for a test split of a few hundred images."""
 
 from __future__ import annotations
 
@@ -92,12 +93,30 @@ def t1_task(cache: Path, epochs: int = 6) -> Task:
 
 T2_SIZE = 224
 T2_EPOCHS = 2  # at 224 on 2 CPU cores: minutes per epoch for resnet18, the most for resnet50
+# calibration batches of 8 for the held-out variant: 4 leave reconstruction pruning 16k sampled rows for a
+# 4.6k-feature 3x3 conv (resnet18, 10 % pruned with reconstruction: 1.9 pp lost on the selection split); 12
+# give 49k (0.48 pp) and stay under reconstruct.py's one-pass limit (2**24 input values: 111 images at 224)
+T2_CALIB_BATCHES = 12
 
 
-def t2_task(name: str, n_eval: int = 64, cache: Path | None = None, trained: bool = False) -> Task:
+def _digits_held_out(size: int, fraction: float, seed: int = 0):
+    """Digits upsampled to `size`, split (stratified, seeded) with `fraction` of the images held out: more
+    held-out images than digits_splits' fixed split keeps, for a test split of a few hundred."""
+    from sklearn.model_selection import train_test_split
+
+    xt, yt, xv, yv = _digits(size, seed)
+    x, y = torch.cat([xt, xv]), torch.cat([yt, yv])
+    tr, va = train_test_split(list(range(len(y))), test_size=fraction, random_state=seed, stratify=y.numpy())
+    tr, va = torch.tensor(sorted(tr)), torch.tensor(sorted(va))
+    return x[tr], y[tr], x[va], y[va]
+
+
+def t2_task(name: str, n_eval: int = 64, cache: Path | None = None, trained: bool = False,
+            held_out: float | None = None, epochs: int = T2_EPOCHS) -> Task:
     """A torchvision model at deployment size. `trained`: trained by the suite on digits upsampled to 224 (cached),
     held-out top-1 on `n_eval` held-out digits, so INT8 and pruning losses are real accuracy; otherwise random
-    weights and fidelity to the original on random inputs."""
+    weights and fidelity to the original on random inputs. `held_out` (trained only): hold out that fraction of
+    digits (stratified) and evaluate on all of it (`n_eval` ignored); its own cached weights."""
     import torchvision
 
     torch.manual_seed(0)
@@ -108,10 +127,19 @@ def t2_task(name: str, n_eval: int = 64, cache: Path | None = None, trained: boo
         evals = [torch.randn(16, 3, T2_SIZE, T2_SIZE, generator=g) for _ in range(max(1, n_eval // 16))]
         return Task("T2", name, model, torch.randn(1, 3, T2_SIZE, T2_SIZE), calib=calib, eval=evals,
                     labelled=False)
-    xt, yt, xv, yv = _digits(T2_SIZE)
+    calib_batches = 4
+    if held_out is None:
+        xt, yt, xv, yv = _digits(T2_SIZE)
+        stem = f"t2_{name}_digits{T2_SIZE}"
+    else:
+        xt, yt, xv, yv = _digits_held_out(T2_SIZE, held_out)
+        stem = f"t2_{name}_digits{T2_SIZE}_ho{round(held_out * 100)}_e{epochs}"
+        n_eval = len(yv)
+        calib_batches = T2_CALIB_BATCHES
     model = torchvision.models.get_model(name, weights=None, num_classes=10)
-    info = _trained(model, (cache or Path("/tmp/edgeopt-bench-cache")) / f"t2_{name}_digits{T2_SIZE}.pt",
-                    xt, yt, xv, yv, T2_EPOCHS, lr=0.02, bs=32)
+    info = _trained(model, (cache or Path("/tmp/edgeopt-bench-cache")) / f"{stem}.pt",
+                    xt, yt, xv, yv, epochs, lr=0.02, bs=32)
     return Task("T2", f"{name}-digits{T2_SIZE}", model, torch.randn(1, 3, T2_SIZE, T2_SIZE),
-                calib=[x for x, _ in _batches(xt, yt, 8)][:4], eval=_batches(xv[:n_eval], yv[:n_eval], 16),
+                calib=[x for x, _ in _batches(xt, yt, 8)][:calib_batches],
+                eval=_batches(xv[:n_eval], yv[:n_eval], 16),
                 train=_batches(xt, yt, 32), labelled=True, info=info)

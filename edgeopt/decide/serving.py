@@ -95,6 +95,18 @@ def int8_pays(serving: Serving) -> str:
             "than its fp32 twin")
 
 
+def latency_rules_out_precisions(serving: Serving) -> tuple[bool, str]:
+    """Whether the original's batch-1 latency may rule a (format, precision) out of the compressed structures
+    (decide/select.py `cannot_win`), and why (not). Under goal throughput it may not: which runtime serves the
+    most images/s at the served batch and streams is not which answers one image soonest (measured on
+    resnet18 at 224, 2 cores: OpenVINO INT8 1.3x slower than ONNX Runtime INT8 at batch 1, 1.8x more images/s
+    at batch 32), so a pair slow at batch 1 may be the one that wins."""
+    if not serving.served:
+        return True, f"ranked by latency at {serving.load()}: the original's ratios carry over"
+    return False, (f"the original's batch-1 latency does not rank runtimes at {serving.load()}: every "
+                   "(format, precision) stays a candidate, ranked by images/s measured under the load")
+
+
 def decision(context, target_kind: str) -> str | None:
     """The reason of the plan's `serving` decision under goal throughput: the load planned for and what it
     changes (None under the other goals: batch 1, one request, as every figure says)."""

@@ -4,7 +4,13 @@ import pytest
 
 from edgeopt.config import ModelSummary, make_context
 from edgeopt.decide.plan import plan
-from edgeopt.decide.serving import COMPUTE_BOUND_BATCH, Serving, decision, depth_pruning
+from edgeopt.decide.serving import (
+    COMPUTE_BOUND_BATCH,
+    Serving,
+    decision,
+    depth_pruning,
+    latency_rules_out_precisions,
+)
 from edgeopt.targets import load_target
 
 
@@ -31,6 +37,18 @@ def test_serving_of_a_context_and_the_batch_its_tables_are_measured_at():
 def test_depth_pruning_pays_only_where_per_call_overhead_does(goal, batch, streams, kind, pays, words):
     ok, why = depth_pruning(Serving.of(make_context(goal=goal, serve_batch=batch, streams=streams)), kind)
     assert ok is pays and words in why
+
+
+@pytest.mark.parametrize("goal,batch,streams,rules_out,words", [
+    ("latency", None, None, True, "carry over"),
+    ("size", None, None, True, "carry over"),
+    ("throughput", 32, None, False, "batch 32, the runtime's choice of requests in flight"),
+    ("throughput", None, 4, False, "batch 1, 4 requests in flight"),
+])
+def test_batch_1_latency_rules_out_precisions_only_when_it_is_the_figure_ranked(goal, batch, streams, rules_out,
+                                                                                 words):
+    ok, why = latency_rules_out_precisions(Serving.of(make_context(goal=goal, serve_batch=batch, streams=streams)))
+    assert ok is rules_out and words in why
 
 
 def _plan(**ctx):
