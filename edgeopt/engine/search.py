@@ -27,6 +27,7 @@ from edgeopt.decide import policy
 from edgeopt.decide.plan import CandidateSpec, Plan
 from edgeopt.decide.precisions import qat_choice
 from edgeopt.decide.select import cannot_win
+from edgeopt.decide.serving import Serving, latency_rules_out_precisions
 from edgeopt.engine.bisect import bisect
 from edgeopt.engine.cache import CandidateCache, key
 from edgeopt.engine.family_screening import Screening, screen_group
@@ -298,6 +299,10 @@ class Search:
         ledger = self.ledger
         if not self.plan.measure_locally or self.clock.check():
             return  # estimated latencies do not rule anything out
+        may, why_not = latency_rules_out_precisions(Serving.of(self.context))
+        if not may:
+            self.trace.append(f"precision screen skipped: {why_not}")
+            return
         ok = [ledger.cands[s.id] for s in ledger.specs[ledger.original]]
         ok = [c for c in ok if c.status == "ok" and c.id in self.finisher.sessions]
         if len(ok) < 2:

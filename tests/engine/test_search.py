@@ -361,6 +361,25 @@ def test_a_precision_slower_than_a_more_exact_one_on_the_original_is_not_repeate
     assert any(d.technique == "precision_screen:int8@onnx" for d in search.decisions)
 
 
+def test_under_a_served_batch_the_batch1_latency_rules_no_precision_out(tmp_path):
+    """Which runtime serves the most images/s at batch 32 is not which answers one image soonest: the same
+    2x slower batch-1 INT8 is kept on every structure, and the trace says why."""
+    drops = {f"prune{int(r * 100)}": 0.3 for r in RATIOS}
+    builder = FakeBuilder(tmp_path, drops)
+
+    def quick(cands, sessions):
+        for cand in cands:
+            ms = 2.0 if cand.precision == "int8" else 1.0
+            cand.latency_ms = LatencyStats(p50=ms, p90=ms, p99=ms, mean=ms, std=0.0, n=5)
+
+    search = _search(tmp_path, builder, plan=_plan(precisions=("fp32", "int8")), goal="throughput", serve_batch=32)
+    search.quick_latency = quick
+    c = _by_id(search.run())
+    assert "cannot win" not in c["prune60@onnx-int8"].reason
+    assert not any(d.technique.startswith("precision_screen") for d in search.decisions)
+    assert any(t.startswith("precision screen skipped") and "batch 32" in t for t in search.trace)
+
+
 class EarlyStoppingBuilder(FakeBuilder):
     """Screens as the real builder does on a mean-over-samples metric: a structure under the floor is seen on
     64 of 256 samples only."""
