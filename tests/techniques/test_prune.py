@@ -165,3 +165,19 @@ def test_bn_recalibration_restores_statistics(tiny_plain, example):
     bn.running_mean.fill_(100.0)
     n = recalibrate_bn(tiny_plain, [torch.randn(16, 1, 16, 16) for _ in range(3)])
     assert n > 0 and bn.running_mean.abs().max() < 10 and not tiny_plain.training
+
+
+def test_a_slow_criterion_measurement_does_not_eat_the_pruning_time_limit(tiny, example, monkeypatch):
+    """The limit guards tracing and pruning; scores measured on data before it (a reconstruction criterion on
+    a large model under load) used to leave the whole-model attempt no time, so nothing was pruned."""
+    from edgeopt.techniques.pruning import prune as prune_module
+
+    measure = prune_module._criterion
+
+    def slow(*a, **k):
+        time.sleep(3.0)
+        return measure(*a, **k)
+
+    monkeypatch.setattr(prune_module, "_criterion", slow)
+    res = edgeopt.prune(tiny, example, ratio=0.3, timeout_s=2.5)
+    assert res.record["layers_changed"] > 0, res.record["skipped"]

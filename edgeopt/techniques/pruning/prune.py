@@ -178,18 +178,22 @@ def prune(model: nn.Module, example, ratio: float = 0.3, importance: str = "l2",
     before = channel_table(work)
     extra: dict = {}
     importance, criterion = _criterion(importance, work, data, extra)
+    # the time limit guards tracing and pruning (a graph Torch-Pruning cannot finish); a measured criterion's
+    # scores are data-bound work it needs whole, so they do not count: on a loaded machine they would leave a
+    # large model's whole-model attempt no time, and the result would depend on the load
+    t_prune = time.monotonic()
     spec = PruneSpec(ratio=ratio, importance=importance, criterion=criterion, scope=scope, round_to=round_to,
                      iterative_steps=iterative_steps, max_layer_ratio=max_layer_ratio, data=data,
                      layer_ratios=dict(layer_ratios or {}), names={m: n for n, m in work.named_modules()})
-    walker = _Walker(work, example, spec, t0 + timeout_s, block_timeout_s)
+    walker = _Walker(work, example, spec, t_prune + timeout_s, block_timeout_s)
     try:
         walker.visit("", work)
     except _RootFailed:  # the whole-model attempt failed half-way: start again from a clean copy, by blocks
-        failures = walker.failures
+        failures, spent = walker.failures, time.monotonic() - t_prune
         work, _ = _working_copy(model)
         _, spec.criterion = _criterion(importance, work, data, extra)  # measured again, on the clean copy
         spec.names = {m: n for n, m in work.named_modules()}
-        walker = _Walker(work, example, spec, t0 + timeout_s, block_timeout_s)
+        walker = _Walker(work, example, spec, time.monotonic() + timeout_s - spent, block_timeout_s)
         walker.failures = failures
         for cname, child in work.named_children():
             walker.visit(cname, child)
