@@ -374,7 +374,9 @@ def main(argv=None) -> None:
     ap.add_argument("--train-only", action="store_true", help="train (and cache) the models, do not optimize")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", type=Path, default=None, help="result stem (default results/real_models-<date>)")
+    ap.add_argument("--out", type=Path, default=None, help="result stem (default results/real_models-<date>-<mode>)")
+    ap.add_argument("--update", action="store_true", help="replace these models' rows in the result files, keep "
+                    "the others (a rerun of some models)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads or torch.get_num_threads())
     paths = data_sets(args.cache)
@@ -385,6 +387,9 @@ def main(argv=None) -> None:
         return
     mode = "retrain" if args.retrain else "no-retrain"
     stem = args.out or RESULTS / f"real_models-{datetime.date.today().isoformat()}-{mode}"
+    kept = []
+    if args.update and stem.with_suffix(".json").exists():
+        kept = [r for r in json.loads(stem.with_suffix(".json").read_text())["rows"] if r["model"] not in names]
     rows = []
     for n in names:
         out_dir = args.cache / "runs" / mode / n
@@ -394,8 +399,10 @@ def main(argv=None) -> None:
             shutil.rmtree(out_dir)
         rows.append(run_one(BENCHES[n], paths, args.cache, out_dir, args.time_budget, args.retrain, args.threads))
         print(json.dumps(rows[-1]), flush=True)
+        rows[-1]["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         stem.with_suffix(".json").write_text(json.dumps({"mode": mode, "time_budget_s": args.time_budget,
-                                                         "rows": rows}, indent=2))
+                                                         "rows": kept + rows}, indent=2))
+    rows = sorted(kept + rows, key=lambda r: list(BENCHES).index(r["model"]))
     md = markdown(rows, f"{mode}, --time-budget {args.time_budget:g} s, --max-accuracy-drop 1")
     stem.with_suffix(".md").write_text(md + "\n")
     print(md)
