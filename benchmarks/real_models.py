@@ -291,8 +291,9 @@ def trained_weights(bench: Bench, paths: dict, cache: Path, steps: int | None = 
 def run_one(bench: Bench, paths: dict, cache: Path, out_dir: Path, time_budget_s: float | None, retrain: bool,
             threads: int | None, log=print) -> dict:
     weights, train_s = trained_weights(bench, paths, cache, log=log)
-    if not train_s and (cache / f"{bench.name}.train.json").exists():
-        train_s = json.loads((cache / f"{bench.name}.train.json").read_text())["train_s"]
+    record = cache / f"{bench.name}.train.json"
+    done = json.loads(record.read_text()) if record.exists() else {}
+    train_s, train_steps = train_s or done.get("train_s"), done.get("steps")
     data, data_options = optimize_data(bench, paths)
     options = {"weights": str(weights), "input_shape": bench.input_shape, "data": data,
                "data_options": data_options, "max_accuracy_drop": 1.0, "goal": "latency", "retrain": retrain,
@@ -300,7 +301,7 @@ def run_one(bench: Bench, paths: dict, cache: Path, out_dir: Path, time_budget_s
                **({"metric": bench.metric} if bench.metric else {}),
                **({"time_budget_s": time_budget_s} if time_budget_s else {})}
     t0 = time.perf_counter()
-    row = {"model": bench.name, "spec": bench.spec, "train_s": train_s}
+    row = {"model": bench.name, "spec": bench.spec, "train_s": train_s, "train_steps": train_steps}
     try:
         rep = edgeopt.optimize(bench.spec, **options)
     except Exception as e:  # a crash is a result of this benchmark, not the end of it
@@ -337,13 +338,26 @@ def summarise(report: dict) -> dict:
         "best_plain": head.get("best_plain"),
         "test_split": {k: test.get(k) for k in ("split", "images", "selection_images", "note") if k in test},
         "candidates": len(cands),
+        # why there is no choice: the original's own failure (e.g. every export refused by verification)
+        "note": None if chosen else (base.get("reason") or (model.get("search") or {}).get("stopped")),
     }
+
+
+CHANCE_TOP1 = 10.0  # ten digits
+
+
+def meaningful(row: dict) -> bool:
+    """Whether the original learnt anything: a classifier at chance (top-1 under twice the 10 % of ten classes)
+    or no metric at all makes every drop 0 against noise, and its compression says nothing."""
+    if row.get("original_test") is None:
+        return False
+    return row["metric"] != "top1" or row["original_test"] >= 2 * CHANCE_TOP1
 
 
 def markdown(rows: list[dict], title: str) -> str:
     lines = [f"### {title}", "",
              "| model | metric | original (test) | chosen | compressed | params kept | chosen (test) | drop pp (test) "
-             "| vs best plain | train s | optimize wall s |", "|---" * 11 + "|"]
+             "| vs best plain | train s (steps) | optimize wall s |", "|---" * 11 + "|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['model']} | — | — | **crash**: {r['error'][:120]} | — | — | — | — | — | "
@@ -353,16 +367,22 @@ def markdown(rows: list[dict], title: str) -> str:
         def f(v, fmt="{:.2f}"):
             return "—" if v is None else fmt.format(v)
 
-        lines.append(f"| {r['model']} | {r['metric']} | {f(r['original_test'])} | {r['chosen']} | "
+        trained = "" if meaningful(r) else " (chance level: not meaningful)" if r["original_test"] is not None \
+            else f" (no result: {str(r.get('note'))[:110]})"
+        lines.append(f"| {r['model']} | {r['metric']} | {f(r['original_test'])}{trained} | {r['chosen']} | "
                      f"{'yes' if r['compressed'] else 'no'} | {f(r['params_kept'], '{:.0%}')} | "
                      f"{f(r['chosen_test'])} | {f(r['drop_test_pp'], '{:+.2f}')} | "
-                     f"{f(r['speedup_vs_best_plain'], '{:.2f}x')} ({r['best_plain']}) | {r['train_s']} | "
+                     f"{f(r['speedup_vs_best_plain'], '{:.2f}x')} ({r['best_plain']}) | {r['train_s']:.0f} "
+                     f"({r.get('train_steps', '?')}) | "
                      f"{r['wall_s']} |")
     ok = [r for r in rows if "error" not in r]
     speeds = sorted(r["speedup_vs_best_plain"] or 1.0 for r in ok)
     med = float(np.median(speeds)) if speeds else None
-    lines += ["", f"Compressed choices: {sum(r['compressed'] for r in ok)} of {len(rows)}; median speedup over "
-              f"the best plain conversion: {f'{med:.2f}x' if med else '—'} (the original chosen counts 1.0x)."]
+    real = [r for r in ok if meaningful(r)]
+    lines += ["", f"Compressed choices: {sum(r['compressed'] for r in ok)} of {len(rows)} "
+              f"({sum(r['compressed'] for r in real)} of the {len(real)} with a meaningful metric); median speedup "
+              f"over the best plain conversion: {f'{med:.2f}x' if med else '—'} (the original chosen, or no result, "
+              "counts 1.0x)."]
     return "\n".join(lines)
 
 
@@ -372,6 +392,7 @@ def main(argv=None) -> None:
     ap.add_argument("--time-budget", type=float, default=300.0, help="optimize's --time-budget per model (s)")
     ap.add_argument("--retrain", action="store_true", help="let optimize fine-tune the compressed candidates")
     ap.add_argument("--train-only", action="store_true", help="train (and cache) the models, do not optimize")
+    ap.add_argument("--table-only", action="store_true", help="rewrite the .md table from the result .json")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=None, help="result stem (default results/real_models-<date>-<mode>)")
@@ -387,6 +408,13 @@ def main(argv=None) -> None:
         return
     mode = "retrain" if args.retrain else "no-retrain"
     stem = args.out or RESULTS / f"real_models-{datetime.date.today().isoformat()}-{mode}"
+    if args.table_only:
+        doc = json.loads(stem.with_suffix(".json").read_text())
+        rows = sorted(doc["rows"], key=lambda r: list(BENCHES).index(r["model"]))
+        stem.with_suffix(".md").write_text(markdown(rows, f"{mode}, --time-budget {doc['time_budget_s']:g} s, "
+                                                          "--max-accuracy-drop 1") + "\n")
+        print(stem.with_suffix(".md").read_text())
+        return
     kept = []
     if args.update and stem.with_suffix(".json").exists():
         kept = [r for r in json.loads(stem.with_suffix(".json").read_text())["rows"] if r["model"] not in names]
