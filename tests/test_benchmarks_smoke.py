@@ -27,3 +27,58 @@ def test_harness_runs_every_contender(tmp_path, tiny_plain):
     assert eager["accuracy"] == 100.0  # fidelity of the reference to itself
     md = to_markdown([res])
     assert "| edgeopt" in md and "speedup of edgeopt" in md
+
+
+def test_real_models_data_is_read_by_edgeopt_and_a_yolo_step_trains(tmp_path):
+    """benchmarks/real_models.py on its smallest setting: the generated sets are read by edgeopt as the layouts
+    they claim (YOLO data.yaml -> boxes scored by map50, torchvision's label shift, mask folder -> miou,
+    class folders), and one training step of YOLOv8n with Ultralytics' own loss gives weights edgeopt loads."""
+    import numpy as np
+
+    from benchmarks import real_models as rm
+    from benchmarks import synthetic_sets as sets
+    from edgeopt.inputs.data import resolve_data
+    from edgeopt.measure.accuracy import default_metric
+
+    paths = rm.data_sets(tmp_path, small=True)
+    det = resolve_data("api", str(paths["det"]), None, None, None, (3, rm.DET_SIZE, rm.DET_SIZE), None)
+    assert default_metric(det.eval).name == "map50"
+    written = sum(len(a) for a in sets.read_yolo_split(paths["det"].parent, "val")[1])
+    read = [t for _, ts in det.eval.items for t in ts]
+    assert len(read) == 4 and sum(len(t["boxes"]) for t in read) == written > 0
+    tv = resolve_data("api", str(paths["det_tv"]), None, None, None, (3, rm.DET_SIZE, rm.DET_SIZE), None)
+    tv_labels = sorted(int(v) for _, ts in tv.eval.items for t in ts for v in t["labels"])
+    assert tv_labels == sorted(int(v) + 1 for t in read for v in t["labels"])  # class c is torchvision's c + 1
+    seg = resolve_data("api", rm.optimize_data(rm.BENCHES["unet"], paths)[0], None, None, None,
+                       (3, rm.SEG_SIZE, rm.SEG_SIZE), rm.SEG_CLASSES, {"val_split": 0.5})
+    assert default_metric(seg.eval).name == "miou"
+    imgs, masks = sets.read_masks(paths["seg"] / "train")
+    assert set(np.unique(masks)) <= set(range(rm.SEG_CLASSES)) and masks.max() > 0 and imgs.shape[-1] == 3
+    xs, ys = sets.read_folder(paths["cls"] / "test")
+    assert xs.shape[1:] == (rm.CLS_SIZE, rm.CLS_SIZE) and set(ys) == set(range(10))
+
+    bench = rm.BENCHES["yolov8n"]
+    weights, took = rm.trained_weights(bench, paths, tmp_path, steps=1, log=lambda *_: None)
+    assert took > 0 and weights.exists()
+    model = rm.edgeopt.load_model(bench.spec, weights=weights, input_shape=bench.input_shape).model
+    out = model(torch.rand(1, *bench.input_shape[1:]))
+    assert isinstance(out, torch.Tensor) and out.shape[:2] == (1, 4 + 10)  # the export head, trained weights
+    assert not any(torch.isnan(p).any() for p in model.parameters())
+
+
+def test_real_models_table_reads_a_report():
+    from benchmarks.real_models import markdown, summarise
+
+    report = {"model": {"test_split": {"split": "stratified", "images": 50, "selection_images": 50},
+                        "headline": {"speedup_vs_best_plain": 2.0, "best_plain": "original@onnx-int8"}},
+              "baseline": {"id": "original", "metric": "map50", "accuracy": 80.0, "accuracy_test": 78.0,
+                           "params": 100},
+              "candidates": [{"id": "prune-recon40@onnx-int8", "metric": "map50", "params": 60,
+                              "accuracy_test": 77.5, "accuracy_drop_test": 0.5, "steps": ["prune"]}],
+              "chosen": "prune-recon40@onnx-int8"}
+    row = {"model": "m", "train_s": 1.0, "wall_s": 2.0, **summarise(report)}
+    assert row["compressed"] and row["original_test"] == 78.0 and row["drop_test_pp"] == 0.5
+    assert row["params_kept"] == 0.6 and row["speedup_vs_best_plain"] == 2.0
+    md = markdown([row, {"model": "x", "error": "boom", "train_s": 0, "wall_s": 1}], "t")
+    assert "| m | map50 | 78.00 | prune-recon40@onnx-int8 | yes | 60% |" in md and "**crash**: boom" in md
+    assert "Compressed choices: 1 of 2" in md

@@ -70,6 +70,37 @@ def _has_conv(path: Path) -> bool:
                .graph.node)
 
 
+# layers holding weights: where a graph's output tail (see `output_tail`) begins
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+def output_tail(path: Path) -> list[str]:
+    """Names of the nodes between the last weighted layers and the graph's outputs (found walking back from
+    every output until a Conv/MatMul/Gemm), naming unnamed nodes in the file first. These stay in float under
+    static INT8: a detection head's decoding concatenates boxes in pixels with scores in 0..1 into one output,
+    and one per-tensor 8-bit scale for both rounds every score to a step of ~pixels/255 (YOLO's mAP fell to 0).
+    Such tails are elementwise, reshaping and sorting ops: cheap in float."""
+    import onnx
+
+    model = onnx.load(str(path))
+    nodes = list(model.graph.node)
+    renamed = False
+    for i, n in enumerate(nodes):
+        if not n.name:
+            n.name, renamed = f"edgeopt_node_{i}", True
+    if renamed:
+        onnx.save(model, str(path))
+    producer = {o: n for n in nodes for o in n.output}
+    tail, stack = {}, [o.name for o in model.graph.output]
+    while stack:
+        n = producer.get(stack.pop())
+        if n is None or n.name in tail or n.op_type in WEIGHTED_OPS:
+            continue
+        tail[n.name] = n
+        stack.extend(i for i in n.input if i)
+    return list(tail)
+
+
 def pick_mode(src: Path, mode: str) -> str:
     """`auto`: static (DEFAULT_STATIC) for conv nets; dynamic for Linear-only graphs (transformer/MLP heads),
     whose activations vary too much per input for fixed scales and which need no calibration data."""
@@ -101,11 +132,13 @@ def quantize_int8(src: Path, dst: Path, mode: str, calib_inputs: list[np.ndarray
             raise ExportError("static INT8 quantization needs calibration inputs")
         reader = _Reader(_feeds(prep, calib_inputs))
         extra = TENSORRT_OPTIONS if mode == "qdq-tensorrt" else {"ActivationSymmetric": act == "QInt8"}
+        tail = output_tail(prep)
         quantize_static(str(prep), str(dst), reader, quant_format=getattr(QuantFormat, fmt),
                         per_channel=True, activation_type=getattr(QuantType, act), weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, extra_options=extra)
+                        calibrate_method=CalibrationMethod.MinMax, extra_options=extra, nodes_to_exclude=tail)
         done = {"quant_mode": mode, "format": fmt, "weights": "int8 per-channel",
-                "activations": "s8" if act == "QInt8" else "u8", "calibration_method": "minmax"}
+                "activations": "s8" if act == "QInt8" else "u8", "calibration_method": "minmax",
+                **({"float_output_tail": len(tail)} if tail else {})}
         if mode == "qdq-tensorrt":
             _drop_unused_domains(dst)
             done.update(weights="int8 per-channel, symmetric", activations="s8, symmetric", biases="float")

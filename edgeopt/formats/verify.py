@@ -4,7 +4,11 @@ Tolerances depend on the precision: fp32 must match closely; reduced precisions 
 error and top-1 agreement, since their point is to trade exactness for speed. Each output is judged on its
 own scale (its error relative to its own largest value), so a small auxiliary output is not drowned by a
 large one; agreement is counted on outputs that look like class logits (batch, classes) or dense logits
-(batch, classes, H, W: per-pixel argmax)."""
+(batch, classes, H, W: per-pixel argmax). Per-image box sets (torchvision's `[{"boxes", "labels", "scores"}, ...]`,
+flattened to `<image>.boxes`, ...) are judged as sets, not element by element: a detector's boxes may come out
+in another order, or one more or fewer near its score threshold, from float differences that change nothing;
+each image's boxes are matched to PyTorch's (measure/detection.py: same class, IoU >= 0.5, score agreement)
+and the mean agreement must reach the precision's minimum (fp32: BOX_AGREEMENT_FP32)."""
 
 from __future__ import annotations
 
@@ -18,6 +22,9 @@ import edgeopt.decide.policy as policy
 from edgeopt.errors import VerificationError
 from edgeopt.formats.base import Session
 from edgeopt.inputs.model_io import Inputs, flatten_outputs
+
+# fp32's box-set agreement: reordered or near-threshold boxes (score differences of float rounding) still agree
+BOX_AGREEMENT_FP32 = 0.98
 
 
 def _argmax(a: np.ndarray, single: bool) -> np.ndarray | None:
@@ -83,10 +90,14 @@ def verify_session(session: Session, model: nn.Module, example, precision: str,
         raise VerificationError(f"{len(labels)} label batches for {len(xs)} input batches")
     per: dict[str, dict] = {}
     agree = total = right_rt = right_pt = samples = 0
+    boxes: list[float] = []  # per-image agreement of box sets
     model.eval()
     for i, x in enumerate(xs):
         ref = _reference(model, x, references)
-        got = match_outputs(session.run_named(x.numpy()), ref, session.runtime)
+        got = session.run_named(x.numpy())
+        box_names = _box_sets(ref, got, x.batch, boxes)
+        ref = {k: v for k, v in ref.items() if k not in box_names}
+        got = match_outputs({k: v for k, v in got.items() if k not in box_names}, ref, session.runtime)
         single = len(ref) == 1
         samples += x.batch
         for name, r in ref.items():
@@ -108,7 +119,35 @@ def verify_session(session: Session, model: nn.Module, example, precision: str,
                     y = labels[i].numpy().reshape(-1)
                     right_rt += int((pg == y).sum())
                     right_pt += int((pr == y).sum())
-    return _judge(session, per, (agree, total, samples), right_rt, right_pt, labels, len(xs))
+    result = _judge(session, per, (agree, total, samples), right_rt, right_pt, labels, len(xs))
+    if boxes:
+        box_agreement = float(np.mean(boxes))
+        result["box_agreement"] = box_agreement
+        max_rel, min_agree = policy.tolerance(session.precision_executed)
+        need = BOX_AGREEMENT_FP32 if min_agree >= 1.0 else min_agree
+        if box_agreement < need:
+            raise VerificationError(
+                f"{session.runtime} ({session.precision_executed}) detections differ from PyTorch: box agreement "
+                f"{box_agreement:.0%} over {len(boxes)} images (min {need:.0%})")
+    return result
+
+
+def _box_sets(ref: dict, got: dict, batch: int, agreements: list[float]) -> set[str]:
+    """The names of per-image box-set outputs (`<image>.boxes`, ...) in `ref`; each image's agreement of the
+    runtime's boxes with PyTorch's is appended to `agreements`. Empty when the model has none."""
+    from edgeopt.measure.detection import DETECTIONS, group_per_image, image_agreement
+
+    grouped = group_per_image({k: v.float().numpy() if isinstance(v, torch.Tensor) else v for k, v in ref.items()},
+                              batch)
+    if DETECTIONS not in grouped:
+        return set()
+    names = set(ref) - set(grouped)
+    if not names <= set(got):
+        raise VerificationError(f"runtime outputs ({', '.join(sorted(got))}) lack PyTorch's per-image box outputs "
+                                f"({', '.join(sorted(names - set(got)))})")
+    theirs = group_per_image({k: np.asarray(got[k]) for k in names}, batch)[DETECTIONS]
+    agreements += [image_agreement(r, g) for r, g in zip(grouped[DETECTIONS], theirs, strict=True)]
+    return names
 
 
 def _judge(session: Session, per: dict, counts: tuple[int, int, int], right_rt: int, right_pt: int,
@@ -116,14 +155,14 @@ def _judge(session: Session, per: dict, counts: tuple[int, int, int], right_rt: 
     agree, total, samples = counts
     agreement = agree / total if total else 1.0
     max_rel, min_agree = policy.tolerance(session.precision_executed)
-    rel = max(s["max_rel_error"] for s in per.values())
-    result = {"max_abs_error": max(s["max_abs_error"] for s in per.values()), "max_rel_error": rel,
+    rel = max((s["max_rel_error"] for s in per.values()), default=0.0)
+    result = {"max_abs_error": max((s["max_abs_error"] for s in per.values()), default=0.0), "max_rel_error": rel,
               "top1_agreement": agreement, "precision": session.precision_executed, "inputs": n}
     if len(per) > 1:
         result["outputs"] = per
     if labels is not None and total and len(per) == 1:
         result["accuracy"], result["accuracy_pytorch"] = right_rt / total, right_pt / total
-    worst = max(per, key=lambda k: per[k]["max_rel_error"])
+    worst = max(per, key=lambda k: per[k]["max_rel_error"], default="")
     where = f" (output {worst!r})" if len(per) > 1 else ""
     # top-1 agreement is only meaningful over enough samples (not pixels: neighbours flip together);
     # a single flip among 4 random inputs is noise

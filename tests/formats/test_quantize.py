@@ -174,3 +174,40 @@ def test_weight_only_int8_shrinks_weights_without_calibration(tmp_path, tiny_pla
     assert session.precision_executed in ("int8w", "int8+fp32")  # read from the runtime: float compute
     assert session.info["int8_mac_fraction"] < 0.5
     assert result.info["verification"]["max_rel_error"] < 3e-2
+
+
+class _BoxHead(torch.nn.Module):
+    """A detection head's output contract: boxes in pixels and scores in 0..1 concatenated into one tensor."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.box, self.cls = torch.nn.Conv2d(8, 4, 1), torch.nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        f = torch.relu(self.stem(x))
+        boxes = (self.box(f).flatten(2).sigmoid() * 160.0)  # pixels
+        return torch.cat([boxes, self.cls(f).flatten(2).sigmoid()], 1)
+
+
+def test_static_int8_keeps_the_output_tail_in_float(tmp_path):
+    """One per-tensor INT8 scale for pixels and scores rounded every score to a step of ~0.6 (YOLO's mAP fell to
+    0): the ops after the last convolution stay in float, so the scores survive quantization."""
+    import onnxruntime as ort
+
+    from edgeopt.formats.onnx_quant import output_tail
+
+    model, x = _BoxHead().eval(), torch.rand(1, 3, 16, 16)
+    calib = [torch.rand(4, 3, 16, 16) for _ in range(4)]
+    out = edgeopt.export(model, x, "onnx", precision="int8", out=tmp_path / "h.onnx", calib_data=calib, verify=False)
+    fp32 = edgeopt.export(model, x, "onnx", out=tmp_path / "f.onnx", verify=False)
+    tail = set(output_tail(fp32))
+    ops = {n.op_type for n in onnx.load(str(fp32)).graph.node if n.name in tail}
+    assert {"Concat", "Sigmoid", "Mul"} <= ops and "Conv" not in ops
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    xs = torch.rand(2, 3, 16, 16)
+    got = sess.run(None, {sess.get_inputs()[0].name: xs[:1].numpy()})[0]
+    want = model(xs[:1]).detach().numpy()
+    assert abs(got[:, 4:] - want[:, 4:]).max() < 0.05  # the scores
+    assert abs(got[:, :4] - want[:, :4]).max() < 8.0  # the boxes, in pixels
