@@ -133,13 +133,43 @@ def take(data: Batches | StreamBatches, idx: list[int], key: str | None) -> Batc
 def metric_for(spec, eval_b: Batches | StreamBatches, net, ex: Inputs) -> Metric:
     """The user's metric (--metric / metric=) on labelled held-out data, else what the labels allow."""
     if spec is None:
-        return default_metric(eval_b)
+        return _box_labels(default_metric(eval_b), eval_b, net)
     if not eval_b.labelled:
         raise DataError("--metric needs held-out data with targets: pass --data (module:function returning "
                         "'eval' as (inputs, targets) batches) or eval_data=...")
     with torch.no_grad():
         layout = output_layout(ex.call(net))
-    return load_metric(spec, layout, num_classes=getattr(eval_b, "num_classes", None))
+    return _box_labels(load_metric(spec, layout, num_classes=getattr(eval_b, "num_classes", None)), eval_b, net)
+
+
+BACKGROUND_NAMES = ("background", "__background__", "bg", "_background_")
+
+
+def _box_labels(metric: Metric, eval_b, net) -> Metric:
+    """torchvision's detectors (Faster/Mask R-CNN, SSD, SSDlite, RetinaNet, FCOS) answer labels 1..N, 0 being
+    their background, where a data.yaml or COCO file numbers its classes 0..N-1: scored as they are, every box
+    would carry the next class and mAP would be silently wrong. Unless the data's first class is a background
+    (then the numbers already agree), their labels are read one lower, and the metric's meaning says so."""
+    if metric.name not in ("map50", "map") or not _torchvision_detector(net):
+        return metric
+    names = getattr(eval_b, "class_names", None) or []
+    if names and str(names[0]).strip().lower() in BACKGROUND_NAMES:
+        return metric
+    metric.label_offset = 1
+    metric.meaning += ("; torchvision detector: its labels 1..N are read as the data's classes 0..N-1 (its 0 is "
+                       "the background)")
+    return metric
+
+
+def _torchvision_detector(net) -> bool:
+    try:
+        from torchvision.models.detection.fcos import FCOS
+        from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+        from torchvision.models.detection.retinanet import RetinaNet
+        from torchvision.models.detection.ssd import SSD
+    except ImportError:
+        return False
+    return isinstance(net, (GeneralizedRCNN, SSD, RetinaNet, FCOS))
 
 
 def fidelity_inputs(ex: Inputs, n: int, seed: int) -> Batches:

@@ -57,6 +57,9 @@ class Metric:
     name: str  # top1 | miou | map50 | map | fidelity | user:<function>
     fn: Callable | None = None  # the user's metric
     num_classes: int | None = None  # miou; map50/map: the data's classes (the score channels of a raw head)
+    # map50/map: subtracted from the model's box labels before they meet the data's classes (torchvision's
+    # detectors count their classes from 1, 0 being their background)
+    label_offset: int = 0
     layout: object = None  # the model's output structure, to hand the user's metric its own nesting
     meaning: str = ""
 
@@ -214,7 +217,7 @@ def score(preds, batches: Batches, reference=None) -> tuple[float, str]:
     if metric.fn is not None:
         return user_score(metric, preds, _targets(batches)), metric.name
     if metric.name in ("map50", "map"):
-        got = detection_scores(preds, batches, metric.num_classes)
+        got = detection_scores(preds, batches, metric.num_classes, metric.label_offset)
         return Scored(got[metric.name], metric.name, {"map50": got["map50"], "map50_95": got["map"]})
     if metric.name == "top1":
         labels = _targets(batches).numpy().reshape(-1)
@@ -241,8 +244,8 @@ def _fitting(preds: dict[str, np.ndarray], labels: np.ndarray) -> np.ndarray:
     return p
 
 
-def detection_scores(preds: dict[str, np.ndarray], batches: Batches, num_classes: int | None = None
-                     ) -> dict[str, float]:
+def detection_scores(preds: dict[str, np.ndarray], batches: Batches, num_classes: int | None = None,
+                     label_offset: int = 0) -> dict[str, float]:
     """{"map50", "map"} (%) of the per-image box outputs (or a raw head tensor, decoded) against the data's
     boxes; a one-line ConfigError naming --metric when the outputs are neither, or the data has no boxes."""
     from edgeopt.measure.detection import mean_average_precision
@@ -255,7 +258,10 @@ def detection_scores(preds: dict[str, np.ndarray], batches: Batches, num_classes
     targets = _targets(batches)
     if not (isinstance(targets, list) and all(isinstance(t, dict) and "boxes" in t for t in targets)):
         raise ConfigError("--metric map50/map needs data labelled with boxes (a data.yaml or a COCO JSON file)")
-    return mean_average_precision(preds[DETECTIONS], targets)
+    dets = preds[DETECTIONS]
+    if label_offset:
+        dets = [{**d, "labels": np.asarray(d["labels"]) - label_offset} if "labels" in d else d for d in dets]
+    return mean_average_precision(dets, targets)
 
 
 def default_metric(batches: Batches | None) -> Metric:

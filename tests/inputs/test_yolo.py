@@ -167,3 +167,34 @@ def test_box_data_takes_the_normalization_options_the_resolver_reads(tmp_path):
     assert torch.allclose(x, (y - 0.5) / 0.25, atol=1e-5)  # the normalization was applied, not ignored
     with pytest.raises(ConfigError, match="--val-split applies only to an image folder"):
         check_inputs(RunConfig().with_flat(data=str(yaml), data_options={"val_split": 0.5}).inputs)
+
+
+def _one_based_finder():
+    """A torchvision detector (an SSD) as users train them: labels 1..N, 0 being its background."""
+    from torchvision.models.detection.ssd import SSD
+
+    class OneBasedFinder(SSD):
+        def __init__(self):
+            nn.Module.__init__(self)  # the class is what tells torchvision's convention, not its layers
+            self.inner = SquareFinder()
+
+        def forward(self, x):
+            return [{**d, "labels": d["labels"] + 1} for d in self.inner(x)]
+
+    return OneBasedFinder().eval()
+
+
+def test_torchvision_detector_labels_count_from_one(tmp_path):
+    from edgeopt.engine.holdout import metric_for
+    from edgeopt.inputs.model_io import Inputs
+
+    s = resolve(yolo_set(tmp_path / "set"))
+    net = _one_based_finder()
+    ex = Inputs.of(torch.zeros(1, 3, SIZE, SIZE), net)
+    assert score(torch_predictions(net, s.eval, 4), s.eval)[0] < 50.0  # read as they are: every class one off
+    s.eval.metric = metric_for(None, s.eval, net, ex)
+    assert s.eval.metric.label_offset == 1 and "1..N" in s.eval.metric.meaning
+    assert score(torch_predictions(net, s.eval, 4), s.eval) == (100.0, "map50")
+    assert metric_for(None, s.eval, SquareFinder().eval(), ex).label_offset == 0  # other detectors: as they are
+    s.eval.class_names = ["background", "red", "green"]  # the data numbers the background itself: no shift
+    assert metric_for(None, s.eval, net, ex).label_offset == 0

@@ -145,6 +145,7 @@ def coco_splits(path: Path, pre: Preprocess, seed: int = 0, batch_size: int = 32
     heldout_hash = file_list_hash([(f.resolve(), 0) for f in files] + [(path.resolve(), 1)], both)
     ev = decode_boxes(ev_ds, batch_size, True, progress)
     ev.key = f"{pre.describe()}|{heldout_hash}"
+    ev.class_names = names  # a first class named "background" tells torchvision detectors' labels apart
     ev.num_classes = len(names)  # a raw head's score channels (measure/detection.py: decode_head)
     if progress is not None:
         progress.log(f"data: {path} (COCO JSON, {len(names)} classes): {len(files)} held-out images with "

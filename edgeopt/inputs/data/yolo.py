@@ -185,6 +185,7 @@ def yolo_splits(path: Path, pre: Preprocess, seed: int = 0, batch_size: int = 32
                                   root)
     ev = decode_boxes(ev_ds, batch_size, True, progress)
     ev.key = f"{pre.describe()}|{heldout_hash}"
+    ev.class_names = names  # a first class named "background" tells torchvision detectors' labels apart
     ev.num_classes = nc  # a raw head's score channels (measure/detection.py: decode_head)
     boxes = sum(len(t[1]) for t in ev_ds.targets)
     if progress is not None:
