@@ -38,8 +38,8 @@ def bisect(family: str, levels: list[str], screen: Callable[[str], float | None]
             hi = mid
     kept = [levels[i] for i in range(lo, lo - margin_levels - 1, -1) if i >= 0]
     settled = levels[lo] if lo >= 0 else None
-    stop = stopped()
-    unfinished = stop is not None and hi - lo > 1  # the search stopped before the bisection settled
+    stop = stopped() if hi - lo > 1 else None  # asked only where a level was left unscreened
+    unfinished = stop is not None  # the search stopped before the bisection settled
     if settled is not None:
         what = settled
     elif unfinished:  # not "breaks the budget": no level was shown to

@@ -175,6 +175,19 @@ class StopClock:
         """Why the search stopped, when it has (checks the clock first)."""
         return self.reason if self.check() else None
 
+    def stopped_before(self, step_s: float | None) -> str | None:
+        """`stopped()`, and stop now where the next step, expected to take `step_s` (the builds so far), would
+        not end within the search's share: nothing is interrupted halfway, so a build started with too little
+        left would overrun the budget by its whole length."""
+        if self.check():
+            return self.reason
+        left = self.left("search")
+        if step_s and not self._grace and left is not None and left < step_s:
+            self.out_of_time = True
+            self.stop(f"not tried: {TIME_STOP} (--time-budget of {self.time_budget_s:g} s: the next build would "
+                      f"take about {step_s:.0f} s, {max(left, 0.0):.0f} s of the search's share left)")
+        return self.reason
+
     def stop(self, reason: str) -> None:
         self.reason = reason
         self.trace.append(reason)

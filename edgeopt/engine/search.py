@@ -152,7 +152,7 @@ class Search:
         if self.executor is not None:
             self.executor.prefetch(self, families)
         for fam, structures in families.items():
-            if self.clock.check():
+            if self._stopped_before_build():
                 self.trace.append(f"{fam}: not started, {self.clock.reason.removeprefix('not tried: ')}")
                 continue
             group = ledger.specs[structures[0]][0].screen
@@ -189,7 +189,8 @@ class Search:
         checked = not self.plan.qat_formats and self.ledger.baseline.accuracy is not None and any(
             spec.precision == policy.CHECK_PRECISION for spec in live)
         out = bisect(fam, structures, self._check if checked else self._screen, self.context.max_accuracy_drop,
-                     self.clock.stopped, self.builds.failure, policy.MARGIN_LEVELS if reduced and not checked else 0,
+                     self._stopped_before_build, self.builds.failure,
+                     policy.MARGIN_LEVELS if reduced and not checked else 0,
                      first=next((i for i, s in enumerate(structures) if s in self.screened), None))
         self.trace.append(out.trace)
         for s, (status, why) in out.dropped.items():
@@ -209,7 +210,7 @@ class Search:
         original = layout(self.builder.net)  # a structure with this layout left the model as it was
 
         out = screen_group(group, members, lambda s: specs[s][0].level, self._screen, self.builds.failure,
-                           lambda s: self.builds.layout_of.get(s) == original, self.clock.stopped)
+                           lambda s: self.builds.layout_of.get(s) == original, self._stopped_before_build)
         self.screenings.append(out)
         self.decisions.append(out.decision())
         self.trace.append(f"{group}: screened at level {out.level:g}, kept {', '.join(out.kept) or 'none'}")
@@ -219,6 +220,13 @@ class Search:
                 for spec in specs[s]:
                     self.ledger.mark(spec.id, status if s == out.probes[fam] else "rejected", why)
         return set(out.dropped)
+
+    def _stopped_before_build(self) -> str | None:
+        """Why the search stopped, or stops before the next structure: its build and screening, as long as the
+        ones so far took (the original's build, which has no steps, left out), would not fit the time left."""
+        secs = [t for s, t in self.builds.seconds.items() if s != self.ledger.original]
+        step = sum(secs) / len(secs) + self.screen_seconds / max(1, len(self.screened)) if secs else None
+        return self.clock.stopped_before(step)
 
     def _screen(self, structure: str) -> float | None:
         """Accuracy drop (pp) of a structure in PyTorch on the held-out data; None when it cannot be built."""

@@ -106,11 +106,14 @@ def test_the_time_budget_stops_the_screening_and_says_so(tmp_path, monkeypatch):
     clock = [0.0]
     monkeypatch.setattr(ledger.time, "perf_counter", lambda: clock[0])
     builder = FakeBuilder(tmp_path, _drops({}), clock=clock)
-    # the original and two probes fit in the search's share of 34 s (a quarter is kept for finishing)
-    search = _search(tmp_path, builder, plan=_plan(), time_budget_s=34)
+    # the original and two probes (10 s each) fit in the search's share of 44 s (a quarter is kept for
+    # finishing); a third would end past it, so it is not started
+    search = _search(tmp_path, builder, plan=_plan(), time_budget_s=44)
     c = _by_id(search.run())
     assert builder.builds == ["original", "prune-l230", "prune-fpgm30"]
-    assert "stopped by the time budget (--time-budget of 34 s" in c["prune-energy30@onnx-fp32"].reason
+    assert "stopped by the time budget (--time-budget of 44 s" in c["prune-energy30@onnx-fp32"].reason
+    assert "the next build would take about 10 s" in c["prune-energy30@onnx-fp32"].reason
+    assert clock[0] <= 44 * 0.75
     decision = next(d for d in search.decisions if d.technique == "prune_criterion")
     assert "not screened (search stopped): energy, l1" in decision.reason
     assert all(x.status != "pending" for x in c.values())

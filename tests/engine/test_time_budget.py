@@ -48,16 +48,36 @@ def test_a_slow_builder_ends_the_search_within_its_share_of_the_budget(tmp_path,
 
 def test_the_finish_after_the_budget_leaves_out_what_does_not_fit_and_says_so(tmp_path, clock):
     builder = FakeBuilder(tmp_path, DROPS, clock=clock, export_s=5.0)
-    # the original (20 s: a build, two exports) and three probes (30 s) spend the search's share of 65 s (48.75 s);
-    # one 5 s export of the best screened structure fits before the tail (58.5 s), not both
-    search = _search(tmp_path, builder, plan=_plan(precisions=("fp32", "bf16")), time_budget_s=65)
+    # the original (20 s: a build, two exports) and two probes (20 s): a third 10 s build would end past the
+    # search's share of 55 s (41.25 s), so it is not started; one 5 s export of the best screened structure fits
+    # before the tail (49.5 s), not both
+    search = _search(tmp_path, builder, plan=_plan(precisions=("fp32", "bf16")), time_budget_s=55)
     result = search.run()
     c = _by_id(result)
     finished = [x for x in c.values() if x.structure != "original" and x.status == "ok"]
     assert len(finished) == 1, search.trace
     cuts = result.summary()["time_budget"]["cuts"]
     assert len(cuts) == 1 and "not finished" in cuts[0] and any(cuts[0] in t for t in search.trace)
-    assert clock[0] <= 65 * (1 - TAIL_SHARE)
+    assert clock[0] <= 55 * (1 - TAIL_SHARE)
+
+
+def test_a_build_that_would_end_past_the_searchs_share_is_not_started(tmp_path, clock):
+    """Builds cannot be interrupted: with 60 s builds and a 200 s budget (150 s for the search), the second
+    probe would end at 180 s; it is not started, and the run ends within its budget."""
+
+    class SlowBuilds(FakeBuilder):
+        def build(self, start, spec):
+            got = super().build(start, spec)
+            self.clock[0] += 50.0  # 60 s per build in all
+            return got
+
+    builder = SlowBuilds(tmp_path, DROPS, clock=clock)
+    search = _search(tmp_path, builder, plan=_plan(), time_budget_s=200)
+    result = search.run()
+    assert builder.builds == ["original", "prune30"], builder.builds
+    assert any("the next build would take about 60 s" in t for t in search.trace), search.trace
+    assert clock[0] <= 200 * (1 - TAIL_SHARE)
+    assert result.summary()["time_budget"]["stopped"] is True
 
 
 def test_a_family_stopped_by_the_budget_says_so(tmp_path, clock):
