@@ -65,9 +65,9 @@ BENCHES = {b.name: b for b in (
     Bench("unet", f"smp:Unet?encoder_name=resnet18&encoder_weights=none&classes={SEG_CLASSES}",
           (1, 3, SEG_SIZE, SEG_SIZE), "seg", None, "train_unet", 240),
     Bench("deit", "timm:deit_tiny_patch16_224?img_size=96&num_classes=10", (1, 3, CLS_SIZE, CLS_SIZE), "cls", None,
-          "train_classifier", 300),
+          "train_classifier", 420),
     Bench("convnext", "timm:convnext_atto?num_classes=10", (1, 3, CLS_SIZE, CLS_SIZE), "cls", None,
-          "train_classifier", 180),
+          "train_classifier", 360),
 )}
 
 
