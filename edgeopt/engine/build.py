@@ -161,6 +161,12 @@ class Screened:
     def partial(self) -> bool:
         return self.seen < self.total
 
+    @property
+    def best_whole(self) -> float:
+        """The most the whole split can score: the samples not seen all right."""
+        return (self.accuracy * self.seen + 100.0 * (self.total - self.seen)) / self.total if self.total else \
+            self.accuracy
+
 
 @dataclass
 class Builder:

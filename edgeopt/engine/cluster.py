@@ -380,11 +380,8 @@ class RayExecutor:
                 known if probe_only else {**known, **drops}, probe_only, first, budget, margin, seconds_left)
 
         # the kept levels are finished ahead only where the search's bisection is the task's: not where each
-        # probe is checked at INT8 on the runtime (search.py's _bisect), which finishes other jobs
-        ahead_ok = {fam: bool(search.plan.qat_formats) or search.ledger.baseline.accuracy is None
-                    or not any(spec.precision == policy.CHECK_PRECISION and search.ledger.cands[spec.id].status
-                               == "pending" for s in structures for spec in specs[s])
-                    for fam, structures in families.items()}
+        # probe is checked at INT8 on the runtime (Search.checks_probes), which finishes other jobs
+        ahead_ok = {fam: not search.checks_probes(structures) for fam, structures in families.items()}
         finishing: list = []
 
         groups: dict[str, dict[str, list[str]]] = {}

@@ -120,8 +120,7 @@ class _Work:
             ptq = "PTQ INT8 failed verification"
         else:
             return
-        fp32 = next((self.job.cands[s] for s in self.job.cands if self.job.cands[s].format == spec.format
-                     and self.job.cands[s].precision == "fp32"), None)
+        fp32 = next((c for c in self.job.cands.values() if c.format == spec.format and c.precision == "fp32"), None)
         # the structure's own loss: its fp32 twin's, or before that is finished (a bisection's check at INT8)
         # its PyTorch drop
         lost = base - fp32.accuracy if fp32 and fp32.accuracy is not None else self.job.screened or 0.0
@@ -262,7 +261,7 @@ class Finisher:
                    budget=self.context.max_accuracy_drop,
                    screened=self.screened.get(structure, screened),
                    size_wanted=self.context.goal == "size" or bool(self.context.size_budget_mb),
-                   seconds_left=None if left is None or self.clock._grace else max(left, 0.0))
+                   seconds_left=None if left is None or self.clock.in_grace else max(left, 0.0))
 
     def exportable(self, structure: str, built: Built) -> list[CandidateSpec]:
         """The pending candidates of a built structure that finishing it would export (none cached, not a

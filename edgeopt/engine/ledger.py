@@ -203,6 +203,11 @@ class StopClock:
             return None
         return {"budget_s": self.time_budget_s, "stopped": self.out_of_time, "cuts": list(self.cuts)}
 
+    @property
+    def in_grace(self) -> bool:
+        """Whether nothing stops now (the baseline, the finish of the best screened structure)."""
+        return self._grace
+
     @contextmanager
     def grace(self) -> Iterator[None]:
         self._grace = True

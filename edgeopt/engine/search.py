@@ -184,10 +184,7 @@ class Search:
         # exported at fp32 only (e.g. no int8/bf16 units here) would only export it to never choose it
         live = [spec for s in structures for spec in specs[s] if self.ledger.cands[spec.id].status == "pending"]
         reduced = any(spec.precision != "fp32" for spec in live)
-        # each probe checked at the precision the structure will win with: no margin level needed then. Not
-        # where QAT is armed: there an INT8 twin that breaks the budget is what QAT retrains
-        checked = not self.plan.qat_formats and self.ledger.baseline.accuracy is not None and any(
-            spec.precision == policy.CHECK_PRECISION for spec in live)
+        checked = self.checks_probes(structures)
         out = bisect(fam, structures, self._check if checked else self._screen, self.context.max_accuracy_drop,
                      self._stopped_before_build, self.builds.failure,
                      policy.MARGIN_LEVELS if reduced and not checked else 0,
@@ -220,6 +217,14 @@ class Search:
                 for spec in specs[s]:
                     self.ledger.mark(spec.id, status if s == out.probes[fam] else "rejected", why)
         return set(out.dropped)
+
+    def checks_probes(self, structures: list[str]) -> bool:
+        """Whether the bisection of a family checks each probe at the precision the structure will win with
+        (its INT8 candidates finished on the runtime): no margin level is needed then. Not where QAT is armed:
+        there an INT8 twin that breaks the budget is what QAT retrains."""
+        return not self.plan.qat_formats and self.ledger.baseline.accuracy is not None and any(
+            spec.precision == policy.CHECK_PRECISION and self.ledger.cands[spec.id].status == "pending"
+            for s in structures for spec in self.ledger.specs[s])
 
     def _stopped_before_build(self) -> str | None:
         """Why the search stopped, or stops before the next structure: its build and screening, as long as the
@@ -256,9 +261,8 @@ class Search:
         entry = {"drop": drop, "layout": self.builds.layout_of[structure]}
         if got.partial:
             self.partial[structure] = (got.seen, got.total)
-            # the least the whole split can lose: the samples not seen all right
-            at_least = self.base_torch_acc - (got.accuracy * got.seen + 100.0 * (got.total - got.seen)) / got.total
-            entry.update(seen=got.seen, total=got.total, at_least=round(at_least, 4))
+            # the least the whole split can lose
+            entry.update(seen=got.seen, total=got.total, at_least=round(self.base_torch_acc - got.best_whole, 4))
         self.cache.put("screen", k, entry)
         self.trace.append(f"screen {structure}: drop {drop:.2f} pp" + self._partial_note(structure))
         return drop
