@@ -245,3 +245,37 @@ def test_a_sequence_first_consumer_is_solved_by_its_own_passes(monkeypatch):
     assert rec["one_pass"] and [r["layer"] for r in rec["layers"]] == ["down"], rec
     with torch.no_grad():
         assert torch.allclose(one.model(x), per_layer.model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_spd_solves_agree_with_lu_and_a_singular_system_still_gets_a_finite_answer():
+    from edgeopt.techniques.repair.layer_rows import solve_spd
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 40, 6, generator=g, dtype=torch.float64)
+    a, b = x.transpose(1, 2) @ x, torch.randn(3, 6, 2, generator=g, dtype=torch.float64)
+    assert torch.allclose(solve_spd(a, b), torch.linalg.solve(a, b))
+    assert torch.allclose(solve_spd(a[0], b[0]), torch.linalg.solve(a[0], b[0]))
+    singular = torch.ones(4, 4, dtype=torch.float64)  # rank 1: Cholesky fails, least squares answers
+    out = solve_spd(singular, torch.ones(4, 1, dtype=torch.float64))
+    assert torch.isfinite(out).all() and torch.allclose(singular @ out, torch.ones(4, 1, dtype=torch.float64))
+
+
+def test_recon_pruning_does_not_depend_on_an_lu_solve(monkeypatch):
+    """oneMKL's threaded batched LU can return invalid pivots once OpenVINO has run in the process (a ViT's
+    patch embedding then failed every reconstruction level); the scores and the re-solve use Cholesky, with
+    least squares where Cholesky fails, so an LU that fails changes nothing."""
+    model = _mlp_with_duplicate()
+    calib, x = _gauss(), _gauss(1, seed=9)[0]
+    expected = edgeopt.prune(model, x[:1], ratio=0.125, method="recon", data=calib, reconstruct=True).model
+
+    def broken(*_, **__):
+        raise RuntimeError("Pivots given to lu_solve must all be greater or equal to 1")
+
+    monkeypatch.setattr(torch.linalg, "solve", broken)
+    monkeypatch.setattr(torch.linalg, "inv", broken)
+    from edgeopt.techniques.pruning import recon_scores
+
+    recon_scores._SCORES.clear()
+    small = edgeopt.prune(model, x[:1], ratio=0.125, method="recon", data=calib, reconstruct=True).model
+    with torch.no_grad():
+        assert torch.allclose(small(x), expected(x), atol=1e-5)

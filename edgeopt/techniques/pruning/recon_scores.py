@@ -20,7 +20,7 @@ from torch import nn
 from edgeopt.inputs.feeding import run_model
 from edgeopt.inputs.hooks import forward_hooks
 from edgeopt.techniques.pruning.importance import MeasuredImportance, inputs_of
-from edgeopt.techniques.repair.layer_rows import NormalEquations, dense_layer, input_rows
+from edgeopt.techniques.repair.layer_rows import NormalEquations, dense_layer, input_rows, solve_spd
 
 MAX_FULL_INVERSE = 6144  # above this many inputs (and more rows than inputs) only the diagonal of A is used
 RIDGE = 1e-6  # relative to the mean diagonal of A: keeps the inverse finite without changing the ranking
@@ -43,8 +43,7 @@ class ScoreEquations(NormalEquations):
             d = a.shape[0]
             lam = RIDGE * a.diagonal().mean().clamp_min(1e-12)
             reg = a + lam * torch.eye(d, dtype=a.dtype)
-            chol, info = torch.linalg.cholesky_ex(reg)
-            inv = torch.cholesky_inverse(chol) if int(info) == 0 else torch.linalg.inv(reg)
+            inv = solve_spd(reg, torch.eye(d, dtype=a.dtype))
             c = d // taps
             return inv.view(c, taps, c, taps).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
         # (n, d), n < d: (X^T X + lam I)^-1 = (I - X^T (lam I + X X^T)^-1 X) / lam, and with
@@ -75,7 +74,7 @@ def obs_scores(m: nn.Module, eq: ScoreEquations) -> torch.Tensor:
         return per.view(-1, taps).sum(1)
     c = blocks.shape[0]
     wc = w.view(w.shape[0], c, taps).transpose(0, 1)  # (c, out, taps)
-    sol = torch.linalg.solve(blocks, wc.transpose(1, 2))  # (c, taps, out) = S_c^-1 W_c^T
+    sol = solve_spd(blocks, wc.transpose(1, 2))  # (c, taps, out) = S_c^-1 W_c^T
     return (wc * sol.transpose(1, 2)).sum((1, 2)).clamp_min(0)
 
 

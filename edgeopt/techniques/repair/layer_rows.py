@@ -125,6 +125,17 @@ class NormalEquations:
         return None if not self.rows or self.rows[0][1] is None else torch.cat([r[1] for r in self.rows])
 
 
+def solve_spd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """A^-1 B for symmetric positive (semi-)definite A, batched or not: by Cholesky, and by least squares
+    where Cholesky fails (A singular up to rounding). Never by LU: once OpenVINO or ONNX Runtime has run in
+    the process, oneMKL's multi-threaded batched LU can return invalid pivots ("Parameter 6 was incorrect on
+    entry to DLASWP") for well-conditioned matrices, while its Cholesky and least squares stay correct."""
+    chol, info = torch.linalg.cholesky_ex(a)
+    if not bool(info.any()):
+        return torch.cholesky_solve(b, chol)
+    return torch.linalg.lstsq(a, b).solution
+
+
 def sample_rows(n: int, seed: int, rows: int) -> torch.Tensor | None:
     # the same seed on the original and the pruned side picks the same positions
     if n <= rows:

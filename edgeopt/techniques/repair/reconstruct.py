@@ -29,6 +29,7 @@ from edgeopt.techniques.repair.layer_rows import (
     forward_until,
     input_rows,
     output_rows,
+    solve_spd,
 )
 
 
@@ -98,8 +99,7 @@ def _solve_primal(sys_: NormalEquations, w0: torch.Tensor, alpha: float) -> tupl
     reg = lam * torch.ones(a.shape[0], dtype=a.dtype)
     reg[-1] = 0  # the bias is not shrunk
     lhs = a + torch.diag(reg)
-    chol, info = torch.linalg.cholesky_ex(lhs)
-    sol = torch.cholesky_solve(b, chol) if int(info) == 0 else torch.linalg.solve(lhs, b)
+    sol = solve_spd(lhs, b)
     # ||XW - Y||^2 at the ridge solution, from (A + R) W = B: yy - tr(W^T B) - tr(W^T R W)
     after = yy - float((sol * b).sum()) - float((reg[:, None] * sol * sol).sum())
     return sol, before, round(max(after, 0.0) / max(yy, 1e-12), 6)
@@ -120,9 +120,7 @@ def _solve_dual(sys_: NormalEquations, w0: torch.Tensor, alpha: float) -> tuple[
     xm, ym = x.double().mean(0), y.double().mean(0)
     xc = x - xm.float()
     k = (xc @ xc.T).double() + lam * torch.eye(n, dtype=torch.float64)
-    chol, info = torch.linalg.cholesky_ex(k)
-    yc = y.double() - ym
-    coef = torch.cholesky_solve(yc, chol) if int(info) == 0 else torch.linalg.solve(k, yc)
+    coef = solve_spd(k, y.double() - ym)
     w = (xc.T @ coef.float()).double()
     sol = torch.cat([w, (ym - xm @ w)[None, :]])
     return sol, before, err(w, sol[-1])
