@@ -265,9 +265,11 @@ def load_openvino(path: Path, precision: str = "fp32", threads: int | None = Non
         # layers with dynamically quantized activations: their share is in int8_mac_fraction)
         executed = "int8w"
     request = compiled.create_infer_request()
-    shapes = {p.get_any_name(): tuple(d.get_length() if d.is_static else -1 for d in p.get_partial_shape())
-              for p in compiled.inputs}
-    outputs = [p.get_any_name() for p in compiled.outputs]
+    # named by the IR's ports, in the compiled model's order: compiling can merge an output's tensor with an
+    # upstream one (SSDlite's boxes gain "/Gather_36_output_0"), and get_any_name then returns the other name
+    shapes = {p.get_any_name(): tuple(d.get_length() if d.is_static else -1 for d in c.get_partial_shape())
+              for p, c in zip(ov_model.inputs, compiled.inputs, strict=True)}
+    outputs = [p.get_any_name() for p in ov_model.outputs]
     if not shapes:  # nothing to feed: nothing to measure or verify
         raise ArtifactError(f"{path} has no inputs: edgeopt measures models that take at least one input")
     name, shape = next(iter(shapes.items()))

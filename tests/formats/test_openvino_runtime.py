@@ -199,3 +199,32 @@ def test_our_verbose_flag_does_not_make_openvino_verbose(tmp_path, monkeypatch, 
     out = capfd.readouterr().out
     assert "Model Conversion arguments" not in out and "Total execution time" not in out
     assert sys.argv == ["edgeopt", "optimize", "--verbose"]  # put back as it was
+
+
+def test_outputs_keep_their_names_when_compiling_merges_them_with_an_upstream_tensor(tmp_path):
+    """Boxes split into coordinates and stacked again (torchvision's box clipping without clipping): the CPU
+    plugin folds the split/stack away and the output tensor also takes the upstream tensor's name, which
+    `get_any_name` prefers ('/Reshape_output_0' < 'boxes'). The IR's own output names are read."""
+    import numpy as np
+    from torch import nn
+
+    import edgeopt
+    from edgeopt.formats.openvino import load_openvino
+
+    class Boxes(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 8, 3)
+
+        def forward(self, x):
+            b = self.c(x).flatten(1)[:, torch.arange(8)].reshape(-1, 4)
+            return {"boxes": torch.stack(b.unbind(-1), -1), "scores": b.sum(1)}
+
+    path = edgeopt.export(Boxes().eval(), torch.randn(1, 3, 8, 8), format="openvino", out=tmp_path / "b.xml")
+    compiled = _core().compile_model(_core().read_model(str(path)), "CPU")
+    assert len(compiled.outputs[0].get_names()) > 1  # the merge this test is about still happens
+    session = load_openvino(path)
+    assert session.output_names == ["boxes", "scores"]
+    out = session.run_all({next(iter(session.input_shapes)):
+                           np.zeros((1, 3, 8, 8), np.float32)})
+    assert set(out) == {"boxes", "scores"} and out["boxes"].shape == (2, 4)
