@@ -169,6 +169,10 @@ def _eval_pairs(eval_data, example: torch.Tensor) -> list:
 def _quantize(ov_model, cal, example: torch.Tensor, options: dict):
     import nncf
 
+    # a clone holds only the nodes that feed the results: the ONNX frontend can leave dead nodes attached as
+    # consumers of live outputs (torchvision SSDlite's postprocessing), and NNCF's graph builder follows every
+    # consumer and fails on the first it did not list ("Could not find a node Unsqueeze_2116 in NNCFGraph")
+    ov_model = ov_model.clone()
     dataset = nncf.Dataset(cal.feeds())  # every input, by the names _name_io gave the IR
     info = {"calibration": cal.info(), "quantizer": f"nncf {nncf.__version__}"}
     eval_data = options.get("eval_data")
