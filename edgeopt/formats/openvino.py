@@ -166,6 +166,39 @@ def _eval_pairs(eval_data, example: torch.Tensor) -> list:
     return pairs
 
 
+# activations whose outputs are not >= 0: an 8-bit symmetric scale spends half its codes on a range they barely
+# use, so their inputs are quantized asymmetrically (NNCF's MIXED preset)
+SIGNED_ACTIVATIONS = frozenset({"Swish", "HSwish", "Gelu", "Elu", "PRelu", "Mish", "SoftPlus", "Selu"})
+
+
+def _attention(ov_model) -> bool:
+    """Whether the graph multiplies two activations (attention's QK^T and AV) or holds a fused attention op."""
+    def weight(v) -> bool:
+        node = v.get_node()
+        while node.get_type_name() in ("Convert", "Reshape", "Transpose") and node.get_input_size():
+            node = node.input_value(0).get_node()
+        return node.get_type_name() == "Constant"
+
+    return any(op.get_type_name() == "ScaledDotProductAttention" or (
+        op.get_type_name() == "MatMul" and not any(weight(op.input_value(i)) for i in range(2)))
+        for op in ov_model.get_ops())
+
+
+def nncf_settings(ov_model) -> dict:
+    """NNCF's preset and model type for this graph, as its documentation advises: asymmetric activations
+    (MIXED) when the graph has signed activations such as SiLU, HardSwish or GELU (YOLOv8, MobileNetV3,
+    ViTs), and the transformer model type, which keeps attention's sensitive ops in float, when it has
+    attention."""
+    import nncf
+
+    types = {op.get_type_name() for op in ov_model.get_ops()}
+    signed = sorted(types & SIGNED_ACTIVATIONS)
+    out = {"preset": nncf.QuantizationPreset.MIXED if signed else nncf.QuantizationPreset.PERFORMANCE}
+    if _attention(ov_model):
+        out["model_type"] = nncf.ModelType.TRANSFORMER
+    return out
+
+
 def _quantize(ov_model, cal, example: torch.Tensor, options: dict):
     import nncf
 
@@ -174,7 +207,9 @@ def _quantize(ov_model, cal, example: torch.Tensor, options: dict):
     # consumer and fails on the first it did not list ("Could not find a node Unsqueeze_2116 in NNCFGraph")
     ov_model = ov_model.clone()
     dataset = nncf.Dataset(cal.feeds())  # every input, by the names _name_io gave the IR
-    info = {"calibration": cal.info(), "quantizer": f"nncf {nncf.__version__}"}
+    settings = nncf_settings(ov_model)
+    info = {"calibration": cal.info(), "quantizer": f"nncf {nncf.__version__}",
+            "nncf": {k: v.value for k, v in settings.items()}}
     eval_data = options.get("eval_data")
     max_drop = options.get("max_accuracy_drop")  # percentage points
     try:
@@ -185,12 +220,11 @@ def _quantize(ov_model, cal, example: torch.Tensor, options: dict):
             quantized = nncf.quantize_with_accuracy_control(
                 ov_model, calibration_dataset=dataset, validation_dataset=nncf.Dataset(pairs),
                 validation_fn=_accuracy_fn(example), max_drop=float(max_drop) / 100.0,
-                drop_type=nncf.DropType.ABSOLUTE, subset_size=len(cal.inputs))
+                drop_type=nncf.DropType.ABSOLUTE, subset_size=len(cal.inputs), **settings)
             info["accuracy_control"] = {"max_drop_pp": float(max_drop), "eval_samples": len(pairs),
                                         "float_layers": float_layers(quantized)}
         else:
-            quantized = nncf.quantize(ov_model, dataset, subset_size=len(cal.inputs),
-                                      preset=nncf.QuantizationPreset.PERFORMANCE)
+            quantized = nncf.quantize(ov_model, dataset, subset_size=len(cal.inputs), **settings)
     except Exception as e:
         raise ExportError(f"NNCF INT8 quantization failed: {first_line(e, 300, with_type=False)}") from None
     return quantized, info

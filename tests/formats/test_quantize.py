@@ -137,6 +137,39 @@ def test_torchvision_ssdlite_exports_to_openvino_int8_with_its_output_names(tmp_
     assert result.info["quantizer"].startswith("nncf")
 
 
+class _Attention(torch.nn.Module):
+    """A patch embedding and one self-attention: QK^T and AV multiply two activations."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.qkv, self.out = torch.nn.Conv2d(3, 16, 4, stride=4), torch.nn.Linear(16, 48), \
+            torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        q, k, v = self.qkv(t).chunk(3, -1)
+        a = torch.softmax(q @ k.transpose(1, 2) / 4.0, -1)
+        return self.out(torch.nn.functional.gelu(a @ v)).mean(1)
+
+
+@OV
+@pytest.mark.parametrize("make, preset, model_type", [
+    (lambda: torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3)),
+     "performance", None),
+    (lambda: torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.SiLU(), torch.nn.Conv2d(8, 4, 3)),
+     "mixed", None),
+    (_Attention, "mixed", "transformer"),
+], ids=["relu", "silu", "attention"])
+def test_openvino_int8_settings_follow_the_graph(tmp_path, make, preset, model_type):
+    """Asymmetric activations where SiLU/GELU make them signed, the transformer type where there is
+    attention (NNCF's advice); recorded in the export's info."""
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 16, 16)
+    result, _ = export_verified(make().eval(), x, "openvino", tmp_path / "q", precision="int8",
+                                calib=[torch.rand(8, 3, 16, 16)], threads=1)
+    assert result.info["nncf"] == {"preset": preset, **({"model_type": model_type} if model_type else {})}
+
+
 @OV
 def test_openvino_accuracy_control_with_labelled_data(tmp_path, tiny_plain, example):
     x = _calib(example, n=64)[0]
