@@ -77,7 +77,7 @@ def detection_image(digits: tuple[np.ndarray, np.ndarray], rng: np.random.Genera
     return np.clip(rgb, 0, 255).astype(np.uint8), boxes
 
 
-def write_detection_set(root: Path, n_train: int = 1500, n_val: int = 300, size: int = 160, seed: int = 0) -> Path:
+def write_detection_set(root: Path, n_train: int = 1500, n_val: int = 600, size: int = 160, seed: int = 0) -> Path:
     """The YOLO-layout detection set under `root`; returns its data.yaml."""
     root = Path(root)
     train_digits, test_digits = digit_split(seed)

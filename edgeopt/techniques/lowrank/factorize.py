@@ -196,7 +196,20 @@ def factorize(model: nn.Module, example, method: str = "tucker", energy: float |
     """Return (factorized copy, record per layer: ranks, MACs before/after, energy kept, error; skipped).
     `example`: a tensor, a tuple of tensors or a dict name -> tensor. Every output keeps its shape
     (each layer keeps its channel counts). `table`: a LatencyTable (edgeopt.measure.latency_table) whose runtime
-    decides: a Tucker layer whose three convs are not measured faster than the original conv is kept."""
+    decides: a Tucker layer whose three convs are not measured faster than the original conv is kept.
+
+    NumPy's decompositions run on one BLAS thread: a multi-threaded eigh gives other last bits for a
+    288-wide Gram matrix than a single-threaded one, so the same layer factorized in a process with another
+    thread count (a Ray worker runs with one) became another model after fine-tuning. Weight matrices are
+    small; one thread costs little."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _factorize(model, example, method, energy, macs_reduction, layers, rank_method, min_params, table)
+
+
+def _factorize(model: nn.Module, example, method: str, energy: float | None, macs_reduction: float | None,
+               layers: list[str] | None, rank_method: str, min_params: int, table) -> tuple[nn.Module, dict]:
     if method not in METHODS:
         raise ConfigError(f"factorize method must be one of {', '.join(METHODS)}, got {method!r}")
     if rank_method not in ("energy", "vbmf"):
