@@ -223,8 +223,19 @@ class Search:
         (its INT8 candidates finished on the runtime): no margin level is needed then. Not where QAT is armed:
         there an INT8 twin that breaks the budget is what QAT retrains."""
         return not self.plan.qat_formats and self.ledger.baseline.accuracy is not None and any(
-            spec.precision == policy.CHECK_PRECISION and self.ledger.cands[spec.id].status == "pending"
-            for s in structures for spec in self.ledger.specs[s])
+            self._checkable(spec) for s in structures for spec in self.ledger.specs[s])
+
+    def _checkable(self, spec) -> bool:
+        """Whether a structure's candidate checks its probe: at policy.CHECK_PRECISION, not yet finished, on a
+        format whose original at that precision held the budget. Where the original itself breaks it there
+        (YOLOv8n lost 2.9 pp at OpenVINO INT8), every level would break it too, and the check would say
+        nothing of the structure."""
+        if spec.precision != policy.CHECK_PRECISION or self.ledger.cands[spec.id].status != "pending":
+            return False
+        twin, base = self.ledger.find(self.ledger.original, spec.format, spec.precision), \
+            self.ledger.baseline.accuracy
+        return twin is None or twin.accuracy is None or base is None or \
+            base - twin.accuracy <= self.context.max_accuracy_drop + policy.EPS_PP
 
     def _stopped_before_build(self) -> str | None:
         """Why the search stopped, or stops before the next structure: its build and screening, as long as the
@@ -282,8 +293,7 @@ class Search:
         drop = self._screen(structure)
         if drop is None or drop > self.context.max_accuracy_drop + policy.EPS_PP:
             return drop
-        specs = [s for s in self.ledger.specs[structure] if s.precision == policy.CHECK_PRECISION
-                 and self.ledger.cands[s.id].status == "pending"]
+        specs = [s for s in self.ledger.specs[structure] if self._checkable(s)]
         if not specs:
             return drop
         self.finisher.finish(structure, specs)
@@ -320,7 +330,11 @@ class Search:
         if len(ok) < 2:
             return
         self.quick_latency([c for c in ok if c.latency_ms is None], self.finisher.sessions)
-        out = cannot_win([(c.format, c.precision, c.latency_ms.p50) for c in ok if c.latency_ms is not None])
+        base, budget = ledger.baseline.accuracy, self.context.max_accuracy_drop + policy.EPS_PP
+        broke = {(c.format, c.precision) for c in ok
+                 if base is not None and c.accuracy is not None and base - c.accuracy > budget}
+        out = cannot_win([(c.format, c.precision, c.latency_ms.p50) for c in ok if c.latency_ms is not None],
+                         broke)
         for (fmt, prec), why in out.items():
             for structure, specs in ledger.specs.items():
                 for spec in specs:

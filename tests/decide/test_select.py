@@ -21,3 +21,10 @@ def test_the_factor_is_the_policy_one(monkeypatch):
     assert cannot_win(rows) == {}
     monkeypatch.setattr(policy, "CANNOT_WIN_FACTOR", 1.05)
     assert set(cannot_win(rows)) == {("openvino", "fp32")}
+
+
+def test_a_pair_whose_original_broke_the_budget_rules_nothing_out():
+    """YOLOv8n: OpenVINO INT8 ran 1.3x faster than ONNX Runtime INT8 but lost 2.9 pp on the original, ORT none."""
+    rows = [("onnx", "int8", 1.43), ("openvino", "int8", 1.11), ("onnx", "fp32", 1.6)]
+    assert set(cannot_win(rows)) == {("onnx", "int8")}
+    assert cannot_win(rows, broke={("openvino", "int8")}) == {}
