@@ -112,8 +112,11 @@ def resolve_data(spec: str, data, calib_data, train_data, eval_data, sample_shap
     kw = {"batch_size": opts.batch_size, "workers": opts.workers}
     calib = as_batches(calib_data, "calibration data", sample_shape, num_classes, **kw)
     ev = as_batches(eval_data, "evaluation data", sample_shape, num_classes, **kw)
-    if ev is not None and getattr(eval_data, "num_classes", None):  # the box data's classes (measure/detection.py)
-        ev.num_classes = eval_data.num_classes
+    # box data's classes: a raw head's score channels (measure/detection.py), and whether the first class is a
+    # background, which decides how a torchvision detector's labels are read (engine/holdout.py)
+    for attr in ("num_classes", "class_names"):
+        if ev is not None and getattr(eval_data, attr, None):
+            setattr(ev, attr, getattr(eval_data, attr))
     return DataSplits(calibration_sample(calib, opts.calib_size, opts.seed),
                       as_batches(train_data, "training data", sample_shape, num_classes, **kw), ev, source,
                       heldout_hash)
