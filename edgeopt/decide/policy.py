@@ -129,6 +129,11 @@ def screen_index(levels: int) -> int:
 # split) and its drop is the worse of the two; such a family keeps no margin level (the settled level's
 # INT8 is already known to hold the budget).
 CHECK_PRECISION = "int8"
+# NNCF accuracy control (an OpenVINO INT8 retry) is forecast to take this many times its candidate's PTQ
+# (export, quantize, verify, evaluate), and not started when the search's share has less left: it ranks every
+# quantized layer group with a compile and an evaluation each, and cannot be interrupted. Measured: 25x on a
+# DeiT-tiny at 96 px (9 s PTQ, 233 s accuracy control capped at 8 layers) on a loaded 2-core machine.
+AC_COST_FACTOR = 25.0
 # A (format, precision) of the original measured more than this factor slower than another of the original
 # at least as exact (fp32 before bf16/fp16 before int8) cannot win on a compressed structure either: every
 # structure shrinks the same graph, so the ratio carries over within the timing noise of a shared CPU (a

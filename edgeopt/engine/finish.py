@@ -98,6 +98,11 @@ class _Work:
     def __init__(self, builder, built: Built, job: Job, stopped: Callable[[], str | None]):
         self.builder, self.built, self.job, self.stopped = builder, built, job, stopped
         self.done = Done(cands={})
+        self.t0 = time.monotonic()
+
+    def seconds_left(self) -> float | None:
+        """The search's time left (None: no limit), from the job's own start."""
+        return None if self.job.seconds_left is None else self.job.seconds_left - (time.monotonic() - self.t0)
 
     def base_accuracy(self) -> float | None:
         base = self.job.cands.get(self.job.baseline_id)
@@ -126,7 +131,7 @@ class _Work:
         lost = base - fp32.accuracy if fp32 and fp32.accuracy is not None else self.job.screened or 0.0
         left = budget - lost
         tech = f"accuracy_control@{spec.id}"
-        stop = None if left < 0 else self.stopped()
+        stop = None if left < 0 else self.stopped() or self._too_long(cand.id)
         if left < 0 or stop:
             why = stop or f"the fp32 structure alone exceeds the {budget} pp budget"
             self.done.decisions.append(Decision(technique=tech, decision="skipped", reason=f"{ptq}; {why}"))
@@ -147,6 +152,16 @@ class _Work:
             f"{ptq}; NNCF accuracy control (max drop {left:.2f} pp) kept {len(layers)} layer(s) in float"
             + (f": {', '.join(layers[:5])}" + (" ..." if len(layers) > 5 else "") if layers else "")
             + f"; now {base - cand.accuracy:.2f} pp")))
+
+    def _too_long(self, cid: str) -> str | None:
+        """Why accuracy control would not end within the search's share: forecast at policy.AC_COST_FACTOR
+        times the candidate's PTQ."""
+        time_left = self.seconds_left()
+        need = policy.AC_COST_FACTOR * sum(self.done.phases.get(cid, {}).values())
+        if time_left is None or need <= time_left:
+            return None
+        return (f"{TIME_STOP}: accuracy control would take about {need:.0f} s ({policy.AC_COST_FACTOR:g}x its "
+                f"PTQ), {max(time_left, 0.0):.0f} s of the search's share left")
 
     def export_and_evaluate(self, cand: Candidate, spec: CandidateSpec, max_drop_pp: float | None = None,
                             tag: str = "") -> dict | None:

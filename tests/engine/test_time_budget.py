@@ -109,3 +109,20 @@ def test_a_real_run_ends_within_its_time_budget(tmp_path, tiny_plain, example):
     assert report.baseline is not None and report.baseline.status == "ok"
     assert report.baseline.latency_ms is not None
     assert report.wall_time_s <= budget * 1.1 + 3.0, (report.model.profile, report.model.search["trace"])
+
+
+def test_accuracy_control_that_would_not_end_within_the_share_is_not_started(tmp_path, clock):
+    """NNCF accuracy control cannot be interrupted, and ranked a DeiT's layers for 604 s of a 300 s budget:
+    forecast at policy.AC_COST_FACTOR times the candidate's PTQ (here a 10 s export: 250 s), it is skipped
+    where the search's share has less left, and the decision says so."""
+    drops = {f"prune{int(r * 100)}": 0.4 for r in RATIOS}
+    builder = FakeBuilder(tmp_path, drops, int8_drops={s: 2.0 for s in drops}, clock=clock, export_s=STEP_S)
+    search = _search(tmp_path, builder, plan=_plan(precisions=("fp32", "int8"), fmt="openvino"), time_budget_s=300)
+    search.run()
+    assert builder.accuracy_control == []
+    skipped = [d for d in search.decisions if d.technique.startswith("accuracy_control@")]
+    assert skipped and all(d.decision == "skipped" and "accuracy control would take about 250 s" in d.reason
+                           for d in skipped), [d.reason for d in skipped]
+    roomy = FakeBuilder(tmp_path, drops, int8_drops={s: 2.0 for s in drops}, clock=None)
+    _search(tmp_path, roomy, plan=_plan(precisions=("fp32", "int8"), fmt="openvino"), time_budget_s=400).run()
+    assert roomy.accuracy_control  # PTQ that takes no time: accuracy control fits and runs
