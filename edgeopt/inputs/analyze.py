@@ -99,18 +99,20 @@ def analyze(model: nn.Module, input_shape, size_bytes: int = 0) -> ModelSummary:
 
     unprunable: list[str] = list(unsafe_layers(model)[1])
     trouble = trouble_modules(model)
-    if trouble:  # whole-graph tracing fails or does not finish on these: prune() goes block by block
-        # an upper bound (estimated, not traced): layers that can root a group inside a block
-        groups = sum(1 for m in model.modules()
-                     if isinstance(m, nn.Linear) or isinstance(m, nn.Conv2d) and m.groups == 1)
-        unprunable += [f"{name}: {why}: not traceable as a whole, pruned block by block "
+    # where whole-graph tracing fails or does not finish, prune() goes block by block: an upper bound
+    # (estimated, not traced) of the layers that can root a group inside a block
+    estimate = sum(1 for m in model.modules() if isinstance(m, nn.Linear) or isinstance(m, nn.Conv2d) and m.groups == 1)
+    if trouble:
+        groups = estimate
+        unprunable += [f"{name or 'model'}: {why}: not traceable as a whole, pruned block by block "
                        "(prunable_groups is an estimate)" for name, why in trouble[:10]]
     else:
         try:
             groups = count_prunable_groups(model, example)
-        except Exception as e:  # tracing fails on some graphs: the model is still usable, pruned by blocks
-            groups = 0
-            unprunable.append(f"model: dependency graph failed ({first_line(e, 120)})")
+        except Exception as e:  # tracing fails on some graphs: the model is still pruned by blocks
+            groups = estimate
+            unprunable.append(f"model: dependency graph failed ({first_line(e, 120)}): pruned block by block "
+                              "(prunable_groups is an estimate)")
     widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups == 1]
     return ModelSummary(
         params=count_params(model), macs=count_macs(model, example), input_shape=list(inputs.first.shape),

@@ -181,3 +181,27 @@ def test_a_slow_criterion_measurement_does_not_eat_the_pruning_time_limit(tiny, 
     monkeypatch.setattr(prune_module, "_criterion", slow)
     res = edgeopt.prune(tiny, example, ratio=0.3, timeout_s=2.5)
     assert res.record["layers_changed"] > 0, res.record["skipped"]
+
+
+def test_a_torchvision_detector_is_pruned_block_by_block_without_a_whole_graph_attempt():
+    """Tracing SSDlite whole did not finish in 60 s, so analysis found no prunable group and the plan never
+    pruned it: torchvision's detectors go straight to their blocks (backbone, head), and still answer
+    per-image box lists."""
+    import torchvision
+
+    from edgeopt.techniques.pruning.prune import prune
+
+    torch.manual_seed(0)
+    model = torchvision.models.detection.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None,
+                                                                      num_classes=3).eval()
+    model.transform.min_size, model.transform.max_size, model.transform.fixed_size = (96,), 96, (96, 96)
+    summary = analyze(model, (1, 3, 96, 96))
+    assert summary.prunable_groups > 0 and "torchvision detector" in summary.unprunable[0]
+    x = torch.rand(2, 3, 96, 96)
+    small, record = prune(model, x[:1], ratio=0.3, importance="l2")
+    assert record["mode"] == "blockwise" and record["layers_changed"] > 10
+    assert any(b.startswith("backbone.") for b in record["pruned_blocks"])
+    assert sum(p.numel() for p in small.parameters()) < 0.8 * sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        out = small(list(x))
+    assert len(out) == 2 and set(out[0]) == {"boxes", "scores", "labels"}

@@ -35,6 +35,11 @@ TROUBLE = {
     "PatchMerging": "patch merging (strided slices + concat)",
     "PatchMergingV2": "patch merging (strided slices + concat)",
     "PartitionAttentionLayer": "partitioned attention (window/grid reshapes)",
+    # torchvision's detectors: resizing, anchors, per-image box lists and NMS around the network (tracing
+    # SSDlite did not finish in 60 s); their backbone and head blocks are pruned on their own
+    **{f"{cls}@torchvision.models.detection.{mod}": "a torchvision detector (anchors, per-image lists, NMS)"
+       for cls, mod in (("SSD", "ssd"), ("FasterRCNN", "faster_rcnn"), ("MaskRCNN", "mask_rcnn"),
+                        ("KeypointRCNN", "keypoint_rcnn"), ("RetinaNet", "retinanet"), ("FCOS", "fcos"))},
 }
 
 
