@@ -78,10 +78,14 @@ def runner(model: nn.Module, x, runtime: str, threads: int, tmp: Path, precision
     core = openvino_core()
     ov_model = core.read_model(str(path))
     if precision == "int8":
+        from edgeopt.formats.openvino import nncf_settings
+
         nncf = _quiet_nncf()
+        # quantized as the export quantizes: a clone (the frontend's dead nodes removed, on which NNCF's graph
+        # builder fails: SSDlite's whole-model timing did) with the settings its graph calls for
+        ov_model = ov_model.clone()
         with nncf_on_shared_core():
-            ov_model = nncf.quantize(ov_model, nncf.Dataset([feed]), subset_size=1,
-                                     preset=nncf.QuantizationPreset.PERFORMANCE)
+            ov_model = nncf.quantize(ov_model, nncf.Dataset([feed]), subset_size=1, **nncf_settings(ov_model))
     compiled = core.compile_model(ov_model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
     req = compiled.create_infer_request()
     return lambda: req.infer(feed)

@@ -205,3 +205,41 @@ def test_a_torchvision_detector_is_pruned_block_by_block_without_a_whole_graph_a
     with torch.no_grad():
         out = small(list(x))
     assert len(out) == 2 and set(out[0]) == {"boxes", "scores", "labels"}
+
+
+class _CountingDetector(nn.Module):
+    """Per-image box lists whose length follows the weights, as a detector's does: one box per location
+    scoring above 0 (the threshold set at the median score, so that any pruning moves some across it)."""
+
+    def __init__(self, x: torch.Tensor):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 1, 1)
+        with torch.no_grad():  # hidden channels 0 and 1: the smallest weights (L2 removes them), always active
+            self.a.weight[2:] *= 10
+            self.a.bias[:2] = 5.0
+            self.b.weight[0, :2] = 0.1
+            self.b.bias -= self.b(torch.relu(self.a(x))).median()
+
+    def forward(self, x):
+        s = self.b(torch.relu(self.a(x))).flatten(1)
+        out = []
+        for row in s:
+            keep = row > 0
+            idx = torch.nonzero(keep).flatten().float()
+            out.append({"boxes": torch.stack([idx, idx, idx + 1, idx + 1], 1), "scores": row[keep]})
+        return out
+
+
+def test_per_image_box_lists_may_change_length_when_pruned():
+    """SSDlite's pruned levels failed with "pruning changed the output shapes (72, 4) -> (53, 4)": the number of
+    boxes follows the weights; the contract is the rest of each shape."""
+    from edgeopt.techniques.pruning.prune import prune
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 8, 8)
+    model = _CountingDetector(x).eval()
+    small, record = prune(model, x, ratio=0.25, importance="l2")
+    with torch.no_grad():
+        before, after = model(x)[0], small(x)[0]
+    assert small.a.out_channels == 6 and len(after["boxes"]) != len(before["boxes"])
+    assert after["boxes"].shape[1:] == before["boxes"].shape[1:]

@@ -93,16 +93,24 @@ def _call(module: nn.Module, args: tuple | dict):
     return module(**args) if isinstance(args, dict) else module(*args)
 
 
-def _outputs(module: nn.Module, args: tuple | dict) -> list[torch.Size]:
-    """Shapes of every tensor the module returns (tuples, lists and dicts walked)."""
+def per_image_lists(out) -> bool:
+    """Whether a model's output is one dict of detections per image (torchvision's detectors): each holds as
+    many boxes as the detector finds, a count that follows the weights, so pruning may change it."""
+    return isinstance(out, (list, tuple)) and bool(out) and all(isinstance(o, dict) for o in out)
+
+
+def _outputs(module: nn.Module, args: tuple | dict) -> list[tuple[int, ...]]:
+    """Shapes of every tensor the module returns (tuples, lists and dicts walked); per-image box lists
+    without their leading size (the number of boxes found)."""
     with torch.no_grad():
         out = _call(module, args)
-    shapes: list[torch.Size] = []
+    lead = 1 if per_image_lists(out) else 0
+    shapes: list[tuple[int, ...]] = []
     stack = [out]
     while stack:
         o = stack.pop(0)
         if isinstance(o, torch.Tensor):
-            shapes.append(o.shape)
+            shapes.append(tuple(o.shape)[lead:])
         elif isinstance(o, dict):
             stack[:0] = list(o.values())
         elif isinstance(o, (tuple, list)):

@@ -18,8 +18,14 @@ from torch import nn
 from edgeopt.errors import PruningError, first_line
 from edgeopt.inputs.feeding import batch_inputs
 from edgeopt.inputs.hooks import forward_hooks
-from edgeopt.inputs.model_io import Inputs, model_outputs
-from edgeopt.techniques.pruning.graph_surgery import PruneSpec, is_attention, output_layers, prune_module
+from edgeopt.inputs.model_io import Inputs, flatten_outputs, model_outputs
+from edgeopt.techniques.pruning.graph_surgery import (
+    PruneSpec,
+    is_attention,
+    output_layers,
+    per_image_lists,
+    prune_module,
+)
 from edgeopt.techniques.pruning.importance import IMPORTANCE_NAMES, MeasuredImportance, importances, inputs_of, measured
 from edgeopt.techniques.pruning.model_families import split_chunked_blocks
 from edgeopt.timeout import time_limit
@@ -179,7 +185,10 @@ def prune(model: nn.Module, example, ratio: float = 0.3, importance: str = "l2",
     work, split = _working_copy(model)
     example = Inputs.of(example, model)
     data = batch_inputs(data, example)
-    out = model_outputs(work, example)
+    with torch.no_grad():
+        raw = example.call(work)
+    out = flatten_outputs(raw)
+    lead = 1 if per_image_lists(raw) else 0  # the number of boxes a detector finds follows the weights
     before = channel_table(work)
     extra: dict = {}
     importance, criterion = _criterion(importance, work, data, extra)
@@ -207,8 +216,8 @@ def prune(model: nn.Module, example, ratio: float = 0.3, importance: str = "l2",
     work.zero_grad(set_to_none=True)
     work.eval()
     new_out = model_outputs(work, example)
-    old_shapes = {k: tuple(v.shape) for k, v in out.items()}
-    new_shapes = {k: tuple(v.shape) for k, v in new_out.items()}
+    old_shapes = {k: tuple(v.shape)[lead:] for k, v in out.items()}
+    new_shapes = {k: tuple(v.shape)[lead:] for k, v in new_out.items()}
     if new_shapes != old_shapes:
         one = len(old_shapes) == 1
         raise PruningError(f"pruning changed the output shape{'' if one else 's'} "
