@@ -98,7 +98,7 @@ def _tucker(conv: nn.Conv2d, r_in: int, r_out: int) -> nn.Sequential:
     tl.set_backend("numpy")
     w = conv.weight.detach().double().numpy()
     (core, (u_out, u_in)), _ = partial_tucker(w, rank=[r_out, r_in], modes=[0, 1], init="svd",
-                                                  n_iter_max=TUCKER_ITERATIONS, svd=gram_svd)
+                                                  n_iter_max=TUCKER_ITERATIONS, svd=gram_svd, random_state=0)
     first = nn.Conv2d(conv.in_channels, r_in, 1, bias=False)
     mid = nn.Conv2d(r_in, r_out, conv.kernel_size, stride=conv.stride, padding=conv.padding,
                     dilation=conv.dilation, bias=False, padding_mode=conv.padding_mode)
@@ -117,7 +117,9 @@ def _cp(conv: nn.Conv2d, rank: int) -> nn.Sequential:
 
     tl.set_backend("numpy")
     w = conv.weight.detach().double().numpy()
-    weights, (a_out, a_in, a_h, a_w) = parafac(w, rank=rank, init="svd", n_iter_max=30, normalize_factors=False)
+    # seeded: where the rank exceeds a mode's size, the SVD initialisation fills the rest at random
+    weights, (a_out, a_in, a_h, a_w) = parafac(w, rank=rank, init="svd", n_iter_max=30, normalize_factors=False,
+                                               random_state=0)
     (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
     first = nn.Conv2d(conv.in_channels, rank, 1, bias=False)
     vert = nn.Conv2d(rank, rank, (kh, 1), stride=(sh, 1), padding=(ph, 0), groups=rank, bias=False)
