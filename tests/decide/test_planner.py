@@ -387,3 +387,25 @@ def test_the_latency_ladder_reaches_deep_targets_with_reconstruction():
     assert targets[0] <= 0.3 and targets[-1] >= 0.9 and len(targets) >= 5
     assert all(s.steps[0].reconstruct and s.steps[0].lut_precision == "int8" for s in structures)
     assert [s.level for s in structures] == sorted(s.level for s in structures)  # mildest first: bisectable
+
+
+def test_retraining_fine_tunes_the_reconstructed_model_instead_of_dropping_it():
+    """With retraining allowed, reconstruction stays in the plan as a start for fine-tuning: its own family
+    (`prune-recon<r>-ft`, reconstruct then fine-tune), on the retraining ladder, planned before the criteria and
+    bisected on its own. Without calibration data there is nothing to reconstruct on."""
+    from edgeopt.decide import policy
+
+    p = _crit_plan(calib=True, train=True, retrain=True)
+    recon = [c for c in p.candidates if c.family == "prune-recon-ft"]
+    assert recon, sorted(_families(p, "prune-"))
+    assert "prune-recon" not in _families(p, "prune-")  # no reconstruction-only twin when fine-tuning is allowed
+    for c in recon:
+        assert c.structure.endswith("-ft") and c.screen is None
+        assert [s.technique for s in c.steps] == ["prune", "fine_tune"]
+        assert c.steps[0].reconstruct and c.steps[0].importance == "recon"
+    levels = sorted({c.level for c in recon})
+    assert tuple(levels) == policy.RATIOS[(True, policy.budget_kind(1.0))]
+    order = [c.family for c in p.candidates if c.family]
+    assert order.index("prune-recon-ft") < min(order.index(f) for f in order if f.startswith("prune-l2"))
+    assert any(d.technique == "prune_reconstruct" and "fine-tuning" in d.reason for d in p.decisions)
+    assert "prune-recon-ft" not in _families(_crit_plan(calib=False, train=True, retrain=True), "prune-")

@@ -123,26 +123,38 @@ def propose_criteria(ctx: PlanningContext) -> Proposal:
 
 @proposer("prune-recon", order=6)
 def propose_reconstruction(ctx: PlanningContext) -> Proposal:
-    """Without retraining, with calibration data: channels chosen by reconstruction error, then the layers they
-    fed re-solved by least squares on the calibration inputs. Planned (so searched) before the criteria, with
-    the latency-table allocation: without retraining they reach furthest, and a time budget that stops the
-    search should stop it after them. BN is not re-estimated after it: the re-solved
-    layers already match the original pre-BN outputs, which the original statistics describe better than a
-    few batches. (Fine-tuning recovers accuracy better when it is allowed.)"""
-    if ctx.finetune or not ctx.allowed("prune") or ctx.summary.prunable_groups == 0:
+    """With calibration data: channels chosen by reconstruction error, then the layers they fed re-solved by
+    least squares on the calibration inputs. Planned (so searched) before the criteria, with the latency-table
+    allocation: they reach furthest, and a time budget that stops the search should stop it after them. BN is
+    not re-estimated after it: the re-solved layers already match the original pre-BN outputs, which the
+    original statistics describe better than a few batches.
+
+    With retraining allowed the reconstructed model is then fine-tuned (`prune-recon<r>-ft`), on the
+    retraining ladder: fine-tuning starts from a network whose layers already reproduce the original's
+    features instead of from a cut one, so it recovers more in the same epochs, and the family is bisected
+    directly (its first level is where a criterion screening would probe, without the screening's builds)."""
+    if not ctx.allowed("prune") or ctx.summary.prunable_groups == 0:
         return Proposal()
     if not ctx.has_calib_data:
         return skip("prune_reconstruct", "no calibration data: reconstruction needs unlabeled real inputs")
     round_to = channel_rounding(ctx.target, ctx.summary, [])
+    kind = policy.budget_kind(ctx.context.max_accuracy_drop)
+    finetune = ctx.finetune
+    ratios = policy.RATIOS[(True, kind)] if finetune else policy.RECON_RATIOS[kind]
+    suffix = "-ft" if finetune else ""
     out = []
-    for r in policy.RECON_RATIOS[policy.budget_kind(ctx.context.max_accuracy_drop)]:
+    for r in ratios:
         step = PruneConfig(ratio=r, importance="recon", round_to=round_to, reconstruct=True)
-        out.append(Structure(f"prune-recon{int(round(r * 100))}", [step],
-                             f"structured pruning at {r:.0%} with least-squares reconstruction", "prune-recon", r))
+        out.append(Structure(f"prune-recon{int(round(r * 100))}{suffix}", then_finetune([step], finetune),
+                             f"structured pruning at {r:.0%} with least-squares reconstruction"
+                             + (" + distillation fine-tuning" if finetune else ""), "prune-recon" + suffix, r))
+    why = ("channels ranked by the output error their removal leaves, and the layers they fed re-solved by least "
+           "squares on unlabeled calibration inputs, so pruning goes further")
     return Proposal(out, [Decision(
         technique="prune_reconstruct", decision="applied",
-        reason="no retraining: channels ranked by the output error their removal leaves, and the layers they "
-               "fed re-solved by least squares on unlabeled calibration inputs, so pruning goes further")])
+        reason=(f"before fine-tuning: {why}; fine-tuning then starts from layers that already reproduce the "
+                f"original's features, ratios {ratios[0]:.0%}..{ratios[-1]:.0%}" if finetune
+                else f"no retraining: {why}"))])
 
 
 def table_precision(ctx: PlanningContext, rt: str) -> str:
