@@ -391,8 +391,9 @@ def test_the_latency_ladder_reaches_deep_targets_with_reconstruction():
 
 def test_retraining_fine_tunes_the_reconstructed_model_instead_of_dropping_it():
     """With retraining allowed, reconstruction stays in the plan as a start for fine-tuning: its own family
-    (`prune-recon<r>-ft`, reconstruct then fine-tune), on the retraining ladder, planned before the criteria and
-    bisected on its own. Without calibration data there is nothing to reconstruct on."""
+    (`prune-recon<r>-ft`, reconstruct then fine-tune), from the mild reconstruction levels up to the retraining
+    ladder's furthest, planned before the criteria and bisected on its own. Without calibration data there is
+    nothing to reconstruct on."""
     from edgeopt.decide import policy
 
     p = _crit_plan(calib=True, train=True, retrain=True)
@@ -404,7 +405,9 @@ def test_retraining_fine_tunes_the_reconstructed_model_instead_of_dropping_it():
         assert [s.technique for s in c.steps] == ["prune", "fine_tune"]
         assert c.steps[0].reconstruct and c.steps[0].importance == "recon"
     levels = sorted({c.level for c in recon})
-    assert tuple(levels) == policy.RATIOS[(True, policy.budget_kind(1.0))]
+    kind = policy.budget_kind(1.0)  # from the mild reconstruction levels to the retraining ladder's furthest
+    assert levels[0] == policy.RECON_RATIOS[kind][0] and levels[-1] == policy.RATIOS[(True, kind)][-1]
+    assert set(policy.RECON_RATIOS[kind]) <= set(levels)
     order = [c.family for c in p.candidates if c.family]
     assert order.index("prune-recon-ft") < min(order.index(f) for f in order if f.startswith("prune-l2"))
     assert any(d.technique == "prune_reconstruct" and "fine-tuning" in d.reason for d in p.decisions)

@@ -89,6 +89,29 @@ def test_fine_tune_auto_screens_every_kind_and_trains_with_the_best():
     assert screen["chosen"] == max(screen["scores"], key=screen["scores"].get) == rec["distillation"]
     assert screen["metric"] == "top1" and screen["held_out_samples"] > 0
     assert top1(tuned, val) > top1(small, val) + 20  # the full fine-tuning ran with the chosen kind
+    assert screen["start"] < max(screen["scores"].values())  # a cut model: every kind beats it as it came
+
+
+def test_fine_tuning_that_would_lower_the_held_out_score_keeps_the_model_unchanged():
+    """A student already as good as its teacher (here: the teacher itself) and a learning rate that wrecks it:
+    every kind's probe scores below the student as it came, so fine-tuning leaves its weights untouched and
+    says why."""
+    import copy
+
+    from edgeopt.techniques.retraining.finetune import apply_finetune
+
+    model, train, val = smallnet.trained(size=8)
+    x = val.items[0][0][:1]
+    student = copy.deepcopy(model)
+    tuned, rec = apply_finetune(student, x, FineTuneConfig(kind="auto", epochs=1, lr=50.0), teacher=model,
+                                train_data=train.items[:12])
+    screen = rec["kind_screen"]
+    assert screen["chosen"] == rec["distillation"] == "unchanged" and rec["epochs"] == 0
+    assert screen["start"] > max(screen["scores"].values())
+    assert "scored below the model as it came" in rec["kept_unchanged"]
+    assert all(torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), model.state_dict().values(),
+                                                 strict=True))
+    assert top1(tuned, val) == top1(model, val)
 
 
 def test_planner_fine_tunes_with_the_auto_kind_when_retraining():

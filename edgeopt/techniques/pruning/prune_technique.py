@@ -129,10 +129,10 @@ def propose_reconstruction(ctx: PlanningContext) -> Proposal:
     not re-estimated after it: the re-solved layers already match the original pre-BN outputs, which the
     original statistics describe better than a few batches.
 
-    With retraining allowed the reconstructed model is then fine-tuned (`prune-recon<r>-ft`), on the
-    retraining ladder: fine-tuning starts from a network whose layers already reproduce the original's
-    features instead of from a cut one, so it recovers more in the same epochs, and the family is bisected
-    directly (its first level is where a criterion screening would probe, without the screening's builds)."""
+    With retraining allowed the reconstructed model is then fine-tuned (`prune-recon<r>-ft`), from the mild
+    reconstruction levels up to the retraining ladder's furthest: fine-tuning starts from a network whose layers
+    already reproduce the original's features instead of from a cut one, so it recovers more in the same epochs,
+    and the family is bisected directly (no screening's builds before it)."""
     if not ctx.allowed("prune") or ctx.summary.prunable_groups == 0:
         return Proposal()
     if not ctx.has_calib_data:
@@ -140,7 +140,10 @@ def propose_reconstruction(ctx: PlanningContext) -> Proposal:
     round_to = channel_rounding(ctx.target, ctx.summary, [])
     kind = policy.budget_kind(ctx.context.max_accuracy_drop)
     finetune = ctx.finetune
-    ratios = policy.RATIOS[(True, kind)] if finetune else policy.RECON_RATIOS[kind]
+    # fine-tuned, a level holds at least what it held reconstructed only: the ladder keeps the mild levels
+    # (a model that holds 30 % only just) and reaches as far as the retraining criteria
+    ratios = tuple(sorted({*policy.RECON_RATIOS[kind], *policy.RATIOS[(True, kind)]})) if finetune \
+        else policy.RECON_RATIOS[kind]
     suffix = "-ft" if finetune else ""
     out = []
     for r in ratios:

@@ -1,6 +1,8 @@
 """Fine-tuning as a model-stage technique: distillation from the original model (teacher) into the compressed
 one (student), response-based by default; `kind="auto"` first screens the kinds on short runs and keeps the
-one that recovers most (edgeopt.training.screen). The loop itself is `edgeopt.training.fit`."""
+one that recovers most (edgeopt.training.screen), or keeps the model unchanged when every kind's probe lowers
+its held-out score (a least-squares reconstructed model can start above what fine-tuning reaches). The loop
+itself is `edgeopt.training.fit`."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ def apply_finetune(model: nn.Module, example: torch.Tensor, config, data=None, t
     """Return (fine-tuned copy, record). `train_data` must be labelled or come with a teacher; it must never
     be the held-out evaluation data (the pipeline guarantees that)."""
     from edgeopt.training import fit
+    from edgeopt.training.screen import UNCHANGED
 
     if train_data is None:
         raise DataError("fine-tuning needs training data: pass --data (an image folder, module:function or "
@@ -24,6 +27,12 @@ def apply_finetune(model: nn.Module, example: torch.Tensor, config, data=None, t
     student = copy.deepcopy(model)
     masks = _zero_masks(student) if config.keep_sparsity else None
     kind, screen = _kind(student, teacher, train_data, config)
+    if kind == UNCHANGED:  # every kind's probe scored below the student as it came: training would lower it
+        return student, {"epochs": 0, "seconds": screen["seconds"], "losses": [], "distillation": UNCHANGED,
+                         "kind_screen": screen,
+                         "kept_unchanged": f"every distillation probe scored below the model as it came "
+                                           f"({max(screen['scores'].values()):.2f} vs {screen['start']:.2f} "
+                                           f"{screen['metric']} on a slice held out of the training data)"}
     res = fit(student, train_data, teacher=teacher, epochs=config.epochs, lr=config.lr, kind=kind,
               temperature=config.temperature, alpha=config.alpha, seed=config.seed, progress=progress)
     if masks:
