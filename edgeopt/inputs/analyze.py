@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -33,9 +35,34 @@ def count_macs(model: nn.Module, example) -> int:
 
     if isinstance(example, dict):
         model, example = _Keywords(model, [str(k) for k in example]), tuple(example.values())
-    with torch.no_grad():
+    with torch.no_grad(), _factorized_qkv_counted():
         macs, _ = tp.utils.count_ops_and_params(model, example)
     return int(macs)
+
+
+@contextlib.contextmanager
+def _factorized_qkv_counted():
+    """Torch-Pruning counts a timm attention block from its fused `qkv` Linear's width, and fails on a block
+    whose qkv was factorized into two Linears (a Sequential has no `out_features`). Such a block counts its
+    two attention products here (Q K^T and the weighted sum of V), the two Linears count themselves."""
+    from torch_pruning.utils import op_counter
+
+    original = getattr(op_counter, "timm_multihead_attention_counter_hook", None)
+    types = [t for t, h in op_counter.MODULES_MAPPING.items() if original is not None and h is original]
+
+    def hook(module, inputs, output):
+        if isinstance(getattr(module, "qkv", None), nn.Linear):
+            return original(module, inputs, output)
+        batch, tokens, dim = inputs[0].shape[:3]
+        module.__flops__ += int(2 * batch * tokens * tokens * dim)
+
+    for t in types:
+        op_counter.MODULES_MAPPING[t] = hook
+    try:
+        yield
+    finally:
+        for t in types:
+            op_counter.MODULES_MAPPING[t] = original
 
 
 def layer_mix(model: nn.Module) -> dict[str, int]:

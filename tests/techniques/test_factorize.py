@@ -227,3 +227,23 @@ def test_the_same_factorization_whatever_the_callers_blas_threads(method, cin, c
             small = edgeopt.factorize(model, x, method=method, energy=0.5).model
         got.append(torch.cat([p.detach().flatten() for p in small.parameters()]))
     assert torch.equal(got[0], got[1]) and torch.equal(got[0], got[2])
+
+
+def test_a_vit_whose_qkv_is_factorized_still_counts_its_macs():
+    """Torch-Pruning counts a timm attention block by its fused qkv Linear's width; factorized into two Linears,
+    the block crashed every MAC count (so every factorization of a DeiT failed its build)."""
+    timm = pytest.importorskip("timm")
+    from edgeopt.techniques.lowrank.factorize import factorize
+
+    torch.manual_seed(0)
+    vit = timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2,
+                                                           num_heads=4, num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    small, rec = factorize(vit, x, "svd", energy=0.5, min_params=1)
+    assert any(d["layer"].endswith("attn.qkv") for d in rec["layers"])
+    assert isinstance(small.blocks[0].attn.qkv, nn.Sequential)
+    before, after = count_macs(vit, x), count_macs(small, x)
+    assert 0 < after < before
+    from torch_pruning.utils import op_counter  # the library's own counter is left as it was
+
+    assert all(h is not None and h.__name__ != "hook" for h in op_counter.MODULES_MAPPING.values())
