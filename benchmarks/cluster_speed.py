@@ -78,7 +78,10 @@ def one_run(model, example, kw: dict, out: Path, cluster: str | None, threads: i
             "outcome": {c.id: [c.status, c.accuracy] for c in cands},
             "screened_drop_pp": report.model.search["screened_drop_pp"],
             "built_on": sorted({c.built_on for c in cands if c.built_on}),
-            "profile": report.model.profile}
+            "profile": report.model.profile,
+            # where a cluster's time went: each structure's build seconds, and when each task came back
+            "build_seconds": report.model.search.get("build_seconds"),
+            "cluster_trace": [t for t in report.model.search["trace"] if t.startswith("cluster")]}
 
 
 def main(argv: list[str] | None = None) -> dict:

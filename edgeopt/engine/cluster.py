@@ -10,8 +10,11 @@ they run). Anything the tasks did not produce (a level a time budget cut, a QAT 
 
 Finishing a structure (engine/finish.py's `finish_structure`: export every precision from its one ONNX graph,
 verify, calibrate and quantize, evaluate on the runtime) is a task too, the same function: each structure a
-family's bisection keeps is finished as soon as its family returns, and the search takes the record when its
-walk asks for exactly that job (else the job runs as a task then). A task exports into its own folder and
+family's bisection keeps is finished ahead of the search once no build waits for a CPU, and the search takes
+the record when its walk asks for exactly that job (else the job runs as a task then). One task per CPU of the
+cluster is in flight; the rest wait in the driver, the one leading to the most build time first (a screening
+probe before a family's own bisection, a family whose builds take longer first), so the longest chain of
+dependent builds does not start last. A task exports into its own folder and
 sends the files back with their sha256, checked once written under OUT/artifacts; this process loads them for
 the latency measurement and the test split. All tasks are over before the search goes on, so no latency is
 ever measured beside a busy worker. A worker lost mid-task costs that task only: Ray runs it again
@@ -242,7 +245,8 @@ class RayExecutor:
     def finish(self, built, job: Job) -> Done:
         """The job's record, its artifacts written under the out dir and loaded here: from the task run ahead
         of the search for this very job, else from a task run now."""
-        key, ref = self.ahead.pop(job.structure, (None, None))
+        key, ahead = self.ahead.pop(job.structure, (None, None))
+        ref = ahead.ref if ahead is not None else None
         if ref is not None and key == job.key():
             self.taken_ahead += 1
         else:
@@ -327,18 +331,19 @@ class RayExecutor:
             _add_phase(done.phases, cid, "cluster fetch", took)
         return done
 
-    def _finish_ahead(self, search, structure: str, built, drop: float | None) -> object | None:
-        """Start finishing a structure a family task kept, ahead of the search, when every pending candidate
-        of it is to be exported."""
+    def _finish_ahead(self, search, structure: str, built, drop: float | None, queue: _Queue) -> object | None:
+        """Finish a structure a family task kept, ahead of the search, when every pending candidate of it is to
+        be exported: queued after every build (a build leads to more work, an export to none)."""
         if isinstance(built, Exception) or structure in self.ahead:
             return None
         specs = search.finisher.exportable(structure, built)
         if not specs:
             return None
         job = search.finisher.job(structure, specs, screened=drop)
-        ref = self.submit_finish(built, job)
-        self.ahead[structure] = (job.key(), ref)
-        return ref
+        ahead = _Ahead(lambda: self.submit_finish(built, job))
+        queue.add(ahead.start, ("finish", structure), 0, None)
+        self.ahead[structure] = (job.key(), ahead)
+        return ahead
 
     def close(self) -> None:
         if self.started and self.ray.is_initialized():
@@ -347,7 +352,9 @@ class RayExecutor:
     # ---- the search's hook ------------------------------------------------------------------------------
     def prefetch(self, search, families: dict[str, list[str]]) -> None:
         """Build and screen, on the cluster, every family the search will bisect: the probes of each screening
-        group first, then each family its screening keeps (families without a group at once)."""
+        group, each family its screening keeps, families without a group. At most one task per CPU of the
+        cluster is in flight, the rest wait here in order of the work they lead to (`_Queue`), so the longest
+        chain of dependent builds starts first instead of waiting behind short ones."""
         from edgeopt.engine.cache import key
         from edgeopt.engine.family_screening import common_probes, screen_group
         from edgeopt.engine.ledger import layout
@@ -357,7 +364,6 @@ class RayExecutor:
             return
         t0 = time.perf_counter()
         specs, budget = search.ledger.specs, search.context.max_accuracy_drop
-        seconds_left = search.clock.left("search")
         payload = self.payload()
         known: dict[str, float | None] = {}  # drops the cache holds: not built again
         drops: dict[str, float | None] = {}  # what the cache holds and the tasks measured so far
@@ -370,14 +376,23 @@ class RayExecutor:
                 if hit is not None:
                     known[s], layouts[s] = hit["drop"], hit["layout"]
                     drops[s] = hit["drop"]
+        # each task holds one CPU, and one GPU where the cluster has GPUs: as many run at once as there are
+        resources = ray.cluster_resources()
+        queue = _Queue(max(1, int(resources.get("GPU" if self.options["num_gpus"] else "CPU", 1))))
 
         def submit(fam: str, probe_only: bool, levels: list[str], first: int | None = None):
             reduced = any(spec.precision != "fp32" for s in levels for spec in specs[s])
             margin = policy.MARGIN_LEVELS if reduced else 0
-            self.tasks += 1
-            return self.task.options(**self.options).remote(
-                payload, search.base_torch_acc, [(s, specs[s][0]) for s in levels],
-                known if probe_only else {**known, **drops}, probe_only, first, budget, margin, seconds_left)
+            builds = 1 if probe_only else _bisection_builds(len(levels) if first is None else len(levels) - 1,
+                                                           margin)
+
+            def start():  # the drops known and the time left when it starts, not when it was queued
+                self.tasks += 1
+                return self.task.options(**self.options).remote(
+                    payload, search.base_torch_acc, [(s, specs[s][0]) for s in levels],
+                    known if probe_only else {**known, **drops}, probe_only, first, budget, margin,
+                    search.clock.left("search"))
+            return start, builds
 
         # the kept levels are finished ahead only where the search's bisection is the task's: not where each
         # probe is checked at INT8 on the runtime (Search.checks_probes), which finishes other jobs
@@ -385,16 +400,10 @@ class RayExecutor:
         finishing: list = []
 
         groups: dict[str, dict[str, list[str]]] = {}
-        pending: dict = {}  # ref -> (family, probe group or None)
         for fam, structures in families.items():
             group = specs[structures[0]][0].screen
             if group is not None:
                 groups.setdefault(group, {})[fam] = structures
-        for fam, structures in families.items():
-            group = specs[structures[0]][0].screen
-            if group is not None and len(groups[group]) > policy.SCREEN_KEEP:
-                continue
-            pending[submit(fam, False, structures)] = (fam, None)
         waiting: dict[str, set[str]] = {}  # group -> probes not returned yet
         probes_of: dict[str, dict[str, str]] = {}
         for group, members in groups.items():
@@ -403,11 +412,20 @@ class RayExecutor:
             _, probes = common_probes(members, lambda s: specs[s][0].level)
             probes_of[group] = probes
             waiting[group] = set()
+            # a probe leads to its family's bisection if the screening keeps it
+            after = _bisection_builds(max(len(v) for v in members.values()) - 1, policy.MARGIN_LEVELS)
             for fam, s in probes.items():
                 if s in known:
                     continue
                 waiting[group].add(s)
-                pending[submit(fam, True, [s])] = (fam, group)
+                start, _ = submit(fam, True, [s])
+                queue.add(start, (fam, group), 1 + after, fam)
+        for fam, structures in families.items():
+            group = specs[structures[0]][0].screen
+            if group is not None and len(groups[group]) > policy.SCREEN_KEEP:
+                continue
+            start, builds = submit(fam, False, structures)
+            queue.add(start, (fam, None), builds, fam)
 
         def bisect_group(group: str) -> None:
             members = groups[group]
@@ -415,41 +433,49 @@ class RayExecutor:
                                lambda s: None, lambda s: layouts.get(s) == original, lambda: None)
             for fam in out.kept:  # the bisection starts where the screening measured, as the search's does
                 levels = members[fam]
-                pending[submit(fam, False, levels, levels.index(out.probes[fam]))] = (fam, None)
+                start, builds = submit(fam, False, levels, levels.index(out.probes[fam]))
+                queue.add(start, (fam, None), builds, fam)
 
         for group in [g for g, w in waiting.items() if not w]:
             bisect_group(group)
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            fam, group = pending.pop(ready[0])
+        queue.pump()
+        while queue.running:
+            ready, _ = ray.wait(list(queue.running), num_returns=1, fetch_local=False)
+            tag = queue.done(ready[0])
+            if tag[0] == "finish":  # a structure finished ahead: its record stays in Ray until the search asks
+                queue.pump()
+                continue
+            fam, group = tag
             try:
                 got = ray.get(ready[0])
             except Exception as e:  # retries spent (or a result that would not travel): built here instead
-                from edgeopt.errors import first_line
-
                 search.trace.append(f"cluster: the task of {fam} failed ({first_line(e)}); its levels are built "
                                     "here")
                 got = {"built": {}, "where": ""}
-            search.progress.log(f"cluster: {fam} {'screened' if group else 'bisected'}"
-                                + (f" on {got['where']}" if got["where"] else ""))
+            line = (f"cluster: {fam} {'screened' if group else 'bisected'}"
+                    + (f" on {got['where']}" if got["where"] else "")
+                    + f", {len(got['built'])} built ({sum(r[1] for r in got['built'].values()):.0f} s), back at "
+                    f"{time.perf_counter() - t0:.0f} s")
+            search.progress.log(line)
+            search.trace.append(line)
             for s, result in got["built"].items():
                 builder.take(s, result, got["where"])
-                b, _, acc = result
+                b, seconds, acc = result
+                queue.took(fam, seconds)
                 drops[s] = None if acc is None else round(search.base_torch_acc - acc.accuracy, 4)
                 if not isinstance(b, Exception):
                     layouts[s] = layout(b.model)
             if group is None and ahead_ok[fam]:
                 for s in got.get("kept", []):
                     if s in got["built"]:
-                        ref = self._finish_ahead(search, s, got["built"][s][0], drops.get(s))
+                        ref = self._finish_ahead(search, s, got["built"][s][0], drops.get(s), queue)
                         finishing += [ref] if ref is not None else []
             if group is not None and fam in probes_of[group]:
                 waiting[group].discard(probes_of[group][fam])  # returned, or failed: the group goes on
             if group is not None and not waiting[group]:
                 del waiting[group]
                 bisect_group(group)
-        if finishing:  # every task over before the search measures anything
-            ray.wait(finishing, num_returns=len(finishing), fetch_local=False)
+            queue.pump()
         self.seconds += time.perf_counter() - t0
         search.trace.append(f"cluster {self.cluster}: {self.tasks} task(s) built and screened "
                             f"{len(builder.built)} structure(s), {len(finishing)} finished ahead, in "
@@ -467,6 +493,56 @@ class RayExecutor:
         for s, place in builder.used.items():
             if place != "local" and s in builder.built:
                 result.build_seconds[s] = builder.built[s][1]
+
+
+def _bisection_builds(levels: int, margin: int) -> int:
+    """Builds a bisection over `levels` levels takes at most (its probes, then the margin levels kept)."""
+    return max(1, levels).bit_length() + margin
+
+
+class _Ahead:
+    """A finish task queued ahead of the search; `ref` is None until the queue starts it."""
+
+    def __init__(self, submit):
+        self._submit, self.ref = submit, None
+
+    def start(self):
+        self.ref = self._submit()
+        return self.ref
+
+
+class _Queue:
+    """The cluster's work, held here and started one task per free CPU, the task leading to the most build
+    time first: a task's weight is the builds it and the work it unblocks take (a screening probe leads to
+    its family's bisection), times its family's measured seconds per build (the mean of all builds while a
+    family has none, 1 before any). Exports weigh 0: they lead to nothing and go last."""
+
+    def __init__(self, slots: int):
+        self.slots = slots
+        self.waiting: list[tuple[int, object, tuple, int, str | None]] = []  # (order, start, tag, builds, family)
+        self.running: dict = {}  # ref -> tag
+        self.seconds: dict[str, list[float]] = {}  # family -> seconds of each build returned
+
+    def add(self, start, tag: tuple, builds: int, family: str | None) -> None:
+        self.waiting.append((len(self.waiting), start, tag, builds, family))
+
+    def took(self, family: str, seconds: float) -> None:
+        self.seconds.setdefault(family, []).append(seconds)
+
+    def _per_build(self, family: str | None) -> float:
+        mine = self.seconds.get(family or "")
+        every = [t for ts in self.seconds.values() for t in ts]
+        pool = mine or every
+        return sum(pool) / len(pool) if pool else 1.0
+
+    def pump(self) -> None:
+        while self.waiting and len(self.running) < self.slots:
+            best = max(self.waiting, key=lambda w: (w[3] * self._per_build(w[4]) if w[3] else -1.0, -w[0]))
+            self.waiting.remove(best)
+            self.running[best[1]()] = best[2]
+
+    def done(self, ref) -> tuple:
+        return self.running.pop(ref)
 
 
 def executor_for(cluster: str | None, threads: int | None = None) -> RayExecutor | None:
