@@ -70,11 +70,23 @@ def select(report: Report, context: DeployContext) -> None:
         return c.latency_ms.p50 if what == "p50" else (c.shipped_bytes or 0)
 
     order = policy.RANK_BY[context.goal if serving or context.goal != "throughput" else "latency"]
-    best = min(eligible, key=lambda c: tuple(measure(c, what) for what in order))
+
+    def rank(c: Candidate) -> tuple:
+        return tuple(measure(c, what) for what in order)
+
+    best = fastest = min(eligible, key=rank)
+    if order[0] in ("p50", "images_s"):  # a measured speed: within noise of the best, the more accurate wins
+        first = abs(measure(fastest, order[0]))
+        tied = [c for c in eligible if abs(abs(measure(c, order[0])) - first) <= policy.MEASURED_TIE * first]
+        best = max(tied, key=lambda c: (c.accuracy if c.accuracy is not None else float("-inf"),
+                                        tuple(-v for v in rank(c))))
     report.chosen = best.id
     if not best.reason:
-        best.reason = "chosen: " + ("smallest" if context.goal == "size" else "most images/s" if serving
-                                    else "fastest") + " within budget"
+        what = "smallest" if context.goal == "size" else "most images/s" if serving else "fastest"
+        best.reason = f"chosen: {what} within budget" if best is fastest else (
+            f"chosen: within {policy.MEASURED_TIE:.0%} of the {what} ({fastest.id}: a difference that small is "
+            f"measurement noise) and more accurate ({best.accuracy:.2f} vs "
+            + (f"{fastest.accuracy:.2f})" if fastest.accuracy is not None else "not measured)"))
 
 
 def _serving_problem(c: Candidate, twin: Candidate | None, context: DeployContext) -> str | None:

@@ -123,6 +123,31 @@ def test_selection_reads_the_ranking_rule(monkeypatch):
     assert chosen() == "b@onnx-fp32"
 
 
+def test_speeds_within_measurement_noise_tie_and_the_more_accurate_wins():
+    """Two candidates 1 % apart in p50 (two structures of one shape measure that close) are a tie: the more
+    accurate is chosen, with the reason; 5 % apart is a real difference; sizes are exact, never a tie."""
+    def report(*cands):
+        return Report(edgeopt_version="t", context={}, target={}, environment={},
+                      baseline=_cand("original@onnx-fp32", 2.0, 4000), candidates=list(cands))
+
+    fast, close, slower = _cand("a@onnx-fp32", 1.0, 3000), _cand("b@onnx-fp32", 1.01, 3000), \
+        _cand("c@onnx-fp32", 1.05, 3000)
+    fast.accuracy, close.accuracy, slower.accuracy = 0.97, 0.98, 0.99
+    r = report(fast, close, slower)
+    select(r, DeployContext(max_accuracy_drop=5.0))
+    assert r.chosen == "b@onnx-fp32"
+    assert "a@onnx-fp32" in close.reason and "noise" in close.reason and "0.98 vs 0.97" in close.reason
+    equal = [_cand("a@onnx-fp32", 1.0, 3000), _cand("b@onnx-fp32", 1.01, 3000)]  # the same accuracy: fastest
+    r = report(*equal)
+    select(r, DeployContext(max_accuracy_drop=5.0))
+    assert r.chosen == "a@onnx-fp32" and equal[0].reason == "chosen: fastest within budget"
+    small, smaller = _cand("a@onnx-fp32", 1.0, 1010), _cand("b@onnx-fp32", 1.0, 1000)
+    small.accuracy = 0.99
+    r = report(small, smaller)
+    select(r, DeployContext(goal="size", max_accuracy_drop=5.0))
+    assert r.chosen == "b@onnx-fp32"
+
+
 def _session_and_model(offset: float) -> tuple[Session, nn.Module]:
     """A "runtime" that returns the PyTorch outputs shifted by `offset`."""
     net = nn.Linear(4, 3).eval()
