@@ -412,14 +412,15 @@ class RayExecutor:
             _, probes = common_probes(members, lambda s: specs[s][0].level)
             probes_of[group] = probes
             waiting[group] = set()
-            # a probe leads to its family's bisection if the screening keeps it
-            after = _bisection_builds(max(len(v) for v in members.values()) - 1, policy.MARGIN_LEVELS)
-            for fam, s in probes.items():
-                if s in known:
-                    continue
+            # the group's probes lead to the bisections its screening keeps, once all of them are in: each
+            # carries its share of that work (a group of nine cheap probes does not outrank a long family)
+            todo = [(fam, s) for fam, s in probes.items() if s not in known]
+            after = policy.SCREEN_KEEP * _bisection_builds(max(len(v) for v in members.values()) - 1,
+                                                           policy.MARGIN_LEVELS)
+            for fam, s in todo:
                 waiting[group].add(s)
                 start, _ = submit(fam, True, [s])
-                queue.add(start, (fam, group), 1 + after, fam)
+                queue.add(start, (fam, group), 1 + after / len(todo), fam)
         for fam, structures in families.items():
             group = specs[structures[0]][0].screen
             if group is not None and len(groups[group]) > policy.SCREEN_KEEP:
@@ -513,9 +514,9 @@ class _Ahead:
 
 class _Queue:
     """The cluster's work, held here and started one task per free CPU, the task leading to the most build
-    time first: a task's weight is the builds it and the work it unblocks take (a screening probe leads to
-    its family's bisection), times its family's measured seconds per build (the mean of all builds while a
-    family has none, 1 before any). Exports weigh 0: they lead to nothing and go last."""
+    time first: a task's weight is the builds it and the work it unblocks take (a screening probe carries its
+    share of the bisections the screening leads to), times its family's measured seconds per build (the mean
+    of all builds while a family has none, 1 before any). Exports weigh 0: they lead to nothing and go last."""
 
     def __init__(self, slots: int):
         self.slots = slots
