@@ -520,11 +520,11 @@ class _Queue:
 
     def __init__(self, slots: int):
         self.slots = slots
-        self.waiting: list[tuple[int, object, tuple, int, str | None]] = []  # (order, start, tag, builds, family)
+        self.waiting: list[tuple[int, object, tuple, float, str | None]] = []  # (order, start, tag, builds, family)
         self.running: dict = {}  # ref -> tag
         self.seconds: dict[str, list[float]] = {}  # family -> seconds of each build returned
 
-    def add(self, start, tag: tuple, builds: int, family: str | None) -> None:
+    def add(self, start, tag: tuple, builds: float, family: str | None) -> None:
         self.waiting.append((len(self.waiting), start, tag, builds, family))
 
     def took(self, family: str, seconds: float) -> None:
