@@ -254,6 +254,8 @@ def _report(prep: Prepared, found: Searched, threads: int, device: dict | None, 
             "of each int8 candidate shows what that costs")))
     if device is not None:
         env["device"] = device
+    if splits.augmentation:
+        decisions.append(Decision(technique="augmentation", decision="applied", reason=splits.augmentation))
     decisions.append(held.decision())
     decisions += result.decisions  # taken on measurements (e.g. QAT only where PTQ broke the budget)
     decisions += measured_choices(result.candidates)  # made inside the retraining steps

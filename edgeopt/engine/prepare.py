@@ -14,6 +14,7 @@ from edgeopt.errors import ConfigError, DataError
 from edgeopt.formats import BACKENDS
 from edgeopt.inputs.analyze import analyze
 from edgeopt.inputs.data import DataSplits, data_form, resolve_data
+from edgeopt.inputs.data.transforms import keep_flip_if_label_preserving
 from edgeopt.inputs.model_io import Inputs
 from edgeopt.inputs.models import LoadedModel, load_model
 from edgeopt.registry import Registry
@@ -98,6 +99,8 @@ def prepare(config: RunConfig, model=None, example=None, eval_data=None, calib_d
     with phases("data"):
         splits = resolve_data(spec if isinstance(spec, str) else "module", inputs.data, calib_data, train_data,
                               eval_data, sample, summary.num_outputs, options, progress)
+        if context.retrain:
+            splits.augmentation = keep_flip_if_label_preserving(loaded.model, splits.train, splits.calib)
     return Prepared(config, context, profile, local, loaded, ex, summary, splits)
 
 

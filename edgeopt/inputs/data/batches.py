@@ -192,3 +192,4 @@ class DataSplits:
     eval: Batches | StreamBatches | None
     source: str | None
     heldout_hash: str | None = None
+    augmentation: str | None = None  # what fine-tuning's augmentation does and why, once decided on the model

@@ -61,9 +61,10 @@ def kind_decision(records: list[tuple[str, dict]]) -> Decision | None:
             continue
         metric = screen.get("metric", metric)
         scores = ", ".join(f"{k} {v:.2f}" for k, v in sorted(screen["scores"].items(), key=lambda kv: -kv[1]))
-        items.append(f"{structure}: {screen['chosen']} ({scores})")
+        rate = f" at lr {screen['lr']:g}" if "lr" in screen else ""
+        items.append(f"{structure}: {screen['chosen']}{rate} ({scores})")
     if not items:
         return None
     return Decision(technique="distillation_kind", decision="applied", reason=(
-        f"distillation kind chosen per candidate by one-epoch probes scored ({metric}) on a slice held out of the "
-        f"training data: {listing(items)}"))
+        f"distillation kind (and rate, unless given) chosen per candidate by one-epoch probes scored ({metric}) "
+        f"on a slice held out of the training data: {listing(items)}"))

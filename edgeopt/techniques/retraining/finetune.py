@@ -1,8 +1,8 @@
 """Fine-tuning as a model-stage technique: distillation from the original model (teacher) into the compressed
-one (student), response-based by default; `kind="auto"` first screens the kinds on short runs and keeps the
-one that recovers most (edgeopt.training.screen), or keeps the model unchanged when every kind's probe lowers
-its held-out score (a least-squares reconstructed model can start above what fine-tuning reaches). The loop
-itself is `edgeopt.training.fit`."""
+one (student), response-based by default; `kind="auto"` first screens the rate (unless one was given) and the
+kinds on short runs and keeps the pair that recovers most (edgeopt.training.screen), or keeps the model
+unchanged when every probe lowers its held-out score (a least-squares reconstructed model can start above
+what fine-tuning reaches). The loop itself is `edgeopt.training.fit`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ import torch
 from torch import nn
 
 from edgeopt.errors import DataError
+
+# the screened fine-tuning rates, as factors of the configured one (0.01): SGD at 0.01 suits BatchNorm CNNs;
+# LayerNorm models trained with AdamW (ConvNeXt, ViTs) lost their accuracy at it in one epoch
+SCREENED_RATE_FACTORS = (0.1, 0.01)
 
 
 def apply_finetune(model: nn.Module, example: torch.Tensor, config, data=None, teacher: nn.Module | None = None,
@@ -33,13 +37,15 @@ def apply_finetune(model: nn.Module, example: torch.Tensor, config, data=None, t
                          "kept_unchanged": f"every distillation probe scored below the model as it came "
                                            f"({max(screen['scores'].values()):.2f} vs {screen['start']:.2f} "
                                            f"{screen['metric']} on a slice held out of the training data)"}
-    res = fit(student, train_data, teacher=teacher, epochs=config.epochs, lr=config.lr, kind=kind,
+    lr = screen.get("lr", config.lr) if screen else config.lr
+    res = fit(student, train_data, teacher=teacher, epochs=config.epochs, lr=lr, kind=kind,
               temperature=config.temperature, alpha=config.alpha, seed=config.seed, progress=progress)
     if masks:
         from edgeopt.techniques.sparsity.unstructured import make_permanent
 
         make_permanent(student)
-    return student, {"epochs": res.epochs, "seconds": res.seconds, "losses": [round(v, 4) for v in res.losses],
+    return student, {"epochs": res.epochs, "seconds": res.seconds, "lr": lr,
+                     "losses": [round(v, 4) for v in res.losses],
                      "distillation": res.kind, "device": res.device, "world_size": res.world_size,
                      **({"kind_screen": screen} if screen else {}), **({"kept_sparsity": True} if masks else {})}
 
@@ -53,7 +59,9 @@ def _kind(student: nn.Module, teacher: nn.Module | None, train_data, config) -> 
     from edgeopt.training.screen import choose_kind
 
     try:
-        return choose_kind(student, teacher, train_data, lr=config.lr, seed=config.seed,
+        # the rate is screened too unless it was given: the right one follows how the model was trained
+        rates = () if "lr" in config.model_fields_set else tuple(config.lr * f for f in SCREENED_RATE_FACTORS)
+        return choose_kind(student, teacher, train_data, lr=config.lr, seed=config.seed, rates=rates,
                            temperature=config.temperature, alpha=config.alpha)
     except DataError as e:  # too little data to hold a slice out: the default kind, with the reason
         return "response", {"chosen": "response", "skipped": str(e)}
