@@ -153,7 +153,7 @@ class DataOptions(_Strict):
     std: tuple[float, ...] | None = None
     val_split: float = Field(0.2, gt=0.0, lt=1.0)
     seed: int = 0
-    augment: bool = True  # random resized crop + horizontal flip, fine-tuning only
+    augment: bool = True  # fine-tuning only: random resized crop, + a flip where it keeps the label
     calib_size: int = Field(300, ge=1, description="stratified calibration sample of the training split")
     batch_size: int = Field(32, ge=1)
     workers: int | None = Field(None, ge=0, description="DataLoader worker processes (default 0: main process)")

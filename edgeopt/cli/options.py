@@ -60,7 +60,8 @@ RESIZE = typer.Option(None, help="image folder: resize the shorter side to this,
                       "--crop: crop / 0.875; without either: plain resize)")
 CROP = typer.Option(None, help="image folder: center-crop size H,W or S after --resize")
 AUGMENT = typer.Option(True, "--augment/--no-augment", help="random resized crop + horizontal flip when "
-                       "fine-tuning (never for calibration or evaluation)")
+                       "fine-tuning (the flip only where the original model's top-1 survives it on the "
+                       "calibration images; never for calibration or evaluation)")
 CALIB_SIZE = typer.Option(300, help="calibration: a stratified sample of this many training images")
 BATCH_SIZE = typer.Option(32, help="data batch size for fine-tuning and evaluation; with --goal throughput also "
                           "the batch of one served request (artifacts then take any batch size)")

@@ -64,20 +64,21 @@ def select(report: Report, context: DeployContext) -> None:
     if not eligible:
         report.chosen = None
         return
-    def measure(c: Candidate, what: str) -> float:
+    def figure(c: Candidate, what: str) -> float:
+        """The measured figure itself: images/s, p50 ms or shipped bytes."""
         if what == "images_s":
-            return -c.throughput.images_s
+            return c.throughput.images_s
         return c.latency_ms.p50 if what == "p50" else (c.shipped_bytes or 0)
 
     order = policy.RANK_BY[context.goal if serving or context.goal != "throughput" else "latency"]
 
-    def rank(c: Candidate) -> tuple:
-        return tuple(measure(c, what) for what in order)
+    def rank(c: Candidate) -> tuple:  # smaller is better: images/s counts negated
+        return tuple(-figure(c, what) if what == "images_s" else figure(c, what) for what in order)
 
     best = fastest = min(eligible, key=rank)
     if order[0] in ("p50", "images_s"):  # a measured speed: within noise of the best, the more accurate wins
-        first = abs(measure(fastest, order[0]))
-        tied = [c for c in eligible if abs(abs(measure(c, order[0])) - first) <= policy.MEASURED_TIE * first]
+        first = figure(fastest, order[0])
+        tied = [c for c in eligible if abs(figure(c, order[0]) - first) <= policy.MEASURED_TIE * first]
         best = max(tied, key=lambda c: (c.accuracy if c.accuracy is not None else float("-inf"),
                                         tuple(-v for v in rank(c))))
     report.chosen = best.id

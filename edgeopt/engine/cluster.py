@@ -33,6 +33,7 @@ from pathlib import Path
 
 from edgeopt.config import parse_cluster
 from edgeopt.decide import policy
+from edgeopt.engine.cluster_queue import Ahead, TaskQueue, bisection_builds
 from edgeopt.engine.finish import Done, Job, finish_structure
 from edgeopt.engine.ledger import FATAL
 from edgeopt.errors import BackendMissingError, first_line
@@ -331,7 +332,7 @@ class RayExecutor:
             _add_phase(done.phases, cid, "cluster fetch", took)
         return done
 
-    def _finish_ahead(self, search, structure: str, built, drop: float | None, queue: _Queue) -> object | None:
+    def _finish_ahead(self, search, structure: str, built, drop: float | None, queue: TaskQueue) -> object | None:
         """Finish a structure a family task kept, ahead of the search, when every pending candidate of it is to
         be exported: queued after every build (a build leads to more work, an export to none)."""
         if isinstance(built, Exception) or structure in self.ahead:
@@ -340,7 +341,7 @@ class RayExecutor:
         if not specs:
             return None
         job = search.finisher.job(structure, specs, screened=drop)
-        ahead = _Ahead(lambda: self.submit_finish(built, job))
+        ahead = Ahead(lambda: self.submit_finish(built, job))
         queue.add(ahead.start, ("finish", structure), 0, None)
         self.ahead[structure] = (job.key(), ahead)
         return ahead
@@ -353,7 +354,7 @@ class RayExecutor:
     def prefetch(self, search, families: dict[str, list[str]]) -> None:
         """Build and screen, on the cluster, every family the search will bisect: the probes of each screening
         group, each family its screening keeps, families without a group. At most one task per CPU of the
-        cluster is in flight, the rest wait here in order of the work they lead to (`_Queue`), so the longest
+        cluster is in flight, the rest wait here in order of the work they lead to (`TaskQueue`), so the longest
         chain of dependent builds starts first instead of waiting behind short ones."""
         from edgeopt.engine.cache import key
         from edgeopt.engine.family_screening import common_probes, screen_group
@@ -378,12 +379,12 @@ class RayExecutor:
                     drops[s] = hit["drop"]
         # each task holds one CPU, and one GPU where the cluster has GPUs: as many run at once as there are
         resources = ray.cluster_resources()
-        queue = _Queue(max(1, int(resources.get("GPU" if self.options["num_gpus"] else "CPU", 1))))
+        queue = TaskQueue(max(1, int(resources.get("GPU" if self.options["num_gpus"] else "CPU", 1))))
 
         def submit(fam: str, probe_only: bool, levels: list[str], first: int | None = None):
             reduced = any(spec.precision != "fp32" for s in levels for spec in specs[s])
             margin = policy.MARGIN_LEVELS if reduced else 0
-            builds = 1 if probe_only else _bisection_builds(len(levels) if first is None else len(levels) - 1,
+            builds = 1 if probe_only else bisection_builds(len(levels) if first is None else len(levels) - 1,
                                                            margin)
 
             def start():  # the drops known and the time left when it starts, not when it was queued
@@ -415,7 +416,7 @@ class RayExecutor:
             # the group's probes lead to the bisections its screening keeps, once all of them are in: each
             # carries its share of that work (a group of nine cheap probes does not outrank a long family)
             todo = [(fam, s) for fam, s in probes.items() if s not in known]
-            after = policy.SCREEN_KEEP * _bisection_builds(max(len(v) for v in members.values()) - 1,
+            after = policy.SCREEN_KEEP * bisection_builds(max(len(v) for v in members.values()) - 1,
                                                            policy.MARGIN_LEVELS)
             for fam, s in todo:
                 waiting[group].add(s)
@@ -496,57 +497,6 @@ class RayExecutor:
                 result.build_seconds[s] = builder.built[s][1]
 
 
-def _bisection_builds(levels: int, margin: int) -> int:
-    """Builds a bisection over `levels` levels takes at most (its probes, then the margin levels kept)."""
-    return max(1, levels).bit_length() + margin
-
-
-class _Ahead:
-    """A finish task queued ahead of the search; `ref` is None until the queue starts it."""
-
-    def __init__(self, submit):
-        self._submit, self.ref = submit, None
-
-    def start(self):
-        self.ref = self._submit()
-        return self.ref
-
-
-class _Queue:
-    """The cluster's work, held here and started one task per free CPU, the task leading to the most build
-    time first: a task's weight is the builds it and the work it unblocks take (a screening probe carries its
-    share of the bisections the screening leads to), times its family's measured seconds per build (the mean
-    of all builds while a family has none, 1 before any). Exports weigh 0: they lead to nothing and go last."""
-
-    def __init__(self, slots: int):
-        self.slots = slots
-        self.waiting: list[tuple[int, object, tuple, float, str | None]] = []  # (order, start, tag, builds, family)
-        self.running: dict = {}  # ref -> tag
-        self.seconds: dict[str, list[float]] = {}  # family -> seconds of each build returned
-
-    def add(self, start, tag: tuple, builds: float, family: str | None) -> None:
-        self.waiting.append((len(self.waiting), start, tag, builds, family))
-
-    def took(self, family: str, seconds: float) -> None:
-        self.seconds.setdefault(family, []).append(seconds)
-
-    def _per_build(self, family: str | None) -> float:
-        mine = self.seconds.get(family or "")
-        every = [t for ts in self.seconds.values() for t in ts]
-        pool = mine or every
-        return sum(pool) / len(pool) if pool else 1.0
-
-    def pump(self) -> None:
-        while self.waiting and len(self.running) < self.slots:
-            best = max(self.waiting, key=lambda w: (w[3] * self._per_build(w[4]) if w[3] else -1.0, -w[0]))
-            self.waiting.remove(best)
-            self.running[best[1]()] = best[2]
-
-    def done(self, ref) -> tuple:
-        return self.running.pop(ref)
-
-
 def executor_for(cluster: str | None, threads: int | None = None) -> RayExecutor | None:
     """The executor of `--cluster` (None: the serial search); `threads`: PyTorch's in each task, the run's."""
     return None if not cluster else RayExecutor(cluster, threads)
-

@@ -231,15 +231,21 @@ def nncf_settings(ov_model) -> dict:
     return out
 
 
+def for_nncf(ov_model) -> tuple[object, dict]:
+    """(the graph NNCF can quantize, its settings): every INT8 IR, exported or timed layer by layer, is
+    quantized this way. A clone holds only the nodes that feed the results: the ONNX frontend can leave dead
+    nodes attached as consumers of live outputs (torchvision SSDlite's postprocessing), and NNCF's graph
+    builder follows every consumer and fails on the first it did not list ("Could not find a node
+    Unsqueeze_2116 in NNCFGraph")."""
+    clone = ov_model.clone()
+    return clone, nncf_settings(clone)
+
+
 def _quantize(ov_model, cal, example: torch.Tensor, options: dict):
     import nncf
 
-    # a clone holds only the nodes that feed the results: the ONNX frontend can leave dead nodes attached as
-    # consumers of live outputs (torchvision SSDlite's postprocessing), and NNCF's graph builder follows every
-    # consumer and fails on the first it did not list ("Could not find a node Unsqueeze_2116 in NNCFGraph")
-    ov_model = ov_model.clone()
+    ov_model, settings = for_nncf(ov_model)
     dataset = nncf.Dataset(cal.feeds())  # every input, by the names _name_io gave the IR
-    settings = nncf_settings(ov_model)
     info = {"calibration": cal.info(), "quantizer": f"nncf {nncf.__version__}",
             "nncf": {k: v.value for k, v in settings.items() if k != "ignored_scope"}}
     if "ignored_scope" in settings:

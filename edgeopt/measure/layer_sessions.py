@@ -78,14 +78,12 @@ def runner(model: nn.Module, x, runtime: str, threads: int, tmp: Path, precision
     core = openvino_core()
     ov_model = core.read_model(str(path))
     if precision == "int8":
-        from edgeopt.formats.openvino import nncf_settings
+        from edgeopt.formats.openvino import for_nncf
 
         nncf = _quiet_nncf()
-        # quantized as the export quantizes: a clone (the frontend's dead nodes removed, on which NNCF's graph
-        # builder fails: SSDlite's whole-model timing did) with the settings its graph calls for
-        ov_model = ov_model.clone()
+        ov_model, settings = for_nncf(ov_model)  # quantized as the export quantizes
         with nncf_on_shared_core():
-            ov_model = nncf.quantize(ov_model, nncf.Dataset([feed]), subset_size=1, **nncf_settings(ov_model))
+            ov_model = nncf.quantize(ov_model, nncf.Dataset([feed]), subset_size=1, **settings)
     compiled = core.compile_model(ov_model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
     req = compiled.create_infer_request()
     return lambda: req.infer(feed)

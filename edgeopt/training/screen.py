@@ -16,6 +16,7 @@ from torch import nn
 
 from edgeopt.errors import ConfigError, DataError
 from edgeopt.inputs.data.batches import split_item
+from edgeopt.inputs.data.transforms import unaugmented
 from edgeopt.inputs.feeding import run_model
 from edgeopt.inputs.model_io import flatten_outputs
 
@@ -43,8 +44,10 @@ def take_batches(data, n: int) -> list[tuple[torch.Tensor, torch.Tensor | None]]
 def held_out_split(data, train_batches: int = SCREEN_BATCHES, held_batches: int = HELD_OUT_BATCHES
                    ) -> tuple[list, list]:
     """(probe-training batches, held-out batches) from the training data: the held-out slice is the last
-    quarter of what is read (at least one batch), never the batches the probes train on."""
-    batches = take_batches(data, train_batches + held_batches)
+    quarter of what is read (at least one batch), never the batches the probes train on. Both are read without
+    augmentation: the probes are compared on the images evaluation sees, and each probe trains on the same."""
+    with unaugmented(data):
+        batches = take_batches(data, train_batches + held_batches)
     if len(batches) < 2:
         raise DataError("too little training data to hold a slice out: at least two batches are needed")
     held = max(1, min(held_batches, len(batches) // 4))

@@ -114,6 +114,29 @@ def test_fine_tuning_that_would_lower_the_held_out_score_keeps_the_model_unchang
     assert top1(tuned, val) == top1(model, val)
 
 
+def test_the_fine_tuning_rate_is_screened_unless_one_is_given():
+    """A rate that wrecks the student loses the screen to a gentler one, every kind is then probed at the
+    winner, and the full fine-tuning runs at it; a rate the user gave is used as given."""
+    from edgeopt.techniques.pruning.prune import apply_prune
+    from edgeopt.techniques.retraining.finetune import apply_finetune
+    from edgeopt.training.screen import choose_kind
+
+    model, train, val = smallnet.trained(size=8)
+    x = val.items[0][0][:1]
+    small, _ = apply_prune(model, x, PruneConfig(ratio=0.5))
+    _, screen = choose_kind(small, model, train.items[:12], lr=50.0, rates=(0.05,))
+    assert set(screen["rates"]) == {"50", "0.05"} and screen["rates"]["0.05"] > screen["rates"]["50"]
+    assert screen["lr"] == 0.05 and screen["scores"]["response"] == screen["rates"]["0.05"]
+    _, rec = apply_finetune(small, x, FineTuneConfig(kind="auto", epochs=1), teacher=model,
+                            train_data=train.items[:12])
+    rates = rec["kind_screen"]["rates"]
+    assert len(rates) == 3 and rec["lr"] == rec["kind_screen"]["lr"]
+    assert rates[f"{rec['lr']:g}"] == max(rates.values())
+    _, rec = apply_finetune(small, x, FineTuneConfig(kind="auto", epochs=1, lr=0.02), teacher=model,
+                            train_data=train.items[:12])
+    assert "rates" not in rec["kind_screen"] and rec["lr"] == rec["kind_screen"]["lr"] == 0.02
+
+
 def test_planner_fine_tunes_with_the_auto_kind_when_retraining():
     p = _plan(retrain=True)
     kinds = {s.kind for c in p.candidates for s in c.steps if s.technique == "fine_tune"}

@@ -2,12 +2,12 @@
 (a screening probe that unblocks a bisection before a lone short family; a family whose builds take long before
 one whose builds are quick), exports last; no Ray needed."""
 
-from edgeopt.engine.cluster import _bisection_builds, _Queue
+from edgeopt.engine.cluster_queue import TaskQueue, bisection_builds
 
 
 def _queue(slots):
     started: list[str] = []
-    q = _Queue(slots)
+    q = TaskQueue(slots)
 
     def task(name):
         def start():
@@ -49,6 +49,6 @@ def test_measured_seconds_per_build_weigh_a_family():
     assert started == ["cp", "depth"]  # 2 x 34.5 s > 3 x 21 s
 
 
-def test_bisection_builds():
-    assert [_bisection_builds(n, 0) for n in (1, 2, 3, 4, 5, 7, 8)] == [1, 2, 2, 3, 3, 3, 4]
-    assert _bisection_builds(5, 1) == 4
+def testbisection_builds():
+    assert [bisection_builds(n, 0) for n in (1, 2, 3, 4, 5, 7, 8)] == [1, 2, 2, 3, 3, 3, 4]
+    assert bisection_builds(5, 1) == 4

@@ -186,3 +186,82 @@ def test_streaming_pins_the_allocators_mmap_threshold(monkeypatch):
     batches.StreamBatches(ds, batch_size=2)
     batches.StreamBatches(ds, batch_size=2)
     assert calls == [(-3, batches.MMAP_THRESHOLD_BYTES)]  # M_MMAP_THRESHOLD, once
+
+
+class _Halves(torch.nn.Module):
+    """Class 0 when the left half is brighter: a flip swaps the class of almost every image."""
+
+    def forward(self, x):
+        w = x.shape[-1] // 2
+        return torch.stack([x[..., :w].mean((1, 2, 3)), x[..., w:].mean((1, 2, 3))], 1)
+
+
+class _Brightness(torch.nn.Module):
+    """Reads only the mean: its top-1 is the same for an image and its mirror image."""
+
+    def forward(self, x):
+        m = x.mean((1, 2, 3))
+        return torch.stack([m, -m], 1)
+
+
+def test_a_flip_is_kept_only_where_the_original_keeps_its_top1(tmp_path):
+    from edgeopt.inputs.data.transforms import flip_agreement, keep_flip_if_label_preserving
+
+    root = _folder(tmp_path / "imgs", classes=("a", "b"), n=8)
+    s = image_folder(root, 8, 3, augment=True, workers=0)
+    key = s.train.key
+    assert flip_agreement(_Brightness(), s.calib) == 100.0 and flip_agreement(_Halves(), s.calib) < 20.0
+    kept = keep_flip_if_label_preserving(_Brightness(), s.train, s.calib)
+    assert "flipped left-right at random" in kept and s.train.dataset.transform.flip and s.train.key == key
+    dropped = keep_flip_if_label_preserving(_Halves(), s.train, s.calib)
+    assert "not flipped" in dropped and "not label-preserving" in dropped
+    assert not s.train.dataset.transform.flip and s.train.key != key  # fine-tuned models are keyed on it
+    # the random resized crop stays: two reads of one training image still differ, neither is mirrored
+    ds = s.train.dataset
+    assert any(not torch.equal(ds[0][0], ds[0][0]) for _ in range(5))
+    assert keep_flip_if_label_preserving(_Halves(), s.train, s.calib) is None  # nothing left to decide
+    plain = image_folder(root, 8, 3, augment=False, workers=0)
+    assert keep_flip_if_label_preserving(_Halves(), plain.train, plain.calib) is None  # no augmentation asked
+
+
+def test_a_flip_is_not_decided_for_outputs_other_than_class_logits(tmp_path):
+    from edgeopt.inputs.data.transforms import flip_agreement, keep_flip_if_label_preserving
+
+    class Dense(torch.nn.Module):
+        def forward(self, x):
+            return {"masks": x}
+
+    s = image_folder(_folder(tmp_path / "imgs", classes=("a", "b"), n=4), 8, 3, augment=True, workers=0)
+    assert flip_agreement(Dense(), s.calib) is None
+    assert keep_flip_if_label_preserving(Dense(), s.train, s.calib) is None and s.train.dataset.transform.flip
+
+
+def test_prepare_decides_the_flip_when_retraining_and_the_report_says_why(tmp_path):
+    from edgeopt.config import RunConfig
+    from edgeopt.engine.prepare import prepare
+
+    root = _folder(tmp_path / "imgs", classes=("a", "b"), n=8)
+
+    def prep(retrain):
+        cfg = RunConfig().with_flat(data=str(root), input_shape=(1, 3, 8, 8), retrain=retrain,
+                                    data_options={"workers": 0})
+        return prepare(cfg, model=_Halves(), example=torch.randn(1, 3, 8, 8)).splits
+
+    s = prep(True)
+    assert "not flipped" in s.augmentation and not s.train.dataset.transform.flip
+    s = prep(False)  # no fine-tuning: nothing to decide, nothing run
+    assert s.augmentation is None and s.train.dataset.transform.flip
+
+
+def test_the_distillation_screen_reads_training_images_as_evaluation_does(tmp_path):
+    from edgeopt.inputs.data.transforms import eval_transform
+    from edgeopt.training.screen import held_out_split
+
+    s = image_folder(_folder(tmp_path / "imgs", classes=("a", "b"), n=16), 8, 3, augment=True, batch_size=4,
+                     workers=0)
+    probe, held = held_out_split(s.train, 4, 2)
+    again = held_out_split(s.train, 4, 2)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(probe + held, again[0] + again[1], strict=True))
+    ds = s.train.dataset
+    assert ds.transform.augment  # augmented again for the fine-tuning itself
+    assert torch.equal(held[-1][0][0], eval_transform(ds.transform.p)(ds.load_image(4 * 5)))  # batch 5, image 0
