@@ -78,6 +78,7 @@ def _family_task(payload, base_acc: float, structures: list[tuple[str, object]],
     probe, with `probe_only`), then the levels the bisection keeps built too (the search finishes them).
     `known`: drops measured before (the cache, a screening), not built again. Returns per structure built
     (Built or the exception, seconds, its Screened PyTorch accuracy), the levels kept and where it ran."""
+    entered = time.time()  # wall clock: the driver compares it with when it submitted the task
     import torch
 
     from edgeopt.engine.bisect import bisect
@@ -117,7 +118,7 @@ def _family_task(payload, base_acc: float, structures: list[tuple[str, object]],
         for s in kept:
             if not stopped():
                 build(s)
-    return {"built": out, "kept": kept, "where": where()}
+    return {"built": out, "kept": kept, "where": where(), "entered": entered, "left": time.time()}
 
 
 def _finish_task(payload, built, job: Job) -> dict:
@@ -380,6 +381,7 @@ class RayExecutor:
         # each task holds one CPU, and one GPU where the cluster has GPUs: as many run at once as there are
         resources = ray.cluster_resources()
         queue = TaskQueue(max(1, int(resources.get("GPU" if self.options["num_gpus"] else "CPU", 1))))
+        submitted: dict = {}  # task -> wall clock when it was handed to Ray
 
         def submit(fam: str, probe_only: bool, levels: list[str], first: int | None = None):
             reduced = any(spec.precision != "fp32" for s in levels for spec in specs[s])
@@ -389,10 +391,12 @@ class RayExecutor:
 
             def start():  # the drops known and the time left when it starts, not when it was queued
                 self.tasks += 1
-                return self.task.options(**self.options).remote(
+                ref = self.task.options(**self.options).remote(
                     payload, search.base_torch_acc, [(s, specs[s][0]) for s in levels],
                     known if probe_only else {**known, **drops}, probe_only, first, budget, margin,
                     search.clock.left("search"))
+                submitted[ref] = time.time()
+                return ref
             return start, builds
 
         # the kept levels are finished ahead only where the search's bisection is the task's: not where each
@@ -450,14 +454,18 @@ class RayExecutor:
             fam, group = tag
             try:
                 got = ray.get(ready[0])
+                received = time.time()
             except Exception as e:  # retries spent (or a result that would not travel): built here instead
                 search.trace.append(f"cluster: the task of {fam} failed ({first_line(e)}); its levels are built "
                                     "here")
                 got = {"built": {}, "where": ""}
             line = (f"cluster: {fam} {'screened' if group else 'bisected'}"
                     + (f" on {got['where']}" if got["where"] else "")
-                    + f", {len(got['built'])} built ({sum(r[1] for r in got['built'].values()):.0f} s), back at "
-                    f"{time.perf_counter() - t0:.0f} s")
+                    + f", {len(got['built'])} built ({sum(r[1] for r in got['built'].values()):.0f} s)"
+                    + (f", in the task {got['left'] - got['entered']:.1f} s, before it "
+                       f"{got['entered'] - submitted[ready[0]]:.1f} s, its result back in "
+                       f"{received - got['left']:.1f} s" if "entered" in got else "")
+                    + f", back at {time.perf_counter() - t0:.0f} s")
             search.progress.log(line)
             search.trace.append(line)
             for s, result in got["built"].items():

@@ -4,6 +4,7 @@ artifact bytes under the out dir; a worker lost mid-task costs only that task; a
 worker fails its candidate only; `--cluster` without Ray installed is a one-line error naming the extra."""
 
 import os
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -110,9 +111,12 @@ def test_families_run_as_tasks_and_choose_what_the_serial_search_chooses(local_r
     summary = next(t for t in result.trace if t.startswith("cluster local:2:"))
     assert executor.tasks == 2 and summary.startswith("cluster local:2: 2 task(s) built and screened 5 "
                                                       "structure(s), 2 finished ahead")
-    # each task's return is in the trace: what it built, in how many seconds, and when it came back
+    # each task's return is in the trace: what it built, in how many seconds, where the rest of its time went
+    # (waiting to start, its result travelling back) and when it came back
     back = [t for t in result.trace if t.startswith("cluster: ") and " bisected on ray node " in t]
     assert len(back) == 2 and all(" built (" in t and " back at " in t for t in back)
+    assert all(re.search(r"in the task [\d.]+ s, before it [\d.-]+ s, its result back in [\d.-]+ s", t)
+               for t in back)
     assert executor.taken_ahead == 2 and executor.finish_tasks == 3  # and the baseline, finished first
     # every candidate exported, verified and evaluated in a worker; its artifact written here, byte for byte
     # the serial run's, and loaded here for the measurement
