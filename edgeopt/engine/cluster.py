@@ -27,8 +27,9 @@ import time
 
 from edgeopt.config import parse_cluster
 from edgeopt.decide import policy
-from edgeopt.engine.cluster_finish import FINISH_RETRIES, ClusterFinishing, finish_task, where
-from edgeopt.engine.cluster_queue import TaskQueue, bisection_builds
+from edgeopt.engine.cluster_finish import FINISH_RETRIES, ClusterFinishing, finish_task
+from edgeopt.engine.cluster_queue import TaskQueue, bisection_builds, screening_chain
+from edgeopt.engine.cluster_worker import run_payload, where
 from edgeopt.engine.finish import Done, Job
 from edgeopt.errors import BackendMissingError, first_line
 
@@ -54,7 +55,7 @@ def start_local(workers: int) -> None:
              runtime_env={"env_vars": {"PYTHONPATH": path}})
 
 
-def _family_task(payload, base_acc: float, structures: list[tuple[str, object]], known: dict[str, float | None],
+def _family_task(boxed: list, base_acc: float, structures: list[tuple[str, object]], known: dict[str, float | None],
                  probe_only: bool, first: int | None, budget: float, margin_levels: int,
                  seconds_left: float | None) -> dict:
     """One family on one worker: its levels screened in bisection order (or only `structures[0]`, a screening
@@ -66,7 +67,8 @@ def _family_task(payload, base_acc: float, structures: list[tuple[str, object]],
 
     from edgeopt.engine.bisect import bisect
 
-    builder, threads = payload
+    builder, threads = run_payload(boxed)
+    read = time.time() - entered
     torch.set_num_threads(threads)
     deadline = None if seconds_left is None else time.monotonic() + seconds_left
     specs = dict(structures)
@@ -101,7 +103,8 @@ def _family_task(payload, base_acc: float, structures: list[tuple[str, object]],
         for s in kept:
             if not stopped():
                 build(s)
-    return {"built": out, "kept": kept, "where": where(), "entered": entered, "left": time.time()}
+    return {"built": out, "kept": kept, "where": where(), "entered": entered, "read": read,
+            "left": time.time()}
 
 
 class ClusterBuilder:
@@ -237,7 +240,7 @@ class RayExecutor(ClusterFinishing):
             def start():  # the drops known and the time left when it starts, not when it was queued
                 self.tasks += 1
                 ref = self.task.options(**self.options).remote(
-                    payload, search.base_torch_acc, [(s, specs[s][0]) for s in levels],
+                    [payload], search.base_torch_acc, [(s, specs[s][0]) for s in levels],
                     known if probe_only else {**known, **drops}, probe_only, first, budget, margin,
                     search.clock.left("search"))
                 submitted[ref] = time.time()
@@ -262,15 +265,14 @@ class RayExecutor(ClusterFinishing):
             _, probes = common_probes(members, lambda s: specs[s][0].level)
             probes_of[group] = probes
             waiting[group] = set()
-            # the group's probes lead to the bisections its screening keeps, once all of them are in: each
-            # carries its share of that work (a group of nine cheap probes does not outrank a long family)
+            # the group's probes lead to the bisections its screening keeps, once all of them are in
             todo = [(fam, s) for fam, s in probes.items() if s not in known]
-            after = policy.SCREEN_KEEP * bisection_builds(max(len(v) for v in members.values()) - 1,
-                                                           policy.MARGIN_LEVELS)
+            chain = screening_chain(len(todo), queue.slots, max(len(v) for v in members.values()) - 1,
+                                    policy.MARGIN_LEVELS)
             for fam, s in todo:
                 waiting[group].add(s)
                 start, _ = submit(fam, True, [s])
-                queue.add(start, (fam, group), 1 + after / len(todo), fam)
+                queue.add(start, (fam, group), chain, fam)
         for fam, structures in families.items():
             group = specs[structures[0]][0].screen
             if group is not None and len(groups[group]) > policy.SCREEN_KEEP:
@@ -307,9 +309,9 @@ class RayExecutor(ClusterFinishing):
             line = (f"cluster: {fam} {'screened' if group else 'bisected'}"
                     + (f" on {got['where']}" if got["where"] else "")
                     + f", {len(got['built'])} built ({sum(r[1] for r in got['built'].values()):.0f} s)"
-                    + (f", in the task {got['left'] - got['entered']:.1f} s, before it "
-                       f"{got['entered'] - submitted[ready[0]]:.1f} s, its result back in "
-                       f"{received - got['left']:.1f} s" if "entered" in got else "")
+                    + (f", in the task {got['left'] - got['entered']:.1f} s (reading the run's payload "
+                       f"{got['read']:.1f} s), before it {got['entered'] - submitted[ready[0]]:.1f} s, its result "
+                       f"back in {received - got['left']:.1f} s" if "entered" in got else "")
                     + f", back at {time.perf_counter() - t0:.0f} s")
             search.progress.log(line)
             search.trace.append(line)

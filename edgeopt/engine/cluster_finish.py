@@ -8,11 +8,11 @@ time, and only the candidate that fails again is recorded as failed. The methods
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from pathlib import Path
 
 from edgeopt.engine.cluster_queue import Ahead, TaskQueue
+from edgeopt.engine.cluster_worker import run_payload, where
 from edgeopt.engine.finish import Done, Job, finish_structure
 from edgeopt.engine.ledger import FATAL
 from edgeopt.errors import first_line
@@ -22,15 +22,7 @@ from edgeopt.errors import first_line
 FINISH_RETRIES = 1
 
 
-def where() -> str:
-    """This worker's place in the cluster: its node (id prefix and address) and process."""
-    import ray
-
-    ctx = ray.get_runtime_context()
-    return f"ray node {ctx.get_node_id()[:8]} ({ray.util.get_node_ip_address()}) pid {os.getpid()}"
-
-
-def finish_task(payload, built, job: Job) -> dict:
+def finish_task(boxed: list, built, job: Job) -> dict:
     """One structure's candidates finished on one worker (engine/finish.py: finish_structure), the artifacts
     written to a folder of its own and sent back: the job's record (without runtime sessions), every file of
     each candidate's artifact by its path under the out dir, their sha256, and where it ran."""
@@ -41,7 +33,7 @@ def finish_task(payload, built, job: Job) -> dict:
 
     from edgeopt.formats import backend_for
 
-    builder, threads = payload
+    builder, threads = run_payload(boxed)
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="edgeopt-finish-") as tmp:
         here = dataclasses.replace(builder, out_dir=Path(tmp)) if dataclasses.is_dataclass(builder) else builder
@@ -66,7 +58,7 @@ class ClusterFinishing:
         if dataclasses.is_dataclass(built):
             built = dataclasses.replace(built, source=None)  # its ONNX graph lives in a folder of this process
         return self.finish_task.options(**{**self.options, "max_retries": self.finish_retries}).remote(
-            self.payload(), built, job)
+            [self.payload()], built, job)
 
     def finish(self, built, job: Job) -> Done:
         """The job's record, its artifacts written under the out dir and loaded here: from the task run ahead

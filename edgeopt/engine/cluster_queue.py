@@ -11,6 +11,14 @@ def bisection_builds(levels: int, margin: int) -> int:
     return max(1, levels).bit_length() + margin
 
 
+def screening_chain(probes: int, slots: int, levels: int, margin: int) -> int:
+    """The builds in a row a screening probe heads: the rounds its group's `probes` take on `slots`, then the
+    bisection over the `levels` left of the longest family the screening keeps (the kept ones run side by
+    side). Weighing a probe by its share of that work instead put T1's nine pruning probes last, and their
+    bisections ran alone at the end."""
+    return -(-probes // max(1, slots)) + bisection_builds(levels, margin)
+
+
 class Ahead:
     """A finish task queued ahead of the search; `ref` is None until the queue starts it."""
 
@@ -24,9 +32,10 @@ class Ahead:
 
 class TaskQueue:
     """The cluster's work, held here and started one task per free CPU, the task leading to the most build
-    time first: a task's weight is the builds it and the work it unblocks take (a screening probe carries its
-    share of the bisections the screening leads to), times its family's measured seconds per build (the mean
-    of all builds while a family has none, 1 before any). Exports weigh 0: they lead to nothing and go last."""
+    time first: a task's weight is the longest chain of builds it heads (a screening probe: the rounds of its
+    group's probes, then the bisection the screening unblocks), times its family's measured seconds per build
+    (the mean of all builds while a family has none, 1 before any). Exports weigh 0: they lead to nothing and
+    go last."""
 
     def __init__(self, slots: int):
         self.slots = slots

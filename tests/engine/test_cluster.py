@@ -115,7 +115,8 @@ def test_families_run_as_tasks_and_choose_what_the_serial_search_chooses(local_r
     # (waiting to start, its result travelling back) and when it came back
     back = [t for t in result.trace if t.startswith("cluster: ") and " bisected on ray node " in t]
     assert len(back) == 2 and all(" built (" in t and " back at " in t for t in back)
-    assert all(re.search(r"in the task [\d.]+ s, before it [\d.-]+ s, its result back in [\d.-]+ s", t)
+    assert all(re.search(r"in the task [\d.]+ s \(reading the run's payload [\d.]+ s\), before it [\d.-]+ s, "
+                         r"its result back in [\d.-]+ s", t)
                for t in back)
     assert executor.taken_ahead == 2 and executor.finish_tasks == 3  # and the baseline, finished first
     # every candidate exported, verified and evaluated in a worker; its artifact written here, byte for byte
@@ -205,3 +206,19 @@ def test_an_export_failing_in_a_worker_fails_that_candidate_only(local_ray, seri
     assert c["original@onnx-int8"].reason.startswith("its export task failed on the cluster: ")
     assert _outcome(result)[:1] + _outcome(result)[3:] == _outcome(serial)
     assert (tmp_path / c["original@onnx-fp32"].artifact).is_file()
+
+
+def test_a_worker_reads_the_runs_payload_once(local_ray):
+    """Two tasks on one worker process get the very same payload object; another run's payload replaces it."""
+    from edgeopt.engine.cluster_worker import run_payload
+
+    @ray.remote(num_cpus=2)  # the whole local cluster: both tasks on one worker process, one after the other
+    def identity(boxed):
+        import os
+
+        return os.getpid(), id(run_payload(boxed)), float(run_payload(boxed)[0].sum())
+
+    first, other = ray.put((torch.ones(1000), 1)), ray.put((torch.zeros(1000), 1))
+    a, b, c = (ray.get(identity.remote([ref])) for ref in (first, first, other))
+    assert a[0] == b[0] and a[1] == b[1] and a[2] == b[2] == 1000.0  # read once, kept
+    assert c[2] == 0.0  # a new run's payload is read, not the last one's

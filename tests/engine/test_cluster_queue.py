@@ -2,7 +2,7 @@
 (a screening probe that unblocks a bisection before a lone short family; a family whose builds take long before
 one whose builds are quick), exports last; no Ray needed."""
 
-from edgeopt.engine.cluster_queue import TaskQueue, bisection_builds
+from edgeopt.engine.cluster_queue import TaskQueue, bisection_builds, screening_chain
 
 
 def _queue(slots):
@@ -49,6 +49,19 @@ def test_measured_seconds_per_build_weigh_a_family():
     assert started == ["cp", "depth"]  # 2 x 34.5 s > 3 x 21 s
 
 
-def testbisection_builds():
+def test_bisection_builds():
     assert [bisection_builds(n, 0) for n in (1, 2, 3, 4, 5, 7, 8)] == [1, 2, 2, 3, 3, 3, 4]
     assert bisection_builds(5, 1) == 4
+
+
+def test_a_screening_probe_weighs_the_chain_it_heads():
+    """Nine pruning probes on two slots take five rounds before the kept bisections (7 levels) can start: each
+    probe heads 5 + 3 builds in a row and starts before a lone 3-build family, although it builds once."""
+    assert screening_chain(9, 2, 7, 0) == 5 + bisection_builds(7, 0) == 8
+    assert screening_chain(3, 4, 7, 1) == 1 + bisection_builds(7, 1)
+    q, started, task = _queue(2)
+    q.add(task("slim"), ("slim", None), 3, "slim")
+    for i in range(9):
+        q.add(task(f"probe {i}"), (f"prune-{i}", "g"), screening_chain(9, 2, 7, 0), f"prune-{i}")
+    q.pump()
+    assert started == ["probe 0", "probe 1"]
