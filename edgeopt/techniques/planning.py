@@ -15,7 +15,7 @@ from edgeopt.config import DeployContext, ModelSummary
 from edgeopt.report import Decision
 from edgeopt.targets import TargetProfile
 from edgeopt.techniques.declare import TECHNIQUES, TechniqueConfig, allowed
-from edgeopt.techniques.retraining.fine_tune_technique import FineTuneConfig
+from edgeopt.techniques.retraining.fine_tune_technique import SCREENED_RATE_FACTORS, FineTuneConfig
 
 
 @dataclass(frozen=True)
@@ -83,11 +83,14 @@ def finetune_step(context: DeployContext, has_train_data: bool, decisions: list[
     decisions.append(Decision(technique="fine_tune", decision="applied",
                               reason="retraining allowed: every pruned/factorized model is fine-tuned with "
                                      "Hinton distillation from the original, so the search may go further"))
+    lr = FineTuneConfig.model_fields["lr"].default
+    rates = ", ".join(f"{lr * f:g}" for f in (1, *SCREENED_RATE_FACTORS))
     decisions.append(Decision(
         technique="distillation_kind", decision="applied",
-        reason="the distillation kind (response, feature, relation, response+feature) is chosen per candidate by "
-               "measured recovery: one-epoch runs of each on a subset of the training data, scored on a slice held "
-               "out of it; each kind's accuracy is in the fine-tuning step's record (kind_screen)"))
+        reason=f"the fine-tuning rate ({rates}) and the distillation kind (response, feature, relation, "
+               "response+feature) are chosen per candidate by measured recovery: one-epoch runs on a subset of the "
+               "training data, scored on a slice held out of it; each one's accuracy is in the fine-tuning step's "
+               "record (kind_screen)"))
     return FineTuneConfig(epochs=context.epochs, kind="auto")
 
 

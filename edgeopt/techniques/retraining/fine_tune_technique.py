@@ -14,6 +14,9 @@ from edgeopt.techniques.declare import TechniqueConfig, listing, measured_choice
 
 # the distillation kinds of edgeopt.training (kept here too: the decision layer reads configs without torch)
 DISTILL_KINDS = ("response", "feature", "relation")
+# the fine-tuning rates screened beside the configured one, as factors of it: SGD at 0.01 suits BatchNorm CNNs;
+# ConvNeXt-atto, a LayerNorm model trained with AdamW, lost its accuracy at it in one epoch
+SCREENED_RATE_FACTORS = (0.1, 0.01)
 
 
 class FineTuneConfig(TechniqueConfig):

@@ -13,10 +13,6 @@ from torch import nn
 
 from edgeopt.errors import DataError
 
-# the screened fine-tuning rates, as factors of the configured one (0.01): SGD at 0.01 suits BatchNorm CNNs;
-# LayerNorm models trained with AdamW (ConvNeXt, ViTs) lost their accuracy at it in one epoch
-SCREENED_RATE_FACTORS = (0.1, 0.01)
-
 
 def apply_finetune(model: nn.Module, example: torch.Tensor, config, data=None, teacher: nn.Module | None = None,
                    train_data=None, progress=None) -> tuple[nn.Module, dict]:
@@ -56,6 +52,7 @@ def _kind(student: nn.Module, teacher: nn.Module | None, train_data, config) -> 
         return (None if config.kind in ("auto", "response") else config.kind), None
     if config.kind != "auto":
         return config.kind, None
+    from edgeopt.techniques.retraining.fine_tune_technique import SCREENED_RATE_FACTORS
     from edgeopt.training.screen import choose_kind
 
     try:
