@@ -15,7 +15,7 @@ from edgeopt.config import DeployContext, ModelSummary
 from edgeopt.report import Decision
 from edgeopt.targets import TargetProfile
 from edgeopt.techniques.declare import TECHNIQUES, TechniqueConfig, allowed
-from edgeopt.techniques.retraining.fine_tune_technique import SCREENED_RATE_FACTORS, FineTuneConfig
+from edgeopt.techniques.retraining.fine_tune_technique import DEFAULT_LR, SCREENED_RATE_FACTORS, FineTuneConfig
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,7 @@ def finetune_step(context: DeployContext, has_train_data: bool, decisions: list[
     decisions.append(Decision(technique="fine_tune", decision="applied",
                               reason="retraining allowed: every pruned/factorized model is fine-tuned with "
                                      "Hinton distillation from the original, so the search may go further"))
-    lr = FineTuneConfig.model_fields["lr"].default
-    rates = ", ".join(f"{lr * f:g}" for f in (1, *SCREENED_RATE_FACTORS))
+    rates = ", ".join(f"{DEFAULT_LR * f:g}" for f in (1, *SCREENED_RATE_FACTORS))
     decisions.append(Decision(
         technique="distillation_kind", decision="applied",
         reason=f"the fine-tuning rate ({rates}) and the distillation kind (response, feature, relation, "

@@ -135,6 +135,10 @@ def test_the_fine_tuning_rate_is_screened_unless_one_is_given():
     _, rec = apply_finetune(small, x, FineTuneConfig(kind="auto", epochs=1, lr=0.02), teacher=model,
                             train_data=train.items[:12])
     assert "rates" not in rec["kind_screen"] and rec["lr"] == rec["kind_screen"]["lr"] == 0.02
+    # "not given" survives a config's round trip (torchrun followers and the cache rebuild steps from dumps):
+    # a follower that read the default as given would probe fewer times than rank 0, and the collectives hang
+    again = FineTuneConfig(**FineTuneConfig(kind="auto").model_dump())
+    assert again.lr is None and FineTuneConfig(**FineTuneConfig(lr=0.02).model_dump()).lr == 0.02
 
 
 def test_planner_fine_tunes_with_the_auto_kind_when_retraining():

@@ -14,7 +14,8 @@ from edgeopt.techniques.declare import TechniqueConfig, listing, measured_choice
 
 # the distillation kinds of edgeopt.training (kept here too: the decision layer reads configs without torch)
 DISTILL_KINDS = ("response", "feature", "relation")
-# the fine-tuning rates screened beside the configured one, as factors of it: SGD at 0.01 suits BatchNorm CNNs;
+DEFAULT_LR = 0.01
+# the fine-tuning rates screened beside the default one, as factors of it: SGD at 0.01 suits BatchNorm CNNs;
 # ConvNeXt-atto, a LayerNorm model trained with AdamW, lost its accuracy at it in one epoch
 SCREENED_RATE_FACTORS = (0.1, 0.01)
 
@@ -22,7 +23,9 @@ SCREENED_RATE_FACTORS = (0.1, 0.01)
 class FineTuneConfig(TechniqueConfig):
     technique: Literal["fine_tune"] = "fine_tune"
     epochs: int = Field(2, ge=1)
-    lr: float = Field(0.01, gt=0)
+    # None: DEFAULT_LR, or with kind "auto" the best of DEFAULT_LR times (1, *SCREENED_RATE_FACTORS); a rate
+    # given is used as given (None, not a default value, says "not given": it survives a config's round trip)
+    lr: float | None = Field(None, gt=0)
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.7, ge=0.0, le=1.0)  # weight of the soft-target (KD) loss vs the hard-label loss
     seed: int = 0

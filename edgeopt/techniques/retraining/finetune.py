@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from edgeopt.errors import DataError
+from edgeopt.techniques.retraining.fine_tune_technique import DEFAULT_LR, SCREENED_RATE_FACTORS
 
 
 def apply_finetune(model: nn.Module, example: torch.Tensor, config, data=None, teacher: nn.Module | None = None,
@@ -33,7 +34,7 @@ def apply_finetune(model: nn.Module, example: torch.Tensor, config, data=None, t
                          "kept_unchanged": f"every distillation probe scored below the model as it came "
                                            f"({max(screen['scores'].values()):.2f} vs {screen['start']:.2f} "
                                            f"{screen['metric']} on a slice held out of the training data)"}
-    lr = screen.get("lr", config.lr) if screen else config.lr
+    lr = screen["lr"] if screen and "lr" in screen else config.lr or DEFAULT_LR
     res = fit(student, train_data, teacher=teacher, epochs=config.epochs, lr=lr, kind=kind,
               temperature=config.temperature, alpha=config.alpha, seed=config.seed, progress=progress)
     if masks:
@@ -52,13 +53,12 @@ def _kind(student: nn.Module, teacher: nn.Module | None, train_data, config) -> 
         return (None if config.kind in ("auto", "response") else config.kind), None
     if config.kind != "auto":
         return config.kind, None
-    from edgeopt.techniques.retraining.fine_tune_technique import SCREENED_RATE_FACTORS
     from edgeopt.training.screen import choose_kind
 
     try:
         # the rate is screened too unless it was given: the right one follows how the model was trained
-        rates = () if "lr" in config.model_fields_set else tuple(config.lr * f for f in SCREENED_RATE_FACTORS)
-        return choose_kind(student, teacher, train_data, lr=config.lr, seed=config.seed, rates=rates,
+        rates = () if config.lr is not None else tuple(DEFAULT_LR * f for f in SCREENED_RATE_FACTORS)
+        return choose_kind(student, teacher, train_data, lr=config.lr or DEFAULT_LR, seed=config.seed, rates=rates,
                            temperature=config.temperature, alpha=config.alpha)
     except DataError as e:  # too little data to hold a slice out: the default kind, with the reason
         return "response", {"chosen": "response", "skipped": str(e)}
