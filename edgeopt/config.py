@@ -346,5 +346,6 @@ class ModelSummary(BaseModel):
     linear_params: int | None = None
     prunable_groups: int = 0
     min_channels: int | None = None  # narrowest prunable layer (bounds useful channel rounding)
+    residual_blocks: int | None = None  # blocks depth pruning can replace by their skip (None: not counted)
     unprunable: list[str] = Field(default_factory=list)  # "layer: reason"
     size_bytes: int = 0

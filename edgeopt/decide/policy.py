@@ -231,7 +231,16 @@ RECON_RATIOS = {"tight": (0.1, 0.2, 0.3, 0.4, 0.5), "normal": (0.1, 0.2, 0.3, 0.
 LATENCY_TARGETS = (0.9, 0.75, 0.6, 0.5, 0.4, 0.3)
 # Layer-level pruning: residual blocks removed, bisected like the other families. Removing more than two
 # blocks of a small model without retraining rarely holds a 1 pp budget.
-DEPTH_LEVELS = (1, 2)
+DEPTH_LEVELS = (1, 2)  # blocks removed when the model's removable blocks were not counted
+# with the count known: this ladder up to half of them (a transformer's 12 blocks reach 6; a resnet18's 5 reach 2)
+DEPTH_LADDER = (1, 2, 3, 4, 6, 8)
+
+
+def depth_levels(removable: int | None) -> tuple[int, ...]:
+    """Blocks removed at each depth-pruning level, mildest first, for a model with `removable` blocks."""
+    if removable is None:
+        return DEPTH_LEVELS
+    return tuple(b for b in DEPTH_LADDER if b <= max(1, removable // 2)) if removable else ()
 
 # ---- efficient architecture ---------------------------------------------------------------------------------
 # A family is worth training from scratch when its measured latency is under ARCH_FASTER of the user's model's

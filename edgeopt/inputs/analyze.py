@@ -141,11 +141,18 @@ def analyze(model: nn.Module, input_shape, size_bytes: int = 0) -> ModelSummary:
             unprunable.append(f"model: dependency graph failed ({first_line(e, 120)}): pruned block by block "
                               "(prunable_groups is an estimate)")
     widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups == 1]
+    from edgeopt.techniques.pruning.depth import residual_blocks
+
+    try:
+        removable = len(residual_blocks(model, example))
+    except Exception:  # a model whose submodules cannot be called alone: depth pruning falls back to its default
+        removable = None
     return ModelSummary(
         params=count_params(model), macs=count_macs(model, example), input_shape=list(inputs.first.shape),
         num_outputs=(int(out.shape[-1]) if out.dim() == 2 else int(out.shape[1]) if out.dim() == 4 else None),
         layers=layer_mix(model), linear_macs=linear["macs"],
         linear_params=sum(p.numel() for m in model.modules() if isinstance(m, nn.Linear) for p in m.parameters()),
         prunable_groups=groups, unprunable=unprunable, min_channels=min(widths) if widths else None,
+        residual_blocks=removable,
         size_bytes=size_bytes or sum(p.numel() * p.element_size() for p in model.parameters()),
     )

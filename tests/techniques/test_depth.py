@@ -73,6 +73,57 @@ def test_finds_residual_blocks_only():
     assert found == ["layer1.0", "layer1.1", "layer2.1", "layer3.1", "layer4.1"]
 
 
+def test_transformer_and_convnext_blocks_are_removable_and_export(tmp_path):
+    """A ViT block is `x + attn(x)` then `+ mlp(...)` (a chain of residual adds, with option placeholders); a
+    ConvNeXt block adds an identity `shortcut(x)`. Both are replaced by their skip and the model still exports."""
+    timm = pytest.importorskip("timm")
+    import onnxruntime as ort
+
+    vit = timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=4,
+                                                           num_heads=2, num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    assert residual_blocks(vit, x) == [f"blocks.{i}" for i in range(4)]
+    convnext = timm.create_model("convnext_atto", num_classes=10).eval()
+    found = residual_blocks(convnext, x)
+    assert len(found) == 12 and all(".blocks." in n for n in found)  # the stages' downsamples are not blocks
+    res = edgeopt.depth_prune(vit, x, [torch.randn(8, 3, 32, 32)], blocks=2)
+    assert len(res.record["removed"]) == 2 and len(res.record["costs"]) == 4
+    assert sum(isinstance(b, nn.Identity) for b in res.model.blocks) == 2
+    out = edgeopt.export(res.model, x, format="onnx", out=tmp_path / "vit.onnx")
+    got = ort.InferenceSession(str(out)).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, res.model(x).numpy(), atol=1e-4, rtol=1e-3)
+
+
+def test_a_block_whose_skip_goes_through_a_transformation_is_not_removable():
+    class Scaled(nn.Module):  # f(x) + 2x: removing it would not leave the identity
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x) + x * 2
+
+    class Chained(nn.Module):  # (f(x) + g(x)) + h(...): no term is x itself
+        def __init__(self):
+            super().__init__()
+            self.f, self.g = nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            y = self.f(x) + self.g(x)
+            return y + self.f(y)
+
+    x = torch.randn(1, 4, 8, 8)
+    assert residual_blocks(nn.Sequential(Scaled(), Chained()), x) == []
+
+
+def test_depth_levels_follow_the_blocks_the_model_has():
+    from edgeopt.decide.policy import DEPTH_LEVELS, depth_levels
+
+    assert depth_levels(12) == (1, 2, 3, 4, 6) and depth_levels(5) == (1, 2) and depth_levels(1) == (1,)
+    assert depth_levels(0) == () and depth_levels(None) == DEPTH_LEVELS
+
+
 def test_removes_the_cheapest_block_by_measured_drop(trained):
     model, train, val = trained
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -149,9 +200,10 @@ def test_planner_proposes_depth_on_cpu_batch1_and_says_why_elsewhere():
 
     local = load_target("x86-avx2").model_copy(update={"detected": False})
 
-    def run(target, shape=(1, 3, 64, 64), calib=True, **ctx):
+    def run(target, shape=(1, 3, 64, 64), calib=True, residual_blocks=None, **ctx):
         summary = ModelSummary(params=10**6, macs=10**8, input_shape=list(shape), num_outputs=10,
-                               prunable_groups=4, min_channels=64, layers={"conv": 8, "linear": 1})
+                               prunable_groups=4, min_channels=64, layers={"conv": 8, "linear": 1},
+                               residual_blocks=residual_blocks)
         p = plan(make_context(target=target, **ctx), load_target(target), summary, local, ["onnxruntime"],
                  has_calib_data=calib)
         return p, {d.technique: d for d in p.decisions}
@@ -167,3 +219,9 @@ def test_planner_proposes_depth_on_cpu_batch1_and_says_why_elsewhere():
     assert by["depth_prune"].decision == "skipped" and "held-out data" in by["depth_prune"].reason
     p, by = run("x86-avx2", techniques=["prune"])
     assert not any(c.family == "depth_prune" for c in p.candidates) and by["depth_prune"].decision == "skipped"
+    p, by = run("x86-avx2", residual_blocks=12)  # a transformer's 12 blocks: the ladder up to half of them
+    assert sorted({c.level for c in p.candidates if c.family == "depth_prune"}) == [1.0, 2.0, 3.0, 4.0, 6.0]
+    assert "of 12 residual blocks" in by["depth_prune"].reason
+    p, by = run("x86-avx2", residual_blocks=0)
+    assert not any(c.family == "depth_prune" for c in p.candidates)
+    assert by["depth_prune"].decision == "skipped" and "no residual block" in by["depth_prune"].reason

@@ -35,17 +35,37 @@ class _OneLevel(fx.Tracer):
 
 
 def _is_residual(block: nn.Module) -> bool:
-    """Whether the block's output is (an activation of) `f(x) + x` with x its own input."""
+    """Whether the block's output is (an activation of) `f(x) + x` with x its own input, the skip possibly
+    through an identity module (ConvNeXt's `shortcut`) or a chain of residual adds (a transformer block's
+    `x + attn(x)` then `+ mlp(...)`): removing the block leaves that skip, the identity."""
     try:
         graph = _OneLevel().trace(block)
     except Exception:  # data-dependent control flow: not recognised, so not removed
         return False
     mods = dict(block.named_modules())
-    out = next(n for n in graph.nodes if n.op == "output")
-    node = out.args[0]
+    nodes = list(graph.nodes)
+    inputs = [n for n in nodes if n.op == "placeholder"]
+    if not inputs:
+        return False
+    x = inputs[0]  # the block's tensor; later placeholders are options (masks, flags)
+
+    def carries_input(node) -> bool:
+        """`node` is x itself, reached through identities and residual adds only."""
+        while isinstance(node, fx.Node):
+            if node is x:
+                return True
+            if node.op == "call_module" and isinstance(mods.get(node.target), nn.Identity) and node.args:
+                node = node.args[0]
+            elif node.op == "call_function" and node.target in _ADDS:
+                return any(carries_input(a) for a in node.args)
+            else:
+                return False
+        return False
+
+    node = next(n for n in nodes if n.op == "output").args[0]
     while isinstance(node, fx.Node):
         if node.op == "call_function" and node.target in _ADDS:
-            return any(isinstance(a, fx.Node) and a.op == "placeholder" for a in node.args)
+            return carries_input(node)
         elementwise = (node.op == "call_module" and isinstance(mods.get(node.target), _AFTER_ADD)) or \
             (node.op == "call_function" and node.target in _AFTER_ADD_FNS)
         if not elementwise or not node.args:

@@ -47,8 +47,12 @@ def propose(ctx: PlanningContext) -> Proposal:
     if not ctx.has_calib_data:
         return skip("depth_prune", "the cost of removing each residual block is measured on held-out data, and "
                                    "none was given")
+    levels = policy.depth_levels(summary.residual_blocks)
+    if not levels:
+        return skip("depth_prune", "the model has no residual block (an f(x) + x of unchanged shape): removing a "
+                                   "plain layer would break the network")
     out = []
-    for blocks in policy.DEPTH_LEVELS:
+    for blocks in levels:
         out.append(Structure(f"depth{blocks}" + ("-ft" if finetune else ""),
                              then_finetune([DepthConfig(blocks=blocks)], finetune),
                              f"layer-level pruning: the {blocks} cheapest residual block(s) removed (measured cost), "
@@ -56,5 +60,5 @@ def propose(ctx: PlanningContext) -> Proposal:
                              float(blocks)))
     return Proposal(out, [Decision(
         technique="depth_prune", decision="applied",
-        reason=f"{target.name}: {why} (removing {', '.join(map(str, policy.DEPTH_LEVELS))} blocks); models without "
-               "residual blocks come back unchanged with the reason")])
+        reason=f"{target.name}: {why} (removing {', '.join(map(str, levels))} of "
+               f"{summary.residual_blocks if summary.residual_blocks is not None else 'the'} residual blocks)")])
