@@ -256,6 +256,8 @@ def _report(prep: Prepared, found: Searched, threads: int, device: dict | None, 
         env["device"] = device
     if splits.augmentation:
         decisions.append(Decision(technique="augmentation", decision="applied", reason=splits.augmentation))
+    if splits.untrained:
+        decisions.append(Decision(technique="distillation", decision="rejected", reason=splits.untrained))
     decisions.append(held.decision())
     decisions += result.decisions  # taken on measurements (e.g. QAT only where PTQ broke the budget)
     decisions += measured_choices(result.candidates)  # made inside the retraining steps

@@ -20,6 +20,7 @@ from edgeopt.inputs.models import LoadedModel, load_model
 from edgeopt.registry import Registry
 from edgeopt.targets import TargetProfile, detect_local, load_target
 from edgeopt.techniques import TECHNIQUES
+from edgeopt.training.modes import training_mode
 
 
 class Progress:
@@ -99,6 +100,10 @@ def prepare(config: RunConfig, model=None, example=None, eval_data=None, calib_d
     with phases("data"):
         splits = resolve_data(spec if isinstance(spec, str) else "module", inputs.data, calib_data, train_data,
                               eval_data, sample, summary.num_outputs, options, progress)
+        if context.retrain and splits.train is not None:
+            mode = training_mode(loaded.model, ex.example())
+            if mode.mode == "none":
+                splits.train, splits.untrained = None, f"the training split of --data is not used: {mode.reason}"
         if context.retrain:
             splits.augmentation = keep_flip_if_label_preserving(loaded.model, splits.train, splits.calib)
     return Prepared(config, context, profile, local, loaded, ex, summary, splits)

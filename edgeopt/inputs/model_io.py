@@ -213,6 +213,12 @@ def _flatten(node, path: str, flat: dict, where: str) -> None:
                               "every output must be a tensor (or a tuple/list/dict of tensors)")
 
 
+def per_image_lists(out) -> bool:
+    """Whether a model's output is one dict of detections per image (torchvision's detectors): each holds as
+    many boxes as the detector finds, a count that follows the weights, so pruning may change it."""
+    return isinstance(out, (list, tuple)) and bool(out) and all(isinstance(o, dict) for o in out)
+
+
 def output_layout(out):
     """A template of the output structure (leaves replaced by their names), for `nest`."""
     if isinstance(out, torch.Tensor):

@@ -29,6 +29,7 @@ from edgeopt.training.losses import (
     rkd_loss,
     task_loss,
 )
+from edgeopt.training.modes import training_mode
 
 KINDS = ("response", "feature", "relation")
 
@@ -45,6 +46,7 @@ class FitResult:
     # per epoch: seconds spent waiting for the next batch (decoding and feeding), and the epoch's seconds
     data_seconds: list[float] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
+    mode: str = "train"  # "eval": trained in evaluation mode (its training-mode outputs differ; training/modes.py)
 
 
 def parse_kind(kind, has_teacher: bool) -> tuple[str, ...]:
@@ -102,7 +104,12 @@ def fit(student: nn.Module, train_data, teacher: nn.Module | None = None, epochs
         names = match_layers(student, teacher, example, feature_layers)
     adapters = (make_adapters(student, teacher, names, example)
                 if "feature" in kinds and feature_distance == "mse" else None)
+    mode = training_mode(student, example)
+    if mode.mode == "none":
+        raise DataError(f"this model cannot be fine-tuned by distillation: {mode.reason}")
     unit = DistillStudent(student, names, adapters, embedding="relation" in kinds).to(dev).train()
+    if mode.mode == "eval":
+        unit.eval()
     t_capture = None
     if teacher is not None:
         teacher = copy.deepcopy(teacher).to(dev).eval()
@@ -117,7 +124,7 @@ def fit(student: nn.Module, train_data, teacher: nn.Module | None = None, epochs
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s + start_epoch * steps, total_steps) / total_steps)))
     result = FitResult(epochs=epochs, seconds=0.0, device=str(dev), world_size=world_size,
-                       kind="+".join(kinds) if kinds else "none", feature_layers=names)
+                       kind="+".join(kinds) if kinds else "none", feature_layers=names, mode=mode.mode)
     t0 = time.perf_counter()
     with unit.capture, t_capture if t_capture is not None else nullcontext():
         for epoch in range(start_epoch, epochs):

@@ -74,11 +74,11 @@ def rkd_loss(es: torch.Tensor, et: torch.Tensor, w_dist: float = 1.0, w_angle: f
 
 # Any other output structure (a detector's boxes and scores, a segmenter's dense logits, several heads):
 # each output tensor of the student is matched to the teacher's by mean squared error, divided by the
-# teacher output's mean square when that is above 1 so that heads of large scale (boxes in pixels) do not
-# drown the others, while small outputs keep plain MSE (dividing by a tiny power made the steps explode)
-# (logit matching, Ba & Caruana 2014, which needs no assumption about what a tensor means). Labels add
-# cross-entropy on the output they fit first (class logits (N, C) with labels (N,), dense logits
-# (N, C, H, W) with masks (N, H, W)).
+# teacher output's mean square when that is above 1 (per channel, where the output has channels) so that
+# heads of large scale (boxes in pixels) do not drown the others, while small outputs keep plain MSE
+# (dividing by a tiny power made the steps explode). This is logit matching (Ba & Caruana 2014), which
+# needs no assumption about what a tensor means. Labels add cross-entropy on the output they fit first
+# (class logits (N, C) with labels (N,), dense logits (N, C, H, W) with masks (N, H, W)).
 IGNORE_INDEX = 255  # the usual "void" value in segmentation masks
 
 
@@ -103,10 +103,19 @@ def task_loss(outs: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(out, y.long(), ignore_index=IGNORE_INDEX)
 
 
+def _matching(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Scaled squared error of one output; channel by channel (axis 1) where there are channels, so that a head
+    holding box coordinates in pixels beside class scores in 0..1 (YOLO's (N, 4 + classes, anchors)) does not
+    let the boxes drown the scores."""
+    if t.dim() < 3:
+        return (s - t).pow(2).mean() / t.pow(2).mean().clamp_min(1.0)
+    axes = [0, *range(2, t.dim())]
+    return ((s - t).pow(2).mean(axes) / t.pow(2).mean(axes).clamp_min(1.0)).mean()
+
+
 def output_matching_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor],
                          y: torch.Tensor | None = None, alpha: float = 0.7) -> torch.Tensor:
-    soft = torch.stack([(student[k] - teacher[k]).pow(2).mean() / teacher[k].pow(2).mean().clamp_min(1.0)
-                        for k in teacher]).mean()
+    soft = torch.stack([_matching(student[k], teacher[k]) for k in teacher]).mean()
     if labelled_output(student, y) is None:
         return soft
     return alpha * soft + (1.0 - alpha) * task_loss(student, y)

@@ -78,7 +78,7 @@ def resolve(spec, **opts):
 
 def test_yolo_layout_gives_map(tmp_path):
     s = resolve(yolo_set(tmp_path / "set"))
-    assert s.source.startswith("yolo:") and s.train is None and len(s.eval) == 6 and len(s.calib) == 6
+    assert s.source.startswith("yolo:") and len(s.eval) == 6 and len(s.calib) == 6
     targets = [t for _, y in s.eval.items for t in y]
     assert [len(t["boxes"]) for t in targets] == [1, 1, 1, 1, 1, 0]  # the last val image is background
     metric = default_metric(s.eval)
@@ -88,6 +88,31 @@ def test_yolo_layout_gives_map(tmp_path):
     assert score(torch_predictions(SquareFinder(blind=True).eval(), s.eval, 4), s.eval)[0] == 0.0
     both = mean_average_precision(torch_predictions(SquareFinder().eval(), s.eval, 4)["detections"], targets)
     assert both == {"map50": 100.0, "map": 100.0}
+
+
+def test_the_training_split_is_trains_images_unlabelled_for_distillation(tmp_path):
+    from edgeopt.config import RunConfig
+    from edgeopt.engine.prepare import prepare
+    from edgeopt.inputs.data.epochs import TrainFeed
+
+    yaml = yolo_set(tmp_path / "set", n_train=5)
+    s = resolve(yaml)
+    feed = TrainFeed(s.train)
+    assert not s.train.labelled and feed.n == 5  # every train image, background included
+    x, y = next(iter(feed.epoch(0)))
+    assert y is None and tuple(x.shape[1:]) == (3, SIZE, SIZE)
+
+    def prepared(model):
+        cfg = RunConfig().with_flat(data=str(yaml), input_shape=(1, 3, SIZE, SIZE), retrain=True,
+                                    data_options={"workers": 0})
+        return prepare(cfg, model=model, example=torch.zeros(1, 3, SIZE, SIZE)).splits
+
+    # a torchvision-style detector's outputs are per-image lists after NMS: nothing to distil, and it says so
+    splits = prepared(SquareFinder().eval())
+    assert splits.train is None and "non-maximum suppression" in splits.untrained
+    dense = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.Flatten(2)).eval()  # a raw head: distilled
+    splits = prepared(dense)
+    assert splits.train is not None and splits.untrained is None
 
 
 def test_loose_boxes_lower_map_at_strict_ious(tmp_path):

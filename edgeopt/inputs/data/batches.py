@@ -193,3 +193,4 @@ class DataSplits:
     source: str | None
     heldout_hash: str | None = None
     augmentation: str | None = None  # what fine-tuning's augmentation does and why, once decided on the model
+    untrained: str | None = None  # why the training split is not used (the model cannot be distilled), if so

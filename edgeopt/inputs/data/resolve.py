@@ -96,8 +96,11 @@ def resolve_data(spec: str, data, calib_data, train_data, eval_data, sample_shap
                               "model's input whole (the boxes with them)")
         pre = make_preprocess(sample_shape, opts.image_size, None, None, opts.mean or (0.0,), opts.std or (1.0,),
                               False)
-        read = yolo_splits if form == "yolo" else coco_splits
-        splits = read(Path(str(data)), pre, opts.seed, opts.batch_size, opts.calib_size, progress)
+        if form == "yolo":
+            splits = yolo_splits(Path(str(data)), pre, opts.seed, opts.batch_size, opts.calib_size, progress,
+                                 workers=opts.workers)
+        else:
+            splits = coco_splits(Path(str(data)), pre, opts.seed, opts.batch_size, opts.calib_size, progress)
         calib_data, train_data, eval_data = splits.calib, splits.train, splits.eval
         source, heldout_hash = splits.source, splits.heldout_hash
     elif form == "function":

@@ -4,7 +4,9 @@ box. Read as Ultralytics reads it: the label file of `<root>/images/val/a.jpg` i
 image without a label file is background (no objects). Images are resized to the model's input (no crop) and
 scaled to 0..1 (unless --mean/--std), boxes become x1 y1 x2 y2 pixels of that input, the target a detector's
 metric reads (`{"boxes", "labels"}` per image: mAP). The `val` split is the held-out set; calibration is a
-seeded sample of `train`. Detectors are not fine-tuned from here (their loss is the library's own)."""
+seeded sample of `train`. The whole of `train` (less any image also in `val`) is the training split, unlabelled:
+under --retrain a compressed detector is distilled from the original's outputs on it. Its box labels are not read
+for training: a detector's own loss (anchor assignment, box and class terms) is its library's, not ours."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 import torch
 
 from edgeopt.errors import DataError
-from edgeopt.inputs.data.batches import Batches, DataSplits
+from edgeopt.inputs.data.batches import Batches, DataSplits, StreamBatches
 from edgeopt.inputs.data.folder import IMAGE_SUFFIXES, ImageFiles, file_list_hash
 from edgeopt.inputs.data.transforms import Preprocess, eval_transform
 from edgeopt.yamlfile import load_mapping
@@ -149,9 +151,10 @@ def decode_boxes(ds: BoxFiles, batch_size: int, labelled: bool, progress=None) -
 
 
 def yolo_splits(path: Path, pre: Preprocess, seed: int = 0, batch_size: int = 32, calib_size: int = 300,
-                progress=None) -> DataSplits:
+                progress=None, workers: int | None = None) -> DataSplits:
     """Calibration (a seeded sample of `train`, unlabelled) and held-out evaluation (`val`, with boxes), both
-    in memory; no training split (see the module's note). One-line DataErrors for the layout's faults."""
+    in memory; the training split streamed from `train`, unlabelled (see the module's note). One-line
+    DataErrors for the layout's faults."""
     doc = load_mapping(path, "--data", DataError, "a data.yaml mapping (path, train, val, names)")
     root = Path(str(doc.get("path") or "."))
     root = root if root.is_absolute() else (path.parent / root)
@@ -187,9 +190,11 @@ def yolo_splits(path: Path, pre: Preprocess, seed: int = 0, batch_size: int = 32
     ev.key = f"{pre.describe()}|{heldout_hash}"
     ev.class_names = names  # a first class named "background" tells torchvision detectors' labels apart
     ev.num_classes = nc  # a raw head's score channels (measure/detection.py: decode_head)
+    tr = StreamBatches(ImageFiles(train, None, transform, pre.mode), batch_size, workers, labelled=False,
+                       key=file_list_hash([(f, 0) for f in train], root, pre.describe()))
     boxes = sum(len(t[1]) for t in ev_ds.targets)
     if progress is not None:
         progress.log(f"data: {path} (YOLO layout, {len(names)} classes): {len(val)} held-out images with "
                      f"{boxes} boxes (scored by mAP@0.5, mAP@0.5:0.95 beside it), {len(calib_files)} training "
-                     "images for calibration; no fine-tuning from box labels")
-    return DataSplits(calib=calib, train=None, eval=ev, source=f"yolo:{path}", heldout_hash=heldout_hash)
+                     f"images for calibration; {len(train)} for distillation under --retrain (box labels unused)")
+    return DataSplits(calib=calib, train=tr, eval=ev, source=f"yolo:{path}", heldout_hash=heldout_hash)

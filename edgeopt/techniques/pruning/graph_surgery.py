@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from edgeopt.inputs.hooks import forward_hooks
-from edgeopt.inputs.model_io import Inputs, flatten_outputs
+from edgeopt.inputs.model_io import Inputs, flatten_outputs, per_image_lists
 from edgeopt.techniques.pruning.importance import measured
 from edgeopt.techniques.pruning.model_families import detection_head_outputs, head_schedule, qkv_attention, settle_heads
 
@@ -91,12 +91,6 @@ def _boundary_layers(dg, ignored: list[nn.Module], roots) -> list[nn.Module]:
 
 def _call(module: nn.Module, args: tuple | dict):
     return module(**args) if isinstance(args, dict) else module(*args)
-
-
-def per_image_lists(out) -> bool:
-    """Whether a model's output is one dict of detections per image (torchvision's detectors): each holds as
-    many boxes as the detector finds, a count that follows the weights, so pruning may change it."""
-    return isinstance(out, (list, tuple)) and bool(out) and all(isinstance(o, dict) for o in out)
 
 
 def _outputs(module: nn.Module, args: tuple | dict) -> list[tuple[int, ...]]:

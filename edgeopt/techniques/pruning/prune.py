@@ -18,12 +18,11 @@ from torch import nn
 from edgeopt.errors import PruningError, first_line
 from edgeopt.inputs.feeding import batch_inputs
 from edgeopt.inputs.hooks import forward_hooks
-from edgeopt.inputs.model_io import Inputs, flatten_outputs, model_outputs
+from edgeopt.inputs.model_io import Inputs, flatten_outputs, model_outputs, per_image_lists
 from edgeopt.techniques.pruning.graph_surgery import (
     PruneSpec,
     is_attention,
     output_layers,
-    per_image_lists,
     prune_module,
 )
 from edgeopt.techniques.pruning.importance import IMPORTANCE_NAMES, MeasuredImportance, importances, inputs_of, measured

@@ -44,7 +44,9 @@ def apply_finetune(model: nn.Module, example: torch.Tensor, config, data=None, t
     return student, {"epochs": res.epochs, "seconds": res.seconds, "lr": lr,
                      "losses": [round(v, 4) for v in res.losses],
                      "distillation": res.kind, "device": res.device, "world_size": res.world_size,
-                     **({"kind_screen": screen} if screen else {}), **({"kept_sparsity": True} if masks else {})}
+                     **({"kind_screen": screen} if screen else {}), **({"kept_sparsity": True} if masks else {}),
+                     **({"mode": "eval (its training-mode outputs differ: BatchNorm statistics frozen)"}
+                        if res.mode == "eval" else {})}
 
 
 def _kind(student: nn.Module, teacher: nn.Module | None, train_data, config) -> tuple[str | None, dict | None]:

@@ -1,0 +1,53 @@
+"""The mode a model is fine-tuned in. Most models return the same outputs in training and in evaluation mode and
+train in training mode (BatchNorm statistics follow the new weights). Detectors often do not: an Ultralytics head
+returns its raw per-level maps in training mode and decoded boxes in evaluation mode, and a torchvision detector
+wants box targets in training mode and returns losses. Distillation matches the student's outputs to the teacher's
+(which runs in evaluation mode), so such a model is fine-tuned in evaluation mode: BatchNorm statistics and dropout
+frozen, gradients flowing, the usual way to fine-tune a detector on small batches. A model whose evaluation outputs
+are per-image lists after non-maximum suppression has nothing to match element by element (how many boxes it finds
+follows the weights): it is not distilled, with the reason."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from edgeopt.errors import InputShapeError, first_line
+from edgeopt.inputs.feeding import run_model
+from edgeopt.inputs.model_io import flatten_outputs, per_image_lists
+
+
+@dataclass(frozen=True)
+class TrainingMode:
+    mode: str  # "train", "eval" (outputs differ in training mode), or "none" (cannot be distilled)
+    reason: str
+
+
+def _shapes(out) -> dict[str, tuple[int, ...]] | None:
+    try:
+        return {k: tuple(v.shape) for k, v in flatten_outputs(out).items()}
+    except InputShapeError:
+        return None
+
+
+def training_mode(model: nn.Module, example) -> TrainingMode:
+    """How `model` is fine-tuned, decided on one batch `example` (a tensor or Inputs) run on a copy (training mode
+    would move the original's BatchNorm statistics)."""
+    probe = copy.deepcopy(model)
+    with torch.no_grad():
+        evaluated = run_model(probe.eval(), example)
+        if per_image_lists(evaluated):
+            return TrainingMode("none", "its outputs are per-image detections after non-maximum suppression (as "
+                                        "many boxes as it finds): there is no output to distil element by element")
+        try:
+            trained = run_model(probe.train(), example)
+        except Exception as e:  # e.g. a detector that wants box targets in training mode
+            return TrainingMode("eval", f"training mode fails on images alone ({first_line(e, 100)}): fine-tuned in "
+                                        "evaluation mode (BatchNorm statistics frozen)")
+    if _shapes(trained) != _shapes(evaluated):
+        return TrainingMode("eval", "its outputs in training mode differ from its deployed outputs (a detection "
+                                    "head's raw maps): fine-tuned in evaluation mode (BatchNorm statistics frozen)")
+    return TrainingMode("train", "training mode")
