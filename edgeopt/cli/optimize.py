@@ -138,6 +138,9 @@ def _summary(report, out_dir: Path, verbose: bool = False) -> None:
         out.print(f"chosen [bold]{escape(chosen.id)}[/]: {escape(speed_line(report) or 'not measured')}",
                   highlight=False)
         out.print(accuracy_line(report), markup=False, highlight=False)
+        for d in report.decisions:
+            if d.technique == "metric" and d.decision == "rejected":  # the task metric told nothing apart
+                out.print(f"[yellow]warning:[/] {escape(d.reason)}", highlight=False)
         if report.model.load_note:  # the published model runs as measured only when loaded this way
             out.print(f"load {report.model.chosen_artifact} as measured: {report.model.load_note[-1]}", markup=False,
                       highlight=False)

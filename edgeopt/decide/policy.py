@@ -181,6 +181,13 @@ HOLDOUT_MIN_PER_CLASS = 2
 # Without held-out data the fidelity inputs are random: the test part is a second, independent draw of as many
 # inputs as the search's (engine/holdout.py: fidelity_inputs draws 256).
 FIDELITY_TEST_INPUTS = 256
+# A task metric on which the original itself scores no better than chance means the data does not fit the
+# model (other classes, other preprocessing) or its weights are untrained: a budget of points on it protects
+# nothing (every candidate drops 0 against 0). Candidates are then judged by fidelity to the original. Chance:
+# mAP at most DEGENERATE_MAP %, top-1 at most DEGENERATE_CHANCE_FACTOR x 100/classes (a random 10-class network
+# scores 8-13 % on a few hundred images), mIoU at most 100/classes.
+DEGENERATE_MAP = 1.0
+DEGENERATE_CHANCE_FACTOR = 1.3
 # z of the two-sided 95 % interval (Wilson score interval for a proportion; Wilson 1927), for test figures
 # that are a share of images (top-1, class agreement)
 CI95_Z = 1.959964

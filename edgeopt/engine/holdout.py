@@ -25,7 +25,14 @@ from edgeopt.engine.build import evaluate_candidate
 from edgeopt.errors import DataError
 from edgeopt.inputs.data import Batches, StreamBatches
 from edgeopt.inputs.model_io import Inputs, output_layout
-from edgeopt.measure.accuracy import Metric, default_metric, load_metric, torch_predictions
+from edgeopt.measure.accuracy import (
+    BOX_FIDELITY_MEANING,
+    FIDELITY_MEANING,
+    Metric,
+    default_metric,
+    load_metric,
+    torch_predictions,
+)
 from edgeopt.report import Candidate, Decision, Report, TestSplit
 
 NO_TEST_NOTE = "test split: none — the reported accuracy is the one the search optimized on"
@@ -36,6 +43,20 @@ class Holdout:
     selection: Batches | StreamBatches
     test: Batches | StreamBatches | None
     record: TestSplit  # what the report says about the split (completed by `judge`)
+    fallback: str | None = None  # why the task metric was set aside for fidelity (`judge_by_fidelity`), if it was
+
+    def judge_by_fidelity(self, why: str) -> None:
+        """Both parts scored by agreement with the original instead of the task metric, and the reason kept."""
+        task = self.selection.metric
+        boxes = task is not None and task.name in ("map50", "map")
+        metric = Metric("fidelity", num_classes=task.num_classes if boxes else None, boxes=boxes,
+                        meaning=f"fidelity: {BOX_FIDELITY_MEANING}" if boxes else FIDELITY_MEANING)
+        for part in (self.selection, self.test):
+            if part is not None:
+                part.metric = metric
+        self.fallback = (f"{why}: an accuracy budget on it would protect nothing, so candidates are judged by "
+                         "fidelity to the original instead; check that --data matches the model (its classes, its "
+                         "preprocessing: --mean/--std, --image-size) and that its weights are trained")
 
     def decision(self) -> Decision:
         r = self.record
@@ -140,6 +161,21 @@ def metric_for(spec, eval_b: Batches | StreamBatches, net, ex: Inputs) -> Metric
     with torch.no_grad():
         layout = output_layout(ex.call(net))
     return _box_labels(load_metric(spec, layout, num_classes=getattr(eval_b, "num_classes", None)), eval_b, net)
+
+
+def degenerate(metric: Metric, baseline: float, classes: int | None) -> str | None:
+    """Why the original's own score on the held-out data is no better than chance (None when it is better)."""
+    if metric.name in ("map50", "map"):
+        floor = policy.DEGENERATE_MAP
+    elif metric.name == "top1" and classes and classes > 1:
+        floor = policy.DEGENERATE_CHANCE_FACTOR * 100.0 / classes
+    elif metric.name == "miou" and classes and classes > 1:
+        floor = 100.0 / classes
+    else:  # fidelity, a user's metric (its scale is the user's)
+        return None
+    if baseline > floor:
+        return None
+    return f"the original scores {baseline:.2f} % {metric.name} on the held-out data (chance level: {floor:.1f} %)"
 
 
 BACKGROUND_NAMES = ("background", "__background__", "bg", "_background_")

@@ -188,6 +188,12 @@ def _search(prep: Prepared, out_dir: Path, threads: int, resume: bool, progress:
         batch = ex.batch
         with phases("reference predictions"):
             reference = torch_predictions(net, eval_b, batch)
+            why = None if fidelity else holdout.degenerate(eval_b.metric, score(reference, eval_b, reference)[0],
+                                                            prep.summary.num_outputs)
+            if why:
+                held.judge_by_fidelity(why)
+                progress.log(f"[yellow]warning:[/] {held.fallback}")
+                fidelity, reference = True, torch_predictions(net, eval_b, batch)
         with phases("sensitivity"):
             sens = (_sensitivity(net, prep.example, eval_b, batch, reference if fidelity else None, progress)
                     if context.sensitivity else None)
@@ -259,6 +265,8 @@ def _report(prep: Prepared, found: Searched, threads: int, device: dict | None, 
     if splits.untrained:
         decisions.append(Decision(technique="distillation", decision="rejected", reason=splits.untrained))
     decisions.append(held.decision())
+    if held.fallback:
+        decisions.append(Decision(technique="metric", decision="rejected", reason=held.fallback))
     decisions += result.decisions  # taken on measurements (e.g. QAT only where PTQ broke the budget)
     decisions += measured_choices(result.candidates)  # made inside the retraining steps
     report = Report(edgeopt_version=__version__, context=ReportContext(**context.model_dump()),

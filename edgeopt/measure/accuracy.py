@@ -62,6 +62,8 @@ class Metric:
     label_offset: int = 0
     layout: object = None  # the model's output structure, to hand the user's metric its own nesting
     meaning: str = ""
+    # fidelity of a detector: a raw head tensor is decoded into boxes first, so that agreement is box-level
+    boxes: bool = False
 
 
 def is_logits(a: np.ndarray | torch.Tensor) -> bool:
@@ -226,6 +228,8 @@ def score(preds, batches: Batches, reference=None) -> tuple[float, str]:
         return miou(primary(preds, dense=True), _targets(batches), metric.num_classes), "miou"
     if reference is None:
         raise ConfigError("fidelity needs the original model's outputs")
+    if metric.boxes:
+        preds, reference = as_detections(preds, metric.num_classes), as_detections(reference, metric.num_classes)
     return fidelity(preds, reference), "fidelity"
 
 

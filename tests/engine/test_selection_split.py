@@ -246,21 +246,29 @@ def _track(monkeypatch):
     return seen
 
 
-def _quick(tmp_path, fast_bench, **kw):
-    return dict(target="local", eval_data=_labelled(), calib_data=_labelled(n=32, seed=1), out_dir=tmp_path,
-                runtimes=["onnxruntime"], techniques=["prune"], bench_config=fast_bench, **kw)
+def _as_predicted(model, batches):
+    """The batches labelled with the model's own answers: its top-1 is 100 %, far from chance (random labels
+    would put the original at chance, and the run would judge by fidelity instead)."""
+    with torch.no_grad():
+        return [(x, model.eval()(x).argmax(1)) for x, _ in batches]
+
+
+def _quick(tmp_path, fast_bench, model, **kw):
+    return dict(target="local", eval_data=_as_predicted(model, _labelled()), calib_data=_labelled(n=32, seed=1),
+                out_dir=tmp_path, runtimes=["onnxruntime"], techniques=["prune"], bench_config=fast_bench, **kw)
 
 
 def test_search_never_sees_the_test_images_and_the_report_shows_both(tmp_path, tiny_plain, example, fast_bench,
                                                                      monkeypatch):
     seen = _track(monkeypatch)
-    report = edgeopt.optimize(tiny_plain, example, max_accuracy_drop=100.0, **_quick(tmp_path, fast_bench))
+    report = edgeopt.optimize(tiny_plain, example, max_accuracy_drop=100.0, **_quick(tmp_path, fast_bench, tiny_plain))
     all_ids = {i for x, _ in _labelled() for i in _sample_ids(x)}
     ts = report.model.test_split
     assert ts is not None and ts.split == "stratified" and ts.images == len(seen["after"]) > 0
     assert seen["search"].isdisjoint(seen["after"]), "the search read test images"
     assert seen["search"] | seen["after"] == all_ids and len(seen["search"]) == ts.selection_images
     chosen = report.chosen_candidate
+    assert report.baseline.metric == "top1" and not [d for d in report.decisions if d.technique == "metric"]
     assert chosen.accuracy is not None and chosen.accuracy_test is not None
     assert report.baseline.accuracy_test is not None and chosen.accuracy_drop_test is not None
     assert ts.chosen == chosen.id and ts.accuracy_test == chosen.accuracy_test
@@ -286,7 +294,7 @@ def test_a_choice_that_breaks_the_budget_on_test_is_replaced_end_to_end(tmp_path
         return got if got is None or not c.steps else got - 50.0
 
     monkeypatch.setattr(holdout.TestEvaluator, "__call__", pessimistic)
-    report = edgeopt.optimize(tiny_plain, example, max_accuracy_drop=10.0, **_quick(tmp_path, fast_bench))
+    report = edgeopt.optimize(tiny_plain, example, max_accuracy_drop=10.0, **_quick(tmp_path, fast_bench, tiny_plain))
     rejected = [c for c in report.candidates if "accuracy drop on the test split" in c.reason]
     assert rejected and all(c.steps and c.status == "rejected" for c in rejected)
     chosen = report.chosen_candidate
@@ -302,3 +310,30 @@ def test_fidelity_without_data_gets_fresh_test_inputs(tmp_path, tiny_plain, exam
     ts = report.model.test_split
     assert report.baseline.metric == "fidelity" and ts.split == "fresh" and ts.images == 256
     assert report.baseline.accuracy_test is not None and report.chosen_candidate.accuracy_test is not None
+
+
+def test_a_baseline_at_chance_is_judged_by_fidelity_and_says_so(tmp_path, tiny_plain, example, fast_bench):
+    """Random labels put the original at chance: a budget of top-1 points would protect nothing (0 vs 0)."""
+    report = edgeopt.optimize(tiny_plain, example, max_accuracy_drop=1.0, target="local", eval_data=_labelled(),
+                              calib_data=_labelled(n=32, seed=1), out_dir=tmp_path, runtimes=["onnxruntime"],
+                              techniques=["prune"], bench_config=fast_bench)
+    assert report.baseline.metric == "fidelity" and report.baseline.accuracy == 100.0
+    why = [d for d in report.decisions if d.technique == "metric"]
+    assert why and why[0].decision == "rejected"
+    assert "% top1" in why[0].reason and "chance level: 13.0 %" in why[0].reason
+    assert report.baseline.accuracy_test == 100.0  # the test part is judged alike
+    assert "fidelity to the original instead" in (tmp_path / "report.md").read_text()
+
+
+def test_what_counts_as_chance():
+    from edgeopt.engine.holdout import degenerate
+    from edgeopt.measure.accuracy import Metric
+
+    assert degenerate(Metric("map50"), 0.0, None) and degenerate(Metric("map"), 0.9, None)
+    assert degenerate(Metric("map50"), 12.0, None) is None
+    assert degenerate(Metric("top1"), 12.0, 10) and degenerate(Metric("top1"), 14.0, 10) is None
+    assert degenerate(Metric("top1"), 60.0, 2) and degenerate(Metric("top1"), 70.0, 2) is None
+    assert degenerate(Metric("miou"), 20.0, 5) and degenerate(Metric("miou"), 30.0, 5) is None
+    assert degenerate(Metric("fidelity"), 0.0, 10) is None  # agreement with the original: never chance
+    assert degenerate(Metric("user:acc", fn=len), 0.0, 10) is None  # the user's scale is the user's
+    assert degenerate(Metric("top1"), 5.0, None) is None  # classes unknown: no claim
