@@ -371,6 +371,7 @@ def test_analyze_counts_what_linear_layers_hold():
     vit = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     t = analyze(vit, (2, 5, 8))  # five tokens per sample: every token goes through both layers
     assert t.linear_macs == 5 * (8 * 16 + 16 * 4)
+    assert s.residual_blocks == 5 and t.residual_blocks == 0  # what depth pruning's levels are sized by
 
 
 def test_the_latency_ladder_reaches_deep_targets_with_reconstruction():
