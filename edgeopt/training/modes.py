@@ -9,7 +9,7 @@ follows the weights): it is not distilled, with the reason."""
 
 from __future__ import annotations
 
-import copy
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -33,17 +33,33 @@ def _shapes(out) -> dict[str, tuple[int, ...]] | None:
         return None
 
 
+@contextmanager
+def _untouched(model: nn.Module):
+    """Run `model` inside and leave it as it was: its modes, its buffers (a training-mode pass moves BatchNorm
+    statistics) and the random state (dropout draws). In place, not on a copy: masked or parametrized weights
+    (pruning masks) are not leaf tensors and cannot be deep-copied."""
+    modes = {m: m.training for m in model.modules()}
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+        for m, training in modes.items():
+            m.training = training
+
+
 def training_mode(model: nn.Module, example) -> TrainingMode:
-    """How `model` is fine-tuned, decided on one batch `example` (a tensor or Inputs) run on a copy (training mode
-    would move the original's BatchNorm statistics)."""
-    probe = copy.deepcopy(model)
-    with torch.no_grad():
-        evaluated = run_model(probe.eval(), example)
+    """How `model` is fine-tuned, decided on one batch `example` (a tensor or Inputs)."""
+    with _untouched(model), torch.no_grad():
+        evaluated = run_model(model.eval(), example)
         if per_image_lists(evaluated):
             return TrainingMode("none", "its outputs are per-image detections after non-maximum suppression (as "
                                         "many boxes as it finds): there is no output to distil element by element")
         try:
-            trained = run_model(probe.train(), example)
+            trained = run_model(model.train(), example)
         except Exception as e:  # e.g. a detector that wants box targets in training mode
             return TrainingMode("eval", f"training mode fails on images alone ({first_line(e, 100)}): fine-tuned in "
                                         "evaluation mode (BatchNorm statistics frozen)")

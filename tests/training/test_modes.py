@@ -46,7 +46,7 @@ def test_modes_are_decided_by_running_the_model():
     before = raw.body[1].running_mean.clone()
     got = training_mode(raw, x)
     assert got.mode == "eval" and "BatchNorm statistics frozen" in got.reason
-    assert torch.equal(raw.body[1].running_mean, before) and not raw.training  # probed on a copy
+    assert torch.equal(raw.body[1].running_mean, before) and not raw.training  # left as it was
     got = training_mode(PerImage().eval(), x)
     assert got.mode == "none" and "non-maximum suppression" in got.reason
 
