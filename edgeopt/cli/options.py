@@ -44,8 +44,9 @@ SIZE_BUDGET = typer.Option(None, help="reject candidates larger than this on dis
 TECHNIQUES = typer.Option(None, help="restrict to these techniques, comma separated")
 RUNTIMES = typer.Option(None, help="restrict to these runtimes, e.g. onnxruntime,openvino")
 DATA = typer.Option(None, help="'digits' (built-in; default for the demo), an image folder (one sub-folder per "
-                    "class; images/ + masks/ for segmentation; a flat folder: fidelity), a YOLO data.yaml or a "
-                    "COCO JSON file (boxes: mAP@0.5 and mAP@0.5:0.95), a .npy file of inputs shaped N,C,H,W "
+                    "class; images/ + masks/ for segmentation; a flat folder: fidelity), a YOLO data.yaml (boxes: "
+                    "mAP@0.5 and mAP@0.5:0.95; with --retrain its train images distil the compressed detector) or a "
+                    "COCO JSON file (boxes), a .npy file of inputs shaped N,C,H,W "
                     "(calibration only), or module:function / "
                     "file.py:function returning {'calib','train','eval'} iterables (IMPORTS AND RUNS that code: "
                     "only code you trust); for several inputs each batch is a tuple or dict of inputs, alone or "
