@@ -86,7 +86,8 @@ def run(config: RunConfig, model=None, example=None, eval_data=None, calib_data=
     torch.manual_seed(config.measure.seed)
     phases = Phases()  # where the wall time goes: report.json's model.profile
     prep = prepare(config, model, example, eval_data, calib_data, train_data, progress, phases)
-    if prep.context.retrain and prep.splits.train is None:
+    # a model that cannot be distilled (splits.untrained says why) goes on without fine-tuning, and says so
+    if prep.context.retrain and prep.splits.train is None and not prep.splits.untrained:
         raise DataError("--retrain needs training data: pass --data (image folder, module:function returning "
                         "'train', or digits) or train_data=..., or use --no-retrain")
     rank, world_size = ddp.world()  # (0, 1) unless torchrun started this with WORLD_SIZE > 1

@@ -229,3 +229,22 @@ def test_torchvision_detector_labels_count_from_one(tmp_path):
     shifted = resolve(yaml)
     assert shifted.eval.class_names == ["background", "red", "green"]
     assert metric_for(None, shifted.eval, net, ex).label_offset == 0
+
+
+def test_retraining_goes_on_without_fine_tuning_a_detector_that_cannot_be_distilled(tmp_path, monkeypatch):
+    """--retrain with a torchvision-style detector: its training split is dropped (the report says why), and the
+    run goes on to the search instead of refusing for want of training data."""
+    import edgeopt
+    from edgeopt.engine import pipeline
+
+    class Reached(Exception):
+        pass
+
+    def search(prep, *args, **kwargs):
+        assert prep.splits.train is None and "non-maximum suppression" in prep.splits.untrained
+        raise Reached
+
+    monkeypatch.setattr(pipeline, "_search", search)
+    with pytest.raises(Reached):
+        edgeopt.optimize(SquareFinder().eval(), torch.zeros(1, 3, SIZE, SIZE), data=str(yolo_set(tmp_path / "set")),
+                         retrain=True, out_dir=tmp_path / "out", target="local", data_options={"workers": 0})
