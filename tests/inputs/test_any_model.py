@@ -210,13 +210,14 @@ def test_optimize_segmentation_miou_with_masks(tmp_path):
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(24, 3, 32, 32, generator=g)
+    torch.manual_seed(5)  # a random Segmenter that draws two classes (most seeds draw one everywhere)
     net = Segmenter(3).eval()
     with torch.no_grad():  # masks the model draws itself: far above chance (a random rule would put it at chance,
         y = net(x)["out"].argmax(1)  # and the run would judge by fidelity instead)
     report = edgeopt.optimize(net, example_inputs=x[:1], eval_data=[(x[:12], y[:12])],
                               calib_data=[(x[12:], y[12:])], **_fast(tmp_path / "o"))
     assert report.model["metric"] == "miou" and report.baseline.metric == "miou"
-    assert report.baseline.accuracy > 90
+    assert report.baseline.accuracy > 60  # chance: 33.3
 
 
 def test_user_metric_error_names_function(tmp_path):
