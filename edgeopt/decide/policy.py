@@ -139,6 +139,8 @@ AC_COST_FACTOR = 25.0
 # structure shrinks the same graph, so the ratio carries over within the timing noise of a shared CPU (a
 # few %). It is not finished on any compressed structure, which saves an export per structure.
 CANNOT_WIN_FACTOR = 1.2
+# ... in every one of this many interleaved quick measurements of the original's conversions
+CANNOT_WIN_ROUNDS = 2
 
 # The quick start (`edgeopt optimize` on the built-in demo, no --time-budget and no --config) runs with this
 # time budget: the unbounded search of every family takes about 5 minutes on 2 quiet cores, and far longer on

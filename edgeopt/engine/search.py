@@ -329,12 +329,18 @@ class Search:
         ok = [c for c in ok if c.status == "ok" and c.id in self.finisher.sessions]
         if len(ok) < 2:
             return
-        self.quick_latency([c for c in ok if c.latency_ms is None], self.finisher.sessions)
         base, budget = ledger.baseline.accuracy, self.context.max_accuracy_drop + policy.EPS_PP
         broke = {(c.format, c.precision) for c in ok
                  if base is not None and c.accuracy is not None and base - c.accuracy > budget}
-        out = cannot_win([(c.format, c.precision, c.latency_ms.p50) for c in ok if c.latency_ms is not None],
-                         broke)
+        # all of the original's conversions measured afresh side by side, in separate rounds, and a pair is
+        # ruled out only when every round agrees: a figure taken earlier (a candidate cut for time is timed
+        # alone) or one noisy round once cost a Unet its fastest runtime
+        verdicts = []
+        for _ in range(policy.CANNOT_WIN_ROUNDS):
+            self.quick_latency(ok, self.finisher.sessions)
+            verdicts.append(cannot_win([(c.format, c.precision, c.latency_ms.p50) for c in ok
+                                        if c.latency_ms is not None], broke))
+        out = {pair: why for pair, why in verdicts[-1].items() if all(pair in v for v in verdicts)}
         for (fmt, prec), why in out.items():
             for structure, specs in ledger.specs.items():
                 for spec in specs:

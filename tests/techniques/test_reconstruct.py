@@ -194,6 +194,22 @@ def test_one_pass_solves_the_same_problems_as_a_pass_per_layer(tiny, monkeypatch
         assert torch.allclose(one.model(x), per_layer.model(x), atol=1e-4, rtol=1e-4)
 
 
+def test_batches_too_large_to_join_use_the_leading_ones_that_fit(tiny, monkeypatch):
+    """Over the one-pass limit the leading batches that fit are joined (one pass, fewer batches); when fewer
+    than half fit, every batch is used and each consumer gets its own passes."""
+    from edgeopt.techniques.repair import reconstruct as rc
+
+    calib = _gauss(8, (4, 1, 16, 16))
+    x = _gauss(1, (4, 1, 16, 16), seed=5)[0]
+    per_batch = calib[0].numel()
+    monkeypatch.setattr(rc, "ONE_PASS_ELEMENTS", 5 * per_batch)
+    rec = edgeopt.prune(tiny, x[:1], ratio=0.4, data=calib, reconstruct=True).record["reconstruction"]
+    assert rec["one_pass"] is True and rec["batches"] == 5 and rec["layers"], rec
+    monkeypatch.setattr(rc, "ONE_PASS_ELEMENTS", 3 * per_batch)
+    rec = edgeopt.prune(tiny, x[:1], ratio=0.4, data=calib, reconstruct=True).record["reconstruction"]
+    assert rec["one_pass"] is False and rec["batches"] == 8 and rec["layers"], rec
+
+
 def test_fewer_rows_than_inputs_are_solved_in_the_dual_form_with_the_same_result():
     """Wide layers on small maps have fewer calibration rows than inputs: the n x n kernel form must give
     the primal ridge solution (unshrunk bias included) and its errors."""
