@@ -149,11 +149,14 @@ def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, l
         finetune=finetune_step(context, has_train_data, decisions))
     if (served := serving.decision(context, target.kind)) is not None:  # the load planned for, what it changes
         decisions.append(Decision(technique="serving", decision="applied", reason=served))
-    structures = [Structure("original", [], "unchanged model")]
+    proposed: list[Structure] = []
     for p in proposers():
         proposal = p.fn(ctx)
-        structures += proposal.structures
+        proposed += proposal.structures
         decisions += proposal.decisions
+    # the search takes the families in this order, and a time budget may end it before the last
+    structures = [Structure("original", [], "unchanged model"), *(s for s in proposed if s.early),
+                  *(s for s in proposed if not s.early)]
     qat = qat_formats(context, pairs, has_train_data, decisions)
 
     candidates: list[CandidateSpec] = []

@@ -50,6 +50,8 @@ class Structure:
     level: float = 0.0
     # the screening group whose families answer the same question; None: policy.SCREEN_GROUP_OF's
     screen: str | None = None
+    # searched before the families of lower proposer order: its proposer expects it to reach furthest here
+    early: bool = False
 
 
 @dataclass

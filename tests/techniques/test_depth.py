@@ -200,9 +200,9 @@ def test_planner_proposes_depth_on_cpu_batch1_and_says_why_elsewhere():
 
     local = load_target("x86-avx2").model_copy(update={"detected": False})
 
-    def run(target, shape=(1, 3, 64, 64), calib=True, residual_blocks=None, **ctx):
+    def run(target, shape=(1, 3, 64, 64), calib=True, residual_blocks=None, layers=None, **ctx):
         summary = ModelSummary(params=10**6, macs=10**8, input_shape=list(shape), num_outputs=10,
-                               prunable_groups=4, min_channels=64, layers={"conv": 8, "linear": 1},
+                               prunable_groups=4, min_channels=64, layers=layers or {"conv": 8, "linear": 1},
                                residual_blocks=residual_blocks)
         p = plan(make_context(target=target, **ctx), load_target(target), summary, local, ["onnxruntime"],
                  has_calib_data=calib)
@@ -225,3 +225,29 @@ def test_planner_proposes_depth_on_cpu_batch1_and_says_why_elsewhere():
     p, by = run("x86-avx2", residual_blocks=0)
     assert not any(c.family == "depth_prune" for c in p.candidates)
     assert by["depth_prune"].decision == "skipped" and "no residual block" in by["depth_prune"].reason
+
+
+def test_a_transformers_blocks_are_searched_before_its_channels():
+    """The search takes families in the plan's order and a time budget can end it early: DeiT-tiny's blocks
+    were never tried under --retrain at 300 s, the channel criteria used the time. A model with attention
+    gets its depth family first; a CNN keeps the channel families first."""
+    from edgeopt.config import ModelSummary, make_context
+    from edgeopt.decide.plan import plan
+    from edgeopt.targets import load_target
+
+    local = load_target("x86-avx2").model_copy(update={"detected": False})
+
+    def families(layers):
+        summary = ModelSummary(params=10**6, macs=10**8, input_shape=[1, 3, 96, 96], num_outputs=10,
+                               prunable_groups=4, min_channels=64, layers=layers, residual_blocks=12)
+        p = plan(make_context(target="x86-avx2"), load_target("x86-avx2"), summary, local, ["onnxruntime"],
+                 has_calib_data=True)
+        order = list(dict.fromkeys(c.family for c in p.candidates if c.family))
+        return order, {d.technique: d for d in p.decisions}
+
+    order, by = families({"conv": 1, "linear": 48, "attention": 12})
+    assert order[0] == "depth_prune" and len(order) > 1
+    assert "tried before channel pruning" in by["depth_prune"].reason
+    order, by = families({"conv": 20, "linear": 1})
+    assert order[0] != "depth_prune" and "depth_prune" in order
+    assert "tried before" not in by["depth_prune"].reason

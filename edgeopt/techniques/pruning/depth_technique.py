@@ -51,14 +51,20 @@ def propose(ctx: PlanningContext) -> Proposal:
     if not levels:
         return skip("depth_prune", "the model has no residual block (an f(x) + x of unchanged shape): removing a "
                                    "plain layer would break the network")
+    # in a transformer, thinning the Linear layers inside its blocks barely shortens a batch-1 call (DeiT-tiny
+    # at 96 px, 10 % of its widths cut: 2.70 against 2.71 ms at OpenVINO INT8) while each block removed takes a
+    # whole share of the work and its dispatch, so its blocks are tried before the channel criteria
+    early = summary.layers.get("attention", 0) > 0
     out = []
     for blocks in levels:
         out.append(Structure(f"depth{blocks}" + ("-ft" if finetune else ""),
                              then_finetune([DepthConfig(blocks=blocks)], finetune),
                              f"layer-level pruning: the {blocks} cheapest residual block(s) removed (measured cost), "
                              "BN re-estimated" + (" + distillation fine-tuning" if finetune else ""), "depth_prune",
-                             float(blocks)))
+                             float(blocks), early=early))
     return Proposal(out, [Decision(
         technique="depth_prune", decision="applied",
         reason=f"{target.name}: {why} (removing {', '.join(map(str, levels))} of "
-               f"{summary.residual_blocks if summary.residual_blocks is not None else 'the'} residual blocks)")])
+               f"{summary.residual_blocks if summary.residual_blocks is not None else 'the'} residual blocks)"
+               + ("; tried before channel pruning: in a transformer whole blocks save more than thinner layers"
+                  if early else ""))])
