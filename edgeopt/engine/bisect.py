@@ -2,7 +2,8 @@
 against the accuracy budget, and the real reason each level left out was left out.
 
 Accuracy falls with the level, so log2(levels) screenings find the most aggressive level within budget. The
-search keeps that level and policy.MARGIN_LEVELS milder ones (reduced precisions lose some accuracy on top)."""
+search keeps that level and policy.MARGIN_LEVELS milder ones (reduced precisions lose some accuracy on top),
+and one milder level at least where the settled one used most of the budget (the test split judges again)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ def bisect(family: str, levels: list[str], screen: Callable[[str], float | None]
             lo = mid
         else:
             hi = mid
-    kept = [levels[i] for i in range(lo, lo - margin_levels - 1, -1) if i >= 0]
+    near = lo >= 0 and (drops[levels[lo]] or 0.0) > policy.NEAR_BUDGET_SHARE * budget
+    margin = max(margin_levels, 1) if near else margin_levels
+    kept = [levels[i] for i in range(lo, lo - margin - 1, -1) if i >= 0]
     settled = levels[lo] if lo >= 0 else None
     stop = stopped() if hi - lo > 1 else None  # asked only where a level was left unscreened
     unfinished = stop is not None  # the search stopped before the bisection settled
@@ -48,6 +51,8 @@ def bisect(family: str, levels: list[str], screen: Callable[[str], float | None]
         what = "none (even the mildest level breaks the budget)"
     out = Outcome(kept=kept, settled=settled,
                   trace=f"{family}: bisection kept {what}" + (f", margin {', '.join(kept[1:])}" if kept[1:] else "")
+                  + (f" (its drop {drops[levels[lo]]:.2f} pp is near the budget: the test split may reject it)"
+                     if near and kept[1:] and margin_levels == 0 else "")
                   + (f"; {stop.removeprefix('not tried: ')} before it settled" if unfinished and settled else ""))
     for i, level in enumerate(levels):
         if level not in kept:
