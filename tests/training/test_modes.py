@@ -96,3 +96,23 @@ def test_ultralytics_yolo_is_distilled_from_unlabelled_images():
     assert res.mode == "eval" and len(res.losses) == 1 and res.losses[0] > 0
     with torch.no_grad():
         assert student(x)[0].shape == teacher(x)[0].shape
+
+
+def test_the_kind_screen_tells_rates_apart_on_a_raw_detector_head():
+    """The cosine of a raw head's values barely moves whatever a probe did (YOLOv8n: 99.98 for every rate),
+    so the screen could not choose; it scores the scaled error the distillation minimises instead."""
+    from edgeopt.training.screen import choose_kind, output_match
+
+    torch.manual_seed(0)
+    teacher = RawInTraining().eval()
+    student = RawInTraining().eval()
+    with torch.no_grad():
+        student.load_state_dict(teacher.state_dict())
+        student.head.weight.add_(0.05 * torch.randn_like(student.head.weight))  # close to the teacher
+    images = [torch.rand(8, 3, 8, 8) for _ in range(8)]
+    held = [(x, None) for x in images[-2:]]
+    assert output_match(teacher, held, teacher) == 100.0 > output_match(student, held, teacher)
+    kind, rec = choose_kind(student, teacher, images, rates=(0.001, 1e-6))
+    assert rec["metric"] == "output_match_to_teacher"
+    assert len(set(rec["rates"].values())) == 3, rec  # the three rates score apart
+    assert f"{rec['lr']:g}" == max(rec["rates"], key=rec["rates"].get) and kind == "response"
