@@ -11,7 +11,7 @@ a hook just before it runs (so the layers after it see its solved weights): the 
 as cutting a pass short at every consumer, for the cost of one pass instead of one per layer. Above
 `ONE_PASS_ELEMENTS` input values the leading batches that fit are used (each gives many rows per layer, so a
 few batches fewer barely change a solve, while a pass per consumer costs about half a forward per layer and
-batch: 111 s against 7 s on a YOLOv8n at 160 px); only when fewer than half of them fit does each consumer
+batch: 41 s against 7 s on a YOLOv8n at 160 px); only when fewer than half of them fit does each consumer
 get its own passes over all of them."""
 
 from __future__ import annotations
