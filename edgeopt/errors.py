@@ -52,6 +52,11 @@ class PruningError(EdgeOptError):
     """The model cannot be pruned as asked."""
 
 
+class TimeBudgetError(EdgeOptError):
+    """The run's --time-budget ran out inside a step that measures as it goes (a latency table): what it
+    measured is kept for the next run, the step is not finished. Not a failure of the candidate."""
+
+
 class ArtifactError(EdgeOptError):
     """An artifact file is missing, not a model, or does not fit the requested input."""
 

@@ -63,7 +63,10 @@ def bisect(family: str, levels: list[str], screen: Callable[[str], float | None]
 def _why_dropped(level: str, i: int, lo: int, hi: int, levels: list[str], drops: dict, budget: float,
                  stop: str | None, failure: Callable[[str], str | None]) -> tuple[str, str]:
     if level in drops and drops[level] is None:
-        return "failed", f"build failed: {failure(level) or 'unknown error'}"
+        why = failure(level) or "unknown error"
+        if why.startswith("not tried: "):  # the time budget ran out inside its build: not a failure
+            return "rejected", why
+        return "failed", f"build failed: {why}"
     if level in drops:
         drop = drops[level]
         if drop > budget + policy.EPS_PP:

@@ -22,6 +22,7 @@ from edgeopt.decide.plan import CandidateSpec
 from edgeopt.engine.build import Built, to_cache
 from edgeopt.engine.cache import CandidateCache, key
 from edgeopt.engine.ledger import FATAL, TIME_STOP, Builds, Ledger, StopClock, layout, why_failed
+from edgeopt.errors import TimeBudgetError
 from edgeopt.formats.base import Session
 from edgeopt.report import Candidate, Decision
 from edgeopt.techniques import TECHNIQUES
@@ -336,6 +337,9 @@ class Finisher:
         t0 = time.perf_counter()
         b = self.builds.get(spec.structure)
         _add_phase(self.phases, spec.id, "build", time.perf_counter() - t0)
+        if isinstance(b, TimeBudgetError):  # ended halfway by the time budget: not a failure, not cached
+            cand.status, cand.reason = "rejected", str(b)
+            return True
         if isinstance(b, Exception):
             cand.status, cand.reason = "failed", why_failed(b)
             if self.cache.enabled:

@@ -16,7 +16,8 @@ from torch import nn
 
 from edgeopt.decide.plan import CandidateSpec, Plan
 from edgeopt.engine.build import Built, new_candidate
-from edgeopt.errors import BackendMissingError, ConfigError, EdgeOptError, first_line
+from edgeopt.errors import BackendMissingError, ConfigError, EdgeOptError, TimeBudgetError, first_line
+from edgeopt.measure.latency_table import measured_until
 from edgeopt.report import Candidate
 
 # errors that no other candidate would escape (a bad configuration, a missing backend): the run stops and
@@ -75,15 +76,19 @@ class Builds:
     pruned model), with its channel layout and build time; a failed build is kept as its exception."""
 
     def __init__(self, builder, ledger: Ledger, progress,
-                 announce: Callable[[str, list, str | None], None] | None = None):
+                 announce: Callable[[str, list, str | None], None] | None = None,
+                 until: Callable[[], float | None] | None = None):
         self.builder, self.ledger, self.progress, self.announce = builder, ledger, progress, announce
+        self.until = until  # the time.perf_counter() a build's latency table must be measured by (None: any)
         self.built: dict[str, Built | Exception] = {}
+        # builds the time budget ended halfway: not failures, and built again when asked again (in grace)
+        self.out_of_time: dict[str, TimeBudgetError] = {}
         self.seconds: dict[str, float] = {}
         self.layout_of: dict[str, str] = {}
         self.base_of: dict[str, str] = {}  # structure -> the structure it is built on (QAT)
 
     def failure(self, structure: str) -> str | None:
-        b = self.built.get(structure)
+        b = self.built.get(structure, self.out_of_time.get(structure))
         return why_failed(b) if isinstance(b, Exception) else None
 
     def ready(self, structure: str) -> Built | None:
@@ -111,12 +116,17 @@ class Builds:
                     start, steps = built.model, spec.steps[len(specs[base][0].steps):]
                 if self.announce is not None:
                     self.announce(structure, steps, base)
-                b = self.builder.build(start, spec.model_copy(update={"steps": steps}))
+                with measured_until(self.until() if self.until is not None else None):
+                    b = self.builder.build(start, spec.model_copy(update={"steps": steps}))
                 if base is not None:
                     b.records = self.built[base].records + b.records
                 self.layout_of[structure] = layout(b.model)
             except FATAL:
                 raise
+            except TimeBudgetError as e:
+                self.seconds[structure] = round(time.perf_counter() - t0, 2)
+                self.out_of_time[structure] = TimeBudgetError(f"not tried: {TIME_STOP} ({e})")
+                return self.out_of_time[structure]
             except Exception as e:  # one candidate's failure is data in the report, not a crash
                 b = e
             self.built[structure] = b
@@ -159,6 +169,12 @@ class StopClock:
         ("end"); None without a time budget."""
         budget = self.time_budget_s
         return None if not budget else budget * (1 - self.kept_back(until)) - self.elapsed()
+
+    def deadline(self) -> float | None:
+        """The time.perf_counter() value at which the search's share runs out; None without a time budget or
+        while `grace` holds (what runs then is finished whatever the budget says)."""
+        left = self.left("search")
+        return None if left is None or self._grace else time.perf_counter() + left
 
     def check(self) -> bool:
         """Stopped? (and stop now when the search's share of the time budget has run out)."""

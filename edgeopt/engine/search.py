@@ -33,6 +33,7 @@ from edgeopt.engine.cache import CandidateCache, key
 from edgeopt.engine.family_screening import Screening, screen_group
 from edgeopt.engine.finish import Finisher
 from edgeopt.engine.ledger import Builds, Ledger, StopClock, layout, why_failed
+from edgeopt.errors import TimeBudgetError
 from edgeopt.formats.base import Session
 from edgeopt.report import Candidate, Decision
 from edgeopt.techniques import QATConfig
@@ -117,8 +118,8 @@ class Search:
         self.screen_seconds = 0.0
         self.after_budget: set[str] = set()
         self.ledger = Ledger(self.plan, self.progress)
-        self.builds = Builds(self.builder, self.ledger, self.progress, self.announce)
         self.clock = StopClock(self.context.time_budget_s, self.t_start, self.trace)
+        self.builds = Builds(self.builder, self.ledger, self.progress, self.announce, until=self.clock.deadline)
         self.finisher = Finisher(self.ledger, self.builds, self.clock, self.builder, self.cache, self.cache_parts,
                                  self.context, self.decisions, self.progress)
         self.finisher.screened = self.screened
@@ -260,6 +261,11 @@ class Search:
             self.trace.append(f"screen {structure}: drop {hit['drop']:.2f} pp (cached)")
             return hit["drop"]
         b = self.builds.get(structure)
+        if isinstance(b, TimeBudgetError):  # not a failure: the search's share ran out inside the build
+            self.clock.out_of_time = True
+            if not self.clock.reason:
+                self.clock.stop(str(b))
+            return None
         if isinstance(b, Exception):
             self.screened[structure] = None
             self.trace.append(f"screen {structure}: failed ({why_failed(b)})")

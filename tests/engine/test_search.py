@@ -223,6 +223,37 @@ def test_time_budget_spent_before_any_finish_still_offers_the_best_screened_stru
     assert sum(x.status == "ok" for x in c.values()) >= 2
 
 
+def test_a_build_the_time_budget_ends_halfway_is_not_a_failure(tmp_path, monkeypatch):
+    """A latency table stopped at the search's deadline (measure/latency_table.py: measured_until) ends its
+    build with TimeBudgetError: the search stops as for any time stop, its candidates are rejected with that
+    reason (not failed), and nothing of it is cached as a failure for the next run."""
+    from edgeopt.errors import TimeBudgetError
+    from edgeopt.measure import latency_table
+
+    deadlines = []
+
+    class TableBuilder(FakeBuilder):
+        def build(self, start, spec):
+            deadlines.append(latency_table._UNTIL.get())
+            if spec.structure == "factorize30":
+                raise TimeBudgetError("the time ran out while measuring the openvino latency table: 40 entries "
+                                      "measured, kept on disk for the next run")
+            return super().build(start, spec)
+
+    clock = [0.0]
+    monkeypatch.setattr(ledger.time, "perf_counter", lambda: clock[0])
+    builder = TableBuilder(tmp_path, {}, clock=clock)
+    search = _search(tmp_path, builder, plan=_plan(families=("prune", "factorize")), time_budget_s=3600)
+    c = _by_id(search.run())
+    assert all(d is not None for d in deadlines[1:])  # every build after the baseline has the search's deadline
+    why = c["factorize30@onnx-fp32"].reason
+    assert c["factorize30@onnx-fp32"].status == "rejected" and why.startswith("not tried: stopped by the time")
+    assert "kept on disk for the next run" in why
+    assert not any(x.status == "failed" for x in c.values())
+    assert search.stopped and "latency table" in search.stopped
+    assert "factorize30" not in search.builds.built  # asked again later (in grace), it is built again
+
+
 def test_failures_are_recorded_not_raised(tmp_path):
     builder = FakeBuilder(tmp_path, {}, errors={"prune30": RuntimeError("boom")},  # the first level screened
                           export_errors={"prune20@onnx-int8": ExportError("int8 export broke")})
