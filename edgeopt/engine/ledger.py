@@ -58,6 +58,12 @@ class Ledger:
         self.specs[spec.structure] = [spec]
         self.cands[spec.id] = new_candidate(spec)
 
+    def add_structure(self, specs: list[CandidateSpec]) -> None:
+        """A structure the search composed from measurements (stacking), with its candidates."""
+        self.specs[specs[0].structure] = list(specs)
+        for spec in specs:
+            self.cands[spec.id] = new_candidate(spec)
+
     def find(self, structure: str, format: str, precision: str) -> Candidate | None:
         spec = next((s for s in self.specs.get(structure, ()) if s.format == format and s.precision == precision),
                     None)

@@ -33,6 +33,7 @@ from edgeopt.engine.cache import CandidateCache, key
 from edgeopt.engine.family_screening import Screening, screen_group
 from edgeopt.engine.finish import Finisher
 from edgeopt.engine.ledger import Builds, Ledger, StopClock, layout, why_failed
+from edgeopt.engine.stacking import stack
 from edgeopt.errors import TimeBudgetError
 from edgeopt.formats.base import Session
 from edgeopt.report import Candidate, Decision
@@ -113,6 +114,7 @@ class Search:
         self.trace: list[str] = []
         self.decisions: list[Decision] = []  # decisions taken on measurements (screening, QAT, accuracy control)
         self.screened: dict[str, float | None] = {}
+        self.settled: dict[str, str | None] = {}  # family -> the level its bisection kept
         self.partial: dict[str, tuple[int, int]] = {}  # structure -> (seen, total): a screening stopped early
         self.screenings: list[Screening] = []
         self.screen_seconds = 0.0
@@ -161,10 +163,11 @@ class Search:
                 screened_out |= self._screen_group(group, families)
             if fam in screened_out:
                 continue
-            for s in self._bisect(fam, structures):
+            for s in self.bisect_family(fam, structures):
                 self.finisher.finish(s)
                 self._compressed_finished()
             self._early_stop()
+        stack(self, families, self.settled)
         self._qat_phase()
         self._finish_best_screened()
         for c in ledger.cands.values():
@@ -179,7 +182,9 @@ class Search:
             screen_seconds=self.screen_seconds, after_budget=self.after_budget)
 
     # ---- structures: bisection, screening -------------------------------------------------------------
-    def _bisect(self, fam: str, structures: list[str]) -> list[str]:
+    def bisect_family(self, fam: str, structures: list[str]) -> list[str]:
+        """Bisect one family's structures (mildest first) against the accuracy budget; mark the levels left
+        out with why, record the level it settled at. Returns the structures kept (settled, then margin)."""
         specs = self.ledger.specs
         # the margin level leaves room for what a reduced precision loses on top of the structure; a family
         # exported at fp32 only (e.g. no int8/bf16 units here) would only export it to never choose it
@@ -191,6 +196,7 @@ class Search:
                      policy.MARGIN_LEVELS if reduced and not checked else 0,
                      first=next((i for i, s in enumerate(structures) if s in self.screened), None))
         self.trace.append(out.trace)
+        self.settled[fam] = out.settled
         for s, (status, why) in out.dropped.items():
             if "PyTorch accuracy drop" in why:
                 why += self._partial_note(s)

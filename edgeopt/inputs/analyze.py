@@ -77,8 +77,9 @@ def layer_mix(model: nn.Module) -> dict[str, int]:
                 "grouped_conv" if m.groups > 1 else "conv")
         elif isinstance(m, nn.Linear):
             add("linear")
-        elif isinstance(m, nn.MultiheadAttention) or type(m).__name__.lower().endswith("attention"):
-            add("attention")
+        elif isinstance(m, nn.MultiheadAttention) or (type(m).__name__.lower().endswith("attention")
+                                                       and any(True for _ in m.parameters())):
+            add("attention")  # a weightless wrapper named so is not attention (smp's Unet: Identity inside)
         elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
             add("batchnorm")
         elif isinstance(m, (nn.LayerNorm, nn.GroupNorm)):

@@ -136,3 +136,42 @@ def test_int8_without_calibration_is_skipped_or_random_on_request(tmp_path, tiny
     assert int8 and int8[0].status in ("ok", "rejected")
     assert report.environment["calibration"] == "random"
     assert any(d.technique == "calibration" and "meaningless" in d.reason for d in report.decisions)
+
+
+class _Block(torch.nn.Module):
+    def __init__(self, w):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(w, w, 3, padding=1, bias=False), torch.nn.BatchNorm2d(w),
+                                        torch.nn.ReLU(), torch.nn.Conv2d(w, w, 3, padding=1, bias=False),
+                                        torch.nn.BatchNorm2d(w))
+
+    def forward(self, x):
+        return torch.relu(x + self.body(x))
+
+
+class _Residual(torch.nn.Module):
+    def __init__(self, w=16):
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(1, w, 3, padding=1), torch.nn.ReLU())
+        self.blocks = torch.nn.Sequential(*[_Block(w) for _ in range(4)])
+        self.fc = torch.nn.Linear(w, 10)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def test_optimize_stacks_another_techniques_family_on_the_fastest_structure(tmp_path, example, fast_bench):
+    """Channel pruning and depth pruning each settle alone; the fastest structure within budget then gets the
+    other technique's family bisected on top of it, built from its model, exported and measured."""
+    torch.manual_seed(0)
+    report = edgeopt.optimize(_Residual().eval(), example, target="local", max_accuracy_drop=100.0,
+                              calib_data=_data(seed=1, labels=False), out_dir=tmp_path, runtimes=["onnxruntime"],
+                              techniques=["prune", "depth_prune"], bench_config=fast_bench)
+    stack = next(d for d in report.decisions if d.technique == "stack")
+    assert stack.decision == "applied", stack.reason
+    stacked = [c for c in report.candidates if "+" in c.structure and c.status == "ok"]
+    assert stacked, [(c.id, c.status, c.reason) for c in report.candidates if "+" in c.structure]
+    kinds = {s.technique for s in stacked[0].steps}
+    assert {"prune", "depth_prune"} <= kinds
+    base = next(c for c in report.candidates if c.structure == stacked[0].structure.split("+")[0])
+    assert stacked[0].macs < base.macs  # the family's cut on top of the base's

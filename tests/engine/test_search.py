@@ -494,3 +494,44 @@ def test_a_screening_stopped_early_says_so_and_is_reused_only_under_the_budget_i
     assert "prune50" not in builder.screens and c["prune50@onnx-fp32"].status == "rejected"
     builder, c = run(20.0)  # over 12.5 pp: the 64 samples prove nothing, so it is screened again
     assert "prune50" in builder.screens
+
+
+def _timed(ms_of):
+    def quick(cands, sessions):
+        for cand in cands:
+            ms = ms_of(cand.structure)
+            cand.latency_ms = LatencyStats(p50=ms, p90=ms, p99=ms, mean=ms, std=0.0, n=5)
+    return quick
+
+
+def test_the_fastest_structure_gets_another_techniques_family_stacked_on_it(tmp_path):
+    """Each family settles alone: prune at 40 % (0.4 pp), factorize at 30 % (0.3 pp). The fastest of them is
+    the base, factorize is bisected again on top of it at its levels up to where it settled alone, built from
+    the base's model, and the composite that holds the budget is finished like any candidate."""
+    drops = {f"prune{int(r * 100)}": r for r in (0.1, 0.2, 0.3, 0.4)}
+    drops |= {"prune50": 1.5, "prune60": 3.0, "factorize10": 0.1, "factorize20": 0.2, "factorize30": 0.3,
+              "factorize40": 1.2, "factorize50": 2.0, "factorize60": 3.0}
+    drops |= {"prune40+factorize10": 0.6, "prune40+factorize20": 0.9, "prune40+factorize30": 1.4}
+    builder = FakeBuilder(tmp_path, drops)
+    search = _search(tmp_path, builder, plan=_plan(families=("prune", "factorize")))
+    search.quick_latency = _timed(lambda s: {"original": 4.0, "prune40": 2.0, "factorize30": 3.0}.get(s, 2.5))
+    c = _by_id(search.run())
+    assert c["prune40+factorize20@onnx-fp32"].status == "ok"  # the most aggressive composite within budget
+    assert c["prune40+factorize30@onnx-fp32"].status == "rejected"
+    assert "1.40 pp > budget" in c["prune40+factorize30@onnx-fp32"].reason
+    assert "prune40+factorize40@onnx-fp32" not in c  # broke the budget alone: not tried on top either
+    assert search.base_of["prune40+factorize20"] == "prune40"  # built from the base's model
+    steps = [s.technique for s in c["prune40+factorize20@onnx-fp32"].steps]
+    assert steps == ["prune", "factorize"]
+    stack = next(d for d in search.decisions if d.technique == "stack")
+    assert stack.decision == "applied" and "factorize bisected again on top of prune40" in stack.reason
+
+
+def test_nothing_is_stacked_without_another_technique_that_held_the_budget(tmp_path):
+    drops = {f"prune{int(r * 100)}": r for r in RATIOS}
+    search = _search(tmp_path, FakeBuilder(tmp_path, drops), plan=_plan(families=("prune",)))
+    search.quick_latency = _timed(lambda s: 1.0)
+    c = _by_id(search.run())
+    assert not any("+" in cid for cid in c)
+    stack = next(d for d in search.decisions if d.technique == "stack")
+    assert stack.decision == "skipped" and "another technique" in stack.reason

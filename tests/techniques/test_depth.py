@@ -1,5 +1,6 @@
 """Layer-level (depth) pruning: residual blocks found by tracing, removed by measured cost."""
 
+import copy
 import json
 import subprocess
 import sys
@@ -251,3 +252,25 @@ def test_a_transformers_blocks_are_searched_before_its_channels():
     order, by = families({"conv": 20, "linear": 1})
     assert order[0] != "depth_prune" and "depth_prune" in order
     assert "tried before" not in by["depth_prune"].reason
+
+
+def test_block_costs_are_measured_once_for_every_level(trained, monkeypatch):
+    """Each level of a search removes blocks of the same model, ranked on the same held-out batches: the
+    costs are measured for the first level and reused (a Unet's ten blocks took 65 s per level)."""
+    from edgeopt.techniques.pruning import depth
+
+    model, _, val = trained
+    calls = []
+    cost = depth._cost
+    monkeypatch.setattr(depth, "_cost", lambda *a: calls.append(1) or cost(*a))
+    batches = list(val.items) if hasattr(val, "items") else list(val)
+    one = edgeopt.depth_prune(model, torch.randn(1, 1, 8, 8), batches, blocks=1).record
+    first = len(calls)
+    two = edgeopt.depth_prune(model, torch.randn(1, 1, 8, 8), batches, blocks=2).record
+    assert first >= 1 + len(one["blocks_found"]) and len(calls) - first <= 2  # the removed model's score only
+    assert two["costs"] == one["costs"] and two["removed"][:1] == one["removed"]
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.parameters()).mul_(0.5)
+    edgeopt.depth_prune(other, torch.randn(1, 1, 8, 8), batches, blocks=1)  # other weights: measured again
+    assert len(calls) - first > 2

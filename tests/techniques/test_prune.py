@@ -243,3 +243,20 @@ def test_per_image_box_lists_may_change_length_when_pruned():
         before, after = model(x)[0], small(x)[0]
     assert small.a.out_channels == 6 and len(after["boxes"]) != len(before["boxes"])
     assert after["boxes"].shape[1:] == before["boxes"].shape[1:]
+
+
+def test_a_weightless_wrapper_named_attention_is_not_counted_as_attention():
+    """smp's Unet decoder wraps an Identity in modules named `Attention`: counting them made the planner treat
+    a CNN as a transformer (its depth family searched first)."""
+    from edgeopt.inputs.analyze import layer_mix
+
+    class Attention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attention = torch.nn.Identity()
+
+        def forward(self, x):
+            return self.attention(x)
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), Attention(), torch.nn.MultiheadAttention(4, 2))
+    assert layer_mix(model)["attention"] == 1 and layer_mix(model)["conv"] == 1
