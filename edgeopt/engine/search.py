@@ -33,7 +33,7 @@ from edgeopt.engine.cache import CandidateCache, key
 from edgeopt.engine.family_screening import Screening, screen_group
 from edgeopt.engine.finish import Finisher
 from edgeopt.engine.ledger import Builds, Ledger, StopClock, layout, why_failed
-from edgeopt.engine.stacking import stack
+from edgeopt.engine.stacking import ready, stack
 from edgeopt.errors import TimeBudgetError
 from edgeopt.formats.base import Session
 from edgeopt.report import Candidate, Decision
@@ -152,6 +152,7 @@ class Search:
         for structures in families.values():
             structures.sort(key=lambda s: ledger.specs[s][0].level)
         screened_out: set[str] = set()
+        stacked = False
         if self.executor is not None:
             self.executor.prefetch(self, families)
         for fam, structures in families.items():
@@ -167,7 +168,11 @@ class Search:
                 self.finisher.finish(s)
                 self._compressed_finished()
             self._early_stop()
-        stack(self, families, self.settled)
+            if not stacked and ready(self, families, self.settled):  # before the rest spend the time
+                stack(self, families, self.settled)
+                stacked = True
+        if not stacked:
+            stack(self, families, self.settled)  # says why nothing was stacked
         self._qat_phase()
         self._finish_best_screened()
         for c in ledger.cands.values():

@@ -26,6 +26,14 @@ def techniques_of(spec: CandidateSpec) -> frozenset[str]:
     return frozenset(s.technique for s in spec.steps) - _SUPPORT_STEPS
 
 
+def ready(search, families: dict[str, list[str]], settled: dict[str, str | None]) -> bool:
+    """Whether families of two techniques have each settled at a level within the budget: what stacking
+    needs, checked after each family so that it runs before the remaining families spend the time budget."""
+    kinds = {techniques_of(search.ledger.specs[level][0]) for fam, level in settled.items()
+             if level is not None and fam in families}
+    return len(kinds) >= 2
+
+
 def stack(search, families: dict[str, list[str]], settled: dict[str, str | None]) -> None:
     """Bisect the fastest other-technique family on top of the fastest compressed candidate (module doc).
     `families`: family -> its structures, mildest first; `settled`: family -> the level its own bisection kept.
@@ -33,7 +41,10 @@ def stack(search, families: dict[str, list[str]], settled: dict[str, str | None]
     why nothing was."""
     ledger, clock = search.ledger, search.clock
     base_acc = ledger.baseline.accuracy
-    if base_acc is None or clock.check():
+    if base_acc is None:
+        return
+    if clock.check():
+        _skip(search, clock.reason.removeprefix("not tried: "))
         return
     limit = search.context.max_accuracy_drop + policy.EPS_PP
     ok = [c for c in ledger.cands.values() if c.status == "ok" and c.structure != ledger.original
@@ -44,6 +55,7 @@ def stack(search, families: dict[str, list[str]], settled: dict[str, str | None]
     search.quick_latency(ok, search.finisher.sessions)
     timed = [c for c in ok if c.latency_ms is not None]
     if not timed:
+        _skip(search, "no compressed candidate could be timed")
         return
     best = min(timed, key=lambda c: c.latency_ms.p50)
     base, kinds = best.structure, techniques_of(ledger.specs[best.structure][0])

@@ -35,7 +35,10 @@ def apply(model, example, config: DepthConfig, data=None, teacher=None, train_da
                        progress=progress)
 
 
-@proposer("depth_prune", order=80)
+# right after the channel-pruning families that reach furthest (reconstruction, the latency table) and before the
+# criteria screen: another technique settled early gives stacking (engine/stacking.py) its second family while
+# the time budget still allows it
+@proposer("depth_prune", order=8)
 def propose(ctx: PlanningContext) -> Proposal:
     target, summary, context, finetune = ctx.target, ctx.summary, ctx.context, ctx.finetune
     if not ctx.allowed("depth_prune"):
