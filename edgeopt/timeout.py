@@ -1,10 +1,40 @@
-"""Bound the wall time of analyses that can hang (graph tracing of exotic models)."""
+"""Bounding wall time: a hard limit for analyses that can hang (graph tracing of exotic models), and the run's
+deadline inside a long step. A step made of many small parts that no one can forecast from the search's other
+builds (a latency table's entries: SSDlite's took 175 s where reconstruction builds took 7-19 s; Torch-Pruning's
+groups of a large graph: 3-6 s each on SSDlite) checks the deadline between parts, so a --time-budget is not
+overrun by a whole step. The engine sets it around a build; unset, nothing stops."""
 
 from __future__ import annotations
 
 import contextlib
 import signal
 import threading
+import time
+from collections.abc import Iterator
+from contextvars import ContextVar
+
+_UNTIL: ContextVar[float | None] = ContextVar("edgeopt_deadline", default=None)
+
+
+@contextlib.contextmanager
+def run_until(deadline: float | None) -> Iterator[None]:
+    """Within this block `deadline_passed()` says whether time.perf_counter() is past `deadline` (None: never)."""
+    token = _UNTIL.set(deadline)
+    try:
+        yield
+    finally:
+        _UNTIL.reset(token)
+
+
+def deadline_passed() -> bool:
+    """Whether the deadline of the enclosing `run_until` block has passed (a step then raises TimeBudgetError,
+    keeping what it can for the next run)."""
+    limit = _UNTIL.get()
+    return limit is not None and time.perf_counter() > limit
+
+
+def current_deadline() -> float | None:
+    return _UNTIL.get()
 
 
 @contextlib.contextmanager

@@ -17,8 +17,8 @@ from torch import nn
 from edgeopt.decide.plan import CandidateSpec, Plan
 from edgeopt.engine.build import Built, new_candidate
 from edgeopt.errors import BackendMissingError, ConfigError, EdgeOptError, TimeBudgetError, first_line
-from edgeopt.measure.latency_table import measured_until
 from edgeopt.report import Candidate
+from edgeopt.timeout import run_until
 
 # errors that no other candidate would escape (a bad configuration, a missing backend): the run stops and
 # says why instead of recording every candidate as failed
@@ -85,7 +85,7 @@ class Builds:
                  announce: Callable[[str, list, str | None], None] | None = None,
                  until: Callable[[], float | None] | None = None):
         self.builder, self.ledger, self.progress, self.announce = builder, ledger, progress, announce
-        self.until = until  # the time.perf_counter() a build's latency table must be measured by (None: any)
+        self.until = until  # the time.perf_counter() a build must end by (None: any); see edgeopt/timeout.py
         self.built: dict[str, Built | Exception] = {}
         # builds the time budget ended halfway: not failures, and built again when asked again (in grace)
         self.out_of_time: dict[str, TimeBudgetError] = {}
@@ -122,7 +122,7 @@ class Builds:
                     start, steps = built.model, spec.steps[len(specs[base][0].steps):]
                 if self.announce is not None:
                     self.announce(structure, steps, base)
-                with measured_until(self.until() if self.until is not None else None):
+                with run_until(self.until() if self.until is not None else None):
                     b = self.builder.build(start, spec.model_copy(update={"steps": steps}))
                 if base is not None:
                     b.records = self.built[base].records + b.records

@@ -32,10 +32,6 @@ import math
 import os
 import platform
 import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,26 +41,11 @@ from torch import nn
 from edgeopt.errors import TimeBudgetError
 from edgeopt.formats import layer_timing_runtimes
 from edgeopt.measure.layer_sessions import PRECISIONS, call_overhead_ms, layer_inputs, make_layer, runner, time_ms
+from edgeopt.timeout import deadline_passed
 
 FRACTIONS = (1.0, 0.75, 0.5, 0.25)  # width grid, as fractions of the original width
 INT8_FRACTIONS = (1.0, 0.5)  # where the int8/fp32 ratio is measured (diagonal of the grid): ~1 s per point
 RUNTIMES = layer_timing_runtimes()
-
-
-_UNTIL: ContextVar[float | None] = ContextVar("latency_table_until", default=None)
-
-
-@contextmanager
-def measured_until(deadline: float | None) -> Iterator[None]:
-    """Within this block, entries not cached yet are measured only until `deadline` (a time.perf_counter()
-    value; None: no limit). Past it `LatencyTable.entry` raises TimeBudgetError: a table for a large model
-    takes minutes (SSDlite: 175 s on 2 cores, against 7-19 s for a reconstruction build), longer than a search
-    can forecast from its other builds, and the entries measured so far stay on disk for the next run."""
-    token = _UNTIL.set(deadline)
-    try:
-        yield
-    finally:
-        _UNTIL.reset(token)
 
 
 def cache_root() -> Path:
@@ -145,8 +126,7 @@ class LatencyTable:
         if k in store:
             self.hits += 1
             return float(store[k])
-        until = _UNTIL.get()
-        if until is not None and time.perf_counter() > until:
+        if deadline_passed():  # the entries measured so far stay on disk: the next run starts from them
             raise TimeBudgetError(f"the time ran out while measuring the {self.runtime} latency table: "
                                   f"{self.measured} entries measured, kept on disk for the next run")
         with tempfile.TemporaryDirectory() as tmp:

@@ -224,17 +224,17 @@ def test_time_budget_spent_before_any_finish_still_offers_the_best_screened_stru
 
 
 def test_a_build_the_time_budget_ends_halfway_is_not_a_failure(tmp_path, monkeypatch):
-    """A latency table stopped at the search's deadline (measure/latency_table.py: measured_until) ends its
+    """A latency table stopped at the search's deadline (edgeopt/timeout.py: run_until) ends its
     build with TimeBudgetError: the search stops as for any time stop, its candidates are rejected with that
     reason (not failed), and nothing of it is cached as a failure for the next run."""
     from edgeopt.errors import TimeBudgetError
-    from edgeopt.measure import latency_table
+    from edgeopt.timeout import current_deadline
 
     deadlines = []
 
     class TableBuilder(FakeBuilder):
         def build(self, start, spec):
-            deadlines.append(latency_table._UNTIL.get())
+            deadlines.append(current_deadline())
             if spec.structure == "factorize30":
                 raise TimeBudgetError("the time ran out while measuring the openvino latency table: 40 entries "
                                       "measured, kept on disk for the next run")

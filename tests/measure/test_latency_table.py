@@ -139,12 +139,12 @@ def test_a_table_stops_at_the_deadline_and_keeps_what_it_measured(tmp_path):
     import time
 
     from edgeopt.errors import TimeBudgetError
-    from edgeopt.measure.latency_table import measured_until
+    from edgeopt.timeout import run_until
 
     model, x = _net(), torch.randn(1, 1, 8, 8)
-    with measured_until(time.perf_counter() + 3600):  # far away: the table is built as without one
+    with run_until(time.perf_counter() + 3600):  # far away: the table is built as without one
         LatencyTable(cache_dir=tmp_path, runs=3).build(model, x, fractions=(1.0,), whole=False)
-    with measured_until(time.perf_counter() - 1):  # past: only what the cache holds is answered
+    with run_until(time.perf_counter() - 1):  # past: only what the cache holds is answered
         again = LatencyTable(cache_dir=tmp_path, runs=3).build(model, x, fractions=(1.0,), whole=False)
         assert again.measured == 0 and again.hits > 0
         with pytest.raises(TimeBudgetError, match="entries measured, kept on disk"):

@@ -140,3 +140,21 @@ def test_planner_reads_the_int8_table_when_int8_is_measured():
     # the plan's pairs decide
     assert table_precision(replace(ctx, pairs=(("onnx", "fp32", ""), ("onnx", "int8", ""))), "onnxruntime") == "int8"
     assert table_precision(replace(ctx, pairs=(("openvino", "int8", ""),)), "onnxruntime") == "fp32"
+
+
+def test_group_tracing_stops_at_the_runs_deadline():
+    """Torch-Pruning walks the graph once per group (3-6 s apiece on SSDlite's): past the run's deadline the
+    allocation stops with TimeBudgetError instead of running on past a --time-budget."""
+    import time
+
+    import torch_pruning as tp
+
+    from edgeopt.errors import TimeBudgetError
+    from edgeopt.timeout import run_until
+
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+    imp = tp.importance.GroupMagnitudeImportance(p=2)
+    with run_until(time.perf_counter() + 3600):
+        assert find_groups(model, torch.randn(1, 1, 8, 8), imp)
+    with run_until(time.perf_counter() - 1), pytest.raises(TimeBudgetError, match="tracing the pruning groups"):
+        find_groups(model, torch.randn(1, 1, 8, 8), imp)

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from edgeopt.errors import PruningError
+from edgeopt.errors import PruningError, TimeBudgetError
 from edgeopt.inputs.feeding import batch_inputs
 from edgeopt.inputs.model_io import Inputs
+from edgeopt.timeout import deadline_passed
 
 CALIBRATION_RATIO = 0.5  # the pruned copy the table's whole-model fit is measured on: on the grid, far from 1
 
@@ -45,9 +46,18 @@ def find_groups(model: nn.Module, example: torch.Tensor, importance) -> list[Gro
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=tp_example)
     _, keep, _ = attention_heads(model, names)
     ignored = list(keep) + detection_head_outputs(model)  # a detector's output convs are its contract
-    ignored += _boundary_layers(dg, ignored, roots)
-    groups = []
+    # one walk of the graph for both uses: with the boundary layers ignored too, Torch-Pruning yields the
+    # same groups less those with a boundary layer among their cut outputs
+    every = []
     for g in dg.get_all_groups(ignored_layers=ignored, root_module_types=roots):
+        every.append(g)
+        if deadline_passed():  # each group walks the graph: 3-6 s apiece on SSDlite's
+            raise TimeBudgetError(f"the time ran out while tracing the pruning groups ({len(every)} traced)")
+    bound = set(_boundary_layers(dg, ignored, roots, every))
+    groups = []
+    for g in every:
+        if any(dep.target.module in bound for dep, _ in g if dg.is_out_channel_pruning_fn(dep.handler)):
+            continue
         root = g[0][0].target.module
         outs, ins = [], []
         for dep, _ in g:
