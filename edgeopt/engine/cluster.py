@@ -85,7 +85,10 @@ def _family_task(boxed: list, base_acc: float, structures: list[tuple[str, objec
             out[s] = (b, round(time.perf_counter() - t0, 2), acc)
         return out[s]
 
+    probed: list[str] = []  # the levels the bisection screened (the search screens the same ones)
+
     def screen(s: str) -> float | None:
+        probed.append(s)
         if s in known:
             return known[s]
         acc = build(s)[2]
@@ -103,7 +106,7 @@ def _family_task(boxed: list, base_acc: float, structures: list[tuple[str, objec
         for s in kept:
             if not stopped():
                 build(s)
-    return {"built": out, "kept": kept, "where": where(), "entered": entered, "read": read,
+    return {"built": out, "kept": kept, "probed": probed, "where": where(), "entered": entered, "read": read,
             "left": time.time()}
 
 
@@ -325,7 +328,10 @@ class RayExecutor(ClusterFinishing):
             if group is None and ahead_ok[fam]:
                 for s in got.get("kept", []):
                     if s in got["built"]:
-                        ref = self._finish_ahead(search, s, got["built"][s][0], drops.get(s), queue)
+                        # a margin level the bisection did not screen is finished without its drop, as the
+                        # search will ask for it: the job is taken only when it is the one asked for
+                        ref = self._finish_ahead(search, s, got["built"][s][0],
+                                                 drops.get(s) if s in got.get("probed", ()) else None, queue)
                         finishing += [ref] if ref is not None else []
             if group is not None and fam in probes_of[group]:
                 waiting[group].discard(probes_of[group][fam])  # returned, or failed: the group goes on

@@ -67,7 +67,8 @@ def stack(search, families: dict[str, list[str]], settled: dict[str, str | None]
         if own:
             options.append((min(own), fam))
     if not options:
-        _skip(search, f"no family of another technique than {best.id}'s held the budget on its own")
+        _skip(search, f"no family of another technique than {best.id}'s has a finished candidate within the "
+                      "budget on its own")
         return
     _, fam = min(options)
     pairs = [s for s in ledger.specs[base] if ledger.cands[s.id].status == "ok"]
