@@ -28,7 +28,8 @@ def optimize(
                                      "first; sensitive layers are pruned less (saved in the report)"),
     latency_budget_ms: float = o.LATENCY_BUDGET, size_budget_mb: float = o.SIZE_BUDGET,
     time_budget: float = typer.Option(None, help="wall-time budget for the whole run (loading, search, final "
-                                      "measurement), seconds"),
+                                      "measurement), seconds; a latency table or graph tracing in progress "
+                                      "stops at it (its measurements kept for the next run)"),
     techniques: str = o.TECHNIQUES, runtimes: str = o.RUNTIMES,
     data: str = o.DATA, masks: Path = o.MASKS, metric: str = o.METRIC,
     # --- data options (image folders; --batch-size/--workers/--calib-size also for Datasets) -> DataOptions
@@ -54,7 +55,8 @@ def optimize(
     """Decide, compress, export and measure; write OUT/report.json, report.md, report.html, the chosen model
     and OUT/run.yaml (the config used: `edgeopt optimize --config OUT/run.yaml` replays the run).
 
-    The search bisects each pruning/factorization family against accuracy on held-out data, exports the
+    The search bisects each pruning/factorization family against accuracy on held-out data, then bisects
+    another technique's family on top of the fastest structure (stacking: e.g. depth2+prune-recon20), exports the
     survivors at every precision the target accelerates, measures them interleaved, and keeps the fastest
     (--goal latency) or smallest (--goal size) or the most images/s (--goal throughput --batch-size N
     and/or --streams N) within --max-accuracy-drop. Finished candidates are cached in

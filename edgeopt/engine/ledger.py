@@ -79,7 +79,8 @@ class Ledger:
 
 class Builds:
     """Each structure built once, on the original model or on the structure it is based on (`base_of`: QAT of a
-    pruned model), with its channel layout and build time; a failed build is kept as its exception."""
+    pruned model, a family stacked on another's level), with its channel layout and build time; a failed build is
+    kept as its exception, one the time budget ended halfway is not (it is built again when asked in grace)."""
 
     def __init__(self, builder, ledger: Ledger, progress,
                  announce: Callable[[str, list, str | None], None] | None = None,
@@ -91,7 +92,7 @@ class Builds:
         self.out_of_time: dict[str, TimeBudgetError] = {}
         self.seconds: dict[str, float] = {}
         self.layout_of: dict[str, str] = {}
-        self.base_of: dict[str, str] = {}  # structure -> the structure it is built on (QAT)
+        self.base_of: dict[str, str] = {}  # structure -> the structure it is built on (QAT, stacking)
 
     def failure(self, structure: str) -> str | None:
         b = self.built.get(structure, self.out_of_time.get(structure))
