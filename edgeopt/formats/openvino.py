@@ -367,12 +367,13 @@ def load_openvino(path: Path, precision: str = "fp32", threads: int | None = Non
         return run_all({name: np.ascontiguousarray(x, dtype=np.float32)})[outputs[0]]
 
     def lean_call(x):
-        # the lean call: preset input tensors, then infer() with no arguments
+        # the lean call: preset input tensors, then infer() with no arguments, on the session's own request: an
+        # infer request made per call and dropped after the timing corrupted the heap on a batch-dynamic IR
+        # (OpenVINO 2026.4: a segfault later in the run, every time; none while the requests were kept)
         feed = x if isinstance(x, dict) else {name: x}
-        req = compiled.create_infer_request()
         for n, v in feed.items():
-            req.set_tensor(n, ov.Tensor(np.ascontiguousarray(v, dtype=np.float32)))
-        return req.infer
+            request.set_tensor(n, ov.Tensor(np.ascontiguousarray(v, dtype=np.float32)))
+        return request.infer
 
     return Session(runtime="openvino", runtime_version=ov.get_version(), precision_executed=executed,
                    input_shape=shape, run=run, lean_call=lean_call, device=device.upper(), threads=threads,
