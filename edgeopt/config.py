@@ -345,7 +345,7 @@ class ModelSummary(BaseModel):
     linear_macs: int | None = None  # per sample, in Linear layers (None: not counted)
     linear_params: int | None = None
     prunable_groups: int = 0
-    min_channels: int | None = None  # narrowest prunable layer (bounds useful channel rounding)
+    min_channels: int | None = None  # narrowest prunable layer
     residual_blocks: int | None = None  # blocks depth pruning can replace by their skip (None: not counted)
     unprunable: list[str] = Field(default_factory=list)  # "layer: reason"
     size_bytes: int = 0

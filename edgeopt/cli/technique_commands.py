@@ -64,7 +64,9 @@ def prune(
         "labels: Python API)"),
     scope: str = typer.Option("local", help="local (same ratio per layer) | global (rank all groups together)"),
     max_layer_ratio: float = typer.Option(0.9, help="global scope: no layer loses more than this fraction"),
-    round_to: int = typer.Option(None, help="round kept channels to this multiple (e.g. 8 or 16 for the target)"),
+    round_to: int = typer.Option(None, help="keep whole blocks of this many channels (16 for AVX-512 and GPUs, "
+                                 "8 for AVX2): kept channels rounded up to a multiple (smaller multiples for layers "
+                                 "under 4 blocks wide)"),
     steps: int = typer.Option(1, help="iterative pruning in this many steps"),
     timeout: float = typer.Option(120.0, help="seconds for tracing + pruning; past it the rest is skipped"),
     format: str = typer.Option("onnx", help="export the pruned model to this format"),

@@ -158,6 +158,14 @@ def _clock_ghz() -> float | None:
     return max(mhz) / 1000 if mhz else None
 
 
+def _channel_multiple(flags: set[str], kind: str) -> int:
+    """The channel block this machine's kernels work in: a layer whose width leaves a partial block pays for the
+    whole block (AVX-512 kernels and GPU tensor cores: 16; AVX2: 8; NEON: 4)."""
+    if kind == "gpu" or {"avx512f", "amx_tile"} & flags:
+        return 16
+    return 4 if "asimd" in flags and "avx2" not in flags else 8
+
+
 def detect_local() -> TargetProfile:
     """Describe the running machine. Its GPU comes from the device query (targets.host.gpu_device)."""
     flags = cpu_flags()
@@ -193,7 +201,7 @@ def detect_local() -> TargetProfile:
     return TargetProfile(
         name="local", description=desc, kind=kind, arch=arch,
         isa_features=feats, runtimes=runtimes, precisions=precisions,
-        channel_multiple=16 if ("amx_tile" in flags or kind == "gpu") else 8,
+        channel_multiple=_channel_multiple(flags, kind),
         cores=cores, peak_ops=peaks, memory_bandwidth_gbs=bandwidth, call_overhead_ms=overhead, detected=True,
     )
 

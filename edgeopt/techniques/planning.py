@@ -95,25 +95,17 @@ def finetune_step(context: DeployContext, has_train_data: bool, decisions: list[
     return FineTuneConfig(epochs=context.epochs, kind="auto")
 
 
-def channel_rounding(target: TargetProfile, summary: ModelSummary, decisions: list[Decision]) -> int | None:
-    """The target's channel multiple, unless the model is so narrow that rounding would force huge steps
-    (a 32-channel layer rounded to 16 can only keep 16 or 32): then no rounding, and say so."""
-    wanted = multiple = target.channel_multiple
+def channel_rounding(target: TargetProfile, decisions: list[Decision]) -> int | None:
+    """The target's channel block: pruned layers keep whole blocks of it (graph_surgery.rounded_kept)."""
+    multiple = target.channel_multiple
     if multiple <= 1:
         return None
-    narrow = summary.min_channels
-    while narrow is not None and multiple > 1 and narrow < policy.ROUNDING_MIN_STEPS * multiple:
-        multiple //= 2
-    if multiple <= 1:
-        decisions.append(Decision(
-            technique="channel_rounding", decision="skipped",
-            reason=f"{target.name} prefers multiples of {wanted}, but the narrowest layer has {narrow} "
-                   "channels: any rounding would force huge pruning steps"))
-        return None
-    why = f"kept channels rounded to multiples of {multiple} for {target.name}"
-    if multiple != wanted:
-        why += f" (the target prefers {wanted}; the narrowest layer has only {narrow} channels)"
-    decisions.append(Decision(technique="channel_rounding", decision="applied", reason=why))
+    narrow = policy.ROUNDING_MIN_STEPS * multiple
+    decisions.append(Decision(
+        technique="channel_rounding", decision="applied",
+        reason=f"kept channels rounded up to multiples of {multiple} for {target.name}: its kernels work in blocks "
+               f"of {multiple} channels, and a partial block costs as much as a whole one (layers narrower than "
+               f"{narrow} channels round to smaller multiples, so they can still be cut in steps)"))
     return multiple
 
 

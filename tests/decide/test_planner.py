@@ -52,12 +52,28 @@ def test_techniques_filter_and_unknown_name():
         _plan(techniques=["prun"])
 
 
-def test_narrow_model_reduces_rounding():
-    local = detect_local()
-    narrow = SUMMARY.model_copy(update={"min_channels": 16})
-    p = plan(make_context(), load_target("x86-amx"), narrow, local, ["onnxruntime"])
-    rounding = next(d for d in p.decisions if d.technique == "channel_rounding")
-    assert "narrowest layer" in rounding.reason
+@pytest.mark.parametrize("width,kept,multiple,expected", [
+    (64, 51, 16, 64),   # a partial block costs a whole one: kept
+    (64, 45, 16, 48),
+    (64, 48, 16, 48),   # whole blocks stay as asked
+    (80, 40, 16, 48),   # never above the width, and a width off the blocks still reaches whole ones
+    (80, 79, 16, 80),
+    (32, 20, 16, 24),   # narrower than four blocks: smaller multiples, so it can still be cut in steps
+    (16, 11, 16, 12),
+    (7, 3, 1, 3),       # no multiple: as asked
+])
+def test_kept_channels_round_up_to_whole_blocks(width, kept, multiple, expected):
+    from edgeopt.techniques.pruning.graph_surgery import rounded_kept
+
+    assert rounded_kept(width, kept, multiple) == expected
+
+
+def test_an_avx512_machine_prunes_in_blocks_of_16(monkeypatch):
+    import edgeopt.targets as targets
+
+    for flags, kind, multiple in [({"avx2", "avx512f", "avx512_vnni"}, "cpu", 16), ({"avx2", "fma"}, "cpu", 8),
+                                  ({"asimd"}, "cpu", 4), ({"avx2"}, "gpu", 16)]:
+        assert targets._channel_multiple(flags, kind) == multiple
 
 
 def test_unprunable_model_skips_pruning_with_reason():

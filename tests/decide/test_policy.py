@@ -95,14 +95,14 @@ def test_screening_level_is_the_bisections_first_probe():
 
 
 def test_channel_rounding_reads_the_min_steps_rule(monkeypatch):
-    def rounding():
-        return next(d.reason for d in _plan().decisions if d.technique == "channel_rounding")
+    from edgeopt.techniques.pruning.graph_surgery import rounded_kept
 
-    multiple = load_target("x86-amx").channel_multiple
-    monkeypatch.setattr(policy, "ROUNDING_MIN_STEPS", 64 // multiple)  # 64 channels: just enough steps
-    assert f"multiples of {multiple} for" in rounding()
-    monkeypatch.setattr(policy, "ROUNDING_MIN_STEPS", 128 // multiple)  # now the multiple must halve
-    assert f"multiples of {multiple // 2} for" in rounding()
+    monkeypatch.setattr(policy, "ROUNDING_MIN_STEPS", 2)
+    assert rounded_kept(32, 20, 16) == 32  # two blocks: the whole multiple, rounded up
+    monkeypatch.setattr(policy, "ROUNDING_MIN_STEPS", 4)
+    assert rounded_kept(32, 20, 16) == 24  # now the multiple must halve: 32 < 4 x 16
+    assert "multiples of 16 for x86-amx" in next(d.reason for d in _plan().decisions
+                                                   if d.technique == "channel_rounding")
 
 
 def _cand(cid, p50, size):

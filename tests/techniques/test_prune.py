@@ -70,9 +70,22 @@ def test_iterative_steps_reach_the_same_ratio(tiny_plain, example):
 
 
 def test_round_to_gives_multiples(tiny_plain, example):
-    small = edgeopt.prune(tiny_plain, example, ratio=0.5, round_to=8).model
-    convs = [m for m in small.modules() if isinstance(m, nn.Conv2d) and m.groups == 1]
-    assert all(m.out_channels % 8 == 0 for m in convs)
+    layers = edgeopt.prune(tiny_plain, example, ratio=0.5, round_to=8).record["layers"]
+    assert layers
+    for r in layers:  # multiples of 8, or of 4 / 2 where a layer is narrower than 4 blocks
+        multiple = next(m for m in (8, 4, 2, 1) if r["before"] >= 4 * m)
+        assert r["after"] % multiple == 0 and r["after"] >= r["before"] // 2, r
+
+
+def test_round_to_keeps_whole_blocks_and_never_cuts_more_than_asked(example):
+    model = nn.Sequential(nn.Conv2d(1, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(128, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(32, 10)).eval()
+    plain = {r["layer"]: r["after"] for r in edgeopt.prune(model, example, ratio=0.2).record["layers"]}
+    blocks = {r["layer"]: r["after"] for r in edgeopt.prune(model, example, ratio=0.2, round_to=16).record["layers"]}
+    assert plain["0"] == 51 and plain["2"] == 102  # Torch-Pruning's own cut, off the 16-channel blocks
+    assert "0" not in blocks and blocks["2"] == 112  # 51 -> 64 (a partial block is kept whole), 102 -> 112
+    assert "4" not in blocks  # 32 wide, in blocks of 8: 25 -> 32
 
 
 def test_unknown_importance_and_bad_args(tiny, example):

@@ -9,11 +9,13 @@ their output channels (model_families)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+import edgeopt.decide.policy as policy
 from edgeopt.inputs.hooks import forward_hooks
 from edgeopt.inputs.model_io import Inputs, flatten_outputs, per_image_lists
 from edgeopt.techniques.pruning.importance import measured
@@ -34,6 +36,31 @@ class PruneSpec:
     names: dict[nn.Module, str] = field(default_factory=dict)  # module -> name in the full model
     # layer name -> original indices of the output channels it keeps (reconstruction matches those)
     kept: dict[str, list[int]] = field(default_factory=dict)
+
+
+def rounded_kept(width: int, kept: int, multiple: int) -> int:
+    """The channels a `width`-wide layer keeps when asked to keep `kept` and its kernels work in blocks of
+    `multiple` channels: rounded up to a whole block, never above the width. A partial block costs the time of
+    a whole one (blocked kernels pad it), so the channels that would only shrink it are kept and no layer loses
+    more than asked. A layer narrower than ROUNDING_MIN_STEPS blocks rounds to a smaller power of two, so that
+    it can still be cut in steps of at most 1/ROUNDING_MIN_STEPS of its width."""
+    m = multiple
+    while m > 1 and width < policy.ROUNDING_MIN_STEPS * m:
+        m //= 2
+    return min(width, -(-kept // m) * m) if m > 1 else kept
+
+
+@functools.cache
+def _block_pruner():
+    """Torch-Pruning's MetaPruner with its channel rounding replaced by rounded_kept (its own rounds the kept
+    channels down, which cuts narrow layers far beyond the ratio)."""
+    import torch_pruning as tp
+
+    class BlockPruner(tp.pruner.MetaPruner):
+        def _round_to(self, n_pruned, current_channels, round_to):
+            return current_channels - rounded_kept(current_channels, current_channels - n_pruned, round_to)
+
+    return BlockPruner
 
 
 def is_attention(m: nn.Module) -> bool:
@@ -118,8 +145,6 @@ def prune_module(module: nn.Module, args: tuple | dict, spec: PruneSpec, full_mo
     """Prune `module` in place (traced with `args`). Returns notes; raises on any failure (the caller
     restores the module). The module's output shapes are checked to be unchanged. `args`: positional
     tensors, or a dict of keyword tensors (Torch-Pruning calls module(**args))."""
-    import torch_pruning as tp
-
     roots = (nn.Conv2d, nn.Linear)
     shapes = _outputs(module, args)
     heads, keep, notes = attention_heads(module, spec.names)
@@ -131,7 +156,7 @@ def prune_module(module: nn.Module, args: tuple | dict, spec: PruneSpec, full_mo
     head_share = head_schedule(attention, lambda q: min(ratio_dict.get(q, spec.ratio), spec.max_layer_ratio),
                                spec.iterative_steps)
     example = args if isinstance(args, dict) else args[0] if len(args) == 1 else list(args)
-    pruner = tp.pruner.MetaPruner(
+    pruner = _block_pruner()(
         module, example, importance=spec.criterion, pruning_ratio=spec.ratio,
         pruning_ratio_dict=ratio_dict or None, global_pruning=(spec.scope == "global"),
         max_pruning_ratio=spec.max_layer_ratio, iterative_steps=spec.iterative_steps, round_to=spec.round_to,

@@ -79,7 +79,7 @@ def propose_criteria(ctx: PlanningContext) -> Proposal:
     """One family per criterion the data allows, each a ladder of ratios; screened, then bisected."""
     context, target, summary, finetune = ctx.context, ctx.target, ctx.summary, ctx.finetune
     decisions: list[Decision] = []
-    round_to = channel_rounding(target, summary, decisions)
+    round_to = channel_rounding(target, decisions)
     if not ctx.allowed("prune"):
         return skip("prune", "excluded by --techniques", before=decisions)
     if summary.prunable_groups == 0:
@@ -137,7 +137,7 @@ def propose_reconstruction(ctx: PlanningContext) -> Proposal:
         return Proposal()
     if not ctx.has_calib_data:
         return skip("prune_reconstruct", "no calibration data: reconstruction needs unlabeled real inputs")
-    round_to = channel_rounding(ctx.target, ctx.summary, [])
+    round_to = channel_rounding(ctx.target, [])
     kind = policy.budget_kind(ctx.context.max_accuracy_drop)
     finetune = ctx.finetune
     # fine-tuned, a level holds at least what it held reconstructed only: the ladder keeps the mild levels
