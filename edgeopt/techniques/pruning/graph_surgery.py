@@ -42,7 +42,7 @@ def rounded_kept(width: int, kept: int, multiple: int) -> int:
     """The channels a `width`-wide layer keeps when asked to keep `kept` and its kernels work in blocks of
     `multiple` channels: rounded up to a whole block, never above the width. A partial block costs the time of
     a whole one (blocked kernels pad it), so the channels that would only shrink it are kept and no layer loses
-    more than asked. A layer narrower than ROUNDING_MIN_STEPS blocks rounds to a smaller power of two, so that
+    more than asked. A layer narrower than ROUNDING_MIN_STEPS blocks rounds to a halved multiple, so that
     it can still be cut in steps of at most 1/ROUNDING_MIN_STEPS of its width."""
     m = multiple
     while m > 1 and width < policy.ROUNDING_MIN_STEPS * m:
