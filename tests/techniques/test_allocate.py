@@ -143,7 +143,7 @@ def test_planner_reads_the_int8_table_when_int8_is_measured():
 
 
 def test_group_tracing_stops_at_the_runs_deadline():
-    """Torch-Pruning walks the graph once per group (3-6 s apiece on SSDlite's): past the run's deadline the
+    """Torch-Pruning walks the graph once per group (slow on large graphs): past the run's deadline the
     allocation stops with TimeBudgetError instead of running on past a --time-budget."""
     import time
 
@@ -158,3 +158,81 @@ def test_group_tracing_stops_at_the_runs_deadline():
         assert find_groups(model, torch.randn(1, 1, 8, 8), imp)
     with run_until(time.perf_counter() - 1), pytest.raises(TimeBudgetError, match="tracing the pruning groups"):
         find_groups(model, torch.randn(1, 1, 8, 8), imp)
+
+
+class PatchMerging(nn.Module):
+    """Named like a module Torch-Pruning cannot trace as part of a whole graph: the model holding it is traced
+    block by block, as prune() cuts it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def _blockwise_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 3, padding=1), nn.ReLU()),
+        PatchMerging(),
+        nn.Sequential(nn.Conv2d(8, 16, 1), nn.ReLU(), nn.Conv2d(16, 8, 1)),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+
+
+def test_groups_are_traced_on_the_blocks_prune_cuts(monkeypatch):
+    """A model prune() cannot trace whole (a torchvision detector: tracing SSDlite whole took 238 s) is traced
+    block by block: the groups are those inside each block, named by their full names, and the whole graph is
+    never traced."""
+    import torch_pruning as tp
+
+    model = _blockwise_model()
+    traced = []
+    build = tp.DependencyGraph.build_dependency
+
+    def spy(self, module, *args, **kwargs):
+        traced.append(module)
+        return build(self, module, *args, **kwargs)
+
+    monkeypatch.setattr(tp.DependencyGraph, "build_dependency", spy)
+    groups = find_groups(model, torch.randn(1, 1, 8, 8), tp.importance.GroupMagnitudeImportance(p=2))
+    assert model not in traced and traced == [model[0], model[2]]
+    by = {g.root: g for g in groups}
+    # inside each block the first conv's outputs are cut; the second conv's are the block's interface
+    assert set(by) == {"0.0", "2.0"}
+    assert by["0.0"].ins == ["0.2"] and by["2.0"].ins == ["2.2"] and by["0.0"].width == 16
+
+
+def test_latency_allocation_of_a_blockwise_model_prunes_the_widths_it_allocated(tmp_path):
+    from edgeopt.measure.latency_table import LatencyTable
+    from edgeopt.techniques.pruning.allocate import prune_to_latency
+
+    model, x = _blockwise_model(), torch.randn(1, 1, 8, 8)
+    table = LatencyTable(cache_dir=tmp_path, runs=3).build(model, x, fractions=(1.0, 0.5, 0.25))
+    small, rec = prune_to_latency(model, x, 0.6, table=table)
+    assert rec["mode"] == "blockwise" and small(x).shape == model(x).shape
+    widths = {n: m.out_channels for n, m in small.named_modules() if isinstance(m, nn.Conv2d)}
+    alloc = rec["allocation"]["widths"]
+    assert set(alloc) == {"0.0", "2.0"} and any(kept < width for width, kept in alloc.values())
+    for root, (_, kept) in alloc.items():
+        assert widths[root] == kept
+
+
+def test_a_model_whose_whole_graph_fails_is_traced_by_blocks(monkeypatch):
+    """Where tracing the whole graph raises, prune() goes block by block: so do the groups."""
+    import torch_pruning as tp
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)), nn.ReLU(),
+                          nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Conv2d(8, 4, 1))).eval()
+    build = tp.DependencyGraph.build_dependency
+
+    def whole_fails(self, module, *args, **kwargs):
+        if module is model:
+            raise RuntimeError("untraceable op")
+        return build(self, module, *args, **kwargs)
+
+    monkeypatch.setattr(tp.DependencyGraph, "build_dependency", whole_fails)
+    groups = find_groups(model, torch.randn(1, 1, 8, 8), tp.importance.GroupMagnitudeImportance(p=2))
+    assert {g.root for g in groups} == {"0.0", "2.0"}

@@ -32,26 +32,44 @@ class Group:
 
 
 def find_groups(model: nn.Module, example: torch.Tensor, importance) -> list[Group]:
-    """Torch-Pruning's groups of the whole model (boundaries excluded), each with its importance curve."""
+    """Torch-Pruning's groups of the model (boundaries excluded), each with its importance curve, traced on the
+    units `prune` cuts: the whole model, or block by block where it cannot be traced whole (prune's
+    `traced_blocks`), so that the widths allocated name the groups the pruning then meets."""
+    from edgeopt.techniques.pruning.prune import traced_blocks
+
+    names = {m: n for n, m in model.named_modules()}
+    ex = Inputs.of(example, model)
+    blocks = traced_blocks(model, ex)
+    if [b[1] for b in blocks] == [model]:
+        try:
+            return _block_groups(model, blocks[0][2], names, importance)
+        except TimeBudgetError:
+            raise
+        except Exception:  # prune() then goes block by block: so do the groups
+            blocks = traced_blocks(model, ex, whole=False)
+    return [g for _, block, args in blocks for g in _block_groups(block, args, names, importance)]
+
+
+def _block_groups(block: nn.Module, args: tuple | dict, names: dict[nn.Module, str], importance) -> list[Group]:
+    """The groups inside one traced block; a group cutting the block's interface (its inputs or outputs) is left
+    out, as `prune` leaves it."""
     import torch_pruning as tp
 
     from edgeopt.techniques.pruning.graph_surgery import _boundary_layers, attention_heads
     from edgeopt.techniques.pruning.model_families import detection_head_outputs
 
     roots = (nn.Conv2d, nn.Linear)
-    names = {m: n for n, m in model.named_modules()}
-    ex = Inputs.of(example, model)
-    tp_example = dict(zip(ex.names, ex.tensors, strict=True)) if ex.keyword else (
-        ex.first if ex.single else list(ex.tensors))  # Torch-Pruning calls model(**dict) / model(*list)
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=tp_example)
-    _, keep, _ = attention_heads(model, names)
-    ignored = list(keep) + detection_head_outputs(model)  # a detector's output convs are its contract
+    # Torch-Pruning calls model(**dict) / model(*list)
+    tp_example = args if isinstance(args, dict) else args[0] if len(args) == 1 else list(args)
+    dg = tp.DependencyGraph().build_dependency(block, example_inputs=tp_example)
+    _, keep, _ = attention_heads(block, names)
+    ignored = list(keep) + detection_head_outputs(block)  # a detector's output convs are its contract
     # one walk of the graph for both uses: with the boundary layers ignored too, Torch-Pruning yields the
     # same groups less those with a boundary layer among their cut outputs
     every = []
     for g in dg.get_all_groups(ignored_layers=ignored, root_module_types=roots):
         every.append(g)
-        if deadline_passed():  # each group walks the graph: 3-6 s apiece on SSDlite's
+        if deadline_passed():  # each group walks the graph: slow on large graphs
             raise TimeBudgetError(f"the time ran out while tracing the pruning groups ({len(every)} traced)")
     bound = set(_boundary_layers(dg, ignored, roots, every))
     groups = []
