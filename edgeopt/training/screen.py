@@ -54,63 +54,72 @@ def held_out_split(data, train_batches: int = SCREEN_BATCHES, held_batches: int 
     return batches[:-held], batches[-held:]
 
 
-def _classifier(model: nn.Module, held: list) -> bool:
-    with torch.no_grad():
-        out = run_model(model.eval(), held[0][0])
-    return isinstance(out, torch.Tensor) and out.dim() == 2
+class HeldOut:
+    """The held-out slice and the teacher's outputs on it, computed once: every probe of a screen is scored
+    against the same outputs, so the teacher runs once per screen, not once per probe."""
+
+    def __init__(self, batches: list, teacher: nn.Module):
+        self.batches = batches
+        teacher.eval()
+        with torch.no_grad():
+            self.teacher = [flatten_outputs(run_model(teacher, x)) for x, _ in batches]
+        from edgeopt.measure.accuracy import is_logits
+
+        self.teacher_logits = all(is_logits(v) for v in self.teacher[0].values())  # class/dense logits only
+
+    def teacher_outputs(self) -> dict[str, np.ndarray]:
+        return _stacked(self.teacher)
 
 
-def _outputs(model: nn.Module, held: list) -> dict[str, np.ndarray]:
-    """Every output over the held-out batches: argmax of class/dense logits, else the values."""
+def _stacked(outs: list[dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
+    """Every output over the batches: argmax of class/dense logits, else the values."""
     from edgeopt.measure.accuracy import is_logits
 
     parts: dict[str, list[np.ndarray]] = {}
-    with torch.no_grad():
-        for x, _ in held:
-            for k, v in flatten_outputs(run_model(model, x)).items():
-                parts.setdefault(k, []).append(v.argmax(1).numpy() if is_logits(v) else v.float().numpy())
+    for out in outs:
+        for k, v in out.items():
+            parts.setdefault(k, []).append(v.argmax(1).numpy() if is_logits(v) else v.float().numpy())
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def _all_logits(model: nn.Module, held: list) -> bool:
-    from edgeopt.measure.accuracy import is_logits
-
+def _student_outputs(model: nn.Module, held: HeldOut) -> list[dict[str, torch.Tensor]]:
     with torch.no_grad():
-        return all(is_logits(v) for v in flatten_outputs(run_model(model, held[0][0])).values())
+        return [flatten_outputs(run_model(model, x)) for x, _ in held.batches]
 
 
-def output_match(model: nn.Module, held: list, teacher: nn.Module) -> float:
+def _is_classifier(outs: list[dict[str, torch.Tensor]]) -> bool:
+    """One output of class logits (N, classes)."""
+    first = outs[0]
+    return len(first) == 1 and next(iter(first.values())).dim() == 2
+
+
+def output_match(outs: list[dict[str, torch.Tensor]], held: HeldOut) -> float:
     """100 x (1 - the distillation loss's scaled squared error to the teacher's outputs) over the held-out
     batches, to 1e-4: the cosine of a raw detector head stays at 99.98 % whatever a probe did (YOLOv8n: every
     rate scored 99.98), while the error the fine-tuning minimises still tells the probes apart."""
     from edgeopt.training.losses import output_matching_loss
 
-    total = 0.0
-    with torch.no_grad():
-        for x, _ in held:
-            s, t = flatten_outputs(run_model(model, x)), flatten_outputs(run_model(teacher, x))
-            total += float(output_matching_loss({k: v.float() for k, v in s.items()},
-                                                {k: v.float() for k, v in t.items()}))
-    return round(100.0 * (1.0 - total / len(held)), 4)
+    total = sum(float(output_matching_loss({k: v.float() for k, v in s.items()}, {k: v.float() for k, v in t.items()}))
+                for s, t in zip(outs, held.teacher, strict=True))
+    return round(100.0 * (1.0 - total / len(outs)), 4)
 
 
-def score(model: nn.Module, held: list, teacher: nn.Module) -> float:
+def score(model: nn.Module, held: HeldOut) -> float:
     """Top-1 % on labelled batches; agreement % with the teacher's top-1 when unlabelled; for dense logits
     (segmenters) the per-pixel agreement with the teacher; for any other output structure (a detector's raw
     head, embeddings, several heads) `output_match`."""
     model.eval()
-    teacher.eval()
-    if not _classifier(model, held):
-        if not _all_logits(teacher, held):
-            return output_match(model, held, teacher)
+    outs = _student_outputs(model, held)
+    if not _is_classifier(outs):
+        if not held.teacher_logits:
+            return output_match(outs, held)
         from edgeopt.measure.accuracy import fidelity
 
-        return fidelity(_outputs(model, held), _outputs(teacher, held))
+        return fidelity(_stacked(outs), held.teacher_outputs())
     from edgeopt.measure.top1 import percent_correct
 
-    with torch.no_grad():
-        return percent_correct((run_model(model, x), y if y is not None else run_model(teacher, x).argmax(1))
-                               for x, y in held)
+    return percent_correct((next(iter(o.values())), y if y is not None else next(iter(t.values())).argmax(1))
+                           for o, t, (_, y) in zip(outs, held.teacher, held.batches, strict=True))
 
 
 def choose_kind(student: nn.Module, teacher: nn.Module, train_data, kinds: tuple[str, ...] = SCREEN_KINDS,
@@ -124,8 +133,9 @@ def choose_kind(student: nn.Module, teacher: nn.Module, train_data, kinds: tuple
     from edgeopt.training.loop import fit
 
     t0 = time.perf_counter()
-    probe, held = held_out_split(train_data)
-    start = round(score(student, held, teacher), 4)
+    probe, batches = held_out_split(train_data)
+    held = HeldOut(batches, teacher)
+    start = round(score(student, held), 4)
     skipped: dict[str, str] = {}
 
     def probe_score(kind: str, rate: float) -> float | None:
@@ -135,7 +145,7 @@ def choose_kind(student: nn.Module, teacher: nn.Module, train_data, kinds: tuple
         except ConfigError as e:
             skipped[kind] = str(e)
             return None
-        return round(score(trial, held, teacher), 4)
+        return round(score(trial, held), 4)
 
     rate_scores: dict[float, float] = {}
     for rate in (lr, *rates) if rates else ():
@@ -155,10 +165,10 @@ def choose_kind(student: nn.Module, teacher: nn.Module, train_data, kinds: tuple
     best = max(scores, key=lambda k: (scores[k], -kinds.index(k)))
     if start > scores[best]:
         best = UNCHANGED
-    metric = (("fidelity_to_teacher" if _all_logits(teacher, held) else "output_match_to_teacher")
-              if not _classifier(student, held) else
-              "top1" if all(y is not None for _, y in held) else "agreement_with_teacher")
-    return best, {"chosen": best, "metric": metric, "held_out_samples": sum(len(x) for x, _ in held),
+    metric = (("fidelity_to_teacher" if held.teacher_logits else "output_match_to_teacher")
+              if not _is_classifier(held.teacher) else
+              "top1" if all(y is not None for _, y in batches) else "agreement_with_teacher")
+    return best, {"chosen": best, "metric": metric, "held_out_samples": sum(len(x) for x, _ in batches),
                   "probe_samples": sum(len(x) for x, _ in probe), "start": start, "scores": scores,
                   "lr": chosen_lr, **({"rates": {f"{r:g}": v for r, v in rate_scores.items()}} if rates else {}),
                   "seconds": round(time.perf_counter() - t0, 2),

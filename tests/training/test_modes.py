@@ -101,7 +101,7 @@ def test_ultralytics_yolo_is_distilled_from_unlabelled_images():
 def test_the_kind_screen_tells_rates_apart_on_a_raw_detector_head():
     """The cosine of a raw head's values barely moves whatever a probe did (YOLOv8n: 99.98 for every rate),
     so the screen could not choose; it scores the scaled error the distillation minimises instead."""
-    from edgeopt.training.screen import choose_kind, output_match
+    from edgeopt.training.screen import HeldOut, choose_kind, score
 
     torch.manual_seed(0)
     teacher = RawInTraining().eval()
@@ -110,9 +110,13 @@ def test_the_kind_screen_tells_rates_apart_on_a_raw_detector_head():
         student.load_state_dict(teacher.state_dict())
         student.head.weight.add_(0.05 * torch.randn_like(student.head.weight))  # close to the teacher
     images = [torch.rand(8, 3, 8, 8) for _ in range(8)]
-    held = [(x, None) for x in images[-2:]]
-    assert output_match(teacher, held, teacher) == 100.0 > output_match(student, held, teacher)
+    held = HeldOut([(x, None) for x in images[-2:]], teacher)
+    assert score(teacher, held) == 100.0 > score(student, held)
+    calls = []
+    teacher.register_forward_pre_hook(lambda module, args: calls.append(args[0]))
     kind, rec = choose_kind(student, teacher, images, rates=(0.001, 1e-6))
+    # the teacher's held-out outputs are computed once for the screen's six probes and its start
+    assert sum(any(c is x for x in images[-2:]) for c in calls) == 2
     assert rec["metric"] == "output_match_to_teacher"
     assert len(set(rec["rates"].values())) == 3, rec  # the three rates score apart
     assert f"{rec['lr']:g}" == max(rec["rates"], key=rec["rates"].get) and kind == "response"
