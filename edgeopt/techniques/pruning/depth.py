@@ -20,6 +20,7 @@ from edgeopt.errors import PruningError
 from edgeopt.inputs.feeding import batch_inputs, run_model
 from edgeopt.inputs.hooks import forward_hooks
 from edgeopt.inputs.model_io import Inputs, flatten_outputs
+from edgeopt.techniques.pruning.memo import LastMeasurement
 
 _ADDS = {operator.add, operator.iadd, torch.add}
 # element-wise modules and functions that may follow the residual add (the block's output activation)
@@ -140,7 +141,7 @@ def _cost(model: nn.Module, reference: list, items: list, labelled: bool) -> flo
     return float(torch.stack(gaps).mean())
 
 
-_COSTS: dict = {}  # the last model's block costs, for one set of weights and batch objects
+_COSTS = LastMeasurement()  # the last model's block costs, for one set of weights and batch objects
 
 
 def _block_costs(model: nn.Module, found: list[str], items: list, reference: list, labelled: bool
@@ -148,17 +149,12 @@ def _block_costs(model: nn.Module, found: list[str], items: list, reference: lis
     """(the model's own cost, each block's added cost when removed alone): one evaluation per block, the
     same at every level of a search (the same model on the same held-out batches), so measured once for
     them all (a Unet's ten blocks: 65 s per level on 2 cores)."""
-    from edgeopt.techniques.pruning.recon_scores import fingerprint
-
-    key = (fingerprint(model), tuple(found), labelled)
-    hit = _COSTS.get("entry")
-    if (hit is not None and hit["key"] == key and len(hit["items"]) == len(items)
-            and all(a[0] is b[0] for a, b in zip(hit["items"], items, strict=True))):
-        return hit["base"], hit["costs"]
-    base_cost = _cost(model, reference, items, labelled)
-    costs = {n: _cost(_without(model, [n]), reference, items, labelled) - base_cost for n in found}
-    _COSTS["entry"] = {"key": key, "items": list(items), "base": base_cost, "costs": costs}
-    return base_cost, costs
+    hit = _COSTS.of(model, [x for x, _ in items], (tuple(found), labelled))
+    if not hit:
+        base_cost = _cost(model, reference, items, labelled)
+        costs = {n: _cost(_without(model, [n]), reference, items, labelled) - base_cost for n in found}
+        hit.update(base=base_cost, costs=costs)
+    return hit["base"], hit["costs"]
 
 
 def depth_prune(model: nn.Module, example: torch.Tensor, data, blocks: int = 1, train_data=None,

@@ -12,14 +12,13 @@ feature maps), A is rank-deficient and the diagonal blocks of its ridge inverse 
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 from torch import nn
 
 from edgeopt.inputs.feeding import run_model
 from edgeopt.inputs.hooks import forward_hooks
 from edgeopt.techniques.pruning.importance import MeasuredImportance, inputs_of
+from edgeopt.techniques.pruning.memo import LastMeasurement
 from edgeopt.techniques.repair.layer_rows import NormalEquations, dense_layer, input_rows, solve_spd
 
 MAX_FULL_INVERSE = 6144  # above this many inputs (and more rows than inputs) only the diagonal of A is used
@@ -78,29 +77,7 @@ def obs_scores(m: nn.Module, eq: ScoreEquations) -> torch.Tensor:
     return (wc * sol.transpose(1, 2)).sum((1, 2)).clamp_min(0)
 
 
-_SCORES: dict = {}  # the last measurement: (fingerprint, batches, max_batches) -> layer name -> scores
-
-
-def fingerprint(model: nn.Module) -> str:
-    """A hash of the weights (names, shapes, leading values and sums): the same model copied is the same."""
-    h = hashlib.sha1()
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        flat = t.detach().float().flatten()
-        h.update(flat[:2048].numpy().tobytes())
-        h.update(str(float(flat.double().sum())).encode())
-    return h.hexdigest()
-
-
-def _cached_scores(model: nn.Module, batches: list, max_batches: int) -> dict | None:
-    hit = _SCORES.get("entry")
-    if hit is None or hit["max_batches"] != max_batches or len(hit["batches"]) != len(batches[:max_batches]):
-        return None
-    # the same batch objects (kept alive by the entry, so their identity cannot be reused) and weights
-    if not all(a is b for a, b in zip(hit["batches"], batches[:max_batches], strict=True)):
-        return None
-    return hit["scores"] if hit["fingerprint"] == fingerprint(model) else None
+_SCORES = LastMeasurement()  # the original's scores on the calibration batches, for every level
 
 
 @torch.no_grad()
@@ -110,8 +87,8 @@ def measure_scores(model: nn.Module, batches: list[torch.Tensor], max_batches: i
     calibration batches for every level and family: the last measurement is reused when the weights and the
     batch objects are the same."""
     layers = {n: m for n, m in model.named_modules() if dense_layer(m)}
-    cached = _cached_scores(model, batches, max_batches)
-    if cached is not None:
+    cached = _SCORES.of(model, batches[:max_batches], (max_batches,))
+    if cached:
         return {n: score.clone() for n, score in cached.items()}
     eqs: dict[nn.Module, ScoreEquations] = {}
 
@@ -123,8 +100,7 @@ def measure_scores(model: nn.Module, batches: list[torch.Tensor], max_batches: i
             run_model(model, x)
     names = {m: n for n, m in layers.items()}
     scores = {names[m]: obs_scores(m, eq).float() for m, eq in eqs.items()}
-    _SCORES["entry"] = {"fingerprint": fingerprint(model), "batches": list(batches[:max_batches]),
-                        "max_batches": max_batches, "scores": {n: s.clone() for n, s in scores.items()}}
+    cached.update({n: s.clone() for n, s in scores.items()})
     return scores
 
 

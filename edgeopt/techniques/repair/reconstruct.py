@@ -25,7 +25,7 @@ from edgeopt.errors import first_line
 from edgeopt.inputs.feeding import join_batches, run_model
 from edgeopt.inputs.hooks import forward_hooks
 from edgeopt.inputs.model_io import Inputs
-from edgeopt.techniques.pruning.recon_scores import fingerprint
+from edgeopt.techniques.pruning.memo import LastMeasurement
 from edgeopt.techniques.repair.layer_rows import (
     NormalEquations,
     dense_layer,
@@ -59,23 +59,19 @@ def _original_targets(orig: nn.Module, names: list[str], batches: list) -> dict[
     return got
 
 
-_TARGETS: dict = {}  # the original's output rows per layer, for one set of weights and batch objects
+_TARGETS = LastMeasurement()  # the original's output rows per layer, for one set of weights and batch objects
 MAX_CACHED_TARGETS = 2 ** 27  # float32 values kept across builds
 
 
 def _targets(orig: nn.Module, names: list[str], batches: list) -> dict[str, list]:
     """`_original_targets`, reused across the builds of a search (every level re-solves consumers of the
     same original on the same calibration batches): only layers not seen yet cost a forward pass."""
-    fp = fingerprint(orig)
-    hit = _TARGETS.get("entry")
-    if (hit is None or hit["fingerprint"] != fp or len(hit["batches"]) != len(batches)
-            or not all(a is b for a, b in zip(hit["batches"], batches, strict=True))):
-        hit = _TARGETS["entry"] = {"fingerprint": fp, "batches": list(batches), "rows": {}}
-    missing = [n for n in names if n not in hit["rows"]]
+    rows = _TARGETS.of(orig, batches)
+    missing = [n for n in names if n not in rows]
     if missing:
-        hit["rows"].update(_original_targets(orig, missing, batches))
-    out = {n: hit["rows"][n] for n in names}
-    if sum(t.numel() for rows in hit["rows"].values() for t, _ in rows) > MAX_CACHED_TARGETS:
+        rows.update(_original_targets(orig, missing, batches))
+    out = {n: rows[n] for n in names}
+    if sum(t.numel() for layer in rows.values() for t, _ in layer) > MAX_CACHED_TARGETS:
         _TARGETS.clear()
     return out
 
