@@ -164,7 +164,8 @@ class Search:
                 screened_out |= self._screen_group(group, families)
             if fam in screened_out:
                 continue
-            for s in self.bisect_family(fam, structures):
+            structures = self._beyond_twins(fam, structures)
+            for s in self.bisect_family(fam, structures) if structures else ():
                 self.finisher.finish(s)
                 self._compressed_finished()
             self._early_stop()
@@ -208,6 +209,43 @@ class Search:
             for spec in specs[s]:
                 self.ledger.mark(spec.id, status, why)
         return out.kept
+
+    def _beyond_twins(self, fam: str, structures: list[str]) -> list[str]:
+        """A fine-tuned family whose levels have un-fine-tuned twins (the same steps without the final
+        fine-tuning) in a family bisected before it: each level is built on its twin (its pruning and
+        reconstruction done once), and only the levels beyond the one the twins' family settled at are
+        bisected: up to it a twin is as fast and already holds the budget without retraining. Returns the levels
+        left to bisect, mildest first; the others are marked with why."""
+        specs = self.ledger.specs
+        by_steps = {tuple(st.model_dump_json() for st in sp[0].steps): name for name, sp in specs.items()}
+        twin_of = {}
+        for s in structures:
+            steps = specs[s][0].steps
+            if not steps or steps[-1].technique != "fine_tune":
+                return structures
+            twin = by_steps.get(tuple(st.model_dump_json() for st in steps[:-1]))
+            if twin is not None and twin != s and specs[twin][0].family is not None:
+                twin_of[s] = twin
+        families = {specs[t][0].family for t in twin_of.values()}
+        if len(families) != 1:
+            return structures
+        twins = families.pop()
+        for s, twin in twin_of.items():
+            self.builds.base_of[s] = twin
+        held = self.settled.get(twins)
+        if held is None:  # not bisected, or even its mildest level broke the budget: every level is fine-tuned
+            return structures
+        floor = specs[held][0].level
+        kept = [s for s in structures if specs[s][0].level > floor + 1e-9]
+        for s in structures:
+            if s not in kept:
+                for spec in specs[s]:
+                    self.ledger.mark(spec.id, "rejected", (
+                        f"not tried: no faster than {held}, which holds the budget without fine-tuning: "
+                        f"fine-tuning is tried only beyond it"))
+        self.trace.append(f"{fam}: built on the {twins} levels; bisected beyond {held}, where {twins} settled"
+                          + ("" if kept else " (no level beyond it)"))
+        return kept
 
     def _screen_group(self, group: str, families: dict[str, list[str]]) -> set[str]:
         """Measure every family of the group at one level; mark the families left out, with the numbers.

@@ -130,10 +130,12 @@ def test_decision_grid(kind, goal, retrain, budget):
         assert ("--retrain" if kind == "gpu" else "dense kernels") in by["unstructured_pruning"].reason
     # pruning at initialisation needs --from-scratch
     assert by["prune_at_init"].decision == "skipped" and "--from-scratch" in by["prune_at_init"].reason
-    # retraining: fine-tuning follows every pruning step, and the ratios go further
+    # retraining: fine-tuning follows every pruning step but the reconstruction alone (searched first, as the
+    # floor the fine-tuned levels start beyond), and the ratios go further
     ft = [c for c in pruned if any(s.technique == "fine_tune" for s in c.steps)]
     if retrain:
-        assert by["fine_tune"].decision == "applied" and len(ft) == len(pruned)
+        plain = [c for c in pruned if c not in ft]
+        assert by["fine_tune"].decision == "applied" and ft and all(c.family == "prune-recon" for c in plain)
         assert max(_ratios(p)) >= 0.6
     else:
         assert by["fine_tune"].decision == "skipped" and "no retraining" in by["fine_tune"].reason
@@ -409,14 +411,20 @@ def test_the_latency_ladder_reaches_deep_targets_with_reconstruction():
 def test_retraining_fine_tunes_the_reconstructed_model_instead_of_dropping_it():
     """With retraining allowed, reconstruction stays in the plan as a start for fine-tuning: its own family
     (`prune-recon<r>-ft`, reconstruct then fine-tune), from the mild reconstruction levels up to the retraining
-    ladder's furthest, planned before the criteria and bisected on its own. Without calibration data there is
-    nothing to reconstruct on."""
+    ladder's furthest, planned before the criteria, after the reconstruction alone. Without calibration data
+    there is nothing to reconstruct on."""
     from edgeopt.decide import policy
 
     p = _crit_plan(calib=True, train=True, retrain=True)
     recon = [c for c in p.candidates if c.family == "prune-recon-ft"]
     assert recon, sorted(_families(p, "prune-"))
-    assert "prune-recon" not in _families(p, "prune-")  # no reconstruction-only twin when fine-tuning is allowed
+    # the reconstruction alone is planned too, ahead of it: each of its levels is a fine-tuned level's twin
+    # (the same steps without the fine-tuning), which the search builds that level on
+    plain = {c.level: c for c in p.candidates if c.family == "prune-recon"}
+    assert plain and all(c.steps == [c.steps[0]] for c in plain.values())
+    for c in recon:
+        if c.level in plain:
+            assert c.steps[:-1] == plain[c.level].steps
     for c in recon:
         assert c.structure.endswith("-ft") and c.screen is None
         assert [s.technique for s in c.steps] == ["prune", "fine_tune"]
@@ -426,6 +434,7 @@ def test_retraining_fine_tunes_the_reconstructed_model_instead_of_dropping_it():
     assert levels[0] == policy.RECON_RATIOS[kind][0] and levels[-1] == policy.RATIOS[(True, kind)][-1]
     assert set(policy.RECON_RATIOS[kind]) <= set(levels)
     order = [c.family for c in p.candidates if c.family]
+    assert order.index("prune-recon") < order.index("prune-recon-ft")
     assert order.index("prune-recon-ft") < min(order.index(f) for f in order if f.startswith("prune-l2"))
     assert any(d.technique == "prune_reconstruct" and "fine-tuning" in d.reason for d in p.decisions)
     assert "prune-recon-ft" not in _families(_crit_plan(calib=False, train=True, retrain=True), "prune-")

@@ -535,3 +535,68 @@ def test_nothing_is_stacked_without_another_technique_that_held_the_budget(tmp_p
     assert not any("+" in cid for cid in c)
     stack = next(d for d in search.decisions if d.technique == "stack")
     assert stack.decision == "skipped" and "another technique" in stack.reason
+
+
+def _plan_with_fine_tuned_twins(ft_ratios=(0.3, 0.4, 0.5, 0.6, 0.7)):
+    """prune10..60 (no retraining) and prune-ft30..70: the same pruning steps, then fine-tuning."""
+    from edgeopt.techniques import FineTuneConfig
+
+    plan = _plan()
+    specs = list(plan.candidates)
+    for r in ft_ratios:
+        name = f"prune-ft{int(r * 100)}"
+        specs.append(CandidateSpec(id=f"{name}@onnx-fp32", structure=name, format="onnx",
+                                   steps=[PruneConfig(ratio=r), FineTuneConfig(epochs=1)], family="prune-ft",
+                                   level=r))
+    return Plan(candidates=specs, baseline_id=specs[0].id)
+
+
+class TwinBuilder(FakeBuilder):
+    """Records what each structure was built on (the original or another structure's model)."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.started_from: dict[str, str] = {}
+
+    def build(self, start, spec):
+        self.started_from[spec.structure] = getattr(start, "structure", "original")
+        return super().build(start, spec)
+
+
+def test_fine_tuning_is_tried_only_beyond_what_the_reconstruction_holds_and_on_its_twins(tmp_path):
+    """With retraining allowed, the levels the un-fine-tuned family holds need no fine-tuning (as fast, already
+    within the budget): the fine-tuned family is bisected beyond its settled level, each level built on its
+    un-fine-tuned twin; a level with no twin (70) is built from the original."""
+    drops = {"prune10": 0.1, "prune20": 0.2, "prune30": 0.4, "prune40": 0.9, "prune50": 1.5, "prune60": 3.0,
+             "prune-ft50": 0.5, "prune-ft60": 0.8, "prune-ft70": 2.0}
+    builder = TwinBuilder(tmp_path, drops)
+    search = _search(tmp_path, builder, plan=_plan_with_fine_tuned_twins())
+    c = _by_id(search.run())
+    assert search.settled["prune"] == "prune40"
+    assert search.settled["prune-ft"] == "prune-ft60"
+    # no fine-tuning where the reconstruction alone holds: 30 and 40 were never built fine-tuned
+    assert "prune-ft30" not in builder.builds and "prune-ft40" not in builder.builds
+    why = c["prune-ft40@onnx-fp32"].reason
+    assert c["prune-ft40@onnx-fp32"].status == "rejected" and "holds the budget without fine-tuning" in why
+    assert builder.started_from["prune-ft60"] == "prune60" and builder.started_from["prune-ft70"] == "original"
+    assert c["prune-ft60@onnx-fp32"].status == "ok"
+    assert any("bisected beyond prune40" in t for t in search.trace)
+
+
+def test_fine_tuning_goes_from_the_mildest_level_when_no_level_holds_without_it(tmp_path):
+    drops = {f"prune{int(r * 100)}": 5.0 for r in RATIOS} | {"prune-ft30": 0.2, "prune-ft40": 0.6,
+                                                             "prune-ft50": 1.4}
+    builder = TwinBuilder(tmp_path, drops)
+    search = _search(tmp_path, builder, plan=_plan_with_fine_tuned_twins())
+    c = _by_id(search.run())
+    assert search.settled["prune"] is None and search.settled["prune-ft"] == "prune-ft40"
+    assert builder.started_from["prune-ft40"] == "prune40"  # still built on the twin: its pruning done once
+    assert c["prune-ft40@onnx-fp32"].status == "ok"
+
+
+def test_a_family_without_fine_tuned_twins_is_bisected_as_planned(tmp_path):
+    drops = dict(zip([f"prune{int(r * 100)}" for r in RATIOS], (0.1, 0.3, 0.6, 0.9, 1.5, 3.0), strict=True))
+    builder = TwinBuilder(tmp_path, drops)
+    search = _search(tmp_path, builder, plan=_plan(families=("prune", "factorize")))
+    search.run()
+    assert not search.base_of and all(v == "original" for v in builder.started_from.values())

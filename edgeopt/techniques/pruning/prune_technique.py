@@ -132,7 +132,10 @@ def propose_reconstruction(ctx: PlanningContext) -> Proposal:
     With retraining allowed the reconstructed model is then fine-tuned (`prune-recon<r>-ft`), from the mild
     reconstruction levels up to the retraining ladder's furthest: fine-tuning starts from a network whose layers
     already reproduce the original's features instead of from a cut one, so it recovers more in the same epochs,
-    and the family is bisected directly (no screening's builds before it)."""
+    and the family is bisected directly (no screening's builds before it). The reconstruction alone is proposed
+    too, ahead of it: the search bisects it first, then fine-tunes only the levels beyond the one it holds, each
+    built on its reconstructed twin (engine/search.py), so retraining never ends below what no retraining
+    reaches, and its time goes where only fine-tuning can go."""
     if not ctx.allowed("prune") or ctx.summary.prunable_groups == 0:
         return Proposal()
     if not ctx.has_calib_data:
@@ -144,19 +147,21 @@ def propose_reconstruction(ctx: PlanningContext) -> Proposal:
     # (a model that holds 30 % only just) and reaches as far as the retraining criteria
     ratios = tuple(sorted({*policy.RECON_RATIOS[kind], *policy.RATIOS[(True, kind)]})) if finetune \
         else policy.RECON_RATIOS[kind]
-    suffix = "-ft" if finetune else ""
     out = []
-    for r in ratios:
-        step = PruneConfig(ratio=r, importance="recon", round_to=round_to, reconstruct=True)
-        out.append(Structure(f"prune-recon{int(round(r * 100))}{suffix}", then_finetune([step], finetune),
-                             f"structured pruning at {r:.0%} with least-squares reconstruction"
-                             + (" + distillation fine-tuning" if finetune else ""), "prune-recon" + suffix, r))
+    for tuned, ladder in ((None, policy.RECON_RATIOS[kind]), (finetune, ratios)) if finetune else ((None, ratios),):
+        suffix = "-ft" if tuned else ""
+        for r in ladder:
+            step = PruneConfig(ratio=r, importance="recon", round_to=round_to, reconstruct=True)
+            out.append(Structure(f"prune-recon{int(round(r * 100))}{suffix}", then_finetune([step], tuned),
+                                 f"structured pruning at {r:.0%} with least-squares reconstruction"
+                                 + (" + distillation fine-tuning" if tuned else ""), "prune-recon" + suffix, r))
     why = ("channels ranked by the output error their removal leaves, and the layers they fed re-solved by least "
            "squares on unlabeled calibration inputs, so pruning goes further")
     return Proposal(out, [Decision(
         technique="prune_reconstruct", decision="applied",
         reason=(f"before fine-tuning: {why}; fine-tuning then starts from layers that already reproduce the "
-                f"original's features, ratios {ratios[0]:.0%}..{ratios[-1]:.0%}" if finetune
+                f"original's features, ratios {ratios[0]:.0%}..{ratios[-1]:.0%}; the reconstruction alone is "
+                "searched first, and only the levels beyond the one it holds are fine-tuned" if finetune
                 else f"no retraining: {why}"))])
 
 
