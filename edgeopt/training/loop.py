@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from edgeopt.errors import ConfigError, DataError
+from edgeopt.errors import ConfigError, DataError, TimeBudgetError
 from edgeopt.inputs.data.epochs import TrainFeed
 from edgeopt.inputs.feeding import run_model
 from edgeopt.inputs.model_io import flatten_outputs
+from edgeopt.timeout import deadline_passed
 from edgeopt.training import ddp
 from edgeopt.training.features import Capture, DistillStudent, make_adapters, match_layers
 from edgeopt.training.losses import (
@@ -142,6 +143,12 @@ def fit(student: nn.Module, train_data, teacher: nn.Module | None = None, epochs
                 sched.step()
                 total += float(loss.detach())
                 n += 1
+                # a search's deadline (edgeopt/timeout.py), checked between steps: a fine-tuning no forecast saw
+                # coming (the first one after quick reconstruction builds) ends at the --time-budget, not past it.
+                # Alone only: under torchrun one rank stopping would leave the others waiting in an all-reduce
+                if world_size == 1 and deadline_passed():
+                    raise TimeBudgetError(f"the time ran out while fine-tuning (epoch {epoch + 1} of {epochs}, "
+                                          f"step {n} of {steps})")
             result.losses.append(ddp.mean_across(total / max(n, 1), world_size))
             result.data_seconds.append(round(waited[0], 3))
             result.epoch_seconds.append(round(time.perf_counter() - t_epoch, 3))

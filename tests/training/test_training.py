@@ -28,3 +28,22 @@ def test_fit_needs_data_and_labels(tiny_plain):
         fit(tiny_plain, [], epochs=1)
     with pytest.raises(DataError, match="labelled"):
         fit(tiny_plain, [torch.randn(4, 1, 16, 16)], epochs=1)
+
+
+def test_fine_tuning_stops_at_the_searchs_deadline(tiny_plain):
+    """A search's builds run under its deadline: fine-tuning checks it between steps and stops there (the first
+    fine-tuning after quick reconstruction builds is one no forecast saw coming), not past the --time-budget."""
+    import time
+
+    from edgeopt.errors import TimeBudgetError
+    from edgeopt.timeout import run_until
+
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(8, 1, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(3)]
+    before = {k: v.clone() for k, v in tiny_plain.state_dict().items()}
+    with run_until(time.perf_counter() - 1), pytest.raises(TimeBudgetError, match="fine-tuning .epoch 1 of 2"):
+        fit(tiny_plain, data, epochs=2, lr=0.05)
+    with run_until(time.perf_counter() + 3600):
+        res = fit(tiny_plain, data, epochs=2, lr=0.05)
+    assert len(res.losses) == 2
+    assert any(not torch.equal(before[k], v) for k, v in tiny_plain.state_dict().items())
