@@ -207,8 +207,9 @@ def prune_to_latency(model: nn.Module, example: torch.Tensor, latency_target: fl
         key = (*_table_key(model, example, runtime or RUNTIMES[0], precision, threads), batch)
         if key not in _TABLES:  # each level of a search prunes the same model: one table (and one fit) for all
             _TABLES.clear()
+            # the whole model is measured by the calibration below, beside a pruned copy: not twice
             _TABLES[key] = LatencyTable(runtime=key[-4], threads=threads, precision=precision,
-                                        batch=batch).build(model, example)
+                                        batch=batch).build(model, example, whole=False)
         table = _TABLES[key]
     model.eval()
     if importance == "recon" and inputs_of(data):
