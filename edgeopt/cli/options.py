@@ -35,7 +35,8 @@ STREAMS = typer.Option(None, help="--goal throughput: requests in flight at once
 MAX_DROP = typer.Option(1.0, help="accuracy budget in percentage points")
 RETRAIN = typer.Option(False, "--retrain/--no-retrain", help="may the model be fine-tuned? (adds Network Slimming, "
                        "IMP rewound by linear mode connectivity for size goals; the distillation kind is chosen "
-                       "by a short measured screen)")
+                       "by a short measured screen; pruning with reconstruction is searched without fine-tuning "
+                       "first, and fine-tuned only beyond the level it holds)")
 FROM_SCRATCH = typer.Option(False, "--from-scratch", help="the model may be trained from scratch (implies "
                             "--retrain): pruning at initialisation (SNIP, GraSP, SynFlow) for size goals")
 LATENCY_BUDGET = typer.Option(None, help="reject candidates slower than this p50 (the search stops early once "
