@@ -144,6 +144,8 @@ class _Attention(torch.nn.Module):
         super().__init__()
         self.embed, self.qkv, self.out = torch.nn.Conv2d(3, 16, 4, stride=4), torch.nn.Linear(16, 48), \
             torch.nn.Linear(16, 4)
+        with torch.no_grad():  # outputs apart: near-tied random logits fail INT8 verification on some CPUs (AMX)
+            self.out.bias.copy_(torch.tensor([0.0, 1.0, 2.0, 3.0]))
 
     def forward(self, x):
         t = self.embed(x).flatten(2).transpose(1, 2)
