@@ -66,9 +66,7 @@ class HeldOut:
         from edgeopt.measure.accuracy import is_logits
 
         self.teacher_logits = all(is_logits(v) for v in self.teacher[0].values())  # class/dense logits only
-
-    def teacher_outputs(self) -> dict[str, np.ndarray]:
-        return _stacked(self.teacher)
+        self.teacher_stacked = _stacked(self.teacher)  # what `fidelity` compares each probe with
 
 
 def _stacked(outs: list[dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
@@ -115,7 +113,7 @@ def score(model: nn.Module, held: HeldOut) -> float:
             return output_match(outs, held)
         from edgeopt.measure.accuracy import fidelity
 
-        return fidelity(_stacked(outs), held.teacher_outputs())
+        return fidelity(_stacked(outs), held.teacher_stacked)
     from edgeopt.measure.top1 import percent_correct
 
     return percent_correct((next(iter(o.values())), y if y is not None else next(iter(t.values())).argmax(1))
