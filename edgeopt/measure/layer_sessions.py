@@ -71,6 +71,7 @@ def runner(model: nn.Module, x, runtime: str, threads: int, tmp: Path, precision
             path = qpath
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
+        opts.add_session_config_entry("session.force_spinning_stop", "1")  # not spinning into the next layer's turn
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         return lambda: sess.run(None, feed)
     from edgeopt.formats.openvino_core import nncf_on_shared_core, openvino_core

@@ -3,7 +3,8 @@
 Several models are measured round-robin in a shuffled order each round, so that drift on a shared
 machine (another job, frequency changes) hits all of them alike and their ratio stays honest. Each turn
 is a short block of runs whose first run is discarded: runtimes keep their worker threads spinning for a
-while after a call (ONNX Runtime, OpenVINO), and that spin must not be billed to the next model."""
+while after a call (OpenVINO; ONNX Runtime's sessions are told to stop at once), and that spin must not be
+billed to the next model."""
 
 from __future__ import annotations
 
