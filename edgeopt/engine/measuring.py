@@ -4,13 +4,14 @@ throughput goal also its images/s under the served load (measure/throughput.py),
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from edgeopt.config import RunConfig
 from edgeopt.inputs.model_io import Inputs
 from edgeopt.measure.roofline import estimate_stats
 from edgeopt.measure.timing import BenchConfig, measure
-from edgeopt.report import Candidate
+from edgeopt.report import Candidate, Decision, LatencyCheck, Report
 
 
 def latency(cands: list[Candidate], sessions: dict, measure_locally: bool, profile, ex: Inputs,
@@ -27,6 +28,49 @@ def latency(cands: list[Candidate], sessions: dict, measure_locally: bool, profi
         for c in cands:
             c.latency_ms = estimate_stats(profile, c.macs or 0, c.size_bytes or 0, c.precision or "fp32")
             c.latency_source = "estimated"
+
+
+# of the final measurement's time, what measuring the choice again takes: two or three models settle quickly
+CHECK_SHARE = 1 / 3
+
+
+def check_choice(report: Report, sessions: dict, ex: Inputs, bench_config: BenchConfig) -> list[Decision]:
+    """The chosen model measured again, fresh and interleaved, beside the best plain conversion of the original
+    and the fp32 baseline. The choice is the fastest of many noisy figures, and the fastest of many is biased
+    low, as the best accuracy on the selection split is biased high: the headline's ratios come from this
+    second measurement, which chose nothing. When the chosen model is not faster than the best plain
+    conversion here, that conversion is shipped instead (it converts the unmodified model: nothing is gained by
+    the compression). After `select` and the test split; on this machine only. Returns the decisions."""
+    from edgeopt.report.headline import best_plain
+
+    chosen, plain, base = report.chosen_candidate, best_plain(report), report.baseline
+    ids = list(dict.fromkeys(c.id for c in (chosen, plain, base)
+                             if c is not None and c.id in sessions and c.latency_ms is not None))
+    if chosen is None or chosen.id not in ids or len(ids) < 2:
+        return []
+    cands = {c.id: c for c in (chosen, plain, base) if c is not None and c.id in ids}
+    before = {cid: cands[cid].latency_ms.p50 for cid in ids}
+    feed = ex.numpy()
+    config = dataclasses.replace(bench_config, max_time_s=max(1.0, bench_config.max_time_s * CHECK_SHARE))
+    stats = measure({cid: sessions[cid].timed_call(feed) for cid in ids}, config, seed=1)
+    for cid in ids:
+        cands[cid].latency_ms = stats[cid]
+    decisions: list[Decision] = []
+    note = "the chosen model measured again beside " + " and ".join(i for i in ids if i != chosen.id)
+    if plain is not None and plain is not chosen and plain.id in ids and plain.status == "ok" and \
+            stats[chosen.id].p50 >= stats[plain.id].p50:
+        why = (f"measured again beside {plain.id}: p50 {stats[chosen.id].p50:.3f} ms vs {stats[plain.id].p50:.3f} "
+               f"ms (the search measured {before[chosen.id]:.3f} vs {before[plain.id]:.3f} ms): the compression "
+               "does not pay here, the plain conversion is shipped")
+        chosen.status, chosen.reason = "rejected", why
+        report.chosen = plain.id
+        plain.status, plain.reason = "ok", "chosen: measured again, faster than the compressed choice"
+        decisions.append(Decision(technique="latency_check", decision="rejected", reason=f"{chosen.id}: {why}"))
+        note += f"; {chosen.id} was not faster, so {plain.id} is shipped"
+    report.model.latency_check = LatencyCheck(
+        measured=ids, search_p50={i: round(v, 4) for i, v in before.items()},
+        p50={i: round(stats[i].p50, 4) for i in ids}, note=note)
+    return decisions
 
 
 def measure_all(cands: list[Candidate], sessions: dict, measure_locally: bool, prep, out_dir: Path,

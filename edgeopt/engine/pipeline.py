@@ -26,7 +26,7 @@ from edgeopt.engine import cluster, distributed, holdout
 from edgeopt.engine.build import Builder, export_options
 from edgeopt.engine.cache import CandidateCache, producer_parts
 from edgeopt.engine.choices import measured_choices
-from edgeopt.engine.measuring import architecture_table, latency, measure_all
+from edgeopt.engine.measuring import architecture_table, check_choice, latency, measure_all
 from edgeopt.engine.phases import Phases
 from edgeopt.engine.prepare import Prepared, Progress, check_names, prepare, resolve_data
 from edgeopt.engine.search import Search, SearchResult
@@ -106,7 +106,7 @@ def run(config: RunConfig, model=None, example=None, eval_data=None, calib_data=
     with phases("measure"):
         device = measure_all(found.result.candidates, found.result.sessions, found.plan.measure_locally, prep,
                              out_dir, config, bench_config, device_token, progress)
-    report = _report(prep, found, threads, device, out_dir, t_start, phases)
+    report = _report(prep, found, threads, device, out_dir, t_start, phases, bench_config)
     write_all(report, out_dir)  # report.png, .json, .md and the self-contained .html, each once
     return report
 
@@ -234,7 +234,7 @@ def _search(prep: Prepared, out_dir: Path, threads: int, resume: bool, progress:
 
 
 def _report(prep: Prepared, found: Searched, threads: int, device: dict | None, out_dir: Path,
-            t_start: float, phases: Phases) -> Report:
+            t_start: float, phases: Phases, bench_config: BenchConfig) -> Report:
     """The run's report, built once here from what the stages returned: the search's result (with the latency
     just measured on its candidates) and `device` (the remote agent's environment, or None); then selected
     on the selection part, judged on the test part, its chosen artifact published (and bundled for a target
@@ -278,6 +278,9 @@ def _report(prep: Prepared, found: Searched, threads: int, device: dict | None, 
     # then the test part, once: the budget of the final choice is judged there (the next best when it breaks)
     with phases("test split"):
         holdout.judge(report, context, held, result.sessions, ex.batch, loaded.model)
+    if the_plan.measure_locally and device is None and context.goal == "latency":
+        with phases("measure"):  # the choice again, beside what it is compared with (it chose nothing)
+            report.decisions += check_choice(report, result.sessions, ex, bench_config)
     report.model.headline = headline(report)  # vs the best plain conversion of the original, and vs fp32
     _publish_chosen(report, out_dir)
     if not the_plan.measure_locally:  # the artifact + the exact build/run command for the device

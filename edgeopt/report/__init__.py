@@ -91,6 +91,17 @@ class TestSplit(_Section):
     interval: str = ""  # how the interval was computed, or why there is none
 
 
+class LatencyCheck(_Section):
+    """report.json "model.latency_check": the chosen model measured again after the search, fresh and interleaved
+    beside the best plain conversion and the fp32 baseline. Their latency in the report is this measurement's;
+    `search_p50` keeps what the search measured (among all candidates), on which the choice was made."""
+
+    measured: list[str]
+    search_p50: dict[str, float]
+    p50: dict[str, float]
+    note: str = ""
+
+
 class ReportModel(_Section):
     """report.json "model": the model's summary (analyze's fields, `info_*` from the loader) and what the run
     learnt about it. Unset fields are left out of the JSON, as before."""
@@ -114,6 +125,7 @@ class ReportModel(_Section):
     bundle: str | None = None
     headline: Headline | None = None
     test_split: TestSplit | None = None
+    latency_check: LatencyCheck | None = None
     # where the run's wall time went: seconds per phase (load, analyze, data, reference predictions, plan,
     # build, screen, export per format, verify, evaluate, measure, test split...), "other" for the rest
     profile: dict[str, float] | None = None

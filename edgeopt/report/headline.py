@@ -150,3 +150,13 @@ def accuracy_line(report: Report) -> str | None:
     return (f"{sel}; test {pct(chosen.accuracy_test)} vs baseline "
             f"{pct(base.accuracy_test if base is not None else None)} (drop {pp(chosen.accuracy_drop_test)}) "
             f"on {ts.images} test images the search never saw{ci}")
+
+
+def latency_check_line(report: Report) -> str | None:
+    """What measuring the choice again found: each model's p50 there, and the search's figure beside it."""
+    check = report.model.latency_check
+    if check is None:
+        return None
+    figures = ", ".join(f"{cid} {check.p50[cid]:.3f} ms (search: {check.search_p50[cid]:.3f})"
+                        for cid in check.measured)
+    return f"latency check: {check.note} (fresh, interleaved; its figures are the ones above): {figures}"

@@ -13,7 +13,7 @@ import io
 from pathlib import Path
 
 from edgeopt.report import Candidate, Report, write_atomic, write_report
-from edgeopt.report.headline import accuracy_line, speed_line
+from edgeopt.report.headline import accuracy_line, latency_check_line, speed_line
 from edgeopt.report.markdown import candidate_row, device_kinds, table_header, to_markdown
 
 PLOT_FILE = "report.png"  # next to report.json; report.md links it, report.html embeds it
@@ -97,7 +97,8 @@ def to_html(report: Report, png: bytes | None) -> str:
                         for d in report.decisions)
     notes = "".join(f"<li>{e(n)}</li>" for n in report.model.get("plan_notes", []))
     trace = "".join(f"<li>{e(t)}</li>" for t in (report.model.get("search") or {}).get("trace", []))
-    summary = "".join(f"<p>{e(line)}</p>" for line in (speed_line(report), accuracy_line(report)) if line)
+    summary = "".join(f"<p>{e(line)}</p>" for line in (speed_line(report), accuracy_line(report),
+                                                         latency_check_line(report)) if line)
     ts = report.model.test_split
     if ts is not None and ts.split == "none":
         summary += f"<p><b>no test split</b> ({e(str(ts.get('why')))}): {e(ts.note)}</p>"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edgeopt.report import Candidate, Report
-from edgeopt.report.headline import accuracy_line, speed_line
+from edgeopt.report.headline import accuracy_line, latency_check_line, speed_line
 
 
 def _fmt(v: float | None, spec: str = ".3f") -> str:
@@ -116,6 +116,9 @@ def to_markdown(report: Report) -> str:
                      f"- **no test split** ({ts.get('why')}): every accuracy here is the one the search optimized on")
         if ts.interval:
             lines.append(f"- test figure: {ts.interval}")
+    check = latency_check_line(report)
+    if check:
+        lines.append(f"- {check}")
     lines += [
         f"- edgeopt {report.edgeopt_version}, schema {report.schema_version}, "
         f"wall time {_fmt(report.wall_time_s, '.1f')} s" + (

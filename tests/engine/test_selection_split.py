@@ -219,6 +219,72 @@ def test_headline_compares_with_the_best_plain_conversion():
     assert headline(_report(cands, chosen="prune30@onnxruntime-int8")).best_plain == "original@onnxruntime-fp32"
 
 
+# ---- the choice measured again --------------------------------------------------------------------------------
+
+class _Sleeping:
+    """A session whose timed call takes `ms` (sleeping: the measurement reads wall time)."""
+
+    def __init__(self, ms):
+        self.ms = ms
+
+    def timed_call(self, feed):
+        import time
+
+        return lambda: time.sleep(self.ms / 1000)
+
+
+def _check(cands, chosen, true_ms):
+    from edgeopt.engine.measuring import check_choice
+    from edgeopt.inputs.model_io import Inputs
+    from edgeopt.measure.timing import BenchConfig
+
+    r = _report(cands, chosen=chosen)
+    sessions = {cid: _Sleeping(ms) for cid, ms in true_ms.items()}
+    bench = BenchConfig(warmup_runs=1, warmup_s=0.0, min_runs=12, max_time_s=0.6, ci_rel=0.5)
+    decisions = check_choice(r, sessions, Inputs(["x"], [torch.zeros(1, 3)]), bench)
+    return r, decisions
+
+
+def test_the_choice_is_measured_again_and_the_headline_uses_that_measurement():
+    from edgeopt.report.headline import headline
+    from edgeopt.report.markdown import to_markdown
+
+    # the search measured the pruned model at 2 ms (the fastest of many noisy figures); really it takes 6 ms,
+    # the plain int8 conversion 12 ms, fp32 30 ms
+    cands = [_cand("prune30@onnxruntime-int8", 2.0, 0.4, precision="int8"),
+             _cand("original@onnxruntime-int8", 4.0, 0.2, steps=(), precision="int8")]
+    r, decisions = _check(cands, "prune30@onnxruntime-int8", {"prune30@onnxruntime-int8": 6,
+                                                              "original@onnxruntime-int8": 12,
+                                                              "original@onnxruntime-fp32": 30})
+    assert not decisions and r.chosen == "prune30@onnxruntime-int8"
+    check = r.model.latency_check
+    assert check.measured == ["prune30@onnxruntime-int8", "original@onnxruntime-int8", "original@onnxruntime-fp32"]
+    assert check.search_p50["prune30@onnxruntime-int8"] == 2.0 and check.p50["prune30@onnxruntime-int8"] >= 5.5
+    h = headline(r)
+    assert 1.5 < h.speedup_vs_best_plain < 2.5 and 3.5 < h.speedup_vs_fp32 < 6  # not 2.0 / 5.0 as searched
+    assert "latency check: the chosen model measured again beside original@onnxruntime-int8" in to_markdown(r)
+
+
+def test_a_choice_not_faster_than_the_plain_conversion_when_measured_again_ships_the_conversion():
+    cands = [_cand("prune30@onnxruntime-int8", 2.0, 0.4, precision="int8"),
+             _cand("original@onnxruntime-int8", 4.0, 0.2, steps=(), precision="int8")]
+    r, decisions = _check(cands, "prune30@onnxruntime-int8", {"prune30@onnxruntime-int8": 9,
+                                                              "original@onnxruntime-int8": 6,
+                                                              "original@onnxruntime-fp32": 15})
+    assert r.chosen == "original@onnxruntime-int8"
+    pruned = r.candidate("prune30@onnxruntime-int8")
+    assert pruned.status == "rejected" and "the compression does not pay here" in pruned.reason
+    assert [d.technique for d in decisions] == ["latency_check"] and "search measured 2.000" in decisions[0].reason
+
+
+def test_nothing_to_measure_again_without_sessions_or_a_comparison():
+    cands = [_cand("prune30@onnxruntime-int8", 2.0, 0.4, precision="int8")]
+    r, decisions = _check(cands, "prune30@onnxruntime-int8", {})  # measured elsewhere: no session here
+    assert r.model.latency_check is None and not decisions
+    r, decisions = _check([], "original@onnxruntime-fp32", {"original@onnxruntime-fp32": 1})  # alone
+    assert r.model.latency_check is None and not decisions
+
+
 # ---- end to end ------------------------------------------------------------------------------------------------
 
 def _track(monkeypatch):
@@ -277,6 +343,9 @@ def test_search_never_sees_the_test_images_and_the_report_shows_both(tmp_path, t
     assert data["model"]["test_split"]["images"] == ts.images and data["model"]["headline"]["chosen"] == chosen.id
     h = data["model"]["headline"]
     assert h["best_plain"].startswith("original@") and h["speedup_vs_fp32"] > 0 and h["speedup_vs_best_plain"] > 0
+    check = data["model"]["latency_check"]  # measured again: the chosen model, the comparisons
+    assert check["measured"][0] == report.chosen and report.baseline.id in check["measured"]
+    assert abs(report.baseline.latency_ms.p50 - check["p50"][report.baseline.id]) < 1e-3
     md = (tmp_path / "report.md").read_text()
     assert "selection" in md and f"on {ts.images} test images" in md and "95 % CI" in md
     assert "best plain conversion" in md and "at fp32" in md and "| test drop pp |" in md
