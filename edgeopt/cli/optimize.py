@@ -143,6 +143,8 @@ def _summary(report, out_dir: Path, verbose: bool = False) -> None:
         for d in report.decisions:
             if d.technique == "metric" and d.decision == "rejected":  # the task metric told nothing apart
                 out.print(f"[yellow]warning:[/] {escape(d.reason)}", highlight=False)
+            if d.technique == "latency_check":  # measured again, the compressed choice was not faster
+                out.print(f"latency check: {escape(d.reason)}", highlight=False)
         if report.model.load_note:  # the published model runs as measured only when loaded this way
             out.print(f"load {report.model.chosen_artifact} as measured: {report.model.load_note[-1]}", markup=False,
                       highlight=False)
