@@ -153,6 +153,32 @@ def test_proxy_without_labels_and_fine_tuning(trained):
     assert top1(small, val) > 50.0  # two of three blocks gone, still far above chance (10%) after 1 epoch
 
 
+def test_an_output_gap_is_measured_on_the_first_few_batches_only(trained, monkeypatch):
+    """Each block's gap is a full evaluation per block: measured on GAP_SAMPLES, not on every held-out batch."""
+    from edgeopt.techniques.pruning import depth
+
+    model, _, val = trained
+    inputs = [x for x, _ in val.items]
+    assert sum(len(x) for x in inputs) > depth.GAP_SAMPLES
+    seen = []
+    real = depth._cost
+
+    def counted(m, reference, items, labelled):
+        seen.append(sum(len(x) for x, _ in items))
+        return real(m, reference, items, labelled)
+
+    monkeypatch.setattr(depth, "_cost", counted)
+    monkeypatch.setattr(depth, "_COSTS", depth.LastMeasurement())
+    res = edgeopt.depth_prune(model, torch.randn(1, 1, 8, 8), inputs, blocks=1)
+    assert res.record["criterion"] == "output_kl" and len(seen) == 4  # the model, then each of its 3 blocks
+    assert all(depth.GAP_SAMPLES <= n < depth.GAP_SAMPLES + len(inputs[0]) for n in seen)
+    assert res.record["bn_recalibrated"] > 0
+    seen.clear()  # labelled: a count of correct answers keeps every sample
+    monkeypatch.setattr(depth, "_COSTS", depth.LastMeasurement())
+    edgeopt.depth_prune(model, torch.randn(1, 1, 8, 8), val, blocks=1)
+    assert seen and all(n == sum(len(x) for x in inputs) for n in seen)
+
+
 def test_no_residual_blocks_is_skipped_with_reason():
     from smallnet import make
 

@@ -141,6 +141,24 @@ def _cost(model: nn.Module, reference: list, items: list, labelled: bool) -> flo
     return float(torch.stack(gaps).mean())
 
 
+# Samples an output gap is measured on for each block. The gap is continuous, so a few batches rank the blocks as
+# all do (the Unet's ten blocks: the same order and the four cheapest within 20 % on 16, 32, 64 and 128 images;
+# 3.8 s on 32, 17.8 s on 128, one of which every depth level paid). A labelled classifier's cost is a
+# count of correct answers: it keeps every sample.
+GAP_SAMPLES = 32
+
+
+def _first_samples(items: list, n: int) -> list:
+    """The first batches holding at least n samples (all of them when there are fewer)."""
+    out, count = [], 0
+    for x, y in items:
+        if count >= n:
+            break
+        out.append((x, y))
+        count += len(Inputs.of(x).first)
+    return out
+
+
 _COSTS = LastMeasurement()  # the last model's block costs, for one set of weights and batch objects
 
 
@@ -179,9 +197,10 @@ def depth_prune(model: nn.Module, example: torch.Tensor, data, blocks: int = 1, 
         record["skipped"].append("model: no residual blocks (a block whose output is f(x) + x with the same "
                                  "shape): removing a plain layer would break the network, so nothing removed")
         return base, record
+    scored = items if labelled else _first_samples(items, GAP_SAMPLES)
     with torch.no_grad():
-        reference = [run_model(base, x) for x, _ in items]
-    base_cost, costs = _block_costs(base, found, items, reference, labelled)
+        reference = [run_model(base, x) for x, _ in scored]
+    base_cost, costs = _block_costs(base, found, scored, reference, labelled)
     record["costs"] = {n: round(c, 4) for n, c in costs.items()}
     if blocks > len(found):
         record["skipped"].append(f"asked for {blocks} blocks, the model has only {len(found)} removable")
@@ -199,7 +218,7 @@ def depth_prune(model: nn.Module, example: torch.Tensor, data, blocks: int = 1, 
         small.eval()
     if labelled:
         record["accuracy_before"] = round(-base_cost, 2)
-        record["accuracy_after"] = round(-_cost(small, reference, items, labelled), 2)
+        record["accuracy_after"] = round(-_cost(small, reference, scored, labelled), 2)
     record["removed"] = removed
     return small, record
 
