@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -290,15 +291,20 @@ class TestEvaluator:
             np.issubdtype(v.dtype, np.integer) and v.ndim == 1 for v in self.reference.values())
 
 
-def judge(report: Report, context: RunContext, held: Holdout, sessions: dict, batch: int, net) -> None:
-    """After `select`: evaluate on the test part, judge the budget there (decide/select.py), and complete
-    report.model.test_split."""
+def judge(report: Report, context: RunContext, held: Holdout, sessions: dict, batch: int, net,
+          check: Callable[[Report], list] | None = None) -> None:
+    """After `select`: evaluate on the test part, judge the budget there (decide/select.py), then `check` the
+    final choice (its latency measured again: it may hand the choice to the best plain conversion, judged on
+    the test part too), and complete report.model.test_split for the choice."""
     record = held.record
     report.model.test_split = record
-    if held.test is None:
+    evaluate = TestEvaluator(held.test, sessions, batch, net) if held.test is not None else None
+    if evaluate is not None:
+        report.decisions += judge_on_test(report, context, evaluate)
+    if check is not None:
+        report.decisions += check(report)
+    if evaluate is None:
         return
-    evaluate = TestEvaluator(held.test, sessions, batch, net)
-    report.decisions += judge_on_test(report, context, evaluate)
     chosen = report.chosen_candidate
     if chosen is None or chosen.accuracy_test is None:
         record.interval = "no chosen candidate evaluated on the test split"

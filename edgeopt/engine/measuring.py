@@ -8,6 +8,7 @@ import dataclasses
 from pathlib import Path
 
 from edgeopt.config import RunConfig
+from edgeopt.decide import policy
 from edgeopt.inputs.model_io import Inputs
 from edgeopt.measure.roofline import estimate_stats
 from edgeopt.measure.timing import BenchConfig, measure
@@ -38,9 +39,10 @@ def check_choice(report: Report, sessions: dict, ex: Inputs, bench_config: Bench
     """The chosen model measured again, fresh and interleaved, beside the best plain conversion of the original
     and the fp32 baseline. The choice is the fastest of many noisy figures, and the fastest of many is biased
     low, as the best accuracy on the selection split is biased high: the headline's ratios come from this
-    second measurement, which chose nothing. When the chosen model is not faster than the best plain
-    conversion here, that conversion is shipped instead (it converts the unmodified model: nothing is gained by
-    the compression). After `select` and the test split; on this machine only. Returns the decisions."""
+    second measurement, which chose nothing. When a compressed choice does not win against the best plain
+    conversion here (by `select`'s rule: faster, or within noise and at least as accurate), that conversion is
+    shipped instead: nothing is gained by the compression. A plain conversion chosen stays chosen. After
+    `select` and the test split; on this machine only. Returns the decisions."""
     from edgeopt.report.headline import best_plain
 
     chosen, plain, base = report.chosen_candidate, best_plain(report), report.baseline
@@ -57,8 +59,8 @@ def check_choice(report: Report, sessions: dict, ex: Inputs, bench_config: Bench
         cands[cid].latency_ms = stats[cid]
     decisions: list[Decision] = []
     note = "the chosen model measured again beside " + " and ".join(i for i in ids if i != chosen.id)
-    if plain is not None and plain is not chosen and plain.id in ids and plain.status == "ok" and \
-            stats[chosen.id].p50 >= stats[plain.id].p50:
+    if chosen.steps and plain is not None and plain.id in ids and plain.status == "ok" and \
+            not _faster(chosen, plain, stats[chosen.id].p50, stats[plain.id].p50):
         why = (f"measured again beside {plain.id}: p50 {stats[chosen.id].p50:.3f} ms vs {stats[plain.id].p50:.3f} "
                f"ms (the search measured {before[chosen.id]:.3f} vs {before[plain.id]:.3f} ms): the compression "
                "does not pay here, the plain conversion is shipped")
@@ -71,6 +73,17 @@ def check_choice(report: Report, sessions: dict, ex: Inputs, bench_config: Bench
         measured=ids, search_p50={i: round(v, 4) for i, v in before.items()},
         p50={i: round(stats[i].p50, 4) for i in ids}, note=note)
     return decisions
+
+
+def _faster(chosen: Candidate, plain: Candidate, chosen_ms: float, plain_ms: float) -> bool:
+    """Does the compressed choice still win, by `select`'s rule: faster, and within noise of the plain
+    conversion (policy.MEASURED_TIE) only if at least as accurate."""
+    if chosen_ms >= plain_ms:
+        return False
+    if plain_ms - chosen_ms > policy.MEASURED_TIE * plain_ms:
+        return True
+    return (chosen.accuracy if chosen.accuracy is not None else float("-inf")) >= (
+        plain.accuracy if plain.accuracy is not None else float("-inf"))
 
 
 def measure_all(cands: list[Candidate], sessions: dict, measure_locally: bool, prep, out_dir: Path,

@@ -221,27 +221,25 @@ def test_headline_compares_with_the_best_plain_conversion():
 
 # ---- the choice measured again --------------------------------------------------------------------------------
 
-class _Sleeping:
-    """A session whose timed call takes `ms` (sleeping: the measurement reads wall time)."""
-
-    def __init__(self, ms):
-        self.ms = ms
-
-    def timed_call(self, feed):
-        import time
-
-        return lambda: time.sleep(self.ms / 1000)
-
-
 def _check(cands, chosen, true_ms):
-    from edgeopt.engine.measuring import check_choice
+    """check_choice with each candidate's latency in the second measurement fixed at `true_ms` (the sessions
+    present are the ones measured; the measurement itself is exercised end to end below)."""
+    from edgeopt.engine import measuring
     from edgeopt.inputs.model_io import Inputs
     from edgeopt.measure.timing import BenchConfig
 
+    class Session:
+        def timed_call(self, feed):
+            return lambda: None
+
     r = _report(cands, chosen=chosen)
-    sessions = {cid: _Sleeping(ms) for cid, ms in true_ms.items()}
-    bench = BenchConfig(warmup_runs=1, warmup_s=0.0, min_runs=12, max_time_s=0.6, ci_rel=0.5)
-    decisions = check_choice(r, sessions, Inputs(["x"], [torch.zeros(1, 3)]), bench)
+    real = measuring.measure
+    measuring.measure = lambda fns, config=None, seed=0: {cid: _lat(true_ms[cid]) for cid in fns}
+    try:
+        decisions = measuring.check_choice(r, {cid: Session() for cid in true_ms},
+                                           Inputs(["x"], [torch.zeros(1, 3)]), BenchConfig())
+    finally:
+        measuring.measure = real
     return r, decisions
 
 
@@ -259,9 +257,9 @@ def test_the_choice_is_measured_again_and_the_headline_uses_that_measurement():
     assert not decisions and r.chosen == "prune30@onnxruntime-int8"
     check = r.model.latency_check
     assert check.measured == ["prune30@onnxruntime-int8", "original@onnxruntime-int8", "original@onnxruntime-fp32"]
-    assert check.search_p50["prune30@onnxruntime-int8"] == 2.0 and check.p50["prune30@onnxruntime-int8"] >= 5.5
+    assert check.search_p50["prune30@onnxruntime-int8"] == 2.0 and check.p50["prune30@onnxruntime-int8"] == 6
     h = headline(r)
-    assert 1.5 < h.speedup_vs_best_plain < 2.5 and 3.5 < h.speedup_vs_fp32 < 6  # not 2.0 / 5.0 as searched
+    assert h.speedup_vs_best_plain == 2.0 and h.speedup_vs_fp32 == 5.0  # 12/6 and 30/6, not 4/2 and 10/2
     assert "latency check: the chosen model measured again beside original@onnxruntime-int8" in to_markdown(r)
 
 
@@ -275,6 +273,24 @@ def test_a_choice_not_faster_than_the_plain_conversion_when_measured_again_ships
     pruned = r.candidate("prune30@onnxruntime-int8")
     assert pruned.status == "rejected" and "the compression does not pay here" in pruned.reason
     assert [d.technique for d in decisions] == ["latency_check"] and "search measured 2.000" in decisions[0].reason
+
+
+def test_measured_again_within_noise_the_more_accurate_wins_and_a_plain_choice_stays():
+    # 1 % apart is noise (policy.MEASURED_TIE): the plain conversion, more accurate, is shipped
+    cands = [_cand("prune30@onnxruntime-int8", 2.0, 0.4, precision="int8"),
+             _cand("original@onnxruntime-int8", 4.0, 0.2, steps=(), precision="int8")]
+    r, _ = _check(cands, "prune30@onnxruntime-int8", {"prune30@onnxruntime-int8": 9.9,
+                                                      "original@onnxruntime-int8": 10,
+                                                      "original@onnxruntime-fp32": 30})
+    assert r.chosen == "original@onnxruntime-int8"
+    # a plain conversion chosen (the more accurate of two tied at selection) is not second-guessed: there is no
+    # compression to pay for
+    cands = [_cand("original@onnxruntime-int8", 4.0, 0.9, steps=(), precision="int8"),
+             _cand("original@openvino-bf16", 4.05, 0.1, steps=(), precision="bf16")]
+    r, decisions = _check(cands, "original@openvino-bf16", {"original@onnxruntime-int8": 5,
+                                                            "original@openvino-bf16": 6,
+                                                            "original@onnxruntime-fp32": 30})
+    assert r.chosen == "original@openvino-bf16" and not decisions and r.model.latency_check is not None
 
 
 def test_nothing_to_measure_again_without_sessions_or_a_comparison():
@@ -350,6 +366,28 @@ def test_search_never_sees_the_test_images_and_the_report_shows_both(tmp_path, t
     assert "selection" in md and f"on {ts.images} test images" in md and "95 % CI" in md
     assert "best plain conversion" in md and "at fp32" in md and "| test drop pp |" in md
     assert any(d.technique == "test_split" and d.decision == "applied" for d in report.decisions)
+
+
+def test_a_choice_slower_when_measured_again_ships_the_plain_conversion_end_to_end(tmp_path, tiny_plain, example,
+                                                                                  fast_bench, monkeypatch):
+    from edgeopt.engine import measuring
+
+    def staged(fns, config=None, on_round=None, seed=0):  # the search sees the compressed models fastest, the
+        out = {}                                          # check (seed 1) sees the chosen one slowest
+        for cid in fns:
+            compressed = not cid.startswith("original@")
+            out[cid] = _lat(1.0 if compressed else 5.0) if seed == 0 else _lat(50.0 if compressed else 5.0)
+        return out
+
+    monkeypatch.setattr(measuring, "measure", staged)
+    report = edgeopt.optimize(tiny_plain, example, max_accuracy_drop=100.0, **_quick(tmp_path, fast_bench, tiny_plain))
+    [d] = [d for d in report.decisions if d.technique == "latency_check"]
+    assert "the plain conversion is shipped" in d.reason
+    chosen = report.chosen_candidate
+    assert chosen.id.startswith("original@") and chosen.id == report.model.headline.best_plain
+    assert report.model.test_split.chosen == chosen.id and chosen.accuracy_test is not None
+    assert report.model.headline.chosen_is_best_plain
+    assert (tmp_path / report.model.chosen_artifact).read_bytes() == (tmp_path / chosen.artifact).read_bytes()
 
 
 def test_a_choice_that_breaks_the_budget_on_test_is_replaced_end_to_end(tmp_path, tiny_plain, example, fast_bench,
