@@ -243,17 +243,27 @@ def _check(cands, chosen, true_ms):
     return r, decisions
 
 
+PRUNED = "prune30@onnxruntime-int8"
+
+
+def _pair():
+    """A pruned candidate and the plain INT8 conversion, as the search measured them (2 and 4 ms)."""
+    return [_cand(PRUNED, 2.0, 0.4, precision="int8"),
+            _cand("original@onnxruntime-int8", 4.0, 0.2, steps=(), precision="int8")]
+
+
+def _times(pruned, plain, fp32):
+    """Their latency (and fp32's) in the second measurement."""
+    return {PRUNED: pruned, "original@onnxruntime-int8": plain, "original@onnxruntime-fp32": fp32}
+
+
 def test_the_choice_is_measured_again_and_the_headline_uses_that_measurement():
     from edgeopt.report.headline import headline
     from edgeopt.report.markdown import to_markdown
 
     # the search measured the pruned model at 2 ms (the fastest of many noisy figures); really it takes 6 ms,
     # the plain int8 conversion 12 ms, fp32 30 ms
-    cands = [_cand("prune30@onnxruntime-int8", 2.0, 0.4, precision="int8"),
-             _cand("original@onnxruntime-int8", 4.0, 0.2, steps=(), precision="int8")]
-    r, decisions = _check(cands, "prune30@onnxruntime-int8", {"prune30@onnxruntime-int8": 6,
-                                                              "original@onnxruntime-int8": 12,
-                                                              "original@onnxruntime-fp32": 30})
+    r, decisions = _check(_pair(), PRUNED, _times(6, 12, 30))
     assert not decisions and r.chosen == "prune30@onnxruntime-int8"
     check = r.model.latency_check
     assert check.measured == ["prune30@onnxruntime-int8", "original@onnxruntime-int8", "original@onnxruntime-fp32"]
@@ -264,11 +274,7 @@ def test_the_choice_is_measured_again_and_the_headline_uses_that_measurement():
 
 
 def test_a_choice_not_faster_than_the_plain_conversion_when_measured_again_ships_the_conversion():
-    cands = [_cand("prune30@onnxruntime-int8", 2.0, 0.4, precision="int8"),
-             _cand("original@onnxruntime-int8", 4.0, 0.2, steps=(), precision="int8")]
-    r, decisions = _check(cands, "prune30@onnxruntime-int8", {"prune30@onnxruntime-int8": 9,
-                                                              "original@onnxruntime-int8": 6,
-                                                              "original@onnxruntime-fp32": 15})
+    r, decisions = _check(_pair(), PRUNED, _times(9, 6, 15))
     assert r.chosen == "original@onnxruntime-int8"
     pruned = r.candidate("prune30@onnxruntime-int8")
     assert pruned.status == "rejected" and "the compression does not pay here" in pruned.reason
@@ -277,11 +283,7 @@ def test_a_choice_not_faster_than_the_plain_conversion_when_measured_again_ships
 
 def test_measured_again_within_noise_the_more_accurate_wins_and_a_plain_choice_stays():
     # 1 % apart is noise (policy.MEASURED_TIE): the plain conversion, more accurate, is shipped
-    cands = [_cand("prune30@onnxruntime-int8", 2.0, 0.4, precision="int8"),
-             _cand("original@onnxruntime-int8", 4.0, 0.2, steps=(), precision="int8")]
-    r, _ = _check(cands, "prune30@onnxruntime-int8", {"prune30@onnxruntime-int8": 9.9,
-                                                      "original@onnxruntime-int8": 10,
-                                                      "original@onnxruntime-fp32": 30})
+    r, _ = _check(_pair(), PRUNED, _times(9.9, 10, 30))
     assert r.chosen == "original@onnxruntime-int8"
     # a plain conversion chosen (the more accurate of two tied at selection) is not second-guessed: there is no
     # compression to pay for
