@@ -264,11 +264,11 @@ def test_a_transformers_blocks_are_searched_before_its_channels():
 
     local = load_target("x86-avx2").model_copy(update={"detected": False})
 
-    def families(layers):
+    def families(layers, retrain=False):
         summary = ModelSummary(params=10**6, macs=10**8, input_shape=[1, 3, 96, 96], num_outputs=10,
                                prunable_groups=4, min_channels=64, layers=layers, residual_blocks=12)
-        p = plan(make_context(target="x86-avx2"), load_target("x86-avx2"), summary, local, ["onnxruntime"],
-                 has_calib_data=True)
+        p = plan(make_context(target="x86-avx2", retrain=retrain), load_target("x86-avx2"), summary, local,
+                 ["onnxruntime"], has_calib_data=True, has_train_data=retrain)
         order = list(dict.fromkeys(c.family for c in p.candidates if c.family))
         return order, {d.technique: d for d in p.decisions}
 
@@ -278,6 +278,10 @@ def test_a_transformers_blocks_are_searched_before_its_channels():
     order, by = families({"conv": 20, "linear": 1})
     assert order[0] != "depth_prune" and "depth_prune" in order
     assert "tried before" not in by["depth_prune"].reason
+    # with retraining, the reconstruction alone comes first even so: it is the floor retraining must not end
+    # below (DeiT-tiny's three fine-tuned depth builds took its 300 s and it never started)
+    order, _ = families({"conv": 1, "linear": 48, "attention": 12}, retrain=True)
+    assert order[:2] == ["prune-recon", "depth_prune"] and order.index("prune-recon-ft") > 1
 
 
 def test_block_costs_are_measured_once_for_every_level(trained, monkeypatch):

@@ -152,9 +152,13 @@ def propose_reconstruction(ctx: PlanningContext) -> Proposal:
         suffix = "-ft" if tuned else ""
         for r in ladder:
             step = PruneConfig(ratio=r, importance="recon", round_to=round_to, reconstruct=True)
+            # with retraining, the reconstruction alone is the floor retraining must not end below: searched
+            # before every fine-tuned family, even one planned early (a transformer's blocks: three fine-tuned
+            # builds took DeiT-tiny's 300 s, and the reconstruction that held without retraining never started)
             out.append(Structure(f"prune-recon{int(round(r * 100))}{suffix}", then_finetune([step], tuned),
                                  f"structured pruning at {r:.0%} with least-squares reconstruction"
-                                 + (" + distillation fine-tuning" if tuned else ""), "prune-recon" + suffix, r))
+                                 + (" + distillation fine-tuning" if tuned else ""), "prune-recon" + suffix, r,
+                                 early=bool(finetune) and not tuned))
     why = ("channels ranked by the output error their removal leaves, and the layers they fed re-solved by least "
            "squares on unlabeled calibration inputs, so pruning goes further")
     return Proposal(out, [Decision(
