@@ -295,6 +295,18 @@ def test_measured_again_within_noise_the_more_accurate_wins_and_a_plain_choice_s
     assert r.chosen == "original@openvino-bf16" and not decisions and r.model.latency_check is not None
 
 
+def test_every_plain_conversion_is_measured_again_so_the_headline_compares_one_measurement():
+    from edgeopt.report.headline import headline
+
+    # the search had the INT8 conversion fastest; measured again, BF16 is: the headline compares the choice with
+    # BF16's new figure, never with INT8's old one
+    cands = [*_pair(), _cand("original@openvino-bf16", 4.2, 0.1, steps=(), precision="bf16")]
+    r, decisions = _check(cands, PRUNED, {**_times(3, 8, 30), "original@openvino-bf16": 5})
+    assert not decisions and set(r.model.latency_check.measured) == {c.id for c in cands} | {r.baseline.id}
+    h = headline(r)
+    assert h.best_plain == "original@openvino-bf16" and abs(h.speedup_vs_best_plain - 5 / 3) < 1e-3
+
+
 def test_nothing_to_measure_again_without_sessions_or_a_comparison():
     cands = [_cand("prune30@onnxruntime-int8", 2.0, 0.4, precision="int8")]
     r, decisions = _check(cands, "prune30@onnxruntime-int8", {})  # measured elsewhere: no session here
