@@ -275,10 +275,10 @@ def _report(prep: Prepared, found: Searched, threads: int, device: dict | None, 
                     baseline=next((c for c in result.candidates if c.id == the_plan.baseline_id), None),
                     candidates=[c for c in result.candidates if c.id != the_plan.baseline_id], decisions=decisions)
     select(report, context)  # on the selection part, like every decision of the search
-    # then the test part, once: the budget of the final choice is judged there (the next best when it breaks)
     # the final choice's latency measured again, beside what the headline compares it with (it chose nothing)
     check = (partial(check_choice, sessions=result.sessions, ex=ex, bench_config=bench_config)
              if the_plan.measure_locally and device is None and context.goal == "latency" else None)
+    # then the test part, once: the budget of the final choice is judged there (the next best when it breaks)
     with phases("test split"):
         holdout.judge(report, context, held, result.sessions, ex.batch, loaded.model, check=check)
     report.model.headline = headline(report)  # vs the best plain conversion of the original, and vs fp32

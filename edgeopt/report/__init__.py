@@ -93,8 +93,9 @@ class TestSplit(_Section):
 
 class LatencyCheck(_Section):
     """report.json "model.latency_check": the chosen model measured again after the search, fresh and interleaved
-    beside the best plain conversion and the fp32 baseline. Their latency in the report is this measurement's;
-    `search_p50` keeps what the search measured (among all candidates), on which the choice was made."""
+    beside the plain conversions of the original within the budget and the fp32 baseline. Their latency in the
+    report is this measurement's; `search_p50` keeps what the search measured (among all candidates), on which
+    the choice was made."""
 
     measured: list[str]
     search_p50: dict[str, float]

@@ -143,7 +143,7 @@ def _cost(model: nn.Module, reference: list, items: list, labelled: bool) -> flo
 
 # Samples an output gap is measured on for each block. The gap is continuous, so a few batches rank the blocks as
 # all do (the Unet's ten blocks: the same order and the four cheapest within 20 % on 16, 32, 64 and 128 images;
-# 3.8 s on 32, 17.8 s on 128, one of which every depth level paid). A labelled classifier's cost is a
+# 3.8 s on 32 against 17.8 s on 128, paid by a search's first depth level). A labelled classifier's cost is a
 # count of correct answers: it keeps every sample.
 GAP_SAMPLES = 32
 
