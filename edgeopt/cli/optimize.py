@@ -43,7 +43,8 @@ def optimize(
     cache: bool = typer.Option(True, "--cache/--no-cache", help="resume from OUT/cache (finished candidates)"),
     threads: int = typer.Option(None, help="runtime threads (default: all cores)"),
     seed: int = typer.Option(0),
-    bench_time: float = typer.Option(10.0, help="seconds at most for the interleaved latency measurement (> 0)"),
+    bench_time: float = typer.Option(10.0, help="seconds at most for the interleaved latency measurement (> 0); "
+                                     "the choice's second measurement takes a third of it, at least 2 s"),
     out_dir: Path = typer.Option(Path("out"), "--out", help="output folder for report and artifacts"),
     as_json: bool = typer.Option(False, "--json", help="print report.json to stdout instead of the table"),
     verbose: bool = typer.Option(False, "--verbose", help="also print where the wall time went, one line per phase"),
@@ -59,7 +60,8 @@ def optimize(
     another technique's family on top of the fastest structure (stacking: e.g. depth2+prune-recon20), exports the
     survivors at every precision the target accelerates, measures them interleaved, and keeps the fastest
     (--goal latency) or smallest (--goal size) or the most images/s (--goal throughput --batch-size N
-    and/or --streams N) within --max-accuracy-drop. Finished candidates are cached in
+    and/or --streams N) within --max-accuracy-drop; the choice is then timed again beside the plain conversions
+    of the original, and the headline ratios come from that second measurement. Finished candidates are cached in
     OUT/cache: rerunning after an interruption resumes. Example: edgeopt optimize --max-accuracy-drop 1 --retrain
     Fine-tuning on N GPUs/processes: torchrun --nproc-per-node N -m edgeopt optimize ... --retrain (rank 0 reports).
     Candidates in parallel on Ray: edgeopt optimize ... --retrain --cluster local:4 (or ray://HOST:10001).
