@@ -78,7 +78,7 @@ def select(report: Report, context: DeployContext) -> None:
     best = fastest = min(eligible, key=rank)
     if order[0] in ("p50", "images_s"):  # a measured speed: within noise of the best, the more accurate wins
         first = figure(fastest, order[0])
-        tied = [c for c in eligible if abs(figure(c, order[0]) - first) <= policy.MEASURED_TIE * first]
+        tied = [c for c in eligible if measured_tie(first, figure(c, order[0]))]
         best = max(tied, key=lambda c: (c.accuracy if c.accuracy is not None else float("-inf"),
                                         tuple(-v for v in rank(c))))
     report.chosen = best.id
@@ -88,6 +88,11 @@ def select(report: Report, context: DeployContext) -> None:
             f"chosen: within {policy.MEASURED_TIE:.0%} of the {what} ({fastest.id}: a difference that small is "
             f"measurement noise) and more accurate ({best.accuracy:.2f} vs "
             + (f"{fastest.accuracy:.2f})" if fastest.accuracy is not None else "not measured)"))
+
+
+def measured_tie(best: float, other: float) -> bool:
+    """Two measured speeds within noise of the best one (policy.MEASURED_TIE): then the more accurate wins."""
+    return abs(other - best) <= policy.MEASURED_TIE * best
 
 
 def _serving_problem(c: Candidate, twin: Candidate | None, context: DeployContext) -> str | None:

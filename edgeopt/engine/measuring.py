@@ -8,7 +8,7 @@ import dataclasses
 from pathlib import Path
 
 from edgeopt.config import RunConfig
-from edgeopt.decide import policy
+from edgeopt.decide.select import measured_tie
 from edgeopt.inputs.model_io import Inputs
 from edgeopt.measure.roofline import estimate_stats
 from edgeopt.measure.timing import BenchConfig, measure
@@ -82,10 +82,10 @@ def check_choice(report: Report, sessions: dict, ex: Inputs, bench_config: Bench
 
 def _faster(chosen: Candidate, plain: Candidate, chosen_ms: float, plain_ms: float) -> bool:
     """Does the compressed choice still win, by `select`'s rule: faster, and within noise of the plain
-    conversion (policy.MEASURED_TIE) only if at least as accurate."""
+    conversion (`measured_tie`) only if at least as accurate."""
     if chosen_ms >= plain_ms:
         return False
-    if plain_ms - chosen_ms > policy.MEASURED_TIE * plain_ms:
+    if not measured_tie(chosen_ms, plain_ms):
         return True
     return (chosen.accuracy if chosen.accuracy is not None else float("-inf")) >= (
         plain.accuracy if plain.accuracy is not None else float("-inf"))
