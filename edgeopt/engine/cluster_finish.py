@@ -102,6 +102,7 @@ class ClusterFinishing:
             cands.update(got.cands)
             done.cands.update(got.cands)
             done.stopped += got.stopped
+            done.why.update(got.why)
             done.seconds.update(got.seconds)
             done.phases.update(got.phases)
             done.decisions += got.decisions

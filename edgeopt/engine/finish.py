@@ -34,7 +34,9 @@ class Job:
     `cands`: copies of all the structure's candidates (an INT8 retry reads its fp32 twin's accuracy); `tags`:
     each spec's cache key (in its artifact's name); `base_accuracy`: the baseline's, when the baseline is not
     among `cands`; `screened`: the structure's PyTorch drop (pp); `size_wanted`: the compressed artifact size is
-    read; `seconds_left`: the search's time (None: no limit), for a job run elsewhere."""
+    read; `seconds_left`: the search's time (None: no limit), for a job run elsewhere; `forecast_s`: what
+    finishing each spec is expected to take (as its format and precision took on the structures before), so
+    that one that cannot end within `seconds_left` is not started."""
 
     structure: str
     specs: list[CandidateSpec]
@@ -46,6 +48,7 @@ class Job:
     screened: float | None
     size_wanted: bool
     seconds_left: float | None = None
+    forecast_s: dict[str, float] = field(default_factory=dict)
 
     def key(self) -> str:
         """Everything the outcome depends on (not the time left): a job run ahead of the search is taken only
@@ -60,10 +63,12 @@ class Job:
 class Done:
     """What a job did: its candidates finished (`cands`, by id; `stopped`: those the time budget left pending),
     the seconds each took and where they went (`phases`), the decisions taken (accuracy control, in order) and
-    the runtime session of every ok candidate (empty as a job's result travels: the taker loads them)."""
+    the runtime session of every ok candidate (empty as a job's result travels: the taker loads them);
+    `why`: the reason of each spec stopped because it would not have ended in time."""
 
     cands: dict[str, Candidate]
     stopped: list[str] = field(default_factory=list)
+    why: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     phases: dict[str, dict[str, float]] = field(default_factory=dict)
     decisions: list[Decision] = field(default_factory=list)
@@ -75,14 +80,18 @@ def finish_structure(builder, built: Built, job: Job, stopped: Callable[[], str 
     control), one after another until `stopped` gives a reason to stop (default: the job's time is up). The
     artifacts go under builder.out_dir; one candidate's failure is recorded in it, a FATAL error raised."""
     if stopped is None:
-        deadline = None if job.seconds_left is None else time.monotonic() + job.seconds_left
+        deadline = None if job.seconds_left is None else time.perf_counter() + job.seconds_left
 
         def stopped() -> str | None:
-            return f"not tried: {TIME_STOP}" if deadline is not None and time.monotonic() > deadline else None
+            return f"not tried: {TIME_STOP}" if deadline is not None and time.perf_counter() > deadline else None
     work = _Work(builder, built, job, stopped)
     for spec in job.specs:
         if stopped():
             work.done.stopped.append(spec.id)
+            continue
+        if why := work.wont_fit(spec):
+            work.done.stopped.append(spec.id)
+            work.done.why[spec.id] = why
             continue
         t0 = time.perf_counter()
         cand = job.cands[spec.id]
@@ -99,11 +108,21 @@ class _Work:
     def __init__(self, builder, built: Built, job: Job, stopped: Callable[[], str | None]):
         self.builder, self.built, self.job, self.stopped = builder, built, job, stopped
         self.done = Done(cands={})
-        self.t0 = time.monotonic()
+        self.t0 = time.perf_counter()
 
     def seconds_left(self) -> float | None:
         """The search's time left (None: no limit), from the job's own start."""
-        return None if self.job.seconds_left is None else self.job.seconds_left - (time.monotonic() - self.t0)
+        return None if self.job.seconds_left is None else self.job.seconds_left - (time.perf_counter() - self.t0)
+
+    def wont_fit(self, spec: CandidateSpec) -> str | None:
+        """Why `spec` is not started: its forecast exceeds the search's time left. An export is not interrupted
+        halfway, so one started with too little left overruns the budget by its whole length (an OpenVINO INT8
+        export of a detector: 20-25 s on 2 cores)."""
+        need, left = self.job.forecast_s.get(spec.id), self.seconds_left()
+        if not need or left is None or need <= left:
+            return None
+        return (f"not tried: {TIME_STOP} (finishing it would take about {need:.0f} s, as {spec.format} "
+                f"{spec.precision} took before; {max(left, 0.0):.0f} s of the search's share left)")
 
     def base_accuracy(self) -> float | None:
         base = self.job.cands.get(self.job.baseline_id)
@@ -277,7 +296,18 @@ class Finisher:
                    budget=self.context.max_accuracy_drop,
                    screened=self.screened.get(structure, screened),
                    size_wanted=self.context.goal == "size" or bool(self.context.size_budget_mb),
-                   seconds_left=None if left is None or self.clock.in_grace else max(left, 0.0))
+                   seconds_left=None if left is None or self.clock.in_grace else max(left, 0.0),
+                   forecast_s={s.id: f for s in specs if (f := self.forecast(s)) is not None})
+
+    def forecast(self, spec: CandidateSpec) -> float | None:
+        """What finishing `spec` should take: the median of what exporting, verifying and evaluating took the
+        candidates finished so far at its format and precision (the original's first among them; builds, accuracy
+        control and restores from the cache left out); None before any."""
+        took = sorted(sum(t for phase, t in phases.items() if phase != "build" and not phase.startswith("accuracy"))
+                      for cid, phases in self.phases.items()
+                      if (c := self.ledger.cands.get(cid)) is not None and not c.from_cache
+                      and c.format == spec.format and c.precision == spec.precision)
+        return took[len(took) // 2] if took else None
 
     def exportable(self, structure: str, built: Built) -> list[CandidateSpec]:
         """The pending candidates of a built structure that finishing it would export (none cached, not a
@@ -298,7 +328,8 @@ class Finisher:
         for spec in job.specs:
             if spec.id in done.stopped:
                 self.clock.check()
-                self.ledger.mark(spec.id, "rejected", self.clock.reason or f"not tried: {TIME_STOP}")
+                self.ledger.mark(spec.id, "rejected",
+                                 self.clock.reason or done.why.get(spec.id) or f"not tried: {TIME_STOP}")
                 continue
             cand, got = self.ledger.cands[spec.id], done.cands[spec.id]
             for name in [*Candidate.model_fields, *(got.model_extra or {})]:  # extras: accuracy_control

@@ -97,7 +97,7 @@ def count_prunable_groups(model: nn.Module, example, timeout_s: float = 60) -> i
     out_layers = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
     out_layers += output_layers(model, Inputs.of(example, model))
     with time_limit(timeout_s, "dependency-graph tracing"):
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
         return sum(1 for _ in dg.get_all_groups(ignored_layers=out_layers,
                                                 root_module_types=(nn.Conv2d, nn.Linear)))
 

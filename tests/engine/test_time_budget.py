@@ -126,3 +126,25 @@ def test_accuracy_control_that_would_not_end_within_the_share_is_not_started(tmp
     roomy = FakeBuilder(tmp_path, drops, int8_drops={s: 2.0 for s in drops}, clock=None)
     _search(tmp_path, roomy, plan=_plan(precisions=("fp32", "int8"), fmt="openvino"), time_budget_s=400).run()
     assert roomy.accuracy_control  # PTQ that takes no time: accuracy control fits and runs
+
+
+def test_an_export_forecast_not_to_end_within_the_share_is_not_started(tmp_path, clock):
+    """An export cannot be interrupted: an INT8 export that took 30 s on the original is forecast to take as long
+    on a pruned structure, and is not started where the search's share has less left (an FP32 export, 1 s,
+    still is). Without the forecast the last INT8 export started ran up to 30 s past the share."""
+
+    class SlowInt8(FakeBuilder):
+        def export(self, built, spec, max_drop_pp=None, name=None):
+            self.export_s = 30.0 if spec.precision == "int8" else 1.0
+            return super().export(built, spec, max_drop_pp, name)
+
+    drops = {f"prune{int(r * 100)}": 0.1 * i for i, r in enumerate(RATIOS)}
+    builder = SlowInt8(tmp_path, drops, clock=clock)
+    search = _search(tmp_path, builder, plan=_plan(precisions=("fp32", "int8")), time_budget_s=150)
+    result = search.run()
+    c = _by_id(result)
+    skipped = [x for x in c.values() if "finishing it would take about 30 s, as onnx int8 took before" in x.reason]
+    assert skipped and all(x.precision == "int8" and x.status == "rejected" for x in skipped), search.trace
+    twins = [c[x.id.replace("-int8", "-fp32")] for x in skipped]
+    assert any(t.status == "ok" for t in twins)  # its FP32 twin, forecast at 1 s, was finished
+    assert clock[0] <= 150 * (1 - TAIL_SHARE), (clock[0], search.trace)

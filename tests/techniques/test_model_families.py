@@ -52,6 +52,19 @@ def test_vit_prunes_whole_heads_and_mlp_width_and_matches_onnx(tmp_path):
     _onnx_matches(small, x[:1], tmp_path / "vit.onnx")
 
 
+def test_a_vits_parameters_outside_its_layers_are_a_note_of_the_record_not_a_warning():
+    """Torch-Pruning warns of the cls_token and pos_embed at every trace (once per candidate built, in the CLI's
+    output); the record says how they were cut instead."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        _, rec = prune(_vit(), torch.randn(1, 3, 32, 32), ratio=0.3)
+    assert not [w for w in said if "Unwrapped parameters" in str(w.message)]
+    note = next(n for n in rec["notes"] if n.startswith("parameters outside its layers"))
+    assert "cls_token" in note and "pos_embed" in note
+
+
 @pytest.mark.parametrize(("ratio", "steps", "heads"), [(0.3, 1, 3), (0.5, 2, 2)])
 def test_vit_heads_removed_whole_floor_of_the_ratio(ratio, steps, heads):
     # 0.3 x 4 heads: one head goes (Torch-Pruning alone rounds up, and re-rounds at every step)

@@ -61,7 +61,7 @@ def _block_groups(block: nn.Module, args: tuple | dict, names: dict[nn.Module, s
     roots = (nn.Conv2d, nn.Linear)
     # Torch-Pruning calls model(**dict) / model(*list)
     tp_example = args if isinstance(args, dict) else args[0] if len(args) == 1 else list(args)
-    dg = tp.DependencyGraph().build_dependency(block, example_inputs=tp_example)
+    dg = tp.DependencyGraph().build_dependency(block, example_inputs=tp_example, verbose=False)
     _, keep, _ = attention_heads(block, names)
     ignored = list(keep) + detection_head_outputs(block)  # a detector's output convs are its contract
     # one walk of the graph for both uses: with the boundary layers ignored too, Torch-Pruning yields the

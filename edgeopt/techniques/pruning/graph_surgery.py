@@ -10,6 +10,7 @@ their output channels (model_families)."""
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -156,12 +157,15 @@ def prune_module(module: nn.Module, args: tuple | dict, spec: PruneSpec, full_mo
     head_share = head_schedule(attention, lambda q: min(ratio_dict.get(q, spec.ratio), spec.max_layer_ratio),
                                spec.iterative_steps)
     example = args if isinstance(args, dict) else args[0] if len(args) == 1 else list(args)
-    pruner = _block_pruner()(
-        module, example, importance=spec.criterion, pruning_ratio=spec.ratio,
-        pruning_ratio_dict=ratio_dict or None, global_pruning=(spec.scope == "global"),
-        max_pruning_ratio=spec.max_layer_ratio, iterative_steps=spec.iterative_steps, round_to=spec.round_to,
-        ignored_layers=ignored, num_heads=heads, prune_num_heads=bool(attention), prune_head_dims=not attention,
-        head_pruning_ratio=spec.ratio if attention else 0.0)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        pruner = _block_pruner()(
+            module, example, importance=spec.criterion, pruning_ratio=spec.ratio,
+            pruning_ratio_dict=ratio_dict or None, global_pruning=(spec.scope == "global"),
+            max_pruning_ratio=spec.max_layer_ratio, iterative_steps=spec.iterative_steps, round_to=spec.round_to,
+            ignored_layers=ignored, num_heads=heads, prune_num_heads=bool(attention), prune_head_dims=not attention,
+            head_pruning_ratio=spec.ratio if attention else 0.0)
+    notes += _unwrapped_notes(said)
     if spec.scope == "local":  # its own linear schedule would take ceil(share x heads left) again each step
         pruner.head_pruning_ratio_dict.update(head_share)
     bound = _boundary_layers(pruner.DG, pruner.ignored_layers, roots)
@@ -188,6 +192,24 @@ def prune_module(module: nn.Module, args: tuple | dict, spec: PruneSpec, full_mo
             notes.append(f"{spec.names.get(m, 'attention')}: {m.num_heads} heads kept, embed dim {m.embed_dim} "
                          "(head dims pruned consistently where the residual stream allowed)")
     return {"notes": notes, "boundary": [spec.names.get(m, "?") for m in bound if isinstance(m, roots)]}
+
+
+def _unwrapped_notes(said: list) -> list[str]:
+    """Torch-Pruning's warnings while it traced the module, as notes of the prune record: its "unwrapped
+    parameters" (a ViT's cls_token and pos_embed, ConvNeXt's layer scales) are cut with the channels they
+    follow, along their last dimension of more than one (embedding or channel width). That is what these models
+    need, and the output-shape check and the accuracy screen catch a model where it is not; printed as a warning
+    it would repeat for every candidate built. Any other warning is passed on."""
+    notes = []
+    for w in said:
+        text = str(w.message)
+        if text.startswith("Unwrapped parameters detected:"):
+            names = text.split(":", 1)[1].split("]")[0].strip(" [")
+            notes.append(f"parameters outside its layers ({names.replace(chr(39), '')}) cut with the channels they "
+                         "follow, along their last dimension")
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return notes
 
 
 def _track_kept(group, dg, spec: PruneSpec, kept: dict[str, list[int]]) -> None:
