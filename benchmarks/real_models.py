@@ -124,14 +124,39 @@ def torchvision_labels(src: Path, dst: Path) -> None:
     (dst / "data.yaml").write_text(f"path: {dst}\ntrain: images/train\nval: images/val\nnames: [{names}]\n")
 
 
+# training images per class a classifier's --retrain fine-tunes on (and calibration samples from)
+CLS_TUNE_PER_CLASS = 60
+
+
+def classification_split(cls: Path, dst: Path, per_class: int = CLS_TUNE_PER_CLASS) -> Path:
+    """The classification set as a user's split folder (links to its images): `train/<class>/` the first
+    `per_class` training digits (copy 0), `val/<class>/` every test digit once (copy 0). The test folder holds two
+    jittered copies of each digit, so splitting it in halves put a copy of half the held-out digits among the
+    images --retrain fine-tuned on, and copies of one digit on both sides of the selection/test split."""
+    if (dst / ".complete").exists():
+        return dst
+    for part, src, limit in (("train", cls / "train", per_class), ("val", cls / "test", None)):
+        for cdir in sorted(p for p in src.iterdir() if p.is_dir()):
+            out = dst / part / cdir.name
+            if part == "val" and not (dst / "train" / cdir.name).is_dir():
+                continue  # a class with no training image (the tests' tiny set): no class index to score it by
+            for img in sorted(cdir.glob("0_*.png"))[:limit]:
+                out.mkdir(parents=True, exist_ok=True)
+                if not (out / img.name).exists():
+                    (out / img.name).symlink_to(img.resolve())
+    (dst / ".complete").write_text("ok\n")
+    return dst
+
+
 def optimize_data(bench: Bench, paths: dict[str, Path]) -> tuple[str, dict]:
-    """What a user passes to optimize for this model: `data=` and `data_options=`. The held-out folders hold
-    images the model was never trained on; half of them are held out (selection + test parts), the other
-    half calibrates (and fine-tunes with --retrain)."""
+    """What a user passes to optimize for this model: `data=` and `data_options=`. Held out: images the model
+    was never trained on (selection + test parts). The segmentation test folder's other half calibrates (and
+    fine-tunes with --retrain); a classifier calibrates and fine-tunes on training images (a split folder), a
+    detector on the data.yaml's train split."""
     if bench.data in ("det", "det_tv"):
         return str(paths[bench.data]), {}
     if bench.data == "cls":
-        return str(paths["cls"] / "test"), {"val_split": 0.5}
+        return str(classification_split(paths["cls"], paths["cls"].parent / "cls_split")), {}
     return str(paths["seg"] / "test"), {"val_split": 0.5}
 
 

@@ -33,6 +33,8 @@ def test_real_models_data_is_read_by_edgeopt_and_a_yolo_step_trains(tmp_path):
     """benchmarks/real_models.py on its smallest setting: the generated sets are read by edgeopt as the layouts
     they claim (YOLO data.yaml -> boxes scored by map50, torchvision's label shift, mask folder -> miou,
     class folders), and one training step of YOLOv8n with Ultralytics' own loss gives weights edgeopt loads."""
+    from pathlib import Path
+
     import numpy as np
 
     from benchmarks import real_models as rm
@@ -56,6 +58,13 @@ def test_real_models_data_is_read_by_edgeopt_and_a_yolo_step_trains(tmp_path):
     assert set(np.unique(masks)) <= set(range(rm.SEG_CLASSES)) and masks.max() > 0 and imgs.shape[-1] == 3
     xs, ys = sets.read_folder(paths["cls"] / "test")
     assert xs.shape[1:] == (rm.CLS_SIZE, rm.CLS_SIZE) and set(ys) == set(range(10))
+    # a classifier's data: a split folder, the held-out digits never among those --retrain fine-tunes on
+    split = Path(rm.optimize_data(rm.BENCHES["convnext"], paths)[0])
+    cls = resolve_data("api", str(split), None, None, None, (3, rm.CLS_SIZE, rm.CLS_SIZE), 10)
+    held = {f.resolve() for f in (split / "val").rglob("*.png")}
+    tuned = {f.resolve() for f in (split / "train").rglob("*.png")}
+    assert 0 < len(cls.eval) == len(held) and held <= {f.resolve() for f in (paths["cls"] / "test").rglob("0_*.png")}
+    assert tuned and held.isdisjoint(tuned) and all(f.parent.parent.name == "train" for f in tuned)
 
     bench = rm.BENCHES["yolov8n"]
     weights, took = rm.trained_weights(bench, paths, tmp_path, steps=1, log=lambda *_: None)

@@ -45,8 +45,9 @@ SIZE_BUDGET = typer.Option(None, help="reject candidates larger than this on dis
 TECHNIQUES = typer.Option(None, help="restrict to these techniques, comma separated")
 RUNTIMES = typer.Option(None, help="restrict to these runtimes, e.g. onnxruntime,openvino")
 DATA = typer.Option(None, help="'digits' (built-in; default for the demo), an image folder (one sub-folder per "
-                    "class; images/ + masks/ for segmentation; a flat folder: fidelity), a YOLO data.yaml (boxes: "
-                    "mAP@0.5 and mAP@0.5:0.95; with --retrain its train images distil the compressed detector) or a "
+                    "class; train/ + val/ of them: val/ held out; images/ + masks/ for segmentation; a flat "
+                    "folder: fidelity), a YOLO data.yaml (boxes: mAP@0.5 and mAP@0.5:0.95; with --retrain its train "
+                    "images distil the compressed detector) or a "
                     "COCO JSON file (boxes), a .npy file of inputs shaped N,C,H,W "
                     "(calibration only), or module:function / "
                     "file.py:function returning {'calib','train','eval'} iterables (IMPORTS AND RUNS that code: "
@@ -77,7 +78,7 @@ DEVICE = typer.Option(None, "--device", help="measure latency on a remote `edgeo
                       "repeat it for a fleet: agents of one kind share the candidates, each kind measures them all "
                       "(a latency column each; the first kind's is the one selected on)")
 VAL_SPLIT = typer.Option(0.2, help="image folder: fraction held out per class for accuracy (never trained on; "
-                         "its file-list hash goes into report.json)")
+                         "its file-list hash goes into report.json); a folder with train/ and val/ keeps its own split")
 
 
 def checked(flag: str, problem: Callable[[Any], str | None]) -> Callable[[Any], Any]:

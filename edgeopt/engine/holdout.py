@@ -101,7 +101,7 @@ def split_indices(n: int, labels: list[int] | None, seed: int, fraction: float
     small = min(by_class, key=lambda c: len(by_class[c]))
     if len(by_class[small]) < policy.HOLDOUT_MIN_PER_CLASS:
         return (f"class {small} has {len(by_class[small])} held-out image(s) (< {policy.HOLDOUT_MIN_PER_CLASS}): "
-                "a split by class cannot put it on both sides")
+                "a split stratified by class cannot put it on both sides")
     test: list[int] = []
     for c in sorted(by_class):
         members = by_class[c]
@@ -246,7 +246,7 @@ def split(full: Batches | StreamBatches, seed: int, ex: Inputs | None = None, ra
     selection.metric = test.metric = metric
     return Holdout(selection, test, TestSplit(
         split=how, images=len(test_idx), selection_images=len(sel_idx), fraction=fraction, seed=seed,
-        note=(f"held-out data split {'by class' if how == 'stratified' else 'at random'} (seed {seed}): "
+        note=(f"held-out data split at random{', stratified by class' if how == 'stratified' else ''} (seed {seed}): "
               f"{len(sel_idx)} images for the search (screening, bisection, accuracy control, selection), "
               f"{len(test_idx)} kept for the final check of the baseline, the chosen candidate and the best plain "
               "conversion; the accuracy budget of the choice is judged on the test images")))

@@ -123,7 +123,7 @@ def check_inputs(inputs, in_memory: bool = False) -> None:
     images, image-folder options given without an image folder (they would be ignored), a --metric or
     --data file that does not exist. Lists files only; nothing is decoded, imported or run."""
     from edgeopt.inputs import usercode
-    from edgeopt.inputs.data.folder import list_folder, stratified_split
+    from edgeopt.inputs.data.folder import folder_pairs
 
     data, opts = inputs.data, inputs.data_options
     folder = data is not None and os.path.isdir(str(data))
@@ -154,8 +154,7 @@ def check_inputs(inputs, in_memory: bool = False) -> None:
 
         pair_files(Path(data), Path(opts.masks))
         return
-    _, files = list_folder(Path(data))
-    train, held = stratified_split(files, opts.val_split, 0)
+    _, train, held, _ = folder_pairs(Path(data), opts.val_split, 0)
     if not held or not train:
         raise DataError(f"--data {data}: too few images to hold out {opts.val_split:.0%} for evaluation")
 

@@ -102,6 +102,9 @@ class LatencyTable:
             raise ValueError(f"latency table batch must be at least 1, got {self.batch}")
         self.cache_dir = Path(self.cache_dir) if self.cache_dir else cache_root()
         self._fp = fingerprint(self.runtime, self.threads)
+        # (layer, cin, cout) -> layer_ms: an allocation predicts the whole model thousands of times over the
+        # same widths (SSDlite: 450,000 interpolations, 10 s); emptied where a row changes
+        self._ms: dict[tuple[str, int, int], float] = {}
 
     @property
     def runs_per_entry(self) -> int:
@@ -165,6 +168,7 @@ class LatencyTable:
                 grid = {(ci, co): v * _ratio_at(row, ci, co) for (ci, co), v in grid.items()}
             row["grid"] = _monotone(grid)
             self.layers[name] = row
+            self._ms.clear()
         self.call_ms = self.entry({"kind": "null"}, 0, 0)
         self.whole_ms = self._whole(model, example) if whole else None
         return self
@@ -195,6 +199,12 @@ class LatencyTable:
 
     # ------------------------------------------------------------------ prediction
     def layer_ms(self, name: str, cin: int, cout: int) -> float:
+        got = self._ms.get((name, cin, cout))
+        if got is None:
+            got = self._ms[(name, cin, cout)] = self._layer_ms(name, cin, cout)
+        return got
+
+    def _layer_ms(self, name: str, cin: int, cout: int) -> float:
         row = self.layers[name]
         if (cin, cout) in row.get("exact", {}):
             return row["exact"][(cin, cout)]
@@ -239,6 +249,9 @@ class LatencyTable:
         with tempfile.TemporaryDirectory() as tmp:
             fns = {}
             for i, m in enumerate(models):
+                if deadline_passed():  # each whole model is converted (at INT8: quantized, 15 s for SSDlite)
+                    raise TimeBudgetError(f"the time ran out while calibrating the {self.runtime} latency table "
+                                          f"on whole models ({i} of {len(models)} converted)")
                 (Path(tmp) / str(i)).mkdir()
                 fns[str(i)] = runner(m, example, self.runtime, self.threads, Path(tmp) / str(i), self.precision)
             stats = measure(fns, BenchConfig(max_time_s=seconds, warmup_runs=3, min_runs=10))
@@ -272,6 +285,7 @@ class LatencyTable:
             if self.precision == "int8":
                 ms *= _ratio_at(row, ci, co)
             row.setdefault("exact", {})[(ci, co)] = ms
+            self._ms.pop((name, ci, co), None)
 
 
 def at_batch(x, batch: int):

@@ -46,6 +46,40 @@ def test_image_folder_errors(tmp_path, make, msg):
         image_folder(make(root), 8, 3, (0.5,), (0.5,))
 
 
+def test_a_folder_split_already_keeps_its_split(tmp_path):
+    """The ImageNet layout, train/ and val/ of class folders: val/ is held out whole, train/ calibrates and trains,
+    the class indices are train/'s sorted folder names (val/ may lack a class). Read as one class folder it was
+    two classes, "train" and "val", and every score silently wrong."""
+    root = tmp_path / "imagenet"
+    _folder(root / "train", classes=("cat", "dog", "eel"), n=4)
+    _folder(root / "val", classes=("dog", "eel"), n=3)
+    s = image_folder(root, 8, 3, (0.5,), (0.5,), val_split=0.5, augment=False)
+    assert len(s.eval) == 6 and len(s.train) == 12  # val/ whole, not half of everything
+    assert sorted(torch.cat([y for _, y in s.eval.items]).tolist()) == [1, 1, 1, 2, 2, 2]  # dog, eel as in train/
+    ev = torch.cat(list(s.eval.inputs()))  # the held-out images are val/'s: dog is darker than eel there too
+    labels = torch.cat([y for _, y in s.eval.items])
+    assert ev[labels == 2].mean() > ev[labels == 1].mean()
+
+
+@pytest.mark.parametrize("make,msg", [
+    (lambda r: _folder(r / "train", n=2) and _folder(r / "val", classes=("dog", "zebra"), n=2),
+     "val/ has class folder.s. zebra that train/ lacks"),
+    (lambda r: _folder(r / "val", n=2), r"holds only val/: a split layout needs train/ and val/"),
+    (lambda r: _folder(r / "train", n=2) and (r / "test").mkdir() or (r / "test" / "x.png").write_bytes(b"")
+     or True, "test/ has no class sub-folders"),
+])
+def test_an_incomplete_split_layout_is_one_line(tmp_path, make, msg):
+    root = tmp_path / "d"
+    make(root)
+    with pytest.raises(DataError, match=msg):
+        image_folder(root, 8, 3, (0.5,), (0.5,))
+    from edgeopt.config import InputsConfig
+    from edgeopt.engine.prepare import check_inputs
+
+    with pytest.raises(DataError, match=msg):  # refused before the model is loaded too
+        check_inputs(InputsConfig(model="x", data=str(root)))
+
+
 def test_bad_split_and_stats(tmp_path):
     root = _folder(tmp_path / "imgs")
     with pytest.raises(DataError, match="val-split"):

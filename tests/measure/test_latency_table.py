@@ -98,6 +98,7 @@ def test_calibration_fits_an_offset_on_whole_models_and_exact_widths_are_measure
                 assert a + b * s == pytest.approx(ms)
     # a width off the grid: measured on demand, cached, and then used as is (not interpolated)
     before = t.measured
+    t.layer_ms("3", 6, 12)  # interpolated and remembered first: measuring it must replace what was remembered
     t.measure_widths({"3": (6, 12)})
     assert t.measured == before + 1 and t.layer_ms("3", 6, 12) == t.layers["3"]["exact"][(6, 12)]
     t.measure_widths({"3": (6, 12)})

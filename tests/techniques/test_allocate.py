@@ -236,3 +236,25 @@ def test_a_model_whose_whole_graph_fails_is_traced_by_blocks(monkeypatch):
     monkeypatch.setattr(tp.DependencyGraph, "build_dependency", whole_fails)
     groups = find_groups(model, torch.randn(1, 1, 8, 8), tp.importance.GroupMagnitudeImportance(p=2))
     assert {g.root for g in groups} == {"0.0", "2.0"}
+
+
+def test_pruning_and_the_tables_calibration_stop_at_the_runs_deadline(tmp_path):
+    """The parts of a latency allocation's build that no forecast sees: pruning block by block (18 blocks for
+    SSDlite) and the table's calibration on whole models (an NNCF quantization each at INT8: 40 s of a 55-s
+    SSDlite build that ran past a 300-s budget) stop past the run's deadline, not a whole build later."""
+    import time
+
+    from edgeopt.errors import TimeBudgetError
+    from edgeopt.measure.latency_table import LatencyTable
+    from edgeopt.techniques.pruning.prune import prune
+    from edgeopt.timeout import run_until
+
+    model, x = _blockwise_model(), torch.randn(1, 1, 8, 8)
+    with run_until(time.perf_counter() + 3600):
+        small, rec = prune(model, x, ratio=0.5)
+    assert rec["mode"] == "blockwise" and rec["layers_changed"] > 0
+    with run_until(time.perf_counter() - 1), pytest.raises(TimeBudgetError, match="pruning block by block"):
+        prune(model, x, ratio=0.5)
+    table = LatencyTable(cache_dir=tmp_path, runs=3)
+    with run_until(time.perf_counter() - 1), pytest.raises(TimeBudgetError, match="calibrating the onnxruntime"):
+        table.calibrate([model, small], x, seconds=0.2)

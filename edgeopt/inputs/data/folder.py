@@ -2,7 +2,8 @@
 lazily, one at a time, by DataLoader workers. The held-out split is stratified per class and seeded (the same
 files on every rerun, identified by a hash of their names and contents); calibration is a stratified sample of
 the training split, interleaved class by class so that any prefix of it covers every class. A flat folder of
-images (no class sub-folders) is unlabelled: calibration and fidelity with the original model, and it says so."""
+images (no class sub-folders) is unlabelled: calibration and fidelity with the original model, and it says so.
+A folder split already (`train/` and `val/` of class sub-folders, the ImageNet layout) keeps its split."""
 
 from __future__ import annotations
 
@@ -79,6 +80,55 @@ def list_folder(root: Path) -> tuple[list[str], list[list[Path]]]:
             raise DataError(f"class folder {root / cls} has no images ({', '.join(IMAGE_SUFFIXES)})")
         files.append(found)
     return classes, files
+
+
+TRAIN_FOLDERS = ("train", "training")
+HELD_FOLDERS = ("val", "valid", "validation", "test")  # the first one present is held out
+
+
+def split_layout(root: Path) -> tuple[Path, Path] | None:
+    """(training folder, held-out folder) when `root` is split already, as ImageNet and most datasets are:
+    `train/` and `val/` (or `valid/`, `validation/`, `test/`), each with one sub-folder per class. Read as one
+    class folder, those would be two classes named "train" and "val", and every score wrong. None for any other
+    folder; a one-line DataError for a split layout that is incomplete (no class sub-folders, no train/)."""
+    if not root.is_dir():
+        return None
+    subs = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
+    if not subs or not set(subs) <= set(TRAIN_FOLDERS + HELD_FOLDERS):
+        return None
+    train = next((subs[n] for n in TRAIN_FOLDERS if n in subs), None)
+    held = next((subs[n] for n in HELD_FOLDERS if n in subs), None)
+    if train is None or held is None:
+        only = next(iter(subs.values()))
+        raise DataError(f"--data {root} holds only {'/, '.join(sorted(subs))}/: a split layout needs train/ and "
+                        f"val/ (or test/), each with one sub-folder per class; or point --data at {only}")
+    for part in (train, held):
+        if not any(p.is_dir() for p in part.iterdir()):
+            raise DataError(f"--data {root}: {part.name}/ has no class sub-folders: a split layout needs one "
+                            f"sub-folder per class in {train.name}/ and {held.name}/ ({train.name}/<class>/image.png)")
+    return train, held
+
+
+def folder_pairs(root: Path, val_split: float, seed: int) -> tuple[list[str], list, list, str]:
+    """(class names, training [(file, label)], held-out [(file, label)], where the held-out part comes from)
+    of a class folder: stratified by --val-split, or its own val/ folder in a split layout, whose class indices
+    are those of train/'s sorted folder names."""
+    layout = split_layout(root)
+    if layout is None:
+        classes, files = list_folder(root)
+        train, held = stratified_split(files, val_split, seed)
+        return classes, train, held, f"{val_split:.0%} of each class held out"
+    train_root, held_root = layout
+    classes, train_files = list_folder(train_root)
+    held_classes, held_files = list_folder(held_root)
+    unknown = sorted(set(held_classes) - set(classes))
+    if unknown:
+        raise DataError(f"--data {root}: {held_root.name}/ has class folder(s) {', '.join(unknown[:3])} that "
+                        f"{train_root.name}/ lacks (the class indices are {train_root.name}/'s sorted folder names)")
+    index = {c: i for i, c in enumerate(classes)}
+    train = [(f, i) for i, fs in enumerate(train_files) for f in fs]
+    held = [(f, index[c]) for c, fs in zip(held_classes, held_files, strict=True) for f in fs]
+    return classes, train, held, f"{held_root.name}/ held out, {train_root.name}/ for calibration and training"
 
 
 def stratified_split(files: list[list[Path]], val_split: float, seed: int):
@@ -172,8 +222,7 @@ def folder_splits(root: Path, pre: Preprocess, val_split: float = 0.2, seed: int
     """image_folder with the preprocessing already validated against the model's input."""
     if root.is_dir() and not any(p.is_dir() for p in root.iterdir()) and flat_images(root):
         return flat_splits(root, pre, val_split, seed, batch_size, calib_size, workers, progress)
-    classes, files = list_folder(root)
-    train, held = stratified_split(files, val_split, seed)
+    classes, train, held, how = folder_pairs(root, val_split, seed)
     if not held or not train:
         raise DataError(f"--data {root}: too few images to hold out {val_split:.0%} for evaluation")
     calib_pairs = stratified_sample(train, calib_size, seed)
@@ -200,8 +249,8 @@ def folder_splits(root: Path, pre: Preprocess, val_split: float = 0.2, seed: int
     tr = StreamBatches(tr_ds, batch_size, workers, key=file_list_hash(train, root, pre.describe() + str(pre.augment)),
                        targets=tr_ds.targets)
     if progress is not None:
-        progress.log(f"data: {len(train) + len(held)} images in {len(classes)} classes; {len(held)} held out "
-                     f"({'in memory' if isinstance(ev, Batches) else 'streamed'}), {len(calib)} for calibration")
+        progress.log(f"data: {len(train) + len(held)} images in {len(classes)} classes ({how}); {len(held)} held "
+                     f"out ({'in memory' if isinstance(ev, Batches) else 'streamed'}), {len(calib)} for calibration")
     return DataSplits(calib=calib, train=tr, eval=ev, source=f"folder:{root}", heldout_hash=heldout_hash)
 
 

@@ -9,6 +9,7 @@ fraction of the group's total removed) so that groups of different scales compar
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -93,22 +94,35 @@ def _block_groups(block: nn.Module, args: tuple | dict, names: dict[nn.Module, s
     return groups
 
 
-def widths_of(table, groups: list[Group], kept: dict[str, int]) -> dict[str, tuple[int, int]]:
+def widths_of(table, groups: list[Group], kept: dict[str, int], touch: dict | None = None
+              ) -> dict[str, tuple[int, int]]:
     """(cin, cout) per table layer when each group keeps kept[root] channels (scaled: a flattening Linear's
-    inputs shrink with the channels that feed it)."""
+    inputs shrink with the channels that feed it). `touch`: `layer_groups(table, groups)`, when the caller
+    asks for many allocations of the same groups."""
+    touch = layer_groups(table, groups) if touch is None else touch
     out: dict[str, tuple[int, int]] = {}
     for name, row in table.layers.items():
         cin, cout = row["cin"], row["cout"]
-        for g in groups:
-            frac = kept[g.root] / g.width
-            if name in g.outs:
-                cout = max(1, round(row["cout"] * frac))
-            if name in g.ins:
-                cin = max(1, round(row["cin"] * frac))
+        by_out, by_in = touch[name]
+        if by_out is not None:
+            cout = max(1, round(row["cout"] * kept[by_out.root] / by_out.width))
+        if by_in is not None:
+            cin = max(1, round(row["cin"] * kept[by_in.root] / by_in.width))
         if row["sig"]["kind"] == "dwconv":
             cin = cout = min(cin, cout)
         out[name] = (cin, cout)
     return out
+
+
+def layer_groups(table, groups: list[Group]) -> dict[str, tuple[Group | None, Group | None]]:
+    """Per table layer, the group whose kept channels set its output width and the one that sets its input
+    width (the last in `groups` that lists it; None: it keeps that width)."""
+    touch = {}
+    for name in table.layers:
+        outs = [g for g in groups if name in g.outs]
+        ins = [g for g in groups if name in g.ins]
+        touch[name] = (outs[-1] if outs else None, ins[-1] if ins else None)
+    return touch
 
 
 def allocate(table, groups: list[Group], budget_ms: float, max_layer_ratio: float = 0.9,
@@ -119,12 +133,17 @@ def allocate(table, groups: list[Group], budget_ms: float, max_layer_ratio: floa
     if not groups:
         raise PruningError("no prunable channel group to allocate")
     kept = {g.root: g.width for g in groups}
-    baseline = table.predict(widths_of(table, groups, kept))
+    touch = layer_groups(table, groups)  # the greedy steps predict the whole model thousands of times
+
+    def predict(widths: dict[str, int]) -> float:
+        return table.predict(widths_of(table, groups, widths, touch))
+
+    baseline = predict(kept)
     current = baseline
     while current > budget_ms:
         best = None
         for g in groups:
-            cand = _next_step(table, groups, kept, g, current, max(round_to or 1, int(round(g.width * step))),
+            cand = _next_step(predict, kept, g, current, max(round_to or 1, int(round(g.width * step))),
                               max(1, g.width * (1 - max_layer_ratio)))
             if cand is None:
                 continue
@@ -144,12 +163,13 @@ def allocate(table, groups: list[Group], budget_ms: float, max_layer_ratio: floa
     return ratios, record
 
 
-def _next_step(table, groups, kept, g: Group, current: float, k: int, floor: float) -> tuple[int, float] | None:
+def _next_step(predict: Callable[[dict[str, int]], float], kept, g: Group, current: float, k: int, floor: float
+               ) -> tuple[int, float] | None:
     """The group's next width that the table says is faster (runtimes run some widths no faster than wider
     ones: those are stepped over), with its predicted latency; None when none is left above the floor."""
     new = kept[g.root] - k
     while new >= floor:
-        ms = table.predict(widths_of(table, groups, dict(kept, **{g.root: new})))
+        ms = predict(dict(kept, **{g.root: new}))
         if current - ms > 1e-9:
             return new, ms
         new -= k

@@ -15,7 +15,7 @@ import time
 import torch
 from torch import nn
 
-from edgeopt.errors import PruningError, first_line
+from edgeopt.errors import PruningError, TimeBudgetError, first_line
 from edgeopt.inputs.feeding import batch_inputs
 from edgeopt.inputs.hooks import forward_hooks
 from edgeopt.inputs.model_io import Inputs, flatten_outputs, model_outputs, per_image_lists
@@ -27,7 +27,7 @@ from edgeopt.techniques.pruning.graph_surgery import (
 )
 from edgeopt.techniques.pruning.importance import IMPORTANCE_NAMES, MeasuredImportance, importances, inputs_of, measured
 from edgeopt.techniques.pruning.model_families import split_chunked_blocks
-from edgeopt.timeout import time_limit
+from edgeopt.timeout import deadline_passed, time_limit
 
 __all__ = ["IMPORTANCE_NAMES", "prune", "apply_prune", "channel_table", "traced_blocks", "unsafe_layers"]
 
@@ -172,6 +172,9 @@ class _Walker:
         if self.left() <= 0:
             self.skipped.append(f"{label}: not pruned, time budget spent")
             return
+        if deadline_passed():  # the run's --time-budget (a detector is pruned block by block: 18 blocks for SSDlite)
+            raise TimeBudgetError(f"the time ran out while pruning block by block ({len(self.pruned_blocks)} "
+                                  "pruned)")
         trouble = [(n, _trouble(m)) for n, m in module.named_modules() if _trouble(m)]
         if trouble:
             n, why = trouble[0]
