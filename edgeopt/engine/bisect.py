@@ -42,11 +42,17 @@ def bisect(family: str, levels: list[str], screen: Callable[[str], float | None]
     kept = [levels[i] for i in range(lo, lo - margin - 1, -1) if i >= 0]
     settled = levels[lo] if lo >= 0 else None
     stop = stopped() if hi - lo > 1 else None  # asked only where a level was left unscreened
+    bound = levels[hi] if hi < len(levels) else None  # the level the settled one is bounded by
+    unbuilt = bound is not None and bound in drops and drops[bound] is None
+    if stop is None and unbuilt and (failure(bound) or "").startswith("not tried: "):
+        stop = failure(bound)  # the time ran out inside its build: it was never shown to break the budget
     unfinished = stop is not None  # the search stopped before the bisection settled
     if settled is not None:
         what = settled
     elif unfinished:  # not "breaks the budget": no level was shown to
         what = f"none ({stop.removeprefix('not tried: ')})"
+    elif unbuilt:
+        what = f"none ({bound} could not be built)"
     else:
         what = "none (even the mildest level breaks the budget)"
     out = Outcome(kept=kept, settled=settled,

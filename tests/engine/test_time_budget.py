@@ -148,3 +148,22 @@ def test_an_export_forecast_not_to_end_within_the_share_is_not_started(tmp_path,
     twins = [c[x.id.replace("-int8", "-fp32")] for x in skipped]
     assert any(t.status == "ok" for t in twins)  # its FP32 twin, forecast at 1 s, was finished
     assert clock[0] <= 150 * (1 - TAIL_SHARE), (clock[0], search.trace)
+
+
+@pytest.mark.parametrize(("why", "kept"), [
+    ("not tried: stopped by the time budget (the time ran out while fine-tuning (epoch 1 of 2, step 19 of 47))",
+     "none (stopped by the time budget (the time ran out while fine-tuning"),
+    ("RuntimeError: out of memory", "none (l0 could not be built)"),
+])
+def test_a_bisection_whose_mildest_probe_was_not_built_does_not_say_it_breaks_the_budget(why, kept):
+    """YOLOv8n --retrain: the aggressive probe broke the budget, the mildest one's fine-tuning ran out of time,
+    and the trace said "even the mildest level breaks the budget", which no level had shown."""
+    from edgeopt.engine.bisect import bisect
+
+    levels = ["l0", "l1", "l2"]
+    drops = {"l0": None, "l1": 6.9, "l2": 9.0}
+    out = bisect("fam", levels, drops.get, 1.0, lambda: None, lambda s: why if s == "l0" else None, first=1)
+    assert out.settled is None and out.trace.startswith(f"fam: bisection kept {kept}"), out.trace
+    assert "even the mildest level breaks the budget" not in out.trace
+    timed_out = why.startswith("not tried")
+    assert out.dropped["l0"] == (("rejected", why) if timed_out else ("failed", f"build failed: {why}"))
