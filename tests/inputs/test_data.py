@@ -55,6 +55,7 @@ def test_a_folder_split_already_keeps_its_split(tmp_path):
     _folder(root / "val", classes=("dog", "eel"), n=3)
     s = image_folder(root, 8, 3, (0.5,), (0.5,), val_split=0.5, augment=False)
     assert len(s.eval) == 6 and len(s.train) == 12  # val/ whole, not half of everything
+    assert s.source.endswith("(val/ held out, train/ for calibration and training)")  # report.json says so
     assert sorted(torch.cat([y for _, y in s.eval.items]).tolist()) == [1, 1, 1, 2, 2, 2]  # dog, eel as in train/
     ev = torch.cat(list(s.eval.inputs()))  # the held-out images are val/'s: dog is darker than eel there too
     labels = torch.cat([y for _, y in s.eval.items])

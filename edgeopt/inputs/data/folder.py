@@ -251,7 +251,7 @@ def folder_splits(root: Path, pre: Preprocess, val_split: float = 0.2, seed: int
     if progress is not None:
         progress.log(f"data: {len(train) + len(held)} images in {len(classes)} classes ({how}); {len(held)} held "
                      f"out ({'in memory' if isinstance(ev, Batches) else 'streamed'}), {len(calib)} for calibration")
-    return DataSplits(calib=calib, train=tr, eval=ev, source=f"folder:{root}", heldout_hash=heldout_hash)
+    return DataSplits(calib=calib, train=tr, eval=ev, source=f"folder:{root} ({how})", heldout_hash=heldout_hash)
 
 
 def _hw(v) -> tuple[int, int]:
