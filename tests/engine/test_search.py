@@ -581,6 +581,8 @@ def test_fine_tuning_is_tried_only_beyond_what_the_reconstruction_holds_and_on_i
     assert builder.started_from["prune-ft60"] == "prune60" and builder.started_from["prune-ft70"] == "original"
     assert c["prune-ft60@onnx-fp32"].status == "ok"
     assert any("bisected beyond prune40" in t for t in search.trace)
+    # each fine-tuned build is costly: the mildest level beyond the twins is probed first, not the middle one
+    assert [b for b in builder.builds if "-ft" in b][0] == "prune-ft50"
 
 
 def test_fine_tuning_goes_from_the_mildest_level_when_no_level_holds_without_it(tmp_path):
