@@ -198,10 +198,11 @@ class Search:
         reduced = any(spec.precision != "fp32" for spec in live)
         checked = self.checks_probes(structures)
         first = next((i for i, s in enumerate(structures) if s in self.screened), None)
-        if first is None and any(s in self.builds.base_of for s in structures):
-            # fine-tuned levels built on their twins: each build fine-tunes (30-95 s on 2 cores), so a time
-            # budget affords one or two probes, and the middle level (YOLOv8n's prune-recon50-ft: 6.87 pp) is
-            # the least likely to hold; the mildest one beyond the twins is probed first
+        if first is None and all(specs[s][0].steps and specs[s][0].steps[-1].technique == "fine_tune"
+                                 for s in structures):
+            # each build fine-tunes (30-95 s on 2 cores), so a time budget affords one or two probes, and the
+            # middle level (YOLOv8n's prune-recon50-ft: 6.87 pp, DeiT's depth3-ft: 5.78 pp) is the least likely
+            # to hold: the mildest level (beyond the twins, where they settled) is probed first
             first = 0
         out = bisect(fam, structures, self._check if checked else self._screen, self.context.max_accuracy_drop,
                      self._stopped_before_build, self.builds.failure,

@@ -596,6 +596,21 @@ def test_fine_tuning_goes_from_the_mildest_level_when_no_level_holds_without_it(
     assert c["prune-ft40@onnx-fp32"].status == "ok"
 
 
+def test_a_fine_tuned_family_without_twins_probes_its_mildest_level_first(tmp_path):
+    from edgeopt.techniques import FineTuneConfig
+
+    specs = [CandidateSpec(id="original@onnx-fp32", structure="original", format="onnx", precision="fp32")]
+    for r in (0.3, 0.4, 0.5, 0.6, 0.7):
+        specs.append(CandidateSpec(id=f"prune-ft{int(r * 100)}@onnx-fp32", structure=f"prune-ft{int(r * 100)}",
+                                   format="onnx", steps=[PruneConfig(ratio=r), FineTuneConfig(epochs=1)],
+                                   family="prune-ft", level=r))
+    drops = {"prune-ft30": 0.2, "prune-ft40": 0.5, "prune-ft50": 0.9, "prune-ft60": 2.0, "prune-ft70": 4.0}
+    builder = TwinBuilder(tmp_path, drops)
+    search = _search(tmp_path, builder, plan=Plan(candidates=specs, baseline_id=specs[0].id))
+    search.run()
+    assert builder.builds[1] == "prune-ft30" and search.settled["prune-ft"] == "prune-ft50"
+
+
 def test_a_family_without_fine_tuned_twins_is_bisected_as_planned(tmp_path):
     drops = dict(zip([f"prune{int(r * 100)}" for r in RATIOS], (0.1, 0.3, 0.6, 0.9, 1.5, 3.0), strict=True))
     builder = TwinBuilder(tmp_path, drops)
