@@ -198,8 +198,7 @@ class Search:
         reduced = any(spec.precision != "fp32" for spec in live)
         checked = self.checks_probes(structures)
         first = next((i for i, s in enumerate(structures) if s in self.screened), None)
-        if first is None and all(specs[s][0].steps and specs[s][0].steps[-1].technique == "fine_tune"
-                                 for s in structures):
+        if first is None and all(_fine_tuned(specs[s][0]) for s in structures):
             # each build fine-tunes (30-95 s on 2 cores), so a time budget affords one or two probes, and the
             # middle level (YOLOv8n's prune-recon50-ft: 6.87 pp, DeiT's depth3-ft: 5.78 pp) is the least likely
             # to hold: the mildest level (beyond the twins, where they settled) is probed first
@@ -226,10 +225,9 @@ class Search:
         by_steps = {tuple(st.model_dump_json() for st in sp[0].steps): name for name, sp in specs.items()}
         twin_of = {}
         for s in structures:
-            steps = specs[s][0].steps
-            if not steps or steps[-1].technique != "fine_tune":
+            if not _fine_tuned(specs[s][0]):
                 return structures
-            twin = by_steps.get(tuple(st.model_dump_json() for st in steps[:-1]))
+            twin = by_steps.get(tuple(st.model_dump_json() for st in specs[s][0].steps[:-1]))
             if twin is not None and twin != s and specs[twin][0].family is not None:
                 twin_of[s] = twin
         families = {specs[t][0].family for t in twin_of.values()}
@@ -535,3 +533,8 @@ class Search:
             if lat_ok and size_ok:
                 self.clock.stop(f"not tried: budget already met with margin by {c.id}")
                 return
+
+
+def _fine_tuned(spec: CandidateSpec) -> bool:
+    """Whether the structure's last step fine-tunes it (its build trains: the costly kind)."""
+    return bool(spec.steps) and spec.steps[-1].technique == "fine_tune"
