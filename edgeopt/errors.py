@@ -57,6 +57,16 @@ class TimeBudgetError(EdgeOptError):
     measured is kept for the next run, the step is not finished. Not a failure of the candidate."""
 
 
+class WontFitError(TimeBudgetError):
+    """A step measured its first parts and forecast that it cannot end before the deadline, so it stopped
+    there (a fine-tuning: its remaining steps at the rate of its first ones). Time is left for cheaper work:
+    the search goes on. `need_s`: what the whole step would have taken."""
+
+    def __init__(self, message: str, need_s: float):
+        super().__init__(message)
+        self.need_s = need_s
+
+
 class ArtifactError(EdgeOptError):
     """An artifact file is missing, not a model, or does not fit the requested input."""
 

@@ -87,5 +87,8 @@ def _why_dropped(level: str, i: int, lo: int, hi: int, levels: list[str], drops:
     broke = levels[hi] if hi < len(levels) else None
     why = f"not tried: more aggressive than {broke}, which already breaks the budget"
     if broke is not None and drops.get(broke) is None:
-        why = f"not tried: more aggressive than {broke}, which could not be built"
+        unbuilt = failure(broke) or ""
+        why = (f"not tried: more aggressive than {broke}, which was not tried ({unbuilt.removeprefix('not tried: ')})"
+               if unbuilt.startswith("not tried: ") else f"not tried: more aggressive than {broke}, which could not "
+                                                         "be built")
     return "rejected", why

@@ -16,7 +16,7 @@ from torch import nn
 
 from edgeopt.decide.plan import CandidateSpec, Plan
 from edgeopt.engine.build import Built, new_candidate
-from edgeopt.errors import BackendMissingError, ConfigError, EdgeOptError, TimeBudgetError, first_line
+from edgeopt.errors import BackendMissingError, ConfigError, EdgeOptError, TimeBudgetError, WontFitError, first_line
 from edgeopt.report import Candidate
 from edgeopt.timeout import run_until
 
@@ -93,6 +93,9 @@ class Builds:
         self.seconds: dict[str, float] = {}
         self.layout_of: dict[str, str] = {}
         self.base_of: dict[str, str] = {}  # structure -> the structure it is built on (QAT, stacking)
+        # what the fine-tuning of the last structure forecast not to fit would have taken: a later fine-tuned
+        # structure is not started with less time left (the structures of one model fine-tune at about one rate)
+        self.fine_tune_need: tuple[str, float] | None = None
 
     def failure(self, structure: str) -> str | None:
         b = self.built.get(structure, self.out_of_time.get(structure))
@@ -114,6 +117,12 @@ class Builds:
             specs = self.ledger.specs
             spec = specs[structure][0]
             base, steps = self.base_of.get(structure), spec.steps
+            if self._fine_tuning_wont_fit(spec):
+                name, need = self.fine_tune_need
+                self.out_of_time[structure] = WontFitError(
+                    f"not tried: fine-tuning {name} was forecast to take about {need:.0f} s, "
+                    f"{max(self.until() - t0, 0):.0f} s of the search's share left", need)
+                return self.out_of_time[structure]
             try:
                 start = self.builder.net
                 if base is not None:  # built on top of another structure (QAT of a pruned model)
@@ -130,6 +139,11 @@ class Builds:
                 self.layout_of[structure] = layout(b.model)
             except FATAL:
                 raise
+            except WontFitError as e:  # not started, or stopped seconds in: the search goes on with cheaper work
+                self.seconds[structure] = round(time.perf_counter() - t0, 2)
+                self.fine_tune_need = (structure, e.need_s)
+                self.out_of_time[structure] = WontFitError(f"not tried: {e}", e.need_s)
+                return self.out_of_time[structure]
             except TimeBudgetError as e:
                 self.seconds[structure] = round(time.perf_counter() - t0, 2)
                 self.out_of_time[structure] = TimeBudgetError(f"not tried: {TIME_STOP} ({e})")
@@ -139,6 +153,14 @@ class Builds:
             self.built[structure] = b
             self.seconds[structure] = round(time.perf_counter() - t0, 2)  # where a search's time goes
         return self.built[structure]
+
+    def _fine_tuning_wont_fit(self, spec: CandidateSpec) -> bool:
+        """Whether `spec` fine-tunes last and an earlier fine-tuning was forecast to need more than is left."""
+        if self.fine_tune_need is None or self.until is None or not spec.steps or \
+                spec.steps[-1].technique != "fine_tune":
+            return False
+        deadline = self.until()
+        return deadline is not None and deadline - time.perf_counter() < self.fine_tune_need[1]
 
 
 # Shares of --time-budget kept back from the search: the tail (the final latency measurement, the test split and

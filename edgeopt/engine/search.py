@@ -31,10 +31,11 @@ from edgeopt.decide.serving import Serving, latency_rules_out_precisions
 from edgeopt.engine.bisect import bisect
 from edgeopt.engine.cache import CandidateCache, key
 from edgeopt.engine.family_screening import Screening, screen_group
+from edgeopt.engine.fine_tuned import beyond_twins, first_probe
 from edgeopt.engine.finish import Finisher
 from edgeopt.engine.ledger import Builds, Ledger, StopClock, layout, why_failed
 from edgeopt.engine.stacking import ready, stack
-from edgeopt.errors import TimeBudgetError
+from edgeopt.errors import TimeBudgetError, WontFitError
 from edgeopt.formats.base import Session
 from edgeopt.report import Candidate, Decision
 from edgeopt.techniques import QATConfig
@@ -164,7 +165,7 @@ class Search:
                 screened_out |= self._screen_group(group, families)
             if fam in screened_out:
                 continue
-            structures = self._beyond_twins(fam, structures)
+            structures = beyond_twins(self, fam, structures)
             for s in self.bisect_family(fam, structures) if structures else ():
                 self.finisher.finish(s)
                 self._compressed_finished()
@@ -197,12 +198,7 @@ class Search:
         live = [spec for s in structures for spec in specs[s] if self.ledger.cands[spec.id].status == "pending"]
         reduced = any(spec.precision != "fp32" for spec in live)
         checked = self.checks_probes(structures)
-        first = next((i for i, s in enumerate(structures) if s in self.screened), None)
-        if first is None and all(_fine_tuned(specs[s][0]) for s in structures):
-            # each build fine-tunes (30-95 s on 2 cores), so a time budget affords one or two probes, and the
-            # middle level (YOLOv8n's prune-recon50-ft: 6.87 pp, DeiT's depth3-ft: 5.78 pp) is the least likely
-            # to hold: the mildest level (beyond the twins, where they settled) is probed first
-            first = 0
+        first = first_probe(specs, structures, self.screened)
         out = bisect(fam, structures, self._check if checked else self._screen, self.context.max_accuracy_drop,
                      self._stopped_before_build, self.builds.failure,
                      policy.MARGIN_LEVELS if reduced and not checked else 0, first=first)
@@ -214,42 +210,6 @@ class Search:
             for spec in specs[s]:
                 self.ledger.mark(spec.id, status, why)
         return out.kept
-
-    def _beyond_twins(self, fam: str, structures: list[str]) -> list[str]:
-        """A fine-tuned family whose levels have un-fine-tuned twins (the same steps without the final
-        fine-tuning) in a family bisected before it: each level is built on its twin (its pruning and
-        reconstruction done once), and only the levels beyond the one the twins' family settled at are
-        bisected: up to it a twin is as fast and already holds the budget without retraining. Returns the levels
-        left to bisect, mildest first; the others are marked with why."""
-        specs = self.ledger.specs
-        by_steps = {tuple(st.model_dump_json() for st in sp[0].steps): name for name, sp in specs.items()}
-        twin_of = {}
-        for s in structures:
-            if not _fine_tuned(specs[s][0]):
-                return structures
-            twin = by_steps.get(tuple(st.model_dump_json() for st in specs[s][0].steps[:-1]))
-            if twin is not None and twin != s and specs[twin][0].family is not None:
-                twin_of[s] = twin
-        families = {specs[t][0].family for t in twin_of.values()}
-        if len(families) != 1:
-            return structures
-        twins = families.pop()
-        for s, twin in twin_of.items():
-            self.builds.base_of[s] = twin
-        held = self.settled.get(twins)
-        if held is None:  # not bisected, or even its mildest level broke the budget: every level is fine-tuned
-            return structures
-        floor = specs[held][0].level
-        kept = [s for s in structures if specs[s][0].level > floor + 1e-9]
-        for s in structures:
-            if s not in kept:
-                for spec in specs[s]:
-                    self.ledger.mark(spec.id, "rejected", (
-                        f"not tried: no faster than {held}, which holds the budget without fine-tuning: "
-                        f"fine-tuning is tried only beyond it"))
-        self.trace.append(f"{fam}: built on the {twins} levels; bisected beyond {held}, where {twins} settled"
-                          + ("" if kept else " (no level beyond it)"))
-        return kept
 
     def _screen_group(self, group: str, families: dict[str, list[str]]) -> set[str]:
         """Measure every family of the group at one level; mark the families left out, with the numbers.
@@ -314,6 +274,9 @@ class Search:
             self.trace.append(f"screen {structure}: drop {hit['drop']:.2f} pp (cached)")
             return hit["drop"]
         b = self.builds.get(structure)
+        if isinstance(b, WontFitError):  # its fine-tuning cannot end in time; cheaper structures still can
+            self.trace.append(f"screen {structure}: {b}")
+            return None
         if isinstance(b, TimeBudgetError):  # not a failure: the search's share ran out inside the build
             self.clock.out_of_time = True
             if not self.clock.reason:
@@ -534,7 +497,3 @@ class Search:
                 self.clock.stop(f"not tried: budget already met with margin by {c.id}")
                 return
 
-
-def _fine_tuned(spec: CandidateSpec) -> bool:
-    """Whether the structure's last step fine-tunes it (its build trains: the costly kind)."""
-    return bool(spec.steps) and spec.steps[-1].technique == "fine_tune"

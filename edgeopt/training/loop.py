@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from edgeopt.errors import ConfigError, DataError, TimeBudgetError
+from edgeopt.errors import ConfigError, DataError, TimeBudgetError, WontFitError
 from edgeopt.inputs.data.epochs import TrainFeed
 from edgeopt.inputs.feeding import run_model
 from edgeopt.inputs.model_io import flatten_outputs
-from edgeopt.timeout import deadline_passed
+from edgeopt.timeout import current_deadline, deadline_passed
 from edgeopt.training import ddp
 from edgeopt.training.features import Capture, DistillStudent, make_adapters, match_layers
 from edgeopt.training.losses import (
@@ -33,6 +33,10 @@ from edgeopt.training.losses import (
 from edgeopt.training.modes import training_mode
 
 KINDS = ("response", "feature", "relation")
+# Steps timed before the forecast of a fine-tuning's end (the first step, slower by its allocations, left out):
+# few enough that a fine-tuning that cannot end before the deadline stops seconds in, not when the deadline cuts
+# it (measured: YOLOv8n's prune-recon30-ft ran 104 s of a 300-s budget before the deadline ended it).
+FORECAST_STEPS = 3
 
 
 @dataclass
@@ -127,6 +131,7 @@ def fit(student: nn.Module, train_data, teacher: nn.Module | None = None, epochs
     result = FitResult(epochs=epochs, seconds=0.0, device=str(dev), world_size=world_size,
                        kind="+".join(kinds) if kinds else "none", feature_layers=names, mode=mode.mode)
     t0 = time.perf_counter()
+    forecast = _EndForecast(total_steps - start_epoch * steps) if world_size == 1 else None
     with unit.capture, t_capture if t_capture is not None else nullcontext():
         for epoch in range(start_epoch, epochs):
             total, n, waited, t_epoch = 0.0, 0, [0.0], time.perf_counter()
@@ -149,6 +154,8 @@ def fit(student: nn.Module, train_data, teacher: nn.Module | None = None, epochs
                 if world_size == 1 and deadline_passed():
                     raise TimeBudgetError(f"the time ran out while fine-tuning (epoch {epoch + 1} of {epochs}, "
                                           f"step {n} of {steps})")
+                if forecast is not None:
+                    forecast.step()
             result.losses.append(ddp.mean_across(total / max(n, 1), world_size))
             result.data_seconds.append(round(waited[0], 3))
             result.epoch_seconds.append(round(time.perf_counter() - t_epoch, 3))
@@ -157,6 +164,27 @@ def fit(student: nn.Module, train_data, teacher: nn.Module | None = None, epochs
     student.to("cpu").eval()
     result.seconds = round(time.perf_counter() - t0, 2)
     return result
+
+
+class _EndForecast:
+    """Whether a fine-tuning of `total` steps can end before the enclosing deadline (edgeopt/timeout.py), judged
+    once, after FORECAST_STEPS steps past the first, from their rate; raises WontFitError when it cannot."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.t_first = total, 0, None
+
+    def step(self) -> None:
+        self.done += 1
+        if self.done == 1:
+            self.t_first = time.perf_counter()
+        if self.done != FORECAST_STEPS + 1 or current_deadline() is None:
+            return
+        now = time.perf_counter()
+        per_step = (now - self.t_first) / FORECAST_STEPS
+        left, need = current_deadline() - now, per_step * (self.total - self.done)
+        if need > left:
+            raise WontFitError(f"fine-tuning would take about {need:.0f} s more ({self.total - self.done} steps "
+                               f"at {per_step:.2f} s), {max(left, 0):.0f} s left", need_s=per_step * self.total)
 
 
 def _timed(batches, waited: list[float]):

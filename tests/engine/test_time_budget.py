@@ -5,8 +5,10 @@ says so (never "even the mildest level breaks the budget")."""
 import pytest
 from test_search import RATIOS, FakeBuilder, _by_id, _plan, _search
 
+from edgeopt.decide.plan import CandidateSpec
 from edgeopt.engine import ledger
 from edgeopt.engine.ledger import TAIL_SHARE
+from edgeopt.techniques import FactorizeConfig, PruneConfig
 
 DROPS = dict(zip([f"prune{int(r * 100)}" for r in RATIOS], (0.1, 0.3, 0.6, 0.9, 1.5, 3.0), strict=True))
 STEP_S = 10.0  # every build and every export of the slow fake builder takes this long
@@ -167,3 +169,38 @@ def test_a_bisection_whose_mildest_probe_was_not_built_does_not_say_it_breaks_th
     assert "even the mildest level breaks the budget" not in out.trace
     timed_out = why.startswith("not tried")
     assert out.dropped["l0"] == (("rejected", why) if timed_out else ("failed", f"build failed: {why}"))
+
+
+def test_a_fine_tuning_forecast_not_to_fit_leaves_the_time_to_cheaper_structures(tmp_path, clock):
+    """A fine-tuned build that stops seconds in because its fine-tuning cannot end in time (training/loop.py)
+    does not stop the search: the family says why no level was tried, later fine-tuned structures are not
+    started with less time left than that fine-tuning needed, and the families without fine-tuning still run."""
+    from edgeopt.decide.plan import Plan
+    from edgeopt.errors import WontFitError
+    from edgeopt.techniques import FineTuneConfig
+
+    class SlowFineTuning(FakeBuilder):
+        def build(self, start, spec):
+            if spec.steps[-1].technique == "fine_tune":
+                self.builds.append(spec.structure)
+                self.clock[0] += 5.0  # its kind screen and first steps
+                raise WontFitError("fine-tuning would take about 390 s more (190 steps at 2.05 s), 200 s left",
+                                   need_s=400.0)
+            return super().build(start, spec)
+
+    specs = list(_plan().candidates[:1])
+    for fam, step in (("prune-ft", PruneConfig), ("fact-ft", lambda ratio: FactorizeConfig(energy=1 - ratio))):
+        specs += [CandidateSpec(id=f"{fam}{int(r * 100)}@onnx-fp32", structure=f"{fam}{int(r * 100)}",
+                                format="onnx", steps=[step(ratio=r), FineTuneConfig(epochs=2)], family=fam, level=r)
+                  for r in RATIOS]
+    specs += [s for s in _plan().candidates if s.structure != "original"]  # prune10..60, no fine-tuning
+    builder = SlowFineTuning(tmp_path, DROPS, clock=clock)
+    search = _search(tmp_path, builder, plan=Plan(candidates=specs, baseline_id=specs[0].id), time_budget_s=300)
+    result = search.run()
+    c = _by_id(result)
+    assert [b for b in builder.builds if "-ft" in b] == ["prune-ft10"], builder.builds  # the mildest, then no other
+    assert "fine-tuning would take about 390 s more" in c["prune-ft10@onnx-fp32"].reason
+    assert "which was not tried (fine-tuning would take" in c["prune-ft20@onnx-fp32"].reason
+    assert "fine-tuning prune-ft10 was forecast to take about 400 s" in c["fact-ft10@onnx-fp32"].reason
+    assert search.settled["prune"] == "prune40" and c["prune40@onnx-fp32"].status == "ok"  # still searched
+    assert result.summary()["time_budget"]["stopped"] is False

@@ -47,3 +47,31 @@ def test_fine_tuning_stops_at_the_searchs_deadline(tiny_plain):
         res = fit(tiny_plain, data, epochs=2, lr=0.05)
     assert len(res.losses) == 2
     assert any(not torch.equal(before[k], v) for k, v in tiny_plain.state_dict().items())
+
+
+def test_a_fine_tuning_forecast_not_to_end_before_the_deadline_stops_steps_in(tiny_plain):
+    """YOLOv8n's prune-recon30-ft ran 104 s of a 300-s budget before the deadline cut it, all of it lost: the
+    loop times its first steps and stops there when the rest cannot end before the deadline, saying how long it
+    would take, so the search can spend the time on cheaper structures."""
+    import time
+
+    from edgeopt.errors import WontFitError
+    from edgeopt.timeout import run_until
+
+    class Slow(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            time.sleep(0.05)
+            return self.inner(x)
+
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(2, 1, 16, 16, generator=g), torch.randint(0, 10, (2,), generator=g)) for _ in range(100)]
+    t0 = time.perf_counter()
+    # 200 steps of at least 0.05 s: 10 s at least, with 5 s left
+    with run_until(time.perf_counter() + 5), pytest.raises(WontFitError, match="fine-tuning would take about") as e:
+        fit(Slow(tiny_plain), data, epochs=2, lr=0.05)
+    assert e.value.need_s >= 10 * 0.9
+    assert time.perf_counter() - t0 < 5  # stopped seconds in, not at the deadline
