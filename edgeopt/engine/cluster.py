@@ -210,6 +210,7 @@ class RayExecutor(ClusterFinishing):
         chain of dependent builds starts first instead of waiting behind short ones."""
         from edgeopt.engine.cache import key
         from edgeopt.engine.family_screening import common_probes, screen_group
+        from edgeopt.engine.fine_tuned import first_probe
         from edgeopt.engine.ledger import layout
 
         ray, builder = self.ray, self.builder
@@ -280,7 +281,8 @@ class RayExecutor(ClusterFinishing):
             group = specs[structures[0]][0].screen
             if group is not None and len(groups[group]) > policy.SCREEN_KEEP:
                 continue
-            start, builds = submit(fam, False, structures)
+            # the search's bisection probes a fine-tuned family's mildest level first: the task's does the same
+            start, builds = submit(fam, False, structures, first_probe(specs, structures, {}))
             queue.add(start, (fam, None), builds, fam)
 
         def bisect_group(group: str) -> None:

@@ -101,8 +101,7 @@ class ClusterFinishing:
                 got = Done(cands={spec.id: c})
             cands.update(got.cands)
             done.cands.update(got.cands)
-            done.stopped += got.stopped
-            done.why.update(got.why)
+            done.stopped.update(got.stopped)
             done.seconds.update(got.seconds)
             done.phases.update(got.phases)
             done.decisions += got.decisions

@@ -61,14 +61,13 @@ class Job:
 
 @dataclass
 class Done:
-    """What a job did: its candidates finished (`cands`, by id; `stopped`: those the time budget left pending),
-    the seconds each took and where they went (`phases`), the decisions taken (accuracy control, in order) and
-    the runtime session of every ok candidate (empty as a job's result travels: the taker loads them);
-    `why`: the reason of each spec stopped because it would not have ended in time."""
+    """What a job did: its candidates finished (`cands`, by id; `stopped`: those the time budget left pending,
+    with why: stopped, or would not have ended in time), the seconds each took and where they went
+    (`phases`), the decisions taken (accuracy control, in order) and the runtime session of every ok candidate
+    (empty as a job's result travels: the taker loads them)."""
 
     cands: dict[str, Candidate]
-    stopped: list[str] = field(default_factory=list)
-    why: dict[str, str] = field(default_factory=dict)
+    stopped: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     phases: dict[str, dict[str, float]] = field(default_factory=dict)
     decisions: list[Decision] = field(default_factory=list)
@@ -86,12 +85,8 @@ def finish_structure(builder, built: Built, job: Job, stopped: Callable[[], str 
             return f"not tried: {TIME_STOP}" if deadline is not None and time.perf_counter() > deadline else None
     work = _Work(builder, built, job, stopped)
     for spec in job.specs:
-        if stopped():
-            work.done.stopped.append(spec.id)
-            continue
-        if why := work.wont_fit(spec):
-            work.done.stopped.append(spec.id)
-            work.done.why[spec.id] = why
+        if why := stopped() or work.wont_fit(spec):
+            work.done.stopped[spec.id] = why
             continue
         t0 = time.perf_counter()
         cand = job.cands[spec.id]
@@ -328,8 +323,7 @@ class Finisher:
         for spec in job.specs:
             if spec.id in done.stopped:
                 self.clock.check()
-                self.ledger.mark(spec.id, "rejected",
-                                 self.clock.reason or done.why.get(spec.id) or f"not tried: {TIME_STOP}")
+                self.ledger.mark(spec.id, "rejected", self.clock.reason or done.stopped[spec.id])
                 continue
             cand, got = self.ledger.cands[spec.id], done.cands[spec.id]
             for name in [*Candidate.model_fields, *(got.model_extra or {})]:  # extras: accuracy_control

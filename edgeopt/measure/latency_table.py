@@ -84,7 +84,7 @@ class LatencyTable:
     threads: int = 1
     runs: int = 20
     cache_dir: Path | None = None
-    measured: int = 0  # layer configurations timed by this table (cache misses)
+    measured: int = 0  # layer configurations and whole models timed by this table (cache misses)
     hits: int = 0
     layers: dict[str, dict] = field(default_factory=dict)  # name -> {"sig", "cin", "cout", "grid"[, "ratio"]}
     call_ms: float = 0.0  # c0: one inference call's fixed cost on this runtime
@@ -141,11 +141,7 @@ class LatencyTable:
                              runs=self.runs_per_entry)
         self.measured += 1
         store[k] = ms
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(store, f)
-        os.replace(tmp_name, path)  # atomic: a concurrent build sees the old or the new table
+        _write_atomic(path, store)
         return ms
 
     def build(self, model: nn.Module, example: torch.Tensor, fractions=FRACTIONS, whole: bool = True
@@ -241,21 +237,19 @@ class LatencyTable:
         """Fit whole-model latency = a + b x S on the original and pruned copies of it, measured interleaved
         (so the machine's load is the same for all). The offset a is what no layer's width changes: the
         call, pooling, the runtime's per-node dispatch; a one-point scaling leaves it proportional and
-        mispredicts pruned models by as much as it weighs."""
-        from edgeopt.measure.timing import BenchConfig, measure
-
+        mispredicts pruned models by as much as it weighs. The whole models' times are kept on disk beside the
+        entries, so a later run on the same model measures nothing again."""
         xs = [self.predict_layers(widths_of_model(self, m)) for m in models]
         example = at_batch(example, self.batch)
-        with tempfile.TemporaryDirectory() as tmp:
-            fns = {}
-            for i, m in enumerate(models):
-                if deadline_passed():  # each whole model is converted (at INT8: quantized, 15 s for SSDlite)
-                    raise TimeBudgetError(f"the time ran out while calibrating the {self.runtime} latency table "
-                                          f"on whole models ({i} of {len(models)} converted)")
-                (Path(tmp) / str(i)).mkdir()
-                fns[str(i)] = runner(m, example, self.runtime, self.threads, Path(tmp) / str(i), self.precision)
-            stats = measure(fns, BenchConfig(max_time_s=seconds, warmup_runs=3, min_runs=10))
-        ys = [stats[str(i)].p50 for i in range(len(models))]
+        path = self._whole_path(models, example)
+        try:  # the same models measured on this machine before: each conversion is an NNCF quantization at INT8
+            ys = [float(v) for v in json.loads(path.read_text())["ms"]][:len(models)]
+            if len(ys) != len(models):
+                raise ValueError("a truncated file")
+            self.hits += len(models)
+        except (OSError, ValueError, KeyError, TypeError):
+            ys = self._measure_whole(models, example, seconds)
+            _write_atomic(path, {"ms": ys})
         self.whole_ms, self.points = ys[0], list(zip(xs, ys, strict=True))
         mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
         var = sum((x - mx) ** 2 for x in xs)
@@ -267,6 +261,31 @@ class LatencyTable:
         if self.fit[0] == 0.0:
             self.fit = (0.0, my / mx)
         return self
+
+    def _measure_whole(self, models: list[nn.Module], example, seconds: float) -> list[float]:
+        """p50 (ms) of each whole model converted at the table's precision, measured interleaved."""
+        from edgeopt.measure.timing import BenchConfig, measure
+
+        with tempfile.TemporaryDirectory() as tmp:
+            fns = {}
+            for i, m in enumerate(models):
+                if deadline_passed():  # each whole model is converted (at INT8: quantized, 15 s for SSDlite)
+                    raise TimeBudgetError(f"the time ran out while calibrating the {self.runtime} latency table "
+                                          f"on whole models ({i} of {len(models)} converted)")
+                (Path(tmp) / str(i)).mkdir()
+                fns[str(i)] = runner(m, example, self.runtime, self.threads, Path(tmp) / str(i), self.precision)
+            stats = measure(fns, BenchConfig(max_time_s=seconds, warmup_runs=3, min_runs=10))
+        self.measured += len(models)
+        return [stats[str(i)].p50 for i in range(len(models))]
+
+    def _whole_path(self, models: list[nn.Module], example) -> Path:
+        """Where the calibration's whole-model times are kept: by this table's key and each model's
+        architecture (its modules and parameter shapes; the values do not change a time) and input shapes."""
+        archs = [hashlib.sha256((repr(m) + repr([(n, tuple(p.shape)) for n, p in m.state_dict().items()]))
+                                .encode()).hexdigest() for m in models]
+        key = hashlib.sha256(json.dumps([self._fp, self.runtime, self.precision, self.batch, archs,
+                                         _shapes(example)]).encode()).hexdigest()[:24]
+        return self.cache_dir / f"whole-{key}.json"
 
     def predict_model(self, pruned: nn.Module) -> float:
         """Predicted latency of a pruned copy of the model the table was built for (same layer names)."""
@@ -300,6 +319,26 @@ def at_batch(x, batch: int):
     if isinstance(x, (tuple, list)):
         return type(x)(at_batch(v, batch) for v in x)
     return x
+
+
+def _write_atomic(path: Path, obj) -> None:
+    """Write JSON so that a concurrent build reads the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp_name, path)
+
+
+def _shapes(x):
+    """The shapes of an input (a tensor, or a tuple/list/dict of them), as JSON-able lists."""
+    if isinstance(x, torch.Tensor):
+        return list(x.shape)
+    if isinstance(x, dict):
+        return {str(k): _shapes(v) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return [_shapes(v) for v in x]
+    return repr(type(x).__name__)
 
 
 def widths_of_model(table: LatencyTable, model: nn.Module) -> dict[str, tuple[int, int]]:

@@ -89,8 +89,9 @@ def finetune_step(context: DeployContext, has_train_data: bool, decisions: list[
     decisions.append(Decision(
         technique="distillation_kind", decision="applied",
         reason=f"the fine-tuning rate ({rates}) and the distillation kind (response, feature, relation, "
-               "response+feature) are chosen per candidate by measured recovery: one-epoch runs on a subset of the "
-               "training data, scored on a slice held out of it; each one's accuracy is in the fine-tuning step's "
+               "response+feature) are chosen by measured recovery: one-epoch runs on a subset of the training data, "
+               "scored on a slice held out of it, once per run (later fine-tunings take the choice and are kept "
+               "only if they score above the model as it came); each one's accuracy is in the fine-tuning step's "
                "record (kind_screen)"))
     return FineTuneConfig(epochs=context.epochs, kind="auto")
 

@@ -79,7 +79,7 @@ def fit(student: nn.Module, train_data, teacher: nn.Module | None = None, epochs
         progress: Callable[[int, int, float], None] | None = None, *, kind=None,
         feature_layers: list[str] | None = None, feature_distance: str = "at", beta: float | None = None,
         gamma: float = 1.0, start_epoch: int = 0,
-        regularizer: Callable[[nn.Module], torch.Tensor] | None = None) -> FitResult:
+        regularizer: Callable[[nn.Module], torch.Tensor] | None = None, forecast_end: bool = True) -> FitResult:
     """Train `student` in place on batches of (x, y) or x (a list, Batches, or a streamed Dataset), reshuffled
     sample by sample every epoch from `seed`; under torchrun each rank reads its own shard.
 
@@ -89,7 +89,9 @@ def fit(student: nn.Module, train_data, teacher: nn.Module | None = None, epochs
     "relation" (RKD distance+angle on the penultimate embeddings, weight `gamma`), or a combination
     "response+feature". Kinds without "response" keep the hard-label cross-entropy as the task loss (soft
     targets if unlabelled). `start_epoch` starts the cosine schedule part-way (rewinding to epoch k).
-    `regularizer(student) -> scalar` is added to every step's loss (e.g. Network Slimming's L1 on BN scales)."""
+    `regularizer(student) -> scalar` is added to every step's loss (e.g. Network Slimming's L1 on BN scales).
+    `forecast_end`: under a deadline, stop after the first steps when the rest cannot end before it (a short
+    probe leaves it to the deadline check: its forecast would speak of the probe, not of the fine-tuning)."""
     feed = TrainFeed(train_data, seed)
     if teacher is None and not feed.labelled:
         raise DataError("fine-tuning without a teacher needs labelled training data (x, y)")
@@ -131,7 +133,7 @@ def fit(student: nn.Module, train_data, teacher: nn.Module | None = None, epochs
     result = FitResult(epochs=epochs, seconds=0.0, device=str(dev), world_size=world_size,
                        kind="+".join(kinds) if kinds else "none", feature_layers=names, mode=mode.mode)
     t0 = time.perf_counter()
-    forecast = _EndForecast(total_steps - start_epoch * steps) if world_size == 1 else None
+    forecast = _EndForecast(total_steps - start_epoch * steps) if world_size == 1 and forecast_end else None
     with unit.capture, t_capture if t_capture is not None else nullcontext():
         for epoch in range(start_epoch, epochs):
             total, n, waited, t_epoch = 0.0, 0, [0.0], time.perf_counter()

@@ -139,7 +139,8 @@ def choose_kind(student: nn.Module, teacher: nn.Module, train_data, kinds: tuple
     def probe_score(kind: str, rate: float) -> float | None:
         trial = copy.deepcopy(student)
         try:
-            fit(trial, probe, teacher=teacher, epochs=1, lr=rate, seed=seed, kind=kind, **fit_kwargs)
+            fit(trial, probe, teacher=teacher, epochs=1, lr=rate, seed=seed, kind=kind, forecast_end=False,
+                **fit_kwargs)
         except ConfigError as e:
             skipped[kind] = str(e)
             return None

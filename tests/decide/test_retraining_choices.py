@@ -114,6 +114,52 @@ def test_fine_tuning_that_would_lower_the_held_out_score_keeps_the_model_unchang
     assert top1(tuned, val) == top1(model, val)
 
 
+def test_the_kind_screen_runs_once_per_run_and_a_reused_choice_is_checked(monkeypatch):
+    """On YOLOv8n the screen ran about 40 s before each fine-tuning started, for the choice the first made: later
+    fine-tunings of the same teacher on the same data take the first screen's kind and rate; each is kept
+    only if it scores above its student as it came, which no probe of its own checked."""
+    import copy
+
+    from edgeopt.techniques.pruning.prune import apply_prune
+    from edgeopt.techniques.retraining import finetune
+    from edgeopt.training import screen
+
+    screens = []
+    real = screen.choose_kind
+    monkeypatch.setattr(screen, "choose_kind", lambda *a, **k: screens.append(1) or real(*a, **k))
+    model, train, val = smallnet.trained(size=8)
+    from edgeopt.inputs.data import Batches
+
+    x, data = val.items[0][0][:1], Batches(train.items[:12])
+    first, rec1 = finetune.apply_finetune(apply_prune(model, x, PruneConfig(ratio=0.5))[0], x,
+                                          FineTuneConfig(kind="auto", epochs=1), teacher=model, train_data=data)
+    small = apply_prune(model, x, PruneConfig(ratio=0.4))[0]
+    second, rec2 = finetune.apply_finetune(small, x, FineTuneConfig(kind="auto", epochs=1), teacher=model,
+                                           train_data=data)
+    assert len(screens) == 1 and "screened_before" in rec2["kind_screen"]
+    assert rec2["distillation"] == rec1["distillation"] and rec2["lr"] == rec1["lr"] and rec2["epochs"] == 1
+    assert top1(second, val) > top1(small, val) + 20  # fine-tuned, and kept: it scored above the cut model
+    # other data: screened again
+    finetune.apply_finetune(small, x, FineTuneConfig(kind="auto", epochs=1), teacher=model,
+                            train_data=Batches(train.items[:10]))
+    assert len(screens) == 2
+    # a rate that wrecks the student: the first screen keeps the teacher's copy unchanged by its probes; the
+    # reused choice trains the next copy, scores it below the copy as it came, and keeps the copy unchanged
+    wreck = FineTuneConfig(kind="auto", epochs=1, lr=50.0)
+    finetune.apply_finetune(copy.deepcopy(model), x, wreck, teacher=model, train_data=data)
+    kept, rec = finetune.apply_finetune(copy.deepcopy(model), x, wreck, teacher=model, train_data=data)
+    assert len(screens) == 3 and "screened_before" in rec["kind_screen"]
+    assert rec["distillation"] == "unchanged" and "fine-tuning lowered its score" in rec["kept_unchanged"]
+    assert all(torch.equal(a, b) for a, b in zip(kept.state_dict().values(), model.state_dict().values(),
+                                                 strict=True))
+    from edgeopt.techniques.retraining.fine_tune_technique import kind_decision
+
+    d = kind_decision([("prune-ft40", rec2), ("ft-copy", rec)])
+    assert "prune-ft40: " in d.reason and "(as first screened)" in d.reason
+    assert "(as first screened; then kept unchanged: fine-tuning lowered its score" in d.reason
+    assert "scored (top1)" in d.reason
+
+
 def test_the_fine_tuning_rate_is_screened_unless_one_is_given():
     """A rate that wrecks the student loses the screen to a gentler one, every kind is then probed at the
     winner, and the full fine-tuning runs at it; a rate the user gave is used as given."""

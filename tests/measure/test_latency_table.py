@@ -105,6 +105,34 @@ def test_calibration_fits_an_offset_on_whole_models_and_exact_widths_are_measure
     assert t.measured == before + 1
 
 
+def test_calibration_is_kept_on_disk_and_not_measured_again(tmp_path, monkeypatch):
+    """Calibrating converts whole models (at INT8 an NNCF quantization each: 30 s of a profiled SSDlite build):
+    a second table for the same models on this machine reads their times from disk; other models (another
+    architecture, another input shape) are measured."""
+    from edgeopt.measure import latency_table
+
+    model, x = _net(), torch.randn(1, 1, 8, 8)
+    half = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1, groups=4),
+                         nn.Conv2d(4, 8, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    first = LatencyTable(cache_dir=tmp_path, runs=3).build(model, x, fractions=(1.0, 0.5), whole=False)
+    first.calibrate([model, half], x, seconds=0.3)
+    converted = []
+    real = latency_table.runner
+    monkeypatch.setattr(latency_table, "runner", lambda m, *a, **k: converted.append(m) or real(m, *a, **k))
+    again = LatencyTable(cache_dir=tmp_path, runs=3).build(model, x, fractions=(1.0, 0.5), whole=False)
+    again.calibrate([model, half], x, seconds=0.3)
+    assert converted == [] and again.points == first.points and again.fit == first.fit
+    assert again.measured == 0
+    alone = LatencyTable(cache_dir=tmp_path, runs=3).build(model, x, fractions=(1.0, 0.5), whole=False)
+    alone.calibrate([model], x, seconds=0.3)  # other models: measured
+    assert converted == [model] and alone.measured == 1
+    for path in tmp_path.glob("whole-*.json"):
+        path.write_text("{not json")  # an unreadable file: measured again, not an error
+    LatencyTable(cache_dir=tmp_path, runs=3).build(model, x, fractions=(1.0, 0.5), whole=False).calibrate(
+        [model, half], x, seconds=0.3)
+    assert converted == [model, model, half]
+
+
 def test_batch_column_times_every_layer_at_the_served_batch_and_keys_it_apart(tmp_path):
     """A table at batch 8 times each layer on an 8-image input (its rows say so), caches apart from batch 1,
     and a layer's time at batch 8 is more than at batch 1 (it does 8x the multiply-adds)."""

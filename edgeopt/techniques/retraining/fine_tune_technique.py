@@ -59,18 +59,23 @@ def apply(model, example, config: FineTuneConfig, data=None, teacher=None, train
 
 @measured_choice("fine_tune", order=10)
 def kind_decision(records: list[tuple[str, dict]]) -> Decision | None:
-    """The distillation kind each structure's screen chose, with every kind's score."""
+    """The distillation kind each structure was fine-tuned with: its screen's scores, or the run's first screen's
+    choice taken (and whether its result was then kept)."""
     items, metric = [], None
     for structure, rec in records:
         screen = rec.get("kind_screen")
         if not screen:
             continue
         metric = screen.get("metric", metric)
-        scores = ", ".join(f"{k} {v:.2f}" for k, v in sorted(screen["scores"].items(), key=lambda kv: -kv[1]))
         rate = f" at lr {screen['lr']:g}" if "lr" in screen else ""
+        if "screened_before" in screen:  # the run's first screen's choice
+            kept = f"; then kept unchanged: {rec['kept_unchanged']}" if rec.get("kept_unchanged") else ""
+            items.append(f"{structure}: {screen['chosen']}{rate} (as first screened{kept})")
+            continue
+        scores = ", ".join(f"{k} {v:.2f}" for k, v in sorted(screen["scores"].items(), key=lambda kv: -kv[1]))
         items.append(f"{structure}: {screen['chosen']}{rate} ({scores})")
     if not items:
         return None
     return Decision(technique="distillation_kind", decision="applied", reason=(
-        f"distillation kind (and rate, unless given) chosen per candidate by one-epoch probes scored ({metric}) "
+        f"distillation kind (and rate, unless given) chosen by one-epoch probes scored ({metric}) "
         f"on a slice held out of the training data: {listing(items)}"))

@@ -2,11 +2,14 @@
 one (student), response-based by default; `kind="auto"` first screens the rate (unless one was given) and the
 kinds on short runs and keeps the pair that recovers most (edgeopt.training.screen), or keeps the model
 unchanged when every probe lowers its held-out score (a least-squares reconstructed model can start above
-what fine-tuning reaches). The loop itself is `edgeopt.training.fit`."""
+what fine-tuning reaches). The screen runs once per run: every later fine-tuning of the same teacher on the
+same data takes its kind and rate, and is kept only if it scores above the student as it came on the screen's
+held-out slice. The loop itself is `edgeopt.training.fit`."""
 
 from __future__ import annotations
 
 import copy
+import weakref
 
 import torch
 from torch import nn
@@ -35,12 +38,21 @@ def apply_finetune(model: nn.Module, example: torch.Tensor, config, data=None, t
                                            f"({max(screen['scores'].values()):.2f} vs {screen['start']:.2f} "
                                            f"{screen['metric']} on a slice held out of the training data)"}
     lr = screen["lr"] if screen and "lr" in screen else config.lr or DEFAULT_LR
+    before = copy.deepcopy(student) if screen and "screened_before" in screen else None
     res = fit(student, train_data, teacher=teacher, epochs=config.epochs, lr=lr, kind=kind,
               temperature=config.temperature, alpha=config.alpha, seed=config.seed, progress=progress)
+    # no probe of this student said whether training helps it: the choice was screened on another one, so the
+    # result is checked against the student as it came
+    worse = _scored_lower(student, before, teacher, train_data) if before is not None else None
+    if worse:
+        student = before
     if masks:
         from edgeopt.techniques.sparsity.unstructured import make_permanent
 
         make_permanent(student)
+    if worse:
+        return student, {"epochs": 0, "seconds": res.seconds, "losses": [], "distillation": UNCHANGED,
+                         "kind_screen": screen, "kept_unchanged": worse}
     return student, {"epochs": res.epochs, "seconds": res.seconds, "lr": lr,
                      "losses": [round(v, 4) for v in res.losses],
                      "distillation": res.kind, "device": res.device, "world_size": res.world_size,
@@ -55,15 +67,60 @@ def _kind(student: nn.Module, teacher: nn.Module | None, train_data, config) -> 
         return (None if config.kind in ("auto", "response") else config.kind), None
     if config.kind != "auto":
         return config.kind, None
-    from edgeopt.training.screen import choose_kind
+    from edgeopt.training.screen import SCREEN_KINDS, UNCHANGED, choose_kind
 
+    # the kind and the rate follow the model, its training and the data, not the level it was cut to: one screen
+    # per run serves every later fine-tuning of the same teacher on the same data (on YOLOv8n the screen ran
+    # about 40 s before each fine-tuning started)
+    key = (config.lr, config.seed, config.temperature, config.alpha)
+    earlier = _earlier_screen(teacher, train_data, key)
+    if earlier is not None:
+        return earlier["best"], {"chosen": earlier["best"], "lr": earlier["lr"], "metric": earlier["metric"],
+                                 "screened_before": (
+            f"the kind and rate the run's first screen chose ({earlier['seconds']:.0f} s), not screened again")}
     try:
         # the rate is screened too unless it was given: the right one follows how the model was trained
         rates = () if config.lr is not None else tuple(DEFAULT_LR * f for f in SCREENED_RATE_FACTORS)
-        return choose_kind(student, teacher, train_data, lr=config.lr or DEFAULT_LR, seed=config.seed, rates=rates,
-                           temperature=config.temperature, alpha=config.alpha)
+        kind, screen = choose_kind(student, teacher, train_data, lr=config.lr or DEFAULT_LR, seed=config.seed,
+                                   rates=rates, temperature=config.temperature, alpha=config.alpha)
     except DataError as e:  # too little data to hold a slice out: the default kind, with the reason
         return "response", {"chosen": "response", "skipped": str(e)}
+    scores = screen["scores"]
+    best = kind if kind != UNCHANGED else max(scores, key=lambda k: (scores[k], -SCREEN_KINDS.index(k)))
+    try:
+        choice = {"best": best, "lr": screen["lr"], "metric": screen["metric"], "seconds": screen["seconds"]}
+        _SCREENS[teacher] = (weakref.ref(train_data), key, choice)
+    except TypeError:  # data that cannot be referred to weakly (a plain list): screened every time
+        pass
+    return kind, screen
+
+
+# teacher -> (its training data, (rate given, seed, temperature, alpha), the screen's best kind and rate): the
+# last screen of each live teacher, held weakly, so that a run's data is never kept beyond it
+_SCREENS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _earlier_screen(teacher: nn.Module, train_data, key: tuple) -> dict | None:
+    """The choice of the last screen of `teacher` when it was made on this very data and settings."""
+    data, was, choice = _SCREENS.get(teacher, (None, None, None))
+    return choice if data is not None and data() is train_data and was == key else None
+
+
+def _scored_lower(tuned: nn.Module, before: nn.Module, teacher: nn.Module, train_data) -> str | None:
+    """Why the fine-tuned model is worse than it came (its score on a slice held out of the training data,
+    as the screen scores), or None."""
+    from edgeopt.training.screen import HeldOut, held_out_split, score
+
+    try:
+        _, batches = held_out_split(train_data)
+    except DataError:  # too little data to hold a slice out: nothing to judge by
+        return None
+    held = HeldOut(batches, teacher)
+    after, start = score(tuned, held), score(before, held)
+    if after >= start:
+        return None
+    return (f"fine-tuning lowered its score ({after:.2f} vs {start:.2f} as it came, on a slice held out of the "
+            f"training data)")
 
 
 def _zero_masks(model: nn.Module) -> dict | None:
