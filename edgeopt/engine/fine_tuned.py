@@ -6,11 +6,10 @@ the search spends them where they can pay:
   are built on their twins, the pruning and reconstruction done once, and only the levels beyond the one the
   twins settled at are bisected: up to it a twin is as fast and already holds the budget without retraining;
 - the bisection probes the mildest level left first, not the middle one (the middle probes that ran lost
-  5.8-6.9 pp: YOLOv8n's prune-recon50-ft, DeiT's depth3-ft);
-- the same steps written as one `fine_tuned` predicate, which both rules read.
+  5.8-6.9 pp: YOLOv8n's prune-recon50-ft, DeiT's depth3-ft).
 
-A fine-tuning that cannot end before the search's deadline stops seconds in (training/loop.py) and the builds
-start no other with less time left (engine/ledger.py: Builds)."""
+Both rules read one predicate, `fine_tuned`. A fine-tuning that cannot end before the search's deadline stops
+seconds in (training/loop.py) and the builds start no other with less time left (engine/ledger.py: Builds)."""
 
 from __future__ import annotations
 
