@@ -58,7 +58,10 @@ def test_fake_technique_is_built_recorded_and_reported(fake, tmp_path, tiny_plai
                               bench_config=fast_bench, time_budget_s=120)
     data = json.loads((tmp_path / "report.json").read_text())
     mine = [c for c in data["candidates"] if c["id"].startswith("scale-head@")]
-    assert mine and mine[0]["status"] == "ok", mine
+    # built, exported and measured; a model no faster than the original (factor 1.0) may lose the final check
+    # measured beside it on a loaded machine, which says so
+    assert mine and mine[0]["latency_ms"] is not None, mine
+    assert mine[0]["status"] == "ok" or mine[0]["reason"].startswith("measured again beside"), mine[0]["reason"]
     step = mine[0]["steps"][0]
     assert step["technique"] == "scale_head" and step["params"]["record"] == {"layer": "fc", "factor": 1.0}
     decisions = {d["technique"]: d for d in data["decisions"]}
