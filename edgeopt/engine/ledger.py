@@ -16,6 +16,7 @@ from torch import nn
 
 from edgeopt.decide.plan import CandidateSpec, Plan
 from edgeopt.engine.build import Built, new_candidate
+from edgeopt.engine.fine_tuned import fine_tuned
 from edgeopt.errors import BackendMissingError, ConfigError, EdgeOptError, TimeBudgetError, WontFitError, first_line
 from edgeopt.report import Candidate
 from edgeopt.timeout import run_until
@@ -156,8 +157,7 @@ class Builds:
 
     def _fine_tuning_wont_fit(self, spec: CandidateSpec) -> bool:
         """Whether `spec` fine-tunes last and an earlier fine-tuning was forecast to need more than is left."""
-        if self.fine_tune_need is None or self.until is None or not spec.steps or \
-                spec.steps[-1].technique != "fine_tune":
+        if self.fine_tune_need is None or self.until is None or not fine_tuned(spec):
             return False
         deadline = self.until()
         return deadline is not None and deadline - time.perf_counter() < self.fine_tune_need[1]

@@ -40,6 +40,7 @@ from torch import nn
 
 from edgeopt.errors import TimeBudgetError
 from edgeopt.formats import layer_timing_runtimes
+from edgeopt.inputs.model_io import Inputs
 from edgeopt.measure.layer_sessions import PRECISIONS, call_overhead_ms, layer_inputs, make_layer, runner, time_ms
 from edgeopt.timeout import deadline_passed
 
@@ -284,7 +285,7 @@ class LatencyTable:
         archs = [hashlib.sha256((repr(m) + repr([(n, tuple(p.shape)) for n, p in m.state_dict().items()]))
                                 .encode()).hexdigest() for m in models]
         key = hashlib.sha256(json.dumps([self._fp, self.runtime, self.precision, self.batch, archs,
-                                         _shapes(example)]).encode()).hexdigest()[:24]
+                                         Inputs.of(example).describe()]).encode()).hexdigest()[:24]
         return self.cache_dir / f"whole-{key}.json"
 
     def predict_model(self, pruned: nn.Module) -> float:
@@ -328,17 +329,6 @@ def _write_atomic(path: Path, obj) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f)
     os.replace(tmp_name, path)
-
-
-def _shapes(x):
-    """The shapes of an input (a tensor, or a tuple/list/dict of them), as JSON-able lists."""
-    if isinstance(x, torch.Tensor):
-        return list(x.shape)
-    if isinstance(x, dict):
-        return {str(k): _shapes(v) for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return [_shapes(v) for v in x]
-    return repr(type(x).__name__)
 
 
 def widths_of_model(table: LatencyTable, model: nn.Module) -> dict[str, tuple[int, int]]:
