@@ -35,6 +35,7 @@ from edgeopt.engine.fine_tuned import beyond_twins, first_probe
 from edgeopt.engine.finish import Finisher
 from edgeopt.engine.ledger import Builds, Ledger, StopClock, layout, why_failed
 from edgeopt.engine.stacking import ready, stack
+from edgeopt.engine.train_longer import near_miss, train_longer
 from edgeopt.errors import TimeBudgetError, WontFitError
 from edgeopt.formats.base import Session
 from edgeopt.report import Candidate, Decision
@@ -169,6 +170,9 @@ class Search:
             for s in self.bisect_family(fam, structures) if structures else ():
                 self.finisher.finish(s)
                 self._compressed_finished()
+            missed = near_miss(self, structures)
+            if missed is not None and not self._stopped_before_build():
+                train_longer(self, missed)
             self._early_stop()
             if not stacked and ready(self, families, self.settled):  # before the rest spend the time
                 stack(self, families, self.settled)

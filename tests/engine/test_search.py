@@ -617,3 +617,61 @@ def test_a_family_without_fine_tuned_twins_is_bisected_as_planned(tmp_path):
     search = _search(tmp_path, builder, plan=_plan(families=("prune", "factorize")))
     search.run()
     assert not search.base_of and all(v == "original" for v in builder.started_from.values())
+
+
+def _near_miss_drops(**extra):
+    """prune10..40 hold without fine-tuning; prune-ft50, the fine-tuned family's mildest level beyond them,
+    misses the budget after its one planned epoch (1.9 pp before fine-tuning, 1.6 after)."""
+    return {"prune10": 0.1, "prune20": 0.2, "prune30": 0.4, "prune40": 0.9, "prune50": 1.9, "prune60": 3.0,
+            "prune-ft50": 1.6, "prune-ft60": 2.5, "prune-ft70": 4.0, **extra}
+
+
+def test_a_near_miss_is_trained_on_while_its_measured_recovery_closes_the_gap(tmp_path):
+    builder = TwinBuilder(tmp_path, _near_miss_drops(**{"prune-ft50-2ep": 1.2, "prune-ft50-3ep": 0.8}))
+    search = _search(tmp_path, builder, plan=_plan_with_fine_tuned_twins())
+    c = _by_id(search.run())
+    assert search.settled["prune-ft"] is None
+    # each block continues the student the last one left, and the first one within the budget is finished
+    assert builder.started_from["prune-ft50-2ep"] == "prune-ft50"
+    assert builder.started_from["prune-ft50-3ep"] == "prune-ft50-2ep"
+    assert c["prune-ft50-3ep@onnx-fp32"].status == "ok"
+    assert c["prune-ft50-2ep@onnx-fp32"].status == "rejected" and "1.20 pp" in c["prune-ft50-2ep@onnx-fp32"].reason
+    assert "prune-ft50-4ep" not in builder.builds
+    d = next(d for d in search.decisions if d.technique == "train_longer")
+    assert d.decision == "applied" and "1.60 pp after 1 epochs, 1.90 pp before" in d.reason
+    assert "2 epochs: 1.20 pp; 3 epochs: 0.80 pp" in d.reason
+
+
+def test_a_near_miss_too_far_for_its_recovery_is_not_trained_on(tmp_path):
+    builder = TwinBuilder(tmp_path, _near_miss_drops(**{"prune-ft50": 1.8}))  # 0.1 pp recovered, 0.8 pp to go
+    search = _search(tmp_path, builder, plan=_plan_with_fine_tuned_twins())
+    search.run()
+    assert not [b for b in builder.builds if b.endswith("ep")]
+    d = next(d for d in search.decisions if d.technique == "train_longer")
+    assert d.decision == "skipped" and "3 more such blocks would not close it" in d.reason
+
+
+def test_training_on_stops_at_the_first_block_that_recovers_nothing(tmp_path):
+    builder = TwinBuilder(tmp_path, _near_miss_drops(**{"prune-ft50-2ep": 1.6}))
+    search = _search(tmp_path, builder, plan=_plan_with_fine_tuned_twins())
+    c = _by_id(search.run())
+    assert "prune-ft50-3ep" not in builder.builds
+    assert c["prune-ft50-2ep@onnx-fp32"].status == "rejected"
+    d = next(d for d in search.decisions if d.technique == "train_longer")
+    assert d.decision == "rejected" and "recovered nothing" in d.reason
+
+
+def test_a_near_miss_without_a_measured_drop_before_fine_tuning_is_not_trained_on(tmp_path):
+    from edgeopt.techniques import FineTuneConfig
+
+    specs = [CandidateSpec(id="original@onnx-fp32", structure="original", format="onnx", precision="fp32")]
+    for r in (0.3, 0.4, 0.5):
+        specs.append(CandidateSpec(id=f"prune-ft{int(r * 100)}@onnx-fp32", structure=f"prune-ft{int(r * 100)}",
+                                   format="onnx", steps=[PruneConfig(ratio=r), FineTuneConfig(epochs=1)],
+                                   family="prune-ft", level=r))
+    builder = TwinBuilder(tmp_path, {"prune-ft30": 0.5, "prune-ft40": 1.2, "prune-ft50": 3.0})
+    search = _search(tmp_path, builder, plan=Plan(candidates=specs, baseline_id=specs[0].id))
+    search.run()
+    assert not [b for b in builder.builds if b.endswith("ep")]
+    d = next(d for d in search.decisions if d.technique == "train_longer")
+    assert d.decision == "skipped" and "no measured drop before fine-tuning" in d.reason

@@ -1,0 +1,118 @@
+"""Training longer where the measured recovery says it pays: a fine-tuned family's mildest level that broke the
+accuracy budget (its near miss) is trained on, block by block, while each block closes enough of the gap.
+
+A fine-tuned level is trained for the planned epochs only (two by default): enough to rank levels, short of what
+the level can recover. The near miss is the most aggressive structure worth the time: the next faster one
+after the level the family settled at. Its recovery is measured, not assumed: its drop before fine-tuning
+(its un-fine-tuned twin's) and after gives the gain of the first block (ConvNeXt-atto's prune-recon50: 1.93 pp
+without, 1.61 pp after two epochs, 0.61 pp over a 1 pp budget). A block of as many epochs again is started
+only where the gain of the last block, repeated for the blocks left (policy.TRAIN_LONGER_BLOCKS), would close
+the gap; each block continues the student the last one left (a structure of its own, built on the last one,
+screened like any other) and stops the run of blocks when it recovers less than that. The first block
+within the budget is finished (exported, verified, measured) like any other structure and chosen on the same
+measurements. Each block's fine-tuning forecasts its own end (training/loop.py): a block that cannot end
+before the search's deadline is not run."""
+
+from __future__ import annotations
+
+from edgeopt.decide import policy
+from edgeopt.decide.plan import CandidateSpec
+from edgeopt.engine.fine_tuned import fine_tuned
+from edgeopt.report import Decision
+
+
+def near_miss(search, structures: list[str]) -> str | None:
+    """The mildest of a family's structures (mildest first) screened over the accuracy budget, when every one of
+    them fine-tunes last; None otherwise."""
+    specs, limit = search.ledger.specs, search.context.max_accuracy_drop + policy.EPS_PP
+    if not structures or not all(fine_tuned(specs[s][0]) for s in structures):
+        return None
+    return next((s for s in structures if (search.screened.get(s) or 0.0) > limit), None)
+
+
+def train_longer(search, structure: str) -> str | None:
+    """Train the near miss `structure` on in blocks (module doc); returns the first block's structure that holds
+    the budget (finished), or None. Records a `train_longer` decision saying what was done or why not."""
+    ledger, limit = search.ledger, search.context.max_accuracy_drop + policy.EPS_PP
+    spec = ledger.specs[structure][0]
+    tune = spec.steps[-1]
+    drop = search.screened.get(structure)
+    twin = search.base_of.get(structure)
+    before = search._screen(twin) if twin is not None and search.builds.ready(twin) is not None else None
+    name = f"{structure} ({drop:.2f} pp after {tune.epochs} epochs"
+    if before is None:
+        return _skip(search, f"{name}): no measured drop before fine-tuning to tell its recovery by")
+    name += f", {before:.2f} pp before)"
+    gain, epochs, last = before - drop, tune.epochs, structure
+    steps: list[str] = []
+    for block in range(1, policy.TRAIN_LONGER_BLOCKS + 1):
+        gap, blocks_left = drop - search.context.max_accuracy_drop, policy.TRAIN_LONGER_BLOCKS - block + 1
+        if gain <= policy.EPS_PP:
+            return _end(search, name, steps, f"its last {tune.epochs} epochs recovered nothing")
+        if gap > gain * blocks_left:
+            return _end(search, name, steps, f"{gap:.2f} pp over the budget, {gain:.2f} pp recovered by its last "
+                                             f"{tune.epochs} epochs: {blocks_left} more such blocks would not close it")
+        seconds = _block_seconds(search, last)
+        left = search.clock.left("search")
+        if search.clock.check() or (left is not None and seconds is not None and left < seconds):
+            return _end(search, name, steps, f"the next {tune.epochs} epochs would take about {seconds or 0:.0f} s, "
+                                             f"{max(left or 0.0, 0.0):.0f} s of the search's share left")
+        epochs += tune.epochs
+        longer = _add_block(search, structure, last, epochs)
+        got = search._screen(longer)
+        if got is None:
+            why = (search.builds.failure(longer) or "not built").removeprefix("not tried: ")
+            for s in ledger.specs[longer]:
+                ledger.mark(s.id, "rejected", f"not tried: {why}")
+            return _end(search, name, steps, f"{epochs} epochs: {why}")
+        steps.append(f"{epochs} epochs: {got:.2f} pp")
+        gain, drop, last = drop - got, got, longer
+        if got <= limit:
+            search.finisher.finish(longer)
+            search._compressed_finished()
+            _decide(search, "applied", f"{name}; " + "; ".join(steps) + ": within the budget, finished")
+            return longer
+        for s in ledger.specs[longer]:
+            ledger.mark(s.id, "rejected", f"not tried: PyTorch accuracy drop {got:.2f} pp > budget "
+                                          f"{search.context.max_accuracy_drop} pp (screening)")
+    return _end(search, name, steps, f"still over the budget after {policy.TRAIN_LONGER_BLOCKS} more blocks")
+
+
+def _add_block(search, structure: str, last: str, epochs: int) -> str:
+    """The structure `structure` trained for `epochs` in all: the last one's steps and one more fine-tuning
+    block, built on the last one's model, with the near miss's candidates (formats, precisions)."""
+    ledger = search.ledger
+    name = f"{structure}-{epochs}ep"
+    base = ledger.specs[last][0]
+    ledger.add_structure([CandidateSpec(
+        id=f"{name}@{s.format}-{s.precision}", structure=name, format=s.format, precision=s.precision,
+        steps=[*base.steps, ledger.specs[structure][0].steps[-1]],
+        reason=f"{structure} fine-tuned for {epochs} epochs in all (trained on: it missed the budget by a margin "
+               f"its measured recovery could close); {s.reason.split('; ', 1)[-1]}") for s in ledger.specs[structure]])
+    search.builds.base_of[name] = last
+    search.trace.append(f"train longer: {name} on {last}")
+    return name
+
+
+def _block_seconds(search, structure: str) -> float | None:
+    """What the last fine-tuning of `structure` took (its record), else its whole build."""
+    built = search.builds.ready(structure)
+    tuned = [r for r in (built.records if built is not None else []) if r.get("technique") == "fine_tune"]
+    if tuned and tuned[-1].get("seconds") is not None:
+        return float(tuned[-1]["seconds"])
+    return search.builds.seconds.get(structure)
+
+
+def _end(search, name: str, steps: list[str], why: str) -> None:
+    """No block held the budget: "skipped" when none was trained, "rejected" when each trained fell short."""
+    _decide(search, "rejected" if steps else "skipped", f"{name}; " + "".join(s + "; " for s in steps) +
+            f"stopped: {why}")
+
+
+def _skip(search, why: str) -> None:
+    _decide(search, "skipped", why)
+
+
+def _decide(search, decision: str, reason: str) -> None:
+    search.decisions.append(Decision(technique="train_longer", decision=decision, reason=reason))
+    search.trace.append(f"train longer: {reason}")
