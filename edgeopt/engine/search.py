@@ -7,8 +7,11 @@
    measured in PyTorch on the held-out data.
 3. The survivors (the settled level and the margin level) are exported at every precision, verified, and
    their accuracy measured again on the runtime itself.
-4. QAT phase: per armed format, quantization-aware training of the structure whose INT8 post-training
-   quantization measurably broke the budget (decide/precisions.py: qat_choice).
+4. A fine-tuned family's near miss is trained on while its measured recovery closes the gap
+   (engine/train_longer.py); the fastest structure gets another technique's family stacked on it
+   (engine/stacking.py).
+5. QAT phase (engine/qat_phase.py): per armed format, quantization-aware training of the structure whose INT8
+   post-training quantization measurably broke the budget (decide/precisions.py: qat_choice).
 Stops early once a latency/size budget is met with margin (policy.MARGIN), or when --time-budget runs out.
 Every finished candidate is cached under OUT/cache, so a rerun resumes.
 
@@ -25,7 +28,6 @@ from dataclasses import dataclass, field
 from edgeopt.config import DeployContext
 from edgeopt.decide import policy
 from edgeopt.decide.plan import CandidateSpec, Plan
-from edgeopt.decide.precisions import qat_choice
 from edgeopt.decide.select import cannot_win
 from edgeopt.decide.serving import Serving, latency_rules_out_precisions
 from edgeopt.engine.bisect import bisect
@@ -34,12 +36,12 @@ from edgeopt.engine.family_screening import Screening, screen_group
 from edgeopt.engine.fine_tuned import beyond_twins, first_probe
 from edgeopt.engine.finish import Finisher
 from edgeopt.engine.ledger import Builds, Ledger, StopClock, layout, why_failed
+from edgeopt.engine.qat_phase import qat_phase
 from edgeopt.engine.stacking import ready, stack
 from edgeopt.engine.train_longer import near_miss, train_longer
 from edgeopt.errors import TimeBudgetError, WontFitError
 from edgeopt.formats.base import Session
 from edgeopt.report import Candidate, Decision
-from edgeopt.techniques import QATConfig
 
 
 @dataclass
@@ -179,7 +181,7 @@ class Search:
                 stacked = True
         if not stacked:
             stack(self, families, self.settled)  # says why nothing was stacked
-        self._qat_phase()
+        qat_phase(self)
         self._finish_best_screened()
         for c in ledger.cands.values():
             if c.status == "pending":
@@ -377,36 +379,6 @@ class Search:
             self.trace.append(why.removeprefix("not tried: "))
 
     # ---- QAT phase: only where post-training INT8 measurably broke the budget ---------------------------
-    def _qat_phase(self) -> None:
-        base = self.ledger.baseline
-        budget = self.context.max_accuracy_drop
-        for fmt in self.plan.qat_formats:
-            if self.clock.check() or base.accuracy is None:
-                return
-            rows = []
-            for structure, specs in list(self.ledger.specs.items()):
-                got = {s.precision: self.ledger.cands[s.id] for s in specs if s.format == fmt}
-                f, q = got.get("fp32"), got.get("int8")
-                if f and q and f.status == "ok":
-                    rows.append((structure, f.macs or 0, f.accuracy, q.status, q.accuracy, q.reason))
-            structure, drop = qat_choice(rows, base.accuracy, budget)
-            if structure is None:
-                self.decisions.append(Decision(technique=f"qat@{fmt}", decision="skipped", reason=drop))
-                continue
-            spec = self.ledger.specs[structure][0]
-            name = f"{structure}-qat"
-            qspec = CandidateSpec(
-                id=f"{name}@{fmt}-int8", structure=name, format=fmt, precision="int8",
-                steps=[*spec.steps, QATConfig(epochs=self.plan.qat_epochs)],
-                reason=f"INT8 PTQ of {structure} failed the {budget} pp budget ({drop}): quantization-aware "
-                       "training (fake quantization, distilled from the original), exported as INT8 Q/DQ")
-            self.builds.base_of[name] = structure
-            self.ledger.add(qspec)
-            self.decisions.append(Decision(technique=f"qat@{fmt}", decision="applied", reason=qspec.reason))
-            self.trace.append(f"qat: {qspec.id} (PTQ: {drop})")
-            self.finisher.finish(name)
-            self._compressed_finished()
-
     # ---- stopping -------------------------------------------------------------------------------------
     def _finish_best_screened(self) -> None:
         """The time budget ran out before any compressed candidate was finished: export and measure the
