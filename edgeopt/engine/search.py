@@ -38,7 +38,7 @@ from edgeopt.engine.finish import Finisher
 from edgeopt.engine.ledger import Builds, Ledger, StopClock, layout, why_failed
 from edgeopt.engine.qat_phase import qat_phase
 from edgeopt.engine.stacking import ready, stack
-from edgeopt.engine.train_longer import near_miss, train_longer
+from edgeopt.engine.train_longer import has_twin, near_miss, train_longer
 from edgeopt.errors import TimeBudgetError, WontFitError
 from edgeopt.formats.base import Session
 from edgeopt.report import Candidate, Decision
@@ -156,6 +156,7 @@ class Search:
         for structures in families.values():
             structures.sort(key=lambda s: ledger.specs[s][0].level)
         screened_out: set[str] = set()
+        untwinned: list[str] = []  # near misses with no drop before fine-tuning to tell their recovery by
         stacked = False
         if self.executor is not None:
             self.executor.prefetch(self, families)
@@ -174,13 +175,19 @@ class Search:
                 self._compressed_finished()
             missed = near_miss(self, structures)
             if missed is not None and not self._stopped_before_build():
-                train_longer(self, missed)
+                if has_twin(self, missed):
+                    train_longer(self, missed)
+                else:  # its recovery is unknown: tried on the time the other families leave
+                    untwinned.append(missed)
             self._early_stop()
             if not stacked and ready(self, families, self.settled):  # before the rest spend the time
                 stack(self, families, self.settled)
                 stacked = True
         if not stacked:
             stack(self, families, self.settled)  # says why nothing was stacked
+        for missed in sorted(untwinned, key=lambda s: self.screened[s]):
+            if not self._stopped_before_build():
+                train_longer(self, missed)
         qat_phase(self)
         self._finish_best_screened()
         for c in ledger.cands.values():

@@ -10,8 +10,10 @@ only where the gain of the last block, repeated for the blocks left (policy.TRAI
 the gap; each block continues the student the last one left (a structure of its own, built on the last one,
 screened like any other) and stops the run of blocks when it recovers less than that. The first block
 within the budget is finished (exported, verified, measured) like any other structure and chosen on the same
-measurements. Each block's fine-tuning forecasts its own end (training/loop.py): a block that cannot end
-before the search's deadline is not run."""
+measurements. A near miss with no twin (a family planned fine-tuned only) has no measured gain: within one
+budget of it, it gets one block on trial, run after every family was searched (on the time they leave), and its
+gain decides the rest. Each block's fine-tuning forecasts its own end (training/loop.py): a block that cannot
+end before the search's deadline is not run."""
 
 from __future__ import annotations
 
@@ -40,19 +42,21 @@ def train_longer(search, structure: str) -> str | None:
     if kept:
         return _skip(search, f"{structure}: its fine-tuning left it unchanged ({kept})")
     drop = _whole_drop(search, structure)
-    twin = search.base_of.get(structure)
-    before = _whole_drop(search, twin) if twin is not None and search.builds.ready(twin) is not None else None
+    before = _whole_drop(search, search.base_of[structure]) if has_twin(search, structure) else None
     name = f"{structure} ({drop:.2f} pp after {tune.epochs} epochs"
-    if before is None:
-        return _skip(search, f"{name}): no measured drop before fine-tuning to tell its recovery by")
-    name += f", {before:.2f} pp before)"
-    gain, epochs, last = before - drop, tune.epochs, structure
+    budget = search.context.max_accuracy_drop
+    if before is None and drop - budget > budget:
+        return _skip(search, f"{name}, none measured before fine-tuning): {drop - budget:.2f} pp over the "
+                             f"budget, more than the budget itself, with no recovery measured to close it")
+    name += f", {before:.2f} pp before)" if before is not None else ", none measured before: one block on trial)"
+    gain, epochs, last = (before - drop if before is not None else None), tune.epochs, structure
     steps: list[str] = []
     for block in range(1, policy.TRAIN_LONGER_BLOCKS + 1):
-        gap, blocks_left = drop - search.context.max_accuracy_drop, policy.TRAIN_LONGER_BLOCKS - block + 1
-        if gain <= policy.EPS_PP:
+        gap, blocks_left = drop - budget, policy.TRAIN_LONGER_BLOCKS - block + 1
+        # gain None: a near miss within one budget of it, no drop before fine-tuning: one block tells its gain
+        if gain is not None and gain <= policy.EPS_PP:
             return _end(search, name, steps, f"its last {tune.epochs} epochs recovered nothing")
-        if gap > gain * blocks_left:
+        if gain is not None and gap > gain * blocks_left:
             return _end(search, name, steps, f"{gap:.2f} pp over the budget, {gain:.2f} pp recovered by its last "
                                              f"{tune.epochs} epochs: {blocks_left} more such blocks would not close it")
         seconds = _block_seconds(search, last)
@@ -79,7 +83,7 @@ def train_longer(search, structure: str) -> str | None:
             return longer
         for s in ledger.specs[longer]:
             ledger.mark(s.id, "rejected", f"not tried: PyTorch accuracy drop {got:.2f} pp > budget "
-                                          f"{search.context.max_accuracy_drop} pp (screening)")
+                                          f"{budget} pp (screening)")
     return _end(search, name, steps, f"still over the budget after {policy.TRAIN_LONGER_BLOCKS} more blocks")
 
 
@@ -97,6 +101,12 @@ def _add_block(search, structure: str, last: str, epochs: int) -> str:
     search.builds.base_of[name] = last
     search.trace.append(f"train longer: {name} on {last}")
     return name
+
+
+def has_twin(search, structure: str) -> bool:
+    """Whether the structure was built on an un-fine-tuned twin, whose drop tells what its fine-tuning gained."""
+    twin = search.base_of.get(structure)
+    return twin is not None and search.builds.ready(twin) is not None
 
 
 def _whole_drop(search, structure: str) -> float | None:

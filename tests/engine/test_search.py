@@ -661,7 +661,8 @@ def test_training_on_stops_at_the_first_block_that_recovers_nothing(tmp_path):
     assert d.decision == "rejected" and "recovered nothing" in d.reason
 
 
-def test_a_near_miss_without_a_measured_drop_before_fine_tuning_is_not_trained_on(tmp_path):
+def _plan_fine_tuned_only():
+    """prune-ft30..50 and factorize: a fine-tuned family with no un-fine-tuned twins, searched first."""
     from edgeopt.techniques import FineTuneConfig
 
     specs = [CandidateSpec(id="original@onnx-fp32", structure="original", format="onnx", precision="fp32")]
@@ -669,12 +670,30 @@ def test_a_near_miss_without_a_measured_drop_before_fine_tuning_is_not_trained_o
         specs.append(CandidateSpec(id=f"prune-ft{int(r * 100)}@onnx-fp32", structure=f"prune-ft{int(r * 100)}",
                                    format="onnx", steps=[PruneConfig(ratio=r), FineTuneConfig(epochs=1)],
                                    family="prune-ft", level=r))
-    builder = TwinBuilder(tmp_path, {"prune-ft30": 0.5, "prune-ft40": 1.2, "prune-ft50": 3.0})
-    search = _search(tmp_path, builder, plan=Plan(candidates=specs, baseline_id=specs[0].id))
+    specs += [s for s in _plan(families=("factorize",)).candidates if s.structure != "original"]
+    return Plan(candidates=specs, baseline_id=specs[0].id)
+
+
+def test_a_near_miss_with_no_twin_gets_one_block_on_trial_after_the_other_families(tmp_path):
+    builder = TwinBuilder(tmp_path, {"prune-ft30": 0.5, "prune-ft40": 1.6, "prune-ft50": 3.0,
+                                     "prune-ft40-2ep": 1.3, "prune-ft40-3ep": 0.9})
+    search = _search(tmp_path, builder, plan=_plan_fine_tuned_only())
+    c = _by_id(search.run())
+    # tried on the time the other families left: after every factorize level the search built
+    assert builder.builds.index("prune-ft40-2ep") > max(builder.builds.index(b) for b in builder.builds
+                                                        if b.startswith("factorize"))
+    assert c["prune-ft40-3ep@onnx-fp32"].status == "ok"
+    d = next(d for d in search.decisions if d.technique == "train_longer")
+    assert d.decision == "applied" and "one block on trial" in d.reason and "3 epochs: 0.90 pp" in d.reason
+
+
+def test_a_near_miss_with_no_twin_more_than_a_budget_away_is_not_trained_on(tmp_path):
+    builder = TwinBuilder(tmp_path, {"prune-ft30": 0.5, "prune-ft40": 2.5, "prune-ft50": 3.0})
+    search = _search(tmp_path, builder, plan=_plan_fine_tuned_only())
     search.run()
     assert not [b for b in builder.builds if b.endswith("ep")]
     d = next(d for d in search.decisions if d.technique == "train_longer")
-    assert d.decision == "skipped" and "no measured drop before fine-tuning" in d.reason
+    assert d.decision == "skipped" and "more than the budget itself" in d.reason
 
 
 class PartialNearMissBuilder(TwinBuilder):
