@@ -41,6 +41,9 @@ def train_longer(search, structure: str) -> str | None:
     kept = _kept_unchanged(search, structure)
     if kept:
         return _skip(search, f"{structure}: its fine-tuning left it unchanged ({kept})")
+    same = _same_layout_held(search, structure)
+    if same:  # trained on, it could only match that one's speed (ConvNeXt-atto's prune-taylor30-ft: prune-recon30)
+        return _skip(search, f"{structure}: the same channel layout as {same}, which holds the budget already")
     drop = _whole_drop(search, structure)
     before = _whole_drop(search, search.base_of[structure]) if has_twin(search, structure) else None
     name = f"{structure} ({drop:.2f} pp after {tune.epochs} epochs"
@@ -123,6 +126,13 @@ def _whole_drop(search, structure: str) -> float | None:
     del search.partial[structure]
     search.trace.append(f"screen {structure}: drop {drop:.2f} pp on the whole selection split")
     return drop
+
+
+def _same_layout_held(search, structure: str) -> str | None:
+    """Another structure with the near miss's channel layout that holds the budget (it runs as fast), if any."""
+    layout, limit = search.builds.layout_of.get(structure), search.context.max_accuracy_drop + policy.EPS_PP
+    return next((s for s, d in search.screened.items() if s != structure and d is not None and d <= limit
+                 and layout is not None and search.builds.layout_of.get(s) == layout), None)
 
 
 def _kept_unchanged(search, structure: str) -> str | None:

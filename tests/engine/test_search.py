@@ -735,3 +735,23 @@ def test_a_near_miss_whose_fine_tuning_was_kept_unchanged_is_not_trained_on(tmp_
     assert not [b for b in builder.builds if b.endswith("ep")]
     d = next(d for d in search.decisions if d.technique == "train_longer")
     assert d.decision == "skipped" and "left it unchanged (it scored lower)" in d.reason
+
+
+class SameLayoutBuilder(TwinBuilder):
+    """prune-ft50 comes out with prune40's channel layout (another criterion cut the same channels' count)."""
+
+    def build(self, start, spec):
+        built = super().build(start, spec)
+        if spec.structure in ("prune40", "prune-ft50"):
+            built.model = nn.Linear(4, 99)
+            built.model.structure = spec.structure
+        return built
+
+
+def test_a_near_miss_with_the_layout_of_a_level_that_holds_is_not_trained_on(tmp_path):
+    builder = SameLayoutBuilder(tmp_path, _near_miss_drops())
+    search = _search(tmp_path, builder, plan=_plan_with_fine_tuned_twins())
+    search.run()
+    assert not [b for b in builder.builds if b.endswith("ep")]
+    d = next(d for d in search.decisions if d.technique == "train_longer")
+    assert d.decision == "skipped" and "same channel layout as prune40" in d.reason
