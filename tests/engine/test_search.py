@@ -626,6 +626,16 @@ def _near_miss_drops(**extra):
             "prune-ft50": 1.6, "prune-ft60": 2.5, "prune-ft70": 4.0, **extra}
 
 
+def _not_trained_on(tmp_path, builder, plan) -> str:
+    """Run the search; assert its near miss was not trained on; return the `train_longer` decision's reason."""
+    search = _search(tmp_path, builder, plan=plan)
+    search.run()
+    assert not [b for b in builder.builds if b.endswith("ep")]
+    d = next(d for d in search.decisions if d.technique == "train_longer")
+    assert d.decision == "skipped"
+    return d.reason
+
+
 def test_a_near_miss_is_trained_on_while_its_measured_recovery_closes_the_gap(tmp_path):
     builder = TwinBuilder(tmp_path, _near_miss_drops(**{"prune-ft50-2ep": 1.2, "prune-ft50-3ep": 0.8}))
     search = _search(tmp_path, builder, plan=_plan_with_fine_tuned_twins())
@@ -644,11 +654,7 @@ def test_a_near_miss_is_trained_on_while_its_measured_recovery_closes_the_gap(tm
 
 def test_a_near_miss_too_far_for_its_recovery_is_not_trained_on(tmp_path):
     builder = TwinBuilder(tmp_path, _near_miss_drops(**{"prune-ft50": 1.8}))  # 0.1 pp recovered, 0.8 pp to go
-    search = _search(tmp_path, builder, plan=_plan_with_fine_tuned_twins())
-    search.run()
-    assert not [b for b in builder.builds if b.endswith("ep")]
-    d = next(d for d in search.decisions if d.technique == "train_longer")
-    assert d.decision == "skipped" and "3 more such blocks would not close it" in d.reason
+    assert "3 more such blocks would not close it" in _not_trained_on(tmp_path, builder, _plan_with_fine_tuned_twins())
 
 
 def test_training_on_stops_at_the_first_block_that_recovers_nothing(tmp_path):
@@ -689,11 +695,7 @@ def test_a_near_miss_with_no_twin_gets_one_block_on_trial_after_the_other_famili
 
 def test_a_near_miss_with_no_twin_more_than_a_budget_away_is_not_trained_on(tmp_path):
     builder = TwinBuilder(tmp_path, {"prune-ft30": 0.5, "prune-ft40": 2.5, "prune-ft50": 3.0})
-    search = _search(tmp_path, builder, plan=_plan_fine_tuned_only())
-    search.run()
-    assert not [b for b in builder.builds if b.endswith("ep")]
-    d = next(d for d in search.decisions if d.technique == "train_longer")
-    assert d.decision == "skipped" and "more than the budget itself" in d.reason
+    assert "more than the budget itself" in _not_trained_on(tmp_path, builder, _plan_fine_tuned_only())
 
 
 class PartialNearMissBuilder(TwinBuilder):
@@ -730,11 +732,7 @@ class UnchangedFineTuningBuilder(TwinBuilder):
 
 def test_a_near_miss_whose_fine_tuning_was_kept_unchanged_is_not_trained_on(tmp_path):
     builder = UnchangedFineTuningBuilder(tmp_path, _near_miss_drops())
-    search = _search(tmp_path, builder, plan=_plan_with_fine_tuned_twins())
-    search.run()
-    assert not [b for b in builder.builds if b.endswith("ep")]
-    d = next(d for d in search.decisions if d.technique == "train_longer")
-    assert d.decision == "skipped" and "left it unchanged (it scored lower)" in d.reason
+    assert "left it unchanged (it scored lower)" in _not_trained_on(tmp_path, builder, _plan_with_fine_tuned_twins())
 
 
 class SameLayoutBuilder(TwinBuilder):
@@ -750,8 +748,4 @@ class SameLayoutBuilder(TwinBuilder):
 
 def test_a_near_miss_with_the_layout_of_a_level_that_holds_is_not_trained_on(tmp_path):
     builder = SameLayoutBuilder(tmp_path, _near_miss_drops())
-    search = _search(tmp_path, builder, plan=_plan_with_fine_tuned_twins())
-    search.run()
-    assert not [b for b in builder.builds if b.endswith("ep")]
-    d = next(d for d in search.decisions if d.technique == "train_longer")
-    assert d.decision == "skipped" and "same channel layout as prune40" in d.reason
+    assert "same channel layout as prune40" in _not_trained_on(tmp_path, builder, _plan_with_fine_tuned_twins())
