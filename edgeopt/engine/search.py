@@ -385,7 +385,6 @@ class Search:
                                            reason=why.removeprefix("not tried: ")))
             self.trace.append(why.removeprefix("not tried: "))
 
-    # ---- QAT phase: only where post-training INT8 measurably broke the budget ---------------------------
     # ---- stopping -------------------------------------------------------------------------------------
     def _finish_best_screened(self) -> None:
         """The time budget ran out before any compressed candidate was finished: export and measure the
