@@ -41,4 +41,4 @@ def qat_phase(search) -> None:
         search.decisions.append(Decision(technique=f"qat@{fmt}", decision="applied", reason=qspec.reason))
         search.trace.append(f"qat: {qspec.id} (PTQ: {drop})")
         search.finisher.finish(name)
-        search._compressed_finished()
+        search.compressed_finished()

@@ -172,7 +172,7 @@ class Search:
             structures = beyond_twins(self, fam, structures)
             for s in self.bisect_family(fam, structures) if structures else ():
                 self.finisher.finish(s)
-                self._compressed_finished()
+                self.compressed_finished()
             missed = near_miss(self, structures)
             if missed is not None and not self._stopped_before_build():
                 if has_twin(self, missed):
@@ -212,7 +212,7 @@ class Search:
         reduced = any(spec.precision != "fp32" for spec in live)
         checked = self.checks_probes(structures)
         first = first_probe(specs, structures, self.screened)
-        out = bisect(fam, structures, self._check if checked else self._screen, self.context.max_accuracy_drop,
+        out = bisect(fam, structures, self._check if checked else self.screen, self.context.max_accuracy_drop,
                      self._stopped_before_build, self.builds.failure,
                      policy.MARGIN_LEVELS if reduced and not checked else 0, first=first)
         self.trace.append(out.trace)
@@ -233,7 +233,7 @@ class Search:
             return set()  # nothing to choose between: each family is bisected
         original = layout(self.builder.net)  # a structure with this layout left the model as it was
 
-        out = screen_group(group, members, lambda s: specs[s][0].level, self._screen, self.builds.failure,
+        out = screen_group(group, members, lambda s: specs[s][0].level, self.screen, self.builds.failure,
                            lambda s: self.builds.layout_of.get(s) == original, self._stopped_before_build)
         self.screenings.append(out)
         self.decisions.append(out.decision())
@@ -271,7 +271,7 @@ class Search:
         step = sum(secs) / len(secs) + self.screen_seconds / max(1, len(self.screened)) if secs else None
         return self.clock.stopped_before(step)
 
-    def _screen(self, structure: str) -> float | None:
+    def screen(self, structure: str) -> float | None:
         """Accuracy drop (pp) of a structure in PyTorch on the held-out data; None when it cannot be built."""
         if structure in self.screened:
             return self.screened[structure]
@@ -325,14 +325,14 @@ class Search:
         the budget, the worse of it and its policy.CHECK_PRECISION candidates' drop measured on the runtime
         (finished now: they are the structure's candidates, not extra work). Judged by the PyTorch drop alone
         when no such candidate gives a result (failed, or stopped by the time budget)."""
-        drop = self._screen(structure)
+        drop = self.screen(structure)
         if drop is None or drop > self.context.max_accuracy_drop + policy.EPS_PP:
             return drop
         specs = [s for s in self.ledger.specs[structure] if self._checkable(s)]
         if not specs:
             return drop
         self.finisher.finish(structure, specs)
-        self._compressed_finished()
+        self.compressed_finished()
         cands = [self.ledger.cands[s.id] for s in specs]
         accs = [c.accuracy for c in cands if c.status == "ok" and c.accuracy is not None]
         base = self.ledger.baseline.accuracy
@@ -415,7 +415,7 @@ class Search:
             self.finisher.finish(best, specs)
         self.after_budget |= {spec.id for spec in specs}
 
-    def _compressed_finished(self) -> None:
+    def compressed_finished(self) -> None:
         """Once a compressed candidate is finished, the share of the time budget kept for finishing one after
         the search is no longer needed: the search may use it."""
         ledger = self.ledger

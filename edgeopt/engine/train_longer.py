@@ -41,17 +41,19 @@ def train_longer(search, structure: str) -> str | None:
     tune = spec.steps[-1]
     kept = _kept_unchanged(search, structure)
     if kept:
-        return _skip(search, f"{structure}: its fine-tuning left it unchanged ({kept})")
+        return _decide(search, "skipped", f"{structure}: its fine-tuning left it unchanged ({kept})")
     same = _same_layout_held(search, structure)
     if same:  # trained on, it could only match that one's speed (ConvNeXt-atto's prune-taylor30-ft: prune-recon30)
-        return _skip(search, f"{structure}: the same channel layout as {same}, which holds the budget already")
+        return _decide(search, "skipped",
+                       f"{structure}: the same channel layout as {same}, which holds the budget already")
     drop = _whole_drop(search, structure)
     before = _whole_drop(search, search.base_of[structure]) if has_twin(search, structure) else None
     name = f"{structure} ({drop:.2f} pp after {tune.epochs} epochs"
     budget = search.context.max_accuracy_drop
     if before is None and drop - budget > budget:
-        return _skip(search, f"{name}, none measured before fine-tuning): {drop - budget:.2f} pp over the "
-                             f"budget, more than the budget itself, with no recovery measured to close it")
+        return _decide(search, "skipped", f"{name}, none measured before fine-tuning): {drop - budget:.2f} pp "
+                                          "over the budget, more than the budget itself, with no recovery measured "
+                                          "to close it")
     name += f", {before:.2f} pp before)" if before is not None else ", none measured before: one block on trial)"
     gain, epochs, last = (before - drop if before is not None else None), tune.epochs, structure
     steps: list[str] = []
@@ -70,9 +72,7 @@ def train_longer(search, structure: str) -> str | None:
                                              f"{max(left or 0.0, 0.0):.0f} s of the search's share left")
         epochs += tune.epochs
         longer = _add_block(search, structure, last, epochs)
-        got = search._screen(longer)
-        if got is not None:
-            got = _whole_drop(search, longer)
+        got = _whole_drop(search, longer)
         if got is None:
             why = (search.builds.failure(longer) or "not built").removeprefix("not tried: ")
             for s in ledger.specs[longer]:
@@ -82,7 +82,7 @@ def train_longer(search, structure: str) -> str | None:
         gain, drop, last = drop - got, got, longer
         if got <= limit:
             search.finisher.finish(longer)
-            search._compressed_finished()
+            search.compressed_finished()
             _decide(search, "applied", f"{name}; " + "; ".join(steps) + ": within the budget, finished")
             return longer
         for s in ledger.specs[longer]:
@@ -118,7 +118,7 @@ def _whole_drop(search, structure: str) -> float | None:
     samples it saw only: enough to say "over the budget", not to compare two drops (ConvNeXt-atto's
     prune-recon50-ft read 1.61 pp on 384 of 415 samples, 1.93 pp on all of them, as its twin before
     fine-tuning), so it is evaluated whole here (and its screening updated)."""
-    drop = search._screen(structure)
+    drop = search.screen(structure)
     built = search.builds.ready(structure)
     if drop is None or structure not in search.partial or built is None:
         return drop
@@ -139,28 +139,26 @@ def _same_layout_held(search, structure: str) -> str | None:
 def _kept_unchanged(search, structure: str) -> str | None:
     """Why the structure's last fine-tuning kept the model as it came (it lowered the held-out score), if it
     did: training it longer would start from the model before fine-tuning."""
-    built = search.builds.ready(structure)
-    tuned = [r for r in (built.records if built is not None else []) if r.get("technique") == "fine_tune"]
-    return tuned[-1].get("kept_unchanged") if tuned else None
+    return (_last_fine_tuning(search, structure) or {}).get("kept_unchanged")
 
 
 def _block_seconds(search, structure: str) -> float | None:
     """What the last fine-tuning of `structure` took (its record), else its whole build."""
+    seconds = (_last_fine_tuning(search, structure) or {}).get("seconds")
+    return float(seconds) if seconds is not None else search.builds.seconds.get(structure)
+
+
+def _last_fine_tuning(search, structure: str) -> dict | None:
+    """The record of the structure's last fine-tuning step, when it was built."""
     built = search.builds.ready(structure)
     tuned = [r for r in (built.records if built is not None else []) if r.get("technique") == "fine_tune"]
-    if tuned and tuned[-1].get("seconds") is not None:
-        return float(tuned[-1]["seconds"])
-    return search.builds.seconds.get(structure)
+    return tuned[-1] if tuned else None
 
 
 def _end(search, name: str, steps: list[str], why: str) -> None:
     """No block held the budget: "skipped" when none was trained, "rejected" when each trained fell short."""
     _decide(search, "rejected" if steps else "skipped", f"{name}; " + "".join(s + "; " for s in steps) +
             f"stopped: {why}")
-
-
-def _skip(search, why: str) -> None:
-    _decide(search, "skipped", why)
 
 
 def _decide(search, decision: str, reason: str) -> None:
