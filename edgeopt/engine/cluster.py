@@ -8,7 +8,7 @@ The search itself is unchanged: `prefetch` runs ahead of its family loop, and th
 on the same numbers and chooses what a serial run chooses (the builds are seeded: the same weights wherever
 they run). Anything the tasks did not produce (a level a time budget cut, a QAT build) is built in this process.
 
-Finishing a structure (engine/finish.py's `finish_structure`: export every precision from its one ONNX graph,
+Finishing a structure (engine/finish_job.py's `finish_structure`: export every precision from its one ONNX graph,
 verify, calibrate and quantize, evaluate on the runtime) is a task too (engine/cluster_finish.py): each
 structure a family's bisection keeps is finished ahead of the search once no build waits for a CPU, and the
 search takes the record when its walk asks for exactly that job (else the job runs as a task then). One task per
@@ -30,7 +30,7 @@ from edgeopt.decide import policy
 from edgeopt.engine.cluster_finish import FINISH_RETRIES, ClusterFinishing, finish_task
 from edgeopt.engine.cluster_queue import TaskQueue, bisection_builds, screening_chain
 from edgeopt.engine.cluster_worker import run_payload, where
-from edgeopt.engine.finish import Done, Job
+from edgeopt.engine.finish_job import Done, Job
 from edgeopt.errors import BackendMissingError, first_line
 
 TASK_RETRIES = 3  # runs of a task again after its worker died (Ray's max_retries)
@@ -149,7 +149,7 @@ class ClusterBuilder:
         return acc if acc is not None else self._inner.torch_screen(model, floor)
 
     def finish_job(self, built, job: Job) -> Done:
-        """engine/finish.py's job, run on the cluster (or taken from the run ahead of the search)."""
+        """engine/finish_job.py's job, run on the cluster (or taken from the run ahead of the search)."""
         return self._executor.finish(built, job)
 
 

@@ -1,4 +1,4 @@
-"""Finishing a structure on the cluster: engine/finish.py's `finish_structure` (export every precision, verify,
+"""Finishing a structure on the cluster: engine/finish_job.py's `finish_structure` (export every precision, verify,
 calibrate and quantize, evaluate on the runtime) run as a Ray task that writes into a folder of its own and
 sends the files back with their sha256; the driver writes them under OUT/artifacts, checks every byte and loads
 each artifact for the measurement here. A finish task whose worker dies twice is run again one candidate at a
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from edgeopt.engine.cluster_queue import Ahead, TaskQueue
 from edgeopt.engine.cluster_worker import run_payload, where
-from edgeopt.engine.finish import Done, Job, finish_structure
+from edgeopt.engine.finish_job import Done, Job, add_phase, finish_structure
 from edgeopt.engine.ledger import FATAL
 from edgeopt.errors import first_line
 
@@ -23,7 +23,7 @@ FINISH_RETRIES = 1
 
 
 def finish_task(boxed: list, built, job: Job) -> dict:
-    """One structure's candidates finished on one worker (engine/finish.py: finish_structure), the artifacts
+    """One structure's candidates finished on one worker (engine/finish_job.py: finish_structure), the artifacts
     written to a folder of its own and sent back: the job's record (without runtime sessions), every file of
     each candidate's artifact by its path under the out dir, their sha256, and where it ran."""
     import hashlib
@@ -113,7 +113,6 @@ class ClusterFinishing:
         worker sent, each ok candidate's artifact loaded for the measurement here (a file that arrived altered or
         does not load fails its candidate)."""
         from edgeopt.engine.cache import files_digest
-        from edgeopt.engine.finish import _add_phase
         from edgeopt.formats import backend_for
 
         done: Done = got["done"]
@@ -146,7 +145,7 @@ class ClusterFinishing:
                                                f"{first_line(e)}"
         took = (time.perf_counter() - t0) / max(1, len(done.cands))
         for cid in done.cands:
-            _add_phase(done.phases, cid, "cluster fetch", took)
+            add_phase(done.phases, cid, "cluster fetch", took)
         return done
 
     def _finish_ahead(self, search, structure: str, built, drop: float | None, queue: TaskQueue) -> object | None:

@@ -148,7 +148,7 @@ def test_fake_format_is_published_with_its_companion(npz, tmp_path):
 
 
 def test_fake_format_is_published_and_bundled_with_every_file(npz, tmp_path):
-    from edgeopt.engine.pipeline import _publish_chosen
+    from edgeopt.engine.report_stage import publish_chosen
     from edgeopt.formats import artifact_files
     from edgeopt.report import Candidate, Report
     from edgeopt.report.bundle import write_bundle
@@ -157,7 +157,7 @@ def test_fake_format_is_published_and_bundled_with_every_file(npz, tmp_path):
     edgeopt.export(model, x, format="npz", out=tmp_path / "cand.npz")
     cand = Candidate(id="c", status="ok", artifact="cand.npz", runtime="npzrt", precision="fp32")
     report = Report(edgeopt_version="t", context={}, target={}, environment={}, candidates=[cand], chosen="c")
-    _publish_chosen(report, tmp_path)
+    publish_chosen(report, tmp_path)
     assert (tmp_path / "model.npz").is_file() and (tmp_path / "model.shape.json").is_file()
     assert report.model["chosen_artifact"] == "model.npz"
     target = load_target(str(_npz_target(tmp_path)))

@@ -62,7 +62,7 @@ def test_gate_judges_the_test_split_drop_when_there_is_one(tmp_path):
 
 
 def test_report_says_how_to_load_a_published_openvino_model_at_its_measured_precision(tmp_path):
-    from edgeopt.engine.pipeline import _publish_chosen
+    from edgeopt.engine.report_stage import publish_chosen
     from edgeopt.report.markdown import to_markdown
 
     (tmp_path / "artifacts").mkdir()
@@ -71,7 +71,7 @@ def test_report_says_how_to_load_a_published_openvino_model_at_its_measured_prec
     report = _report("top1")
     c = report.candidates[0]
     c.runtime, c.precision, c.artifact = "openvino", "fp32", "artifacts/c.xml"
-    _publish_chosen(report, tmp_path)
+    publish_chosen(report, tmp_path)
     assert (tmp_path / "model.xml").is_file() and (tmp_path / "model.bin").is_file()
     assert "INFERENCE_PRECISION_HINT" in " ".join(report.model.load_note)
     md = to_markdown(report)
