@@ -38,7 +38,7 @@ from edgeopt.targets.host import environment
 
 
 def build_report(prep: Prepared, found: Searched, threads: int, device: dict | None, out_dir: Path,
-            t_start: float, phases: Phases, bench_config: BenchConfig) -> Report:
+                 t_start: float, phases: Phases, bench_config: BenchConfig) -> Report:
     """The run's report, built once here from what the stages returned: the search's result (with the latency
     just measured on its candidates) and `device` (the remote agent's environment, or None); then selected
     on the selection part, judged on the test part, its chosen artifact published (and bundled for a target

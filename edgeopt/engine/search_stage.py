@@ -63,7 +63,7 @@ class Searched:
 
 
 def run_search(prep: Prepared, out_dir: Path, threads: int, resume: bool, progress: Progress, t_start: float,
-            metric, phases: Phases) -> Searched:
+               metric, phases: Phases) -> Searched:
     """Plan, then search (rank 0; with followers under torchrun, released however the search ends)."""
     context, splits, net, ex = prep.context, prep.splits, prep.loaded.model, prep.ex
     _, world_size = ddp.world()
