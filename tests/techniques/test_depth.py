@@ -143,7 +143,9 @@ def test_removes_the_cheapest_block_by_measured_drop(trained):
 def test_proxy_without_labels_and_fine_tuning(trained):
     model, train, val = trained
     inputs = [x for x, _ in val.items]
-    res = edgeopt.depth_prune(model, torch.randn(1, 1, 8, 8), inputs, blocks=2, train_data=train, epochs=1)
+    # fine-tuning from the plain removal (a re-solved start wants a smaller rate: test_later_layers_...)
+    res = edgeopt.depth_prune(model, torch.randn(1, 1, 8, 8), inputs, blocks=2, train_data=train, epochs=1,
+                              resolve=False)
     small, rec = res.model, res.record
     assert rec["criterion"] == "output_kl" and len(rec["removed"]) == 2
     assert all(c >= 0 for c in rec["costs"].values())  # KL from the original is never negative
@@ -151,6 +153,37 @@ def test_proxy_without_labels_and_fine_tuning(trained):
     from edgeopt.training import top1
 
     assert top1(small, val) > 50.0  # two of three blocks gone, still far above chance (10%) after 1 epoch
+
+
+def test_later_layers_are_resolved_where_it_helps(trained):
+    """Two of three blocks removed: the layers after them refitted to the original's outputs recover most of
+    what the removal lost; the re-solve is checked on a batch it was not fitted on."""
+    model, _, val = trained
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plain = edgeopt.depth_prune(model, torch.randn(1, 1, 8, 8), val, blocks=2, resolve=False)
+    solved = edgeopt.depth_prune(model, torch.randn(1, 1, 8, 8), val, blocks=2)
+    assert "resolved" not in plain.record and plain.record["removed"] == solved.record["removed"]
+    got = solved.record["resolved"]
+    assert got["kept"] and got["layers"] >= 1 and got["checked_on_batches"] >= 1
+    assert got["gap_after"] < got["gap_before"]
+    assert solved.record["accuracy_after"] > plain.record["accuracy_after"] + 20  # 87 against 19 % here
+    for k, v in model.state_dict().items():  # the input model is untouched
+        assert torch.equal(v, before[k])
+
+
+def test_a_resolve_that_does_not_bring_the_outputs_closer_is_not_kept(trained, monkeypatch):
+    from edgeopt.techniques.pruning import depth
+
+    model, _, val = trained
+    monkeypatch.setattr(depth, "RESOLVE_MIN_GAIN", 0.9999)  # asks for outputs all but identical to the original's
+    plain = edgeopt.depth_prune(model, torch.randn(1, 1, 8, 8), val, blocks=2, resolve=False)
+    res = edgeopt.depth_prune(model, torch.randn(1, 1, 8, 8), val, blocks=2)
+    got = res.record["resolved"]
+    assert not got["kept"] and "not 99.99 % closer" in got["reason"] and got["gap_after"] < got["gap_before"]
+    for k, v in plain.model.state_dict().items():  # the model as the plain removal left it
+        assert torch.equal(v, res.model.state_dict()[k])
+    one = edgeopt.depth_prune(model, torch.randn(1, 1, 8, 8), val.items[:1], blocks=2)
+    assert not one.record["resolved"]["kept"] and "one calibration batch" in one.record["resolved"]["reason"]
 
 
 def test_an_output_gap_is_measured_on_the_first_few_batches_only(trained, monkeypatch):

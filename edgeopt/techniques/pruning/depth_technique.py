@@ -23,6 +23,7 @@ class DepthConfig(TechniqueConfig):
     epochs: int = Field(0, ge=0)  # fine-tuning from the original when training data is given
     lr: float = Field(0.01, gt=0.0)
     bn_batches: int = Field(20, ge=1)
+    resolve: bool = True  # the layers after the removed blocks re-solved to the original's outputs, where it helps
 
 
 @technique("depth_prune", config=DepthConfig, needs_data=True, needs_retraining=False, shrinks=True,
@@ -63,7 +64,8 @@ def propose(ctx: PlanningContext) -> Proposal:
         out.append(Structure(f"depth{blocks}" + ("-ft" if finetune else ""),
                              then_finetune([DepthConfig(blocks=blocks)], finetune),
                              f"layer-level pruning: the {blocks} cheapest residual block(s) removed (measured cost), "
-                             "BN re-estimated" + (" + distillation fine-tuning" if finetune else ""), "depth_prune",
+                             "BN re-estimated, later layers re-solved where it helps"
+                             + (" + distillation fine-tuning" if finetune else ""), "depth_prune",
                              float(blocks), early=early))
     return Proposal(out, [Decision(
         technique="depth_prune", decision="applied",

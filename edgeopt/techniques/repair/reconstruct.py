@@ -225,12 +225,14 @@ def consumers(orig: nn.Module, pruned: nn.Module) -> list[str]:
 
 
 def reconstruct(orig: nn.Module, pruned: nn.Module, batches: list[torch.Tensor],
-                kept: dict[str, list[int]], alpha: float = 1e-4, max_batches: int = 8) -> dict:
-    """Re-solve, in place, each consumer of pruned channels (see module doc). Returns the record."""
+                kept: dict[str, list[int]], alpha: float = 1e-4, max_batches: int = 8,
+                names: list[str] | None = None) -> dict:
+    """Re-solve, in place, each consumer of pruned channels (see module doc), or the dense layers `names`.
+    Returns the record."""
     t0 = time.monotonic()
     batches = _joinable_share(batches[:max_batches])
     orig, pruned = orig.eval(), pruned.eval()
-    todo = set(consumers(orig, pruned))
+    todo = set(consumers(orig, pruned) if names is None else names)
     order = [n for n in forward_order(pruned, batches[0]) if n in todo]
     o_mods, p_mods = dict(orig.named_modules()), dict(pruned.named_modules())
     targets = _targets(orig, order, batches)
