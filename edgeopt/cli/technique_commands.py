@@ -190,10 +190,15 @@ def depth(
     format: str = typer.Option("onnx", help="export the result to this format"),
     out_file: Path = typer.Option(Path("depth.onnx"), "--out"),
     record_file: Path = typer.Option(None, "--record", help="write the per-block costs (JSON) here"),
+    resolve: bool = typer.Option(True, "--resolve/--no-resolve",
+                                 help="re-solve the layers after the removed blocks to the original's outputs "
+                                      "(kept only where that brings the outputs closer on data it was not "
+                                      "fitted on)"),
 ) -> None:
     """Layer-level pruning: remove whole residual blocks (replaced by their skip connection), the ones whose
-    removal costs least on held-out data, then re-estimate BatchNorm statistics. A model without residual
-    blocks is exported unchanged, with the reason."""
+    removal costs least on held-out data, re-estimate BatchNorm statistics, then re-solve the layers after
+    them by least squares where that helps. A model without residual blocks is exported unchanged, with the
+    reason. Example: edgeopt depth --blocks 2 --record depth.json"""
     def apply(loaded, example):
         import torch
 
@@ -204,11 +209,15 @@ def depth(
             real = digits_data()[1]  # the demo's labelled held-out split: costs are measured accuracy drops
         batches = (real.items[:8] if hasattr(real, "items")
                    else [torch.randn(8, *example.shape[1:]) for _ in range(2)])
-        return edgeopt.depth_prune(loaded.model, example, batches, blocks=blocks)
+        return edgeopt.depth_prune(loaded.model, example, batches, blocks=blocks, resolve=resolve)
 
     def summary(loaded, example, result, path):
         record = result.record
         yield from (f"skipped: {why}" for why in record["skipped"])
+        if got := record.get("resolved"):
+            yield (f"re-solved {got['solved']} later layers (output gap {got['gap_before']:.4g} -> "
+                   f"{got['gap_after']:.4g} on data it was not fitted on)" if got["kept"]
+                   else f"later layers not re-solved: {got['reason']}")
         yield (f"removed {len(record['removed'])} of {len(record['blocks_found'])} residual blocks "
                f"({', '.join(record['removed']) or 'none'}); "
                f"{_size_change(loaded.model, result.model, example, params=False)}; wrote {path}")

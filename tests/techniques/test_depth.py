@@ -248,6 +248,12 @@ def test_cli_depth(tmp_path):
     record = json.loads(rec.read_text())
     assert len(record["removed"]) == 2 and record["criterion"] == "output_kl"  # random inputs: no labels
     assert (tmp_path / "d.onnx").exists() and "removed 2 of 3" in p.stdout
+    assert "kept" in record["resolved"] and "re-solved" in p.stdout  # said either way: kept, or why not
+    p = subprocess.run([sys.executable, "-m", "edgeopt", "depth", "--model", spec, "--input-shape", "1,1,8,8",
+                        "--blocks", "1", "--no-resolve", "--out", str(tmp_path / "d.onnx"), "--record", str(rec)],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "resolved" not in json.loads(rec.read_text()) and "re-solved" not in p.stdout
     p = subprocess.run([sys.executable, "-m", "edgeopt", "depth", "--model", spec, "--input-shape", "1,1,8,8",
                         "--blocks", "0"], capture_output=True, text=True, timeout=600)
     assert p.returncode == 2 and "Traceback" not in p.stderr and "at least one block" in p.stderr
