@@ -72,7 +72,7 @@ def candidates_table(report) -> Table:
             hidden += 1  # listed in report.md/json; the table shows what was built and measured
             continue
         style = "bold green" if c.id == report.chosen else ("dim" if c.status != "ok" else None)
-        table.add_row(*candidate_row(c, report.baseline, kinds), style=style)
+        table.add_row(*candidate_row(c, report, kinds), style=style)
     if hidden:
         table.caption = f"{hidden} more candidates not tried (search pruned them; see report.md)"
     return table

@@ -14,7 +14,14 @@ from pathlib import Path
 
 from edgeopt.report import Candidate, Report, write_atomic, write_report
 from edgeopt.report.headline import accuracy_line, latency_check_line, speed_line
-from edgeopt.report.markdown import candidate_row, device_kinds, table_header, to_markdown
+from edgeopt.report.markdown import (
+    TABLE_FIGURES_NOTE,
+    candidate_row,
+    device_kinds,
+    table_header,
+    table_p50,
+    to_markdown,
+)
 
 PLOT_FILE = "report.png"  # next to report.json; report.md links it, report.html embeds it
 
@@ -24,10 +31,12 @@ def _points(report: Report) -> list[Candidate]:
             if c is not None and c.latency_ms is not None and c.accuracy is not None]
 
 
-def pareto_front(cands: list[Candidate]) -> list[Candidate]:
-    """Candidates no other candidate beats on both latency (lower) and accuracy (higher), by latency."""
+def pareto_front(cands: list[Candidate], p50=None) -> list[Candidate]:
+    """Candidates no other candidate beats on both latency (lower; `p50(c)`, default its own p50) and accuracy
+    (higher), by latency."""
+    p50 = p50 or (lambda c: c.latency_ms.p50)
     front, best_acc = [], float("-inf")
-    for c in sorted(cands, key=lambda c: (c.latency_ms.p50, -c.accuracy)):
+    for c in sorted(cands, key=lambda c: (p50(c), -c.accuracy)):
         if c.accuracy > best_acc:
             front.append(c)
             best_acc = c.accuracy
@@ -48,26 +57,29 @@ def scatter_png(report: Report) -> bytes | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def p50(c: Candidate) -> float:  # the table's figures: one measurement for every point
+        return table_p50(report, c)
+
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for status, color in (("ok", "tab:blue"), ("rejected", "tab:gray"), ("failed", "tab:red")):
         sel = [c for c in pts if c.status == status]
         if sel:
-            ax.scatter([c.latency_ms.p50 for c in sel], [c.accuracy for c in sel], c=color, s=28,
+            ax.scatter([p50(c) for c in sel], [c.accuracy for c in sel], c=color, s=28,
                        label=f"{status} ({len(sel)})", alpha=0.8)
-    front = pareto_front(pts)
-    ax.plot([c.latency_ms.p50 for c in front], [c.accuracy for c in front], "--", c="tab:green", lw=1,
+    front = pareto_front(pts, p50)
+    ax.plot([p50(c) for c in front], [c.accuracy for c in front], "--", c="tab:green", lw=1,
             label="Pareto front")
     base = report.baseline
     if base is not None and base.accuracy is not None:
         budget = base.accuracy - float(report.context.get("max_accuracy_drop", 0))
         ax.axhline(budget, c="tab:orange", lw=1, label=f"accuracy budget ({budget:.2f}%)")
         if base.latency_ms is not None:
-            ax.scatter([base.latency_ms.p50], [base.accuracy], marker="s", c="black", s=50, label="baseline")
+            ax.scatter([p50(base)], [base.accuracy], marker="s", c="black", s=50, label="baseline")
     if report.context.get("latency_budget_ms"):
         ax.axvline(report.context["latency_budget_ms"], c="tab:purple", lw=1, label="latency budget")
     chosen = report.chosen_candidate
     if chosen is not None and chosen.latency_ms is not None and chosen.accuracy is not None:
-        ax.scatter([chosen.latency_ms.p50], [chosen.accuracy], marker="*", c="tab:red", s=220,
+        ax.scatter([p50(chosen)], [chosen.accuracy], marker="*", c="tab:red", s=220,
                    label=f"chosen: {chosen.id}", zorder=5)
     est = any(c.latency_source == "estimated" for c in pts)
     ax.set_xlabel("p50 latency, ms" + (" (estimated)" if est else " (measured)"))
@@ -91,8 +103,9 @@ def to_html(report: Report, png: bytes | None) -> str:
         if c is None:
             continue
         cls = ' class="chosen"' if c.id == report.chosen else (' class="dim"' if c.status != "ok" else "")
-        rows.append(f"<tr{cls}>" + "".join(f"<td>{e(x)}</td>" for x in candidate_row(c, report.baseline, kinds))
+        rows.append(f"<tr{cls}>" + "".join(f"<td>{e(x)}</td>" for x in candidate_row(c, report, kinds))
                     + "</tr>")
+    figures_note = f"<p>{e(TABLE_FIGURES_NOTE)}</p>" if report.model.latency_check is not None else ""
     decisions = "".join(f"<li><b>{e(d.technique)}</b> — {e(d.decision)}: {e(d.reason)}</li>"
                         for d in report.decisions)
     notes = "".join(f"<li>{e(n)}</li>" for n in report.model.get("plan_notes", []))
@@ -119,7 +132,7 @@ wall time {e(str(report.wall_time_s))} s</p>
 {summary}
 {img}
 <h2>Candidates</h2>
-<table><tr>{''.join(f'<th>{e(h)}</th>' for h in table_header(kinds))}</tr>{''.join(rows)}</table>
+{figures_note}<table><tr>{''.join(f'<th>{e(h)}</th>' for h in table_header(kinds))}</tr>{''.join(rows)}</table>
 <h2>Plan: decisions and reasons</h2><ul>{decisions}</ul><ul>{notes}</ul>
 <h2>Search</h2><ul>{trace}</ul>
 <h2>Context</h2><pre>{e(repr(ctx))}</pre>

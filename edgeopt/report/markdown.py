@@ -16,9 +16,21 @@ def device_kinds(report: Report) -> list[str]:
     return list(kinds) if len(kinds) > 1 else []
 
 
-def candidate_row(c: Candidate, baseline: Candidate | None, kinds: list[str] = ()) -> list[str]:
-    lat = c.latency_ms.p50 if c.latency_ms else None
-    base = baseline.latency_ms.p50 if baseline is not None and baseline.latency_ms else None
+def table_p50(report: Report, c: Candidate | None) -> float | None:
+    """The p50 the candidates table (and the plot) shows for `c`: every row from one measurement, the one the
+    selection used. The latency check measures the chosen model and the plain conversions again afterwards
+    (the speed line's figures, the ones report.json keeps for them); mixed into the table, a candidate the
+    selection found slower could show faster than the one chosen, and its speedup would divide figures of two
+    measurements. Their selection figures are the check's `search_p50`."""
+    if c is None or c.latency_ms is None:
+        return None
+    check = report.model.latency_check
+    searched = check.search_p50 if check is not None else {}
+    return searched.get(c.id, c.latency_ms.p50)
+
+
+def candidate_row(c: Candidate, report: Report, kinds: list[str] = ()) -> list[str]:
+    lat, base = table_p50(report, c), table_p50(report, report.baseline)
     speed = f"{base / lat:.2f}×" if lat and base else "—"
     est = " (est.)" if c.latency_source == "estimated" else ""
     acc = "—" if c.accuracy is None else f"{c.accuracy:.2f}% {c.metric or ''}".strip()
@@ -45,6 +57,9 @@ def table_header(kinds: list[str] = ()) -> list[str]:
     i = TABLE_HEADER.index("p50 ms")
     return [*TABLE_HEADER[:i], *([f"p50 ms {k}" for k in kinds] or ["p50 ms"]), *TABLE_HEADER[i + 1:]]
 
+
+TABLE_FIGURES_NOTE = ("p50 ms and speedup vs fp32: the measurement the selection used, for every row; the speed "
+                      "line's figures are the latency check's, measured again after it.")
 
 FIDELITY_NOTE = (": top-1 agreement with the original model for class outputs (box-level for per-image detections, "
                  "value agreement for other outputs), no labels given")
@@ -129,15 +144,16 @@ def to_markdown(report: Report) -> str:
     header = table_header(kinds)
     if report.model.plot:
         lines += [f"![latency vs accuracy]({report.model.plot})", ""]
+    lines += ["## Candidates", ""]
+    if report.model.latency_check is not None:
+        lines += [TABLE_FIGURES_NOTE, ""]
     lines += [
-        "## Candidates",
-        "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
     for c in [report.baseline, *report.candidates]:
         if c is not None:
-            row = candidate_row(c, report.baseline, kinds)
+            row = candidate_row(c, report, kinds)
             lines.append("| " + " | ".join(x.replace("|", "/") for x in row) + " |")
     served = serving_rows(report)
     if served:

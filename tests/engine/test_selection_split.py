@@ -273,6 +273,26 @@ def test_the_choice_is_measured_again_and_the_headline_uses_that_measurement():
     assert "latency check: the chosen model measured again beside original@onnxruntime-int8" in to_markdown(r)
 
 
+def test_the_candidates_table_shows_one_measurement_the_headline_the_other():
+    """The check replaces the chosen model's and the plain conversions' figures; the table and the plot keep the
+    selection's for every row, so a candidate not measured again is compared within one measurement."""
+    from edgeopt.report.html import scatter_png, to_html
+    from edgeopt.report.markdown import TABLE_FIGURES_NOTE, candidate_row, table_p50, to_markdown
+
+    other = _cand("prune50@onnxruntime-int8", 3.0, 0.6, precision="int8")  # not measured again
+    r, _ = _check([*_pair(), other], PRUNED, _times(6, 12, 30))
+    assert r.candidate(PRUNED).latency_ms.p50 == 6  # report.json: the check's figure, the headline's
+    assert table_p50(r, r.candidate(PRUNED)) == 2.0 and table_p50(r, r.baseline) == 10.0
+    row = candidate_row(other, r)
+    assert row[3:5] == ["3.000", "3.33×"]  # 10/3 within the search's measurement, not 30/3
+    assert candidate_row(r.candidate(PRUNED), r)[3:5] == ["2.000", "5.00×"]
+    md = to_markdown(r)
+    assert TABLE_FIGURES_NOTE in md and "6.000" in md  # the latency check line keeps the check's figure
+    assert TABLE_FIGURES_NOTE.split(";")[0] in to_html(r, scatter_png(r))
+    r.model.latency_check = None  # no check: the candidates' own figures
+    assert table_p50(r, r.candidate(PRUNED)) == 6 and TABLE_FIGURES_NOTE not in to_markdown(r)
+
+
 def test_a_choice_not_faster_than_the_plain_conversion_when_measured_again_ships_the_conversion():
     r, decisions = _check(_pair(), PRUNED, _times(9, 6, 15))
     assert r.chosen == "original@onnxruntime-int8"
