@@ -141,6 +141,13 @@ def screen_index(levels: int) -> int:
 # split) and its drop is the worse of the two; such a family keeps no margin level (the settled level's
 # INT8 is already known to hold the budget).
 CHECK_PRECISION = "int8"
+# ... but only where INT8 is the precision a structure will win with: the original's INT8 on that format measured
+# faster than every float conversion of the original by this factor (the precision screen's figures). Where it
+# is not, an INT8 drop vetoed levels whose float candidates held the budget and would have run as fast, and
+# each check cost an INT8 export: on the 2-core AMX Xeon the originals' OpenVINO INT8 against their fastest float
+# ran ConvNeXt-atto 2.67 vs 2.78 ms (BF16), DeiT-tiny 3.95 vs 3.99, SSDlite 3.00 vs 2.53, and ConvNeXt's
+# `depth2` (0.96 pp in PyTorch, 2.41 at INT8) was dropped for it; the Unet's 5.93 vs 10.86 ms keeps its check.
+CHECK_INT8_LEAD = 1.10
 # NNCF accuracy control (an OpenVINO INT8 retry) is forecast to take this many times its candidate's PTQ
 # (export, quantize, verify, evaluate), and not started when the search's share has less left: it ranks every
 # quantized layer group with a compile and an evaluation each, and cannot be interrupted. Measured: 25x on a

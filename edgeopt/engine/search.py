@@ -149,6 +149,11 @@ class Search:
                                                    if s.id == ledger.baseline_id])
         self.finisher.finish(ledger.original)  # its other precisions, as the time budget allows
         self._rule_out_precisions()
+        for fmt in sorted({s.format for s in ledger.specs[ledger.original] if s.precision == policy.CHECK_PRECISION}):
+            if not self._leads(fmt):
+                self.trace.append(f"probes not checked at {policy.CHECK_PRECISION} on {fmt}: its original does not "
+                                  f"run {policy.CHECK_INT8_LEAD:g}x faster than the fastest float conversion, so "
+                                  "levels are judged by their float drop")
         families: dict[str, list[str]] = {}
         for structure, specs in ledger.specs.items():
             if specs[0].family is not None:
@@ -254,15 +259,27 @@ class Search:
 
     def _checkable(self, spec) -> bool:
         """Whether a structure's candidate checks its probe: at policy.CHECK_PRECISION, not yet finished, on a
-        format whose original at that precision held the budget. Where the original itself breaks it there
-        (YOLOv8n lost 2.9 pp at OpenVINO INT8), every level would break it too, and the check would say
-        nothing of the structure."""
-        if spec.precision != policy.CHECK_PRECISION or self.ledger.cands[spec.id].status != "pending":
+        format whose original at that precision held the budget and leads the float conversions (`_leads`).
+        Where the original itself breaks it there (YOLOv8n lost 2.9 pp at OpenVINO INT8), every level would
+        break it too, and the check would say nothing of the structure."""
+        if spec.precision != policy.CHECK_PRECISION or self.ledger.cands[spec.id].status != "pending" \
+                or not self._leads(spec.format):
             return False
         twin, base = self.ledger.find(self.ledger.original, spec.format, spec.precision), \
             self.ledger.baseline.accuracy
         return twin is None or twin.accuracy is None or base is None or \
             base - twin.accuracy <= self.context.max_accuracy_drop + policy.EPS_PP
+
+    def _leads(self, fmt: str) -> bool:
+        """Whether the original at policy.CHECK_PRECISION on `fmt` measured faster than each of its float
+        conversions by policy.CHECK_INT8_LEAD (the precision screen's figures): only then is a structure's
+        INT8 drop the one it will win with. True when they were not measured (the check stands, as planned)."""
+        orig = [self.ledger.cands[s.id] for s in self.ledger.specs[self.ledger.original]]
+        timed = [c for c in orig if c.status == "ok" and c.latency_ms is not None]
+        quant = next((c.latency_ms.p50 for c in timed if c.format == fmt and c.precision == policy.CHECK_PRECISION),
+                     None)
+        floats = [c.latency_ms.p50 for c in timed if c.precision in ("fp32", "fp16", "bf16")]
+        return quant is None or not floats or quant * policy.CHECK_INT8_LEAD < min(floats)
 
     def _stopped_before_build(self) -> str | None:
         """Why the search stopped, or stops before the next structure: its build and screening, as long as the

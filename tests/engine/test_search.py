@@ -393,6 +393,34 @@ def test_probes_are_not_checked_at_int8_where_the_originals_int8_already_breaks_
     assert not any(t.startswith("check prune") for t in search.trace)
 
 
+def test_probes_are_not_checked_at_int8_where_the_originals_int8_does_not_lead_its_floats(tmp_path):
+    """ConvNeXt-atto's OpenVINO INT8 ran 2.67 ms against BF16's 2.78 on the original: its `depth2` held the
+    budget in PyTorch and was dropped for its INT8 drop, though its float candidates held and would have run as
+    fast. Where INT8 does not lead by policy.CHECK_INT8_LEAD the levels are judged by their float drop."""
+    drops = {f"prune{int(r * 100)}": 0.3 for r in RATIOS}
+
+    def timed(int8_ms):
+        def quick(cands, sessions):
+            for cand in cands:
+                ms = int8_ms if cand.precision == "int8" else 1.0
+                cand.latency_ms = LatencyStats(p50=ms, p90=ms, p99=ms, mean=ms, std=0.0, n=5)
+        return quick
+
+    builder = FakeBuilder(tmp_path / "tie", drops, int8_drops={"prune50": 2.0, "prune60": 2.0})
+    search = _search(tmp_path / "tie", builder, plan=_plan(precisions=("fp32", "int8")))
+    search.quick_latency = timed(0.97)  # 3 % faster: not a lead
+    c = _by_id(search.run())
+    assert c["prune60@onnx-fp32"].status == "ok"  # the most aggressive level, judged by PyTorch
+    assert not any(t.startswith("check prune") for t in search.trace)
+    assert any(t.startswith("probes not checked at int8 on onnx") for t in search.trace)
+    builder = FakeBuilder(tmp_path / "lead", drops, int8_drops={"prune50": 2.0, "prune60": 2.0})
+    search = _search(tmp_path / "lead", builder, plan=_plan(precisions=("fp32", "int8")))
+    search.quick_latency = timed(0.5)  # twice as fast: INT8 is where a level wins, and it is checked there
+    c = _by_id(search.run())
+    assert c["prune50@onnx-int8"].status == "rejected" and "checked in the bisection" in c["prune50@onnx-int8"].reason
+    assert any(t == "check prune50 at int8: drop 2.30 pp" for t in search.trace)
+
+
 def test_a_precision_slower_than_a_more_exact_one_on_the_original_is_not_repeated(tmp_path):
     drops = {f"prune{int(r * 100)}": 0.3 for r in RATIOS}
     builder = FakeBuilder(tmp_path, drops)
