@@ -123,6 +123,7 @@ class Search:
         self.screenings: list[Screening] = []
         self.screen_seconds = 0.0
         self.after_budget: set[str] = set()
+        self.float_wins: set[str] = set()  # formats whose probes are not checked at INT8 (`_leads`)
         self.ledger = Ledger(self.plan, self.progress)
         self.clock = StopClock(self.context.time_budget_s, self.t_start, self.trace)
         self.builds = Builds(self.builder, self.ledger, self.progress, self.announce, until=self.clock.deadline)
@@ -150,7 +151,8 @@ class Search:
         self.finisher.finish(ledger.original)  # its other precisions, as the time budget allows
         self._rule_out_precisions()
         for fmt in sorted({s.format for s in ledger.specs[ledger.original] if s.precision == policy.CHECK_PRECISION}):
-            if not self._leads(fmt):
+            if not self._leads(fmt):  # decided once, on the precision screen's figures
+                self.float_wins.add(fmt)
                 self.trace.append(f"probes not checked at {policy.CHECK_PRECISION} on {fmt}: its original does not "
                                   f"run {policy.CHECK_INT8_LEAD:g}x faster than the fastest float conversion, so "
                                   "levels are judged by their float drop")
@@ -259,11 +261,11 @@ class Search:
 
     def _checkable(self, spec) -> bool:
         """Whether a structure's candidate checks its probe: at policy.CHECK_PRECISION, not yet finished, on a
-        format whose original at that precision held the budget and leads the float conversions (`_leads`).
+        format whose original at that precision held the budget and led the float conversions (`_leads`).
         Where the original itself breaks it there (YOLOv8n lost 2.9 pp at OpenVINO INT8), every level would
         break it too, and the check would say nothing of the structure."""
         if spec.precision != policy.CHECK_PRECISION or self.ledger.cands[spec.id].status != "pending" \
-                or not self._leads(spec.format):
+                or spec.format in self.float_wins:
             return False
         twin, base = self.ledger.find(self.ledger.original, spec.format, spec.precision), \
             self.ledger.baseline.accuracy

@@ -217,7 +217,7 @@ def depth_prune(model: nn.Module, example: torch.Tensor, data, blocks: int = 1, 
 
     record["bn_recalibrated"] = recalibrate_bn(small, [x for x, _ in items], max_batches=bn_batches)
     if resolve:
-        small, record["resolved"] = _resolve_after(base, small, removed, [x for x, _ in items], example)
+        small, record["resolved"] = _resolve_after(base, small, removed, [x for x, _ in items])
     if epochs and train_data is not None:
         from edgeopt.training import fit
 
@@ -256,7 +256,7 @@ def _mean_gap(model: nn.Module, batches: list, reference: list) -> float:
     return float(torch.stack([_gap(run_model(model, x), r) for x, r in zip(batches, reference, strict=True)]).mean())
 
 
-def _resolve_after(orig: nn.Module, small: nn.Module, removed: list[str], batches: list, example
+def _resolve_after(orig: nn.Module, small: nn.Module, removed: list[str], batches: list
                    ) -> tuple[nn.Module, dict]:
     """Re-solve the dense layers after the removed blocks (repair/reconstruct.py: ridge least squares from the
     smaller network's own activations to the original layer's outputs, forward order). A removed block's
