@@ -12,7 +12,7 @@ import smallnet
 import torch
 from paths import TESTS
 
-from edgeopt.engine import distributed, pipeline
+from edgeopt.engine import distributed, pipeline, search_stage
 from edgeopt.inputs.data import DataSplits
 from edgeopt.techniques import PruneConfig
 from edgeopt.training import ddp
@@ -59,7 +59,7 @@ def test_rank_0_releases_the_followers_when_it_fails(monkeypatch, tiny, example,
     def broken(*args, **kwargs):
         raise RuntimeError("planner bug")
 
-    monkeypatch.setattr(pipeline, "make_plan", broken)
+    monkeypatch.setattr(search_stage, "make_plan", broken)
     with pytest.raises(RuntimeError, match="planner bug"):
         pipeline.optimize(tiny, example, out_dir=tmp_path / "out")
     assert sent == [None]  # the sentinel went out anyway

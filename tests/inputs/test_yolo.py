@@ -244,7 +244,7 @@ def test_retraining_goes_on_without_fine_tuning_a_detector_that_cannot_be_distil
         assert prep.splits.train is None and "non-maximum suppression" in prep.splits.untrained
         raise Reached
 
-    monkeypatch.setattr(pipeline, "_search", search)
+    monkeypatch.setattr(pipeline, "run_search", search)
     with pytest.raises(Reached):
         edgeopt.optimize(SquareFinder().eval(), torch.zeros(1, 3, SIZE, SIZE), data=str(yolo_set(tmp_path / "set")),
                          retrain=True, out_dir=tmp_path / "out", target="local", data_options={"workers": 0})
