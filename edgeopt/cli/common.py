@@ -58,7 +58,7 @@ class RichProgress:
 
 
 def candidates_table(report) -> Table:
-    from edgeopt.report.markdown import candidate_row, device_kinds, table_header
+    from edgeopt.report.markdown import TABLE_FIGURES_NOTE, candidate_row, device_kinds, table_header
 
     table = Table(title=f"edgeopt — target {report.target.get('name')}, goal {report.context['goal']}")
     kinds = device_kinds(report)
@@ -73,8 +73,11 @@ def candidates_table(report) -> Table:
             continue
         style = "bold green" if c.id == report.chosen else ("dim" if c.status != "ok" else None)
         table.add_row(*candidate_row(c, report, kinds), style=style)
-    if hidden:
-        table.caption = f"{hidden} more candidates not tried (search pruned them; see report.md)"
+    notes = [f"{hidden} more candidates not tried (search pruned them; see report.md)"] if hidden else []
+    if report.model.latency_check is not None:
+        notes.append(TABLE_FIGURES_NOTE)
+    if notes:
+        table.caption = "\n".join(notes)
     return table
 
 

@@ -289,6 +289,9 @@ def test_the_candidates_table_shows_one_measurement_the_headline_the_other():
     md = to_markdown(r)
     assert TABLE_FIGURES_NOTE in md and "6.000" in md  # the latency check line keeps the check's figure
     assert TABLE_FIGURES_NOTE.split(";")[0] in to_html(r, scatter_png(r))
+    from edgeopt.cli.common import candidates_table
+
+    assert TABLE_FIGURES_NOTE in candidates_table(r).caption  # the CLI's summary says it too
     r.model.latency_check = None  # no check: the candidates' own figures
     assert table_p50(r, r.candidate(PRUNED)) == 6 and TABLE_FIGURES_NOTE not in to_markdown(r)
 
