@@ -239,8 +239,8 @@ def depth_prune(model, example_inputs, data, blocks: int = 1, train_data=None, e
     after the removed blocks re-solved to the original's outputs when `resolve` and that brings the outputs
     measurably closer on batches of `data` it was not fitted on (`record["resolved"]` says which), fine-tuned
     from `model` for `epochs` on `train_data` when given (a re-solved start wants a smaller `lr` than a plain
-    removal: a small ResNet on digits lost 46 pp in one epoch at 0.01 and gained 1.4 at 0.001). A model without
-    residual blocks comes back unchanged with the reason in `record["skipped"]`."""
+    removal: a small ResNet on digits, 87.5 % re-solved, fell to 48.3 in one epoch at 0.01 and rose to 88.3 at
+    0.001). A model without residual blocks comes back unchanged with the reason in `record["skipped"]`."""
     from edgeopt.techniques import TECHNIQUES
 
     # the handler itself: its optional fine-tuning reads `train_data`, which apply_step gives retraining

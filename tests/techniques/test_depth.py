@@ -166,7 +166,7 @@ def test_later_layers_are_resolved_where_it_helps(trained):
     got = solved.record["resolved"]
     assert got["kept"] and got["layers"] >= 1 and got["checked_on_batches"] >= 1
     assert got["gap_after"] < got["gap_before"]
-    assert solved.record["accuracy_after"] > plain.record["accuracy_after"] + 20  # 87 against 19 % here
+    assert solved.record["accuracy_after"] > plain.record["accuracy_after"] + 20  # 87.5 against 19.2 % here
     for k, v in model.state_dict().items():  # the input model is untouched
         assert torch.equal(v, before[k])
 
