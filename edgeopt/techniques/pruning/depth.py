@@ -140,8 +140,13 @@ def _cost(model: nn.Module, reference: list, items: list, labelled: bool) -> flo
         from edgeopt.measure.top1 import percent_correct
 
         return -percent_correct((run_model(model, x), y) for x, y in items)  # negated accuracy: lower is better
-    gaps = [_gap(run_model(model, x), ref) for (x, _), ref in zip(items, reference, strict=True)]
-    return float(torch.stack(gaps).mean())
+    return _mean_gap(model, [x for x, _ in items], reference)
+
+
+@torch.no_grad()
+def _mean_gap(model: nn.Module, batches: list, reference: list) -> float:
+    """The mean output gap to the original (`reference`: its outputs on `batches`)."""
+    return float(torch.stack([_gap(run_model(model, x), r) for x, r in zip(batches, reference, strict=True)]).mean())
 
 
 # Samples an output gap is measured on for each block. The gap is continuous, so a few batches rank the blocks as
@@ -249,11 +254,6 @@ def _dense_after(orig: nn.Module, small: nn.Module, removed: list[str], x) -> li
         return []
     later = set(order[min(inside):])
     return [n for n in forward_order(small, x) if n in later]
-
-
-@torch.no_grad()
-def _mean_gap(model: nn.Module, batches: list, reference: list) -> float:
-    return float(torch.stack([_gap(run_model(model, x), r) for x, r in zip(batches, reference, strict=True)]).mean())
 
 
 def _resolve_after(orig: nn.Module, small: nn.Module, removed: list[str], batches: list
