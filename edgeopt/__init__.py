@@ -12,7 +12,12 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-from edgeopt.api import (
+from edgeopt.vendor_telemetry import keep_out
+
+keep_out()  # before anything imports openvino or NNCF (edgeopt/vendor_telemetry.py says why)
+
+
+from edgeopt.api import (  # noqa: E402  (after keep_out, which must run first)
     Applied,
     Architectures,
     Sensitivity,

@@ -343,3 +343,25 @@ def test_block_costs_are_measured_once_for_every_level(trained, monkeypatch):
         next(other.parameters()).mul_(0.5)
     edgeopt.depth_prune(other, torch.randn(1, 1, 8, 8), batches, blocks=1)  # other weights: measured again
     assert len(calls) - first > 2
+
+
+def test_the_run_deadline_stops_a_level_between_blocks_and_between_solves(trained):
+    """Inside a search with a time budget a depth level stops at its deadline, not after its whole length
+    (the Unet's re-solve alone took 23 s): between two blocks' costs, and between two layer solves."""
+    import time
+
+    from edgeopt.errors import TimeBudgetError
+    from edgeopt.timeout import run_until
+
+    model, _, val = trained
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.parameters()).mul_(0.9)  # weights whose block costs are not measured yet
+    x = torch.randn(1, 1, 8, 8)
+    with run_until(time.perf_counter() - 1), pytest.raises(TimeBudgetError, match="each block's cost"):
+        edgeopt.depth_prune(other, x, val, blocks=2)
+    edgeopt.depth_prune(other, x, val, blocks=1, resolve=False)  # costs measured: the next level reuses them
+    with run_until(time.perf_counter() - 1), pytest.raises(TimeBudgetError, match="re-solving layers"):
+        edgeopt.depth_prune(other, x, val, blocks=2)
+    with run_until(time.perf_counter() + 3600):
+        assert edgeopt.depth_prune(other, x, val, blocks=2).record["resolved"]["solved"] >= 1

@@ -18,12 +18,13 @@ import operator
 import torch
 from torch import fx, nn
 
-from edgeopt.errors import PruningError
+from edgeopt.errors import PruningError, TimeBudgetError
 from edgeopt.inputs.feeding import batch_inputs, run_model
 from edgeopt.inputs.hooks import forward_hooks
 from edgeopt.inputs.model_io import Inputs, flatten_outputs
 from edgeopt.techniques.pruning.memo import LastMeasurement
 from edgeopt.techniques.repair.layer_rows import forward_order
+from edgeopt.timeout import deadline_passed
 
 _ADDS = {operator.add, operator.iadd, torch.add}
 # element-wise modules and functions that may follow the residual add (the block's output activation)
@@ -178,7 +179,12 @@ def _block_costs(model: nn.Module, found: list[str], items: list, reference: lis
     hit = _COSTS.of(model, [x for x, _ in items], (tuple(found), labelled))
     if not hit:
         base_cost = _cost(model, reference, items, labelled)
-        costs = {n: _cost(_without(model, [n]), reference, items, labelled) - base_cost for n in found}
+        costs = {}
+        for n in found:
+            if deadline_passed():  # one evaluation of the held-out batches per block
+                raise TimeBudgetError(f"the time ran out while measuring each block's cost ({len(costs)} of "
+                                      f"{len(found)})")
+            costs[n] = _cost(_without(model, [n]), reference, items, labelled) - base_cost
         hit.update(base=base_cost, costs=costs)
     return hit["base"], hit["costs"]
 

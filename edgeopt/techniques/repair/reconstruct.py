@@ -21,7 +21,7 @@ import time
 import torch
 from torch import nn
 
-from edgeopt.errors import first_line
+from edgeopt.errors import TimeBudgetError, first_line
 from edgeopt.inputs.feeding import join_batches, run_model
 from edgeopt.inputs.hooks import forward_hooks
 from edgeopt.inputs.model_io import Inputs
@@ -35,6 +35,7 @@ from edgeopt.techniques.repair.layer_rows import (
     output_rows,
     solve_spd,
 )
+from edgeopt.timeout import deadline_passed
 
 
 @torch.no_grad()
@@ -189,6 +190,7 @@ def _one_pass(pruned: nn.Module, jobs: dict[str, tuple], batches: list, targets:
         name, kept_out = pending.pop(mod, (None, None))
         if name is None:  # not a consumer, or solved already (a layer called twice: its first call)
             return
+        _check_deadline(layers)
         xin = args[0].detach()
         leads = [lead for _, lead in targets[name]]
         if xin.shape[0] != sum(leads):  # the batches are not stacked along this layer's first axis
@@ -206,6 +208,13 @@ def _one_pass(pruned: nn.Module, jobs: dict[str, tuple], batches: list, targets:
         run_model(pruned, x)
     skipped.extend(f"{name}: layer not reached in the pruned model's forward pass" for name, _ in pending.values())
     return deferred
+
+
+def _check_deadline(layers: list) -> None:
+    """Stop between two layer solves once the run's deadline has passed: a solve takes up to a few seconds
+    (a 4608-wide conv input), and a model has dozens: the smp Unet's re-solve took 23 s on 2 cores."""
+    if deadline_passed():
+        raise TimeBudgetError(f"the time ran out while re-solving layers ({len(layers)} solved)")
 
 
 def _fan_in(m: nn.Module) -> int:
@@ -254,6 +263,7 @@ def reconstruct(orig: nn.Module, pruned: nn.Module, batches: list[torch.Tensor],
         jobs[name] = (p_layer, kept_out)
     deferred = _one_pass(pruned, jobs, batches, targets, alpha, layers, skipped)
     for name, (p_layer, kept_out) in (jobs if deferred is None else {n: jobs[n] for n in deferred}).items():
+        _check_deadline(layers)
         try:
             layers.append({"layer": name, **_solve_layer(pruned, p_layer, batches, targets[name], kept_out,
                                                          alpha)})
