@@ -212,6 +212,7 @@ class RayExecutor(ClusterFinishing):
         from edgeopt.engine.family_screening import common_probes, screen_group
         from edgeopt.engine.fine_tuned import first_probe
         from edgeopt.engine.ledger import layout
+        from edgeopt.engine.precision_checks import checks_probes
 
         ray, builder = self.ray, self.builder
         if builder is None or not families:
@@ -252,8 +253,8 @@ class RayExecutor(ClusterFinishing):
             return start, builds
 
         # the kept levels are finished ahead only where the search's bisection is the task's: not where each
-        # probe is checked at INT8 on the runtime (Search.checks_probes), which finishes other jobs
-        ahead_ok = {fam: not search.checks_probes(structures) for fam, structures in families.items()}
+        # probe is checked at INT8 on the runtime (precision_checks.checks_probes), which finishes other jobs
+        ahead_ok = {fam: not checks_probes(search, structures) for fam, structures in families.items()}
         finishing: list = []
 
         groups: dict[str, dict[str, list[str]]] = {}

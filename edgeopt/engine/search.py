@@ -28,14 +28,13 @@ from dataclasses import dataclass, field
 from edgeopt.config import DeployContext
 from edgeopt.decide import policy
 from edgeopt.decide.plan import CandidateSpec, Plan
-from edgeopt.decide.select import cannot_win
-from edgeopt.decide.serving import Serving, latency_rules_out_precisions
 from edgeopt.engine.bisect import bisect
 from edgeopt.engine.cache import CandidateCache, key
 from edgeopt.engine.family_screening import Screening, screen_group
 from edgeopt.engine.fine_tuned import beyond_twins, first_probe
 from edgeopt.engine.finish import Finisher
 from edgeopt.engine.ledger import Builds, Ledger, StopClock, layout, why_failed
+from edgeopt.engine.precision_checks import check, checks_probes, judge_by_float, rule_out_precisions
 from edgeopt.engine.qat_phase import qat_phase
 from edgeopt.engine.stacking import ready, stack
 from edgeopt.engine.train_longer import has_twin, near_miss, train_longer
@@ -123,7 +122,7 @@ class Search:
         self.screenings: list[Screening] = []
         self.screen_seconds = 0.0
         self.after_budget: set[str] = set()
-        self.float_wins: set[str] = set()  # formats whose probes are not checked at INT8 (`_leads`)
+        self.float_wins: set[str] = set()  # formats whose probes are not checked at INT8 (precision_checks.py)
         self.ledger = Ledger(self.plan, self.progress)
         self.clock = StopClock(self.context.time_budget_s, self.t_start, self.trace)
         self.builds = Builds(self.builder, self.ledger, self.progress, self.announce, until=self.clock.deadline)
@@ -149,13 +148,8 @@ class Search:
             self.finisher.finish(ledger.original, [s for s in ledger.specs[ledger.original]
                                                    if s.id == ledger.baseline_id])
         self.finisher.finish(ledger.original)  # its other precisions, as the time budget allows
-        self._rule_out_precisions()
-        for fmt in sorted({s.format for s in ledger.specs[ledger.original] if s.precision == policy.CHECK_PRECISION}):
-            if not self._leads(fmt):  # decided once, on the precision screen's figures
-                self.float_wins.add(fmt)
-                self.trace.append(f"probes not checked at {policy.CHECK_PRECISION} on {fmt}: its original does not "
-                                  f"run {policy.CHECK_INT8_LEAD:g}x faster than the fastest float conversion, so "
-                                  "levels are judged by their float drop")
+        rule_out_precisions(self)
+        self.float_wins = judge_by_float(self)
         families: dict[str, list[str]] = {}
         for structure, specs in ledger.specs.items():
             if specs[0].family is not None:
@@ -217,11 +211,11 @@ class Search:
         # exported at fp32 only (e.g. no int8/bf16 units here) would only export it to never choose it
         live = [spec for s in structures for spec in specs[s] if self.ledger.cands[spec.id].status == "pending"]
         reduced = any(spec.precision != "fp32" for spec in live)
-        checked = self.checks_probes(structures)
+        checked = checks_probes(self, structures)
         first = first_probe(specs, structures, self.screened)
-        out = bisect(fam, structures, self._check if checked else self.screen, self.context.max_accuracy_drop,
-                     self._stopped_before_build, self.builds.failure,
-                     policy.MARGIN_LEVELS if reduced and not checked else 0, first=first)
+        judge = (lambda s: check(self, s)) if checked else self.screen
+        out = bisect(fam, structures, judge, self.context.max_accuracy_drop, self._stopped_before_build,
+                     self.builds.failure, policy.MARGIN_LEVELS if reduced and not checked else 0, first=first)
         self.trace.append(out.trace)
         self.settled[fam] = out.settled
         for s, (status, why) in out.dropped.items():
@@ -251,37 +245,6 @@ class Search:
                 for spec in specs[s]:
                     self.ledger.mark(spec.id, status if s == out.probes[fam] else "rejected", why)
         return set(out.dropped)
-
-    def checks_probes(self, structures: list[str]) -> bool:
-        """Whether the bisection of a family checks each probe at the precision the structure will win with
-        (its INT8 candidates finished on the runtime): no margin level is needed then. Not where QAT is armed:
-        there an INT8 twin that breaks the budget is what QAT retrains."""
-        return not self.plan.qat_formats and self.ledger.baseline.accuracy is not None and any(
-            self._checkable(spec) for s in structures for spec in self.ledger.specs[s])
-
-    def _checkable(self, spec) -> bool:
-        """Whether a structure's candidate checks its probe: at policy.CHECK_PRECISION, not yet finished, on a
-        format whose original at that precision held the budget and led the float conversions (`_leads`).
-        Where the original itself breaks it there (YOLOv8n lost 2.9 pp at OpenVINO INT8), every level would
-        break it too, and the check would say nothing of the structure."""
-        if spec.precision != policy.CHECK_PRECISION or self.ledger.cands[spec.id].status != "pending" \
-                or spec.format in self.float_wins:
-            return False
-        twin, base = self.ledger.find(self.ledger.original, spec.format, spec.precision), \
-            self.ledger.baseline.accuracy
-        return twin is None or twin.accuracy is None or base is None or \
-            base - twin.accuracy <= self.context.max_accuracy_drop + policy.EPS_PP
-
-    def _leads(self, fmt: str) -> bool:
-        """Whether the original at policy.CHECK_PRECISION on `fmt` measured faster than each of its float
-        conversions by policy.CHECK_INT8_LEAD (the precision screen's figures): only then is a structure's
-        INT8 drop the one it will win with. True when they were not measured (the check stands, as planned)."""
-        orig = [self.ledger.cands[s.id] for s in self.ledger.specs[self.ledger.original]]
-        timed = [c for c in orig if c.status == "ok" and c.latency_ms is not None]
-        quant = next((c.latency_ms.p50 for c in timed if c.format == fmt and c.precision == policy.CHECK_PRECISION),
-                     None)
-        floats = [c.latency_ms.p50 for c in timed if c.precision in ("fp32", "fp16", "bf16")]
-        return quant is None or not floats or quant * policy.CHECK_INT8_LEAD < min(floats)
 
     def _stopped_before_build(self) -> str | None:
         """Why the search stopped, or stops before the next structure: its build and screening, as long as the
@@ -338,71 +301,6 @@ class Search:
             return ""
         seen, total = self.partial[structure]
         return f" (on the first {seen} of {total} samples: over the budget whatever the others give)"
-
-    def _check(self, structure: str) -> float | None:
-        """The drop (pp) of a structure at the precision it will win with: its PyTorch drop, and where that holds
-        the budget, the worse of it and its policy.CHECK_PRECISION candidates' drop measured on the runtime
-        (finished now: they are the structure's candidates, not extra work). Judged by the PyTorch drop alone
-        when no such candidate gives a result (failed, or stopped by the time budget)."""
-        drop = self.screen(structure)
-        if drop is None or drop > self.context.max_accuracy_drop + policy.EPS_PP:
-            return drop
-        specs = [s for s in self.ledger.specs[structure] if self._checkable(s)]
-        if not specs:
-            return drop
-        self.finisher.finish(structure, specs)
-        self.compressed_finished()
-        cands = [self.ledger.cands[s.id] for s in specs]
-        accs = [c.accuracy for c in cands if c.status == "ok" and c.accuracy is not None]
-        base = self.ledger.baseline.accuracy
-        if not accs:
-            self.trace.append(f"check {structure} at {policy.CHECK_PRECISION}: no result "
-                              f"({'; '.join(c.reason for c in cands if c.reason) or 'not finished'}); "
-                              "judged by its PyTorch drop")
-            return drop
-        checked = round(base - max(accs), 4)
-        self.trace.append(f"check {structure} at {policy.CHECK_PRECISION}: drop {checked:.2f} pp")
-        budget = self.context.max_accuracy_drop
-        for c in cands:  # over the budget: not worth the final latency measurement
-            if c.status == "ok" and c.accuracy is not None and base - c.accuracy > budget + policy.EPS_PP:
-                c.status, c.reason = "rejected", (f"accuracy drop {base - c.accuracy:.2f} pp > budget {budget} pp "
-                                                  "(checked in the bisection)")
-        return max(drop, checked)
-
-    def _rule_out_precisions(self) -> None:
-        """Precisions the target cannot win with, measured on the original (decide/select.py: cannot_win), are
-        not finished on any compressed structure."""
-        ledger = self.ledger
-        if not self.plan.measure_locally or self.clock.check():
-            return  # estimated latencies do not rule anything out
-        may, why_not = latency_rules_out_precisions(Serving.of(self.context))
-        if not may:
-            self.trace.append(f"precision screen skipped: {why_not}")
-            return
-        ok = [ledger.cands[s.id] for s in ledger.specs[ledger.original]]
-        ok = [c for c in ok if c.status == "ok" and c.id in self.finisher.sessions]
-        if len(ok) < 2:
-            return
-        base, budget = ledger.baseline.accuracy, self.context.max_accuracy_drop + policy.EPS_PP
-        broke = {(c.format, c.precision) for c in ok
-                 if base is not None and c.accuracy is not None and base - c.accuracy > budget}
-        # all of the original's conversions measured afresh side by side, in separate rounds, and a pair is
-        # ruled out only when every round agrees: a figure taken earlier (a candidate cut for time is timed
-        # alone) or one noisy round once cost a Unet its fastest runtime
-        verdicts = []
-        for _ in range(policy.CANNOT_WIN_ROUNDS):
-            self.quick_latency(ok, self.finisher.sessions)
-            verdicts.append(cannot_win([(c.format, c.precision, c.latency_ms.p50) for c in ok
-                                        if c.latency_ms is not None], broke))
-        out = {pair: why for pair, why in verdicts[-1].items() if all(pair in v for v in verdicts)}
-        for (fmt, prec), why in out.items():
-            for structure, specs in ledger.specs.items():
-                for spec in specs:
-                    if structure != ledger.original and (spec.format, spec.precision) == (fmt, prec):
-                        ledger.mark(spec.id, "rejected", why)
-            self.decisions.append(Decision(technique=f"precision_screen:{prec}@{fmt}", decision="rejected",
-                                           reason=why.removeprefix("not tried: ")))
-            self.trace.append(why.removeprefix("not tried: "))
 
     # ---- stopping -------------------------------------------------------------------------------------
     def _finish_best_screened(self) -> None:

@@ -1,0 +1,132 @@
+"""The precisions a search finishes compressed structures at, and the precision it judges a probe at.
+
+Both are decided on the original model's conversions, finished first. A (format, precision) the original
+cannot win with (decide/select.py: cannot_win) is not finished on any compressed structure. A probe of a
+bisection is checked at policy.CHECK_PRECISION (INT8) on the runtime, where the structure will win: only on a
+format whose original held the budget there and ran policy.CHECK_INT8_LEAD faster than its fastest float
+conversion. Elsewhere a structure wins at a float precision and its INT8 drop would veto levels whose float
+candidates hold (on an AMX Xeon BF16 ran ConvNeXt-atto's original as fast as INT8, 2.78 against 2.67 ms, and
+INT8 lost 2.41 pp on a level that lost 0.96 in PyTorch)."""
+
+from __future__ import annotations
+
+from edgeopt.decide import policy
+from edgeopt.decide.select import cannot_win
+from edgeopt.decide.serving import Serving, latency_rules_out_precisions
+from edgeopt.report import Decision
+
+
+def rule_out_precisions(search) -> None:
+    """Precisions the target cannot win with, measured on the original, are not finished on any compressed
+    structure."""
+    ledger = search.ledger
+    if not search.plan.measure_locally or search.clock.check():
+        return  # estimated latencies do not rule anything out
+    may, why_not = latency_rules_out_precisions(Serving.of(search.context))
+    if not may:
+        search.trace.append(f"precision screen skipped: {why_not}")
+        return
+    ok = [ledger.cands[s.id] for s in ledger.specs[ledger.original]]
+    ok = [c for c in ok if c.status == "ok" and c.id in search.finisher.sessions]
+    if len(ok) < 2:
+        return
+    base, budget = ledger.baseline.accuracy, search.context.max_accuracy_drop + policy.EPS_PP
+    broke = {(c.format, c.precision) for c in ok
+             if base is not None and c.accuracy is not None and base - c.accuracy > budget}
+    # all of the original's conversions measured afresh side by side, in separate rounds, and a pair is
+    # ruled out only when every round agrees: a figure taken earlier (a candidate cut for time is timed
+    # alone) or one noisy round once cost a Unet its fastest runtime
+    verdicts = []
+    for _ in range(policy.CANNOT_WIN_ROUNDS):
+        search.quick_latency(ok, search.finisher.sessions)
+        verdicts.append(cannot_win([(c.format, c.precision, c.latency_ms.p50) for c in ok
+                                    if c.latency_ms is not None], broke))
+    out = {pair: why for pair, why in verdicts[-1].items() if all(pair in v for v in verdicts)}
+    for (fmt, prec), why in out.items():
+        for structure, specs in ledger.specs.items():
+            for spec in specs:
+                if structure != ledger.original and (spec.format, spec.precision) == (fmt, prec):
+                    ledger.mark(spec.id, "rejected", why)
+        search.decisions.append(Decision(technique=f"precision_screen:{prec}@{fmt}", decision="rejected",
+                                         reason=why.removeprefix("not tried: ")))
+        search.trace.append(why.removeprefix("not tried: "))
+
+
+def judge_by_float(search) -> set[str]:
+    """The formats whose probes are judged by their float drop (`leads` is False there), decided once, on the
+    precision screen's figures, and traced."""
+    ledger, out = search.ledger, set()
+    for fmt in sorted({s.format for s in ledger.specs[ledger.original] if s.precision == policy.CHECK_PRECISION}):
+        if not leads(search, fmt):
+            out.add(fmt)
+            search.trace.append(f"probes not checked at {policy.CHECK_PRECISION} on {fmt}: its original does not "
+                                f"run {policy.CHECK_INT8_LEAD:g}x faster than the fastest float conversion, so "
+                                "levels are judged by their float drop")
+    return out
+
+
+def leads(search, fmt: str) -> bool:
+    """Whether the original at policy.CHECK_PRECISION on `fmt` measured faster than each of its float
+    conversions by policy.CHECK_INT8_LEAD (the precision screen's figures). True when they were not measured
+    (the check stands, as planned)."""
+    ledger = search.ledger
+    orig = [ledger.cands[s.id] for s in ledger.specs[ledger.original]]
+    timed = [c for c in orig if c.status == "ok" and c.latency_ms is not None]
+    quant = next((c.latency_ms.p50 for c in timed if c.format == fmt and c.precision == policy.CHECK_PRECISION),
+                 None)
+    floats = [c.latency_ms.p50 for c in timed if c.precision in ("fp32", "fp16", "bf16")]
+    return quant is None or not floats or quant * policy.CHECK_INT8_LEAD < min(floats)
+
+
+def checks_probes(search, structures: list[str]) -> bool:
+    """Whether the bisection of a family checks each probe at the precision the structure will win with
+    (its INT8 candidates finished on the runtime): no margin level is needed then. Not where QAT is armed:
+    there an INT8 twin that breaks the budget is what QAT retrains."""
+    return not search.plan.qat_formats and search.ledger.baseline.accuracy is not None and any(
+        checkable(search, spec) for s in structures for spec in search.ledger.specs[s])
+
+
+def checkable(search, spec) -> bool:
+    """Whether a structure's candidate checks its probe: at policy.CHECK_PRECISION, not yet finished, on a
+    format whose original at that precision held the budget and led the float conversions (`leads`). Where
+    the original itself breaks it there (YOLOv8n lost 2.9 pp at OpenVINO INT8), every level would break it
+    too, and the check would say nothing of the structure."""
+    ledger = search.ledger
+    if spec.precision != policy.CHECK_PRECISION or ledger.cands[spec.id].status != "pending" \
+            or spec.format in search.float_wins:
+        return False
+    twin, base = ledger.find(ledger.original, spec.format, spec.precision), ledger.baseline.accuracy
+    return twin is None or twin.accuracy is None or base is None or \
+        base - twin.accuracy <= search.context.max_accuracy_drop + policy.EPS_PP
+
+
+def check(search, structure: str) -> float | None:
+    """The drop (pp) of a structure at the precision it will win with: its PyTorch drop, and where that holds
+    the budget, the worse of it and its policy.CHECK_PRECISION candidates' drop measured on the runtime
+    (finished now: they are the structure's candidates, not extra work). Judged by the PyTorch drop alone
+    when no such candidate gives a result (failed, or stopped by the time budget)."""
+    drop = search.screen(structure)
+    if drop is None or drop > search.context.max_accuracy_drop + policy.EPS_PP:
+        return drop
+    ledger = search.ledger
+    specs = [s for s in ledger.specs[structure] if checkable(search, s)]
+    if not specs:
+        return drop
+    search.finisher.finish(structure, specs)
+    search.compressed_finished()
+    cands = [ledger.cands[s.id] for s in specs]
+    accs = [c.accuracy for c in cands if c.status == "ok" and c.accuracy is not None]
+    base = ledger.baseline.accuracy
+    if not accs:
+        search.trace.append(f"check {structure} at {policy.CHECK_PRECISION}: no result "
+                            f"({'; '.join(c.reason for c in cands if c.reason) or 'not finished'}); "
+                            "judged by its PyTorch drop")
+        return drop
+    checked = round(base - max(accs), 4)
+    search.trace.append(f"check {structure} at {policy.CHECK_PRECISION}: drop {checked:.2f} pp")
+    budget = search.context.max_accuracy_drop
+    for c in cands:  # over the budget: not worth the final latency measurement
+        if c.status == "ok" and c.accuracy is not None and base - c.accuracy > budget + policy.EPS_PP:
+            c.status, c.reason = "rejected", (f"accuracy drop {base - c.accuracy:.2f} pp > budget {budget} pp "
+                                              "(checked in the bisection)")
+    return max(drop, checked)
