@@ -91,3 +91,21 @@ def test_real_models_table_reads_a_report():
     md = markdown([row, {"model": "x", "error": "boom", "train_s": 0, "wall_s": 1}], "t")
     assert "| m | map50 | 78.00 | prune-recon40@onnx-int8 | yes | 60% |" in md and "**crash**: boom" in md
     assert "Compressed choices: 1 of 2" in md
+
+
+def test_speed_ceiling_measures_every_cut_against_the_original(tmp_path, monkeypatch):
+    """benchmarks/speed_ceiling.py on a small residual net: each cut exported, timed beside the original, and
+    smaller than it; no timing assertion."""
+    from benchmarks import real_models as rm
+    from benchmarks import speed_ceiling
+
+    monkeypatch.setitem(rm.BENCHES, "small", rm.Bench("small", "torchvision:resnet18?num_classes=4",
+                                                      (1, 3, 32, 32), "cls", None, "train_classifier", 1))
+    out = tmp_path / "ceiling"
+    speed_ceiling.main(["--models", "small", "--max-time", "0.5", "--out", str(out)])
+    rows = __import__("json").loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["original", "channels -30%", "channels -50%", "blocks -4 of 8",
+                                            "blocks -8 of 8"]
+    assert rows[0]["speedup"] == 1.0 and all(r["p50_ms"] > 0 for r in rows)
+    assert all(r["macs"] < rows[0]["macs"] for r in rows[1:])
+    assert "| small | channels -50% |" in out.with_suffix(".md").read_text()

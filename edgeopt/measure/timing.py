@@ -4,7 +4,16 @@ Several models are measured round-robin in a shuffled order each round, so that 
 machine (another job, frequency changes) hits all of them alike and their ratio stays honest. Each turn
 is a short block of runs whose first run is discarded: runtimes keep their worker threads spinning for a
 while after a call (OpenVINO; ONNX Runtime's sessions are told to stop at once), and that spin must not be
-billed to the next model."""
+billed to the next model.
+
+Drift that comes in phases is divided out round by round (`shared_slowdown`). On a 2-core cloud VM each
+vCPU ran OpenVINO 2.5x slower for stretches of 0.5-2 s (2.5 against 6-7 ms for one thread; the host, not
+this process), so a short measurement's median fell in either phase depending on how many of a model's
+turns the slow stretches hit: the same INT8 Unet measured 1.9 and 2.7 ms in two measurements minutes apart.
+A round takes a fraction of a second, all models take their turns in it, and the slow phase slowed them
+alike (1.8x here), so each round's factor is the median, over the models, of their turn's median over their
+own; samples divided by it keep the figures in milliseconds at the typical round and their ratios free of
+the phases: eight 3-s measurements of one model pair gave 1.12-1.50x as timed and 1.13-1.19x divided."""
 
 from __future__ import annotations
 
@@ -65,6 +74,7 @@ def measure(fns: dict[str, Callable[[], object]], config: BenchConfig | None = N
             if i + 1 >= cfg.warmup_runs and time.perf_counter() >= t_end:
                 break
     samples: dict[str, list[float]] = {fid: [] for fid in ids}
+    round_of: dict[str, list[int]] = {fid: [] for fid in ids}
     block = cfg.block if len(ids) > 1 else 1
     start = time.perf_counter()
     rounds = 0
@@ -79,6 +89,7 @@ def measure(fns: dict[str, Callable[[], object]], config: BenchConfig | None = N
                 t0 = time.perf_counter_ns()
                 fn()
                 samples[fid].append((time.perf_counter_ns() - t0) / 1e6)
+                round_of[fid].append(rounds)
         rounds += 1
         if on_round and rounds % 10 == 0:
             on_round(rounds)
@@ -89,4 +100,38 @@ def measure(fns: dict[str, Callable[[], object]], config: BenchConfig | None = N
             break
         if rounds % 5 == 0 and all(median_ci_rel(samples[f]) <= cfg.ci_rel for f in ids):
             break
-    return {fid: stats_from_samples(samples[fid], cfg.keep_samples) for fid in ids}
+    factor = shared_slowdown(samples, round_of)
+    if factor is None:
+        return {fid: stats_from_samples(samples[fid], cfg.keep_samples) for fid in ids}
+    out = {}
+    for fid in ids:
+        divided = [t / factor[r] for t, r in zip(samples[fid], round_of[fid], strict=True)]
+        out[fid] = stats_from_samples(divided, cfg.keep_samples).model_copy(
+            update={"raw_p50": float(np.percentile(samples[fid], 50))})
+    return out
+
+
+# fewer models or rounds than these give no shared factor worth dividing by
+SHARED_MIN_MODELS = 2
+SHARED_MIN_ROUNDS = 5
+
+
+def shared_slowdown(samples: dict[str, list[float]], round_of: dict[str, list[int]]) -> dict[int, float] | None:
+    """Per round, the slowdown every model shared (module doc): the median over the models of their turn's
+    median divided by their own median, scaled so that the median round's factor is 1. None for a model
+    measured alone or too few rounds."""
+    ids = [f for f in samples if samples[f]]
+    rounds = sorted({r for f in ids for r in round_of[f]})
+    if len(ids) < SHARED_MIN_MODELS or len(rounds) < SHARED_MIN_ROUNDS:
+        return None
+    ratios: dict[int, list[float]] = {r: [] for r in rounds}
+    for f in ids:
+        own = float(np.median(samples[f]))
+        turns: dict[int, list[float]] = {}
+        for t, r in zip(samples[f], round_of[f], strict=True):
+            turns.setdefault(r, []).append(t)
+        for r, ts in turns.items():
+            ratios[r].append(float(np.median(ts)) / own)
+    factor = {r: float(np.median(v)) for r, v in ratios.items()}
+    typical = float(np.median(list(factor.values())))
+    return {r: f / typical for r, f in factor.items()}

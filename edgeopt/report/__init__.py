@@ -143,7 +143,10 @@ class LatencyStats(BaseModel):
     mean: float
     std: float
     n: int
-    samples_ms: list[float] = Field(default_factory=list, description="raw per-run latencies, for gates")
+    samples_ms: list[float] = Field(default_factory=list, description="per-run latencies, for gates")
+    raw_p50: float | None = Field(default=None, description=(
+        "median as timed, where the figures above are divided by each round's shared slowdown (models measured "
+        "interleaved); None where they are as timed"))
 
 
 class ThroughputStats(BaseModel):

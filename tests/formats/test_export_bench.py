@@ -100,6 +100,37 @@ def test_interleaved_measure_orders_by_cost():
     assert res["slow"].p50 > res["fast"].p50
 
 
+def test_a_slow_phase_shared_by_the_models_is_divided_out_round_by_round():
+    """Two models, B twice as slow as A, timed 3 per turn for 20 rounds; the machine runs 3x slower from the
+    rounds 9 and 10 on for A and B (the phase began during a round: B took its turns there first), so A's turns
+    are slow in 11 rounds and B's in 9: A's median as timed lands in the slow phase and B's does not, and their
+    ratio reads 0.67 instead of 2. Divided by each round's shared factor the ratio is 2 again."""
+    from edgeopt.measure.timing import shared_slowdown
+
+    samples, rounds = {"A": [], "B": []}, {"A": [], "B": []}
+    for r in range(20):
+        for name, base in (("A", 1.0), ("B", 2.0)):
+            slow = r >= (9 if name == "A" else 11)
+            for _ in range(3):
+                samples[name].append(base * (3.0 if slow else 1.0))
+                rounds[name].append(r)
+    raw = np.median(samples["B"]) / np.median(samples["A"])
+    assert abs(raw - 2 / 3) < 1e-9
+    factor = shared_slowdown(samples, rounds)
+    divided = {k: np.median([t / factor[r] for t, r in zip(v, rounds[k])]) for k, v in samples.items()}
+    assert abs(divided["B"] / divided["A"] - 2.0) < 0.05
+    assert shared_slowdown({"A": samples["A"]}, {"A": rounds["A"]}) is None  # alone: nothing shared
+    assert shared_slowdown({k: v[:6] for k, v in samples.items()}, {k: v[:6] for k, v in rounds.items()}) is None
+
+
+def test_interleaved_figures_say_what_was_timed():
+    a = np.random.rand(32, 32).astype(np.float32)
+    cfg = BenchConfig(min_runs=20, max_time_s=0.5, warmup_s=0)
+    both = measure({"x": lambda: a @ a, "y": lambda: [a @ a for _ in range(5)]}, cfg)
+    assert all(s.raw_p50 is not None and s.raw_p50 > 0 for s in both.values())
+    assert measure({"x": lambda: a @ a}, cfg)["x"].raw_p50 is None  # alone: the figures are as timed
+
+
 def test_ab_benchmark_interleaves_and_records_the_machine(tmp_path, tiny_plain, example, fast_bench):
     from edgeopt.measure.artifacts import benchmark_many
 

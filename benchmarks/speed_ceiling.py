@@ -1,0 +1,97 @@
+"""What structure can buy at all: the latency of the real-library models cut far past any accuracy budget.
+
+`real_models.py` reports `optimize`'s choice under a 1 pp budget. This asks the question under it: how much
+faster does each model run on this machine when half its channels or half (all) of its removable blocks are
+gone, accuracy ignored? Uniform L2 channel pruning at 30 % and 50 % and depth pruning of half and all residual
+blocks, each exported to OpenVINO and measured interleaved with the original at the precision given (BF16 by
+default: the best plain conversion of most of these models on an AMX CPU). Random weights: widths and blocks,
+not weights, set the latency (the ranking of blocks uses random inputs).
+
+    python benchmarks/speed_ceiling.py                         # the five models, markdown + json
+    python benchmarks/speed_ceiling.py --models yolov8n --precision int8 --out /tmp/ceiling
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import edgeopt  # noqa: E402
+from benchmarks.real_models import BENCHES  # noqa: E402
+from edgeopt.formats.openvino import load_openvino  # noqa: E402
+from edgeopt.inputs.analyze import count_macs, count_params  # noqa: E402
+from edgeopt.measure.timing import BenchConfig, measure  # noqa: E402
+
+
+def variants(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.nn.Module]:
+    out = {"original": model}
+    for ratio in (0.3, 0.5):
+        out[f"channels -{int(ratio * 100)}%"] = edgeopt.prune(model, x, ratio=ratio, method="l2",
+                                                              timeout_s=600).model
+    torch.manual_seed(0)
+    batches = [torch.randn(4, *x.shape[1:]) for _ in range(4)]
+    found = len(edgeopt.depth_prune(model, x, batches, blocks=1, resolve=False).record["blocks_found"])
+    for blocks in sorted({max(1, found // 2), found} if found else ()):
+        out[f"blocks -{blocks} of {found}"] = edgeopt.depth_prune(model, x, batches, blocks=blocks,
+                                                                  resolve=False).model
+    return out
+
+
+def rows_of(name: str, precision: str, cfg: BenchConfig, tmp: Path) -> list[dict]:
+    bench = BENCHES[name]
+    torch.manual_seed(0)
+    model = edgeopt.load_model(bench.spec, input_shape=bench.input_shape).model.eval()
+    x = torch.randn(*bench.input_shape)
+    models = variants(model, x)
+    calib = [torch.randn(*bench.input_shape) for _ in range(8)] if precision == "int8" else None
+    fns = {}
+    for key, m in models.items():
+        path = edgeopt.export(m, x, format="openvino", precision="int8" if calib else "fp32",
+                              out=tmp / f"{name}-{len(fns)}.xml", calib_data=calib, verify=False)
+        fns[key] = load_openvino(path, precision=precision).lean_call(x.numpy())
+    p50 = {k: s.p50 for k, s in measure(fns, cfg).items()}
+    return [{"model": name, "variant": k, "precision": precision, "params": count_params(m),
+             "macs": count_macs(m, x), "p50_ms": round(p50[k], 3), "speedup": round(p50["original"] / p50[k], 3)}
+            for k, m in models.items()]
+
+
+def markdown(rows: list[dict]) -> str:
+    out = ["| model | variant | params | MACs | p50 ms | vs original |", "|---|---|---|---|---|---|"]
+    base: dict[str, dict] = {}
+    for r in rows:
+        b = base.setdefault(r["model"], r)
+        out.append(f"| {r['model']} | {r['variant']} | {100 * r['params'] / b['params']:.0f} % | "
+                   f"{100 * r['macs'] / b['macs']:.0f} % | {r['p50_ms']:.2f} | {r['speedup']:.2f}x |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=",".join(BENCHES))
+    ap.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "int8"])
+    ap.add_argument("--max-time", type=float, default=20.0, help="seconds of timed runs per model")
+    ap.add_argument("--out", type=Path, default=None, help="writes OUT.json and OUT.md")
+    a = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as d:
+        for name in [m for m in a.models.split(",") if m]:
+            rows += rows_of(name, a.precision, BenchConfig(max_time_s=a.max_time), Path(d))
+            print(f"# {name}: done", file=sys.stderr, flush=True)
+    md = markdown(rows)
+    print(md)
+    if a.out:
+        a.out.with_suffix(".json").write_text(json.dumps({"precision": a.precision, "rows": rows}, indent=1))
+        a.out.with_suffix(".md").write_text(md + "\n")
+
+
+if __name__ == "__main__":
+    main()
