@@ -117,7 +117,7 @@ def test_a_slow_phase_shared_by_the_models_is_divided_out_round_by_round():
     raw = np.median(samples["B"]) / np.median(samples["A"])
     assert abs(raw - 2 / 3) < 1e-9
     factor = shared_slowdown(samples, rounds)
-    divided = {k: np.median([t / factor[r] for t, r in zip(v, rounds[k])]) for k, v in samples.items()}
+    divided = {k: np.median([t / factor[r] for t, r in zip(v, rounds[k], strict=True)]) for k, v in samples.items()}
     assert abs(divided["B"] / divided["A"] - 2.0) < 0.05
     assert shared_slowdown({"A": samples["A"]}, {"A": rounds["A"]}) is None  # alone: nothing shared
     assert shared_slowdown({k: v[:6] for k, v in samples.items()}, {k: v[:6] for k, v in rounds.items()}) is None
