@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-from edgeopt.vendor_telemetry import keep_out
+from edgeopt.formats.vendor_telemetry import keep_out
 
-keep_out()  # before anything imports openvino or NNCF (edgeopt/vendor_telemetry.py says why)
+keep_out()  # before anything imports openvino or NNCF (edgeopt/formats/vendor_telemetry.py says why)
 
 
 from edgeopt.api import (  # noqa: E402  (after keep_out, which must run first)

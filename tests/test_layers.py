@@ -10,8 +10,8 @@ from paths import ROOT
 PKG = ROOT / "edgeopt"
 # by package (the first name under edgeopt/); everything not listed is a mechanism (layer 2): inputs, measure,
 # formats, techniques, training, remote
-LAYER = {"errors": 0, "registry": 0, "timeout": 0, "yamlfile": 0, "vendor_telemetry": 0, "config": 1, "targets": 1,
-         "report": 1, "decide": 3, "engine": 4, "cli": 5, "__init__": 5, "__main__": 5, "api": 5}
+LAYER = {"errors": 0, "registry": 0, "timeout": 0, "yamlfile": 0, "config": 1, "targets": 1, "report": 1,
+         "decide": 3, "engine": 4, "cli": 5, "__init__": 5, "__main__": 5, "api": 5}
 HEAVY = {"torch", "torch_pruning", "tensorly", "onnx", "onnxruntime", "openvino", "nncf", "tensorrt", "numpy"}
 
 
