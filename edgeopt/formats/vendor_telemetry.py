@@ -13,6 +13,7 @@ before edgeopt keeps what those imports set up."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -20,14 +21,16 @@ PACKAGE = "openvino_telemetry"
 
 
 def consent_file() -> Path:
-    """Where openvino_telemetry records the user's answer on Linux and macOS (Windows: under %LOCALAPPDATA%)."""
+    """Where openvino_telemetry records the user's answer."""
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA", "")) / "Intel Corporation" / PACKAGE
     return Path.home() / "intel" / PACKAGE
 
 
 def opted_in() -> bool:
     try:
         return consent_file().read_text().strip().splitlines()[:1] == ["1"]
-    except (OSError, UnicodeDecodeError):
+    except (OSError, RuntimeError, UnicodeDecodeError):  # RuntimeError: no home directory to look in
         return False
 
 

@@ -13,7 +13,8 @@ turns the slow stretches hit: the same INT8 Unet measured 1.9 and 2.7 ms in two 
 A round takes a fraction of a second, all models take their turns in it, and the slow phase slowed them
 alike (1.8x here), so each round's factor is the median, over the models, of their turn's median over their
 own; samples divided by it keep the figures in milliseconds at the typical round and their ratios free of
-the phases: eight 3-s measurements of one model pair gave 1.12-1.50x as timed and 1.13-1.19x divided."""
+the phases: in eight 3-s measurements of five Unet candidates one ran 1.12-1.50x faster than the original as
+timed and 1.13-1.19x divided."""
 
 from __future__ import annotations
 
