@@ -320,7 +320,33 @@ def test_a_transformers_blocks_are_searched_before_its_channels():
     # with retraining, the reconstruction alone comes first even so: it is the floor retraining must not end
     # below (DeiT-tiny's three fine-tuned depth builds took its 300 s and it never started)
     order, _ = families({"conv": 1, "linear": 48, "attention": 12}, retrain=True)
-    assert order[:2] == ["prune-recon", "depth_prune"] and order.index("prune-recon-ft") > 1
+    assert order[:3] == ["prune-recon", "depth_prune", "depth_prune-ft"] and order.index("prune-recon-ft") > 2
+    # a CNN too: the removal alone before any fine-tuned family (YOLOv8n's one fine-tuned build did not fit its
+    # 300 s and it shipped its original, where without retraining it had removed three blocks)
+    order, by = families({"conv": 20, "linear": 1}, retrain=True)
+    assert order[:2] == ["prune-recon", "depth_prune"] and order.index("depth_prune-ft") > order.index("prune-recon-ft")
+    assert "removal alone is searched first" in by["depth_prune"].reason
+
+
+def test_fine_tuned_depth_levels_are_built_on_the_removal_alone():
+    """depth<k>-ft is depth<k> then fine-tuning: its twin, so the search builds it on that level and
+    bisects only the levels beyond the one the removal alone holds."""
+    from edgeopt.config import ModelSummary, make_context
+    from edgeopt.decide.plan import plan
+    from edgeopt.engine.fine_tuned import fine_tuned
+    from edgeopt.targets import load_target
+
+    summary = ModelSummary(params=10**6, macs=10**8, input_shape=[1, 3, 96, 96], num_outputs=10,
+                           prunable_groups=4, min_channels=64, layers={"conv": 20, "linear": 1}, residual_blocks=8)
+    p = plan(make_context(target="x86-avx2", retrain=True), load_target("x86-avx2"), summary,
+             load_target("x86-avx2").model_copy(update={"detected": False}), ["onnxruntime"], has_calib_data=True,
+             has_train_data=True)
+    steps = {c.structure: c.steps for c in p.candidates}
+    tuned = [s for s in steps if s.startswith("depth") and s.endswith("-ft")]
+    assert tuned
+    for s in tuned:
+        assert fine_tuned(next(c for c in p.candidates if c.structure == s))
+        assert steps[s][:-1] == steps[s.removesuffix("-ft")]
 
 
 def test_block_costs_are_measured_once_for_every_level(trained, monkeypatch):

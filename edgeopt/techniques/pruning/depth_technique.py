@@ -60,16 +60,22 @@ def propose(ctx: PlanningContext) -> Proposal:
     # whole share of the work and its dispatch, so its blocks are tried before the channel criteria
     early = summary.layers.get("attention", 0) > 0
     out = []
-    for blocks in levels:
-        out.append(Structure(f"depth{blocks}" + ("-ft" if finetune else ""),
-                             then_finetune([DepthConfig(blocks=blocks)], finetune),
-                             f"layer-level pruning: the {blocks} cheapest residual block(s) removed (measured cost), "
-                             "BN re-estimated, later layers re-solved where it helps"
-                             + (" + distillation fine-tuning" if finetune else ""), "depth_prune",
-                             float(blocks), early=early))
+    # with retraining, the removal alone (5-36 s a level) is searched first, and the fine-tuned levels (30-100 s)
+    # are built on it, beyond the level it holds (engine/fine_tuned.py): where fine-tuning cannot fit the time
+    # left, the search still has what removal alone holds (YOLOv8n with --retrain at 300 s had shipped its
+    # original, its one fine-tuned build forecast at 101 s with 85 s left; without retraining: depth3)
+    for tuned, suffix in ((None, ""), (finetune, "-ft")) if finetune else ((None, ""),):
+        for blocks in levels:
+            out.append(Structure(f"depth{blocks}{suffix}", then_finetune([DepthConfig(blocks=blocks)], tuned),
+                                 f"layer-level pruning: the {blocks} cheapest residual block(s) removed (measured "
+                                 "cost), BN re-estimated, later layers re-solved where it helps"
+                                 + (" + distillation fine-tuning" if tuned else ""), "depth_prune" + suffix,
+                                 float(blocks), early=early or (bool(finetune) and not tuned)))
     return Proposal(out, [Decision(
         technique="depth_prune", decision="applied",
         reason=f"{target.name}: {why} (removing {', '.join(map(str, levels))} of "
                f"{summary.residual_blocks if summary.residual_blocks is not None else 'the'} residual blocks)"
                + ("; tried before channel pruning: in a transformer whole blocks save more than thinner layers"
-                  if early else ""))])
+                  if early else "")
+               + ("; the removal alone is searched first, and only the levels beyond the one it holds are "
+                  "fine-tuned" if finetune else ""))])
