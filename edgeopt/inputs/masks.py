@@ -48,6 +48,8 @@ def _open(path: Path, mode: str | None):
         raise DataError(f"image {path} is too large to decode ({first_line(e, with_type=False)})") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise DataError(f"cannot read {path}: {first_line(e, with_type=False)}") from None
+    except ImportError:  # Ultralytics' replacement of Image.open (inputs/data/folder.py says why)
+        raise DataError(f"cannot read {path}: not an image Pillow can decode") from None
 
 
 def _resized(im, size: tuple[int, int], nearest: bool) -> np.ndarray:

@@ -115,6 +115,33 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
         image_folder(root, 8, 3)
 
 
+def test_a_broken_image_is_one_line_after_ultralytics_patched_pillow(tmp_path, monkeypatch):
+    """Ultralytics, once imported (a YOLO model loaded), replaces PIL's Image.open with one that answers an
+    undecodable file by importing pi_heif, not installed with it: the folder reader and the mask reader still
+    say which file, in one line."""
+    from PIL import Image, UnidentifiedImageError
+
+    from edgeopt.inputs.masks import _open
+
+    real = Image.open
+
+    def patched(*args, **kwargs):  # what ultralytics.utils.patches.image_open does without pi_heif
+        try:
+            return real(*args, **kwargs)
+        except UnidentifiedImageError:
+            raise ModuleNotFoundError("No module named 'pi_heif'") from None
+
+    monkeypatch.setattr(Image, "open", patched)
+    root = _folder(tmp_path / "imgs", classes=("a", "b"), n=6)
+    (root / "b" / "broken.png").write_bytes(b"not an image")
+    s = image_folder(root, 8, 3, calib_size=2, batch_size=2, workers=1)
+    with pytest.raises(DataError, match=r"cannot read image .*broken\.png: not an image Pillow can decode"):
+        for _ in TrainFeed(s.train).epoch(0):
+            pass
+    with pytest.raises(DataError, match=r"cannot read .*broken\.png: not an image Pillow can decode"):
+        _open(root / "b" / "broken.png", "L")
+
+
 def test_datasets_and_dataloaders_from_the_api_stream(tmp_path):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(64, 1, 8, 8, generator=g), torch.arange(64) % 4

@@ -48,6 +48,9 @@ class ImageFiles(Dataset):
             raise DataError(f"image {f} is too large to decode ({first_line(e, with_type=False)})") from None
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise DataError(f"cannot read image {f}: {first_line(e, with_type=False)}") from None
+        except ImportError:  # Ultralytics, once imported, replaces PIL's Image.open with one that answers an
+            # undecodable file by importing pi_heif, which is not installed with it
+            raise DataError(f"cannot read image {f}: not an image Pillow can decode") from None
 
     def load_target(self, i: int):
         return self.targets[i]
