@@ -29,6 +29,7 @@ from benchmarks.real_models import BENCHES  # noqa: E402
 from edgeopt.formats.openvino import load_openvino  # noqa: E402
 from edgeopt.inputs.analyze import count_macs, count_params  # noqa: E402
 from edgeopt.measure.timing import BenchConfig, measure  # noqa: E402
+from edgeopt.techniques.pruning.depth import residual_blocks  # noqa: E402
 
 
 def variants(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.nn.Module]:
@@ -38,7 +39,7 @@ def variants(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.nn.Modu
                                                               timeout_s=600).model
     torch.manual_seed(0)
     batches = [torch.randn(4, *x.shape[1:]) for _ in range(4)]
-    found = len(edgeopt.depth_prune(model, x, batches, blocks=1, resolve=False).record["blocks_found"])
+    found = len(residual_blocks(model, x))
     for blocks in sorted({max(1, found // 2), found} if found else ()):
         out[f"blocks -{blocks} of {found}"] = edgeopt.depth_prune(model, x, batches, blocks=blocks,
                                                                   resolve=False).model
