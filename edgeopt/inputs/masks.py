@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgeopt.errors import DataError, first_line
+from edgeopt.errors import DataError
 from edgeopt.inputs.data import IMAGE_SUFFIXES, Batches, DataSplits
+from edgeopt.inputs.data.folder import open_image
 
 
 def _files(root: Path, what: str) -> dict[str, Path]:
@@ -37,21 +38,6 @@ def pair_files(images: Path, masks: Path) -> list[tuple[Path, Path]]:
 VOID = 255  # the usual "ignore" label of segmentation masks (Pascal VOC, Cityscapes): never a class
 
 
-def _open(path: Path, mode: str | None):
-    """The decoded image (converted to `mode` unless None); one-line DataError naming the file."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return im.convert(mode) if mode else im.copy()
-    except Image.DecompressionBombError as e:  # a header claiming more pixels than PIL will decode
-        raise DataError(f"image {path} is too large to decode ({first_line(e, with_type=False)})") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise DataError(f"cannot read {path}: {first_line(e, with_type=False)}") from None
-    except ImportError:  # Ultralytics' replacement of Image.open (inputs/data/folder.py says why)
-        raise DataError(f"cannot read {path}: not an image Pillow can decode") from None
-
-
 def _resized(im, size: tuple[int, int], nearest: bool) -> np.ndarray:
     from PIL import Image
 
@@ -62,7 +48,7 @@ def _mask(path: Path, image_size: tuple[int, int], image_file: Path, num_classes
     """A mask's class indices at its own resolution, checked: the same size as its image (a mask of another
     size would be stretched onto pixels it was not drawn for) and values in 0..num_classes-1 or VOID (any
     other value is a class the model cannot predict: mIoU would be 0 for every candidate)."""
-    im = _open(path, None)
+    im = open_image(path, None)
     if im.mode not in ("P", "L", "I", "I;16", "1"):
         im = im.convert("RGB")  # an RGB mask: class index in the first channel
     if (im.height, im.width) != image_size:
@@ -95,7 +81,7 @@ def mask_folder(images, masks, image_size: tuple[int, int], channels: int, mean:
     s = torch.tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
     xs, ys = [], []
     for img, msk in pairs:
-        im = _open(img, "L" if channels == 1 else "RGB")
+        im = open_image(img, "L" if channels == 1 else "RGB")
         mk = _mask(msk, (im.height, im.width), img, num_classes)
         a = _resized(im, size, nearest=False).astype(np.float32) / 255.0
         xs.append((torch.from_numpy(a.reshape(size[0], size[1], -1)).permute(2, 0, 1) - m) / s)

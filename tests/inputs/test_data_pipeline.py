@@ -121,7 +121,7 @@ def test_a_broken_image_is_one_line_after_ultralytics_patched_pillow(tmp_path, m
     say which file, in one line."""
     from PIL import Image, UnidentifiedImageError
 
-    from edgeopt.inputs.masks import _open
+    from edgeopt.inputs.masks import _mask
 
     real = Image.open
 
@@ -138,8 +138,8 @@ def test_a_broken_image_is_one_line_after_ultralytics_patched_pillow(tmp_path, m
     with pytest.raises(DataError, match=r"cannot read image .*broken\.png: not an image Pillow can decode"):
         for _ in TrainFeed(s.train).epoch(0):
             pass
-    with pytest.raises(DataError, match=r"cannot read .*broken\.png: not an image Pillow can decode"):
-        _open(root / "b" / "broken.png", "L")
+    with pytest.raises(DataError, match=r"cannot read image .*broken\.png: not an image Pillow can decode"):
+        _mask(root / "b" / "broken.png", (8, 8), root / "b" / "broken.png", None)
 
 
 def test_datasets_and_dataloaders_from_the_api_stream(tmp_path):

@@ -38,19 +38,7 @@ class ImageFiles(Dataset):
         return len(self.files)
 
     def load_image(self, i: int):
-        from PIL import Image, UnidentifiedImageError
-
-        f = self.files[i]
-        try:
-            with Image.open(f) as im:
-                return im.convert(self.mode)
-        except Image.DecompressionBombError as e:  # a header claiming more pixels than PIL will decode
-            raise DataError(f"image {f} is too large to decode ({first_line(e, with_type=False)})") from None
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise DataError(f"cannot read image {f}: {first_line(e, with_type=False)}") from None
-        except ImportError:  # Ultralytics, once imported, replaces PIL's Image.open with one that answers an
-            # undecodable file by importing pi_heif, which is not installed with it
-            raise DataError(f"cannot read image {f}: not an image Pillow can decode") from None
+        return open_image(self.files[i], self.mode)
 
     def load_target(self, i: int):
         return self.targets[i]
@@ -62,6 +50,23 @@ class ImageFiles(Dataset):
         if self.targets is None:  # unlabelled images: the image alone
             return self.transform(self.load_image(i))
         return self.apply(self.load_image(i), self.load_target(i))
+
+
+def open_image(path: Path, mode: str | None):
+    """The decoded image at `path`, converted to `mode` (None: as stored); a one-line DataError naming the
+    file when it cannot be decoded (images and segmentation masks alike)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.convert(mode) if mode else im.copy()
+    except Image.DecompressionBombError as e:  # a header claiming more pixels than PIL will decode
+        raise DataError(f"image {path} is too large to decode ({first_line(e, with_type=False)})") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DataError(f"cannot read image {path}: {first_line(e, with_type=False)}") from None
+    except ImportError:  # Ultralytics, once imported, replaces PIL's Image.open with one that answers an
+        # undecodable file by importing pi_heif, which is not installed with it
+        raise DataError(f"cannot read image {path}: not an image Pillow can decode") from None
 
 
 def flat_images(root: Path) -> list[Path]:
