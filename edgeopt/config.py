@@ -134,7 +134,8 @@ class RunContext(DeployContext):
 
     seed: int = 0
     calib_random: bool = False  # INT8 scales from random inputs (meaningless; marked in the report)
-    epochs: int = Field(2, ge=1, description="fine-tuning epochs per candidate when retraining is allowed")
+    epochs: int | None = Field(None, ge=1, description="fine-tuning epochs per candidate when retraining is allowed "
+                                                     "(None: 2, more on a small training split: about 300 steps)")
     threads: int | None = Field(None, ge=1)
     sensitivity: bool = False
 
@@ -198,7 +199,8 @@ class InputsConfig(_Strict):
 
 
 class SearchConfig(_Strict):
-    epochs: int = Field(2, ge=1, description="fine-tuning epochs per candidate when retraining is allowed")
+    epochs: int | None = Field(None, ge=1, description="fine-tuning epochs per candidate when retraining is allowed "
+                                                     "(None: 2, more on a small training split: about 300 steps)")
     sensitivity: bool = False  # per-layer pruning sensitivity measured first; sensitive layers pruned less
     # candidates built and screened in parallel on Ray: local:N or ray://HOST:PORT (None: one after another)
     cluster: str | None = None

@@ -114,9 +114,10 @@ def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, l
          installed_runtimes: list[str], has_calib_data: bool = False,
          precisions_of_format: dict[str, tuple[str, ...]] | None = None, has_train_data: bool = False,
          sensitivity: dict[str, float] | None = None, architectures: list[dict] | None = None,
-         has_class_labels: bool | None = None) -> Plan:
+         has_class_labels: bool | None = None, train_steps_per_epoch: int | None = None) -> Plan:
     """`sensitivity`: per-layer drops measured by `--sensitivity`; `architectures`: efficient families' latency
-    measured beside the model; `has_class_labels`: class labels for a classifier (default: has_train_data)."""
+    measured beside the model; `has_class_labels`: class labels for a classifier (default: has_train_data);
+    `train_steps_per_epoch`: the optimizer steps of one pass over the training split (sets the planned epochs)."""
     precisions_of_format = precisions_of_format or PRECISIONS_OF_FORMAT
     decisions: list[Decision] = []
     notes: list[str] = []
@@ -140,13 +141,14 @@ def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, l
     pairs = precision_pairs(context, target, runtimes, precisions_of_format, decisions, FORMAT_OF_RUNTIME,
                             calibrated=has_calib_data or context.calib_random)
     timing = next((r for r in runtimes if r in layer_timing_runtimes()), None) if here else None
+    epochs = policy.planned_epochs(getattr(context, "epochs", None), train_steps_per_epoch if has_train_data else None)
     ctx = PlanningContext(
         context=context, target=target, summary=summary, has_calib_data=has_calib_data,
         has_train_data=has_train_data,
         has_class_labels=has_train_data if has_class_labels is None else has_class_labels,
         sensitivity=sensitivity, architectures=architectures, runtimes=tuple(runtimes), here=here,
         pairs=tuple(pairs), format_of_runtime=FORMAT_OF_RUNTIME, timing_runtime=timing,
-        finetune=finetune_step(context, has_train_data, decisions))
+        epochs=epochs, finetune=finetune_step(context, has_train_data, decisions, epochs, train_steps_per_epoch))
     if (served := serving.decision(context, target.kind)) is not None:  # the load planned for, what it changes
         decisions.append(Decision(technique="serving", decision="applied", reason=served))
     proposed: list[Structure] = []
@@ -178,5 +180,5 @@ def plan(context: DeployContext, target: TargetProfile, summary: ModelSummary, l
                    f"; stop early once size <= {policy.MARGIN:.0%} of {context.size_budget_mb} MB"
                    if context.size_budget_mb else "")))
     return Plan(candidates=candidates, baseline_id=candidates[0].id, decisions=decisions, measure_locally=here,
-                notes=notes, qat_formats=qat, qat_epochs=context.epochs)
+                notes=notes, qat_formats=qat, qat_epochs=epochs)
 

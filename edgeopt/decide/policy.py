@@ -89,6 +89,27 @@ SCRATCH_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)  # SNIP (Lee et al. 2019) report
 IMP_ROUNDS = 2  # each round prunes, then retrains with the learning rate rewound (Renda et al. 2020)
 
 
+# Fine-tuning length. Recovery follows optimizer steps, not passes over the data: ConvNeXt-atto with half its
+# channels cut and reconstructed (1.51 pp below the original on 600 held-out digits) fine-tuned on 600 images
+# (19 steps an epoch) lost 2.02 pp after 2 epochs (38 steps), 1.01 after 209 steps, 0.00 after 608. So the
+# planned epochs (FINETUNE_EPOCHS unless the user gives --epochs) are raised on a small training split to about
+# FINETUNE_STEPS steps, at most FINETUNE_MAX_EPOCHS (a handful of samples would otherwise be passed over
+# hundreds of times).
+FINETUNE_EPOCHS = 2
+FINETUNE_STEPS = 300
+FINETUNE_MAX_EPOCHS = 16
+
+
+def planned_epochs(given: int | None, steps_per_epoch: int | None) -> int:
+    """The epochs each fine-tuning of a run trains: `given` (--epochs) as given; else FINETUNE_EPOCHS, raised to
+    about FINETUNE_STEPS optimizer steps where an epoch is `steps_per_epoch` steps (None: not known)."""
+    if given is not None:
+        return given
+    if not steps_per_epoch:
+        return FINETUNE_EPOCHS
+    return max(FINETUNE_EPOCHS, min(FINETUNE_MAX_EPOCHS, round(FINETUNE_STEPS / steps_per_epoch)))
+
+
 def scratch_epochs(epochs: int) -> int:
     """Training from scratch needs more epochs than a fine-tune: twice as many, at least 5."""
     return max(5, 2 * epochs)

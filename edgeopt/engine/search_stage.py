@@ -36,7 +36,15 @@ def plan_for(prep: Prepared, sensitivity: dict | None = None, architectures: lis
     return make_plan(prep.context, prep.profile, prep.summary, prep.local, installed_runtimes(),
                      has_calib_data=prep.splits.calib is not None, has_train_data=prep.splits.train is not None,
                      precisions_of_format={n: b.precisions for n, b in BACKENDS.items()}, sensitivity=sensitivity,
-                     architectures=architectures, has_class_labels=_class_labels(prep))
+                     architectures=architectures, has_class_labels=_class_labels(prep),
+                     train_steps_per_epoch=_steps_per_epoch(prep))
+
+
+def _steps_per_epoch(prep: Prepared) -> int | None:
+    """The optimizer steps of one pass over the training split, alone (None: no training split)."""
+    from edgeopt.inputs.data.epochs import steps_per_epoch
+
+    return steps_per_epoch(prep.splits.train) if prep.splits.train is not None else None
 
 
 def _class_labels(prep: Prepared) -> bool:

@@ -35,6 +35,7 @@ class PlanningContext:
     # the first runtime whose per-layer latency table can be measured here (None: not on this machine)
     timing_runtime: str | None = None
     finetune: FineTuneConfig | None = None  # the fine-tuning step retraining structures end with
+    epochs: int = policy.FINETUNE_EPOCHS  # what each training of the run trains (policy.planned_epochs)
 
     def allowed(self, technique: str) -> bool:
         """Whether --techniques (None = all) lets the planner use `technique` (aliases count)."""
@@ -65,10 +66,11 @@ def skip(technique: str, reason: str, decision: str = "skipped", before: list[De
     return Proposal([], [*(before or []), Decision(technique=technique, decision=decision, reason=reason)])
 
 
-def finetune_step(context: DeployContext, has_train_data: bool, decisions: list[Decision]
-                  ) -> FineTuneConfig | None:
+def finetune_step(context: DeployContext, has_train_data: bool, decisions: list[Decision],
+                  epochs: int = policy.FINETUNE_EPOCHS, steps_per_epoch: int | None = None) -> FineTuneConfig | None:
     """The fine-tuning step that pruned, factorized, depth-pruned and sparse structures end with (None: no
-    retraining), its distillation kind chosen per candidate by a short measured screen."""
+    retraining), `epochs` long (policy.planned_epochs, from the training split's `steps_per_epoch`), its
+    distillation kind chosen per candidate by a short measured screen."""
     if not context.retrain:
         decisions.append(Decision(technique="fine_tune", decision="skipped",
                                   reason="no retraining allowed: pruning capped at the ratio that measured "
@@ -84,7 +86,8 @@ def finetune_step(context: DeployContext, has_train_data: bool, decisions: list[
         return None
     decisions.append(Decision(technique="fine_tune", decision="applied",
                               reason="retraining allowed: every pruned/factorized model is fine-tuned with "
-                                     "Hinton distillation from the original, so the search may go further"))
+                                     "Hinton distillation from the original, so the search may go further; "
+                                     + fine_tuning_length(context, epochs, steps_per_epoch)))
     rates = ", ".join(f"{DEFAULT_LR * f:g}" for f in (1, *SCREENED_RATE_FACTORS))
     decisions.append(Decision(
         technique="distillation_kind", decision="applied",
@@ -93,7 +96,19 @@ def finetune_step(context: DeployContext, has_train_data: bool, decisions: list[
                "scored on a slice held out of it, once per run (later fine-tunings take the choice and are kept "
                "only if they score above the model as it came); each one's accuracy is in the fine-tuning step's "
                "record (kind_screen)"))
-    return FineTuneConfig(epochs=context.epochs, kind="auto")
+    return FineTuneConfig(epochs=epochs, kind="auto")
+
+
+def fine_tuning_length(context: DeployContext, epochs: int, steps_per_epoch: int | None) -> str:
+    """What the report says about the planned epochs: given, the default, or raised on a small training split."""
+    steps = f" ({epochs * steps_per_epoch} optimizer steps)" if steps_per_epoch else ""
+    if getattr(context, "epochs", None) is not None:
+        return f"{epochs} epochs each, as given{steps}"
+    if epochs == policy.FINETUNE_EPOCHS:
+        return f"{epochs} epochs each{steps}"
+    return (f"{epochs} epochs each, not {policy.FINETUNE_EPOCHS}: the training split is {steps_per_epoch} steps an "
+            f"epoch, and a pruned model's recovery follows optimizer steps, so each fine-tuning runs about "
+            f"{policy.FINETUNE_STEPS} ({epochs * steps_per_epoch}; --epochs sets it)")
 
 
 def channel_rounding(target: TargetProfile, decisions: list[Decision]) -> int | None:

@@ -270,3 +270,49 @@ def test_measured_choices_become_report_decisions_with_their_numbers():
     assert "epoch 0: 9.50 pp, epoch 1: 0.75 pp" in got["imp_rewind"] and "rewound to epoch 1" in got["imp_rewind"]
     assert "0.900 -> 0.200" in got["slimming_training"] and "0% -> 40%" in got["slimming_training"]
     assert measured_choices([Candidate(id="prune-l250@onnx-fp32", status="ok", steps=[Step(technique="prune")])]) == []
+
+
+# ---- fine-tuning length: optimizer steps, not passes over a small training split ---------------------------
+def test_planned_epochs_reach_about_the_step_target_on_a_small_training_split():
+    from edgeopt.decide import policy
+
+    assert policy.planned_epochs(None, None) == policy.FINETUNE_EPOCHS  # nothing known: the default
+    assert policy.planned_epochs(None, 19) == round(policy.FINETUNE_STEPS / 19)  # 600 images at batch 32: 16
+    assert policy.planned_epochs(None, 94) == 3  # a detection set of ~1,500 images at batch 16: about 300 steps
+    assert policy.planned_epochs(None, 1000) == policy.FINETUNE_EPOCHS  # a large split: never fewer than 2
+    assert policy.planned_epochs(None, 2) == policy.FINETUNE_MAX_EPOCHS  # a handful of samples: capped
+    assert policy.planned_epochs(1, 19) == 1  # --epochs as given
+
+
+def test_the_plan_fine_tunes_a_small_split_longer_and_says_why_unless_epochs_are_given():
+    def fine_tuning(p):
+        steps = [s for c in p.candidates for s in c.steps if s.technique == "fine_tune"]
+        assert steps
+        return {s.epochs for s in steps}, next(d.reason for d in p.decisions if d.technique == "fine_tune")
+
+    local = load_target("x86-amx").model_copy(update={"detected": False})
+
+    def planned(steps_per_epoch, **ctx):
+        return plan(make_context(target="x86-amx", retrain=True, **ctx), load_target("x86-amx"), SUMMARY, local,
+                    ["onnxruntime"], has_calib_data=True, has_train_data=True, train_steps_per_epoch=steps_per_epoch)
+
+    epochs, why = fine_tuning(planned(19))
+    assert epochs == {16} and "16 epochs each, not 2" in why and "19 steps an epoch" in why and "304" in why
+    p = planned(19)
+    assert p.qat_epochs == 16  # QAT recovers like fine-tuning does
+    epochs, why = fine_tuning(planned(19, epochs=2))
+    assert epochs == {2} and "as given (38 optimizer steps)" in why
+    epochs, why = fine_tuning(planned(500))
+    assert epochs == {2} and "not 2" not in why
+    epochs, _ = fine_tuning(planned(None))  # the split's size unknown: the default
+    assert epochs == {2}
+
+
+def test_steps_per_epoch_is_what_the_training_loop_runs():
+    from edgeopt.inputs.data import Batches, TrainFeed
+    from edgeopt.inputs.data.epochs import steps_per_epoch
+
+    batches = [(torch.randn(8, 3, 4, 4), torch.zeros(8, dtype=torch.long)) for _ in range(4)]
+    batches.append((torch.randn(3, 3, 4, 4), torch.zeros(3, dtype=torch.long)))
+    for data in (batches, Batches(batches)):
+        assert steps_per_epoch(data) == TrainFeed(data).steps() == 5

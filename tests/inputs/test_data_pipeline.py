@@ -292,3 +292,12 @@ def test_the_distillation_screen_reads_training_images_as_evaluation_does(tmp_pa
     ds = s.train.dataset
     assert ds.transform.augment  # augmented again for the fine-tuning itself
     assert torch.equal(held[-1][0][0], eval_transform(ds.transform.p)(ds.load_image(4 * 5)))  # batch 5, image 0
+
+
+def test_steps_per_epoch_of_a_streamed_folder_without_decoding_it(tmp_path):
+    from edgeopt.inputs.data.epochs import steps_per_epoch
+
+    root = _folder(tmp_path / "imgs", classes=("a", "b"), n=6)
+    s = image_folder(root, 8, 3, calib_size=2, batch_size=4, workers=1)
+    assert isinstance(s.train, StreamBatches)
+    assert steps_per_epoch(s.train) == TrainFeed(s.train).steps() == -(-len(s.train) // 4)

@@ -29,6 +29,19 @@ def _targets(y) -> torch.Tensor:
     return y.reshape(-1) if y.dim() <= 1 or (y.dim() == 2 and y.shape[1] == 1) else y
 
 
+def steps_per_epoch(data) -> int:
+    """The optimizer steps of one pass over training data of any accepted kind, alone (as TrainFeed.steps), read
+    without loading it: a stream's length, or the batches in memory (TrainFeed re-batches them at the first
+    one's size)."""
+    if isinstance(data, StreamBatches):
+        return -(-len(data) // data.batch_size)
+    pairs = [split_item(b) for b in (data.items if isinstance(data, Batches) else data)]
+    if not pairs:
+        return 0
+    size = max(1, int(pairs[0][0].shape[0]))
+    return -(-sum(int(x.shape[0]) for x, _ in pairs) // size)
+
+
 class TrainFeed:
     """Training data of any accepted kind: StreamBatches (a Dataset, decoded by workers) or batches in memory
     (Batches, lists of (x, y) or x), which are concatenated once and re-batched by sampled indices."""

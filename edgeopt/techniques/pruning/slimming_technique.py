@@ -17,7 +17,7 @@ from edgeopt.report import Decision
 from edgeopt.techniques.declare import TechniqueConfig, listing, measured_choice, proposer, technique
 from edgeopt.techniques.planning import PlanningContext, Proposal, Structure, skip
 
-# Sparsity-training epochs of Network Slimming: as many as the fine-tuning that follows (context.epochs), at
+# Sparsity-training epochs of Network Slimming: as many as the fine-tuning that follows (ctx.epochs), at
 # least SLIM_MIN_EPOCHS, since the L1 penalty needs steps to move the scales (the penalty strength is the
 # SlimmingConfig default, chosen by measurement for short schedules).
 SLIM_MIN_EPOCHS = 2
@@ -63,7 +63,7 @@ def propose(ctx: PlanningContext) -> Proposal:
     if summary.prunable_groups == 0:
         return skip(tech, "; ".join(summary.unprunable) or "no prunable channel groups found")
     ratios = policy.RATIOS[(True, policy.budget_kind(ctx.context.max_accuracy_drop))]
-    epochs = max(SLIM_MIN_EPOCHS, ctx.context.epochs)
+    epochs = max(SLIM_MIN_EPOCHS, ctx.epochs)
     out = []
     for r in ratios:
         steps = [SlimmingConfig(ratio=r, epochs=epochs, seed=ctx.context.seed), finetune.model_copy(deep=True)]

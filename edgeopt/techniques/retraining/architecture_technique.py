@@ -67,7 +67,7 @@ def propose(ctx: PlanningContext) -> Proposal:
     if not ctx.has_train_data:
         return skip(tech, f"{', '.join(faster)} faster than your model, but no training data was given to train "
                           f"them (measured: {measured})")
-    epochs = policy.scratch_epochs(context.epochs)
+    epochs = policy.scratch_epochs(ctx.epochs)
     out = [Structure(f"arch-{name}", [ArchitectureConfig(family=name, epochs=epochs, seed=context.seed)],
                      f"efficient architecture {name} trained from scratch ({epochs} epochs) by distillation from "
                      "your model", f"arch-{name}", 0.0) for name in faster]

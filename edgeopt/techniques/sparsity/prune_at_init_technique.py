@@ -49,7 +49,7 @@ def propose(ctx: PlanningContext) -> Proposal:
     if context.goal != "size" and not has_2_4(ctx.target):
         return skip(tech, f"SNIP/GraSP/SynFlow masks are unstructured: dense kernels on {ctx.target.name} gain no "
                           "latency; structured pruning with retraining is proposed instead", decision="rejected")
-    epochs = policy.scratch_epochs(context.epochs)
+    epochs = policy.scratch_epochs(ctx.epochs)
     out = [Structure(f"{method}{int(round(s * 100))}",
                      [PruneAtInitConfig(method=method, sparsity=s, epochs=epochs, seed=context.seed)],
                      f"{method.upper()} mask at initialisation ({s:.0%} sparse), trained from scratch for {epochs} "

@@ -51,7 +51,7 @@ def propose(ctx: PlanningContext) -> Proposal:
         for s in policy.SPARSITIES[bool(finetune)]:
             if use_imp:  # lottery-ticket style: prune gradually, retrain between rounds; the rewinding point is
                 # the earliest epoch with no error barrier (linear mode connectivity), measured per candidate
-                steps = [IMPConfig(sparsity=s, rounds=policy.IMP_ROUNDS, epochs=context.epochs, rewind="auto")]
+                steps = [IMPConfig(sparsity=s, rounds=policy.IMP_ROUNDS, epochs=ctx.epochs, rewind="auto")]
                 name = f"imp{int(round(s * 100))}"
             else:
                 steps = [UnstructuredConfig(sparsity=s)]
