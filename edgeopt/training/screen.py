@@ -25,9 +25,10 @@ SCREEN_KINDS = ("response", "feature", "relation", "response+feature")
 # SCREEN_BATCHES batches and is scored on at most HELD_OUT_BATCHES others (about one epoch in all on digits).
 SCREEN_BATCHES = 8
 HELD_OUT_BATCHES = 4
-# The screen's verdict when every kind's probe scores below the student as it came: fine-tuning would make it
-# worse (measured: least-squares reconstructed ConvNeXt-atto layers held the budget at 30 % pruned, one epoch of
-# distillation at the default rate then lost 11 pp), so the student is kept unchanged.
+# The screen's verdict when every kind's probe scores below the student as it came (measured: least-squares
+# reconstructed ConvNeXt-atto layers held the budget at 30 % pruned, one epoch of distillation at the default rate
+# then lost 11 pp). A probe is a few steps: the fine-tuning that follows still trains with the best probe's kind
+# and rate, and keeps the student unchanged only where it scores lower after it (retraining/finetune.py).
 UNCHANGED = "unchanged"
 
 

@@ -94,8 +94,8 @@ def test_fine_tune_auto_screens_every_kind_and_trains_with_the_best():
 
 def test_fine_tuning_that_would_lower_the_held_out_score_keeps_the_model_unchanged():
     """A student already as good as its teacher (here: the teacher itself) and a learning rate that wrecks it:
-    every kind's probe scores below the student as it came, so fine-tuning leaves its weights untouched and
-    says why."""
+    every kind's probe scores below the student as it came, the best one's kind trains, scores lower too, and
+    the student is kept with its weights untouched, saying why."""
     import copy
 
     from edgeopt.techniques.retraining.finetune import apply_finetune
@@ -106,12 +106,33 @@ def test_fine_tuning_that_would_lower_the_held_out_score_keeps_the_model_unchang
     tuned, rec = apply_finetune(student, x, FineTuneConfig(kind="auto", epochs=1, lr=50.0), teacher=model,
                                 train_data=train.items[:12])
     screen = rec["kind_screen"]
-    assert screen["chosen"] == rec["distillation"] == "unchanged" and rec["epochs"] == 0
+    assert screen["probes_below_start"] and screen["chosen"] in screen["scores"]
+    assert rec["distillation"] == "unchanged" and rec["epochs"] == 0
     assert screen["start"] > max(screen["scores"].values())
-    assert "scored below the model as it came" in rec["kept_unchanged"]
+    assert "fine-tuning lowered its score" in rec["kept_unchanged"]
     assert all(torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), model.state_dict().values(),
                                                  strict=True))
     assert top1(tuned, val) == top1(model, val)
+
+
+def test_probes_below_the_start_do_not_veto_a_fine_tuning_that_recovers(monkeypatch):
+    """A probe is one short epoch; a fine-tuning hundreds of steps. When every probe scored below the student as
+    it came, the best probe's kind and rate still train, and the result is kept because it scores higher."""
+    from edgeopt.techniques.pruning.prune import apply_prune
+    from edgeopt.techniques.retraining import finetune
+    from edgeopt.training import screen
+
+    model, train, val = smallnet.trained(size=8)
+    x = val.items[0][0][:1]
+    cut = apply_prune(model, x, PruneConfig(ratio=0.6))[0]
+    record = {"chosen": screen.UNCHANGED, "metric": "top1", "start": 101.0, "lr": 0.01, "seconds": 0.1,
+              "scores": {"response": 10.0, "feature": 20.0}}  # every probe below the start: the old veto
+    monkeypatch.setattr(screen, "choose_kind", lambda *a, **k: (screen.UNCHANGED, dict(record)))
+    tuned, rec = finetune.apply_finetune(cut, x, FineTuneConfig(kind="auto", epochs=3), teacher=model,
+                                         train_data=train.items)
+    assert rec["epochs"] == 3 and rec["distillation"] == "feature" and "kept_unchanged" not in rec
+    assert rec["kind_screen"]["probes_below_start"] and rec["kind_screen"]["chosen"] == "feature"
+    assert top1(tuned, val) > top1(cut, val) + 5
 
 
 def test_the_kind_screen_runs_once_per_run_and_a_reused_choice_is_checked(monkeypatch):

@@ -73,7 +73,10 @@ def kind_decision(records: list[tuple[str, dict]]) -> Decision | None:
             items.append(f"{structure}: {screen['chosen']}{rate} (as first screened{kept})")
             continue
         scores = ", ".join(f"{k} {v:.2f}" for k, v in sorted(screen["scores"].items(), key=lambda kv: -kv[1]))
-        items.append(f"{structure}: {screen['chosen']}{rate} ({scores})")
+        below = (f"; every probe below the {screen['start']:.2f} it started at, trained and judged after"
+                 + (f": kept unchanged, {rec['kept_unchanged']}" if rec.get("kept_unchanged") else "")
+                 if screen.get("probes_below_start") else "")
+        items.append(f"{structure}: {screen['chosen']}{rate} ({scores}{below})")
     if not items:
         return None
     return Decision(technique="distillation_kind", decision="applied", reason=(
