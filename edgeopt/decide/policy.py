@@ -130,7 +130,7 @@ NEAR_BUDGET_SHARE = 0.5
 # A fine-tuned family's near miss (its mildest level over the accuracy budget) is trained on in blocks of the
 # planned epochs, at most this many more: each block continues only where the last one's gain, repeated for the
 # blocks left, would close the gap (engine/train_longer.py). Three: up to four times the planned fine-tuning,
-# while a block costs a fine-tuned build (15-110 s on 2 cores for the benchmark's models).
+# while a block costs a fine-tuned build (85-320 s on 2 cores for the benchmark's models).
 TRAIN_LONGER_BLOCKS = 3
 # Screening: families that answer the same question (which pruning criterion, scope and schedule? which
 # factorization method?) are first measured at ONE common level, the middle of the ladder (the bisection's

@@ -1,6 +1,6 @@
-"""Fine-tuned families: where a family's every level ends with fine-tuning, a build trains (30-104 s on 2 cores
-for the benchmark's models, against 5-20 s for a reconstruction), so a time budget affords one or two of them and
-the search spends them where they can pay:
+"""Fine-tuned families: where a family's every level ends with fine-tuning, a build trains (about 300 steps: 85-120 s
+on 2 cores for the benchmark's classifiers, 225-320 s for its Unet and YOLOv8n, against 5-30 s for a
+reconstruction), so a time budget affords one or two of them and the search spends them where they can pay:
 
 - levels with un-fine-tuned twins (the same steps without the final fine-tuning, in a family bisected before)
   are built on their twins, the pruning and reconstruction done once, and only the levels beyond the one the
