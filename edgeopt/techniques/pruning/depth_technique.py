@@ -60,7 +60,7 @@ def propose(ctx: PlanningContext) -> Proposal:
     # whole share of the work and its dispatch, so its blocks are tried before the channel criteria
     early = summary.layers.get("attention", 0) > 0
     out = []
-    # with retraining, the removal alone (5-36 s a level) is searched first, and the fine-tuned levels (30-100 s)
+    # with retraining, the removal alone (5-36 s a level) is searched first, and the fine-tuned levels (85-320 s)
     # are built on it, beyond the level it holds (engine/fine_tuned.py): where fine-tuning cannot fit the time
     # left, the search still has what removal alone holds (YOLOv8n with --retrain at 300 s had shipped its
     # original, its one fine-tuned build forecast at 101 s with 85 s left; without retraining: depth3)

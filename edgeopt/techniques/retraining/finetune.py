@@ -24,7 +24,7 @@ def apply_finetune(model: nn.Module, example: torch.Tensor, config, data=None, t
     """Return (fine-tuned copy, record). `train_data` must be labelled or come with a teacher; it must never
     be the held-out evaluation data (the pipeline guarantees that)."""
     from edgeopt.training import fit
-    from edgeopt.training.screen import SCREEN_KINDS, UNCHANGED
+    from edgeopt.training.screen import UNCHANGED
 
     if train_data is None:
         raise DataError("fine-tuning needs training data: pass --data (an image folder, module:function or "
@@ -32,13 +32,6 @@ def apply_finetune(model: nn.Module, example: torch.Tensor, config, data=None, t
     student = copy.deepcopy(model)
     masks = _zero_masks(student) if config.keep_sparsity else None
     kind, screen = _kind(student, teacher, train_data, config)
-    if kind == UNCHANGED:
-        # every kind's probe scored below the student as it came; a probe is one short epoch, a fine-tuning about
-        # FINETUNE_STEPS steps, and recovery follows steps (ConvNeXt-atto half pruned and reconstructed lost 0.5 pp
-        # more after 38 steps and its whole 1.5 pp drop back after 608): the best probe's kind and rate train,
-        # and the result is judged against the student as it came, as a reused screen's choice is
-        kind = max(screen["scores"], key=lambda k: (screen["scores"][k], -SCREEN_KINDS.index(k)))
-        screen = {**screen, "chosen": kind, "probes_below_start": True}
     lr = screen["lr"] if screen and "lr" in screen else config.lr or DEFAULT_LR
     judged = screen is not None and ("screened_before" in screen or screen.get("probes_below_start", False))
     before = copy.deepcopy(student) if judged else None
@@ -65,7 +58,8 @@ def apply_finetune(model: nn.Module, example: torch.Tensor, config, data=None, t
 
 
 def _kind(student: nn.Module, teacher: nn.Module | None, train_data, config) -> tuple[str | None, dict | None]:
-    """The distillation kind to fine-tune with, and the screen's record when it was chosen by measurement."""
+    """The distillation kind to fine-tune with (never UNCHANGED: the best probe's, marked `probes_below_start`
+    when every probe scored below the start), and the screen's record when it was chosen by measurement."""
     if teacher is None:
         return (None if config.kind in ("auto", "response") else config.kind), None
     if config.kind != "auto":
@@ -90,12 +84,18 @@ def _kind(student: nn.Module, teacher: nn.Module | None, train_data, config) -> 
         return "response", {"chosen": "response", "skipped": str(e)}
     scores = screen["scores"]
     best = kind if kind != UNCHANGED else max(scores, key=lambda k: (scores[k], -SCREEN_KINDS.index(k)))
+    if kind == UNCHANGED:
+        # every kind's probe scored below the student as it came; a probe is one short epoch, a fine-tuning about
+        # FINETUNE_STEPS steps, and recovery follows steps (ConvNeXt-atto half pruned and reconstructed lost 0.5 pp
+        # more after 38 steps and its whole 1.5 pp drop back after 608): the best probe's kind and rate train,
+        # and the result is judged against the student as it came, as a reused screen's choice is
+        screen = {**screen, "chosen": best, "probes_below_start": True}
     try:
         choice = {"best": best, "lr": screen["lr"], "metric": screen["metric"], "seconds": screen["seconds"]}
         _SCREENS[teacher] = (weakref.ref(train_data), key, choice)
     except TypeError:  # data that cannot be referred to weakly (a plain list): screened every time
         pass
-    return kind, screen
+    return best, screen
 
 
 # teacher -> (its training data, (rate given, seed, temperature, alpha), the screen's best kind and rate): the
