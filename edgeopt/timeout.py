@@ -2,7 +2,9 @@
 deadline inside a long step. A step made of many small parts that no one can forecast from the search's other
 builds (a latency table's entries: SSDlite's took 175 s where reconstruction builds took 7-19 s; Torch-Pruning's
 groups of a large graph: 3-6 s each on SSDlite) checks the deadline between parts, so a --time-budget is not
-overrun by a whole step. The engine sets it around a build; unset, nothing stops."""
+overrun by a whole step. The engine sets it around a build; unset, nothing stops. A step that can shorten itself
+to fit (a fine-tuning: fewer steps) aims at an earlier time, `fit_by`: the deadline less what must follow it
+within the search (its structure's screening and export), or it would end on time with nothing measured."""
 
 from __future__ import annotations
 
@@ -14,15 +16,18 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 
 _UNTIL: ContextVar[float | None] = ContextVar("edgeopt_deadline", default=None)
+_FIT_BY: ContextVar[float | None] = ContextVar("edgeopt_fit_by", default=None)
 
 
 @contextlib.contextmanager
-def run_until(deadline: float | None) -> Iterator[None]:
-    """Within this block `deadline_passed()` says whether time.perf_counter() is past `deadline` (None: never)."""
-    token = _UNTIL.set(deadline)
+def run_until(deadline: float | None, fit_by: float | None = None) -> Iterator[None]:
+    """Within this block `deadline_passed()` says whether time.perf_counter() is past `deadline` (None: never),
+    and `current_fit_by()` when a step that can shorten itself should end (`fit_by`, default the deadline)."""
+    token, fit_token = _UNTIL.set(deadline), _FIT_BY.set(fit_by)
     try:
         yield
     finally:
+        _FIT_BY.reset(fit_token)
         _UNTIL.reset(token)
 
 
@@ -35,6 +40,14 @@ def deadline_passed() -> bool:
 
 def current_deadline() -> float | None:
     return _UNTIL.get()
+
+
+def current_fit_by() -> float | None:
+    """When a step that can shorten itself should end: what follows it must still fit before the deadline."""
+    deadline, fit_by = _UNTIL.get(), _FIT_BY.get()
+    if deadline is None or fit_by is None:
+        return deadline
+    return min(deadline, fit_by)
 
 
 @contextlib.contextmanager

@@ -29,7 +29,8 @@ def optimize(
     latency_budget_ms: float = o.LATENCY_BUDGET, size_budget_mb: float = o.SIZE_BUDGET,
     time_budget: float = typer.Option(None, help="wall-time budget for the whole run (loading, search, final "
                                       "measurement), seconds; a latency table or graph tracing in progress "
-                                      "stops at it (its measurements kept for the next run)"),
+                                      "stops at it (its measurements kept for the next run); a fine-tuning "
+                                      "that would end past it runs fewer steps, and the report says so"),
     techniques: str = o.TECHNIQUES, runtimes: str = o.RUNTIMES,
     data: str = o.DATA, masks: Path = o.MASKS, metric: str = o.METRIC,
     # --- data options (image folders; --batch-size/--workers/--calib-size also for Datasets) -> DataOptions

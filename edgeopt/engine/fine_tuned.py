@@ -8,8 +8,11 @@ reconstruction), so a time budget affords one or two of them and the search spen
 - the bisection probes the mildest level left first, not the middle one (the middle probes that ran lost
   5.8-6.9 pp: YOLOv8n's prune-recon50-ft, DeiT's depth3-ft).
 
-Both rules read one predicate, `fine_tuned`. A fine-tuning that cannot end before the search's deadline stops
-seconds in (training/loop.py) and the builds start no other with less time left (engine/ledger.py: Builds)."""
+Both rules read one predicate, `fine_tuned`. A fine-tuning that cannot end before the search's deadline is
+shortened to the steps that can, leaving time to screen and finish it, when they are at least half of it, else it
+stops seconds in (training/loop.py) and the builds start no other with less time left (engine/ledger.py: Builds).
+A shortened build is not the structure its name describes: it is measured and may be chosen in this run, but it is
+never cached as the structure (`shortened`), so a run with more time trains it whole."""
 
 from __future__ import annotations
 
@@ -19,6 +22,12 @@ from edgeopt.decide.plan import CandidateSpec
 def fine_tuned(spec: CandidateSpec) -> bool:
     """Whether the structure's last step fine-tunes it (its build trains: the costly kind)."""
     return bool(spec.steps) and spec.steps[-1].technique == "fine_tune"
+
+
+def shortened(records: list[dict]) -> str | None:
+    """Why a build's fine-tuning ran fewer steps than planned (to end within the time left), when it did."""
+    return next((r["shortened"] for r in records if r.get("technique") == "fine_tune" and r.get("shortened")),
+                None)
 
 
 def first_probe(specs: dict[str, list[CandidateSpec]], structures: list[str], screened: dict) -> int | None:

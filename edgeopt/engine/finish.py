@@ -14,6 +14,7 @@ from edgeopt.decide import policy
 from edgeopt.decide.plan import CandidateSpec
 from edgeopt.engine.build import Built, to_cache
 from edgeopt.engine.cache import CandidateCache, key
+from edgeopt.engine.fine_tuned import shortened
 from edgeopt.engine.finish_job import Job, add_phase, finish_structure
 from edgeopt.engine.ledger import Builds, Ledger, StopClock, layout, why_failed
 from edgeopt.errors import TimeBudgetError
@@ -120,10 +121,15 @@ class Finisher:
             self.seconds[spec.id] = round(took.get(spec.id, 0.0) + done.seconds.get(spec.id, 0.0), 2)
             if spec.id in done.sessions:
                 self.sessions[spec.id] = done.sessions[spec.id]
-            if self.cache.enabled:
+            # a build whose fine-tuning was shortened to fit the time is not the structure the key names
+            if self.cache.enabled and not self._shortened(job.structure):
                 self.cache.put("cand", job.tags[spec.id], to_cache(cand, self.builder.out_dir))
             self.progress.advance()
         self.decisions.extend(done.decisions)
+
+    def _shortened(self, structure: str) -> bool:
+        built = self.builds.ready(structure)
+        return built is not None and shortened(built.records) is not None
 
     def _twin(self, spec: CandidateSpec) -> str | None:
         twin = self.finished_layouts.get(self.builds.layout_of.get(spec.structure, ""))

@@ -85,9 +85,13 @@ class Builds:
 
     def __init__(self, builder, ledger: Ledger, progress,
                  announce: Callable[[str, list, str | None], None] | None = None,
-                 until: Callable[[], float | None] | None = None):
+                 until: Callable[[], float | None] | None = None,
+                 after_build: Callable[[str], float] | None = None):
         self.builder, self.ledger, self.progress, self.announce = builder, ledger, progress, announce
         self.until = until  # the time.perf_counter() a build must end by (None: any); see edgeopt/timeout.py
+        # seconds a structure's screening and finish should take once built: a fine-tuning shortened to fit ends
+        # that much before `until`, so what it trained is still measured within the search's share
+        self.after_build = after_build
         self.built: dict[str, Built | Exception] = {}
         # builds the time budget ended halfway: not failures, and built again when asked again (in grace)
         self.out_of_time: dict[str, TimeBudgetError] = {}
@@ -133,7 +137,7 @@ class Builds:
                     start, steps = built.model, spec.steps[len(specs[base][0].steps):]
                 if self.announce is not None:
                     self.announce(structure, steps, base)
-                with run_until(self.until() if self.until is not None else None):
+                with run_until(*self._limits(structure)):
                     b = self.builder.build(start, spec.model_copy(update={"steps": steps}))
                 if base is not None:
                     b.records = self.built[base].records + b.records
@@ -154,6 +158,13 @@ class Builds:
             self.built[structure] = b
             self.seconds[structure] = round(time.perf_counter() - t0, 2)  # where a search's time goes
         return self.built[structure]
+
+    def _limits(self, structure: str) -> tuple[float | None, float | None]:
+        """(the deadline of a build of `structure`, the time a fine-tuning shortened to fit should end by)."""
+        deadline = self.until() if self.until is not None else None
+        if deadline is None or self.after_build is None:
+            return deadline, None
+        return deadline, deadline - self.after_build(structure)
 
     def _fine_tuning_wont_fit(self, spec: CandidateSpec) -> bool:
         """Whether `spec` fine-tunes last and an earlier fine-tuning was forecast to need more than is left."""

@@ -31,7 +31,7 @@ from edgeopt.decide.plan import CandidateSpec, Plan
 from edgeopt.engine.bisect import bisect
 from edgeopt.engine.cache import CandidateCache, key
 from edgeopt.engine.family_screening import Screening, screen_group
-from edgeopt.engine.fine_tuned import beyond_twins, first_probe
+from edgeopt.engine.fine_tuned import beyond_twins, first_probe, shortened
 from edgeopt.engine.finish import Finisher
 from edgeopt.engine.ledger import Builds, Ledger, StopClock, layout, why_failed
 from edgeopt.engine.precision_checks import check, checks_probes, judge_by_float, rule_out_precisions
@@ -125,7 +125,8 @@ class Search:
         self.float_wins: set[str] = set()  # formats whose probes are not checked at INT8 (precision_checks.py)
         self.ledger = Ledger(self.plan, self.progress)
         self.clock = StopClock(self.context.time_budget_s, self.t_start, self.trace)
-        self.builds = Builds(self.builder, self.ledger, self.progress, self.announce, until=self.clock.deadline)
+        self.builds = Builds(self.builder, self.ledger, self.progress, self.announce, until=self.clock.deadline,
+                             after_build=self._after_build)
         self.finisher = Finisher(self.ledger, self.builds, self.clock, self.builder, self.cache, self.cache_parts,
                                  self.context, self.decisions, self.progress)
         self.finisher.screened = self.screened
@@ -291,8 +292,11 @@ class Search:
             self.partial[structure] = (got.seen, got.total)
             # the least the whole split can lose
             entry.update(seen=got.seen, total=got.total, at_least=round(self.base_torch_acc - got.best_whole, 4))
-        self.cache.put("screen", k, entry)
-        self.trace.append(f"screen {structure}: drop {drop:.2f} pp" + self._partial_note(structure))
+        cut = shortened(b.records)
+        if cut is None:
+            self.cache.put("screen", k, entry)
+        self.trace.append(f"screen {structure}: drop {drop:.2f} pp" + self._partial_note(structure)
+                          + (f" (fine-tuned {cut}; not cached)" if cut else ""))
         return drop
 
     def _partial_note(self, structure: str) -> str:
@@ -350,6 +354,13 @@ class Search:
         if twin is not None and twin.id in seconds:
             return seconds[twin.id]
         return max((seconds[s.id] for s in self.ledger.specs[self.ledger.original] if s.id in seconds), default=0.0)
+
+    def _after_build(self, structure: str) -> float:
+        """Seconds `structure` should take once built: its screening (as the ones so far took) and the finish of
+        its candidates still pending (as the original's took)."""
+        screen = self.screen_seconds / len(self.screened) if self.screened else 0.0
+        return screen + sum(self._estimate(spec) for spec in self.ledger.specs[structure]
+                            if self.ledger.cands[spec.id].status == "pending")
 
     def _fitting(self, structure: str) -> list[CandidateSpec]:
         """The candidates of `structure` whose finish fits in the time left before the budget's tail: all of

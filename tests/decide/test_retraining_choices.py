@@ -337,3 +337,26 @@ def test_steps_per_epoch_is_what_the_training_loop_runs():
     batches.append((torch.randn(3, 3, 4, 4), torch.zeros(3, dtype=torch.long)))
     for data in (batches, Batches(batches)):
         assert steps_per_epoch(data) == TrainFeed(data).steps() == 5
+
+
+def test_a_fine_tuning_shortened_to_fit_says_so_in_its_record_and_decision(monkeypatch):
+    """A fine-tuning ended early to fit the search's time (training/loop.py) is not the structure its name
+    describes: its record says how many of its planned steps ran and why, and the report's decision lists it."""
+    import time
+
+    from edgeopt.techniques.pruning.prune import apply_prune
+    from edgeopt.techniques.retraining import finetune
+    from edgeopt.techniques.retraining.fine_tune_technique import kind_decision
+    from edgeopt.training import loop
+
+    model, train, val = smallnet.trained(size=8)
+    x = val.items[0][0][:1]
+    cut = apply_prune(model, x, PruneConfig(ratio=0.5))[0]
+    # no time left after the steps that judge the forecast, and no floor: the run ends there
+    monkeypatch.setattr(loop, "current_fit_by", time.perf_counter)
+    monkeypatch.setattr(loop, "MIN_FIT_SHARE", 0.0)
+    _, rec = finetune.apply_finetune(cut, x, FineTuneConfig(epochs=3), teacher=model, train_data=train.items)
+    assert rec["steps"] == loop.FORECAST_STEPS + 1 and rec["planned_steps"] == 3 * len(train.items)
+    assert rec["shortened"].startswith(f"{rec['steps']} of its {rec['planned_steps']} planned steps")
+    d = kind_decision([("prune-ft50", rec)])
+    assert "fine-tuned for fewer steps than planned: prune-ft50: 4 of its" in d.reason

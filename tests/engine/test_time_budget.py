@@ -204,3 +204,52 @@ def test_a_fine_tuning_forecast_not_to_fit_leaves_the_time_to_cheaper_structures
     assert "fine-tuning prune-ft10 was forecast to take about 400 s" in c["fact-ft10@onnx-fp32"].reason
     assert search.settled["prune"] == "prune40" and c["prune40@onnx-fp32"].status == "ok"  # still searched
     assert result.summary()["time_budget"]["stopped"] is False
+
+
+def test_a_fine_tuning_shortened_to_fit_leaves_time_to_finish_it_and_is_not_cached(tmp_path, clock):
+    """A fine-tuning that would end past the search's share is shortened to the steps that end in time
+    (training/loop.py), aiming at the deadline less what its structure's screening and finish should take, so what
+    it trained is measured and may be chosen. It is not the structure the plan names: neither its screening nor
+    its candidates are cached, and the trace says why; a whole fine-tuning of the same run is cached."""
+    from edgeopt.decide.plan import Plan
+    from edgeopt.engine.cache import CandidateCache, key
+    from edgeopt.techniques import FineTuneConfig
+    from edgeopt.timeout import current_deadline, current_fit_by
+
+    class ShortenedFineTuning(FakeBuilder):
+        limits: dict = {}
+
+        def build(self, start, spec):
+            got = super().build(start, spec)
+            if spec.steps and spec.steps[-1].technique == "fine_tune":
+                self.limits[spec.structure] = (current_deadline(), current_fit_by())
+                if spec.structure == "prune-ft20":
+                    got.records.append({"technique": "fine_tune", "shortened": "150 of its 300 planned steps"})
+            return got
+
+    specs = list(_plan().candidates[:1])
+    specs += [CandidateSpec(id=f"prune-ft{int(r * 100)}@onnx-fp32", structure=f"prune-ft{int(r * 100)}",
+                            format="onnx", steps=[PruneConfig(ratio=r), FineTuneConfig(epochs=2)], family="prune-ft",
+                            level=r) for r in RATIOS]
+    drops = {f"prune-ft{int(r * 100)}": (0.2 if r < 0.3 else 3.0) for r in RATIOS}
+    builder = ShortenedFineTuning(tmp_path, drops, clock=clock, export_s=5.0)
+    search = _search(tmp_path, builder, plan=Plan(candidates=specs, baseline_id=specs[0].id), time_budget_s=600)
+    search.cache = CandidateCache(tmp_path)
+    result = search.run()
+    c = _by_id(result)
+    assert {"prune-ft10", "prune-ft20", "prune-ft30"} <= set(builder.builds), builder.builds
+    # each fine-tuning aims at the deadline less the screening and the finish of its one candidate (the
+    # original's export at the same precision took 5 s; a screening takes no time on this clock)
+    for deadline, fit_by in builder.limits.values():
+        assert deadline - fit_by == pytest.approx(5.0)
+    assert c["prune-ft20@onnx-fp32"].status == "ok"  # finished and measured like any other
+    cache = search.cache
+
+    def screen_entry(structure):
+        spec = next(s for s in specs if s.structure == structure)
+        return cache.get("screen", key("t", [st.model_dump() for st in spec.steps]))
+
+    assert screen_entry("prune-ft20") is None and screen_entry("prune-ft10") is not None
+    tag = search.finisher.tag(next(s for s in specs if s.structure == "prune-ft20"))
+    assert cache.get("cand", tag) is None
+    assert any("screen prune-ft20" in t and "not cached" in t and "150 of its 300" in t for t in search.trace)

@@ -60,9 +60,12 @@ def apply(model, example, config: FineTuneConfig, data=None, teacher=None, train
 @measured_choice("fine_tune", order=10)
 def kind_decision(records: list[tuple[str, dict]]) -> Decision | None:
     """The distillation kind each structure was fine-tuned with: its screen's scores, or the run's first screen's
-    choice taken (and whether its result was then kept)."""
-    items, metric = [], None
+    choice taken (and whether its result was then kept); and each fine-tuning shortened to end within the time
+    left, with how many of its planned steps ran."""
+    items, metric, cut = [], None, []
     for structure, rec in records:
+        if rec.get("shortened"):
+            cut.append(f"{structure}: {rec['shortened']}")
         screen = rec.get("kind_screen")
         if not screen:
             continue
@@ -77,8 +80,10 @@ def kind_decision(records: list[tuple[str, dict]]) -> Decision | None:
                  + (f": kept unchanged, {rec['kept_unchanged']}" if rec.get("kept_unchanged") else "")
                  if screen.get("probes_below_start") else "")
         items.append(f"{structure}: {screen['chosen']}{rate} ({scores}{below})")
-    if not items:
+    if not items and not cut:
         return None
-    return Decision(technique="distillation_kind", decision="applied", reason=(
-        f"distillation kind (and rate, unless given) chosen by one-epoch probes scored ({metric}) "
-        f"on a slice held out of the training data: {listing(items)}"))
+    reasons = ([f"distillation kind (and rate, unless given) chosen by one-epoch probes scored ({metric}) on a "
+                f"slice held out of the training data: {listing(items)}"] if items else [])
+    if cut:  # not the structure its name describes: a run with more time trains it whole
+        reasons.append(f"fine-tuned for fewer steps than planned: {listing(cut)}")
+    return Decision(technique="distillation_kind", decision="applied", reason="; ".join(reasons))

@@ -5,7 +5,8 @@ lowered the held-out score (a least-squares reconstructed model can start above 
 best pair still trains and the result is kept only if it scores above the student as it came: the probes are a
 few steps, the fine-tuning hundreds. The screen runs once per run: every later fine-tuning of the same teacher
 on the same data takes its kind and rate, and is kept only if it scores above the student as it came on the
-screen's held-out slice. The loop itself is `edgeopt.training.fit`."""
+screen's held-out slice. Within a search's time budget a fine-tuning that would end too late runs the steps that
+fit (at least half; the record says how many of how many planned). The loop itself is `edgeopt.training.fit`."""
 
 from __future__ import annotations
 
@@ -36,7 +37,12 @@ def apply_finetune(model: nn.Module, example: torch.Tensor, config, data=None, t
     judged = screen is not None and ("screened_before" in screen or screen.get("probes_below_start", False))
     before = copy.deepcopy(student) if judged else None
     res = fit(student, train_data, teacher=teacher, epochs=config.epochs, lr=lr, kind=kind,
-              temperature=config.temperature, alpha=config.alpha, seed=config.seed, progress=progress)
+              temperature=config.temperature, alpha=config.alpha, seed=config.seed, progress=progress,
+              shorten_to_fit=True)
+    # fewer steps than planned, to end within the search's time: not the structure the plan describes, and the
+    # record says so (a later run with more time trains it whole)
+    shortened = ({"steps": res.steps, "planned_steps": res.planned_steps, "shortened": res.shortened}
+                 if res.shortened else {})
     # no probe of this student said training helps it (the choice was screened on another one, or every short probe
     # scored lower): the result is checked against the student as it came
     worse = _scored_lower(student, before, teacher, train_data) if before is not None else None
@@ -48,8 +54,8 @@ def apply_finetune(model: nn.Module, example: torch.Tensor, config, data=None, t
         make_permanent(student)
     if worse:
         return student, {"epochs": 0, "seconds": res.seconds, "losses": [], "distillation": UNCHANGED,
-                         "kind_screen": screen, "kept_unchanged": worse}
-    return student, {"epochs": res.epochs, "seconds": res.seconds, "lr": lr,
+                         "kind_screen": screen, "kept_unchanged": worse, **shortened}
+    return student, {"epochs": res.epochs, "seconds": res.seconds, "lr": lr, **shortened,
                      "losses": [round(v, 4) for v in res.losses],
                      "distillation": res.kind, "device": res.device, "world_size": res.world_size,
                      **({"kind_screen": screen} if screen else {}), **({"kept_sparsity": True} if masks else {}),
