@@ -48,7 +48,7 @@ class Finisher:
         for spec in self.ledger.specs[structure] if specs is None else specs:
             if self.ledger.cands[spec.id].status != "pending":
                 continue  # finished already (the baseline, finished first)
-            if self.clock.check():
+            if self.clock.finishing_stopped():
                 self.ledger.mark(spec.id, "rejected", self.clock.reason)
                 continue
             t0 = time.perf_counter()
@@ -107,7 +107,7 @@ class Finisher:
         built = self.builds.get(job.structure)
         runner = getattr(self.builder, "finish_job", None)
         done = (runner(built, job) if runner is not None
-                else finish_structure(self.builder, built, job, self.clock.stopped))
+                else finish_structure(self.builder, built, job, self.clock.finishing_stopped))
         for spec in job.specs:
             if spec.id in done.stopped:
                 self.clock.check()
@@ -152,6 +152,9 @@ class Finisher:
                 if session is not None:
                     self.sessions[cand.id] = session
                 return True
+        if self.clock.builds_only and spec.structure not in self.builds.built:  # the builds stopped before it
+            cand.status, cand.reason = "rejected", self.clock.reason or ""
+            return True
         t0 = time.perf_counter()
         b = self.builds.get(spec.structure)
         add_phase(self.phases, spec.id, "build", time.perf_counter() - t0)

@@ -194,6 +194,9 @@ class StopClock:
         self.out_of_time = False  # stopped by --time-budget (not by a met latency/size budget)
         self.reserve_finish = True  # keep FINISH_SHARE back: no compressed candidate finished yet
         self.cuts: list[str] = []  # what was shortened or left out to end within the budget
+        # stopped because the next build would not end within the search's share, with time still left in it:
+        # no structure is built any more, but the ones built may still be finished while their exports fit
+        self.builds_only = False
         self._grace = False
 
     def elapsed(self) -> float:
@@ -239,10 +242,20 @@ class StopClock:
             return self.reason
         left = self.left("search")
         if step_s and not self._grace and left is not None and left < step_s:
-            self.out_of_time = True
+            self.out_of_time = self.builds_only = True
             self.stop(f"not tried: {TIME_STOP} (--time-budget of {self.time_budget_s:g} s: the next build would "
                       f"take about {step_s:.0f} s, {max(left, 0.0):.0f} s of the search's share left)")
         return self.reason
+
+    def finishing_stopped(self) -> str | None:
+        """Why no more candidates are finished: the search stopped (`stopped()`), unless only its builds did
+        and its share has time left, in which the structures already built are finished while their exports fit
+        (a structure screened within the budget just before the stop, such as a fine-tuning shortened to leave
+        that time, would otherwise go unmeasured)."""
+        if self.builds_only and not self._grace:
+            left = self.left("search")
+            return self.reason if left is not None and left < 0 else None
+        return self.stopped()
 
     def stop(self, reason: str) -> None:
         self.reason = reason

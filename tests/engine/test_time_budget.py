@@ -253,3 +253,22 @@ def test_a_fine_tuning_shortened_to_fit_leaves_time_to_finish_it_and_is_not_cach
     tag = search.finisher.tag(next(s for s in specs if s.structure == "prune-ft20"))
     assert cache.get("cand", tag) is None
     assert any("screen prune-ft20" in t and "not cached" in t and "150 of its 300" in t for t in search.trace)
+
+
+def test_a_level_kept_before_the_builds_stopped_is_still_finished_while_its_export_fits(tmp_path, clock):
+    """The bisection stops once the next build would not end within the search's share; the level it kept (built
+    and screened within the budget) is still exported and measured when that fits the time left: a structure
+    screened just before the stop (the Unet's fine-tuning shortened to leave that time) went unmeasured."""
+    drops = DROPS | {f"factorize{int(r * 100)}": d for r, d in zip(RATIOS, (0.1, 0.3, 0.6, 0.9, 1.5, 3.0),
+                                                                   strict=True)}
+    builder = FakeBuilder(tmp_path, drops, clock=clock, export_s=1.0)
+    # 10-s builds and 1-s exports: after factorize30 is screened 6 s of the search's share are left, too little
+    # for factorize50's build, enough for factorize30's export
+    search = _search(tmp_path, builder, plan=_plan(families=("prune", "factorize")), time_budget_s=65)
+    c = _by_id(search.run())
+    assert "factorize50" not in builder.builds
+    assert any(t.startswith("factorize: bisection kept factorize30") and "the next build would take" in t
+               for t in search.trace), search.trace
+    assert c["factorize30@onnx-fp32"].status == "ok"
+    assert c["factorize20@onnx-fp32"].status == "rejected"  # its margin level was never built: not built now
+    assert clock[0] <= 65 * (1 - TAIL_SHARE)
