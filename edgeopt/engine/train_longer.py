@@ -49,7 +49,7 @@ def train_longer(search, structure: str) -> str | None:
                        f"{structure}: the same channel layout as {same}, which holds the budget already")
     drop = _whole_drop(search, structure)
     before = _whole_drop(search, search.base_of[structure]) if has_twin(search, structure) else None
-    name = f"{structure} ({drop:.2f} pp after {tune.epochs} epochs"
+    name = f"{structure} ({drop:.2f} pp after {tune.epochs} epochs{_cut(search, structure)}"
     budget = search.context.max_accuracy_drop
     if before is None and drop - budget > budget:
         return _decide(search, "skipped", f"{name}, none measured before fine-tuning): {drop - budget:.2f} pp "
@@ -79,7 +79,7 @@ def train_longer(search, structure: str) -> str | None:
             for s in ledger.specs[longer]:
                 ledger.mark(s.id, "rejected", f"not tried: {why}")
             return _end(search, name, steps, f"{epochs} epochs: {why}")
-        steps.append(f"{epochs} epochs: {got:.2f} pp")
+        steps.append(f"{epochs} epochs{_cut(search, longer)}: {got:.2f} pp")
         gain, drop, last = drop - got, got, longer
         if got <= limit:
             search.finisher.finish(longer)
@@ -141,6 +141,14 @@ def _kept_unchanged(search, structure: str) -> str | None:
     """Why the structure's last fine-tuning kept the model as it came (it lowered the held-out score), if it
     did: training it longer would start from the model before fine-tuning."""
     return (_last_fine_tuning(search, structure) or {}).get("kept_unchanged")
+
+
+def _cut(search, structure: str) -> str:
+    """", its last block shortened to N of its M planned steps" when the structure's last fine-tuning ran fewer
+    steps than planned (to end within the time left), else ""."""
+    tuned = _last_fine_tuning(search, structure) or {}
+    return (f", its last block shortened to {tuned['steps']} of its {tuned['planned_steps']} planned steps"
+            if tuned.get("shortened") else "")
 
 
 def _block_seconds(search, structure: str) -> float | None:

@@ -777,3 +777,24 @@ class SameLayoutBuilder(TwinBuilder):
 def test_a_near_miss_with_the_layout_of_a_level_that_holds_is_not_trained_on(tmp_path):
     builder = SameLayoutBuilder(tmp_path, _near_miss_drops())
     assert "same channel layout as prune40" in _not_trained_on(tmp_path, builder, _plan_with_fine_tuned_twins())
+
+
+class ShortenedBlockBuilder(TwinBuilder):
+    """The second training-on block's fine-tuning ran 150 of its 300 planned steps, to end within the time."""
+
+    def build(self, start, spec):
+        built = super().build(start, spec)
+        if spec.structure == "prune-ft50-3ep":
+            built.records = [{"technique": "fine_tune", "epochs": 1, "steps": 150, "planned_steps": 300,
+                              "shortened": "150 of its 300 planned steps, to end within the time left"}]
+        return built
+
+
+def test_a_training_on_block_shortened_to_fit_says_so_in_the_decision(tmp_path):
+    """A block named for the epochs it was planned to reach that ran fewer steps must not read as the whole."""
+    builder = ShortenedBlockBuilder(tmp_path, _near_miss_drops(**{"prune-ft50-2ep": 1.2, "prune-ft50-3ep": 0.8}))
+    search = _search(tmp_path, builder, plan=_plan_with_fine_tuned_twins())
+    search.run()
+    d = next(d for d in search.decisions if d.technique == "train_longer")
+    assert "2 epochs: 1.20 pp; 3 epochs, its last block shortened to 150 of its 300 planned steps: 0.80 pp" \
+        in d.reason, d.reason
