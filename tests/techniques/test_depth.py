@@ -391,3 +391,41 @@ def test_the_run_deadline_stops_a_level_between_blocks_and_between_solves(traine
         edgeopt.depth_prune(other, x, val, blocks=2)
     with run_until(time.perf_counter() + 3600):
         assert edgeopt.depth_prune(other, x, val, blocks=2).record["resolved"]["solved"] >= 1
+
+
+class BoxSets(nn.Module):
+    """A residual backbone ending in torchvision's detector contract: one {"boxes", "labels", "scores"} per image,
+    as many boxes as score over a threshold (a count that follows the weights)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.blocks = nn.Sequential(Block(8), Block(8), Block(8))
+        self.head = nn.Conv2d(8, 1, 1)
+
+    def forward(self, x):
+        score = torch.sigmoid(self.head(self.blocks(torch.relu(self.stem(x))))).flatten(1)  # (n, h*w)
+        out = []
+        for row in score:
+            keep = torch.nonzero(row > 0.5).flatten()
+            xy = keep.float()
+            out.append({"boxes": torch.stack([xy, xy, xy + 4, xy + 4], 1), "labels": torch.zeros_like(keep),
+                        "scores": row[keep]})
+        return out
+
+
+def test_depth_pruning_ranks_the_blocks_of_a_detector_with_per_image_box_sets():
+    """SSDlite's depth levels failed to build ("the size of tensor a (10) must match the size of tensor b (3)"):
+    the output gap subtracted box sets of different lengths. Per-image box sets are compared by their box-level
+    agreement; every block gets a cost and the cheapest goes."""
+    torch.manual_seed(0)
+    model = BoxSets().eval()
+    with torch.no_grad():
+        model.head.bias.fill_(0.2)  # about half the positions over the threshold: box counts differ by block
+    x = torch.randn(1, 3, 8, 8)
+    batches = [torch.randn(2, 3, 8, 8) for _ in range(2)]
+    res = edgeopt.depth_prune(model, x, batches, blocks=1, resolve=False)
+    small, record = res.model, res.record
+    assert set(record["costs"]) == {"blocks.0", "blocks.1", "blocks.2"}
+    assert all(0.0 - 1e-9 <= c <= 1.0 for c in record["costs"].values())
+    assert len(record["removed"]) == 1 and isinstance(small(x), list)

@@ -21,7 +21,7 @@ from torch import fx, nn
 from edgeopt.errors import PruningError, TimeBudgetError
 from edgeopt.inputs.feeding import batch_inputs, run_model
 from edgeopt.inputs.hooks import forward_hooks
-from edgeopt.inputs.model_io import Inputs, flatten_outputs
+from edgeopt.inputs.model_io import Inputs, flatten_outputs, per_image_lists
 from edgeopt.techniques.pruning.memo import LastMeasurement
 from edgeopt.techniques.repair.layer_rows import forward_order
 from edgeopt.timeout import deadline_passed
@@ -124,8 +124,13 @@ def _items(data, example) -> list:
 
 
 def _gap(out, ref) -> torch.Tensor:
-    """How far the outputs moved: KL(original || model) for class logits, else the mean relative squared
-    error over every output tensor (boxes, dense maps, several heads)."""
+    """How far the outputs moved: KL(original || model) for class logits; for per-image box sets (torchvision's
+    detectors, whose box counts follow the weights) one minus their box-level agreement; else the mean relative
+    squared error over every output tensor (boxes, dense maps, several heads)."""
+    if per_image_lists(ref):
+        from edgeopt.measure.detection import box_fidelity
+
+        return torch.tensor(1.0 - box_fidelity(list(out), list(ref)) / 100.0)
     o, r = flatten_outputs(out), flatten_outputs(ref)
     if len(o) == 1 and next(iter(o.values())).dim() == 2:
         a, b = next(iter(o.values())), next(iter(r.values()))
