@@ -109,3 +109,12 @@ def test_speed_ceiling_measures_every_cut_against_the_original(tmp_path, monkeyp
     assert rows[0]["speedup"] == 1.0 and all(r["p50_ms"] > 0 for r in rows)
     assert all(r["macs"] < rows[0]["macs"] for r in rows[1:])
     assert "| small | channels -50% |" in out.with_suffix(".md").read_text()
+    # timed at the precision asked wherever the machine runs it: an fp32 IR loaded with a BF16 hint runs FP32
+    from edgeopt.targets import detect_local
+
+    want = "bf16" if "bf16" in detect_local().precisions else "fp32"
+    assert {r["executed"] for r in rows} == {want}, rows
+    speed_ceiling.main(["--models", "small", "--max-time", "0.2", "--out", str(out), "--ratios", "0.5",
+                        "--round-to", "16", "--no-depth"])
+    rows = __import__("json").loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["original", "channels -50%", "channels -50% (blocks of 16)"]
