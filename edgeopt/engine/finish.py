@@ -2,8 +2,9 @@
 no export (restored from the cache, a twin of a layout finished already, a failed build, a structure that
 compresses too little), hands the rest of a structure to one `Job` (engine/finish_job.py: export, verify,
 evaluate, accuracy control), run here or by the builder's `finish_job` (a Ray task), and takes its records back
-into the ledger. Its collaborators are handed in (engine/ledger.py: the candidates, the structures built, the
-stop clock; the builder, the cache): it never calls the search."""
+into the ledger. It also forecasts what finishing a candidate takes, from what the ones finished so far took, and
+so which candidates of a structure fit the time left. Its collaborators are handed in (engine/ledger.py: the
+candidates, the structures built, the stop clock; the builder, the cache): it never calls the search."""
 
 from __future__ import annotations
 
@@ -86,11 +87,52 @@ class Finisher:
         """What finishing `spec` should take: the median of what exporting, verifying and evaluating took the
         candidates finished so far at its format and precision (the original's first among them; builds, accuracy
         control and restores from the cache left out); None before any."""
-        took = sorted(sum(t for phase, t in phases.items() if phase != "build" and not phase.startswith("accuracy"))
-                      for cid, phases in self.phases.items()
+        took = sorted(self._took(cid, accuracy_control=False) for cid in self.phases
                       if (c := self.ledger.cands.get(cid)) is not None and not c.from_cache
                       and c.format == spec.format and c.precision == spec.precision)
         return took[len(took) // 2] if took else None
+
+    def _took(self, cid: str, accuracy_control: bool = True) -> float:
+        """Seconds candidate `cid` took to finish, its build left out (and its accuracy control, unless asked)."""
+        return sum(t for phase, t in self.phases[cid].items()
+                   if phase != "build" and (accuracy_control or not phase.startswith("accuracy")))
+
+    def expected_seconds(self, spec: CandidateSpec) -> float:
+        """Seconds finishing `spec` of a structure already built should take, accuracy control included: what
+        the original's candidate at the same format and precision took (the longest of the original's otherwise;
+        0 when none was timed)."""
+        twin = self.ledger.find(self.ledger.original, spec.format, spec.precision)
+        if twin is not None and twin.id in self.phases:
+            return self._took(twin.id)
+        return max((self._took(s.id) for s in self.ledger.specs[self.ledger.original] if s.id in self.phases),
+                   default=0.0)
+
+    def fitting(self, structure: str, quick_latency) -> list[CandidateSpec]:
+        """The candidates of `structure` whose finish fits in the time left before the budget's tail: all of
+        them when they fit, else the precisions the original ran fastest at first (timed by `quick_latency`,
+        the search's latency of finished candidates given their sessions), as many as fit. Each precision left
+        out is traced as a cut."""
+        specs = list(self.ledger.specs[structure])
+        left = self.clock.left("finish")
+        if left is None or sum(self.expected_seconds(s) for s in specs) <= left:
+            return specs
+        original = [c for c in (self.ledger.find(self.ledger.original, s.format, s.precision) for s in specs)
+                    if c is not None and c.status == "ok" and c.latency_ms is None and c.id in self.sessions]
+        quick_latency(original, self.sessions)
+
+        def speed(spec: CandidateSpec) -> float:
+            c = self.ledger.find(self.ledger.original, spec.format, spec.precision)
+            return c.latency_ms.p50 if c is not None and c.latency_ms is not None else float("inf")
+
+        kept: list[CandidateSpec] = []
+        for spec in sorted(specs, key=speed):
+            cost = self.expected_seconds(spec)
+            if cost <= left:
+                kept.append(spec)
+                left -= cost
+            else:
+                self.clock.cut(f"{spec.id} not finished (~{cost:.0f} s expected, {max(left, 0):.0f} s left)")
+        return [s for s in specs if s in kept]
 
     def exportable(self, structure: str, built: Built) -> list[CandidateSpec]:
         """The pending candidates of a built structure that finishing it would export (none cached, not a

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from edgeopt.config import DeployContext
 from edgeopt.decide import policy
-from edgeopt.decide.plan import CandidateSpec, Plan
+from edgeopt.decide.plan import Plan
 from edgeopt.engine.bisect import bisect
 from edgeopt.engine.cache import CandidateCache, key
 from edgeopt.engine.family_screening import Screening, screen_group
@@ -325,7 +325,7 @@ class Search:
         if not ready:
             return
         best = min(ready, key=lambda s: (self.builds.ready(s).macs, self.builds.ready(s).params))
-        specs = self._fitting(best)
+        specs = self.finisher.fitting(best, self.quick_latency)
         if not specs:
             return
         self.trace.append(f"time budget spent: finishing {best}, the structure with the fewest MACs screened "
@@ -344,49 +344,12 @@ class Search:
                for spec in specs):
             self.clock.reserve_finish = False
 
-    def _estimate(self, spec: CandidateSpec) -> float:
-        """Seconds finishing `spec` of a structure already built should take: what the original's export,
-        verification and evaluation took at the same format and precision (the longest of the original's
-        otherwise; 0 when none was timed)."""
-        phases = self.finisher.phases
-        seconds = {cid: sum(v for k, v in p.items() if k != "build") for cid, p in phases.items()}
-        twin = self.ledger.find(self.ledger.original, spec.format, spec.precision)
-        if twin is not None and twin.id in seconds:
-            return seconds[twin.id]
-        return max((seconds[s.id] for s in self.ledger.specs[self.ledger.original] if s.id in seconds), default=0.0)
-
     def _after_build(self, structure: str) -> float:
         """Seconds `structure` should take once built: its screening (as the ones so far took) and the finish of
         its candidates still pending (as the original's took)."""
         screen = self.screen_seconds / len(self.screened) if self.screened else 0.0
-        return screen + sum(self._estimate(spec) for spec in self.ledger.specs[structure]
+        return screen + sum(self.finisher.expected_seconds(spec) for spec in self.ledger.specs[structure]
                             if self.ledger.cands[spec.id].status == "pending")
-
-    def _fitting(self, structure: str) -> list[CandidateSpec]:
-        """The candidates of `structure` whose finish fits in the time left before the budget's tail: all of
-        them when they fit, else the precisions the original ran fastest at first, as many as fit. Each
-        precision left out is traced as a cut."""
-        specs = list(self.ledger.specs[structure])
-        left = self.clock.left("finish")
-        if left is None or sum(self._estimate(s) for s in specs) <= left:
-            return specs
-        original = [c for c in (self.ledger.find(self.ledger.original, s.format, s.precision) for s in specs)
-                    if c is not None and c.status == "ok" and c.latency_ms is None and c.id in self.finisher.sessions]
-        self.quick_latency(original, self.finisher.sessions)
-
-        def speed(spec: CandidateSpec) -> float:
-            c = self.ledger.find(self.ledger.original, spec.format, spec.precision)
-            return c.latency_ms.p50 if c is not None and c.latency_ms is not None else float("inf")
-
-        kept: list[CandidateSpec] = []
-        for spec in sorted(specs, key=speed):
-            cost = self._estimate(spec)
-            if cost <= left:
-                kept.append(spec)
-                left -= cost
-            else:
-                self.clock.cut(f"{spec.id} not finished (~{cost:.0f} s expected, {max(left, 0):.0f} s left)")
-        return [s for s in specs if s in kept]
 
     def _early_stop(self) -> None:
         """Once a candidate within the accuracy budget meets the latency/size budget with margin, stop."""

@@ -15,7 +15,12 @@ from edgeopt.config import DeployContext, ModelSummary
 from edgeopt.report import Decision
 from edgeopt.targets import TargetProfile
 from edgeopt.techniques.declare import TECHNIQUES, TechniqueConfig, allowed
-from edgeopt.techniques.retraining.fine_tune_technique import DEFAULT_LR, SCREENED_RATE_FACTORS, FineTuneConfig
+from edgeopt.techniques.retraining.fine_tune_technique import (
+    ADAMW_RATES,
+    DEFAULT_LR,
+    SCREENED_RATE_FACTORS,
+    FineTuneConfig,
+)
 
 
 @dataclass(frozen=True)
@@ -89,9 +94,11 @@ def finetune_step(context: DeployContext, has_train_data: bool, decisions: list[
                                      "Hinton distillation from the original, so the search may go further; "
                                      + fine_tuning_length(context, epochs, steps_per_epoch)))
     rates = ", ".join(f"{DEFAULT_LR * f:g}" for f in (1, *SCREENED_RATE_FACTORS))
+    adamw = ", ".join(f"{r:g}" for r in ADAMW_RATES)
     decisions.append(Decision(
         technique="distillation_kind", decision="applied",
-        reason=f"the fine-tuning rate ({rates}) and the distillation kind (response, feature, relation, "
+        reason=f"the fine-tuning rate (SGD at {rates}; for a LayerNorm model AdamW at {adamw} too) and the "
+               "distillation kind (response, feature, relation, "
                "response+feature) are chosen by measured recovery: one-epoch runs on a subset of the training data, "
                "scored on a slice held out of it, once per run (later fine-tunings take the choice and are kept "
                "only if they score above the model as it came); each one's accuracy is in the fine-tuning step's "

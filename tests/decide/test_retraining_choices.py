@@ -1,6 +1,8 @@
 """Retraining-side choices made by measurement: Network Slimming, IMP's rewinding point by linear mode
 connectivity, the distillation kind by a short screen, and what the planner proposes with --retrain."""
 
+import copy
+
 import pytest
 import smallnet
 import torch
@@ -206,6 +208,52 @@ def test_the_fine_tuning_rate_is_screened_unless_one_is_given():
     # a follower that read the default as given would probe fewer times than rank 0, and the collectives hang
     again = FineTuneConfig(**FineTuneConfig(kind="auto").model_dump())
     assert again.lr is None and FineTuneConfig(**FineTuneConfig(lr=0.02).model_dump()).lr == 0.02
+
+
+def test_tied_probe_scores_are_told_apart_by_their_output_match(monkeypatch):
+    """A top-1 on a small held-out slice ties often (every kind and rate of ConvNeXt-atto scored 100.00): the
+    probe whose outputs came closer to the teacher's then wins, not merely the first one tried."""
+    from edgeopt.techniques.pruning.prune import apply_prune
+    from edgeopt.training import screen
+
+    model, train, val = smallnet.trained(size=8)
+    small, _ = apply_prune(model, val.items[0][0][:1], PruneConfig(ratio=0.5))
+    monkeypatch.setattr(screen, "score", lambda m, held: 100.0)
+    _, rec = screen.choose_kind(small, model, train.items[:12], lr=1e-6, rates=(0.01, 0.001))
+    match = rec["output_match"]
+    assert len({match[r] for r in ("1e-06", "0.01", "0.001")}) == 3, match  # the probes came apart
+    assert f"{rec['lr']:g}" == max(("1e-06", "0.01", "0.001"), key=match.get) != "1e-06"
+    assert rec["chosen"] == max(rec["scores"], key=match.get)
+
+
+def test_a_layernorm_model_screens_adamw_beside_sgd_and_fine_tunes_with_the_winner():
+    """A model normalised by LayerNorm/GroupNorm (trained with AdamW, as transformers and ConvNeXts are) has
+    AdamW's rates probed beside SGD's, and the full fine-tuning runs with the setting that scored best; a
+    BatchNorm CNN is probed at SGD's only (above); an optimizer given is screened at its own rates."""
+    from edgeopt.techniques.retraining.finetune import apply_finetune, layer_normed
+
+    torch.manual_seed(0)
+    _, train, val = smallnet.trained(size=8)
+    x = val.items[0][0][:1]
+    teacher = nn.Sequential(nn.Conv2d(x.shape[1], 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU(),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    fit(teacher, train.items[:12], epochs=2, lr=1e-3, optimizer="adamw")
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        student[0].weight.add_(0.3 * torch.randn_like(student[0].weight))
+    assert layer_normed(teacher) and not layer_normed(smallnet.trained(size=8)[0])
+    _, rec = apply_finetune(student, x, FineTuneConfig(kind="auto", epochs=1), teacher=teacher,
+                            train_data=train.items[:12])
+    rates = rec["kind_screen"]["rates"]
+    assert set(rates) == {"0.01", "0.001", "0.0001", "adamw 0.0001", "adamw 3e-05"}
+    best = max(rates, key=rates.get)
+    assert rec["optimizer"] == rec["kind_screen"]["optimizer"] == ("adamw" if best.startswith("adamw") else "sgd")
+    assert f"{rec['lr']:g}" == best.split()[-1]
+    _, rec = apply_finetune(student, x, FineTuneConfig(kind="auto", epochs=1, optimizer="adamw"), teacher=teacher,
+                            train_data=train.items[:12])
+    assert set(rec["kind_screen"]["rates"]) == {"adamw 0.0001", "adamw 3e-05"} and rec["optimizer"] == "adamw"
+    with pytest.raises(ValueError, match="optimizer"):
+        FineTuneConfig(optimizer="adam")
 
 
 def test_planner_fine_tunes_with_the_auto_kind_when_retraining():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from edgeopt.errors import DataError
+from edgeopt.errors import ConfigError, DataError
 from edgeopt.training import fit
 from edgeopt.training.losses import hinton_loss
 
@@ -21,6 +21,22 @@ def test_fit_with_teacher_lowers_the_loss(tiny_plain):
     res = fit(tiny_plain, data, teacher=teacher, epochs=4, lr=0.05)
     assert res.kind == "response" and len(res.losses) == 4 and res.losses[-1] < res.losses[0]
     assert not tiny_plain.training
+
+
+def test_fit_trains_with_adamw_at_its_own_weight_decay_and_names_an_unknown_optimizer(tiny_plain):
+    import tinynet
+
+    from edgeopt.training.loop import make_optimizer
+
+    opt = make_optimizer("adamw", tiny_plain.parameters(), 1e-3)
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["weight_decay"] == 0.05
+    assert make_optimizer("sgd", tiny_plain.parameters(), 0.01).defaults["weight_decay"] == 5e-4
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(16, 1, 16, 16, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(4)]
+    res = fit(tiny_plain, data, teacher=tinynet.make_plain(), epochs=4, lr=1e-3, optimizer="adamw")
+    assert res.losses[-1] < res.losses[0]
+    with pytest.raises(ConfigError, match="unknown optimizer 'adam': use sgd or adamw"):
+        fit(tiny_plain, data, epochs=1, optimizer="adam")
 
 
 def test_fit_needs_data_and_labels(tiny_plain):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from edgeopt.errors import DataError
-from edgeopt.techniques.retraining.fine_tune_technique import DEFAULT_LR, SCREENED_RATE_FACTORS
+from edgeopt.techniques.retraining.fine_tune_technique import ADAMW_RATES, DEFAULT_LR, SCREENED_RATE_FACTORS
 
 
 def apply_finetune(model: nn.Module, example: torch.Tensor, config, data=None, teacher: nn.Module | None = None,
@@ -33,12 +33,13 @@ def apply_finetune(model: nn.Module, example: torch.Tensor, config, data=None, t
     student = copy.deepcopy(model)
     masks = _zero_masks(student) if config.keep_sparsity else None
     kind, screen = _kind(student, teacher, train_data, config)
-    lr = screen["lr"] if screen and "lr" in screen else config.lr or DEFAULT_LR
+    optimizer = (screen or {}).get("optimizer") or config.optimizer or "sgd"
+    lr = screen["lr"] if screen and "lr" in screen else config.lr or _default_lr(optimizer)
     judged = screen is not None and ("screened_before" in screen or screen.get("probes_below_start", False))
     before = copy.deepcopy(student) if judged else None
     res = fit(student, train_data, teacher=teacher, epochs=config.epochs, lr=lr, kind=kind,
               temperature=config.temperature, alpha=config.alpha, seed=config.seed, progress=progress,
-              shorten_to_fit=True)
+              shorten_to_fit=True, optimizer=optimizer)
     # fewer steps than planned, to end within the search's time: not the structure the plan describes, and the
     # record says so (a later run with more time trains it whole)
     shortened = ({"steps": res.steps, "planned_steps": res.planned_steps, "shortened": res.shortened}
@@ -55,7 +56,7 @@ def apply_finetune(model: nn.Module, example: torch.Tensor, config, data=None, t
     if worse:
         return student, {"epochs": 0, "seconds": res.seconds, "losses": [], "distillation": UNCHANGED,
                          "kind_screen": screen, "kept_unchanged": worse, **shortened}
-    return student, {"epochs": res.epochs, "seconds": res.seconds, "lr": lr, **shortened,
+    return student, {"epochs": res.epochs, "seconds": res.seconds, "lr": lr, "optimizer": optimizer, **shortened,
                      "losses": [round(v, 4) for v in res.losses],
                      "distillation": res.kind, "device": res.device, "world_size": res.world_size,
                      **({"kind_screen": screen} if screen else {}), **({"kept_sparsity": True} if masks else {}),
@@ -75,17 +76,23 @@ def _kind(student: nn.Module, teacher: nn.Module | None, train_data, config) -> 
     # the kind and the rate follow the model, its training and the data, not the level it was cut to: one screen
     # per run serves every later fine-tuning of the same teacher on the same data (YOLOv8n's depth1-ft ran 45 s
     # until its fine-tuning's forecast stopped it when it screened again, 11 s without)
-    key = (config.lr, config.seed, config.temperature, config.alpha)
+    key = (config.lr, config.optimizer, config.seed, config.temperature, config.alpha)
     earlier = _earlier_screen(teacher, train_data, key)
     if earlier is not None:
-        return earlier["best"], {"chosen": earlier["best"], "lr": earlier["lr"], "metric": earlier["metric"],
-                                 "screened_before": (
+        return earlier["best"], {"chosen": earlier["best"], "lr": earlier["lr"], "optimizer": earlier["optimizer"],
+                                 "metric": earlier["metric"], "screened_before": (
             f"the kind and rate the run's first screen chose ({earlier['seconds']:.0f} s), not screened again")}
     try:
-        # the rate is screened too unless it was given: the right one follows how the model was trained
-        rates = () if config.lr is not None else tuple(DEFAULT_LR * f for f in SCREENED_RATE_FACTORS)
-        kind, screen = choose_kind(student, teacher, train_data, lr=config.lr or DEFAULT_LR, seed=config.seed,
-                                   rates=rates, temperature=config.temperature, alpha=config.alpha)
+        # the rate (and for a LayerNorm model the optimizer) is screened too unless given: the right one follows
+        # how the model was trained
+        optimizer = config.optimizer or "sgd"
+        lr = config.lr or _default_lr(optimizer)
+        rates = () if config.lr is not None else tuple(lr * f for f in SCREENED_RATE_FACTORS) \
+            if optimizer == "sgd" else tuple(r for r in ADAMW_RATES if r != lr)
+        adamw = ADAMW_RATES if config.lr is None and config.optimizer is None and layer_normed(student) else ()
+        kind, screen = choose_kind(student, teacher, train_data, lr=lr, seed=config.seed, rates=rates,
+                                   optimizer=optimizer, adamw_rates=adamw, temperature=config.temperature,
+                                   alpha=config.alpha)
     except DataError as e:  # too little data to hold a slice out: the default kind, with the reason
         return "response", {"chosen": "response", "skipped": str(e)}
     scores = screen["scores"]
@@ -97,15 +104,27 @@ def _kind(student: nn.Module, teacher: nn.Module | None, train_data, config) -> 
         # and the result is judged against the student as it came, as a reused screen's choice is
         screen = {**screen, "chosen": best, "probes_below_start": True}
     try:
-        choice = {"best": best, "lr": screen["lr"], "metric": screen["metric"], "seconds": screen["seconds"]}
+        choice = {"best": best, "lr": screen["lr"], "optimizer": screen.get("optimizer", "sgd"),
+                  "metric": screen["metric"], "seconds": screen["seconds"]}
         _SCREENS[teacher] = (weakref.ref(train_data), key, choice)
     except TypeError:  # data that cannot be referred to weakly (a plain list): screened every time
         pass
     return best, screen
 
 
-# teacher -> (its training data, (rate given, seed, temperature, alpha), the screen's best kind and rate): the
-# last screen of each live teacher, held weakly, so that a run's data is never kept beyond it
+def _default_lr(optimizer: str) -> float:
+    return DEFAULT_LR if optimizer == "sgd" else ADAMW_RATES[0]
+
+
+def layer_normed(model: nn.Module) -> bool:
+    """Normalised by LayerNorm or GroupNorm, with no BatchNorm: a model of the family trained with AdamW."""
+    norms = {type(m).__name__ for m in model.modules()}
+    return any("LayerNorm" in n or "GroupNorm" in n for n in norms) and not any("BatchNorm" in n for n in norms)
+
+
+# teacher -> (its training data, (rate given, optimizer given, seed, temperature, alpha), the screen's best kind,
+# rate and optimizer): the last screen of each live teacher, held weakly, so that a run's data is never kept
+# beyond it
 _SCREENS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
