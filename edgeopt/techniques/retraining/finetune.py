@@ -87,8 +87,12 @@ def _kind(student: nn.Module, teacher: nn.Module | None, train_data, config) -> 
         # how the model was trained
         optimizer = config.optimizer or "sgd"
         lr = config.lr or _default_lr(optimizer)
-        rates = () if config.lr is not None else tuple(lr * f for f in SCREENED_RATE_FACTORS) \
-            if optimizer == "sgd" else tuple(r for r in ADAMW_RATES if r != lr)
+        if config.lr is not None:
+            rates: tuple[float, ...] = ()
+        elif optimizer == "sgd":
+            rates = tuple(lr * f for f in SCREENED_RATE_FACTORS)
+        else:
+            rates = tuple(r for r in ADAMW_RATES if r != lr)
         adamw = ADAMW_RATES if config.lr is None and config.optimizer is None and layer_normed(student) else ()
         kind, screen = choose_kind(student, teacher, train_data, lr=lr, seed=config.seed, rates=rates,
                                    optimizer=optimizer, adamw_rates=adamw, temperature=config.temperature,
