@@ -32,6 +32,7 @@ from edgeopt.training.losses import (
     task_loss,
 )
 from edgeopt.training.modes import training_mode
+from edgeopt.training.precision import PRECISIONS, autocast
 
 KINDS = ("response", "feature", "relation")
 # Steps timed before the forecast of a fine-tuning's end (the first step, slower by its allocations, left out):
@@ -79,7 +80,11 @@ def parse_kind(kind, has_teacher: bool) -> tuple[str, ...]:
     return tuple(k for k in KINDS if k in parts)
 
 
-def _device() -> torch.device:
+def training_device() -> torch.device:
+    """Where a fine-tuning in this process trains: its rank's GPU under torchrun, the GPU, else the CPU."""
+    rank, world_size = ddp.world()
+    if world_size > 1:
+        return ddp.device_for(rank)
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
@@ -106,7 +111,7 @@ def fit(student: nn.Module, train_data, teacher: nn.Module | None = None, epochs
         feature_layers: list[str] | None = None, feature_distance: str = "at", beta: float | None = None,
         gamma: float = 1.0, start_epoch: int = 0,
         regularizer: Callable[[nn.Module], torch.Tensor] | None = None, forecast_end: bool = True,
-        shorten_to_fit: bool = False, optimizer: str = "sgd") -> FitResult:
+        shorten_to_fit: bool = False, optimizer: str = "sgd", precision: str = "fp32") -> FitResult:
     """Train `student` in place on batches of (x, y) or x (a list, Batches, or a streamed Dataset), reshuffled
     sample by sample every epoch from `seed`; under torchrun each rank reads its own shard.
 
@@ -122,7 +127,8 @@ def fit(student: nn.Module, train_data, teacher: nn.Module | None = None, epochs
     would speak of the probe, not of the fine-tuning). `shorten_to_fit`: rather than stop, run the steps that can
     end in time, the cosine schedule ending there, when they are at least MIN_FIT_SHARE of the run (`shortened`
     says so; a fine-tuning, whose result follows its steps, not a training from scratch). `optimizer`: "sgd"
-    (Nesterov momentum) or "adamw", `weight_decay` its usual one when None (OPTIMIZERS)."""
+    (Nesterov momentum) or "adamw", `weight_decay` its usual one when None (OPTIMIZERS). `precision`: "fp32", or
+    "bf16" (forward passes and losses under bfloat16 autocast, weights and optimizer state kept in fp32)."""
     feed = TrainFeed(train_data, seed)
     if teacher is None and not feed.labelled:
         raise DataError("fine-tuning without a teacher needs labelled training data (x, y)")
@@ -131,11 +137,13 @@ def fit(student: nn.Module, train_data, teacher: nn.Module | None = None, epochs
     if not 0 <= start_epoch < max(epochs, 1):
         raise ConfigError(f"start_epoch must be in [0, epochs), got {start_epoch}")
     kinds = parse_kind(kind, teacher is not None)
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown training precision {precision!r}: use {' or '.join(PRECISIONS)}")
     if beta is None:
         beta = 1.0 if feature_distance == "mse" else 20.0  # measured on digits: stronger weights hurt
     torch.manual_seed(seed)
     rank, world_size = ddp.world()
-    dev = ddp.device_for(rank) if world_size > 1 else _device()
+    dev = training_device()
     example = feed.example()  # one batch: layer matching and adapter initialisation
     names: list[str] = []
     if "feature" in kinds:
@@ -179,9 +187,18 @@ def fit(student: nn.Module, train_data, teacher: nn.Module | None = None, epochs
                     break
                 x = x.to(dev, non_blocking=True)
                 y = y.to(dev) if isinstance(y, torch.Tensor) else None  # box lists: teacher only
-                out, feats, emb = model(x)
-                loss = _loss(out, feats, emb, y, teacher, t_capture, x, kinds, names, feature_distance,
-                             temperature, alpha, beta, gamma)
+                t_out = None
+                with autocast(dev, precision):
+                    out, feats, emb = model(x)
+                    if teacher is not None:
+                        with torch.no_grad():
+                            t_out = run_model(teacher, x)
+                # the losses in fp32: a softmax or a squared difference in bfloat16 loses the small differences
+                # distillation learns from
+                loss = _loss(*_fp32((out, feats, emb)), y, _fp32(t_out),
+                             _fp32(t_capture.feats) if t_capture is not None else {},
+                             _fp32(t_capture.embedding) if t_capture is not None else None,
+                             kinds, names, feature_distance, temperature, alpha, beta, gamma)
                 loss = loss + regularizer(student) if regularizer is not None else loss
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -264,10 +281,18 @@ def _timed(batches, waited: list[float]):
         yield item
 
 
-def _loss(out, feats, emb, y, teacher, t_capture, x, kinds, names, feature_distance, temperature, alpha,
+def _fp32(tree):
+    """Every bfloat16 tensor in `tree` (nested dicts, lists, tuples) as float32."""
+    return torch.utils._pytree.tree_map(
+        lambda t: t.float() if isinstance(t, torch.Tensor) and t.dtype == torch.bfloat16 else t, tree)
+
+
+def _loss(out, feats, emb, y, t_out, t_feats, t_emb, kinds, names, feature_distance, temperature, alpha,
           beta, gamma) -> torch.Tensor:
+    """The step's loss from the student's outputs (`feats`, `emb`: its captured maps and embedding) and, with a
+    teacher, the teacher's (`t_out` its outputs, None without one)."""
     classes = isinstance(out, torch.Tensor) and out.dim() == 2  # one class-logit output: the classic losses
-    if teacher is None:
+    if t_out is None:
         if classes:
             return nn.functional.cross_entropy(out, y)
         outs = flatten_outputs(out)
@@ -275,8 +300,6 @@ def _loss(out, feats, emb, y, teacher, t_capture, x, kinds, names, feature_dista
             raise DataError("fine-tuning without a teacher needs labels that fit one of the model's outputs "
                             f"({', '.join(outs)}): class labels (N,) or masks (N, H, W)")
         return task_loss(outs, y)
-    with torch.no_grad():
-        t_out = run_model(teacher, x)
     if not classes:
         loss = output_matching_loss(flatten_outputs(out), flatten_outputs(t_out), y, alpha)
     elif "response" in kinds or y is None:
@@ -285,7 +308,7 @@ def _loss(out, feats, emb, y, teacher, t_capture, x, kinds, names, feature_dista
         loss = nn.functional.cross_entropy(out, y)
     if "feature" in kinds:
         dist = feature_mse_loss if feature_distance == "mse" else attention_transfer_loss
-        loss = loss + beta * sum(dist(feats[n], t_capture.feats[n]) for n in names) / len(names)
+        loss = loss + beta * sum(dist(feats[n], t_feats[n]) for n in names) / len(names)
     if "relation" in kinds:
-        loss = loss + gamma * rkd_loss(emb, t_capture.embedding)
+        loss = loss + gamma * rkd_loss(emb, t_emb)
     return loss

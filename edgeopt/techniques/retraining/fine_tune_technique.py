@@ -43,6 +43,9 @@ class FineTuneConfig(TechniqueConfig):
     # response | feature | relation | a "+" combination | "auto": short runs of each on a subset of the
     # training data, the best held-out accuracy wins, then the full fine-tuning with it
     kind: str = "response"
+    # "auto": bfloat16 autocast where the processor has bfloat16 arithmetic and a timed step of the model runs at
+    # least 1.25x faster with it (edgeopt.training.precision), else fp32; "fp32" / "bf16": as given
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     @field_validator("kind")
     @classmethod
@@ -70,10 +73,12 @@ def apply(model, example, config: FineTuneConfig, data=None, teacher=None, train
 @measured_choice("fine_tune", order=10)
 def kind_decision(records: list[tuple[str, dict]]) -> Decision | None:
     """The distillation kind each structure was fine-tuned with: its screen's scores, or the run's first screen's
-    choice taken (and whether its result was then kept); and each fine-tuning shortened to end within the time
-    left, with how many of its planned steps ran."""
-    items, metric, cut = [], None, []
+    choice taken (and whether its result was then kept); the precision the run's fine-tunings trained at, and
+    why; and each fine-tuning shortened to end within the time left, with how many of its planned steps ran."""
+    items, metric, cut, precision = [], None, [], None
     for structure, rec in records:
+        if precision is None and rec.get("precision_choice", {}).get("why") not in (None, "given"):
+            precision = rec["precision_choice"]
         if rec.get("shortened"):
             cut.append(f"{structure}: {rec['shortened']}")
         screen = rec.get("kind_screen")
@@ -91,10 +96,13 @@ def kind_decision(records: list[tuple[str, dict]]) -> Decision | None:
                  + (f": kept unchanged, {rec['kept_unchanged']}" if rec.get("kept_unchanged") else "")
                  if screen.get("probes_below_start") else "")
         items.append(f"{structure}: {screen['chosen']}{rate} ({scores}{below})")
-    if not items and not cut:
+    if not items and not cut and precision is None:
         return None
     reasons = ([f"distillation kind (and rate, unless given) chosen by one-epoch probes scored ({metric}) on a "
                 f"slice held out of the training data: {listing(items)}"] if items else [])
+    if precision is not None:  # measured once per run: the first record's choice holds for all
+        reasons.append(f"trained in {'bfloat16 autocast' if precision['precision'] == 'bf16' else 'fp32'}: "
+                       f"{precision['why']}")
     if cut:  # not the structure its name describes: a run with more time trains it whole
         reasons.append(f"fine-tuned for fewer steps than planned: {listing(cut)}")
     return Decision(technique="distillation_kind", decision="applied", reason="; ".join(reasons))

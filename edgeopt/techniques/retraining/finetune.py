@@ -6,7 +6,9 @@ best pair still trains and the result is kept only if it scores above the studen
 few steps, the fine-tuning hundreds. The screen runs once per run: every later fine-tuning of the same teacher
 on the same data takes its kind and rate, and is kept only if it scores above the student as it came on the
 screen's held-out slice. Within a search's time budget a fine-tuning that would end too late runs the steps that
-fit (at least half; the record says how many of how many planned). The loop itself is `edgeopt.training.fit`."""
+fit (at least half; the record says how many of how many planned). The precision it trains at is measured once
+per run too (bfloat16 autocast where a step runs faster with it; edgeopt.training.precision). The loop itself is
+`edgeopt.training.fit`."""
 
 from __future__ import annotations
 
@@ -32,14 +34,15 @@ def apply_finetune(model: nn.Module, example: torch.Tensor, config, data=None, t
                         "digits) with a training split, or use --no-retrain")
     student = copy.deepcopy(model)
     masks = _zero_masks(student) if config.keep_sparsity else None
-    kind, screen = _kind(student, teacher, train_data, config)
+    precision = _precision(student, teacher, train_data, config)
+    kind, screen = _kind(student, teacher, train_data, config, precision["precision"])
     optimizer = (screen or {}).get("optimizer") or config.optimizer or "sgd"
     lr = screen["lr"] if screen and "lr" in screen else config.lr or _default_lr(optimizer)
     judged = screen is not None and ("screened_before" in screen or screen.get("probes_below_start", False))
     before = copy.deepcopy(student) if judged else None
     res = fit(student, train_data, teacher=teacher, epochs=config.epochs, lr=lr, kind=kind,
               temperature=config.temperature, alpha=config.alpha, seed=config.seed, progress=progress,
-              shorten_to_fit=True, optimizer=optimizer)
+              shorten_to_fit=True, optimizer=optimizer, precision=precision["precision"])
     # fewer steps than planned, to end within the search's time: not the structure the plan describes, and the
     # record says so (a later run with more time trains it whole)
     shortened = ({"steps": res.steps, "planned_steps": res.planned_steps, "shortened": res.shortened}
@@ -57,6 +60,7 @@ def apply_finetune(model: nn.Module, example: torch.Tensor, config, data=None, t
         return student, {"epochs": 0, "seconds": res.seconds, "losses": [], "distillation": UNCHANGED,
                          "kind_screen": screen, "kept_unchanged": worse, **shortened}
     return student, {"epochs": res.epochs, "seconds": res.seconds, "lr": lr, "optimizer": optimizer, **shortened,
+                     "precision": precision["precision"], "precision_choice": precision,
                      "losses": [round(v, 4) for v in res.losses],
                      "distillation": res.kind, "device": res.device, "world_size": res.world_size,
                      **({"kind_screen": screen} if screen else {}), **({"kept_sparsity": True} if masks else {}),
@@ -64,9 +68,35 @@ def apply_finetune(model: nn.Module, example: torch.Tensor, config, data=None, t
                         if res.mode == "eval" else {})}
 
 
-def _kind(student: nn.Module, teacher: nn.Module | None, train_data, config) -> tuple[str | None, dict | None]:
+def _precision(student: nn.Module, teacher: nn.Module | None, train_data, config) -> dict:
+    """The precision to train at: the config's, or with "auto" the measured choice (training/precision.py), made
+    once per teacher and data like the screen (its timing is of the model's family and the batch, not of the
+    level it was cut to)."""
+    if config.precision != "auto":
+        return {"precision": config.precision, "why": "given"}
+    from edgeopt.training.loop import training_device
+    from edgeopt.training.precision import choose_precision
+    from edgeopt.training.screen import take_batches
+
+    if teacher is not None and (earlier := _PRECISIONS.get(teacher)) is not None and earlier[0]() is train_data:
+        return earlier[1]
+    batches = take_batches(train_data, 1)
+    if not batches:
+        raise DataError("fine-tuning needs training data: the training split is empty")
+    choice = choose_precision(student, teacher, batches[0][0], training_device())
+    try:
+        if teacher is not None:
+            _PRECISIONS[teacher] = (weakref.ref(train_data), choice)
+    except TypeError:  # data that cannot be referred to weakly (a plain list): measured every time
+        pass
+    return choice
+
+
+def _kind(student: nn.Module, teacher: nn.Module | None, train_data, config, precision: str = "fp32"
+          ) -> tuple[str | None, dict | None]:
     """The distillation kind to fine-tune with (never UNCHANGED: the best probe's, marked `probes_below_start`
-    when every probe scored below the start), and the screen's record when it was chosen by measurement."""
+    when every probe scored below the start), and the screen's record when it was chosen by measurement; its
+    probes train at `precision`."""
     if teacher is None:
         return (None if config.kind in ("auto", "response") else config.kind), None
     if config.kind != "auto":
@@ -96,7 +126,7 @@ def _kind(student: nn.Module, teacher: nn.Module | None, train_data, config) -> 
         adamw = ADAMW_RATES if config.lr is None and config.optimizer is None and layer_normed(student) else ()
         kind, screen = choose_kind(student, teacher, train_data, lr=lr, seed=config.seed, rates=rates,
                                    optimizer=optimizer, adamw_rates=adamw, temperature=config.temperature,
-                                   alpha=config.alpha)
+                                   alpha=config.alpha, precision=precision)
     except DataError as e:  # too little data to hold a slice out: the default kind, with the reason
         return "response", {"chosen": "response", "skipped": str(e)}
     scores = screen["scores"]
@@ -130,6 +160,8 @@ def layer_normed(model: nn.Module) -> bool:
 # rate and optimizer): the last screen of each live teacher, held weakly, so that a run's data is never kept
 # beyond it
 _SCREENS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# teacher -> (its training data, the measured training precision), held weakly as the screens are
+_PRECISIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _earlier_screen(teacher: nn.Module, train_data, key: tuple) -> dict | None:
