@@ -57,8 +57,9 @@ def optimize(model=None, example_inputs=None, *, config: RunConfig | None = None
     {"image_size", "mean", "std", "val_split", ...}` for folders). `config`: a RunConfig (e.g.
     `edgeopt.load_config("out/run.yaml")`); `options` override its fields by name: target, goal,
     max_accuracy_drop, retrain, from_scratch, latency_budget_ms, size_budget_mb, time_budget_s, techniques,
-    runtimes, weights, trust_pickle, input_shape, data, data_options, metric, epochs, sensitivity, threads,
-    bench_time_s, seed, calib_random, serve_batch and streams (goal throughput), dynamic_batch, device (one
+    runtimes, weights, trust_pickle, input_shape, data, data_options, metric, epochs, train_precision,
+    sensitivity, threads, bench_time_s, seed, calib_random, serve_batch and streams (goal throughput),
+    dynamic_batch, device (one
     agent URL or a list: a fleet), token_file, cluster ("local:N" or "ray://HOST:PORT"), out_dir, verbose,
     cache (or resume); an unknown name is a
     ConfigError with did-you-mean. In-memory objects: `bench_config` (a BenchConfig), `progress`,

@@ -118,3 +118,25 @@ def test_speed_ceiling_measures_every_cut_against_the_original(tmp_path, monkeyp
                         "--round-to", "16", "--no-depth"])
     rows = __import__("json").loads(out.with_suffix(".json").read_text())["rows"]
     assert [r["variant"] for r in rows] == ["original", "channels -50%", "channels -50% (blocks of 16)"]
+
+
+def test_training_precision_times_both_ways_and_tables_what_was_chosen(tmp_path, monkeypatch):
+    """benchmarks/training_precision.py on a small net: both step times measured (or the reason bfloat16 is
+    out), the table says what fine-tuning would train at; a detector's recovery is refused before any work."""
+    import json
+
+    import pytest
+
+    from benchmarks import real_models as rm
+    from benchmarks import training_precision as tp
+
+    monkeypatch.setitem(rm.BENCHES, "small", rm.Bench("small", "torchvision:resnet18?num_classes=4",
+                                                      (1, 3, 32, 32), "cls", None, "train_classifier", 1))
+    out = tmp_path / "tp"
+    tp.main(["--models", "small", "--recovery", "", "--out", str(out)])
+    row = json.loads(out.with_suffix(".json").read_text())["times"][0]
+    assert row["model"] == "small" and row["precision"] in ("fp32", "bf16")
+    assert "bf16_step_s" not in row or (row["fp32_step_s"] > 0 and row["bf16_step_s"] > 0)
+    assert f"| small | {row.get('fp32_step_s', '-')} |" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit, match="yolov8n is not a segmenter"):
+        tp.recovery("yolov8n", tmp_path, 1, 0.5)

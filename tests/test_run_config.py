@@ -152,3 +152,15 @@ def test_interrupted_run_says_what_was_kept_and_replays_from_run_yaml(tmp_path, 
     assert report["context"]["seed"] == 5 and report["context"]["max_accuracy_drop"] == 2.5
     assert report["model"]["cache_hits"] >= 1
     assert yaml.safe_load((out / "run.yaml").read_text()) == yaml.safe_load(saved)  # replay saves the same
+
+
+def test_the_training_precision_flows_from_the_flag_to_the_planned_fine_tuning(captured):
+    from edgeopt.techniques.planning import finetune_step
+
+    res = CliRunner().invoke(app, ["optimize", "--retrain", "--train-precision", "fp32"])
+    assert res.exit_code == 0, res.output
+    ctx = captured[0].context()
+    assert captured[0].search.train_precision == "fp32" and ctx.train_precision == "fp32"
+    assert finetune_step(ctx, True, []).precision == "fp32"
+    assert finetune_step(RunConfig().with_flat(retrain=True).context(), True, []).precision == "auto"
+    assert_one_line_error(run("optimize", "--train-precision", "fp16"), "train_precision")

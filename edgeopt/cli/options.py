@@ -193,7 +193,7 @@ FLAGS: dict[str, tuple[str, Callable[[Any], Any] | None]] = {
     "seed": ("seed", None), "bench_time": ("bench_time_s", None), "out_dir": ("out_dir", _path),
     "as_json": ("as_json", None), "device": ("device", None), "token_file": ("token_file", _path),
     "dynamic_batch": ("dynamic_batch", None), "streams": ("streams", None), "verbose": ("verbose", None),
-    "cluster": ("cluster", None),
+    "cluster": ("cluster", None), "train_precision": ("train_precision", None),
 }
 
 

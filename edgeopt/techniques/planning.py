@@ -103,7 +103,7 @@ def finetune_step(context: DeployContext, has_train_data: bool, decisions: list[
                "scored on a slice held out of it, once per run (later fine-tunings take the choice and are kept "
                "only if they score above the model as it came); each one's accuracy is in the fine-tuning step's "
                "record (kind_screen)"))
-    return FineTuneConfig(epochs=epochs, kind="auto")
+    return FineTuneConfig(epochs=epochs, kind="auto", precision=getattr(context, "train_precision", "auto"))
 
 
 def fine_tuning_length(context: DeployContext, epochs: int, steps_per_epoch: int | None) -> str:

@@ -31,8 +31,8 @@ from edgeopt.training.losses import (
     rkd_loss,
     task_loss,
 )
+from edgeopt.training.mixed_precision import PRECISIONS, autocast
 from edgeopt.training.modes import training_mode
-from edgeopt.training.precision import PRECISIONS, autocast
 
 KINDS = ("response", "feature", "relation")
 # Steps timed before the forecast of a fine-tuning's end (the first step, slower by its allocations, left out):
@@ -283,8 +283,15 @@ def _timed(batches, waited: list[float]):
 
 def _fp32(tree):
     """Every bfloat16 tensor in `tree` (nested dicts, lists, tuples) as float32."""
-    return torch.utils._pytree.tree_map(
-        lambda t: t.float() if isinstance(t, torch.Tensor) and t.dtype == torch.bfloat16 else t, tree)
+    if isinstance(tree, torch.Tensor):
+        return tree.float() if tree.dtype == torch.bfloat16 else tree
+    if isinstance(tree, dict):
+        return {k: _fp32(v) for k, v in tree.items()}
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # a named tuple
+        return type(tree)(*(_fp32(v) for v in tree))
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_fp32(v) for v in tree)
+    return tree
 
 
 def _loss(out, feats, emb, y, t_out, t_feats, t_emb, kinds, names, feature_distance, temperature, alpha,

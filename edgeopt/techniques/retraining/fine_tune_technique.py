@@ -44,7 +44,7 @@ class FineTuneConfig(TechniqueConfig):
     # training data, the best held-out accuracy wins, then the full fine-tuning with it
     kind: str = "response"
     # "auto": bfloat16 autocast where the processor has bfloat16 arithmetic and a timed step of the model runs at
-    # least 1.25x faster with it (edgeopt.training.precision), else fp32; "fp32" / "bf16": as given
+    # least 1.25x faster with it (edgeopt.training.mixed_precision), else fp32; "fp32" / "bf16": as given
     precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     @field_validator("kind")

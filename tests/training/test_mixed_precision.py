@@ -5,8 +5,8 @@ import torch
 
 from edgeopt.errors import ConfigError
 from edgeopt.training import fit
-from edgeopt.training import precision as precision_mod
-from edgeopt.training.precision import bf16_unsupported, choose_precision
+from edgeopt.training import mixed_precision as precision_mod
+from edgeopt.training.mixed_precision import bf16_unsupported, choose_precision
 
 CPU = torch.device("cpu")
 needs_bf16 = pytest.mark.skipif(bf16_unsupported(CPU) is not None,
@@ -69,7 +69,7 @@ def test_fine_tuning_measures_its_precision_once_per_run_and_takes_a_given_one(t
         return {"precision": "fp32", "fp32_step_s": 0.2, "bf16_step_s": 0.19,
                 "why": "a step took 0.190 s in bfloat16 autocast, 0.200 s in fp32 (1.05x)"}
 
-    monkeypatch.setattr("edgeopt.training.precision.choose_precision", timed)
+    monkeypatch.setattr("edgeopt.training.mixed_precision.choose_precision", timed)
     teacher, data = tinynet.make_plain(), Batches(_data())
     x = torch.randn(1, 1, 16, 16)
     _, rec = finetune.apply_finetune(tiny_plain, x, FineTuneConfig(epochs=1), teacher=teacher, train_data=data)
@@ -94,3 +94,21 @@ def test_the_report_decision_says_which_precision_the_run_trained_at():
     given = kind_decision([("prune-recon50-ft", {"precision": "fp32", "precision_choice": {
         "precision": "fp32", "why": "given"}})])
     assert given is None  # a precision given is the user's, not a decision of the run
+
+
+@needs_bf16
+def test_a_model_that_cannot_step_in_bf16_trains_in_fp32_with_the_reason(monkeypatch):
+    class NoBf16(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            y = self.fc(x)
+            if y.dtype == torch.bfloat16:  # as an operation with no bfloat16 kernel would
+                raise RuntimeError("\"addmm_impl_cpu_\" not implemented for 'BFloat16'\nmore")
+            return y
+
+    choice = choose_precision(NoBf16(), None, torch.randn(8, 4), CPU)
+    assert choice == {"precision": "fp32", "why": "a step could not run in bfloat16 autocast: \"addmm_impl_cpu_\" "
+                                                  "not implemented for 'BFloat16'"}

@@ -72,11 +72,15 @@ def choose_precision(student: nn.Module, teacher: nn.Module | None, x: torch.Ten
         return time.perf_counter() - t0
 
     times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
-    for r in range(TIMED_ROUNDS + 1):
-        for p in PRECISIONS:
-            took = step(p)
-            if r:  # the first step of each allocates and picks its kernels
-                times[p].append(took)
+    try:
+        for r in range(TIMED_ROUNDS + 1):
+            for p in PRECISIONS:
+                took = step(p)
+                if r:  # the first step of each allocates and picks its kernels
+                    times[p].append(took)
+    except RuntimeError as e:  # an operation without a bfloat16 kernel; one fp32 cannot run fit reports itself
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return {"precision": "fp32", "why": f"a step could not run in bfloat16 autocast: {first}"}
     fp32, bf16 = (statistics.median(times[p]) for p in PRECISIONS)
     gain = fp32 / max(bf16, 1e-9)
     chosen = "bf16" if gain >= BF16_GAIN else "fp32"
