@@ -112,3 +112,15 @@ def test_a_model_that_cannot_step_in_bf16_trains_in_fp32_with_the_reason(monkeyp
     choice = choose_precision(NoBf16(), None, torch.randn(8, 4), CPU)
     assert choice == {"precision": "fp32", "why": "a step could not run in bfloat16 autocast: \"addmm_impl_cpu_\" "
                                                   "not implemented for 'BFloat16'"}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA (none here)")
+def test_on_a_gpu_the_choice_is_timed_there_and_a_bf16_fit_trains(tiny_plain):
+    import tinynet
+
+    gpu = torch.device("cuda")
+    choice = choose_precision(tiny_plain, tinynet.make_plain(), torch.randn(16, 1, 16, 16), gpu)
+    assert choice["precision"] in ("fp32", "bf16")
+    assert torch.cuda.is_bf16_supported() == ("bf16_step_s" in choice)
+    res = fit(tiny_plain, _data(), teacher=tinynet.make_plain(), epochs=3, lr=0.05, precision="bf16")
+    assert res.device.startswith("cuda") and res.losses[-1] < res.losses[0]
