@@ -31,7 +31,9 @@ def autocast(device: torch.device, precision: str):
 def bf16_unsupported(device: torch.device) -> str | None:
     """Why `device` cannot train in bfloat16 faster than in fp32, or None when it has bfloat16 arithmetic."""
     if device.type == "cuda":
-        return None if torch.cuda.is_bf16_supported() else "this GPU has no bfloat16 arithmetic"
+        # emulated bfloat16 (before Ampere) runs slower than fp32: only the GPU's own arithmetic counts
+        return (None if torch.cuda.is_bf16_supported(including_emulation=False)
+                else "this GPU has no bfloat16 arithmetic")
     from edgeopt.targets import cpu_flags
 
     if {"amx_bf16", "avx512_bf16", "bf16"} & cpu_flags():

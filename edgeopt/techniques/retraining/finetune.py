@@ -7,8 +7,8 @@ few steps, the fine-tuning hundreds. The screen runs once per run: every later f
 on the same data takes its kind and rate, and is kept only if it scores above the student as it came on the
 screen's held-out slice. Within a search's time budget a fine-tuning that would end too late runs the steps that
 fit (at least half; the record says how many of how many planned). The precision it trains at is measured once
-per run too (bfloat16 autocast where a step runs faster with it; edgeopt.training.mixed_precision). The loop itself is
-`edgeopt.training.fit`."""
+per run too (bfloat16 autocast where a step runs faster with it; edgeopt.training.mixed_precision). The loop
+itself is `edgeopt.training.fit`."""
 
 from __future__ import annotations
 
@@ -70,9 +70,9 @@ def apply_finetune(model: nn.Module, example: torch.Tensor, config, data=None, t
 
 
 def _precision(student: nn.Module, teacher: nn.Module | None, train_data, config) -> dict:
-    """The precision to train at: the config's, or with "auto" the measured choice (training/mixed_precision.py), made
-    once per teacher and data like the screen (its timing is of the model's family and the batch, not of the
-    level it was cut to)."""
+    """The precision to train at: the config's, or with "auto" the measured choice (training/mixed_precision.py),
+    made once per teacher and data like the screen (its timing is of the model's family and the batch, not of
+    the level it was cut to)."""
     if config.precision != "auto":
         return {"precision": config.precision, "why": "given"}
     from edgeopt.training.loop import training_device
