@@ -193,12 +193,11 @@ def fit(student: nn.Module, train_data, teacher: nn.Module | None = None, epochs
                     if teacher is not None:
                         with torch.no_grad():
                             t_out = run_model(teacher, x)
-                # the losses in fp32: a softmax or a squared difference in bfloat16 loses the small differences
-                # distillation learns from
-                loss = _loss(*_fp32((out, feats, emb)), y, _fp32(t_out),
-                             _fp32(t_capture.feats) if t_capture is not None else {},
-                             _fp32(t_capture.embedding) if t_capture is not None else None,
-                             kinds, names, feature_distance, temperature, alpha, beta, gamma)
+                outputs = (out, feats, emb, t_out, *((t_capture.feats, t_capture.embedding)
+                                                     if t_capture is not None else ({}, None)))
+                if precision == "bf16":  # the losses in fp32: a softmax or a squared difference in bfloat16
+                    outputs = _fp32(outputs)  # loses the small differences distillation learns from
+                loss = _loss(y, *outputs, kinds, names, feature_distance, temperature, alpha, beta, gamma)
                 loss = loss + regularizer(student) if regularizer is not None else loss
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -294,7 +293,7 @@ def _fp32(tree):
     return tree
 
 
-def _loss(out, feats, emb, y, t_out, t_feats, t_emb, kinds, names, feature_distance, temperature, alpha,
+def _loss(y, out, feats, emb, t_out, t_feats, t_emb, kinds, names, feature_distance, temperature, alpha,
           beta, gamma) -> torch.Tensor:
     """The step's loss from the student's outputs (`feats`, `emb`: its captured maps and embedding) and, with a
     teacher, the teacher's (`t_out` its outputs, None without one)."""
