@@ -176,7 +176,9 @@ class Builds:
 
 # Shares of --time-budget kept back from the search: the tail (the final latency measurement, the test split and
 # writing the report) and, until a compressed candidate is finished, the finish of the best structure screened
-# within the accuracy budget. The budget bounds the whole run, loading and tracing included.
+# within the accuracy budget. The budget bounds the whole run, loading and tracing included. Once the baseline
+# is finished the tail is forecast from what it measured (`forecast_tail`) and kept at that when it is less
+# than its share: a fixed share of a long budget held back several times what the tail takes.
 TAIL_SHARE = 0.1
 FINISH_SHARE = 0.15
 TIME_STOP = "stopped by the time budget"  # what the trace, the reasons and the CLI say when it stops the search
@@ -197,21 +199,37 @@ class StopClock:
         # stopped because the next build would not end within the search's share, with time still left in it:
         # no structure is built any more, but the ones built may still be finished while their exports fit
         self.builds_only = False
+        self.tail_s: float | None = None  # the tail's forecast (`forecast_tail`); None: its share of the budget
         self._grace = False
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t_start
 
+    def tail(self) -> float:
+        """Seconds kept back for the tail: its forecast, at most its share of the budget."""
+        share = TAIL_SHARE * (self.time_budget_s or 0.0)
+        return share if self.tail_s is None else min(share, self.tail_s)
+
+    def forecast_tail(self, seconds: float, why: str) -> None:
+        """Keep `seconds` for the tail instead of its share of the budget, where that is less (traced)."""
+        if not self.time_budget_s:
+            return
+        share = TAIL_SHARE * self.time_budget_s
+        self.tail_s = max(0.0, seconds)
+        if self.tail_s < share:
+            self.trace.append(f"time budget: {self.tail_s:.0f} s kept for the tail, not {share:.0f} s "
+                              f"({100 * TAIL_SHARE:.0f} % of the budget): {why}")
+
     def kept_back(self, until: str) -> float:
-        """The share of the budget kept back after the search ("search") or after the finish ("finish")."""
-        return {"search": TAIL_SHARE + (FINISH_SHARE if self.reserve_finish else 0.0), "finish": TAIL_SHARE,
-                "end": 0.0}[until]
+        """Seconds of the budget kept back after the search ("search") or after the finish ("finish")."""
+        finish = FINISH_SHARE * (self.time_budget_s or 0.0) if self.reserve_finish else 0.0
+        return {"search": self.tail() + finish, "finish": self.tail(), "end": 0.0}[until]
 
     def left(self, until: str = "end") -> float | None:
         """Seconds left before the search's end ("search"), the finish's end ("finish") or the budget's end
         ("end"); None without a time budget."""
         budget = self.time_budget_s
-        return None if not budget else budget * (1 - self.kept_back(until)) - self.elapsed()
+        return None if not budget else budget - self.kept_back(until) - self.elapsed()
 
     def deadline(self) -> float | None:
         """The time.perf_counter() value at which the search's share runs out; None without a time budget or
@@ -227,7 +245,7 @@ class StopClock:
         if not self.reason and left is not None and left < 0:
             self.out_of_time = True
             self.stop(f"not tried: {TIME_STOP} (--time-budget of {self.time_budget_s:g} s, "
-                      f"{100 * self.kept_back('search'):.0f} % of it kept for the finish and the final measurement)")
+                      f"{self.kept_back('search'):.0f} s of it kept for the finish and the final measurement)")
         return self.reason is not None
 
     def stopped(self) -> str | None:
@@ -270,7 +288,9 @@ class StopClock:
         """report.json's model.search.time_budget."""
         if not self.time_budget_s:
             return None
-        return {"budget_s": self.time_budget_s, "stopped": self.out_of_time, "cuts": list(self.cuts)}
+        forecast = self.tail_s is not None and self.tail_s < TAIL_SHARE * self.time_budget_s
+        return {"budget_s": self.time_budget_s, "stopped": self.out_of_time, "cuts": list(self.cuts),
+                "tail_s": round(self.tail(), 1), "tail": "forecast" if forecast else "share"}
 
     @property
     def in_grace(self) -> bool:

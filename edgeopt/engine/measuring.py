@@ -37,6 +37,13 @@ CHECK_SHARE = 1 / 3
 CHECK_MIN_S = 2.0
 
 
+def measurement_seconds(bench_config: BenchConfig) -> float:
+    """What the final measurement should take at most on this machine: every candidate's warm-up, the
+    interleaved group for `max_time_s`, then the choice measured again (`check_choice`). A group of slow models
+    can need longer for its minimum of runs; `fit_bench` shortens it to what is left."""
+    return bench_config.warmup_s + bench_config.max_time_s + max(CHECK_MIN_S, bench_config.max_time_s * CHECK_SHARE)
+
+
 def check_choice(report: Report, sessions: dict, ex: Inputs, bench_config: BenchConfig) -> list[Decision]:
     """The chosen model measured again, fresh and interleaved, beside the plain conversions of the original
     within the budget (the best of them is the headline's comparison) and the fp32 baseline. The choice is the

@@ -79,9 +79,10 @@ def run(config: RunConfig, model=None, example=None, eval_data=None, calib_data=
     used = config if model is None else config.model_copy(update={"inputs": config.inputs.model_copy(
         update={"model": None})})
     write_atomic(mark_folder(out_dir) / "run.yaml", used.to_yaml())
+    bench_config = bench_config or BenchConfig(max_time_s=config.measure.bench_time_s)
     found = run_search(prep, out_dir, threads, config.output.cache, progress, t_start,
-                    metric if metric is not None else config.inputs.metric, phases)
-    bench_config = fit_bench(bench_config or BenchConfig(max_time_s=config.measure.bench_time_s), found.result)
+                    metric if metric is not None else config.inputs.metric, phases, final_bench=bench_config)
+    bench_config = fit_bench(bench_config, found.result)
     with phases("measure"):
         device = measure_all(found.result.candidates, found.result.sessions, found.plan.measure_locally, prep,
                              out_dir, config, bench_config, device_token, progress)

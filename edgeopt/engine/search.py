@@ -107,6 +107,9 @@ class Search:
     # family-parallel work (engine/cluster.py, --cluster): builds and screens every family's levels ahead of the
     # walk below, which then decides on the same numbers; None: one after another, here
     executor: object | None = None
+    # given the seconds the baseline's evaluation on the selection part took: (the seconds the tail of the run
+    # should take, why), kept back for it instead of its share of --time-budget where less; None: its share
+    tail_forecast: Callable[[float], tuple[float, str]] | None = None
 
     def __post_init__(self):
         self._fresh()
@@ -148,6 +151,7 @@ class Search:
         with self.clock.grace():
             self.finisher.finish(ledger.original, [s for s in ledger.specs[ledger.original]
                                                    if s.id == ledger.baseline_id])
+        self._forecast_tail()
         self.finisher.finish(ledger.original)  # its other precisions, as the time budget allows
         rule_out_precisions(self)
         self.float_wins = judge_by_float(self)
@@ -202,6 +206,14 @@ class Search:
             screenings=self.screenings, structures_built=self.builds.count(), build_seconds=self.builds.seconds,
             finish_seconds=self.finisher.seconds, clock=self.clock, phases=self.finisher.phases,
             screen_seconds=self.screen_seconds, after_budget=self.after_budget)
+
+    def _forecast_tail(self) -> None:
+        """The tail kept back from --time-budget, forecast from the baseline's evaluation (not restored from
+        the cache: its timings are of another run)."""
+        base = self.ledger.cands.get(self.ledger.baseline_id)
+        evaluate_s = self.finisher.phases.get(self.ledger.baseline_id, {}).get("evaluate")
+        if self.tail_forecast is not None and base is not None and not base.from_cache and evaluate_s is not None:
+            self.clock.forecast_tail(*self.tail_forecast(evaluate_s))
 
     # ---- structures: bisection, screening -------------------------------------------------------------
     def bisect_family(self, fam: str, structures: list[str]) -> list[str]:

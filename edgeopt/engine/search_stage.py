@@ -71,8 +71,10 @@ class Searched:
 
 
 def run_search(prep: Prepared, out_dir: Path, threads: int, resume: bool, progress: Progress, t_start: float,
-               metric, phases: Phases) -> Searched:
-    """Plan, then search (rank 0; with followers under torchrun, released however the search ends)."""
+               metric, phases: Phases, final_bench: BenchConfig | None = None) -> Searched:
+    """Plan, then search (rank 0; with followers under torchrun, released however the search ends).
+    `final_bench`: the final latency measurement's settings, which the tail of a time-budgeted run is
+    forecast with."""
     context, splits, net, ex = prep.context, prep.splits, prep.loaded.model, prep.ex
     _, world_size = ddp.world()
     leader = distributed.Leader() if world_size > 1 else None
@@ -92,7 +94,9 @@ def run_search(prep: Prepared, out_dir: Path, threads: int, resume: bool, progre
         fidelity = eval_b.metric.name == "fidelity"
         batch = ex.batch
         with phases("reference predictions"):
+            t_ref = time.perf_counter()
             reference = torch_predictions(net, eval_b, batch)
+            reference_s = time.perf_counter() - t_ref
             why = None if fidelity else holdout.degenerate(eval_b.metric, score(reference, eval_b, reference)[0],
                                                             prep.summary.num_outputs)
             if why:
@@ -120,7 +124,8 @@ def run_search(prep: Prepared, out_dir: Path, threads: int, resume: bool, progre
             cache_parts=producer_parts(net, ex, eval_b, splits, context, options, prep.profile),
             progress=progress, t_start=t_start, announce=leader, executor=executor,
             quick_latency=partial(latency, measure_locally=the_plan.measure_locally, profile=prep.profile, ex=ex,
-                                  bench_config=BenchConfig(**QUICK_BENCH)))
+                                  bench_config=BenchConfig(**QUICK_BENCH)),
+            tail_forecast=tail_forecast(prep, the_plan, held, final_bench, reference_s))
         t0 = time.perf_counter()
         result = search.run()
         took = time.perf_counter() - t0
@@ -135,6 +140,38 @@ def run_search(prep: Prepared, out_dir: Path, threads: int, resume: bool, progre
         if executor is not None:
             executor.close()
     return Searched(the_plan, held, sens, eval_b.metric, outputs, result)
+
+
+# The tail of a time-budgeted run, forecast: the test part judges the baseline, the chosen candidate and the best
+# plain conversion, and one more where the test part rejects the first choice; the forecast is kept with a
+# margin, plus a few seconds for selecting, publishing the artifact and building the report.
+TEST_JUDGED = 4
+TAIL_MARGIN = 1.25
+TAIL_OTHER_S = 3.0
+
+
+def tail_forecast(prep: Prepared, the_plan: Plan, held: holdout.Holdout, bench: BenchConfig | None,
+                  reference_s: float):
+    """(evaluate_s -> (seconds, why)): the tail forecast from what the baseline's evaluation on the selection
+    part took, scaled to the test part, and the final measurement's settings; None where the tail cannot be
+    forecast here (no settings given, a throughput goal's load test, latency measured on a remote agent)."""
+    if bench is None or prep.config.deploy.goal == "throughput" or prep.config.measure.device:
+        return None
+    from edgeopt.engine.measuring import measurement_seconds
+
+    measure_s = measurement_seconds(bench) if the_plan.measure_locally else 0.0  # else estimated: no runs
+    test = held.test
+    share = len(test) / max(1, len(held.selection)) if test is not None else 0.0
+    fidelity = test is not None and test.metric is not None and test.metric.name == "fidelity"
+
+    def forecast(evaluate_s: float) -> tuple[float, str]:
+        test_s = share * (TEST_JUDGED * evaluate_s + (reference_s if fidelity else 0.0))
+        seconds = TAIL_MARGIN * (measure_s + test_s) + TAIL_OTHER_S
+        return seconds, (f"the final measurement takes about {measure_s:.0f} s and the test split about "
+                         f"{test_s:.0f} s ({TEST_JUDGED} models, the baseline's evaluation took {evaluate_s:.1f} s "
+                         f"on the selection part), kept with a {TAIL_MARGIN:g}x margin and {TAIL_OTHER_S:g} s for "
+                         "the report")
+    return forecast
 
 
 def output_shapes(net, ex: Inputs) -> dict[str, list[int]]:

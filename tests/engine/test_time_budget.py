@@ -272,3 +272,90 @@ def test_a_level_kept_before_the_builds_stopped_is_still_finished_while_its_expo
     assert c["factorize30@onnx-fp32"].status == "ok"
     assert c["factorize20@onnx-fp32"].status == "rejected"  # its margin level was never built: not built now
     assert clock[0] <= 65 * (1 - TAIL_SHARE)
+
+
+def test_a_forecast_tail_gives_the_search_what_the_share_held_back(tmp_path, clock):
+    """With 60 s builds and 220 s, the tail's share (22 s) leaves the search 165 s before a compressed candidate
+    is finished: the third build (ending at 180 s) is not started. A tail forecast at 2 s gives the search those
+    20 s: the third build is started, and the run still ends before the budget less the forecast tail."""
+
+    class SlowBuilds(FakeBuilder):
+        def build(self, start, spec):
+            got = super().build(start, spec)
+            self.clock[0] += 50.0
+            return got
+
+    plain = SlowBuilds(tmp_path, DROPS, clock=clock)
+    _search(tmp_path, plain, plan=_plan(), time_budget_s=220).run()
+    assert plain.builds == ["original", "prune30"], plain.builds
+    clock[0] = 0.0
+    seen = []
+
+    def forecast(evaluate_s):
+        seen.append(evaluate_s)
+        return 2.0, "two seconds"
+
+    forecast_builder = SlowBuilds(tmp_path, DROPS, clock=clock)
+    search = _search(tmp_path, forecast_builder, plan=_plan(), time_budget_s=220)
+    search.tail_forecast = forecast
+    result = search.run()
+    assert seen == [0.0]  # called once, with the baseline's evaluation time (the fake clock's: none)
+    assert forecast_builder.builds == ["original", "prune30", "prune50"], forecast_builder.builds
+    assert clock[0] <= 220 - 2.0, (clock[0], search.trace)
+    assert any(t == "time budget: 2 s kept for the tail, not 22 s (10 % of the budget): two seconds"
+               for t in search.trace), search.trace
+    budget = result.summary()["time_budget"]
+    assert budget["tail_s"] == 2.0 and budget["tail"] == "forecast"
+
+
+def test_a_tail_forecast_above_its_share_keeps_the_share(tmp_path, clock):
+    """A forecast is only ever a cut of the share: a tail forecast longer than it keeps the share (the search
+    is not shortened by it), and says nothing."""
+    from edgeopt.engine.ledger import StopClock
+
+    trace: list[str] = []
+    stop = StopClock(100.0, 0.0, trace)
+    stop.forecast_tail(30.0, "slow")
+    assert stop.tail() == pytest.approx(100 * TAIL_SHARE) and trace == []
+    assert stop.summary()["tail"] == "share"
+    stop.forecast_tail(4.0, "quick")
+    assert stop.tail() == 4.0 and stop.left("finish") == pytest.approx(96.0)
+    unbounded = StopClock(None, 0.0, trace)
+    unbounded.forecast_tail(4.0, "quick")
+    assert unbounded.left() is None and unbounded.summary() is None
+
+
+def test_the_tail_forecast_scales_the_baselines_evaluation_to_the_test_part():
+    """(test / selection images) x the models judged there x the baseline's evaluation, plus the final
+    measurement (its group, warm-up and the choice measured again), kept with a margin; none where the tail is
+    not this machine's to forecast (a remote agent, a throughput load test) or no settings are given."""
+    from types import SimpleNamespace
+
+    from edgeopt.engine import search_stage
+    from edgeopt.engine.measuring import measurement_seconds
+    from edgeopt.measure.timing import BenchConfig
+
+    class Part(list):
+        metric = SimpleNamespace(name="top1")
+
+    held = SimpleNamespace(selection=Part(range(400)), test=Part(range(100)))
+    config = SimpleNamespace(deploy=SimpleNamespace(goal="latency"), measure=SimpleNamespace(device=None))
+    prep, local = SimpleNamespace(config=config), SimpleNamespace(measure_locally=True)
+    bench = BenchConfig(max_time_s=10.0)
+    assert measurement_seconds(bench) == pytest.approx(0.2 + 10 + 10 / 3)
+    forecast = search_stage.tail_forecast(prep, local, held, bench, reference_s=8.0)
+    seconds, why = forecast(2.0)
+    test_s = 0.25 * search_stage.TEST_JUDGED * 2.0  # top1: no reference predictions on the test part
+    assert seconds == pytest.approx(search_stage.TAIL_MARGIN * (measurement_seconds(bench) + test_s)
+                                    + search_stage.TAIL_OTHER_S)
+    assert "the baseline's evaluation took 2.0 s" in why
+    Part.metric = SimpleNamespace(name="fidelity")  # the test part's reference predictions are made then
+    fidelity = search_stage.tail_forecast(prep, local, held, bench, reference_s=8.0)
+    assert fidelity(2.0)[0] == pytest.approx(seconds + search_stage.TAIL_MARGIN * 0.25 * 8.0)
+    estimated = search_stage.tail_forecast(prep, SimpleNamespace(measure_locally=False), held, bench, 8.0)
+    assert estimated(2.0)[0] < seconds  # estimated latency: no measurement to wait for
+    assert search_stage.tail_forecast(prep, local, held, None, 8.0) is None
+    config.measure.device = "http://jetson:8765"
+    assert search_stage.tail_forecast(prep, local, held, bench, 8.0) is None
+    config.measure.device, config.deploy.goal = None, "throughput"
+    assert search_stage.tail_forecast(prep, local, held, bench, 8.0) is None
