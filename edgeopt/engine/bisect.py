@@ -54,7 +54,7 @@ def bisect(family: str, levels: list[str], screen: Callable[[str], float | None]
     elif unbuilt:
         what = f"none ({bound} could not be built)"
     else:
-        what = "none (even the mildest level breaks the budget)"
+        what = f"none (even the mildest level tried, {levels[0]}, breaks the budget)"
     out = Outcome(kept=kept, settled=settled,
                   trace=f"{family}: bisection kept {what}" + (f", margin {', '.join(kept[1:])}" if kept[1:] else "")
                   + (f" (its drop {drops[levels[lo]]:.2f} pp is near the budget: the test split may reject it)"

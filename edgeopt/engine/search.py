@@ -33,11 +33,12 @@ from edgeopt.engine.cache import CandidateCache, key
 from edgeopt.engine.family_screening import Screening, screen_group
 from edgeopt.engine.fine_tuned import beyond_twins, first_probe, shortened
 from edgeopt.engine.finish import Finisher
+from edgeopt.engine.held_levels import beyond_held
 from edgeopt.engine.ledger import Builds, Ledger, StopClock, layout, why_failed
 from edgeopt.engine.precision_checks import check, checks_probes, judge_by_float, rule_out_precisions
 from edgeopt.engine.qat_phase import qat_phase
 from edgeopt.engine.stacking import ready, stack
-from edgeopt.engine.train_longer import has_twin, near_miss, train_longer
+from edgeopt.engine.train_longer import has_twin, near_miss, next_miss, train_longer
 from edgeopt.errors import TimeBudgetError, WontFitError
 from edgeopt.formats.base import Session
 from edgeopt.report import Candidate, Decision
@@ -175,14 +176,14 @@ class Search:
                 screened_out |= self._screen_group(group, families)
             if fam in screened_out:
                 continue
-            structures = beyond_twins(self, fam, structures)
+            structures = beyond_held(self, fam, beyond_twins(self, fam, structures))
             for s in self.bisect_family(fam, structures) if structures else ():
                 self.finisher.finish(s)
                 self.compressed_finished()
             missed = near_miss(self, structures)
             if missed is not None and not self._stopped_before_build():
                 if has_twin(self, missed):
-                    train_longer(self, missed)
+                    self._train_longer_from(missed, structures)
                 else:  # its recovery is unknown: tried on the time the other families leave
                     untwinned.append(missed)
             self._early_stop()
@@ -206,6 +207,15 @@ class Search:
             screenings=self.screenings, structures_built=self.builds.count(), build_seconds=self.builds.seconds,
             finish_seconds=self.finisher.seconds, clock=self.clock, phases=self.finisher.phases,
             screen_seconds=self.screen_seconds, after_budget=self.after_budget)
+
+    def _train_longer_from(self, missed: str, structures: list[str]) -> None:
+        """Train the near miss `missed` on; where a block of it holds the budget, the family's next level
+        screened over the budget is trained on the same way (its measured recovery decides), and so on: the
+        family's speed is in its most aggressive level, and a level rescued says the next may be too."""
+        while train_longer(self, missed) is not None:
+            missed = next_miss(self, structures, missed)
+            if missed is None or not has_twin(self, missed) or self._stopped_before_build():
+                return
 
     def _forecast_tail(self) -> None:
         """The tail kept back from --time-budget, forecast from the baseline's evaluation (not restored from
@@ -242,9 +252,11 @@ class Search:
         """Measure every family of the group at one level; mark the families left out, with the numbers.
         Returns the families left out."""
         specs = self.ledger.specs
-        members = {f: s for f, s in families.items() if specs[s[0]][0].screen == group}
+        members = {f: beyond_held(self, f, s) for f, s in families.items() if specs[s[0]][0].screen == group}
+        gone = {f for f, s in members.items() if not s}  # every level no faster than one held already
+        members = {f: s for f, s in members.items() if s}
         if len(members) <= policy.SCREEN_KEEP:
-            return set()  # nothing to choose between: each family is bisected
+            return gone  # nothing to choose between: each family is bisected
         original = layout(self.builder.net)  # a structure with this layout left the model as it was
 
         out = screen_group(group, members, lambda s: specs[s][0].level, self.screen, self.builds.failure,
@@ -257,7 +269,7 @@ class Search:
             for s in members[fam]:
                 for spec in specs[s]:
                     self.ledger.mark(spec.id, status if s == out.probes[fam] else "rejected", why)
-        return set(out.dropped)
+        return set(out.dropped) | gone
 
     def _stopped_before_build(self) -> str | None:
         """Why the search stopped, or stops before the next structure: its build and screening, as long as the

@@ -34,6 +34,14 @@ def near_miss(search, structures: list[str]) -> str | None:
     return next((s for s in structures if (search.screened.get(s) or 0.0) > limit), None)
 
 
+def next_miss(search, structures: list[str], after: str) -> str | None:
+    """The next of a family's structures (mildest first) after `after` that was screened over the accuracy
+    budget; None when there is none (a level never built has no drop to train on from)."""
+    limit = search.context.max_accuracy_drop + policy.EPS_PP
+    rest = structures[structures.index(after) + 1:] if after in structures else []
+    return next((s for s in rest if (search.screened.get(s) or 0.0) > limit), None)
+
+
 def train_longer(search, structure: str) -> str | None:
     """Train the near miss `structure` on in blocks (module doc); returns the first block's structure that holds
     the budget (finished), or None. Records a `train_longer` decision saying what was done or why not."""

@@ -45,7 +45,14 @@ def test_screening_keeps_the_best_measured_criteria_and_rejects_the_others_with_
     assert probes == ["prune-l230", "prune-fpgm30", "prune-energy30", "prune-l130"]
     assert not any(b.startswith(("prune-energy", "prune-l1")) and not b.endswith("30") for b in builder.builds)
     assert builder.builds.count("prune-l230") == 1  # the probe is reused by the bisection, not rebuilt
-    assert c["prune-fpgm30@onnx-fp32"].status == "ok" and c["prune-l230@onnx-fp32"].status == "ok"
+    assert c["prune-l230@onnx-fp32"].status == "ok"
+    # l2 holds 30 %: fpgm, kept too, is bisected beyond it only (a uniform 30 % cut lays out the same channel counts
+    # whatever the criterion, so fpgm at 30 % or less could not be faster)
+    assert c["prune-fpgm30@onnx-fp32"].reason.startswith(
+        "not tried: prunes no larger share of the channels (30%) than prune-l230 (30%)"), c["prune-fpgm30@onnx-fp32"]
+    assert {"prune-fpgm40", "prune-fpgm50", "prune-fpgm60"} & set(builder.builds)
+    assert "prune-fpgm: 3 level(s) up to 0.3 left out, no faster than prune-l230, which holds the budget" \
+        in search.trace
     why = c["prune-energy30@onnx-fp32"].reason
     assert c["prune-energy30@onnx-fp32"].status == "rejected"
     assert why.startswith("criterion screening: energy lost to fpgm: drop 3.10 pp vs 0.50 pp"), why
@@ -93,7 +100,9 @@ def test_a_family_that_fails_or_changes_nothing_is_left_out_with_the_reason(tmp_
 
 
 def test_a_group_with_no_more_families_than_kept_is_bisected_without_screening(tmp_path):
-    builder = FakeBuilder(tmp_path, _drops({"l2": 0.8, "fpgm": 3.0}))
+    drops = _drops({"l2": 2.0, "fpgm": 3.0})
+    drops["prune-l220"] = 2.0  # l2 holds 10 % only: fpgm is bisected beyond it
+    builder = FakeBuilder(tmp_path, drops)
     search = _search(tmp_path, builder, plan=_plan(criteria=("l2", "fpgm")))
     c = _by_id(search.run())
     assert search.screenings == [] and not any(d.technique == "prune_criterion" for d in search.decisions)

@@ -680,6 +680,24 @@ def test_a_near_miss_is_trained_on_while_its_measured_recovery_closes_the_gap(tm
     assert "2 epochs: 1.20 pp; 3 epochs: 0.80 pp" in d.reason
 
 
+def test_a_rescued_near_miss_has_the_next_level_screened_over_the_budget_trained_on_too(tmp_path):
+    """prune settles at 30; prune-ft holds 40 and misses at 50 (1.6 pp) and 60 (2.0 pp). Two epochs rescue
+    prune-ft50, so prune-ft60, the next level screened over the budget, is trained on too (its recovery
+    measured from its twin, 3.5 pp before fine-tuning) and held: the family's fastest level is chosen from."""
+    drops = {"prune10": 0.1, "prune20": 0.2, "prune30": 0.4, "prune40": 1.2, "prune50": 3.0, "prune60": 3.5,
+             "prune-ft40": 0.5, "prune-ft50": 1.6, "prune-ft60": 2.0, "prune-ft70": 4.0,
+             "prune-ft50-2ep": 0.8, "prune-ft60-2ep": 0.9}
+    builder = TwinBuilder(tmp_path, drops)
+    search = _search(tmp_path, builder, plan=_plan_with_fine_tuned_twins())
+    c = _by_id(search.run())
+    assert search.settled["prune-ft"] == "prune-ft40"
+    assert c["prune-ft50-2ep@onnx-fp32"].status == "ok" and c["prune-ft60-2ep@onnx-fp32"].status == "ok"
+    assert builder.started_from["prune-ft60-2ep"] == "prune-ft60"
+    applied = [d.reason for d in search.decisions if d.technique == "train_longer" and d.decision == "applied"]
+    assert len(applied) == 2 and applied[1].startswith("prune-ft60 (2.00 pp after 1 epochs, 3.50 pp before)")
+    assert "prune-ft70-2ep" not in builder.builds  # never screened: no drop to train on from
+
+
 def test_a_near_miss_too_far_for_its_recovery_is_not_trained_on(tmp_path):
     builder = TwinBuilder(tmp_path, _near_miss_drops(**{"prune-ft50": 1.8}))  # 0.1 pp recovered, 0.8 pp to go
     assert "3 more such blocks would not close it" in _not_trained_on(tmp_path, builder, _plan_with_fine_tuned_twins())

@@ -1,6 +1,6 @@
 """--time-budget is a bound on the whole run: the baseline is always measured first, the search stops at its share
 of the budget, the finish after it and the final measurement fit in what is left, and a family the budget stopped
-says so (never "even the mildest level breaks the budget")."""
+says so (never "even the mildest level tried breaks the budget")."""
 
 import pytest
 from test_search import RATIOS, FakeBuilder, _by_id, _plan, _search
@@ -95,7 +95,7 @@ def test_a_family_stopped_by_the_budget_says_so(tmp_path, clock):
     clock[0] = 0.0
     search = _search(tmp_path, FakeBuilder(tmp_path, drops, clock=clock), plan=_plan())
     search.run()
-    assert any("even the mildest level breaks the budget" in t for t in search.trace)
+    assert any("even the mildest level tried, prune10, breaks the budget" in t for t in search.trace)
 
 
 def test_a_real_run_ends_within_its_time_budget(tmp_path, tiny_plain, example):
@@ -159,14 +159,14 @@ def test_an_export_forecast_not_to_end_within_the_share_is_not_started(tmp_path,
 ])
 def test_a_bisection_whose_mildest_probe_was_not_built_does_not_say_it_breaks_the_budget(why, kept):
     """YOLOv8n --retrain: the aggressive probe broke the budget, the mildest one's fine-tuning ran out of time,
-    and the trace said "even the mildest level breaks the budget", which no level had shown."""
+    and the trace said the mildest level broke the budget, which no level had shown."""
     from edgeopt.engine.bisect import bisect
 
     levels = ["l0", "l1", "l2"]
     drops = {"l0": None, "l1": 6.9, "l2": 9.0}
     out = bisect("fam", levels, drops.get, 1.0, lambda: None, lambda s: why if s == "l0" else None, first=1)
     assert out.settled is None and out.trace.startswith(f"fam: bisection kept {kept}"), out.trace
-    assert "even the mildest level breaks the budget" not in out.trace
+    assert "even the mildest level tried" not in out.trace
     timed_out = why.startswith("not tried")
     assert out.dropped["l0"] == (("rejected", why) if timed_out else ("failed", f"build failed: {why}"))
 
