@@ -30,7 +30,8 @@ def optimize(
     time_budget: float = typer.Option(None, help="wall-time budget for the whole run (loading, search, final "
                                       "measurement), seconds; a latency table or graph tracing in progress "
                                       "stops at it (its measurements kept for the next run); a fine-tuning "
-                                      "that would end past it runs fewer steps, and the report says so"),
+                                      "that would end past it runs fewer steps, and the report says so; what the final "
+                                      "measurement and test split need is forecast (at most 10 %)"),
     techniques: str = o.TECHNIQUES, runtimes: str = o.RUNTIMES,
     data: str = o.DATA, masks: Path = o.MASKS, metric: str = o.METRIC,
     # --- data options (image folders; --batch-size/--workers/--calib-size also for Datasets) -> DataOptions
