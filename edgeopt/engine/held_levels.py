@@ -19,6 +19,7 @@ LEFT_OUT = "not tried: prunes no larger share of the channels"
 
 
 def _left_out(search, structure: str) -> bool:
+    """Whether an earlier call left the structure out already (its candidates say so)."""
     return all((search.ledger.cands[spec.id].reason or "").startswith(LEFT_OUT)
                for spec in search.ledger.specs[structure])
 
