@@ -37,11 +37,16 @@ CHECK_SHARE = 1 / 3
 CHECK_MIN_S = 2.0
 
 
+def _check_seconds(bench_config: BenchConfig) -> float:
+    """How long `check_choice` measures the choice again."""
+    return max(CHECK_MIN_S, bench_config.max_time_s * CHECK_SHARE)
+
+
 def measurement_seconds(bench_config: BenchConfig) -> float:
     """What the final measurement should take at most on this machine: every candidate's warm-up, the
     interleaved group for `max_time_s`, then the choice measured again (`check_choice`). A group of slow models
     can need longer for its minimum of runs; `fit_bench` shortens it to what is left."""
-    return bench_config.warmup_s + bench_config.max_time_s + max(CHECK_MIN_S, bench_config.max_time_s * CHECK_SHARE)
+    return bench_config.warmup_s + bench_config.max_time_s + _check_seconds(bench_config)
 
 
 def check_choice(report: Report, sessions: dict, ex: Inputs, bench_config: BenchConfig) -> list[Decision]:
@@ -64,7 +69,7 @@ def check_choice(report: Report, sessions: dict, ex: Inputs, bench_config: Bench
         return []
     before = {cid: cands[cid].latency_ms.p50 for cid in ids}
     feed = ex.numpy()
-    config = dataclasses.replace(bench_config, max_time_s=max(CHECK_MIN_S, bench_config.max_time_s * CHECK_SHARE))
+    config = dataclasses.replace(bench_config, max_time_s=_check_seconds(bench_config))
     stats = measure({cid: sessions[cid].timed_call(feed) for cid in ids}, config, seed=1)
     for cid in ids:
         cands[cid].latency_ms = stats[cid]
