@@ -33,7 +33,7 @@ def cut_of(spec: CandidateSpec) -> tuple[tuple[str, ...], object] | None:
     return tuple(step.model_dump_json() for step in spec.steps[:at[0]]), spec.steps[at[0]]
 
 
-def _uniform(prune) -> bool:
+def uniform(prune) -> bool:
     """Whether the cut gives every layer the same ratio in one pass (its channel counts follow from the ratio)."""
     return (prune.scope == "local" and prune.iterative_steps == 1 and prune.layer_ratios is None
             and prune.sensitivity is None and prune.latency_target is None)
@@ -46,13 +46,14 @@ def held_cuts(search, family: str | None) -> dict[tuple[str, ...], tuple[float, 
     specs, limit = search.ledger.specs, search.context.max_accuracy_drop + policy.EPS_PP
     held: dict[tuple[str, ...], tuple[float, str]] = {}
     for structure, drop in search.screened.items():
-        spec = specs[structure][0] if structure in specs else None
+        # a level reached by a climb or a longer training has that level's cut (engine/gradual.py)
+        spec = specs[search.reaches.get(structure, structure)][0] if structure in specs else None
         if spec is None or drop is None or drop > limit or (family is not None and spec.family == family):
             continue
         if not any(search.ledger.cands[s.id].status == "ok" for s in specs[structure]):
             continue
         cut = cut_of(spec)
-        if cut is not None and _uniform(cut[1]) and cut[1].ratio > held.get(cut[0], (0.0, ""))[0]:
+        if cut is not None and uniform(cut[1]) and cut[1].ratio > held.get(cut[0], (0.0, ""))[0]:
             held[cut[0]] = (cut[1].ratio, structure)
     return held
 

@@ -7,7 +7,8 @@
    measured in PyTorch on the held-out data.
 3. The survivors (the settled level and the margin level) are exported at every precision, verified, and
    their accuracy measured again on the runtime itself.
-4. A fine-tuned family's near miss is trained on while its measured recovery closes the gap
+4. A fine-tuned family that holds a level climbs from it: the next level is cut from the model held and
+   fine-tuned (engine/gradual.py); a near miss is trained on while its measured recovery closes the gap
    (engine/train_longer.py); the fastest structure gets another technique's family stacked on it
    (engine/stacking.py).
 5. QAT phase (engine/qat_phase.py): per armed format, quantization-aware training of the structure whose INT8
@@ -33,6 +34,7 @@ from edgeopt.engine.cache import CandidateCache, key
 from edgeopt.engine.family_screening import Screening, screen_group
 from edgeopt.engine.fine_tuned import beyond_twins, first_probe, shortened
 from edgeopt.engine.finish import Finisher
+from edgeopt.engine.gradual import climb, climbs, level_of
 from edgeopt.engine.held_levels import beyond_held
 from edgeopt.engine.ledger import Builds, Ledger, StopClock, layout, why_failed
 from edgeopt.engine.precision_checks import check, checks_probes, judge_by_float, rule_out_precisions
@@ -123,6 +125,7 @@ class Search:
         self.screened: dict[str, float | None] = {}
         self.settled: dict[str, str | None] = {}  # family -> the level its bisection kept
         self.partial: dict[str, tuple[int, int]] = {}  # structure -> (seen, total): a screening stopped early
+        self.reaches: dict[str, str] = {}  # structure added by a climb or a longer training -> the level it reaches
         self.screenings: list[Screening] = []
         self.screen_seconds = 0.0
         self.after_budget: set[str] = set()
@@ -180,10 +183,12 @@ class Search:
             for s in self.bisect_family(fam, structures) if structures else ():
                 self.finisher.finish(s)
                 self.compressed_finished()
-            missed = near_miss(self, structures)
-            if missed is not None and not self._stopped_before_build():
+            missed, top = near_miss(self, structures), self._climbable(self.settled.get(fam))
+            # cut from the level held rather than trained on from the original (engine/gradual.py)
+            climbed = top is not None and climb(self, fam, structures, top)
+            if not climbed and missed is not None and not self._stopped_before_build():
                 if has_twin(self, missed):
-                    self._train_longer_from(missed, structures)
+                    self._train_longer_from(fam, missed, structures)
                 else:  # its recovery is unknown: tried on the time the other families leave
                     untwinned.append(missed)
             self._early_stop()
@@ -208,14 +213,25 @@ class Search:
             finish_seconds=self.finisher.seconds, clock=self.clock, phases=self.finisher.phases,
             screen_seconds=self.screen_seconds, after_budget=self.after_budget)
 
-    def _train_longer_from(self, missed: str, structures: list[str]) -> None:
-        """Train the near miss `missed` on; where a block of it holds the budget, the family's next level
-        screened over the budget is trained on the same way (its measured recovery decides), and so on: the
-        family's speed is in its most aggressive level, and a level rescued says the next may be too."""
-        while train_longer(self, missed) is not None:
+    def _train_longer_from(self, fam: str, missed: str, structures: list[str]) -> None:
+        """Train the near miss `missed` on; where a block of it holds the budget, the family is climbed from
+        that block (engine/gradual.py), or where its levels cannot be, the family's next level screened over the
+        budget is trained on the same way (its measured recovery decides), and so on: the family's speed is in
+        its most aggressive level, and a level rescued says the next may be too."""
+        while (rescued := train_longer(self, missed)) is not None:
+            if self._climbable(rescued) is not None and climb(self, fam, structures, rescued):
+                return
             missed = next_miss(self, structures, missed)
             if missed is None or not has_twin(self, missed) or self._stopped_before_build():
                 return
+
+    def _climbable(self, structure: str | None) -> str | None:
+        """The structure, when a climb can start from it: a fine-tuned level of a family that can be climbed
+        (engine/gradual.py), finished with a candidate that holds."""
+        if structure is None or not climbs(self.ledger.specs[level_of(self, structure)][0]):
+            return None
+        ok = any(self.ledger.cands[s.id].status == "ok" for s in self.ledger.specs[structure])
+        return structure if ok and self.builds.ready(structure) is not None else None
 
     def _forecast_tail(self) -> None:
         """The tail kept back from --time-budget, forecast from the baseline's evaluation (not restored from

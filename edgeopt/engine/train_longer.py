@@ -112,6 +112,7 @@ def _add_block(search, structure: str, last: str, epochs: int) -> str:
         reason=f"{structure} fine-tuned for {epochs} epochs in all (trained on: it missed the budget by a margin "
                f"its measured recovery could close); {s.reason.split('; ', 1)[-1]}") for s in ledger.specs[structure]])
     search.builds.base_of[name] = last
+    search.reaches[name] = search.reaches.get(structure, structure)
     search.trace.append(f"train longer: {name} on {last}")
     return name
 

@@ -60,7 +60,7 @@ def _fake_search(specs, screened, ok):
         cands[cid].status, cands[cid].reason = status, reason
 
     return SimpleNamespace(ledger=SimpleNamespace(specs={s.structure: [s] for s in specs}, cands=cands, mark=mark),
-                           screened=screened, context=SimpleNamespace(max_accuracy_drop=1.0), trace=[])
+                           screened=screened, context=SimpleNamespace(max_accuracy_drop=1.0), trace=[], reaches={})
 
 
 def test_only_a_finished_uniform_cut_on_the_same_steps_holds_a_level():

@@ -1,0 +1,191 @@
+"""Climbing a fine-tuned family gradually: its next level is cut from the most aggressive level it holds, fine-tuned
+as it is, not from the original.
+
+A fine-tuned level is built from the original: pruned (or its blocks removed), then trained about 300 steps. Once
+a level holds the accuracy budget, the next one rebuilt from the original throws that training away, and starts
+from a cut that lost far more: the benchmark Unet's `prune-recon50` lost 8.68 pp before fine-tuning and 1.94 after
+its 300 steps, while `prune-recon40-ft` held at 0.45. Cut from the level held, the next level removes only the
+channels (or blocks) between the two, on a model already trained to run without the rest, and its fine-tuning
+continues that training: gradual pruning, the schedule that reaches deep cuts with the least loss, one level per
+build. So once a fine-tuned family holds a level, the search climbs from it: the next level's increment (the
+extra channels, reconstructed on the held model's outputs, or the extra blocks, re-solved), then the same
+fine-tuning. The increment before fine-tuning is screened too, as the level's un-fine-tuned twin: where the
+fine-tuned level misses the budget, it is trained on (engine/train_longer.py) by the recovery those two measure.
+A level that holds is finished and the climb goes on from it; one that cannot be rescued ends it.
+
+A channel increment reaches exactly the layout the level would have from the original (every layer's width as
+the level's cut gives it; checked after the build, else the climb stops): it runs as fast as that level and is
+named after it, `<level>-from-<held level>`. A depth increment removes as many more blocks, chosen on the held model."""
+
+from __future__ import annotations
+
+from edgeopt.decide import policy
+from edgeopt.decide.plan import CandidateSpec
+from edgeopt.engine.fine_tuned import fine_tuned
+from edgeopt.engine.held_levels import cut_of, uniform
+from edgeopt.engine.train_longer import train_longer
+from edgeopt.report import Decision
+
+TWIN_REASON = "the increment before fine-tuning: screened only, its drop tells what the fine-tuning recovered"
+
+
+def _depth_of(spec: CandidateSpec):
+    """The depth step when the structure is one depth pruning followed by nothing but fine-tuning."""
+    at = [i for i, st in enumerate(spec.steps) if st.technique == "depth_prune"]
+    if len(at) != 1 or at[0] != 0 or any(st.technique != "fine_tune" for st in spec.steps[1:]):
+        return None
+    return spec.steps[0]
+
+
+def climbs(spec: CandidateSpec) -> bool:
+    """Whether a fine-tuned family of such levels can be climbed: one uniform channel cut of the original, or one
+    depth pruning of it, then fine-tuning."""
+    if not fine_tuned(spec):
+        return False
+    cut = cut_of(spec)
+    if cut is not None:
+        return not cut[0] and uniform(cut[1])
+    return _depth_of(spec) is not None
+
+
+def level_of(search, structure: str) -> str:
+    """The family level a structure realizes: itself, or the level a climb or a longer training reached."""
+    return search.reaches.get(structure, structure)
+
+
+def climb(search, fam: str, structures: list[str], top: str) -> bool:
+    """Climb the family `fam` (its levels `structures`, mildest first) from `top`, a structure holding the budget
+    (module doc). Records a `gradual` decision with each step's drop, or why it stopped. False when it could
+    not start: no level beyond `top`, or the increment to the next one could not be worked out (nothing built)."""
+    limit, start = search.context.max_accuracy_drop + policy.EPS_PP, top
+    steps: list[str] = []
+    while True:
+        at = level_of(search, top)
+        nxt = structures[structures.index(at) + 1] if at in structures and at != structures[-1] else None
+        if nxt is None:
+            return _end(search, fam, start, top, steps, "no level beyond it")
+        why = search._stopped_before_build()
+        if why:
+            return _end(search, fam, start, top, steps, why.removeprefix("not tried: "))
+        try:
+            widths = target_widths(search, nxt) if cut_of(search.ledger.specs[nxt][0]) is not None else None
+            inc = increment(search, top, nxt, widths)
+        except Exception as e:  # the increment could not be worked out: the family is left where it is
+            _end(search, fam, start, top, steps, f"the increment to {nxt} could not be worked out ({e})")
+            return bool(steps)
+        twin, tuned = _add(search, top, nxt, inc)
+        before = search.screen(twin)
+        mismatch = _layout_mismatch(search, twin, widths)
+        if mismatch:
+            _reject(search, tuned, f"not tried: the increment from {top} {mismatch}")
+            _end(search, fam, start, top, steps, f"the increment to {nxt} {mismatch}")
+            return bool(steps)
+        drop = search.screen(tuned) if before is not None else None
+        if drop is None:
+            why = search.builds.failure(tuned) or search.builds.failure(twin) or "not built"
+            return _end(search, fam, start, top, steps, f"{tuned}: {why.removeprefix('not tried: ')}")
+        steps.append(f"{tuned}: {before:.2f} pp cut, {drop:.2f} pp fine-tuned")
+        if drop <= limit:
+            search.finisher.finish(tuned)
+            search.compressed_finished()
+            top = tuned
+            continue
+        _reject(search, tuned, f"not tried: PyTorch accuracy drop {drop:.2f} pp > budget "
+                               f"{search.context.max_accuracy_drop} pp (screening)")
+        rescued = train_longer(search, tuned)
+        if rescued is None:
+            return _end(search, fam, start, top, steps, f"{tuned} missed the budget, and training it on did not "
+                                                        "rescue it")
+        steps.append(f"{rescued}: within the budget")
+        top = rescued
+
+
+def increment(search, top: str, level: str, widths: dict[str, int] | None) -> object:
+    """The step that takes `top`'s model to the family level `level`: the channels `level`'s cut removes beyond
+    `top`'s (per-layer ratios to its exact `widths`), or the blocks it removes beyond `top`'s."""
+    specs = search.ledger.specs
+    want, have = specs[level][0], specs[level_of(search, top)][0]
+    depth = _depth_of(want)
+    if depth is not None:
+        more = depth.blocks - _depth_of(have).blocks
+        if more < 1:
+            raise ValueError(f"{level} removes no more blocks than {top}")
+        return depth.model_copy(update={"blocks": more})
+    from edgeopt.techniques.pruning.prune import channel_table
+
+    ratios = {}
+    for name, width in channel_table(search.builds.ready(top).model).items():
+        goal = widths.get(name, width)
+        if goal > width:
+            raise ValueError(f"{top} is narrower than {level} at {name} ({width} < {goal} channels)")
+        if goal < width:
+            ratios[name] = round(1.0 - (goal + 0.5) / width, 6)  # int(width * (1 - r)) == goal, rounding aside
+    if not ratios:
+        raise ValueError(f"{level} removes no more channels than {top}")
+    return cut_of(want)[1].model_copy(update={"ratio": 0.0, "layer_ratios": ratios, "max_layer_ratio": 0.99})
+
+
+def target_widths(search, level: str) -> dict[str, int]:
+    """Every layer's width in the level's cut from the original: read from the level (or its twin, the same
+    cut) where it was built, else from a dry run of its cut (`Builder.cut_widths`)."""
+    from edgeopt.techniques.pruning.prune import channel_table
+
+    for s in (level, search.base_of.get(level)):
+        built = search.builds.ready(s) if s is not None else None
+        if built is not None and cut_of(search.ledger.specs[s][0]) is not None:
+            return channel_table(built.model)
+    return search.builder.cut_widths(cut_of(search.ledger.specs[level][0])[1])
+
+
+def _add(search, top: str, level: str, inc) -> tuple[str, str]:
+    """The increment's two structures, built on `top`: `<level>-from-<the level top reaches>` and its
+    un-fine-tuned twin (`...-cut`), with the level's candidates (formats, precisions)."""
+    ledger = search.ledger
+    tuned = f"{level}-from-{level_of(search, top)}"
+    twin = f"{tuned}-cut"
+    base, tune = ledger.specs[top][0].steps, ledger.specs[level][0].steps[-1]
+    for name, steps, why in ((twin, [*base, inc], TWIN_REASON),
+                             (tuned, [*base, inc, tune], f"{level} cut from {top}, which holds the budget, and "
+                                                         "fine-tuned (gradual: the training it had carries on)")):
+        ledger.add_structure([CandidateSpec(
+            id=f"{name}@{s.format}-{s.precision}", structure=name, format=s.format, precision=s.precision,
+            steps=steps, reason=f"{why}; {s.reason.split('; ', 1)[-1]}") for s in ledger.specs[level]])
+        search.reaches[name] = level
+    search.builds.base_of[twin] = top
+    search.builds.base_of[tuned] = twin
+    for s in ledger.specs[twin]:
+        ledger.mark(s.id, "rejected", f"not tried: {TWIN_REASON}")
+    search.trace.append(f"gradual: {tuned} on {top}")
+    return twin, tuned
+
+
+def _layout_mismatch(search, twin: str, widths: dict[str, int] | None) -> str | None:
+    """Why the channel increment's result is not the level's layout ("reached ..."), None when it is (or when it
+    is a depth increment, or was not built)."""
+    built = search.builds.ready(twin)
+    if built is None or widths is None:
+        return None
+    from edgeopt.techniques.pruning.prune import channel_table
+
+    got = channel_table(built.model)
+    off = [n for n, w in widths.items() if got.get(n, w) != w]
+    return (f"reached another layout ({len(off)} layers differ, e.g. {off[0]}: {got[off[0]]} channels, not "
+            f"{widths[off[0]]})") if off else None
+
+
+def _reject(search, structure: str, why: str) -> None:
+    for s in search.ledger.specs[structure]:
+        search.ledger.mark(s.id, "rejected", why)
+
+
+def _end(search, fam: str, start: str, top: str, steps: list[str], why: str) -> bool:
+    """Record how the climb of `fam` from `start` went: "applied" when it finished a level beyond it; nothing
+    when there was no level to climb to. Returns whether anything was built."""
+    if not steps and why == "no level beyond it":
+        return False
+    reason = (f"{fam} climbed from {start}, the level it held: " + "".join(s + "; " for s in steps)
+              + f"stopped at {top}: {why}")
+    search.decisions.append(Decision(technique="gradual", decision="applied" if top != start else "skipped",
+                                     reason=reason))
+    search.trace.append(f"gradual: {reason}")
+    return True

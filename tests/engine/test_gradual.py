@@ -1,0 +1,144 @@
+"""Climbing a fine-tuned family gradually (engine/gradual.py): the next level cut from the level held, with the
+exact layout the level has from the original (real Torch-Pruning), and the search's use of it (fake builder)."""
+
+from types import SimpleNamespace
+
+import torch
+import torchvision
+from test_search import TwinBuilder, _by_id, _plan_with_fine_tuned_twins, _search
+from torch import nn
+
+from edgeopt.decide.plan import CandidateSpec
+from edgeopt.engine.build import Builder
+from edgeopt.engine.gradual import TWIN_REASON, climbs, increment, target_widths
+from edgeopt.techniques import FineTuneConfig, PruneConfig, apply_step
+from edgeopt.techniques.pruning.depth_technique import DepthConfig
+from edgeopt.techniques.pruning.prune import channel_table, prune
+
+
+def _spec(name, *steps):
+    return [CandidateSpec(id=f"{name}@onnx-fp32", structure=name, format="onnx", steps=list(steps))]
+
+
+def test_a_channel_increment_reaches_the_layout_the_level_has_from_the_original():
+    """resnet18 (residual groups coupled across blocks) cut 30 % and fine-tuned is the level held; the increment
+    to 50 % gives every layer the width a 50 % cut of the original gives it, whatever criterion picks them."""
+    torch.manual_seed(0)
+    net, example = torchvision.models.resnet18(num_classes=10).eval(), torch.randn(1, 3, 64, 64)
+    held, _ = prune(net, example, ratio=0.3, importance="l2", round_to=16)
+    direct, _ = prune(net, example, ratio=0.5, importance="fpgm", round_to=16)
+    tune = FineTuneConfig(epochs=1)
+    specs = {"p30-ft": _spec("p30-ft", PruneConfig(ratio=0.3, round_to=16), tune),
+             "p50-ft": _spec("p50-ft", PruneConfig(ratio=0.5, round_to=16), tune)}
+    ready = {"p30-ft": SimpleNamespace(model=held)}
+    dry = SimpleNamespace(net=net, example=example)
+    search = SimpleNamespace(ledger=SimpleNamespace(specs=specs), reaches={}, base_of={},
+                             builds=SimpleNamespace(ready=ready.get),
+                             builder=SimpleNamespace(cut_widths=lambda cut: Builder.cut_widths(dry, cut)))
+    widths = target_widths(search, "p50-ft")  # a dry run of the 50 % cut
+    assert widths == channel_table(direct)
+    inc = increment(search, "p30-ft", "p50-ft", widths)
+    assert inc.ratio == 0.0 and inc.layer_ratios
+    stepped, _ = apply_step(held, example, inc)
+    assert channel_table(stepped) == channel_table(direct)
+    assert channel_table(net)["layer4.1.conv1"] == 512 and channel_table(stepped)["layer4.1.conv1"] == 256
+    with torch.no_grad():
+        assert stepped(example).shape == (1, 10)
+    # a level no deeper than the one held has no increment
+    try:
+        increment(search, "p30-ft", "p30-ft", channel_table(held))
+        raise AssertionError("expected a ValueError")
+    except ValueError as e:
+        assert "no more channels" in str(e)
+
+
+def test_a_depth_increment_removes_the_blocks_between_the_levels():
+    specs = {"depth2-ft": _spec("depth2-ft", DepthConfig(blocks=2), FineTuneConfig(epochs=1)),
+             "depth4-ft": _spec("depth4-ft", DepthConfig(blocks=4, resolve=False), FineTuneConfig(epochs=1))}
+    search = SimpleNamespace(ledger=SimpleNamespace(specs=specs), reaches={})
+    inc = increment(search, "depth2-ft", "depth4-ft", None)
+    assert inc.technique == "depth_prune" and inc.blocks == 2 and inc.resolve is False
+    assert climbs(specs["depth4-ft"][0]) and not climbs(_spec("d", DepthConfig(blocks=2))[0])  # not fine-tuned
+    # a per-layer or global cut's widths do not follow from its ratio: not climbed
+    assert not climbs(_spec("g", PruneConfig(ratio=0.5, scope="global"), FineTuneConfig(epochs=1))[0])
+
+
+class LayoutBuilder(TwinBuilder):
+    """A model of one layer whose width follows the steps: a cut at ratio r of the original keeps 100 (1 - r)
+    channels, an increment's per-layer ratio q keeps int(width (1 - q)) of the model it starts from."""
+
+    def build(self, start, spec):
+        b = super().build(start, spec)
+        width = start.out_features if hasattr(start, "structure") else 100
+        for st in spec.steps:
+            if st.technique == "prune":
+                width = int(width * (1 - st.layer_ratios[""])) if st.layer_ratios else round(100 * (1 - st.ratio))
+        b.model = nn.Linear(4, width)
+        b.model.structure, b.macs = spec.structure, 1000 - width
+        return b
+
+    def cut_widths(self, cut):
+        return {"": round(100 * (1 - cut.ratio))}
+
+
+# prune settles at 50 %; the fine-tuned family, bisected beyond it, holds prune-ft60 and misses at prune-ft70
+_DROPS = {"prune10": 0.1, "prune20": 0.2, "prune30": 0.4, "prune40": 0.6, "prune50": 0.9, "prune60": 3.0,
+          "prune-ft60": 0.5, "prune-ft70": 2.0, "prune-ft80": 4.0}
+
+
+def test_the_next_level_is_cut_from_the_level_held_and_trained_on_by_its_measured_recovery(tmp_path):
+    """prune-ft70 rebuilt from the original missed (2.0 pp); cut from prune-ft60 it loses 1.5 pp before
+    fine-tuning and 1.2 after: its recovery (0.3 pp a block) closes the 0.2 pp gap, so it is trained on, and
+    the block within the budget is finished. The near miss from the original is not trained on."""
+    g = "prune-ft70-from-prune-ft60"
+    builder = LayoutBuilder(tmp_path, {**_DROPS, f"{g}-cut": 1.5, g: 1.2, f"{g}-2ep": 0.7})
+    search = _search(tmp_path, builder, plan=_plan_with_fine_tuned_twins((0.6, 0.7)))
+    c = _by_id(search.run())
+    assert search.settled["prune-ft"] == "prune-ft60"
+    assert builder.started_from[f"{g}-cut"] == "prune-ft60" and builder.started_from[g] == f"{g}-cut"
+    assert search.builds.ready(f"{g}-cut").model.out_features == 30  # prune-ft70's layout, from 40 channels
+    assert c[f"{g}-2ep@onnx-fp32"].status == "ok"
+    assert c[f"{g}-cut@onnx-fp32"].status == "rejected" and TWIN_REASON in c[f"{g}-cut@onnx-fp32"].reason
+    assert "prune-ft70-2ep" not in builder.builds
+    d = next(d for d in search.decisions if d.technique == "gradual")
+    assert d.decision == "applied" and f"{g}: 1.50 pp cut, 1.20 pp fine-tuned" in d.reason
+    assert d.reason.endswith("stopped at prune-ft70-from-prune-ft60-2ep: no level beyond it")
+    assert search.reaches[f"{g}-2ep"] == "prune-ft70"
+
+
+def test_a_level_cut_from_the_level_held_that_holds_is_finished_and_the_climb_goes_on(tmp_path):
+    """prune-ft70 cut from prune-ft60 holds (0.8 pp): finished, and prune-ft80 (never built: its widths from a dry
+    run) is cut from it; it misses by more than its recovery can close, and the climb stops there."""
+    g70, g80 = "prune-ft70-from-prune-ft60", "prune-ft80-from-prune-ft70"
+    drops = {**_DROPS, f"{g70}-cut": 1.1, g70: 0.8, f"{g80}-cut": 2.5, g80: 2.3}
+    builder = LayoutBuilder(tmp_path, drops)
+    search = _search(tmp_path, builder, plan=_plan_with_fine_tuned_twins((0.6, 0.7, 0.8)))
+    c = _by_id(search.run())
+    assert c[f"{g70}@onnx-fp32"].status == "ok"
+    assert "prune-ft80" not in builder.builds and builder.started_from[f"{g80}-cut"] == g70
+    assert search.builds.ready(f"{g80}-cut").model.out_features == 20
+    assert "PyTorch accuracy drop 2.30 pp" in c[f"{g80}@onnx-fp32"].reason
+    d = next(d for d in search.decisions if d.technique == "gradual")
+    assert d.decision == "applied" and f"stopped at {g70}: {g80} missed the budget" in d.reason
+    t = next(d for d in search.decisions if d.technique == "train_longer")
+    assert t.decision == "skipped" and "would not close it" in t.reason
+
+
+def test_where_the_increment_cannot_reach_the_levels_layout_the_near_miss_is_trained_on_as_before(tmp_path):
+    """A level whose widths the level held cannot reach (here prune-ft70 built wider than prune-ft60) is not
+    climbed to: the near miss is trained on from its own build, as without climbing."""
+
+    class Wider(LayoutBuilder):
+        def build(self, start, spec):
+            b = super().build(start, spec)
+            if spec.structure == "prune-ft70":
+                b.model = nn.Linear(4, 45)
+                b.model.structure = spec.structure
+            return b
+
+    builder = Wider(tmp_path, {**_DROPS, "prune-ft70-2ep": 0.9})
+    search = _search(tmp_path, builder, plan=_plan_with_fine_tuned_twins((0.6, 0.7)))
+    c = _by_id(search.run())
+    assert c["prune-ft70-2ep@onnx-fp32"].status == "ok"
+    d = next(d for d in search.decisions if d.technique == "gradual")
+    assert d.decision == "skipped" and "could not be worked out" in d.reason
