@@ -41,8 +41,9 @@ def optimize(
     # --- end of data options
     epochs: int = typer.Option(None, help="fine-tuning epochs per candidate with --retrain (default 2, raised on a "
                                "small training split to about 300 optimizer steps, at most 16; a fine-tuned "
-                               "family's near miss is trained on in blocks of as many, up to 3 more, while its "
-                               "measured recovery closes the gap)"),
+                               "family's next level is cut from the level it holds and fine-tuned again, and a "
+                               "near miss is trained on in blocks of as many, up to 3 more, while its measured "
+                               "recovery closes the gap)"),
     train_precision: str = typer.Option("auto", help="what fine-tuning trains at with --retrain: auto (bfloat16 "
                                         "autocast where the processor has it and a timed step runs at least 1.25x "
                                         "faster), fp32 or bf16"),

@@ -142,3 +142,23 @@ def test_where_the_increment_cannot_reach_the_levels_layout_the_near_miss_is_tra
     assert c["prune-ft70-2ep@onnx-fp32"].status == "ok"
     d = next(d for d in search.decisions if d.technique == "gradual")
     assert d.decision == "skipped" and "could not be worked out" in d.reason
+
+
+def test_a_cut_that_holds_without_fine_tuning_is_finished_where_its_fine_tuning_cannot_run(tmp_path):
+    """prune-ft70 cut from prune-ft60 loses only 0.6 pp and its fine-tuning does not fit the time left: the cut
+    itself is finished, and the climb goes on from it (prune-ft80 cut from the cut, then fine-tuned, holds)."""
+    from edgeopt.errors import WontFitError
+
+    g70, g80 = "prune-ft70-from-prune-ft60", "prune-ft80-from-prune-ft70"
+    drops = {**_DROPS, f"{g70}-cut": 0.6, f"{g80}-cut": 1.4, g80: 0.9}
+    wont = WontFitError("fine-tuning would take about 50 s, 40 s of the search's share left", 50.0)
+    builder = LayoutBuilder(tmp_path, drops, errors={g70: wont})
+    search = _search(tmp_path, builder, plan=_plan_with_fine_tuned_twins((0.6, 0.7, 0.8)))
+    c = _by_id(search.run())
+    assert c[f"{g70}-cut@onnx-fp32"].status == "ok"
+    assert c[f"{g70}@onnx-fp32"].status == "rejected" and "fine-tuning would take" in c[f"{g70}@onnx-fp32"].reason
+    assert builder.started_from[f"{g80}-cut"] == f"{g70}-cut" and c[f"{g80}@onnx-fp32"].status == "ok"
+    assert c[f"{g80}-cut@onnx-fp32"].status == "rejected"
+    d = next(d for d in search.decisions if d.technique == "gradual")
+    assert f"{g70}-cut: 0.60 pp, within the budget without fine-tuning" in d.reason
+    assert d.reason.endswith(f"stopped at {g80}: no level beyond it")
