@@ -32,7 +32,7 @@ from edgeopt.decide.plan import Plan
 from edgeopt.engine.bisect import bisect
 from edgeopt.engine.cache import CandidateCache, key
 from edgeopt.engine.family_screening import Screening, screen_group
-from edgeopt.engine.fine_tuned import beyond_twins, first_probe, shortened
+from edgeopt.engine.fine_tuned import beyond_twins, fine_tuned, first_probe, shortened
 from edgeopt.engine.finish import Finisher
 from edgeopt.engine.gradual import climb, climbs, level_of
 from edgeopt.engine.held_levels import beyond_held
@@ -166,7 +166,8 @@ class Search:
         for structures in families.values():
             structures.sort(key=lambda s: ledger.specs[s][0].level)
         screened_out: set[str] = set()
-        untwinned: list[str] = []  # near misses with no drop before fine-tuning to tell their recovery by
+        # (family, near miss, its levels): near misses with no drop before fine-tuning to tell their recovery by
+        untwinned: list[tuple[str, str, list[str]]] = []
         stacked = False
         if self.executor is not None:
             self.executor.prefetch(self, families)
@@ -180,26 +181,18 @@ class Search:
             if fam in screened_out:
                 continue
             structures = beyond_held(self, fam, beyond_twins(self, fam, structures))
-            for s in self.bisect_family(fam, structures) if structures else ():
-                self.finisher.finish(s)
-                self.compressed_finished()
-            missed, top = near_miss(self, structures), self._climbable(self.settled.get(fam))
-            # cut from the level held rather than trained on from the original (engine/gradual.py)
-            climbed = top is not None and climb(self, fam, structures, top)
-            if not climbed and missed is not None and not self._stopped_before_build():
-                if has_twin(self, missed):
-                    self._train_longer_from(fam, missed, structures)
-                else:  # its recovery is unknown: tried on the time the other families leave
-                    untwinned.append(missed)
+            missed = self._search_family(fam, structures) if structures else None
+            if missed is not None:  # its recovery is unknown: tried on the time the other families leave
+                untwinned.append((fam, missed, structures))
             self._early_stop()
             if not stacked and ready(self, families, self.settled):  # before the rest spend the time
                 stack(self, families, self.settled)
                 stacked = True
         if not stacked:
             stack(self, families, self.settled)  # says why nothing was stacked
-        for missed in sorted(untwinned, key=lambda s: self.screened[s]):
-            if not self._stopped_before_build():
-                train_longer(self, missed)
+        for fam, missed, structures in sorted(untwinned, key=lambda u: self.screened[u[1]]):
+            if not self._stopped_before_build() and self._climbable(rescued := train_longer(self, missed)):
+                climb(self, fam, structures, rescued)
         qat_phase(self)
         self._finish_best_screened()
         for c in ledger.cands.values():
@@ -212,6 +205,46 @@ class Search:
             screenings=self.screenings, structures_built=self.builds.count(), build_seconds=self.builds.seconds,
             finish_seconds=self.finisher.seconds, clock=self.clock, phases=self.finisher.phases,
             screen_seconds=self.screen_seconds, after_budget=self.after_budget)
+
+    def _search_family(self, fam: str, structures: list[str]) -> str | None:
+        """Bisect one family's levels (mildest first), then climb from the level held (engine/gradual.py) or
+        train its near miss on. A fine-tuned family that can be climbed probes its mildest level first: once it
+        holds, each next level is cut from the model held and fine-tuned, and the levels rebuilt from the
+        original would throw that training away (the benchmark Unet spent 140 s of 600 on `prune-recon60-ft` and
+        `prune-recon50-ft` from the original after `prune-recon40-ft` held); where the probe misses, or the
+        family cannot be climbed from it after all, its levels are bisected as planned (the probe is not built
+        again). Returns a near miss with no un-fine-tuned twin, to be trained on once every family was
+        searched."""
+        specs = self.ledger.specs
+        climbing = all(fine_tuned(specs[s][0]) and climbs(specs[s][0]) for s in structures)
+        climbed, again = False, True
+        if climbing:
+            self._finish_kept(self.bisect_family(fam, structures, climb_first=True))
+            top = self._climbable(self.settled.get(fam))
+            climbed = top is not None and climb(self, fam, structures, top)
+            if climbed:
+                for spec in (spec for s in structures[1:] for spec in specs[s]):
+                    self.ledger.mark(spec.id, "rejected", (
+                        f"not tried: {fam} is climbed from {top}, which holds the budget: each next level is cut "
+                        "from the last one held (the gradual decision says how far)"))
+            # a probe that missed said it all; one that held but cannot be climbed from: bisected as planned
+            again = not climbed and self.settled.get(fam) is not None
+        if again:
+            self._finish_kept(self.bisect_family(fam, structures))
+            top = self._climbable(self.settled.get(fam))
+            climbed = not climbing and top is not None and climb(self, fam, structures, top)
+        missed = near_miss(self, structures)
+        if missed is None or climbed or self._stopped_before_build():
+            return None
+        if has_twin(self, missed):
+            self._train_longer_from(fam, missed, structures)
+            return None
+        return missed
+
+    def _finish_kept(self, kept: list[str]) -> None:
+        for s in kept:
+            self.finisher.finish(s)
+            self.compressed_finished()
 
     def _train_longer_from(self, fam: str, missed: str, structures: list[str]) -> None:
         """Train the near miss `missed` on; where a block of it holds the budget, the family is climbed from
@@ -242,9 +275,11 @@ class Search:
             self.clock.forecast_tail(*self.tail_forecast(evaluate_s))
 
     # ---- structures: bisection, screening -------------------------------------------------------------
-    def bisect_family(self, fam: str, structures: list[str]) -> list[str]:
+    def bisect_family(self, fam: str, structures: list[str], climb_first: bool = False) -> list[str]:
         """Bisect one family's structures (mildest first) against the accuracy budget; mark the levels left
-        out with why, record the level it settled at. Returns the structures kept (settled, then margin)."""
+        out with why, record the level it settled at. Returns the structures kept (settled, then margin).
+        `climb_first`: stop once the first level probed holds, leaving the others pending (the family is then
+        climbed from it, engine/gradual.py)."""
         specs = self.ledger.specs
         # the margin level leaves room for what a reduced precision loses on top of the structure; a family
         # exported at fp32 only (e.g. no int8/bf16 units here) would only export it to never choose it
@@ -252,12 +287,24 @@ class Search:
         reduced = any(spec.precision != "fp32" for spec in live)
         checked = checks_probes(self, structures)
         first = first_probe(specs, structures, self.screened)
-        judge = (lambda s: check(self, s)) if checked else self.screen
-        out = bisect(fam, structures, judge, self.context.max_accuracy_drop, self._stopped_before_build,
-                     self.builds.failure, policy.MARGIN_LEVELS if reduced and not checked else 0, first=first)
+        judged = (lambda s: check(self, s)) if checked else self.screen
+        held: list[str] = []
+        climbs_from = f"not tried: {fam} climbs from the first level it holds"
+
+        def judge(s: str) -> float | None:
+            drop = judged(s)
+            if climb_first and drop is not None and drop <= self.context.max_accuracy_drop + policy.EPS_PP:
+                held.append(s)
+            return drop
+
+        out = bisect(fam, structures, judge, self.context.max_accuracy_drop,
+                     lambda: self._stopped_before_build() or (climbs_from if held else None), self.builds.failure,
+                     policy.MARGIN_LEVELS if reduced and not checked else 0, first=first)
         self.trace.append(out.trace)
         self.settled[fam] = out.settled
         for s, (status, why) in out.dropped.items():
+            if why == climbs_from:
+                continue
             if "PyTorch accuracy drop" in why:
                 why += self._partial_note(s)
             for spec in specs[s]:

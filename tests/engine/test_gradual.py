@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import torch
 import torchvision
-from test_search import TwinBuilder, _by_id, _plan_with_fine_tuned_twins, _search
+from test_search import TwinBuilder, _by_id, _plan, _plan_with_fine_tuned_twins, _search
 from torch import nn
 
 from edgeopt.decide.plan import CandidateSpec
@@ -58,9 +58,15 @@ def test_a_depth_increment_removes_the_blocks_between_the_levels():
     search = SimpleNamespace(ledger=SimpleNamespace(specs=specs), reaches={})
     inc = increment(search, "depth2-ft", "depth4-ft", None)
     assert inc.technique == "depth_prune" and inc.blocks == 2 and inc.resolve is False
-    assert climbs(specs["depth4-ft"][0]) and not climbs(_spec("d", DepthConfig(blocks=2))[0])  # not fine-tuned
-    # a per-layer or global cut's widths do not follow from its ratio: not climbed
+    assert climbs(specs["depth4-ft"][0]) and climbs(_spec("d", DepthConfig(blocks=2))[0])  # fine-tuned or not
+    # a per-layer or global cut's widths do not follow from its ratio, and a stacked level has two techniques
     assert not climbs(_spec("g", PruneConfig(ratio=0.5, scope="global"), FineTuneConfig(epochs=1))[0])
+    assert not climbs(_spec("s", DepthConfig(blocks=2), PruneConfig(ratio=0.5))[0])
+
+
+def _climb(search, fam: str):
+    """The `gradual` decision of the family's climb."""
+    return next(d for d in search.decisions if d.technique == "gradual" and d.reason.startswith(f"{fam} climbed"))
 
 
 class LayoutBuilder(TwinBuilder):
@@ -74,16 +80,17 @@ class LayoutBuilder(TwinBuilder):
             if st.technique == "prune":
                 width = int(width * (1 - st.layer_ratios[""])) if st.layer_ratios else round(100 * (1 - st.ratio))
         b.model = nn.Linear(4, width)
-        b.model.structure, b.macs = spec.structure, 1000 - width
+        b.model.structure, b.macs = spec.structure, 10 * width  # fewer channels, fewer MACs
         return b
 
     def cut_widths(self, cut):
         return {"": round(100 * (1 - cut.ratio))}
 
 
-# prune settles at 50 %; the fine-tuned family, bisected beyond it, holds prune-ft60 and misses at prune-ft70
+# prune settles at 50 % (60 % cut from it misses too); the fine-tuned family, probed beyond it, holds prune-ft60
+# (prune-ft70 from the original would miss)
 _DROPS = {"prune10": 0.1, "prune20": 0.2, "prune30": 0.4, "prune40": 0.6, "prune50": 0.9, "prune60": 3.0,
-          "prune-ft60": 0.5, "prune-ft70": 2.0, "prune-ft80": 4.0}
+          "prune60-from-prune50": 2.0, "prune-ft60": 0.5, "prune-ft70": 2.0, "prune-ft80": 4.0}
 
 
 def test_the_next_level_is_cut_from_the_level_held_and_trained_on_by_its_measured_recovery(tmp_path):
@@ -100,7 +107,9 @@ def test_the_next_level_is_cut_from_the_level_held_and_trained_on_by_its_measure
     assert c[f"{g}-2ep@onnx-fp32"].status == "ok"
     assert c[f"{g}-cut@onnx-fp32"].status == "rejected" and TWIN_REASON in c[f"{g}-cut@onnx-fp32"].reason
     assert "prune-ft70-2ep" not in builder.builds
-    d = next(d for d in search.decisions if d.technique == "gradual")
+    # probed first, prune-ft60 held: the level beyond it is not rebuilt from the original
+    assert "prune-ft70" not in builder.builds and "is climbed from prune-ft60" in c["prune-ft70@onnx-fp32"].reason
+    d = _climb(search, "prune-ft")
     assert d.decision == "applied" and f"{g}: 1.50 pp cut, 1.20 pp fine-tuned" in d.reason
     assert d.reason.endswith("stopped at prune-ft70-from-prune-ft60-2ep: no level beyond it")
     assert search.reaches[f"{g}-2ep"] == "prune-ft70"
@@ -118,30 +127,28 @@ def test_a_level_cut_from_the_level_held_that_holds_is_finished_and_the_climb_go
     assert "prune-ft80" not in builder.builds and builder.started_from[f"{g80}-cut"] == g70
     assert search.builds.ready(f"{g80}-cut").model.out_features == 20
     assert "PyTorch accuracy drop 2.30 pp" in c[f"{g80}@onnx-fp32"].reason
-    d = next(d for d in search.decisions if d.technique == "gradual")
+    d = _climb(search, "prune-ft")
     assert d.decision == "applied" and f"stopped at {g70}: {g80} missed the budget" in d.reason
     t = next(d for d in search.decisions if d.technique == "train_longer")
     assert t.decision == "skipped" and "would not close it" in t.reason
 
 
-def test_where_the_increment_cannot_reach_the_levels_layout_the_near_miss_is_trained_on_as_before(tmp_path):
-    """A level whose widths the level held cannot reach (here prune-ft70 built wider than prune-ft60) is not
-    climbed to: the near miss is trained on from its own build, as without climbing."""
+def test_where_the_increment_cannot_reach_the_levels_layout_the_family_is_bisected_as_planned(tmp_path):
+    """A level whose widths the level held cannot reach (here a cut wider than prune-ft60 in some layer) is not
+    climbed to: the family's levels are bisected as planned (prune-ft70 from the original misses) and its near
+    miss is trained on from its own build, as without climbing."""
 
     class Wider(LayoutBuilder):
-        def build(self, start, spec):
-            b = super().build(start, spec)
-            if spec.structure == "prune-ft70":
-                b.model = nn.Linear(4, 45)
-                b.model.structure = spec.structure
-            return b
+        def cut_widths(self, cut):
+            return {"": 99}
 
     builder = Wider(tmp_path, {**_DROPS, "prune-ft70-2ep": 0.9})
     search = _search(tmp_path, builder, plan=_plan_with_fine_tuned_twins((0.6, 0.7)))
     c = _by_id(search.run())
+    assert search.settled["prune-ft"] == "prune-ft60" and builder.started_from["prune-ft70"] == "original"
     assert c["prune-ft70-2ep@onnx-fp32"].status == "ok"
-    d = next(d for d in search.decisions if d.technique == "gradual")
-    assert d.decision == "skipped" and "could not be worked out" in d.reason
+    d = _climb(search, "prune-ft")
+    assert d.decision == "skipped" and "could not be worked out (prune-ft60 is narrower than prune-ft70" in d.reason
 
 
 def test_a_cut_that_holds_without_fine_tuning_is_finished_where_its_fine_tuning_cannot_run(tmp_path):
@@ -159,6 +166,25 @@ def test_a_cut_that_holds_without_fine_tuning_is_finished_where_its_fine_tuning_
     assert c[f"{g70}@onnx-fp32"].status == "rejected" and "fine-tuning would take" in c[f"{g70}@onnx-fp32"].reason
     assert builder.started_from[f"{g80}-cut"] == f"{g70}-cut" and c[f"{g80}@onnx-fp32"].status == "ok"
     assert c[f"{g80}-cut@onnx-fp32"].status == "rejected"
-    d = next(d for d in search.decisions if d.technique == "gradual")
+    d = _climb(search, "prune-ft")
     assert f"{g70}-cut: 0.60 pp, within the budget without fine-tuning" in d.reason
     assert d.reason.endswith(f"stopped at {g80}: no level beyond it")
+
+
+def test_a_family_without_fine_tuning_climbs_by_cuts_alone(tmp_path):
+    """prune (no retraining) settles at 40 % (50 % from the original loses 1.5 pp); cut from prune40, 50 % loses
+    0.8 pp and is finished; 60 % cut from that loses 1.3 pp: the climb stops there."""
+    drops = {"prune10": 0.1, "prune20": 0.2, "prune30": 0.4, "prune40": 0.7, "prune50": 1.5, "prune60": 3.0,
+             "prune50-from-prune40": 0.8, "prune60-from-prune50": 1.3}
+    builder = LayoutBuilder(tmp_path, drops)
+    search = _search(tmp_path, builder, plan=_plan())
+    c = _by_id(search.run())
+    assert search.settled["prune"] == "prune40"
+    assert builder.started_from["prune50-from-prune40"] == "prune40"
+    assert builder.started_from["prune60-from-prune50"] == "prune50-from-prune40"
+    assert search.builds.ready("prune60-from-prune50").model.out_features == 40
+    assert c["prune50-from-prune40@onnx-fp32"].status == "ok"
+    assert "PyTorch accuracy drop 1.30 pp" in c["prune60-from-prune50@onnx-fp32"].reason
+    assert not [b for b in builder.builds if b.endswith("-cut")]  # no fine-tuning: the cut is the level
+    d = _climb(search, "prune")
+    assert d.decision == "applied" and "prune50-from-prune40: 0.80 pp; prune60-from-prune50: 1.30 pp" in d.reason

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
 from torch import nn
 
 from edgeopt.config import make_context
@@ -47,6 +48,15 @@ class FakeSession:
         raise AssertionError
 
 
+class _Layout(nn.Module):
+    """A built model of the fake: a parameter of its own width (a distinct layout), no layer whose channels a
+    cut could count, so a family is never climbed from it (engine/gradual.py; test_gradual.py builds layouts)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(width))
+
+
 class FakeBuilder:
     """`drops`: structure -> PyTorch accuracy drop (pp); `errors`: structure -> exception its build raises;
     `export_errors`: candidate id -> exception its export raises; `int8_drops`: extra drop of INT8 twins."""
@@ -66,7 +76,7 @@ class FakeBuilder:
         if spec.structure in self.errors:
             raise self.errors[spec.structure]
         width = 2 + len(self.builds)  # a distinct channel layout per structure
-        model = nn.Linear(4, width)
+        model = _Layout(width)
         model.structure = spec.structure
         level = "".join(ch for ch in spec.structure if ch.isdigit())
         return Built(model, [], 10, 1000 - 10 * int(level or 0))  # more aggressive levels: fewer MACs
