@@ -55,6 +55,48 @@ def climbs(spec: CandidateSpec) -> bool:
     return _depth_of(spec) is not None
 
 
+def amount(spec: CandidateSpec) -> float | None:
+    """How much a climbable level removes: its channel cut's ratio, or its depth pruning's blocks."""
+    cut = cut_of(spec)
+    if cut is not None:
+        return cut[1].ratio
+    depth = _depth_of(spec)
+    return float(depth.blocks) if depth is not None else None
+
+
+def _kind(spec: CandidateSpec) -> str:
+    return "channels" if cut_of(spec) is not None else "depth"
+
+
+def climb_start(search, structures: list[str]) -> str | None:
+    """The most aggressive structure of another family that holds the budget (finished, a candidate ok) and
+    that the family `structures` (mildest first, fine-tuned) can climb from: a level of the same kind (a uniform
+    channel cut, or a depth pruning) removing less than the family's mildest level. A fine-tuned family climbs
+    from it rather than rebuilding its mildest level from the original: the benchmark Unet's
+    `prune-recon40-from-prune-recon30` held, which left out `prune-recon40-ft`, and `prune-recon50-ft` rebuilt
+    from the original lost 1.94 pp."""
+    specs = search.ledger.specs
+    first = specs[structures[0]][0]
+    kind, floor = _kind(first), amount(first)
+    best: tuple[float, str] | None = None
+    for structure in specs:
+        level = level_of(search, structure)
+        spec = specs[level][0]
+        if level in structures or not climbs(spec) or _kind(spec) != kind or amount(spec) >= floor:
+            continue
+        if not any(search.ledger.cands[s.id].status == "ok" for s in specs[structure]):
+            continue
+        if search.builds.ready(structure) is not None and (best is None or amount(spec) > best[0]):
+            best = (amount(spec), structure)
+    return best[1] if best else None
+
+
+def _next_level(search, structures: list[str], top: str) -> str | None:
+    """The family's mildest level removing more than `top` (a level of it, or of its kind from another)."""
+    have = amount(search.ledger.specs[level_of(search, top)][0])
+    return next((s for s in structures if amount(search.ledger.specs[s][0]) > have + 1e-9), None)
+
+
 def level_of(search, structure: str) -> str:
     """The family level a structure realizes: itself, or the level a climb or a longer training reached."""
     return search.reaches.get(structure, structure)
@@ -67,8 +109,7 @@ def climb(search, fam: str, structures: list[str], top: str) -> bool:
     limit, start = search.context.max_accuracy_drop + policy.EPS_PP, top
     steps: list[str] = []
     while True:
-        at = level_of(search, top)
-        nxt = structures[structures.index(at) + 1] if at in structures and at != structures[-1] else None
+        nxt = _next_level(search, structures, top)
         if nxt is None:
             return _end(search, fam, start, top, steps, "no level beyond it")
         why = search._stopped_before_build()

@@ -34,7 +34,7 @@ from edgeopt.engine.cache import CandidateCache, key
 from edgeopt.engine.family_screening import Screening, screen_group
 from edgeopt.engine.fine_tuned import beyond_twins, fine_tuned, first_probe, shortened
 from edgeopt.engine.finish import Finisher
-from edgeopt.engine.gradual import climb, climbs, level_of
+from edgeopt.engine.gradual import climb, climb_start, climbs, level_of
 from edgeopt.engine.held_levels import beyond_held
 from edgeopt.engine.ledger import Builds, Ledger, StopClock, layout, why_failed
 from edgeopt.engine.precision_checks import check, checks_probes, judge_by_float, rule_out_precisions
@@ -219,16 +219,19 @@ class Search:
         climbing = all(fine_tuned(specs[s][0]) and climbs(specs[s][0]) for s in structures)
         climbed, again = False, True
         if climbing:
-            self._finish_kept(self.bisect_family(fam, structures, climb_first=True))
-            top = self._climbable(self.settled.get(fam))
+            # from a level another family holds, or from the family's mildest level once it holds
+            top = climb_start(self, structures)
+            if top is None:
+                self._finish_kept(self.bisect_family(fam, structures, climb_first=True))
+                top = self._climbable(self.settled.get(fam))
             climbed = top is not None and climb(self, fam, structures, top)
             if climbed:
-                for spec in (spec for s in structures[1:] for spec in specs[s]):
+                for spec in (spec for s in structures for spec in specs[s]):  # the pending ones
                     self.ledger.mark(spec.id, "rejected", (
                         f"not tried: {fam} is climbed from {top}, which holds the budget: each next level is cut "
                         "from the last one held (the gradual decision says how far)"))
-            # a probe that missed said it all; one that held but cannot be climbed from: bisected as planned
-            again = not climbed and self.settled.get(fam) is not None
+            # a probe that missed said it all; one that held (or a start) that cannot be climbed from: bisected
+            again = not climbed and (self.settled.get(fam) is not None or fam not in self.settled)
         if again:
             self._finish_kept(self.bisect_family(fam, structures))
             top = self._climbable(self.settled.get(fam))
@@ -259,8 +262,8 @@ class Search:
                 return
 
     def _climbable(self, structure: str | None) -> str | None:
-        """The structure, when a climb can start from it: a fine-tuned level of a family that can be climbed
-        (engine/gradual.py), finished with a candidate that holds."""
+        """The structure, when a climb can start from it: a level of a family that can be climbed
+        (engine/gradual.py), or a structure reaching one, built and finished with a candidate that holds."""
         if structure is None or not climbs(self.ledger.specs[level_of(self, structure)][0]):
             return None
         ok = any(self.ledger.cands[s.id].status == "ok" for s in self.ledger.specs[structure])
