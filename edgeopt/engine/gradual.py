@@ -97,6 +97,15 @@ def _next_level(search, structures: list[str], top: str) -> str | None:
     return next((s for s in structures if amount(search.ledger.specs[s][0]) > have + 1e-9), None)
 
 
+def climbable(search, structure: str | None) -> str | None:
+    """The structure, when a climb can start from it: a level of a family that can be climbed, or a structure
+    reaching one, built and finished with a candidate that holds."""
+    if structure is None or not climbs(search.ledger.specs[level_of(search, structure)][0]):
+        return None
+    ok = any(search.ledger.cands[s.id].status == "ok" for s in search.ledger.specs[structure])
+    return structure if ok and search.builds.ready(structure) is not None else None
+
+
 def level_of(search, structure: str) -> str:
     """The family level a structure realizes: itself, or the level a climb or a longer training reached."""
     return search.reaches.get(structure, structure)

@@ -34,7 +34,7 @@ from edgeopt.engine.cache import CandidateCache, key
 from edgeopt.engine.family_screening import Screening, screen_group
 from edgeopt.engine.fine_tuned import beyond_twins, fine_tuned, first_probe, shortened
 from edgeopt.engine.finish import Finisher
-from edgeopt.engine.gradual import climb, climb_start, climbs, level_of
+from edgeopt.engine.gradual import climb, climb_start, climbable, climbs
 from edgeopt.engine.held_levels import beyond_held
 from edgeopt.engine.ledger import Builds, Ledger, StopClock, layout, why_failed
 from edgeopt.engine.precision_checks import check, checks_probes, judge_by_float, rule_out_precisions
@@ -191,7 +191,7 @@ class Search:
         if not stacked:
             stack(self, families, self.settled)  # says why nothing was stacked
         for fam, missed, structures in sorted(untwinned, key=lambda u: self.screened[u[1]]):
-            if not self._stopped_before_build() and self._climbable(rescued := train_longer(self, missed)):
+            if not self._stopped_before_build() and climbable(self, rescued := train_longer(self, missed)):
                 climb(self, fam, structures, rescued)
         qat_phase(self)
         self._finish_best_screened()
@@ -221,9 +221,10 @@ class Search:
         if climbing:
             # from a level another family holds, or from the family's mildest level once it holds
             top = climb_start(self, structures)
-            if top is None:
+            from_start = top is not None
+            if not from_start:
                 self._finish_kept(self.bisect_family(fam, structures, climb_first=True))
-                top = self._climbable(self.settled.get(fam))
+                top = climbable(self, self.settled.get(fam))
             climbed = top is not None and climb(self, fam, structures, top)
             if climbed:
                 for spec in (spec for s in structures for spec in specs[s]):  # the pending ones
@@ -231,10 +232,10 @@ class Search:
                         f"not tried: {fam} is climbed from {top}, which holds the budget: each next level is cut "
                         "from the last one held (the gradual decision says how far)"))
             # a probe that missed said it all; one that held (or a start) that cannot be climbed from: bisected
-            again = not climbed and (self.settled.get(fam) is not None or fam not in self.settled)
+            again = not climbed and (from_start or self.settled.get(fam) is not None)
         if again:
             self._finish_kept(self.bisect_family(fam, structures))
-            top = self._climbable(self.settled.get(fam))
+            top = climbable(self, self.settled.get(fam))
             climbed = not climbing and top is not None and climb(self, fam, structures, top)
         missed = near_miss(self, structures)
         if missed is None or climbed or self._stopped_before_build():
@@ -255,19 +256,11 @@ class Search:
         budget is trained on the same way (its measured recovery decides), and so on: the family's speed is in
         its most aggressive level, and a level rescued says the next may be too."""
         while (rescued := train_longer(self, missed)) is not None:
-            if self._climbable(rescued) is not None and climb(self, fam, structures, rescued):
+            if climbable(self, rescued) is not None and climb(self, fam, structures, rescued):
                 return
             missed = next_miss(self, structures, missed)
             if missed is None or not has_twin(self, missed) or self._stopped_before_build():
                 return
-
-    def _climbable(self, structure: str | None) -> str | None:
-        """The structure, when a climb can start from it: a level of a family that can be climbed
-        (engine/gradual.py), or a structure reaching one, built and finished with a candidate that holds."""
-        if structure is None or not climbs(self.ledger.specs[level_of(self, structure)][0]):
-            return None
-        ok = any(self.ledger.cands[s.id].status == "ok" for s in self.ledger.specs[structure])
-        return structure if ok and self.builds.ready(structure) is not None else None
 
     def _forecast_tail(self) -> None:
         """The tail kept back from --time-budget, forecast from the baseline's evaluation (not restored from
