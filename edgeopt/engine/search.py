@@ -159,6 +159,7 @@ class Search:
         self.finisher.finish(ledger.original)  # its other precisions, as the time budget allows
         rule_out_precisions(self)
         self.float_wins = judge_by_float(self)
+        self.finisher.float_wins = self.float_wins
         families: dict[str, list[str]] = {}
         for structure, specs in ledger.specs.items():
             if specs[0].family is not None:
