@@ -65,6 +65,40 @@ def judge_by_float(search) -> set[str]:
     return out
 
 
+def rule_out_trailing_int8(search) -> None:
+    """Under --time-budget, policy.CHECK_PRECISION (INT8) is not finished on a compressed structure on a format
+    whose original at INT8 did not lead the fastest float conversion by policy.CHECK_INT8_LEAD (`float_wins`):
+    a structure keeps the ratio its original had within a few %, so its INT8 candidate could tie its float
+    one at best, and the float one is more exact. Each INT8 export (NNCF calibration, 10-25 s a structure on
+    2 cores) is time a deeper level could use. Without a time budget they are finished as planned."""
+    if not search.clock.time_budget_s:
+        return
+    ledger = search.ledger
+    for fmt in sorted(search.float_wins):
+        timed = [c for c in (ledger.cands[s.id] for s in ledger.specs[ledger.original])
+                 if c.status == "ok" and c.latency_ms is not None]
+        quant = next((c for c in timed if c.format == fmt and c.precision == policy.CHECK_PRECISION), None)
+        floats = [c for c in timed if c.precision in ("fp32", "fp16", "bf16")]
+        if quant is None or not floats:
+            continue
+        fast = min(floats, key=lambda c: c.latency_ms.p50)
+        why = (f"not tried: under --time-budget, {fmt} {policy.CHECK_PRECISION} is finished only where it leads: on "
+               f"the original it ran at {quant.latency_ms.p50:.3f} ms p50 against {fast.format} {fast.precision}'s "
+               f"{fast.latency_ms.p50:.3f} ms, not {policy.CHECK_INT8_LEAD:g}x faster, so on a compressed structure "
+               "it could tie the float candidate at best, and less exactly; its exports go to deeper levels")
+        marked = 0
+        for structure, specs in ledger.specs.items():
+            for spec in specs:
+                if structure != ledger.original and (spec.format, spec.precision) == (fmt, policy.CHECK_PRECISION) \
+                        and ledger.cands[spec.id].status == "pending":
+                    ledger.mark(spec.id, "rejected", why)
+                    marked += 1
+        if marked:
+            search.decisions.append(Decision(technique=f"precision_screen:{policy.CHECK_PRECISION}@{fmt}",
+                                             decision="rejected", reason=why.removeprefix("not tried: ")))
+            search.trace.append(why.removeprefix("not tried: "))
+
+
 def leads(search, fmt: str) -> bool:
     """Whether the original at policy.CHECK_PRECISION on `fmt` measured faster than each of its float
     conversions by policy.CHECK_INT8_LEAD (the precision screen's figures). True when they were not measured

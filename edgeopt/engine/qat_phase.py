@@ -4,6 +4,7 @@ exported as INT8 Q/DQ, as a structure of its own built on it."""
 
 from __future__ import annotations
 
+from edgeopt.decide import policy
 from edgeopt.decide.plan import CandidateSpec
 from edgeopt.decide.precisions import qat_choice
 from edgeopt.report import Decision
@@ -19,6 +20,11 @@ def qat_phase(search) -> None:
     for fmt in search.plan.qat_formats:
         if search.clock.check() or base.accuracy is None:
             return
+        if fmt in search.float_wins:  # retraining for an INT8 that can at best tie the float candidates
+            search.decisions.append(Decision(technique=f"qat@{fmt}", decision="skipped", reason=(
+                f"on the original {fmt} INT8 did not run {policy.CHECK_INT8_LEAD:g}x faster than its fastest float "
+                "conversion: a structure's float candidates are the ones that can win")))
+            continue
         rows = []
         for structure, specs in list(search.ledger.specs.items()):
             got = {s.precision: search.ledger.cands[s.id] for s in specs if s.format == fmt}

@@ -37,7 +37,13 @@ from edgeopt.engine.finish import Finisher
 from edgeopt.engine.gradual import climb, climb_start, climbable, climbs
 from edgeopt.engine.held_levels import beyond_held
 from edgeopt.engine.ledger import Builds, Ledger, StopClock, layout, why_failed
-from edgeopt.engine.precision_checks import check, checks_probes, judge_by_float, rule_out_precisions
+from edgeopt.engine.precision_checks import (
+    check,
+    checks_probes,
+    judge_by_float,
+    rule_out_precisions,
+    rule_out_trailing_int8,
+)
 from edgeopt.engine.qat_phase import qat_phase
 from edgeopt.engine.stacking import ready, stack
 from edgeopt.engine.train_longer import has_twin, near_miss, next_miss, train_longer
@@ -160,6 +166,7 @@ class Search:
         rule_out_precisions(self)
         self.float_wins = judge_by_float(self)
         self.finisher.float_wins = self.float_wins
+        rule_out_trailing_int8(self)
         families: dict[str, list[str]] = {}
         for structure, specs in ledger.specs.items():
             if specs[0].family is not None:
