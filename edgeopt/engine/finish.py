@@ -42,6 +42,9 @@ class Finisher:
         self.finished_layouts: dict[str, str] = {}  # channel layout -> the first structure finished with it
         self.screened: dict[str, float | None] = {}  # structure -> PyTorch drop (pp), the search's screening
         self.float_wins: set[str] = set()  # formats whose INT8 trails float on the original (no accuracy control)
+        # (format, precision) -> why it is not finished on a compressed structure (the precision screens on the
+        # original): applied to the structures a climb or a longer training adds later, too
+        self.ruled_out: dict[tuple[str, str], str] = {}
 
     def finish(self, structure: str, specs: list[CandidateSpec] | None = None) -> None:
         """Finish the pending candidates of `structure` (only `specs` of it, when given)."""
@@ -52,6 +55,9 @@ class Finisher:
                 continue  # finished already (the baseline, finished first)
             if self.clock.finishing_stopped():
                 self.ledger.mark(spec.id, "rejected", self.clock.reason)
+                continue
+            if why := self.ruled_out_why(spec):
+                self.ledger.mark(spec.id, "rejected", why)
                 continue
             t0 = time.perf_counter()
             settled = self._settle(spec)  # restored, a twin, a failed build, not worth it; else built
@@ -65,6 +71,10 @@ class Finisher:
             self._run(self.job(structure, todo), took)
         if structure in self.builds.layout_of:
             self.finished_layouts.setdefault(self.builds.layout_of[structure], structure)
+
+    def ruled_out_why(self, spec: CandidateSpec) -> str | None:
+        """Why a precision screen keeps `spec` from being finished (never the original's)."""
+        return None if spec.structure == self.ledger.original else self.ruled_out.get((spec.format, spec.precision))
 
     def tag(self, spec: CandidateSpec) -> str:
         """The candidate's cache key."""
@@ -114,7 +124,7 @@ class Finisher:
         them when they fit, else the precisions the original ran fastest at first (timed by `quick_latency`,
         the search's latency of finished candidates given their sessions), as many as fit. Each precision left
         out is traced as a cut."""
-        specs = list(self.ledger.specs[structure])
+        specs = [s for s in self.ledger.specs[structure] if not self.ruled_out_why(s)]
         left = self.clock.left("finish")
         if left is None or sum(self.expected_seconds(s) for s in specs) <= left:
             return specs

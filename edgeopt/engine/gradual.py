@@ -197,14 +197,21 @@ def increment(search, top: str, level: str, widths: dict[str, int] | None) -> ob
         if more < 1:
             raise ValueError(f"{level} removes no more blocks than {top}")
         return depth.model_copy(update={"blocks": more})
+    from edgeopt.techniques.pruning.model_families import qkv_attention
     from edgeopt.techniques.pruning.prune import channel_table
 
+    model = search.builds.ready(top).model
+    # a fused qkv loses whole heads, floor(ratio x heads) of them: its ratio is set half a head above the count
+    heads = {n: m.num_heads for m in qkv_attention(model) for n, q in model.named_modules() if q is m.qkv}
     ratios = {}
-    for name, width in channel_table(search.builds.ready(top).model).items():
+    for name, width in channel_table(model).items():
         goal = widths.get(name, width)
         if goal > width:
             raise ValueError(f"{top} is narrower than {level} at {name} ({width} < {goal} channels)")
-        if goal < width:
+        if goal < width and name in heads:
+            h = heads[name]
+            ratios[name] = round((h - goal * h // width + 0.5) / h, 6)
+        elif goal < width:
             ratios[name] = round(1.0 - (goal + 0.5) / width, 6)  # int(width * (1 - r)) == goal, rounding aside
     if not ratios:
         raise ValueError(f"{level} removes no more channels than {top}")

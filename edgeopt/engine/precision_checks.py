@@ -18,7 +18,7 @@ from edgeopt.report import Decision
 
 def rule_out_precisions(search) -> None:
     """Precisions the target cannot win with, measured on the original, are not finished on any compressed
-    structure."""
+    structure, planned or added later by the search (`Finisher.ruled_out`)."""
     ledger = search.ledger
     if not search.plan.measure_locally or search.clock.check():
         return  # estimated latencies do not rule anything out
@@ -42,6 +42,7 @@ def rule_out_precisions(search) -> None:
         verdicts.append(cannot_win([(c.format, c.precision, c.latency_ms.p50) for c in ok
                                     if c.latency_ms is not None], broke))
     out = {pair: why for pair, why in verdicts[-1].items() if all(pair in v for v in verdicts)}
+    search.finisher.ruled_out.update(out)
     for (fmt, prec), why in out.items():
         for structure, specs in ledger.specs.items():
             for spec in specs:
@@ -86,17 +87,15 @@ def rule_out_trailing_int8(search) -> None:
                f"the original it ran at {quant.latency_ms.p50:.3f} ms p50 against {fast.format} {fast.precision}'s "
                f"{fast.latency_ms.p50:.3f} ms, not {policy.CHECK_INT8_LEAD:g}x faster, so on a compressed structure "
                "it could tie the float candidate at best, and less exactly; its exports go to deeper levels")
-        marked = 0
+        search.finisher.ruled_out.setdefault((fmt, policy.CHECK_PRECISION), why)
         for structure, specs in ledger.specs.items():
             for spec in specs:
                 if structure != ledger.original and (spec.format, spec.precision) == (fmt, policy.CHECK_PRECISION) \
                         and ledger.cands[spec.id].status == "pending":
                     ledger.mark(spec.id, "rejected", why)
-                    marked += 1
-        if marked:
-            search.decisions.append(Decision(technique=f"precision_screen:{policy.CHECK_PRECISION}@{fmt}",
-                                             decision="rejected", reason=why.removeprefix("not tried: ")))
-            search.trace.append(why.removeprefix("not tried: "))
+        search.decisions.append(Decision(technique=f"precision_screen:{policy.CHECK_PRECISION}@{fmt}",
+                                         decision="rejected", reason=why.removeprefix("not tried: ")))
+        search.trace.append(why.removeprefix("not tried: "))
 
 
 def leads(search, fmt: str) -> bool:

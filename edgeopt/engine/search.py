@@ -440,7 +440,8 @@ class Search:
         its candidates still pending (as the original's took)."""
         screen = self.screen_seconds / len(self.screened) if self.screened else 0.0
         return screen + sum(self.finisher.expected_seconds(spec) for spec in self.ledger.specs[structure]
-                            if self.ledger.cands[spec.id].status == "pending")
+                            if self.ledger.cands[spec.id].status == "pending"
+                            and not self.finisher.ruled_out_why(spec))
 
     def _early_stop(self) -> None:
         """Once a candidate within the accuracy budget meets the latency/size budget with margin, stop."""

@@ -52,6 +52,37 @@ def test_a_channel_increment_reaches_the_layout_the_level_has_from_the_original(
         assert "no more channels" in str(e)
 
 
+def _climb_search(net, example, low: float, high: float, held):
+    tune = FineTuneConfig(epochs=1)
+    specs = {"lo": _spec("lo", PruneConfig(ratio=low, round_to=16), tune),
+             "hi": _spec("hi", PruneConfig(ratio=high, round_to=16), tune)}
+    dry = SimpleNamespace(net=net, example=example)
+    return SimpleNamespace(ledger=SimpleNamespace(specs=specs), reaches={}, base_of={},
+                           builds=SimpleNamespace(ready={"lo": SimpleNamespace(model=held)}.get),
+                           builder=SimpleNamespace(cut_widths=lambda cut: Builder.cut_widths(dry, cut)))
+
+
+def test_a_channel_increment_removes_whole_heads_to_the_levels_layout():
+    """A DeiT-tiny-shaped ViT (3 heads of 64): a cut removes floor(ratio x heads) heads, so 30 % keeps 3 and 40 %
+    keeps 2. The increment from 30 % to 40 % asked the fused qkv for 1 - 384.5 / 576 of its channels (a channel
+    layer's rounding), 0.997 of a head, and no head went: the climb fell back to bisecting from the original."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    net = VisionTransformer(img_size=32, patch_size=8, embed_dim=192, depth=2, num_heads=3, num_classes=10).eval()
+    example = torch.randn(1, 3, 32, 32)
+    for low, high in ((0.3, 0.4), (0.6, 0.7)):
+        held, _ = prune(net, example, ratio=low, importance="l2", round_to=16)
+        direct, _ = prune(net, example, ratio=high, importance="l2", round_to=16)
+        search = _climb_search(net, example, low, high, held)
+        stepped, _ = apply_step(held, example, increment(search, "lo", "hi", target_widths(search, "hi")))
+        assert channel_table(stepped) == channel_table(direct), (low, high)
+        assert [b.attn.num_heads for b in stepped.blocks] == [b.attn.num_heads for b in direct.blocks]
+        assert [b.attn.num_heads for b in held.blocks] != [b.attn.num_heads for b in direct.blocks]
+        with torch.no_grad():
+            assert stepped(example).shape == (1, 10)
+
+
 def test_a_depth_increment_removes_the_blocks_between_the_levels():
     specs = {"depth2-ft": _spec("depth2-ft", DepthConfig(blocks=2), FineTuneConfig(epochs=1)),
              "depth4-ft": _spec("depth4-ft", DepthConfig(blocks=4, resolve=False), FineTuneConfig(epochs=1))}

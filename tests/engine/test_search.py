@@ -484,6 +484,12 @@ def test_a_precision_slower_than_a_more_exact_one_on_the_original_is_not_repeate
     assert "cannot win" in c["prune60@onnx-int8"].reason and "2.0x onnx fp32" in c["prune60@onnx-int8"].reason
     assert c["prune60@onnx-fp32"].status == "ok"
     assert any(d.technique == "precision_screen:int8@onnx" for d in search.decisions)
+    # a structure the search adds later (a climbed level) is not exported at that precision either
+    search.ledger.add(CandidateSpec(id="prune60-from-prune40@onnx-int8", structure="prune60-from-prune40",
+                                    format="onnx", precision="int8"))
+    search.finisher.finish("prune60-from-prune40")
+    assert "cannot win" in search.ledger.cands["prune60-from-prune40@onnx-int8"].reason
+    assert [e for e in exported if "int8" in e] == ["original@onnx-int8"]
 
 
 def test_a_precision_is_ruled_out_only_when_every_fresh_round_agrees(tmp_path):

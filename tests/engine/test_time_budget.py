@@ -392,6 +392,12 @@ def test_under_a_time_budget_int8_that_does_not_lead_float_is_not_finished_on_co
     assert c["prune40@openvino-fp32"].status == "ok"  # the float candidates are finished as before
     assert any(d.technique == "precision_screen:int8@openvino" and d.decision == "rejected"
                for d in search.decisions)
+    # a structure the search adds later (a climbed level, a longer training) is held to the same rule
+    search.ledger.add(CandidateSpec(id="prune60-from-prune40@openvino-int8", structure="prune60-from-prune40",
+                                    format="openvino", precision="int8"))
+    search.finisher.finish("prune60-from-prune40")
+    late = search.ledger.cands["prune60-from-prune40@openvino-int8"]
+    assert late.status == "rejected" and "finished only where it leads" in late.reason
     for name in ("lead", "unbounded"):
         search, c = outcomes[name]
         assert any(x.status == "ok" for x in c.values() if x.structure != "original" and x.precision == "int8"), name
