@@ -41,6 +41,7 @@ from edgeopt.engine.precision_checks import (
     check,
     checks_probes,
     judge_by_float,
+    rule_out_failed_verification,
     rule_out_precisions,
     rule_out_trailing_int8,
 )
@@ -167,6 +168,7 @@ class Search:
         self.float_wins = judge_by_float(self)
         self.finisher.float_wins = self.float_wins
         rule_out_trailing_int8(self)
+        rule_out_failed_verification(self)
         families: dict[str, list[str]] = {}
         for structure, specs in ledger.specs.items():
             if specs[0].family is not None:

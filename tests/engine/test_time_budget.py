@@ -8,6 +8,7 @@ from test_search import RATIOS, FakeBuilder, _by_id, _plan, _search
 from edgeopt.decide.plan import CandidateSpec
 from edgeopt.engine import ledger
 from edgeopt.engine.ledger import TAIL_SHARE
+from edgeopt.errors import ExportError
 from edgeopt.report import LatencyStats
 from edgeopt.techniques import FactorizeConfig, PruneConfig
 
@@ -415,3 +416,31 @@ def test_no_qat_where_int8_does_not_lead_float_on_the_original(tmp_path, clock):
     assert not any(x.structure.endswith("-qat") and x.status == "ok" for x in c.values())
     why = next(d for d in search.decisions if d.technique == "qat@onnx")
     assert why.decision == "skipped" and "did not run 1.1x faster than its fastest float" in why.reason
+
+
+def test_under_a_time_budget_a_precision_whose_original_failed_verification_is_not_exported_again(tmp_path,
+                                                                                                   clock):
+    """DeiT-tiny's ONNX Runtime INT8 failed verification on the original (relative error 0.54) and on all six
+    structures it was exported for after it (21.5 s of 600). Under --time-budget it is exported for the
+    original only; without one, as planned."""
+    fails = {"original@onnx-int8": ExportError("onnxruntime (int8) outputs differ from PyTorch: max relative "
+                                               "error 5.42e-01 (limit 2e-01)")}
+    outcomes = {}
+    for name, budget in (("budget", 10_000), ("unbounded", None)):
+        builder = FakeBuilder(tmp_path / name, DROPS, clock=clock, export_errors=dict(fails))
+        exported = []
+
+        def export(built, spec, _log=exported, _export=builder.export, **kw):
+            _log.append(spec.id)
+            return _export(built, spec, **kw)
+        builder.export = export
+        search = _search(tmp_path / name, builder, plan=_plan(precisions=("fp32", "int8")),
+                         **({"time_budget_s": budget} if budget else {}))
+        outcomes[name] = (search, _by_id(search.run()), exported)
+    search, c, exported = outcomes["budget"]
+    assert [e for e in exported if e.endswith("int8")] == ["original@onnx-int8"]
+    later = [x for x in c.values() if x.structure != "original" and x.precision == "int8"]
+    assert later and all("the original's failed verification" in x.reason and "5.42e-01" in x.reason for x in later)
+    assert c["prune40@onnx-fp32"].status == "ok"
+    _, c, exported = outcomes["unbounded"]
+    assert len([e for e in exported if e.endswith("int8")]) > 1
