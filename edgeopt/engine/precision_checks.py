@@ -42,15 +42,23 @@ def rule_out_precisions(search) -> None:
         verdicts.append(cannot_win([(c.format, c.precision, c.latency_ms.p50) for c in ok
                                     if c.latency_ms is not None], broke))
     out = {pair: why for pair, why in verdicts[-1].items() if all(pair in v for v in verdicts)}
-    search.finisher.ruled_out.update(out)
-    for (fmt, prec), why in out.items():
-        for structure, specs in ledger.specs.items():
-            for spec in specs:
-                if structure != ledger.original and (spec.format, spec.precision) == (fmt, prec):
-                    ledger.mark(spec.id, "rejected", why)
-        search.decisions.append(Decision(technique=f"precision_screen:{prec}@{fmt}", decision="rejected",
-                                         reason=why.removeprefix("not tried: ")))
-        search.trace.append(why.removeprefix("not tried: "))
+    for pair, why in out.items():
+        _rule_out(search, pair, why)
+
+
+def _rule_out(search, pair: tuple[str, str], why: str) -> None:
+    """(format, precision) is not finished on any compressed structure, planned or added later
+    (`Finisher.ruled_out`): its pending candidates are marked with why, and the decision traced."""
+    ledger = search.ledger
+    search.finisher.ruled_out[pair] = why
+    for structure, specs in ledger.specs.items():
+        for spec in specs:
+            if structure != ledger.original and (spec.format, spec.precision) == pair \
+                    and ledger.cands[spec.id].status == "pending":
+                ledger.mark(spec.id, "rejected", why)
+    search.decisions.append(Decision(technique=f"precision_screen:{pair[1]}@{pair[0]}", decision="rejected",
+                                     reason=why.removeprefix("not tried: ")))
+    search.trace.append(why.removeprefix("not tried: "))
 
 
 def judge_by_float(search) -> set[str]:
@@ -76,6 +84,8 @@ def rule_out_trailing_int8(search) -> None:
         return
     ledger = search.ledger
     for fmt in sorted(search.float_wins):
+        if (fmt, policy.CHECK_PRECISION) in search.finisher.ruled_out:
+            continue  # ruled out already, as slower than a more exact precision
         timed = [c for c in (ledger.cands[s.id] for s in ledger.specs[ledger.original])
                  if c.status == "ok" and c.latency_ms is not None]
         quant = next((c for c in timed if c.format == fmt and c.precision == policy.CHECK_PRECISION), None)
@@ -87,15 +97,7 @@ def rule_out_trailing_int8(search) -> None:
                f"the original it ran at {quant.latency_ms.p50:.3f} ms p50 against {fast.format} {fast.precision}'s "
                f"{fast.latency_ms.p50:.3f} ms, not {policy.CHECK_INT8_LEAD:g}x faster, so on a compressed structure "
                "it could tie the float candidate at best, and less exactly; its exports go to deeper levels")
-        search.finisher.ruled_out.setdefault((fmt, policy.CHECK_PRECISION), why)
-        for structure, specs in ledger.specs.items():
-            for spec in specs:
-                if structure != ledger.original and (spec.format, spec.precision) == (fmt, policy.CHECK_PRECISION) \
-                        and ledger.cands[spec.id].status == "pending":
-                    ledger.mark(spec.id, "rejected", why)
-        search.decisions.append(Decision(technique=f"precision_screen:{policy.CHECK_PRECISION}@{fmt}",
-                                         decision="rejected", reason=why.removeprefix("not tried: ")))
-        search.trace.append(why.removeprefix("not tried: "))
+        _rule_out(search, (fmt, policy.CHECK_PRECISION), why)
 
 
 def rule_out_failed_verification(search) -> None:
@@ -111,17 +113,11 @@ def rule_out_failed_verification(search) -> None:
         if cand.status != "failed" or "differ from PyTorch" not in (cand.reason or ""):
             continue
         pair = (cand.format, cand.precision)
+        if pair in search.finisher.ruled_out:
+            continue
         why = (f"not tried: under --time-budget, {cand.format} {cand.precision} is not exported for compressed "
                f"structures: the original's failed verification ({cand.reason})")
-        search.finisher.ruled_out.setdefault(pair, why)
-        for structure, specs in ledger.specs.items():
-            for spec in specs:
-                if structure != ledger.original and (spec.format, spec.precision) == pair \
-                        and ledger.cands[spec.id].status == "pending":
-                    ledger.mark(spec.id, "rejected", why)
-        search.decisions.append(Decision(technique=f"precision_screen:{cand.precision}@{cand.format}",
-                                         decision="rejected", reason=why.removeprefix("not tried: ")))
-        search.trace.append(why.removeprefix("not tried: "))
+        _rule_out(search, pair, why)
 
 
 def leads(search, fmt: str) -> bool:
