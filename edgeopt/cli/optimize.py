@@ -31,9 +31,10 @@ def optimize(
                                       "measurement), seconds; a latency table or graph tracing in progress "
                                       "stops at it (its measurements kept for the next run); a fine-tuning "
                                       "that would end past it runs fewer steps, and the report says so; what the final "
-                                      "measurement and test split need is forecast (at most 10 %); an INT8 "
-                                      "that ran under 1.1x faster than the fastest float conversion of the "
-                                      "original is not exported for compressed models (the report says so)"),
+                                      "measurement and test split need is forecast (at most 10 %); with goal "
+                                      "latency an INT8 that ran under 1.1x faster than the fastest float "
+                                      "conversion of the original is not exported for compressed models (the "
+                                      "report says so)"),
     techniques: str = o.TECHNIQUES, runtimes: str = o.RUNTIMES,
     data: str = o.DATA, masks: Path = o.MASKS, metric: str = o.METRIC,
     # --- data options (image folders; --batch-size/--workers/--calib-size also for Datasets) -> DataOptions

@@ -41,7 +41,6 @@ class Finisher:
         self.phases: dict[str, dict[str, float]] = {}  # candidate -> phase (build, export, verify...) -> seconds
         self.finished_layouts: dict[str, str] = {}  # channel layout -> the first structure finished with it
         self.screened: dict[str, float | None] = {}  # structure -> PyTorch drop (pp), the search's screening
-        self.float_wins: set[str] = set()  # formats whose INT8 trails float on the original (no accuracy control)
         # (format, precision) -> why it is not finished on a compressed structure (the precision screens on the
         # original): applied to the structures a climb or a longer training adds later, too
         self.ruled_out: dict[tuple[str, str], str] = {}
@@ -92,8 +91,7 @@ class Finisher:
                    screened=self.screened.get(structure, screened),
                    size_wanted=self.context.goal == "size" or bool(self.context.size_budget_mb),
                    seconds_left=None if left is None or self.clock.in_grace else max(left, 0.0),
-                   forecast_s={s.id: f for s in specs if (f := self.forecast(s)) is not None},
-                   float_wins=frozenset(self.float_wins))
+                   forecast_s={s.id: f for s in specs if (f := self.forecast(s)) is not None})
 
     def forecast(self, spec: CandidateSpec) -> float | None:
         """What finishing `spec` should take: the median of what exporting, verifying and evaluating took the

@@ -28,9 +28,7 @@ class Job:
     among `cands`; `screened`: the structure's PyTorch drop (pp); `size_wanted`: the compressed artifact size is
     read; `seconds_left`: the search's time (None: no limit), for a job run elsewhere; `forecast_s`: what
     finishing each spec is expected to take (as its format and precision took on the structures before), so
-    that one that cannot end within `seconds_left` is not started; `float_wins`: the formats whose INT8 the
-    original did not run policy.CHECK_INT8_LEAD faster than its fastest float conversion (no accuracy control
-    there)."""
+    that one that cannot end within `seconds_left` is not started."""
 
     structure: str
     specs: list[CandidateSpec]
@@ -43,15 +41,13 @@ class Job:
     size_wanted: bool
     seconds_left: float | None = None
     forecast_s: dict[str, float] = field(default_factory=dict)
-    float_wins: frozenset[str] = frozenset()
 
     def key(self) -> str:
         """Everything the outcome depends on (not the time left): a job run ahead of the search is taken only
         when it is the one the search asks for."""
         ids = [s.id for s in self.specs]
         return json.dumps([self.structure, ids, self.tags, self.base_accuracy, self.budget, self.screened,
-                           self.size_wanted, {c: [v.status, v.accuracy] for c, v in self.cands.items()},
-                           sorted(self.float_wins)],
+                           self.size_wanted, {c: [v.status, v.accuracy] for c, v in self.cands.items()}],
                           sort_keys=True, default=str)
 
 
@@ -125,10 +121,7 @@ class _Work:
     def accuracy_control(self, cand: Candidate, spec: CandidateSpec, tag: str = "") -> None:
         """An OpenVINO INT8 candidate that breaks the accuracy budget is quantized again with NNCF's accuracy
         control, which keeps the most sensitive layers in float until the drop fits what the structure left
-        of the budget. Needs labelled evaluation data; skipped once the time budget is spent, and on a format
-        whose INT8 did not lead its float conversions on the original: the retry keeps layers in float, so it
-        runs no faster than the PTQ INT8, which cannot outrun the structure's float twins, finished beside it.
-        On DeiT-tiny (INT8 2.08 ms against BF16 2.03 on the original) one retry took 200 s of a 600 s budget."""
+        of the budget. Needs labelled evaluation data; skipped once the time budget is spent."""
         base, budget = self.base_accuracy(), self.job.budget
         if (spec.format != "openvino" or spec.precision != "int8" or base is None
                 or not getattr(self.builder, "labelled", False)):
@@ -145,7 +138,7 @@ class _Work:
         lost = base - fp32.accuracy if fp32 and fp32.accuracy is not None else self.job.screened or 0.0
         left = budget - lost
         tech = f"accuracy_control@{spec.id}"
-        stop = None if left < 0 else self.stopped() or self._trails(spec) or self._too_long(cand.id)
+        stop = None if left < 0 else self.stopped() or self._too_long(cand.id)
         if left < 0 or stop:
             why = stop or f"the fp32 structure alone exceeds the {budget} pp budget"
             self.done.decisions.append(Decision(technique=tech, decision="skipped", reason=f"{ptq}; {why}"))
@@ -166,14 +159,6 @@ class _Work:
             f"{ptq}; NNCF accuracy control (max drop {left:.2f} pp) kept {len(layers)} layer(s) in float"
             + (f": {', '.join(layers[:5])}" + (" ..." if len(layers) > 5 else "") if layers else "")
             + f"; now {base - cand.accuracy:.2f} pp")))
-
-    def _trails(self, spec: CandidateSpec) -> str | None:
-        """Why accuracy control cannot give a winner: INT8 did not lead the float conversions on the original."""
-        if spec.format not in self.job.float_wins:
-            return None
-        return (f"not retried: on the original {spec.format} INT8 did not run {policy.CHECK_INT8_LEAD:g}x faster "
-                "than its fastest float conversion, and INT8 with layers kept in float runs no faster than this "
-                "PTQ INT8: the structure's float candidates are the ones that can win")
 
     def _too_long(self, cid: str) -> str | None:
         """Why accuracy control would not end within the search's share: forecast at policy.AC_COST_FACTOR

@@ -74,16 +74,25 @@ def judge_by_float(search) -> set[str]:
     return out
 
 
+def trailing_int8(search) -> set[str]:
+    """The formats where INT8 is not pursued on compressed structures (not exported, no accuracy control, no
+    QAT): under --time-budget and goal latency, those whose original's INT8 did not run policy.CHECK_INT8_LEAD
+    faster than its fastest float conversion (`float_wins`). A structure keeps its original's ratio within a few
+    %, so its INT8 candidate could tie its float one at best, and less exactly, while each INT8 export (NNCF
+    calibration, 10-25 s a structure on 2 cores) is time a deeper level could use. Not under goal size (an INT8
+    that ties is still about 4x smaller), nor goal throughput (batch-1 figures do not rank runtimes there), nor
+    without a time budget (its few % may still win)."""
+    serving = Serving.of(search.context)
+    if not search.clock.time_budget_s or serving.goal != "latency" or serving.served:
+        return set()
+    return set(search.float_wins)
+
+
 def rule_out_trailing_int8(search) -> None:
-    """Under --time-budget, policy.CHECK_PRECISION (INT8) is not finished on a compressed structure on a format
-    whose original at INT8 did not lead the fastest float conversion by policy.CHECK_INT8_LEAD (`float_wins`):
-    a structure keeps the ratio its original had within a few %, so its INT8 candidate could tie its float
-    one at best, and the float one is more exact. Each INT8 export (NNCF calibration, 10-25 s a structure on
-    2 cores) is time a deeper level could use. Without a time budget they are finished as planned."""
-    if not search.clock.time_budget_s:
-        return
+    """INT8 is not finished on any compressed structure on the formats `trailing_int8` gives, with both timings
+    quoted."""
     ledger = search.ledger
-    for fmt in sorted(search.float_wins):
+    for fmt in sorted(search.int8_trails):
         if (fmt, policy.CHECK_PRECISION) in search.finisher.ruled_out:
             continue  # ruled out already, as slower than a more exact precision
         timed = [c for c in (ledger.cands[s.id] for s in ledger.specs[ledger.original])

@@ -20,10 +20,10 @@ def qat_phase(search) -> None:
     for fmt in search.plan.qat_formats:
         if search.clock.check() or base.accuracy is None:
             return
-        if fmt in search.float_wins:  # retraining for an INT8 that can at best tie the float candidates
+        if fmt in search.int8_trails:  # retraining for an INT8 that can at best tie the float candidates
             search.decisions.append(Decision(technique=f"qat@{fmt}", decision="skipped", reason=(
-                f"on the original {fmt} INT8 did not run {policy.CHECK_INT8_LEAD:g}x faster than its fastest float "
-                "conversion: a structure's float candidates are the ones that can win")))
+                f"under --time-budget: on the original {fmt} INT8 did not run {policy.CHECK_INT8_LEAD:g}x faster than "
+                "its fastest float conversion, so a structure's float candidates are the ones that can win")))
             continue
         rows = []
         for structure, specs in list(search.ledger.specs.items()):
