@@ -92,7 +92,7 @@ def rule_out_trailing_int8(search) -> None:
     """INT8 is not finished on any compressed structure on the formats `trailing_int8` gives, with both timings
     quoted."""
     ledger = search.ledger
-    for fmt in sorted(search.int8_trails):
+    for fmt in sorted(trailing_int8(search)):
         if (fmt, policy.CHECK_PRECISION) in search.finisher.ruled_out:
             continue  # ruled out already, as slower than a more exact precision
         timed = [c for c in (ledger.cands[s.id] for s in ledger.specs[ledger.original])
@@ -114,7 +114,7 @@ def rule_out_failed_verification(search) -> None:
     PyTorch's) is not finished on a compressed structure: a structure is the same graph, narrower or shorter,
     and its conversion runs the same operators. DeiT-tiny's ONNX Runtime INT8 (relative error 0.54 on the
     original) failed on all six structures it was exported for, 21.5 s of a 600 s search. Without a time budget
-    they are finished as planned."""
+    they are finished as planned, and so is INT8 on a format QAT is armed for."""
     if not search.clock.time_budget_s:
         return
     ledger = search.ledger
@@ -122,8 +122,8 @@ def rule_out_failed_verification(search) -> None:
         if cand.status != "failed" or "differ from PyTorch" not in (cand.reason or ""):
             continue
         pair = (cand.format, cand.precision)
-        if pair in search.finisher.ruled_out:
-            continue
+        if pair in search.finisher.ruled_out or (cand.precision == "int8" and cand.format in search.plan.qat_formats):
+            continue  # ruled out already, or QAT's to repair: an INT8 that fails verification is what it retrains
         why = (f"not tried: under --time-budget, {cand.format} {cand.precision} is not exported for compressed "
                f"structures: the original's failed verification ({cand.reason})")
         _rule_out(search, pair, why)

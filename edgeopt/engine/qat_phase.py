@@ -4,7 +4,6 @@ exported as INT8 Q/DQ, as a structure of its own built on it."""
 
 from __future__ import annotations
 
-from edgeopt.decide import policy
 from edgeopt.decide.plan import CandidateSpec
 from edgeopt.decide.precisions import qat_choice
 from edgeopt.report import Decision
@@ -20,10 +19,11 @@ def qat_phase(search) -> None:
     for fmt in search.plan.qat_formats:
         if search.clock.check() or base.accuracy is None:
             return
-        if fmt in search.int8_trails:  # retraining for an INT8 that can at best tie the float candidates
+        # a precision screen ruled INT8 out on this format (slower than a more exact precision, or under a time
+        # budget not leading the float ones): QAT would train for an INT8 that cannot win
+        if why := search.finisher.ruled_out.get((fmt, "int8")):
             search.decisions.append(Decision(technique=f"qat@{fmt}", decision="skipped", reason=(
-                f"under --time-budget: on the original {fmt} INT8 did not run {policy.CHECK_INT8_LEAD:g}x faster than "
-                "its fastest float conversion, so a structure's float candidates are the ones that can win")))
+                f"its INT8 would not be exported: {why.removeprefix('not tried: ')}")))
             continue
         rows = []
         for structure, specs in list(search.ledger.specs.items()):

@@ -44,7 +44,6 @@ from edgeopt.engine.precision_checks import (
     rule_out_failed_verification,
     rule_out_precisions,
     rule_out_trailing_int8,
-    trailing_int8,
 )
 from edgeopt.engine.qat_phase import qat_phase
 from edgeopt.engine.stacking import ready, stack
@@ -138,7 +137,6 @@ class Search:
         self.screen_seconds = 0.0
         self.after_budget: set[str] = set()
         self.float_wins: set[str] = set()  # formats whose probes are not checked at INT8 (precision_checks.py)
-        self.int8_trails: set[str] = set()  # formats where INT8 is not pursued on compressed structures (same)
         self.ledger = Ledger(self.plan, self.progress)
         self.clock = StopClock(self.context.time_budget_s, self.t_start, self.trace)
         self.builds = Builds(self.builder, self.ledger, self.progress, self.announce, until=self.clock.deadline,
@@ -168,7 +166,6 @@ class Search:
         self.finisher.finish(ledger.original)  # its other precisions, as the time budget allows
         rule_out_precisions(self)
         self.float_wins = judge_by_float(self)
-        self.int8_trails = trailing_int8(self)
         rule_out_trailing_int8(self)
         rule_out_failed_verification(self)
         families: dict[str, list[str]] = {}
