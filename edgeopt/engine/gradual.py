@@ -84,9 +84,7 @@ def climb_start(search, structures: list[str]) -> str | None:
         spec = specs[level][0]
         if level in structures or not climbs(spec) or _kind(spec) != kind or amount(spec) >= floor:
             continue
-        if not any(search.ledger.cands[s.id].status == "ok" for s in specs[structure]):
-            continue
-        if search.builds.ready(structure) is not None and (best is None or amount(spec) > best[0]):
+        if climbable(search, structure) is not None and (best is None or amount(spec) > best[0]):
             best = (amount(spec), structure)
     return best[1] if best else None
 
@@ -202,7 +200,8 @@ def increment(search, top: str, level: str, widths: dict[str, int] | None) -> ob
 
     model = search.builds.ready(top).model
     # a fused qkv loses whole heads, floor(ratio x heads) of them: its ratio is set half a head above the count
-    heads = {n: m.num_heads for m in qkv_attention(model) for n, q in model.named_modules() if q is m.qkv}
+    names = {q: n for n, q in model.named_modules()}
+    heads = {names[m.qkv]: m.num_heads for m in qkv_attention(model)}
     ratios = {}
     for name, width in channel_table(model).items():
         goal = widths.get(name, width)

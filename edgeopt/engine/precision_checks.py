@@ -91,17 +91,12 @@ def trailing_int8(search) -> set[str]:
 def rule_out_trailing_int8(search) -> None:
     """INT8 is not finished on any compressed structure on the formats `trailing_int8` gives, with both timings
     quoted."""
-    ledger = search.ledger
     for fmt in sorted(trailing_int8(search)):
         if (fmt, policy.CHECK_PRECISION) in search.finisher.ruled_out:
             continue  # ruled out already, as slower than a more exact precision
-        timed = [c for c in (ledger.cands[s.id] for s in ledger.specs[ledger.original])
-                 if c.status == "ok" and c.latency_ms is not None]
-        quant = next((c for c in timed if c.format == fmt and c.precision == policy.CHECK_PRECISION), None)
-        floats = [c for c in timed if c.precision in ("fp32", "fp16", "bf16")]
-        if quant is None or not floats:
+        quant, fast = _quant_and_fastest_float(search, fmt)
+        if quant is None or fast is None:
             continue
-        fast = min(floats, key=lambda c: c.latency_ms.p50)
         why = (f"not tried: under --time-budget, {fmt} {policy.CHECK_PRECISION} is finished only where it leads: on "
                f"the original it ran at {quant.latency_ms.p50:.3f} ms p50 against {fast.format} {fast.precision}'s "
                f"{fast.latency_ms.p50:.3f} ms, not {policy.CHECK_INT8_LEAD:g}x faster, so on a compressed structure "
@@ -133,13 +128,19 @@ def leads(search, fmt: str) -> bool:
     """Whether the original at policy.CHECK_PRECISION on `fmt` measured faster than each of its float
     conversions by policy.CHECK_INT8_LEAD (the precision screen's figures). True when they were not measured
     (the check stands, as planned)."""
+    quant, fast = _quant_and_fastest_float(search, fmt)
+    return quant is None or fast is None or quant.latency_ms.p50 * policy.CHECK_INT8_LEAD < fast.latency_ms.p50
+
+
+def _quant_and_fastest_float(search, fmt: str):
+    """The original's timed candidate at policy.CHECK_PRECISION on `fmt`, and its fastest timed float candidate
+    on any format (None where not measured)."""
     ledger = search.ledger
-    orig = [ledger.cands[s.id] for s in ledger.specs[ledger.original]]
-    timed = [c for c in orig if c.status == "ok" and c.latency_ms is not None]
-    quant = next((c.latency_ms.p50 for c in timed if c.format == fmt and c.precision == policy.CHECK_PRECISION),
-                 None)
-    floats = [c.latency_ms.p50 for c in timed if c.precision in ("fp32", "fp16", "bf16")]
-    return quant is None or not floats or quant * policy.CHECK_INT8_LEAD < min(floats)
+    timed = [c for c in (ledger.cands[s.id] for s in ledger.specs[ledger.original])
+             if c.status == "ok" and c.latency_ms is not None]
+    quant = next((c for c in timed if c.format == fmt and c.precision == policy.CHECK_PRECISION), None)
+    floats = [c for c in timed if c.precision in ("fp32", "fp16", "bf16")]
+    return quant, min(floats, key=lambda c: c.latency_ms.p50, default=None)
 
 
 def checks_probes(search, structures: list[str]) -> bool:
