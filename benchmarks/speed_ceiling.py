@@ -10,6 +10,7 @@ not weights, set the latency (the ranking of blocks uses random inputs).
     python benchmarks/speed_ceiling.py                         # the five models, markdown + json
     python benchmarks/speed_ceiling.py --models yolov8n --precision int8 --out /tmp/ceiling
     python benchmarks/speed_ceiling.py --models yolov8n --round-to 16,32 --ratios 0.3   # what a channel block buys
+    python benchmarks/speed_ceiling.py --models deit --ratios 0.5,0.7 --blocks 4,6,8   # where 2x starts
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ from edgeopt.measure.timing import BenchConfig, measure  # noqa: E402
 from edgeopt.techniques.pruning.depth import residual_blocks  # noqa: E402
 
 
-def variants(model: torch.nn.Module, x: torch.Tensor, ratios=(0.3, 0.5), round_to=(None,), depth=True
-             ) -> dict[str, torch.nn.Module]:
+def variants(model: torch.nn.Module, x: torch.Tensor, ratios=(0.3, 0.5), round_to=(None,), depth=True,
+             blocks=()) -> dict[str, torch.nn.Module]:
+    """The original and its cuts: channels at each ratio (per channel block), and half and all of its removable
+    blocks (or the counts in `blocks`)."""
     out = {"original": model}
     for ratio in ratios:
         for block in round_to:
@@ -45,9 +48,9 @@ def variants(model: torch.nn.Module, x: torch.Tensor, ratios=(0.3, 0.5), round_t
     torch.manual_seed(0)
     batches = [torch.randn(4, *x.shape[1:]) for _ in range(4)]
     found = len(residual_blocks(model, x))
-    for blocks in sorted({max(1, found // 2), found} if found else ()):
-        out[f"blocks -{blocks} of {found}"] = edgeopt.depth_prune(model, x, batches, blocks=blocks,
-                                                                  resolve=False).model
+    counts = {b for b in blocks if 0 < b <= found} if blocks else {max(1, found // 2), found}
+    for n in sorted(counts if found else ()):
+        out[f"blocks -{n} of {found}"] = edgeopt.depth_prune(model, x, batches, blocks=n, resolve=False).model
     return out
 
 
@@ -92,9 +95,12 @@ def main(argv=None) -> None:
     ap.add_argument("--ratios", default="0.3,0.5", help="channel pruning ratios")
     ap.add_argument("--round-to", default="", help="channel blocks to compare (e.g. 16,32; default: none)")
     ap.add_argument("--no-depth", action="store_true", help="leave out the depth-pruned variants")
+    ap.add_argument("--blocks", default="", help="how many blocks the depth-pruned variants remove (e.g. 4,6,8; "
+                                                 "default: half and all)")
     a = ap.parse_args(argv)
     kinds = {"ratios": tuple(float(r) for r in a.ratios.split(",") if r),
-             "round_to": (None, *(int(b) for b in a.round_to.split(",") if b)), "depth": not a.no_depth}
+             "round_to": (None, *(int(b) for b in a.round_to.split(",") if b)), "depth": not a.no_depth,
+             "blocks": tuple(int(b) for b in a.blocks.split(",") if b)}
     warnings.filterwarnings("ignore")
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as d:

@@ -99,22 +99,23 @@ def qat_formats(context: DeployContext, pairs: list[tuple[str, str, str]], has_t
     return []
 
 
-def qat_choice(measured: list[tuple[str, int, float | None, str, float | None, str]], base_accuracy: float,
+def qat_choice(measured: list[tuple[str, int, float | None, str, float | None, str | None]], base_accuracy: float,
                budget: float) -> tuple[str | None, str]:
     """Which structure gets quantization-aware training, decided on measurements. `measured` holds one row
-    per structure: (structure, MACs, fp32 accuracy, INT8 status, INT8 accuracy, INT8 reason).
+    per structure: (structure, MACs, fp32 accuracy, INT8 status, INT8 accuracy, what failed of the INT8 twin: a
+    report Candidate.failure, "verification" when its outputs were too far off PyTorch's).
 
     The most compressed structure whose fp32 candidate holds the budget but whose PTQ INT8 twin breaks it
     (accuracy, or outputs too far off to pass verification), unless a structure at least as small holds the
     budget with PTQ. Returns (structure, what PTQ lost) or (None, why QAT is skipped)."""
     ptq_ok, ptq_bad = [], []
-    for structure, macs, fp32_acc, q_status, q_acc, q_reason in measured:
+    for structure, macs, fp32_acc, q_status, q_acc, q_failure in measured:
         if fp32_acc is None or base_accuracy - fp32_acc > budget + policy.EPS_PP:
             continue
         if q_status == "ok" and q_acc is not None:
             drop = base_accuracy - q_acc
             (ptq_ok if drop <= budget + policy.EPS_PP else ptq_bad).append((macs, structure, f"{drop:.2f} pp"))
-        elif q_status == "failed" and "differ from PyTorch" in q_reason:  # INT8 outputs too far off
+        elif q_status == "failed" and q_failure == "verification":  # INT8 outputs too far off
             ptq_bad.append((macs, structure, "its verification"))
     if not ptq_bad:
         return None, ("INT8 post-training quantization stays within the accuracy budget" if ptq_ok else

@@ -92,7 +92,7 @@ def new_candidate(spec: CandidateSpec) -> Candidate:
 
 
 # Candidate fields a cache entry restores (latency is always re-measured, never cached).
-CACHED_FIELDS = ("status", "reason", "params", "macs", "size_bytes", "size_compressed_bytes", "artifact",
+CACHED_FIELDS = ("status", "reason", "failure", "params", "macs", "size_bytes", "size_compressed_bytes", "artifact",
                  "precision_executed", "accuracy", "metric", "exporter", "verification", "steps", "accuracy_control")
 
 

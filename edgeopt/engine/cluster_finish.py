@@ -97,7 +97,7 @@ class ClusterFinishing:
                 why, got = first_line(cause or e), None
             if got is None:
                 c = cands[spec.id]
-                c.status, c.reason = "failed", f"its export task failed on the cluster: {why}"
+                c.status, c.reason, c.failure = "failed", f"its export task failed on the cluster: {why}", "export"
                 got = Done(cands={spec.id: c})
             cands.update(got.cands)
             done.cands.update(got.cands)
@@ -130,7 +130,8 @@ class ClusterFinishing:
             backend = backend_for(c.runtime)
             digest = files_digest(backend.artifact_files(out / c.artifact), out)
             if not digest or any(got["sha256"].get(rel) != sha for rel, sha in digest.items()):
-                c.status, c.reason = "failed", f"its artifact did not arrive intact from {got['where']} (sha256)"
+                c.status, c.failure = "failed", "transfer"
+                c.reason = f"its artifact did not arrive intact from {got['where']} (sha256)"
                 continue
             try:
                 session = backend.load(out / c.artifact, precision=c.precision, threads=self.builder.threads)
@@ -141,8 +142,8 @@ class ClusterFinishing:
             except FATAL:
                 raise
             except Exception as e:
-                c.status, c.reason = "failed", f"its artifact, exported on the cluster, does not load here: " \
-                                               f"{first_line(e)}"
+                c.status, c.failure = "failed", "transfer"
+                c.reason = f"its artifact, exported on the cluster, does not load here: {first_line(e)}"
         took = (time.perf_counter() - t0) / max(1, len(done.cands))
         for cid in done.cands:
             add_phase(done.phases, cid, "cluster fetch", took)

@@ -17,7 +17,7 @@ from edgeopt.engine.build import Built, to_cache
 from edgeopt.engine.cache import CandidateCache, key
 from edgeopt.engine.fine_tuned import shortened
 from edgeopt.engine.finish_job import Job, add_phase, finish_structure
-from edgeopt.engine.ledger import Builds, Ledger, StopClock, layout, why_failed
+from edgeopt.engine.ledger import Builds, Ledger, StopClock, fail, layout
 from edgeopt.errors import TimeBudgetError
 from edgeopt.formats.base import Session
 from edgeopt.report import Candidate, Decision
@@ -214,7 +214,7 @@ class Finisher:
             cand.status, cand.reason = "rejected", str(b)
             return True
         if isinstance(b, Exception):
-            cand.status, cand.reason = "failed", why_failed(b)
+            fail(cand, b, "build")
             if self.cache.enabled:
                 self.cache.put("cand", self.tag(spec), to_cache(cand, self.builder.out_dir))
             return True

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from edgeopt.decide import policy
 from edgeopt.decide.plan import CandidateSpec
 from edgeopt.engine.build import Built
-from edgeopt.engine.ledger import FATAL, TIME_STOP, why_failed
+from edgeopt.engine.ledger import FATAL, TIME_STOP, fail
 from edgeopt.formats.base import Session
 from edgeopt.report import Candidate, Decision
 
@@ -128,7 +128,7 @@ class _Work:
             return
         if cand.status == "ok" and cand.accuracy is not None and base - cand.accuracy > budget + policy.EPS_PP:
             ptq = f"PTQ INT8 lost {base - cand.accuracy:.2f} pp"
-        elif cand.status == "failed" and "differ from PyTorch" in cand.reason:
+        elif cand.status == "failed" and cand.failure == "verification":
             ptq = "PTQ INT8 failed verification"
         else:
             return
@@ -189,7 +189,7 @@ class _Work:
         except FATAL:
             raise
         except Exception as e:
-            cand.status, cand.reason = "failed", why_failed(e)
+            fail(cand, e, "export")
             self.spent(cid, "export", t0)
             return None
         took = result.info.get("seconds", {})  # the export's own split (export, verify), when it gives one
@@ -213,7 +213,7 @@ class _Work:
         except FATAL:
             raise
         except Exception as e:
-            cand.status, cand.reason = "failed", f"evaluation failed: {why_failed(e)}"
+            fail(cand, e, "evaluation", prefix="evaluation failed: ")
             return None
         finally:
             self.spent(cid, "evaluate" if max_drop_pp is None else "accuracy control evaluate", t0)

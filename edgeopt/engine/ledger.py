@@ -17,7 +17,15 @@ from torch import nn
 from edgeopt.decide.plan import CandidateSpec, Plan
 from edgeopt.engine.build import Built, new_candidate
 from edgeopt.engine.fine_tuned import fine_tuned
-from edgeopt.errors import BackendMissingError, ConfigError, EdgeOptError, TimeBudgetError, WontFitError, first_line
+from edgeopt.errors import (
+    BackendMissingError,
+    ConfigError,
+    EdgeOptError,
+    TimeBudgetError,
+    VerificationError,
+    WontFitError,
+    first_line,
+)
 from edgeopt.report import Candidate
 from edgeopt.timeout import run_until
 
@@ -30,6 +38,13 @@ def why_failed(e: Exception) -> str:
     if isinstance(e, EdgeOptError):
         return str(e)
     return first_line(e)
+
+
+def fail(cand: Candidate, e: Exception, stage: str, prefix: str = "") -> None:
+    """Record `cand` as failed at `stage` (a Candidate.failure), the reason `e` in one line after `prefix`; an
+    export whose artifact ran but computed something else than PyTorch is a failed verification."""
+    cand.status, cand.reason = "failed", prefix + why_failed(e)
+    cand.failure = "verification" if isinstance(e, VerificationError) else stage
 
 
 def layout(model: nn.Module) -> str:

@@ -114,7 +114,7 @@ def rule_out_failed_verification(search) -> None:
         return
     ledger = search.ledger
     for cand in (ledger.cands[s.id] for s in ledger.specs[ledger.original]):
-        if cand.status != "failed" or "differ from PyTorch" not in (cand.reason or ""):
+        if cand.status != "failed" or cand.failure != "verification":
             continue
         pair = (cand.format, cand.precision)
         if pair in search.finisher.ruled_out or (cand.precision == "int8" and cand.format in search.plan.qat_formats):

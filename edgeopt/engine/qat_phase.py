@@ -30,7 +30,7 @@ def qat_phase(search) -> None:
             got = {s.precision: search.ledger.cands[s.id] for s in specs if s.format == fmt}
             f, q = got.get("fp32"), got.get("int8")
             if f and q and f.status == "ok":
-                rows.append((structure, f.macs or 0, f.accuracy, q.status, q.accuracy, q.reason))
+                rows.append((structure, f.macs or 0, f.accuracy, q.status, q.accuracy, q.failure))
         structure, drop = qat_choice(rows, base.accuracy, budget)
         if structure is None:
             search.decisions.append(Decision(technique=f"qat@{fmt}", decision="skipped", reason=drop))

@@ -181,6 +181,10 @@ class Candidate(BaseModel):
     steps: list[Step] = Field(default_factory=list)
     status: Literal["ok", "rejected", "failed", "pending"] = "pending"
     reason: str = ""
+    # what failed, for a failed candidate: its build, its export, the check of the exported outputs against
+    # PyTorch's ("verification": the artifact ran but computed something else), its evaluation, or its artifact's
+    # transfer from a cluster node. Rules that act on a kind of failure read this, not the reason's wording
+    failure: Literal["build", "export", "verification", "evaluation", "transfer"] | None = None
     params: int | None = None
     macs: int | None = None
     size_bytes: int | None = None

@@ -392,3 +392,16 @@ def test_a_fine_tuning_shortened_to_fit_says_so_in_its_record_and_decision(monke
     assert rec["shortened"].startswith(f"{rec['steps']} of its {rec['planned_steps']} planned steps")
     d = kind_decision([("prune-ft50", rec)])
     assert "fine-tuned for fewer steps than planned: prune-ft50: 4 of its" in d.reason
+
+
+def test_qat_is_chosen_for_an_int8_twin_that_failed_verification_not_for_one_that_failed_to_export():
+    """QAT retrains an INT8 whose outputs were too far off PyTorch's; an INT8 whose converter failed has nothing
+    QAT would repair. The kind of failure is read from the candidate's `failure`, not from its reason's words."""
+    from edgeopt.decide.precisions import qat_choice
+
+    def rows(failure):
+        return [("prune30", 50, 90.0, "ok", 89.5, None), ("prune50", 30, 89.8, "failed", None, failure)]
+
+    assert qat_choice(rows("verification"), 90.0, 1.0) == ("prune50", "its verification")
+    structure, why = qat_choice(rows("export"), 90.0, 1.0)
+    assert structure is None and "stays within the accuracy budget" in why
