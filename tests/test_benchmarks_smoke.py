@@ -118,6 +118,46 @@ def test_speed_ceiling_measures_every_cut_against_the_original(tmp_path, monkeyp
                         "--round-to", "16", "--no-depth"])
     rows = __import__("json").loads(out.with_suffix(".json").read_text())["rows"]
     assert [r["variant"] for r in rows] == ["original", "channels -50%", "channels -50% (blocks of 16)"]
+    speed_ceiling.main(["--models", "small", "--max-time", "0.2", "--out", str(out), "--ratios", "",
+                        "--blocks", "1,3,9"])  # 9: more than the net has, left out
+    rows = __import__("json").loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["original", "blocks -1 of 5", "blocks -3 of 5"]
+
+
+def test_recoverability_scores_each_cut_before_and_after_edgeopts_fine_tuning(tmp_path, monkeypatch):
+    """benchmarks/recoverability.py on a small classifier and the tiny generated set: each cut scored as cut,
+    after one fine-tuning and after the second, its drop the original's score minus the last; a cut it does not
+    know and a model that is not a classifier are refused."""
+    import json
+
+    import pytest
+
+    from benchmarks import real_models as rm
+    from benchmarks import recoverability
+
+    monkeypatch.setitem(rm.BENCHES, "small", rm.Bench("small", "torchvision:resnet18?num_classes=10",
+                                                      (1, 3, 32, 32), "cls", None, "train_classifier", 1))
+    rm.data_sets(tmp_path, small=True)
+    out = tmp_path / "recov"
+    recoverability.main(["--models", "small", "--cuts", "depth1,prune-recon30", "--epochs", "1", "--cache",
+                         str(tmp_path), "--out", str(out)])
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["cut"] for r in rows] == ["depth1", "prune-recon30"]
+    for r in rows:
+        scores = [r["original"], r["cut_only"], r["after_1_epochs"], r["after_2_epochs"]]
+        assert all(0 <= v <= 100 for v in scores)
+        assert r["drop_pp"] == round(r["original"] - r["after_2_epochs"], 2)
+    assert "| small | prune-recon30 |" in out.with_suffix(".md").read_text()
+    recoverability.main(["--models", "small", "--cuts", "depth1,depth2", "--epochs", "1", "--gradual", "--cache",
+                         str(tmp_path), "--out", str(out)])
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["cut"] for r in rows] == ["depth1", "depth2 from depth1"]
+    with pytest.raises(SystemExit, match="give the depth cuts deepest last"):
+        recoverability.main(["--models", "small", "--cuts", "depth2,depth1", "--gradual", "--cache", str(tmp_path)])
+    with pytest.raises(SystemExit, match="unknown cut 'depthy'"):
+        recoverability.main(["--models", "small", "--cuts", "depthy", "--cache", str(tmp_path)])
+    with pytest.raises(SystemExit, match="yolov8n is not one of the classifiers"):
+        recoverability.main(["--models", "yolov8n", "--cache", str(tmp_path)])
 
 
 def test_training_precision_times_both_ways_and_tables_what_was_chosen(tmp_path, monkeypatch):
