@@ -160,6 +160,15 @@ def optimize_data(bench: Bench, paths: dict[str, Path]) -> tuple[str, dict]:
     return str(paths["seg"] / "test"), {"val_split": 0.5}
 
 
+def write_results(stem: Path | None, record: dict, md: str) -> None:
+    """Print the table `md`; with `stem`, write it to STEM.md and `record` to STEM.json."""
+    print(md)
+    if stem is not None:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        stem.with_suffix(".json").write_text(json.dumps(record, indent=1))
+        stem.with_suffix(".md").write_text(md + "\n")
+
+
 # ---------------------------------------------------------------- training (the library's own loss)
 
 class Schedule:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import re
 import sys
 import time
@@ -155,11 +154,7 @@ def main(argv=None) -> None:
                                  f"{', '.join(map(str, levels))})")
     rows = [r for name in a.models.split(",") if name
             for r in rows_of(name, cuts, a.epochs, a.cache, gradual=a.gradual)]
-    md = markdown(rows, a.epochs)
-    print(md)
-    if a.out:
-        a.out.with_suffix(".json").write_text(json.dumps({"epochs": a.epochs, "rows": rows}, indent=1))
-        a.out.with_suffix(".md").write_text(md + "\n")
+    rm.write_results(a.out, {"epochs": a.epochs, "rows": rows}, markdown(rows, a.epochs))
 
 
 if __name__ == "__main__":

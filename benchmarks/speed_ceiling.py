@@ -16,7 +16,6 @@ not weights, set the latency (the ranking of blocks uses random inputs).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import warnings
@@ -27,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import edgeopt  # noqa: E402
-from benchmarks.real_models import BENCHES  # noqa: E402
+from benchmarks.real_models import BENCHES, write_results  # noqa: E402
 from edgeopt.formats.openvino import load_openvino  # noqa: E402
 from edgeopt.inputs.analyze import count_macs, count_params  # noqa: E402
 from edgeopt.measure.timing import BenchConfig, measure  # noqa: E402
@@ -107,11 +106,7 @@ def main(argv=None) -> None:
         for name in [m for m in a.models.split(",") if m]:
             rows += rows_of(name, a.precision, BenchConfig(max_time_s=a.max_time), Path(d), **kinds)
             print(f"# {name}: done", file=sys.stderr, flush=True)
-    md = markdown(rows)
-    print(md)
-    if a.out:
-        a.out.with_suffix(".json").write_text(json.dumps({"precision": a.precision, "rows": rows}, indent=1))
-        a.out.with_suffix(".md").write_text(md + "\n")
+    write_results(a.out, {"precision": a.precision, "rows": rows}, markdown(rows))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from pathlib import Path
@@ -120,12 +119,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"unknown model {unknown[0]!r}: use {', '.join(rm.BENCHES)}")
     times = [step_times(n) for n in names]
     recovered = [recovery(n, args.cache, args.steps, args.ratio) for n in args.recovery.split(",") if n]
-    md = markdown(times, recovered)
-    print(md)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps({"times": times, "recovery": recovered}, indent=1))
-        args.out.with_suffix(".md").write_text(md)
+    rm.write_results(args.out, {"times": times, "recovery": recovered}, markdown(times, recovered))
 
 
 if __name__ == "__main__":
